@@ -1,0 +1,70 @@
+"""Pure-numpy aggregation: FedAvg, Byzantine-robust rules, update validation and
+server optimisers.
+
+An update is ``list[np.ndarray]`` (one array per shared model weight). Nothing here
+imports Ray or TensorFlow; randomness is never used.
+"""
+from __future__ import annotations
+
+from fedcollab.aggregation._arrays import global_norm
+from fedcollab.aggregation.errors import (
+    AggregationError,
+    NotEnoughUpdatesError,
+    ServerOptimizerError,
+    UnknownRuleError,
+    UpdateRejected,
+)
+from fedcollab.aggregation.fedprox import proximal_gradient, proximal_term
+from fedcollab.aggregation.registry import (
+    INDIVIDUAL_UPDATE_RULES,
+    RULES,
+    SECURE_SUM_RULES,
+    Rule,
+    aggregate,
+    combine_with_secure_sum,
+    rule_needs_individual_updates,
+    rule_options,
+    secure_compatibility_message,
+)
+from fedcollab.aggregation.rules import (
+    krum,
+    krum_scores,
+    krum_select,
+    median,
+    multi_krum,
+    norm_bounded_mean,
+    trimmed_mean,
+    weighted_mean,
+)
+from fedcollab.aggregation.server_optimizers import (
+    DEFAULT_SERVER_LEARNING_RATES,
+    SERVER_OPTIMIZERS,
+    ServerOptimizer,
+    ServerOptimizerName,
+    ServerState,
+    init_server_state,
+    server_step,
+    state_from_arrays,
+    state_to_arrays,
+)
+from fedcollab.aggregation.validation import partition_valid, reference_of, validate_update
+
+__all__ = [
+    # errors
+    "AggregationError", "NotEnoughUpdatesError", "ServerOptimizerError", "UnknownRuleError",
+    "UpdateRejected",
+    # rules
+    "weighted_mean", "median", "trimmed_mean", "krum", "krum_scores", "krum_select",
+    "multi_krum", "norm_bounded_mean", "global_norm",
+    # registry
+    "Rule", "RULES", "SECURE_SUM_RULES", "INDIVIDUAL_UPDATE_RULES", "aggregate", "rule_options",
+    "rule_needs_individual_updates", "secure_compatibility_message", "combine_with_secure_sum",
+    # validation
+    "validate_update", "partition_valid", "reference_of",
+    # server optimisers
+    "ServerOptimizer", "ServerOptimizerName", "ServerState", "SERVER_OPTIMIZERS",
+    "DEFAULT_SERVER_LEARNING_RATES", "init_server_state", "server_step", "state_to_arrays",
+    "state_from_arrays",
+    # fedprox
+    "proximal_gradient", "proximal_term",
+]

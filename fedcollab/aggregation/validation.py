@@ -1,0 +1,121 @@
+"""Check each open update before it is aggregated; reject, don't crash.
+
+The server validates every update it sees in the clear (DESIGN.md, round step 5):
+the right number of arrays, each with the expected shape and dtype, finite values,
+and optionally an L2 norm within a bound (norm bounding, Sun et al. 2019). A bad
+update is dropped with a reason; the round continues without it. Reasons describe
+the update (counts, shapes, dtypes, its norm) and never its values.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcollab.aggregation._arrays import global_norm
+from fedcollab.aggregation.errors import AggregationError, UpdateRejected
+from fedcollab.types import Weights
+
+__all__ = ["validate_update", "partition_valid", "reference_of"]
+
+DTypes = Union[npt.DTypeLike, Sequence[npt.DTypeLike]]
+
+
+def reference_of(weights: Sequence[np.ndarray]) -> tuple[list[tuple[int, ...]], list[np.dtype]]:
+    """The shapes and dtypes an update to ``weights`` must have (for :func:`validate_update`)."""
+    return [tuple(np.shape(a)) for a in weights], [np.asarray(a).dtype for a in weights]
+
+
+def _expected_dtypes(dtypes: DTypes, n: int) -> list[np.dtype]:
+    if isinstance(dtypes, (str, np.dtype, type)):
+        return [np.dtype(dtypes)] * n
+    listed = list(dtypes)  # type: ignore[arg-type]
+    if len(listed) != n:
+        raise AggregationError(f"validate_update: got {len(listed)} dtypes for {n} reference "
+                               "shapes; expected one dtype, or one per array")
+    return [np.dtype(d) for d in listed]
+
+
+def validate_update(update: Sequence[np.ndarray], reference_shapes: Sequence[Sequence[int]], *,
+                    dtypes: DTypes, norm_bound: Optional[float] = None) -> None:
+    """Raise :class:`UpdateRejected` unless ``update`` is fit to aggregate.
+
+    Checks, in order: a list of numpy arrays; as many as ``reference_shapes``; each
+    with its reference shape and dtype; all values finite; global L2 norm (all
+    arrays together) at most ``norm_bound`` when one is given.
+
+    Args:
+        update: The participant's update, one array per shared model weight.
+        reference_shapes: The expected shape of each array, in model order.
+        dtypes: The expected dtype: one for all arrays, or one per array.
+        norm_bound: The largest L2 norm accepted; None for no bound.
+
+    Raises:
+        UpdateRejected: With ``reason`` naming the first problem found and ``kind``
+            one of ``type``, ``count``, ``shape``, ``dtype``, ``non_finite``, ``norm``.
+        AggregationError: The reference itself is inconsistent, or ``norm_bound``
+            is not a positive number (a caller bug, not the participant's fault).
+    """
+    shapes = [tuple(int(d) for d in s) for s in reference_shapes]
+    expected = _expected_dtypes(dtypes, len(shapes))
+    if norm_bound is not None and not (math.isfinite(norm_bound) and norm_bound > 0):
+        raise AggregationError(f"validate_update: got norm_bound={norm_bound!r}, "
+                               "expected a number > 0 or None")
+    if isinstance(update, np.ndarray) or not isinstance(update, Sequence):
+        raise UpdateRejected(f"got a {type(update).__name__}, expected a list of "
+                             f"{len(shapes)} numpy arrays", kind="type")
+    if len(update) != len(shapes):
+        raise UpdateRejected(f"got {len(update)} arrays, expected {len(shapes)}", kind="count")
+    for index, (array, shape, dtype) in enumerate(zip(update, shapes, expected)):
+        if not isinstance(array, np.ndarray):
+            raise UpdateRejected(f"array {index} is a {type(array).__name__}, expected a "
+                                 "numpy ndarray", kind="type")
+        if array.shape != shape:
+            raise UpdateRejected(f"array {index} has shape {array.shape}, expected {shape}",
+                                 kind="shape")
+        if array.dtype != dtype:
+            raise UpdateRejected(f"array {index} has dtype {array.dtype}, expected {dtype}",
+                                 kind="dtype")
+    for index, array in enumerate(update):
+        if np.issubdtype(array.dtype, np.inexact):
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                raise UpdateRejected(f"array {index} (shape {array.shape}) has {bad} non-finite "
+                                     "value(s) (NaN or inf)", kind="non_finite")
+    if norm_bound is not None:
+        norm = global_norm(update)
+        if norm > norm_bound:
+            raise UpdateRejected(f"L2 norm {norm:.4g} exceeds the bound {norm_bound:g}",
+                                 kind="norm")
+
+
+def partition_valid(updates: Mapping[int, Weights], reference_shapes: Sequence[Sequence[int]], *,
+                    dtypes: DTypes, norm_bound: Optional[float] = None,
+                    ) -> tuple[dict[int, Weights], dict[int, str]]:
+    """Split updates by participant into the valid ones and the rejected ones.
+
+    Args:
+        updates: Participant id -> update.
+        reference_shapes: As for :func:`validate_update`.
+        dtypes: As for :func:`validate_update`.
+        norm_bound: As for :func:`validate_update`.
+
+    Returns:
+        ``(valid, rejected)``: ``valid`` maps id -> update (the same objects, input
+        order kept); ``rejected`` maps id -> the reason it was dropped.
+
+    Raises:
+        AggregationError: The reference or ``norm_bound`` is itself invalid.
+    """
+    valid: dict[int, Weights] = {}
+    rejected: dict[int, str] = {}
+    for pid, update in updates.items():
+        try:
+            validate_update(update, reference_shapes, dtypes=dtypes, norm_bound=norm_bound)
+        except UpdateRejected as error:
+            rejected[pid] = error.reason
+        else:
+            valid[pid] = update
+    return valid, rejected

@@ -1,0 +1,127 @@
+"""Keras model builders, by name or as ``package.module:function``.
+
+Built-in models name their output layer ``head`` so a vendor can keep it private
+(``private_layers: [head]``). A user function is called with the keyword
+arguments it accepts among ``input_shape`` and ``num_classes`` and must return
+an uncompiled ``keras.Model``.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable, Sequence
+
+from fedcollab.spec import SpecError
+
+__all__ = ["build_model", "resolve_builder", "private_weight_indices", "layer_names"]
+
+
+def _build_mlp(input_shape: tuple[int, ...], num_classes: int) -> Any:
+    import keras
+
+    inputs = keras.Input(shape=input_shape, name="features")
+    x = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
+    x = keras.layers.Dense(64, activation="relu", name="hidden")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(x)
+    return keras.Model(inputs, outputs, name="mlp")
+
+
+def _build_cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
+    import keras
+
+    if int(_prod(input_shape)) != 64:
+        raise SpecError(f"spec: task.model: 'cnn' is built for 8x8 images (64 features), "
+                        f"got input shape {input_shape}")
+    inputs = keras.Input(shape=input_shape, name="features")
+    x = keras.layers.Reshape((8, 8, 1), name="image")(inputs)
+    x = keras.layers.Conv2D(16, 3, activation="relu", padding="same", name="conv")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(64, activation="relu", name="hidden")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(x)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def _build_regression(input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """The classic Keras regression example: Input(1) -> Dense(10, relu) -> Dense(1)."""
+    import keras
+
+    inputs = keras.Input(shape=input_shape, name="features")
+    x = keras.layers.Dense(10, activation="relu", name="hidden")(inputs)
+    outputs = keras.layers.Dense(1, name="head")(x)
+    return keras.Model(inputs, outputs, name="regression")
+
+
+def _prod(shape: Sequence[int]) -> int:
+    result = 1
+    for dim in shape:
+        result *= int(dim)
+    return result
+
+
+_BUILTIN: dict[str, Callable[[tuple[int, ...], int], Any]] = {
+    "mlp": _build_mlp, "cnn": _build_cnn, "regression": _build_regression}
+
+
+def resolve_builder(name: str) -> Callable[..., Any]:
+    """The builder for a model name; imports ``package.module:function`` lazily."""
+    if name in _BUILTIN:
+        return _BUILTIN[name]
+    module_name, _, func_name = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise SpecError(f"spec: task.model: cannot import {module_name!r} ({err})") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise SpecError(f"spec: task.model: {module_name!r} has no function {func_name!r}")
+    return func
+
+
+def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
+                seed: int) -> Any:
+    """Build the named model with weights initialised from `seed`.
+
+    Raises:
+        SpecError: the name cannot be resolved or the function returns no Keras model.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    builder = resolve_builder(name)
+    if name in _BUILTIN:
+        model = builder(input_shape, max(num_classes, 1))
+    else:
+        accepted = inspect.signature(builder).parameters
+        kwargs = {k: v for k, v in (("input_shape", input_shape), ("num_classes", num_classes))
+                  if k in accepted}
+        model = builder(**kwargs)
+    if not isinstance(model, keras.Model):
+        raise SpecError(f"spec: task.model: {name!r} returned {type(model).__name__}, "
+                        "expected a keras.Model")
+    return model
+
+
+def layer_names(model: Any) -> list[str]:
+    return [layer.name for layer in model.layers]
+
+
+def private_weight_indices(model: Any, private_layers: Sequence[str], *,
+                           where: str = "private_layers") -> list[int]:
+    """Indices into ``model.weights`` of the weights that belong to `private_layers`.
+
+    Raises:
+        SpecError: a named layer does not exist or holds no weights.
+    """
+    names = layer_names(model)
+    position = {id(v): i for i, v in enumerate(model.weights)}
+    indices: list[int] = []
+    for layer_name in private_layers:
+        if layer_name not in names:
+            raise SpecError(f"spec: {where}: no layer {layer_name!r} in model "
+                            f"{model.name!r}; layers: {', '.join(names)}")
+        weights = model.get_layer(layer_name).weights
+        if not weights:
+            raise SpecError(f"spec: {where}: layer {layer_name!r} has no weights to keep private")
+        indices.extend(position[id(v)] for v in weights)
+    return sorted(indices)

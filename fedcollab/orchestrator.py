@@ -1,0 +1,475 @@
+"""The round loop: broadcast, train, aggregate, evaluate, checkpoint, log.
+
+The orchestrator plays the server. It holds the global weights, puts them in
+the Ray object store once per round, makes one call per worker, validates and
+combines what comes back (open updates in the clear, the secure group's sum
+through :mod:`fedcollab.secure_round`), applies the server optimiser, evaluates
+on the held-out set and writes one line to ``metrics.jsonl``. Checkpoints are
+written atomically by a background thread so the disk never stalls a round.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from fedcollab.combine import OpenUpdate, SecureSum, combine
+from fedcollab.io import atomic_save_npz, atomic_write_bytes, atomic_write_json, load_npz
+from fedcollab.participants import ParticipantInfo, Update, WorkerConfig, roster
+from fedcollab.spec import JobSpec, spec_to_dict
+from fedcollab.types import Weights
+
+__all__ = ["RunOptions", "JobResult", "run_job", "default_out_dir", "sample_participants",
+           "plan_workers"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out_dir: Optional[Path] = None
+    address: Optional[str] = None
+    quiet: bool = False
+    progress: Optional[bool] = None   # None: on when stderr is a terminal and not quiet
+    resume: bool = False
+    release: bool = True
+    keep_checkpoints: int = 2
+    on_round: Optional[Callable[[dict[str, Any]], None]] = None  # e.g. the job service
+
+
+@dataclass
+class JobResult:
+    out_dir: Path
+    summary: dict[str, Any]
+    weights: Weights
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def default_out_dir(spec: JobSpec) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path("runs") / f"{spec.name}-{stamp}"
+
+
+def sample_participants(people: Sequence[ParticipantInfo], spec: JobSpec,
+                        round_id: int) -> list[int]:
+    """Per-group sampling of ceil(fraction * count), deterministic from (seed, round)."""
+    if spec.fraction >= 1:
+        return [p.pid for p in people]
+    rng = np.random.default_rng([spec.seed, round_id, 7])
+    chosen: list[int] = []
+    for g, group in enumerate(spec.participants):
+        members = [p.pid for p in people if p.group == g]
+        k = max(1, math.ceil(spec.fraction * group.count))
+        if group.sharing == "secure":
+            k = max(k, min(group.count, spec.secure.min_group))
+        chosen.extend(sorted(rng.choice(members, size=k, replace=False).tolist()))
+    return sorted(chosen)
+
+
+def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
+                 cluster_cpus: float) -> list[tuple[dict[str, float], list[int]]]:
+    """Worker pools: (custom resources, participants) per worker, deterministic.
+
+    Groups pinned with ``resources`` get their own worker(s); the rest share a
+    general pool of ``resources.workers`` workers (auto: the CPUs left over).
+    """
+    pools: dict[tuple[tuple[str, float], ...], list[int]] = {}
+    for p in people:
+        pools.setdefault(tuple(sorted(p.resources.items())), []).append(p.pid)
+    general = pools.pop((), [])
+    plan: list[tuple[dict[str, float], list[int]]] = []
+    for key, pids in sorted(pools.items()):
+        plan.append((dict(key), pids))
+    if general:
+        per = spec.resources.cpus_per_worker or 1.0
+        if spec.resources.workers == "auto":
+            count = max(1, int((cluster_cpus - len(plan) * per) // per))
+        else:
+            count = int(spec.resources.workers)
+        count = min(count, len(general))
+        for chunk in np.array_split(np.asarray(general), count):
+            plan.append(({}, chunk.tolist()))
+    return plan
+
+
+def _sha256(delta: Sequence[Optional[np.ndarray]]) -> str:
+    digest = hashlib.sha256()
+    for array in delta:
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _nbytes(delta: Sequence[Optional[np.ndarray]]) -> int:
+    return int(sum(a.nbytes for a in delta if a is not None))
+
+
+class _Job:
+    def __init__(self, spec: JobSpec, options: RunOptions, ray: Any) -> None:
+        from fedcollab.data import load_dataset
+        from fedcollab.models import build_model
+        from fedcollab.training import LocalTrainer, configure_tensorflow
+
+        configure_tensorflow(threads=1, deterministic=True)
+        self.spec = spec
+        self.options = options
+        self.ray = ray
+        self.out = Path(options.out_dir or default_out_dir(spec)).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.people = roster(spec)
+        data = load_dataset(spec.task, seed=spec.seed)
+        self.x_test, self.y_test = data.x_test, data.y_test
+        self.classification = data.num_classes > 0
+        self.model = build_model(spec.task.model, input_shape=data.input_shape,
+                                 num_classes=data.num_classes, seed=spec.seed)
+        self.evaluator = LocalTrainer(self.model, classification=self.classification)
+        self.weights: Weights = [np.array(v.numpy()) for v in self.model.weights]
+        self.evaluator.evaluate(self.weights, self.x_test[:2], self.y_test[:2])  # trace now
+        self.shapes = [w.shape for w in self.weights]
+        self.writer = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                            thread_name_prefix="checkpoint")
+        self.pending: list[concurrent.futures.Future[Any]] = []
+        self.metrics: list[dict[str, Any]] = []
+        self.start_round = 1
+        self.server_state: Any = None
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.rejected_total = 0
+        self.private_pids = [p.pid for p in self.people if p.private_layers]
+
+    # ------------------------------------------------------------ set-up
+    def start_workers(self) -> None:
+        ray = self.ray
+        from fedcollab.participants import ParticipantWorker
+
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        plan = plan_workers(self.spec, self.people, cpus)
+        missing = {k for resources, _ in plan for k in resources} - set(ray.cluster_resources())
+        if missing:
+            from fedcollab.cluster import ClusterError
+
+            raise ClusterError(f"the cluster has no node with resource(s) "
+                               f"{', '.join(sorted(missing))} that the spec pins groups to")
+        actor_cls = ray.remote(ParticipantWorker)
+        spec_data = spec_to_dict(self.spec)
+        self.workers: list[Any] = []
+        self.hosted: list[list[int]] = []
+        for index, (resources, pids) in enumerate(plan):
+            actor = actor_cls.options(
+                num_cpus=self.spec.resources.cpus_per_worker,
+                num_gpus=self.spec.resources.gpus_per_worker,
+                resources=resources or None, max_restarts=1, max_task_retries=0,
+            ).remote(WorkerConfig(spec_data, tuple(pids), str(self.out), index))
+            self.workers.append(actor)
+            self.hosted.append(pids)
+        self.placement = ray.get([w.ready.remote() for w in self.workers])
+
+    def maybe_resume(self) -> None:
+        pointer = self.out / "checkpoints" / "latest.json"
+        if not (self.options.resume and pointer.exists()):
+            return
+        latest = json.loads(pointer.read_text())
+        arrays, meta = load_npz(self.out / "checkpoints" / latest["file"])
+        self.weights = [arrays[f"w{i}"] for i in range(len(self.shapes))]
+        self.start_round = int(meta["round"]) + 1
+        self.bytes_up, self.bytes_down = int(meta["bytes_up"]), int(meta["bytes_down"])
+        metrics_path = self.out / "metrics.jsonl"
+        if metrics_path.exists():
+            lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+            self.metrics = [m for m in lines if m.get("round", 0) < self.start_round]
+            atomic_write_bytes(metrics_path, "".join(json.dumps(m) + "\n"
+                                                     for m in self.metrics).encode())
+
+    # ------------------------------------------------------------ one round
+    def _train(self, ref: Any, round_id: int, chosen: set[int]) -> tuple[list[Update], list[int]]:
+        calls, owners = [], []
+        for worker, pids in zip(self.workers, self.hosted):
+            mine = [p for p in pids if p in chosen]
+            if mine:
+                calls.append(worker.train_round.remote(ref, round_id, mine))
+                owners.append(mine)
+        updates: list[Update] = []
+        dropped: list[int] = []
+        for call, mine in zip(calls, owners):
+            try:
+                updates.extend(self.ray.get(call))
+            except self.ray.exceptions.RayError:
+                dropped.extend(mine)  # the worker died: its participants drop this round
+        return updates, dropped
+
+    def _validate(self, updates: Sequence[Update]) -> tuple[list[Update], dict[int, str]]:
+        bound = self.spec.aggregation.norm_bound
+        valid, rejected = [], {}
+        for u in updates:
+            reason = _check_update(u, self.shapes, bound)
+            if reason:
+                rejected[u.pid] = reason
+            else:
+                valid.append(u)
+        return valid, rejected
+
+    def run_round(self, round_id: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        chosen = sample_participants(self.people, self.spec, round_id)
+        ref = self.ray.put(self.weights)
+        updates, dropped = self._train(ref, round_id, set(chosen))
+        t_train = time.perf_counter()
+        valid, rejected = self._validate(updates)
+        agg = self.spec.aggregation
+        options = {"beta": agg.trim_beta} if agg.rule == "trimmed_mean" else \
+            {"f": agg.krum_f} if agg.rule == "krum" else \
+            {"f": agg.krum_f, "m": agg.multi_krum_m} if agg.rule == "multi_krum" else \
+            {"bound": agg.norm_bound or 1.0} if agg.rule == "norm_bounded" else {}
+        secure_sum: Optional[SecureSum] = None
+        deltas, weights = combine(self.shapes, [OpenUpdate(u.delta, u.num_samples) for u in valid],
+                                  secure_sum, rule=agg.rule, options=options)
+        if any(w > 0 for w in weights):
+            self.weights = self._server_step(deltas, weights)
+        loss, acc = self.evaluator.evaluate(self.weights, self.x_test, self.y_test)
+        up = sum(_nbytes(u.delta) + 16 for u in updates)
+        down = sum(w.nbytes for w in self.weights) * len(chosen)
+        self.bytes_up += up
+        self.bytes_down += down
+        self.rejected_total += len(rejected)
+        line: dict[str, Any] = {
+            "round": round_id, "loss": loss,
+            "participants": len(chosen), "trained": len(updates), "dropped": dropped,
+            "rejected": {str(k): v for k, v in sorted(rejected.items())},
+            "bytes_up": up, "bytes_down": down,
+            "seconds": time.perf_counter() - t0, "train_seconds": t_train - t0,
+            "update_sha256": {str(u.pid): _sha256(u.delta) for u in updates},
+        }
+        if self.classification:
+            line["accuracy"] = acc
+        if self.private_pids:
+            line.update(self._personalised())
+        return line
+
+    def _server_step(self, deltas: list[np.ndarray], weights: list[float]) -> Weights:
+        from fedcollab.aggregation import ServerOptimizer, server_step
+
+        agg = self.spec.aggregation
+        casted = [d.astype(w.dtype) for d, w in zip(deltas, self.weights)]
+        if agg.server_optimizer == "none":
+            return [w + d for w, d in zip(self.weights, casted)]
+        kwargs: dict[str, Any] = {"name": agg.server_optimizer, "momentum": agg.momentum}
+        if agg.server_learning_rate is not None:
+            kwargs["learning_rate"] = agg.server_learning_rate
+        new, self.server_state = server_step(ServerOptimizer(**kwargs), self.server_state,
+                                             self.weights, casted)
+        return [np.asarray(n, dtype=w.dtype) for n, w in zip(new, self.weights)]
+
+    def _personalised(self) -> dict[str, Any]:
+        calls = [w.evaluate_personalised.remote(self.weights) for w, pids in
+                 zip(self.workers, self.hosted) if set(pids) & set(self.private_pids)]
+        results = [r for batch in self.ray.get(calls) for r in batch]
+        if not results:
+            return {}
+        out = {"vendor_loss": float(np.mean([r[1] for r in results]))}
+        if self.classification:
+            out["vendor_accuracy"] = float(np.mean([r[2] for r in results]))
+        return out
+
+    # ------------------------------------------------------------ outputs
+    def checkpoint(self, round_id: int) -> None:
+        weights = [np.array(w) for w in self.weights]
+        meta = {"round": round_id, "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
+        ckpt_dir = self.out / "checkpoints"
+        keep = self.options.keep_checkpoints
+
+        def write() -> None:
+            name = f"round-{round_id:05d}.npz"
+            atomic_save_npz(ckpt_dir / name, {f"w{i}": w for i, w in enumerate(weights)},
+                            meta=meta)
+            atomic_write_json(ckpt_dir / "latest.json", {"round": round_id, "file": name})
+            for old in sorted(ckpt_dir.glob("round-*.npz"))[:-keep]:
+                old.unlink(missing_ok=True)
+
+        self.pending.append(self.writer.submit(write))
+        if self.private_pids:
+            self.pending.append(self.writer.submit(
+                lambda: self.ray.get([w.save_private.remote(round_id) for w, pids in
+                                      zip(self.workers, self.hosted)
+                                      if set(pids) & set(self.private_pids)])))
+
+    def flush(self) -> None:
+        for future in self.pending:
+            future.result()
+        self.pending.clear()
+
+
+def _check_update(update: Update, shapes: Sequence[tuple[int, ...]],
+                  norm_bound: Optional[float]) -> str:
+    """Why an update is rejected ("" when it is fine). Never includes values."""
+    from fedcollab.aggregation import UpdateRejected, validate_update
+
+    if len(update.delta) != len(shapes):
+        return f"expected {len(shapes)} arrays, got {len(update.delta)}"
+    if update.num_samples <= 0:
+        return f"sample count must be positive, got {update.num_samples}"
+    shared = [(d, s) for d, s in zip(update.delta, shapes) if d is not None]
+    try:
+        validate_update([d for d, _ in shared], [s for _, s in shared],
+                        dtypes=[np.float32] * len(shared), norm_bound=norm_bound)
+    except UpdateRejected as err:
+        return str(err)
+    return ""
+
+
+def _write_plots(out: Path, metrics: Sequence[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [m["round"] for m in metrics]
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for key, label in (("accuracy", "test accuracy"), ("loss", "test loss")):
+        values = [m.get(key) for m in metrics]
+        if not any(v is not None for v in values):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(rounds, values, marker="o", label="global model")
+        vendor = [m.get(f"vendor_{key}") for m in metrics]
+        if any(v is not None for v in vendor):
+            ax.plot(rounds, vendor, marker=".", linestyle="--", label="vendor (private layers)")
+        ax.set_xlabel("round")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        tmp = plots / f".{key}.png.tmp"
+        fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        tmp.replace(plots / f"{key}.png")
+
+
+def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
+    """Run a whole job against Ray (embedded when ``options.address`` is None).
+
+    Raises:
+        fedcollab.errors.FedcollabError: a spec, cluster or data problem a user can fix.
+    """
+    from fedcollab.cluster import connect
+
+    wall0 = time.perf_counter()
+    custom: dict[str, float] = {}
+    for group in spec.participants:
+        for key, amount in group.resources.items():
+            custom[key] = max(custom.get(key, 0.0), float(amount))
+    with connect(options.address, resources=custom,
+                 num_cpus=_embedded_cpus(spec)) as ray:
+        job = _Job(spec, options, ray)
+        try:
+            return _run(job, wall0)
+        finally:
+            job.writer.shutdown(wait=True)
+
+
+def _embedded_cpus(spec: JobSpec) -> int:
+    import os
+
+    pinned = len({tuple(sorted(g.resources.items())) for g in spec.participants if g.resources})
+    return max(os.cpu_count() or 1, pinned + 1)
+
+
+def _run(job: _Job, wall0: float) -> JobResult:
+    from fedcollab.progress import RoundProgress
+
+    spec, out = job.spec, job.out
+    atomic_write_bytes(out / "spec.yaml", _yaml(spec_to_dict(spec)).encode())
+    job.maybe_resume()
+    job.start_workers()
+    tb = _TensorBoard(out)
+    metrics_path = out / "metrics.jsonl"
+    rounds_seconds = 0.0
+    with RoundProgress(spec.rounds, enabled=job.options.progress, quiet=job.options.quiet,
+                       classification=job.classification) as bar:
+        bar.advance_to(job.start_round - 1)
+        for round_id in range(job.start_round, spec.rounds + 1):
+            t0 = time.perf_counter()
+            line = job.run_round(round_id)
+            rounds_seconds += time.perf_counter() - t0
+            with metrics_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line, allow_nan=False) + "\n")
+            job.metrics.append(line)
+            job.checkpoint(round_id)
+            tb.log(line)
+            bar.update(line)
+            if job.options.on_round:
+                job.options.on_round(line)
+    job.flush()
+    tb.close()
+    summary = _summary(job, wall0, rounds_seconds)
+    if job.options.release and spec.release.sign is not None:
+        from fedcollab.release import write_release
+
+        release = write_release(out / "release", model=job.model, weights=job.weights,
+                                spec=spec, participants=job.people, summary=summary,
+                                key_path=spec.release.key, sign=spec.release.sign)
+        summary["release"] = str(release)
+    _write_plots(out, job.metrics)
+    summary["wall_seconds"] = time.perf_counter() - wall0
+    atomic_write_json(out / "summary.json", summary)
+    return JobResult(out, summary, job.weights, job.metrics)
+
+
+def _summary(job: _Job, wall0: float, rounds_seconds: float) -> dict[str, Any]:
+    spec = job.spec
+    last = job.metrics[-1] if job.metrics else {}
+    groups = [{"name": g.name, "role": g.role, "count": g.count, "sharing": g.sharing,
+               "private_layers": list(g.private_layers)} for g in spec.participants]
+    summary: dict[str, Any] = {
+        "name": spec.name, "out_dir": str(job.out),
+        "rounds": spec.rounds, "rounds_completed": len(job.metrics),
+        "wall_seconds": time.perf_counter() - wall0, "rounds_seconds": rounds_seconds,
+        "seconds_per_round": rounds_seconds / max(len(job.metrics), 1),
+        "participants": {"total": len(job.people), "groups": groups},
+        "workers": job.placement,
+        "bytes_up": int(job.bytes_up), "bytes_down": int(job.bytes_down),
+        "rejected_updates": job.rejected_total,
+        "final_loss": last.get("loss"),
+        "seed": spec.seed,
+    }
+    if job.classification:
+        summary["final_accuracy"] = last.get("accuracy")
+    if "vendor_accuracy" in last:
+        summary["vendor_accuracy"] = last["vendor_accuracy"]
+    return summary
+
+
+def _yaml(data: Any) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(data, sort_keys=False))
+
+
+class _TensorBoard:
+    """Scalars per round as TensorBoard event files (pure Python, no TF ops)."""
+
+    KEYS = ("accuracy", "loss", "vendor_accuracy", "vendor_loss", "seconds", "bytes_up",
+            "epsilon")
+
+    def __init__(self, out: Path) -> None:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._writer = EventFileWriter(str(out / "tensorboard"))
+
+    def log(self, line: dict[str, Any]) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=k, simple_value=float(line[k])) for k in self.KEYS
+                  if isinstance(line.get(k), (int, float))]
+        self._writer.add_event(Event(wall_time=time.time(), step=int(line["round"]),
+                                     summary=Summary(value=values)))
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,192 @@
+"""Ray worker actors, each hosting many logical participants.
+
+A participant is cheap: an index into the roster, its group's policy, a seed, its
+slice of the training data (loaded *inside* the worker from the job spec, never
+shipped from the driver) and, for a vendor, its private-layer weights, which never
+leave the worker: the driver only ever receives updates over shared layers.
+
+One worker is one process with one TensorFlow thread and one traced
+:class:`~fedcollab.training.LocalTrainer`; a round costs one call per worker.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from fedcollab.types import ParticipantId, Weights
+
+__all__ = ["ParticipantInfo", "Update", "WorkerConfig", "ParticipantWorker", "roster"]
+
+TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
+          "TF_NUM_INTEROP_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+@dataclass(frozen=True)
+class ParticipantInfo:
+    """What the roster knows about a logical participant (no data, no keys)."""
+
+    pid: ParticipantId
+    group: int
+    group_name: str
+    role: str
+    sharing: str
+    private_layers: tuple[str, ...] = ()
+    resources: Mapping[str, float] = field(default_factory=dict)
+
+
+def roster(spec: Any) -> list[ParticipantInfo]:
+    """Every logical participant of the job, group by group, in a stable order."""
+    people: list[ParticipantInfo] = []
+    for g, group in enumerate(spec.participants):
+        for _ in range(group.count):
+            people.append(ParticipantInfo(len(people), g, group.name, group.role, group.sharing,
+                                          tuple(group.private_layers), dict(group.resources)))
+    return people
+
+
+@dataclass
+class Update:
+    """A participant's update over the arrays it shares (None where private)."""
+
+    pid: ParticipantId
+    delta: list[Optional[np.ndarray]]
+    num_samples: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    spec: Mapping[str, Any]       # resolved spec as plain data
+    pids: tuple[int, ...]         # participants hosted here
+    out_dir: str                  # where vendor-private checkpoints go (this node)
+    worker_index: int
+
+
+class _Participant:
+    def __init__(self, info: ParticipantInfo, x: np.ndarray, y: np.ndarray,
+                 private_index: Sequence[int]) -> None:
+        self.info = info
+        self.x = x
+        self.y = y
+        self.private_index = list(private_index)
+        self.private: Optional[list[np.ndarray]] = None
+
+    def local_start(self, global_weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Global weights with this participant's private layers substituted in."""
+        weights = list(global_weights)
+        if self.private_index:
+            if self.private is None:
+                self.private = [np.array(global_weights[i]) for i in self.private_index]
+            for i, value in zip(self.private_index, self.private):
+                weights[i] = value
+        return weights
+
+
+class ParticipantWorker:
+    """The body of the Ray actor (wrapped with ``ray.remote`` by the orchestrator).
+
+    Kept as a plain class so unit tests and the benchmark can run it in-process.
+    """
+
+    def __init__(self, config: WorkerConfig) -> None:
+        from fedcollab.training import configure_tensorflow
+
+        configure_tensorflow(threads=1, deterministic=True)
+        from fedcollab.data import load_dataset, participant_indices
+        from fedcollab.models import build_model, private_weight_indices
+        from fedcollab.spec import spec_from_dict
+        from fedcollab.training import LocalTrainer
+
+        self.spec = spec_from_dict(config.spec)
+        self.worker_index = config.worker_index
+        self.out_dir = Path(config.out_dir)
+        data = load_dataset(self.spec.task, seed=self.spec.seed)
+        self.x_test, self.y_test = data.x_test, data.y_test
+        indices = participant_indices(self.spec, data.y_train)
+        model = build_model(self.spec.task.model, input_shape=data.input_shape,
+                            num_classes=data.num_classes, seed=self.spec.seed)
+        local = self.spec.local
+        self.trainer = LocalTrainer(model, classification=data.num_classes > 0,
+                                    optimizer=local.optimizer, learning_rate=local.learning_rate,
+                                    batch_size=local.batch_size, epochs=local.epochs,
+                                    proximal_mu=local.proximal_mu)
+        people = roster(self.spec)
+        self.participants: dict[int, _Participant] = {}
+        for pid in config.pids:
+            info = people[pid]
+            idx = indices[pid]
+            private = private_weight_indices(
+                model, info.private_layers,
+                where=f"participants.{info.group}.private_layers") if info.private_layers else []
+            self.participants[pid] = _Participant(info, data.x_train[idx], data.y_train[idx],
+                                                  private)
+        self.trainer.warm_up(data.x_train, data.y_train)  # trace now, not in round 1
+        self._secure: dict[int, Any] = {}
+
+    # ----------------------------------------------------------------- info
+    def ready(self) -> dict[str, Any]:
+        """Where this worker runs and what it hosts (used by placement tests)."""
+        node_id = ""
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node_id = ray.get_runtime_context().get_node_id()
+        except ImportError:  # pragma: no cover - ray is a dependency
+            pass
+        return {"worker": self.worker_index, "node_id": node_id, "host": socket.gethostname(),
+                "pid": os.getpid(), "participants": sorted(self.participants),
+                "roles": sorted({p.info.role for p in self.participants.values()})}
+
+    # ----------------------------------------------------------------- training
+    def _train_one(self, pid: int, global_weights: Sequence[np.ndarray],
+                   round_id: int) -> tuple[_Participant, list[np.ndarray], float]:
+        part = self.participants[pid]
+        start = part.local_start(global_weights)
+        rng = np.random.default_rng([self.spec.seed, round_id, pid])
+        result = self.trainer.train(start, part.x, part.y, rng=rng)
+        if part.private_index:
+            part.private = [result.weights[i] for i in part.private_index]
+        return part, result.weights, result.loss
+
+    def train_round(self, global_weights: Weights, round_id: int,
+                    pids: Sequence[int]) -> list[Update]:
+        """Train the given participants; return their updates over shared arrays."""
+        updates = []
+        for pid in pids:
+            part, new, loss = self._train_one(pid, global_weights, round_id)
+            private = set(part.private_index)
+            delta: list[Optional[np.ndarray]] = [
+                None if i in private else (n - g) for i, (n, g) in
+                enumerate(zip(new, global_weights))]
+            updates.append(Update(pid, delta, len(part.x), loss))
+        return updates
+
+    def evaluate_personalised(self, global_weights: Weights) -> list[tuple[int, float, float]]:
+        """(pid, loss, accuracy) on the test set of every participant with private layers."""
+        results = []
+        for pid, part in sorted(self.participants.items()):
+            if part.private_index and part.private is not None:
+                loss, acc = self.trainer.evaluate(part.local_start(global_weights),
+                                                  self.x_test, self.y_test)
+                results.append((pid, loss, acc))
+        return results
+
+    def save_private(self, round_id: int) -> int:
+        """Checkpoint private-layer weights on this worker's side; returns files written."""
+        from fedcollab.io import atomic_save_npz
+
+        written = 0
+        for pid, part in sorted(self.participants.items()):
+            if part.private is None:
+                continue
+            path = self.out_dir / "checkpoints" / "private" / f"participant-{pid:05d}.npz"
+            atomic_save_npz(path, {f"w{i}": w for i, w in zip(part.private_index, part.private)},
+                            meta={"round": round_id, "pid": pid})
+            written += 1
+        return written

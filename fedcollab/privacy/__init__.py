@@ -1,0 +1,45 @@
+"""User-level differential privacy for federated rounds: clipping, Gaussian noise
+(central, distributed or local), adaptive clipping and epsilon accounting.
+
+Pure numpy plus Google's ``dp_accounting``; randomness always comes in as a
+``np.random.Generator``. McMahan et al., "Learning Differentially Private Recurrent
+Language Models", ICLR 2018.
+"""
+from __future__ import annotations
+
+from fedcollab.privacy.accounting import (
+    AccountantKind,
+    PrivacyLedger,
+    dp_fedavg_event,
+    epsilon,
+    noise_multiplier_for_target,
+)
+from fedcollab.privacy.adaptive import (
+    adaptive_clip_step,
+    default_count_noise_std,
+    update_noise_multiplier,
+)
+from fedcollab.privacy.clipping import clip_update
+from fedcollab.privacy.config import DpConfig
+from fedcollab.privacy.errors import DpConfigError, PrivacyError, UnreachableEpsilonError
+from fedcollab.privacy.noise import (
+    DP_MODES,
+    DpMode,
+    add_central_noise,
+    add_noise,
+    aggregate_noise_std,
+    central_dp_mean,
+    gaussian_noise_like,
+    noise_std_for,
+    privatize_update,
+)
+
+__all__ = [
+    "PrivacyError", "DpConfigError", "UnreachableEpsilonError",
+    "DpConfig", "DpMode", "DP_MODES",
+    "clip_update", "gaussian_noise_like", "add_noise", "noise_std_for", "aggregate_noise_std",
+    "privatize_update", "add_central_noise", "central_dp_mean",
+    "AccountantKind", "dp_fedavg_event", "epsilon", "noise_multiplier_for_target",
+    "PrivacyLedger",
+    "adaptive_clip_step", "update_noise_multiplier", "default_count_noise_std",
+]

@@ -1,0 +1,22 @@
+"""Errors raised by the privacy package (messages never carry update values)."""
+from __future__ import annotations
+
+from fedcollab.errors import FedcollabError
+
+__all__ = ["PrivacyError", "DpConfigError", "UnreachableEpsilonError"]
+
+
+class PrivacyError(FedcollabError):
+    """A differential-privacy computation that cannot be done as asked."""
+
+
+class DpConfigError(PrivacyError):
+    """A DP configuration with values outside their range, or contradicting each other."""
+
+    exit_code = 2
+
+
+class UnreachableEpsilonError(PrivacyError):
+    """No noise multiplier in the searched range meets the target epsilon."""
+
+    exit_code = 2

@@ -1,0 +1,546 @@
+"""The job spec: the user's API, as frozen dataclasses.
+
+A spec is loaded from YAML or JSON (:func:`load_spec`), optionally patched with
+``--set path.to.field=value`` overrides (list items addressed by index), and
+validated field by field. Every problem a user can cause raises :class:`SpecError`
+with one line that names the field, the bad value and what is allowed; the CLI
+turns it into exit code 2.
+
+The loader is driven by the dataclass annotations: ``Literal[...]`` fields list
+their allowed values, unknown keys are rejected with the allowed ones, and each
+dataclass checks its own ranges in ``__post_init__``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
+
+import yaml
+
+from fedcollab.errors import FedcollabError
+
+__all__ = [
+    "SpecError", "JobSpec", "TaskSpec", "LocalSpec", "PartitionSpec", "GroupSpec",
+    "AggregationSpec", "SecureSpec", "DpSpec", "PrivacySpec", "ResourcesSpec",
+    "ReleaseSpec", "load_spec", "spec_from_dict", "spec_to_dict", "apply_overrides",
+    "BUILTIN_MODELS", "DATASETS", "ROBUST_RULES",
+]
+
+DATASETS = ("digits", "regression", "file")
+BUILTIN_MODELS = ("mlp", "cnn", "regression")
+ROBUST_RULES = ("median", "trimmed_mean", "krum", "multi_krum", "norm_bounded")
+
+
+class SpecError(FedcollabError):
+    """A job spec that cannot run: one line naming the field and what is allowed."""
+
+    exit_code = 2
+
+
+def _fail(where: str, message: str) -> SpecError:
+    return SpecError(f"spec: {where}: {message}")
+
+
+def _positive(where: str, value: float) -> None:
+    if value <= 0:
+        raise _fail(where, f"got {value!r}, expected a number > 0")
+
+
+def _fraction(where: str, value: float, *, closed_low: bool = False) -> None:
+    low_ok = value >= 0 if closed_low else value > 0
+    if not (low_ok and value <= 1):
+        bracket = "[0, 1]" if closed_low else "(0, 1]"
+        raise _fail(where, f"got {value!r}, expected a fraction in {bracket}")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What is learnt: dataset, model and held-out share."""
+
+    dataset: Literal["digits", "regression", "file"] = "digits"
+    model: str = "mlp"
+    test_fraction: float = 0.2
+    path: Optional[str] = None          # dataset: file (.npz with x, y; or .csv)
+    label_column: Optional[str] = None  # .csv files: the column holding y
+    samples: int = 1000                 # dataset: regression (generated)
+    noise: float = 0.1                  # dataset: regression: std of the noise on y
+
+    def __post_init__(self) -> None:
+        if not (0 < self.test_fraction < 1):
+            raise _fail("task.test_fraction",
+                        f"got {self.test_fraction!r}, expected a fraction in (0, 1)")
+        if self.model not in BUILTIN_MODELS and not _is_import_path(self.model):
+            raise _fail("task.model", f"got {self.model!r}, expected one of "
+                        f"{', '.join(BUILTIN_MODELS)} or 'package.module:function'")
+        if self.dataset == "file":
+            if not self.path:
+                raise _fail("task.path", "dataset 'file' needs a path to a .npz or .csv file")
+            suffix = Path(self.path).suffix.lower()
+            if suffix not in (".npz", ".csv"):
+                raise _fail("task.path", f"got {self.path!r}, expected a .npz or .csv file")
+            if suffix == ".csv" and not self.label_column:
+                raise _fail("task.label_column", "a .csv dataset needs label_column")
+        if self.samples < 10:
+            raise _fail("task.samples", f"got {self.samples!r}, expected an integer >= 10")
+        if self.noise < 0:
+            raise _fail("task.noise", f"got {self.noise!r}, expected a number >= 0")
+
+    @property
+    def is_classification(self) -> bool:
+        return self.dataset != "regression" and self.model != "regression"
+
+
+def _is_import_path(text: str) -> bool:
+    module, sep, func = text.partition(":")
+    return bool(sep and module and func.isidentifier()
+                and all(part.isidentifier() for part in module.split(".")))
+
+
+@dataclass(frozen=True)
+class LocalSpec:
+    """Local training on each participant."""
+
+    epochs: int = 1
+    batch_size: int = 16
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = 0.1
+    proximal_mu: float = 0.0  # FedProx's mu; 0 is plain local SGD
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise _fail("local.epochs", f"got {self.epochs!r}, expected an integer >= 1")
+        if self.batch_size < 1:
+            raise _fail("local.batch_size", f"got {self.batch_size!r}, expected an integer >= 1")
+        _positive("local.learning_rate", self.learning_rate)
+        if self.proximal_mu < 0:
+            raise _fail("local.proximal_mu", f"got {self.proximal_mu!r}, expected a number >= 0")
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How a group's share of the training data is split among its participants."""
+
+    kind: Literal["iid", "dirichlet", "shards"] = "iid"
+    alpha: float = 0.5              # dirichlet: smaller is more label skew
+    shards_per_participant: int = 2  # shards: label-sorted shards each participant gets
+
+    def validate(self, where: str) -> None:
+        if self.alpha <= 0:
+            raise _fail(f"{where}.alpha", f"got {self.alpha!r}, expected a number > 0")
+        if self.shards_per_participant < 1:
+            raise _fail(f"{where}.shards_per_participant",
+                        f"got {self.shards_per_participant!r}, expected an integer >= 1")
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A group of `count` logical participants sharing a role and a policy."""
+
+    name: str
+    role: Literal["community", "vendor"] = "community"
+    count: int = 1
+    sharing: Literal["open", "secure"] = "open"
+    partition: PartitionSpec = field(default_factory=PartitionSpec)
+    data_fraction: Optional[float] = None
+    private_layers: tuple[str, ...] = ()
+    resources: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AggregationSpec:
+    """The server's rule over open updates and its optimiser."""
+
+    rule: Literal["fedavg", "median", "trimmed_mean", "krum", "multi_krum",
+                  "norm_bounded"] = "fedavg"
+    server_optimizer: Literal["none", "fedavgm", "fedadam", "fedyogi"] = "none"
+    server_learning_rate: Optional[float] = None  # None: the optimiser's default
+    momentum: float = 0.9
+    trim_beta: float = 0.1
+    krum_f: int = 1
+    multi_krum_m: Optional[int] = None
+    norm_bound: Optional[float] = None  # reject open updates with a larger L2 norm
+
+    def __post_init__(self) -> None:
+        if self.server_learning_rate is not None:
+            _positive("aggregation.server_learning_rate", self.server_learning_rate)
+        if not 0 <= self.trim_beta < 0.5:
+            raise _fail("aggregation.trim_beta",
+                        f"got {self.trim_beta!r}, expected a fraction in [0, 0.5)")
+        if self.krum_f < 0:
+            raise _fail("aggregation.krum_f", f"got {self.krum_f!r}, expected an integer >= 0")
+        if self.norm_bound is not None:
+            _positive("aggregation.norm_bound", self.norm_bound)
+        if not 0 <= self.momentum < 1:
+            raise _fail("aggregation.momentum",
+                        f"got {self.momentum!r}, expected a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SecureSpec:
+    """Secure aggregation for the groups with ``sharing: secure``."""
+
+    protocol: Literal["secagg", "secaggplus"] = "secaggplus"
+    threshold: float = 0.67
+    min_group: int = 3
+    neighbours: Optional[int] = None  # secaggplus: graph degree; None picks ~2 log2 n
+    clip: float = 8.0                 # fixed-point range per coordinate of n_i * delta_i
+    amortise_keys: bool = True
+    on_abort: Literal["continue", "fail"] = "continue"
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.threshold <= 1:
+            raise _fail("secure.threshold", f"got {self.threshold!r}, expected a fraction in "
+                        "[0.5, 1] (below a half, two disjoint halves could each unmask)")
+        if self.min_group < 3:
+            raise _fail("secure.min_group", f"got {self.min_group!r}, expected an integer >= 3: "
+                        "a sum of one or two updates is no secret")
+        _positive("secure.clip", self.clip)
+
+
+@dataclass(frozen=True)
+class DpSpec:
+    """User-level differential privacy (DP-FedAvg)."""
+
+    mode: Literal["none", "central", "distributed", "local"] = "none"
+    noise_multiplier: Optional[float] = None
+    clip_norm: float = 1.0
+    delta: float = 1e-5
+    target_epsilon: Optional[float] = None
+    adaptive_clipping: bool = False
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+
+    def __post_init__(self) -> None:
+        _positive("privacy.dp.clip_norm", self.clip_norm)
+        if not 0 < self.delta < 1:
+            raise _fail("privacy.dp.delta", f"got {self.delta!r}, expected a number in (0, 1)")
+        if self.noise_multiplier is not None and self.noise_multiplier < 0:
+            raise _fail("privacy.dp.noise_multiplier",
+                        f"got {self.noise_multiplier!r}, expected a number >= 0")
+        if self.target_epsilon is not None:
+            _positive("privacy.dp.target_epsilon", self.target_epsilon)
+            if self.noise_multiplier is not None:
+                raise _fail("privacy.dp", "give noise_multiplier or target_epsilon, not both")
+        if self.mode != "none" and self.noise_multiplier is None and self.target_epsilon is None:
+            raise _fail("privacy.dp", f"mode {self.mode!r} needs noise_multiplier or target_epsilon")
+        _fraction("privacy.dp.target_quantile", self.target_quantile)
+        _positive("privacy.dp.clip_learning_rate", self.clip_learning_rate)
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    dp: DpSpec = field(default_factory=DpSpec)
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    """Ray worker pool: workers host many logical participants each."""
+
+    workers: Union[int, Literal["auto"]] = "auto"
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):
+            raise _fail("resources.workers",
+                        f"got {self.workers!r}, expected 'auto' or an integer >= 1")
+        if self.cpus_per_worker < 0:
+            raise _fail("resources.cpus_per_worker",
+                        f"got {self.cpus_per_worker!r}, expected a number >= 0")
+        if self.gpus_per_worker < 0:
+            raise _fail("resources.gpus_per_worker",
+                        f"got {self.gpus_per_worker!r}, expected a number >= 0")
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    sign: bool = True
+    key: Optional[str] = None  # PEM Ed25519 private key; None: a fresh key per job
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A whole collaboration job. Field names are a contract (DESIGN.md)."""
+
+    name: str
+    participants: tuple[GroupSpec, ...]
+    seed: int = 0
+    task: TaskSpec = field(default_factory=TaskSpec)
+    rounds: int = 20
+    fraction: float = 1.0
+    local: LocalSpec = field(default_factory=LocalSpec)
+    aggregation: AggregationSpec = field(default_factory=AggregationSpec)
+    secure: SecureSpec = field(default_factory=SecureSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    release: ReleaseSpec = field(default_factory=ReleaseSpec)
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise _fail("name", f"got {self.name!r}, expected letters, digits, '-', '_' or '.'")
+        if self.rounds < 1:
+            raise _fail("rounds", f"got {self.rounds!r}, expected an integer > 0")
+        _fraction("fraction", self.fraction)
+        if not self.participants:
+            raise _fail("participants", "expected at least one group")
+        self._check_groups()
+
+    def _check_groups(self) -> None:
+        names: set[str] = set()
+        claimed = 0.0
+        for i, group in enumerate(self.participants):
+            where = f"participants.{i}"
+            if group.name in names:
+                raise _fail(f"{where}.name", f"got {group.name!r} twice; group names must differ")
+            names.add(group.name)
+            if group.count < 1:
+                raise _fail(f"{where}.count", f"got {group.count!r}, expected an integer >= 1")
+            group.partition.validate(f"{where}.partition")
+            if group.data_fraction is not None:
+                _fraction(f"{where}.data_fraction", group.data_fraction)
+                claimed += group.data_fraction
+            if group.private_layers and group.role != "vendor":
+                raise _fail(f"{where}.private_layers",
+                            "only a vendor group keeps private layers (role: vendor)")
+            for key, amount in group.resources.items():
+                if amount <= 0:
+                    raise _fail(f"{where}.resources.{key}", f"got {amount!r}, expected > 0")
+        if claimed > 1 + 1e-9:
+            raise _fail("participants", f"data_fraction adds up to {claimed:g}, expected <= 1")
+        if claimed >= 1 - 1e-9 and any(g.data_fraction is None for g in self.participants):
+            raise _fail("participants", "data_fraction adds up to 1, leaving no data for the "
+                        "groups without one")
+        secure = [g for g in self.participants if g.sharing == "secure"]
+        secure_count = sum(g.count for g in secure)
+        if secure and secure_count < self.secure.min_group:
+            raise _fail("participants", f"the secure group has {secure_count} member(s), "
+                        f"expected at least secure.min_group={self.secure.min_group}: a sum of "
+                        "one or two updates is no secret, so the server would read them")
+        if secure and self.fraction < 1 and \
+                math.floor(self.fraction * secure_count) < self.secure.min_group:
+            raise _fail("fraction", f"sampling {self.fraction:g} of {secure_count} secure "
+                        f"participants can leave fewer than min_group={self.secure.min_group}")
+        if self.aggregation.rule in ROBUST_RULES and secure and \
+                all(g.sharing == "secure" for g in self.participants):
+            raise _fail("aggregation.rule", f"{self.aggregation.rule!r} must see individual "
+                        "updates, but every group is secure; use fedavg (or make some groups open)")
+        if self.privacy.dp.mode == "distributed" and not secure:
+            raise _fail("privacy.dp.mode", "'distributed' noise is added inside the secure "
+                        "sum, so it needs a group with sharing: secure")
+
+    @property
+    def total_participants(self) -> int:
+        return sum(g.count for g in self.participants)
+
+
+# --------------------------------------------------------------------------- loading
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin in (tuple, list, Sequence):
+        return "a list"
+    if origin in (dict, Mapping):
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Check `value` against annotation `tp`, converting YAML shapes to dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed or isinstance(value, bool):
+            raise _fail(where, f"got {value!r}, expected {_type_name(tp)}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except SpecError:
+                continue
+        raise _fail(where, f"got {value!r}, expected {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise _fail(where, f"got {value!r}, expected a mapping")
+        return _build(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _fail(where, f"got {value!r}, expected a list")
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_convert(item_tp, v, f"{where}.{i}") for i, v in enumerate(value))
+    if origin in (dict, Mapping, typing.get_origin(Mapping[str, float])):
+        if not isinstance(value, Mapping):
+            raise _fail(where, f"got {value!r}, expected a mapping")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _convert(val_tp, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _fail(where, f"got {value!r}, expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(where, f"got {value!r}, expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value):
+            raise _fail(where, f"got {value!r}, expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _fail(where, f"got {value!r}, expected a string")
+        return value
+    raise TypeError(f"spec field {where} has unsupported annotation {tp!r}")  # internal bug
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise _fail(f"{prefix}{unknown[0]}", f"unknown key; allowed: {', '.join(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _fail(f"{prefix}{name}", "missing; this field is required")
+    return cls(**kwargs)
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> JobSpec:
+    """Build and validate a :class:`JobSpec` from plain YAML/JSON data."""
+    if not isinstance(data, Mapping):
+        raise SpecError(f"spec: expected a mapping at the top level, got {type(data).__name__}")
+    spec: JobSpec = _build(JobSpec, data, "")
+    return spec
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    """The resolved spec (every default filled in) as plain data; round-trips."""
+    result: dict[str, Any] = _jsonable(spec)
+    return result
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``path.to.field=value`` overrides (list items by index) to raw spec data."""
+    for item in overrides:
+        path, sep, raw = item.partition("=")
+        if not sep or not path:
+            raise SpecError(f"--set {item!r}: expected path.to.field=value")
+        keys = path.split(".")
+        node: Any = data
+        for depth, key in enumerate(keys[:-1]):
+            node = _step(node, key, ".".join(keys[: depth + 1]), create=True)
+        last = keys[-1]
+        value = _parse_scalar(raw)
+        if isinstance(node, list):
+            index = _index(node, last, path)
+            node[index] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise SpecError(f"--set {item!r}: {'.'.join(keys[:-1])} is not a mapping or list")
+    return data
+
+
+def _index(node: list[Any], key: str, path: str) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise SpecError(f"--set {path}: {key!r} is not an index of a list of {len(node)}")
+    return int(key)
+
+
+def _step(node: Any, key: str, path: str, *, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, key, path)]
+    if isinstance(node, dict):
+        if key not in node or node[key] is None:
+            if not create:
+                raise SpecError(f"--set {path}: no such field")
+            node[key] = {}
+        return node[key]
+    raise SpecError(f"--set {path}: not a mapping or list")
+
+
+def read_spec_data(path: str | Path) -> dict[str, Any]:
+    """Read raw spec data from a YAML or JSON file, with one-line errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec: {p}: no such file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"spec: {p}: cannot read ({err.__class__.__name__})") from None
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else \
+            (f" at line {err.lineno}" if isinstance(err, json.JSONDecodeError) else "")
+        problem = getattr(err, "problem", None) or getattr(err, "msg", "syntax error")
+        raise SpecError(f"spec: {p}: invalid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}"
+                        f"{line}: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"spec: {p}: expected a mapping at the top level")
+    return data
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = (), *,
+              seed: Optional[int] = None) -> JobSpec:
+    """Load, override and validate a job spec file.
+
+    Raises:
+        SpecError: the file is missing or unreadable, or a field is invalid.
+    """
+    data = apply_overrides(read_spec_data(path), overrides)
+    if seed is not None:
+        data["seed"] = seed
+    spec = spec_from_dict(data)
+    if spec.task.dataset == "file":
+        assert spec.task.path is not None
+        data_path = Path(spec.task.path)
+        if not data_path.is_absolute():
+            data_path = (Path(path).parent / data_path)
+            if not data_path.exists() and Path(spec.task.path).exists():
+                data_path = Path(spec.task.path)
+        if not data_path.is_file():
+            raise SpecError(f"spec: task.path: {spec.task.path}: no such file")
+        spec = dataclasses.replace(spec, task=dataclasses.replace(spec.task,
+                                                                  path=str(data_path.resolve())))
+    return spec

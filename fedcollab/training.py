@@ -1,0 +1,212 @@
+"""LocalTrainer: one compiled training function shared by many participants.
+
+A worker hosts many logical participants but builds one Keras model. Each
+participant's local training is a single call of a ``tf.function`` that loads the
+given weights into the model's variables, runs the epochs over the participant's
+batches in-graph, and returns the new weights: no ``model.fit`` per participant,
+no retracing (shapes are dynamic in the input signature), and the trace happens
+once, when the worker starts (:meth:`LocalTrainer.warm_up`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+from fedcollab.types import Weights
+
+__all__ = ["configure_tensorflow", "LocalTrainer", "TrainResult"]
+
+
+def configure_tensorflow(*, threads: int = 1, deterministic: bool = True,
+                         gpu_memory_growth: bool = True) -> None:
+    """Set TF's thread pools, op determinism and GPU memory growth (call first).
+
+    Thread pools can only be set before TF's runtime starts; a second call is a no-op.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _quiet_stderr(os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "2"):
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass  # runtime already initialised in this process
+    if gpu_memory_growth:
+        for gpu in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:
+                pass
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+@contextlib.contextmanager
+def _quiet_stderr(enabled: bool) -> Iterator[None]:
+    """Silence file descriptor 2 while TensorFlow starts.
+
+    TensorFlow 2.20+ prints oneDNN/CUDA-probe lines through absl before its log
+    level applies; TF_CPP_MIN_LOG_LEVEL cannot hide them. Python-level errors
+    still propagate as exceptions.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    weights: Weights
+    loss: float
+
+
+class LocalTrainer:
+    """Compiled local training and evaluation for one model architecture.
+
+    Args:
+        model: an uncompiled Keras model (its variables are reused for everyone).
+        classification: sparse categorical cross-entropy and accuracy if True, else MSE.
+        optimizer: "sgd" or "adam"; its state is reset for every participant.
+        learning_rate, batch_size, epochs: local training settings.
+        proximal_mu: FedProx (Li et al. 2020) term mu/2 ||w - w_global||^2; 0 disables it.
+    """
+
+    def __init__(self, model: Any, *, classification: bool, optimizer: str = "sgd",
+                 learning_rate: float = 0.1, batch_size: int = 16, epochs: int = 1,
+                 proximal_mu: float = 0.0) -> None:
+        import keras
+        import tensorflow as tf
+
+        self.model = model
+        self.classification = classification
+        self.batch_size = int(batch_size)
+        self.epochs = int(epochs)
+        self.proximal_mu = float(proximal_mu)
+        self._variables = list(model.weights)
+        self._trainable = list(model.trainable_weights)
+        self._trainable_index = [next(i for i, v in enumerate(self._variables) if v is t)
+                                 for t in self._trainable]
+        opt_cls = keras.optimizers.SGD if optimizer == "sgd" else keras.optimizers.Adam
+        self._optimizer = opt_cls(learning_rate=learning_rate)
+        self._optimizer.build(self._trainable)
+        # Slots and the step counter restart for every participant; the learning rate
+        # is an optimizer variable too in Keras 3 and must keep its value.
+        self._optimizer_state = [v for v in self._optimizer.variables
+                                 if v.name != "learning_rate"]
+        if classification:
+            self._loss_fn = keras.losses.SparseCategoricalCrossentropy()
+        else:
+            self._loss_fn = keras.losses.MeanSquaredError()
+        weight_specs = [tf.TensorSpec(v.shape, v.dtype) for v in self._variables]
+        x_shape = (None,) + tuple(model.inputs[0].shape[1:])
+        y_dtype = tf.int64 if classification else tf.float32
+        self._train_fn = tf.function(
+            self._train_graph, reduce_retracing=True,
+            input_signature=[weight_specs, tf.TensorSpec(x_shape, tf.float32),
+                             tf.TensorSpec((None,), y_dtype),
+                             tf.TensorSpec((None, None), tf.int32)])
+        self._eval_fn = tf.function(
+            self._eval_graph,
+            input_signature=[weight_specs, tf.TensorSpec(x_shape, tf.float32),
+                             tf.TensorSpec((None,), y_dtype)])
+
+    # ------------------------------------------------------------------ graphs
+    def _load(self, weights: Sequence[Any]) -> None:
+        for var, value in zip(self._variables, weights):
+            var.assign(value)
+
+    def _train_graph(self, weights: list[Any], x: Any, y: Any, perms: Any) -> Any:
+        import tensorflow as tf
+
+        self._load(weights)
+        for var in self._optimizer_state:
+            var.assign(tf.zeros_like(var))
+        anchors = [weights[i] for i in self._trainable_index]
+        n = tf.shape(x)[0]
+        batches = (n + self.batch_size - 1) // self.batch_size
+        last_loss = tf.constant(0.0)
+        for epoch in tf.range(tf.shape(perms)[0]):
+            xs = tf.gather(x, perms[epoch])
+            ys = tf.gather(y, perms[epoch])
+            for b in tf.range(batches):
+                start = b * self.batch_size
+                xb = xs[start:start + self.batch_size]
+                yb = ys[start:start + self.batch_size]
+                with tf.GradientTape() as tape:
+                    pred = self.model(xb, training=True)
+                    if not self.classification:
+                        pred = tf.reshape(pred, tf.shape(yb))
+                    loss = self._loss_fn(yb, pred)
+                    if self.proximal_mu > 0:
+                        loss += 0.5 * self.proximal_mu * tf.add_n(
+                            [tf.reduce_sum(tf.square(v - a))
+                             for v, a in zip(self._trainable, anchors)])
+                grads = tape.gradient(loss, self._trainable)
+                self._optimizer.apply_gradients(zip(grads, self._trainable))
+                last_loss = tf.cast(loss, tf.float32)
+        return [tf.identity(v) for v in self._variables], last_loss
+
+    def _eval_graph(self, weights: list[Any], x: Any, y: Any) -> Any:
+        import tensorflow as tf
+
+        self._load(weights)
+        pred = self.model(x, training=False)
+        if self.classification:
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, pred))
+            correct = tf.cast(tf.equal(tf.argmax(pred, axis=-1), y), tf.float32)
+            return loss, tf.reduce_mean(correct)
+        pred = tf.reshape(pred, tf.shape(y))
+        return tf.reduce_mean(tf.square(pred - y)), tf.constant(float("nan"))
+
+    # ------------------------------------------------------------------ API
+    def get_weights(self) -> Weights:
+        return [np.array(v.numpy()) for v in self._variables]
+
+    def warm_up(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Trace both functions now, outside the round loop."""
+        weights = self.get_weights()
+        k = min(len(x), self.batch_size * 2)
+        self.train(weights, x[:k], y[:k], rng=np.random.default_rng(0))
+        self.evaluate(weights, x[:k], y[:k])
+        self._load(weights)
+
+    def train(self, weights: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray, *,
+              rng: np.random.Generator, epochs: Optional[int] = None) -> TrainResult:
+        """Train from `weights` on (x, y); batches are shuffled by `rng` each epoch."""
+        n = len(x)
+        perms = np.stack([rng.permutation(n) for _ in range(epochs or self.epochs)]) \
+            .astype(np.int32)
+        new_weights, loss = self._train_fn(list(weights), x, y, perms)
+        return TrainResult([w.numpy() for w in new_weights], float(loss.numpy()))
+
+    def evaluate(self, weights: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray, *,
+                 chunk: int = 8192) -> tuple[float, float]:
+        """(loss, accuracy) of `weights` on (x, y); accuracy is NaN for regression."""
+        if len(x) <= chunk:
+            loss, acc = self._eval_fn(list(weights), x, y)
+            return float(loss.numpy()), float(acc.numpy())
+        total_loss = total_acc = 0.0
+        for start in range(0, len(x), chunk):
+            loss, acc = self._eval_fn(list(weights), x[start:start + chunk],
+                                      y[start:start + chunk])
+            size = len(x[start:start + chunk])
+            total_loss += float(loss.numpy()) * size
+            total_acc += float(acc.numpy()) * size
+        return total_loss / len(x), total_acc / len(x)

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""fedcollab benchmarks: one JSON object per line (the contract in DESIGN.md).
+
+Ratios compare two things measured in this same run; absolute seconds are not
+comparable across machines or runs. Usage: scripts/bench [--only NAME[,NAME...]]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def emit(line: dict[str, Any]) -> None:
+    print(json.dumps(line), flush=True)
+
+
+def workload_spec(clients: int, *, rounds: int = 20, name: str = "bench",
+                  **overrides: Any) -> Any:
+    """The benchmark workload as a job spec (all participants open, every round)."""
+    from fedcollab.spec import spec_from_dict
+
+    data: dict[str, Any] = {
+        "name": name, "seed": 0, "rounds": rounds, "fraction": 1.0,
+        "task": {"dataset": "digits", "model": "mlp", "test_fraction": 0.2},
+        "local": {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "learning_rate": 0.1},
+        "participants": [{"name": "community", "role": "community", "count": clients,
+                          "sharing": "open", "partition": {"kind": "dirichlet", "alpha": 0.5}}],
+        "aggregation": {"rule": "fedavg", "server_optimizer": "none"},
+        "release": {"sign": False},
+    }
+    for path, value in overrides.items():
+        node = data
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        if isinstance(node, list):
+            node[int(keys[-1])] = value
+        else:
+            node[keys[-1]] = value
+    return spec_from_dict(data)
+
+
+def run_fedcollab(spec: Any) -> dict[str, Any]:
+    from fedcollab.orchestrator import RunOptions, run_job
+
+    with tempfile.TemporaryDirectory(prefix="fedcollab-bench-") as tmp:
+        result = run_job(spec, RunOptions(out_dir=Path(tmp), quiet=True, release=False))
+        return {**result.summary, "metrics": result.metrics}
+
+
+def reference(clients: int, mode: str = "step") -> dict[str, Any]:
+    """The reference loop in its own process (its own TF runtime, one thread)."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "reference_fedavg.py"),
+                          "--clients", str(clients), "--mode", mode],
+                         capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def bench_fedavg_vs_reference() -> None:
+    for clients in (10, 100):
+        ref = reference(clients)
+        fast = reference(clients, "epoch")
+        ours = run_fedcollab(workload_spec(clients))
+        emit({"bench": "fedavg_vs_reference", "clients": clients, "rounds": 20,
+              "fedcollab_rounds_seconds": ours["rounds_seconds"],
+              "reference_rounds_seconds": ref["rounds_seconds"],
+              "ratio": ours["rounds_seconds"] / ref["rounds_seconds"],
+              "fedcollab_accuracy": ours["final_accuracy"], "reference_accuracy": ref["accuracy"],
+              "workers": len(ours["workers"]),
+              "reference_mode": "compiled step per batch",
+              "epoch_graph_reference_rounds_seconds": fast["rounds_seconds"],
+              "ratio_to_epoch_graph_reference": ours["rounds_seconds"] / fast["rounds_seconds"]})
+
+
+class _PeakRss:
+    """Peak of the RSS summed over this process and all its descendants (Ray's too)."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> int:
+        me = self._psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
+                pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "_PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_memory() -> None:
+    import ray
+
+    from fedcollab.cluster import connect
+
+    ray.shutdown()  # measure a Ray started for this job alone
+    with _PeakRss() as rss:
+        with connect(None):
+            ours = run_fedcollab(workload_spec(1000, rounds=2))
+    emit({"bench": "memory", "clients": 1000, "rounds": 2, "peak_rss_gib": rss.peak / 2**30,
+          "rounds_seconds": ours["rounds_seconds"], "workers": len(ours["workers"])})
+
+
+BENCHES: dict[str, Callable[[], None]] = {
+    "fedavg_vs_reference": bench_fedavg_vs_reference,
+    "memory": bench_memory,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated bench names: "
+                        + ", ".join(BENCHES))
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n] or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        print(f"bench: unknown name(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}",
+              file=sys.stderr)
+        return 2
+    from fedcollab.cluster import connect
+
+    with connect(None):  # one embedded Ray for the benches that don't need their own
+        for name in names:
+            BENCHES[name]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Tests for fedcollab.aggregation.registry: rules by name, secure-sum compatibility."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import numpy as np
+import pytest
+
+from fedcollab.aggregation import (
+    INDIVIDUAL_UPDATE_RULES,
+    RULES,
+    SECURE_SUM_RULES,
+    AggregationError,
+    UnknownRuleError,
+    aggregate,
+    combine_with_secure_sum,
+    krum,
+    median,
+    multi_krum,
+    norm_bounded_mean,
+    rule_needs_individual_updates,
+    rule_options,
+    secure_compatibility_message,
+    trimmed_mean,
+    weighted_mean,
+)
+
+from ._strategies import assert_weights_close
+
+
+def _updates(n: int = 7) -> tuple[list[list[np.ndarray]], list[int]]:
+    rng = np.random.default_rng(1)
+    return ([[rng.normal(size=(3, 2)), rng.normal(size=2)] for _ in range(n)],
+            [int(c) for c in rng.integers(1, 20, size=n)])
+
+
+@pytest.mark.parametrize("rule,options,direct", [
+    ("fedavg", {}, lambda u, c: weighted_mean(u, c)),
+    ("median", {}, lambda u, c: median(u)),
+    ("trimmed_mean", {"beta": 0.2}, lambda u, c: trimmed_mean(u, beta=0.2)),
+    ("krum", {"f": 2}, lambda u, c: krum(u, f=2)),
+    ("multi_krum", {"f": 1, "m": 3}, lambda u, c: multi_krum(u, f=1, m=3)),
+    ("multi_krum", {"f": 1}, lambda u, c: multi_krum(u, f=1)),
+    ("norm_bounded", {"bound": 0.5}, lambda u, c: norm_bounded_mean(u, c, bound=0.5)),
+])
+def test_aggregate_each_rule_equals_direct_call(rule: str, options: dict,
+                                                direct: typing.Callable) -> None:
+    updates, counts = _updates()
+    assert_weights_close(aggregate(rule, updates, counts, **options), direct(updates, counts))
+
+
+def test_aggregate_unknown_rule_raises_listing_rules() -> None:
+    with pytest.raises(UnknownRuleError, match="got 'mean', expected one of fedavg, krum"):
+        aggregate("mean", *_updates())
+
+
+def test_aggregate_unknown_option_raises() -> None:
+    with pytest.raises(UnknownRuleError, match="got option\\(s\\) trim_beta, expected beta"):
+        aggregate("trimmed_mean", *_updates(), trim_beta=0.1)
+
+
+def test_aggregate_missing_required_option_raises() -> None:
+    with pytest.raises(UnknownRuleError, match="missing option\\(s\\) f"):
+        aggregate("krum", *_updates())
+
+
+def test_rule_callable_equals_aggregate() -> None:
+    updates, counts = _updates()
+    assert_weights_close(RULES["krum"](updates, counts, f=1), aggregate("krum", updates, counts,
+                                                                        f=1))
+
+
+@pytest.mark.parametrize("rule,expected", [
+    ("fedavg", {}), ("median", {}), ("trimmed_mean", {"beta": 0.25}), ("krum", {"f": 2}),
+    ("multi_krum", {"f": 2, "m": None}), ("norm_bounded", {"bound": 3.0})])
+def test_rule_options_maps_spec_fields_to_rule_options(rule: str, expected: dict) -> None:
+    options = rule_options(rule, trim_beta=0.25, krum_f=2, multi_krum_m=None, norm_bound=3.0)
+    assert options == expected
+    updates, counts = _updates()
+    aggregate(rule, updates, counts, **options)  # accepted as is
+
+
+def test_rule_options_norm_bounded_without_bound_raises() -> None:
+    with pytest.raises(UnknownRuleError, match="needs norm_bound"):
+        rule_options("norm_bounded")
+
+
+def test_rule_needs_individual_updates_only_fedavg_runs_over_sums() -> None:
+    assert rule_needs_individual_updates("fedavg") is False
+    for rule in ("median", "trimmed_mean", "krum", "multi_krum", "norm_bounded"):
+        assert rule_needs_individual_updates(rule) is True
+    assert SECURE_SUM_RULES == {"fedavg"}
+    assert SECURE_SUM_RULES | INDIVIDUAL_UPDATE_RULES == set(RULES)
+
+
+def test_rule_needs_individual_updates_unknown_rule_raises() -> None:
+    with pytest.raises(UnknownRuleError):
+        rule_needs_individual_updates("bulyan")
+
+
+def test_secure_compatibility_message_robust_rule_explains_open_only() -> None:
+    message = secure_compatibility_message("median")
+    assert "in the clear" in message and "open" in message and "'fedavg'" in message
+
+
+def test_secure_compatibility_message_fedavg_says_it_composes() -> None:
+    assert "any mix of open and secure" in secure_compatibility_message("fedavg")
+
+
+def test_registry_names_match_spec_rule_names() -> None:
+    from fedcollab import spec
+
+    hints = typing.get_type_hints(spec.AggregationSpec)
+    assert set(typing.get_args(hints["rule"])) == set(RULES)
+    assert set(spec.ROBUST_RULES) == INDIVIDUAL_UPDATE_RULES
+
+
+def test_registry_rules_mapping_is_read_only() -> None:
+    with pytest.raises(TypeError):
+        RULES["mine"] = RULES["fedavg"]  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RULES["fedavg"].needs_individual_updates = True  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- secure sums
+
+def test_combine_with_secure_sum_fedavg_equals_mean_over_everyone() -> None:
+    updates, counts = _updates(6)
+    open_u, open_c = updates[:4], counts[:4]
+    secure_u, secure_c = updates[4:], counts[4:]
+    secure_sum = [sum(c * u[layer] for u, c in zip(secure_u, secure_c)) for layer in range(2)]
+    combined = combine_with_secure_sum(weighted_mean(open_u, open_c), sum(open_c),
+                                       secure_sum, sum(secure_c))
+    assert_weights_close(combined, weighted_mean(updates, counts), rtol=1e-12)
+
+
+def test_combine_with_secure_sum_secure_only_divides_by_count() -> None:
+    combined = combine_with_secure_sum(None, 0, [np.array([6.0, 9.0])], 3)
+    np.testing.assert_array_equal(combined[0], [2.0, 3.0])
+
+
+def test_combine_with_secure_sum_open_only_returns_open() -> None:
+    combined = combine_with_secure_sum([np.array([1.5], np.float32)], 4, None, 0)
+    assert combined[0].dtype == np.float32
+    np.testing.assert_array_equal(combined[0], [1.5])
+
+
+def test_combine_with_secure_sum_nothing_raises() -> None:
+    with pytest.raises(AggregationError, match="nothing to combine"):
+        combine_with_secure_sum(None, 0, None, 0)
+
+
+def test_combine_with_secure_sum_shape_mismatch_raises() -> None:
+    with pytest.raises(AggregationError, match="shape"):
+        combine_with_secure_sum([np.zeros(2)], 1, [np.zeros(3)], 1)
