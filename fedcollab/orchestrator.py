@@ -165,7 +165,8 @@ class _Job:
                 num_cpus=self.spec.resources.cpus_per_worker,
                 num_gpus=self.spec.resources.gpus_per_worker,
                 resources=resources or None, max_restarts=1, max_task_retries=0,
-            ).remote(WorkerConfig(spec_data, tuple(pids), str(self.out), index))
+            ).remote(WorkerConfig(spec_data, tuple(pids), str(self.out), index,
+                                  resume=self.start_round > 1))
             self.workers.append(actor)
             self.hosted.append(pids)
         self.placement = ray.get([w.ready.remote() for w in self.workers])

@@ -65,6 +65,7 @@ class WorkerConfig:
     pids: tuple[int, ...]         # participants hosted here
     out_dir: str                  # where vendor-private checkpoints go (this node)
     worker_index: int
+    resume: bool = False          # reload private-layer checkpoints written by a previous run
 
 
 class _Participant:
@@ -125,6 +126,8 @@ class ParticipantWorker:
                 where=f"participants.{info.group}.private_layers") if info.private_layers else []
             self.participants[pid] = _Participant(info, data.x_train[idx], data.y_train[idx],
                                                   private)
+        if config.resume:
+            self._load_private()
         self.trainer.warm_up(data.x_train, data.y_train)  # trace now, not in round 1
         self._secure: dict[int, Any] = {}
 
@@ -177,6 +180,18 @@ class ParticipantWorker:
                 results.append((pid, loss, acc))
         return results
 
+    def _private_path(self, pid: int) -> Path:
+        return self.out_dir / "checkpoints" / "private" / f"participant-{pid:05d}.npz"
+
+    def _load_private(self) -> None:
+        from fedcollab.io import load_npz
+
+        for pid, part in self.participants.items():
+            path = self._private_path(pid)
+            if part.private_index and path.exists():
+                arrays, _ = load_npz(path)
+                part.private = [arrays[f"w{i}"] for i in part.private_index]
+
     def save_private(self, round_id: int) -> int:
         """Checkpoint private-layer weights on this worker's side; returns files written."""
         from fedcollab.io import atomic_save_npz
@@ -185,8 +200,7 @@ class ParticipantWorker:
         for pid, part in sorted(self.participants.items()):
             if part.private is None:
                 continue
-            path = self.out_dir / "checkpoints" / "private" / f"participant-{pid:05d}.npz"
-            atomic_save_npz(path, {f"w{i}": w for i, w in zip(part.private_index, part.private)},
+            atomic_save_npz(self._private_path(pid), {f"w{i}": w for i, w in zip(part.private_index, part.private)},
                             meta={"round": round_id, "pid": pid})
             written += 1
         return written
