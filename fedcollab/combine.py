@@ -45,10 +45,12 @@ def _rule_estimate(rule: str, deltas: list[np.ndarray], counts: list[int],
 
 def combine(shapes: Sequence[tuple[int, ...]], open_updates: Sequence[OpenUpdate],
             secure: Optional[SecureSum] = None, *, rule: str = "fedavg",
-            options: Optional[Mapping[str, Any]] = None) -> tuple[list[np.ndarray], list[float]]:
+            options: Optional[Mapping[str, Any]] = None,
+            noise: Optional[Sequence[np.ndarray]] = None) -> tuple[list[np.ndarray], list[float]]:
     """The aggregated delta per array and the total sample weight behind it.
 
-    Arrays nobody shared this round get a zero delta (and weight 0).
+    Arrays nobody shared this round get a zero delta (and weight 0). `noise`
+    (central DP) is added to each shared array's weighted sum before dividing.
     """
     options = dict(options or {})
     deltas: list[np.ndarray] = []
@@ -69,6 +71,8 @@ def combine(shapes: Sequence[tuple[int, ...]], open_updates: Sequence[OpenUpdate
         if secure is not None and secure.counts[j] > 0:
             total = total + np.asarray(secure.weighted_delta[j], dtype=np.float64).reshape(shape)
             weight += float(secure.counts[j])
+        if noise is not None and weight > 0:
+            total = total + np.asarray(noise[j], dtype=np.float64).reshape(shape)
         deltas.append(total / weight if weight > 0 else total)
         weights.append(weight)
     return deltas, weights

@@ -16,14 +16,22 @@ from fedcollab.spec import SpecError
 __all__ = ["build_model", "resolve_builder", "private_weight_indices", "layer_names"]
 
 
+def _head(num_classes: int) -> Any:
+    """Softmax over classes, or one linear output for regression (num_classes 0)."""
+    import keras
+
+    if num_classes > 0:
+        return keras.layers.Dense(num_classes, activation="softmax", name="head")
+    return keras.layers.Dense(1, name="head")
+
+
 def _build_mlp(input_shape: tuple[int, ...], num_classes: int) -> Any:
     import keras
 
     inputs = keras.Input(shape=input_shape, name="features")
     x = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
     x = keras.layers.Dense(64, activation="relu", name="hidden")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(x)
-    return keras.Model(inputs, outputs, name="mlp")
+    return keras.Model(inputs, _head(num_classes)(x), name="mlp")
 
 
 def _build_cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
@@ -38,8 +46,7 @@ def _build_cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
     x = keras.layers.MaxPooling2D(2, name="pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(64, activation="relu", name="hidden")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(x)
-    return keras.Model(inputs, outputs, name="cnn")
+    return keras.Model(inputs, _head(num_classes)(x), name="cnn")
 
 
 def _build_regression(input_shape: tuple[int, ...], num_classes: int) -> Any:
@@ -90,7 +97,7 @@ def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
     keras.utils.set_random_seed(seed)
     builder = resolve_builder(name)
     if name in _BUILTIN:
-        model = builder(input_shape, max(num_classes, 1))
+        model = builder(input_shape, num_classes)
     else:
         accepted = inspect.signature(builder).parameters
         kwargs = {k: v for k, v in (("input_shape", input_shape), ("num_classes", num_classes))

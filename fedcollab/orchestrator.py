@@ -23,7 +23,7 @@ import numpy as np
 
 from fedcollab.combine import OpenUpdate, SecureSum, combine
 from fedcollab.io import atomic_save_npz, atomic_write_bytes, atomic_write_json, load_npz
-from fedcollab.participants import ParticipantInfo, Update, WorkerConfig, roster
+from fedcollab.participants import ParticipantInfo, RoundConfig, Update, WorkerConfig, roster
 from fedcollab.spec import JobSpec, spec_to_dict
 from fedcollab.types import Weights
 
@@ -142,6 +142,29 @@ class _Job:
         self.bytes_down = 0
         self.rejected_total = 0
         self.private_pids = [p.pid for p in self.people if p.private_layers]
+        self._init_dp()
+
+    def _init_dp(self) -> None:
+        """Resolve the noise multiplier once; z = 0 means DP is off (see README)."""
+        from fedcollab.privacy import PrivacyLedger
+
+        dp = self.spec.privacy.dp
+        self.dp_on = dp.mode != "none"
+        self.noise_multiplier = 0.0
+        self.clip_norm = dp.clip_norm
+        self.ledger = PrivacyLedger()
+        if not self.dp_on:
+            return
+        if dp.target_epsilon is not None:
+            from fedcollab.privacy import noise_multiplier_for_target
+
+            self.noise_multiplier = noise_multiplier_for_target(
+                target_epsilon=dp.target_epsilon, sampling_rate=self.spec.fraction,
+                rounds=self.spec.rounds, delta=dp.delta)
+        else:
+            self.noise_multiplier = float(dp.noise_multiplier or 0.0)
+        if self.noise_multiplier == 0.0:
+            self.dp_on = False  # no noise: identical to a run without DP
 
     # ------------------------------------------------------------ set-up
     def start_workers(self) -> None:
@@ -180,6 +203,17 @@ class _Job:
         self.weights = [arrays[f"w{i}"] for i in range(len(self.shapes))]
         self.start_round = int(meta["round"]) + 1
         self.bytes_up, self.bytes_down = int(meta["bytes_up"]), int(meta["bytes_down"])
+        self.clip_norm = float(meta.get("clip_norm", self.clip_norm))
+        self.rejected_total = int(meta.get("rejected_total", 0))
+        if meta.get("ledger"):
+            from fedcollab.privacy import PrivacyLedger
+
+            self.ledger = PrivacyLedger.from_dict(meta["ledger"])
+        server = {k[len("server."):]: v for k, v in arrays.items() if k.startswith("server.")}
+        if server:
+            from fedcollab.aggregation import state_from_arrays
+
+            self.server_state = state_from_arrays(server)
         metrics_path = self.out / "metrics.jsonl"
         if metrics_path.exists():
             lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
@@ -188,12 +222,13 @@ class _Job:
                                                      for m in self.metrics).encode())
 
     # ------------------------------------------------------------ one round
-    def _train(self, ref: Any, round_id: int, chosen: set[int]) -> tuple[list[Update], list[int]]:
+    def _train(self, ref: Any, round_id: int, chosen: set[int],
+               config: RoundConfig) -> tuple[list[Update], list[int]]:
         calls, owners = [], []
         for worker, pids in zip(self.workers, self.hosted):
             mine = [p for p in pids if p in chosen]
             if mine:
-                calls.append(worker.train_round.remote(ref, round_id, mine))
+                calls.append(worker.train_round.remote(ref, round_id, mine, config))
                 owners.append(mine)
         updates: list[Update] = []
         dropped: list[int] = []
@@ -218,18 +253,13 @@ class _Job:
     def run_round(self, round_id: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         chosen = sample_participants(self.people, self.spec, round_id)
+        config = RoundConfig(self.spec.privacy.dp.mode if self.dp_on else "none",
+                             self.clip_norm, self.noise_multiplier, len(chosen))
         ref = self.ray.put(self.weights)
-        updates, dropped = self._train(ref, round_id, set(chosen))
+        updates, dropped = self._train(ref, round_id, set(chosen), config)
         t_train = time.perf_counter()
         valid, rejected = self._validate(updates)
-        agg = self.spec.aggregation
-        options = {"beta": agg.trim_beta} if agg.rule == "trimmed_mean" else \
-            {"f": agg.krum_f} if agg.rule == "krum" else \
-            {"f": agg.krum_f, "m": agg.multi_krum_m} if agg.rule == "multi_krum" else \
-            {"bound": agg.norm_bound or 1.0} if agg.rule == "norm_bounded" else {}
-        secure_sum: Optional[SecureSum] = None
-        deltas, weights = combine(self.shapes, [OpenUpdate(u.delta, u.num_samples) for u in valid],
-                                  secure_sum, rule=agg.rule, options=options)
+        deltas, weights = self._aggregate(valid)
         if any(w > 0 for w in weights):
             self.weights = self._server_step(deltas, weights)
         loss, acc = self.evaluator.evaluate(self.weights, self.x_test, self.y_test)
@@ -248,9 +278,56 @@ class _Job:
         }
         if self.classification:
             line["accuracy"] = acc
+        if self.dp_on:
+            line.update(self._account(valid))
         if self.private_pids:
             line.update(self._personalised())
         return line
+
+    def _aggregate(self, valid: Sequence[Update]) -> tuple[list[np.ndarray], list[float]]:
+        """Combine the valid open updates (and the secure sum) with the spec's rule.
+
+        Under DP every participant counts once (its clipped update is what the
+        noise is calibrated to), and central mode adds the noise to the sum here.
+        """
+        from fedcollab.aggregation import rule_options
+
+        agg = self.spec.aggregation
+        options = rule_options(agg.rule, trim_beta=agg.trim_beta, krum_f=agg.krum_f,
+                               multi_krum_m=agg.multi_krum_m, norm_bound=agg.clip_bound)
+        opened = [OpenUpdate(u.delta, 1 if self.dp_on else u.num_samples) for u in valid]
+        noise = None
+        if self.dp_on and self.spec.privacy.dp.mode == "central":
+            from fedcollab.privacy import clip_update, gaussian_noise_like
+
+            # The server sees open updates, so it clips them itself rather than trust them.
+            opened = [OpenUpdate(_clip_shared(o.delta, self.clip_norm, clip_update), 1)
+                      for o in opened]
+            noise = gaussian_noise_like([np.zeros(s) for s in self.shapes],
+                                        self.noise_multiplier * self.clip_norm,
+                                        np.random.default_rng())
+        secure_sum: Optional[SecureSum] = None
+        return combine(self.shapes, opened, secure_sum, rule=agg.rule, options=options,
+                       noise=noise)
+
+    def _account(self, valid: Sequence[Update]) -> dict[str, Any]:
+        """Record this round in the privacy ledger; adapt the clip norm if asked."""
+        dp = self.spec.privacy.dp
+        self.ledger = self.ledger.record(noise_multiplier=self.noise_multiplier,
+                                         sampling_rate=self.spec.fraction)
+        eps = self.ledger.epsilon(delta=dp.delta)
+        out: dict[str, Any] = {"epsilon": eps if math.isfinite(eps) else None,
+                               "delta": dp.delta, "noise_multiplier": self.noise_multiplier,
+                               "clip_norm": self.clip_norm}
+        if dp.adaptive_clipping and valid:
+            from fedcollab.privacy import adaptive_clip_step, default_count_noise_std
+
+            m = len(valid)
+            self.clip_norm = adaptive_clip_step(
+                self.clip_norm, [u.norm for u in valid], target_quantile=dp.target_quantile,
+                learning_rate=dp.clip_learning_rate,
+                count_noise_std=default_count_noise_std(m), rng=np.random.default_rng())
+        return out
 
     def _server_step(self, deltas: list[np.ndarray], weights: list[float]) -> Weights:
         from fedcollab.aggregation import ServerOptimizer, server_step
@@ -280,14 +357,21 @@ class _Job:
     # ------------------------------------------------------------ outputs
     def checkpoint(self, round_id: int) -> None:
         weights = [np.array(w) for w in self.weights]
-        meta = {"round": round_id, "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
+        meta = {"round": round_id, "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
+                "clip_norm": self.clip_norm, "ledger": self.ledger.to_dict(),
+                "rejected_total": self.rejected_total}
+        arrays = {f"w{i}": w for i, w in enumerate(weights)}
+        if self.server_state is not None:
+            from fedcollab.aggregation import state_to_arrays
+
+            arrays.update({f"server.{k}": np.array(v)
+                           for k, v in state_to_arrays(self.server_state).items()})
         ckpt_dir = self.out / "checkpoints"
         keep = self.options.keep_checkpoints
 
         def write() -> None:
             name = f"round-{round_id:05d}.npz"
-            atomic_save_npz(ckpt_dir / name, {f"w{i}": w for i, w in enumerate(weights)},
-                            meta=meta)
+            atomic_save_npz(ckpt_dir / name, arrays, meta=meta)
             atomic_write_json(ckpt_dir / "latest.json", {"round": round_id, "file": name})
             for old in sorted(ckpt_dir.glob("round-*.npz"))[:-keep]:
                 old.unlink(missing_ok=True)
@@ -305,21 +389,32 @@ class _Job:
         self.pending.clear()
 
 
+def _clip_shared(delta: Sequence[Optional[np.ndarray]], clip_norm: float,
+                 clip: Callable[..., Any]) -> list[Optional[np.ndarray]]:
+    """Clip the shared arrays of an update to L2 norm `clip_norm` (None stays None)."""
+    shared = [i for i, d in enumerate(delta) if d is not None]
+    clipped, _ = clip([delta[i] for i in shared], clip_norm)
+    out: list[Optional[np.ndarray]] = [None] * len(delta)
+    for i, c in zip(shared, clipped):
+        out[i] = c
+    return out
+
+
 def _check_update(update: Update, shapes: Sequence[tuple[int, ...]],
                   norm_bound: Optional[float]) -> str:
     """Why an update is rejected ("" when it is fine). Never includes values."""
     from fedcollab.aggregation import UpdateRejected, validate_update
 
     if len(update.delta) != len(shapes):
-        return f"expected {len(shapes)} arrays, got {len(update.delta)}"
+        return f"count: expected {len(shapes)} arrays, got {len(update.delta)}"
     if update.num_samples <= 0:
-        return f"sample count must be positive, got {update.num_samples}"
+        return f"samples: sample count must be positive, got {update.num_samples}"
     shared = [(d, s) for d, s in zip(update.delta, shapes) if d is not None]
     try:
         validate_update([d for d, _ in shared], [s for _, s in shared],
                         dtypes=[np.float32] * len(shared), norm_bound=norm_bound)
     except UpdateRejected as err:
-        return str(err)
+        return f"{err.kind}: {err.reason}"
     return ""
 
 
@@ -443,6 +538,19 @@ def _summary(job: _Job, wall0: float, rounds_seconds: float) -> dict[str, Any]:
         summary["final_accuracy"] = last.get("accuracy")
     if "vendor_accuracy" in last:
         summary["vendor_accuracy"] = last["vendor_accuracy"]
+    dp = spec.privacy.dp
+    summary["privacy"] = {"mode": dp.mode if job.dp_on else "none",
+                          "noise_multiplier": job.noise_multiplier, "delta": dp.delta,
+                          "epsilon": last.get("epsilon") if job.dp_on else None,
+                          "clip_norm": job.clip_norm if job.dp_on else None}
+    summary["aggregation"] = {"rule": spec.aggregation.rule,
+                              "server_optimizer": spec.aggregation.server_optimizer}
+    reasons: dict[str, int] = {}
+    for m in job.metrics:
+        for reason in m["rejected"].values():
+            kind = reason.split(":")[0]
+            reasons[kind] = reasons.get(kind, 0) + 1
+    summary["rejected_by_reason"] = reasons
     return summary
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from fedcollab.types import ParticipantId, Weights
 
-__all__ = ["ParticipantInfo", "Update", "WorkerConfig", "ParticipantWorker", "roster"]
+__all__ = ["ParticipantInfo", "Update", "RoundConfig", "WorkerConfig", "ParticipantWorker",
+           "roster"]
 
 TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
           "TF_NUM_INTEROP_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -51,12 +52,27 @@ def roster(spec: Any) -> list[ParticipantInfo]:
 
 @dataclass
 class Update:
-    """A participant's update over the arrays it shares (None where private)."""
+    """A participant's update over the arrays it shares (None where private).
+
+    ``norm`` is the L2 norm before any DP clipping (for adaptive clipping; an open
+    participant's update is in the clear anyway).
+    """
 
     pid: ParticipantId
     delta: list[Optional[np.ndarray]]
     num_samples: int
     loss: float
+    norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Per-round settings the server sends with the global weights."""
+
+    dp_mode: str = "none"           # none | central | distributed | local
+    clip_norm: float = 1.0          # C this round (adaptive clipping moves it)
+    noise_multiplier: float = 0.0   # z
+    noisy_participants: int = 1     # m: distributed noise is z*C/sqrt(m) each
 
 
 @dataclass(frozen=True)
@@ -157,18 +173,60 @@ class ParticipantWorker:
             part.private = [result.weights[i] for i in part.private_index]
         return part, result.weights, result.loss
 
-    def train_round(self, global_weights: Weights, round_id: int,
-                    pids: Sequence[int]) -> list[Update]:
-        """Train the given participants; return their updates over shared arrays."""
+    def train_round(self, global_weights: Weights, round_id: int, pids: Sequence[int],
+                    config: RoundConfig = RoundConfig()) -> list[Update]:
+        """Train the given participants; return their updates over shared arrays.
+
+        Honest participants clip and noise their own update when the round asks for
+        DP (central mode: clip only; the server adds the noise). A group configured
+        with an attack ``behaviour`` skips all that and sends the attack instead.
+        """
         updates = []
         for pid in pids:
             part, new, loss = self._train_one(pid, global_weights, round_id)
             private = set(part.private_index)
-            delta: list[Optional[np.ndarray]] = [
-                None if i in private else (n - g) for i, (n, g) in
-                enumerate(zip(new, global_weights))]
-            updates.append(Update(pid, delta, len(part.x), loss))
+            shared = [i for i in range(len(new)) if i not in private]
+            raw = [(new[i] - global_weights[i]).astype(np.float32) for i in shared]
+            norm = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64)))
+                                     for d in raw)))
+            behaviour = self.spec.participants[part.info.group].behaviour
+            if behaviour != "honest":
+                raw = self._attack(raw, part.info.group)
+            elif config.dp_mode != "none":
+                # DP noise must be unpredictable to the server, which knows the job
+                # seed: OS entropy, not the seed (DP runs are not bit-reproducible).
+                raw = self._privatize(raw, config, np.random.default_rng())
+            delta: list[Optional[np.ndarray]] = [None] * len(new)
+            for i, d in zip(shared, raw):
+                delta[i] = d
+            updates.append(Update(pid, delta, len(part.x), loss, norm))
         return updates
+
+    def _privatize(self, raw: list[np.ndarray], config: RoundConfig,
+                   rng: np.random.Generator) -> list[np.ndarray]:
+        from fedcollab.privacy import privatize_update
+
+        mode = "central" if config.dp_mode == "central" else config.dp_mode
+        sent, _ = privatize_update(raw, mode=mode, noise_multiplier=config.noise_multiplier,  # type: ignore[arg-type]
+                                   clip_norm=config.clip_norm, rng=rng,
+                                   group_size=max(config.noisy_participants, 1))
+        return [np.asarray(a, dtype=np.float32) for a in sent]
+
+    def _attack(self, raw: list[np.ndarray], group: int) -> list[np.ndarray]:
+        """What a misbehaving participant sends instead of its honest update."""
+        spec = self.spec.participants[group]
+        kind, scale = spec.behaviour, spec.attack_scale
+        if kind == "sign_flip":
+            return [-scale * d for d in raw]
+        if kind == "scale":
+            return [scale * d for d in raw]
+        if kind == "nan":
+            return [np.full_like(d, np.nan) for d in raw]
+        if kind == "wrong_shape":
+            return [np.zeros(d.size + 1, dtype=d.dtype) for d in raw]
+        if kind == "huge_norm":
+            return [1e6 * d for d in raw]
+        return [np.zeros_like(d) for d in raw]  # zero
 
     def evaluate_personalised(self, global_weights: Weights) -> list[tuple[int, float, float]]:
         """(pid, loss, accuracy) on the test set of every participant with private layers."""

@@ -52,7 +52,7 @@ def weights_sha256(weights: Sequence[np.ndarray]) -> str:
     digest = hashlib.sha256()
     for w in weights:
         array = np.ascontiguousarray(w)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(f"{array.dtype.newbyteorder('<').str}{array.shape}".encode())
         digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
     return digest.hexdigest()
 

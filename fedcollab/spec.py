@@ -150,6 +150,12 @@ class GroupSpec:
     data_fraction: Optional[float] = None
     private_layers: tuple[str, ...] = ()
     resources: Mapping[str, float] = field(default_factory=dict)
+    # For robustness experiments and grading: how this group's participants behave.
+    # honest | sign_flip (-scale x update) | scale (scale x update) | nan | wrong_shape
+    # | huge_norm (1e6 x update) | zero
+    behaviour: Literal["honest", "sign_flip", "scale", "nan", "wrong_shape", "huge_norm",
+                       "zero"] = "honest"
+    attack_scale: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,7 @@ class AggregationSpec:
     krum_f: int = 1
     multi_krum_m: Optional[int] = None
     norm_bound: Optional[float] = None  # reject open updates with a larger L2 norm
+    clip_bound: Optional[float] = None  # norm_bounded: scale each open update down to this norm
 
     def __post_init__(self) -> None:
         if self.server_learning_rate is not None:
@@ -176,6 +183,14 @@ class AggregationSpec:
             raise _fail("aggregation.krum_f", f"got {self.krum_f!r}, expected an integer >= 0")
         if self.norm_bound is not None:
             _positive("aggregation.norm_bound", self.norm_bound)
+        if self.clip_bound is not None:
+            _positive("aggregation.clip_bound", self.clip_bound)
+        if self.rule == "norm_bounded" and self.clip_bound is None:
+            raise _fail("aggregation.clip_bound", "rule 'norm_bounded' needs clip_bound, the L2 "
+                        "norm each open update is scaled down to")
+        if self.rule == "multi_krum" and self.multi_krum_m is not None and self.multi_krum_m < 1:
+            raise _fail("aggregation.multi_krum_m",
+                        f"got {self.multi_krum_m!r}, expected an integer >= 1")
         if not 0 <= self.momentum < 1:
             raise _fail("aggregation.momentum",
                         f"got {self.momentum!r}, expected a number in [0, 1)")
@@ -284,6 +299,8 @@ class JobSpec:
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise _fail("name", f"got {self.name!r}, expected letters, digits, '-', '_' or '.'")
+        if not 0 <= self.seed < 2**32:
+            raise _fail("seed", f"got {self.seed!r}, expected an integer in [0, 2**32 - 1]")
         if self.rounds < 1:
             raise _fail("rounds", f"got {self.rounds!r}, expected an integer > 0")
         _fraction("fraction", self.fraction)
@@ -308,6 +325,9 @@ class JobSpec:
             if group.private_layers and group.role != "vendor":
                 raise _fail(f"{where}.private_layers",
                             "only a vendor group keeps private layers (role: vendor)")
+            if group.behaviour != "honest" and group.sharing == "secure":
+                raise _fail(f"{where}.behaviour", "attacks are simulated for open groups only; "
+                            "a secure sum cannot be inspected per participant")
             for key, amount in group.resources.items():
                 if amount <= 0:
                     raise _fail(f"{where}.resources.{key}", f"got {amount!r}, expected > 0")
@@ -322,14 +342,14 @@ class JobSpec:
             raise _fail("participants", f"the secure group has {secure_count} member(s), "
                         f"expected at least secure.min_group={self.secure.min_group}: a sum of "
                         "one or two updates is no secret, so the server would read them")
-        if secure and self.fraction < 1 and \
-                math.floor(self.fraction * secure_count) < self.secure.min_group:
-            raise _fail("fraction", f"sampling {self.fraction:g} of {secure_count} secure "
-                        f"participants can leave fewer than min_group={self.secure.min_group}")
         if self.aggregation.rule in ROBUST_RULES and secure and \
                 all(g.sharing == "secure" for g in self.participants):
             raise _fail("aggregation.rule", f"{self.aggregation.rule!r} must see individual "
                         "updates, but every group is secure; use fedavg (or make some groups open)")
+        if self.privacy.dp.mode != "none" and self.aggregation.rule != "fedavg":
+            raise _fail("aggregation.rule", f"{self.aggregation.rule!r} with DP: the epsilon "
+                        "accounting assumes a clipped sum (fedavg); robust rules change the "
+                        "sensitivity")
         if self.privacy.dp.mode == "distributed" and not secure:
             raise _fail("privacy.dp.mode", "'distributed' noise is added inside the secure "
                         "sum, so it needs a group with sharing: secure")

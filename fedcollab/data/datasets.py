@@ -114,7 +114,15 @@ def _load_file(task: TaskSpec, seed: int) -> Dataset:
     if len(x) != len(y) or len(x) == 0:
         raise SpecError(f"spec: task.path: {path.name}: x has {len(x)} rows and y {len(y)}; "
                         "expected the same non-zero number")
-    x = x.astype(np.float32)
+    try:
+        x = x.astype(np.float32)
+    except (ValueError, TypeError):
+        raise SpecError(f"spec: task.path: {path.name}: x must be numeric") from None
+    if y.dtype.kind in "USOb":
+        labels, y_idx = np.unique(y.astype(str), return_inverse=True)
+        x_tr, y_tr, x_te, y_te = _split(x, y_idx.astype(np.int64), test_fraction=task.test_fraction,
+                                        seed=seed, stratify=True)
+        return Dataset(x_tr, y_tr, x_te, y_te, num_classes=len(labels))
     if not np.all(np.isfinite(x)):
         raise SpecError(f"spec: task.path: {path.name}: x has NaN or infinite values")
     integral = np.all(np.equal(np.mod(y, 1), 0)) if np.issubdtype(y.dtype, np.number) else False

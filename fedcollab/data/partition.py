@@ -64,7 +64,7 @@ def shards(labels: np.ndarray, n: int, per_participant: int,
            rng: np.random.Generator) -> list[np.ndarray]:
     """Label-sorted shards, `per_participant` dealt to each participant."""
     order = np.argsort(labels, kind="stable")
-    pieces = np.array_split(order, n * per_participant)
+    pieces = np.array_split(order, min(n * per_participant, len(labels)))
     dealt = rng.permutation(len(pieces))
     return [np.sort(np.concatenate([pieces[j] for j in dealt[i::n]])) for i in range(n)]
 
