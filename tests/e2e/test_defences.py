@@ -84,3 +84,19 @@ def test_dp_central_reports_epsilon_matching_accountant(ray_local: Any, tmp_path
     assert lines[-1]["epsilon"] == pytest.approx(expected, rel=1e-6)
     assert [m["epsilon"] for m in lines] == sorted(m["epsilon"] for m in lines)
     assert result.summary["privacy"]["epsilon"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_server_optimizers_reach_090_no_later_than_fedavg(ray_local: Any, tmp_path: Path) -> None:
+    from fedcollab.spec import load_spec
+
+    root = Path(__file__).resolve().parents[2]
+    reached = {}
+    for opt in ("none", "fedavgm", "fedadam"):
+        spec = load_spec(root / "examples" / "community-vendor.yaml",
+                         [f"aggregation.server_optimizer={opt}", "rounds=20"])
+        metrics = run_job(spec, RunOptions(out_dir=tmp_path / opt, quiet=True,
+                                           release=False)).metrics
+        reached[opt] = next((m["round"] for m in metrics if m["accuracy"] >= 0.90), 99)
+    print("rounds to 0.90:", reached)
+    assert reached["none"] <= 20
+    assert reached["fedavgm"] <= reached["none"] and reached["fedadam"] <= reached["none"]
