@@ -167,10 +167,10 @@ def bench_optimizers() -> None:
 
 
 BENCHES: dict[str, Callable[[], None]] = {
-    "dp": bench_dp,
-    "optimizers": bench_optimizers,
     "fedavg_vs_reference": bench_fedavg_vs_reference,
     "memory": bench_memory,
+    "dp": bench_dp,
+    "optimizers": bench_optimizers,
 }
 
 
