@@ -80,27 +80,26 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from fedcollab.data import load_dataset, participant_indices
+    from fedcollab.preflight import preflight
     from fedcollab.spec import spec_to_dict
 
     spec = _load(args)
-    data = load_dataset(spec.task, seed=spec.seed)
-    participant_indices(spec, data.y_train)  # enough samples for every participant?
+    facts = preflight(spec)
     if args.json:
         print(json.dumps(spec_to_dict(spec), indent=2))
     else:
         print(f"ok: {spec.name}: {spec.total_participants} participants in "
               f"{len(spec.participants)} group(s), {spec.rounds} rounds, "
-              f"{len(data.y_train)} training samples")
+              f"{facts['train_samples']} training samples")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     spec = _load(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fedcollab.data import load_dataset, participant_indices
+    from fedcollab.preflight import preflight
 
-    participant_indices(spec, load_dataset(spec.task, seed=spec.seed).y_train)
+    preflight(spec)
     from fedcollab.orchestrator import RunOptions, run_job
 
     if args.resume and args.out is None:

@@ -17,13 +17,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from fedcollab.combine import OpenUpdate, SecureSum, combine
 from fedcollab.io import atomic_save_npz, atomic_write_bytes, atomic_write_json, load_npz
-from fedcollab.participants import ParticipantInfo, RoundConfig, Update, WorkerConfig, roster
+from fedcollab.participants import (ParticipantInfo, RoundConfig, RoundOutput, Update,
+                                   WorkerConfig, roster, split_secure_sum)
 from fedcollab.spec import JobSpec, spec_to_dict
 from fedcollab.types import Weights
 
@@ -41,6 +42,8 @@ class RunOptions:
     release: bool = True
     keep_checkpoints: int = 2
     on_round: Optional[Callable[[dict[str, Any]], None]] = None  # e.g. the job service
+    # Test hook for fault injection: called as (phase, round_id, worker handles).
+    on_phase: Optional[Callable[[str, int, Sequence[Any]], None]] = None
 
 
 @dataclass
@@ -142,6 +145,11 @@ class _Job:
         self.bytes_down = 0
         self.rejected_total = 0
         self.private_pids = [p.pid for p in self.people if p.private_layers]
+        from fedcollab.data import participant_indices
+
+        # Secure weights are n_i / weight_scale so they fit the fixed-point range; the
+        # server only needs this public bound on a participant's dataset size.
+        self.weight_scale = float(max(len(i) for i in participant_indices(spec, data.y_train)))
         self._init_dp()
 
     def _init_dp(self) -> None:
@@ -193,6 +201,13 @@ class _Job:
             self.workers.append(actor)
             self.hosted.append(pids)
         self.placement = ray.get([w.ready.remote() for w in self.workers])
+        self.suspect: set[int] = set()
+        self.secure: Any = None
+        if any(p.sharing == "secure" for p in self.people):
+            from fedcollab.secure_round import SecureCoordinator
+
+            self.secure = SecureCoordinator(self.spec, self.people, self.workers, self.hosted,
+                                            ray, self.suspect)
 
     def maybe_resume(self) -> None:
         pointer = self.out / "checkpoints" / "latest.json"
@@ -222,22 +237,45 @@ class _Job:
                                                      for m in self.metrics).encode())
 
     # ------------------------------------------------------------ one round
-    def _train(self, ref: Any, round_id: int, chosen: set[int],
-               config: RoundConfig) -> tuple[list[Update], list[int]]:
-        calls, owners = [], []
-        for worker, pids in zip(self.workers, self.hosted):
+    def _train(self, ref: Any, round_id: int, chosen: set[int], config: RoundConfig,
+               inbox: Mapping[int, bytes]) -> tuple[RoundOutput, list[int]]:
+        calls, owners, indices = [], [], []
+        for index, (worker, pids) in enumerate(zip(self.workers, self.hosted)):
             mine = [p for p in pids if p in chosen]
             if mine:
-                calls.append(worker.train_round.remote(ref, round_id, mine, config))
+                sub = {p: inbox[p] for p in mine if p in inbox}
+                calls.append(worker.train_round.remote(ref, round_id, mine, config, sub))
                 owners.append(mine)
-        updates: list[Update] = []
+                indices.append(index)
+        total = RoundOutput([], {}, {})
         dropped: list[int] = []
-        for call, mine in zip(calls, owners):
+        for call, mine, index in zip(calls, owners, indices):
             try:
-                updates.extend(self.ray.get(call))
+                out = self.ray.get(call)
             except self.ray.exceptions.RayError:
                 dropped.extend(mine)  # the worker died: its participants drop this round
-        return updates, dropped
+                self.suspect.add(index)
+                continue
+            total.updates.extend(out.updates)
+            total.masked.update(out.masked)
+            total.failed.update(out.failed)
+        return total, dropped
+
+    def heal(self, *, timeout: float = 60.0) -> None:
+        """Wait for workers that failed last round to come back (Ray restarts them once).
+
+        Their participants rejoin with fresh state (secure ones run key setup again);
+        a worker that stays down keeps dropping its participants, round after round.
+        """
+        deadline = time.monotonic() + timeout
+        for index in sorted(self.suspect):
+            while time.monotonic() < deadline:
+                try:
+                    self.ray.get(self.workers[index].ready.remote(), timeout=10)
+                    self.suspect.discard(index)
+                    break
+                except (self.ray.exceptions.RayError, self.ray.exceptions.GetTimeoutError):
+                    time.sleep(0.5)
 
     def _validate(self, updates: Sequence[Update]) -> tuple[list[Update], dict[int, str]]:
         bound = self.spec.aggregation.norm_bound
@@ -251,40 +289,90 @@ class _Job:
         return valid, rejected
 
     def run_round(self, round_id: int) -> dict[str, Any]:
+        from fedcollab.secure.errors import RoundAbortedError
+        from fedcollab.secure_round import SecurePhases
+
+        if self.suspect:
+            self.heal()
         t0 = time.perf_counter()
         chosen = sample_participants(self.people, self.spec, round_id)
-        config = RoundConfig(self.spec.privacy.dp.mode if self.dp_on else "none",
-                             self.clip_norm, self.noise_multiplier, len(chosen))
-        ref = self.ray.put(self.weights)
-        updates, dropped = self._train(ref, round_id, set(chosen), config)
-        t_train = time.perf_counter()
-        valid, rejected = self._validate(updates)
-        deltas, weights = self._aggregate(valid)
+        dp = self.spec.privacy.dp
+        clip_bit = self.dp_on and dp.adaptive_clipping
+        config = RoundConfig(dp.mode if self.dp_on else "none", self.clip_norm,
+                             self.noise_multiplier, len(chosen),
+                             1.0 if self.dp_on else self.weight_scale, clip_bit)
+        secure_members = [p for p in chosen if self.people[p].sharing == "secure"]
+        phases = SecurePhases()
+        line: dict[str, Any] = {"round": round_id, "participants": len(chosen)}
+        try:
+            inbox: Mapping[int, bytes] = {}
+            if secure_members:
+                dim = sum(int(np.prod(s)) for s in self.shapes) + len(self.shapes) + clip_bit
+                inbox = self.secure.prepare(round_id, secure_members, dim, phases,
+                                            self.options.on_phase)
+            t_train = time.perf_counter()
+            ref = self.ray.put(self.weights)
+            out, dropped = self._train(ref, round_id, set(chosen), config, inbox)
+            phases.add("train", time.perf_counter() - t_train)
+            secure_sum, bits = None, None
+            if secure_members:
+                result = self.secure.finish(round_id, out.masked, phases)
+                line["secure"] = _secure_log(result, phases, out.failed)
+                arrays, counts, bits = split_secure_sum(
+                    result.total, self.shapes, scale=config.weight_scale, clip_bit=clip_bit)
+                line["secure"]["weight_sum"] = max(counts)  # survivors' samples (a sum)
+                secure_sum = SecureSum(arrays, counts)
+        except RoundAbortedError as err:
+            return self._aborted(line, round_id, str(err), t0, phases)
+        valid, rejected = self._validate(out.updates)
+        deltas, weights = self._aggregate(valid, secure_sum)
         if any(w > 0 for w in weights):
             self.weights = self._server_step(deltas, weights)
         loss, acc = self.evaluator.evaluate(self.weights, self.x_test, self.y_test)
-        up = sum(_nbytes(u.delta) + 16 for u in updates)
+        up = sum(_nbytes(u.delta) + 16 for u in out.updates)
         down = sum(w.nbytes for w in self.weights) * len(chosen)
+        if "secure" in line:
+            up += sum(line["secure"]["bytes_up"].values())
+            down += sum(line["secure"]["bytes_down"].values())
         self.bytes_up += up
         self.bytes_down += down
         self.rejected_total += len(rejected)
-        line: dict[str, Any] = {
-            "round": round_id, "loss": loss,
-            "participants": len(chosen), "trained": len(updates), "dropped": dropped,
+        line.update({
+            "loss": loss, "trained": len(out.updates) + len(out.masked), "dropped": dropped,
             "rejected": {str(k): v for k, v in sorted(rejected.items())},
             "bytes_up": up, "bytes_down": down,
-            "seconds": time.perf_counter() - t0, "train_seconds": t_train - t0,
-            "update_sha256": {str(u.pid): _sha256(u.delta) for u in updates},
-        }
+            "seconds": time.perf_counter() - t0, "train_seconds": phases.seconds["train"],
+            "update_sha256": {str(u.pid): _sha256(u.delta) for u in out.updates},
+        })
         if self.classification:
             line["accuracy"] = acc
         if self.dp_on:
-            line.update(self._account(valid))
+            line.update(self._account(valid, secure_bits=bits,
+                                      secure_count=len(line.get("secure", {}).get(
+                                          "survivors", []))))
         if self.private_pids:
             line.update(self._personalised())
         return line
 
-    def _aggregate(self, valid: Sequence[Update]) -> tuple[list[np.ndarray], list[float]]:
+    def _aborted(self, line: dict[str, Any], round_id: int, reason: str, t0: float,
+                 phases: Any) -> dict[str, Any]:
+        """A secure round that cannot finish: the global model stays as it was."""
+        if self.spec.secure.on_abort == "fail":
+            from fedcollab.errors import FedcollabError
+
+            raise FedcollabError(f"round {round_id} aborted: {reason}")
+        loss, acc = self.evaluator.evaluate(self.weights, self.x_test, self.y_test)
+        line.update({"loss": loss, "aborted": reason, "trained": 0, "dropped": [],
+                     "rejected": {}, "bytes_up": 0, "bytes_down": 0,
+                     "seconds": time.perf_counter() - t0,
+                     "train_seconds": phases.seconds.get("train", 0.0), "update_sha256": {},
+                     "phase_seconds": dict(phases.seconds)})
+        if self.classification:
+            line["accuracy"] = acc
+        return line
+
+    def _aggregate(self, valid: Sequence[Update], secure_sum: Optional[SecureSum]
+                   ) -> tuple[list[np.ndarray], list[float]]:
         """Combine the valid open updates (and the secure sum) with the spec's rule.
 
         Under DP every participant counts once (its clipped update is what the
@@ -306,11 +394,11 @@ class _Job:
             noise = gaussian_noise_like([np.zeros(s) for s in self.shapes],
                                         self.noise_multiplier * self.clip_norm,
                                         np.random.default_rng())
-        secure_sum: Optional[SecureSum] = None
         return combine(self.shapes, opened, secure_sum, rule=agg.rule, options=options,
                        noise=noise)
 
-    def _account(self, valid: Sequence[Update]) -> dict[str, Any]:
+    def _account(self, valid: Sequence[Update], *, secure_bits: Optional[float] = None,
+                 secure_count: int = 0) -> dict[str, Any]:
         """Record this round in the privacy ledger; adapt the clip norm if asked."""
         dp = self.spec.privacy.dp
         self.ledger = self.ledger.record(noise_multiplier=self.noise_multiplier,
@@ -319,12 +407,17 @@ class _Job:
         out: dict[str, Any] = {"epsilon": eps if math.isfinite(eps) else None,
                                "delta": dp.delta, "noise_multiplier": self.noise_multiplier,
                                "clip_norm": self.clip_norm}
-        if dp.adaptive_clipping and valid:
+        if dp.adaptive_clipping and (valid or secure_count):
             from fedcollab.privacy import adaptive_clip_step, default_count_noise_std
 
-            m = len(valid)
+            # Secure participants reveal only how many fit under C (summed bits), so
+            # they enter as norms 0 (fits) or infinity (does not).
+            norms = [u.norm for u in valid]
+            fits = int(round(secure_bits or 0.0))
+            norms += [0.0] * fits + [float("inf")] * max(secure_count - fits, 0)
+            m = len(norms)
             self.clip_norm = adaptive_clip_step(
-                self.clip_norm, [u.norm for u in valid], target_quantile=dp.target_quantile,
+                self.clip_norm, norms, target_quantile=dp.target_quantile,
                 learning_rate=dp.clip_learning_rate,
                 count_noise_std=default_count_noise_std(m), rng=np.random.default_rng())
         return out
@@ -387,6 +480,18 @@ class _Job:
         for future in self.pending:
             future.result()
         self.pending.clear()
+
+
+def _secure_log(result: Any, phases: Any, failed: Mapping[int, str]) -> dict[str, Any]:
+    """What metrics.jsonl records of a secure round (no keys, shares or values)."""
+    rejected = {str(k): v for k, v in sorted(result.rejected.items())}
+    rejected.update({str(k): v for k, v in sorted(failed.items())})
+    return {"survivors": list(result.survivors), "dropped": list(result.dropped),
+            "unresponsive": list(result.unresponsive), "rejected": rejected,
+            "excluded": {str(k): v for k, v in sorted(result.excluded.items())},
+            "key_setup": len(result.key_setup),
+            "bytes_up": dict(result.bytes_up), "bytes_down": dict(result.bytes_down),
+            "server_seconds": dict(result.seconds), "phase_seconds": dict(phases.seconds)}
 
 
 def _clip_shared(delta: Sequence[Optional[np.ndarray]], clip_norm: float,

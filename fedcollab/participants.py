@@ -18,10 +18,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from fedcollab.errors import FedcollabError
 from fedcollab.types import ParticipantId, Weights
 
-__all__ = ["ParticipantInfo", "Update", "RoundConfig", "WorkerConfig", "ParticipantWorker",
-           "roster"]
+__all__ = ["ParticipantInfo", "Update", "RoundConfig", "RoundOutput", "WorkerConfig",
+           "ParticipantWorker", "roster", "secure_vector", "split_secure_sum", "secagg_params"]
 
 TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
           "TF_NUM_INTEROP_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -73,6 +74,17 @@ class RoundConfig:
     clip_norm: float = 1.0          # C this round (adaptive clipping moves it)
     noise_multiplier: float = 0.0   # z
     noisy_participants: int = 1     # m: distributed noise is z*C/sqrt(m) each
+    weight_scale: float = 1.0       # secure weights are n_i / weight_scale (a public bound)
+    clip_bit: bool = False          # secure vectors carry [norm <= C] for adaptive clipping
+
+
+@dataclass
+class RoundOutput:
+    """What one worker sends back for a round: open updates and masked inputs."""
+
+    updates: list[Update]
+    masked: dict[int, bytes]
+    failed: dict[int, str]          # secure participants that could not mask (reason)
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,43 @@ class WorkerConfig:
     out_dir: str                  # where vendor-private checkpoints go (this node)
     worker_index: int
     resume: bool = False          # reload private-layer checkpoints written by a previous run
+
+
+def secagg_params(spec: Any) -> Any:
+    """The SecAgg parameters of a job (same on the server and every participant)."""
+    from fedcollab.secure.params import SecAggParams
+
+    sec = spec.secure
+    return SecAggParams(protocol=sec.protocol, threshold=sec.threshold,
+                        min_group=sec.min_group, neighbours=sec.neighbours, clip=sec.clip,
+                        amortise_keys=sec.amortise_keys)
+
+
+def secure_vector(delta: Sequence[Optional[np.ndarray]], reference: Sequence[np.ndarray],
+                  weight: float, *, clip_bit: Optional[bool] = None) -> np.ndarray:
+    """The float64 vector a secure participant masks.
+
+    Layout: ``weight * delta`` for every array (zeros where private), then one
+    weight coordinate per array (``weight`` if shared, 0 if private), then the
+    adaptive-clipping bit if asked. The server learns only the sum of each part.
+    """
+    parts = [np.zeros(np.size(r)) if d is None else weight * np.asarray(d, np.float64).ravel()
+             for d, r in zip(delta, reference)]
+    counts = [0.0 if d is None else weight for d in delta]
+    if clip_bit is not None:
+        counts.append(1.0 if clip_bit else 0.0)
+    return np.concatenate(parts + [np.asarray(counts)])
+
+
+def split_secure_sum(total: np.ndarray, shapes: Sequence[tuple[int, ...]], *, scale: float,
+                     clip_bit: bool) -> tuple[list[np.ndarray], list[float], Optional[float]]:
+    """Invert :func:`secure_vector` on a sum: per-array sums, weights (x scale), bits."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    offsets = np.cumsum([0] + sizes)
+    arrays = [total[offsets[i]:offsets[i + 1]].reshape(s) * scale for i, s in enumerate(shapes)]
+    counts = [float(c) * scale for c in total[offsets[-1]:offsets[-1] + len(shapes)]]
+    bits = float(total[-1]) if clip_bit else None
+    return arrays, counts, bits
 
 
 class _Participant:
@@ -174,14 +223,18 @@ class ParticipantWorker:
         return part, result.weights, result.loss
 
     def train_round(self, global_weights: Weights, round_id: int, pids: Sequence[int],
-                    config: RoundConfig = RoundConfig()) -> list[Update]:
-        """Train the given participants; return their updates over shared arrays.
+                    config: RoundConfig = RoundConfig(),
+                    secure_inbox: Optional[Mapping[int, bytes]] = None) -> RoundOutput:
+        """Train the given participants and return what leaves this worker.
 
+        Open participants return their update over shared arrays. Secure ones (those
+        in `secure_inbox`, the server's mask requests) return only a masked vector.
         Honest participants clip and noise their own update when the round asks for
         DP (central mode: clip only; the server adds the noise). A group configured
         with an attack ``behaviour`` skips all that and sends the attack instead.
         """
-        updates = []
+        inbox = dict(secure_inbox or {})
+        updates, masked, failed = [], {}, {}
         for pid in pids:
             part, new, loss = self._train_one(pid, global_weights, round_id)
             private = set(part.private_index)
@@ -199,8 +252,52 @@ class ParticipantWorker:
             delta: list[Optional[np.ndarray]] = [None] * len(new)
             for i, d in zip(shared, raw):
                 delta[i] = d
-            updates.append(Update(pid, delta, len(part.x), loss, norm))
-        return updates
+            if part.info.sharing != "secure":
+                updates.append(Update(pid, delta, len(part.x), loss, norm))
+            elif pid in inbox:
+                weight = 1.0 if config.dp_mode != "none" else len(part.x) / config.weight_scale
+                vector = secure_vector(delta, global_weights, weight,
+                                       clip_bit=(norm <= config.clip_norm) if config.clip_bit
+                                       else None)
+                try:
+                    masked[pid] = self._secure_participant(pid).masked_input(
+                        round_id, vector, inbox[pid])
+                except FedcollabError as err:  # e.g. keys lost with a restarted worker
+                    failed[pid] = f"{type(err).__name__}: {err}"
+        return RoundOutput(updates, masked, failed)
+
+    # ----------------------------------------------------------------- secure stages
+    def _secure_participant(self, pid: int) -> Any:
+        from fedcollab.secure.participant import SecureParticipant
+
+        if pid not in self._secure:
+            self._secure[pid] = SecureParticipant(pid, secagg_params(self.spec))
+        return self._secure[pid]
+
+    def secure_stage(self, stage: str, round_id: int,
+                     messages: Mapping[int, bytes]) -> dict[int, bytes]:
+        """Run one key-setup or unmask stage for the hosted secure participants.
+
+        A participant that fails (bad message, refused reveal) is left out of the
+        reply; the server treats it as dropped for that stage.
+        """
+        replies: dict[int, bytes] = {}
+        for pid, message in messages.items():
+            if pid not in self.participants:
+                continue
+            participant = self._secure_participant(pid)
+            try:
+                if stage == "advertise":
+                    replies[pid] = participant.advertise_keys(round_id)
+                elif stage == "share_keys":
+                    replies[pid] = participant.share_keys(round_id, message)
+                elif stage == "unmask":
+                    replies[pid] = participant.unmask(round_id, message)
+                else:
+                    raise ValueError(f"unknown secure stage {stage!r}")  # internal bug
+            except FedcollabError:
+                continue
+        return replies
 
     def _privatize(self, raw: list[np.ndarray], config: RoundConfig,
                    rng: np.random.Generator) -> list[np.ndarray]:

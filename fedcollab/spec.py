@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -209,9 +210,10 @@ class SecureSpec:
     on_abort: Literal["continue", "fail"] = "continue"
 
     def __post_init__(self) -> None:
-        if not 0.5 <= self.threshold <= 1:
+        if not 0.5 < self.threshold <= 1:
             raise _fail("secure.threshold", f"got {self.threshold!r}, expected a fraction in "
-                        "[0.5, 1] (below a half, two disjoint halves could each unmask)")
+                        "(0.5, 1] (at a half or below, the server could collect both kinds "
+                        "of share of one participant)")
         if self.min_group < 3:
             raise _fail("secure.min_group", f"got {self.min_group!r}, expected an integer >= 3: "
                         "a sum of one or two updates is no secret")
@@ -472,10 +474,15 @@ def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
 
 
 def _parse_scalar(text: str) -> Any:
+    """An override's value as YAML would read it; '1e9' (YAML 1.1 says str) is a float."""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+",
+                                               value.strip()):
+        return float(value)
+    return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -1,0 +1,88 @@
+"""Aggregation-only cost of one secure round (called by ``scripts/bench``).
+
+``python -m fedcollab.secure._bench`` prints a small table.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import numpy as np
+
+from fedcollab.secure.driver import run_secure_round
+from fedcollab.secure.params import SecAggParams
+from fedcollab.secure.participant import SecureParticipant
+from fedcollab.secure.server import SecureServer
+
+__all__ = ["aggregation_cost"]
+
+
+def aggregation_cost(
+    n: int,
+    dim: int,
+    protocol: str,
+    dropout: float = 0.0,
+    repeats: int = 3,
+    *,
+    amortise_keys: bool = True,
+    seed: int = 0,
+) -> float:
+    """Median seconds of one round's secure-aggregation compute, all parties summed.
+
+    One group per call: a warm-up round (key setup), then ``repeats`` timed rounds.
+    A timed round counts every participant's compute (key setup if any, masking,
+    unmasking) plus the server's (routing, reconstruction, unmasking). In it
+    ``round(dropout * n)`` random participants drop after key setup, before sending
+    their masked input; an untimed round without dropouts then lets them rejoin with
+    fresh keys, so every timed round starts from the same steady state.
+
+    Args:
+        n: Participants in the secure group.
+        dim: Vector length (update + weight coordinate), e.g. 4811.
+        protocol: ``"secagg"`` or ``"secaggplus"``.
+        dropout: Fraction that drops before masked input in each timed round.
+        repeats: Timed rounds; the median is returned.
+        amortise_keys: Amortised keys (the default) or fresh keys every round.
+        seed: Seed for vectors, dropout choice and the graph (not for secrets).
+    """
+    params = SecAggParams(protocol=protocol, amortise_keys=amortise_keys)
+    rng = np.random.default_rng(seed)
+    vectors = {i: rng.uniform(-1.0, 1.0, dim) for i in range(n)}
+    picker = random.Random(f"dropouts-{seed}")  # independent of the graph's shuffle
+    participants = {i: SecureParticipant(i, params) for i in range(n)}
+    server = SecureServer(list(participants), params, rng_seed=seed)
+    run_secure_round(participants, vectors, params, 0, server=server)
+    round_id, times = 1, []
+    for _ in range(repeats):
+        dropped = set(picker.sample(range(n), round(dropout * n)))
+        result = run_secure_round(participants, vectors, params, round_id,
+                                  {"share_keys": dropped}, server=server)
+        times.append(sum(result.seconds.values()) + sum(result.participant_seconds.values()))
+        round_id += 1
+        if dropped:
+            run_secure_round(participants, vectors, params, round_id, server=server)
+            round_id += 1
+    return statistics.median(times)
+
+
+def _main() -> None:
+    dim = 4811
+    for protocol in ("secaggplus", "secagg"):
+        costs = []
+        for n in (50, 100, 200, 400):
+            base = aggregation_cost(n, dim, protocol, 0.0, 3)
+            drop = aggregation_cost(n, dim, protocol, 0.1, 3)
+            costs.append(base)
+            print(f"{protocol:10s} n={n:3d}  {base * 1e3:8.1f} ms  ({base / n * 1e3:.3f} ms per "
+                  f"participant)  10% dropout {drop * 1e3:8.1f} ms  ratio {drop / base:.2f}",
+                  flush=True)
+        exponent = math.log(costs[-1] / costs[0]) / math.log(400 / 50)
+        print(f"{protocol}: fitted exponent n^{exponent:.2f}")
+    fresh = aggregation_cost(100, dim, "secaggplus", 0.0, 3, amortise_keys=False)
+    print(f"secaggplus n=100 fresh keys every round: {fresh * 1e3:.1f} ms "
+          f"({fresh / 100 * 1e3:.3f} ms per participant)")
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,265 @@
+"""Low-level wire pieces: bounds-checked reader, small records, share/seed payloads.
+
+Records that occur thousands of times per round (one per share or per neighbour)
+are ``NamedTuple`` rather than frozen dataclasses: equally immutable and typed,
+several times cheaper to build, which matters on the server's hot path. Their
+``repr`` hides secret-bearing fields.
+"""
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import NamedTuple, Sequence
+
+from fedcollab.secure.errors import MalformedMessageError
+from fedcollab.secure.shamir import PRIME, SHARE_BYTES
+
+__all__ = [
+    "Stage", "Kind", "PeerKeys", "Sealed", "Reveal", "RevealedShare", "ShareEntry", "Reader",
+    "pack_blob", "pack_keys", "read_keys", "pack_sealed", "read_sealed", "pack_ids",
+    "read_ids", "pack_reveals", "read_reveals", "pack_revealed", "read_revealed", "share_aad",
+    "table_aad", "pack_share_payload", "unpack_share_payload", "pack_seed_table",
+    "unpack_seed_table",
+]
+
+KEY_BYTES = 32
+MAX_COUNT = 1 << 20
+_U8, _U32, _U64 = struct.Struct(">B"), struct.Struct(">I"), struct.Struct(">Q")
+_STRUCTS = {">B": _U8, ">I": _U32, ">Q": _U64}
+_PEER = struct.Struct(f">I{KEY_BYTES}s{KEY_BYTES}s")
+_ITEM = struct.Struct(">II")  # peer, blob length
+_REVEAL = struct.Struct(">IBI")  # peer, kind, blob length
+_REVEALED = struct.Struct(f">IB{SHARE_BYTES}s")
+_ENTRY = struct.Struct(f">BQ{SHARE_BYTES}s")
+_SEED = struct.Struct(">I32s")
+
+
+class Stage(IntEnum):
+    """Message stages, in protocol order."""
+
+    ADVERTISE = 1
+    ROSTER = 2
+    SHARE_KEYS = 3
+    MASK_REQUEST = 4
+    MASKED_INPUT = 5
+    UNMASK_REQUEST = 6
+    UNMASK_RESPONSE = 7
+
+
+class Kind(IntEnum):
+    """Which secret a share belongs to."""
+
+    SELF = 1  # the round's self-mask seed b_u (revealed when u's input arrived)
+    RECOVERY = 2  # what unlocks u's pairwise masks this round (revealed when u dropped)
+
+
+_KINDS = {int(k): k for k in Kind}
+
+
+class PeerKeys(NamedTuple):
+    """A participant's two public keys."""
+
+    pid: int
+    c_pk: bytes
+    s_pk: bytes
+
+
+class Sealed(NamedTuple):
+    """An AES-GCM blob addressed to (or received from) ``peer``."""
+
+    peer: int
+    blob: bytes
+
+    def __repr__(self) -> str:
+        return f"Sealed(peer={self.peer}, {len(self.blob)} bytes)"
+
+
+class Reveal(NamedTuple):
+    """One share the server asks for: the sealed bundle for SELF, empty for RECOVERY."""
+
+    peer: int
+    kind: Kind
+    blob: bytes
+
+    def __repr__(self) -> str:
+        return f"Reveal(peer={self.peer}, kind={self.kind.name}, {len(self.blob)} bytes)"
+
+
+class RevealedShare(NamedTuple):
+    """A share revealed to the server: ``y`` at the revealer's x coordinate."""
+
+    peer: int
+    kind: Kind
+    y: int
+
+    def __repr__(self) -> str:
+        return f"RevealedShare(peer={self.peer}, kind={self.kind.name})"
+
+
+class ShareEntry(NamedTuple):
+    """One share inside a sealed payload: its kind and the round it is for."""
+
+    kind: Kind
+    for_round: int
+    y: int
+
+    def __repr__(self) -> str:
+        return f"ShareEntry(kind={self.kind.name}, for_round={self.for_round})"
+
+
+class Reader:
+    """Bounds-checked sequential reads; every failure is a MalformedMessageError."""
+
+    def __init__(self, data: bytes, offset: int, what: str) -> None:
+        self._data = data
+        self._pos = offset
+        self.what = what
+
+    def _short(self, n: int) -> MalformedMessageError:
+        return MalformedMessageError(
+            f"{self.what}: truncated at byte {self._pos} (needs {n} more of {len(self._data)})")
+
+    def take(self, n: int) -> bytes:
+        end = self._pos + n
+        if n < 0 or end > len(self._data):
+            raise self._short(n)
+        out = self._data[self._pos:end]
+        self._pos = end
+        return out
+
+    def num(self, fmt: str) -> int:
+        st = _STRUCTS[fmt]
+        if self._pos + st.size > len(self._data):
+            raise self._short(st.size)
+        (value,) = st.unpack_from(self._data, self._pos)
+        self._pos += st.size
+        return int(value)
+
+    def count(self) -> int:
+        n = self.num(">I")
+        if n > MAX_COUNT:
+            raise MalformedMessageError(f"{self.what}: implausible count {n}")
+        return n
+
+    def blob(self) -> bytes:
+        return self.take(self.num(">I"))
+
+    def fixed(self, st: struct.Struct, n: int) -> list[tuple]:
+        """``n`` records of fixed layout ``st``."""
+        return list(st.iter_unpack(self.take(st.size * n))) if n else []
+
+    def item(self, st: struct.Struct) -> tuple:
+        """One record of layout ``st`` whose last field is a length, plus that many bytes."""
+        head = self.take(st.size)
+        fields = st.unpack(head)
+        return fields[:-1] + (self.take(fields[-1]),)
+
+    def end(self) -> None:
+        if self._pos != len(self._data):
+            raise MalformedMessageError(
+                f"{self.what}: {len(self._data) - self._pos} trailing bytes after the body")
+
+
+def kind_of(value: int, what: str) -> Kind:
+    kind = _KINDS.get(value)
+    if kind is None:
+        raise MalformedMessageError(f"{what}: unknown share kind {value}")
+    return kind
+
+
+def _element(raw: bytes, what: str) -> int:
+    y = int.from_bytes(raw, "big")
+    if y >= PRIME:
+        raise MalformedMessageError(f"{what}: share value is not a field element")
+    return y
+
+
+def pack_blob(data: bytes) -> bytes:
+    return _U32.pack(len(data)) + data
+
+
+def pack_keys(keys: Sequence[PeerKeys]) -> bytes:
+    return _U32.pack(len(keys)) + b"".join(_PEER.pack(*k) for k in keys)
+
+
+def read_keys(r: Reader) -> tuple[PeerKeys, ...]:
+    return tuple(PeerKeys(*f) for f in r.fixed(_PEER, r.count()))
+
+
+def pack_sealed(items: Sequence[Sealed]) -> bytes:
+    return _U32.pack(len(items)) + b"".join(_ITEM.pack(s.peer, len(s.blob)) + s.blob
+                                            for s in items)
+
+
+def read_sealed(r: Reader) -> tuple[Sealed, ...]:
+    return tuple(Sealed(*r.item(_ITEM)) for _ in range(r.count()))
+
+
+def pack_ids(ids: Sequence[int]) -> bytes:
+    return struct.pack(f">I{len(ids)}I", len(ids), *ids)
+
+
+def read_ids(r: Reader) -> tuple[int, ...]:
+    n = r.count()
+    return tuple(struct.unpack(f">{n}I", r.take(4 * n)))
+
+
+def pack_reveals(items: Sequence[Reveal]) -> bytes:
+    return _U32.pack(len(items)) + b"".join(_REVEAL.pack(x.peer, x.kind, len(x.blob)) + x.blob
+                                            for x in items)
+
+
+def read_reveals(r: Reader) -> tuple[Reveal, ...]:
+    out = []
+    for _ in range(r.count()):
+        peer, kind, blob = r.item(_REVEAL)
+        out.append(Reveal(peer, kind_of(kind, r.what), blob))
+    return tuple(out)
+
+
+def pack_revealed(items: Sequence[RevealedShare]) -> bytes:
+    return _U32.pack(len(items)) + b"".join(
+        _REVEALED.pack(s.peer, s.kind, s.y.to_bytes(SHARE_BYTES, "big")) for s in items)
+
+
+def read_revealed(r: Reader) -> tuple[RevealedShare, ...]:
+    return tuple(RevealedShare(peer, kind_of(kind, r.what), _element(y, r.what))
+                 for peer, kind, y in r.fixed(_REVEALED, r.count()))
+
+
+def share_aad(stage: Stage, round_id: int, sender: int, recipient: int) -> bytes:
+    """Associated data binding a sealed share bundle to its context."""
+    return b"FCSA-share" + struct.pack(">BQII", stage, round_id, sender, recipient)
+
+
+def table_aad(for_round: int, owner: int) -> bytes:
+    """Associated data binding a seed table to its owner and round."""
+    return b"FCSA-table" + struct.pack(">QI", for_round, owner)
+
+
+def pack_share_payload(entries: Sequence[ShareEntry]) -> bytes:
+    """Plaintext of a sealed share bundle."""
+    return _U8.pack(len(entries)) + b"".join(
+        _ENTRY.pack(e.kind, e.for_round, e.y.to_bytes(SHARE_BYTES, "big")) for e in entries)
+
+
+def unpack_share_payload(data: bytes) -> tuple[ShareEntry, ...]:
+    """Parse a decrypted share bundle."""
+    r = Reader(data, 0, "share payload")
+    out = tuple(ShareEntry(kind_of(k, r.what), rnd, _element(y, r.what))
+                for k, rnd, y in r.fixed(_ENTRY, r.num(">B")))
+    r.end()
+    return out
+
+
+def pack_seed_table(seeds: dict[int, bytes]) -> bytes:
+    """Plaintext of a seed table: ``(peer, 32-byte seed)`` pairs, sorted by peer."""
+    return _U32.pack(len(seeds)) + b"".join(_SEED.pack(p, seeds[p]) for p in sorted(seeds))
+
+
+def unpack_seed_table(data: bytes) -> dict[int, bytes]:
+    """Parse a decrypted seed table."""
+    r = Reader(data, 0, "seed table")
+    out = dict(r.fixed(_SEED, r.count()))
+    r.end()
+    return out

@@ -1,0 +1,106 @@
+"""Run one secure-aggregation round in process (tests, benchmarks, single-host runs).
+
+The orchestrator does the same across processes: each stage, the participants it
+hosts produce bytes keyed by participant id, the server consumes them and returns
+bytes keyed by destination (see :mod:`fedcollab.secure.server` for the call order).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Collection, Mapping
+
+import numpy as np
+
+from fedcollab.secure.errors import SecAggError
+from fedcollab.secure.params import SecAggParams
+from fedcollab.secure.participant import SecureParticipant
+from fedcollab.secure.result import STAGES, SecureSumResult
+from fedcollab.secure.server import SecureServer
+
+__all__ = ["run_secure_round", "DROP_POINTS"]
+
+#: Keys of ``drop_after``: a participant listed under a key completes that stage
+#: (``"begin"``: nothing) and then sends nothing more this round.
+DROP_POINTS: tuple[str, ...] = ("begin",) + STAGES
+
+Intercept = Callable[[str, int, bytes], "bytes | None"]
+
+
+def run_secure_round(
+    participants: Mapping[int, SecureParticipant],
+    vectors: Mapping[int, np.ndarray],
+    params: SecAggParams,
+    round_id: int,
+    drop_after: Mapping[str, Collection[int]] | None = None,
+    *,
+    server: SecureServer | None = None,
+    intercept: Intercept | None = None,
+    rng_seed: int | None = None,
+) -> SecureSumResult:
+    """Route one round between ``participants`` and a server, simulating dropouts.
+
+    Args:
+        participants: The round's participants (all of them take part).
+        vectors: Each participant's float64 vector (weighted update + weight coord).
+        params: The group's parameters.
+        round_id: Strictly increasing round id (consecutive ones amortise keys).
+        drop_after: Stage name (:data:`DROP_POINTS`) -> participants that drop after
+            completing it.
+        server: A server that persists across rounds (amortised keys); ``None``
+            builds a fresh one over ``participants``.
+        intercept: Tests only: called as ``intercept(stage, pid, message)`` on every
+            upstream message; returns the bytes to deliver instead, or ``None`` to drop.
+        rng_seed: Graph seed for a fresh server.
+
+    Returns:
+        The server's result, with participant refusals added to ``rejected`` and the
+        participants' summed compute seconds in ``participant_seconds``.
+
+    Raises:
+        RoundAbortedError: Too few survivors or shares; leave the model unchanged.
+    """
+    drops = {k: set(v) for k, v in (drop_after or {}).items()}
+    unknown = drops.keys() - set(DROP_POINTS)
+    if unknown:
+        raise ValueError(f"drop_after keys {sorted(unknown)}; expected some of {DROP_POINTS}")
+    if server is None:
+        server = SecureServer(sorted(participants), params, rng_seed=rng_seed)
+    dim = len(next(iter(vectors.values())))
+    gone = set(drops.get("begin", ()))
+    refused: dict[int, str] = {}
+    seconds = dict.fromkeys(STAGES, 0.0)
+
+    def collect(stage: str, pids: Collection[int], call: Callable[[int], bytes]
+                ) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for pid in sorted(pids):
+            if pid in gone:
+                continue
+            t0 = time.perf_counter()
+            try:
+                message: bytes | None = call(pid)
+            except SecAggError as exc:
+                refused[pid] = f"{stage}: participant refused: {type(exc).__name__}: {exc}"
+                continue
+            finally:
+                seconds[stage] += time.perf_counter() - t0
+            if intercept is not None and message is not None:
+                message = intercept(stage, pid, message)
+            if message is not None:
+                out[pid] = message
+        gone.update(drops.get(stage, ()))
+        return out
+
+    need = server.begin_round(round_id, participants.keys(), dim=dim)
+    rosters = server.receive_advertisements(
+        collect("advertise", need, lambda p: participants[p].advertise_keys(round_id)))
+    inbox = server.receive_key_shares(
+        collect("share_keys", rosters, lambda p: participants[p].share_keys(round_id, rosters[p])))
+    requests = server.receive_masked_inputs(collect(
+        "masked_input", inbox,
+        lambda p: participants[p].masked_input(round_id, vectors[p], inbox[p])))
+    result = server.receive_unmask_responses(
+        collect("unmask", requests, lambda p: participants[p].unmask(round_id, requests[p])))
+    return dataclasses.replace(result, rejected={**refused, **result.rejected},
+                               participant_seconds=seconds)

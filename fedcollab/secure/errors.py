@@ -1,0 +1,93 @@
+"""Errors raised by secure aggregation.
+
+Every message says what was got, what was expected and what to do. None of them
+ever contains a key, a share, a seed, a mask or a (masked or plain) vector value:
+only participant ids, round ids, stage names, counts and lengths.
+"""
+from __future__ import annotations
+
+from fedcollab.errors import FedcollabError
+
+__all__ = [
+    "SecAggError",
+    "SecAggConfigError",
+    "GroupTooSmallError",
+    "EncodingError",
+    "RoundAbortedError",
+    "NotEnoughSharesError",
+    "TooFewSurvivorsError",
+    "ShareVerificationError",
+    "InconsistentSharesError",
+    "ProtocolError",
+    "MalformedMessageError",
+    "StaleMessageError",
+    "UnknownParticipantError",
+    "DecryptionError",
+    "ShareRevealRefusedError",
+]
+
+
+class SecAggError(FedcollabError):
+    """Base class of every secure-aggregation error."""
+
+
+class SecAggConfigError(SecAggError):
+    """The secure-aggregation parameters cannot work (bad threshold, ring overflow...)."""
+
+    exit_code = 2
+
+
+class GroupTooSmallError(SecAggConfigError):
+    """A secure group smaller than ``min_group``: its sum would reveal the members."""
+
+
+class EncodingError(SecAggError):
+    """A vector cannot be encoded (non-finite values, wrong shape or dtype)."""
+
+
+class RoundAbortedError(SecAggError):
+    """The round cannot produce a sum; the caller must leave the global model unchanged."""
+
+    def __init__(self, message: str, *, round_id: int | None = None) -> None:
+        super().__init__(message)
+        self.round_id = round_id
+
+
+class NotEnoughSharesError(RoundAbortedError):
+    """Fewer than ``t`` shares of a secret are available, so it cannot be reconstructed."""
+
+
+class TooFewSurvivorsError(RoundAbortedError):
+    """Fewer participants than ``min_group`` (or a neighbourhood threshold) are left."""
+
+
+class ShareVerificationError(SecAggError):
+    """Shares reconstruct a secret that fails its check: a share was tampered with."""
+
+
+class InconsistentSharesError(RoundAbortedError, ShareVerificationError):
+    """The shares of a needed secret reconstruct nothing valid; the round is aborted."""
+
+
+class ProtocolError(SecAggError):
+    """A protocol message was rejected; its sender is treated as dropped."""
+
+
+class MalformedMessageError(ProtocolError):
+    """The bytes do not parse as the expected message (bad magic, length, field)."""
+
+
+class StaleMessageError(ProtocolError):
+    """A message bound to another round, stage, sender or recipient: a replay."""
+
+
+class UnknownParticipantError(ProtocolError):
+    """A message from or about a participant that is not part of this round."""
+
+
+class DecryptionError(ProtocolError):
+    """AES-GCM authentication failed: the ciphertext or its binding was tampered with."""
+
+
+class ShareRevealRefusedError(ProtocolError):
+    """An honest participant refuses to reveal both kinds of share of one peer."""

@@ -1,0 +1,130 @@
+"""X25519 key agreement, HKDF-SHA256 key derivation and AES-GCM, from ``cryptography``.
+
+The only primitives SecAgg uses besides Shamir and the PRG; never a home-made cipher.
+
+Each participant holds two X25519 key pairs (Bonawitz et al. 2017): ``c`` for the
+encrypted share channel to each neighbour, ``s`` for pairwise masks. Derived keys:
+
+* channel key ``(u, v)``: ``HKDF(DH(c_u, c_v), info=CHANNEL || min || max)``, an
+  AES-256-GCM key; every ciphertext carries associated data binding it to
+  (round, stage, sender, recipient), so a replay into another context fails the tag.
+* pairwise key ``(u, v)``: ``HKDF(DH(s_u, s_v), info=PAIRWISE || min || max)``;
+* per-round mask seed: ``HKDF(pairwise key, salt=round_id, info=SEED || min || max)``.
+  HKDF is a PRF keyed by the pairwise key, so seeds of different rounds are
+  independent to anyone who does not hold that key.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fedcollab.secure.errors import DecryptionError, MalformedMessageError
+
+__all__ = [
+    "PUBLIC_KEY_BYTES", "NONCE_BYTES", "TAG_BYTES", "generate_private_key", "public_bytes",
+    "private_bytes", "private_from_bytes", "agree", "channel_cipher", "pairwise_key",
+    "round_seed", "seal", "open_sealed", "self_seed_digest",
+]
+
+PUBLIC_KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+_CHANNEL = b"fedcollab/secagg/v1/channel"
+_PAIRWISE = b"fedcollab/secagg/v1/pairwise"
+_SEED = b"fedcollab/secagg/v1/mask-seed"
+_DIGEST = b"fedcollab/secagg/v1/self-seed-digest"
+
+
+def generate_private_key() -> X25519PrivateKey:
+    """A fresh X25519 private key (from the OS CSPRNG, inside ``cryptography``)."""
+    return X25519PrivateKey.generate()
+
+
+def public_bytes(key: X25519PrivateKey) -> bytes:
+    """The 32-byte raw public key of ``key``."""
+    return key.public_key().public_bytes_raw()
+
+
+def private_bytes(key: X25519PrivateKey) -> bytes:
+    """The 32-byte raw private key (only to Shamir-share it in per-round SecAgg)."""
+    return key.private_bytes_raw()
+
+
+def private_from_bytes(raw: bytes) -> X25519PrivateKey:
+    """Load a raw 32-byte X25519 private key."""
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def _pair(a: int, b: int) -> bytes:
+    return struct.pack(">II", min(a, b), max(a, b))
+
+
+def agree(private: X25519PrivateKey, peer_public: bytes) -> bytes:
+    """Raw X25519 shared secret with a peer's 32-byte public key.
+
+    Raises:
+        MalformedMessageError: Not a usable public key (wrong length, low order).
+    """
+    if len(peer_public) != PUBLIC_KEY_BYTES:
+        raise MalformedMessageError(
+            f"public key is {len(peer_public)} bytes, expected {PUBLIC_KEY_BYTES}")
+    try:
+        return private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError as exc:  # all-zero output: a low-order point
+        raise MalformedMessageError(f"unusable X25519 public key ({exc})") from None
+
+
+def _hkdf(ikm: bytes, *, salt: bytes | None, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
+
+
+def channel_cipher(shared: bytes, a: int, b: int) -> AESGCM:
+    """The AES-256-GCM cipher of the share channel between participants ``a`` and ``b``."""
+    return AESGCM(_hkdf(shared, salt=None, info=_CHANNEL + _pair(a, b)))
+
+
+def pairwise_key(shared: bytes, a: int, b: int) -> bytes:
+    """The long-lived pairwise mask key of ``a`` and ``b`` (symmetric in a, b)."""
+    return _hkdf(shared, salt=None, info=_PAIRWISE + _pair(a, b))
+
+
+def round_seed(pair_key: bytes, round_id: int, a: int, b: int) -> bytes:
+    """The 32-byte mask seed of pair ``(a, b)`` for ``round_id`` (salt = round id)."""
+    return _hkdf(pair_key, salt=struct.pack(">Q", round_id), info=_SEED + _pair(a, b))
+
+
+def seal(cipher: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
+    """Encrypt and authenticate; returns ``nonce || ciphertext || tag`` (random nonce)."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + cipher.encrypt(nonce, plaintext, aad)
+
+
+def open_sealed(cipher: AESGCM, blob: bytes, aad: bytes, *, what: str) -> bytes:
+    """Decrypt a :func:`seal` output bound to ``aad``.
+
+    Raises:
+        DecryptionError: Tampered ciphertext, wrong key or a binding mismatch (replay).
+    """
+    if len(blob) < NONCE_BYTES + TAG_BYTES:
+        raise DecryptionError(f"{what}: ciphertext is {len(blob)} bytes, too short to be sealed")
+    try:
+        return cipher.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+    except InvalidTag:
+        raise DecryptionError(
+            f"{what}: AES-GCM authentication failed (tampered, or replayed from another "
+            "round/stage/sender)") from None
+
+
+def self_seed_digest(seed: bytes, round_id: int, participant_id: int) -> bytes:
+    """A SHA-256 commitment to a self-mask seed, so the server can check its reconstruction.
+
+    The seed is 256 uniform bits, so the digest reveals nothing usable about it.
+    """
+    return hashlib.sha256(_DIGEST + struct.pack(">QI", round_id, participant_id) + seed).digest()

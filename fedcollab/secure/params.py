@@ -1,0 +1,94 @@
+"""Secure-aggregation parameters, validated once, shared by participants and server."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedcollab.secure.encoding import FixedPointCodec
+from fedcollab.secure.errors import GroupTooSmallError, SecAggConfigError
+from fedcollab.secure.graph import PROTOCOLS
+
+__all__ = ["MIN_GROUP", "SecAggParams", "validate_group_size"]
+
+#: No secure group (and no secure sum) may have fewer members than this.
+MIN_GROUP = 3
+
+
+def validate_group_size(size: int, min_group: int = MIN_GROUP, *, what: str = "secure group") -> None:
+    """Reject a secure group (or a set of summed inputs) smaller than ``min_group``.
+
+    Raises:
+        GroupTooSmallError: ``size < min_group``, with the reason in the message.
+    """
+    if size < min_group:
+        raise GroupTooSmallError(
+            f"{what} has {size} member(s), min_group is {min_group}: a sum of one or two "
+            "updates is no secret (with two, each member subtracts its own update and "
+            "reads the other's); add participants or make the group open")
+
+
+@dataclass(frozen=True)
+class SecAggParams:
+    """How one secure group aggregates.
+
+    Attributes:
+        protocol: ``"secagg"`` (Bonawitz et al. 2017, complete graph, O(n^2)) or
+            ``"secaggplus"`` (Bell et al. 2020, random sparse graph, O(n log n)).
+        threshold: Fraction of a participant's neighbourhood (all other members for
+            SecAgg, its ``k`` graph neighbours for SecAgg+) whose shares reconstruct
+            its secrets: ``t = max(2, ceil(threshold * neighbourhood))``. Must be
+            > 0.5: then the honest holders of a participant's shares cannot hand a
+            server both its self-mask seed and its pairwise recovery secret. Higher
+            means more collusion resistance and less dropout tolerance.
+        min_group: Smallest secure group and smallest set of summed inputs (>= 3).
+        neighbours: SecAgg+ degree ``k``; ``None`` = automatic: at least
+            ``2*ceil(log2 n)``, raised until ``expected_dropout`` random dropouts abort
+            a round with probability <= 1% (``graph.auto_degree``), capped at ``n - 1``.
+            Ignored for SecAgg.
+        expected_dropout: Dropout rate the automatic SecAgg+ degree is sized for;
+            must be below ``1 - threshold``.
+        clip: Encoding range: each coordinate of ``weight * update`` and the weight
+            itself are clipped to ``[-clip, clip]`` (see ``encoding`` module).
+        scale_bits: Fixed-point fractional bits; quantisation step ``2**-scale_bits``.
+        amortise_keys: Reuse X25519 keys across rounds (pairwise seeds derived per
+            round with HKDF; see ``participant`` module for why this is safe). False
+            runs the classic per-round protocol with fresh keys every round.
+    """
+
+    protocol: str = "secaggplus"
+    threshold: float = 0.67
+    min_group: int = MIN_GROUP
+    neighbours: int | None = None
+    expected_dropout: float = 0.1
+    clip: float = 4.0
+    scale_bits: int = 20
+    amortise_keys: bool = True
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise SecAggConfigError(f"protocol={self.protocol!r}; expected one of {PROTOCOLS}")
+        if not (math.isfinite(self.threshold) and 0.5 < self.threshold <= 1.0):
+            raise SecAggConfigError(
+                f"threshold={self.threshold!r} must be in (0.5, 1]: at or below one half, "
+                "a server could collect both kinds of share of one participant")
+        if self.min_group < MIN_GROUP:
+            raise GroupTooSmallError(
+                f"min_group={self.min_group} is below {MIN_GROUP}: a sum of one or two "
+                "updates is no secret")
+        if self.neighbours is not None and self.neighbours < 2:
+            raise SecAggConfigError(
+                f"neighbours={self.neighbours} must be at least 2 (or None for auto)")
+        if not 0.0 <= self.expected_dropout < 1.0 - self.threshold:
+            raise SecAggConfigError(
+                f"expected_dropout={self.expected_dropout!r} must be in [0, 1 - threshold) = "
+                f"[0, {1.0 - self.threshold:.2f}): a threshold of {self.threshold} cannot "
+                "survive more dropouts")
+        FixedPointCodec(clip=self.clip, scale_bits=self.scale_bits, group_size=1)
+
+    def codec(self, group_size: int) -> FixedPointCodec:
+        """The fixed-point codec (ring width chosen from ``group_size``).
+
+        Raises:
+            SecAggConfigError: No ring wide enough for this group, clip and scale.
+        """
+        return FixedPointCodec.for_group(group_size, clip=self.clip, scale_bits=self.scale_bits)

@@ -1,0 +1,362 @@
+"""The participant side of SecAgg / SecAgg+ (Bonawitz et al. 2017; Bell et al. 2020).
+
+A participant adds to its encoded update a fresh **self mask** ``PRG(b_u)`` and one
+**pairwise mask** ``+-PRG(seed_uv)`` per graph neighbour ``v`` (``+`` if ``u < v``);
+pairwise masks cancel in the sum. Shamir shares (threshold ``t`` of its
+neighbourhood) of ``b_u`` and of a **recovery secret** (which unlocks its pairwise
+masks) go, AES-GCM encrypted, to its neighbours through the server. If ``u``'s
+input arrives, holders reveal ``b_u``; if not, they reveal the recovery secret, so
+the server can strip the masks ``u`` left dangling in its neighbours' inputs. An
+honest holder reveals **at most one kind** per peer per round (double masking):
+a server claiming ``u`` dropped after receiving ``y_u`` still lacks ``b_u``.
+
+Per-round keys (``amortise_keys=False``, the classic 4 stages): fresh X25519 keys
+each round; the recovery secret is the round's mask private key ``s_u``.
+
+Amortised keys (default), and why they are safe:
+
+1. The naive version is *not*: reuse ``s_u`` across rounds and share it once. When
+   ``u`` drops in round ``r'``, the server legitimately reconstructs ``s_u``, hence
+   every pairwise seed of every round; for each earlier round ``r`` where ``u``'s
+   input arrived it also legitimately reconstructed ``b_u^(r)``, so it can compute
+   ``x_u^(r) = y_u^(r) - PRG(b_u^(r)) -+ PRG(seed_uv^(r))``. Rotating ``u``'s keys
+   after the dropout protects only future rounds, not the past.
+2. Here ``s_u`` is never shared. Pairwise seeds are
+   ``HKDF(pairwise key, salt=round id)``. For each round ``r`` the participant draws a
+   fresh recovery key ``e_u^(r)``, seals the table of its round-``r`` seeds under it
+   (AES-GCM, stored by the server) and Shamir-shares ``e_u^(r)``. If ``u`` drops in
+   round ``r`` the server learns exactly the round-``r`` seeds; HKDF is a PRF keyed by
+   the never-revealed pairwise key, so they say nothing about any other round.
+3. The package for round ``r+1`` (seed table + shares of ``e_u^(r+1)``) rides with the
+   masked input of round ``r`` and reaches the holders with the round-``r`` unmask
+   request: no extra round trip. The self-mask seed ``b_u^(r)`` is fresh every round
+   and its shares ride in the same ciphertexts, so they exist only if the input does.
+4. A participant that dropped (its recovery secret was reconstructed, its package
+   chain is broken) must run key setup before it takes part again; it then also gets
+   fresh X25519 keys (defence in depth), and its neighbours re-share their packages
+   with its new keys in the same stage.
+
+Assumptions: an honest-but-curious server (it routes every message faithfully; a
+malicious one would need the consistency round of Bonawitz et al.), fewer than ``t``
+colluding participants in any neighbourhood, strictly increasing round ids (consecutive
+for amortisation: a participant absent from round ``r`` re-runs key setup in ``r+1``),
+and a graph not chosen adversarially.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from fedcollab.secure import keys as K
+from fedcollab.secure.errors import (
+    DecryptionError, EncodingError, MalformedMessageError, ProtocolError, ShareRevealRefusedError,
+    UnknownParticipantError,
+)
+from fedcollab.secure.messages import (
+    SERVER, Advertise, KeyShares, Kind, MaskedInput, MaskRequest, PeerKeys, RevealedShare, Roster,
+    Sealed, ShareEntry, Stage, UnmaskRequest, UnmaskResponse, pack, pack_seed_table,
+    pack_share_payload, share_aad, table_aad, unpack, unpack_share_payload,
+)
+from fedcollab.secure.params import SecAggParams
+from fedcollab.secure.prg import accumulate_masks
+from fedcollab.secure.shamir import secret_from_bytes, share_values
+
+__all__ = ["SecureParticipant"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Peer:
+    """A neighbour's public keys and what this participant derived from them."""
+
+    c_pk: bytes
+    s_pk: bytes
+    cipher: AESGCM | None = field(default=None, repr=False)
+    pair_key: bytes | None = field(default=None, repr=False)
+
+
+class SecureParticipant:
+    """One logical secure participant; lives in a worker and is driven stage by stage.
+
+    Every method takes the server's bytes and returns bytes; bad server bytes raise a
+    :class:`~fedcollab.secure.errors.ProtocolError` (the caller treats the participant
+    as dropped for the round). No method blocks or does I/O.
+
+    Args:
+        participant_id: The participant's id in the job's roster (0 <= id < 2**32-1).
+        params: The group's parameters (same object as the server's).
+    """
+
+    def __init__(self, participant_id: int, params: SecAggParams) -> None:
+        if not 0 <= participant_id < SERVER:
+            raise ValueError(f"participant_id={participant_id} must be in [0, 2**32 - 1)")
+        self.participant_id = participant_id
+        self.params = params
+        self._c: X25519PrivateKey | None = None
+        self._s: X25519PrivateKey | None = None
+        self._peers: dict[int, _Peer] = {}
+        self._package_round: int | None = None
+        self._package_keys: dict[int, bytes] = {}
+        self._seeds: dict[int, dict[int, bytes]] = {}
+        self._held: dict[tuple[int, int], int] = {}
+        self._revealed: dict[int, dict[int, Kind]] = {}
+        self._last_masked_round = -1
+
+    # -- key setup -----------------------------------------------------------------
+    def needs_keys(self, round_id: int) -> bool:
+        """Whether this participant must run key setup before masking in ``round_id``."""
+        return (self._c is None or not self.params.amortise_keys
+                or self._package_round != round_id)
+
+    def advertise_keys(self, round_id: int) -> bytes:
+        """Stage ADVERTISE: draw fresh X25519 key pairs and publish their public halves."""
+        self._c, self._s = K.generate_private_key(), K.generate_private_key()
+        self._peers = {}
+        self._package_round, self._package_keys = None, {}
+        self._seeds = {}
+        body = Advertise(K.public_bytes(self._c), K.public_bytes(self._s))
+        return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
+
+    def share_keys(self, round_id: int, roster: bytes) -> bytes:
+        """Stage SHARE_KEYS: seal a recovery package for ``round_id`` to the neighbours.
+
+        Args:
+            round_id: The current round.
+            roster: The server's ROSTER message (neighbours' public keys, threshold).
+
+        Returns:
+            The SHARE_KEYS message: a sealed seed table (amortised mode) and one sealed
+            share of the recovery secret per neighbour.
+
+        Raises:
+            ProtocolError: Bad roster, or no keys advertised yet.
+        """
+        msg = unpack(roster, Roster, round_id=round_id, sender=SERVER,
+                     recipient=self.participant_id)
+        _, s_key = self._require_keys()
+        self._update_peers(msg.peers)
+        holders = tuple(sorted(p.pid for p in msg.peers))
+        self._check_threshold(msg.threshold, holders)
+        if self.params.amortise_keys:
+            secret, table = self._seal_seed_table(round_id)
+        else:
+            secret, table = K.private_bytes(s_key), b""
+            self._seeds[round_id] = {v: self._round_seed(v, round_id) for v in self._peers}
+        shares = self._seal_shares(Stage.SHARE_KEYS, round_id, holders, msg.threshold, [
+            (Kind.RECOVERY, round_id, secret_from_bytes(secret))])
+        self._package_round = round_id
+        self._package_keys = {v: p.s_pk for v, p in self._peers.items()}
+        body = KeyShares(table, shares)
+        return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
+
+    # -- masked input --------------------------------------------------------------
+    def masked_input(self, round_id: int, vector: np.ndarray, inbox: bytes) -> bytes:
+        """Stage MASKED_INPUT: encode and mask ``vector``; seal the self-seed shares.
+
+        Args:
+            round_id: The current round.
+            vector: float64 1-D, already weighted, weight as the last coordinate
+                (:func:`~fedcollab.secure.encoding.weighted_vector`).
+            inbox: The server's MASK_REQUEST message.
+
+        Returns:
+            The MASKED_INPUT message (masked vector, seed digest, sealed shares and, in
+            amortised mode, the recovery package for round ``round_id + 1``).
+
+        Raises:
+            ProtocolError: Bad request, or no valid recovery package for this round.
+            EncodingError: Vector of the wrong length or with non-finite values.
+        """
+        msg = unpack(inbox, MaskRequest, round_id=round_id, sender=SERVER,
+                     recipient=self.participant_id)
+        self._require_keys()
+        if round_id <= self._last_masked_round:
+            raise ProtocolError(f"round {round_id}: already masked an input for round "
+                                f"{self._last_masked_round}; round ids must increase")
+        if self._package_round != round_id:
+            raise ProtocolError(f"round {round_id}: participant {self.participant_id} has no "
+                                "recovery package for this round; run key setup first")
+        self._update_peers(msg.key_updates)
+        partners = tuple(sorted(msg.partners))
+        self._check_threshold(msg.threshold, partners)
+        for v in partners:
+            if self._peers[v].s_pk != self._package_keys.get(v):
+                raise ProtocolError(f"round {round_id}: partner {v} has keys newer than this "
+                                    "participant's recovery package; run key setup first")
+        self._receive_deliveries(round_id, msg.deliveries)
+        x = np.asarray(vector, dtype=np.float64)
+        if x.ndim != 1 or x.size != msg.dim:
+            raise EncodingError(f"round {round_id}: vector has shape {x.shape}, the round "
+                                f"expects ({msg.dim},) (update + weight coordinate)")
+        codec = self.params.codec(msg.group_size)
+        masked = codec.encode(x)
+        b = os.urandom(32)
+        seeds = self._seeds.get(round_id, {})
+        pair = {v: seeds[v] if v in seeds else self._round_seed(v, round_id) for v in partners}
+        me = self.participant_id
+        accumulate_masks(masked, [b] + [pair[v] for v in partners if me < v],
+                         [pair[v] for v in partners if me > v])
+        entries = [(Kind.SELF, round_id, secret_from_bytes(b))]
+        table = b""
+        if self.params.amortise_keys:
+            e, table = self._seal_seed_table(round_id + 1)
+            entries.append((Kind.RECOVERY, round_id + 1, secret_from_bytes(e)))
+            self._package_round = round_id + 1
+            self._package_keys = {v: p.s_pk for v, p in self._peers.items()}
+        else:
+            self._package_round = None
+        shares = self._seal_shares(Stage.MASKED_INPUT, round_id, partners, msg.threshold, entries)
+        self._last_masked_round = round_id
+        self._revealed = {round_id: {}}
+        self._seeds = {r: s for r, s in self._seeds.items() if r > round_id}
+        self._held = {k: y for k, y in self._held.items() if k[1] >= round_id}
+        body = MaskedInput(codec.ring_bits, masked.tobytes(),
+                           K.self_seed_digest(b, round_id, me), table, shares)
+        return pack(body, round_id=round_id, sender=me, recipient=SERVER)
+
+    # -- unmasking -----------------------------------------------------------------
+    def unmask(self, round_id: int, request: bytes) -> bytes:
+        """Stage UNMASK: reveal the requested shares, never both kinds for one peer.
+
+        ``SELF`` requests carry the peer's sealed share bundle (the peer's input
+        arrived); ``RECOVERY`` requests refer to a share held from an earlier delivery
+        (the peer dropped). Shares that fail authentication or are not held are left
+        out of the response.
+
+        Raises:
+            ShareRevealRefusedError: Asked for both kinds of one peer's shares (in this
+                or an earlier request of the round); nothing is revealed.
+            ProtocolError: Bad request, a peer that is not a neighbour, or a round this
+                participant sent no input for.
+        """
+        msg = unpack(request, UnmaskRequest, round_id=round_id, sender=SERVER,
+                     recipient=self.participant_id)
+        if round_id not in self._revealed:
+            raise ProtocolError(f"round {round_id}: participant {self.participant_id} sent no "
+                                "masked input this round, so it reveals nothing")
+        revealed = self._revealed[round_id]
+        asked: dict[int, Kind] = {}
+        for item in msg.reveals:
+            if item.peer not in self._peers:
+                raise UnknownParticipantError(f"round {round_id}: unmask request names "
+                                              f"participant {item.peer}, not a neighbour")
+            if asked.get(item.peer, item.kind) != item.kind or \
+                    revealed.get(item.peer, item.kind) != item.kind:
+                raise ShareRevealRefusedError(
+                    f"round {round_id}: asked for both the self-mask and the recovery share "
+                    f"of participant {item.peer}; an honest participant reveals only one")
+            asked[item.peer] = item.kind
+        revealed.update(asked)
+        out = []
+        for item in msg.reveals:
+            y = self._reveal(round_id, item.peer, item.kind, item.blob)
+            if y is not None:
+                out.append(RevealedShare(item.peer, item.kind, y))
+        body = UnmaskResponse(tuple(out))
+        return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
+
+    def _reveal(self, round_id: int, peer: int, kind: Kind, blob: bytes) -> int | None:
+        if kind == Kind.RECOVERY:
+            return self._held.get((peer, round_id))
+        try:
+            entries = self._open(Stage.MASKED_INPUT, round_id, peer, blob)
+        except (DecryptionError, MalformedMessageError) as exc:
+            _log.warning("participant %d: share from %d skipped: %s",
+                         self.participant_id, peer, exc)
+            return None
+        found = None
+        for e in entries:
+            if e.kind == Kind.SELF and e.for_round == round_id:
+                found = e.y
+            elif e.kind == Kind.RECOVERY and e.for_round == round_id + 1:
+                self._held[(peer, round_id + 1)] = e.y
+        return found
+
+    # -- helpers -------------------------------------------------------------------
+    def _require_keys(self) -> tuple[X25519PrivateKey, X25519PrivateKey]:
+        if self._c is None or self._s is None:
+            raise ProtocolError(f"participant {self.participant_id} has no keys; call "
+                                "advertise_keys first")
+        return self._c, self._s
+
+    def _check_threshold(self, t: int, holders: tuple[int, ...]) -> None:
+        if self.participant_id in holders or len(set(holders)) != len(holders):
+            raise MalformedMessageError("neighbour list repeats a participant or names itself")
+        unknown = [v for v in holders if v not in self._peers]
+        if unknown:
+            raise UnknownParticipantError(f"{len(unknown)} neighbour(s) without known keys, "
+                                          f"e.g. participant {unknown[0]}")
+        if not 2 <= t <= len(holders) or 2 * t <= len(holders):
+            raise ProtocolError(f"threshold {t} is unsafe or unreachable with {len(holders)} "
+                                "share holders (need 2 <= t <= holders < 2t)")
+
+    def _update_peers(self, peers: tuple[PeerKeys, ...]) -> None:
+        for p in peers:
+            if p.pid == self.participant_id or p.pid >= SERVER:
+                raise MalformedMessageError(f"key list names participant {p.pid}")
+            old = self._peers.get(p.pid)
+            if old is None or (old.c_pk, old.s_pk) != (p.c_pk, p.s_pk):
+                self._peers[p.pid] = _Peer(p.c_pk, p.s_pk)
+
+    def _cipher(self, v: int) -> AESGCM:
+        peer = self._peers[v]
+        if peer.cipher is None:
+            c_key, _ = self._require_keys()
+            peer.cipher = K.channel_cipher(K.agree(c_key, peer.c_pk), self.participant_id, v)
+        return peer.cipher
+
+    def _round_seed(self, v: int, round_id: int) -> bytes:
+        peer = self._peers[v]
+        if peer.pair_key is None:
+            _, s_key = self._require_keys()
+            peer.pair_key = K.pairwise_key(K.agree(s_key, peer.s_pk), self.participant_id, v)
+        return K.round_seed(peer.pair_key, round_id, self.participant_id, v)
+
+    def _seal_seed_table(self, for_round: int) -> tuple[bytes, bytes]:
+        seeds = {v: self._round_seed(v, for_round) for v in self._peers}
+        self._seeds[for_round] = seeds
+        e = os.urandom(32)
+        table = K.seal(AESGCM(e), pack_seed_table(seeds), table_aad(for_round, self.participant_id))
+        return e, table
+
+    def _seal_shares(self, stage: Stage, round_id: int, holders: tuple[int, ...], threshold: int,
+                     entries: list[tuple[Kind, int, int]]) -> tuple[Sealed, ...]:
+        xs = [v + 1 for v in holders]
+        splits = [share_values(secret, threshold=threshold, xs=xs) for _, _, secret in entries]
+        out = []
+        for i, v in enumerate(holders):
+            payload = pack_share_payload(tuple(
+                ShareEntry(kind, for_round, ys[i])
+                for (kind, for_round, _), ys in zip(entries, splits)))
+            aad = share_aad(stage, round_id, self.participant_id, v)
+            out.append(Sealed(v, K.seal(self._cipher(v), payload, aad)))
+        return tuple(out)
+
+    def _open(self, stage: Stage, round_id: int, sender: int, blob: bytes
+              ) -> tuple[ShareEntry, ...]:
+        aad = share_aad(stage, round_id, sender, self.participant_id)
+        plain = K.open_sealed(self._cipher(sender), blob, aad,
+                              what=f"round {round_id}: share from participant {sender}")
+        return unpack_share_payload(plain)
+
+    def _receive_deliveries(self, round_id: int, deliveries: tuple[Sealed, ...]) -> None:
+        for d in deliveries:
+            if d.peer not in self._peers:
+                _log.warning("participant %d: delivery from unknown %d skipped",
+                             self.participant_id, d.peer)
+                continue
+            try:
+                entries = self._open(Stage.SHARE_KEYS, round_id, d.peer, d.blob)
+            except (DecryptionError, MalformedMessageError) as exc:
+                _log.warning("participant %d: delivery from %d skipped: %s",
+                             self.participant_id, d.peer, exc)
+                continue
+            for e in entries:
+                if e.kind == Kind.RECOVERY and e.for_round == round_id:
+                    self._held[(d.peer, round_id)] = e.y

@@ -1,0 +1,91 @@
+"""Driving SecAgg / SecAgg+ across Ray workers (plumbing only; the protocol is
+in :mod:`fedcollab.secure`).
+
+The orchestrator is the server. Every protocol message is ``bytes`` and passes
+through it, as over a network, so byte counts per stage are real. A stage costs one
+call per worker that hosts a participant with something to say; with amortised keys
+a steady round is just the masked input (riding with training) and the unmask call.
+A worker that dies mid-round simply sends nothing: the server treats its
+participants as dropped and recovers their masks from their neighbours' shares.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from fedcollab.participants import ParticipantInfo, secagg_params
+
+__all__ = ["SecureCoordinator", "SecurePhases"]
+
+
+@dataclass
+class SecurePhases:
+    """Wall seconds per stage as the orchestrator saw them (Ray calls included)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+
+class SecureCoordinator:
+    """The server's half of secure aggregation for one job's secure group."""
+
+    def __init__(self, spec: Any, people: Sequence[ParticipantInfo], workers: Sequence[Any],
+                 hosted: Sequence[Sequence[int]], ray: Any,
+                 suspect: Optional[set[int]] = None) -> None:
+        from fedcollab.secure.server import SecureServer
+
+        self.members = [p.pid for p in people if p.sharing == "secure"]
+        self.server = SecureServer(self.members, secagg_params(spec), rng_seed=spec.seed)
+        self.ray = ray
+        self.workers = list(workers)
+        self.owner = {pid: w for w, pids in enumerate(hosted) for pid in pids}
+        self.suspect = suspect if suspect is not None else set()  # shared with the job
+
+    def _stage(self, stage: str, round_id: int, messages: Mapping[int, bytes],
+               phases: SecurePhases) -> dict[int, bytes]:
+        """Send each hosted participant its message for `stage`; collect the replies."""
+        t0 = time.perf_counter()
+        by_worker: dict[int, dict[int, bytes]] = {}
+        for pid, message in messages.items():
+            by_worker.setdefault(self.owner[pid], {})[pid] = message
+        calls = [(w, self.workers[w].secure_stage.remote(stage, round_id, sub))
+                 for w, sub in sorted(by_worker.items())]
+        replies: dict[int, bytes] = {}
+        for w, call in calls:
+            try:
+                replies.update(self.ray.get(call))
+            except self.ray.exceptions.RayError:
+                self.suspect.add(w)  # the worker died: its participants dropped here
+        phases.add(stage, time.perf_counter() - t0)
+        return replies
+
+    def prepare(self, round_id: int, members: Sequence[int], dim: int, phases: SecurePhases,
+                on_phase: Optional[Callable[[str, int, Sequence[Any]], None]] = None
+                ) -> dict[int, bytes]:
+        """Key setup as needed; returns each member's mask request (its inbox).
+
+        Raises:
+            fedcollab.secure.errors.RoundAbortedError: too few members can take part.
+        """
+        need = self.server.begin_round(round_id, members, dim=dim)
+        adverts = self._stage("advertise", round_id, {p: b"" for p in sorted(need)}, phases) \
+            if need else {}
+        rosters = self.server.receive_advertisements(adverts)
+        shares = self._stage("share_keys", round_id, rosters, phases) if rosters else {}
+        inbox = self.server.receive_key_shares(shares)
+        if on_phase is not None:
+            on_phase("after_share_keys", round_id, self.workers)
+        return inbox
+
+    def finish(self, round_id: int, masked: Mapping[int, bytes], phases: SecurePhases) -> Any:
+        """Unmask the sum of the survivors' inputs.
+
+        Raises:
+            fedcollab.secure.errors.RoundAbortedError: too few survivors or shares.
+        """
+        requests = self.server.receive_masked_inputs(masked)
+        responses = self._stage("unmask", round_id, requests, phases) if requests else {}
+        return self.server.receive_unmask_responses(responses)

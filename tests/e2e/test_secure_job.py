@@ -1,0 +1,91 @@
+"""Secure aggregation inside real Ray jobs: mixed rounds, a worker killed mid-round,
+and an aborted round that leaves the global model unchanged."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytest
+
+from fedcollab.data import load_dataset, participant_indices
+from fedcollab.orchestrator import RunOptions, run_job
+from fedcollab.spec import spec_from_dict
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def mixed_spec(**changes: Any) -> Any:
+    data: dict[str, Any] = {
+        "name": "mixed", "seed": 0, "rounds": 3,
+        "task": {"dataset": "digits", "model": "mlp"},
+        "participants": [
+            {"name": "community", "count": 4, "partition": {"kind": "iid"}},
+            {"name": "vendor", "role": "vendor", "count": 8, "sharing": "secure",
+             "data_fraction": 0.4},
+        ],
+        "resources": {"workers": 4, "cpus_per_worker": 0.5},
+        "release": {"sign": False},
+    }
+    data.update(changes)
+    return spec_from_dict(data)
+
+
+def sizes(spec: Any) -> list[int]:
+    labels = load_dataset(spec.task, seed=spec.seed).y_train
+    return [len(i) for i in participant_indices(spec, labels)]
+
+
+def test_secure_job_matches_open_job_within_quantisation(ray_local: Any, tmp_path: Path) -> None:
+    secure = run_job(mixed_spec(), RunOptions(out_dir=tmp_path / "s", quiet=True, release=False))
+    open_spec = mixed_spec(participants=[
+        {"name": "community", "count": 4, "partition": {"kind": "iid"}},
+        {"name": "vendor", "role": "vendor", "count": 8, "data_fraction": 0.4}])
+    opened = run_job(open_spec, RunOptions(out_dir=tmp_path / "o", quiet=True, release=False))
+    for a, b in zip(secure.weights, opened.weights):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    line = secure.metrics[0]
+    assert line["secure"]["survivors"] == list(range(4, 12))
+    assert sorted(line["update_sha256"]) == ["0", "1", "2", "3"]  # only open updates logged
+    assert line["secure"]["bytes_up"]["masked_input"] > 0
+    assert line["secure"]["weight_sum"] == pytest.approx(sum(sizes(mixed_spec())[4:]), abs=1e-3)
+
+
+def test_secure_job_worker_killed_after_share_keys_sums_survivors(ray_local: Any,
+                                                                  tmp_path: Path) -> None:
+    import ray
+
+    def kill(phase: str, round_id: int, workers: Sequence[Any]) -> None:
+        if phase == "after_share_keys" and round_id == 2:
+            ray.kill(workers[1], no_restart=False)  # hosts participants 3 (open), 4, 5
+
+    spec = mixed_spec()
+    result = run_job(spec, RunOptions(out_dir=tmp_path / "k", quiet=True, release=False,
+                                      on_phase=kill))
+
+    line = result.metrics[1]
+    assert line["secure"]["dropped"] == [4, 5]
+    assert line["secure"]["survivors"] == [6, 7, 8, 9, 10, 11]
+    assert line["dropped"] == [3, 4, 5]
+    n = sizes(spec)
+    assert line["secure"]["weight_sum"] == pytest.approx(sum(n[6:12]), abs=1e-3)
+    assert result.summary["rounds_completed"] == 3
+    last = result.metrics[2]["secure"]
+    assert last["survivors"] == list(range(4, 12)) and last["key_setup"] >= 2  # rotated keys
+
+
+def test_secure_job_too_few_survivors_aborts_round_and_keeps_model(ray_local: Any,
+                                                                  tmp_path: Path) -> None:
+    import ray
+
+    def kill(phase: str, round_id: int, workers: Sequence[Any]) -> None:
+        if phase == "after_share_keys" and round_id == 2:
+            for w in workers[1:]:
+                ray.kill(w, no_restart=False)  # 6 of 8 secure participants gone
+
+    result = run_job(mixed_spec(), RunOptions(out_dir=tmp_path / "a", quiet=True,
+                                              release=False, on_phase=kill))
+    first, aborted = result.metrics[0], result.metrics[1]
+    assert "aborted" in aborted and "round 2" in aborted["aborted"]
+    assert aborted["accuracy"] == first["accuracy"] and aborted["loss"] == first["loss"]
+    assert result.summary["rounds_completed"] == 3
