@@ -110,7 +110,9 @@ BAD_SPECS: list[Any] = [
      r"^spec: secure\.min_group: got 2, expected an integer >= 3: a sum of one or two "
      r"updates is no secret$"),
     ("secure-threshold-below-half", _spec(secure={"threshold": 0.4}), ".yaml", [],
-     r"^spec: secure\.threshold: got 0\.4, expected a fraction in \[0\.5, 1\]"),
+     r"^spec: secure\.threshold: got 0\.4, expected a fraction in \(0\.5, 1\]"),
+    ("secure-threshold-exactly-half", _spec(secure={"threshold": 0.5}), ".yaml", [],
+     r"^spec: secure\.threshold: got 0\.5, expected a fraction in \(0\.5, 1\]"),
     ("private-layers-on-community", _spec(participants=[_group(private_layers=["head"])]),
      ".yaml", [], r"^spec: participants\.0\.private_layers: only a vendor group keeps "
      r"private layers \(role: vendor\)$"),
