@@ -89,3 +89,14 @@ def test_secure_job_too_few_survivors_aborts_round_and_keeps_model(ray_local: An
     assert "aborted" in aborted and "round 2" in aborted["aborted"]
     assert aborted["accuracy"] == first["accuracy"] and aborted["loss"] == first["loss"]
     assert result.summary["rounds_completed"] == 3
+
+
+def test_secure_job_distributed_dp_with_adaptive_clipping_runs(ray_local: Any,
+                                                               tmp_path: Path) -> None:
+    spec = mixed_spec(privacy={"dp": {"mode": "distributed", "noise_multiplier": 0.5,
+                                      "clip_norm": 1.0, "adaptive_clipping": True}})
+    result = run_job(spec, RunOptions(out_dir=tmp_path / "d", quiet=True, release=False))
+    epsilons = [m["epsilon"] for m in result.metrics]
+    assert all(e > 0 for e in epsilons) and epsilons == sorted(epsilons)
+    assert result.metrics[-1]["clip_norm"] != result.metrics[0]["clip_norm"]  # adapted
+    assert result.metrics[0]["secure"]["survivors"] == list(range(4, 12))
