@@ -10,6 +10,7 @@ written atomically by a background thread so the disk never stalls a round.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import hashlib
 import json
 import math
@@ -314,7 +315,7 @@ class _Job:
             ref = self.ray.put(self.weights)
             out, dropped = self._train(ref, round_id, set(chosen), config, inbox)
             phases.add("train", time.perf_counter() - t_train)
-            secure_sum, bits = None, None
+            secure_sum, bits, survivors = None, None, 0
             if secure_members:
                 result = self.secure.finish(round_id, out.masked, phases)
                 line["secure"] = _secure_log(result, phases, out.failed)
@@ -322,6 +323,7 @@ class _Job:
                     result.total, self.shapes, scale=config.weight_scale, clip_bit=clip_bit)
                 line["secure"]["weight_sum"] = max(counts)  # survivors' samples (a sum)
                 secure_sum = SecureSum(arrays, counts)
+                survivors = len(result.survivors)
         except RoundAbortedError as err:
             return self._aborted(line, round_id, str(err), t0, phases)
         valid, rejected = self._validate(out.updates)
@@ -347,9 +349,7 @@ class _Job:
         if self.classification:
             line["accuracy"] = acc
         if self.dp_on:
-            line.update(self._account(valid, secure_bits=bits,
-                                      secure_count=len(line.get("secure", {}).get(
-                                          "survivors", []))))
+            line.update(self._account(valid, secure_bits=bits, secure_count=survivors))
         if self.private_pids:
             line.update(self._personalised())
         return line
@@ -575,8 +575,6 @@ def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
 
 
 def _embedded_cpus(spec: JobSpec) -> int:
-    import os
-
     pinned = len({tuple(sorted(g.resources.items())) for g in spec.participants if g.resources})
     return max(os.cpu_count() or 1, pinned + 1)
 
@@ -609,7 +607,7 @@ def _run(job: _Job, wall0: float) -> JobResult:
     job.flush()
     tb.close()
     summary = _summary(job, wall0, rounds_seconds)
-    if job.options.release and spec.release.sign is not None:
+    if job.options.release:
         from fedcollab.release import write_release
 
         release = write_release(out / "release", model=job.model, weights=job.weights,

@@ -494,7 +494,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         keys = path.split(".")
         node: Any = data
         for depth, key in enumerate(keys[:-1]):
-            node = _step(node, key, ".".join(keys[: depth + 1]), create=True)
+            node = _step(node, key, ".".join(keys[: depth + 1]))
         last = keys[-1]
         value = _parse_scalar(raw)
         if isinstance(node, list):
@@ -513,13 +513,12 @@ def _index(node: list[Any], key: str, path: str) -> int:
     return int(key)
 
 
-def _step(node: Any, key: str, path: str, *, create: bool) -> Any:
+def _step(node: Any, key: str, path: str) -> Any:
+    """One level down an override path, creating missing mappings on the way."""
     if isinstance(node, list):
         return node[_index(node, key, path)]
     if isinstance(node, dict):
         if key not in node or node[key] is None:
-            if not create:
-                raise SpecError(f"--set {path}: no such field")
             node[key] = {}
         return node[key]
     raise SpecError(f"--set {path}: not a mapping or list")
