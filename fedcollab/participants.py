@@ -299,6 +299,25 @@ class ParticipantWorker:
                 continue
         return replies
 
+    def secure_prepare(self, pids: Sequence[int]) -> int:
+        """Offline phase: precompute the next round's masks of the hosted participants.
+
+        Called right after an unmask stage, so it runs while the server unmasks and
+        evaluates; the next masked input then only encodes and adds (see
+        :meth:`fedcollab.secure.participant.SecureParticipant.prepare_next_round`).
+        Returns how many participants prepared something.
+        """
+        done = 0
+        for pid in pids:
+            participant = self._secure.get(pid)
+            if participant is None:
+                continue
+            try:
+                done += participant.prepare_next_round()
+            except FedcollabError:  # nothing prepared: the next round computes online
+                continue
+        return done
+
     def _privatize(self, raw: list[np.ndarray], config: RoundConfig,
                    rng: np.random.Generator) -> list[np.ndarray]:
         from fedcollab.privacy import privatize_update

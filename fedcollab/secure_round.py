@@ -7,6 +7,12 @@ call per worker that hosts a participant with something to say; with amortised k
 a steady round is just the masked input (riding with training) and the unmask call.
 A worker that dies mid-round simply sends nothing: the server treats its
 participants as dropped and recovers their masks from their neighbours' shares.
+
+When every member takes part in every round (``fraction: 1``) and keys are
+amortised, each unmask call is followed by an offline-phase call to the same
+worker: it precomputes the next round's masks and sealed shares while the server
+unmasks, aggregates and evaluates, so the next masked input only encodes and adds.
+The server does not wait for it; the worker runs it before the next round's work.
 """
 from __future__ import annotations
 
@@ -43,16 +49,24 @@ class SecureCoordinator:
         self.workers = list(workers)
         self.owner = {pid: w for w, pids in enumerate(hosted) for pid in pids}
         self.suspect = suspect if suspect is not None else set()  # shared with the job
+        self.offline = spec.secure.amortise_keys and spec.fraction >= 1
+        self._offline_calls: list[Any] = []
 
     def _stage(self, stage: str, round_id: int, messages: Mapping[int, bytes],
-               phases: SecurePhases) -> dict[int, bytes]:
-        """Send each hosted participant its message for `stage`; collect the replies."""
+               phases: SecurePhases, *, then_prepare: bool = False) -> dict[int, bytes]:
+        """Send each hosted participant its message for `stage`; collect the replies.
+
+        ``then_prepare``: queue the offline phase on each called worker right behind.
+        """
         t0 = time.perf_counter()
         by_worker: dict[int, dict[int, bytes]] = {}
         for pid, message in messages.items():
             by_worker.setdefault(self.owner[pid], {})[pid] = message
         calls = [(w, self.workers[w].secure_stage.remote(stage, round_id, sub))
                  for w, sub in sorted(by_worker.items())]
+        if then_prepare:
+            self._offline_calls += [self.workers[w].secure_prepare.remote(sorted(sub))
+                                    for w, sub in sorted(by_worker.items())]
         replies: dict[int, bytes] = {}
         for w, call in calls:
             try:
@@ -86,6 +100,20 @@ class SecureCoordinator:
         Raises:
             fedcollab.secure.errors.RoundAbortedError: too few survivors or shares.
         """
+        self._reap_offline()
         requests = self.server.receive_masked_inputs(masked)
-        responses = self._stage("unmask", round_id, requests, phases) if requests else {}
+        responses = self._stage("unmask", round_id, requests, phases,
+                                then_prepare=self.offline) if requests else {}
         return self.server.receive_unmask_responses(responses)
+
+    def _reap_offline(self) -> None:
+        """Collect finished offline-phase calls (a failed one only costs speed)."""
+        if not self._offline_calls:
+            return
+        done, self._offline_calls = self.ray.wait(
+            self._offline_calls, num_returns=len(self._offline_calls), timeout=0)
+        for call in done:
+            try:
+                self.ray.get(call)
+            except self.ray.exceptions.RayError:
+                pass  # the worker died; heal() restarts it and its participants re-key

@@ -3,7 +3,12 @@
 The only primitives SecAgg uses besides Shamir and the PRG; never a home-made cipher.
 
 Each participant holds two X25519 key pairs (Bonawitz et al. 2017): ``c`` for the
-encrypted share channel to each neighbour, ``s`` for pairwise masks. Derived keys:
+encrypted share channel to each neighbour, ``s`` for pairwise masks. With amortised
+keys ``s`` is never revealed (a per-round recovery key is shared instead; see
+``participant``), so one pair serves as both and a single agreement per neighbour
+feeds both derivations below, kept apart by their HKDF ``info`` labels. Per-round
+mode Shamir-shares the private ``s``, so there it is a second, separate pair.
+Derived keys:
 
 * channel key ``(u, v)``: ``HKDF(DH(c_u, c_v), info=CHANNEL || min || max)``, an
   AES-256-GCM key; every ciphertext carries associated data binding it to
@@ -81,8 +86,11 @@ def agree(private: X25519PrivateKey, peer_public: bytes) -> bytes:
         raise MalformedMessageError(f"unusable X25519 public key ({exc})") from None
 
 
+_SHA256 = hashes.SHA256()  # stateless algorithm descriptor, shared
+
+
 def _hkdf(ikm: bytes, *, salt: bytes | None, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
+    return HKDF(algorithm=_SHA256, length=32, salt=salt, info=info).derive(ikm)
 
 
 def channel_cipher(shared: bytes, a: int, b: int) -> AESGCM:

@@ -81,6 +81,30 @@ class _Peer:
     pair_key: bytes | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """What the server asked this participant to mask with in one round."""
+
+    round_id: int
+    partners: tuple[int, ...]
+    threshold: int
+    dim: int
+    ring_bits: int
+
+
+@dataclass
+class _Prepared:
+    """The update-independent part of one masked input (the offline phase's output)."""
+
+    ask: _Ask
+    epoch: int
+    mask: np.ndarray = field(repr=False)
+    digest: bytes = field(repr=False)
+    table: bytes = field(repr=False)
+    shares: tuple[Sealed, ...] = field(repr=False)
+    package_keys: dict[int, bytes] = field(repr=False)
+
+
 class SecureParticipant:
     """One logical secure participant; lives in a worker and is driven stage by stage.
 
@@ -107,6 +131,9 @@ class SecureParticipant:
         self._held: dict[tuple[int, int], int] = {}
         self._revealed: dict[int, dict[int, Kind]] = {}
         self._last_masked_round = -1
+        self._epoch = 0  # bumped whenever any key (own or a peer's) changes
+        self._last_ask: _Ask | None = None
+        self._ready: _Prepared | None = None
 
     # -- key setup -----------------------------------------------------------------
     def needs_keys(self, round_id: int) -> bool:
@@ -116,8 +143,15 @@ class SecureParticipant:
 
     def advertise_keys(self, round_id: int) -> bytes:
         """Stage ADVERTISE: draw fresh X25519 key pairs and publish their public halves."""
-        self._c, self._s = K.generate_private_key(), K.generate_private_key()
+        self._c = K.generate_private_key()
+        # Amortised keys: the mask key is never revealed (a per-round recovery key
+        # is), so one X25519 pair serves both uses, separated by HKDF labels, and
+        # key setup costs one agreement per neighbour instead of two. Per-round mode
+        # Shamir-shares the mask private key, so it must be a second, separate pair.
+        self._s = self._c if self.params.amortise_keys else K.generate_private_key()
         self._peers = {}
+        self._epoch += 1
+        self._ready = None
         self._package_round, self._package_keys = None, {}
         self._seeds = {}
         body = Advertise(K.public_bytes(self._c), K.public_bytes(self._s))
@@ -195,30 +229,68 @@ class SecureParticipant:
             raise EncodingError(f"round {round_id}: vector has shape {x.shape}, the round "
                                 f"expects ({msg.dim},) (update + weight coordinate)")
         codec = self.params.codec(msg.group_size)
+        ask = _Ask(round_id, partners, msg.threshold, msg.dim, codec.ring_bits)
         masked = codec.encode(x)
-        b = os.urandom(32)
-        seeds = self._seeds.get(round_id, {})
-        pair = {v: seeds[v] if v in seeds else self._round_seed(v, round_id) for v in partners}
-        me = self.participant_id
-        accumulate_masks(masked, [b] + [pair[v] for v in partners if me < v],
-                         [pair[v] for v in partners if me > v])
-        entries = [(Kind.SELF, round_id, secret_from_bytes(b))]
-        table = b""
+        prep, self._ready = self._ready, None
+        if prep is None or prep.ask != ask or prep.epoch != self._epoch:
+            prep = self._prepare(ask)  # nothing usable was prepared offline
+        np.add(masked, prep.mask, out=masked)
         if self.params.amortise_keys:
-            e, table = self._seal_seed_table(round_id + 1)
-            entries.append((Kind.RECOVERY, round_id + 1, secret_from_bytes(e)))
             self._package_round = round_id + 1
-            self._package_keys = {v: p.s_pk for v, p in self._peers.items()}
+            self._package_keys = prep.package_keys
         else:
             self._package_round = None
-        shares = self._seal_shares(Stage.MASKED_INPUT, round_id, partners, msg.threshold, entries)
+        self._last_ask = ask
         self._last_masked_round = round_id
         self._revealed = {round_id: {}}
         self._seeds = {r: s for r, s in self._seeds.items() if r > round_id}
         self._held = {k: y for k, y in self._held.items() if k[1] >= round_id}
-        body = MaskedInput(codec.ring_bits, masked.tobytes(),
-                           K.self_seed_digest(b, round_id, me), table, shares)
-        return pack(body, round_id=round_id, sender=me, recipient=SERVER)
+        body = MaskedInput(codec.ring_bits, masked.tobytes(), prep.digest, prep.table,
+                           prep.shares)
+        return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
+
+    # -- offline phase ---------------------------------------------------------------
+    def prepare_next_round(self) -> bool:
+        """Offline phase: precompute the next round's masks and sealed shares now.
+
+        Everything in a masked input except the encoded update itself depends only on
+        seeds this participant already holds: the self mask ``PRG(b_u)`` (``b_u``
+        drawn now, used once), the pairwise masks from the next round's seed table,
+        the sealed shares and the following recovery package. Computing them while
+        the server unmasks and evaluates takes them off the round's critical path.
+        :meth:`masked_input` uses the result only if the server then asks for
+        exactly the same round, partners, threshold and shape under the same peer
+        keys, and otherwise discards it (``b_u`` was never sent) and computes afresh.
+
+        Returns:
+            Whether something was prepared (amortised keys, after a masked input).
+        """
+        last = self._last_ask
+        if (not self.params.amortise_keys or last is None or self._c is None
+                or self._package_round != last.round_id + 1):
+            self._ready = None
+            return False
+        self._ready = self._prepare(_Ask(last.round_id + 1, last.partners, last.threshold,
+                                         last.dim, last.ring_bits))
+        return True
+
+    def _prepare(self, ask: _Ask) -> _Prepared:
+        """The update-independent part of ``ask``'s masked input (see prepare_next_round)."""
+        r, me = ask.round_id, self.participant_id
+        b = os.urandom(32)
+        seeds = self._seeds.get(r, {})
+        pair = {v: seeds[v] if v in seeds else self._round_seed(v, r) for v in ask.partners}
+        mask = np.zeros(ask.dim, dtype=np.dtype(f"<u{ask.ring_bits // 8}"))
+        accumulate_masks(mask, [b] + [pair[v] for v in ask.partners if me < v],
+                         [pair[v] for v in ask.partners if me > v])
+        entries = [(Kind.SELF, r, secret_from_bytes(b))]
+        table = b""
+        if self.params.amortise_keys:
+            e, table = self._seal_seed_table(r + 1)
+            entries.append((Kind.RECOVERY, r + 1, secret_from_bytes(e)))
+        shares = self._seal_shares(Stage.MASKED_INPUT, r, ask.partners, ask.threshold, entries)
+        return _Prepared(ask, self._epoch, mask, K.self_seed_digest(b, r, me), table, shares,
+                         {v: p.s_pk for v, p in self._peers.items()})
 
     # -- unmasking -----------------------------------------------------------------
     def unmask(self, round_id: int, request: bytes) -> bytes:
@@ -303,20 +375,30 @@ class SecureParticipant:
             old = self._peers.get(p.pid)
             if old is None or (old.c_pk, old.s_pk) != (p.c_pk, p.s_pk):
                 self._peers[p.pid] = _Peer(p.c_pk, p.s_pk)
+                self._epoch += 1
 
     def _cipher(self, v: int) -> AESGCM:
         peer = self._peers[v]
         if peer.cipher is None:
-            c_key, _ = self._require_keys()
-            peer.cipher = K.channel_cipher(K.agree(c_key, peer.c_pk), self.participant_id, v)
+            self._agree(v, peer)
+        assert peer.cipher is not None
         return peer.cipher
 
     def _round_seed(self, v: int, round_id: int) -> bytes:
         peer = self._peers[v]
         if peer.pair_key is None:
-            _, s_key = self._require_keys()
-            peer.pair_key = K.pairwise_key(K.agree(s_key, peer.s_pk), self.participant_id, v)
+            self._agree(v, peer)
+        assert peer.pair_key is not None
         return K.round_seed(peer.pair_key, round_id, self.participant_id, v)
+
+    def _agree(self, v: int, peer: _Peer) -> None:
+        """Derive the channel cipher and the pairwise key shared with neighbour ``v``."""
+        c_key, s_key = self._require_keys()
+        shared_c = K.agree(c_key, peer.c_pk)
+        shared_s = shared_c if s_key is c_key and peer.s_pk == peer.c_pk \
+            else K.agree(s_key, peer.s_pk)
+        peer.cipher = K.channel_cipher(shared_c, self.participant_id, v)
+        peer.pair_key = K.pairwise_key(shared_s, self.participant_id, v)
 
     def _seal_seed_table(self, for_round: int) -> tuple[bytes, bytes]:
         seeds = {v: self._round_seed(v, for_round) for v in self._peers}

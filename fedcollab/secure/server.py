@@ -147,7 +147,7 @@ class SecureServer:
         for pid, data in rs.accept("advertise", messages, rs.advertisers):
             try:
                 msg = unpack(data, Advertise, round_id=rs.round_id, sender=pid, recipient=SERVER)
-                for raw in (msg.c_pk, msg.s_pk):  # loadable and usable (not low order)
+                for raw in {msg.c_pk, msg.s_pk}:  # loadable and usable (not low order)
                     K.agree(self._probe, raw)
                 fresh[pid] = PeerKeys(pid, msg.c_pk, msg.s_pk)
             except ProtocolError as exc:

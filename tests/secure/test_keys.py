@@ -5,10 +5,12 @@ import os
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedcollab.secure import keys as K
+from fedcollab.secure import prg
 from fedcollab.secure.errors import DecryptionError, MalformedMessageError
-from fedcollab.secure.prg import accumulate_masks, expand
+from fedcollab.secure.prg import FIRST_COUNTER, accumulate_masks, expand
 
 
 def test_keys_agreement_gives_same_pairwise_key_on_both_sides() -> None:
@@ -73,10 +75,24 @@ def test_prg_plus_and_minus_masks_cancel_with_wraparound() -> None:
 
 
 def test_prg_known_answer_is_aes256_ctr_keystream() -> None:
-    # AES-256-CTR with key 0^32 and counter 0: first block is AES_k(0) =
-    # dc95c078a2408989ad48a21492842087 (FIPS-197 style known answer).
-    first = expand(bytes(32), 4, np.uint32).tobytes()
-    assert first.hex() == "dc95c078a2408989ad48a21492842087"
+    # The first block is AES_k(0^96 || 2), computed here by the raw block cipher (ECB)
+    key = bytes(range(32))
+    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    first_block = ecb.update(FIRST_COUNTER) + ecb.finalize()
+    assert expand(key, 4, np.uint32).tobytes() == first_block
+    # and the whole stream is AES-256-CTR from that counter block
+    ctr = Cipher(algorithms.AES(key), modes.CTR(FIRST_COUNTER)).encryptor()
+    assert expand(key, 1001, np.uint64).tobytes() == ctr.update(bytes(8008))
+
+
+def test_prg_long_streams_take_the_cipher_path_with_the_same_keystream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    key = os.urandom(32)
+    short = expand(key, 999, np.uint32)
+    monkeypatch.setattr(prg, "_GCM_LIMIT", 64)
+    assert np.array_equal(expand(key, 999, np.uint32), short)
+    acc = accumulate_masks(np.zeros(999, np.uint32), [key])
+    assert np.array_equal(acc, short)
 
 
 def test_prg_bad_seed_length_rejected() -> None:

@@ -47,6 +47,23 @@ def test_rotation_amortised_second_round_needs_no_key_setup() -> None:
     assert not any(p.needs_keys(2) for p in participants.values())
 
 
+@pytest.mark.parametrize("amortise", [True, False])
+def test_rotation_one_key_pair_only_when_the_mask_key_is_never_revealed(amortise: bool) -> None:
+    # amortised: the mask key is never Shamir-shared, so one X25519 pair serves the
+    # channel and the masks; per-round mode shares the mask key, so it is separate
+    params = SecAggParams(protocol="secaggplus", amortise_keys=amortise)
+    participants, server = make_group(N, params)
+    capture = _Capture(0)
+    result = run_secure_round(participants, make_vectors(range(N), 10), params, 0,
+                              server=server, intercept=capture)
+    assert np.array_equal(result.integer_sum, encoded_sum(
+        params.codec(N), make_vectors(range(N), 10), range(N)))
+    for pid in range(N):
+        advert = unpack(capture.messages[("advertise", pid)], Advertise, round_id=0,
+                        sender=pid, recipient=SERVER)
+        assert (advert.c_pk == advert.s_pk) is amortise
+
+
 def test_rotation_dropped_participant_needs_and_gets_new_keys() -> None:
     params = SecAggParams(protocol="secaggplus", amortise_keys=True)
     participants, server = make_group(N, params)
