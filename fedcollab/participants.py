@@ -195,6 +195,9 @@ class ParticipantWorker:
             self._load_private()
         self.trainer.warm_up(data.x_train, data.y_train)  # trace now, not in round 1
         self._secure: dict[int, Any] = {}
+        for pid, part in self.participants.items():
+            if part.info.sharing == "secure":  # load the protocol now, not in round 1
+                self._secure_participant(pid)
 
     # ----------------------------------------------------------------- info
     def ready(self) -> dict[str, Any]:
