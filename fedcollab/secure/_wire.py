@@ -18,7 +18,7 @@ __all__ = [
     "Stage", "Kind", "PeerKeys", "Sealed", "Reveal", "RevealedShare", "ShareEntry", "Reader",
     "pack_blob", "pack_keys", "read_keys", "pack_sealed", "read_sealed", "pack_ids",
     "read_ids", "pack_reveals", "read_reveals", "pack_revealed", "read_revealed", "share_aad",
-    "table_aad", "pack_share_payload", "unpack_share_payload", "pack_seed_table",
+    "share_aad_prefix", "table_aad", "pack_share_payload", "share_payloads", "unpack_share_payload", "pack_seed_table",
     "unpack_seed_table",
 ]
 
@@ -31,6 +31,7 @@ _ITEM = struct.Struct(">II")  # peer, blob length
 _REVEAL = struct.Struct(">IBI")  # peer, kind, blob length
 _REVEALED = struct.Struct(f">IB{SHARE_BYTES}s")
 _ENTRY = struct.Struct(f">BQ{SHARE_BYTES}s")
+_ENTRY_HEAD = struct.Struct(">BQ")
 _SEED = struct.Struct(">I32s")
 
 
@@ -250,7 +251,12 @@ def read_revealed(r: Reader) -> tuple[RevealedShare, ...]:
 
 def share_aad(stage: Stage, round_id: int, sender: int, recipient: int) -> bytes:
     """Associated data binding a sealed share bundle to its context."""
-    return b"FCSA-share" + struct.pack(">BQII", stage, round_id, sender, recipient)
+    return share_aad_prefix(stage, round_id, sender) + _U32.pack(recipient)
+
+
+def share_aad_prefix(stage: Stage, round_id: int, sender: int) -> bytes:
+    """:func:`share_aad` without the recipient (append ``>I`` recipient to complete it)."""
+    return b"FCSA-share" + struct.pack(">BQI", stage, round_id, sender)
 
 
 def table_aad(for_round: int, owner: int) -> bytes:
@@ -262,6 +268,19 @@ def pack_share_payload(entries: Sequence[ShareEntry]) -> bytes:
     """Plaintext of a sealed share bundle."""
     return _U8.pack(len(entries)) + b"".join(
         _ENTRY.pack(e.kind, e.for_round, e.y.to_bytes(SHARE_BYTES, "big")) for e in entries)
+
+
+def share_payloads(entries: Sequence[tuple[Kind, int]], columns: Sequence[Sequence[int]]
+                   ) -> list[bytes]:
+    """One :func:`pack_share_payload` per holder, built column-wise (the hot path).
+
+    ``entries[j]`` is the (kind, for_round) of secret ``j``; ``columns[j][i]`` is
+    holder ``i``'s share of it.
+    """
+    count = _U8.pack(len(entries))
+    heads = [_ENTRY_HEAD.pack(kind, for_round) for kind, for_round in entries]
+    return [count + b"".join(h + y.to_bytes(SHARE_BYTES, "big") for h, y in zip(heads, ys))
+            for ys in zip(*columns)]
 
 
 def unpack_share_payload(data: bytes) -> tuple[ShareEntry, ...]:

@@ -35,7 +35,7 @@ from fedcollab.secure.errors import DecryptionError, MalformedMessageError
 __all__ = [
     "PUBLIC_KEY_BYTES", "NONCE_BYTES", "TAG_BYTES", "generate_private_key", "public_bytes",
     "private_bytes", "private_from_bytes", "agree", "channel_cipher", "pairwise_key",
-    "round_seed", "seal", "open_sealed", "self_seed_digest",
+    "round_seed", "seal", "seal_many", "open_sealed", "self_seed_digest",
 ]
 
 PUBLIC_KEY_BYTES = 32
@@ -112,6 +112,16 @@ def seal(cipher: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
     """Encrypt and authenticate; returns ``nonce || ciphertext || tag`` (random nonce)."""
     nonce = os.urandom(NONCE_BYTES)
     return nonce + cipher.encrypt(nonce, plaintext, aad)
+
+
+def seal_many(items: list[tuple[AESGCM, bytes, bytes]]) -> list[bytes]:
+    """:func:`seal` each ``(cipher, plaintext, aad)``; one ``os.urandom`` call for all nonces."""
+    nonces = os.urandom(NONCE_BYTES * len(items))
+    out = []
+    for i, (cipher, plaintext, aad) in enumerate(items):
+        nonce = nonces[i * NONCE_BYTES:(i + 1) * NONCE_BYTES]
+        out.append(nonce + cipher.encrypt(nonce, plaintext, aad))
+    return out
 
 
 def open_sealed(cipher: AESGCM, blob: bytes, aad: bytes, *, what: str) -> bytes:

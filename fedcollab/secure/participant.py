@@ -46,13 +46,16 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fedcollab.secure import keys as K
+from fedcollab.secure._wire import share_aad_prefix, share_payloads
 from fedcollab.secure.errors import (
     DecryptionError, EncodingError, MalformedMessageError, ProtocolError, ShareRevealRefusedError,
     UnknownParticipantError,
@@ -60,7 +63,7 @@ from fedcollab.secure.errors import (
 from fedcollab.secure.messages import (
     SERVER, Advertise, KeyShares, Kind, MaskedInput, MaskRequest, PeerKeys, RevealedShare, Roster,
     Sealed, ShareEntry, Stage, UnmaskRequest, UnmaskResponse, pack, pack_seed_table,
-    pack_share_payload, share_aad, table_aad, unpack, unpack_share_payload,
+    share_aad, table_aad, unpack, unpack_share_payload,
 )
 from fedcollab.secure.params import SecAggParams
 from fedcollab.secure.prg import accumulate_masks
@@ -69,6 +72,7 @@ from fedcollab.secure.shamir import secret_from_bytes, share_values
 __all__ = ["SecureParticipant"]
 
 _log = logging.getLogger(__name__)
+_U32 = struct.Struct(">I")
 
 
 @dataclass
@@ -410,21 +414,22 @@ class SecureParticipant:
     def _seal_shares(self, stage: Stage, round_id: int, holders: tuple[int, ...], threshold: int,
                      entries: list[tuple[Kind, int, int]]) -> tuple[Sealed, ...]:
         xs = [v + 1 for v in holders]
-        splits = [share_values(secret, threshold=threshold, xs=xs) for _, _, secret in entries]
-        out = []
-        for i, v in enumerate(holders):
-            payload = pack_share_payload(tuple(
-                ShareEntry(kind, for_round, ys[i])
-                for (kind, for_round, _), ys in zip(entries, splits)))
-            aad = share_aad(stage, round_id, self.participant_id, v)
-            out.append(Sealed(v, K.seal(self._cipher(v), payload, aad)))
-        return tuple(out)
+        columns = [share_values(secret, threshold=threshold, xs=xs) for _, _, secret in entries]
+        payloads = share_payloads([(kind, rnd) for kind, rnd, _ in entries], columns)
+        prefix = share_aad_prefix(stage, round_id, self.participant_id)
+        blobs = K.seal_many([(self._cipher(v), payload, prefix + _U32.pack(v))
+                             for v, payload in zip(holders, payloads)])
+        return tuple(map(Sealed, holders, blobs))
 
     def _open(self, stage: Stage, round_id: int, sender: int, blob: bytes
               ) -> tuple[ShareEntry, ...]:
         aad = share_aad(stage, round_id, sender, self.participant_id)
-        plain = K.open_sealed(self._cipher(sender), blob, aad,
-                              what=f"round {round_id}: share from participant {sender}")
+        try:
+            plain = self._cipher(sender).decrypt(blob[:K.NONCE_BYTES], blob[K.NONCE_BYTES:], aad)
+        except (InvalidTag, ValueError):  # ValueError: shorter than a tag
+            raise DecryptionError(
+                f"round {round_id}: share from participant {sender}: AES-GCM authentication "
+                "failed (tampered, or replayed from another round/stage/sender)") from None
         return unpack_share_payload(plain)
 
     def _receive_deliveries(self, round_id: int, deliveries: tuple[Sealed, ...]) -> None:

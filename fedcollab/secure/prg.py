@@ -40,19 +40,22 @@ _CTR = modes.CTR(FIRST_COUNTER)
 _GCM_LIMIT = 1 << 30
 
 
-def _keystream(seed: bytes, nbytes: int) -> bytes:
-    """``nbytes`` of the AES-256-CTR keystream of ``seed`` (see the module docstring)."""
+def _keystream(seed: bytes, nbytes: int, zeros: bytes | None = None) -> bytes:
+    """At least ``nbytes`` of the AES-256-CTR keystream of ``seed`` (read the first
+    ``nbytes``; see the module docstring). ``zeros``: a reusable ``bytes(nbytes)``."""
     if len(seed) != SEED_BYTES:
         raise ValueError(f"mask seed must be {SEED_BYTES} bytes, got {len(seed)}")
+    if zeros is None:
+        zeros = bytes(nbytes)
     if nbytes <= _GCM_LIMIT:
-        return AESGCM(seed).encrypt(_NONCE, bytes(nbytes), None)[:nbytes]
-    return Cipher(algorithms.AES(seed), _CTR).encryptor().update(bytes(nbytes))
+        return AESGCM(seed).encrypt(_NONCE, zeros, None)  # keystream, then a 16-byte tag
+    return Cipher(algorithms.AES(seed), _CTR).encryptor().update(zeros)
 
 
 def expand(seed: bytes, length: int, dtype: np.dtype) -> np.ndarray:
     """Expand ``seed`` into ``length`` uniform ring elements of unsigned ``dtype``."""
     dt = np.dtype(dtype)
-    return np.frombuffer(_keystream(seed, length * dt.itemsize), dtype=dt)
+    return np.frombuffer(_keystream(seed, length * dt.itemsize), dtype=dt, count=length)
 
 
 def accumulate_masks(
@@ -71,8 +74,9 @@ def accumulate_masks(
         ``acc``.
     """
     nbytes = acc.size * acc.dtype.itemsize
+    zeros = bytes(nbytes)
     for seeds, op in ((plus, np.add), (minus, np.subtract)):
         for seed in seeds:
-            op(acc, np.frombuffer(_keystream(seed, nbytes), dtype=acc.dtype, count=acc.size),
-               out=acc)
+            op(acc, np.frombuffer(_keystream(seed, nbytes, zeros), dtype=acc.dtype,
+                                  count=acc.size), out=acc)
     return acc
