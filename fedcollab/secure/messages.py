@@ -31,7 +31,7 @@ from fedcollab.secure.errors import MalformedMessageError, StaleMessageError
 __all__ = [
     "SERVER", "Stage", "Kind", "PeerKeys", "Sealed", "Advertise", "Roster", "KeyShares",
     "MaskRequest", "MaskedInput", "Reveal", "UnmaskRequest", "RevealedShare",
-    "UnmaskResponse", "ShareEntry", "pack", "unpack", "share_aad", "table_aad",
+    "UnmaskResponse", "ShareEntry", "pack", "pack_body", "unpack", "share_aad", "table_aad",
     "pack_share_payload", "unpack_share_payload", "pack_seed_table", "unpack_seed_table",
 ]
 
@@ -121,8 +121,18 @@ class MaskedInput:
     shares: tuple[Sealed, ...]
 
     def body(self) -> bytes:
-        return (struct.pack(">B", self.ring_bits) + pack_blob(self.vector) + self.digest
-                + pack_blob(self.seed_table) + pack_sealed(self.shares))
+        return (self.head(self.ring_bits, self.vector, self.digest)
+                + self.tail(self.seed_table, self.shares))
+
+    @staticmethod
+    def head(ring_bits: int, vector: bytes, digest: bytes) -> bytes:
+        """The body's first part: the masked vector and the self-seed digest."""
+        return struct.pack(">B", ring_bits) + pack_blob(vector) + digest
+
+    @staticmethod
+    def tail(seed_table: bytes, shares: tuple[Sealed, ...]) -> bytes:
+        """The body's second part, which does not depend on the update (precomputable)."""
+        return pack_blob(seed_table) + pack_sealed(shares)
 
     @classmethod
     def read(cls, r: Reader) -> MaskedInput:
@@ -174,8 +184,13 @@ M = TypeVar("M", Advertise, Roster, KeyShares, MaskRequest, MaskedInput, UnmaskR
 
 def pack(message: _Msg, *, round_id: int, sender: int, recipient: int) -> bytes:
     """Serialise ``message`` with a header binding it to its stage, round and parties."""
-    stage = _STAGE_OF[type(message)]
-    return _HEADER.pack(_MAGIC, _VERSION, stage, round_id, sender, recipient) + message.body()
+    return pack_body(type(message), message.body(), round_id=round_id, sender=sender,
+                     recipient=recipient)
+
+
+def pack_body(cls: type, body: bytes, *, round_id: int, sender: int, recipient: int) -> bytes:
+    """:func:`pack` for a ``cls`` body serialised by hand from its parts (hot paths)."""
+    return _HEADER.pack(_MAGIC, _VERSION, _STAGE_OF[cls], round_id, sender, recipient) + body
 
 
 def unpack(data: bytes, cls: type[M], *, round_id: int, sender: int, recipient: int) -> M:

@@ -62,7 +62,7 @@ from fedcollab.secure.errors import (
 )
 from fedcollab.secure.messages import (
     SERVER, Advertise, KeyShares, Kind, MaskedInput, MaskRequest, PeerKeys, RevealedShare, Roster,
-    Sealed, ShareEntry, Stage, UnmaskRequest, UnmaskResponse, pack, pack_seed_table,
+    Sealed, ShareEntry, Stage, UnmaskRequest, UnmaskResponse, pack, pack_body, pack_seed_table,
     share_aad, table_aad, unpack, unpack_share_payload,
 )
 from fedcollab.secure.params import SecAggParams
@@ -104,8 +104,7 @@ class _Prepared:
     epoch: int
     mask: np.ndarray = field(repr=False)
     digest: bytes = field(repr=False)
-    table: bytes = field(repr=False)
-    shares: tuple[Sealed, ...] = field(repr=False)
+    tail: bytes = field(repr=False)  # the packed seed table and sealed shares
     package_keys: dict[int, bytes] = field(repr=False)
 
 
@@ -132,7 +131,8 @@ class SecureParticipant:
         self._package_round: int | None = None
         self._package_keys: dict[int, bytes] = {}
         self._seeds: dict[int, dict[int, bytes]] = {}
-        self._held: dict[tuple[int, int], int] = {}
+        self._held: dict[int, dict[int, int]] = {}  # round -> peer -> its recovery share
+        self._package_epoch = -1  # key epoch when the package keys were snapshotted
         self._revealed: dict[int, dict[int, Kind]] = {}
         self._last_masked_round = -1
         self._epoch = 0  # bumped whenever any key (own or a peer's) changes
@@ -190,6 +190,7 @@ class SecureParticipant:
             (Kind.RECOVERY, round_id, secret_from_bytes(secret))])
         self._package_round = round_id
         self._package_keys = {v: p.s_pk for v, p in self._peers.items()}
+        self._package_epoch = self._epoch
         body = KeyShares(table, shares)
         return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
 
@@ -223,10 +224,12 @@ class SecureParticipant:
         self._update_peers(msg.key_updates)
         partners = tuple(sorted(msg.partners))
         self._check_threshold(msg.threshold, partners)
-        for v in partners:
-            if self._peers[v].s_pk != self._package_keys.get(v):
-                raise ProtocolError(f"round {round_id}: partner {v} has keys newer than this "
-                                    "participant's recovery package; run key setup first")
+        if self._epoch != self._package_epoch:  # some key changed since the package
+            for v in partners:
+                if self._peers[v].s_pk != self._package_keys.get(v):
+                    raise ProtocolError(f"round {round_id}: partner {v} has keys newer than "
+                                        "this participant's recovery package; run key setup "
+                                        "first")
         self._receive_deliveries(round_id, msg.deliveries)
         x = np.asarray(vector, dtype=np.float64)
         if x.ndim != 1 or x.size != msg.dim:
@@ -241,17 +244,18 @@ class SecureParticipant:
         np.add(masked, prep.mask, out=masked)
         if self.params.amortise_keys:
             self._package_round = round_id + 1
-            self._package_keys = prep.package_keys
+            self._package_keys, self._package_epoch = prep.package_keys, prep.epoch
         else:
             self._package_round = None
         self._last_ask = ask
         self._last_masked_round = round_id
         self._revealed = {round_id: {}}
         self._seeds = {r: s for r, s in self._seeds.items() if r > round_id}
-        self._held = {k: y for k, y in self._held.items() if k[1] >= round_id}
-        body = MaskedInput(codec.ring_bits, masked.tobytes(), prep.digest, prep.table,
-                           prep.shares)
-        return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
+        for old in [r for r in self._held if r < round_id]:
+            del self._held[old]
+        body = MaskedInput.head(codec.ring_bits, masked.tobytes(), prep.digest) + prep.tail
+        return pack_body(MaskedInput, body, round_id=round_id, sender=self.participant_id,
+                         recipient=SERVER)
 
     # -- offline phase ---------------------------------------------------------------
     def prepare_next_round(self) -> bool:
@@ -293,7 +297,8 @@ class SecureParticipant:
             e, table = self._seal_seed_table(r + 1)
             entries.append((Kind.RECOVERY, r + 1, secret_from_bytes(e)))
         shares = self._seal_shares(Stage.MASKED_INPUT, r, ask.partners, ask.threshold, entries)
-        return _Prepared(ask, self._epoch, mask, K.self_seed_digest(b, r, me), table, shares,
+        return _Prepared(ask, self._epoch, mask, K.self_seed_digest(b, r, me),
+                         MaskedInput.tail(table, shares),
                          {v: p.s_pk for v, p in self._peers.items()})
 
     # -- unmasking -----------------------------------------------------------------
@@ -339,7 +344,7 @@ class SecureParticipant:
 
     def _reveal(self, round_id: int, peer: int, kind: Kind, blob: bytes) -> int | None:
         if kind == Kind.RECOVERY:
-            return self._held.get((peer, round_id))
+            return self._held.get(round_id, {}).get(peer)
         try:
             entries = self._open(Stage.MASKED_INPUT, round_id, peer, blob)
         except (DecryptionError, MalformedMessageError) as exc:
@@ -351,7 +356,7 @@ class SecureParticipant:
             if e.kind == Kind.SELF and e.for_round == round_id:
                 found = e.y
             elif e.kind == Kind.RECOVERY and e.for_round == round_id + 1:
-                self._held[(peer, round_id + 1)] = e.y
+                self._held.setdefault(round_id + 1, {})[peer] = e.y
         return found
 
     # -- helpers -------------------------------------------------------------------
@@ -446,4 +451,4 @@ class SecureParticipant:
                 continue
             for e in entries:
                 if e.kind == Kind.RECOVERY and e.for_round == round_id:
-                    self._held[(d.peer, round_id)] = e.y
+                    self._held.setdefault(round_id, {})[d.peer] = e.y
