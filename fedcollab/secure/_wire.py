@@ -32,6 +32,7 @@ _REVEAL = struct.Struct(">IBI")  # peer, kind, blob length
 _REVEALED = struct.Struct(f">IB{SHARE_BYTES}s")
 _ENTRY = struct.Struct(f">BQ{SHARE_BYTES}s")
 _ENTRY_HEAD = struct.Struct(">BQ")
+_TWO_ENTRIES = struct.Struct(f">B{_ENTRY.format[1:]}{_ENTRY.format[1:]}")
 _SEED = struct.Struct(">I32s")
 
 
@@ -235,13 +236,20 @@ def pack_reveals(items: Sequence[Reveal]) -> bytes:
 
 
 def read_reveals(r: Reader) -> tuple[Reveal, ...]:
-    return tuple(Reveal(peer, kind_of(kind, r.what), blob)
-                 for peer, kind, blob in r.records(_REVEAL))
+    kinds = _KINDS
+    out = []
+    for peer, k, blob in r.records(_REVEAL):
+        kind = kinds.get(k)
+        if kind is None:
+            raise MalformedMessageError(f"{r.what}: unknown share kind {k}")
+        out.append(Reveal(peer, kind, blob))
+    return tuple(out)
 
 
 def pack_revealed(items: Sequence[RevealedShare]) -> bytes:
+    pack = _REVEALED.pack
     return _U32.pack(len(items)) + b"".join(
-        _REVEALED.pack(s.peer, s.kind, s.y.to_bytes(SHARE_BYTES, "big")) for s in items)
+        [pack(peer, kind, y.to_bytes(SHARE_BYTES, "big")) for peer, kind, y in items])
 
 
 def read_revealed(r: Reader) -> tuple[RevealedShare, ...]:
@@ -285,11 +293,16 @@ def share_payloads(entries: Sequence[tuple[Kind, int]], columns: Sequence[Sequen
 
 def unpack_share_payload(data: bytes) -> tuple[ShareEntry, ...]:
     """Parse a decrypted share bundle (one per neighbour per round: kept lean)."""
-    if not data or len(data) != 1 + data[0] * _ENTRY.size:
+    if len(data) == _TWO_ENTRIES.size and data[0] == 2:  # the usual SELF + RECOVERY pair
+        _, k1, r1, y1, k2, r2, y2 = _TWO_ENTRIES.unpack(data)
+        fields: Sequence[tuple[int, int, bytes]] = ((k1, r1, y1), (k2, r2, y2))
+    elif data and len(data) == 1 + data[0] * _ENTRY.size:
+        fields = list(_ENTRY.iter_unpack(memoryview(data)[1:]))
+    else:
         raise MalformedMessageError(f"share payload: {len(data)} bytes do not hold "
                                     f"{data[0] if data else 0} share entries")
     out = []
-    for k, rnd, raw in _ENTRY.iter_unpack(memoryview(data)[1:]):
+    for k, rnd, raw in fields:
         kind = _KINDS.get(k)
         if kind is None:
             raise MalformedMessageError(f"share payload: unknown share kind {k}")

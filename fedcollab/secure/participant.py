@@ -323,22 +323,21 @@ class SecureParticipant:
                                 "masked input this round, so it reveals nothing")
         revealed = self._revealed[round_id]
         asked: dict[int, Kind] = {}
-        for item in msg.reveals:
-            if item.peer not in self._peers:
+        peers = self._peers
+        for peer, kind, _ in msg.reveals:
+            if peer not in peers:
                 raise UnknownParticipantError(f"round {round_id}: unmask request names "
-                                              f"participant {item.peer}, not a neighbour")
-            if asked.get(item.peer, item.kind) != item.kind or \
-                    revealed.get(item.peer, item.kind) != item.kind:
+                                              f"participant {peer}, not a neighbour")
+            if asked.setdefault(peer, kind) != kind or revealed.get(peer, kind) != kind:
                 raise ShareRevealRefusedError(
                     f"round {round_id}: asked for both the self-mask and the recovery share "
-                    f"of participant {item.peer}; an honest participant reveals only one")
-            asked[item.peer] = item.kind
+                    f"of participant {peer}; an honest participant reveals only one")
         revealed.update(asked)
         out = []
-        for item in msg.reveals:
-            y = self._reveal(round_id, item.peer, item.kind, item.blob)
+        for peer, kind, blob in msg.reveals:
+            y = self._reveal(round_id, peer, kind, blob)
             if y is not None:
-                out.append(RevealedShare(item.peer, item.kind, y))
+                out.append(RevealedShare(peer, kind, y))
         body = UnmaskResponse(tuple(out))
         return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
 
@@ -352,11 +351,11 @@ class SecureParticipant:
                          self.participant_id, peer, exc)
             return None
         found = None
-        for e in entries:
-            if e.kind == Kind.SELF and e.for_round == round_id:
-                found = e.y
-            elif e.kind == Kind.RECOVERY and e.for_round == round_id + 1:
-                self._held.setdefault(round_id + 1, {})[peer] = e.y
+        for kind, for_round, y in entries:
+            if kind == Kind.SELF and for_round == round_id:
+                found = y
+            elif kind == Kind.RECOVERY and for_round == round_id + 1:
+                self._held.setdefault(round_id + 1, {})[peer] = y
         return found
 
     # -- helpers -------------------------------------------------------------------
