@@ -253,8 +253,14 @@ def pack_revealed(items: Sequence[RevealedShare]) -> bytes:
 
 
 def read_revealed(r: Reader) -> tuple[RevealedShare, ...]:
-    return tuple(RevealedShare(peer, kind_of(kind, r.what), _element(y, r.what))
-                 for peer, kind, y in r.fixed(_REVEALED, r.count()))
+    kinds, out = _KINDS, []
+    for peer, k, raw in r.fixed(_REVEALED, r.count()):
+        kind, y = kinds.get(k), int.from_bytes(raw, "big")
+        if kind is None or y >= PRIME:
+            raise MalformedMessageError(f"{r.what}: unknown share kind {k}" if kind is None
+                                        else f"{r.what}: share value is not a field element")
+        out.append(RevealedShare(peer, kind, y))
+    return tuple(out)
 
 
 def share_aad(stage: Stage, round_id: int, sender: int, recipient: int) -> bytes:
