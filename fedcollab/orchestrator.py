@@ -260,6 +260,7 @@ class _Job:
             total.updates.extend(out.updates)
             total.masked.update(out.masked)
             total.failed.update(out.failed)
+            total.precomputed += out.precomputed
         return total, dropped
 
     def heal(self, *, timeout: float = 60.0) -> None:
@@ -319,6 +320,7 @@ class _Job:
             if secure_members:
                 result = self.secure.finish(round_id, out.masked, phases)
                 line["secure"] = _secure_log(result, phases, out.failed)
+                line["secure"]["precomputed"] = out.precomputed
                 arrays, counts, bits = split_secure_sum(
                     result.total, self.shapes, scale=config.weight_scale, clip_bit=clip_bit)
                 line["secure"]["weight_sum"] = max(counts)  # survivors' samples (a sum)

@@ -85,6 +85,7 @@ class RoundOutput:
     updates: list[Update]
     masked: dict[int, bytes]
     failed: dict[int, str]          # secure participants that could not mask (reason)
+    precomputed: int = 0            # masked inputs whose masks the offline phase made
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def secagg_params(spec: Any) -> Any:
 
     sec = spec.secure
     return SecAggParams(protocol=sec.protocol, threshold=sec.threshold,
-                        min_group=sec.min_group, neighbours=sec.neighbours, clip=sec.clip,
+                        min_group=sec.min_group, neighbours=sec.neighbours,
+                        expected_dropout=sec.expected_dropout, clip=sec.clip,
                         amortise_keys=sec.amortise_keys)
 
 
@@ -237,7 +239,7 @@ class ParticipantWorker:
         with an attack ``behaviour`` skips all that and sends the attack instead.
         """
         inbox = dict(secure_inbox or {})
-        updates, masked, failed = [], {}, {}
+        updates, masked, failed, precomputed = [], {}, {}, 0
         for pid in pids:
             part, new, loss = self._train_one(pid, global_weights, round_id)
             private = set(part.private_index)
@@ -263,11 +265,12 @@ class ParticipantWorker:
                                        clip_bit=(norm <= config.clip_norm) if config.clip_bit
                                        else None)
                 try:
-                    masked[pid] = self._secure_participant(pid).masked_input(
-                        round_id, vector, inbox[pid])
+                    secure = self._secure_participant(pid)
+                    masked[pid] = secure.masked_input(round_id, vector, inbox[pid])
+                    precomputed += secure.last_input_precomputed
                 except FedcollabError as err:  # e.g. keys lost with a restarted worker
                     failed[pid] = f"{type(err).__name__}: {err}"
-        return RoundOutput(updates, masked, failed)
+        return RoundOutput(updates, masked, failed, precomputed)
 
     # ----------------------------------------------------------------- secure stages
     def _secure_participant(self, pid: int) -> Any:

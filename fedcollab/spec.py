@@ -204,7 +204,11 @@ class SecureSpec:
     protocol: Literal["secagg", "secaggplus"] = "secaggplus"
     threshold: float = 0.67
     min_group: int = 3
-    neighbours: Optional[int] = None  # secaggplus: graph degree; None picks ~2 log2 n
+    neighbours: Optional[int] = None  # secaggplus: graph degree; None sizes it (below)
+    # dropout rate the automatic secaggplus degree survives (a round aborts with
+    # probability <= 1% when each member drops independently at this rate); 5% is
+    # Bell et al.'s headline setting: 16 neighbours at n=100, 34 for 10%
+    expected_dropout: float = 0.05
     clip: float = 8.0                 # fixed-point range per coordinate of n_i * delta_i
     amortise_keys: bool = True
     on_abort: Literal["continue", "fail"] = "continue"
@@ -218,6 +222,14 @@ class SecureSpec:
             raise _fail("secure.min_group", f"got {self.min_group!r}, expected an integer >= 3: "
                         "a sum of one or two updates is no secret")
         _positive("secure.clip", self.clip)
+        if not 0 <= self.expected_dropout < 1 - self.threshold:
+            raise _fail("secure.expected_dropout",
+                        f"got {self.expected_dropout!r}, expected a rate in [0, 1 - threshold) "
+                        f"= [0, {1 - self.threshold:.2f}): a threshold of {self.threshold} "
+                        "cannot survive more dropouts")
+        if self.neighbours is not None and self.neighbours < 2:
+            raise _fail("secure.neighbours", f"got {self.neighbours!r}, expected an integer "
+                        ">= 2 (or leave it out to size it from secure.expected_dropout)")
 
 
 @dataclass(frozen=True)

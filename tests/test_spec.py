@@ -113,6 +113,11 @@ BAD_SPECS: list[Any] = [
      r"^spec: secure\.threshold: got 0\.4, expected a fraction in \(0\.5, 1\]"),
     ("secure-threshold-exactly-half", _spec(secure={"threshold": 0.5}), ".yaml", [],
      r"^spec: secure\.threshold: got 0\.5, expected a fraction in \(0\.5, 1\]"),
+    ("secure-expected-dropout-beyond-threshold", _spec(secure={"expected_dropout": 0.4}),
+     ".yaml", [], r"^spec: secure\.expected_dropout: got 0\.4, expected a rate in "
+     r"\[0, 1 - threshold\) = \[0, 0\.33\)"),
+    ("secure-neighbours-below-two", _spec(secure={"neighbours": 1}), ".yaml", [],
+     r"^spec: secure\.neighbours: got 1, expected an integer >= 2"),
     ("private-layers-on-community", _spec(participants=[_group(private_layers=["head"])]),
      ".yaml", [], r"^spec: participants\.0\.private_layers: only a vendor group keeps "
      r"private layers \(role: vendor\)$"),

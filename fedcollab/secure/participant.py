@@ -138,6 +138,8 @@ class SecureParticipant:
         self._epoch = 0  # bumped whenever any key (own or a peer's) changes
         self._last_ask: _Ask | None = None
         self._ready: _Prepared | None = None
+        #: Whether the last masked input used masks from :meth:`prepare_next_round`.
+        self.last_input_precomputed = False
 
     # -- key setup -----------------------------------------------------------------
     def needs_keys(self, round_id: int) -> bool:
@@ -239,7 +241,9 @@ class SecureParticipant:
         ask = _Ask(round_id, partners, msg.threshold, msg.dim, codec.ring_bits)
         masked = codec.encode(x)
         prep, self._ready = self._ready, None
-        if prep is None or prep.ask != ask or prep.epoch != self._epoch:
+        self.last_input_precomputed = (prep is not None and prep.ask == ask
+                                       and prep.epoch == self._epoch)
+        if not self.last_input_precomputed:
             prep = self._prepare(ask)  # nothing usable was prepared offline
         np.add(masked, prep.mask, out=masked)
         if self.params.amortise_keys:

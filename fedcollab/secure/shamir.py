@@ -35,6 +35,7 @@ __all__ = [
 PRIME: int = (1 << 521) - 1
 #: Bytes to serialise one field element.
 SHARE_BYTES: int = 66
+_BITS = 521
 
 
 @dataclass(frozen=True)
@@ -89,22 +90,39 @@ def _random_elements(count: int, rng: random.Random | None) -> list[int]:
     return out
 
 
-@lru_cache(maxsize=1024)
-def _power_rows(xs: tuple[int, ...], threshold: int) -> tuple[tuple[int, ...], ...]:
-    """``x^j mod p`` for each x and ``j < threshold`` (cached per holder set)."""
-    return tuple(tuple(pow(x, j, PRIME) for j in range(threshold)) for x in xs)
+#: Up to this threshold, shares are evaluated against cached power rows.
+_ROW_THRESHOLD = 32
+
+
+def _evaluate(coeffs: Sequence[int], x: int) -> int:
+    """Horner's rule; x is small, so reduce (Mersenne-style) only every 8 steps."""
+    y = 0
+    for i, a in enumerate(reversed(coeffs)):
+        y = y * x + a
+        if i & 7 == 7:
+            y = (y & PRIME) + (y >> _BITS)
+    return y % PRIME
+
+
+@lru_cache(maxsize=4096)
+def _power_row(x: int, threshold: int) -> tuple[int, ...]:
+    """``x^j mod p`` for ``j < threshold`` (cached per x; small thresholds only)."""
+    return tuple(pow(x, j, PRIME) for j in range(threshold))
 
 
 def share_values(secret: int, *, threshold: int, xs: Sequence[int],
                  rng: random.Random | None = None) -> list[int]:
     """The y values of :func:`split` without validation or wrapping (hot path).
 
-    Evaluates ``f(x) = sum_j a_j x^j`` against cached power rows: the products and
-    sums run in C (``map``/``sum``), a third faster than Horner's rule in Python.
+    For the small thresholds of SecAgg+ neighbourhoods, ``f(x) = sum_j a_j x^j``
+    against cached power rows runs its products and sums in C (``map``/``sum``), a
+    third faster than Horner's rule in Python; large thresholds (SecAgg's complete
+    graph) use Horner, whose multiplications by a small ``x`` stay cheap.
     """
     coeffs = [secret] + _random_elements(threshold - 1, rng)
-    return [sum(map(operator.mul, coeffs, row)) % PRIME
-            for row in _power_rows(tuple(xs), threshold)]
+    if threshold > _ROW_THRESHOLD:
+        return [_evaluate(coeffs, x) for x in xs]
+    return [sum(map(operator.mul, coeffs, _power_row(x, threshold))) % PRIME for x in xs]
 
 
 def split(

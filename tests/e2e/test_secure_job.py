@@ -49,6 +49,10 @@ def test_secure_job_matches_open_job_within_quantisation(ray_local: Any, tmp_pat
     assert sorted(line["update_sha256"]) == ["0", "1", "2", "3"]  # only open updates logged
     assert line["secure"]["bytes_up"]["masked_input"] > 0
     assert line["secure"]["weight_sum"] == pytest.approx(sum(sizes(mixed_spec())[4:]), abs=1e-3)
+    # the offline phase ran on the workers between rounds: from round 2 on every secure
+    # participant masked with precomputed masks (and the sums above are still exact)
+    assert line["secure"]["precomputed"] == 0
+    assert [m["secure"]["precomputed"] for m in secure.metrics[1:]] == [8, 8]
 
 
 def test_secure_job_worker_killed_after_share_keys_sums_survivors(ray_local: Any,

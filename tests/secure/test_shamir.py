@@ -1,6 +1,7 @@
 """Shamir secret sharing over GF(2^521 - 1): properties, known answers, negatives."""
 from __future__ import annotations
 
+import operator
 import random
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 
 from fedcollab.secure.errors import NotEnoughSharesError, ShareVerificationError
 from fedcollab.secure.shamir import (
-    PRIME, Share, combine, lagrange_at_zero, lagrange_at_zero_without, secret_from_bytes,
+    PRIME, Share, _evaluate, _power_row, combine, lagrange_at_zero, lagrange_at_zero_without, secret_from_bytes,
     secret_to_bytes, split,
 )
 
@@ -123,3 +124,17 @@ def test_shamir_secret_bytes_round_trip_and_overflow() -> None:
     assert secret_to_bytes(secret_from_bytes(raw), 32) == raw
     with pytest.raises(ShareVerificationError, match="does not fit"):
         secret_to_bytes(1 << 256, 32)
+
+
+@pytest.mark.parametrize("t", [2, 31, 32, 33, 70])
+def test_shamir_row_and_horner_evaluations_both_reconstruct(t: int) -> None:
+    # thresholds up to 32 evaluate against cached power rows, larger ones by Horner
+    secret = random.Random(t).getrandbits(256)
+    rng = random.Random(7)
+    shares = split(secret, threshold=t, n=t + 3, rng=rng)
+    assert combine(shares) == secret
+    assert combine(shares[3:], verify=False) == secret
+    # the same seeded coefficients through both evaluators give the same points
+    coeffs = [secret] + [random.Random(9).getrandbits(500) for _ in range(t - 1)]
+    assert [_evaluate(coeffs, x) for x in (1, 5, 77)] == [
+        sum(map(operator.mul, coeffs, _power_row(x, t))) % PRIME for x in (1, 5, 77)]
