@@ -2,7 +2,8 @@
 (central, distributed or local), adaptive clipping and epsilon accounting.
 
 Pure numpy plus Google's ``dp_accounting``; randomness always comes in as a
-``np.random.Generator``. McMahan et al., "Learning Differentially Private Recurrent
+``np.random.Generator``. The settings are :class:`fedcollab.spec.DpSpec` (the
+``privacy.dp`` section, validated there), the only definition of them. McMahan et al., "Learning Differentially Private Recurrent
 Language Models", ICLR 2018.
 """
 from __future__ import annotations
@@ -20,8 +21,7 @@ from fedcollab.privacy.adaptive import (
     update_noise_multiplier,
 )
 from fedcollab.privacy.clipping import clip_update
-from fedcollab.privacy.config import DpConfig
-from fedcollab.privacy.errors import DpConfigError, PrivacyError, UnreachableEpsilonError
+from fedcollab.privacy.errors import PrivacyError, UnreachableEpsilonError
 from fedcollab.privacy.noise import (
     DP_MODES,
     DpMode,
@@ -35,8 +35,8 @@ from fedcollab.privacy.noise import (
 )
 
 __all__ = [
-    "PrivacyError", "DpConfigError", "UnreachableEpsilonError",
-    "DpConfig", "DpMode", "DP_MODES",
+    "PrivacyError", "UnreachableEpsilonError",
+    "DpMode", "DP_MODES",
     "clip_update", "gaussian_noise_like", "add_noise", "noise_std_for", "aggregate_noise_std",
     "privatize_update", "add_central_noise", "central_dp_mean",
     "AccountantKind", "dp_fedavg_event", "epsilon", "noise_multiplier_for_target",

@@ -3,17 +3,11 @@ from __future__ import annotations
 
 from fedcollab.errors import FedcollabError
 
-__all__ = ["PrivacyError", "DpConfigError", "UnreachableEpsilonError"]
+__all__ = ["PrivacyError", "UnreachableEpsilonError"]
 
 
 class PrivacyError(FedcollabError):
     """A differential-privacy computation that cannot be done as asked."""
-
-
-class DpConfigError(PrivacyError):
-    """A DP configuration with values outside their range, or contradicting each other."""
-
-    exit_code = 2
 
 
 class UnreachableEpsilonError(PrivacyError):
