@@ -318,7 +318,8 @@ class _Job:
             phases.add("train", time.perf_counter() - t_train)
             secure_sum, bits, survivors = None, None, 0
             if secure_members:
-                result = self.secure.finish(round_id, out.masked, phases)
+                result = self.secure.finish(round_id, out.masked, phases,
+                                            last=round_id == self.spec.rounds)
                 line["secure"] = _secure_log(result, phases, out.failed)
                 line["secure"]["precomputed"] = out.precomputed
                 arrays, counts, bits = split_secure_sum(

@@ -94,8 +94,9 @@ class SecureCoordinator:
             on_phase("after_share_keys", round_id, self.workers)
         return inbox
 
-    def finish(self, round_id: int, masked: Mapping[int, bytes], phases: SecurePhases) -> Any:
-        """Unmask the sum of the survivors' inputs.
+    def finish(self, round_id: int, masked: Mapping[int, bytes], phases: SecurePhases, *,
+               last: bool = False) -> Any:
+        """Unmask the sum of the survivors' inputs (``last``: no next round to prepare).
 
         Raises:
             fedcollab.secure.errors.RoundAbortedError: too few survivors or shares.
@@ -103,7 +104,7 @@ class SecureCoordinator:
         self._reap_offline()
         requests = self.server.receive_masked_inputs(masked)
         responses = self._stage("unmask", round_id, requests, phases,
-                                then_prepare=self.offline) if requests else {}
+                                then_prepare=self.offline and not last) if requests else {}
         return self.server.receive_unmask_responses(responses)
 
     def _reap_offline(self) -> None:
