@@ -122,10 +122,14 @@ class LocalTrainer:
             input_signature=[weight_specs, tf.TensorSpec(x_shape, tf.float32),
                              tf.TensorSpec((None,), y_dtype),
                              tf.TensorSpec((None, None), tf.int32)])
+        # one graph (the signature is fixed): call it directly, skipping the polymorphic
+        # function's per-call signature matching and cache lookup
+        self._train_concrete = self._train_fn.get_concrete_function()
         self._eval_fn = tf.function(
             self._eval_graph,
             input_signature=[weight_specs, tf.TensorSpec(x_shape, tf.float32),
                              tf.TensorSpec((None,), y_dtype)])
+        self._eval_concrete = self._eval_fn.get_concrete_function()
 
     # ------------------------------------------------------------------ graphs
     def _load(self, weights: Sequence[Any]) -> None:
@@ -193,19 +197,19 @@ class LocalTrainer:
         n = len(x)
         perms = np.stack([rng.permutation(n) for _ in range(epochs or self.epochs)]) \
             .astype(np.int32)
-        new_weights, loss = self._train_fn(list(weights), x, y, perms)
+        new_weights, loss = self._train_concrete(list(weights), x, y, perms)
         return TrainResult([w.numpy() for w in new_weights], float(loss.numpy()))
 
     def evaluate(self, weights: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray, *,
                  chunk: int = 8192) -> tuple[float, float]:
         """(loss, accuracy) of `weights` on (x, y); accuracy is NaN for regression."""
         if len(x) <= chunk:
-            loss, acc = self._eval_fn(list(weights), x, y)
+            loss, acc = self._eval_concrete(list(weights), x, y)
             return float(loss.numpy()), float(acc.numpy())
         total_loss = total_acc = 0.0
         for start in range(0, len(x), chunk):
-            loss, acc = self._eval_fn(list(weights), x[start:start + chunk],
-                                      y[start:start + chunk])
+            loss, acc = self._eval_concrete(list(weights), x[start:start + chunk],
+                                            y[start:start + chunk])
             size = len(x[start:start + chunk])
             total_loss += float(loss.numpy()) * size
             total_acc += float(acc.numpy()) * size
