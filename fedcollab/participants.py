@@ -144,8 +144,8 @@ class _Participant:
         self.private_index = list(private_index)
         self.private: Optional[list[np.ndarray]] = None
 
-    def local_start(self, global_weights: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Global weights with this participant's private layers substituted in."""
+    def local_start(self, global_weights: Sequence[Any]) -> list[Any]:
+        """Global weights (arrays or tensors) with this participant's private layers in."""
         weights = list(global_weights)
         if self.private_index:
             if self.private is None:
@@ -217,7 +217,7 @@ class ParticipantWorker:
                 "roles": sorted({p.info.role for p in self.participants.values()})}
 
     # ----------------------------------------------------------------- training
-    def _train_one(self, pid: int, global_weights: Sequence[np.ndarray],
+    def _train_one(self, pid: int, global_weights: Sequence[Any],
                    round_id: int) -> tuple[_Participant, list[np.ndarray], float]:
         part = self.participants[pid]
         start = part.local_start(global_weights)
@@ -240,8 +240,9 @@ class ParticipantWorker:
         """
         inbox = dict(secure_inbox or {})
         updates, masked, failed, precomputed = [], {}, {}, 0
+        feed = self.trainer.feed(global_weights)  # converted once, not per participant
         for pid in pids:
-            part, new, loss = self._train_one(pid, global_weights, round_id)
+            part, new, loss = self._train_one(pid, feed, round_id)
             private = set(part.private_index)
             shared = [i for i in range(len(new)) if i not in private]
             raw = [(new[i] - global_weights[i]).astype(np.float32) for i in shared]

@@ -180,6 +180,12 @@ class LocalTrainer:
         return tf.reduce_mean(tf.square(pred - y)), tf.constant(float("nan"))
 
     # ------------------------------------------------------------------ API
+    def feed(self, weights: Sequence[np.ndarray]) -> list[Any]:
+        """``weights`` as tensors, to pass to many :meth:`train` calls (one conversion)."""
+        import tensorflow as tf
+
+        return [tf.convert_to_tensor(w) for w in weights]
+
     def get_weights(self) -> Weights:
         return [np.array(v.numpy()) for v in self._variables]
 
@@ -191,9 +197,10 @@ class LocalTrainer:
         self.evaluate(weights, x[:k], y[:k])
         self._load(weights)
 
-    def train(self, weights: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray, *,
+    def train(self, weights: Sequence[Any], x: np.ndarray, y: np.ndarray, *,
               rng: np.random.Generator, epochs: Optional[int] = None) -> TrainResult:
-        """Train from `weights` on (x, y); batches are shuffled by `rng` each epoch."""
+        """Train from `weights` (arrays, or tensors from :meth:`feed`) on (x, y); batches
+        are shuffled by `rng` each epoch."""
         n = len(x)
         perms = np.stack([rng.permutation(n) for _ in range(epochs or self.epochs)]) \
             .astype(np.int32)
