@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from fedcollab.secure.errors import MalformedMessageError
 from fedcollab.secure.shamir import PRIME, SHARE_BYTES
@@ -18,8 +18,8 @@ __all__ = [
     "Stage", "Kind", "PeerKeys", "Sealed", "Reveal", "RevealedShare", "ShareEntry", "Reader",
     "pack_blob", "pack_keys", "read_keys", "pack_sealed", "read_sealed", "pack_ids",
     "read_ids", "pack_reveals", "read_reveals", "pack_revealed", "read_revealed", "share_aad",
-    "share_aad_prefix", "table_aad", "pack_share_payload", "share_payloads", "unpack_share_payload", "pack_seed_table",
-    "unpack_seed_table",
+    "share_aad_prefix", "table_aad", "pack_share_payload", "share_payloads",
+    "unpack_share_payload", "pack_seed_table", "unpack_seed_table",
 ]
 
 KEY_BYTES = 32
@@ -32,7 +32,6 @@ _REVEAL = struct.Struct(">IBI")  # peer, kind, blob length
 _REVEALED = struct.Struct(f">IB{SHARE_BYTES}s")
 _ENTRY = struct.Struct(f">BQ{SHARE_BYTES}s")
 _ENTRY_HEAD = struct.Struct(">BQ")
-_TWO_ENTRIES = struct.Struct(f">B{_ENTRY.format[1:]}{_ENTRY.format[1:]}")
 _SEED = struct.Struct(">I32s")
 
 
@@ -150,14 +149,9 @@ class Reader:
         """``n`` records of fixed layout ``st``."""
         return list(st.iter_unpack(self.take(st.size * n))) if n else []
 
-    def item(self, st: struct.Struct) -> tuple:
-        """One record of layout ``st`` whose last field is a length, plus that many bytes."""
-        head = self.take(st.size)
-        fields = st.unpack(head)
-        return fields[:-1] + (self.take(fields[-1]),)
-
     def records(self, st: struct.Struct) -> list[tuple]:
-        """A count, then that many :meth:`item` records, parsed in one tight loop.
+        """A count, then that many records of layout ``st`` whose last field is a length
+        followed by that many bytes, parsed in one tight loop.
 
         The hot path of the server and of every holder (one record per neighbour).
         """
@@ -236,14 +230,7 @@ def pack_reveals(items: Sequence[Reveal]) -> bytes:
 
 
 def read_reveals(r: Reader) -> tuple[Reveal, ...]:
-    kinds = _KINDS
-    out = []
-    for peer, k, blob in r.records(_REVEAL):
-        kind = kinds.get(k)
-        if kind is None:
-            raise MalformedMessageError(f"{r.what}: unknown share kind {k}")
-        out.append(Reveal(peer, kind, blob))
-    return tuple(out)
+    return tuple(Reveal(peer, kind_of(k, r.what), blob) for peer, k, blob in r.records(_REVEAL))
 
 
 def pack_revealed(items: Sequence[RevealedShare]) -> bytes:
@@ -253,14 +240,8 @@ def pack_revealed(items: Sequence[RevealedShare]) -> bytes:
 
 
 def read_revealed(r: Reader) -> tuple[RevealedShare, ...]:
-    kinds, out = _KINDS, []
-    for peer, k, raw in r.fixed(_REVEALED, r.count()):
-        kind, y = kinds.get(k), int.from_bytes(raw, "big")
-        if kind is None or y >= PRIME:
-            raise MalformedMessageError(f"{r.what}: unknown share kind {k}" if kind is None
-                                        else f"{r.what}: share value is not a field element")
-        out.append(RevealedShare(peer, kind, y))
-    return tuple(out)
+    return tuple(RevealedShare(peer, kind_of(k, r.what), _element(raw, r.what))
+                 for peer, k, raw in r.fixed(_REVEALED, r.count()))
 
 
 def share_aad(stage: Stage, round_id: int, sender: int, recipient: int) -> bytes:
@@ -278,10 +259,15 @@ def table_aad(for_round: int, owner: int) -> bytes:
     return b"FCSA-table" + struct.pack(">QI", for_round, owner)
 
 
+def _payload(count: bytes, heads: Sequence[bytes], ys: Iterable[int]) -> bytes:
+    return count + b"".join(h + y.to_bytes(SHARE_BYTES, "big") for h, y in zip(heads, ys))
+
+
 def pack_share_payload(entries: Sequence[ShareEntry]) -> bytes:
     """Plaintext of a sealed share bundle."""
-    return _U8.pack(len(entries)) + b"".join(
-        _ENTRY.pack(e.kind, e.for_round, e.y.to_bytes(SHARE_BYTES, "big")) for e in entries)
+    return _payload(_U8.pack(len(entries)),
+                    [_ENTRY_HEAD.pack(e.kind, e.for_round) for e in entries],
+                    [e.y for e in entries])
 
 
 def share_payloads(entries: Sequence[tuple[Kind, int]], columns: Sequence[Sequence[int]]
@@ -293,27 +279,16 @@ def share_payloads(entries: Sequence[tuple[Kind, int]], columns: Sequence[Sequen
     """
     count = _U8.pack(len(entries))
     heads = [_ENTRY_HEAD.pack(kind, for_round) for kind, for_round in entries]
-    return [count + b"".join(h + y.to_bytes(SHARE_BYTES, "big") for h, y in zip(heads, ys))
-            for ys in zip(*columns)]
+    return [_payload(count, heads, ys) for ys in zip(*columns)]
 
 
 def unpack_share_payload(data: bytes) -> tuple[ShareEntry, ...]:
-    """Parse a decrypted share bundle (one per neighbour per round: kept lean)."""
-    if len(data) == _TWO_ENTRIES.size and data[0] == 2:  # the usual SELF + RECOVERY pair
-        _, k1, r1, y1, k2, r2, y2 = _TWO_ENTRIES.unpack(data)
-        fields: Sequence[tuple[int, int, bytes]] = ((k1, r1, y1), (k2, r2, y2))
-    elif data and len(data) == 1 + data[0] * _ENTRY.size:
-        fields = list(_ENTRY.iter_unpack(memoryview(data)[1:]))
-    else:
+    """Parse a decrypted share bundle."""
+    if not data or len(data) != 1 + data[0] * _ENTRY.size:
         raise MalformedMessageError(f"share payload: {len(data)} bytes do not hold "
                                     f"{data[0] if data else 0} share entries")
-    out = []
-    for k, rnd, raw in fields:
-        kind = _KINDS.get(k)
-        if kind is None:
-            raise MalformedMessageError(f"share payload: unknown share kind {k}")
-        out.append(ShareEntry(kind, rnd, _element(raw, "share payload")))
-    return tuple(out)
+    return tuple(ShareEntry(kind_of(k, "share payload"), rnd, _element(raw, "share payload"))
+                 for k, rnd, raw in _ENTRY.iter_unpack(memoryview(data)[1:]))
 
 
 def pack_seed_table(seeds: dict[int, bytes]) -> bytes:

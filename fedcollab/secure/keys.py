@@ -110,8 +110,7 @@ def round_seed(pair_key: bytes, round_id: int, a: int, b: int) -> bytes:
 
 def seal(cipher: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
     """Encrypt and authenticate; returns ``nonce || ciphertext || tag`` (random nonce)."""
-    nonce = os.urandom(NONCE_BYTES)
-    return nonce + cipher.encrypt(nonce, plaintext, aad)
+    return seal_many([(cipher, plaintext, aad)])[0]
 
 
 def seal_many(items: list[tuple[AESGCM, bytes, bytes]]) -> list[bytes]:

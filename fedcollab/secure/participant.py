@@ -50,7 +50,6 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -432,12 +431,8 @@ class SecureParticipant:
     def _open(self, stage: Stage, round_id: int, sender: int, blob: bytes
               ) -> tuple[ShareEntry, ...]:
         aad = share_aad(stage, round_id, sender, self.participant_id)
-        try:
-            plain = self._cipher(sender).decrypt(blob[:K.NONCE_BYTES], blob[K.NONCE_BYTES:], aad)
-        except (InvalidTag, ValueError):  # ValueError: shorter than a tag
-            raise DecryptionError(
-                f"round {round_id}: share from participant {sender}: AES-GCM authentication "
-                "failed (tampered, or replayed from another round/stage/sender)") from None
+        plain = K.open_sealed(self._cipher(sender), blob, aad,
+                              what=f"round {round_id}: share from participant {sender}")
         return unpack_share_payload(plain)
 
     def _receive_deliveries(self, round_id: int, deliveries: tuple[Sealed, ...]) -> None:
