@@ -10,10 +10,10 @@ written atomically by a background thread so the disk never stalls a round.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,7 +25,7 @@ import numpy as np
 from fedcollab.combine import OpenUpdate, SecureSum, combine
 from fedcollab.io import atomic_save_npz, atomic_write_bytes, atomic_write_json, load_npz
 from fedcollab.participants import (ParticipantInfo, RoundConfig, RoundOutput, Update,
-                                   WorkerConfig, roster, split_secure_sum)
+                                   WorkerConfig, roster, secure_dim, split_secure_sum)
 from fedcollab.spec import JobSpec, spec_to_dict
 from fedcollab.types import Weights
 
@@ -309,7 +309,7 @@ class _Job:
         try:
             inbox: Mapping[int, bytes] = {}
             if secure_members:
-                dim = sum(int(np.prod(s)) for s in self.shapes) + len(self.shapes) + clip_bit
+                dim = secure_dim(self.shapes, clip_bit=clip_bit)
                 inbox = self.secure.prepare(round_id, secure_members, dim, phases,
                                             self.options.on_phase)
             t_train = time.perf_counter()

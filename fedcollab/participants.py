@@ -22,7 +22,8 @@ from fedcollab.errors import FedcollabError
 from fedcollab.types import ParticipantId, Weights
 
 __all__ = ["ParticipantInfo", "Update", "RoundConfig", "RoundOutput", "WorkerConfig",
-           "ParticipantWorker", "roster", "secure_vector", "split_secure_sum", "secagg_params"]
+           "ParticipantWorker", "roster", "secure_vector", "secure_dim", "split_secure_sum",
+           "secagg_params"]
 
 TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
           "TF_NUM_INTEROP_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -122,6 +123,11 @@ def secure_vector(delta: Sequence[Optional[np.ndarray]], reference: Sequence[np.
     if clip_bit is not None:
         counts.append(1.0 if clip_bit else 0.0)
     return np.concatenate(parts + [np.asarray(counts)])
+
+
+def secure_dim(shapes: Sequence[tuple[int, ...]], *, clip_bit: bool) -> int:
+    """Length of a :func:`secure_vector` for arrays of ``shapes``."""
+    return sum(int(np.prod(s)) for s in shapes) + len(shapes) + int(clip_bit)
 
 
 def split_secure_sum(total: np.ndarray, shapes: Sequence[tuple[int, ...]], *, scale: float,
