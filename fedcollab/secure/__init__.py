@@ -16,7 +16,8 @@ two state machines, in the spirit of ``cryptography.hazmat``):
   state must persist across rounds for amortised keys):
   ``needs_keys(round_id)``, ``advertise_keys(round_id) -> bytes``,
   ``share_keys(round_id, roster) -> bytes``, ``masked_input(round_id, vector, inbox)
-  -> bytes``, ``unmask(round_id, request) -> bytes``.
+  -> bytes``, ``unmask(round_id, request) -> bytes``, and between rounds (amortised
+  keys) ``prepare_next_round()``, which precomputes the next masked input's masks.
 * :class:`SecureServer` - in the driver, one per secure group for the whole job:
   ``begin_round(round_id, participants, dim=)`` returns who must advertise keys; then
   ``receive_advertisements``, ``receive_key_shares``, ``receive_masked_inputs`` (each
