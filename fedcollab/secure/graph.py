@@ -5,7 +5,7 @@ Bell, Bonawitz, Gascon, Lepoint, Raykova, "Secure Single-Server Aggregation with
 between the ``k = O(log n)`` neighbours of a random graph, per-participant cost is
 polylogarithmic in ``n`` and the server's is ``O(n log n)`` per dimension.
 
-Our SecAgg+ graph is a random Harary graph: ``H(k, n)`` ``H(k, n)``
+Our SecAgg+ graph is a random Harary graph ``H(k, n)``
 (participants on a ring, each joined to the ``k/2`` nearest on either side, so
 exactly ``k``-regular for even ``k``) under a uniformly random relabelling (a shuffle
 of the ring), as Flower's SecAgg+ does; we read Bell et al.'s practical
