@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from fedcollab.errors import FedcollabError
 from fedcollab.io import atomic_write_bytes, load_npz
+from fedcollab.outdir import OutDirPlan, default_out_dir, plan_out_dir
 from fedcollab.outputs import (
     CallbackList,
     Checkpointer,
@@ -36,14 +38,18 @@ from fedcollab.outputs import (
 from fedcollab.pool import plan_workers
 from fedcollab.roster import ParticipantInfo, roster, sample_participants
 from fedcollab.rounds import RoundLoop, RoundRecord
-from fedcollab.spec import JobSpec, spec_to_dict
+from fedcollab.spec import JobSpec, SpecError, spec_to_dict
 from fedcollab.types import Weights
 
 if TYPE_CHECKING:
     from fedcollab.pool import WorkerPool
 
-__all__ = ["RunOptions", "JobResult", "run_job", "default_out_dir", "sample_participants",
-           "plan_workers"]
+__all__ = ["RunOptions", "JobResult", "JobFailedError", "run_job", "default_out_dir",
+           "sample_participants", "plan_workers"]
+
+
+class JobFailedError(FedcollabError):
+    """The job ran but learned nothing (every update of every round was refused)."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +93,6 @@ class JobResult:
         return Path(release) if release else None
 
 
-def default_out_dir(spec: JobSpec) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path("runs") / f"{spec.name}-{stamp}"
-
-
 class _OnRound(RoundCallback):
     def __init__(self, fn: Callable[[dict[str, Any]], None]) -> None:
         self.fn = fn
@@ -129,11 +130,30 @@ class _Driver:
         configure_tensorflow(threads=1, deterministic=True)
         data = load_dataset(spec.task, seed=spec.seed)
         classification = data.num_classes > 0
-        model = build_model(spec.task.model, input_shape=data.input_shape,
-                            num_classes=data.num_classes, seed=spec.seed)
-        evaluator = LocalTrainer(model, classification=classification)
+        name = spec.task.model
+        try:
+            model = build_model(name, input_shape=data.input_shape,
+                                num_classes=data.num_classes, seed=spec.seed)
+        except FedcollabError:
+            raise
+        except Exception as err:  # the user's model function failed
+            raise SpecError(f"spec: task.model: {name!r} raised {type(err).__name__}: "
+                            f"{_first_line(err)}") from None
+        _check_private_layers(spec, model)
+        where = (f"inputs of shape {data.input_shape} and "
+                 + (f"{data.num_classes} classes" if classification else "a scalar target"))
+        out_dim = model.outputs[0].shape[-1] if model.outputs else None
+        expected = data.num_classes if classification else 1
+        if out_dim is not None and int(out_dim) != expected:
+            raise SpecError(f"spec: task.model: {name!r} has {out_dim} outputs, but the data "
+                            f"has {where}: expected {expected}")
         weights = [np.array(v.numpy()) for v in model.weights]
-        evaluator.evaluate(weights, data.x_test[:2], data.y_test[:2])  # trace now
+        try:
+            evaluator = LocalTrainer(model, classification=classification)
+            evaluator.evaluate(weights, data.x_test[:2], data.y_test[:2])  # trace now
+        except Exception as err:  # shapes that do not fit surface as TensorFlow errors
+            raise SpecError(f"spec: task.model: {name!r} does not fit the data ({where}): "
+                            f"{_first_line(err)}") from None
         # Secure weights are n_i / weight_scale so they fit the fixed-point range; the
         # server only needs this public bound on a participant's dataset size.
         scale = float(max(len(i) for i in participant_indices(spec, data.y_train)))
@@ -142,6 +162,61 @@ class _Driver:
     def evaluate(self, weights: Weights) -> tuple[float, float]:
         loss, acc = self.evaluator.evaluate(weights, self.x_test, self.y_test)
         return float(loss), float(acc)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_private_layers(spec: JobSpec, model: Any) -> None:
+    from fedcollab.models import private_weight_indices
+
+    for g, group in enumerate(spec.participants):
+        if group.private_layers:
+            private_weight_indices(model, group.private_layers,
+                                   where=f"participants.{g}.private_layers")
+
+
+class _Status:
+    """One-line progress messages on a terminal's stderr while a job starts.
+
+    Off when quiet or when stderr is not a terminal (as for the progress bar), so a
+    script that reads stderr sees only errors, each on one line.
+    """
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.enabled = not quiet and sys.stderr.isatty()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"fedcollab: {message}", file=sys.stderr, flush=True)
+
+
+class _ConsoleWarnings(RoundCallback):
+    """A warning line for every round that did not change the model, and why."""
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if record.aborted:
+            why = f"aborted: {record.aborted}"
+        elif record.skipped:
+            why = f"skipped: {record.skipped}"
+        elif record.accepted == 0:
+            kinds: dict[str, int] = {}
+            for reason in record.rejected.values():
+                kind = reason.split(":")[0]
+                kinds[kind] = kinds.get(kind, 0) + 1
+            detail = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "none arrived"
+            why = f"no update was accepted ({detail}); the model did not change"
+        else:
+            return
+        print(f"fedcollab: warning: round {record.round} {why}", file=sys.stderr, flush=True)
+
+
+def _learned(metrics: Sequence[Mapping[str, Any]]) -> bool:
+    return any(m.get("accepted", m.get("trained", 0)) > 0 and "aborted" not in m
+               and "skipped" not in m for m in metrics)
 
 
 @dataclass(frozen=True)
@@ -183,18 +258,37 @@ def _read_committed(out: Path) -> Optional[_Committed]:
 def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
     """Run a whole job against Ray (embedded when ``options.address`` is None).
 
+    Every check a user's mistake can fail runs first, before Ray starts and before
+    anything is written: the output directory, the data, the secure encoding, the
+    release key, then the model against the data (building it needs TensorFlow).
+
     Raises:
-        fedcollab.errors.FedcollabError: a spec, cluster or data problem a user can fix.
+        fedcollab.outdir.JobAlreadyFinished: ``resume`` of a finished job (exit 0).
+        JobFailedError: the job ran but no round accepted an update (exit 1).
     """
     from fedcollab.cluster import connect
+    from fedcollab.preflight import preflight
 
     wall0 = time.perf_counter()
+    say = _Status(quiet=options.quiet)
+    say(f"checking {spec.name}: the spec, the data and the output directory")
+    plan = plan_out_dir(spec, options.out_dir, resume=options.resume)
+    preflight(spec)
+    say("loading TensorFlow and building the model")
+    driver = _Driver.build(spec)
+    plan.create()
     custom: dict[str, float] = {}
     for group in spec.participants:
         for key, amount in group.resources.items():
             custom[key] = max(custom.get(key, 0.0), float(amount))
+    say("starting an embedded Ray" if options.address is None
+        else f"connecting to Ray at {options.address}")
     with connect(options.address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray:
-        return _Job(spec, options, ray, wall0).run()
+        return _Job(spec, options, ray, wall0, plan, driver, say).run()
+
+
+def _cluster_cpus(ray: Any) -> float:
+    return float(ray.cluster_resources().get("CPU", 1))
 
 
 def _embedded_cpus(spec: JobSpec) -> int:
@@ -205,7 +299,8 @@ def _embedded_cpus(spec: JobSpec) -> int:
 class _Job:
     """One run of a job: the collaborators, assembled in order."""
 
-    def __init__(self, spec: JobSpec, options: RunOptions, ray: Any, wall0: float) -> None:
+    def __init__(self, spec: JobSpec, options: RunOptions, ray: Any, wall0: float,
+                 plan: OutDirPlan, driver: _Driver, say: _Status) -> None:
         from fedcollab.aggregation import Aggregator
         from fedcollab.pool import WorkerPool
         from fedcollab.privacy.server import DpServer
@@ -213,17 +308,21 @@ class _Job:
         self.spec = spec
         self.options = options
         self.wall0 = wall0
-        self.out = Path(options.out_dir or default_out_dir(spec)).resolve()
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = plan.path.resolve()
         self.people: list[ParticipantInfo] = roster(spec)
-        self.driver = _Driver.build(spec)
-        committed = _read_committed(self.out) if options.resume else None
+        self.driver = driver
+        committed = _read_committed(self.out) if plan.resume else None
+        if plan.resume and committed is None:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)  # no round was committed
         self.start_round = committed.round + 1 if committed else 1
         self.history = committed.history if committed else []
         atomic_write_bytes(self.out / "spec.yaml", _yaml(spec_to_dict(spec)).encode())
         shapes = [w.shape for w in self.driver.weights]
         aggregator = Aggregator.from_spec(spec, shapes, max_samples=self.driver.weight_scale)
         dp = DpServer(spec.privacy.dp, sampling_rate=spec.fraction, rounds=spec.rounds)
+        say(f"starting {len(plan_workers(spec, self.people, _cluster_cpus(ray)))} workers for "
+            f"{len(self.people)} participants"
+            + (f" (resuming after round {committed.round})" if committed else ""))
         self.pool = WorkerPool(ray, spec, self.people, self.out,
                                resume_round=committed.round if committed else 0)
         secure = None
@@ -241,7 +340,7 @@ class _Job:
             self.loop.restore(committed.arrays, committed.meta)
         self.checkpointer = Checkpointer(self.out, self.loop, keep=options.keep_checkpoints)
         builtin: list[RoundCallback] = [
-            MetricsLog(self.out), self.checkpointer, TensorBoardLog(self.out),
+            MetricsLog(self.out), self.checkpointer, TensorBoardLog(self.out), _ConsoleWarnings(),
             ProgressBar(spec.rounds, enabled=options.progress, quiet=options.quiet,
                         classification=self.driver.classification)]
         if options.on_round is not None:
@@ -272,6 +371,17 @@ class _Job:
             raise
         metrics = list(self.history) + [r.to_json() for r in records]
         summary = self._summary(metrics, rounds_seconds)
+        if not _learned(metrics):
+            reasons = summary["rejected_by_reason"]
+            why = ("no round accepted an update: every update was rejected ("
+                   + ", ".join(f"{k}: {n}" for k, n in sorted(reasons.items())) + ")"
+                   if reasons else "no round changed the model (aborted or skipped rounds)")
+            summary.update({"status": "failed", "failure": why})
+            failed = JobResult(self.out, summary, self.loop.weights, metrics, records)
+            self.callbacks.on_job_end(failed)
+            raise JobFailedError(f"{spec.name}: {why}; no release was written "
+                                 f"(see {self.out / 'metrics.jsonl'})")
+        summary["status"] = "succeeded"
         if self.options.release:
             from fedcollab.release import write_release
 
