@@ -70,8 +70,10 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": bool(os.environ.get("FEDCOLLAB_WORKER_LOGS")),
                               "runtime_env": runtime_env}
     if address is None:
-        kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                      resources=dict(resources or {}))
+        # "local": always a new instance of our own, even when another Ray cluster runs
+        # on this host (RAY_ADDRESS or a `ray start` would otherwise be joined)
+        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                      include_dashboard=False, resources=dict(resources or {}))
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
     else:

@@ -319,7 +319,17 @@ class _Job:
         atomic_write_bytes(self.out / "spec.yaml", _yaml(spec_to_dict(spec)).encode())
         shapes = [w.shape for w in self.driver.weights]
         aggregator = Aggregator.from_spec(spec, shapes, max_samples=self.driver.weight_scale)
-        dp = DpServer(spec.privacy.dp, sampling_rate=spec.fraction, rounds=spec.rounds)
+        from fedcollab.roster import group_sampling_rates
+
+        rates = group_sampling_rates(spec)
+        dp = DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
+                      group_rates=rates)
+        if dp.on and max(rates.values()) > spec.fraction + 1e-9:
+            exposed = max(rates, key=lambda g: rates[g])
+            print(f"fedcollab: warning: privacy: group {exposed!r} takes part with rate "
+                  f"{rates[exposed]:.2f} per round, not fraction={spec.fraction:g} (groups "
+                  "are sampled to at least one member, secure groups to secure.min_group); "
+                  f"epsilon is accounted at {rates[exposed]:.2f}", file=sys.stderr, flush=True)
         say(f"starting {len(plan_workers(spec, self.people, _cluster_cpus(ray)))} workers for "
             f"{len(self.people)} participants"
             + (f" (resuming after round {committed.round})" if committed else ""))
@@ -418,9 +428,11 @@ class _Job:
             summary["vendor_accuracy"] = last["vendor_accuracy"]
         dp = spec.privacy.dp
         summary["privacy"] = {"mode": loop.dp.mode, "noise_multiplier": loop.dp.noise_multiplier,
-                              "delta": dp.delta,
-                              "epsilon": last.get("epsilon") if loop.dp.on else None,
-                              "clip_norm": loop.dp.clip_norm if loop.dp.on else None}
+                              "delta": dp.delta, "epsilon": loop.dp.epsilon,
+                              "clip_norm": loop.dp.clip_norm if loop.dp.on else None,
+                              "sampling_rate": loop.dp.sampling_rate if loop.dp.on else None,
+                              "group_sampling_rates": loop.dp.group_rates if loop.dp.on
+                              else None}
         summary["aggregation"] = {"rule": spec.aggregation.rule,
                                   "server_optimizer": spec.aggregation.server_optimizer}
         reasons: dict[str, int] = {}

@@ -37,9 +37,10 @@ class RoundConfig:
     dp_mode: str = "none"           # none | central | distributed | local
     clip_norm: float = 1.0          # C this round (adaptive clipping moves it)
     noise_multiplier: float = 0.0   # z
-    noisy_participants: int = 1     # m: distributed noise is z*C/sqrt(m) each
+    noisy_participants: int = 1     # m: secure members this round; each adds z*C/sqrt(m)
     weight_scale: float = 1.0       # secure weights are n_i / weight_scale (a public bound)
     clip_bit: bool = False          # secure vectors carry [norm <= C] for adaptive clipping
+    count_noise_std: float = 0.0    # adaptive clipping under distributed DP: the bits' noise
 
     @property
     def dp_on(self) -> bool:
@@ -153,11 +154,15 @@ class Outgoing:
     secure_vector: Optional[np.ndarray] = None
 
 
-def _privatize(raw: list[np.ndarray], config: RoundConfig,
-               rng: np.random.Generator) -> list[np.ndarray]:
+def _privatize(raw: list[np.ndarray], config: RoundConfig, rng: np.random.Generator, *,
+               sharing: str) -> list[np.ndarray]:
     from fedcollab.privacy import privatize_update
 
-    sent, _ = privatize_update(raw, mode=config.dp_mode,  # type: ignore[arg-type]
+    # Distributed noise hides a participant only inside the secure sum; an open
+    # update reaches the server alone, so an open participant adds the full z*C.
+    mode = "local" if config.dp_mode == "distributed" and sharing != "secure" \
+        else config.dp_mode
+    sent, _ = privatize_update(raw, mode=mode,  # type: ignore[arg-type]
                                noise_multiplier=config.noise_multiplier,
                                clip_norm=config.clip_norm, rng=rng,
                                group_size=max(config.noisy_participants, 1))
@@ -194,12 +199,21 @@ def outgoing(raw: Sequence[np.ndarray], *, pid: ParticipantId, shared: Sequence[
     if behaviour != "honest":
         sent = attack(behaviour, sent, attack_scale)
     elif config.dp_on:
-        sent = _privatize(sent, config, rng)
+        sent = _privatize(sent, config, rng, sharing=sharing)
     delta: list[Optional[np.ndarray]] = [None] * len(shapes)
     for i, d in zip(shared, sent):
         delta[i] = d
+    fits = norm <= config.clip_norm
     if sharing != "secure":
+        if config.dp_on:  # under DP the server learns no norm or loss, only the clip bit
+            return Outgoing(update=Update(pid, delta, num_samples, 0.0, 0.0,
+                                          clip_bit=fits if config.clip_bit else None))
         return Outgoing(update=Update(pid, delta, num_samples, loss, norm))
     weight = 1.0 if config.dp_on else num_samples / config.weight_scale
-    bit = (norm <= config.clip_norm) if config.clip_bit else None
-    return Outgoing(secure_vector=secure_vector(delta, shapes, weight, clip_bit=bit))
+    vector = secure_vector(delta, shapes, weight, clip_bit=fits if config.clip_bit else None)
+    if config.clip_bit and config.count_noise_std > 0:
+        # the summed bits carry their own noise, so the server never learns the exact
+        # number of clipped members (distributed DP)
+        vector[-1] += rng.normal(0.0, config.count_noise_std
+                                 / np.sqrt(max(config.noisy_participants, 1)))
+    return Outgoing(secure_vector=vector)

@@ -17,7 +17,8 @@ from fedcollab.types import ParticipantId
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
 
-__all__ = ["ParticipantInfo", "roster", "sample_participants", "Sampler", "ROLES", "SHARING"]
+__all__ = ["ParticipantInfo", "roster", "sample_participants", "Sampler", "ROLES", "SHARING",
+           "group_sample_sizes", "group_sampling_rates"]
 
 #: Who a group is (``role``): open community contributors, or the vendor's sites.
 ROLES = ("community", "vendor")
@@ -48,33 +49,58 @@ def roster(spec: JobSpec) -> list[ParticipantInfo]:
     return people
 
 
-def sample_participants(people: Sequence[ParticipantInfo], spec: JobSpec,
-                        round_id: int) -> list[int]:
-    """Per-group sampling of ceil(fraction * count), deterministic from (seed, round).
+def group_sample_sizes(spec: JobSpec) -> list[int]:
+    """How many of each group take part per round: ``ceil(fraction * count)``, at least 1,
+    and a secure group never below ``secure.min_group`` (a smaller sum is no secret)."""
+    sizes = []
+    for group in spec.participants:
+        k = group.count if spec.fraction >= 1 else max(1, math.ceil(spec.fraction * group.count))
+        if group.sharing == "secure":
+            k = max(k, min(group.count, spec.secure.min_group))
+        sizes.append(min(k, group.count))
+    return sizes
 
-    A secure group is never sampled below ``secure.min_group`` (a smaller sum is no
-    secret). The sample is a function of the job seed, so a resumed job samples the
-    same participants as an uninterrupted one.
+
+def group_sampling_rates(spec: JobSpec) -> dict[str, float]:
+    """Each group's true per-round sampling rate (what DP accounting must use).
+
+    It can exceed ``fraction``: a 3-site secure vendor with ``min_group: 3`` takes part
+    in every round whatever the fraction.
+    """
+    return {g.name: k / g.count for g, k in zip(spec.participants, group_sample_sizes(spec))}
+
+
+def sample_participants(people: Sequence[ParticipantInfo], spec: JobSpec, round_id: int,
+                        rng: np.random.Generator | None = None) -> list[int]:
+    """Per-group sampling of :func:`group_sample_sizes` participants without replacement.
+
+    With no ``rng`` the sample is a function of (seed, round), so a resumed job samples
+    the same participants as an uninterrupted one. Under DP the caller passes fresh OS
+    entropy instead: the job seed is published with the release, and amplification by
+    sampling only holds if nobody can predict the sample.
     """
     if spec.fraction >= 1:
         return [p.pid for p in people]
-    rng = np.random.default_rng([spec.seed, round_id, 7])
+    rng = rng if rng is not None else np.random.default_rng([spec.seed, round_id, 7])
     chosen: list[int] = []
-    for g, group in enumerate(spec.participants):
+    for g, k in enumerate(group_sample_sizes(spec)):
         members = [p.pid for p in people if p.group == g]
-        k = max(1, math.ceil(spec.fraction * group.count))
-        if group.sharing == "secure":
-            k = max(k, min(group.count, spec.secure.min_group))
         chosen.extend(sorted(rng.choice(members, size=k, replace=False).tolist()))
     return sorted(chosen)
 
 
 class Sampler:
-    """Chooses each round's participants (see :func:`sample_participants`)."""
+    """Chooses each round's participants (see :func:`sample_participants`).
 
-    def __init__(self, spec: JobSpec, people: Sequence[ParticipantInfo]) -> None:
+    ``secret``: draw from OS entropy, never from the (published) job seed (DP jobs).
+    """
+
+    def __init__(self, spec: JobSpec, people: Sequence[ParticipantInfo], *,
+                 secret: bool = False) -> None:
         self.spec = spec
         self.people = list(people)
+        self.secret = secret
 
     def sample(self, round_id: int) -> list[int]:
-        return sample_participants(self.people, self.spec, round_id)
+        rng = np.random.default_rng() if self.secret else None
+        return sample_participants(self.people, self.spec, round_id, rng)

@@ -36,6 +36,10 @@ __all__ = ["RoundRecord", "RoundLoop"]
 
 Evaluate = Callable[[Weights], tuple[float, float]]
 
+#: The DP figures a round's metrics line carries (flat, beside the other keys).
+PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "accounted_multiplier",
+                "sampling_rate", "clip_norm", "noise_shortfall")
+
 
 @dataclass(frozen=True)
 class RoundRecord:
@@ -62,7 +66,7 @@ class RoundRecord:
     skipped: Optional[str] = None      # the rule could not run (too few valid updates)
     phase_seconds: Optional[Mapping[str, float]] = None
     secure: Optional[Mapping[str, Any]] = None
-    privacy: Optional[Mapping[str, Any]] = None   # epsilon, delta, noise_multiplier, clip_norm
+    privacy: Optional[Mapping[str, Any]] = None   # epsilon, delta, noise_multiplier, ...
     vendor: Optional[Mapping[str, float]] = None  # vendor_loss, vendor_accuracy
     workers_replaced: tuple[int, ...] = ()
 
@@ -98,8 +102,7 @@ class RoundRecord:
     @classmethod
     def from_json(cls, line: Mapping[str, Any]) -> RoundRecord:
         """Read a metrics.jsonl line back (for a resumed job's history)."""
-        privacy = {k: line[k] for k in ("epsilon", "delta", "noise_multiplier", "clip_norm")
-                   if k in line} or None
+        privacy = {k: line[k] for k in PRIVACY_KEYS if k in line} or None
         vendor = {k: line[k] for k in ("vendor_loss", "vendor_accuracy") if k in line} or None
         return cls(round=int(line["round"]), participants=int(line["participants"]),
                    loss=float(line["loss"]), accuracy=line.get("accuracy"),
@@ -169,7 +172,7 @@ class RoundLoop:
 
         self.spec = spec
         self.people = list(people)
-        self.sampler = Sampler(spec, people)
+        self.sampler = Sampler(spec, people, secret=dp.on)
         self.pool = pool
         self.aggregator = aggregator
         self.dp = dp
@@ -201,7 +204,7 @@ class RoundLoop:
             t_train = time.perf_counter()
             out = self.pool.train(self.weights, r, chosen, config, inbox)
             phases.add("train", time.perf_counter() - t_train)
-            secure_sum, secure_log, bits, survivors = self._secure_finish(
+            secure_sum, secure_log, secure_bits, survivors = self._secure_finish(
                 r, secure_members, out, config, phases)
         except RoundAbortedError as err:
             record = self._aborted(r, len(chosen), str(err), t0, phases, replaced)
@@ -222,20 +225,25 @@ class RoundLoop:
         self.bytes_down += down
         self.rejected_total += len(step.rejected)
         privacy = None
+        rejected = {str(k): v for k, v in sorted(step.rejected.items())}
+        hashes = {str(u.pid): _sha256(u.delta) for u in out.updates}
         if dp.on:
-            norms = {u.pid: u.norm for u in out.updates}
-            privacy = dp.account([norms[p] for p in step.accepted], secure_bits=bits,
-                                 secure_count=survivors)
+            bits = {u.pid: bool(u.clip_bit) for u in out.updates}
+            privacy = dp.account([bits[p] for p in step.accepted], participants=len(chosen),
+                                 secure_bits=secure_bits, secure_count=survivors,
+                                 secure_sampled=len(secure_members))
+            # metrics.jsonl holds only what the release may reveal: no hash of an
+            # un-noised update, no exact norm of a rejected one
+            rejected = {k: v.split(":")[0] for k, v in rejected.items()}
+            hashes = {}
         record = RoundRecord(
             round=r, participants=len(chosen), loss=loss,
             accuracy=acc if self.classification else None,
             trained=len(out.updates) + len(out.masked),
             accepted=len(step.accepted) + survivors if step.applied else 0,
-            dropped=tuple(out.dropped),
-            rejected={str(k): v for k, v in sorted(step.rejected.items())},
+            dropped=tuple(out.dropped), rejected=rejected,
             bytes_up=up, bytes_down=down, seconds=time.perf_counter() - t0,
-            train_seconds=phases.seconds["train"],
-            update_sha256={str(u.pid): _sha256(u.delta) for u in out.updates},
+            train_seconds=phases.seconds["train"], update_sha256=hashes,
             skipped=step.skipped or None, secure=secure_log, privacy=privacy,
             vendor=self.pool.evaluate_personalised(self.weights,
                                                    classification=self.classification) or None,
@@ -244,10 +252,16 @@ class RoundLoop:
         return record
 
     def configure(self, chosen: Sequence[int]) -> RoundConfig:
-        """What the server tells participants this round (DP settings, weights' scale)."""
+        """What the server tells participants this round (DP settings, weights' scale).
+
+        Distributed noise is split over the sampled secure members only (open
+        participants add the full noise themselves).
+        """
         dp = self.dp
-        return RoundConfig(dp.mode, dp.clip_norm, dp.noise_multiplier, len(chosen),
-                           1.0 if dp.on else self.weight_scale, dp.adaptive)
+        secure = sum(1 for p in chosen if self.people[p].sharing == "secure")
+        count_noise = dp.count_noise_std(len(chosen)) if dp.mode == "distributed" else 0.0
+        return RoundConfig(dp.mode, dp.clip_norm, dp.noise_multiplier, max(secure, 1),
+                           1.0 if dp.on else self.weight_scale, dp.adaptive, count_noise)
 
     # ------------------------------------------------------------------ secure parts
     def _secure_prepare(self, r: int, members: Sequence[int], config: RoundConfig,
@@ -284,7 +298,8 @@ class RoundLoop:
                            accuracy=acc if self.classification else None, aborted=reason,
                            seconds=time.perf_counter() - t0,
                            train_seconds=phases.seconds.get("train", 0.0),
-                           phase_seconds=dict(phases.seconds), workers_replaced=replaced)
+                           phase_seconds=dict(phases.seconds), workers_replaced=replaced,
+                           privacy=self.dp.account_aborted() if self.dp.on else None)
 
     # ------------------------------------------------------------------ checkpoints
     def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -21,9 +21,9 @@ Number = Union[int, float]
 class Update:
     """An open participant's update over the arrays it shares (``None`` where private).
 
-    This is what the server sees of an open participant, in the clear. ``loss`` and
-    ``norm`` (the L2 norm of the update before any DP clipping, used by adaptive
-    clipping) travel with it.
+    This is what the server sees of an open participant, in the clear. Without DP,
+    ``loss`` and ``norm`` (the L2 norm before any clipping) travel with it; under DP
+    both are 0 and only ``clip_bit`` (norm <= C, for adaptive clipping) is sent.
     """
 
     pid: ParticipantId
@@ -31,3 +31,4 @@ class Update:
     num_samples: int
     loss: float
     norm: float = 0.0
+    clip_bit: Optional[bool] = None

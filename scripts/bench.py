@@ -146,7 +146,22 @@ def bench_dp() -> None:
     emit({"bench": "dp", "clients": 100, "sampling_rate": 0.1, "rounds": 50,
           "noise_multiplier": 1.0, "epsilon": ours["privacy"]["epsilon"], "delta": 1e-5,
           "accuracy": ours["final_accuracy"], "no_dp_accuracy": plain["final_accuracy"],
-          "mode": "central", "partition": "iid"})
+          "mode": "central", "partition": "iid",
+          "group_sampling_rates": ours["privacy"]["group_sampling_rates"],
+          "most_exposed_epsilon": ours["privacy"]["epsilon"]})
+    # The default job under distributed DP at fraction 0.5: the 3-site vendor takes
+    # part every round (min_group), so its epsilon is the one reported.
+    from fedcollab.spec import load_spec
+
+    vendor = run_fedcollab(load_spec(ROOT / "examples" / "community-vendor.yaml", [
+        "fraction=0.5", "privacy.dp.mode=distributed", "privacy.dp.noise_multiplier=1.0",
+        "release.sign=false"]))
+    emit({"bench": "dp", "job": "examples/community-vendor.yaml", "mode": "distributed",
+          "sampling_rate": 0.5, "rounds": vendor["rounds_completed"], "noise_multiplier": 1.0,
+          "delta": 1e-5, "epsilon": vendor["privacy"]["epsilon"],
+          "group_sampling_rates": vendor["privacy"]["group_sampling_rates"],
+          "most_exposed_epsilon": vendor["privacy"]["epsilon"],
+          "accuracy": vendor["final_accuracy"], "clients": 11})
 
 
 def bench_optimizers() -> None:
