@@ -270,21 +270,35 @@ def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
     from fedcollab.preflight import preflight
 
     wall0 = time.perf_counter()
+    phases: dict[str, float] = {}
     say = _Status(quiet=options.quiet)
     say(f"checking {spec.name}: the spec, the data and the output directory")
     plan = plan_out_dir(spec, options.out_dir, resume=options.resume)
     preflight(spec)
+    phases["checks"] = time.perf_counter() - wall0
     say("loading TensorFlow and building the model")
+    t = time.perf_counter()
     driver = _Driver.build(spec)
     plan.create()
+    phases["setup"] = time.perf_counter() - t
     custom: dict[str, float] = {}
     for group in spec.participants:
         for key, amount in group.resources.items():
             custom[key] = max(custom.get(key, 0.0), float(amount))
     say("starting an embedded Ray" if options.address is None
         else f"connecting to Ray at {options.address}")
+    t = time.perf_counter()
     with connect(options.address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray:
-        return _Job(spec, options, ray, wall0, plan, driver, say).run()
+        phases["ray_start"] = time.perf_counter() - t
+        result = _Job(spec, options, ray, wall0, plan, driver, say, phases).run()
+        t = time.perf_counter()
+    phases["shutdown"] = time.perf_counter() - t
+    result.summary["wall_seconds"] = time.perf_counter() - wall0
+    if (result.out_dir / "summary.json").exists():  # now with the shutdown's time
+        from fedcollab.io import atomic_write_json
+
+        atomic_write_json(result.out_dir / "summary.json", result.summary)
+    return result
 
 
 def _cluster_cpus(ray: Any) -> float:
@@ -300,7 +314,8 @@ class _Job:
     """One run of a job: the collaborators, assembled in order."""
 
     def __init__(self, spec: JobSpec, options: RunOptions, ray: Any, wall0: float,
-                 plan: OutDirPlan, driver: _Driver, say: _Status) -> None:
+                 plan: OutDirPlan, driver: _Driver, say: _Status,
+                 phases: Optional[dict[str, float]] = None) -> None:
         from fedcollab.aggregation import Aggregator
         from fedcollab.pool import WorkerPool
         from fedcollab.privacy.server import DpServer
@@ -308,6 +323,7 @@ class _Job:
         self.spec = spec
         self.options = options
         self.wall0 = wall0
+        self.phases = phases if phases is not None else {}
         self.out = plan.path.resolve()
         self.people: list[ParticipantInfo] = roster(spec)
         self.driver = driver
@@ -333,8 +349,10 @@ class _Job:
         say(f"starting {len(plan_workers(spec, self.people, _cluster_cpus(ray)))} workers for "
             f"{len(self.people)} participants"
             + (f" (resuming after round {committed.round})" if committed else ""))
+        t = time.perf_counter()
         self.pool = WorkerPool(ray, spec, self.people, self.out,
                                resume_round=committed.round if committed else 0)
+        self.phases["workers_ready"] = time.perf_counter() - t
         secure = None
         if any(p.sharing == "secure" for p in self.people):
             from fedcollab.secure_round import SecureCoordinator
@@ -379,6 +397,8 @@ class _Job:
         except BaseException:
             self.checkpointer.close()
             raise
+        self.phases["rounds"] = rounds_seconds
+        t_release = time.perf_counter()
         metrics = list(self.history) + [r.to_json() for r in records]
         summary = self._summary(metrics, rounds_seconds)
         if not _learned(metrics):
@@ -400,6 +420,8 @@ class _Job:
                                     participants=self.people, summary=summary,
                                     key_path=spec.release.key, sign=spec.release.sign)
             summary["release"] = str(release)
+        self.phases["release"] = time.perf_counter() - t_release
+        summary["phases_seconds"] = self.phases  # shutdown is added once Ray has stopped
         result = JobResult(self.out, summary, self.loop.weights, metrics, records)
         self.callbacks.on_job_end(result)
         return result

@@ -274,6 +274,26 @@ def bench_secure_dropout() -> None:
               "no_dropout_seconds": base, "expected_dropout": 0.1})
 
 
+def bench_cold_start() -> None:
+    """`fedcollab run` of the default job as a user runs it, against a bare TF import."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import tensorflow"], check=True, env=env,
+                   capture_output=True)
+    tf_import = time.perf_counter() - t
+    with tempfile.TemporaryDirectory(prefix="fedcollab-cold-") as tmp:
+        out = Path(tmp) / "job"
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "fedcollab.cli", "run",
+                        str(ROOT / "examples" / "community-vendor.yaml"), "--out", str(out),
+                        "--quiet"], check=True, env=env, capture_output=True)
+        wall = time.perf_counter() - t
+        summary = json.loads((out / "summary.json").read_text())
+    emit({"bench": "cold_start", "job_wall_seconds": wall, "tf_import_seconds": tf_import,
+          "ratio": wall / tf_import, "phases_seconds": summary.get("phases_seconds", {}),
+          "job": "examples/community-vendor.yaml"})
+
+
 BENCHES: dict[str, Callable[[], None]] = {
     "fedavg_vs_reference": bench_fedavg_vs_reference,
     "memory": bench_memory,
@@ -282,6 +302,7 @@ BENCHES: dict[str, Callable[[], None]] = {
     "secure_dropout": bench_secure_dropout,
     "dp": bench_dp,
     "optimizers": bench_optimizers,
+    "cold_start": bench_cold_start,
 }
 
 
