@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import secrets
@@ -42,13 +43,14 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from fedcollab.errors import FedcollabError
 
 __all__ = ["ClusterError", "connect", "check_reachable", "worker_env", "Token", "find_token",
-           "use_token_file", "ensure_token_file", "check_token", "is_loopback", "keep_loopback",
+           "use_token_file", "ensure_token_file", "check_token", "is_loopback", "keep_loopback", "state_dir", "resolve_auto",
            "WorkerRequest", "check_placement", "worker_requests",
            "enable_gpu_memory_growth", "device_info"]
 
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
+STATE_ENV = "FEDCOLLAB_CLUSTER_STATE"
 TOKEN_HELP = ("pass --token-file FILE, or set RAY_AUTH_TOKEN_PATH=FILE or RAY_AUTH_TOKEN "
               "(the head's `scripts/start-cluster head` printed where its token is)")
 
@@ -58,10 +60,15 @@ class ClusterError(FedcollabError):
 
 
 def worker_env() -> dict[str, str]:
-    """Environment for every Ray worker: quiet TensorFlow, one thread each."""
+    """Environment for every Ray worker: quiet TensorFlow, one thread each.
+
+    ``TF_FORCE_GPU_ALLOW_GROWTH`` makes TensorFlow allocate GPU memory as needed
+    (as :func:`enable_gpu_memory_growth` does), so workers sharing a GPU through
+    fractional ``gpus_per_worker`` do not starve each other; no effect on CPU.
+    """
     from fedcollab.participants import TF_ENV
 
-    return dict(TF_ENV)
+    return {**TF_ENV, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 
 # ------------------------------------------------------------------ addresses
@@ -102,6 +109,37 @@ def keep_loopback() -> None:
 
     setattr(resolve, "_fedcollab_loopback", True)
     services.resolve_ip_for_localhost = resolve
+
+
+def state_dir() -> Path:
+    """Where ``scripts/start-cluster`` records the nodes it started on this host."""
+    raw = os.environ.get(STATE_ENV) or str(Path.home() / ".fedcollab" / "cluster")
+    return Path(raw).expanduser().resolve()
+
+
+def resolve_auto(directory: Optional[Path] = None) -> str:
+    """What ``--address auto`` means here: ``RAY_ADDRESS``, else the head that
+    ``scripts/start-cluster`` recorded on this host, else Ray's own "auto".
+
+    Raises:
+        ClusterError: the records name more than one cluster.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    heads: set[str] = set()
+    where = directory or state_dir()
+    for record in sorted(where.glob("*.json")) if where.is_dir() else []:
+        try:
+            entry = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        address = entry.get("address") if entry.get("role") == "head" else entry.get("head")
+        if address:
+            heads.add(str(address))
+    if len(heads) > 1:
+        raise ClusterError(f"--address auto: {where} records several clusters "
+                           f"({', '.join(sorted(heads))}); pass --address HOST:PORT")
+    return heads.pop() if heads else "auto"
 
 
 def check_reachable(address: str, *, timeout: float = 3.0) -> None:
@@ -287,6 +325,8 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
     else:
+        if address == "auto":
+            address = resolve_auto()
         check_reachable(address)
         if address not in ("auto", "local") and not address.startswith("ray://"):
             host, _ = _split(address)

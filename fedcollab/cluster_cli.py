@@ -28,18 +28,16 @@ from typing import Any, Optional, Sequence
 
 from fedcollab.cluster import (AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV,
                                ClusterError, check_reachable, check_token, default_token_path,
-                               ensure_token_file, is_loopback, keep_loopback,
+                               ensure_token_file, is_loopback, keep_loopback, state_dir,
                                use_token_file)
 
 __all__ = ["main", "build_parser", "stop_recorded"]
 
-STATE_ENV = "FEDCOLLAB_CLUSTER_STATE"
 SCRIPT = "scripts/start-cluster"
 
 
 def _state_dir(arg: Optional[str]) -> Path:
-    raw = arg or os.environ.get(STATE_ENV) or str(Path.home() / ".fedcollab" / "cluster")
-    return Path(raw).expanduser().resolve()
+    return Path(arg).expanduser().resolve() if arg else state_dir()
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -119,8 +117,14 @@ def _start(cmd: list[str], env: dict[str, str], temp_dir: Path, role: str,
                             text=True, start_new_session=True)
     entry = {"role": role, "pgid": proc.pid, "temp_dir": str(temp_dir),
              "started": time.time(), **extra}
+    if not entry.get("own_temp_dir"):
+        entry["own_temp_dir"] = False
     _record(state, entry)  # recorded before it can leave processes behind
     output, _ = proc.communicate()
+    latest = temp_dir / "session_latest"
+    if latest.exists():  # processes name their session dir: what `stop` looks for
+        entry["session_dir"] = str(latest.resolve())
+        _record(state, entry)
     if proc.returncode != 0:
         stop_recorded(state, only=[entry])
         errors = [line for line in output.splitlines()
@@ -150,6 +154,7 @@ def cmd_head(args: argparse.Namespace) -> int:
         token_flag, token_env = "", ""
     custom = _offers(args)
     temp_dir = Path(args.temp_dir or tempfile.mkdtemp(prefix="fedcollab-ray-", dir="/tmp"))
+    extra = {"port": args.port, "own_temp_dir": not args.temp_dir}
     dashboard_port = args.dashboard_port or (8265 if args.dashboard else _free_port())
     cmd = [*_ray_start(), "--head", "--port", str(args.port),
            "--temp-dir", str(temp_dir), "--disable-usage-stats",
@@ -163,8 +168,7 @@ def cmd_head(args: argparse.Namespace) -> int:
         cmd += ["--num-gpus", f"{args.gpus:g}"]
     if custom:
         cmd += ["--resources", json.dumps(custom)]
-    output, entry = _start(cmd, _env(), temp_dir, "head", state,
-                           {"port": args.port})
+    output, entry = _start(cmd, _env(), temp_dir, "head", state, extra)
     found = re.search(r"--address='([^']+)'", output)
     address = found.group(1) if found else f"{args.node_ip_address or '?'}:{args.port}"
     entry["address"] = address
@@ -184,6 +188,7 @@ def cmd_head(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     state = _state_dir(args.state_dir)
+    args.vendor_site = args.vendor_site or args.kind == "vendor"
     head = args.head
     host = head.rpartition(":")[0].strip("[]")
     if args.token_file:
@@ -206,27 +211,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
     env = _env()
     if token is None:
         env.pop(AUTH_MODE_ENV)  # the head has token authentication off
-    _start(cmd, env, temp_dir, "worker", state, {"head": head})
+    _start(cmd, env, temp_dir, "worker", state, {"head": head, "own_temp_dir": not args.temp_dir})
     print(f"worker node joined {head} (offers {_describe(args, custom)})")
     print(f"stop what this host started: {SCRIPT} stop")
     return 0
 
 
-def _ours(pgid: int, temp_dir: str) -> list[Any]:
+def _ours(pgid: int, marker: Optional[str]) -> list[Any]:
+    """Processes of one recorded node: its process group and whatever names its session."""
     import psutil
 
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmdline = " ".join(proc.info["cmdline"] or [])
-            if temp_dir in cmdline or os.getpgid(proc.pid) == pgid:
+            if (marker and marker in cmdline) or os.getpgid(proc.pid) == pgid:
                 found.append(proc)
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
-    # the group is ours only while something in it still names our temp dir
-    if not any(temp_dir in " ".join(p.info["cmdline"] or []) for p in found):
+    # a recycled group id is not ours: something in the group must still name our session
+    if marker and not any(marker in " ".join(p.info["cmdline"] or []) for p in found):
         return []
     return [p for p in found if p.pid != os.getpid()]
+
+
+def _marker(entry: dict[str, Any]) -> Optional[str]:
+    """The path only this node's processes carry (never a shared temp dir like /tmp/ray)."""
+    if entry.get("session_dir"):
+        return str(entry["session_dir"])
+    return str(entry["temp_dir"]) if entry.get("own_temp_dir") else None
 
 
 def stop_recorded(state: Path, *, only: Optional[Sequence[dict[str, Any]]] = None,
@@ -238,7 +251,7 @@ def stop_recorded(state: Path, *, only: Optional[Sequence[dict[str, Any]]] = Non
         json.loads(p.read_text(encoding="utf-8")) for p in sorted(state.glob("*.json"))]
     entries.sort(key=lambda e: e["role"] == "head")
     for entry in entries:
-        procs = _ours(int(entry["pgid"]), entry["temp_dir"])
+        procs = _ours(int(entry["pgid"]), _marker(entry))
         for proc in procs:
             with _quiet():
                 proc.send_signal(signal.SIGTERM)
@@ -248,7 +261,8 @@ def stop_recorded(state: Path, *, only: Optional[Sequence[dict[str, Any]]] = Non
                 proc.kill()
         psutil.wait_procs(alive, timeout=5)
         (state / f"{entry['role']}-{entry['pgid']}.json").unlink(missing_ok=True)
-        shutil.rmtree(entry["temp_dir"], ignore_errors=True)
+        if entry.get("own_temp_dir"):
+            shutil.rmtree(entry["temp_dir"], ignore_errors=True)
     return entries
 
 
@@ -293,8 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the cluster token file (default: $RAY_AUTH_TOKEN, "
                             "$RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token)")
         p.add_argument("--state-dir", default=None,
-                       help=f"where started nodes are recorded (default ${STATE_ENV} or "
-                            "~/.fedcollab/cluster)")
+                       help="where started nodes are recorded (default "
+                            "$FEDCOLLAB_CLUSTER_STATE or ~/.fedcollab/cluster)")
 
     head = sub.add_parser("head", help="start a head node (token authentication on)")
     head.add_argument("--port", type=int, default=6379)
@@ -304,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     head.set_defaults(func=cmd_head)
     worker = sub.add_parser("worker", help="join a worker node to HEAD:PORT")
     worker.add_argument("head", metavar="HEAD:PORT")
+    worker.add_argument("kind", nargs="?", choices=["vendor"],
+                        help="`vendor`: the same as --vendor-site (older syntax)")
     node_options(worker)
     worker.set_defaults(func=cmd_worker)
     stop = sub.add_parser("stop", help="stop the nodes started from this host's state dir")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -194,5 +195,6 @@ def test_stop_stops_only_the_nodes_it_recorded(real_cluster: RealCluster, tmp_pa
             if str(temp_dir) in " ".join(p.info["cmdline"] or [])]
     assert left == []
     check_reachable(real_cluster.address)  # the fixture's cluster still runs
+    shutil.rmtree(temp_dir, ignore_errors=True)  # given with --temp-dir: stop keeps it
     again = run(["fedcollab.cluster_cli", "stop", "--state-dir", str(tmp_path / "state")], env)
     assert again.returncode == 0 and "nothing to stop" in again.stdout

@@ -72,3 +72,29 @@ def test_use_token_file_missing_or_empty_is_one_line(tmp_path: Path,
                                            ("10.0.0.5", False), ("head.example", False)])
 def test_is_loopback(host: str, expected: bool) -> None:
     assert is_loopback(host) is expected
+
+
+def test_resolve_auto_prefers_ray_address_then_recorded_head(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from fedcollab.cluster import resolve_auto
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert resolve_auto(tmp_path) == "auto"  # nothing recorded: Ray's own auto
+    (tmp_path / "head-1.json").write_text('{"role": "head", "address": "127.0.0.1:6390"}')
+    (tmp_path / "worker-2.json").write_text('{"role": "worker", "head": "127.0.0.1:6390"}')
+    assert resolve_auto(tmp_path) == "127.0.0.1:6390"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert resolve_auto(tmp_path) == "10.0.0.1:6379"
+
+
+def test_resolve_auto_with_two_recorded_clusters_is_one_line(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from fedcollab.cluster import resolve_auto
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "head-1.json").write_text('{"role": "head", "address": "127.0.0.1:6390"}')
+    (tmp_path / "worker-2.json").write_text('{"role": "worker", "head": "10.0.0.9:6379"}')
+    with pytest.raises(ClusterError, match="several clusters.*pass --address HOST:PORT"):
+        resolve_auto(tmp_path)
