@@ -110,8 +110,24 @@ def _record(state: Path, entry: dict[str, Any]) -> Path:
     return path
 
 
+SLOW_START = "timed out during startup"  # Ray's fixed 30 s raylet wait, hit on busy hosts
+
+
 def _start(cmd: list[str], env: dict[str, str], temp_dir: Path, role: str,
            state: Path, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``ray start`` (again once if only Ray's 30 s start-up wait ran out)."""
+    try:
+        return _start_once(cmd, env, temp_dir, role, state, extra)
+    except ClusterError as err:
+        if SLOW_START not in str(err):
+            raise
+        print(f"start-cluster: the {role} was slow to start (busy host); trying once more",
+              file=sys.stderr)
+        return _start_once(cmd, env, temp_dir, role, state, extra)
+
+
+def _start_once(cmd: list[str], env: dict[str, str], temp_dir: Path, role: str,
+                state: Path, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Run ``ray start`` in its own process group and record it; its output on failure."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
