@@ -43,7 +43,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from fedcollab.errors import FedcollabError
 
 __all__ = ["ClusterError", "connect", "check_reachable", "worker_env", "Token", "find_token",
-           "use_token_file", "ensure_token_file", "check_token", "is_loopback", "keep_loopback", "state_dir", "resolve_auto",
+           "use_token_file", "ensure_token_file", "check_token", "is_loopback", "keep_loopback",
+           "state_dir", "resolve_auto",
            "WorkerRequest", "check_placement", "worker_requests",
            "enable_gpu_memory_growth", "device_info"]
 
@@ -241,9 +242,10 @@ def _probe(host: str, port: int, token: Optional[str], timeout: float) -> Option
 
     metadata = [("authorization", f"Bearer {token}")] if token else []
     with grpc.insecure_channel(f"{host}:{port}") as channel:
-        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)  # type: ignore[no-untyped-call]
+        request = gcs_service_pb2.GetClusterIdRequest()  # type: ignore[attr-defined]
         try:
-            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), metadata=metadata,
+            stub.GetClusterId(request, metadata=metadata,
                               timeout=timeout)
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else None
@@ -282,7 +284,7 @@ def _send_token() -> None:
     """Switch Ray in this process (and its children) to presenting the token."""
     os.environ[AUTH_MODE_ENV] = "token"
     try:
-        from ray._raylet import AuthenticationTokenLoader, Config
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
     except ImportError:  # pragma: no cover - older Ray has no token auth
         return
     Config.initialize("")  # re-read RAY_AUTH_MODE, as ray's own _enable_token_auth does

@@ -58,7 +58,7 @@ def _run_ray(argv: Sequence[str]) -> int:
 
     sys.argv = ["ray", *argv]
     try:
-        ray_main()
+        ray_main()  # type: ignore[no-untyped-call]
     except SystemExit as done:
         return int(done.code or 0) if not isinstance(done.code, str) else 1
     return 0

@@ -43,7 +43,8 @@ def env_for(token_path: Optional[Path] = None, home: Optional[Path] = None,
     return env
 
 
-def run(args: list[str], env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], env: dict[str, str],
+        timeout: int = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
 
@@ -99,7 +100,8 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_head_advertises_loopback_and_prints_token_and_next_steps(real_cluster: RealCluster) -> None:
+def test_head_advertises_loopback_and_prints_token_and_next_steps(
+        real_cluster: RealCluster) -> None:
     out = real_cluster.head_output
     assert f"Ray head started at {real_cluster.address} (token authentication on" in out
     assert f"token file: {real_cluster.token}" in out
@@ -109,7 +111,8 @@ def test_head_advertises_loopback_and_prints_token_and_next_steps(real_cluster: 
     assert len([n for n in real_cluster.nodes if n["Alive"]]) == 2
 
 
-def test_run_address_without_token_is_one_line(real_cluster: RealCluster, tmp_path: Path) -> None:
+def test_run_address_without_token_is_one_line(real_cluster: RealCluster,
+                                               tmp_path: Path) -> None:
     result = run(["fedcollab.cli", "run", "examples/multi-node.yaml", "--address",
                   real_cluster.address, "--out", str(tmp_path / "x")], env_for(home=tmp_path))
     assert result.returncode == 1
@@ -117,7 +120,8 @@ def test_run_address_without_token_is_one_line(real_cluster: RealCluster, tmp_pa
     assert not (tmp_path / "x" / "summary.json").exists()
 
 
-def test_run_address_with_wrong_token_is_one_line(real_cluster: RealCluster, tmp_path: Path) -> None:
+def test_run_address_with_wrong_token_is_one_line(real_cluster: RealCluster,
+                                                  tmp_path: Path) -> None:
     result = run(["fedcollab.cli", "run", "examples/multi-node.yaml", "--address",
                   real_cluster.address, "--out", str(tmp_path / "x")],
                  env_for(home=tmp_path, RAY_AUTH_TOKEN="0" * 64))
