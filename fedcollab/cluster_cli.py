@@ -159,6 +159,7 @@ def _env() -> dict[str, str]:
 
 def cmd_head(args: argparse.Namespace) -> int:
     state = _state_dir(args.state_dir)
+    custom = _offers(args)  # bad input fails before anything is written
     if args.token_file or not os.environ.get(TOKEN_ENV):
         token_file = ensure_token_file(args.token_file or os.environ.get(TOKEN_PATH_ENV)
                                        or default_token_path())
@@ -168,7 +169,6 @@ def cmd_head(args: argparse.Namespace) -> int:
     else:
         token_note = f"token: the value of ${TOKEN_ENV} (give joining hosts the same value)"
         token_flag, token_env = "", ""
-    custom = _offers(args)
     temp_dir = Path(args.temp_dir or tempfile.mkdtemp(prefix="fedcollab-ray-", dir="/tmp"))
     extra = {"port": args.port, "own_temp_dir": not args.temp_dir}
     dashboard_port = args.dashboard_port or (8265 if args.dashboard else _free_port())
