@@ -268,7 +268,7 @@ def bench_worker_scaling() -> None:
         seconds.append(ours["rounds_seconds"])
     emit({"bench": "worker_scaling", "workers": [1, 2], "seconds": seconds,
           "speedup": seconds[0] / seconds[1], "clients": 100, "rounds": 20,
-          "cpus": os.cpu_count()})
+          "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0]})
 
 
 BENCHES: dict[str, Callable[[], None]] = {
