@@ -67,7 +67,7 @@ def worker_env() -> dict[str, str]:
     (as :func:`enable_gpu_memory_growth` does), so workers sharing a GPU through
     fractional ``gpus_per_worker`` do not starve each other; no effect on CPU.
     """
-    from fedcollab.participants import TF_ENV
+    from fedcollab.training import TF_ENV
 
     return {**TF_ENV, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 

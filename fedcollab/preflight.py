@@ -30,7 +30,7 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
     facts: dict[str, Any] = {"train_samples": len(data.y_train)}
     secure = sum(g.count for g in spec.participants if g.sharing == "secure")
     if secure:
-        from fedcollab.participants import secagg_params
+        from fedcollab.secure_round import secagg_params
 
         try:
             codec = secagg_params(spec).codec(secure)
