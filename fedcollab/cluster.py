@@ -102,14 +102,14 @@ def keep_loopback() -> None:
     from ray._private import services
 
     original = services.resolve_ip_for_localhost
-    if getattr(original, "_fedcollab_loopback", False):
+    if getattr(services, "_fedcollab_loopback", False):
         return
 
     def resolve(host: str) -> str:
         return host if is_loopback(host) else str(original(host))
 
-    setattr(resolve, "_fedcollab_loopback", True)
     services.resolve_ip_for_localhost = resolve
+    services._fedcollab_loopback = True  # type: ignore[attr-defined]
 
 
 def state_dir() -> Path:
@@ -242,7 +242,7 @@ def _probe(host: str, port: int, token: Optional[str], timeout: float) -> Option
 
     metadata = [("authorization", f"Bearer {token}")] if token else []
     with grpc.insecure_channel(f"{host}:{port}") as channel:
-        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
         request = gcs_service_pb2.GetClusterIdRequest()  # type: ignore[attr-defined]
         try:
             stub.GetClusterId(request, metadata=metadata,

@@ -26,10 +26,20 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from fedcollab.cluster import (AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV,
-                               ClusterError, check_reachable, check_token, default_token_path,
-                               ensure_token_file, is_loopback, keep_loopback, state_dir,
-                               use_token_file)
+from fedcollab.cluster import (
+    AUTH_MODE_ENV,
+    TOKEN_ENV,
+    TOKEN_PATH_ENV,
+    ClusterError,
+    check_reachable,
+    check_token,
+    default_token_path,
+    ensure_token_file,
+    is_loopback,
+    keep_loopback,
+    state_dir,
+    use_token_file,
+)
 
 __all__ = ["main", "build_parser", "stop_recorded"]
 
@@ -58,7 +68,7 @@ def _run_ray(argv: Sequence[str]) -> int:
 
     sys.argv = ["ray", *argv]
     try:
-        ray_main()  # type: ignore[no-untyped-call]
+        ray_main()
     except SystemExit as done:
         return int(done.code or 0) if not isinstance(done.code, str) else 1
     return 0

@@ -9,7 +9,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,7 +20,8 @@ from fedcollab.spec import spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(),
+                    re.M).group(1)  # type: ignore[union-attr]
 RAY_VERSION = "2.60.0"
 
 

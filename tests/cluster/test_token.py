@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fedcollab.cluster import (ClusterError, ensure_token_file, find_token, is_loopback,
-                               use_token_file)
+from fedcollab.cluster import (
+    ClusterError,
+    ensure_token_file,
+    find_token,
+    is_loopback,
+    use_token_file,
+)
 
 
 def test_find_token_env_value_wins_over_path(tmp_path: Path) -> None:
