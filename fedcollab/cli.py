@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output directory (default runs/<name>-<UTC timestamp>/)")
     run.add_argument("--address", default=None,
                      help="Ray cluster address: auto, HOST:PORT or ray://HOST:PORT")
+    run.add_argument("--token-file", default=None,
+                     help="the cluster head's Ray auth token file (default: RAY_AUTH_TOKEN_PATH, "
+                          "RAY_AUTH_TOKEN or ~/.ray/auth_token)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--resume", action="store_true",
                      help="continue from the last checkpoint in --out")
@@ -109,6 +112,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fedcollab.orchestrator import RunOptions, run_job
     from fedcollab.outdir import JobAlreadyFinished
+
+    if args.token_file:
+        from fedcollab.cluster import use_token_file
+
+        use_token_file(args.token_file)
 
     try:
         result = run_job(spec, RunOptions(out_dir=args.out, address=args.address,

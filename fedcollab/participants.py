@@ -13,7 +13,6 @@ worker trains, calls it, and masks secure vectors.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -106,16 +105,10 @@ class ParticipantWorker:
     # ----------------------------------------------------------------- info
     def ready(self) -> dict[str, Any]:
         """Where this worker runs and what it hosts (used by placement tests)."""
-        node_id = ""
-        try:
-            import ray
+        from fedcollab.cluster import device_info
 
-            if ray.is_initialized():
-                node_id = ray.get_runtime_context().get_node_id()
-        except ImportError:  # pragma: no cover - ray is a dependency
-            pass
-        return {"worker": self.worker_index, "node_id": node_id, "host": socket.gethostname(),
-                "pid": os.getpid(), "participants": sorted(self.participants),
+        return {"worker": self.worker_index, **device_info(), "pid": os.getpid(),
+                "participants": sorted(self.participants),
                 "roles": sorted({p.info.role for p in self.participants.values()})}
 
     # ----------------------------------------------------------------- training

@@ -110,13 +110,14 @@ class WorkerPool:
         self.private_pids = [p.pid for p in people if p.private_layers]
         cpus = float(ray.cluster_resources().get("CPU", 1))
         self.plan = plan_workers(spec, people, cpus)
-        missing = {k for resources, _ in self.plan for k in resources} - \
-            set(ray.cluster_resources())
-        if missing:
-            from fedcollab.cluster import ClusterError
+        from fedcollab.cluster import check_placement, worker_requests
 
-            raise ClusterError(f"the cluster has no node with resource(s) "
-                               f"{', '.join(sorted(missing))} that the spec pins groups to")
+        # A request the cluster can never satisfy fails now, in one line, instead of
+        # leaving actors pending forever.
+        self._requests = worker_requests(self.plan,
+                                         cpus_per_worker=spec.resources.cpus_per_worker,
+                                         gpus_per_worker=spec.resources.gpus_per_worker)
+        check_placement(self._requests, ray.nodes())
         self._spec_data = spec_to_dict(spec)
         self.hosted: list[list[int]] = [pids for _, pids in self.plan]
         self.owner: dict[ParticipantId, int] = {pid: w for w, pids in enumerate(self.hosted)
@@ -202,15 +203,14 @@ class WorkerPool:
         return healed
 
     def _check_resources(self, index: int) -> None:
-        resources, _ = self.plan[index]
-        alive = {k for node in self.ray.nodes() if node.get("Alive")
-                 for k in node.get("Resources", {})}
-        missing = sorted(set(resources) - alive)
-        if missing:
-            from fedcollab.cluster import ClusterError
+        """A lost worker's group can only move to a live node that can host it."""
+        from fedcollab.cluster import ClusterError, check_placement
 
-            raise ClusterError(f"worker {index} was lost and no live node offers "
-                               f"{', '.join(missing)} any more; its group cannot run elsewhere")
+        try:
+            check_placement([self._requests[index]], self.ray.nodes())
+        except ClusterError as err:
+            raise ClusterError(f"worker {index} was lost and cannot be placed again: "
+                               f"{err}") from None
 
     def evaluate_personalised(self, weights: Weights, *,
                               classification: bool = True) -> dict[str, float]:

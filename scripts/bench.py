@@ -294,6 +294,18 @@ def bench_cold_start() -> None:
           "job": "examples/community-vendor.yaml"})
 
 
+def bench_worker_scaling() -> None:
+    """The benchmark workload at N=100 on 1 and 2 workers (rounds_seconds, same Ray)."""
+    seconds = []
+    for workers in (1, 2):
+        ours = run_fedcollab(workload_spec(100, name=f"bench-workers-{workers}",
+                                           resources={"workers": workers}))
+        seconds.append(ours["rounds_seconds"])
+    emit({"bench": "worker_scaling", "workers": [1, 2], "seconds": seconds,
+          "speedup": seconds[0] / seconds[1], "clients": 100, "rounds": 20,
+          "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0]})
+
+
 BENCHES: dict[str, Callable[[], None]] = {
     "fedavg_vs_reference": bench_fedavg_vs_reference,
     "memory": bench_memory,
@@ -303,6 +315,7 @@ BENCHES: dict[str, Callable[[], None]] = {
     "dp": bench_dp,
     "optimizers": bench_optimizers,
     "cold_start": bench_cold_start,
+    "worker_scaling": bench_worker_scaling,
 }
 
 
