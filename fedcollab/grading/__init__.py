@@ -1,0 +1,1 @@
+"""Grading: attacks (pure functions) and the scorecard."""
