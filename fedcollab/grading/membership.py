@@ -31,7 +31,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 __all__ = ["MembershipResult", "attack_metrics", "loss_scores", "logit_confidence",
-           "lira_scores", "train_shadows", "ShadowTrainer", "best_of", "chance_tpr"]
+           "lira_scores", "train_shadows", "ShadowTrainer", "best_of", "chance_tpr",
+           "fresh_weights", "trainer_shadows", "predictor"]
 
 # A shadow trainer: (x, y, seed) -> a function from inputs to class probabilities.
 ShadowTrainer = Callable[[np.ndarray, np.ndarray, int], Callable[[np.ndarray], np.ndarray]]
@@ -171,3 +172,44 @@ def chance_tpr(fpr: float) -> float:
 def best_of(results: Sequence[MembershipResult]) -> MembershipResult:
     """The strongest attack: highest TPR at 0.1% FPR, then highest AUC."""
     return max(results, key=lambda r: (r.tpr_at_0_1pct_fpr, r.auc))
+
+
+def fresh_weights(template: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Glorot-uniform kernels and zero biases shaped like `template` (a new shadow's start)."""
+    out = []
+    for w in template:
+        w = np.asarray(w)
+        if w.ndim >= 2:
+            fan_in = int(np.prod(w.shape[:-1]))
+            fan_out = int(w.shape[-1])
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            out.append(rng.uniform(-limit, limit, w.shape).astype(w.dtype))
+        else:
+            out.append(np.zeros_like(w))
+    return out
+
+
+def trainer_shadows(trainer: object, template: Sequence[np.ndarray], *,
+                    epochs: int) -> ShadowTrainer:
+    """A :data:`ShadowTrainer` over a :class:`fedcollab.training.LocalTrainer` (one trace,
+    fresh weights per shadow): the attacker trains like the target was trained."""
+
+    def train(x: np.ndarray, y: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+        rng = np.random.default_rng(seed)
+        result = trainer.train(fresh_weights(template, rng), x, y,  # type: ignore[attr-defined]
+                               rng=rng, epochs=epochs)
+        return predictor(trainer, result.weights)
+
+    return train
+
+
+def predictor(trainer: object, weights: Sequence[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """Class probabilities of `weights` through the trainer's model."""
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        model = trainer.model  # type: ignore[attr-defined]
+        for var, value in zip(model.weights, weights):
+            var.assign(value)
+        return np.asarray(model(np.asarray(x, np.float32), training=False))
+
+    return predict
