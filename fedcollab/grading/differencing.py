@@ -62,17 +62,18 @@ def vendor_by_differencing(open_updates: Mapping[int, np.ndarray],
     Returns:
         The best estimate's error: the vendor's open updates (if any) plus every
         secure sum containing a vendor site; ``min_group_seen`` is the smallest
-        number of participants behind a vector the server holds (1 for an open update).
+        number of participants behind a vector the server holds that carries vendor
+        data (1 for an open vendor update).
     """
     estimate = np.zeros_like(np.asarray(vendor_truth, np.float64))
-    groups: list[int] = []
+    groups: list[int] = []  # sizes of the vectors that hold vendor data
     for pid, update in open_updates.items():
-        groups.append(1)
         if pid in vendor_members:
+            groups.append(1)
             estimate = estimate + np.asarray(update, np.float64)
     for members, total in secure_sums:
-        groups.append(len(members))
         if members & vendor_members:
+            groups.append(len(members))
             # subtract any open contribution known for these members (none, normally)
             estimate = estimate + np.asarray(total, np.float64)
     err = relative_error(estimate, vendor_truth)

@@ -197,7 +197,7 @@ def byzantine_experiment(sim: Simulation, *, rounds: int, fraction: float = 0.2,
     n = len(sim.parts)
     bad = set(range(max(1, int(round(fraction * n)))))
     counts = [float(len(x)) for x, _ in sim.parts]
-    names = list(defences or [d for d in DEFENCES if d != "dp"])
+    names = list(defences or DEFENCES)
     out: dict[str, dict[str, float]] = {}
     probe = sim.honest_updates(sim.weights, 1)
     bound = float(np.median([_norm(u) for u in probe]))

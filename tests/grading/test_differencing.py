@@ -18,7 +18,7 @@ def test_differencing_vendor_only_secure_is_exact() -> None:
     truth = sum(ups[p] for p in vendor)
     result = vendor_by_differencing(open_, secure, truth, vendor)
     assert result.relative_error < 1e-6 and result.exact
-    assert result.min_group_seen == 1
+    assert result.min_group_seen == 3
 
 
 def test_differencing_everyone_secure_is_not_exact() -> None:

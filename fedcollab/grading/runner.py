@@ -1,0 +1,440 @@
+"""`fedcollab grade`: run the task under each policy mix, attack each, write the scorecard.
+
+All runs share one Ray session (:func:`fedcollab.cluster.connect` yields an
+initialised Ray and :func:`fedcollab.orchestrator.run_job` reuses it). They run one
+after the other: each run already spreads its participants over every CPU, so
+running mixes side by side would only queue actors. The attacks are the pure
+functions of this package, run in the driver on what each run produced (final
+weights, per-round metrics) and on a replay of what the server saw.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from fedcollab.errors import FedcollabError
+from fedcollab.grading.report import Scorecard, write_scorecard
+
+__all__ = ["grade", "Budget", "BUDGETS", "GradeError"]
+
+
+class GradeError(FedcollabError):
+    """Grading cannot proceed (bad option, no mix can run)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Budget:
+    shadows: int                # LiRA shadow models
+    shadow_epochs: int          # cap on the shadows' epochs (the target saw rounds x epochs)
+    mia_samples: int            # members (and as many non-members) attacked
+    backdoor_pretrain: int      # honest rounds before the model-replacement round
+    byzantine_rounds: int
+    inversion_open_targets: int
+    gradient_matching: bool
+
+
+BUDGETS = {
+    "fast": Budget(shadows=4, shadow_epochs=20, mia_samples=300, backdoor_pretrain=3,
+                   byzantine_rounds=3, inversion_open_targets=3, gradient_matching=False),
+    "full": Budget(shadows=16, shadow_epochs=60, mia_samples=2000, backdoor_pretrain=10,
+                   byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True),
+}
+
+Progress = Callable[[str, str], None]  # (kind: "mix" | "attack", name)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, t0: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _defence(spec: Any) -> str:
+    if spec.privacy.dp.mode != "none":
+        return "dp"
+    return {"norm_bounded": "norm_bounding", "multi_krum": "krum"}.get(
+        spec.aggregation.rule, spec.aggregation.rule)
+
+
+def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
+          priority: str = "balanced", budget: str = "fast", out: Optional[Union[str, Path]] = None,
+          address: Optional[str] = None, progress: Optional[bool] = None,
+          on_progress: Optional[Progress] = None) -> Scorecard:
+    """Grade a task under each policy mix and write scorecard.{json,md,html} to `out`.
+
+    Args:
+        spec_or_path: a JobSpec or a spec file.
+        mixes: "all" or comma-separated mix names (built-in or the spec's grading.mixes).
+        priority: privacy | utility | cost | balanced (what the recommendation weighs most).
+        budget: fast | full (shadow models, attack rounds, gradient matching).
+        out: output directory (default runs/<name>-grade-<UTC timestamp>/).
+        address: Ray cluster address (None: an embedded local Ray).
+        progress: a rich progress bar on stderr (None: when stderr is a terminal).
+
+    Raises:
+        FedcollabError: a bad spec or option (one line), an unreachable cluster.
+    """
+    from fedcollab.grading.grades import PRIORITIES
+    from fedcollab.spec import JobSpec, read_spec_data, spec_to_dict
+
+    if priority not in PRIORITIES:
+        raise GradeError(f"--priority: got {priority!r}, expected one of {', '.join(PRIORITIES)}")
+    if budget not in BUDGETS:
+        raise GradeError(f"--budget: got {budget!r}, expected one of {', '.join(BUDGETS)}")
+    if isinstance(spec_or_path, JobSpec):
+        spec, data = spec_or_path, spec_to_dict(spec_or_path)
+    else:
+        from fedcollab.spec import load_spec
+
+        spec = load_spec(spec_or_path)  # validates; resolves a data file's path
+        data = read_spec_data(spec_or_path)
+        if spec.task.dataset == "file":
+            data.setdefault("task", {})["path"] = spec.task.path
+    from fedcollab.grading.mixes import mix_spec, select_mixes
+
+    chosen = select_mixes(data, spec, mixes)
+    planned, skipped = [], {}
+    for mix in chosen:
+        mspec, why = mix_spec(data, mix)
+        if mspec is None:
+            skipped[mix.name] = why
+        else:
+            planned.append((mix, mspec))
+    if not planned:
+        raise GradeError("no mix can run on this spec: " +
+                         "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = Path(out) if out is not None else Path("runs") / f"{spec.name}-grade-{stamp}"
+    out_dir = out_dir.resolve()
+    with _Bar(len(planned), enabled=progress) as bar:
+        def report(kind: str, name: str) -> None:
+            bar.step(kind, name)
+            if on_progress is not None:
+                on_progress(kind, name)
+
+        card = _grade(spec, planned, skipped, priority=priority, budget=budget,
+                      out_dir=out_dir, address=address, report=report)
+    card = dataclasses.replace(card, out_dir=str(out_dir))
+    write_scorecard(card, out_dir)
+    return card
+
+
+def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: str,
+           budget: str, out_dir: Path, address: Optional[str],
+           report: Progress) -> Scorecard:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from fedcollab.cluster import connect
+    from fedcollab.orchestrator import _embedded_cpus
+
+    t_start = time.perf_counter()
+    timer = _Timer()
+    custom: dict[str, float] = {}
+    for _, mspec in planned:
+        for group in mspec.participants:
+            for key, amount in group.resources.items():
+                custom[key] = max(custom.get(key, 0.0), float(amount))
+    ctx = _Context(spec, BUDGETS[budget], timer)
+    results = []
+    with connect(address, resources=custom, num_cpus=_embedded_cpus(spec)):
+        from fedcollab.orchestrator import RunOptions, run_job
+
+        for mix, mspec in planned:
+            t0 = time.perf_counter()
+            try:
+                result = run_job(mspec, RunOptions(out_dir=out_dir / "mixes" / mix.name,
+                                                   address=address, quiet=True, progress=False,
+                                                   release=False))
+            except FedcollabError as err:
+                skipped[mix.name] = f"run failed: {err}"
+                timer.add("runs", t0)
+                report("mix", mix.name)
+                continue
+            timer.add("runs", t0)
+            results.append((mix, mspec, result))
+            report("mix", mix.name)
+    if not results:
+        raise GradeError("every mix failed: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    rows, curves = [], {"accuracy": {}, "roc": {}}
+    sims = ctx.simulations(report)
+    for mix, mspec, result in results:
+        row, roc = ctx.measure(mix, mspec, result, sims, report)
+        rows.append(row)
+        curves["accuracy"][mix.name] = [m.get("accuracy") for m in result.metrics
+                                        if m.get("accuracy") is not None]
+        curves["roc"][mix.name] = roc
+    return _finish(spec, rows, skipped, curves, priority=priority, budget=budget,
+                   seconds=time.perf_counter() - t_start, timer=timer, non_members=ctx.non_members)
+
+
+def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curves: Any, *,
+            priority: str, budget: str, seconds: float, timer: _Timer,
+            non_members: int) -> Scorecard:
+    from fedcollab.grading.grades import grade_mix, pareto_front, privacy_score, recommend
+
+    reference = next((r["cost"] for r in rows if r["name"] == "open"), rows[0]["cost"])
+    accs = [r["utility"]["accuracy"] for r in rows if r["utility"].get("accuracy") is not None]
+    best = max(accs) if accs else None
+    base = rows[0]["attacks"]["byzantine"].get("fedavg", {}).get("baseline")
+    for r in rows:
+        r["grades"] = grade_mix(r, reference_cost=reference, best_accuracy=best,
+                                baseline_accuracy=base, non_members=non_members)
+    points = {r["name"]: (privacy_score(r["grades"]) or 0.0, r["utility"].get("accuracy") or 0.0)
+              for r in rows}
+    front = pareto_front(points)
+    scenario = ", ".join(f"{g.count} {g.role} participant(s) '{g.name}'"
+                         for g in spec.participants) + f", {spec.task.dataset}/{spec.task.model}"
+    rec = recommend(rows, front, priority, scenario=scenario)
+    return Scorecard(spec.name, priority, budget, tuple(rows), tuple(front), rec, dict(skipped),
+                     seconds, dict(timer.seconds), curves)
+
+
+class _Context:
+    """Task-wide state shared by every mix: data, a trainer, shadow models."""
+
+    def __init__(self, spec: Any, budget: Budget, timer: _Timer) -> None:
+        from fedcollab.data import load_dataset, participant_indices
+        from fedcollab.models import build_model
+        from fedcollab.training import LocalTrainer, configure_tensorflow
+
+        configure_tensorflow(threads=1, deterministic=True)
+        self.spec, self.budget, self.timer = spec, budget, timer
+        self.data = load_dataset(spec.task, seed=spec.seed)
+        self.classification = self.data.num_classes > 0
+        self.index = participant_indices(spec, self.data.y_train)
+        self.parts = [(self.data.x_train[i], self.data.y_train[i]) for i in self.index]
+        self.model = build_model(spec.task.model, input_shape=self.data.input_shape,
+                                 num_classes=self.data.num_classes, seed=spec.seed)
+        local = spec.local
+        self.trainer = LocalTrainer(self.model, classification=self.classification,
+                                    optimizer=local.optimizer, learning_rate=local.learning_rate,
+                                    batch_size=local.batch_size, epochs=local.epochs,
+                                    proximal_mu=local.proximal_mu)
+        self.w0 = self.trainer.get_weights()
+        self.shapes = [w.shape for w in self.w0]
+        self._shadows: Any = None
+        rng = np.random.default_rng([spec.seed, 31])
+        members = np.concatenate(self.index)
+        n = min(budget.mia_samples, len(members), len(self.data.x_test))
+        self.member_idx = rng.choice(members, size=n, replace=False)
+        self.test_idx = rng.choice(len(self.data.x_test), size=n, replace=False)
+        self.non_members = n
+
+    # ---------------------------------------------------------------- shared experiments
+    def simulations(self, report: Progress) -> dict[str, Any]:
+        from fedcollab.grading.poisoning import (Simulation, backdoor_experiment,
+                                                 byzantine_experiment)
+
+        if not self.classification:
+            return {"backdoor": {}, "byzantine": {}}
+        sim = Simulation(self.trainer, self.w0, self.parts, self.data.x_test, self.data.y_test,
+                         seed=self.spec.seed)
+        attacker = next((i for i, g in enumerate(self._roster()) if g.role == "community"), 0)
+        t0 = time.perf_counter()
+        backdoor = backdoor_experiment(sim, pretrain_rounds=self.budget.backdoor_pretrain,
+                                       attacker=attacker, seed=self.spec.seed)
+        self.timer.add("backdoor", t0)
+        report("attack", "backdoor")
+        t0 = time.perf_counter()
+        byz = byzantine_experiment(sim, rounds=self.budget.byzantine_rounds, fraction=0.2,
+                                   seed=self.spec.seed)
+        self.timer.add("byzantine", t0)
+        report("attack", "byzantine")
+        return {"backdoor": backdoor, "byzantine": byz}
+
+    def _roster(self) -> list[Any]:
+        from fedcollab.participants import roster
+
+        return roster(self.spec)
+
+    def _shadow_models(self) -> tuple[np.ndarray, np.ndarray]:
+        from fedcollab.grading.membership import train_shadows, trainer_shadows
+
+        if self._shadows is None:
+            x, y = self._mia_pool()
+            epochs = min(self.spec.rounds * self.spec.local.epochs, self.budget.shadow_epochs)
+            self._shadows = train_shadows(trainer_shadows(self.trainer, self.w0, epochs=epochs),
+                                          x, y, shadows=self.budget.shadows,
+                                          rng=np.random.default_rng([self.spec.seed, 41]))
+        return self._shadows
+
+    def _mia_pool(self) -> tuple[np.ndarray, np.ndarray]:
+        d = self.data
+        return (np.concatenate([d.x_train[self.member_idx], d.x_test[self.test_idx]]),
+                np.concatenate([d.y_train[self.member_idx], d.y_test[self.test_idx]]))
+
+    # ---------------------------------------------------------------- one mix
+    def measure(self, mix: Any, mspec: Any, result: Any, sims: dict[str, Any],
+                report: Progress) -> tuple[dict[str, Any], tuple[list[float], list[float]]]:
+        summary = result.summary
+        weights = [np.asarray(w) for w in result.weights]
+        t0 = time.perf_counter()
+        membership, roc = self._membership(weights)
+        self.timer.add("membership", t0)
+        report("attack", f"{mix.name}: membership")
+        t0 = time.perf_counter()
+        view = self._replay(mspec, result)
+        inversion = self._inversion(view)
+        self.timer.add("inversion", t0)
+        report("attack", f"{mix.name}: inversion")
+        t0 = time.perf_counter()
+        from fedcollab.grading.replay import differencing_on_view
+
+        differencing = differencing_on_view(view, self.shapes).to_json() if view.vendor_pids \
+            else {"relative_error": None, "exact": False, "min_group_seen": 0,
+                  "note": "no vendor group"}
+        self.timer.add("differencing", t0)
+        t0 = time.perf_counter()
+        from fedcollab.grading.lying_server import lying_server
+
+        lying = lying_server(mspec)
+        self.timer.add("lying_server", t0)
+        report("attack", f"{mix.name}: differencing, lying server")
+        t0 = time.perf_counter()
+        utility = self._utility(mspec, result, weights)
+        self.timer.add("federated_evaluation", t0)
+        people = max(summary["participants"]["total"], 1)
+        rounds = max(summary["rounds_completed"], 1)
+        per_round = people * max(mspec.fraction, 1e-9) if mspec.fraction < 1 else people
+        row = {
+            "name": mix.name, "policy": mix.policy(), "defence": _defence(mspec),
+            "private_layers": any(g.private_layers for g in mspec.participants),
+            "utility": utility,
+            "attacks": {"membership": membership, "inversion": inversion,
+                        "differencing": differencing, "lying_server": lying,
+                        "backdoor": sims["backdoor"], "byzantine": sims["byzantine"]},
+            "privacy": {"epsilon": summary["privacy"].get("epsilon"),
+                        "delta": summary["privacy"].get("delta"),
+                        "noise_multiplier": summary["privacy"].get("noise_multiplier")},
+            "cost": {"seconds_per_round": summary.get("seconds_per_round"),
+                     "bytes_up_per_participant_round": int(summary["bytes_up"] / (per_round * rounds)),
+                     "bytes_down_per_participant_round":
+                         int(summary["bytes_down"] / (per_round * rounds))},
+            "replay_verified": view.verified,
+        }
+        return row, roc
+
+    def _membership(self, weights: list[np.ndarray]) -> tuple[dict[str, Any], Any]:
+        from fedcollab.grading.membership import (attack_metrics, best_of, lira_scores,
+                                                  logit_confidence, loss_scores, predictor)
+
+        if not self.classification:
+            return ({"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None,
+                     "note": "regression task: no class probabilities"}, ([], []))
+        x, y = self._mia_pool()
+        member = np.arange(len(x)) < self.non_members
+        probs = predictor(self.trainer, weights)(x)
+        loss = attack_metrics(loss_scores(probs, y), member)
+        phi, inside = self._shadow_models()
+        lira = attack_metrics(lira_scores(logit_confidence(probs, y), phi, inside), member)
+        best = best_of([loss, lira])
+        out = best.to_json()
+        out.update({"attack": "lira" if best is lira else "loss_threshold",
+                    "loss_threshold": loss.to_json(), "lira": lira.to_json(),
+                    "shadows": int(phi.shape[0]), "members": int(member.sum()),
+                    "non_members": int((~member).sum()), "target": "released model"})
+        return out, (best.fpr, best.tpr)
+
+    def _replay(self, mspec: Any, result: Any) -> Any:
+        from fedcollab.grading.replay import replay_round
+        from fedcollab.models import private_weight_indices
+
+        private_layers = next((g.private_layers for g in mspec.participants if g.private_layers),
+                              ())
+        private = private_weight_indices(self.model, private_layers) if private_layers else []
+        logged = result.metrics[0].get("update_sha256") if result.metrics else None
+        z = float(result.summary["privacy"].get("noise_multiplier") or 0.0)
+        return replay_round(mspec, self.trainer, self.w0, self.parts, private,
+                            logged=logged, noise_multiplier=z)
+
+    def _inversion(self, view: Any) -> dict[str, Any]:
+        from fedcollab.grading.inversion import first_dense_indices
+        from fedcollab.grading.replay import inversion_on_view
+
+        dense = first_dense_indices(self.model)
+        if dense is None:
+            return {"psnr_db": None, "relative_error": None, "exact": False, "target": "none",
+                    "note": "the model has no dense layer on its input; analytic inversion "
+                            "does not apply"}
+        x = self.data.x_train
+        flat = x.reshape(len(x), -1)
+        span = float(flat.max() - flat.min()) or 1.0
+        if flat.min() < 0 or flat.max() > 1:
+            return {"psnr_db": None, "relative_error": None, "exact": False, "target": "none",
+                    "note": f"inputs outside [0, 1] (range {span:.3g}); PSNR needs a data range"}
+        parts = [(p[0].reshape(len(p[0]), -1), p[1]) for p in self.parts]
+        row = inversion_on_view(view, dense, parts, flat.mean(axis=0),
+                                max_open=self.budget.inversion_open_targets)
+        if row.get("psnr_db") is not None and not math.isfinite(row["psnr_db"]):
+            row["psnr_db"] = 200.0  # exact: report a finite ceiling (strict JSON)
+        return row
+
+    def _utility(self, mspec: Any, result: Any, weights: list[np.ndarray]) -> dict[str, Any]:
+        from fedcollab.grading.replay import federated_evaluation
+        from fedcollab.io import load_npz
+        from fedcollab.participants import roster
+
+        s = result.summary
+        own: dict[int, list[np.ndarray]] = {}
+        for p in roster(mspec):
+            path = Path(result.out_dir) / "checkpoints" / "private" / f"participant-{p.pid:05d}.npz"
+            if p.private_layers and path.exists():
+                arrays, _ = load_npz(path)
+                mine = list(weights)
+                for key, value in arrays.items():
+                    mine[int(key[1:])] = value
+                own[p.pid] = mine
+        out: dict[str, Any] = {"accuracy": s.get("final_accuracy"), "loss": s.get("final_loss"),
+                               "vendor_accuracy": None, "public_accuracy": None, "per_group": {}}
+        if self.classification:
+            groups, vendor = federated_evaluation(mspec, self.trainer, weights, self.parts,
+                                                  self.data.x_test, self.data.y_test, own=own)
+            out["per_group"] = groups
+            out.update(vendor)
+        return out
+
+
+class _Bar:
+    """Mixes and attacks as they finish (rich, on stderr)."""
+
+    def __init__(self, mixes: int, *, enabled: Optional[bool]) -> None:
+        import sys
+
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.mixes = mixes
+        self._progress: Any = None
+
+    def __enter__(self) -> "_Bar":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+
+            self._progress = Progress(TextColumn("[bold]{task.description}"),
+                                      MofNCompleteColumn(), BarColumn(),
+                                      TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
+                                      console=Console(stderr=True))
+            self._progress.__enter__()
+            self._mix = self._progress.add_task("mixes run", total=self.mixes, last="")
+            self._attack = self._progress.add_task("attacks", total=self.mixes * 3 + 2, last="")
+        return self
+
+    def step(self, kind: str, name: str) -> None:
+        if self._progress is not None:
+            task = self._mix if kind == "mix" else self._attack
+            self._progress.update(task, advance=1, last=name)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
