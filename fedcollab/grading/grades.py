@@ -12,7 +12,7 @@ import math
 from typing import Any, Mapping, Optional, Sequence
 
 __all__ = ["GRADES", "NA", "grade_membership", "grade_inversion", "grade_confidentiality",
-           "grade_backdoor", "grade_byzantine", "grade_privacy_budget", "grade_cost",
+           "grade_backdoor", "grade_byzantine", "grade_lying_server", "grade_privacy_budget", "grade_cost",
            "grade_utility", "grade_mix", "privacy_score", "pareto_front", "recommend",
            "PRIORITIES"]
 
@@ -77,20 +77,33 @@ def grade_inversion(inv: Mapping[str, Any]) -> str:
 
 
 def grade_confidentiality(diff: Mapping[str, Any], lying: Mapping[str, Any]) -> str:
-    """The vendor's confidentiality: F when anything recovers its aggregate exactly."""
+    """The vendor's confidentiality against the server model the spec declares.
+
+    F when differencing recovers the vendor's aggregate exactly, or when the spec
+    declares a malicious server model and the lying-server replay still recovers
+    the target (the protocol fails its own claim). Against an honest-but-curious
+    model the lying server has its own axis (:func:`grade_lying_server`).
+    """
     err = _num(diff.get("relative_error"))
-    if err is None and lying.get("recovered") is None:
-        return NA
-    if diff.get("exact") or lying.get("recovered"):
-        return "F"
     if err is None:
         return NA
+    if diff.get("exact") or (lying.get("recovered") and lying.get("server") == "malicious"):
+        return "F"
     if err < 0.1:
         return "D"
     if err < 0.5:
         return "C"
     group = int(diff.get("min_group_seen") or 0)
     return "A" if group >= 10 else ("B" if group >= 5 else "C")
+
+
+def grade_lying_server(lying: Mapping[str, Any], confidentiality: str) -> str:
+    """F when a server deviating from the protocol reads a participant's input; A when
+    the replay failed against the participants' real code. Without a secure group
+    there is nothing more for a lying server to learn than for an honest one."""
+    if lying.get("recovered") is None:
+        return confidentiality
+    return "F" if lying["recovered"] else "A"
 
 
 BACKDOOR_LIMITS = (0.20, 0.50, 0.80)
@@ -164,11 +177,13 @@ def grade_mix(mix: Mapping[str, Any], *, reference_cost: Mapping[str, Any],
     attacks = mix["attacks"]
     own = mix.get("defence", "fedavg")
     backdoor = attacks.get("backdoor", {})
+    confidentiality = grade_confidentiality(attacks.get("differencing", {}),
+                                            attacks.get("lying_server", {}))
     return {
         "membership": grade_membership(attacks.get("membership", {}), non_members=non_members),
         "inversion": grade_inversion(attacks.get("inversion", {})),
-        "confidentiality": grade_confidentiality(attacks.get("differencing", {}),
-                                                 attacks.get("lying_server", {})),
+        "confidentiality": confidentiality,
+        "lying_server": grade_lying_server(attacks.get("lying_server", {}), confidentiality),
         "backdoor": grade_backdoor(backdoor.get(own), backdoor.get("clean")),
         "byzantine": grade_byzantine(attacks.get("byzantine", {}).get(own), baseline_accuracy),
         "privacy_budget": grade_privacy_budget(mix["privacy"].get("epsilon")),
@@ -177,7 +192,7 @@ def grade_mix(mix: Mapping[str, Any], *, reference_cost: Mapping[str, Any],
     }
 
 
-PRIVACY_AXES = ("membership", "inversion", "confidentiality", "privacy_budget")
+PRIVACY_AXES = ("membership", "inversion", "confidentiality", "lying_server", "privacy_budget")
 _POINTS = {"A": 4.0, "B": 3.0, "C": 2.0, "D": 1.0, "F": 0.0}
 
 

@@ -222,6 +222,7 @@ class _Context:
                                     batch_size=local.batch_size, epochs=local.epochs,
                                     proximal_mu=local.proximal_mu)
         self.w0 = self.trainer.get_weights()
+        self.scale = float(max(len(i) for i in self.index))  # the secure sum's n_i scale
         self.shapes = [w.shape for w in self.w0]
         self._shadows: Any = None
         rng = np.random.default_rng([spec.seed, 31])
@@ -298,7 +299,9 @@ class _Context:
         t0 = time.perf_counter()
         from fedcollab.grading.lying_server import lying_server
 
-        lying = lying_server(mspec)
+        secure_pid = view.secure_pids[0] if view.secure_pids else None
+        lying = lying_server(mspec, None if secure_pid is None else np.append(
+            view.vector(secure_pid, self.shapes, clean=True) / self.scale, 1.0))
         self.timer.add("lying_server", t0)
         report("attack", f"{mix.name}: differencing, lying server")
         t0 = time.perf_counter()
