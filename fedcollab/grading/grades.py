@@ -250,7 +250,9 @@ def recommend(mixes: Sequence[Mapping[str, Any]], front: Sequence[str], priority
         f"on the {att['inversion'].get('target', 'update')} ({g['inversion']}), the vendor's "
         f"aggregate {'recovered exactly' if att['differencing'].get('exact') else 'not isolated'} "
         f"by differencing (relative error {att['differencing'].get('relative_error') or 0:.3g}, "
-        f"confidentiality {g['confidentiality']}), epsilon "
+        f"confidentiality {g['confidentiality']}), a server that lies "
+        f"{'reads' if att['lying_server'].get('recovered') else 'does not read'} a secure "
+        f"participant's input (lying server {g['lying_server']}), epsilon "
         f"{'unbounded (no DP)' if eps is None else f'{eps:.2f}'} ({g['privacy_budget']}).",
         f"Security: backdoor {g['backdoor']}, Byzantine {g['byzantine']} under its rule "
         f"'{best.get('defence', 'fedavg')}'.",
