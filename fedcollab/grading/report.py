@@ -66,6 +66,7 @@ def _rows(card: Scorecard) -> list[list[str]]:
             f"({g['inversion']})",
             f"{_fmt(a['differencing'].get('relative_error'))}"
             f"{' exact' if a['differencing'].get('exact') else ''} ({g['confidentiality']})",
+            f"{_fmt(a['lying_server'].get('recovered'))} ({g.get('lying_server', 'N/A')})",
             f"{_fmt(m['privacy'].get('epsilon'), 2) if m['privacy'].get('epsilon') is not None else '∞'}"
             f" ({g['privacy_budget']})",
             f"{_fmt(a['backdoor'].get(m.get('defence', 'fedavg'), {}).get('success_rate'))} "
@@ -78,7 +79,7 @@ def _rows(card: Scorecard) -> list[list[str]]:
 
 
 HEADER = ["mix", "accuracy", "membership AUC", "inversion", "vendor differencing rel. err",
-          "epsilon", "backdoor success", "Byzantine accuracy", "s/round"]
+          "lying server reads input", "epsilon", "backdoor success", "Byzantine accuracy", "s/round"]
 
 
 def render_markdown(card: Scorecard) -> str:
