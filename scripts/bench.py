@@ -259,6 +259,20 @@ def bench_secure_dropout() -> None:
               "no_dropout_seconds": base, "expected_dropout": 0.1})
 
 
+def bench_grade() -> None:
+    """`fedcollab grade examples/community-vendor.yaml --budget fast`, timed."""
+    from fedcollab.grading import grade
+
+    with tempfile.TemporaryDirectory(prefix="fedcollab-bench-grade-") as tmp:
+        t0 = time.perf_counter()
+        card = grade(ROOT / "examples" / "community-vendor.yaml", budget="fast", out=tmp,
+                     progress=False)
+        seconds = time.perf_counter() - t0
+    emit({"bench": "grade", "budget": "fast", "seconds": seconds,
+          "per_attack_seconds": dict(card.per_attack_seconds), "mixes": len(card.mixes),
+          "load_average": os.getloadavg()[0]})
+
+
 BENCHES: dict[str, Callable[[], None]] = {
     "fedavg_vs_reference": bench_fedavg_vs_reference,
     "memory": bench_memory,
@@ -267,6 +281,7 @@ BENCHES: dict[str, Callable[[], None]] = {
     "secure_dropout": bench_secure_dropout,
     "dp": bench_dp,
     "optimizers": bench_optimizers,
+    "grade": bench_grade,
 }
 
 
