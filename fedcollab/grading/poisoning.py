@@ -26,7 +26,7 @@ idea in two lines.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -43,12 +43,13 @@ class Defence:
 
     name: str
     rule: str = "fedavg"
-    options: Mapping[str, Any] = None  # type: ignore[assignment]
+    options: Mapping[str, Any] = field(default_factory=dict)
     dp_z: Optional[float] = None        # noise multiplier; clip norm is the bound
 
 
 def _defences(bound: float, n: int) -> list[Defence]:
-    f = max(1, min((n - 3) // 2, 1))
+    """The rules compared; Krum assumes one attacker (f = 1, the backdoor's count)."""
+    f = 1
     return [Defence("fedavg", "fedavg", {}),
             Defence("median", "median", {}),
             Defence("trimmed_mean", "trimmed_mean", {"beta": 0.2}),
@@ -111,11 +112,11 @@ class Simulation:
         from fedcollab.privacy import central_dp_mean
 
         if defence.dp_z is not None:
-            bound = float(dict(defence.options or {})["bound"])
+            bound = float(dict(defence.options)["bound"])
             delta = central_dp_mean(updates, noise_multiplier=defence.dp_z, clip_norm=bound,
                                     rng=rng)
         else:
-            delta = aggregate(defence.rule, updates, counts, **dict(defence.options or {}))
+            delta = aggregate(defence.rule, updates, counts, **dict(defence.options))
         return [(w + np.asarray(d, dtype=np.float64)).astype(w.dtype)
                 for w, d in zip(weights, delta)]
 

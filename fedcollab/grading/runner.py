@@ -379,9 +379,37 @@ class _Context:
         parts = [(p[0].reshape(len(p[0]), -1), p[1]) for p in self.parts]
         row = inversion_on_view(view, dense, parts, flat.mean(axis=0),
                                 max_open=self.budget.inversion_open_targets)
+        if self.budget.gradient_matching:
+            row["gradient_matching"] = self._gradient_matching(view)
         if row.get("psnr_db") is not None and not math.isfinite(row["psnr_db"]):
             row["psnr_db"] = 200.0  # exact: report a finite ceiling (strict JSON)
         return row
+
+    def _gradient_matching(self, view: Any) -> dict[str, Any]:
+        """Zhu et al. 2019 on the first open update, when it comes from a small batch
+        (one local step on at most 8 examples: the regime the attack is known for)."""
+        from fedcollab.grading.inversion import gradient_matching, score_reconstructions
+
+        small = [p for p in view.open_pids if len(self.parts[p][0]) <= 8
+                 and len(self.parts[p][0]) <= self.spec.local.batch_size
+                 and self.spec.local.epochs == 1 and self.spec.local.optimizer == "sgd"
+                 and not view.dp]
+        if not small:
+            return {"applied": False, "note": "no open update from one step on <= 8 examples"}
+        pid = small[0]
+        x = self.parts[pid][0]
+        observed = [np.zeros_like(w) if d is None else -np.asarray(d) / self.spec.local.learning_rate
+                    for d, w in zip(view.clean[pid], self.w0)]
+        from fedcollab.models import build_model
+
+        model = build_model(self.spec.task.model, input_shape=self.data.input_shape,
+                            num_classes=self.data.num_classes, seed=self.spec.seed)
+        recon = gradient_matching(model, self.w0, observed, batch=len(x),
+                                  num_classes=self.data.num_classes, steps=300,
+                                  learning_rate=0.05, seed=self.spec.seed)
+        res = score_reconstructions(recon, x.reshape(len(x), -1))
+        return {"applied": True, "psnr_db": min(res.psnr_db, 200.0),
+                "relative_error": res.relative_error, "participant": pid}
 
     def _utility(self, mspec: Any, result: Any, weights: list[np.ndarray]) -> dict[str, Any]:
         from fedcollab.grading.replay import federated_evaluation
