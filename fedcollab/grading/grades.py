@@ -12,7 +12,8 @@ import math
 from typing import Any, Mapping, Optional, Sequence
 
 __all__ = ["GRADES", "NA", "grade_membership", "grade_inversion", "grade_confidentiality",
-           "grade_backdoor", "grade_byzantine", "grade_lying_server", "grade_privacy_budget", "grade_cost",
+           "grade_backdoor", "grade_byzantine", "grade_lying_server", "grade_privacy_budget",
+           "grade_cost",
            "grade_utility", "grade_mix", "privacy_score", "pareto_front", "recommend",
            "PRIORITIES"]
 

@@ -73,8 +73,8 @@ def sybil_key_substitution(target_vector: np.ndarray, params: Any, *, group_size
                                  note=f"round aborted: {type(err).__name__}")
     if target not in result.survivors or target in result.rejected:
         return LyingServerResult(False, None, server_model, note="the target refused")
-    err = relative_error(result.total, vectors[target])
-    return LyingServerResult(err < 1e-3, err, server_model,
+    error = relative_error(result.total, vectors[target])
+    return LyingServerResult(error < 1e-3, error, server_model,
                              note="the server ran every partner of the target")
 
 

@@ -151,7 +151,8 @@ def train_shadows(train: ShadowTrainer, x: np.ndarray, y: np.ndarray, *, shadows
     n = len(x)
     if shadows < 2:
         raise ValueError(f"train_shadows: got {shadows} shadows, need at least 2")
-    phis, masks = [], []
+    phis: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
     for j in range(shadows):
         if j % 2 == 0:
             mask = np.zeros(n, bool)

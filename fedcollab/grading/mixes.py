@@ -98,7 +98,7 @@ def select_mixes(data: Mapping[str, Any], spec: JobSpec, which: str) -> list[Mix
                                "the spec's own mix (grading.mixes)")
     if which.strip() in ("", "all"):
         return list(known.values())
-    chosen = []
+    chosen: list[Mix] = []
     for name in (n.strip() for n in which.split(",") if n.strip()):
         if name not in known:
             raise SpecError(f"--mixes: unknown mix {name!r}; known: {', '.join(known)}")

@@ -89,8 +89,9 @@ class Simulation:
         seed: randomness of local shuffles (one stream per participant and round).
     """
 
-    def __init__(self, trainer: Any, weights: Weights, parts: Sequence[tuple[np.ndarray, np.ndarray]],
-                 x_test: np.ndarray, y_test: np.ndarray, *, seed: int) -> None:
+    def __init__(self, trainer: Any, weights: Weights,
+                 parts: Sequence[tuple[np.ndarray, np.ndarray]], x_test: np.ndarray,
+                 y_test: np.ndarray, *, seed: int) -> None:
         self.trainer = trainer
         self.weights = [np.asarray(w) for w in weights]
         self.parts = list(parts)

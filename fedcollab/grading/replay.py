@@ -16,8 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from fedcollab.grading.differencing import DifferencingResult, vendor_by_differencing
-from fedcollab.grading.inversion import (InversionResult, invert_per_neuron, invert_single,
-                                         psnr)
+from fedcollab.grading.inversion import invert_per_neuron, invert_single, psnr
 
 __all__ = ["RoundView", "replay_round", "inversion_on_view", "differencing_on_view",
            "federated_evaluation", "held_out_for"]
@@ -126,8 +125,10 @@ def inversion_on_view(view: RoundView, dense: tuple[int, int],
                             np.asarray(d[k], np.float64), np.asarray(d[b], np.float64)))
     sharing = [p for p in view.secure_pids if view.deltas[p][k] is not None]
     if sharing:
-        kern = sum(np.asarray(view.deltas[p][k], np.float64) * view.weights[p] for p in sharing)
-        bias = sum(np.asarray(view.deltas[p][b], np.float64) * view.weights[p] for p in sharing)
+        kern = np.sum([np.asarray(view.deltas[p][k], np.float64) * view.weights[p]
+                       for p in sharing], axis=0)
+        bias = np.sum([np.asarray(view.deltas[p][b], np.float64) * view.weights[p]
+                       for p in sharing], axis=0)
         targets.append(("dp sum" if view.dp else "secure sum", sharing, kern, bias))
     worst: Optional[dict[str, Any]] = None
     for label, pids, kern, bias in targets:
@@ -139,7 +140,7 @@ def inversion_on_view(view: RoundView, dense: tuple[int, int],
             continue
         rel, best_psnr = _score(cands, truths)
         _, base_psnr = _score(np.asarray(mean_image, np.float64).reshape(1, -1), truths)
-        row = {"psnr_db": best_psnr, "relative_error": rel, "exact": rel < 1e-3,
+        row: dict[str, Any] = {"psnr_db": best_psnr, "relative_error": rel, "exact": rel < 1e-3,
                "target": label, "baseline_psnr_db": base_psnr, "contributors": len(pids)}
         if worst is None or row["psnr_db"] - row["baseline_psnr_db"] > \
                 worst["psnr_db"] - worst["baseline_psnr_db"]:
@@ -154,8 +155,9 @@ def differencing_on_view(view: RoundView, shapes: Sequence[tuple[int, ...]]
     vendor = frozenset(view.vendor_pids)
     open_updates = {p: view.vector(p, shapes) for p in view.open_pids}
     secure = [(frozenset(view.secure_pids),
-               sum(view.vector(p, shapes) for p in view.secure_pids))] if view.secure_pids else []
-    truth = sum(view.vector(p, shapes, clean=True) for p in view.vendor_pids)
+               np.sum([view.vector(p, shapes) for p in view.secure_pids], axis=0))
+              ] if view.secure_pids else []
+    truth = np.sum([view.vector(p, shapes, clean=True) for p in view.vendor_pids], axis=0)
     return vendor_by_differencing(open_updates, secure, truth, vendor)
 
 

@@ -54,6 +54,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _epsilon(value: Any) -> str:
+    return "∞" if value is None else _fmt(value, 2)
+
+
 def _rows(card: Scorecard) -> list[list[str]]:
     rows = []
     for m in card.mixes:
@@ -67,7 +71,7 @@ def _rows(card: Scorecard) -> list[list[str]]:
             f"{_fmt(a['differencing'].get('relative_error'))}"
             f"{' exact' if a['differencing'].get('exact') else ''} ({g['confidentiality']})",
             f"{_fmt(a['lying_server'].get('recovered'))} ({g.get('lying_server', 'N/A')})",
-            f"{_fmt(m['privacy'].get('epsilon'), 2) if m['privacy'].get('epsilon') is not None else '∞'}"
+            f"{_epsilon(m['privacy'].get('epsilon'))}"
             f" ({g['privacy_budget']})",
             f"{_fmt(a['backdoor'].get(m.get('defence', 'fedavg'), {}).get('success_rate'))} "
             f"({g['backdoor']})",
@@ -79,7 +83,8 @@ def _rows(card: Scorecard) -> list[list[str]]:
 
 
 HEADER = ["mix", "accuracy", "membership AUC", "inversion", "vendor differencing rel. err",
-          "lying server reads input", "epsilon", "backdoor success", "Byzantine accuracy", "s/round"]
+          "lying server reads input", "epsilon", "backdoor success", "Byzantine accuracy",
+          "s/round"]
 
 
 def render_markdown(card: Scorecard) -> str:
@@ -186,7 +191,8 @@ def render_html(card: Scorecard, pngs: Mapping[str, bytes]) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>Scorecard: {esc(card.spec)}</title>
 <style>
 body{{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}}
-table{{border-collapse:collapse;font-size:14px}}th,td{{border:1px solid #bbb;padding:4px 8px;text-align:left}}
+table{{border-collapse:collapse;font-size:14px}}
+th,td{{border:1px solid #bbb;padding:4px 8px;text-align:left}}
 th{{background:#eee}}figure{{display:inline-block;margin:1em}}img{{max-width:540px}}
 .rec{{background:#f4f8ff;border-left:4px solid #36c;padding:0.5em 1em}}
 </style></head><body>

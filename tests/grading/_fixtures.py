@@ -4,8 +4,6 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
-
 
 @lru_cache(maxsize=1)
 def digits() -> Any:

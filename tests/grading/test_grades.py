@@ -4,10 +4,21 @@ from typing import Any
 
 import pytest
 
-from fedcollab.grading.grades import (NA, grade_backdoor, grade_byzantine, grade_confidentiality,
-                                      grade_cost, grade_inversion, grade_lying_server,
-                                      grade_membership, grade_mix, grade_privacy_budget,
-                                      grade_utility, pareto_front, recommend)
+from fedcollab.grading.grades import (
+    NA,
+    grade_backdoor,
+    grade_byzantine,
+    grade_confidentiality,
+    grade_cost,
+    grade_inversion,
+    grade_lying_server,
+    grade_membership,
+    grade_mix,
+    grade_privacy_budget,
+    grade_utility,
+    pareto_front,
+    recommend,
+)
 
 
 def test_grade_confidentiality_exact_differencing_is_f() -> None:

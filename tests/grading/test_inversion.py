@@ -5,14 +5,23 @@ import math
 import numpy as np
 import pytest
 
-from fedcollab.grading.inversion import (first_dense_indices, gradient_matching,
-                                         invert_per_neuron, invert_single,
-                                         mean_image_baseline, psnr, relative_error,
-                                         score_reconstructions)
+from fedcollab.grading.inversion import (
+    first_dense_indices,
+    gradient_matching,
+    invert_per_neuron,
+    invert_single,
+    mean_image_baseline,
+    psnr,
+    relative_error,
+    score_reconstructions,
+)
 from tests.grading._fixtures import digits, mlp_trainer
 
+Updates = list[list[np.ndarray]]
 
-def _single_example_updates(count: int) -> tuple[list[list[np.ndarray]], np.ndarray, tuple[int, int], list[np.ndarray]]:
+
+def _single_example_updates(count: int) -> tuple[Updates, np.ndarray, tuple[int, int],
+                                                 list[np.ndarray]]:
     data = digits()
     model, trainer = mlp_trainer(batch_size=1)
     w0 = trainer.get_weights()

@@ -3,9 +3,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedcollab.grading.membership import (attack_metrics, fresh_weights, lira_scores,
-                                          logit_confidence, loss_scores, predictor,
-                                          train_shadows, trainer_shadows)
+from fedcollab.grading.membership import (
+    attack_metrics,
+    fresh_weights,
+    lira_scores,
+    logit_confidence,
+    loss_scores,
+    predictor,
+    train_shadows,
+    trainer_shadows,
+)
 from tests.grading._fixtures import digits, mlp_trainer
 
 

@@ -2,8 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedcollab.grading.poisoning import (Simulation, apply_trigger, backdoor_experiment,
-                                         byzantine_experiment)
+from fedcollab.grading.poisoning import (
+    Simulation,
+    apply_trigger,
+    backdoor_experiment,
+    byzantine_experiment,
+)
 from tests.grading._fixtures import digits, mlp_trainer
 
 
