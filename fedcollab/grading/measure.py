@@ -137,7 +137,10 @@ class TaskMeasurer:
         summary = result.summary
         weights = [np.asarray(w) for w in result.weights]
         t0 = time.perf_counter()
+        own = self._own_models(mspec, result, weights)
         membership, roc = self._membership(weights)
+        if own:
+            membership["vendor_model"] = self._vendor_membership(own)
         self.timer.add("membership", t0)
         report("attack", f"{mix.name}: membership")
         t0 = time.perf_counter()
@@ -161,7 +164,7 @@ class TaskMeasurer:
         self.timer.add("lying_server", t0)
         report("attack", f"{mix.name}: differencing, lying server")
         t0 = time.perf_counter()
-        utility = self._utility(mspec, result, weights)
+        utility = self._utility(mspec, result, weights, own)
         self.timer.add("federated_evaluation", t0)
         people = max(summary["participants"]["total"], 1)
         rounds = max(summary["rounds_completed"], 1)
@@ -275,12 +278,13 @@ class TaskMeasurer:
         return {"applied": True, "psnr_db": min(res.psnr_db, 200.0),
                 "relative_error": res.relative_error, "participant": pid}
 
-    def _utility(self, mspec: Any, result: Any, weights: list[np.ndarray]) -> dict[str, Any]:
-        from fedcollab.grading.replay import federated_evaluation
+    def _own_models(self, mspec: Any, result: Any, weights: list[np.ndarray]
+                    ) -> dict[int, list[np.ndarray]]:
+        """Each vendor site's own model: the release with its private layers put back
+        (from the private checkpoints the run wrote on the vendor's side)."""
         from fedcollab.io import load_npz
         from fedcollab.participants import roster
 
-        s = result.summary
         own: dict[int, list[np.ndarray]] = {}
         for p in roster(mspec):
             path = Path(result.out_dir) / "checkpoints" / "private" / f"participant-{p.pid:05d}.npz"
@@ -290,6 +294,30 @@ class TaskMeasurer:
                 for key, value in arrays.items():
                     mine[int(key[1:])] = value
                 own[p.pid] = mine
+        return own
+
+    def _vendor_membership(self, own: dict[int, list[np.ndarray]]) -> dict[str, Any]:
+        """Loss-threshold attack on each vendor site's own model, its training examples
+        against as many test examples; the site most exposed is reported."""
+        from fedcollab.grading.membership import attack_metrics, loss_scores, predictor
+
+        best: dict[str, Any] = {}
+        for pid, mine in own.items():
+            x_in, y_in = self.parts[pid]
+            n = min(len(x_in), len(self.data.x_test))
+            x = np.concatenate([x_in[:n], self.data.x_test[self.test_idx][:n]])
+            y = np.concatenate([y_in[:n], self.data.y_test[self.test_idx][:n]])
+            member = np.arange(len(x)) < n
+            result = attack_metrics(loss_scores(predictor(self.trainer, mine)(x), y), member)
+            if not best or result.auc > best["auc"]:
+                best = dict(result.to_json(), participant=pid, attack="loss_threshold")
+        return best
+
+    def _utility(self, mspec: Any, result: Any, weights: list[np.ndarray],
+                 own: dict[int, list[np.ndarray]]) -> dict[str, Any]:
+        from fedcollab.grading.replay import federated_evaluation
+
+        s = result.summary
         out: dict[str, Any] = {"accuracy": s.get("final_accuracy"), "loss": s.get("final_loss"),
                                "vendor_accuracy": None, "public_accuracy": None, "per_group": {}}
         if self.classification:
