@@ -19,7 +19,7 @@ __all__ = ["main", "build_parser"]
 
 EXAMPLES = {
     "run": "fedcollab run examples/community-vendor.yaml --out runs/demo --set rounds=5",
-    "validate": "fedcollab validate examples/community-vendor.yaml --set participants.0.count=20",
+    "validate": "fedcollab validate examples/community-vendor.yaml --deep --set rounds=5",
     "verify": "fedcollab verify runs/demo/release --public-key publisher.pem",
     "grade": "fedcollab grade examples/community-vendor.yaml --budget fast --out runs/grade",
 }
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = _command(sub, "validate", "check a job spec without running it")
     _spec_args(validate)
     validate.add_argument("--json", action="store_true", help="print the resolved spec as JSON")
+    validate.add_argument("--deep", action="store_true",
+                          help="also build the model (imports TensorFlow) and check its layers "
+                               "and shapes against the data")
 
     verify = _command(sub, "verify", "check a release's hashes and Ed25519 signature")
     verify.add_argument("release_dir", type=Path, help="the release/ directory of a job")
@@ -103,6 +106,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     spec = _load(args)
     facts = preflight(spec)
+    if args.deep:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from fedcollab.orchestrator import _Driver
+
+        _Driver.build(spec)
     if args.json:
         print(json.dumps(spec_to_dict(spec), indent=2))
     else:
@@ -113,17 +121,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if not args.quiet and sys.stderr.isatty():
+        print(f"fedcollab: reading {args.spec}", file=sys.stderr, flush=True)
     spec = _load(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fedcollab.preflight import preflight
-
-    preflight(spec)
     from fedcollab.orchestrator import RunOptions, run_job
+    from fedcollab.outdir import JobAlreadyFinished
 
-    if args.resume and args.out is None:
-        raise FedcollabError("--resume needs --out DIR (the job's output directory)")
-    result = run_job(spec, RunOptions(out_dir=args.out, address=args.address, quiet=args.quiet,
-                                      resume=args.resume))
+    try:
+        result = run_job(spec, RunOptions(out_dir=args.out, address=args.address,
+                                          quiet=args.quiet, resume=args.resume))
+    except JobAlreadyFinished as done:
+        print(f"fedcollab: {done}")
+        return 0
     s = result.summary
     figure = (f"accuracy {s['final_accuracy']:.4f}" if s.get("final_accuracy") is not None
               else f"loss {s['final_loss']:.4f}")
@@ -136,9 +146,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from fedcollab.release import verify_release
 
     result = verify_release(args.release_dir, public_key=args.public_key)
-    who = "the given public key" if result.signer_checked else \
-        "the key shipped in the release (integrity only; pass --public-key to check the signer)"
-    print(f"ok: {result.name}: {result.files} file(s) match the manifest; signature valid for {who}")
+    if result.signer_checked:
+        print(f"ok: {result.name}: {result.files} file(s) match the manifest; signed by the "
+              "given public key")
+    else:
+        print(f"ok: {result.name}: {result.files} file(s) match the manifest and the signature "
+              "matches the key shipped in the release; that proves integrity only (anyone can "
+              "re-sign a release): pass the publisher's key with --public-key to check who "
+              "signed it")
     return 0
 
 

@@ -24,7 +24,7 @@ class ClusterError(FedcollabError):
 
 def worker_env() -> dict[str, str]:
     """Environment for every Ray worker: quiet TensorFlow, one thread each."""
-    from fedcollab.participants import TF_ENV
+    from fedcollab.training import TF_ENV
 
     return dict(TF_ENV)
 

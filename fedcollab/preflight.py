@@ -14,7 +14,7 @@ __all__ = ["preflight"]
 
 
 def preflight(spec: JobSpec) -> dict[str, Any]:
-    """Load the data, partition it and check the secure-aggregation encoding.
+    """Load the data, partition it, check the secure encoding and the release key.
 
     Returns:
         Facts for the user: training samples and the secure group's ring width.
@@ -22,6 +22,7 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
     Raises:
         SpecError: too few samples for the participants, or a secure configuration
             whose fixed-point sum could overflow.
+        fedcollab.release.ReleaseError: ``release.key`` is missing or not Ed25519.
     """
     from fedcollab.data import load_dataset, participant_indices
 
@@ -30,11 +31,15 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
     facts: dict[str, Any] = {"train_samples": len(data.y_train)}
     secure = sum(g.count for g in spec.participants if g.sharing == "secure")
     if secure:
-        from fedcollab.participants import secagg_params
+        from fedcollab.secure_round import secagg_params
 
         try:
             codec = secagg_params(spec).codec(secure)
         except FedcollabError as err:
             raise SpecError(f"spec: secure: {err}") from None
         facts["secure_ring_bits"] = codec.ring_bits
+    if spec.release.sign and spec.release.key:
+        from fedcollab.release import load_key
+
+        load_key(spec.release.key)
     return facts

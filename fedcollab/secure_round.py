@@ -20,9 +20,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from fedcollab.participants import ParticipantInfo, secagg_params
+from fedcollab.roster import ParticipantInfo
 
-__all__ = ["SecureCoordinator", "SecurePhases"]
+__all__ = ["SecureCoordinator", "SecurePhases", "secagg_params"]
+
+
+def secagg_params(spec: Any) -> Any:
+    """The SecAgg parameters of a job (same on the server and every participant)."""
+    from fedcollab.secure.params import SecAggParams
+
+    sec = spec.secure
+    return SecAggParams(protocol=sec.protocol, threshold=sec.threshold,
+                        min_group=sec.min_group, neighbours=sec.neighbours,
+                        expected_dropout=sec.expected_dropout, clip=sec.clip,
+                        amortise_keys=sec.amortise_keys)
 
 
 @dataclass
@@ -38,17 +49,15 @@ class SecurePhases:
 class SecureCoordinator:
     """The server's half of secure aggregation for one job's secure group."""
 
-    def __init__(self, spec: Any, people: Sequence[ParticipantInfo], workers: Sequence[Any],
-                 hosted: Sequence[Sequence[int]], ray: Any,
-                 suspect: Optional[set[int]] = None) -> None:
+    def __init__(self, spec: Any, people: Sequence[ParticipantInfo], pool: Any) -> None:
         from fedcollab.secure.server import SecureServer
 
         self.members = [p.pid for p in people if p.sharing == "secure"]
         self.server = SecureServer(self.members, secagg_params(spec), rng_seed=spec.seed)
-        self.ray = ray
-        self.workers = list(workers)
-        self.owner = {pid: w for w, pids in enumerate(hosted) for pid in pids}
-        self.suspect = suspect if suspect is not None else set()  # shared with the job
+        self.pool = pool  # a WorkerPool: its workers can be replaced between rounds
+        self.ray = pool.ray
+        self.owner = pool.owner
+        self.suspect = pool.suspect  # workers that fail here are healed by the pool
         self.offline = spec.secure.amortise_keys and spec.fraction >= 1
         self._offline_calls: list[Any] = []
 
@@ -62,10 +71,10 @@ class SecureCoordinator:
         by_worker: dict[int, dict[int, bytes]] = {}
         for pid, message in messages.items():
             by_worker.setdefault(self.owner[pid], {})[pid] = message
-        calls = [(w, self.workers[w].secure_stage.remote(stage, round_id, sub))
+        calls = [(w, self.pool.workers[w].secure_stage.remote(stage, round_id, sub))
                  for w, sub in sorted(by_worker.items())]
         if then_prepare:
-            self._offline_calls += [self.workers[w].secure_prepare.remote(sorted(sub))
+            self._offline_calls += [self.pool.workers[w].secure_prepare.remote(sorted(sub))
                                     for w, sub in sorted(by_worker.items())]
         replies: dict[int, bytes] = {}
         for w, call in calls:
@@ -91,7 +100,7 @@ class SecureCoordinator:
         shares = self._stage("share_keys", round_id, rosters, phases) if rosters else {}
         inbox = self.server.receive_key_shares(shares)
         if on_phase is not None:
-            on_phase("after_share_keys", round_id, self.workers)
+            on_phase("after_share_keys", round_id, self.pool.workers)
         return inbox
 
     def finish(self, round_id: int, masked: Mapping[int, bytes], phases: SecurePhases, *,

@@ -111,7 +111,7 @@ class TaskMeasurer:
         return {"backdoor": backdoor, "byzantine": byz}
 
     def _roster(self) -> list[Any]:
-        from fedcollab.participants import roster
+        from fedcollab.roster import roster
 
         return roster(self.spec)
 
@@ -283,13 +283,15 @@ class TaskMeasurer:
         """Each vendor site's own model: the release with its private layers put back
         (from the private checkpoints the run wrote on the vendor's side)."""
         from fedcollab.io import load_npz
-        from fedcollab.participants import roster
+        from fedcollab.roster import roster
 
         own: dict[int, list[np.ndarray]] = {}
+        folder = Path(result.out_dir) / "checkpoints" / "private"
         for p in roster(mspec):
-            path = Path(result.out_dir) / "checkpoints" / "private" / f"participant-{p.pid:05d}.npz"
-            if p.private_layers and path.exists():
-                arrays, _ = load_npz(path)
+            # the latest private checkpoint of this participant (one file per round kept)
+            found = sorted(folder.glob(f"participant-{p.pid:05d}*.npz"))
+            if p.private_layers and found:
+                arrays, _ = load_npz(found[-1])
                 mine = list(weights)
                 for key, value in arrays.items():
                     mine[int(key[1:])] = value

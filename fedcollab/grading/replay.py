@@ -59,8 +59,8 @@ def replay_round(spec: Any, trainer: Any, global_weights: Sequence[np.ndarray],
                  *, round_id: int = 1, logged: Optional[Mapping[str, str]] = None,
                  noise_multiplier: float = 0.0) -> RoundView:
     """Every participant's round-`round_id` update from `global_weights`."""
-    from fedcollab.participants import roster
     from fedcollab.privacy import privatize_update
+    from fedcollab.roster import roster
 
     people = roster(spec)
     dp = spec.privacy.dp.mode != "none" and noise_multiplier > 0
@@ -187,7 +187,7 @@ def federated_evaluation(spec: Any, trainer: Any, weights: Sequence[np.ndarray],
         the vendor's own model (with its private layers, `own`) against the public
         release, on the vendor's held-out splits.
     """
-    from fedcollab.participants import roster
+    from fedcollab.roster import roster
 
     per_group: dict[str, list[float]] = {}
     public, private = [], []
