@@ -16,17 +16,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fedcollab.api import run
     from fedcollab.errors import FedcollabError
+    from fedcollab.grading import grade
     from fedcollab.orchestrator import JobResult, RunOptions
     from fedcollab.outputs import CallbackList, JobInfo, RoundCallback
     from fedcollab.release import verify_release as verify
     from fedcollab.rounds import RoundRecord
     from fedcollab.spec import JobSpec, SpecError, load_spec
 
-__all__ = ["run", "load_spec", "verify", "JobSpec", "JobResult", "RunOptions", "RoundRecord",
+__all__ = ["run", "grade", "load_spec", "verify", "JobSpec", "JobResult", "RunOptions", "RoundRecord",
            "RoundCallback", "CallbackList", "JobInfo", "FedcollabError", "SpecError"]
 
 _WHERE = {
     "run": ("fedcollab.api", "run"),
+    "grade": ("fedcollab.grading", "grade"),
     "load_spec": ("fedcollab.spec", "load_spec"),
     "verify": ("fedcollab.release", "verify_release"),
     "JobSpec": ("fedcollab.spec", "JobSpec"),

@@ -25,8 +25,10 @@ __all__ = ["OutDirError", "JobAlreadyFinished", "OutDirPlan", "plan_out_dir",
 
 #: Spec fields that do not change a job's result, so ``--resume`` may change them:
 #: how many rounds (more rounds continue the same trajectory), where workers run,
-#: how the release is signed, the job's name and what an aborted round does.
-RESULT_NEUTRAL_FIELDS = ("rounds", "resources", "release", "name", "secure.on_abort")
+#: how the release is signed, the job's name, what an aborted round does and the
+#: mixes ``fedcollab grade`` adds.
+RESULT_NEUTRAL_FIELDS = ("rounds", "resources", "release", "name", "secure.on_abort",
+                         "grading")
 
 
 class OutDirError(FedcollabError):

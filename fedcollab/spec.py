@@ -34,7 +34,7 @@ __all__ = [
     "SpecError", "JobSpec", "TaskSpec", "LocalSpec", "PartitionSpec", "GroupSpec",
     "AggregationSpec", "SecureSpec", "DpSpec", "PrivacySpec", "ResourcesSpec",
     "ReleaseSpec", "load_spec", "spec_from_dict", "spec_to_dict", "apply_overrides",
-    "Choices",
+    "Choices", "GradingSpec", "MixSpec", "BUILTIN_MIXES",
 ]
 
 
@@ -324,6 +324,45 @@ class ReleaseSpec:
     key: Optional[str] = None  # PEM Ed25519 private key; None: a fresh key per job
 
 
+BUILTIN_MIXES = ("open", "secure-vendor", "secure-all", "secure-vendor-dp", "private-layers",
+                 "robust-median")
+
+
+@dataclass(frozen=True)
+class MixSpec:
+    """A user's own policy mix for `fedcollab grade`: spec overrides, like ``--set``."""
+
+    name: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GradingSpec:
+    """The ``grading:`` section: extra policy mixes graded next to the built-in ones."""
+
+    mixes: tuple[MixSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, mix in enumerate(self.mixes):
+            where = f"grading.mixes.{i}"
+            if not mix.name or not all(c.isalnum() or c in "-_." for c in mix.name):
+                raise _fail(f"{where}.name", f"got {mix.name!r}, expected letters, digits, "
+                            "'-', '_' or '.'")
+            if mix.name in BUILTIN_MIXES or mix.name in seen:
+                raise _fail(f"{where}.name", f"got {mix.name!r}, which is already a "
+                            f"{'built-in' if mix.name in BUILTIN_MIXES else 'mix'} name; "
+                            "pick another")
+            seen.add(mix.name)
+            for path in mix.overrides:
+                if not path or any(not part for part in str(path).split(".")):
+                    raise _fail(f"{where}.overrides", f"got path {path!r}, expected a dotted "
+                                "spec path like participants.0.sharing")
+                if str(path).split(".")[0] in ("grading", "name"):
+                    raise _fail(f"{where}.overrides", f"{path!r}: a mix may not change "
+                                "the spec's name or grading section")
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A whole collaboration job. Field names are a contract (DESIGN.md)."""
@@ -340,6 +379,7 @@ class JobSpec:
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     release: ReleaseSpec = field(default_factory=ReleaseSpec)
+    grading: GradingSpec = field(default_factory=GradingSpec)
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -431,6 +471,8 @@ def _type_name(tp: Any) -> str:
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
     """Check `value` against annotation `tp`, converting YAML shapes to dataclasses."""
+    if tp is Any:  # free-form values (grading mix overrides), checked when applied
+        return value
     origin = typing.get_origin(tp)
     if origin is Annotated:
         for meta in tp.__metadata__:

@@ -306,6 +306,20 @@ def bench_worker_scaling() -> None:
           "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0]})
 
 
+def bench_grade() -> None:
+    """`fedcollab grade examples/community-vendor.yaml --budget fast`, timed."""
+    from fedcollab.grading import grade
+
+    with tempfile.TemporaryDirectory(prefix="fedcollab-bench-grade-") as tmp:
+        t0 = time.perf_counter()
+        card = grade(ROOT / "examples" / "community-vendor.yaml", budget="fast", out=tmp,
+                     progress=False)
+        seconds = time.perf_counter() - t0
+    emit({"bench": "grade", "budget": "fast", "seconds": seconds,
+          "per_attack_seconds": dict(card.per_attack_seconds), "mixes": len(card.mixes),
+          "load_average": os.getloadavg()[0]})
+
+
 BENCHES: dict[str, Callable[[], None]] = {
     "fedavg_vs_reference": bench_fedavg_vs_reference,
     "memory": bench_memory,
@@ -316,6 +330,7 @@ BENCHES: dict[str, Callable[[], None]] = {
     "optimizers": bench_optimizers,
     "cold_start": bench_cold_start,
     "worker_scaling": bench_worker_scaling,
+    "grade": bench_grade,
 }
 
 

@@ -15,9 +15,10 @@ def _fields(cls: type, prefix: str = "") -> list[str]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        inner = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else tp
+        listed = typing.get_origin(tp) is tuple
+        inner = typing.get_args(tp)[0] if listed else tp
         if isinstance(inner, type) and dataclasses.is_dataclass(inner):
-            step = f"{f.name}.N." if inner is spec_module.GroupSpec else f"{f.name}."
+            step = f"{f.name}.N." if listed else f"{f.name}."
             names += _fields(inner, prefix + step)
         else:
             names.append(prefix + f.name)
