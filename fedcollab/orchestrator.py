@@ -42,7 +42,7 @@ from fedcollab.spec import JobSpec, SpecError, spec_to_dict
 from fedcollab.types import Weights
 
 if TYPE_CHECKING:
-    from fedcollab.pool import WorkerPool
+    pass
 
 __all__ = ["RunOptions", "JobResult", "JobFailedError", "run_job", "default_out_dir",
            "sample_participants", "plan_workers"]
@@ -65,8 +65,6 @@ class RunOptions:
     keep_checkpoints: int = 2
     callbacks: Sequence[RoundCallback] = ()
     on_round: Optional[Callable[[dict[str, Any]], None]] = None  # each metrics line
-    # Fault injection for tests: called as (phase, round_id, worker handles).
-    on_phase: Optional[Callable[[str, int, Sequence[Any]], None]] = None
 
 
 @dataclass(frozen=True)
@@ -99,14 +97,6 @@ class _OnRound(RoundCallback):
 
     def on_round_end(self, record: RoundRecord) -> None:
         self.fn(record.to_json())
-
-
-class _OnPhase(RoundCallback):
-    def __init__(self, fn: Callable[[str, int, Sequence[Any]], None]) -> None:
-        self.fn = fn
-
-    def on_phase(self, phase: str, round_id: int, pool: WorkerPool) -> None:
-        self.fn(phase, round_id, pool.workers)
 
 
 @dataclass
@@ -373,8 +363,6 @@ class _Job:
                         classification=self.driver.classification)]
         if options.on_round is not None:
             builtin.append(_OnRound(options.on_round))
-        if options.on_phase is not None:
-            builtin.append(_OnPhase(options.on_phase))
         # the user's callbacks see each round after it is logged; the plots and the
         # summary come last, once the user's on_job_end has run
         for cb in [*builtin, *options.callbacks, Plots(self.out),

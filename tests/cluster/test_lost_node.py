@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import pytest
 
@@ -50,23 +50,25 @@ def test_lost_worker_node_loses_one_round_and_job_completes(four_nodes: Any,
     import ray
 
     from fedcollab.orchestrator import RunOptions, run_job
+    from fedcollab.outputs import RoundCallback
     from fedcollab.spec import load_spec
 
     killed: list[str] = []
 
-    def kill_a_worker_node(phase: str, round_id: int, workers: Sequence[Any]) -> None:
-        if round_id != KILL_ROUND or killed:
-            return
-        hosting = {ray.get(w.ready.remote(), timeout=30)["node_id"] for w in workers}
-        victim = next(n for n in four_nodes.worker_nodes if n.node_id in hosting)
-        killed.append(victim.node_id)
-        four_nodes.remove_node(victim, allow_graceful=False)
+    class KillAWorkerNode(RoundCallback):  # fault injection: a test-only callback
+        def on_phase(self, phase: str, round_id: int, pool: Any) -> None:
+            if round_id != KILL_ROUND or killed:
+                return
+            hosting = {ray.get(w.ready.remote(), timeout=30)["node_id"] for w in pool.workers}
+            victim = next(n for n in four_nodes.worker_nodes if n.node_id in hosting)
+            killed.append(victim.node_id)
+            four_nodes.remove_node(victim, allow_graceful=False)
 
     spec = load_spec(ROOT / "examples" / "community-vendor.yaml")
     spec = type(spec)(**{**spec.__dict__,
                          "resources": type(spec.resources)(workers=3, cpus_per_worker=1)})
     result = run_job(spec, RunOptions(out_dir=tmp_path / "out", quiet=True, release=False,
-                                      on_phase=kill_a_worker_node))
+                                      callbacks=[KillAWorkerNode()]))
 
     metrics = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text()
                .splitlines()]
