@@ -13,6 +13,7 @@ worker trains, calls it, and masks secure vectors.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -138,9 +139,12 @@ class ParticipantWorker:
         masked: dict[int, bytes] = {}
         failed: dict[int, str] = {}
         precomputed = 0
+        seconds: dict[int, float] = {}
         feed = self.trainer.feed(global_weights)  # converted once, not per participant
         for pid in pids:
+            t0 = time.perf_counter()
             part, new, loss = self._train_one(pid, feed, round_id)
+            seconds[pid] = time.perf_counter() - t0
             private = set(part.private_index)
             shared = [i for i in range(len(new)) if i not in private]
             raw = [(new[i] - global_weights[i]).astype(np.float32) for i in shared]
@@ -161,7 +165,7 @@ class ParticipantWorker:
                     precomputed += secure.last_input_precomputed
                 except FedcollabError as err:  # e.g. keys lost with a restarted worker
                     failed[pid] = f"{type(err).__name__}: {err}"
-        return RoundOutput(updates, masked, failed, precomputed)
+        return RoundOutput(updates, masked, failed, precomputed, seconds=seconds)
 
     # ----------------------------------------------------------------- secure stages
     def _secure_participant(self, pid: int) -> Any:

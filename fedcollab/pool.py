@@ -49,13 +49,17 @@ class RoundOutput:
     failed: dict[int, str]          # secure participants that could not mask (reason)
     precomputed: int = 0            # masked inputs whose masks the offline phase made
     dropped: list[int] = field(default_factory=list)  # hosted by a worker that died
+    seconds: dict[int, float] = field(default_factory=dict)  # training time per participant
+    worker_of: dict[int, int] = field(default_factory=dict)  # which worker trained whom
 
-    def merge(self, other: RoundOutput) -> None:
+    def merge(self, other: RoundOutput, *, worker: int) -> None:
         self.updates.extend(other.updates)
         self.masked.update(other.masked)
         self.failed.update(other.failed)
         self.precomputed += other.precomputed
         self.dropped.extend(other.dropped)
+        self.seconds.update(other.seconds)
+        self.worker_of.update({pid: worker for pid in other.seconds})
 
 
 def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
@@ -162,7 +166,7 @@ class WorkerPool:
         total = RoundOutput([], {}, {})
         for index, mine, call in calls:
             try:
-                total.merge(self.ray.get(call))
+                total.merge(self.ray.get(call), worker=index)
             except self.ray.exceptions.RayError:
                 total.dropped.extend(mine)  # the worker died: its participants drop
                 self.suspect.add(index)
@@ -201,6 +205,14 @@ class WorkerPool:
             self.replaced += 1
         self.suspect.clear()
         return healed
+
+    def where(self, out: RoundOutput) -> dict[str, Any]:
+        """Where a round trained: each worker's node and device, seconds per participant."""
+        used = sorted(set(out.worker_of.values()))
+        return {"workers": {str(w): {k: self.placement[w].get(k) for k in ("node_id", "device")}
+                            for w in used},
+                "participants": {str(p): [w, round(out.seconds[p], 5)]
+                                 for p, w in sorted(out.worker_of.items())}}
 
     def _check_resources(self, index: int) -> None:
         """A lost worker's group can only move to a live node that can host it."""

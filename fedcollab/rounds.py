@@ -69,6 +69,9 @@ class RoundRecord:
     privacy: Optional[Mapping[str, Any]] = None   # epsilon, delta, noise_multiplier, ...
     vendor: Optional[Mapping[str, float]] = None  # vendor_loss, vendor_accuracy
     workers_replaced: tuple[int, ...] = ()
+    # where it trained: {"workers": {index: {node_id, device}}, "participants":
+    # {pid: [worker, seconds]}}
+    placement: Optional[Mapping[str, Any]] = None
 
     @property
     def changed_model(self) -> bool:
@@ -97,6 +100,8 @@ class RoundRecord:
             line.update(self.vendor)
         if self.workers_replaced:
             line["workers_replaced"] = list(self.workers_replaced)
+        if self.placement is not None:
+            line["placement"] = dict(self.placement)
         return line
 
     @classmethod
@@ -117,7 +122,8 @@ class RoundRecord:
                    aborted=line.get("aborted"), skipped=line.get("skipped"),
                    phase_seconds=line.get("phase_seconds"), secure=line.get("secure"),
                    privacy=privacy, vendor=vendor,
-                   workers_replaced=tuple(line.get("workers_replaced", ())))
+                   workers_replaced=tuple(line.get("workers_replaced", ())),
+                   placement=line.get("placement"))
 
 
 def _sha256(delta: Sequence[Optional[np.ndarray]]) -> str:
@@ -247,7 +253,8 @@ class RoundLoop:
             skipped=step.skipped or None, secure=secure_log, privacy=privacy,
             vendor=self.pool.evaluate_personalised(self.weights,
                                                    classification=self.classification) or None,
-            workers_replaced=replaced)
+            workers_replaced=replaced,
+            placement=self.pool.where(out))
         self.callbacks.on_round_end(record)
         return record
 

@@ -51,6 +51,9 @@ class FakePool:
     def evaluate_personalised(self, weights: Any, *, classification: bool = True) -> dict:
         return {}
 
+    def where(self, out: RoundOutput) -> dict:
+        return {"workers": {"0": {"node_id": "fake", "device": "cpu"}}}
+
 
 class Recorder(RoundCallback):
     def __init__(self) -> None:
