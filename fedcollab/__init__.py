@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from fedcollab.rounds import RoundRecord
     from fedcollab.spec import JobSpec, SpecError, load_spec
 
-__all__ = ["run", "grade", "load_spec", "verify", "JobSpec", "JobResult", "RunOptions", "RoundRecord",
-           "RoundCallback", "CallbackList", "JobInfo", "FedcollabError", "SpecError"]
+__all__ = ["run", "grade", "load_spec", "verify", "JobSpec", "JobResult", "RunOptions",
+           "RoundRecord", "RoundCallback", "CallbackList", "JobInfo", "FedcollabError",
+           "SpecError"]
 
 _WHERE = {
     "run": ("fedcollab.api", "run"),
