@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("release_dir", type=Path, help="the release/ directory of a job")
     verify.add_argument("--public-key", default=None,
                         help="the publisher's Ed25519 public key (PEM) to check the signer")
+
+    from fedcollab.service.cli import add_service_commands  # the job service (no grpc import)
+
+    add_service_commands(sub)
     return parser
 
 
@@ -135,7 +139,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    handler = {"run": _cmd_run, "validate": _cmd_validate, "verify": _cmd_verify}[args.command]
+    handler = getattr(args, "_handler", None)  # the job service's commands carry their own
+    if handler is None:
+        handler = {"run": _cmd_run, "validate": _cmd_validate, "verify": _cmd_verify}[args.command]
     try:
         return handler(args)
     except FedcollabError as err:
