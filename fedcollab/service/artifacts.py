@@ -27,9 +27,9 @@ def _check_name(name: str) -> tuple[str, ...]:
     if "\\" in name or "\x00" in name or name.startswith("/") or os.path.isabs(name):
         raise InvalidArgument(f"artifact {name!r}: give a name relative to the job, "
                               "e.g. release/manifest.json")
-    parts = PurePosixPath(name).parts
-    if any(p in ("..", ".") for p in parts):
+    if any(p in ("..", ".") for p in name.split("/")):
         raise InvalidArgument(f"artifact {name!r}: '..' and '.' are not allowed")
+    parts = PurePosixPath(name).parts
     top = parts[0]
     allowed = (len(parts) == 1 and (top in FILES or top in DIRECTORIES)) or \
               (len(parts) == 2 and top in DIRECTORIES)
