@@ -21,7 +21,7 @@ __all__ = ["add_service_commands", "add_remote_grade_args", "remote_grade", "EXA
 
 EXAMPLES = {
     "serve": "fedcollab serve --listen 127.0.0.1:50051 --state-dir svc --tokens tokens.yaml",
-    "submit": "FEDCOLLAB_TOKEN=... fedcollab submit examples/community-vendor.yaml --watch",
+    "submit": "fedcollab submit examples/community-vendor.yaml --set rounds=5 --watch",
     "jobs": "fedcollab jobs --state RUNNING --state QUEUED",
     "status": "fedcollab status 3f2a9c0d1e4b --json",
     "watch": "fedcollab watch 3f2a9c0d1e4b",
