@@ -146,10 +146,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tie_to_parent(args.parent_pid)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.mode == "run":
+        t0 = time.perf_counter()
         import fedcollab.orchestrator  # noqa: F401
         import fedcollab.training  # noqa: F401  (TensorFlow, imported before the job arrives)
 
         _connect(args.address)
+        print(f"[{time.strftime('%H:%M:%S')}] job process {os.getpid()} warm in "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     line = sys.stdin.readline()
     if not line.strip():
         return 0  # the service shut down the pool

@@ -1,6 +1,7 @@
 """Job specs as the service receives them: YAML text, checked like `fedcollab validate`."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,16 @@ def _data(text: str) -> dict[str, Any]:
     return data
 
 
+@functools.lru_cache(maxsize=64)
 def parse_spec_text(text: str, *, check_data: bool = True) -> JobSpec:
     """Parse and validate a spec sent as text; messages match `fedcollab validate`.
 
     Args:
         check_data: also run the preflight checks (load and partition the data),
             as `fedcollab validate` does.
+
+    Valid specs are cached by their text (a JobSpec is immutable), so resubmitting
+    the same spec does not load its data again; errors are not cached.
 
     Raises:
         SpecError: the text is not a valid spec.

@@ -79,7 +79,12 @@ class JobRecord:
 
 
 class JobStore:
-    """Thread-safe access to ``jobs.sqlite`` (one connection, one lock)."""
+    """Thread-safe access to ``jobs.sqlite``.
+
+    Writes go through one connection under a lock; reads use a connection per
+    thread, so GetJob never waits behind a writer's fsync (WAL readers see the
+    last committed state).
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -91,13 +96,30 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self.path), check_same_thread=False,
+                                   isolation_level=None, timeout=30)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
 
     def close(self) -> None:
         with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
             self._db.close()
 
-    def _one(self, sql: str, args: Sequence[Any]) -> Optional[JobRecord]:
-        row = self._db.execute(sql, args).fetchone()
+    def _one(self, sql: str, args: Sequence[Any], *,
+             conn: Optional[sqlite3.Connection] = None) -> Optional[JobRecord]:
+        row = (conn or self._db).execute(sql, args).fetchone()
         return JobRecord.from_row(row) if row is not None else None
 
     def create(self, *, kind: str, name: str, owner: str, rounds: int,
@@ -138,8 +160,7 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord:
         """Raises NotFound for an unknown id."""
-        with self._lock:
-            record = self._one("SELECT * FROM jobs WHERE id=?", (job_id,))
+        record = self._one("SELECT * FROM jobs WHERE id=?", (job_id,), conn=self._reader())
         if record is None:
             raise NotFound(f"no job {job_id!r}")
         return record
@@ -165,19 +186,16 @@ class JobStore:
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+        rows = self._reader().execute(sql, args).fetchall()
         return [JobRecord.from_row(r) for r in rows]
 
     def oldest(self, state: str, limit: int) -> list[JobRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs WHERE state=? ORDER BY seq LIMIT ?",
-                                    (state, limit)).fetchall()
+        rows = self._reader().execute("SELECT * FROM jobs WHERE state=? ORDER BY seq LIMIT ?",
+                                      (state, limit)).fetchall()
         return [JobRecord.from_row(r) for r in rows]
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+        return int(self._reader().execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
     def transition(self, job_id: str, from_states: Iterable[str], to_state: str,
                    **fields: Any) -> bool:
