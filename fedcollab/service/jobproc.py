@@ -1,9 +1,9 @@
 """The job process: one per job, so a failing job cannot take the service down.
 
 The runner starts ``python -m fedcollab.service.jobproc`` ahead of time: it
-imports TensorFlow and the round loop, connects to the service's Ray, starts Ray
-worker processes that have TensorFlow imported (``worker_process_setup_hook``)
-and then waits for one task on stdin (one JSON line). It runs that job through
+imports TensorFlow and the round loop, starts TensorFlow's runtime configured as
+``run_job`` configures it, connects to the service's Ray and then waits for one
+task on stdin (one JSON line). It runs that job through
 ``fedcollab.orchestrator.run_job`` with ``on_round`` appending each round's line
 to ``events.jsonl`` (which the service tails for WatchJob) and exits: a process
 is used for one job, then replaced.
@@ -29,9 +29,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-__all__ = ["tie_to_parent", "setup_ray_worker", "grade_command", "main"]
+__all__ = ["tie_to_parent", "grade_command", "main"]
 
-SETUP_HOOK = "fedcollab.service.jobproc.setup_ray_worker"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -46,14 +45,26 @@ def tie_to_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def setup_ray_worker() -> None:
-    """Ray's worker_process_setup_hook: pay TensorFlow's import before the job needs it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import fedcollab.training  # noqa: F401  (imports TensorFlow)
+def _warm_driver() -> None:
+    """Import what a job's driver needs and start TensorFlow's runtime, exactly as
+    ``run_job`` configures it (one thread, deterministic ops), so a job's results
+    do not depend on whether it ran in a warm process. No model is built here:
+    that would move Keras' name counters and random state."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import tensorflow as tf
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: F401
 
-def _prewarm_task() -> int:
-    return os.getpid()
+    import fedcollab.data  # noqa: F401
+    import fedcollab.models  # noqa: F401
+    import fedcollab.orchestrator  # noqa: F401
+    import fedcollab.release  # noqa: F401
+    from fedcollab.training import configure_tensorflow
+
+    configure_tensorflow(threads=1, deterministic=True)
+    tf.constant(1.0).numpy()  # start the runtime
 
 
 def _connect(address: str) -> Any:
@@ -61,12 +72,13 @@ def _connect(address: str) -> Any:
 
     from fedcollab.cluster import worker_env
 
+    # Worker processes are not pre-started here: a job's workers are Ray actors, and Ray
+    # gives each actor a fresh worker process rather than one started for earlier tasks
+    # (measured: pre-started workers were never reused), so they would only cost CPU.
     ray.init(address=address, logging_level=logging.WARNING,
              log_to_driver=bool(os.environ.get("FEDCOLLAB_WORKER_LOGS")),
-             runtime_env={"env_vars": worker_env(), "worker_process_setup_hook": SETUP_HOOK})
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    task = ray.remote(num_cpus=1)(_prewarm_task)
-    ray.get([task.remote() for _ in range(max(1, cpus))])  # workers with TF, idle for the job
+             runtime_env={"env_vars": worker_env()})
+    ray.cluster_resources()  # the connection is up and answering
     return ray
 
 
@@ -147,9 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.mode == "run":
         t0 = time.perf_counter()
-        import fedcollab.orchestrator  # noqa: F401
-        import fedcollab.training  # noqa: F401  (TensorFlow, imported before the job arrives)
-
+        _warm_driver()
         _connect(args.address)
         print(f"[{time.strftime('%H:%M:%S')}] job process {os.getpid()} warm in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
