@@ -63,6 +63,24 @@ def test_e2e_submit_watch_fetch_and_verify_release(server: Any, tokens: Tokens,
     assert summary["rounds_completed"] == 3
 
 
+def test_e2e_service_release_matches_a_cold_fedcollab_run(server: Any, tokens: Tokens,
+                                                           tmp_path: Path) -> None:
+    c = client(server, tokens.admin)
+    (tmp_path / "tiny.yaml").write_text(TINY_SPEC)
+
+    job = c.submit(TINY_SPEC)
+    cold = subprocess.run([sys.executable, "-m", "fedcollab.cli", "run",
+                           str(tmp_path / "tiny.yaml"), "--quiet", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True)
+    done = _wait(c, job.id, lambda j: _state(j) in ("SUCCEEDED", "FAILED"))
+    served = c.fetch(job.id, "release/manifest.json", tmp_path / "served.json")
+
+    assert cold.returncode == 0, cold.stderr
+    assert _state(done) == "SUCCEEDED", done.error
+    assert json.loads(served[0].read_text())["weights_sha256"] == json.loads(
+        (tmp_path / "run" / "release" / "manifest.json").read_text())["weights_sha256"]
+
+
 def test_e2e_failing_job_fails_alone_and_service_keeps_serving(server: Any,
                                                                tokens: Tokens) -> None:
     c = client(server, tokens.admin)

@@ -121,9 +121,8 @@ def _weights_sha(state: Path, job_id: str) -> str:
 
 
 def _kill_after_round(service: Service, c: JobClient, spec: str, after: int) -> tuple[str, str]:
-    waiting = c.submit(spec.replace("name: restart", "name: waiting"))  # queued behind it
     job = c.submit(spec)
-    _wait_done(c, waiting.id)
+    waiting = c.submit(spec.replace("rounds: 10", "rounds: 2"))  # QUEUED behind it
     seen = 0
     for event in c.watch(job.id):
         if event.HasField("round"):
@@ -142,10 +141,12 @@ def _restart_and_compare(service: Service, tokens: Tokens, spec: str, after: int
     service.start()
     c = JobClient(service.address, token=tokens.admin)
     resumed = _wait_done(c, job_id)
+    queued = _wait_done(c, other_id)
     fresh = _wait_done(c, c.submit(spec).id)
 
     assert jobs_pb2.JobState.Name(resumed.state) == "SUCCEEDED", resumed.error
     assert resumed.attempts == 2 and resumed.rounds_completed == 10
+    assert jobs_pb2.JobState.Name(queued.state) == "SUCCEEDED" and queued.attempts == 1
     assert {job_id, other_id} <= {j.id for j in c.list(page_size=500).jobs}
     assert _weights_sha(service.state, job_id) == _weights_sha(service.state, fresh.id)
 
