@@ -248,7 +248,8 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     from fedcollab.service.client import job_to_dict
 
     with _client(args) as client:
-        found, token = [], ""
+        found: list[Any] = []
+        token = ""
         while len(found) < args.limit:
             page = client.list(states=args.state, page_size=min(500, args.limit - len(found)),
                                page_token=token)
@@ -265,7 +266,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     header = ("ID", "STATE", "ROUNDS", "KIND", "NAME", "OWNER", "CREATED")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

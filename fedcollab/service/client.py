@@ -5,6 +5,7 @@ TLS when a CA certificate is given, mutual TLS with a client certificate and key
 """
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from pathlib import Path
@@ -123,7 +124,7 @@ class JobClient:
     def watch(self, job_id: str) -> Iterator[Any]:
         return self._stream("WatchJob", jobs_pb2.WatchJobRequest(id=job_id))
 
-    def fetch(self, job_id: str, name: str, out: Path) -> list[Path]:
+    def fetch(self, job_id: str, name: str, out: Path) -> builtins.list[Path]:
         """Download an artifact. A directory artifact lands in `out` (a directory);
         a file lands at `out`, or inside it when `out` is an existing directory."""
         written: list[Path] = []

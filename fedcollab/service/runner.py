@@ -162,7 +162,7 @@ class Runner:
         if self.ray_address:
             return self.ray_address
         if self._ray_head is None or self._ray_head.poll() is not None:
-            self._ray_tmp = tempfile.mkdtemp(prefix="fcray-", dir="/tmp")
+            self._ray_tmp = self._fresh_ray_tmp()
             self._ray_head = subprocess.Popen(
                 [sys.executable, "-m", "fedcollab.service.rayhead", "--parent-pid",
                  str(os.getpid()), "--temp-dir", self._ray_tmp],
@@ -183,11 +183,29 @@ class Runner:
         assert self.ray_address is not None
         return self.ray_address
 
+    def _fresh_ray_tmp(self) -> str:
+        """A short temp dir for Ray (socket paths are length-limited), recorded in the
+        state dir so the next start removes it if this service is killed."""
+        import shutil
+
+        record = self.state_dir / "ray-temp-dir"
+        try:
+            old = record.read_text().strip()
+            if old.startswith("/tmp/fcray-"):
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+        path = tempfile.mkdtemp(prefix="fcray-", dir="/tmp")
+        record.write_text(path + "\n")
+        return path
+
     def _fill_pool(self) -> None:
         if self.max_concurrent <= 0 or self.ray_error:
             return
         if not self.eager and self.ray_address is None and self._ray_head is None:
             return  # lazy: no Ray (and no pool) until the first job needs it
+        if len(self._running) >= self.max_concurrent:
+            return  # warming a runner costs seconds of CPU: not while every slot is busy
         alive = deque(p for p in self._pool.procs if p.poll() is None)
         self._pool.procs = alive
         while len(self._pool.procs) < self.warm_runners:

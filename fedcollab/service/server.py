@@ -27,10 +27,21 @@ from fedcollab._proto.fedcollab.v1 import jobs_pb2, jobs_pb2_grpc
 from fedcollab.errors import FedcollabError
 from fedcollab.io import atomic_write_bytes
 from fedcollab.service import artifacts
-from fedcollab.service.auth import (ANONYMOUS_ADMIN, Caller, TokenFile, authorize, check_owner,
-                                    token_from_metadata)
-from fedcollab.service.errors import (FailedPrecondition, InvalidArgument, ResourceExhausted,
-                                      ServiceError, status_code)
+from fedcollab.service.auth import (
+    ANONYMOUS_ADMIN,
+    Caller,
+    TokenFile,
+    authorize,
+    check_owner,
+    token_from_metadata,
+)
+from fedcollab.service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+    status_code,
+)
 from fedcollab.service.runner import Hub, Runner, read_events
 from fedcollab.service.specs import MAX_SPEC_BYTES, parse_spec_text
 from fedcollab.service.store import STATES, JobRecord, JobStore

@@ -7,6 +7,7 @@ both win, and a crash leaves each job in exactly one state. WAL lets readers
 """
 from __future__ import annotations
 
+import builtins
 import json
 import secrets
 import sqlite3
@@ -189,7 +190,7 @@ class JobStore:
         rows = self._reader().execute(sql, args).fetchall()
         return [JobRecord.from_row(r) for r in rows]
 
-    def oldest(self, state: str, limit: int) -> list[JobRecord]:
+    def oldest(self, state: str, limit: int) -> builtins.list[JobRecord]:
         rows = self._reader().execute("SELECT * FROM jobs WHERE state=? ORDER BY seq LIMIT ?",
                                       (state, limit)).fetchall()
         return [JobRecord.from_row(r) for r in rows]
@@ -217,7 +218,7 @@ class JobStore:
             self._db.execute("UPDATE jobs SET rounds_completed=? WHERE id=?",
                              (rounds_completed, job_id))
 
-    def recover(self) -> list[str]:
+    def recover(self) -> builtins.list[str]:
         """After a restart: jobs that were RUNNING go back to the queue (they resume)."""
         with self._lock:
             rows = self._db.execute("SELECT id FROM jobs WHERE state='RUNNING'").fetchall()

@@ -11,8 +11,7 @@ import grpc
 import pytest
 
 from fedcollab._proto.fedcollab.v1 import jobs_pb2
-from fedcollab.service.errors import (InvalidArgument, NotFound, PermissionDenied,
-                                      ResourceExhausted)
+from fedcollab.service.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
 from .conftest import TINY_SPEC, Tokens, client
 

@@ -113,3 +113,16 @@ def test_cli_serve_beyond_loopback_without_tokens_is_refused(tmp_path: Path) -> 
 
     assert done.returncode == 2
     assert "needs --tokens" in done.stderr
+
+
+def test_submit_with_same_idempotency_key_returns_same_job(queue_server: Any,
+                                                           tokens: Tokens) -> None:
+    from .conftest import client
+
+    c = client(queue_server, tokens.submitter)
+
+    first = c.submit(TINY_SPEC, idempotency_key="retry-1")
+    again = c.submit(TINY_SPEC, idempotency_key="retry-1")
+    other = c.submit(TINY_SPEC, idempotency_key="retry-2")
+
+    assert first.id == again.id != other.id

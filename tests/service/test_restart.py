@@ -73,8 +73,8 @@ class Service:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                from grpc_health.v1 import health_pb2, health_pb2_grpc
                 import grpc
+                from grpc_health.v1 import health_pb2, health_pb2_grpc
 
                 with grpc.insecure_channel(self.address) as channel:
                     health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
