@@ -424,6 +424,8 @@ def bench_service_latency(rounds: int = 5) -> None:
 
         service = _ServiceProcess(Path(tmp) / "state", max_concurrent=1)
         try:
+            summaries: list[dict[str, Any]] = []
+
             def submit_to_done() -> float:
                 from fedcollab._proto.fedcollab.v1 import jobs_pb2
 
@@ -435,7 +437,9 @@ def bench_service_latency(rounds: int = 5) -> None:
                         if event.state.state != jobs_pb2.SUCCEEDED:
                             raise RuntimeError(f"service job failed: {event.state.error}")
                         break
-                return time.perf_counter() - start
+                seconds = time.perf_counter() - start
+                summaries.append(json.loads(service.client.get(job.id).summary_json))
+                return seconds
 
             def wait_warm(count: int) -> None:
                 deadline = time.monotonic() + 300
@@ -449,7 +453,9 @@ def bench_service_latency(rounds: int = 5) -> None:
         finally:
             service.stop()
     emit({"bench": "service_latency", "rounds": rounds, "warm_seconds": warm,
-          "cold_seconds": cold, "ratio": warm / cold, "first_job_seconds": first})
+          "cold_seconds": cold, "ratio": warm / cold, "first_job_seconds": first,
+          "warm_run_job_wall_seconds": summaries[-1]["wall_seconds"],
+          "warm_rounds_seconds": summaries[-1]["rounds_seconds"]})
 
 
 BENCHES: dict[str, Callable[[], None]] = {

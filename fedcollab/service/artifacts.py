@@ -51,8 +51,14 @@ def _inside(root: Path, path: Path) -> Path:
 
 
 def resolve(job_dir: Path, name: str, job: Any) -> list[tuple[str, Path]]:
-    """(relative name, real path) of every file the artifact `name` stands for."""
+    """(relative name, real path) of every file the artifact `name` stands for.
+
+    The job's outputs are in ``job_dir/run`` (as ``fedcollab run --out`` writes them);
+    ``job.log`` is the service's, beside it.
+    """
     parts = _check_name(name)
+    if parts != ("job.log",):
+        job_dir = job_dir / "run"
     root = Path(os.path.realpath(job_dir))
     target = job_dir.joinpath(*parts)
     if not target.exists() and not target.is_symlink():

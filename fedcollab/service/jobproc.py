@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,12 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-__all__ = ["tie_to_parent", "grade_command", "main"]
+__all__ = ["RUN_DIR", "tie_to_parent", "grade_command", "main"]
+
+#: The job's own output directory inside its service directory (what ``fedcollab run
+#: --out`` would hold); the service's files (request.yaml, events.jsonl, job.log,
+#: result.json, run.lock) stay beside it.
+RUN_DIR = "run"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -117,6 +123,7 @@ def _run(task: dict[str, Any], address: str) -> int:
     from fedcollab.service.specs import parse_spec_text
 
     job_dir = Path(task["job_dir"])
+    out = job_dir / RUN_DIR
     events = job_dir / "events.jsonl"
 
     def on_round(line: dict[str, Any]) -> None:
@@ -127,8 +134,13 @@ def _run(task: dict[str, Any], address: str) -> int:
         _lock(job_dir)
         spec = parse_spec_text((job_dir / "request.yaml").read_text(encoding="utf-8"),
                                check_data=False)
-        run_job(spec, RunOptions(out_dir=job_dir, address=address, quiet=True, progress=False,
-                                 resume=bool(task.get("resume")), on_round=on_round))
+        # Resume only what got as far as writing its spec; an attempt killed before
+        # that left nothing worth keeping (and a new job needs an empty directory).
+        resume = bool(task.get("resume")) and (out / "spec.yaml").is_file()
+        if not resume and out.exists():
+            shutil.rmtree(out)
+        run_job(spec, RunOptions(out_dir=out, address=address, quiet=True, progress=False,
+                                 resume=resume, on_round=on_round))
     except FedcollabError as err:
         _result(job_dir, False, str(err).splitlines()[0] if str(err) else type(err).__name__)
         return 1
@@ -146,7 +158,8 @@ def grade_command(task: dict[str, Any]) -> list[str]:
     job_dir = Path(task["job_dir"])
     return [sys.executable, "-m", "fedcollab.cli", "grade", str(job_dir / "request.yaml"),
             "--budget", str(task.get("budget") or "fast"),
-            "--priority", str(task.get("priority") or "balanced"), "--out", str(job_dir)]
+            "--priority", str(task.get("priority") or "balanced"), "--out",
+            str(job_dir / RUN_DIR)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -170,6 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     job_dir = Path(task["job_dir"])
     _redirect_output(job_dir / "job.log")
     if args.mode == "grade":
+        shutil.rmtree(job_dir / RUN_DIR, ignore_errors=True)  # a grade starts afresh
         command = grade_command(task)
         print(f"$ {subprocess.list2cmdline(command)}", flush=True)
         os.execv(command[0], command)

@@ -30,7 +30,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from fedcollab.cluster import worker_env
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, _temp_dir=args.temp_dir,
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
+             _temp_dir=args.temp_dir,
              logging_level=logging.WARNING, log_to_driver=False,
              runtime_env={"env_vars": worker_env()})
     address = ray.get_runtime_context().gcs_address

@@ -283,7 +283,7 @@ class Runner:
         elif code == 0:
             summary = ""
             try:
-                summary = (run.job_dir / "summary.json").read_text(encoding="utf-8")
+                summary = (run.job_dir / "run" / "summary.json").read_text(encoding="utf-8")
             except FileNotFoundError:
                 pass
             self.store.transition(job_id, ["RUNNING"], "SUCCEEDED", finished=now,

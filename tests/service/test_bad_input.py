@@ -77,7 +77,8 @@ def test_bad_page_token_is_invalid_argument(queue_server: Any, tokens: Tokens) -
 @pytest.fixture(scope="module")
 def job_with_files(queue_server: Any, tokens: Tokens) -> str:
     job = client(queue_server, tokens.admin).submit(TINY_SPEC)
-    job_dir = queue_server.state_dir / "jobs" / job.id
+    job_dir = queue_server.state_dir / "jobs" / job.id / "run"
+    job_dir.mkdir()
     (job_dir / "summary.json").write_text('{"rounds_completed": 3}\n')
     (job_dir / "release").mkdir()
     (job_dir / "release" / "manifest.json").write_text("{}\n")

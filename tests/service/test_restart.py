@@ -116,7 +116,8 @@ def _wait_done(c: JobClient, job_id: str, timeout: float = 400) -> Any:
 
 
 def _weights_sha(state: Path, job_id: str) -> str:
-    manifest = json.loads((state / "jobs" / job_id / "release" / "manifest.json").read_text())
+    manifest = json.loads((state / "jobs" / job_id / "run" / "release" /
+                           "manifest.json").read_text())
     return str(manifest["weights_sha256"])
 
 
