@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--address", default=None,
                        help="Ray cluster address: auto, HOST:PORT or ray://HOST:PORT")
     grade.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    from fedcollab.service.cli import add_service_commands  # the job service (no grpc import)
+
+    add_service_commands(sub)
     return parser
 
 
@@ -166,6 +170,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
+    if getattr(args, "server", None):  # grade on a job service: a GradeJob there
+        from fedcollab.service.cli import remote_grade
+
+        return remote_grade(args)
     from fedcollab.spec import load_spec
 
     load_spec(args.spec)  # bad input: one line, exit 2, before TensorFlow or Ray load
@@ -192,8 +200,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    handler = {"run": _cmd_run, "validate": _cmd_validate, "verify": _cmd_verify,
-               "grade": _cmd_grade}[args.command]
+    handler = getattr(args, "_handler", None)  # the job service's commands carry their own
+    if handler is None:
+        handler = {"run": _cmd_run, "validate": _cmd_validate, "verify": _cmd_verify,
+                   "grade": _cmd_grade}[args.command]
     try:
         return handler(args)
     except FedcollabError as err:

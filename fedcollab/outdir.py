@@ -151,7 +151,9 @@ def plan_out_dir(spec: JobSpec, out: Optional[Path], *, resume: bool) -> OutDirP
                             f"with in {shown}; that would change the result (resume with "
                             "the saved spec.yaml, or start a new --out directory)")
         committed = _committed_round(path)
-        if committed >= spec.rounds:
+        # all rounds committed but no summary: the job died before its release, so a
+        # resume only writes the release and the summary
+        if committed >= spec.rounds and (path / "summary.json").exists():
             raise JobAlreadyFinished(f"{path}: the job already finished all {committed} "
                                      f"rounds; nothing to resume (raise rounds to continue "
                                      "training)")

@@ -320,6 +320,205 @@ def bench_grade() -> None:
           "load_average": os.getloadavg()[0]})
 
 
+# ---------------------------------------------------------------- job service
+class _ServiceProcess:
+    """`fedcollab serve` as a subprocess on a free loopback port, with its own tokens."""
+
+    def __init__(self, state: Path, *, max_concurrent: int) -> None:
+        import socket
+
+        from fedcollab.service.auth import new_token
+
+        self.state = state
+        self.token = new_token(state.parent / "tokens.yaml", name="bench", role="admin")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.address = f"127.0.0.1:{s.getsockname()[1]}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fedcollab.cli", "serve", "--listen", self.address,
+             "--state-dir", str(state), "--tokens", str(state.parent / "tokens.yaml"),
+             "--max-concurrent", str(max_concurrent)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        from fedcollab.service.client import JobClient
+
+        self.client = JobClient(self.address, token=self.token, timeout=5)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.client.list(page_size=1)
+                break
+            except Exception:  # noqa: BLE001  (not up yet)
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+
+    def warm_runners_ready(self) -> int:
+        log = self.state / "service.log"
+        return log.read_text(errors="replace").count(" warm in ") if log.exists() else 0
+
+    def stop(self) -> None:
+        import signal
+
+        self.client.close()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+_TINY_JOB = """name: tiny
+seed: 0
+task: {dataset: digits, model: mlp}
+rounds: 1
+participants:
+  - {name: community, role: community, count: 2, sharing: open, partition: {kind: iid}}
+"""
+
+
+def _load_worker(address: str, token: str, job_id: str, seconds: float, threads: int
+                 ) -> tuple[list[tuple[str, float]], int, list[str]]:
+    """One client process: `threads` clients, each with its own channel, for `seconds`."""
+    from fedcollab.service.client import JobClient
+
+    samples: list[tuple[str, float]] = []
+    submitted: list[str] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def loop(index: int) -> None:
+        client = JobClient(address, token=token, timeout=10)
+        mine: list[tuple[str, float]] = []
+        ids: list[str] = []
+        bad = 0
+        ops = ["GetJob", "GetJob", "ListJobs", "GetJob", "SubmitJob"]
+        deadline = time.monotonic() + seconds
+        step = index
+        while time.monotonic() < deadline:
+            op = ops[step % len(ops)]
+            step += 1
+            t0 = time.perf_counter()
+            try:
+                if op == "GetJob":
+                    client.get(job_id)
+                elif op == "ListJobs":
+                    client.list(page_size=20)
+                else:
+                    ids.append(client.submit(_TINY_JOB).id)
+                mine.append((op, (time.perf_counter() - t0) * 1000))
+            except Exception:  # noqa: BLE001  (counted)
+                bad += 1
+        client.close()
+        with lock:
+            samples.extend(mine)
+            submitted.extend(ids)
+            errors[0] += bad
+
+    pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return samples, errors[0], submitted
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(math.ceil(q / 100 * len(ordered))) - 1)]
+
+
+def bench_service_load(clients: int = 32, seconds: float = 20.0, processes: int = 4) -> None:
+    """32 concurrent clients on loopback for 20 s: GetJob, ListJobs, SubmitJob of tiny jobs.
+
+    The service only queues (--max-concurrent 0): this measures the API and the store,
+    not training. Clients run in 4 processes so their own GIL does not time the server.
+    """
+    import multiprocessing
+    import sqlite3
+
+    with tempfile.TemporaryDirectory(prefix="fedcollab-bench-svc-") as tmp:
+        service = _ServiceProcess(Path(tmp) / "state", max_concurrent=0)
+        try:
+            job_id = service.client.submit(_TINY_JOB).id
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(processes) as pool:
+                parts = pool.starmap(_load_worker, [
+                    (service.address, service.token, job_id, seconds, clients // processes)
+                    for _ in range(processes)])
+        finally:
+            service.stop()
+        samples = [s for part in parts for s in part[0]]
+        errors = sum(part[1] for part in parts)
+        submitted = {i for part in parts for i in part[2]} | {job_id}
+        stored = {r[0] for r in sqlite3.connect(Path(tmp) / "state" / "jobs.sqlite").execute(
+            "SELECT id FROM jobs")}
+    latencies = [ms for _, ms in samples]
+    by_op = {op: [ms for o, ms in samples if o == op] for op in ("GetJob", "ListJobs",
+                                                                 "SubmitJob")}
+    emit({"bench": "service_load", "clients": clients, "seconds": seconds,
+          "requests_per_second": len(samples) / seconds,
+          "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
+          "errors": errors, "jobs_lost": len(submitted - stored),
+          "get_job_p99_ms": _percentile(by_op["GetJob"], 99),
+          "list_jobs_p99_ms": _percentile(by_op["ListJobs"], 99),
+          "submit_job_p99_ms": _percentile(by_op["SubmitJob"], 99),
+          "jobs_submitted": len(submitted)})
+
+
+def bench_service_latency(rounds: int = 5) -> None:
+    """The default job (rounds: 5) submitted to a warm service, submit to SUCCEEDED,
+    against `fedcollab run` of the same spec from a cold start, in this same run."""
+    spec_text = (ROOT / "examples" / "community-vendor.yaml").read_text()
+    spec_text = spec_text.replace("rounds: 20", f"rounds: {rounds}")
+    with tempfile.TemporaryDirectory(prefix="fedcollab-bench-lat-") as tmp:
+        spec_path = Path(tmp) / "spec.yaml"
+        spec_path.write_text(spec_text)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "fedcollab.cli", "run", str(spec_path), "--quiet",
+                        "--out", str(Path(tmp) / "cold")], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        cold = time.perf_counter() - t0
+
+        service = _ServiceProcess(Path(tmp) / "state", max_concurrent=1)
+        try:
+            summaries: list[dict[str, Any]] = []
+
+            def submit_to_done() -> float:
+                from fedcollab._proto.fedcollab.v1 import jobs_pb2
+
+                start = time.perf_counter()
+                job = service.client.submit(spec_text)
+                for event in service.client.watch(job.id):
+                    if event.HasField("state") and event.state.state in (
+                            jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED):
+                        if event.state.state != jobs_pb2.SUCCEEDED:
+                            raise RuntimeError(f"service job failed: {event.state.error}")
+                        break
+                seconds = time.perf_counter() - start
+                summaries.append(json.loads(service.client.get(job.id).summary_json))
+                return seconds
+
+            def wait_warm(count: int) -> None:
+                deadline = time.monotonic() + 300
+                while service.warm_runners_ready() < count and time.monotonic() < deadline:
+                    time.sleep(0.2)
+
+            wait_warm(1)
+            first = submit_to_done()  # the service's first job: warms what is left
+            wait_warm(2)
+            warm = submit_to_done()
+        finally:
+            service.stop()
+    emit({"bench": "service_latency", "rounds": rounds, "warm_seconds": warm,
+          "cold_seconds": cold, "ratio": warm / cold, "first_job_seconds": first,
+          "warm_run_job_wall_seconds": summaries[-1]["wall_seconds"],
+          "warm_rounds_seconds": summaries[-1]["rounds_seconds"]})
+
+
 BENCHES: dict[str, Callable[[], None]] = {
     "fedavg_vs_reference": bench_fedavg_vs_reference,
     "memory": bench_memory,
@@ -331,6 +530,8 @@ BENCHES: dict[str, Callable[[], None]] = {
     "cold_start": bench_cold_start,
     "worker_scaling": bench_worker_scaling,
     "grade": bench_grade,
+    "service_load": bench_service_load,
+    "service_latency": bench_service_latency,
 }
 
 

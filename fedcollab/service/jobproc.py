@@ -1,0 +1,197 @@
+"""The job process: one per job, so a failing job cannot take the service down.
+
+The runner starts ``python -m fedcollab.service.jobproc`` ahead of time: it
+imports TensorFlow and the round loop, starts TensorFlow's runtime configured as
+``run_job`` configures it, connects to the service's Ray and then waits for one
+task on stdin (one JSON line). It runs that job through
+``fedcollab.orchestrator.run_job`` with ``on_round`` appending each round's line
+to ``events.jsonl`` (which the service tails for WatchJob) and exits: a process
+is used for one job, then replaced.
+
+Grade tasks exec ``fedcollab grade SPEC --budget B --priority P --out JOB_DIR``.
+
+Every job process dies with the service (``PR_SET_PDEATHSIG``) and runs in its
+own process group, so CancelJob can signal the job and everything it started.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+__all__ = ["RUN_DIR", "tie_to_parent", "grade_command", "main"]
+
+#: The job's own output directory inside its service directory (what ``fedcollab run
+#: --out`` would hold); the service's files (request.yaml, events.jsonl, job.log,
+#: result.json, run.lock) stay beside it.
+RUN_DIR = "run"
+
+_PR_SET_PDEATHSIG = 1
+
+
+def tie_to_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _warm_driver() -> None:
+    """Import what a job's driver needs and start TensorFlow's runtime, exactly as
+    ``run_job`` configures it (one thread, deterministic ops), so a job's results
+    do not depend on whether it ran in a warm process. No model is built here:
+    that would move Keras' name counters and random state."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import tensorflow as tf
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: F401
+
+    import fedcollab.data  # noqa: F401
+    import fedcollab.models  # noqa: F401
+    import fedcollab.orchestrator  # noqa: F401
+    import fedcollab.release  # noqa: F401
+    from fedcollab.training import configure_tensorflow
+
+    configure_tensorflow(threads=1, deterministic=True)
+    tf.constant(1.0).numpy()  # start the runtime
+
+
+def _connect(address: str) -> Any:
+    import ray
+
+    from fedcollab.cluster import worker_env
+
+    # Worker processes are not pre-started here: a job's workers are Ray actors, and Ray
+    # gives each actor a fresh worker process rather than one started for earlier tasks
+    # (measured: pre-started workers were never reused), so they would only cost CPU.
+    ray.init(address=address, logging_level=logging.WARNING,
+             log_to_driver=bool(os.environ.get("FEDCOLLAB_WORKER_LOGS")),
+             runtime_env={"env_vars": worker_env()})
+    ray.cluster_resources()  # the connection is up and answering
+    return ray
+
+
+def _redirect_output(log: Path) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _lock(job_dir: Path, timeout: float = 60.0) -> int:
+    """Hold the job directory's lock, so two processes never run one job (restarts)."""
+    fd = os.open(job_dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{job_dir} is locked by another job process") from None
+            time.sleep(0.2)
+
+
+def _result(job_dir: Path, ok: bool, error: str = "") -> None:
+    from fedcollab.io import atomic_write_json
+
+    atomic_write_json(job_dir / "result.json", {"ok": ok, "error": error})
+
+
+def _run(task: dict[str, Any], address: str) -> int:
+    from fedcollab.errors import FedcollabError
+    from fedcollab.orchestrator import RunOptions, run_job
+    from fedcollab.service.specs import parse_spec_text
+
+    job_dir = Path(task["job_dir"])
+    out = job_dir / RUN_DIR
+    events = job_dir / "events.jsonl"
+
+    def on_round(line: dict[str, Any]) -> None:
+        with events.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line, allow_nan=False) + "\n")
+
+    try:
+        _lock(job_dir)
+        spec = parse_spec_text((job_dir / "request.yaml").read_text(encoding="utf-8"),
+                               check_data=False)
+        # Resume only what got as far as writing its spec; an attempt killed before
+        # that left nothing worth keeping (and a new job needs an empty directory).
+        resume = bool(task.get("resume")) and (out / "spec.yaml").is_file()
+        if not resume and out.exists():
+            shutil.rmtree(out)
+        run_job(spec, RunOptions(out_dir=out, address=address, quiet=True, progress=False,
+                                 resume=resume, on_round=on_round))
+    except FedcollabError as err:
+        _result(job_dir, False, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return 1
+    except Exception as err:  # an internal bug: keep its traceback in job.log
+        traceback.print_exc()
+        _result(job_dir, False, f"internal error: {type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''} (see job.log)")
+        return 1
+    _result(job_dir, True)
+    return 0
+
+
+def grade_command(task: dict[str, Any]) -> list[str]:
+    """The grader CLI as the job's command."""
+    job_dir = Path(task["job_dir"])
+    return [sys.executable, "-m", "fedcollab.cli", "grade", str(job_dir / "request.yaml"),
+            "--budget", str(task.get("budget") or "fast"),
+            "--priority", str(task.get("priority") or "balanced"), "--out",
+            str(job_dir / RUN_DIR)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedcollab.service.jobproc")
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--address", default=None, help="the service's Ray address")
+    parser.add_argument("--mode", choices=("run", "grade"), default="run")
+    args = parser.parse_args(argv)
+    tie_to_parent(args.parent_pid)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.mode == "run":
+        t0 = time.perf_counter()
+        _warm_driver()
+        _connect(args.address)
+        print(f"[{time.strftime('%H:%M:%S')}] job process {os.getpid()} warm in "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0  # the service shut down the pool
+    task = json.loads(line)
+    job_dir = Path(task["job_dir"])
+    _redirect_output(job_dir / "job.log")
+    if args.mode == "grade":
+        shutil.rmtree(job_dir / RUN_DIR, ignore_errors=True)  # a grade starts afresh
+        command = grade_command(task)
+        print(f"$ {subprocess.list2cmdline(command)}", flush=True)
+        os.execv(command[0], command)
+    code = _run(task, str(args.address))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # Ray tears the job's actors down when this driver goes
+
+
+if __name__ == "__main__":
+    sys.exit(main())

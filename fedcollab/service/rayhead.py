@@ -1,0 +1,47 @@
+"""The service's own Ray head, kept up for the service's lifetime.
+
+Started by the runner as ``python -m fedcollab.service.rayhead``: it starts a local
+Ray instance in its own temp dir on free ports, prints its address as one JSON
+line and waits until its stdin closes (the service stopping) or its parent dies
+(the kernel kills it, and Ray's reaper takes the cluster down with it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+from fedcollab.service.jobproc import tie_to_parent
+
+__all__ = ["main"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedcollab.service.rayhead")
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--temp-dir", required=True)
+    parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    tie_to_parent(args.parent_pid)
+    import ray
+
+    from fedcollab.cluster import worker_env
+
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
+             _temp_dir=args.temp_dir,
+             logging_level=logging.WARNING, log_to_driver=False,
+             runtime_env={"env_vars": worker_env()})
+    address = ray.get_runtime_context().gcs_address
+    # A new local cluster turns Ray's token authentication on; job processes must too.
+    print(json.dumps({"address": address, "auth_mode": os.environ.get("RAY_AUTH_MODE", "")}),
+          flush=True)
+    sys.stdin.read()  # until the service closes our stdin
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""The runner: starts queued jobs in their own processes, tails them, reaps them.
+
+One thread owns every child process (the kernel's parent-death signal is tied
+to the thread that forked, so it must live as long as the service). It keeps
+the service warm: a Ray head for the service's lifetime (unless ``--ray-address``)
+and ``warm_runners`` job processes that have already imported TensorFlow and
+connected to Ray, each used for one job and then replaced.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from fedcollab.service.store import JobRecord, JobStore
+
+__all__ = ["Hub", "Runner", "read_events"]
+
+CANCEL_GRACE_SECONDS = 3.0
+RAY_START_TIMEOUT = 120.0
+
+
+class Hub:
+    """Wakes WatchJob and CancelJob callers when a job changes."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._versions: dict[str, int] = {}
+
+    def publish(self, job_id: str) -> None:
+        with self._cond:
+            self._versions[job_id] = self._versions.get(job_id, 0) + 1
+            self._cond.notify_all()
+
+    def version(self, job_id: str) -> int:
+        with self._cond:
+            return self._versions.get(job_id, 0)
+
+    def wait(self, job_id: str, seen: int, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._versions.get(job_id, 0) != seen, timeout)
+
+
+def read_events(job_dir: Path) -> list[dict[str, Any]]:
+    """The round lines a job reported so far (a resumed job may repeat rounds)."""
+    try:
+        text = (job_dir / "events.jsonl").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.split("\n")[:-1]:  # the last piece may still be being written
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+@dataclass
+class _Running:
+    job: JobRecord
+    proc: subprocess.Popen[bytes]
+    job_dir: Path
+    events_size: int = -1
+    cancel_at: Optional[float] = None
+
+
+@dataclass
+class _Pool:
+    procs: deque[subprocess.Popen[bytes]] = field(default_factory=deque)
+
+
+class Runner:
+    """Runs the store's QUEUED jobs, at most `max_concurrent` at a time."""
+
+    def __init__(self, store: JobStore, state_dir: Path, hub: Hub, *, max_concurrent: int = 1,
+                 ray_address: Optional[str] = None, warm_runners: int = 1,
+                 eager: bool = False) -> None:
+        self.store = store
+        self.state_dir = Path(state_dir)
+        self.hub = hub
+        self.max_concurrent = max_concurrent
+        self.ray_address = ray_address
+        self.warm_runners = warm_runners
+        self.eager = eager
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._cancels: deque[str] = deque()
+        self._running: dict[str, _Running] = {}
+        self._pool = _Pool()
+        self._ray_head: Optional[subprocess.Popen[bytes]] = None
+        self._ray_tmp: Optional[str] = None
+        self._log: Optional[IO[bytes]] = None
+        self._thread = threading.Thread(target=self._loop, name="fedcollab-runner", daemon=True)
+        self.ray_error = ""
+        self._env = {**os.environ,
+                     "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+
+    # ------------------------------------------------------------ API (any thread)
+    def start(self) -> None:
+        self._log = open(self.state_dir / "service.log", "ab")
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> None:
+        self._cancels.append(job_id)
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the jobs (they go back to the queue and resume on the next start)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._log is not None:
+            self._log.close()
+
+    # ------------------------------------------------------------ the runner thread
+    def _loop(self) -> None:
+        if self.eager and self.max_concurrent > 0:
+            try:
+                self._ensure_ray()
+            except RuntimeError:
+                pass  # noted in service.log; jobs fail with that line until Ray starts
+        while not self._stopping.is_set():
+            self._wake.wait(0.2)
+            self._wake.clear()
+            try:
+                self._handle_cancels()
+                self._reap()
+                self._start_queued()
+                self._fill_pool()
+            except Exception:  # keep the service serving; the traceback goes to the log
+                import traceback
+
+                self._note(traceback.format_exc())
+        self._shutdown()
+
+    def _note(self, text: str) -> None:
+        if self._log is not None:
+            self._log.write(f"[{time.strftime('%H:%M:%S')}] {text.rstrip()}\n".encode())
+            self._log.flush()
+
+    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, *args, "--parent-pid", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=self._log or subprocess.DEVNULL,
+            stderr=self._log or subprocess.DEVNULL, start_new_session=True, env=self._env)
+
+    def _ensure_ray(self) -> str:
+        if self.ray_address:
+            return self.ray_address
+        if self._ray_head is None or self._ray_head.poll() is not None:
+            self._ray_tmp = self._fresh_ray_tmp()
+            self._ray_head = subprocess.Popen(
+                [sys.executable, "-m", "fedcollab.service.rayhead", "--parent-pid",
+                 str(os.getpid()), "--temp-dir", self._ray_tmp],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                start_new_session=True)
+            assert self._ray_head.stdout is not None
+            line = self._ray_head.stdout.readline()
+            try:
+                head = json.loads(line)
+                self.ray_address = str(head["address"])
+                if head.get("auth_mode"):
+                    self._env["RAY_AUTH_MODE"] = str(head["auth_mode"])
+            except (ValueError, KeyError):
+                self.ray_error = "the service's Ray head did not start (see service.log)"
+                self._note(self.ray_error)
+                raise RuntimeError(self.ray_error) from None
+            self._note(f"Ray head up at {self.ray_address}")
+        assert self.ray_address is not None
+        return self.ray_address
+
+    def _fresh_ray_tmp(self) -> str:
+        """A short temp dir for Ray (socket paths are length-limited), recorded in the
+        state dir so the next start removes it if this service is killed."""
+        import shutil
+
+        record = self.state_dir / "ray-temp-dir"
+        try:
+            old = record.read_text().strip()
+            if old.startswith("/tmp/fcray-"):
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+        path = tempfile.mkdtemp(prefix="fcray-", dir="/tmp")
+        record.write_text(path + "\n")
+        return path
+
+    def _fill_pool(self) -> None:
+        if self.max_concurrent <= 0 or self.ray_error:
+            return
+        if not self.eager and self.ray_address is None and self._ray_head is None:
+            return  # lazy: no Ray (and no pool) until the first job needs it
+        if len(self._running) >= self.max_concurrent:
+            return  # warming a runner costs seconds of CPU: not while every slot is busy
+        alive = deque(p for p in self._pool.procs if p.poll() is None)
+        self._pool.procs = alive
+        while len(self._pool.procs) < self.warm_runners:
+            address = self._ensure_ray()
+            self._pool.procs.append(self._spawn(["-m", "fedcollab.service.jobproc",
+                                                 "--address", address]))
+
+    def _take_runner(self) -> subprocess.Popen[bytes]:
+        while self._pool.procs:
+            proc = self._pool.procs.popleft()
+            if proc.poll() is None:
+                return proc
+        return self._spawn(["-m", "fedcollab.service.jobproc", "--address", self._ensure_ray()])
+
+    def _start_queued(self) -> None:
+        free = self.max_concurrent - len(self._running)
+        if free <= 0:
+            return
+        for job in self.store.oldest("QUEUED", free):
+            job_dir = self.state_dir / "jobs" / job.id
+            if not self.store.transition(job.id, ["QUEUED"], "RUNNING", started=time.time(),
+                                         attempts=job.attempts + 1, error=""):
+                continue  # cancelled meanwhile
+            job = self.store.get(job.id)
+            task = {"job_dir": str(job_dir), "resume": job.attempts > 1, **job.params}
+            try:
+                if not (job_dir / "request.yaml").is_file():
+                    raise RuntimeError("its job directory is missing")
+                if job.kind == "grade":
+                    proc = self._spawn(["-m", "fedcollab.service.jobproc", "--mode", "grade"])
+                else:
+                    proc = self._take_runner()
+                assert proc.stdin is not None
+                proc.stdin.write((json.dumps(task) + "\n").encode())
+                proc.stdin.close()
+            except (OSError, RuntimeError) as err:
+                self.store.transition(job.id, ["RUNNING"], "FAILED", finished=time.time(),
+                                      error=f"could not start: {err}")
+                self.hub.publish(job.id)
+                continue
+            self._running[job.id] = _Running(job, proc, job_dir)
+            self._note(f"job {job.id} started (attempt {job.attempts}, pid {proc.pid})")
+            self.hub.publish(job.id)
+
+    def _tail(self, run: _Running) -> None:
+        try:
+            size = (run.job_dir / "events.jsonl").stat().st_size
+        except FileNotFoundError:
+            return
+        if size == run.events_size:
+            return
+        run.events_size = size
+        events = read_events(run.job_dir)
+        if events:
+            self.store.set_progress(run.job.id, int(events[-1].get("round", 0)))
+            self.hub.publish(run.job.id)
+
+    def _reap(self) -> None:
+        for job_id, run in list(self._running.items()):
+            self._tail(run)
+            code = run.proc.poll()
+            if code is None:
+                if run.cancel_at is not None and \
+                        time.monotonic() - run.cancel_at > CANCEL_GRACE_SECONDS:
+                    _signal_group(run.proc, signal.SIGKILL)
+                continue
+            del self._running[job_id]
+            self._finish(run, code)
+
+    def _finish(self, run: _Running, code: int) -> None:
+        now = time.time()
+        job_id = run.job.id
+        if run.cancel_at is not None:
+            self.store.transition(job_id, ["RUNNING"], "CANCELLED", finished=now)
+        elif code == 0:
+            summary = ""
+            try:
+                summary = (run.job_dir / "run" / "summary.json").read_text(encoding="utf-8")
+            except FileNotFoundError:
+                pass
+            self.store.transition(job_id, ["RUNNING"], "SUCCEEDED", finished=now,
+                                  summary=summary)
+        else:
+            self.store.transition(job_id, ["RUNNING"], "FAILED", finished=now,
+                                  error=_failure(run.job_dir, code))
+        self._note(f"job {job_id} ended with exit code {code}")
+        self.hub.publish(job_id)
+
+    def _handle_cancels(self) -> None:
+        while self._cancels:
+            job_id = self._cancels.popleft()
+            run = self._running.get(job_id)
+            if run is not None and run.cancel_at is None:
+                run.cancel_at = time.monotonic()
+                _signal_group(run.proc, signal.SIGTERM)
+
+    def _shutdown(self) -> None:
+        for run in self._running.values():
+            _signal_group(run.proc, signal.SIGTERM)
+        deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+        for run in self._running.values():
+            try:
+                run.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(run.proc, signal.SIGKILL)
+                run.proc.wait()
+            # Interrupted, not failed: it resumes from its checkpoint on the next start.
+            self.store.transition(run.job.id, ["RUNNING"], "QUEUED")
+            self.hub.publish(run.job.id)
+        self._running.clear()
+        for proc in self._pool.procs:
+            _close(proc)
+        if self._ray_head is not None:
+            _close(self._ray_head, timeout=20.0)
+        if self._ray_tmp:
+            import shutil
+
+            shutil.rmtree(self._ray_tmp, ignore_errors=True)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _close(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """Close a helper's stdin (its signal to exit); kill it if it lingers."""
+    try:
+        if proc.stdin is not None and not proc.stdin.closed:
+            proc.stdin.close()
+        proc.wait(timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def _failure(job_dir: Path, code: int) -> str:
+    try:
+        result = json.loads((job_dir / "result.json").read_text(encoding="utf-8"))
+        if result.get("error"):
+            return str(result["error"])
+    except (OSError, ValueError):
+        pass
+    last = ""
+    try:
+        lines = [x for x in (job_dir / "job.log").read_text(errors="replace").splitlines()
+                 if x.strip()]
+        last = lines[-1].strip()[:300] if lines else ""
+    except OSError:
+        pass
+    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    return f"job process {how}" + (f": {last}" if last else "") + " (see job.log)"

@@ -1,0 +1,407 @@
+"""The gRPC job service: JobService, health checking and reflection on one port.
+
+Health and reflection answer without a token (they reveal no job data), so load
+balancers, grpcurl and other clients work without our files; every JobService
+call needs ``authorization: Bearer <token>`` when a tokens file is given.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import grpc
+
+from fedcollab._proto.fedcollab.v1 import jobs_pb2, jobs_pb2_grpc
+from fedcollab.errors import FedcollabError
+from fedcollab.io import atomic_write_bytes
+from fedcollab.service import artifacts
+from fedcollab.service.auth import (
+    ANONYMOUS_ADMIN,
+    Caller,
+    TokenFile,
+    authorize,
+    check_owner,
+    token_from_metadata,
+)
+from fedcollab.service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+    status_code,
+)
+from fedcollab.service.runner import Hub, Runner, read_events
+from fedcollab.service.specs import MAX_SPEC_BYTES, parse_spec_text
+from fedcollab.service.store import STATES, JobRecord, JobStore
+
+__all__ = ["ServeConfig", "JobServer", "run_server", "serve", "job_to_proto",
+           "MAX_MESSAGE_BYTES"]
+
+log = logging.getLogger("fedcollab.service")
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+SERVICE_NAME = "fedcollab.v1.JobService"
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What `fedcollab serve` takes (see its --help)."""
+
+    state_dir: Path
+    listen: str = "127.0.0.1:50051"
+    ray_address: Optional[str] = None
+    max_concurrent: int = 1
+    tokens: Optional[Path] = None
+    tls_cert: Optional[Path] = None
+    tls_key: Optional[Path] = None
+    client_ca: Optional[Path] = None
+    warm_runners: int = 1
+    eager: bool = True  # start Ray and the warm runners at once (else on the first job)
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent < 0:
+            raise InvalidArgument("--max-concurrent must be 0 (queue only) or more")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidArgument("--tls-cert and --tls-key go together")
+        if self.client_ca and not self.tls_cert:
+            raise InvalidArgument("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        host = self.listen.rpartition(":")[0]
+        if not host or not self.listen.rpartition(":")[2].isdigit():
+            raise InvalidArgument(f"--listen {self.listen!r}: expected HOST:PORT")
+
+
+def is_loopback(listen: str) -> bool:
+    return listen.rpartition(":")[0] in LOOPBACK
+
+
+def job_to_proto(job: JobRecord) -> Any:
+    return jobs_pb2.Job(
+        id=job.id, state=jobs_pb2.JobState.Value(job.state), kind=job.kind, name=job.name,
+        owner=job.owner, rounds=job.rounds, rounds_completed=job.rounds_completed,
+        created_unix=job.created, started_unix=job.started, finished_unix=job.finished,
+        error=job.error, attempts=job.attempts, summary_json=job.summary)
+
+
+def _rpc(method: str, *, stream: bool = False) -> Callable[[Callable[..., Any]], Any]:
+    """Authenticate, authorize, and map errors to status codes: once, for every method."""
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        def fail(context: Any, err: BaseException) -> None:
+            if isinstance(err, FedcollabError):
+                context.abort(status_code(err), str(err).splitlines()[0] if str(err) else method)
+            log.exception("%s: internal error", method)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error "
+                                                    "(see the service log)")
+
+        if stream:
+            @functools.wraps(fn)
+            def streaming(self: "_Servicer", request: Any, context: Any) -> Iterator[Any]:
+                try:
+                    caller = self.caller(context, method)
+                    yield from fn(self, request, context, caller)
+                except Exception as err:  # noqa: BLE001  (mapped to a status in fail())
+                    fail(context, err)
+            return streaming
+
+        @functools.wraps(fn)
+        def unary(self: "_Servicer", request: Any, context: Any) -> Any:
+            try:
+                return fn(self, request, context, self.caller(context, method))
+            except Exception as err:  # noqa: BLE001
+                fail(context, err)
+        return unary
+    return decorate
+
+
+class _Servicer(jobs_pb2_grpc.JobServiceServicer):
+    def __init__(self, store: JobStore, runner: Runner, hub: Hub, state_dir: Path,
+                 tokens: Optional[TokenFile]) -> None:
+        self.store = store
+        self.runner = runner
+        self.hub = hub
+        self.state_dir = state_dir
+        self.tokens = tokens
+
+    def caller(self, context: Any, method: str) -> Caller:
+        if self.tokens is None:
+            caller = ANONYMOUS_ADMIN
+        else:
+            caller = self.tokens.authenticate(token_from_metadata(context.invocation_metadata()))
+        authorize(caller, method)
+        return caller
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.state_dir / "jobs" / job_id
+
+    def _visible(self, caller: Caller, job_id: str) -> JobRecord:
+        if not job_id:
+            raise InvalidArgument("a job id is required")
+        job = self.store.get(job_id)
+        check_owner(caller, job.owner, job.id)
+        return job
+
+    def _create(self, caller: Caller, *, kind: str, spec_yaml: str, key: str,
+                params: dict[str, Any]) -> Any:
+        if len(spec_yaml.encode("utf-8")) > MAX_SPEC_BYTES:
+            raise ResourceExhausted(f"spec is {len(spec_yaml.encode())} bytes; the limit is "
+                                    f"{MAX_SPEC_BYTES}")
+        if not spec_yaml.strip():
+            raise InvalidArgument("spec_yaml is empty")
+        spec = parse_spec_text(spec_yaml)
+        incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.state_dir / "jobs"))
+        try:
+            atomic_write_bytes(incoming / "request.yaml", spec_yaml.encode("utf-8"))
+
+            def place(job_id: str) -> None:
+                os.replace(incoming, self.job_dir(job_id))
+
+            job, created = self.store.create(
+                kind=kind, name=spec.name, owner=caller.name,
+                rounds=spec.rounds if kind == "run" else 0, idempotency_key=key or None,
+                params=params, prepare=place)
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+        if created:
+            self.runner.wake()
+        return job_to_proto(job)
+
+    @_rpc("SubmitJob")
+    def SubmitJob(self, request: Any, context: Any, caller: Caller) -> Any:
+        return self._create(caller, kind="run", spec_yaml=request.spec_yaml,
+                            key=request.idempotency_key, params={})
+
+    @_rpc("GradeJob")
+    def GradeJob(self, request: Any, context: Any, caller: Caller) -> Any:
+        budget = request.budget or "fast"
+        if budget not in ("fast", "full"):
+            raise InvalidArgument(f"budget {budget!r}: expected fast or full")
+        priority = request.priority or "balanced"
+        return self._create(caller, kind="grade", spec_yaml=request.spec_yaml,
+                            key=request.idempotency_key,
+                            params={"budget": budget, "priority": priority})
+
+    @_rpc("GetJob")
+    def GetJob(self, request: Any, context: Any, caller: Caller) -> Any:
+        return job_to_proto(self._visible(caller, request.id))
+
+    @_rpc("ListJobs")
+    def ListJobs(self, request: Any, context: Any, caller: Caller) -> Any:
+        size = request.page_size or 50
+        if not 0 < size <= 500:
+            raise InvalidArgument(f"page_size {size}: expected 1..500")
+        before = None
+        if request.page_token:
+            if not request.page_token.isdigit():
+                raise InvalidArgument("page_token: not one this service returned")
+            before = int(request.page_token)
+        states = [jobs_pb2.JobState.Name(s) for s in request.states]
+        if "JOB_STATE_UNSPECIFIED" in states:
+            raise InvalidArgument(f"states: expected some of {', '.join(STATES)}")
+        owner = None if caller.sees_everything else caller.name
+        jobs = self.store.list(states=states, owner=owner, limit=size + 1, before_seq=before)
+        token = str(jobs[size - 1].seq) if len(jobs) > size else ""
+        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs[:size]],
+                                         next_page_token=token)
+
+    @_rpc("WatchJob", stream=True)
+    def WatchJob(self, request: Any, context: Any, caller: Caller) -> Iterator[Any]:
+        job = self._visible(caller, request.id)
+        sent_state, sent_round = "", 0
+        while context.is_active():
+            seen = self.hub.version(job.id)
+            job = self.store.get(job.id)
+            if job.state != sent_state and not job.is_terminal:
+                sent_state = job.state
+                yield jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
+                    state=jobs_pb2.JobState.Value(job.state)))
+            for line in read_events(self.job_dir(job.id)):
+                number = int(line.get("round", 0))
+                if number <= sent_round:
+                    continue
+                sent_round = number
+                metrics = {k: float(v) for k, v in line.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                yield jobs_pb2.JobEvent(job=job_to_proto(job), round=jobs_pb2.RoundEvent(
+                    round=number, rounds=job.rounds, metrics=metrics,
+                    metrics_json=_json(line)))
+            if job.is_terminal:
+                yield jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
+                    state=jobs_pb2.JobState.Value(job.state), error=job.error))
+                return
+            self.hub.wait(job.id, seen, timeout=1.0)
+
+    @_rpc("CancelJob")
+    def CancelJob(self, request: Any, context: Any, caller: Caller) -> Any:
+        job = self._visible(caller, request.id)
+        if job.is_terminal:
+            raise FailedPrecondition(f"job {job.id} is {job.state} already")
+        if not self.store.transition(job.id, ["QUEUED"], "CANCELLED", finished=time.time()):
+            self.runner.cancel(job.id)  # RUNNING: signal its process group
+            deadline = time.monotonic() + 15.0
+            while time.monotonic() < deadline:
+                seen = self.hub.version(job.id)
+                if self.store.get(job.id).is_terminal:
+                    break
+                self.hub.wait(job.id, seen, timeout=0.5)
+        self.hub.publish(job.id)
+        return job_to_proto(self.store.get(job.id))
+
+    @_rpc("FetchArtifact", stream=True)
+    def FetchArtifact(self, request: Any, context: Any, caller: Caller) -> Iterator[Any]:
+        job = self._visible(caller, request.id)
+        files = artifacts.resolve(self.job_dir(job.id), request.name, job)
+        for relative, handle, size in artifacts.open_all(files):
+            with handle:
+                offset = 0
+                while True:
+                    data = handle.read(artifacts.CHUNK_BYTES)
+                    last = offset + len(data) >= size or not data
+                    yield jobs_pb2.ArtifactChunk(path=relative, size=size, offset=offset,
+                                                 data=data, last=last)
+                    offset += len(data)
+                    if last:
+                        break
+
+
+def _json(line: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(line, allow_nan=False, separators=(",", ":"))
+
+
+class JobServer:
+    """The whole service: store, runner, gRPC server. `start()`, then `stop()`."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.state_dir = Path(config.state_dir).resolve()
+        (self.state_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        self.tokens = TokenFile(config.tokens) if config.tokens else None
+        self.store = JobStore(self.state_dir / "jobs.sqlite")
+        self.hub = Hub()
+        self.runner = Runner(self.store, self.state_dir, self.hub,
+                             max_concurrent=config.max_concurrent,
+                             ray_address=config.ray_address, warm_runners=config.warm_runners,
+                             eager=config.eager)
+        self.recovered = self.store.recover()
+        for stale in (self.state_dir / "jobs").glob(".incoming-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.port = 0
+        self._server: Any = None
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    def _credentials(self) -> Any:
+        cfg = self.config
+        if not cfg.tls_cert:
+            return None
+        try:
+            cert = Path(cfg.tls_cert).read_bytes()
+            key = Path(str(cfg.tls_key)).read_bytes()
+            ca = Path(cfg.client_ca).read_bytes() if cfg.client_ca else None
+        except OSError as err:
+            raise InvalidArgument(f"cannot read TLS file {err.filename}: "
+                                  f"{err.strerror}") from None
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                           require_client_auth=ca is not None)
+
+    def start(self) -> int:
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection
+
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
+                   ("grpc.so_reuseport", 0)]
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=64,
+                                                        thread_name_prefix="rpc"),
+                             options=options, maximum_concurrent_rpcs=256)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(
+            _Servicer(self.store, self.runner, self.hub, self.state_dir, self.tokens), server)
+        checker = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        credentials = self._credentials()
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(self.config.listen)
+            else:
+                port = server.add_secure_port(self.config.listen, credentials)
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise ServiceError(f"cannot listen on {self.config.listen} (in use, or not an "
+                               "address of this machine)")
+        self.port = port
+        self.runner.start()
+        server.start()
+        for name in ("", SERVICE_NAME):
+            checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server, self._health = server, checker
+        return port
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop taking calls, interrupt running jobs (they resume next start), stop Ray."""
+        if self._server is not None:
+            self._health.enter_graceful_shutdown()
+            self._server.stop(grace).wait(grace + 1)
+        self.runner.stop()
+        self.store.close()
+
+
+@contextlib.contextmanager
+def run_server(state_dir: str | Path, **options: Any) -> Iterator[JobServer]:
+    """A running job service (port 0 by default: a free one), stopped on exit."""
+    options.setdefault("listen", "127.0.0.1:0")
+    options.setdefault("eager", False)
+    server = JobServer(ServeConfig(state_dir=Path(state_dir), **options))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(grace=1.0)
+
+
+def serve(config: ServeConfig, *, out: Any = None) -> int:
+    """Run the service until SIGTERM or SIGINT, then shut down gracefully."""
+    err = out or sys.stderr
+    if not config.tokens:
+        if not is_loopback(config.listen):
+            raise InvalidArgument(f"--listen {config.listen}: beyond loopback the service "
+                                  "needs --tokens (make one with `fedcollab token new`)")
+        print("fedcollab serve: warning: no --tokens: every caller is admin (loopback only)",
+              file=err)
+    if not config.tls_cert and not is_loopback(config.listen):
+        print(f"fedcollab serve: warning: listening on {config.listen} without TLS: tokens "
+              "and job data cross the network in the clear (pass --tls-cert/--tls-key)",
+              file=err)
+    server = JobServer(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    resumed = f", {len(server.recovered)} interrupted job(s) resume" if server.recovered else ""
+    print(f"fedcollab serve: listening on {server.address} "
+          f"({'mutual TLS' if config.client_ca else 'TLS' if config.tls_cert else 'plaintext'}),"
+          f" state in {server.state_dir}{resumed}", file=err, flush=True)
+    stop.wait()
+    print("fedcollab serve: shutting down (running jobs resume on the next start)", file=err,
+          flush=True)
+    server.stop()
+    return 0

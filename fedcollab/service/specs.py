@@ -1,0 +1,55 @@
+"""Job specs as the service receives them: YAML text, checked like `fedcollab validate`."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedcollab.spec import JobSpec, SpecError, spec_from_dict
+
+__all__ = ["parse_spec_text", "MAX_SPEC_BYTES"]
+
+MAX_SPEC_BYTES = 256 * 1024
+SOURCE = "submitted spec"
+
+
+def _data(text: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise SpecError(f"spec: {SOURCE}: invalid YAML{line}: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"spec: {SOURCE}: expected a mapping at the top level")
+    return data
+
+
+@functools.lru_cache(maxsize=64)
+def parse_spec_text(text: str, *, check_data: bool = True) -> JobSpec:
+    """Parse and validate a spec sent as text; messages match `fedcollab validate`.
+
+    Args:
+        check_data: also run the preflight checks (load and partition the data),
+            as `fedcollab validate` does.
+
+    Valid specs are cached by their text (a JobSpec is immutable), so resubmitting
+    the same spec does not load its data again; errors are not cached.
+
+    Raises:
+        SpecError: the text is not a valid spec.
+    """
+    spec = spec_from_dict(_data(text))
+    if spec.task.dataset == "file":
+        path = Path(str(spec.task.path))
+        if not path.is_absolute() or not path.is_file():
+            raise SpecError(f"spec: task.path: {spec.task.path}: no such file on the job "
+                            "service's machine (give an absolute path there)")
+    if check_data:
+        from fedcollab.preflight import preflight
+
+        preflight(spec)
+    return spec

@@ -1,0 +1,226 @@
+"""The job store: one sqlite database in WAL mode under the state directory.
+
+Every state change is one ``UPDATE ... WHERE state IN (...)``: it happens or it
+does not, so two threads (a cancel and the runner reaping the process) never
+both win, and a crash leaves each job in exactly one state. WAL lets readers
+(GetJob, ListJobs, WatchJob) run while the runner writes.
+"""
+from __future__ import annotations
+
+import builtins
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from fedcollab.service.errors import InvalidArgument, NotFound
+
+__all__ = ["STATES", "TERMINAL", "JobRecord", "JobStore"]
+
+STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    rounds INTEGER NOT NULL DEFAULT 0,
+    rounds_completed INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL NOT NULL DEFAULT 0,
+    finished REAL NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
+    summary TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+"""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    seq: int
+    id: str
+    kind: str
+    name: str
+    owner: str
+    state: str
+    rounds: int
+    rounds_completed: int
+    created: float
+    started: float
+    finished: float
+    error: str
+    attempts: int
+    idempotency_key: Optional[str]
+    params: dict[str, Any]
+    summary: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "JobRecord":
+        data = dict(row)
+        data["params"] = json.loads(data["params"] or "{}")
+        return cls(**data)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+class JobStore:
+    """Thread-safe access to ``jobs.sqlite``.
+
+    Writes go through one connection under a lock; reads use a connection per
+    thread, so GetJob never waits behind a writer's fsync (WAL readers see the
+    last committed state).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False,
+                                   isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self.path), check_same_thread=False,
+                                   isolation_level=None, timeout=30)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+            self._db.close()
+
+    def _one(self, sql: str, args: Sequence[Any], *,
+             conn: Optional[sqlite3.Connection] = None) -> Optional[JobRecord]:
+        row = (conn or self._db).execute(sql, args).fetchone()
+        return JobRecord.from_row(row) if row is not None else None
+
+    def create(self, *, kind: str, name: str, owner: str, rounds: int,
+               idempotency_key: Optional[str] = None,
+               params: Optional[dict[str, Any]] = None,
+               prepare: Optional[Callable[[str], None]] = None) -> tuple[JobRecord, bool]:
+        """Insert a QUEUED job; returns (job, created). An idempotency key the same
+        owner used before returns that job instead (created False).
+
+        `prepare(job_id)` runs inside the transaction (e.g. to put the job's
+        directory in place): if it raises, no job is created.
+        """
+        key = idempotency_key or None
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if key is not None:
+                    found = self._one("SELECT * FROM jobs WHERE owner=? AND idempotency_key=?",
+                                      (owner, key))
+                    if found is not None:
+                        self._db.execute("COMMIT")
+                        return found, False
+                job_id = secrets.token_hex(6)
+                self._db.execute(
+                    "INSERT INTO jobs (id, kind, name, owner, state, rounds, created, "
+                    "idempotency_key, params) VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?)",
+                    (job_id, kind, name, owner, rounds, time.time(), key,
+                     json.dumps(params or {})))
+                if prepare is not None:
+                    prepare(job_id)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            record = self._one("SELECT * FROM jobs WHERE id=?", (job_id,))
+        assert record is not None
+        return record, True
+
+    def get(self, job_id: str) -> JobRecord:
+        """Raises NotFound for an unknown id."""
+        record = self._one("SELECT * FROM jobs WHERE id=?", (job_id,), conn=self._reader())
+        if record is None:
+            raise NotFound(f"no job {job_id!r}")
+        return record
+
+    def list(self, *, states: Iterable[str] = (), owner: Optional[str] = None,
+             limit: int = 50, before_seq: Optional[int] = None) -> list[JobRecord]:
+        """Newest first; `before_seq` continues a previous page."""
+        where, args = [], []  # type: list[str], list[Any]
+        wanted = list(states)
+        for state in wanted:
+            if state not in STATES:
+                raise InvalidArgument(f"unknown state {state!r}; expected one of "
+                                      f"{', '.join(STATES)}")
+        if wanted:
+            where.append(f"state IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if owner is not None:
+            where.append("owner=?")
+            args.append(owner)
+        if before_seq is not None:
+            where.append("seq<?")
+            args.append(before_seq)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        rows = self._reader().execute(sql, args).fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
+    def oldest(self, state: str, limit: int) -> builtins.list[JobRecord]:
+        rows = self._reader().execute("SELECT * FROM jobs WHERE state=? ORDER BY seq LIMIT ?",
+                                      (state, limit)).fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
+    def count(self) -> int:
+        return int(self._reader().execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+
+    def transition(self, job_id: str, from_states: Iterable[str], to_state: str,
+                   **fields: Any) -> bool:
+        """Move a job to `to_state` if it is in one of `from_states` (atomically).
+
+        Returns:
+            True when this call made the change.
+        """
+        allowed = list(from_states)
+        sets = ["state=?"] + [f"{k}=?" for k in fields]
+        args: list[Any] = [to_state, *fields.values(), job_id, *allowed]
+        sql = (f"UPDATE jobs SET {', '.join(sets)} WHERE id=? AND state IN "
+               f"({','.join('?' * len(allowed))})")
+        with self._lock:
+            return self._db.execute(sql, args).rowcount == 1
+
+    def set_progress(self, job_id: str, rounds_completed: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE jobs SET rounds_completed=? WHERE id=?",
+                             (rounds_completed, job_id))
+
+    def recover(self) -> builtins.list[str]:
+        """After a restart: jobs that were RUNNING go back to the queue (they resume)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM jobs WHERE state='RUNNING'").fetchall()
+            self._db.execute("UPDATE jobs SET state='QUEUED' WHERE state='RUNNING'")
+        return [r[0] for r in rows]

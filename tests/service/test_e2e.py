@@ -1,0 +1,136 @@
+"""End to end over loopback: real jobs in real job processes on the service's Ray."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from fedcollab._proto.fedcollab.v1 import jobs_pb2
+from fedcollab.service.errors import FailedPrecondition
+
+from .conftest import TINY_SPEC, Tokens, client
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tokens: Tokens) -> Iterator[Any]:
+    from fedcollab.service.server import run_server
+
+    with run_server(tmp_path_factory.mktemp("e2e"), tokens=tokens.path, max_concurrent=1,
+                    eager=True, warm_runners=1) as srv:
+        yield srv
+
+
+def _state(job: Any) -> str:
+    return str(jobs_pb2.JobState.Name(job.state))
+
+
+def _wait(c: Any, job_id: str, predicate: Any, timeout: float = 180.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = c.get(job_id)
+        if predicate(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} stuck in {_state(c.get(job_id))}")
+
+
+def test_e2e_submit_watch_fetch_and_verify_release(server: Any, tokens: Tokens,
+                                                   tmp_path: Path) -> None:
+    c = client(server, tokens.submitter)
+
+    job = c.submit(TINY_SPEC)
+    events = list(c.watch(job.id))
+    written = c.fetch(job.id, "release", tmp_path / "release")
+    verify = subprocess.run([sys.executable, "-m", "fedcollab.cli", "verify",
+                             str(tmp_path / "release")], capture_output=True, text=True)
+    summary = json.loads(c.get(job.id).summary_json)
+
+    rounds = [e.round.round for e in events if e.HasField("round")]
+    states = [jobs_pb2.JobState.Name(e.state.state) for e in events if e.HasField("state")]
+    assert rounds == [1, 2, 3]
+    assert states[-1] == "SUCCEEDED", events[-1]
+    assert all("accuracy" in e.round.metrics for e in events if e.HasField("round"))
+    assert {p.name for p in written} >= {"model.keras", "manifest.json", "manifest.sig"}
+    assert verify.returncode == 0, verify.stderr
+    assert summary["rounds_completed"] == 3
+
+
+def test_e2e_service_release_matches_a_cold_fedcollab_run(server: Any, tokens: Tokens,
+                                                           tmp_path: Path) -> None:
+    c = client(server, tokens.admin)
+    (tmp_path / "tiny.yaml").write_text(TINY_SPEC)
+
+    job = c.submit(TINY_SPEC)
+    cold = subprocess.run([sys.executable, "-m", "fedcollab.cli", "run",
+                           str(tmp_path / "tiny.yaml"), "--quiet", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True)
+    done = _wait(c, job.id, lambda j: _state(j) in ("SUCCEEDED", "FAILED"))
+    served = c.fetch(job.id, "release/manifest.json", tmp_path / "served.json")
+
+    assert cold.returncode == 0, cold.stderr
+    assert _state(done) == "SUCCEEDED", done.error
+    assert json.loads(served[0].read_text())["weights_sha256"] == json.loads(
+        (tmp_path / "run" / "release" / "manifest.json").read_text())["weights_sha256"]
+
+
+def test_e2e_failing_job_fails_alone_and_service_keeps_serving(server: Any,
+                                                               tokens: Tokens) -> None:
+    c = client(server, tokens.admin)
+    pinned = TINY_SPEC.replace("resources: {workers: 1}",
+                               "resources: {workers: 1}").replace(
+        "partition: {kind: iid}}", "partition: {kind: iid}, resources: {vendor_site: 1}}")
+
+    job = c.submit(pinned)
+    done = _wait(c, job.id, lambda j: _state(j) in ("SUCCEEDED", "FAILED", "CANCELLED"))
+
+    assert _state(done) == "FAILED"
+    assert "vendor_site" in done.error and "\n" not in done.error
+    assert c.list().jobs
+
+
+def test_e2e_queue_beyond_max_concurrent_and_cancel_within_seconds(server: Any,
+                                                                    tokens: Tokens) -> None:
+    c = client(server, tokens.admin)
+    long = TINY_SPEC.replace("rounds: 3", "rounds: 500")
+    first, second = c.submit(long), c.submit(long)
+    _wait(c, first.id, lambda j: j.rounds_completed >= 1)
+
+    queued = c.get(second.id)
+    t0 = time.monotonic()
+    cancelled = c.cancel(first.id)
+    seconds = time.monotonic() - t0
+    c.cancel(second.id)
+
+    assert _state(queued) == "QUEUED"
+    assert _state(cancelled) == "CANCELLED" and seconds < 10
+    assert _state(c.get(second.id)) == "CANCELLED"
+    with pytest.raises(FailedPrecondition):
+        c.cancel(first.id)
+
+
+def _grader_available() -> bool:
+    return importlib.util.find_spec("fedcollab.grading") is not None
+
+
+@pytest.mark.skipif(not _grader_available(),
+                    reason="the local grader (`fedcollab grade SPEC --budget --priority --out`, "
+                           "package fedcollab.grading) is not merged into this branch yet")
+def test_e2e_grade_as_a_job_and_fetch_scorecard(server: Any, tokens: Tokens,
+                                                tmp_path: Path) -> None:
+    c = client(server, tokens.submitter)
+
+    job = c.grade(TINY_SPEC, budget="fast", priority="balanced")
+    done = _wait(c, job.id, lambda j: _state(j) in ("SUCCEEDED", "FAILED"), timeout=900)
+    written = c.fetch(job.id, "scorecard.json", tmp_path)
+
+    assert _state(done) == "SUCCEEDED", done.error
+    card = json.loads(written[0].read_text())
+    assert card["mixes"] and "recommendation" in card

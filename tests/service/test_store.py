@@ -1,0 +1,98 @@
+"""The sqlite job store: WAL, atomic transitions, idempotency, paging, recovery."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from fedcollab.service.errors import InvalidArgument, NotFound
+from fedcollab.service.store import JobStore
+
+
+def _new(store: JobStore, owner: str = "alice", key: str | None = None) -> str:
+    job, _ = store.create(kind="run", name="tiny", owner=owner, rounds=3, idempotency_key=key)
+    return job.id
+
+
+def test_store_uses_wal_journal(tmp_path: Path) -> None:
+    JobStore(tmp_path / "jobs.sqlite").close()
+
+    mode = sqlite3.connect(tmp_path / "jobs.sqlite").execute("PRAGMA journal_mode").fetchone()
+
+    assert mode[0] == "wal"
+
+
+def test_store_transition_happens_once_under_contention(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job_id = _new(store)
+    wins: list[bool] = []
+
+    def race(target: str) -> None:
+        wins.append(store.transition(job_id, ["QUEUED"], target))
+
+    threads = [threading.Thread(target=race, args=(s,)) for s in ["RUNNING", "CANCELLED"] * 8]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert wins.count(True) == 1
+    assert store.get(job_id).state in ("RUNNING", "CANCELLED")
+
+
+def test_store_idempotency_key_returns_same_job_per_owner(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+
+    first = _new(store, key="k1")
+    again, created = store.create(kind="run", name="tiny", owner="alice", rounds=3,
+                                  idempotency_key="k1")
+    other = _new(store, owner="bob", key="k1")
+
+    assert (again.id, created) == (first, False)
+    assert other != first
+
+
+def test_store_prepare_failure_creates_no_job(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+
+    def broken(job_id: str) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        store.create(kind="run", name="tiny", owner="alice", rounds=3, prepare=broken)
+
+    assert store.count() == 0
+
+
+def test_store_list_pages_newest_first_and_filters(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    ids = [_new(store) for _ in range(5)]
+    store.transition(ids[0], ["QUEUED"], "FAILED")
+
+    page1 = store.list(limit=2)
+    page2 = store.list(limit=2, before_seq=page1[-1].seq)
+    failed = store.list(states=["FAILED"])
+
+    assert [j.id for j in page1 + page2] == ids[::-1][:4]
+    assert [j.id for j in failed] == [ids[0]]
+    with pytest.raises(InvalidArgument):
+        store.list(states=["DONE"])
+
+
+def test_store_recover_requeues_running_jobs(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job_id = _new(store)
+    store.transition(job_id, ["QUEUED"], "RUNNING")
+    store.close()
+
+    reopened = JobStore(tmp_path / "jobs.sqlite")
+
+    assert reopened.recover() == [job_id]
+    assert reopened.get(job_id).state == "QUEUED"
+
+
+def test_store_unknown_id_raises_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFound):
+        JobStore(tmp_path / "jobs.sqlite").get("nope")
