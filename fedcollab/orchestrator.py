@@ -217,6 +217,7 @@ class _Committed:
     arrays: Mapping[str, np.ndarray]
     meta: Mapping[str, Any]
     history: list[dict[str, Any]]
+    uncommitted: int = 0  # rounds that ran after the commit (the server saw them)
 
 
 def _read_committed(out: Path) -> Optional[_Committed]:
@@ -232,6 +233,7 @@ def _read_committed(out: Path) -> Optional[_Committed]:
     arrays, meta = load_npz(out / "checkpoints" / latest["file"])
     committed = int(meta["round"])
     history: list[dict[str, Any]] = []
+    later: set[int] = set()
     metrics = out / "metrics.jsonl"
     if metrics.exists():
         for text in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -241,8 +243,10 @@ def _read_committed(out: Path) -> Optional[_Committed]:
                 continue  # a torn line: the crash came before its round was committed
             if isinstance(line, dict) and 0 < line.get("round", 0) <= committed:
                 history.append(line)
+            elif isinstance(line, dict) and line.get("round", 0) > committed:
+                later.add(int(line["round"]))
         atomic_write_bytes(metrics, "".join(json.dumps(m) + "\n" for m in history).encode())
-    return _Committed(committed, arrays, meta, history)
+    return _Committed(committed, arrays, meta, history, len(later))
 
 
 def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
@@ -356,6 +360,12 @@ class _Job:
                               callbacks=self.callbacks)
         if committed:
             self.loop.restore(committed.arrays, committed.meta)
+            if dp.on and committed.uncommitted:
+                # rounds that ran after the commit were seen by the server: they run
+                # again now, and both runs are spent
+                dp.ledger = dp.ledger.record(noise_multiplier=dp.noise_multiplier,
+                                             sampling_rate=dp.sampling_rate,
+                                             rounds=committed.uncommitted)
         self.checkpointer = Checkpointer(self.out, self.loop, keep=options.keep_checkpoints)
         builtin: list[RoundCallback] = [
             MetricsLog(self.out), self.checkpointer, TensorBoardLog(self.out), _ConsoleWarnings(),

@@ -23,6 +23,7 @@ import numpy as np
 from fedcollab.errors import FedcollabError
 from fedcollab.outgoing import RoundConfig, outgoing
 from fedcollab.pool import RoundOutput, WorkerConfig
+from fedcollab.privacy.server import fresh_rng
 from fedcollab.roster import ParticipantInfo, roster
 from fedcollab.types import Update, Weights
 
@@ -155,7 +156,7 @@ class ParticipantWorker:
                             num_samples=len(part.x), loss=loss, sharing=part.info.sharing,
                             behaviour=group.behaviour, attack_scale=group.attack_scale,
                             config=config,
-                            rng=np.random.default_rng() if config.dp_on else _NO_RNG)
+                            rng=fresh_rng() if config.dp_on else _NO_RNG)
             if sent.update is not None:
                 updates.append(sent.update)
             elif pid in inbox and sent.secure_vector is not None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedcollab.privacy.server import fresh_rng
 from fedcollab.types import ParticipantId
 
 if TYPE_CHECKING:
@@ -102,5 +103,5 @@ class Sampler:
         self.secret = secret
 
     def sample(self, round_id: int) -> list[int]:
-        rng = np.random.default_rng() if self.secret else None
+        rng = fresh_rng() if self.secret else None
         return sample_participants(self.people, self.spec, round_id, rng)

@@ -74,6 +74,7 @@ def test_read_committed_drops_later_rounds_and_a_torn_line(tmp_path: Path) -> No
 
     assert committed is not None and committed.round == 2
     assert [m["round"] for m in committed.history] == [1, 2]
+    assert committed.uncommitted == 1  # round 3 ran (a DP ledger must count it)
     rounds = [json.loads(x)["round"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [1, 2]
 

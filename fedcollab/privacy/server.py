@@ -30,7 +30,16 @@ from fedcollab.privacy.accounting import PrivacyLedger, noise_multiplier_for_tar
 if TYPE_CHECKING:
     from fedcollab.spec import DpSpec
 
-__all__ = ["DpServer"]
+__all__ = ["DpServer", "fresh_rng"]
+
+
+def fresh_rng() -> np.random.Generator:
+    """A generator seeded with 128 bits from the OS's CSPRNG (``secrets``), never the
+    job seed: the server, which knows the seed, must not predict DP noise or the sample.
+    """
+    import secrets
+
+    return np.random.default_rng(secrets.randbits(128))
 
 
 class DpServer:
@@ -73,8 +82,7 @@ class DpServer:
         from fedcollab.privacy.noise import gaussian_noise_like
 
         return gaussian_noise_like([np.zeros(s) for s in shapes],
-                                   self.noise_multiplier * self.clip_norm,
-                                   np.random.default_rng())
+                                   self.noise_multiplier * self.clip_norm, fresh_rng())
 
     def count_noise_std(self, participants: int) -> float:
         """The noise on adaptive clipping's count (Andrew et al.'s m / 20), 0 when off."""
