@@ -10,7 +10,7 @@ import statistics
 
 import numpy as np
 
-from fedcollab.secure.driver import run_secure_round
+from fedcollab.secure.driver import provision_identities, run_secure_round
 from fedcollab.secure.params import SecAggParams
 from fedcollab.secure.participant import SecureParticipant
 from fedcollab.secure.server import SecureServer
@@ -56,6 +56,7 @@ def aggregation_cost(
     vectors = {i: rng.uniform(-1.0, 1.0, dim) for i in range(n)}
     picker = random.Random(f"dropouts-{seed}")  # independent of the graph's shuffle
     participants = {i: SecureParticipant(i, params) for i in range(n)}
+    provision_identities(participants)
     server = SecureServer(list(participants), params, rng_seed=seed)
     run_secure_round(participants, vectors, params, 0, server=server)
     round_id, times = 1, []
