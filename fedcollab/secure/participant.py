@@ -368,7 +368,8 @@ class SecureParticipant:
         """
         last = self._last_ask
         if (not self.params.amortise_keys or last is None or self._c is None
-                or self._package_round != last.round_id + 1):
+                or self._package_round != last.round_id + 1
+                or self._expired(last.round_id + 1)):  # fresh keys first: nothing to reuse
             self._ready = None
             return False
         self._ready = self._prepare(_Ask(last.round_id + 1, last.partners, last.threshold,
