@@ -318,7 +318,7 @@ class ParticipantWorker:
                 elif stage == "share_keys":
                     replies[pid] = participant.share_keys(round_id, message)
                 elif stage == "consistency":
-                    replies[pid] = participant.sign_survivors(round_id, message)
+                    replies[pid] = participant.confirm_survivors(round_id, message)
                 elif stage == "unmask":
                     replies[pid] = participant.unmask(round_id, message)
                 else:

@@ -28,6 +28,8 @@ def aggregation_cost(
     amortise_keys: bool = True,
     expected_dropout: float | None = None,
     seed: int = 0,
+    server: str = "honest_but_curious",
+    key_rotation_rounds: int | None = 10,
 ) -> float:
     """Median seconds of one round's secure-aggregation compute, all parties summed.
 
@@ -48,8 +50,12 @@ def aggregation_cost(
         expected_dropout: What the SecAgg+ degree is sized for (``None``: the default);
             measure a dropout rate with a graph sized for at least that rate.
         seed: Seed for vectors, dropout choice and the graph (not for secrets).
+        server: Server model (``"honest_but_curious"`` or ``"malicious"``).
+        key_rotation_rounds: Forward-secrecy window (the timed rounds stay inside it
+            unless it is shorter than ``repeats``).
     """
-    params = SecAggParams(protocol=protocol, amortise_keys=amortise_keys,
+    params = SecAggParams(protocol=protocol, amortise_keys=amortise_keys, server=server,
+                          key_rotation_rounds=key_rotation_rounds,
                           **({} if expected_dropout is None
                              else {"expected_dropout": expected_dropout}))
     rng = np.random.default_rng(seed)
@@ -57,17 +63,17 @@ def aggregation_cost(
     picker = random.Random(f"dropouts-{seed}")  # independent of the graph's shuffle
     participants = {i: SecureParticipant(i, params) for i in range(n)}
     provision_identities(participants)
-    server = SecureServer(list(participants), params, rng_seed=seed)
-    run_secure_round(participants, vectors, params, 0, server=server)
+    group = SecureServer(list(participants), params, rng_seed=seed)
+    run_secure_round(participants, vectors, params, 0, server=group)
     round_id, times = 1, []
     for _ in range(repeats):
         dropped = set(picker.sample(range(n), round(dropout * n)))
         result = run_secure_round(participants, vectors, params, round_id,
-                                  {"share_keys": dropped}, server=server)
+                                  {"share_keys": dropped}, server=group)
         times.append(sum(result.seconds.values()) + sum(result.participant_seconds.values()))
         round_id += 1
         if dropped:
-            run_secure_round(participants, vectors, params, round_id, server=server)
+            run_secure_round(participants, vectors, params, round_id, server=group)
             round_id += 1
     return statistics.median(times)
 

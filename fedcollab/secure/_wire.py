@@ -46,7 +46,7 @@ class Stage(IntEnum):
     UNMASK_REQUEST = 6
     UNMASK_RESPONSE = 7
     CONSISTENCY = 8  # malicious-server mode: the survivor set, to be signed
-    CONSISTENCY_SIG = 9
+    CONFIRMATIONS = 9  # each survivor's MACs of that set, one per partner
 
 
 class Kind(IntEnum):

@@ -109,7 +109,7 @@ def run_secure_round(
         signing = requests
         requests = server.receive_consistency(collect(
             "consistency", signing,
-            lambda p: participants[p].sign_survivors(round_id, signing[p])))
+            lambda p: participants[p].confirm_survivors(round_id, signing[p])))
     responses = collect("unmask", requests,
                         lambda p: participants[p].unmask(round_id, requests[p]))
     raise_if_refused(round_id, deviations)

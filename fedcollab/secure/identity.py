@@ -1,15 +1,18 @@
-"""Ed25519 identity keys and the two things they sign (malicious-server mode).
+"""Ed25519 identity keys and the key adverts they sign (malicious-server mode).
 
 Bonawitz et al. 2017 (active adversary) and Bell et al. 2020 (malicious variant)
 stop a lying server with signatures from a PKI the server does not control:
+every participant signs its key advert ``(pid, round advertised, c_pk, s_pk)``,
+so a server that substitutes its own X25519 keys (to open the shares or derive
+the pairwise masks) is caught by every neighbour that verifies the advert.
 
-* every participant signs its key advert ``(pid, round advertised, c_pk, s_pk)``,
-  so a server that substitutes its own X25519 keys (to open the shares or derive
-  the pairwise masks) is caught by every neighbour that verifies the advert;
-* in the consistency round every survivor signs the survivor set ``(round, ids)``
-  it was shown, and checks that at least ``t`` of its partners (itself included)
-  signed the very same set before it reveals anything, so the server cannot tell
-  one participant "u survived" and another "u dropped".
+The consistency round then needs no further signatures: each survivor confirms
+the survivor set it saw to each partner with an HMAC under the key the two
+derived from those *authenticated* X25519 keys (:func:`fedcollab.secure.keys.
+confirm_tag`). Only the two of them hold that key, so to the partner that checks
+it a tag proves exactly what Bonawitz et al.'s signature proves (that partner is
+the only party that ever checks it; transferability is not needed), at a
+hundredth of the cost of an Ed25519 verification.
 
 The identity registry (participant id -> Ed25519 public key) is provisioned at
 setup, not by the aggregating server's per-round messages: see
@@ -20,19 +23,17 @@ trust assumption means. Ed25519 signing and verification come from
 from __future__ import annotations
 
 import struct
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = ["SIGNATURE_BYTES", "IDENTITY_BYTES", "generate_identity", "identity_public",
-           "sign_advert", "verify_advert", "sign_survivors", "verify_survivors",
-           "load_registry"]
+           "sign_advert", "verify_advert", "load_registry"]
 
 SIGNATURE_BYTES = 64
 IDENTITY_BYTES = 32
 _ADVERT = b"fedcollab/secagg/v2/advert"
-_SURVIVORS = b"fedcollab/secagg/v2/survivors"
 
 
 def generate_identity() -> Ed25519PrivateKey:
@@ -64,11 +65,6 @@ def _advert(pid: int, since: int, c_pk: bytes, s_pk: bytes) -> bytes:
     return _ADVERT + struct.pack(">IQ", pid, since) + c_pk + s_pk
 
 
-def _survivors(round_id: int, survivors: Sequence[int]) -> bytes:
-    ids = sorted(survivors)
-    return _SURVIVORS + struct.pack(f">QI{len(ids)}I", round_id, len(ids), *ids)
-
-
 def sign_advert(key: Ed25519PrivateKey, pid: int, since: int, c_pk: bytes, s_pk: bytes
                 ) -> bytes:
     """Signature of participant ``pid``'s key advert of round ``since``."""
@@ -79,17 +75,6 @@ def verify_advert(public: Ed25519PublicKey, sig: bytes, pid: int, since: int, c_
                   s_pk: bytes) -> bool:
     """Whether ``sig`` is ``pid``'s signature of exactly this advert."""
     return _verify(public, sig, _advert(pid, since, c_pk, s_pk))
-
-
-def sign_survivors(key: Ed25519PrivateKey, round_id: int, survivors: Sequence[int]) -> bytes:
-    """Signature of the survivor set of ``round_id`` (order-independent)."""
-    return key.sign(_survivors(round_id, survivors))
-
-
-def verify_survivors(public: Ed25519PublicKey, sig: bytes, round_id: int,
-                     survivors: Sequence[int]) -> bool:
-    """Whether ``sig`` signs exactly this survivor set for ``round_id``."""
-    return _verify(public, sig, _survivors(round_id, survivors))
 
 
 def _verify(public: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:

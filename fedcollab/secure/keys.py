@@ -21,8 +21,10 @@ Derived keys:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import struct
+from typing import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -35,7 +37,8 @@ from fedcollab.secure.errors import DecryptionError, MalformedMessageError
 __all__ = [
     "PUBLIC_KEY_BYTES", "NONCE_BYTES", "TAG_BYTES", "generate_private_key", "public_bytes",
     "private_bytes", "private_from_bytes", "agree", "channel_cipher", "pairwise_key",
-    "round_seed", "seal", "seal_many", "open_sealed", "self_seed_digest",
+    "round_seed", "seal", "seal_many", "open_sealed", "self_seed_digest", "confirm_key",
+    "survivors_digest", "confirm_tag",
 ]
 
 PUBLIC_KEY_BYTES = 32
@@ -45,6 +48,8 @@ _CHANNEL = b"fedcollab/secagg/v1/channel"
 _PAIRWISE = b"fedcollab/secagg/v1/pairwise"
 _SEED = b"fedcollab/secagg/v1/mask-seed"
 _DIGEST = b"fedcollab/secagg/v1/self-seed-digest"
+_CONFIRM = b"fedcollab/secagg/v2/confirm"
+_SURVIVORS = b"fedcollab/secagg/v2/survivors"
 
 
 def generate_private_key() -> X25519PrivateKey:
@@ -96,6 +101,27 @@ def _hkdf(ikm: bytes, *, salt: bytes | None, info: bytes) -> bytes:
 def channel_cipher(shared: bytes, a: int, b: int) -> AESGCM:
     """The AES-256-GCM cipher of the share channel between participants ``a`` and ``b``."""
     return AESGCM(_hkdf(shared, salt=None, info=_CHANNEL + _pair(a, b)))
+
+
+def confirm_key(shared: bytes, a: int, b: int) -> bytes:
+    """The HMAC-SHA256 key with which ``a`` and ``b`` confirm survivor sets to each other."""
+    return _hkdf(shared, salt=None, info=_CONFIRM + _pair(a, b))
+
+
+def survivors_digest(round_id: int, survivors: Sequence[int]) -> bytes:
+    """SHA-256 of a round's survivor set (order-independent)."""
+    ids = sorted(survivors)
+    return hashlib.sha256(_SURVIVORS + struct.pack(f">QI{len(ids)}I", round_id, len(ids), *ids)
+                          ).digest()
+
+
+def confirm_tag(key: bytes, sender: int, recipient: int, digest: bytes) -> bytes:
+    """``sender``'s HMAC-SHA256 confirmation to ``recipient`` of a survivor-set digest.
+
+    Only the two holders of ``key`` can compute it; sender and recipient are bound,
+    so a tag cannot be reflected back to the participant that made it.
+    """
+    return hmac.digest(key, struct.pack(">II", sender, recipient) + digest, "sha256")
 
 
 def pairwise_key(shared: bytes, a: int, b: int) -> bytes:

@@ -31,7 +31,7 @@ from fedcollab.secure.errors import MalformedMessageError, StaleMessageError
 __all__ = [
     "SERVER", "Stage", "Kind", "PeerKeys", "Sealed", "Advertise", "Roster", "KeyShares",
     "MaskRequest", "MaskedInput", "Reveal", "UnmaskRequest", "RevealedShare",
-    "Consistency", "ConsistencySig",
+    "Consistency", "Confirmations",
     "UnmaskResponse", "ShareEntry", "pack", "pack_body", "unpack", "share_aad", "table_aad",
     "pack_share_payload", "unpack_share_payload", "pack_seed_table", "unpack_seed_table",
 ]
@@ -162,25 +162,28 @@ class Consistency:
 
 
 @dataclass(frozen=True)
-class ConsistencySig:
-    """Stage CONSISTENCY_SIG (participant -> server): its signature of the survivor set."""
+class Confirmations:
+    """Stage CONFIRMATIONS (participant -> server, malicious-server mode): one MAC per
+    partner in the survivor set, ``Sealed(partner, tag)``, confirming the set it saw
+    under the key it shares with that partner (see :func:`~fedcollab.secure.keys.confirm_tag`)."""
 
-    sig: bytes
+    tags: tuple[Sealed, ...]
 
     def body(self) -> bytes:
-        return pack_blob(self.sig)
+        return pack_sealed(self.tags)
 
     @classmethod
-    def read(cls, r: Reader) -> ConsistencySig:
-        return cls(r.blob())
+    def read(cls, r: Reader) -> Confirmations:
+        return cls(read_sealed(r))
 
 
 @dataclass(frozen=True)
 class UnmaskRequest:
     """Stage UNMASK_REQUEST (server -> participant).
 
-    ``signatures``: in malicious-server mode, the partners' signatures of the
-    survivor set (``Sealed(signer, signature)``); empty otherwise.
+    ``signatures``: in malicious-server mode, the partners' confirmations of the
+    survivor set addressed to this participant (``Sealed(partner, tag)``); empty
+    otherwise.
     """
 
     reveals: tuple[Reveal, ...]
@@ -212,12 +215,12 @@ _STAGE_OF: dict[type, Stage] = {
     Advertise: Stage.ADVERTISE, Roster: Stage.ROSTER, KeyShares: Stage.SHARE_KEYS,
     MaskRequest: Stage.MASK_REQUEST, MaskedInput: Stage.MASKED_INPUT,
     UnmaskRequest: Stage.UNMASK_REQUEST, UnmaskResponse: Stage.UNMASK_RESPONSE,
-    Consistency: Stage.CONSISTENCY, ConsistencySig: Stage.CONSISTENCY_SIG,
+    Consistency: Stage.CONSISTENCY, Confirmations: Stage.CONFIRMATIONS,
 }
 _Msg = Union[Advertise, Roster, KeyShares, MaskRequest, MaskedInput, UnmaskRequest,
-             UnmaskResponse, Consistency, ConsistencySig]
+             UnmaskResponse, Consistency, Confirmations]
 M = TypeVar("M", Advertise, Roster, KeyShares, MaskRequest, MaskedInput, UnmaskRequest,
-            UnmaskResponse, Consistency, ConsistencySig)
+            UnmaskResponse, Consistency, Confirmations)
 
 
 def pack(message: _Msg, *, round_id: int, sender: int, recipient: int) -> bytes:

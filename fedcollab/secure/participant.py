@@ -44,6 +44,7 @@ and a graph not chosen adversarially.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import struct
@@ -66,7 +67,7 @@ from fedcollab.secure.errors import (
 )
 from fedcollab.secure.graph import threshold_for
 from fedcollab.secure.messages import (
-    SERVER, Advertise, Consistency, ConsistencySig, KeyShares, Kind, MaskedInput, MaskRequest,
+    SERVER, Advertise, Consistency, Confirmations, KeyShares, Kind, MaskedInput, MaskRequest,
     PeerKeys, RevealedShare, Roster, Sealed, ShareEntry, Stage, UnmaskRequest, UnmaskResponse,
     pack, pack_body, pack_seed_table, share_aad, table_aad, unpack, unpack_share_payload,
 )
@@ -88,6 +89,7 @@ class _Peer:
     s_pk: bytes
     cipher: AESGCM | None = field(default=None, repr=False)
     pair_key: bytes | None = field(default=None, repr=False)
+    confirm_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -396,8 +398,9 @@ class SecureParticipant:
                          {v: self._peers[v].s_pk for v in ask.partners})
 
     # -- consistency round (malicious-server mode) -----------------------------------
-    def sign_survivors(self, round_id: int, request: bytes) -> bytes:
-        """Stage CONSISTENCY: sign the survivor set the server claims, at most one per round.
+    def confirm_survivors(self, round_id: int, request: bytes) -> bytes:
+        """Stage CONSISTENCY: confirm the survivor set the server claims, at most one per
+        round, to each partner in it (an HMAC under the key the two share).
 
         Raises:
             ProtocolError: Honest-but-curious mode, bad request, or no input this round.
@@ -426,9 +429,18 @@ class SecureParticipant:
             raise UnsafeRosterError(f"round {round_id}: survivor set of {len(survivors)}, "
                                     f"below min_group={self.params.min_group}")
         self._signed[round_id] = survivors
-        sig = ID.sign_survivors(self._identity, round_id, survivors)
-        return pack(ConsistencySig(sig), round_id=round_id, sender=self.participant_id,
-                    recipient=SERVER)
+        digest = K.survivors_digest(round_id, survivors)
+        me = self.participant_id
+        tags = tuple(Sealed(v, K.confirm_tag(self._confirm_key(v), me, v, digest))
+                     for v in ask.partners if v in alive)
+        return pack(Confirmations(tags), round_id=round_id, sender=me, recipient=SERVER)
+
+    def _confirm_key(self, v: int) -> bytes:
+        peer = self._peers[v]
+        if peer.confirm_key is None:
+            self._agree(v, peer)
+        assert peer.confirm_key is not None
+        return peer.confirm_key
 
     # -- unmasking -----------------------------------------------------------------
     def unmask(self, round_id: int, request: bytes) -> bytes:
@@ -506,18 +518,20 @@ class SecureParticipant:
                                         "round; nothing is revealed without a signed "
                                         "survivor set")
         partners, alive = set(ask.partners), set(survivors)
+        digest = K.survivors_digest(round_id, survivors)
+        me = self.participant_id
         signers: set[int] = set()
-        for signer, sig in signatures:
-            key = self._registry.get(signer)
-            if signer not in partners or key is None:
-                raise NotAPartnerError(f"round {round_id}: a consistency signature from "
+        for signer, tag in signatures:
+            if signer not in partners:
+                raise NotAPartnerError(f"round {round_id}: a consistency confirmation from "
                                        f"participant {signer}, not a partner this round")
-            if not ID.verify_survivors(key, sig, round_id, survivors):
-                raise SignatureError(f"round {round_id}: participant {signer}'s signature is "
-                                     "not on the survivor set this participant signed")
+            expected = K.confirm_tag(self._confirm_key(signer), signer, me, digest)
+            if not hmac.compare_digest(tag, expected):
+                raise SignatureError(f"round {round_id}: participant {signer}'s confirmation "
+                                     "is not of the survivor set this participant confirmed")
             signers.add(signer)
         if len(signers) + 1 < ask.threshold:
-            raise TooFewAliveError(f"round {round_id}: {len(signers)} partners signed the "
+            raise TooFewAliveError(f"round {round_id}: {len(signers)} partners confirmed the "
                                    f"survivor set; with itself below the threshold "
                                    f"{ask.threshold}")
         for peer, kind in asked.items():
@@ -617,6 +631,8 @@ class SecureParticipant:
         shared_s = shared_c if s_key is c_key and peer.s_pk == peer.c_pk \
             else K.agree(s_key, peer.s_pk)
         peer.cipher = K.channel_cipher(shared_c, self.participant_id, v)
+        if self._identity is not None:  # confirmations of the consistency round
+            peer.confirm_key = K.confirm_key(shared_c, self.participant_id, v)
         peer.pair_key = K.pairwise_key(shared_s, self.participant_id, v)
 
     def _seal_seed_table(self, for_round: int, partners: tuple[int, ...]) -> tuple[bytes, bytes]:

@@ -15,7 +15,7 @@ participant missing from a dict has dropped; ``{}`` is fine when nobody is asked
     inbox = server.receive_key_shares({p: P[p].share_keys(r, rosters[p]) for p in rosters})
     req = server.receive_masked_inputs({p: P[p].masked_input(r, x[p], inbox[p]) for p in inbox})
     # malicious-server model only (params.malicious): the consistency round
-    req = server.receive_consistency({p: P[p].sign_survivors(r, req[p]) for p in req})
+    req = server.receive_consistency({p: P[p].confirm_survivors(r, req[p]) for p in req})
     result = server.receive_unmask_responses({p: P[p].unmask(r, req[p]) for p in req})
 
 The server here is the honest implementation; participants do not trust it. Each
@@ -45,7 +45,7 @@ from fedcollab.secure.errors import (
 )
 from fedcollab.secure.graph import build_graph, threshold_for
 from fedcollab.secure.messages import (
-    SERVER, Advertise, Consistency, ConsistencySig, KeyShares, Kind, MaskedInput, MaskRequest,
+    SERVER, Advertise, Consistency, Confirmations, KeyShares, Kind, MaskedInput, MaskRequest,
     PeerKeys, Reveal, Roster, Sealed, UnmaskRequest, UnmaskResponse, pack, unpack,
 )
 from fedcollab.secure.params import SecAggParams, validate_group_size
@@ -274,25 +274,27 @@ class SecureServer:
 
     def receive_consistency(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
         """Stage CONSISTENCY -> UNMASK_REQUEST (malicious-server model): collect each
-        survivor's signature of the survivor set and pass every survivor its partners'.
+        survivor's confirmations of the survivor set and pass every survivor those
+        its partners addressed to it.
 
-        The server does not need to check them: each participant checks its
-        partners' signatures against the identity registry before revealing.
+        The server cannot check (or forge) them: each is an HMAC under a key only
+        the two partners hold, checked by the recipient before it reveals anything.
         """
         rs, t0 = self._enter_stage("consistency"), time.perf_counter()
-        sigs: dict[int, bytes] = {}
+        tags: dict[int, dict[int, bytes]] = {}
         for pid, data in rs.accept("consistency", messages, set(rs.inputs)):
             try:
-                sigs[pid] = unpack(data, ConsistencySig, round_id=rs.round_id, sender=pid,
-                                   recipient=SERVER).sig
+                msg = unpack(data, Confirmations, round_id=rs.round_id, sender=pid,
+                             recipient=SERVER)
+                tags[pid] = addressed(msg.tags, set(rs.partners[pid]), 0, pid)
             except ProtocolError as exc:
                 rs.reject(pid, exc)
-        return rs.leave("consistency", "unmask", t0,
-                        self._unmask_requests(rs, set(sigs), sigs))
+        return rs.leave("consistency", "unmask", t0, self._unmask_requests(rs, set(tags), tags))
 
-    def _unmask_requests(self, rs: RoundState, asked: set[int], sigs: Mapping[int, bytes]
-                         ) -> dict[int, bytes]:
-        """Each of ``asked`` (survivors): which shares to reveal, with partners' signatures."""
+    def _unmask_requests(self, rs: RoundState, asked: set[int],
+                         tags: Mapping[int, Mapping[int, bytes]]) -> dict[int, bytes]:
+        """Each of ``asked`` (survivors): which shares to reveal, with the partners'
+        confirmations addressed to it."""
         alive, dangling = set(rs.inputs), rs.dangling
         out: dict[int, bytes] = {}
         for v in sorted(asked):
@@ -303,7 +305,8 @@ class SecureServer:
                 elif u in dangling and v in rs.packages[u].holders:
                     reveals.append(Reveal(u, Kind.RECOVERY, b""))
             rs.requested[v] = {x.peer: x.kind for x in reveals}
-            signed = tuple(Sealed(w, sigs[w]) for w in rs.partners[v] if w in sigs)
+            signed = tuple(Sealed(w, tags[w][v]) for w in rs.partners[v]
+                           if w in tags and v in tags[w])
             out[v] = pack(UnmaskRequest(tuple(reveals), signed), round_id=rs.round_id,
                           sender=SERVER, recipient=v)
         return out

@@ -27,7 +27,7 @@ def through_consistency(server: SecureServer, participants: Mapping[int, SecureP
     if not server.params.malicious:
         return dict(requests)
     return server.receive_consistency(
-        {p: participants[p].sign_survivors(round_id, requests[p]) for p in requests})
+        {p: participants[p].confirm_survivors(round_id, requests[p]) for p in requests})
 
 
 def make_vectors(ids: Sequence[int], dim: int, *, seed: int = 0, scale: float = 1.0

@@ -23,7 +23,7 @@ from fedcollab.secure.errors import (
 )
 from fedcollab.secure.graph import threshold_for
 from fedcollab.secure.messages import (
-    SERVER, Consistency, ConsistencySig, Kind, MaskedInput, PeerKeys, Reveal, Roster, Sealed,
+    SERVER, Consistency, Confirmations, Kind, MaskedInput, PeerKeys, Reveal, Roster, Sealed,
     UnmaskRequest, UnmaskResponse, pack, unpack,
 )
 from fedcollab.secure.prg import accumulate_masks
@@ -81,20 +81,21 @@ def _victim_opened(server: SecureServer, got: Mapping[tuple[int, Kind], int],
 
 def _signatures(participants: Mapping[int, SecureParticipant], round_id: int,
                 shown: Mapping[int, tuple[int, ...]], refused: set[int] | None = None
-                ) -> dict[int, tuple[tuple[int, ...], bytes]]:
-    """Scripted consistency round: show each participant a survivor set, keep signatures
-    (``refused`` collects who would not sign)."""
+                ) -> dict[int, tuple[tuple[int, ...], dict[int, bytes]]]:
+    """Scripted consistency round: show each participant a survivor set, keep its
+    confirmations per partner (``refused`` collects who would not confirm)."""
     out = {}
     for pid, survivors in shown.items():
         msg = pack(Consistency(survivors), round_id=round_id, sender=SERVER, recipient=pid)
         try:
-            reply = participants[pid].sign_survivors(round_id, msg)
+            reply = participants[pid].confirm_survivors(round_id, msg)
         except ServerDeviationError:
             if refused is not None:
                 refused.add(pid)
             continue
-        sig = unpack(reply, ConsistencySig, round_id=round_id, sender=pid, recipient=SERVER).sig
-        out[pid] = (survivors, sig)
+        tags = unpack(reply, Confirmations, round_id=round_id, sender=pid,
+                      recipient=SERVER).tags
+        out[pid] = (survivors, dict(tags))
     return out
 
 
@@ -111,7 +112,7 @@ def test_attack1_claiming_all_partners_dropped_is_refused(model: str, protocol: 
     assert rs is not None
     partners = rs.partners[VICTIM]
     alive = set(rs.inputs)
-    sigs: dict[int, tuple[tuple[int, ...], bytes]] = {}
+    sigs: dict[int, tuple[tuple[int, ...], dict[int, bytes]]] = {}
     if params.malicious:  # the honest survivor set: every participant signs it
         sigs = _signatures(participants, 0, {p: tuple(sorted(alive)) for p in alive})
     requests = {}
@@ -122,7 +123,8 @@ def test_attack1_claiming_all_partners_dropped_is_refused(model: str, protocol: 
                 reveals.append(Reveal(u, Kind.SELF, rs.input_blobs[VICTIM][h]))  # "survived"
             elif u in partners and h in rs.packages[u].holders:
                 reveals.append(Reveal(u, Kind.RECOVERY, b""))  # "dropped"
-        signed = tuple(Sealed(w, sigs[w][1]) for w in rs.partners[h] if w in sigs)
+        signed = tuple(Sealed(w, sigs[w][1][h]) for w in rs.partners[h]
+                       if w in sigs and h in sigs[w][1])
         requests[h] = UnmaskRequest(tuple(reveals), signed)
     got, refusals = _ask(participants, 0, requests)
     assert not _victim_opened(server, got, partners)
@@ -155,7 +157,8 @@ def test_attack1_two_stories_are_refused_by_the_consistency_round(protocol: str,
                 reveals.append(Reveal(u, Kind.SELF, rs.input_blobs[u][h]))
             elif u in partners and h in rs.packages[u].holders:
                 reveals.append(Reveal(u, Kind.RECOVERY, b""))
-        signed = tuple(Sealed(w, sigs[w][1]) for w in rs.partners[h] if w in sigs)
+        signed = tuple(Sealed(w, sigs[w][1][h]) for w in rs.partners[h]
+                       if w in sigs and h in sigs[w][1])
         requests[h] = UnmaskRequest(tuple(reveals), signed)
     got, refusals = _ask(participants, 0, requests)
     assert not _victim_opened(server, got, tuple(partners))
