@@ -14,9 +14,11 @@ Derived keys:
   AES-256-GCM key; every ciphertext carries associated data binding it to
   (round, stage, sender, recipient), so a replay into another context fails the tag.
 * pairwise key ``(u, v)``: ``HKDF(DH(s_u, s_v), info=PAIRWISE || min || max)``;
-* per-round mask seed: ``HKDF(pairwise key, salt=round_id, info=SEED || min || max)``.
-  HKDF is a PRF keyed by the pairwise key, so seeds of different rounds are
+* per-round mask seed: ``HKDF-Expand(pairwise key, info=SEED || round || min || max)``.
+  HKDF-Expand is a PRF keyed by the pairwise key, so seeds of different rounds are
   independent to anyone who does not hold that key.
+* confirmation key ``(u, v)`` (malicious-server mode): ``HKDF(DH(c_u, c_v),
+  info=CONFIRM || min || max)``, an HMAC-SHA256 key for the consistency round.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from fedcollab.secure.errors import DecryptionError, MalformedMessageError
 
@@ -130,8 +132,15 @@ def pairwise_key(shared: bytes, a: int, b: int) -> bytes:
 
 
 def round_seed(pair_key: bytes, round_id: int, a: int, b: int) -> bytes:
-    """The 32-byte mask seed of pair ``(a, b)`` for ``round_id`` (salt = round id)."""
-    return _hkdf(pair_key, salt=struct.pack(">Q", round_id), info=_SEED + _pair(a, b))
+    """The 32-byte mask seed of pair ``(a, b)`` for ``round_id``.
+
+    ``HKDF-Expand(PRK = pairwise key, info = SEED || round || min(a,b) || max(a,b))``
+    (RFC 5869 §2.3): the pairwise key is already a uniform 32-byte HKDF output, so
+    it is the pseudorandom key and no second Extract is needed; round and pair sit
+    in ``info``, so every (round, pair) gets an independent seed.
+    """
+    return HKDFExpand(algorithm=_SHA256, length=32,
+                      info=_SEED + struct.pack(">Q", round_id) + _pair(a, b)).derive(pair_key)
 
 
 def seal(cipher: AESGCM, plaintext: bytes, aad: bytes) -> bytes:

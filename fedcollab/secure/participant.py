@@ -22,8 +22,8 @@ Amortised keys (default), and why they are safe:
    ``x_u^(r) = y_u^(r) - PRG(b_u^(r)) -+ PRG(seed_uv^(r))``. Rotating ``u``'s keys
    after the dropout protects only future rounds, not the past.
 2. Here ``s_u`` is never shared. Pairwise seeds are
-   ``HKDF(pairwise key, salt=round id)``. For each round ``r`` the participant draws a
-   fresh recovery key ``e_u^(r)``, seals the table of its round-``r`` seeds under it
+   ``HKDF-Expand(pairwise key, info=round || pair)``. For each round ``r`` the
+   participant draws a fresh recovery key ``e_u^(r)``, seals the table of its round-``r`` seeds under it
    (AES-GCM, stored by the server) and Shamir-shares ``e_u^(r)``. If ``u`` drops in
    round ``r`` the server learns exactly the round-``r`` seeds; HKDF is a PRF keyed by
    the never-revealed pairwise key, so they say nothing about any other round.
