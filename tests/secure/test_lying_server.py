@@ -391,3 +391,38 @@ def test_refusals_are_server_deviations_not_dropouts() -> None:
                 InconsistentViewError):
         assert issubclass(cls, ServerDeviationError) and issubclass(cls, SecAggError)
 
+
+
+def test_forged_or_reflected_confirmations_are_refused() -> None:
+    params = SecAggParams(protocol="secagg", server="malicious", **FAST_PARAMS)
+    participants, server, _ = _to_masked_inputs(params, 5)
+    rs = server._round
+    assert rs is not None
+    alive = tuple(sorted(rs.inputs))
+    sigs = _signatures(participants, 0, {p: alive for p in alive})
+    h = 1
+    honest = [Sealed(w, sigs[w][1][h]) for w in rs.partners[h]]
+    reveals = tuple(Reveal(u, Kind.SELF, rs.input_blobs[u][h]) for u in rs.partners[h])
+    forged = [Sealed(honest[0].peer, bytes(32))] + honest[1:]
+    reflected = [Sealed(honest[0].peer, sigs[h][1][honest[0].peer])] + honest[1:]
+    for tags in (forged, reflected):
+        with pytest.raises(SignatureError, match="confirmation"):
+            participants[h].unmask(0, pack(UnmaskRequest(reveals, tuple(tags)), round_id=0,
+                                           sender=SERVER, recipient=h))
+    # too few confirmations: the server hides who else saw the set
+    with pytest.raises(TooFewAliveError, match="confirmed"):
+        participants[h].unmask(0, pack(UnmaskRequest(reveals, tuple(honest[:1])), round_id=0,
+                                       sender=SERVER, recipient=h))
+    # control: the honest confirmations open the request
+    participants[h].unmask(0, pack(UnmaskRequest(reveals, tuple(honest)), round_id=0,
+                                   sender=SERVER, recipient=h))
+
+
+def test_malicious_mode_needs_the_identity_registry_before_key_setup() -> None:
+    params = SecAggParams(server="malicious", **FAST_PARAMS)
+    alone = SecureParticipant(3, params)
+    with pytest.raises(SecAggError, match="identity registry"):
+        alone.advertise_keys(0)
+    other = SecureParticipant(4, params)
+    with pytest.raises(SecAggError, match="not its identity key"):
+        alone.install_registry({3: other.identity_public(), 4: other.identity_public()})
