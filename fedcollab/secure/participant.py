@@ -161,6 +161,8 @@ class SecureParticipant:
         self._peers: dict[int, _Peer] = {}
         self._package_round: int | None = None
         self._package_keys: dict[int, bytes] = {}
+        self._package_threshold = 0  # t of the recovery key the package shares
+        self._recovery_threshold = 0  # the same for the key of the round being masked
         self._seeds: dict[int, dict[int, bytes]] = {}
         self._held: dict[int, dict[int, int]] = {}  # round -> peer -> its recovery share
         self._package_epoch = -1  # key epoch when the package keys were snapshotted
@@ -275,6 +277,7 @@ class SecureParticipant:
             (Kind.RECOVERY, round_id, secret_from_bytes(secret))])
         self._package_round = round_id
         self._package_keys = {v: self._peers[v].s_pk for v in holders}
+        self._package_threshold = msg.threshold
         self._package_epoch = self._epoch
         body = KeyShares(table, shares)
         return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
@@ -333,9 +336,11 @@ class SecureParticipant:
         if not self.last_input_precomputed:
             prep = self._prepare(ask)  # nothing usable was prepared offline
         np.add(masked, prep.mask, out=masked)
+        self._recovery_threshold = self._package_threshold
         if self.params.amortise_keys:
             self._package_round = round_id + 1
             self._package_keys, self._package_epoch = prep.package_keys, prep.epoch
+            self._package_threshold = ask.threshold
         else:
             self._package_round = None
         self._last_ask = ask
@@ -455,9 +460,9 @@ class SecureParticipant:
         * no peer is asked for both kinds of share (in this or an earlier request);
         * at least ``t`` of its partners, itself included, are claimed alive (asked
           for ``SELF``), ``t`` as validated against its own parameters;
-        * malicious mode: it signed a survivor set this round, at least ``t - 1`` of
-          its partners signed the very same set (signatures checked against the
-          identity registry), and each peer's kind follows that set.
+        * malicious mode: it confirmed a survivor set this round, at least ``t`` of
+          its partners confirmed the very same set to it (HMACs under keys the
+          signed adverts authenticate), and each peer's kind follows that set.
 
         Raises:
             ServerDeviationError: One of the checks failed (the server lied): a
@@ -530,10 +535,15 @@ class SecureParticipant:
                 raise SignatureError(f"round {round_id}: participant {signer}'s confirmation "
                                      "is not of the survivor set this participant confirmed")
             signers.add(signer)
-        if len(signers) + 1 < ask.threshold:
+        # Every partner that confirmed a set with this participant in it refuses to
+        # reveal its recovery share; with t confirmations at most (holders - t) < t
+        # honest holders are left who could: the server cannot have both its self
+        # mask and its recovery key (Bonawitz et al.'s bound: fewer than 2t - d
+        # colluding holders).
+        need = max(ask.threshold, self._recovery_threshold)
+        if len(signers) < need:
             raise TooFewAliveError(f"round {round_id}: {len(signers)} partners confirmed the "
-                                   f"survivor set; with itself below the threshold "
-                                   f"{ask.threshold}")
+                                   f"survivor set, need {need} (the threshold)")
         for peer, kind in asked.items():
             if (kind == Kind.SELF) != (peer in alive):
                 raise InconsistentViewError(
