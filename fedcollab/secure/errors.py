@@ -28,7 +28,6 @@ __all__ = [
     "NotAPartnerError",
     "TooFewAliveError",
     "UnsafeRosterError",
-    "StaleRecoveryKeyError",
     "SignatureError",
     "InconsistentViewError",
     "UnmaskRefusedError",
@@ -121,10 +120,6 @@ class TooFewAliveError(ServerDeviationError):
 class UnsafeRosterError(ServerDeviationError):
     """A roster, threshold or neighbourhood below what the participant's own parameters
     require (``t`` or ``min_group`` recomputed locally)."""
-
-
-class StaleRecoveryKeyError(ServerDeviationError):
-    """A reveal asked for a share of a recovery key that has since been superseded."""
 
 
 class SignatureError(ServerDeviationError):

@@ -36,11 +36,17 @@ Amortised keys (default), and why they are safe:
    fresh X25519 keys (defence in depth), and its neighbours re-share their packages
    with its new keys in the same stage.
 
-Assumptions: an honest-but-curious server (it routes every message faithfully; a
-malicious one would need the consistency round of Bonawitz et al.), fewer than ``t``
-colluding participants in any neighbourhood, strictly increasing round ids (consecutive
-for amortisation: a participant absent from round ``r`` re-runs key setup in ``r+1``),
-and a graph not chosen adversarially.
+5. Forward secrecy: every participant advertises fresh X25519 keys at least every
+   ``key_rotation_rounds`` rounds and drops the old ones, so a key that leaks later
+   opens at most that many past rounds of its owner.
+
+The server is not trusted to follow the protocol: every request is checked against
+the participant's own state and parameters (see :class:`SecureParticipant`), and in
+the malicious-server model key adverts are signed (Ed25519, identity registry from
+setup) and a consistency round precedes unmasking. Assumptions: fewer colluding
+participants in a neighbourhood than docs/threat-model.md states, strictly
+increasing round ids (consecutive for amortisation: a participant absent from round
+``r`` re-runs key setup in ``r+1``), and a trusted identity registry.
 """
 from __future__ import annotations
 

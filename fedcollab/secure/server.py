@@ -1,6 +1,7 @@
 """The server side of SecAgg / SecAgg+: routes messages, unmasks only the sum.
 
-Security assumptions (who sees what): the server is honest-but-curious. It sees
+What an honest server sees (participants do not rely on its honesty: see
+docs/threat-model.md and :mod:`fedcollab.secure.participant`). It sees
 public keys, sealed (AES-GCM) shares and seed tables it cannot open, masked vectors
 (uniform in the ring), and exactly the shares it needs: for each survivor the
 self-mask seed, for each dropped participant the recovery secret of *this round*.
