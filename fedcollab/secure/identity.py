@@ -26,7 +26,10 @@ import struct
 from typing import Mapping
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 __all__ = ["SIGNATURE_BYTES", "IDENTITY_BYTES", "generate_identity", "identity_public",
            "sign_advert", "verify_advert", "load_registry"]

@@ -9,8 +9,13 @@ from hypothesis import strategies as st
 
 from fedcollab.secure import RoundAbortedError, SecAggParams, run_secure_round
 from fedcollab.secure.errors import UnmaskRefusedError
-
-from tests.secure._helpers import FAST_PARAMS, encoded_sum, feasible, make_group, make_vectors
+from tests.secure._helpers import (
+    FAST_PARAMS,
+    encoded_sum,
+    feasible,
+    make_group,
+    make_vectors,
+)
 
 
 @settings(max_examples=30, deadline=None)

@@ -15,16 +15,38 @@ from typing import Mapping
 import numpy as np
 import pytest
 
-from fedcollab.secure import SecAggParams, SecureParticipant, SecureServer, run_secure_round
+from fedcollab.secure import (
+    SecAggParams,
+    SecureParticipant,
+    SecureServer,
+    run_secure_round,
+)
 from fedcollab.secure import keys as K
 from fedcollab.secure.errors import (
-    InconsistentViewError, NotAPartnerError, SecAggError, ServerDeviationError, SignatureError,
-    TooFewAliveError, UnmaskRefusedError, UnsafeRosterError,
+    InconsistentViewError,
+    NotAPartnerError,
+    SecAggError,
+    ServerDeviationError,
+    SignatureError,
+    TooFewAliveError,
+    UnmaskRefusedError,
+    UnsafeRosterError,
 )
 from fedcollab.secure.graph import threshold_for
 from fedcollab.secure.messages import (
-    SERVER, Consistency, Confirmations, Kind, MaskedInput, PeerKeys, Reveal, Roster, Sealed,
-    UnmaskRequest, UnmaskResponse, pack, unpack,
+    SERVER,
+    Confirmations,
+    Consistency,
+    Kind,
+    MaskedInput,
+    PeerKeys,
+    Reveal,
+    Roster,
+    Sealed,
+    UnmaskRequest,
+    UnmaskResponse,
+    pack,
+    unpack,
 )
 from fedcollab.secure.prg import accumulate_masks
 from fedcollab.secure.recovery import reconstruct, self_seed_check
