@@ -215,11 +215,13 @@ class SecureSpec:
     # Who the protocol must withstand. "malicious" (default): participants verify
     # signed key adverts (Ed25519 identity keys provisioned at setup, not by the
     # aggregating server) and sign/check the survivor set before revealing any
-    # share, so a server that lies is refused and the round aborts. It costs one
-    # extra stage and a few signatures per participant per round; measured (scripts/
-    # bench "secure_round" lines) well inside the 1.5x of honest_but_curious that a
-    # vendor would accept for protection against the very party it hides from.
-    # "honest_but_curious" trusts the server to follow the protocol.
+    # share, so a server that lies is refused and the round aborts. The default,
+    # because the server is the very party a vendor hides its updates from, and the
+    # price is small: one extra stage and a few HMACs per participant per round, an
+    # Ed25519 signature and one verification per neighbour only at key setup
+    # (scripts/bench prints a "secure_round" line per server model; the target is
+    # at most 1.5x honest_but_curious). "honest_but_curious" trusts the server to
+    # follow the protocol (participants still refuse request-level lies).
     server: Literal["honest_but_curious", "malicious"] = "malicious"
     # Forward secrecy of amortised keys: fresh X25519 keys (old ones erased) at
     # least every this many rounds, so a leaked key opens at most this many past
