@@ -19,8 +19,9 @@ __all__ = ["main", "build_parser"]
 
 EXAMPLES = {
     "run": "fedcollab run examples/community-vendor.yaml --out runs/demo --set rounds=5",
-    "validate": "fedcollab validate examples/community-vendor.yaml --set participants.0.count=20",
+    "validate": "fedcollab validate examples/community-vendor.yaml --deep --set rounds=5",
     "verify": "fedcollab verify runs/demo/release --public-key publisher.pem",
+    "grade": "fedcollab grade examples/community-vendor.yaml --budget fast --out runs/grade",
 }
 
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output directory (default runs/<name>-<UTC timestamp>/)")
     run.add_argument("--address", default=None,
                      help="Ray cluster address: auto, HOST:PORT or ray://HOST:PORT")
+    run.add_argument("--token-file", default=None,
+                     help="the cluster head's Ray auth token file (default: RAY_AUTH_TOKEN_PATH, "
+                          "RAY_AUTH_TOKEN or ~/.ray/auth_token)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--resume", action="store_true",
                      help="continue from the last checkpoint in --out")
@@ -65,11 +69,31 @@ def build_parser() -> argparse.ArgumentParser:
     validate = _command(sub, "validate", "check a job spec without running it")
     _spec_args(validate)
     validate.add_argument("--json", action="store_true", help="print the resolved spec as JSON")
+    validate.add_argument("--deep", action="store_true",
+                          help="also build the model (imports TensorFlow) and check its layers "
+                               "and shapes against the data")
 
     verify = _command(sub, "verify", "check a release's hashes and Ed25519 signature")
     verify.add_argument("release_dir", type=Path, help="the release/ directory of a job")
     verify.add_argument("--public-key", default=None,
                         help="the publisher's Ed25519 public key (PEM) to check the signer")
+    grade = _command(sub, "grade", "run the task under each policy mix, attack each and write "
+                     "scorecard.{json,md,html}")
+    grade.add_argument("spec", help="job spec (.yaml, .yml or .json)")
+    grade.add_argument("--mixes", default="all",
+                       help="all, or comma-separated names: open, secure-vendor, secure-all, "
+                            "secure-vendor-dp, private-layers, robust-median, or the spec's "
+                            "grading.mixes")
+    grade.add_argument("--priority", default="balanced",
+                       choices=["privacy", "utility", "cost", "balanced"],
+                       help="what the recommendation weighs most (default balanced)")
+    grade.add_argument("--budget", default="fast", choices=["fast", "full"],
+                       help="attack effort: fast (minutes) or full (see docs/grading.md)")
+    grade.add_argument("--out", type=Path, default=None,
+                       help="output directory (default runs/<name>-grade-<UTC timestamp>/)")
+    grade.add_argument("--address", default=None,
+                       help="Ray cluster address: auto, HOST:PORT or ray://HOST:PORT")
+    grade.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -85,6 +109,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     spec = _load(args)
     facts = preflight(spec)
+    if args.deep:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from fedcollab.orchestrator import _Driver
+
+        _Driver.build(spec)
     if args.json:
         print(json.dumps(spec_to_dict(spec), indent=2))
     else:
@@ -95,17 +124,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if not args.quiet and sys.stderr.isatty():
+        print(f"fedcollab: reading {args.spec}", file=sys.stderr, flush=True)
     spec = _load(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fedcollab.preflight import preflight
-
-    preflight(spec)
     from fedcollab.orchestrator import RunOptions, run_job
+    from fedcollab.outdir import JobAlreadyFinished
 
-    if args.resume and args.out is None:
-        raise FedcollabError("--resume needs --out DIR (the job's output directory)")
-    result = run_job(spec, RunOptions(out_dir=args.out, address=args.address, quiet=args.quiet,
-                                      resume=args.resume))
+    if args.token_file:
+        from fedcollab.cluster import use_token_file
+
+        use_token_file(args.token_file)
+
+    try:
+        result = run_job(spec, RunOptions(out_dir=args.out, address=args.address,
+                                          quiet=args.quiet, resume=args.resume))
+    except JobAlreadyFinished as done:
+        print(f"fedcollab: {done}")
+        return 0
     s = result.summary
     figure = (f"accuracy {s['final_accuracy']:.4f}" if s.get("final_accuracy") is not None
               else f"loss {s['final_loss']:.4f}")
@@ -118,9 +154,30 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from fedcollab.release import verify_release
 
     result = verify_release(args.release_dir, public_key=args.public_key)
-    who = "the given public key" if result.signer_checked else \
-        "the key shipped in the release (integrity only; pass --public-key to check the signer)"
-    print(f"ok: {result.name}: {result.files} file(s) match the manifest; signature valid for {who}")
+    if result.signer_checked:
+        print(f"ok: {result.name}: {result.files} file(s) match the manifest; signed by the "
+              "given public key")
+    else:
+        print(f"ok: {result.name}: {result.files} file(s) match the manifest and the signature "
+              "matches the key shipped in the release; that proves integrity only (anyone can "
+              "re-sign a release): pass the publisher's key with --public-key to check who "
+              "signed it")
+    return 0
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from fedcollab.spec import load_spec
+
+    load_spec(args.spec)  # bad input: one line, exit 2, before TensorFlow or Ray load
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from fedcollab.grading.runner import grade
+
+    card = grade(args.spec, mixes=args.mixes, priority=args.priority, budget=args.budget,
+                 out=args.out, address=args.address, progress=False if args.quiet else None)
+    out = card.recommendation.get("mix")
+    print(f"{card.spec}: {len(card.mixes)} mix(es) graded in {card.seconds:.0f} s; "
+          f"Pareto front {', '.join(card.pareto_front)}; recommended {out} "
+          f"-> {card.out_dir}/scorecard.html")
     return 0
 
 
@@ -135,7 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    handler = {"run": _cmd_run, "validate": _cmd_validate, "verify": _cmd_verify}[args.command]
+    handler = {"run": _cmd_run, "validate": _cmd_validate, "verify": _cmd_verify,
+               "grade": _cmd_grade}[args.command]
     try:
         return handler(args)
     except FedcollabError as err:

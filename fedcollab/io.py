@@ -76,7 +76,7 @@ def atomic_save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], *,
     if meta is not None:
         payload["__meta__"] = np.frombuffer(json.dumps(meta, default=_default).encode(),
                                             dtype=np.uint8)
-    np.savez(buffer, **payload)
+    np.savez(buffer, **payload)  # type: ignore[arg-type]
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -66,8 +66,11 @@ def _prod(shape: Sequence[int]) -> int:
     return result
 
 
-_BUILTIN: dict[str, Callable[[tuple[int, ...], int], Any]] = {
+#: Built-in model builders by the name ``task.model`` uses (a new one: a function here
+#: plus an entry); any other name must be ``package.module:function``.
+MODELS: dict[str, Callable[[tuple[int, ...], int], Any]] = {
     "mlp": _build_mlp, "cnn": _build_cnn, "regression": _build_regression}
+_BUILTIN = MODELS
 
 
 def resolve_builder(name: str) -> Callable[..., Any]:

@@ -14,7 +14,7 @@ __all__ = ["preflight"]
 
 
 def preflight(spec: JobSpec) -> dict[str, Any]:
-    """Load the data, partition it and check the secure-aggregation encoding.
+    """Load the data, partition it, check the secure encoding and the release key.
 
     Returns:
         Facts for the user: training samples and the secure group's ring width.
@@ -22,6 +22,7 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
     Raises:
         SpecError: too few samples for the participants, or a secure configuration
             whose fixed-point sum could overflow.
+        fedcollab.release.ReleaseError: ``release.key`` is missing or not Ed25519.
     """
     from fedcollab.data import load_dataset, participant_indices
 
@@ -30,11 +31,46 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
     facts: dict[str, Any] = {"train_samples": len(data.y_train)}
     secure = sum(g.count for g in spec.participants if g.sharing == "secure")
     if secure:
-        from fedcollab.participants import secagg_params
+        from fedcollab.secure_round import secagg_params
 
         try:
             codec = secagg_params(spec).codec(secure)
         except FedcollabError as err:
             raise SpecError(f"spec: secure: {err}") from None
         facts["secure_ring_bits"] = codec.ring_bits
+        _check_secure_room_for_noise(spec)
+    if spec.release.sign and spec.release.key:
+        from fedcollab.release import load_key
+
+        load_key(spec.release.key)
     return facts
+
+
+def _check_secure_room_for_noise(spec: JobSpec) -> None:
+    """Distributed DP noise must fit the fixed-point range, or clamping removes it.
+
+    Each member sends a clipped update (every coordinate within C) plus
+    N(0, (zC)^2 / m); ``secure.clip`` must hold C plus four standard deviations, or
+    saturation would clip the noise and the sum would carry less than accounted.
+    """
+    dp = spec.privacy.dp
+    if dp.mode != "distributed":
+        return
+    from fedcollab.roster import group_sample_sizes, group_sampling_rates
+
+    sizes = group_sample_sizes(spec)
+    members = sum(k for g, k in zip(spec.participants, sizes) if g.sharing == "secure")
+    z = dp.noise_multiplier
+    if z is None and dp.target_epsilon is not None:
+        from fedcollab.privacy import noise_multiplier_for_target
+
+        z = noise_multiplier_for_target(target_epsilon=dp.target_epsilon,
+                                        sampling_rate=max(group_sampling_rates(spec).values()),
+                                        rounds=spec.rounds, delta=dp.delta)
+    sigma = float(z or 0.0) * dp.clip_norm / max(members, 1) ** 0.5
+    need = dp.clip_norm + 4.0 * sigma
+    if spec.secure.clip < need:
+        raise SpecError(f"spec: secure.clip: got {spec.secure.clip:g}, but each of the "
+                        f"{members} secure members adds noise of std {sigma:.3g} to updates "
+                        f"clipped to {dp.clip_norm:g}; the fixed-point range must hold "
+                        f"C + 4 std = {need:.3g} or the noise saturates (raise secure.clip)")

@@ -35,7 +35,7 @@ from fedcollab.errors import FedcollabError
 from fedcollab.io import atomic_write_bytes, fsync_dir
 
 __all__ = ["ReleaseError", "write_release", "verify_release", "weights_sha256",
-           "load_or_create_key", "VerifiedRelease"]
+           "load_or_create_key", "load_key", "VerifiedRelease"]
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -45,6 +45,10 @@ FORMAT = "fedcollab-release/1"
 
 class ReleaseError(FedcollabError):
     """A release that is not intact, or a key that cannot be used."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def weights_sha256(weights: Sequence[np.ndarray]) -> str:
@@ -65,20 +69,41 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def load_key(path: str | Path, *, what: str = "release.key") -> Any:
+    """The Ed25519 private key in the PEM file at ``path``.
+
+    Raises:
+        ReleaseError: (exit 2) the file is missing, not a PEM private key, or not Ed25519.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except FileNotFoundError:
+        raise ReleaseError(f"{what}: {path}: no such file", exit_code=2) from None
+    except (OSError, ValueError, TypeError) as err:
+        raise ReleaseError(f"{what}: cannot load {path} as an unencrypted PEM private key "
+                           f"({err.__class__.__name__})", exit_code=2) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ReleaseError(f"{what}: {path} is a {type(key).__name__.lstrip('_')}, expected an "
+                           "Ed25519 private key", exit_code=2)
+    return key
+
+
 def load_or_create_key(path: Optional[str], fallback: Path) -> Any:
-    """The Ed25519 private key at `path`, or a new one saved (0600) at `fallback`."""
+    """The Ed25519 private key at ``path``; else the job's own key at ``fallback``.
+
+    The job's own key is created once (mode 0600, outside ``release/``) and reused
+    by every later release of the job, so a published public key stays valid.
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     if path:
-        try:
-            key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as err:
-            raise ReleaseError(f"release.key: cannot load {path} as a PEM private key "
-                               f"({err.__class__.__name__})") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ReleaseError(f"release.key: {path} is not an Ed25519 key")
-        return key
+        return load_key(path)
+    if fallback.exists():
+        return load_key(fallback, what="signing key")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -148,8 +173,10 @@ def write_release(release_dir: Path, *, model: Any, weights: Sequence[np.ndarray
             (tmp / PUBLIC_KEY).write_bytes(key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         for path in tmp.iterdir():
+            path.chmod(0o644)  # the release is the public artefact
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
+        tmp.chmod(0o755)
         old = None
         if release_dir.exists():
             old = parent / f".release-old-{os.getpid()}"
@@ -168,7 +195,7 @@ def write_release(release_dir: Path, *, model: Any, weights: Sequence[np.ndarray
 class VerifiedRelease:
     name: str
     files: int
-    signer_checked: bool  # True when checked against a key the caller trusts
+    signer_checked: bool  # True when checked against a key other than the shipped one
 
 
 def verify_release(release_dir: str | Path, *,
@@ -217,4 +244,9 @@ def verify_release(release_dir: str | Path, *,
                    if p.name not in files and p.name not in (MANIFEST, SIGNATURE, PUBLIC_KEY))
     if extra:
         raise ReleaseError(f"{root}: unexpected file(s) not in the manifest: {', '.join(extra)}")
-    return VerifiedRelease(str(manifest.get("name", "")), len(files), public_key is not None)
+    # The release's own public_key.pem (or any file inside the release) proves nothing
+    # about the signer: whoever re-signed the release replaced it too.
+    own_key = public_key is not None and \
+        Path(public_key).resolve().parent == root.resolve()
+    return VerifiedRelease(str(manifest.get("name", "")), len(files),
+                           public_key is not None and not own_key)

@@ -34,19 +34,27 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from fedcollab.participants import ParticipantInfo, secagg_params
+from fedcollab.roster import ParticipantInfo
 
-__all__ = ["SecureCoordinator", "SecurePhases", "secure_params", "provision_identities"]
+__all__ = ["SecureCoordinator", "SecurePhases", "secagg_params", "secure_params",
+           "provision_identities"]
 
 
-def secure_params(spec: Any) -> Any:
-    """:func:`fedcollab.participants.secagg_params` plus the server model and the
-    key-rotation window of ``spec.secure`` (the same on the server and every worker)."""
-    import dataclasses
+def secagg_params(spec: Any) -> Any:
+    """The SecAgg parameters of a job (same on the server and every participant),
+    including the server model and the key-rotation window."""
+    from fedcollab.secure.params import SecAggParams
 
     sec = spec.secure
-    return dataclasses.replace(secagg_params(spec), server=sec.server,
-                               key_rotation_rounds=sec.key_rotation_rounds)
+    return SecAggParams(protocol=sec.protocol, threshold=sec.threshold,
+                        min_group=sec.min_group, neighbours=sec.neighbours,
+                        expected_dropout=sec.expected_dropout, clip=sec.clip,
+                        amortise_keys=sec.amortise_keys, server=sec.server,
+                        key_rotation_rounds=sec.key_rotation_rounds)
+
+
+#: Alias of :func:`secagg_params` (kept for callers written before the refactor).
+secure_params = secagg_params
 
 
 def provision_identities(workers: Sequence[Any], hosted: Sequence[Sequence[int]], ray: Any,
@@ -86,26 +94,25 @@ class SecurePhases:
 class SecureCoordinator:
     """The server's half of secure aggregation for one job's secure group."""
 
-    def __init__(self, spec: Any, people: Sequence[ParticipantInfo], workers: Sequence[Any],
-                 hosted: Sequence[Sequence[int]], ray: Any,
-                 suspect: Optional[set[int]] = None) -> None:
+    def __init__(self, spec: Any, people: Sequence[ParticipantInfo], pool: Any) -> None:
         from fedcollab.secure.server import SecureServer
 
         self.members = [p.pid for p in people if p.sharing == "secure"]
-        self.params = secure_params(spec)
+        self.params = secagg_params(spec)
         self.server = SecureServer(self.members, self.params, rng_seed=spec.seed)
-        self.ray = ray
-        self.workers = list(workers)
+        self.pool = pool  # a WorkerPool: its workers can be replaced between rounds
+        self.ray = pool.ray
+        self.owner = pool.owner
+        self.suspect = pool.suspect  # workers that fail here are healed by the pool
         secure = set(self.members)
-        self.hosted = [[p for p in pids if p in secure] for pids in hosted]
-        self.owner = {pid: w for w, pids in enumerate(hosted) for pid in pids}
-        self.suspect = suspect if suspect is not None else set()  # shared with the job
+        self.hosted = [[p for p in pids if p in secure] for pids in pool.hosted]
         self.offline = spec.secure.amortise_keys and spec.fraction >= 1
         self._offline_calls: list[Any] = []
         self._seen_suspect: set[int] = set()  # workers that failed since provisioning
+        self._handles = list(pool.workers)  # the actors whose identities are registered
         self.registry: dict[int, bytes] = {}
         if self.params.malicious:
-            self.registry = provision_identities(self.workers, self.hosted, ray)
+            self.registry = provision_identities(pool.workers, self.hosted, self.ray)
 
     def _stage(self, stage: str, round_id: int, messages: Mapping[int, bytes],
                phases: SecurePhases, *, then_prepare: bool = False,
@@ -120,10 +127,10 @@ class SecureCoordinator:
         by_worker: dict[int, dict[int, bytes]] = {}
         for pid, message in messages.items():
             by_worker.setdefault(self.owner[pid], {})[pid] = message
-        calls = [(w, self.workers[w].secure_stage.remote(stage, round_id, sub))
+        calls = [(w, self.pool.workers[w].secure_stage.remote(stage, round_id, sub))
                  for w, sub in sorted(by_worker.items())]
         if then_prepare:
-            self._offline_calls += [self.workers[w].secure_prepare.remote(sorted(sub))
+            self._offline_calls += [self.pool.workers[w].secure_prepare.remote(sorted(sub))
                                     for w, sub in sorted(by_worker.items())]
         replies: dict[int, bytes] = {}
         for w, call in calls:
@@ -156,7 +163,7 @@ class SecureCoordinator:
         shares = self._stage("share_keys", round_id, rosters, phases) if rosters else {}
         inbox = self.server.receive_key_shares(shares)
         if on_phase is not None:
-            on_phase("after_share_keys", round_id, self.workers)
+            on_phase("after_share_keys", round_id, self.pool.workers)
         return inbox
 
     def finish(self, round_id: int, masked: Mapping[int, bytes], phases: SecurePhases, *,
@@ -183,15 +190,21 @@ class SecureCoordinator:
         return self.server.receive_unmask_responses(responses)
 
     def _reprovision(self) -> None:
-        """Re-provision identities of workers Ray restarted (fresh participants)."""
+        """Re-provision identities of workers the pool replaced or Ray restarted (their
+        participants are new, with fresh identity keys)."""
+        workers = self.pool.workers
         self._seen_suspect |= self.suspect
-        back = sorted(self._seen_suspect - self.suspect)
+        back = set(self._seen_suspect - self.suspect)
+        back |= {i for i, w in enumerate(workers)
+                 if i >= len(self._handles) or w is not self._handles[i]}
         if not back or not self.params.malicious:
-            self._seen_suspect -= set(back)
+            self._seen_suspect -= back
+            self._handles = list(workers)
             return
         try:
-            provision_identities(self.workers, self.hosted, self.ray, back, self.registry)
-            self._seen_suspect -= set(back)
+            provision_identities(workers, self.hosted, self.ray, sorted(back), self.registry)
+            self._seen_suspect -= back
+            self._handles = list(workers)
         except self.ray.exceptions.RayError:
             pass  # still down: its participants drop; retried next round
 

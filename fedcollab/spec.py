@@ -7,12 +7,16 @@ with one line that names the field, the bad value and what is allowed; the CLI
 turns it into exit code 2.
 
 The loader is driven by the dataclass annotations: ``Literal[...]`` fields list
-their allowed values, unknown keys are rejected with the allowed ones, and each
-dataclass checks its own ranges in ``__post_init__``.
+their allowed values, ``Annotated[str, Choices("package.module:REGISTRY")]`` fields
+take the names of a registry declared once, in the package that owns it (rules in
+:mod:`fedcollab.aggregation`, attacks in :mod:`fedcollab.outgoing`, ...), unknown
+keys are rejected with the allowed ones, and each dataclass checks its own ranges
+in ``__post_init__``.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import re
@@ -20,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -30,12 +34,29 @@ __all__ = [
     "SpecError", "JobSpec", "TaskSpec", "LocalSpec", "PartitionSpec", "GroupSpec",
     "AggregationSpec", "SecureSpec", "DpSpec", "PrivacySpec", "ResourcesSpec",
     "ReleaseSpec", "load_spec", "spec_from_dict", "spec_to_dict", "apply_overrides",
-    "BUILTIN_MODELS", "DATASETS", "ROBUST_RULES",
+    "Choices", "GradingSpec", "MixSpec", "BUILTIN_MIXES",
 ]
 
-DATASETS = ("digits", "regression", "file")
-BUILTIN_MODELS = ("mlp", "cnn", "regression")
-ROBUST_RULES = ("median", "trimmed_mean", "krum", "multi_krum", "norm_bounded")
+
+@dataclass(frozen=True)
+class Choices:
+    """The allowed values of a string field: the keys of a registry, by import path.
+
+    Resolved when a value is checked, so the spec imports no registry (and nothing
+    heavy) until it needs to, and each name list exists once, where it is used.
+    """
+
+    source: str  # "package.module:NAME"
+
+    def values(self) -> tuple[str, ...]:
+        module, _, name = self.source.partition(":")
+        return tuple(getattr(importlib.import_module(module), name))
+
+    def check(self, where: str, value: Any) -> None:
+        allowed = self.values()
+        if isinstance(value, bool) or value not in allowed:
+            raise _fail(where, f"got {value!r}, expected one of "
+                        + ", ".join(repr(a) for a in allowed))
 
 
 class SpecError(FedcollabError):
@@ -64,11 +85,14 @@ def _fraction(where: str, value: float, *, closed_low: bool = False) -> None:
 class TaskSpec:
     """What is learnt: dataset, model and held-out share."""
 
-    dataset: Literal["digits", "regression", "file"] = "digits"
+    dataset: Annotated[str, Choices("fedcollab.data.datasets:DATASETS")] = "digits"
     model: str = "mlp"
     test_fraction: float = 0.2
     path: Optional[str] = None          # dataset: file (.npz with x, y; or .csv)
     label_column: Optional[str] = None  # .csv files: the column holding y
+    # classification | regression | auto: for dataset file, auto takes text labels and
+    # integer labels with at most 100 distinct values as classes (docs/spec.md)
+    kind: Literal["auto", "classification", "regression"] = "auto"
     samples: int = 1000                 # dataset: regression (generated)
     noise: float = 0.1                  # dataset: regression: std of the noise on y
 
@@ -76,9 +100,11 @@ class TaskSpec:
         if not (0 < self.test_fraction < 1):
             raise _fail("task.test_fraction",
                         f"got {self.test_fraction!r}, expected a fraction in (0, 1)")
-        if self.model not in BUILTIN_MODELS and not _is_import_path(self.model):
+        from fedcollab.models import MODELS
+
+        if self.model not in MODELS and not _is_import_path(self.model):
             raise _fail("task.model", f"got {self.model!r}, expected one of "
-                        f"{', '.join(BUILTIN_MODELS)} or 'package.module:function'")
+                        f"{', '.join(MODELS)} or 'package.module:function'")
         if self.dataset == "file":
             if not self.path:
                 raise _fail("task.path", "dataset 'file' needs a path to a .npz or .csv file")
@@ -87,6 +113,10 @@ class TaskSpec:
                 raise _fail("task.path", f"got {self.path!r}, expected a .npz or .csv file")
             if suffix == ".csv" and not self.label_column:
                 raise _fail("task.label_column", "a .csv dataset needs label_column")
+        builtin_kind = {"digits": "classification", "regression": "regression"}
+        if self.kind != "auto" and builtin_kind.get(self.dataset, self.kind) != self.kind:
+            raise _fail("task.kind", f"got {self.kind!r}, but dataset {self.dataset!r} is a "
+                        f"{builtin_kind[self.dataset]} task")
         if self.samples < 10:
             raise _fail("task.samples", f"got {self.samples!r}, expected an integer >= 10")
         if self.noise < 0:
@@ -94,6 +124,8 @@ class TaskSpec:
 
     @property
     def is_classification(self) -> bool:
+        if self.kind != "auto":
+            return self.kind == "classification"
         return self.dataset != "regression" and self.model != "regression"
 
 
@@ -109,7 +141,7 @@ class LocalSpec:
 
     epochs: int = 1
     batch_size: int = 16
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Annotated[str, Choices("fedcollab.training:OPTIMIZERS")] = "sgd"
     learning_rate: float = 0.1
     proximal_mu: float = 0.0  # FedProx's mu; 0 is plain local SGD
 
@@ -127,7 +159,7 @@ class LocalSpec:
 class PartitionSpec:
     """How a group's share of the training data is split among its participants."""
 
-    kind: Literal["iid", "dirichlet", "shards"] = "iid"
+    kind: Annotated[str, Choices("fedcollab.data.partition:PARTITIONERS")] = "iid"
     alpha: float = 0.5              # dirichlet: smaller is more label skew
     shards_per_participant: int = 2  # shards: label-sorted shards each participant gets
 
@@ -144,18 +176,16 @@ class GroupSpec:
     """A group of `count` logical participants sharing a role and a policy."""
 
     name: str
-    role: Literal["community", "vendor"] = "community"
+    role: Annotated[str, Choices("fedcollab.roster:ROLES")] = "community"
     count: int = 1
-    sharing: Literal["open", "secure"] = "open"
+    sharing: Annotated[str, Choices("fedcollab.roster:SHARING")] = "open"
     partition: PartitionSpec = field(default_factory=PartitionSpec)
     data_fraction: Optional[float] = None
     private_layers: tuple[str, ...] = ()
     resources: Mapping[str, float] = field(default_factory=dict)
-    # For robustness experiments and grading: how this group's participants behave.
-    # honest | sign_flip (-scale x update) | scale (scale x update) | nan | wrong_shape
-    # | huge_norm (1e6 x update) | zero
-    behaviour: Literal["honest", "sign_flip", "scale", "nan", "wrong_shape", "huge_norm",
-                       "zero"] = "honest"
+    # For robustness experiments and grading: how this group's participants behave
+    # (honest, or an attack from fedcollab.outgoing.ATTACKS).
+    behaviour: Annotated[str, Choices("fedcollab.outgoing:BEHAVIOURS")] = "honest"
     attack_scale: float = 10.0
 
 
@@ -163,9 +193,9 @@ class GroupSpec:
 class AggregationSpec:
     """The server's rule over open updates and its optimiser."""
 
-    rule: Literal["fedavg", "median", "trimmed_mean", "krum", "multi_krum",
-                  "norm_bounded"] = "fedavg"
-    server_optimizer: Literal["none", "fedavgm", "fedadam", "fedyogi"] = "none"
+    rule: Annotated[str, Choices("fedcollab.aggregation.registry:RULES")] = "fedavg"
+    server_optimizer: Annotated[str, Choices(
+        "fedcollab.aggregation.server_optimizers:SERVER_OPTIMIZERS")] = "none"
     server_learning_rate: Optional[float] = None  # None: the optimiser's default
     momentum: float = 0.9
     trim_beta: float = 0.1
@@ -201,7 +231,7 @@ class AggregationSpec:
 class SecureSpec:
     """Secure aggregation for the groups with ``sharing: secure``."""
 
-    protocol: Literal["secagg", "secaggplus"] = "secaggplus"
+    protocol: Annotated[str, Choices("fedcollab.secure.graph:PROTOCOLS")] = "secaggplus"
     threshold: float = 0.67
     min_group: int = 3
     neighbours: Optional[int] = None  # secaggplus: graph degree; None sizes it (below)
@@ -256,7 +286,7 @@ class SecureSpec:
 class DpSpec:
     """User-level differential privacy (DP-FedAvg)."""
 
-    mode: Literal["none", "central", "distributed", "local"] = "none"
+    mode: Annotated[str, Choices("fedcollab.privacy.noise:DP_MODES")] = "none"
     noise_multiplier: Optional[float] = None
     clip_norm: float = 1.0
     delta: float = 1e-5
@@ -277,7 +307,8 @@ class DpSpec:
             if self.noise_multiplier is not None:
                 raise _fail("privacy.dp", "give noise_multiplier or target_epsilon, not both")
         if self.mode != "none" and self.noise_multiplier is None and self.target_epsilon is None:
-            raise _fail("privacy.dp", f"mode {self.mode!r} needs noise_multiplier or target_epsilon")
+            raise _fail("privacy.dp",
+                        f"mode {self.mode!r} needs noise_multiplier or target_epsilon")
         _fraction("privacy.dp.target_quantile", self.target_quantile)
         _positive("privacy.dp.clip_learning_rate", self.clip_learning_rate)
 
@@ -313,6 +344,45 @@ class ReleaseSpec:
     key: Optional[str] = None  # PEM Ed25519 private key; None: a fresh key per job
 
 
+BUILTIN_MIXES = ("open", "secure-vendor", "secure-all", "secure-vendor-dp", "private-layers",
+                 "robust-median")
+
+
+@dataclass(frozen=True)
+class MixSpec:
+    """A user's own policy mix for `fedcollab grade`: spec overrides, like ``--set``."""
+
+    name: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GradingSpec:
+    """The ``grading:`` section: extra policy mixes graded next to the built-in ones."""
+
+    mixes: tuple[MixSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, mix in enumerate(self.mixes):
+            where = f"grading.mixes.{i}"
+            if not mix.name or not all(c.isalnum() or c in "-_." for c in mix.name):
+                raise _fail(f"{where}.name", f"got {mix.name!r}, expected letters, digits, "
+                            "'-', '_' or '.'")
+            if mix.name in BUILTIN_MIXES or mix.name in seen:
+                raise _fail(f"{where}.name", f"got {mix.name!r}, which is already a "
+                            f"{'built-in' if mix.name in BUILTIN_MIXES else 'mix'} name; "
+                            "pick another")
+            seen.add(mix.name)
+            for path in mix.overrides:
+                if not path or any(not part for part in str(path).split(".")):
+                    raise _fail(f"{where}.overrides", f"got path {path!r}, expected a dotted "
+                                "spec path like participants.0.sharing")
+                if str(path).split(".")[0] in ("grading", "name"):
+                    raise _fail(f"{where}.overrides", f"{path!r}: a mix may not change "
+                                "the spec's name or grading section")
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A whole collaboration job. Field names are a contract (DESIGN.md)."""
@@ -329,6 +399,7 @@ class JobSpec:
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     release: ReleaseSpec = field(default_factory=ReleaseSpec)
+    grading: GradingSpec = field(default_factory=GradingSpec)
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -376,7 +447,9 @@ class JobSpec:
             raise _fail("participants", f"the secure group has {secure_count} member(s), "
                         f"expected at least secure.min_group={self.secure.min_group}: a sum of "
                         "one or two updates is no secret, so the server would read them")
-        if self.aggregation.rule in ROBUST_RULES and secure and \
+        from fedcollab.aggregation.registry import rule_needs_individual_updates
+
+        if rule_needs_individual_updates(self.aggregation.rule) and secure and \
                 all(g.sharing == "secure" for g in self.participants):
             raise _fail("aggregation.rule", f"{self.aggregation.rule!r} must see individual "
                         "updates, but every group is secure; use fedavg (or make some groups open)")
@@ -397,6 +470,11 @@ class JobSpec:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        choices = [m for m in tp.__metadata__ if isinstance(m, Choices)]
+        if choices:
+            return "one of " + ", ".join(repr(a) for a in choices[0].values())
+        return _type_name(typing.get_args(tp)[0])
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
@@ -413,7 +491,14 @@ def _type_name(tp: Any) -> str:
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
     """Check `value` against annotation `tp`, converting YAML shapes to dataclasses."""
+    if tp is Any:  # free-form values (grading mix overrides), checked when applied
+        return value
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        for meta in tp.__metadata__:
+            if isinstance(meta, Choices):
+                meta.check(where, value)
+        return _convert(typing.get_args(tp)[0], value, where)
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed or isinstance(value, bool):
@@ -431,7 +516,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             except SpecError:
                 continue
         raise _fail(where, f"got {value!r}, expected {_type_name(tp)}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise _fail(where, f"got {value!r}, expected a mapping")
         return _build(tp, value, where)
@@ -466,7 +551,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 
 
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     prefix = f"{where}." if where else ""
     unknown = [k for k in data if k not in fields]

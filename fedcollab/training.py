@@ -19,7 +19,14 @@ import numpy as np
 
 from fedcollab.types import Weights
 
-__all__ = ["configure_tensorflow", "LocalTrainer", "TrainResult"]
+__all__ = ["configure_tensorflow", "LocalTrainer", "TrainResult", "TF_ENV", "OPTIMIZERS"]
+
+#: Local optimisers by the name ``local.optimizer`` uses.
+OPTIMIZERS = ("sgd", "adam")
+
+#: Environment for every process that runs TensorFlow: quiet, one thread each.
+TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
+          "TF_NUM_INTEROP_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
 def configure_tensorflow(*, threads: int = 1, deterministic: bool = True,

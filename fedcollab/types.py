@@ -1,11 +1,12 @@
 """Domain types named once and shared by every module."""
 from __future__ import annotations
 
-from typing import Union
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
 
-__all__ = ["Weights", "ParticipantId"]
+__all__ = ["Weights", "ParticipantId", "Number", "Update"]
 
 #: Model weights (or an update to them): one array per Keras weight, in model order.
 Weights = list[np.ndarray]
@@ -14,3 +15,20 @@ Weights = list[np.ndarray]
 ParticipantId = int
 
 Number = Union[int, float]
+
+
+@dataclass(frozen=True)
+class Update:
+    """An open participant's update over the arrays it shares (``None`` where private).
+
+    This is what the server sees of an open participant, in the clear. Without DP,
+    ``loss`` and ``norm`` (the L2 norm before any clipping) travel with it; under DP
+    both are 0 and only ``clip_bit`` (norm <= C, for adaptive clipping) is sent.
+    """
+
+    pid: ParticipantId
+    delta: list[Optional[np.ndarray]]
+    num_samples: int
+    loss: float
+    norm: float = 0.0
+    clip_bit: Optional[bool] = None

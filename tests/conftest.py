@@ -23,7 +23,7 @@ def ray_local() -> Iterator[Any]:
     import ray
 
     ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False, runtime_env=_worker_env())
     yield ray
     ray.shutdown()

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedcollab.participants import roster
+from fedcollab.roster import roster
 from fedcollab.release import ReleaseError, verify_release, weights_sha256, write_release
 from fedcollab.spec import JobSpec, spec_from_dict
 
@@ -92,10 +92,24 @@ def test_verify_release_intact_release_succeeds(release: Path) -> None:
     assert result.signer_checked is False
 
 
-def test_verify_release_with_the_publisher_key_checks_the_signer(release: Path) -> None:
+def test_verify_release_with_its_own_shipped_key_is_integrity_only(release: Path) -> None:
     result = verify_release(release, public_key=release / "public_key.pem")
 
+    assert result.signer_checked is False
+
+
+def test_verify_release_with_the_publisher_key_checks_the_signer(release: Path,
+                                                                 tmp_path: Path) -> None:
+    publisher = tmp_path / "publisher.pem"
+    publisher.write_bytes((release / "public_key.pem").read_bytes())
+    result = verify_release(release, public_key=publisher)
+
     assert result.signer_checked is True
+
+
+def test_release_is_world_readable_and_the_job_key_is_reused(release: Path) -> None:
+    assert (release.stat().st_mode & 0o777) == 0o755
+    assert all((p.stat().st_mode & 0o777) == 0o644 for p in release.iterdir())
 
 
 def test_write_release_manifest_records_spec_weights_and_private_layers(
@@ -310,3 +324,11 @@ def test_weights_sha256_byte_order_does_not_change_the_hash() -> None:
     a = np.arange(6, dtype="<f4")
 
     assert weights_sha256([a]) == weights_sha256([a.astype(">f4")])
+
+
+def test_second_release_of_a_job_reuses_its_signing_key(model: Any, tmp_path: Path) -> None:
+    first = _write(model, tmp_path / "job" / "release")
+    key = (first / "public_key.pem").read_bytes()
+    second = _write(model, tmp_path / "job" / "release")
+    assert (second / "public_key.pem").read_bytes() == key
+    assert ((tmp_path / "job" / "signing-key.pem").stat().st_mode & 0o777) == 0o600

@@ -14,3 +14,15 @@ def tiny(input_shape: tuple[int, ...], num_classes: int) -> Any:
 
 def not_a_model() -> int:
     return 3
+
+
+def wrong_input(input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """Expects 3 features whatever the data has (a user's mistake)."""
+    import keras
+
+    inputs = keras.Input(shape=(3,))
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(inputs))
+
+
+def raises(input_shape: tuple[int, ...], num_classes: int) -> Any:
+    raise ValueError("the user's model function failed")

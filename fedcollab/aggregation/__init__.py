@@ -7,6 +7,13 @@ imports Ray or TensorFlow; randomness is never used.
 from __future__ import annotations
 
 from fedcollab.aggregation._arrays import global_norm
+from fedcollab.aggregation.aggregator import (  # noqa: E402  (uses the modules above)
+    AggregateStep,
+    Aggregator,
+    OpenUpdate,
+    SecureSum,
+    compose,
+)
 from fedcollab.aggregation.errors import (
     AggregationError,
     NotEnoughUpdatesError,
@@ -21,12 +28,12 @@ from fedcollab.aggregation.registry import (
     SECURE_SUM_RULES,
     Rule,
     aggregate,
-    combine_with_secure_sum,
+    options_from_spec,
     rule_needs_individual_updates,
-    rule_options,
     secure_compatibility_message,
 )
 from fedcollab.aggregation.rules import (
+    bulyan,
     krum,
     krum_scores,
     krum_select,
@@ -47,7 +54,12 @@ from fedcollab.aggregation.server_optimizers import (
     state_from_arrays,
     state_to_arrays,
 )
-from fedcollab.aggregation.validation import partition_valid, reference_of, validate_update
+from fedcollab.aggregation.validation import (
+    check_update,
+    partition_valid,
+    reference_of,
+    validate_update,
+)
 
 __all__ = [
     # errors
@@ -55,10 +67,12 @@ __all__ = [
     "UpdateRejected",
     # rules
     "weighted_mean", "median", "trimmed_mean", "krum", "krum_scores", "krum_select",
-    "multi_krum", "norm_bounded_mean", "global_norm",
+    "multi_krum", "norm_bounded_mean", "bulyan", "global_norm",
     # registry
-    "Rule", "RULES", "SECURE_SUM_RULES", "INDIVIDUAL_UPDATE_RULES", "aggregate", "rule_options",
-    "rule_needs_individual_updates", "secure_compatibility_message", "combine_with_secure_sum",
+    "Rule", "RULES", "SECURE_SUM_RULES", "INDIVIDUAL_UPDATE_RULES", "aggregate",
+    "options_from_spec", "rule_needs_individual_updates", "secure_compatibility_message",
+    # the one seam that composes open updates with secure sums
+    "Aggregator", "AggregateStep", "OpenUpdate", "SecureSum", "compose", "check_update",
     # validation
     "validate_update", "partition_valid", "reference_of",
     # server optimisers

@@ -6,20 +6,23 @@ its members' count-weighted updates. A weighted mean is a sum divided by a count
 ``fedavg`` composes with secure sums exactly (:func:`combine_with_secure_sum`). Every
 robust rule compares individual updates (sorts coordinates, measures distances,
 clips norms), so it can only act on ``open`` updates; secure sums are added after it,
-unfiltered.
+unfiltered (:class:`fedcollab.aggregation.aggregator.Aggregator` is the one place
+that composes the two).
+
+Adding a rule is one function in :mod:`~fedcollab.aggregation.rules` plus one entry
+in :data:`RULES`, which also names the spec fields (``aggregation.*``) its options
+come from; the spec validates ``aggregation.rule`` against this registry.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
-import numpy as np
-
-from fedcollab.aggregation._arrays import output_dtype, same_structure
-from fedcollab.aggregation.errors import AggregationError, UnknownRuleError
+from fedcollab.aggregation.errors import UnknownRuleError
 from fedcollab.aggregation.rules import (
+    bulyan,
     krum,
     median,
     multi_krum,
@@ -35,10 +38,9 @@ __all__ = [
     "SECURE_SUM_RULES",
     "INDIVIDUAL_UPDATE_RULES",
     "aggregate",
-    "rule_options",
+    "options_from_spec",
     "rule_needs_individual_updates",
     "secure_compatibility_message",
-    "combine_with_secure_sum",
 ]
 
 
@@ -48,13 +50,14 @@ class Rule:
 
     Attributes:
         name: The name used in job specs (``aggregation.rule``).
-        apply: ``apply(updates, counts, **options) -> Weights``.
+        apply: ``apply(updates, counts, **options) -> Weights`` over whole updates.
         needs_individual_updates: True when the rule must see each update in the
             clear, so it cannot run over a secure sum.
         uses_counts: Whether sample counts change the result.
         required: Options that must be given.
         optional: Options that may be given.
         reference: The paper the rule comes from.
+        spec_options: For each option, the ``aggregation`` spec field it comes from.
     """
 
     name: str
@@ -64,6 +67,7 @@ class Rule:
     required: tuple[str, ...]
     optional: tuple[str, ...]
     reference: str
+    spec_options: Mapping[str, str] = field(default_factory=dict)
 
     def __call__(self, updates: Sequence[Weights], counts: Sequence[float],
                  **options: Any) -> Weights:
@@ -88,13 +92,17 @@ def _krum(updates: Sequence[Weights], counts: Sequence[float], *, f: int) -> Wei
 
 
 def _multi_krum(updates: Sequence[Weights], counts: Sequence[float], *, f: int,
-                m: Optional[int] = None) -> Weights:
+                m: int | None = None) -> Weights:
     return multi_krum(updates, f=f, m=m)
 
 
 def _norm_bounded(updates: Sequence[Weights], counts: Sequence[float], *,
                   bound: float) -> Weights:
     return norm_bounded_mean(updates, counts, bound=bound)
+
+
+def _bulyan(updates: Sequence[Weights], counts: Sequence[float], *, f: int) -> Weights:
+    return bulyan(updates, f=f)
 
 
 #: Every rule by its spec name (read-only).
@@ -104,13 +112,15 @@ RULES: Mapping[str, Rule] = MappingProxyType({
     "median": Rule("median", _median, True, False, (), (),
                    "Yin et al., ICML 2018"),
     "trimmed_mean": Rule("trimmed_mean", _trimmed_mean, True, False, ("beta",), (),
-                         "Yin et al., ICML 2018"),
+                         "Yin et al., ICML 2018", {"beta": "trim_beta"}),
     "krum": Rule("krum", _krum, True, False, ("f",), (),
-                 "Blanchard et al., NeurIPS 2017"),
+                 "Blanchard et al., NeurIPS 2017", {"f": "krum_f"}),
     "multi_krum": Rule("multi_krum", _multi_krum, True, False, ("f",), ("m",),
-                       "Blanchard et al., NeurIPS 2017"),
+                       "Blanchard et al., NeurIPS 2017", {"f": "krum_f", "m": "multi_krum_m"}),
     "norm_bounded": Rule("norm_bounded", _norm_bounded, True, True, ("bound",), (),
-                         "Sun et al., arXiv 2019"),
+                         "Sun et al., arXiv 2019", {"bound": "clip_bound"}),
+    "bulyan": Rule("bulyan", _bulyan, True, False, ("f",), (),
+                   "El Mhamdi et al., ICML 2018", {"f": "krum_f"}),
 })
 
 #: Rules that are a (weighted) sum, so they can run over secure sums.
@@ -132,15 +142,12 @@ def _rule(name: str) -> Rule:
 
 def aggregate(rule: str, updates: Sequence[Weights], counts: Sequence[float],
               **options: Any) -> Weights:
-    """Aggregate updates with the rule named ``rule``.
-
-    Options by rule: ``trimmed_mean``: ``beta``; ``krum``: ``f``; ``multi_krum``:
-    ``f`` and optionally ``m``; ``norm_bounded``: ``bound``. (Spec fields:
-    ``trim_beta``, ``krum_f``, ``multi_krum_m``, ``norm_bound``.)
+    """Aggregate whole updates with the rule named ``rule``.
 
     Args:
         rule: A key of :data:`RULES`.
-        updates: One update per participant.
+        updates: One update per participant (every array of it: distances and norms
+            are over the whole update, as the papers define them).
         counts: One sample count per update (ignored by rules that do not use them).
         **options: The rule's options; unknown ones are an error, so a typo is not
             silently ignored.
@@ -166,30 +173,27 @@ def aggregate(rule: str, updates: Sequence[Weights], counts: Sequence[float],
     return info.apply(updates, counts, **options)
 
 
-def rule_options(rule: str, *, trim_beta: float = 0.1, krum_f: int = 1,
-                 multi_krum_m: Optional[int] = None,
-                 norm_bound: Optional[float] = None) -> dict[str, Any]:
-    """The options :func:`aggregate` needs for ``rule``, from the job spec's field names.
+def options_from_spec(rule: str, fields: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The options :func:`aggregate` needs for ``rule``, read from the spec's fields.
 
-    ``aggregate(spec.rule, updates, counts, **rule_options(spec.rule, trim_beta=...,
-    krum_f=..., multi_krum_m=..., norm_bound=...))`` passes only what the rule takes.
+    Args:
+        rule: A key of :data:`RULES`.
+        fields: The ``aggregation`` spec section (an object with attributes, or a
+            mapping), e.g. ``spec.aggregation``.
 
     Raises:
-        UnknownRuleError: Unknown rule, or ``norm_bounded`` without ``norm_bound``.
+        UnknownRuleError: Unknown rule, or a required option whose field is unset.
     """
-    _rule(rule)
-    if rule == "trimmed_mean":
-        return {"beta": trim_beta}
-    if rule == "krum":
-        return {"f": krum_f}
-    if rule == "multi_krum":
-        return {"f": krum_f, "m": multi_krum_m}
-    if rule == "norm_bounded":
-        if norm_bound is None:
-            raise UnknownRuleError("aggregation rule 'norm_bounded' needs norm_bound "
-                                   "(the L2 norm each open update is scaled down to)")
-        return {"bound": norm_bound}
-    return {}
+    info = _rule(rule)
+    options: dict[str, Any] = {}
+    for option, field_name in info.spec_options.items():
+        value = fields.get(field_name) if isinstance(fields, Mapping) else \
+            getattr(fields, field_name, None)
+        if value is None and option in info.required:
+            raise UnknownRuleError(f"aggregation rule {rule!r} needs aggregation.{field_name}")
+        if value is not None or option in info.optional:
+            options[option] = value
+    return options
 
 
 def rule_needs_individual_updates(rule: str) -> bool:
@@ -219,51 +223,3 @@ def secure_compatibility_message(rule: str) -> str:
             "updates only, and secure sums are added after it unfiltered (a Byzantine "
             "member of a secure group is not stopped). With every group secure there is "
             "nothing for it to act on: use 'fedavg', or make some groups open.")
-
-
-def combine_with_secure_sum(open_aggregate: Optional[Weights], open_total: float,
-                            secure_weighted_sum: Optional[Weights],
-                            secure_total: float) -> Weights:
-    """Merge the open groups' aggregate with the secure groups' unmasked sum.
-
-    Secure participants weight their update by their count before masking, so the
-    server learns ``S = sum_k n_k * delta_k`` and ``N_s = sum_k n_k``. The result is
-    ``(N_o * open_aggregate + S) / (N_o + N_s)``: with ``fedavg`` over the open
-    updates it equals the weighted mean over everyone.
-
-    Args:
-        open_aggregate: The rule's output over the open updates, or None if none.
-        open_total: The open updates' total count (the weight of ``open_aggregate``).
-        secure_weighted_sum: The unmasked sum of count-weighted secure updates, or None.
-        secure_total: The secure participants' total count.
-
-    Returns:
-        The combined update, in the inputs' float dtype.
-
-    Raises:
-        AggregationError: Both parts missing, negative or zero totals, or shapes differ.
-    """
-    for name, value in (("open_total", open_total), ("secure_total", secure_total)):
-        if not math.isfinite(float(value)) or value < 0:
-            raise AggregationError(f"combine_with_secure_sum: got {name}={value!r}, "
-                                   "expected a finite number >= 0")
-    parts: list[tuple[Weights, float]] = []
-    if open_aggregate is not None and open_total > 0:
-        parts.append(([np.asarray(a, dtype=np.float64) * float(open_total)
-                       for a in open_aggregate], float(open_total)))
-    if secure_weighted_sum is not None and secure_total > 0:
-        parts.append(([np.asarray(a, dtype=np.float64) for a in secure_weighted_sum],
-                      float(secure_total)))
-    if not parts:
-        raise AggregationError("combine_with_secure_sum: got no open aggregate and no secure "
-                               "sum with a positive count; nothing to combine")
-    if len(parts) == 2:
-        same_structure(parts[0][0], parts[1][0], what="combine_with_secure_sum",
-                       names=("the open aggregate", "the secure sum"))
-    total = sum(weight for _, weight in parts)
-    sources = [a for a in (open_aggregate, secure_weighted_sum) if a is not None]
-    out: Weights = []
-    for layer in range(len(parts[0][0])):
-        acc = sum((p[0][layer] for p in parts), start=np.zeros(np.shape(parts[0][0][layer])))
-        out.append((acc / total).astype(output_dtype([s[layer] for s in sources])))
-    return out

@@ -37,6 +37,7 @@ __all__ = [
     "krum",
     "multi_krum",
     "norm_bounded_mean",
+    "bulyan",
 ]
 
 
@@ -281,3 +282,50 @@ def norm_bounded_mean(updates: Sequence[Weights], counts: Sequence[float], *,
     mean = weighted_mean(clipped, counts)
     return [a.astype(output_dtype([u[layer] for u in updates]))
             for layer, a in enumerate(mean)]
+
+
+def bulyan(updates: Sequence[Weights], *, f: int) -> Weights:
+    """Bulyan: Krum selection, then a coordinate-wise trimmed mean of the selected.
+
+    El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed Learning
+    in Byzantium", ICML 2018. Krum is applied recursively to pick ``theta = n - 2f``
+    updates (each pick removed before the next, scores over whole updates); then for
+    each coordinate the ``beta = theta - 2f`` values closest to the median are
+    averaged. The guarantee needs ``n >= 4f + 3``.
+
+    Args:
+        updates: One update per participant, seen in the clear.
+        f: The number of Byzantine updates to tolerate.
+
+    Returns:
+        The aggregated update, in the inputs' float dtype.
+
+    Raises:
+        NotEnoughUpdatesError: ``n < 4f + 3``.
+        AggregationError: Bad ``f`` or inconsistent shapes.
+    """
+    _check_f(f)
+    check_structure(updates, what="bulyan")
+    n = len(updates)
+    if n < 4 * f + 3:
+        raise NotEnoughUpdatesError(
+            f"bulyan: got {n} updates, need at least 4f + 3 = {4 * f + 3} to tolerate "
+            f"f={f} Byzantine updates (El Mhamdi et al. 2018); lower f or add participants")
+    remaining = list(range(n))
+    selected: list[int] = []
+    while len(selected) < n - 2 * f:
+        pool = [updates[i] for i in remaining]
+        # Krum over what is left; with too few left for Krum's bound, take the closest.
+        if len(pool) > 2 * f + 2:
+            (best,) = krum_select(pool, f=f, m=1)
+        else:
+            best = 0
+        selected.append(remaining.pop(best))
+    beta = len(selected) - 2 * f
+
+    def reduce(stack: np.ndarray) -> np.ndarray:
+        med = np.median(stack, axis=0)
+        order = np.argsort(np.abs(stack - med), axis=0, kind="stable")[:beta]
+        return np.asarray(np.take_along_axis(stack, order, axis=0).mean(axis=0))
+
+    return per_layer([updates[i] for i in selected], reduce)

@@ -16,9 +16,9 @@ import numpy.typing as npt
 
 from fedcollab.aggregation._arrays import global_norm
 from fedcollab.aggregation.errors import AggregationError, UpdateRejected
-from fedcollab.types import Weights
+from fedcollab.types import Update, Weights
 
-__all__ = ["validate_update", "partition_valid", "reference_of"]
+__all__ = ["validate_update", "partition_valid", "reference_of", "check_update"]
 
 DTypes = Union[npt.DTypeLike, Sequence[npt.DTypeLike]]
 
@@ -119,3 +119,29 @@ def partition_valid(updates: Mapping[int, Weights], reference_shapes: Sequence[S
         else:
             valid[pid] = update
     return valid, rejected
+
+
+def check_update(update: Update, shapes: Sequence[tuple[int, ...]], *,
+                 norm_bound: Optional[float] = None,
+                 max_samples: Optional[float] = None) -> str:
+    """Why an open update must be rejected, or ``""`` when it is fit to aggregate.
+
+    Checks the claimed sample count (an integer in ``1..max_samples``: a participant
+    could otherwise outweigh everyone by claiming 1e30 examples), then every shared
+    array with :func:`validate_update` (private arrays are ``None`` and skipped).
+    The reason is ``"<kind>: <what is wrong>"`` and never contains values.
+    """
+    if len(update.delta) != len(shapes):
+        return f"count: expected {len(shapes)} arrays, got {len(update.delta)}"
+    n = update.num_samples
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        return f"samples: sample count must be a positive integer, got {n!r}"
+    if max_samples is not None and n > max_samples:
+        return f"samples: claims {n} examples, more than any participant holds ({max_samples:g})"
+    shared = [(d, s) for d, s in zip(update.delta, shapes) if d is not None]
+    try:
+        validate_update([d for d, _ in shared], [s for _, s in shared],
+                        dtypes=[np.float32] * len(shared), norm_bound=norm_bound)
+    except UpdateRejected as err:
+        return f"{err.kind}: {err.reason}"
+    return ""

@@ -9,14 +9,17 @@ from the driver.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
 from fedcollab.spec import SpecError, TaskSpec
 
-__all__ = ["Dataset", "load_dataset", "load_digits", "make_regression"]
+__all__ = ["Dataset", "load_dataset", "load_digits", "make_regression", "DATASETS",
+           "infer_kind", "MAX_AUTO_CLASSES"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric feature columns and the label column (numbers, or text class names)."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
@@ -94,12 +98,52 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     if label_column not in header:
         raise SpecError(f"spec: task.label_column: got {label_column!r}, expected one of "
                         f"{', '.join(header)}")
-    try:
-        table = np.array(body, dtype=np.float64)
-    except ValueError:
-        raise SpecError(f"spec: task.path: {path.name} has non-numeric or ragged rows") from None
+    ragged = [i + 2 for i, r in enumerate(body) if len(r) != len(header)]
+    if ragged:
+        raise SpecError(f"spec: task.path: {path.name}: row {ragged[0]} has a different number "
+                        f"of columns than the header ({len(header)})")
     col = header.index(label_column)
-    return np.delete(table, col, axis=1), table[:, col]
+    labels = np.array([r[col].strip() for r in body])
+    try:
+        y = labels.astype(np.float64)
+    except ValueError:
+        y = labels  # text class names, as .npz files may hold
+    features = [[v for j, v in enumerate(r) if j != col] for r in body]
+    try:
+        x = np.array(features, dtype=np.float64)
+    except ValueError:
+        raise SpecError(f"spec: task.path: {path.name}: feature columns must be numeric "
+                        "(only the label column may hold text)") from None
+    return x, y
+
+
+def _check_finite(name: str, what: str, values: np.ndarray) -> None:
+    if not np.all(np.isfinite(values)):
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        raise SpecError(f"spec: task.path: {name}: {what} has {bad} NaN or infinite value(s)")
+
+
+#: Integer-valued labels with at most this many distinct values are taken as classes
+#: when ``task.kind`` is ``auto`` (more distinct values: a regression target).
+MAX_AUTO_CLASSES = 100
+
+
+def infer_kind(y: np.ndarray, task: TaskSpec) -> str:
+    """``classification`` or ``regression`` for a file's labels (see ``task.kind``).
+
+    ``auto``: text labels are classes; with ``model: regression``, a regression; integer
+    values with at most :data:`MAX_AUTO_CLASSES` distinct ones are classes; anything
+    else is a regression target.
+    """
+    if task.kind != "auto":
+        return task.kind
+    if y.dtype.kind in "USOb":
+        return "classification"
+    if task.model == "regression":
+        return "regression"
+    integral = bool(np.all(np.equal(np.mod(y, 1), 0)))
+    return "classification" if integral and len(np.unique(y)) <= MAX_AUTO_CLASSES \
+        else "regression"
 
 
 def _load_file(task: TaskSpec, seed: int) -> Dataset:
@@ -118,30 +162,56 @@ def _load_file(task: TaskSpec, seed: int) -> Dataset:
         x = x.astype(np.float32)
     except (ValueError, TypeError):
         raise SpecError(f"spec: task.path: {path.name}: x must be numeric") from None
-    if y.dtype.kind in "USOb":
-        labels, y_idx = np.unique(y.astype(str), return_inverse=True)
-        x_tr, y_tr, x_te, y_te = _split(x, y_idx.astype(np.int64), test_fraction=task.test_fraction,
-                                        seed=seed, stratify=True)
-        return Dataset(x_tr, y_tr, x_te, y_te, num_classes=len(labels))
-    if not np.all(np.isfinite(x)):
-        raise SpecError(f"spec: task.path: {path.name}: x has NaN or infinite values")
-    integral = np.all(np.equal(np.mod(y, 1), 0)) if np.issubdtype(y.dtype, np.number) else False
-    classification = integral and task.model != "regression"
-    if classification:
-        labels, y_idx = np.unique(y, return_inverse=True)
-        x_tr, y_tr, x_te, y_te = _split(x, y_idx.astype(np.int64), test_fraction=task.test_fraction,
-                                        seed=seed, stratify=True)
-        return Dataset(x_tr, y_tr, x_te, y_te, num_classes=len(labels))
-    x_tr, y_tr, x_te, y_te = _split(x, y.astype(np.float32), test_fraction=task.test_fraction,
-                                    seed=seed, stratify=False)
-    return Dataset(x_tr, y_tr, x_te, y_te, num_classes=0)
+    _check_finite(path.name, "x", x)
+    text = y.dtype.kind in "USOb"
+    if not text:
+        try:
+            y = y.astype(np.float64)
+        except (ValueError, TypeError):
+            raise SpecError(f"spec: task.path: {path.name}: y must be numbers or class "
+                            "names") from None
+        _check_finite(path.name, "y", y)
+    kind = infer_kind(y, task)
+    if kind == "regression":
+        if text:
+            raise SpecError(f"spec: task.kind: regression needs numeric labels, but "
+                            f"{path.name} has text labels")
+        x_tr, y_tr, x_te, y_te = _split(x, y.astype(np.float32),
+                                        test_fraction=task.test_fraction, seed=seed,
+                                        stratify=False)
+        return Dataset(x_tr, y_tr, x_te, y_te, num_classes=0)
+    if not text and not np.all(np.equal(np.mod(y, 1), 0)):
+        raise SpecError(f"spec: task.kind: classification needs class labels, but "
+                        f"{path.name} has non-integer values in y; use kind: regression")
+    labels, y_idx = np.unique(y.astype(str) if text else y, return_inverse=True)
+    counts = np.bincount(y_idx)
+    if counts.min() < 2:
+        rare = labels[int(np.argmin(counts))]
+        guess = "" if task.kind == "classification" else \
+            (f" (task.kind auto took the {len(labels)} distinct integer values of y as "
+             "classes; set task.kind: regression if y is a quantity)")
+        raise SpecError(f"spec: task.path: {path.name}: class {rare!r} has only "
+                        f"{int(counts.min())} example; every class needs at least 2 to "
+                        f"split train and test{guess}")
+    x_tr, y_tr, x_te, y_te = _split(x, y_idx.astype(np.int64), test_fraction=task.test_fraction,
+                                    seed=seed, stratify=True)
+    return Dataset(x_tr, y_tr, x_te, y_te, num_classes=len(labels))
+
+
+def _digits(task: TaskSpec, seed: int) -> Dataset:
+    return load_digits(test_fraction=task.test_fraction, seed=seed)
+
+
+def _regression(task: TaskSpec, seed: int) -> Dataset:
+    return make_regression(samples=task.samples, noise=task.noise,
+                           test_fraction=task.test_fraction, seed=seed)
+
+
+#: Datasets by the name ``task.dataset`` uses: ``loader(task, seed) -> Dataset``.
+DATASETS: Mapping[str, Callable[[TaskSpec, int], Dataset]] = MappingProxyType({
+    "digits": _digits, "regression": _regression, "file": _load_file})
 
 
 def load_dataset(task: TaskSpec, *, seed: int) -> Dataset:
     """Load the task's dataset and split it deterministically from `seed`."""
-    if task.dataset == "digits":
-        return load_digits(test_fraction=task.test_fraction, seed=seed)
-    if task.dataset == "regression":
-        return make_regression(samples=task.samples, noise=task.noise,
-                               test_fraction=task.test_fraction, seed=seed)
-    return _load_file(task, seed)
+    return DATASETS[task.dataset](task, seed)

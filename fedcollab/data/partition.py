@@ -12,6 +12,8 @@ same job seed gives the same partition in the driver and in every worker.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Sequence
 
 import numpy as np
@@ -69,17 +71,22 @@ def shards(labels: np.ndarray, n: int, per_participant: int,
     return [np.sort(np.concatenate([pieces[j] for j in dealt[i::n]])) for i in range(n)]
 
 
+#: Partitioners by the name ``partition.kind`` uses: ``f(labels, n, spec, rng)``.
+PARTITIONERS: Mapping[str, Callable[[np.ndarray, int, PartitionSpec, np.random.Generator],
+                                    list[np.ndarray]]] = MappingProxyType({
+    "iid": lambda labels, n, spec, rng: iid(len(labels), n, rng),
+    "dirichlet": lambda labels, n, spec, rng: dirichlet(labels, n, spec.alpha, rng),
+    "shards": lambda labels, n, spec, rng: shards(labels, n, spec.shards_per_participant, rng),
+})
+
+
 def partition_indices(labels: np.ndarray, n: int, spec: PartitionSpec,
                       rng: np.random.Generator) -> list[np.ndarray]:
     """Split ``range(len(labels))`` into `n` parts by the spec's partitioner."""
     if n > len(labels):
         raise SpecError(f"spec: participants: {n} participants but only {len(labels)} "
                         "training samples; expected at most one participant per sample")
-    if spec.kind == "iid":
-        return iid(len(labels), n, rng)
-    if spec.kind == "dirichlet":
-        return dirichlet(labels, n, spec.alpha, rng)
-    return shards(labels, n, spec.shards_per_participant, rng)
+    return PARTITIONERS[spec.kind](labels, n, spec, rng)
 
 
 def split_among_groups(num_samples: int, groups: Sequence[GroupSpec],

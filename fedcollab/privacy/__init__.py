@@ -3,8 +3,8 @@
 
 Pure numpy plus Google's ``dp_accounting``; randomness always comes in as a
 ``np.random.Generator``. The settings are :class:`fedcollab.spec.DpSpec` (the
-``privacy.dp`` section, validated there), the only definition of them. McMahan et al., "Learning Differentially Private Recurrent
-Language Models", ICLR 2018.
+``privacy.dp`` section, validated there), the only definition of them. McMahan
+et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018.
 """
 from __future__ import annotations
 

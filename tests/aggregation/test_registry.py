@@ -14,13 +14,12 @@ from fedcollab.aggregation import (
     AggregationError,
     UnknownRuleError,
     aggregate,
-    combine_with_secure_sum,
     krum,
     median,
     multi_krum,
     norm_bounded_mean,
     rule_needs_individual_updates,
-    rule_options,
+    options_from_spec,
     secure_compatibility_message,
     trimmed_mean,
     weighted_mean,
@@ -51,7 +50,7 @@ def test_aggregate_each_rule_equals_direct_call(rule: str, options: dict,
 
 
 def test_aggregate_unknown_rule_raises_listing_rules() -> None:
-    with pytest.raises(UnknownRuleError, match="got 'mean', expected one of fedavg, krum"):
+    with pytest.raises(UnknownRuleError, match="got 'mean', expected one of bulyan, fedavg, krum"):
         aggregate("mean", *_updates())
 
 
@@ -71,24 +70,28 @@ def test_rule_callable_equals_aggregate() -> None:
                                                                         f=1))
 
 
+SPEC_FIELDS = {"trim_beta": 0.25, "krum_f": 2, "multi_krum_m": None, "clip_bound": 3.0,
+               "norm_bound": 99.0}
+
+
 @pytest.mark.parametrize("rule,expected", [
     ("fedavg", {}), ("median", {}), ("trimmed_mean", {"beta": 0.25}), ("krum", {"f": 2}),
     ("multi_krum", {"f": 2, "m": None}), ("norm_bounded", {"bound": 3.0})])
-def test_rule_options_maps_spec_fields_to_rule_options(rule: str, expected: dict) -> None:
-    options = rule_options(rule, trim_beta=0.25, krum_f=2, multi_krum_m=None, norm_bound=3.0)
+def test_options_from_spec_maps_each_rules_declared_fields(rule: str, expected: dict) -> None:
+    options = options_from_spec(rule, SPEC_FIELDS)
     assert options == expected
     updates, counts = _updates()
     aggregate(rule, updates, counts, **options)  # accepted as is
 
 
-def test_rule_options_norm_bounded_without_bound_raises() -> None:
-    with pytest.raises(UnknownRuleError, match="needs norm_bound"):
-        rule_options("norm_bounded")
+def test_options_from_spec_norm_bounded_without_clip_bound_raises() -> None:
+    with pytest.raises(UnknownRuleError, match="needs aggregation.clip_bound"):
+        options_from_spec("norm_bounded", {})
 
 
 def test_rule_needs_individual_updates_only_fedavg_runs_over_sums() -> None:
     assert rule_needs_individual_updates("fedavg") is False
-    for rule in ("median", "trimmed_mean", "krum", "multi_krum", "norm_bounded"):
+    for rule in ("median", "trimmed_mean", "krum", "multi_krum", "norm_bounded", "bulyan"):
         assert rule_needs_individual_updates(rule) is True
     assert SECURE_SUM_RULES == {"fedavg"}
     assert SECURE_SUM_RULES | INDIVIDUAL_UPDATE_RULES == set(RULES)
@@ -96,7 +99,7 @@ def test_rule_needs_individual_updates_only_fedavg_runs_over_sums() -> None:
 
 def test_rule_needs_individual_updates_unknown_rule_raises() -> None:
     with pytest.raises(UnknownRuleError):
-        rule_needs_individual_updates("bulyan")
+        rule_needs_individual_updates("geomedian")
 
 
 def test_secure_compatibility_message_robust_rule_explains_open_only() -> None:
@@ -108,12 +111,15 @@ def test_secure_compatibility_message_fedavg_says_it_composes() -> None:
     assert "any mix of open and secure" in secure_compatibility_message("fedavg")
 
 
-def test_registry_names_match_spec_rule_names() -> None:
-    from fedcollab import spec
+def test_spec_accepts_every_registered_rule_and_refuses_others() -> None:
+    from fedcollab.spec import SpecError, spec_from_dict
 
-    hints = typing.get_type_hints(spec.AggregationSpec)
-    assert set(typing.get_args(hints["rule"])) == set(RULES)
-    assert set(spec.ROBUST_RULES) == INDIVIDUAL_UPDATE_RULES
+    base = {"name": "x", "participants": [{"name": "c", "count": 8}],
+            "aggregation": {"clip_bound": 1.0}}
+    for rule in RULES:
+        spec_from_dict({**base, "aggregation": {"rule": rule, "clip_bound": 1.0}})
+    with pytest.raises(SpecError, match="aggregation.rule: got 'geomedian', expected one of"):
+        spec_from_dict({**base, "aggregation": {"rule": "geomedian"}})
 
 
 def test_registry_rules_mapping_is_read_only() -> None:
@@ -121,36 +127,3 @@ def test_registry_rules_mapping_is_read_only() -> None:
         RULES["mine"] = RULES["fedavg"]  # type: ignore[index]
     with pytest.raises(dataclasses.FrozenInstanceError):
         RULES["fedavg"].needs_individual_updates = True  # type: ignore[misc]
-
-
-# --------------------------------------------------------------------------- secure sums
-
-def test_combine_with_secure_sum_fedavg_equals_mean_over_everyone() -> None:
-    updates, counts = _updates(6)
-    open_u, open_c = updates[:4], counts[:4]
-    secure_u, secure_c = updates[4:], counts[4:]
-    secure_sum = [sum(c * u[layer] for u, c in zip(secure_u, secure_c)) for layer in range(2)]
-    combined = combine_with_secure_sum(weighted_mean(open_u, open_c), sum(open_c),
-                                       secure_sum, sum(secure_c))
-    assert_weights_close(combined, weighted_mean(updates, counts), rtol=1e-12)
-
-
-def test_combine_with_secure_sum_secure_only_divides_by_count() -> None:
-    combined = combine_with_secure_sum(None, 0, [np.array([6.0, 9.0])], 3)
-    np.testing.assert_array_equal(combined[0], [2.0, 3.0])
-
-
-def test_combine_with_secure_sum_open_only_returns_open() -> None:
-    combined = combine_with_secure_sum([np.array([1.5], np.float32)], 4, None, 0)
-    assert combined[0].dtype == np.float32
-    np.testing.assert_array_equal(combined[0], [1.5])
-
-
-def test_combine_with_secure_sum_nothing_raises() -> None:
-    with pytest.raises(AggregationError, match="nothing to combine"):
-        combine_with_secure_sum(None, 0, None, 0)
-
-
-def test_combine_with_secure_sum_shape_mismatch_raises() -> None:
-    with pytest.raises(AggregationError, match="shape"):
-        combine_with_secure_sum([np.zeros(2)], 1, [np.zeros(3)], 1)

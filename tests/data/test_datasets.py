@@ -219,7 +219,7 @@ def test_load_dataset_csv_non_numeric_raises_spec_error(tmp_path: Path) -> None:
     rows = [[1.0, "red", 0], [2.0, "blue", 1]] * 5
     path = _write_csv(tmp_path / "data.csv", ["a", "colour", "label"], rows)
 
-    with pytest.raises(SpecError, match=r"task\.path: data\.csv has non-numeric or ragged rows"):
+    with pytest.raises(SpecError, match=r"task\.path: data\.csv: feature columns must be numeric"):
         load_dataset(_file_task(path, label_column="label"), seed=0)
 
 
@@ -240,3 +240,38 @@ def test_load_dataset_csv_header_only_raises_spec_error(tmp_path: Path) -> None:
 def test_load_dataset_file_missing_raises_spec_error(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"task\.path: .*gone\.npz: no such file"):
         load_dataset(_file_task(tmp_path / "gone.npz"), seed=0)
+
+
+def test_load_dataset_csv_text_class_labels_are_classes(tmp_path: Path) -> None:
+    rows = [[float(i), float(i % 3), ["cat", "dog"][i % 2]] for i in range(40)]
+    path = _write_csv(tmp_path / "pets.csv", ["a", "b", "label"], rows)
+    data = load_dataset(TaskSpec(dataset="file", path=str(path), label_column="label"), seed=0)
+    assert data.num_classes == 2 and data.y_train.dtype == np.int64
+
+
+def test_load_dataset_integer_targets_with_kind_regression_are_a_regression(tmp_path: Path) -> None:
+    rows = [[float(i), float(i * 7 % 1000)] for i in range(60)]
+    path = _write_csv(tmp_path / "prices.csv", ["a", "price"], rows)
+    task = TaskSpec(dataset="file", path=str(path), label_column="price", kind="regression")
+    assert load_dataset(task, seed=0).num_classes == 0
+
+
+def test_load_dataset_integer_labels_with_a_singleton_class_names_task_kind(tmp_path: Path) -> None:
+    rows = [[float(i), float(i)] for i in range(30)]  # 30 classes of one example each
+    path = _write_csv(tmp_path / "ids.csv", ["a", "y"], rows)
+    with pytest.raises(SpecError, match="set task.kind: regression"):
+        load_dataset(TaskSpec(dataset="file", path=str(path), label_column="y"), seed=0)
+
+
+def test_load_dataset_nan_features_with_text_labels_raise(tmp_path: Path) -> None:
+    x = np.ones((20, 2), np.float32)
+    x[3, 1] = np.nan
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x, y=np.array(["a", "b"] * 10))
+    with pytest.raises(SpecError, match="x has 1 NaN or infinite"):
+        load_dataset(TaskSpec(dataset="file", path=str(path)), seed=0)
+
+
+def test_task_kind_must_match_a_builtin_dataset() -> None:
+    with pytest.raises(SpecError, match="task.kind: got 'regression', but dataset 'digits'"):
+        TaskSpec(dataset="digits", kind="regression")

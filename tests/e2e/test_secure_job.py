@@ -10,6 +10,7 @@ import pytest
 
 from fedcollab.data import load_dataset, participant_indices
 from fedcollab.orchestrator import RunOptions, run_job
+from fedcollab.outputs import RoundCallback
 from fedcollab.spec import spec_from_dict
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -29,6 +30,21 @@ def mixed_spec(**changes: Any) -> Any:
     }
     data.update(changes)
     return spec_from_dict(data)
+
+
+class KillWorkers(RoundCallback):
+    """Fault injection (tests only): kill workers right after key sharing in a round."""
+
+    def __init__(self, round_id: int, workers: Sequence[int]) -> None:
+        self.round_id = round_id
+        self.indices = list(workers)
+
+    def on_phase(self, phase: str, round_id: int, pool: Any) -> None:
+        import ray
+
+        if phase == "after_share_keys" and round_id == self.round_id:
+            for index in self.indices:
+                ray.kill(pool.workers[index], no_restart=True)
 
 
 def sizes(spec: Any) -> list[int]:
@@ -57,15 +73,9 @@ def test_secure_job_matches_open_job_within_quantisation(ray_local: Any, tmp_pat
 
 def test_secure_job_worker_killed_after_share_keys_sums_survivors(ray_local: Any,
                                                                   tmp_path: Path) -> None:
-    import ray
-
-    def kill(phase: str, round_id: int, workers: Sequence[Any]) -> None:
-        if phase == "after_share_keys" and round_id == 2:
-            ray.kill(workers[1], no_restart=False)  # hosts participants 3 (open), 4, 5
-
     spec = mixed_spec()
     result = run_job(spec, RunOptions(out_dir=tmp_path / "k", quiet=True, release=False,
-                                      on_phase=kill))
+                                      callbacks=[KillWorkers(2, [1])]))  # hosts 3 (open), 4, 5
 
     line = result.metrics[1]
     assert line["secure"]["dropped"] == [4, 5]
@@ -80,15 +90,10 @@ def test_secure_job_worker_killed_after_share_keys_sums_survivors(ray_local: Any
 
 def test_secure_job_too_few_survivors_aborts_round_and_keeps_model(ray_local: Any,
                                                                   tmp_path: Path) -> None:
-    import ray
-
-    def kill(phase: str, round_id: int, workers: Sequence[Any]) -> None:
-        if phase == "after_share_keys" and round_id == 2:
-            for w in workers[1:]:
-                ray.kill(w, no_restart=False)  # 6 of 8 secure participants gone
-
     result = run_job(mixed_spec(), RunOptions(out_dir=tmp_path / "a", quiet=True,
-                                              release=False, on_phase=kill))
+                                              release=False,
+                                              callbacks=[KillWorkers(2, [1, 2, 3])]))
+    # 6 of 8 secure participants gone
     first, aborted = result.metrics[0], result.metrics[1]
     assert "aborted" in aborted and "round 2" in aborted["aborted"]
     assert aborted["accuracy"] == first["accuracy"] and aborted["loss"] == first["loss"]

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from fedcollab.orchestrator import plan_workers, sample_participants
-from fedcollab.participants import roster
+from fedcollab.pool import plan_workers
+from fedcollab.roster import roster, sample_participants
 from fedcollab.spec import JobSpec, spec_from_dict
 
 

@@ -1,0 +1,273 @@
+"""Letter grades A-F per axis from measured figures, the Pareto front and the
+recommendation.
+
+Every threshold here is documented in docs/grading.md with its reason and source;
+change both together. A grade is only given where a measurement exists: a missing
+figure is ``"N/A"``, never an implicit A. Confidentiality is graded from what the
+differencing and lying-server attacks recovered, never from the protocol's name.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+__all__ = ["GRADES", "NA", "grade_membership", "grade_inversion", "grade_confidentiality",
+           "grade_backdoor", "grade_byzantine", "grade_lying_server", "grade_privacy_budget",
+           "grade_cost",
+           "grade_utility", "grade_mix", "privacy_score", "pareto_front", "recommend",
+           "PRIORITIES"]
+
+GRADES = ("A", "B", "C", "D", "F")
+NA = "N/A"
+PRIORITIES = ("privacy", "utility", "cost", "balanced")
+
+
+def _band(value: float, limits: Sequence[float]) -> str:
+    """The first grade whose upper limit ``value`` does not exceed (F beyond all four)."""
+    for grade, limit in zip(GRADES, limits):
+        if value <= limit:
+            return grade
+    return "F"
+
+
+def _worse(*grades: str) -> str:
+    real = [g for g in grades if g in GRADES]
+    if not real:
+        return NA
+    return max(real, key=GRADES.index)
+
+
+def _num(value: Any) -> Optional[float]:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if not math.isnan(out) else None
+
+
+# membership: TPR/FPR lift at the lowest FPR the data resolves, and AUC
+LIFT_LIMITS = (math.e, 10.0, 30.0, 50.0)
+AUC_LIMITS = (0.55, 0.60, 0.65, 0.75)
+
+
+def grade_membership(m: Mapping[str, Any], *, non_members: int) -> str:
+    """Worse of the low-FPR lift band and the AUC band (Carlini et al. 2022)."""
+    auc = _num(m.get("auc"))
+    if auc is None:
+        return NA
+    fpr, key = (0.001, "tpr_at_0_1pct_fpr") if non_members >= 1000 else (0.01, "tpr_at_1pct_fpr")
+    tpr = _num(m.get(key))
+    lift_grade = _band(tpr / fpr, LIFT_LIMITS) if tpr is not None else NA
+    return _worse(_band(max(auc, 1 - auc), AUC_LIMITS), lift_grade)
+
+
+# inversion: dB the best reconstruction gains over guessing the mean image
+INVERSION_GAIN_LIMITS = (1.0, 3.0, 6.0, 10.0)
+
+
+def grade_inversion(inv: Mapping[str, Any]) -> str:
+    psnr = _num(inv.get("psnr_db"))
+    if psnr is None:
+        return NA
+    if inv.get("exact"):
+        return "F"
+    base = _num(inv.get("baseline_psnr_db"))
+    return _band(psnr - (base if base is not None else 0.0), INVERSION_GAIN_LIMITS)
+
+
+def grade_confidentiality(diff: Mapping[str, Any], lying: Mapping[str, Any]) -> str:
+    """The vendor's confidentiality against the server model the spec declares.
+
+    F when differencing recovers the vendor's aggregate exactly, or when the spec
+    declares a malicious server model and the lying-server replay still recovers
+    the target (the protocol fails its own claim). Against an honest-but-curious
+    model the lying server has its own axis (:func:`grade_lying_server`).
+    """
+    err = _num(diff.get("relative_error"))
+    if err is None:
+        return NA
+    if diff.get("exact") or (lying.get("recovered") and lying.get("server") == "malicious"):
+        return "F"
+    if err < 0.1:
+        return "D"
+    if err < 0.5:
+        return "C"
+    group = int(diff.get("min_group_seen") or 0)
+    return "A" if group >= 10 else ("B" if group >= 5 else "C")
+
+
+def grade_lying_server(lying: Mapping[str, Any], confidentiality: str) -> str:
+    """F when a server deviating from the protocol reads a participant's input; A when
+    the replay failed against the participants' real code. Without a secure group
+    there is nothing more for a lying server to learn than for an honest one."""
+    if lying.get("recovered") is None:
+        return confidentiality
+    return "F" if lying["recovered"] else "A"
+
+
+BACKDOOR_LIMITS = (0.20, 0.50, 0.80)
+
+
+def grade_backdoor(row: Optional[Mapping[str, Any]], clean: Optional[Mapping[str, Any]]) -> str:
+    if not row or _num(row.get("success_rate")) is None:
+        return NA
+    asr = float(row["success_rate"])
+    base = _num((clean or {}).get("success_rate")) or 0.0
+    mta_drop = (_num((clean or {}).get("main_accuracy")) or 0.0) - \
+        (_num(row.get("main_accuracy")) or 0.0)
+    if asr <= base + 0.05 and mta_drop <= 0.01:
+        return "A"
+    for grade, limit in zip(("B", "C", "D"), BACKDOOR_LIMITS):
+        if asr <= limit:
+            return grade
+    return "F"
+
+
+BYZANTINE_DROP_LIMITS = (0.01, 0.03, 0.10, 0.25)
+
+
+def grade_byzantine(row: Optional[Mapping[str, Any]], baseline: Optional[float]) -> str:
+    if not row or baseline is None or _num(row.get("accuracy")) is None:
+        return NA
+    return _band(max(0.0, baseline - float(row["accuracy"])), BYZANTINE_DROP_LIMITS)
+
+
+EPSILON_LIMITS = (1.0, 8.0, 10.0, 100.0)
+
+
+def grade_privacy_budget(epsilon: Optional[float], *, measured: bool = True) -> str:
+    """No DP is an unbounded epsilon: F (an epsilon is a claim; none was made)."""
+    if not measured:
+        return NA
+    if epsilon is None or not math.isfinite(epsilon):
+        return "F"
+    return _band(epsilon, EPSILON_LIMITS)
+
+
+COST_TIME_LIMITS = (1.1, 1.5, 3.0, 10.0)
+COST_BYTES_LIMITS = (1.2, 2.0, 4.0, 10.0)
+
+
+def grade_cost(cost: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
+    """Seconds and bytes per participant-round against the all-open mix."""
+    t, t0 = _num(cost.get("seconds_per_round")), _num(reference.get("seconds_per_round"))
+    b = _num(cost.get("bytes_up_per_participant_round"))
+    b0 = _num(reference.get("bytes_up_per_participant_round"))
+    grades = []
+    if t is not None and t0:
+        grades.append(_band(t / t0, COST_TIME_LIMITS))
+    if b is not None and b0:
+        grades.append(_band(b / b0, COST_BYTES_LIMITS))
+    return _worse(*grades)
+
+
+UTILITY_DROP_LIMITS = (0.01, 0.02, 0.05, 0.10)
+
+
+def grade_utility(accuracy: Optional[float], best: Optional[float]) -> str:
+    if accuracy is None or best is None:
+        return NA
+    return _band(max(0.0, best - accuracy), UTILITY_DROP_LIMITS)
+
+
+def grade_mix(mix: Mapping[str, Any], *, reference_cost: Mapping[str, Any],
+              best_accuracy: Optional[float], baseline_accuracy: Optional[float],
+              non_members: int) -> dict[str, str]:
+    attacks = mix["attacks"]
+    own = mix.get("defence", "fedavg")
+    backdoor = attacks.get("backdoor", {})
+    confidentiality = grade_confidentiality(attacks.get("differencing", {}),
+                                            attacks.get("lying_server", {}))
+    return {
+        "membership": grade_membership(attacks.get("membership", {}), non_members=non_members),
+        "inversion": grade_inversion(attacks.get("inversion", {})),
+        "confidentiality": confidentiality,
+        "lying_server": grade_lying_server(attacks.get("lying_server", {}), confidentiality),
+        "backdoor": grade_backdoor(backdoor.get(own), backdoor.get("clean")),
+        "byzantine": grade_byzantine(attacks.get("byzantine", {}).get(own), baseline_accuracy),
+        "privacy_budget": grade_privacy_budget(mix["privacy"].get("epsilon")),
+        "cost": grade_cost(mix["cost"], reference_cost),
+        "utility": grade_utility(mix["utility"].get("accuracy"), best_accuracy),
+    }
+
+
+PRIVACY_AXES = ("membership", "inversion", "confidentiality", "lying_server", "privacy_budget")
+_POINTS = {"A": 4.0, "B": 3.0, "C": 2.0, "D": 1.0, "F": 0.0}
+
+
+def privacy_score(grades: Mapping[str, str]) -> Optional[float]:
+    """Mean grade points (A=4 ... F=0) over the privacy axes that were measured."""
+    points = [_POINTS[grades[a]] for a in PRIVACY_AXES if grades.get(a) in _POINTS]
+    return sum(points) / len(points) if points else None
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Names not dominated in (privacy, utility), both higher-is-better."""
+    front = []
+    for name, (p, u) in points.items():
+        dominated = any((p2 >= p and u2 >= u) and (p2 > p or u2 > u)
+                        for other, (p2, u2) in points.items() if other != name)
+        if not dominated:
+            front.append(name)
+    return front
+
+
+def _score(mix: Mapping[str, Any], priority: str) -> float:
+    g = mix["grades"]
+    pts = {k: _POINTS.get(v, 2.0) for k, v in g.items()}
+    privacy = privacy_score(g) or 0.0
+    security = (pts["backdoor"] + pts["byzantine"]) / 2
+    # (privacy, utility, security, cost); balanced counts cost half: seconds per round of
+    # short runs on a shared machine are the noisiest figure on the card
+    weights = {"privacy": (3, 1, 1, 1), "utility": (1, 3, 1, 1), "cost": (1, 1, 1, 3),
+               "balanced": (1, 1, 1, 0.5)}[priority]
+    return (weights[0] * privacy + weights[1] * pts["utility"] + weights[2] * security
+            + weights[3] * pts["cost"])
+
+
+def recommend(mixes: Sequence[Mapping[str, Any]], front: Sequence[str], priority: str,
+              *, scenario: str) -> dict[str, str]:
+    """Pick the best-scoring Pareto mix for the priority and explain it from the figures."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority: got {priority!r}, expected one of {', '.join(PRIORITIES)}")
+    pool = [m for m in mixes if m["name"] in front] or list(mixes)
+    best = max(pool, key=lambda m: (_score(m, priority), m["name"] == pool[0]["name"]))
+    g, u, c = best["grades"], best["utility"], best["cost"]
+    att = best["attacks"]
+    acc = u.get("accuracy")
+    others = [m for m in mixes if m["name"] != best["name"]]
+    top_acc = max((m["utility"].get("accuracy") or 0.0 for m in mixes), default=0.0)
+    eps = best["privacy"].get("epsilon")
+    parts = [
+        f"For a {priority} priority in this scenario ({scenario}), fedcollab recommends "
+        f"'{best['name']}'.",
+        f"Performance: accuracy {acc:.3f} against {top_acc:.3f} for the most accurate mix "
+        f"(utility {g['utility']}); per group " + ", ".join(
+            f"{k} mean {v['mean']:.3f} (worst {v['min']:.3f})"
+            for k, v in u.get("per_group", {}).items()) + "." if acc is not None else
+        "Performance: not measured.",
+        f"Privacy: membership AUC {att['membership'].get('auc', float('nan')):.3f} "
+        f"({g['membership']}), best update inversion {att['inversion'].get('psnr_db') or 0:.1f} dB "
+        f"on the {att['inversion'].get('target', 'update')} ({g['inversion']}), the vendor's "
+        f"aggregate {'recovered exactly' if att['differencing'].get('exact') else 'not isolated'} "
+        f"by differencing (relative error {att['differencing'].get('relative_error') or 0:.3g}, "
+        f"confidentiality {g['confidentiality']}), a server that lies "
+        f"{'reads' if att['lying_server'].get('recovered') else 'does not read'} a secure "
+        f"participant's input (lying server {g['lying_server']}), epsilon "
+        f"{'unbounded (no DP)' if eps is None else f'{eps:.2f}'} ({g['privacy_budget']}).",
+        f"Security: backdoor {g['backdoor']}, Byzantine {g['byzantine']} under its rule "
+        f"'{best.get('defence', 'fedavg')}'.",
+        f"Cost: {c.get('seconds_per_round', 0):.3f} s per round, "
+        f"{int(c.get('bytes_up_per_participant_round') or 0)} bytes up per participant-round "
+        f"({g['cost']}).",
+        "Interpretability: " + ("the vendor keeps private layers, so the public release is "
+                                "not the model the vendor serves; explanations must use both."
+                                if best.get("private_layers") else
+                                "one shared model, released as open weights, is what everyone "
+                                "serves, so it can be inspected directly."),
+    ]
+    if others:
+        parts.append("Pareto front: " + ", ".join(front) + ".")
+    return {"mix": str(best["name"]), "text": " ".join(parts)}

@@ -1,0 +1,330 @@
+"""Measurements of one graded task: the task's data, trainer and shadow models,
+shared by every mix, and the per-mix figures taken from a finished run.
+
+Pure attacks live in their own modules; this module feeds them what a run produced
+(final weights, logged metrics) and the replayed server view. No Ray here.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["Budget", "BUDGETS", "Progress", "Timer", "TaskMeasurer", "defence_of"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    shadows: int                # LiRA shadow models
+    shadow_epochs: int          # cap on the shadows' epochs (the target saw rounds x epochs)
+    mia_samples: int            # members (and as many non-members) attacked
+    backdoor_pretrain: int      # honest rounds before the model-replacement round
+    byzantine_rounds: int
+    inversion_open_targets: int
+    gradient_matching: bool
+
+
+BUDGETS = {
+    "fast": Budget(shadows=4, shadow_epochs=20, mia_samples=300, backdoor_pretrain=3,
+                   byzantine_rounds=3, inversion_open_targets=3, gradient_matching=False),
+    "full": Budget(shadows=16, shadow_epochs=60, mia_samples=2000, backdoor_pretrain=10,
+                   byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True),
+}
+
+Progress = Callable[[str, str], None]  # (kind: "mix" | "attack", name)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, t0: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def defence_of(spec: Any) -> str:
+    if spec.privacy.dp.mode != "none":
+        return "dp"
+    return {"norm_bounded": "norm_bounding", "multi_krum": "krum"}.get(
+        spec.aggregation.rule, spec.aggregation.rule)
+
+
+class TaskMeasurer:
+    """Task-wide state shared by every mix: data, a trainer, shadow models."""
+
+    def __init__(self, spec: Any, budget: Budget, timer: Timer) -> None:
+        from fedcollab.data import load_dataset, participant_indices
+        from fedcollab.models import build_model
+        from fedcollab.training import LocalTrainer, configure_tensorflow
+
+        configure_tensorflow(threads=1, deterministic=True)
+        self.spec, self.budget, self.timer = spec, budget, timer
+        self.data = load_dataset(spec.task, seed=spec.seed)
+        self.classification = self.data.num_classes > 0
+        self.index = participant_indices(spec, self.data.y_train)
+        self.parts = [(self.data.x_train[i], self.data.y_train[i]) for i in self.index]
+        self.model = build_model(spec.task.model, input_shape=self.data.input_shape,
+                                 num_classes=self.data.num_classes, seed=spec.seed)
+        local = spec.local
+        self.trainer = LocalTrainer(self.model, classification=self.classification,
+                                    optimizer=local.optimizer, learning_rate=local.learning_rate,
+                                    batch_size=local.batch_size, epochs=local.epochs,
+                                    proximal_mu=local.proximal_mu)
+        self.w0 = self.trainer.get_weights()
+        self.scale = float(max(len(i) for i in self.index))  # the secure sum's n_i scale
+        self.shapes = [w.shape for w in self.w0]
+        self._shadows: Any = None
+        rng = np.random.default_rng([spec.seed, 31])
+        members = np.concatenate(self.index)
+        n = min(budget.mia_samples, len(members), len(self.data.x_test))
+        self.member_idx = rng.choice(members, size=n, replace=False)
+        self.test_idx = rng.choice(len(self.data.x_test), size=n, replace=False)
+        self.non_members = n
+
+    # ---------------------------------------------------------------- shared experiments
+    def simulations(self, report: Progress) -> dict[str, Any]:
+        from fedcollab.grading.poisoning import (
+            Simulation,
+            backdoor_experiment,
+            byzantine_experiment,
+        )
+
+        if not self.classification:
+            return {"backdoor": {}, "byzantine": {}}
+        sim = Simulation(self.trainer, self.w0, self.parts, self.data.x_test, self.data.y_test,
+                         seed=self.spec.seed)
+        attacker = next((i for i, g in enumerate(self._roster()) if g.role == "community"), 0)
+        t0 = time.perf_counter()
+        backdoor = backdoor_experiment(sim, pretrain_rounds=self.budget.backdoor_pretrain,
+                                       attacker=attacker, seed=self.spec.seed)
+        self.timer.add("backdoor", t0)
+        report("attack", "backdoor")
+        t0 = time.perf_counter()
+        byz = byzantine_experiment(sim, rounds=self.budget.byzantine_rounds, fraction=0.2,
+                                   seed=self.spec.seed)
+        self.timer.add("byzantine", t0)
+        report("attack", "byzantine")
+        return {"backdoor": backdoor, "byzantine": byz}
+
+    def _roster(self) -> list[Any]:
+        from fedcollab.roster import roster
+
+        return roster(self.spec)
+
+    def _shadow_models(self) -> tuple[np.ndarray, np.ndarray]:
+        from fedcollab.grading.membership import train_shadows, trainer_shadows
+
+        if self._shadows is None:
+            x, y = self._mia_pool()
+            epochs = min(self.spec.rounds * self.spec.local.epochs, self.budget.shadow_epochs)
+            self._shadows = train_shadows(trainer_shadows(self.trainer, self.w0, epochs=epochs),
+                                          x, y, shadows=self.budget.shadows,
+                                          rng=np.random.default_rng([self.spec.seed, 41]))
+        return self._shadows
+
+    def _mia_pool(self) -> tuple[np.ndarray, np.ndarray]:
+        d = self.data
+        return (np.concatenate([d.x_train[self.member_idx], d.x_test[self.test_idx]]),
+                np.concatenate([d.y_train[self.member_idx], d.y_test[self.test_idx]]))
+
+    # ---------------------------------------------------------------- one mix
+    def measure(self, mix: Any, mspec: Any, result: Any, sims: dict[str, Any],
+                report: Progress) -> tuple[dict[str, Any], tuple[list[float], list[float]]]:
+        summary = result.summary
+        weights = [np.asarray(w) for w in result.weights]
+        t0 = time.perf_counter()
+        own = self._own_models(mspec, result, weights)
+        membership, roc = self._membership(weights)
+        if own:
+            membership["vendor_model"] = self._vendor_membership(own)
+        self.timer.add("membership", t0)
+        report("attack", f"{mix.name}: membership")
+        t0 = time.perf_counter()
+        view = self._replay(mspec, result)
+        inversion = self._inversion(view)
+        self.timer.add("inversion", t0)
+        report("attack", f"{mix.name}: inversion")
+        t0 = time.perf_counter()
+        from fedcollab.grading.replay import differencing_on_view
+
+        differencing = differencing_on_view(view, self.shapes).to_json() if view.vendor_pids \
+            else {"relative_error": None, "exact": False, "min_group_seen": 0,
+                  "note": "no vendor group"}
+        self.timer.add("differencing", t0)
+        t0 = time.perf_counter()
+        from fedcollab.grading.lying_server import lying_server
+
+        secure_pid = view.secure_pids[0] if view.secure_pids else None
+        lying = lying_server(mspec, None if secure_pid is None else np.append(
+            view.vector(secure_pid, self.shapes, clean=True) / self.scale, 1.0))
+        self.timer.add("lying_server", t0)
+        report("attack", f"{mix.name}: differencing, lying server")
+        t0 = time.perf_counter()
+        utility = self._utility(mspec, result, weights, own)
+        self.timer.add("federated_evaluation", t0)
+        people = max(summary["participants"]["total"], 1)
+        rounds = max(summary["rounds_completed"], 1)
+        per_round = people * max(mspec.fraction, 1e-9) if mspec.fraction < 1 else people
+        row = {
+            "name": mix.name, "policy": mix.policy(), "defence": defence_of(mspec),
+            "private_layers": any(g.private_layers for g in mspec.participants),
+            "utility": utility,
+            "attacks": {"membership": membership, "inversion": inversion,
+                        "differencing": differencing, "lying_server": lying,
+                        "backdoor": sims["backdoor"], "byzantine": sims["byzantine"]},
+            "privacy": {"epsilon": summary["privacy"].get("epsilon"),
+                        "delta": summary["privacy"].get("delta"),
+                        "noise_multiplier": summary["privacy"].get("noise_multiplier")},
+            "cost": {"seconds_per_round": summary.get("seconds_per_round"),
+                     "bytes_up_per_participant_round":
+                         int(summary["bytes_up"] / (per_round * rounds)),
+                     "bytes_down_per_participant_round":
+                         int(summary["bytes_down"] / (per_round * rounds))},
+            "replay_verified": view.verified,
+        }
+        return row, roc
+
+    def _membership(self, weights: list[np.ndarray]) -> tuple[dict[str, Any], Any]:
+        from fedcollab.grading.membership import (
+            attack_metrics,
+            best_of,
+            lira_scores,
+            logit_confidence,
+            loss_scores,
+            predictor,
+        )
+
+        if not self.classification:
+            return ({"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None,
+                     "note": "regression task: no class probabilities"}, ([], []))
+        x, y = self._mia_pool()
+        member = np.arange(len(x)) < self.non_members
+        probs = predictor(self.trainer, weights)(x)
+        loss = attack_metrics(loss_scores(probs, y), member)
+        phi, inside = self._shadow_models()
+        lira = attack_metrics(lira_scores(logit_confidence(probs, y), phi, inside), member)
+        best = best_of([loss, lira])
+        out: dict[str, Any] = dict(best.to_json())
+        out.update({"attack": "lira" if best is lira else "loss_threshold",
+                    "loss_threshold": loss.to_json(), "lira": lira.to_json(),
+                    "shadows": int(phi.shape[0]), "members": int(member.sum()),
+                    "non_members": int((~member).sum()), "target": "released model"})
+        return out, (best.fpr, best.tpr)
+
+    def _replay(self, mspec: Any, result: Any) -> Any:
+        from fedcollab.grading.replay import replay_round
+        from fedcollab.models import private_weight_indices
+
+        private_layers = next((g.private_layers for g in mspec.participants if g.private_layers),
+                              ())
+        private = private_weight_indices(self.model, private_layers) if private_layers else []
+        logged = result.metrics[0].get("update_sha256") if result.metrics else None
+        z = float(result.summary["privacy"].get("noise_multiplier") or 0.0)
+        return replay_round(mspec, self.trainer, self.w0, self.parts, private,
+                            logged=logged, noise_multiplier=z)
+
+    def _inversion(self, view: Any) -> dict[str, Any]:
+        from fedcollab.grading.inversion import first_dense_indices
+        from fedcollab.grading.replay import inversion_on_view
+
+        dense = first_dense_indices(self.model)
+        if dense is None:
+            return {"psnr_db": None, "relative_error": None, "exact": False, "target": "none",
+                    "note": "the model has no dense layer on its input; analytic inversion "
+                            "does not apply"}
+        x = self.data.x_train
+        flat = x.reshape(len(x), -1)
+        span = float(flat.max() - flat.min()) or 1.0
+        if flat.min() < 0 or flat.max() > 1:
+            return {"psnr_db": None, "relative_error": None, "exact": False, "target": "none",
+                    "note": f"inputs outside [0, 1] (range {span:.3g}); PSNR needs a data range"}
+        parts = [(p[0].reshape(len(p[0]), -1), p[1]) for p in self.parts]
+        row = inversion_on_view(view, dense, parts, flat.mean(axis=0),
+                                max_open=self.budget.inversion_open_targets)
+        if self.budget.gradient_matching:
+            row["gradient_matching"] = self._gradient_matching(view)
+        if row.get("psnr_db") is not None and not math.isfinite(row["psnr_db"]):
+            row["psnr_db"] = 200.0  # exact: report a finite ceiling (strict JSON)
+        return row
+
+    def _gradient_matching(self, view: Any) -> dict[str, Any]:
+        """Zhu et al. 2019 on the first open update, when it comes from a small batch
+        (one local step on at most 8 examples: the regime the attack is known for)."""
+        from fedcollab.grading.inversion import gradient_matching, score_reconstructions
+
+        small = [p for p in view.open_pids if len(self.parts[p][0]) <= 8
+                 and len(self.parts[p][0]) <= self.spec.local.batch_size
+                 and self.spec.local.epochs == 1 and self.spec.local.optimizer == "sgd"
+                 and not view.dp]
+        if not small:
+            return {"applied": False, "note": "no open update from one step on <= 8 examples"}
+        pid = small[0]
+        x = self.parts[pid][0]
+        lr = self.spec.local.learning_rate
+        observed = [np.zeros_like(w) if d is None else -np.asarray(d) / lr
+                    for d, w in zip(view.clean[pid], self.w0)]
+        from fedcollab.models import build_model
+
+        model = build_model(self.spec.task.model, input_shape=self.data.input_shape,
+                            num_classes=self.data.num_classes, seed=self.spec.seed)
+        recon = gradient_matching(model, self.w0, observed, batch=len(x),
+                                  num_classes=self.data.num_classes, steps=300,
+                                  learning_rate=0.05, seed=self.spec.seed)
+        res = score_reconstructions(recon, x.reshape(len(x), -1))
+        return {"applied": True, "psnr_db": min(res.psnr_db, 200.0),
+                "relative_error": res.relative_error, "participant": pid}
+
+    def _own_models(self, mspec: Any, result: Any, weights: list[np.ndarray]
+                    ) -> dict[int, list[np.ndarray]]:
+        """Each vendor site's own model: the release with its private layers put back
+        (from the private checkpoints the run wrote on the vendor's side)."""
+        from fedcollab.io import load_npz
+        from fedcollab.roster import roster
+
+        own: dict[int, list[np.ndarray]] = {}
+        folder = Path(result.out_dir) / "checkpoints" / "private"
+        for p in roster(mspec):
+            # the latest private checkpoint of this participant (one file per round kept)
+            found = sorted(folder.glob(f"participant-{p.pid:05d}*.npz"))
+            if p.private_layers and found:
+                arrays, _ = load_npz(found[-1])
+                mine = list(weights)
+                for key, value in arrays.items():
+                    mine[int(key[1:])] = value
+                own[p.pid] = mine
+        return own
+
+    def _vendor_membership(self, own: dict[int, list[np.ndarray]]) -> dict[str, Any]:
+        """Loss-threshold attack on each vendor site's own model, its training examples
+        against as many test examples; the site most exposed is reported."""
+        from fedcollab.grading.membership import attack_metrics, loss_scores, predictor
+
+        best: dict[str, Any] = {}
+        for pid, mine in own.items():
+            x_in, y_in = self.parts[pid]
+            n = min(len(x_in), len(self.data.x_test))
+            x = np.concatenate([x_in[:n], self.data.x_test[self.test_idx][:n]])
+            y = np.concatenate([y_in[:n], self.data.y_test[self.test_idx][:n]])
+            member = np.arange(len(x)) < n
+            result = attack_metrics(loss_scores(predictor(self.trainer, mine)(x), y), member)
+            if not best or result.auc > best["auc"]:
+                best = dict(result.to_json(), participant=pid, attack="loss_threshold")
+        return best
+
+    def _utility(self, mspec: Any, result: Any, weights: list[np.ndarray],
+                 own: dict[int, list[np.ndarray]]) -> dict[str, Any]:
+        from fedcollab.grading.replay import federated_evaluation
+
+        s = result.summary
+        out: dict[str, Any] = {"accuracy": s.get("final_accuracy"), "loss": s.get("final_loss"),
+                               "vendor_accuracy": None, "public_accuracy": None, "per_group": {}}
+        if self.classification:
+            groups, vendor = federated_evaluation(mspec, self.trainer, weights, self.parts,
+                                                  self.data.x_test, self.data.y_test, own=own)
+            out["per_group"] = groups
+            out.update(vendor)
+        return out

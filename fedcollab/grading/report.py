@@ -1,0 +1,243 @@
+"""The scorecard on disk: JSON (the contract in DESIGN.md), Markdown and a
+self-contained HTML page whose plots are embedded PNGs (no external URL)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fedcollab.io import atomic_write_bytes, atomic_write_json
+
+__all__ = ["Scorecard", "write_scorecard", "render_markdown", "render_html", "plot_pngs"]
+
+AXES = ("utility", "membership", "inversion", "confidentiality", "privacy_budget", "backdoor",
+        "byzantine", "cost")
+
+
+@dataclass(frozen=True)
+class Scorecard:
+    """One grading run. ``to_json`` is the scorecard.json contract (DESIGN.md)."""
+
+    spec: str
+    priority: str
+    budget: str
+    mixes: tuple[Mapping[str, Any], ...]
+    pareto_front: tuple[str, ...]
+    recommendation: Mapping[str, str]
+    skipped: Mapping[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    per_attack_seconds: Mapping[str, float] = field(default_factory=dict)
+    curves: Mapping[str, Any] = field(default_factory=dict)  # plots only, not in the JSON
+    out_dir: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec, "priority": self.priority, "budget": self.budget,
+                "mixes": [dict(m) for m in self.mixes], "pareto_front": list(self.pareto_front),
+                "recommendation": dict(self.recommendation), "skipped": dict(self.skipped),
+                "seconds": self.seconds, "per_attack_seconds": dict(self.per_attack_seconds)}
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isinf(value) or abs(value) >= 1e299:
+            return "∞"
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _epsilon(value: Any) -> str:
+    return "∞" if value is None else _fmt(value, 2)
+
+
+def _rows(card: Scorecard) -> list[list[str]]:
+    rows = []
+    for m in card.mixes:
+        a, g = m["attacks"], m["grades"]
+        rows.append([
+            m["name"] + (" ★" if m["name"] == card.recommendation.get("mix") else ""),
+            f"{_fmt(m['utility'].get('accuracy'))} ({g['utility']})",
+            f"{_fmt(a['membership'].get('auc'))} ({g['membership']})",
+            f"{_fmt(a['inversion'].get('psnr_db'), 1)} dB on {a['inversion'].get('target')} "
+            f"({g['inversion']})",
+            f"{_fmt(a['differencing'].get('relative_error'))}"
+            f"{' exact' if a['differencing'].get('exact') else ''} ({g['confidentiality']})",
+            f"{_fmt(a['lying_server'].get('recovered'))} ({g.get('lying_server', 'N/A')})",
+            f"{_epsilon(m['privacy'].get('epsilon'))}"
+            f" ({g['privacy_budget']})",
+            f"{_fmt(a['backdoor'].get(m.get('defence', 'fedavg'), {}).get('success_rate'))} "
+            f"({g['backdoor']})",
+            f"{_fmt(a['byzantine'].get(m.get('defence', 'fedavg'), {}).get('accuracy'))} "
+            f"({g['byzantine']})",
+            f"{_fmt(m['cost'].get('seconds_per_round'))} s ({g['cost']})",
+        ])
+    return rows
+
+
+HEADER = ["mix", "accuracy", "membership AUC", "inversion", "vendor differencing rel. err",
+          "lying server reads input", "epsilon", "backdoor success", "Byzantine accuracy",
+          "s/round"]
+
+
+def render_markdown(card: Scorecard) -> str:
+    lines = [f"# Scorecard: {card.spec}", "",
+             f"Priority: **{card.priority}**, budget: {card.budget}, "
+             f"{card.seconds:.0f} s. Grades A–F per docs/grading.md; ★ recommended.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in _rows(card)]
+    lines += ["", f"**Pareto front (privacy, utility):** {', '.join(card.pareto_front)}", "",
+              "## Recommendation", "", card.recommendation.get("text", ""), ""]
+    if card.skipped:
+        lines += ["## Mixes not run", ""] + [f"* {k}: {v}" for k, v in card.skipped.items()]
+    lines += ["", "## Backdoor and Byzantine figures per rule", ""]
+    if card.mixes:
+        bd = card.mixes[0]["attacks"]["backdoor"]
+        by = card.mixes[0]["attacks"]["byzantine"]
+        lines += ["| rule | backdoor success | main accuracy | Byzantine accuracy |",
+                  "|---|---|---|---|"]
+        for rule, row in bd.items():
+            if not isinstance(row, Mapping):
+                continue
+            lines.append(f"| {rule} | {_fmt(row.get('success_rate'))} | "
+                         f"{_fmt(row.get('main_accuracy'))} | "
+                         f"{_fmt(by.get(rule, {}).get('accuracy'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pngs(card: Scorecard) -> dict[str, bytes]:
+    """Privacy-utility scatter (Pareto front marked), accuracy per round, membership ROC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedcollab.grading.grades import privacy_score
+
+    out: dict[str, bytes] = {}
+
+    def save(fig: Any, name: str) -> None:
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        out[name] = buf.getvalue()
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    front = []
+    for m in card.mixes:
+        p, u = privacy_score(m["grades"]), m["utility"].get("accuracy")
+        if p is None or u is None:
+            continue
+        on = m["name"] in card.pareto_front
+        ax.scatter([p], [u], s=90 if on else 40, marker="*" if on else "o",
+                   color="tab:red" if on else "tab:blue", zorder=3)
+        ax.annotate(m["name"], (p, u), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if on:
+            front.append((p, u))
+    if len(front) > 1:
+        xs, ys = zip(*sorted(front))
+        ax.plot(xs, ys, color="tab:red", linestyle="--", label="Pareto front")
+        ax.legend(loc="lower left")
+    ax.set_xlabel("privacy (mean grade points, A=4 … F=0)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("privacy vs utility")
+    ax.grid(alpha=0.3)
+    save(fig, "privacy_utility")
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, accs in card.curves.get("accuracy", {}).items():
+        ax.plot(range(1, len(accs) + 1), accs, marker=".", label=name)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, "accuracy")
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, (fpr, tpr) in card.curves.get("roc", {}).items():
+        ax.plot([max(f, 1e-4) for f in fpr], [max(t, 1e-4) for t in tpr], label=name)
+    ax.plot([1e-4, 1], [1e-4, 1], color="grey", linestyle=":", label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("membership inference ROC (log-log, best attack)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, "membership_roc")
+    return out
+
+
+def render_html(card: Scorecard, pngs: Mapping[str, bytes]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
+                   for r in _rows(card))
+    imgs = "".join(
+        f'<figure><img alt="{esc(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(data).decode()}"><figcaption>{esc(name.replace("_", " "))}'
+        f"</figcaption></figure>" for name, data in pngs.items())
+    skipped = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in card.skipped.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Scorecard: {esc(card.spec)}</title>
+<style>
+body{{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}}
+table{{border-collapse:collapse;font-size:14px}}
+th,td{{border:1px solid #bbb;padding:4px 8px;text-align:left}}
+th{{background:#eee}}figure{{display:inline-block;margin:1em}}img{{max-width:540px}}
+.rec{{background:#f4f8ff;border-left:4px solid #36c;padding:0.5em 1em}}
+</style></head><body>
+<h1>Scorecard: {esc(card.spec)}</h1>
+<p>Priority <b>{esc(card.priority)}</b>, budget {esc(card.budget)}, {card.seconds:.0f} s.
+Grades A–F per docs/grading.md; ★ recommended.</p>
+<table id="mixes"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<p><b>Pareto front (privacy, utility):</b> {esc(", ".join(card.pareto_front))}</p>
+<div class="rec"><h2>Recommendation: {esc(card.recommendation.get("mix", ""))}</h2>
+<p>{esc(card.recommendation.get("text", ""))}</p></div>
+{"<h2>Mixes not run</h2><ul>" + skipped + "</ul>" if skipped else ""}
+<h2>Plots</h2>{imgs}
+</body></html>
+"""
+
+
+def write_scorecard(card: Scorecard, out: Path) -> dict[str, Path]:
+    """Write scorecard.json, scorecard.md and scorecard.html atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "scorecard.json", "md": out / "scorecard.md",
+             "html": out / "scorecard.html"}
+    atomic_write_json(paths["json"], finite(json.loads(json.dumps(card.to_json(), default=_plain))))
+    atomic_write_bytes(paths["md"], render_markdown(card).encode())
+    atomic_write_bytes(paths["html"], render_html(card, plot_pngs(card)).encode())
+    return paths
+
+
+def finite(value: Any) -> Any:
+    """The same data with NaN and infinities as null (scorecard.json is strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def mix_names(card: Scorecard) -> Sequence[str]:
+    return [str(m["name"]) for m in card.mixes]

@@ -1,0 +1,272 @@
+"""What a job leaves behind, as callbacks on the round loop (Keras-style).
+
+Each output is a :class:`RoundCallback`: ``metrics.jsonl`` (:class:`MetricsLog`),
+checkpoints (:class:`Checkpointer`), TensorBoard scalars (:class:`TensorBoardLog`),
+the progress bar (:class:`ProgressBar`), plots (:class:`Plots`) and
+``summary.json`` (:class:`SummaryFile`). A user's own callbacks go in the same
+:class:`CallbackList` and see the same frozen records.
+
+A round is **committed** when ``checkpoints/latest.json`` names it, and that file
+is written last: after the round's metrics line is on disk, the vendor workers have
+saved their private layers for that round, and the global checkpoint (weights,
+server-optimiser state, DP ledger) is written atomically. A resumed job continues
+from the committed round and drops anything written after it.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from fedcollab.io import atomic_save_npz, atomic_write_json
+
+if TYPE_CHECKING:
+    from fedcollab.pool import WorkerPool
+    from fedcollab.rounds import RoundLoop, RoundRecord
+    from fedcollab.spec import JobSpec
+
+__all__ = ["JobInfo", "RoundCallback", "CallbackList", "MetricsLog", "Checkpointer",
+           "TensorBoardLog", "ProgressBar", "Plots", "SummaryFile", "write_plots"]
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What callbacks learn when a job begins."""
+
+    spec: JobSpec
+    out_dir: Path
+    start_round: int              # the first round this run will train (1 unless resumed)
+    classification: bool
+    history: Sequence[RoundRecord] = field(default_factory=tuple)  # committed rounds
+
+
+class RoundCallback:
+    """Base class: override what you need. Exceptions propagate and stop the job."""
+
+    def on_job_begin(self, job: JobInfo) -> None:
+        """Before the first round of this run."""
+
+    def on_phase(self, phase: str, round_id: int, pool: WorkerPool) -> None:
+        """At named points inside a round (e.g. ``after_share_keys``); for fault tests."""
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        """After each round, in order."""
+
+    def on_job_end(self, result: Any) -> None:
+        """After the last round, with the :class:`~fedcollab.orchestrator.JobResult`."""
+
+
+class CallbackList(RoundCallback):
+    """Calls each callback in order."""
+
+    def __init__(self, callbacks: Iterable[RoundCallback] = ()) -> None:
+        self.callbacks = list(callbacks)
+
+    def append(self, callback: RoundCallback) -> None:
+        self.callbacks.append(callback)
+
+    def on_job_begin(self, job: JobInfo) -> None:
+        for cb in self.callbacks:
+            cb.on_job_begin(job)
+
+    def on_phase(self, phase: str, round_id: int, pool: WorkerPool) -> None:
+        for cb in self.callbacks:
+            cb.on_phase(phase, round_id, pool)
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        for cb in self.callbacks:
+            cb.on_round_end(record)
+
+    def on_job_end(self, result: Any) -> None:
+        for cb in self.callbacks:
+            cb.on_job_end(result)
+
+
+class MetricsLog(RoundCallback):
+    """Appends one JSON line per round to ``metrics.jsonl``."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / "metrics.jsonl"
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record.to_json(), allow_nan=False) + "\n")
+
+
+class Checkpointer(RoundCallback):
+    """Commits every round: private layers, global checkpoint, then ``latest.json``.
+
+    The workers' private-layer saves are requested on the caller's thread (so they
+    run before the next round trains); the rest is written by one background thread,
+    in round order, so the disk never stalls a round.
+    """
+
+    def __init__(self, out_dir: Path, loop: RoundLoop, *, keep: int = 2) -> None:
+        self.dir = Path(out_dir) / "checkpoints"
+        self.metrics = Path(out_dir) / "metrics.jsonl"
+        self.loop = loop
+        self.keep = keep
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                             thread_name_prefix="checkpoint")
+        self._pending: list[concurrent.futures.Future[None]] = []
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        round_id = record.round
+        saves = self.loop.pool.save_private(round_id)
+        arrays, meta = self.loop.snapshot()
+        meta["round"] = round_id
+        pool = self.loop.pool
+
+        def commit() -> None:
+            if saves:
+                pool.ray.get(saves)
+            name = f"round-{round_id:05d}.npz"
+            atomic_save_npz(self.dir / name, arrays, meta=meta)
+            if self.metrics.exists():
+                with self.metrics.open("rb") as handle:
+                    os.fsync(handle.fileno())
+            atomic_write_json(self.dir / "latest.json", {"round": round_id, "file": name})
+            pool.committed = round_id
+            for old in sorted(self.dir.glob("round-*.npz"))[:-self.keep]:
+                old.unlink(missing_ok=True)
+
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._writer.submit(commit))
+
+    def flush(self) -> None:
+        """Wait until every round handed over so far is committed (raises its error)."""
+        for future in self._pending:
+            future.result()
+        self._pending.clear()
+
+    def on_job_end(self, result: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._writer.shutdown(wait=True)
+
+
+class TensorBoardLog(RoundCallback):
+    """Scalars per round as TensorBoard event files (pure Python, no TF ops)."""
+
+    KEYS = ("accuracy", "loss", "vendor_accuracy", "vendor_loss", "seconds", "bytes_up",
+            "epsilon")
+
+    def __init__(self, out_dir: Path) -> None:
+        self.dir = Path(out_dir) / "tensorboard"
+        self._writer: Any = None
+
+    def on_job_begin(self, job: JobInfo) -> None:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._writer = EventFileWriter(str(self.dir))
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        line = record.to_json()
+        values = [Summary.Value(tag=k, simple_value=float(line[k])) for k in self.KEYS
+                  if isinstance(line.get(k), (int, float))]
+        self._writer.add_event(Event(wall_time=time.time(), step=int(record.round),
+                                     summary=Summary(value=values)))
+
+    def on_job_end(self, result: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class ProgressBar(RoundCallback):
+    """A rich progress bar: rounds done, the latest accuracy (or loss), s/round.
+
+    Off with ``quiet``, or when stderr is not a terminal and ``enabled`` is None.
+    """
+
+    def __init__(self, rounds: int, *, enabled: Optional[bool] = None, quiet: bool = False,
+                 classification: bool = True) -> None:
+        from fedcollab.progress import RoundProgress
+
+        self._bar = RoundProgress(rounds, enabled=enabled, quiet=quiet,
+                                  classification=classification)
+
+    def on_job_begin(self, job: JobInfo) -> None:
+        self._bar.__enter__()
+        self._bar.advance_to(job.start_round - 1)
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self._bar.update(record.to_json())
+
+    def on_job_end(self, result: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._bar.__exit__(None, None, None)
+
+
+def write_plots(out: Path, metrics: Sequence[dict[str, Any]]) -> None:
+    """``plots/accuracy.png`` and ``plots/loss.png``: the global model (and the vendor's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = [m["round"] for m in metrics]
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for key, label in (("accuracy", "test accuracy"), ("loss", "test loss")):
+        values = [m.get(key) for m in metrics]
+        if not any(v is not None for v in values):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(rounds, [float("nan") if v is None else v for v in values], marker="o",
+                label="global model")
+        vendor = [m.get(f"vendor_{key}") for m in metrics]
+        if any(v is not None for v in vendor):
+            ax.plot(rounds, [float("nan") if v is None else v for v in vendor], marker=".",
+                    linestyle="--", label="vendor (private layers)")
+        ax.set_title(f"{label} per round")
+        ax.set_xlabel("round")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        tmp = plots / f".{key}.png.tmp"
+        fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        tmp.replace(plots / f"{key}.png")
+
+
+class Plots(RoundCallback):
+    """Writes the plots once the job ends."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out = Path(out_dir)
+
+    def on_job_end(self, result: Any) -> None:
+        write_plots(self.out, result.metrics)
+
+
+class SummaryFile(RoundCallback):
+    """Writes ``summary.json`` (atomically) once the job ends; it is written last."""
+
+    def __init__(self, out_dir: Path, *, wall_start: float) -> None:
+        self.path = Path(out_dir) / "summary.json"
+        self.wall_start = wall_start
+
+    def on_job_end(self, result: Any) -> None:
+        result.summary["wall_seconds"] = time.perf_counter() - self.wall_start
+        atomic_write_json(self.path, result.summary)

@@ -1,0 +1,263 @@
+"""WorkerPool: the Ray actors that host the job's participants.
+
+Shaped like Ray's ``ActorPool``: the pool owns the actors, knows which participant
+lives where, fans a round out as one call per worker and gathers the replies. A
+worker that dies takes its participants out of the round in flight (they count as
+dropped; secure rounds recover by the protocol's dropout handling); before the
+next round the pool recreates it, on any node that can host it, and the new worker
+reloads its participants' private layers from the last committed round.
+
+Ray appears here and in the round's secure plumbing only; the participants' logic
+is in :mod:`fedcollab.participants` and :mod:`fedcollab.outgoing`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedcollab.outgoing import RoundConfig
+from fedcollab.roster import ParticipantInfo
+from fedcollab.types import ParticipantId, Update, Weights
+
+if TYPE_CHECKING:
+    from fedcollab.spec import JobSpec
+
+__all__ = ["WorkerConfig", "RoundOutput", "WorkerPool", "plan_workers"]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker is created with."""
+
+    spec: Mapping[str, Any]       # resolved spec as plain data
+    pids: tuple[int, ...]         # participants hosted here
+    out_dir: str                  # where vendor-private checkpoints go (this node)
+    worker_index: int
+    resume_round: int = 0         # reload private layers saved after this round (0: none)
+
+
+@dataclass
+class RoundOutput:
+    """What workers send back for a round: open updates and masked inputs."""
+
+    updates: list[Update]
+    masked: dict[int, bytes]
+    failed: dict[int, str]          # secure participants that could not mask (reason)
+    precomputed: int = 0            # masked inputs whose masks the offline phase made
+    dropped: list[int] = field(default_factory=list)  # hosted by a worker that died
+    seconds: dict[int, float] = field(default_factory=dict)  # training time per participant
+    worker_of: dict[int, int] = field(default_factory=dict)  # which worker trained whom
+
+    def merge(self, other: RoundOutput, *, worker: int) -> None:
+        self.updates.extend(other.updates)
+        self.masked.update(other.masked)
+        self.failed.update(other.failed)
+        self.precomputed += other.precomputed
+        self.dropped.extend(other.dropped)
+        self.seconds.update(other.seconds)
+        self.worker_of.update({pid: worker for pid in other.seconds})
+
+
+def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
+                 cluster_cpus: float) -> list[tuple[dict[str, float], list[int]]]:
+    """Worker pools: (custom resources, participants) per worker, deterministic.
+
+    Groups pinned with ``resources`` get their own worker(s); the rest share a
+    general pool of ``resources.workers`` workers (auto: the CPUs left over).
+    """
+    pools: dict[tuple[tuple[str, float], ...], list[int]] = {}
+    for p in people:
+        pools.setdefault(tuple(sorted(p.resources.items())), []).append(p.pid)
+    general = pools.pop((), [])
+    plan: list[tuple[dict[str, float], list[int]]] = []
+    for key, pids in sorted(pools.items()):
+        plan.append((dict(key), pids))
+    if general:
+        per = spec.resources.cpus_per_worker or 1.0
+        if spec.resources.workers == "auto":
+            count = max(1, int((cluster_cpus - len(plan) * per) // per))
+        else:
+            count = int(spec.resources.workers)
+        count = min(count, len(general))
+        for chunk in np.array_split(np.asarray(general), count):
+            plan.append(({}, chunk.tolist()))
+    return plan
+
+
+class WorkerPool:
+    """The job's worker actors; usable as soon as it is constructed (workers ready).
+
+    Args:
+        ray: The connected ``ray`` module.
+        spec: The job spec.
+        people: The roster.
+        out_dir: The job's output directory (workers write private checkpoints there).
+        resume_round: The committed round a resumed job continues from (0: fresh).
+
+    Raises:
+        fedcollab.cluster.ClusterError: The spec pins groups to a resource no node has.
+    """
+
+    def __init__(self, ray: Any, spec: JobSpec, people: Sequence[ParticipantInfo],
+                 out_dir: Path, *, resume_round: int = 0) -> None:
+        from fedcollab.spec import spec_to_dict
+
+        self.ray = ray
+        self.spec = spec
+        self.people = list(people)
+        self.out_dir = Path(out_dir)
+        self.committed = resume_round
+        self.private_pids = [p.pid for p in people if p.private_layers]
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        self.plan = plan_workers(spec, people, cpus)
+        from fedcollab.cluster import check_placement, worker_requests
+
+        # A request the cluster can never satisfy fails now, in one line, instead of
+        # leaving actors pending forever.
+        self._requests = worker_requests(self.plan,
+                                         cpus_per_worker=spec.resources.cpus_per_worker,
+                                         gpus_per_worker=spec.resources.gpus_per_worker)
+        check_placement(self._requests, ray.nodes())
+        self._spec_data = spec_to_dict(spec)
+        self.hosted: list[list[int]] = [pids for _, pids in self.plan]
+        self.owner: dict[ParticipantId, int] = {pid: w for w, pids in enumerate(self.hosted)
+                                                for pid in pids}
+        self.workers: list[Any] = [self._start(i) for i in range(len(self.plan))]
+        self.placement: list[dict[str, Any]] = ray.get([w.ready.remote() for w in self.workers])
+        self.suspect: set[int] = set()   # workers that failed a call since the last heal
+        self.replaced = 0                # workers recreated over the job
+
+    def _start(self, index: int) -> Any:
+        from fedcollab.participants import ParticipantWorker
+
+        resources, pids = self.plan[index]
+        actor_cls = self.ray.remote(ParticipantWorker)
+        return actor_cls.options(
+            num_cpus=self.spec.resources.cpus_per_worker,
+            num_gpus=self.spec.resources.gpus_per_worker,
+            resources=resources or None, max_restarts=0, max_task_retries=0,
+        ).remote(WorkerConfig(self._spec_data, tuple(pids), str(self.out_dir), index,
+                              resume_round=self.committed))
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    # ------------------------------------------------------------------ rounds
+    def train(self, weights: Weights, round_id: int, chosen: Sequence[int], config: RoundConfig,
+              inbox: Mapping[int, bytes]) -> RoundOutput:
+        """One training call per worker hosting a chosen participant; gather replies.
+
+        The global weights go into the object store once; every worker reads the same
+        reference. A worker that fails drops its chosen participants from the round.
+        """
+        ref = self.ray.put(weights)
+        wanted = set(chosen)
+        calls = []
+        for index, (worker, pids) in enumerate(zip(self.workers, self.hosted)):
+            mine = [p for p in pids if p in wanted]
+            if mine:
+                sub = {p: inbox[p] for p in mine if p in inbox}
+                calls.append((index, mine, worker.train_round.remote(ref, round_id, mine, config,
+                                                                     sub)))
+        total = RoundOutput([], {}, {})
+        for index, mine, call in calls:
+            try:
+                total.merge(self.ray.get(call), worker=index)
+            except self.ray.exceptions.RayError:
+                total.dropped.extend(mine)  # the worker died: its participants drop
+                self.suspect.add(index)
+        return total
+
+    def heal(self, *, timeout: float = 60.0) -> list[int]:
+        """Recreate the workers that failed since the last round; returns their indices.
+
+        A recreated worker reloads its participants' private layers from the last
+        committed round, and its secure participants run key setup again. A group
+        pinned to a resource no node offers any more stops the job.
+
+        Raises:
+            fedcollab.cluster.ClusterError: A worker cannot be placed again in time.
+        """
+        healed = []
+        for index in sorted(self.suspect):
+            try:
+                self.ray.get(self.workers[index].ready.remote(), timeout=5)
+                continue  # it answered: the failure was transient
+            except (self.ray.exceptions.RayError, self.ray.exceptions.GetTimeoutError):
+                pass
+            self.ray.kill(self.workers[index], no_restart=True)
+            self._check_resources(index)
+            self.workers[index] = self._start(index)
+            try:
+                self.placement[index] = self.ray.get(self.workers[index].ready.remote(),
+                                                     timeout=timeout)
+            except (self.ray.exceptions.RayError, self.ray.exceptions.GetTimeoutError):
+                from fedcollab.cluster import ClusterError
+
+                raise ClusterError(f"worker {index} could not be recreated within {timeout:.0f} s "
+                                   "after it failed; the cluster lacks the resources to host "
+                                   "it") from None
+            healed.append(index)
+            self.replaced += 1
+        self.suspect.clear()
+        return healed
+
+    def where(self, out: RoundOutput) -> dict[str, Any]:
+        """Where a round trained: each worker's node and device, seconds per participant."""
+        used = sorted(set(out.worker_of.values()))
+        return {"workers": {str(w): {k: self.placement[w].get(k) for k in ("node_id", "device")}
+                            for w in used},
+                "participants": {str(p): [w, round(out.seconds[p], 5)]
+                                 for p, w in sorted(out.worker_of.items())}}
+
+    def _check_resources(self, index: int) -> None:
+        """A lost worker's group can only move to a live node that can host it."""
+        from fedcollab.cluster import ClusterError, check_placement
+
+        try:
+            check_placement([self._requests[index]], self.ray.nodes())
+        except ClusterError as err:
+            raise ClusterError(f"worker {index} was lost and cannot be placed again: "
+                               f"{err}") from None
+
+    def evaluate_personalised(self, weights: Weights, *,
+                              classification: bool = True) -> dict[str, float]:
+        """Mean test loss (and accuracy) of the participants with private layers."""
+        if not self.private_pids:
+            return {}
+        mine = set(self.private_pids)
+        calls = [w.evaluate_personalised.remote(weights) for w, pids in
+                 zip(self.workers, self.hosted) if set(pids) & mine]
+        results = [r for batch in self.ray.get(calls) for r in batch]
+        if not results:
+            return {}
+        out = {"vendor_loss": float(np.mean([r[1] for r in results]))}
+        if classification:
+            out["vendor_accuracy"] = float(np.mean([r[2] for r in results]))
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_private(self, round_id: int) -> list[Any]:
+        """Ask the workers holding private layers to save them after ``round_id``.
+
+        Called on the driver's main thread right after the round, so Ray runs each
+        save before that worker's next training call (calls from one caller to one
+        actor run in order): the files hold exactly round ``round_id``'s state.
+        Returns the calls' references; wait on them before committing the round.
+        """
+        if not self.private_pids:
+            return []
+        mine = set(self.private_pids)
+        return [w.save_private.remote(round_id, self.committed)
+                for w, pids in zip(self.workers, self.hosted) if set(pids) & mine]
+
+    def shutdown(self) -> None:
+        for worker in self.workers:
+            try:
+                self.ray.kill(worker, no_restart=True)
+            except Exception:  # noqa: BLE001 - best effort at the end of a job
+                pass

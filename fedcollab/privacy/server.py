@@ -1,0 +1,153 @@
+"""The server's side of DP-FedAvg for one job: settings per round, noise, accounting.
+
+One object holds what changes across rounds (the clip norm under adaptive
+clipping, the privacy ledger) so the round loop only asks it three things: what to
+tell participants this round, what noise to add centrally, and what to record once
+the round is aggregated. Its state goes into every checkpoint, so a resumed job
+continues with the same ledger and clip norm.
+
+What is composed is what happened, for the most exposed participant:
+
+* the sampling rate is the largest true per-group rate (a secure group raised to
+  ``min_group`` may take part every round whatever ``fraction`` says);
+* a secure sum whose members dropped carries only ``survivors / sampled`` of the
+  distributed noise variance: that round is recorded with the smaller multiplier;
+* adaptive clipping's noisy count of clipped updates is a second Gaussian query on
+  the same data (0/1 bits, sensitivity 1): the round is recorded with the multiplier
+  of the two together, ``(z^-2 + sigma_b^-2)^(-1/2)``;
+* aborted rounds are recorded too (their updates were computed and, if open, seen).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from fedcollab.privacy.accounting import PrivacyLedger, noise_multiplier_for_target
+
+if TYPE_CHECKING:
+    from fedcollab.spec import DpSpec
+
+__all__ = ["DpServer"]
+
+
+class DpServer:
+    """DP settings, central noise and the privacy ledger across a job's rounds.
+
+    Args:
+        dp: The spec's ``privacy.dp`` section.
+        sampling_rate: The rate fed to the accountant: the largest true group rate.
+        rounds: The job's rounds (to solve ``target_epsilon`` for ``z``).
+        group_rates: Each group's true rate (reported with every round).
+    """
+
+    def __init__(self, dp: DpSpec, *, sampling_rate: float, rounds: int,
+                 group_rates: Optional[Mapping[str, float]] = None) -> None:
+        self.spec = dp
+        self.sampling_rate = sampling_rate
+        self.group_rates = dict(group_rates or {})
+        self.clip_norm = dp.clip_norm
+        self.ledger = PrivacyLedger()
+        self.noise_multiplier = 0.0
+        if dp.mode != "none":
+            if dp.target_epsilon is not None:
+                self.noise_multiplier = noise_multiplier_for_target(
+                    target_epsilon=dp.target_epsilon, sampling_rate=sampling_rate,
+                    rounds=rounds, delta=dp.delta)
+            else:
+                self.noise_multiplier = float(dp.noise_multiplier or 0.0)
+        # z = 0 is no DP at all (identical weights; a noiseless mechanism has no privacy)
+        self.on = dp.mode != "none" and self.noise_multiplier > 0
+        self.mode = dp.mode if self.on else "none"
+
+    @property
+    def adaptive(self) -> bool:
+        return self.on and self.spec.adaptive_clipping
+
+    def central_noise(self, shapes: Sequence[tuple[int, ...]]) -> Optional[list[np.ndarray]]:
+        """N(0, (zC)^2) per array for central mode (fresh OS entropy), else None."""
+        if self.mode != "central":
+            return None
+        from fedcollab.privacy.noise import gaussian_noise_like
+
+        return gaussian_noise_like([np.zeros(s) for s in shapes],
+                                   self.noise_multiplier * self.clip_norm,
+                                   np.random.default_rng())
+
+    def count_noise_std(self, participants: int) -> float:
+        """The noise on adaptive clipping's count (Andrew et al.'s m / 20), 0 when off."""
+        if not self.adaptive or participants < 1:
+            return 0.0
+        from fedcollab.privacy.adaptive import default_count_noise_std
+
+        return default_count_noise_std(participants)
+
+    @property
+    def epsilon(self) -> Optional[float]:
+        """What the job has spent so far (None without DP)."""
+        if not self.on:
+            return None
+        eps = self.ledger.epsilon(delta=self.spec.delta)
+        return eps if math.isfinite(eps) else None
+
+    def account(self, clip_bits: Sequence[bool], *, participants: int,
+                secure_bits: Optional[float] = None, secure_count: int = 0,
+                secure_sampled: int = 0) -> dict[str, Any]:
+        """Record one round in the ledger; adapt the clip norm if asked.
+
+        Args:
+            clip_bits: ``norm <= C`` of each accepted open update.
+            participants: Everyone sampled this round (the count query's ``m``).
+            secure_bits: The secure sum's (noisy) count of members that fit under C.
+            secure_count: Secure members whose input is in the sum (survivors).
+            secure_sampled: Secure members sampled this round.
+
+        Returns:
+            The figures the round's metrics line carries.
+        """
+        dp = self.spec
+        z = self.noise_multiplier
+        out: dict[str, Any] = {}
+        if self.mode == "distributed" and 0 < secure_count < secure_sampled:
+            # dropped members took their share of the noise with them
+            z = z * math.sqrt(secure_count / secure_sampled)
+            out["noise_shortfall"] = {"survivors": secure_count, "sampled": secure_sampled}
+        sigma_b = self.count_noise_std(participants)
+        if sigma_b > 0:
+            z = (z ** -2 + sigma_b ** -2) ** -0.5  # the count query spends budget too
+        self.ledger = self.ledger.record(noise_multiplier=z, sampling_rate=self.sampling_rate)
+        out.update({"epsilon": self.epsilon, "delta": dp.delta,
+                    "noise_multiplier": self.noise_multiplier, "accounted_multiplier": z,
+                    "sampling_rate": self.sampling_rate, "clip_norm": self.clip_norm})
+        if sigma_b > 0 and (clip_bits or secure_count):
+            from fedcollab.privacy.adaptive import adaptive_clip_step
+
+            # Only whether each update fits under C is used, never a norm: open
+            # updates send the bit, the secure group only the (noised) sum of bits.
+            fits = sum(bool(b) for b in clip_bits) + int(round(max(secure_bits or 0.0, 0.0)))
+            total = len(clip_bits) + secure_count
+            above = 2.0 * self.clip_norm
+            values = [0.0] * min(fits, total) + [above] * max(total - fits, 0)
+            self.clip_norm = adaptive_clip_step(
+                self.clip_norm, values, target_quantile=dp.target_quantile,
+                learning_rate=dp.clip_learning_rate, count_noise_std=sigma_b,
+                rng=np.random.default_rng())
+        return out
+
+    def account_aborted(self) -> dict[str, Any]:
+        """An aborted round still used everyone's data: record it at the plain rate."""
+        self.ledger = self.ledger.record(noise_multiplier=self.noise_multiplier,
+                                         sampling_rate=self.sampling_rate)
+        return {"epsilon": self.epsilon, "delta": self.spec.delta,
+                "noise_multiplier": self.noise_multiplier,
+                "sampling_rate": self.sampling_rate, "clip_norm": self.clip_norm}
+
+    def state(self) -> dict[str, Any]:
+        return {"clip_norm": self.clip_norm, "ledger": self.ledger.to_dict()}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.clip_norm = float(state.get("clip_norm", self.clip_norm))
+        if state.get("ledger"):
+            self.ledger = PrivacyLedger.from_dict(state["ledger"])

@@ -1,0 +1,334 @@
+"""The round loop: sample, train on the pool, aggregate, evaluate, record.
+
+Reads like Flower's ``Server.fit_round`` (configure, fit, aggregate) over a pool
+shaped like Ray's ``ActorPool``; what happens after a round (metrics, checkpoints,
+TensorBoard, the progress bar) is a list of callbacks, as in Keras. The global
+weights live here; :class:`~fedcollab.pool.WorkerPool` trains them,
+:class:`~fedcollab.aggregation.Aggregator` combines what comes back (open updates
+in the clear, the secure group's sum through
+:class:`~fedcollab.secure_round.SecureCoordinator`), and every round ends as one
+frozen :class:`RoundRecord`.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from fedcollab.aggregation import Aggregator, SecureSum
+from fedcollab.errors import FedcollabError
+from fedcollab.outgoing import RoundConfig, secure_dim, split_secure_sum
+from fedcollab.privacy.server import DpServer
+from fedcollab.roster import ParticipantInfo, Sampler
+from fedcollab.types import Weights
+
+if TYPE_CHECKING:
+    from fedcollab.outputs import CallbackList
+    from fedcollab.pool import RoundOutput, WorkerPool
+    from fedcollab.secure_round import SecureCoordinator, SecurePhases
+    from fedcollab.spec import JobSpec
+
+__all__ = ["RoundRecord", "RoundLoop"]
+
+Evaluate = Callable[[Weights], tuple[float, float]]
+
+#: The DP figures a round's metrics line carries (flat, beside the other keys).
+PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "accounted_multiplier",
+                "sampling_rate", "clip_norm", "noise_shortfall")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round as it goes to ``metrics.jsonl``: what happened, never a raw value.
+
+    ``update_sha256`` holds a hash per open update (what the server saw in the
+    clear); secure participants appear only through ``secure``'s counts.
+    """
+
+    round: int
+    participants: int
+    loss: float
+    accuracy: Optional[float] = None
+    trained: int = 0
+    accepted: int = 0                  # open updates aggregated + secure survivors
+    dropped: tuple[int, ...] = ()
+    rejected: Mapping[str, str] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    seconds: float = 0.0
+    train_seconds: float = 0.0
+    update_sha256: Mapping[str, str] = field(default_factory=dict)
+    aborted: Optional[str] = None      # a secure round that could not finish
+    skipped: Optional[str] = None      # the rule could not run (too few valid updates)
+    phase_seconds: Optional[Mapping[str, float]] = None
+    secure: Optional[Mapping[str, Any]] = None
+    privacy: Optional[Mapping[str, Any]] = None   # epsilon, delta, noise_multiplier, ...
+    vendor: Optional[Mapping[str, float]] = None  # vendor_loss, vendor_accuracy
+    workers_replaced: tuple[int, ...] = ()
+    # where it trained: {"workers": {index: {node_id, device}}, "participants":
+    # {pid: [worker, seconds]}}
+    placement: Optional[Mapping[str, Any]] = None
+
+    @property
+    def changed_model(self) -> bool:
+        return self.accepted > 0 and self.aborted is None and self.skipped is None
+
+    def to_json(self) -> dict[str, Any]:
+        """The metrics.jsonl line (flat, JSON-safe; optional parts only when present)."""
+        line: dict[str, Any] = {"round": self.round, "participants": self.participants}
+        if self.secure is not None:
+            line["secure"] = dict(self.secure)
+        line.update({"loss": self.loss, "trained": self.trained, "accepted": self.accepted,
+                     "dropped": list(self.dropped), "rejected": dict(self.rejected),
+                     "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
+                     "seconds": self.seconds, "train_seconds": self.train_seconds,
+                     "update_sha256": dict(self.update_sha256)})
+        for key in ("aborted", "skipped"):
+            if getattr(self, key) is not None:
+                line[key] = getattr(self, key)
+        if self.phase_seconds is not None:
+            line["phase_seconds"] = dict(self.phase_seconds)
+        if self.accuracy is not None:
+            line["accuracy"] = self.accuracy
+        if self.privacy is not None:
+            line.update(self.privacy)
+        if self.vendor:
+            line.update(self.vendor)
+        if self.workers_replaced:
+            line["workers_replaced"] = list(self.workers_replaced)
+        if self.placement is not None:
+            line["placement"] = dict(self.placement)
+        return line
+
+    @classmethod
+    def from_json(cls, line: Mapping[str, Any]) -> RoundRecord:
+        """Read a metrics.jsonl line back (for a resumed job's history)."""
+        privacy = {k: line[k] for k in PRIVACY_KEYS if k in line} or None
+        vendor = {k: line[k] for k in ("vendor_loss", "vendor_accuracy") if k in line} or None
+        return cls(round=int(line["round"]), participants=int(line["participants"]),
+                   loss=float(line["loss"]), accuracy=line.get("accuracy"),
+                   trained=int(line.get("trained", 0)),
+                   accepted=int(line.get("accepted", line.get("trained", 0))),
+                   dropped=tuple(line.get("dropped", ())), rejected=dict(line.get("rejected", {})),
+                   bytes_up=int(line.get("bytes_up", 0)),
+                   bytes_down=int(line.get("bytes_down", 0)),
+                   seconds=float(line.get("seconds", 0.0)),
+                   train_seconds=float(line.get("train_seconds", 0.0)),
+                   update_sha256=dict(line.get("update_sha256", {})),
+                   aborted=line.get("aborted"), skipped=line.get("skipped"),
+                   phase_seconds=line.get("phase_seconds"), secure=line.get("secure"),
+                   privacy=privacy, vendor=vendor,
+                   workers_replaced=tuple(line.get("workers_replaced", ())),
+                   placement=line.get("placement"))
+
+
+def _sha256(delta: Sequence[Optional[np.ndarray]]) -> str:
+    digest = hashlib.sha256()
+    for array in delta:
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _nbytes(delta: Sequence[Optional[np.ndarray]]) -> int:
+    return int(sum(a.nbytes for a in delta if a is not None))
+
+
+def _secure_log(result: Any, phases: SecurePhases, out: RoundOutput) -> dict[str, Any]:
+    """What metrics.jsonl records of a secure round (no keys, shares or values)."""
+    rejected = {str(k): v for k, v in sorted(result.rejected.items())}
+    rejected.update({str(k): v for k, v in sorted(out.failed.items())})
+    return {"survivors": list(result.survivors), "dropped": list(result.dropped),
+            "unresponsive": list(result.unresponsive), "rejected": rejected,
+            "excluded": {str(k): v for k, v in sorted(result.excluded.items())},
+            "key_setup": len(result.key_setup),
+            "bytes_up": dict(result.bytes_up), "bytes_down": dict(result.bytes_down),
+            "server_seconds": dict(result.seconds), "phase_seconds": dict(phases.seconds),
+            "precomputed": out.precomputed}
+
+
+class RoundLoop:
+    """The server's side of a job: global weights in, one :class:`RoundRecord` per round.
+
+    Args:
+        spec: The job spec.
+        people: The roster.
+        pool: The workers that train (anything with ``train``, ``heal``, ``suspect``
+            and ``evaluate_personalised`` in the shape of :class:`WorkerPool`).
+        aggregator: Combines open updates and the secure sum; holds the server
+            optimiser's state.
+        dp: The DP settings and ledger.
+        evaluate: ``weights -> (loss, accuracy)`` on the held-out set.
+        weights: The global weights to start from.
+        weight_scale: The public bound secure weights are divided by.
+        secure: The secure coordinator, when any group is secure.
+        callbacks: Told about phases and the end of every round.
+    """
+
+    def __init__(self, spec: JobSpec, people: Sequence[ParticipantInfo], *, pool: WorkerPool,
+                 aggregator: Aggregator, dp: DpServer, evaluate: Evaluate, weights: Weights,
+                 weight_scale: float, classification: bool,
+                 secure: Optional[SecureCoordinator] = None,
+                 callbacks: Optional[CallbackList] = None) -> None:
+        from fedcollab.outputs import CallbackList
+
+        self.spec = spec
+        self.people = list(people)
+        self.sampler = Sampler(spec, people, secret=dp.on)
+        self.pool = pool
+        self.aggregator = aggregator
+        self.dp = dp
+        self.evaluate = evaluate
+        self.weights = list(weights)
+        self.shapes = [tuple(w.shape) for w in weights]
+        self.weight_scale = weight_scale
+        self.classification = classification
+        self.secure = secure
+        self.callbacks = callbacks if callbacks is not None else CallbackList()
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.rejected_total = 0
+
+    # ------------------------------------------------------------------ one round
+    def run_round(self, r: int) -> RoundRecord:
+        """Sample, train on the pool, aggregate, evaluate; tell the callbacks."""
+        from fedcollab.secure.errors import RoundAbortedError
+        from fedcollab.secure_round import SecurePhases
+
+        replaced = tuple(self.pool.heal()) if self.pool.suspect else ()
+        t0 = time.perf_counter()
+        chosen = self.sampler.sample(r)
+        config = self.configure(chosen)
+        phases = SecurePhases()
+        secure_members = [p for p in chosen if self.people[p].sharing == "secure"]
+        try:
+            inbox = self._secure_prepare(r, secure_members, config, phases)
+            t_train = time.perf_counter()
+            out = self.pool.train(self.weights, r, chosen, config, inbox)
+            phases.add("train", time.perf_counter() - t_train)
+            secure_sum, secure_log, secure_bits, survivors = self._secure_finish(
+                r, secure_members, out, config, phases)
+        except RoundAbortedError as err:
+            record = self._aborted(r, len(chosen), str(err), t0, phases, replaced)
+            self.callbacks.on_round_end(record)
+            return record
+        dp = self.dp
+        step = self.aggregator.step(self.weights, out.updates, secure_sum, count_once=dp.on,
+                                    clip_norm=dp.clip_norm if dp.mode == "central" else None,
+                                    noise=dp.central_noise(self.shapes))
+        self.weights = step.weights
+        loss, acc = self.evaluate(self.weights)
+        up = sum(_nbytes(u.delta) + 16 for u in out.updates)
+        down = sum(w.nbytes for w in self.weights) * len(chosen)
+        if secure_log is not None:
+            up += sum(secure_log["bytes_up"].values())
+            down += sum(secure_log["bytes_down"].values())
+        self.bytes_up += up
+        self.bytes_down += down
+        self.rejected_total += len(step.rejected)
+        privacy = None
+        rejected = {str(k): v for k, v in sorted(step.rejected.items())}
+        hashes = {str(u.pid): _sha256(u.delta) for u in out.updates}
+        if dp.on:
+            bits = {u.pid: bool(u.clip_bit) for u in out.updates}
+            privacy = dp.account([bits[p] for p in step.accepted], participants=len(chosen),
+                                 secure_bits=secure_bits, secure_count=survivors,
+                                 secure_sampled=len(secure_members))
+            # metrics.jsonl holds only what the release may reveal: no hash of an
+            # un-noised update, no exact norm of a rejected one
+            rejected = {k: v.split(":")[0] for k, v in rejected.items()}
+            hashes = {}
+        record = RoundRecord(
+            round=r, participants=len(chosen), loss=loss,
+            accuracy=acc if self.classification else None,
+            trained=len(out.updates) + len(out.masked),
+            accepted=len(step.accepted) + survivors if step.applied else 0,
+            dropped=tuple(out.dropped), rejected=rejected,
+            bytes_up=up, bytes_down=down, seconds=time.perf_counter() - t0,
+            train_seconds=phases.seconds["train"], update_sha256=hashes,
+            skipped=step.skipped or None, secure=secure_log, privacy=privacy,
+            vendor=self.pool.evaluate_personalised(self.weights,
+                                                   classification=self.classification) or None,
+            workers_replaced=replaced,
+            placement=self.pool.where(out))
+        self.callbacks.on_round_end(record)
+        return record
+
+    def configure(self, chosen: Sequence[int]) -> RoundConfig:
+        """What the server tells participants this round (DP settings, weights' scale).
+
+        Distributed noise is split over the sampled secure members only (open
+        participants add the full noise themselves).
+        """
+        dp = self.dp
+        secure = sum(1 for p in chosen if self.people[p].sharing == "secure")
+        count_noise = dp.count_noise_std(len(chosen)) if dp.mode == "distributed" else 0.0
+        return RoundConfig(dp.mode, dp.clip_norm, dp.noise_multiplier, max(secure, 1),
+                           1.0 if dp.on else self.weight_scale, dp.adaptive, count_noise)
+
+    # ------------------------------------------------------------------ secure parts
+    def _secure_prepare(self, r: int, members: Sequence[int], config: RoundConfig,
+                        phases: SecurePhases) -> Mapping[int, bytes]:
+        if not members or self.secure is None:
+            return {}
+        dim = secure_dim(self.shapes, clip_bit=config.clip_bit)
+        return self.secure.prepare(r, members, dim, phases, self._on_phase)
+
+    def _on_phase(self, phase: str, round_id: int, workers: Sequence[Any]) -> None:
+        self.callbacks.on_phase(phase, round_id, self.pool)
+
+    def _secure_finish(self, r: int, members: Sequence[int], out: RoundOutput,
+                       config: RoundConfig, phases: SecurePhases
+                       ) -> tuple[Optional[SecureSum], Optional[dict[str, Any]],
+                                  Optional[float], int]:
+        if not members or self.secure is None:
+            return None, None, None, 0
+        result = self.secure.finish(r, out.masked, phases, last=r == self.spec.rounds)
+        log = _secure_log(result, phases, out)
+        arrays, counts, bits = split_secure_sum(result.total, self.shapes,
+                                                scale=config.weight_scale,
+                                                clip_bit=config.clip_bit)
+        log["weight_sum"] = max(counts)  # survivors' samples (a sum)
+        return SecureSum(arrays, counts), log, bits, len(result.survivors)
+
+    def _aborted(self, r: int, participants: int, reason: str, t0: float,
+                 phases: SecurePhases, replaced: tuple[int, ...]) -> RoundRecord:
+        """A secure round that cannot finish: the global model stays as it was."""
+        if self.spec.secure.on_abort == "fail":
+            raise FedcollabError(f"round {r} aborted: {reason}")
+        loss, acc = self.evaluate(self.weights)
+        return RoundRecord(round=r, participants=participants, loss=loss,
+                           accuracy=acc if self.classification else None, aborted=reason,
+                           seconds=time.perf_counter() - t0,
+                           train_seconds=phases.seconds.get("train", 0.0),
+                           phase_seconds=dict(phases.seconds), workers_replaced=replaced,
+                           privacy=self.dp.account_aborted() if self.dp.on else None)
+
+    # ------------------------------------------------------------------ checkpoints
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Everything a resumed job needs to continue exactly: arrays and metadata."""
+        arrays = {f"w{i}": np.array(w) for i, w in enumerate(self.weights)}
+        if self.aggregator.state is not None:
+            from fedcollab.aggregation import state_to_arrays
+
+            arrays.update({f"server.{k}": np.array(v)
+                           for k, v in state_to_arrays(self.aggregator.state).items()})
+        meta = {"bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
+                "rejected_total": self.rejected_total, **self.dp.state()}
+        return arrays, meta
+
+    def restore(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`snapshot`."""
+        self.weights = [arrays[f"w{i}"] for i in range(len(self.shapes))]
+        self.bytes_up, self.bytes_down = int(meta["bytes_up"]), int(meta["bytes_down"])
+        self.rejected_total = int(meta.get("rejected_total", 0))
+        self.dp.restore(meta)
+        server = {k[len("server."):]: v for k, v in arrays.items() if k.startswith("server.")}
+        if server:
+            from fedcollab.aggregation import state_from_arrays
+
+            self.aggregator.state = state_from_arrays(server)

@@ -1,0 +1,66 @@
+"""`fedcollab grade` end to end on a real local Ray: two mixes of the default job, short."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedcollab.spec import load_spec
+
+CHECK = Path("/work/shared/tools/check-contracts")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
+                                                              tmp_path: Path) -> None:
+    from fedcollab.grading import grade
+
+    spec = load_spec("examples/community-vendor.yaml", ["rounds=3"])
+    seen: list[tuple[str, str]] = []
+    card = grade(spec, mixes="open,secure-vendor", out=tmp_path, progress=False,
+                 on_progress=lambda kind, name: seen.append((kind, name)))
+    data = json.loads((tmp_path / "scorecard.json").read_text())
+    mixes = {m["name"]: m for m in data["mixes"]}
+    assert set(mixes) == {"open", "secure-vendor"}
+    vendor_secure = mixes["secure-vendor"]
+    assert vendor_secure["attacks"]["differencing"]["exact"] is True
+    assert vendor_secure["attacks"]["differencing"]["relative_error"] < 1e-6
+    assert vendor_secure["grades"]["confidentiality"] == "F"
+    assert mixes["open"]["replay_verified"] is True  # the replay is what the server saw
+    assert set(mixes["open"]["utility"]["per_group"]) == {"community", "vendor"}
+    assert 0 < mixes["open"]["utility"]["accuracy"] <= 1
+    assert ("mix", "secure-vendor") in seen and ("attack", "backdoor") in seen
+    assert (tmp_path / "scorecard.html").stat().st_size > 10_000
+    assert card.recommendation["mix"] in card.pareto_front
+    if CHECK.exists():
+        out = subprocess.run([str(CHECK), "scorecard", str(tmp_path / "scorecard.json")],
+                             capture_output=True, text=True)
+        assert out.stdout.strip() == "ok", out.stdout
+
+
+def test_cli_grade_unknown_mix_is_one_line_exit_2(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "fedcollab.cli", "grade",
+                          "examples/community-vendor.yaml", "--mixes", "nope",
+                          "--out", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "unknown mix 'nope'" in out.stderr
+
+
+def test_cli_grade_missing_spec_exit_2() -> None:
+    out = subprocess.run([sys.executable, "-m", "fedcollab.cli", "grade", "missing.yaml"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "no such file" in out.stderr
+
+
+def test_cli_help_lists_grade_without_tensorflow() -> None:
+    code = ("import sys, fedcollab.cli as c\n"
+            "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'tensorflow' not in sys.modules and 'ray' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "grade" in out.stdout

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fedcollab.grading.grades import (
+    NA,
+    grade_backdoor,
+    grade_byzantine,
+    grade_confidentiality,
+    grade_cost,
+    grade_inversion,
+    grade_lying_server,
+    grade_membership,
+    grade_mix,
+    grade_privacy_budget,
+    grade_utility,
+    pareto_front,
+    recommend,
+)
+
+
+def test_grade_confidentiality_exact_differencing_is_f() -> None:
+    assert grade_confidentiality({"relative_error": 1e-9, "exact": True, "min_group_seen": 3},
+                                 {"recovered": None}) == "F"
+
+
+def test_grade_confidentiality_vendor_mixed_into_big_sum_is_a() -> None:
+    assert grade_confidentiality({"relative_error": 3.0, "exact": False, "min_group_seen": 11},
+                                 {"recovered": True, "server": "honest_but_curious"}) == "A"
+
+
+def test_grade_confidentiality_malicious_claim_broken_by_lying_server_is_f() -> None:
+    assert grade_confidentiality({"relative_error": 3.0, "exact": False, "min_group_seen": 11},
+                                 {"recovered": True, "server": "malicious"}) == "F"
+
+
+def test_grade_without_measurement_is_na_not_a() -> None:
+    assert grade_confidentiality({"relative_error": None}, {}) == NA
+    assert grade_membership({"auc": None}, non_members=100) == NA
+    assert grade_inversion({"psnr_db": None}) == NA
+    assert grade_backdoor(None, None) == NA
+    assert grade_byzantine({"accuracy": 0.9}, None) == NA
+    assert grade_utility(None, 0.9) == NA
+    assert grade_cost({}, {}) == NA
+
+
+def test_grade_lying_server_recovered_is_f_refused_is_a() -> None:
+    assert grade_lying_server({"recovered": True}, "A") == "F"
+    assert grade_lying_server({"recovered": False}, "C") == "A"
+    assert grade_lying_server({"recovered": None}, "F") == "F"
+
+
+@pytest.mark.parametrize("auc,tpr,expected", [(0.5, 0.01, "A"), (0.58, 0.01, "B"),
+                                              (0.8, 0.01, "F"), (0.5, 0.2, "C")])
+def test_grade_membership_worse_of_auc_and_low_fpr_lift(auc: float, tpr: float,
+                                                        expected: str) -> None:
+    m = {"auc": auc, "tpr_at_1pct_fpr": tpr, "tpr_at_0_1pct_fpr": 0.0}
+    assert grade_membership(m, non_members=300) == expected
+
+
+def test_grade_inversion_exact_is_f_and_mean_image_level_is_a() -> None:
+    assert grade_inversion({"psnr_db": 200.0, "exact": True, "baseline_psnr_db": 13}) == "F"
+    assert grade_inversion({"psnr_db": 13.5, "exact": False, "baseline_psnr_db": 13}) == "A"
+    assert grade_inversion({"psnr_db": 20.0, "exact": False, "baseline_psnr_db": 13}) == "D"
+
+
+def test_grade_privacy_budget_bands() -> None:
+    assert grade_privacy_budget(None) == "F"
+    assert grade_privacy_budget(0.9) == "A"
+    assert grade_privacy_budget(30.1) == "D"
+
+
+def test_grade_backdoor_and_byzantine_bands() -> None:
+    clean = {"success_rate": 0.02, "main_accuracy": 0.9}
+    assert grade_backdoor({"success_rate": 0.99, "main_accuracy": 0.5}, clean) == "F"
+    assert grade_backdoor({"success_rate": 0.03, "main_accuracy": 0.9}, clean) == "A"
+    assert grade_byzantine({"accuracy": 0.52}, 0.6) == "C"
+    assert grade_byzantine({"accuracy": 0.45}, 0.6) == "D"
+
+
+def test_grade_cost_against_open_reference() -> None:
+    ref = {"seconds_per_round": 0.1, "bytes_up_per_participant_round": 1000}
+    assert grade_cost(ref, ref) == "A"
+    assert grade_cost({"seconds_per_round": 0.25, "bytes_up_per_participant_round": 1100},
+                      ref) == "C"
+
+
+def test_pareto_front_drops_dominated_mixes() -> None:
+    front = pareto_front({"a": (1.0, 0.9), "b": (3.0, 0.7), "c": (0.5, 0.8), "d": (3.0, 0.9)})
+    assert front == ["d"]
+    assert set(pareto_front({"a": (1.0, 0.9), "b": (3.0, 0.7)})) == {"a", "b"}
+
+
+def _mix(name: str, acc: float, eps: Any, exact: bool) -> dict[str, Any]:
+    mix = {"name": name, "defence": "fedavg", "utility": {"accuracy": acc, "per_group": {
+        "community": {"mean": acc, "min": acc - 0.05}}},
+           "attacks": {"membership": {"auc": 0.52, "tpr_at_1pct_fpr": 0.01,
+                                      "tpr_at_0_1pct_fpr": 0.0},
+                       "inversion": {"psnr_db": 14.0, "exact": False, "baseline_psnr_db": 13.5,
+                                     "relative_error": 0.4, "target": "secure sum"},
+                       "differencing": {"relative_error": 0.0 if exact else 2.0,
+                                        "exact": exact, "min_group_seen": 3 if exact else 11},
+                       "lying_server": {"recovered": False},
+                       "backdoor": {"clean": {"success_rate": 0.02, "main_accuracy": 0.9},
+                                    "fedavg": {"success_rate": 0.9, "main_accuracy": 0.6}},
+                       "byzantine": {"fedavg": {"accuracy": 0.2, "baseline": 0.6}}},
+           "privacy": {"epsilon": eps}, "cost": {"seconds_per_round": 0.1,
+                                                 "bytes_up_per_participant_round": 100}}
+    mix["grades"] = grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
+                              baseline_accuracy=0.6, non_members=300)
+    return mix
+
+
+def test_recommend_privacy_priority_picks_private_mix_and_quotes_figures() -> None:
+    mixes = [_mix("open", 0.93, None, True), _mix("dp", 0.80, 0.9, False)]
+    rec = recommend(mixes, ["open", "dp"], "privacy", scenario="test")
+    assert rec["mix"] == "dp"
+    assert "0.800" in rec["text"] and "0.90" in rec["text"] and "privacy priority" in rec["text"]
+    assert recommend(mixes, ["open", "dp"], "utility", scenario="test")["mix"] == "open"

@@ -1,0 +1,109 @@
+"""The scorecard files: JSON contract, Markdown, and the HTML opened in a real
+headless Chromium (Debian's chromium + chromium-driver, driven by selenium)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedcollab.grading.grades import pareto_front, privacy_score, recommend
+from fedcollab.grading.report import Scorecard, write_scorecard
+from tests.grading.test_grades import _mix
+
+CHECK = Path("/work/shared/tools/check-contracts")
+
+
+def _card() -> Scorecard:
+    mixes = [_mix("open", 0.93, None, True), _mix("secure-all", 0.93, None, False),
+             _mix("secure-vendor-dp", 0.80, 0.9, False)]
+    for m in mixes:
+        m["policy"] = {"description": m["name"], "overrides": {}}
+        m["utility"].update({"loss": 0.3, "vendor_accuracy": None, "public_accuracy": None})
+        m["attacks"]["lying_server"].update({"relative_error": None, "server": "malicious"})
+    front = pareto_front({m["name"]: (privacy_score(m["grades"]) or 0.0,
+                                      m["utility"]["accuracy"]) for m in mixes})
+    curves = {"accuracy": {m["name"]: [0.5, 0.7, m["utility"]["accuracy"]] for m in mixes},
+              "roc": {m["name"]: ([0.0, 0.01, 0.5, 1.0], [0.0, 0.02, 0.55, 1.0]) for m in mixes}}
+    return Scorecard("demo", "balanced", "fast", tuple(mixes), tuple(front),
+                     recommend(mixes, front, "balanced", scenario="demo"), {"private-layers":
+                     "spec: participants: the secure group has 2 member(s)"}, 12.0,
+                     {"runs": 10.0}, curves)
+
+
+def test_write_scorecard_json_matches_contract(tmp_path: Path) -> None:
+    paths = write_scorecard(_card(), tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert [m["name"] for m in data["mixes"]] == ["open", "secure-all", "secure-vendor-dp"]
+    assert data["recommendation"]["mix"] in data["pareto_front"]
+    if CHECK.exists():
+        out = subprocess.run([str(CHECK), "scorecard", str(paths["json"])], capture_output=True,
+                             text=True)
+        assert out.stdout.strip() == "ok", out.stdout
+
+
+def test_write_scorecard_markdown_lists_every_mix_and_skipped(tmp_path: Path) -> None:
+    text = write_scorecard(_card(), tmp_path)["md"].read_text()
+    for name in ("open", "secure-all", "secure-vendor-dp", "private-layers"):
+        assert name in text
+
+
+def test_write_scorecard_html_is_self_contained(tmp_path: Path) -> None:
+    html = write_scorecard(_card(), tmp_path)["html"].read_text()
+    assert "http://" not in html and "https://" not in html
+    assert html.count('src="data:image/png;base64,') == 3
+
+
+def _chromium() -> tuple[str, str]:
+    browser = shutil.which("chromium")
+    driver = shutil.which("chromedriver")
+    if not (browser and driver) and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium chromium-driver",
+                       shell=True, capture_output=True, timeout=900)
+        browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("Debian chromium/chromium-driver not installed and cannot be installed "
+                    "here (needs root and apt-get)")
+    return browser, driver
+
+
+@pytest.mark.slow
+def test_scorecard_html_in_headless_chromium_plots_load_mixes_listed_no_errors(
+        tmp_path: Path) -> None:
+    selenium = pytest.importorskip("selenium", reason="pip install selenium (test extra)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = _chromium()
+    card = _card()
+    page = write_scorecard(card, tmp_path)["html"]
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1300,2400"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(page.as_uri())
+        sizes: list[Any] = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, "
+            "i.naturalHeight, i.getBoundingClientRect().width])")
+        table = driver.execute_script(
+            "return document.getElementById('mixes').innerText")
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        driver.save_screenshot(str(tmp_path / "scorecard.png"))
+        shot = os.environ.get("FEDCOLLAB_SCREENSHOT")
+        if shot:
+            shutil.copy(tmp_path / "scorecard.png", shot)
+    finally:
+        driver.quit()
+    assert len(sizes) == 3
+    assert all(done and w > 0 and h > 0 and shown > 0 for done, w, h, shown in sizes), sizes
+    for m in card.mixes:
+        assert m["name"] in table
+    assert errors == [], errors
+    assert selenium is not None

@@ -1,0 +1,118 @@
+"""The epsilon reported is the epsilon spent: true group rates, dropouts, the count query,
+noise calibrated to what each observer sees, nothing in the clear that DP should cover."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedcollab.outgoing import RoundConfig, outgoing, secure_vector
+from fedcollab.privacy import epsilon
+from fedcollab.privacy.server import DpServer
+from fedcollab.roster import group_sampling_rates
+from fedcollab.spec import SpecError, spec_from_dict
+
+
+def _spec(**changes: Any) -> Any:
+    data: dict[str, Any] = {
+        "name": "dp", "rounds": 20, "fraction": 0.5,
+        "participants": [{"name": "community", "count": 8},
+                         {"name": "vendor", "role": "vendor", "count": 3, "sharing": "secure",
+                          "data_fraction": 0.25}],
+        "privacy": {"dp": {"mode": "distributed", "noise_multiplier": 1.0}}}
+    data.update(changes)
+    return spec_from_dict(data)
+
+
+def test_group_rates_show_the_vendor_takes_part_every_round() -> None:
+    rates = group_sampling_rates(_spec())
+    assert rates == {"community": 0.5, "vendor": 1.0}
+
+
+def test_epsilon_is_dp_accounting_at_the_most_exposed_groups_rate() -> None:
+    spec = _spec()
+    rates = group_sampling_rates(spec)
+    server = DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=3,
+                      group_rates=rates)
+    for _ in range(3):
+        line = server.account([], participants=7, secure_count=3, secure_sampled=3)
+    expected = epsilon(noise_multiplier=1.0, sampling_rate=1.0, rounds=3, delta=1e-5)
+    assert line["epsilon"] == pytest.approx(expected, rel=1e-9)
+    assert line["sampling_rate"] == 1.0
+    assert expected > epsilon(noise_multiplier=1.0, sampling_rate=0.5, rounds=3, delta=1e-5)
+
+
+def test_dropouts_lower_the_accounted_multiplier() -> None:
+    spec = _spec()
+    server = DpServer(spec.privacy.dp, sampling_rate=1.0, rounds=1)
+    line = server.account([], participants=7, secure_count=2, secure_sampled=4)
+    assert line["accounted_multiplier"] == pytest.approx(1.0 * np.sqrt(0.5))
+    assert line["noise_shortfall"] == {"survivors": 2, "sampled": 4}
+
+
+def test_adaptive_clipping_with_a_secure_site_above_c_completes_and_counts_the_query() -> None:
+    spec = _spec(privacy={"dp": {"mode": "distributed", "noise_multiplier": 1.0,
+                                 "clip_norm": 0.001, "adaptive_clipping": True}})
+    server = DpServer(spec.privacy.dp, sampling_rate=1.0, rounds=20)
+    line = server.account([False, True], participants=11, secure_bits=0.0, secure_count=3,
+                          secure_sampled=3)
+    sigma_b = 11 / 20
+    assert line["accounted_multiplier"] == pytest.approx((1.0 + sigma_b ** -2) ** -0.5)
+    assert server.clip_norm != 0.001
+    for _ in range(19):
+        server.account([], participants=11, secure_bits=3.0, secure_count=3, secure_sampled=3)
+    plain = epsilon(noise_multiplier=1.0, sampling_rate=1.0, rounds=20, delta=1e-5)
+    assert server.epsilon is not None and server.epsilon > 2 * plain
+
+
+def test_aborted_rounds_are_accounted() -> None:
+    server = DpServer(_spec().privacy.dp, sampling_rate=1.0, rounds=2)
+    server.account_aborted()
+    assert server.ledger.rounds == 1 and server.epsilon is not None and server.epsilon > 0
+
+
+def _noised(sharing: str, m: int, draws: int = 4000) -> np.ndarray:
+    config = RoundConfig("distributed", 1.0, 1.0, m, 1.0)
+    rng = np.random.default_rng(1)
+    zero = [np.zeros(64, np.float32)]
+    values = []
+    for _ in range(draws // 64):
+        sent = outgoing(zero, pid=0, shared=[0], shapes=[(64,)], num_samples=5, loss=0.0,
+                        sharing=sharing, behaviour="honest", attack_scale=1.0, config=config,
+                        rng=rng)
+        values.append(sent.update.delta[0] if sent.update else sent.secure_vector[:64])
+    return np.concatenate(values)
+
+
+def test_open_update_under_distributed_dp_carries_the_full_noise() -> None:
+    # the server reads an open update alone: its noise must be z*C, not z*C/sqrt(m)
+    assert np.var(_noised("open", m=3)) == pytest.approx(1.0, rel=0.1)
+
+
+def test_secure_members_noise_adds_up_to_the_full_noise_in_the_sum() -> None:
+    m = 4
+    per_member = np.var(_noised("secure", m=m))
+    assert m * per_member == pytest.approx(1.0, rel=0.1)
+
+
+def test_open_update_under_dp_sends_no_norm_or_loss() -> None:
+    config = RoundConfig("central", 1.0, 1.0, 1, 1.0, clip_bit=True)
+    sent = outgoing([np.full(4, 3.0, np.float32)], pid=0, shared=[0], shapes=[(4,)],
+                    num_samples=5, loss=0.7, sharing="open", behaviour="honest",
+                    attack_scale=1.0, config=config, rng=np.random.default_rng(0))
+    assert sent.update is not None
+    assert sent.update.norm == 0.0 and sent.update.loss == 0.0 and sent.update.clip_bit is False
+
+
+def test_secure_clip_too_small_for_the_noise_is_refused() -> None:
+    from fedcollab.preflight import _check_secure_room_for_noise
+
+    with pytest.raises(SpecError, match="secure.clip: got 1.5"):
+        _check_secure_room_for_noise(_spec(secure={"clip": 1.5}))
+    _check_secure_room_for_noise(_spec())  # clip 8 holds C + 4 * 1/sqrt(3)
+
+
+def test_secure_vector_layout_unchanged_by_dp_helpers() -> None:
+    vector = secure_vector([np.ones(2)], [(2,)], 1.0, clip_bit=True)
+    assert vector.tolist() == [1.0, 1.0, 1.0, 1.0]

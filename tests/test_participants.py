@@ -1,0 +1,79 @@
+"""The worker actor's body, run in process: training, what leaves, private checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedcollab.outgoing import RoundConfig
+from fedcollab.pool import WorkerConfig
+from fedcollab.spec import spec_from_dict, spec_to_dict
+
+pytestmark = pytest.mark.slow
+
+
+def _spec(**changes: Any) -> Any:
+    data: dict[str, Any] = {
+        "name": "inproc", "seed": 0, "rounds": 2,
+        "participants": [
+            {"name": "community", "count": 2},
+            {"name": "vendor", "role": "vendor", "count": 1, "data_fraction": 0.3,
+             "private_layers": ["head"]},
+            {"name": "flip", "count": 1, "behaviour": "sign_flip", "attack_scale": 2.0},
+        ]}
+    data.update(changes)
+    return spec_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def worker_and_weights(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from fedcollab.orchestrator import _Driver
+    from fedcollab.participants import ParticipantWorker
+
+    spec = _spec()
+    out = tmp_path_factory.mktemp("worker")
+    worker = ParticipantWorker(WorkerConfig(spec_to_dict(spec), (0, 1, 2, 3), str(out), 0))
+    return spec, out, worker, _Driver.build(spec).weights
+
+
+def test_worker_open_participants_send_updates_over_shared_arrays(worker_and_weights: Any) -> None:
+    spec, _, worker, weights = worker_and_weights
+    out = worker.train_round(weights, 1, [0, 1, 2, 3], RoundConfig())
+    by_pid = {u.pid: u for u in out.updates}
+    assert sorted(by_pid) == [0, 1, 2, 3] and not out.masked
+    head = [i for i, d in enumerate(by_pid[2].delta) if d is None]
+    assert head == [len(weights) - 2, len(weights) - 1]       # the vendor's head stays home
+    assert all(d is not None for d in by_pid[0].delta)
+    assert all(d.dtype == np.float32 for d in by_pid[0].delta if d is not None)
+
+
+def test_worker_same_round_same_seed_trains_identically(worker_and_weights: Any) -> None:
+    _, _, worker, weights = worker_and_weights
+    a = worker.train_round(weights, 5, [0], RoundConfig()).updates[0]
+    b = worker.train_round(weights, 5, [0], RoundConfig()).updates[0]
+    assert all(np.array_equal(x, y) for x, y in zip(a.delta, b.delta))
+
+
+def test_worker_attacker_sends_its_attack(worker_and_weights: Any) -> None:
+    _, _, worker, weights = worker_and_weights
+    flip = worker.train_round(weights, 2, [3], RoundConfig()).updates[0]
+    assert flip.norm > 0
+    total = np.sqrt(sum(float(np.sum(np.square(d))) for d in flip.delta if d is not None))
+    assert total == pytest.approx(2.0 * flip.norm, rel=1e-5)   # -2 x its honest update
+
+
+def test_worker_private_layers_reload_from_the_committed_round(worker_and_weights: Any) -> None:
+    from fedcollab.participants import ParticipantWorker
+
+    spec, out, worker, weights = worker_and_weights
+    worker.train_round(weights, 3, [2], RoundConfig())
+    assert worker.save_private(3, keep_from=3) == 1
+    saved = [np.array(w) for w in worker.participants[2].private]
+    worker.train_round(weights, 4, [2], RoundConfig())           # moves on after the save
+    again = ParticipantWorker(WorkerConfig(spec_to_dict(spec), (2,), str(out), 0,
+                                           resume_round=3))
+    for a, b in zip(again.participants[2].private, saved):
+        np.testing.assert_array_equal(a, b)
+    assert (Path(out) / "checkpoints" / "private" / "participant-00002-round-00003.npz").exists()
