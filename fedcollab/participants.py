@@ -176,27 +176,43 @@ class ParticipantWorker:
             self._secure[pid] = SecureParticipant(pid, secagg_params(self.spec))
         return self._secure[pid]
 
-    def secure_stage(self, stage: str, round_id: int,
-                     messages: Mapping[int, bytes]) -> dict[int, bytes]:
-        """Run one key-setup or unmask stage for the hosted secure participants.
+    def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
+                     registry: Optional[Mapping[int, bytes]] = None
+                     ) -> dict[int, bytes | str]:
+        """Run one key-setup, consistency or unmask stage for the hosted secure
+        participants; at setup, ``identity`` (their identity public keys) and
+        ``registry`` (install ``registry`` in every hosted secure participant).
 
-        A participant that fails (bad message, refused reveal) is left out of the
-        reply; the server treats it as dropped for that stage.
+        A participant that fails (bad message) is left out of the reply; the server
+        treats it as dropped for that stage. One that refuses the request as a server
+        lie (``ServerDeviationError``) answers the reason as a ``str``.
         """
-        replies: dict[int, bytes] = {}
+        from fedcollab.secure.errors import ServerDeviationError
+
+        if stage == "registry":
+            for pid in self._secure:
+                self._secure[pid].install_registry(registry or {})
+            return {}
+        replies: dict[int, bytes | str] = {}
         for pid, message in messages.items():
             if pid not in self.participants:
                 continue
             participant = self._secure_participant(pid)
             try:
-                if stage == "advertise":
+                if stage == "identity":
+                    replies[pid] = participant.identity_public()
+                elif stage == "advertise":
                     replies[pid] = participant.advertise_keys(round_id)
                 elif stage == "share_keys":
                     replies[pid] = participant.share_keys(round_id, message)
+                elif stage == "consistency":
+                    replies[pid] = participant.confirm_survivors(round_id, message)
                 elif stage == "unmask":
                     replies[pid] = participant.unmask(round_id, message)
                 else:
                     raise ValueError(f"unknown secure stage {stage!r}")  # internal bug
+            except ServerDeviationError as err:
+                replies[pid] = f"{type(err).__name__}: {err}"
             except FedcollabError:
                 continue
         return replies

@@ -242,6 +242,21 @@ class SecureSpec:
     clip: float = 8.0                 # fixed-point range per coordinate of n_i * delta_i
     amortise_keys: bool = True
     on_abort: Literal["continue", "fail"] = "continue"
+    # Who the protocol must withstand. "malicious" (default): participants verify
+    # signed key adverts (Ed25519 identity keys provisioned at setup, not by the
+    # aggregating server) and sign/check the survivor set before revealing any
+    # share, so a server that lies is refused and the round aborts. The default,
+    # because the server is the very party a vendor hides its updates from, and the
+    # price is small: one extra stage and a few HMACs per participant per round, an
+    # Ed25519 signature and one verification per neighbour only at key setup
+    # (scripts/bench prints a "secure_round" line per server model; the target is
+    # at most 1.5x honest_but_curious). "honest_but_curious" trusts the server to
+    # follow the protocol (participants still refuse request-level lies).
+    server: Literal["honest_but_curious", "malicious"] = "malicious"
+    # Forward secrecy of amortised keys: fresh X25519 keys (old ones erased) at
+    # least every this many rounds, so a leaked key opens at most this many past
+    # rounds of its owner; null = only after a dropout (unbounded window)
+    key_rotation_rounds: Optional[int] = 10
 
     def __post_init__(self) -> None:
         if not 0.5 < self.threshold <= 1:
@@ -260,6 +275,11 @@ class SecureSpec:
         if self.neighbours is not None and self.neighbours < 2:
             raise _fail("secure.neighbours", f"got {self.neighbours!r}, expected an integer "
                         ">= 2 (or leave it out to size it from secure.expected_dropout)")
+        if self.key_rotation_rounds is not None and (
+                isinstance(self.key_rotation_rounds, bool) or self.key_rotation_rounds < 1):
+            raise _fail("secure.key_rotation_rounds",
+                        f"got {self.key_rotation_rounds!r}, expected an integer >= 1 (rounds "
+                        "a leaked key can open), or null to rotate only after a dropout")
 
 
 @dataclass(frozen=True)

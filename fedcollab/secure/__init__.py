@@ -16,11 +16,15 @@ two state machines, in the spirit of ``cryptography.hazmat``):
   state must persist across rounds for amortised keys):
   ``needs_keys(round_id)``, ``advertise_keys(round_id) -> bytes``,
   ``share_keys(round_id, roster) -> bytes``, ``masked_input(round_id, vector, inbox)
-  -> bytes``, ``unmask(round_id, request) -> bytes``, and between rounds (amortised
-  keys) ``prepare_next_round()``, which precomputes the next masked input's masks.
+  -> bytes``, (malicious-server model) ``confirm_survivors(round_id, request) -> bytes``,
+  ``unmask(round_id, request) -> bytes``, and between rounds (amortised keys)
+  ``prepare_next_round()``, which precomputes the next masked input's masks. With
+  ``server="malicious"`` it needs the identity registry first
+  (``identity_public()`` / ``install_registry()``; :func:`provision_identities`).
 * :class:`SecureServer` - in the driver, one per secure group for the whole job:
   ``begin_round(round_id, participants, dim=)`` returns who must advertise keys; then
-  ``receive_advertisements``, ``receive_key_shares``, ``receive_masked_inputs`` (each
+  ``receive_advertisements``, ``receive_key_shares``, ``receive_masked_inputs``,
+  ``receive_consistency`` (malicious-server model only) (each
   maps ``{pid: bytes}`` received to ``{pid: bytes}`` to deliver for the next stage;
   call every stage, with ``{}`` when nobody is asked) and
   ``receive_unmask_responses`` -> :class:`SecureSumResult`.
@@ -32,21 +36,26 @@ two state machines, in the spirit of ``cryptography.hazmat``):
 * Errors: :class:`RoundAbortedError` (and its :class:`NotEnoughSharesError`,
   :class:`TooFewSurvivorsError`, :class:`InconsistentSharesError`) mean "leave the
   global model unchanged"; :class:`ProtocolError` subclasses are the reasons messages
-  are rejected (a participant method raising one means: treat it as dropped).
+  are rejected (a participant method raising one means: treat it as dropped), except
+  :class:`ServerDeviationError` subclasses: the participant caught the server lying;
+  at the consistency or unmask stage the round must abort (:class:`UnmaskRefusedError`).
 
-Security model and the amortised-key argument: see :mod:`fedcollab.secure.participant`.
+Security model and the amortised-key argument: see :mod:`fedcollab.secure.participant`
+and docs/threat-model.md.
 """
 from __future__ import annotations
 
-from fedcollab.secure.driver import DROP_POINTS, run_secure_round
+from fedcollab.secure.driver import DROP_POINTS, provision_identities, run_secure_round
 from fedcollab.secure.encoding import FixedPointCodec, split_weighted_sum, weighted_vector
 from fedcollab.secure.errors import (
     DecryptionError, EncodingError, GroupTooSmallError, InconsistentSharesError,
-    MalformedMessageError, NotEnoughSharesError, ProtocolError, RoundAbortedError,
-    SecAggConfigError, SecAggError, ShareRevealRefusedError, ShareVerificationError,
-    StaleMessageError, TooFewSurvivorsError, UnknownParticipantError,
+    InconsistentViewError, MalformedMessageError, NotAPartnerError, NotEnoughSharesError,
+    ProtocolError, RoundAbortedError, SecAggConfigError, SecAggError, ServerDeviationError,
+    ShareRevealRefusedError, ShareVerificationError, SignatureError, StaleMessageError,
+    TooFewAliveError, TooFewSurvivorsError, UnknownParticipantError, UnmaskRefusedError,
+    UnsafeRosterError,
 )
-from fedcollab.secure.params import MIN_GROUP, SecAggParams, validate_group_size
+from fedcollab.secure.params import MIN_GROUP, SERVER_MODELS, SecAggParams, validate_group_size
 from fedcollab.secure.participant import SecureParticipant
 from fedcollab.secure.result import STAGES, SecureSumResult
 from fedcollab.secure.server import SecureServer
@@ -59,5 +68,7 @@ __all__ = [
     "RoundAbortedError", "NotEnoughSharesError", "TooFewSurvivorsError",
     "ShareVerificationError", "InconsistentSharesError", "ProtocolError",
     "MalformedMessageError", "StaleMessageError", "UnknownParticipantError",
-    "DecryptionError", "ShareRevealRefusedError",
+    "DecryptionError", "ShareRevealRefusedError", "ServerDeviationError", "NotAPartnerError",
+    "TooFewAliveError", "UnsafeRosterError", "SignatureError", "InconsistentViewError",
+    "UnmaskRefusedError", "SERVER_MODELS", "provision_identities",
 ]

@@ -41,6 +41,7 @@ class RoundState:
     covered_next: dict[int, dict[int, bytes]] = field(default_factory=dict)
     inputs: dict[int, MaskedInput] = field(default_factory=dict)
     dropped: set[int] = field(default_factory=set)
+    dangling: set[int] = field(default_factory=set)
     requested: dict[int, dict[int, Kind]] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)
     excluded: dict[int, str] = field(default_factory=dict)
@@ -74,7 +75,7 @@ class RoundState:
         server's view of its keys, so it is marked for fresh keys (``failed``).
         """
         self.rejected[pid] = f"{self.stage}: {type(exc).__name__}: {exc}"
-        if self.stage != "unmask":
+        if self.stage not in ("consistency", "unmask"):
             self.failed.add(pid)
         if self.stage in ("advertise", "share_keys"):
             self.members.discard(pid)

@@ -26,7 +26,7 @@ KEY_BYTES = 32
 MAX_COUNT = 1 << 20
 _U8, _U32, _U64 = struct.Struct(">B"), struct.Struct(">I"), struct.Struct(">Q")
 _STRUCTS = {">B": _U8, ">I": _U32, ">Q": _U64}
-_PEER = struct.Struct(f">I{KEY_BYTES}s{KEY_BYTES}s")
+_PEER = struct.Struct(f">I{KEY_BYTES}s{KEY_BYTES}sQI")  # pid, keys, since, sig length
 _ITEM = struct.Struct(">II")  # peer, blob length
 _REVEAL = struct.Struct(">IBI")  # peer, kind, blob length
 _REVEALED = struct.Struct(f">IB{SHARE_BYTES}s")
@@ -45,6 +45,8 @@ class Stage(IntEnum):
     MASKED_INPUT = 5
     UNMASK_REQUEST = 6
     UNMASK_RESPONSE = 7
+    CONSISTENCY = 8  # malicious-server mode: the survivor set, to be signed
+    CONFIRMATIONS = 9  # each survivor's MACs of that set, one per partner
 
 
 class Kind(IntEnum):
@@ -58,11 +60,14 @@ _KINDS = {int(k): k for k in Kind}
 
 
 class PeerKeys(NamedTuple):
-    """A participant's two public keys."""
+    """A participant's two public keys, the round it advertised them in and, in
+    malicious-server mode, its Ed25519 signature over all that (empty otherwise)."""
 
     pid: int
     c_pk: bytes
     s_pk: bytes
+    since: int = 0
+    sig: bytes = b""
 
 
 class Sealed(NamedTuple):
@@ -199,11 +204,12 @@ def pack_blob(data: bytes) -> bytes:
 
 
 def pack_keys(keys: Sequence[PeerKeys]) -> bytes:
-    return _U32.pack(len(keys)) + b"".join(_PEER.pack(*k) for k in keys)
+    return _U32.pack(len(keys)) + b"".join(
+        _PEER.pack(k.pid, k.c_pk, k.s_pk, k.since, len(k.sig)) + k.sig for k in keys)
 
 
 def read_keys(r: Reader) -> tuple[PeerKeys, ...]:
-    return tuple(PeerKeys(*f) for f in r.fixed(_PEER, r.count()))
+    return tuple(PeerKeys(*f) for f in r.records(_PEER))
 
 
 def pack_sealed(items: Sequence[Sealed]) -> bytes:

@@ -12,13 +12,13 @@ from typing import Callable, Collection, Mapping
 
 import numpy as np
 
-from fedcollab.secure.errors import SecAggError
+from fedcollab.secure.errors import SecAggError, ServerDeviationError, UnmaskRefusedError
 from fedcollab.secure.params import SecAggParams
 from fedcollab.secure.participant import SecureParticipant
 from fedcollab.secure.result import STAGES, SecureSumResult
 from fedcollab.secure.server import SecureServer
 
-__all__ = ["run_secure_round", "DROP_POINTS"]
+__all__ = ["run_secure_round", "raise_if_refused", "provision_identities", "DROP_POINTS"]
 
 #: Keys of ``drop_after``: a participant listed under a key completes that stage
 #: (``"begin"``: nothing) and then sends nothing more this round.
@@ -59,6 +59,8 @@ def run_secure_round(
 
     Raises:
         RoundAbortedError: Too few survivors or shares; leave the model unchanged.
+        UnmaskRefusedError: Participants refused the server's consistency or unmask
+            requests (a :class:`ServerDeviationError`: the server lied).
     """
     drops = {k: set(v) for k, v in (drop_after or {}).items()}
     unknown = drops.keys() - set(DROP_POINTS)
@@ -69,6 +71,7 @@ def run_secure_round(
     dim = len(next(iter(vectors.values())))
     gone = set(drops.get("begin", ()))
     refused: dict[int, str] = {}
+    deviations: dict[int, str] = {}
     seconds = dict.fromkeys(STAGES, 0.0)
 
     def collect(stage: str, pids: Collection[int], call: Callable[[int], bytes]
@@ -82,6 +85,8 @@ def run_secure_round(
                 message: bytes | None = call(pid)
             except SecAggError as exc:
                 refused[pid] = f"{stage}: participant refused: {type(exc).__name__}: {exc}"
+                if isinstance(exc, ServerDeviationError) and stage in ("consistency", "unmask"):
+                    deviations[pid] = refused[pid]
                 continue
             finally:
                 seconds[stage] += time.perf_counter() - t0
@@ -100,7 +105,48 @@ def run_secure_round(
     requests = server.receive_masked_inputs(collect(
         "masked_input", inbox,
         lambda p: participants[p].masked_input(round_id, vectors[p], inbox[p])))
-    result = server.receive_unmask_responses(
-        collect("unmask", requests, lambda p: participants[p].unmask(round_id, requests[p])))
+    if params.malicious:
+        signing = requests
+        requests = server.receive_consistency(collect(
+            "consistency", signing,
+            lambda p: participants[p].confirm_survivors(round_id, signing[p])))
+    responses = collect("unmask", requests,
+                        lambda p: participants[p].unmask(round_id, requests[p]))
+    raise_if_refused(round_id, deviations)
+    result = server.receive_unmask_responses(responses)
     return dataclasses.replace(result, rejected={**refused, **result.rejected},
                                participant_seconds=seconds)
+
+
+def raise_if_refused(round_id: int, deviations: Mapping[int, str]) -> None:
+    """Abort the round if any participant refused a request as a server deviation.
+
+    Args:
+        round_id: The round.
+        deviations: Participant id -> the refusal (a ``ServerDeviationError``'s text).
+
+    Raises:
+        UnmaskRefusedError: ``deviations`` is not empty; the message names the first.
+    """
+    if deviations:
+        pid = min(deviations)
+        raise UnmaskRefusedError(
+            f"round {round_id}: {len(deviations)} participant(s) refused the server's "
+            f"requests as inconsistent with their own state, e.g. participant {pid}: "
+            f"{deviations[pid]}; round aborted, the global model stays unchanged",
+            round_id=round_id)
+
+
+def provision_identities(participants: Mapping[int, SecureParticipant]) -> dict[int, bytes]:
+    """Setup (not a server message): build the identity registry and install it in all.
+
+    Malicious-server model only; returns ``{}`` (and installs nothing) otherwise.
+    In-process stand-in for the PKI of a real deployment: it never passes through
+    a :class:`SecureServer`.
+    """
+    registry = {pid: p.identity_public() for pid, p in participants.items()
+                if p.params.malicious}
+    if registry:
+        for p in participants.values():
+            p.install_registry(registry)
+    return registry

@@ -24,6 +24,13 @@ __all__ = [
     "UnknownParticipantError",
     "DecryptionError",
     "ShareRevealRefusedError",
+    "ServerDeviationError",
+    "NotAPartnerError",
+    "TooFewAliveError",
+    "UnsafeRosterError",
+    "SignatureError",
+    "InconsistentViewError",
+    "UnmaskRefusedError",
 ]
 
 
@@ -89,5 +96,41 @@ class DecryptionError(ProtocolError):
     """AES-GCM authentication failed: the ciphertext or its binding was tampered with."""
 
 
-class ShareRevealRefusedError(ProtocolError):
+class ServerDeviationError(ProtocolError):
+    """The server asked for something an honest server never asks: the participant refuses.
+
+    Raised by a participant, never by the server. Unlike a plain dropout, a refusal
+    of this kind means the server lied (or is broken): the caller must abort the
+    round (:class:`UnmaskRefusedError`) and leave the global model unchanged.
+    """
+
+
+class ShareRevealRefusedError(ServerDeviationError):
     """An honest participant refuses to reveal both kinds of share of one peer."""
+
+
+class NotAPartnerError(ServerDeviationError, UnknownParticipantError):
+    """A request names a participant that is not a partner of this one in this round."""
+
+
+class TooFewAliveError(ServerDeviationError):
+    """Fewer than ``t`` of the participant's partners (itself included) are claimed alive."""
+
+
+class UnsafeRosterError(ServerDeviationError):
+    """A roster, threshold or neighbourhood below what the participant's own parameters
+    require (``t`` or ``min_group`` recomputed locally)."""
+
+
+class SignatureError(ServerDeviationError):
+    """A key advert or consistency signature does not verify against the identity
+    registry (malicious-server mode): the server substituted or forged it."""
+
+
+class InconsistentViewError(ServerDeviationError):
+    """The server's survivor set, or its unmask request, disagrees with what the
+    participant signed or with what its partners signed (malicious-server mode)."""
+
+
+class UnmaskRefusedError(RoundAbortedError):
+    """Participants refused the server's requests (it lied): the round is aborted."""

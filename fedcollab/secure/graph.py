@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+from fractions import Fraction
 from typing import Sequence
 
 from fedcollab.secure.errors import SecAggConfigError
@@ -55,7 +56,7 @@ def auto_degree(n: int, *, threshold: float = 0.67, expected_dropout: float = 0.
         return 0
     k = 2 * math.ceil(math.log2(n))
     while k < n - 1 and expected_dropout > 0:
-        t = max(2, math.ceil(threshold * k - 1e-9))
+        t = _threshold(k, threshold)
         if n * _tail(k, expected_dropout, k - t + 1) <= ROUND_FAILURE:
             break
         k += 2
@@ -101,13 +102,29 @@ def build_graph(
             for i, u in enumerate(ring)}
 
 
+def _threshold(degree: int, fraction: float) -> int:
+    """``max(2, floor(degree/2) + 1, ceil(fraction * degree))`` in exact arithmetic.
+
+    ``fraction`` is read as the decimal the user wrote (``Fraction(repr(f))``), so
+    ``0.67 * 100`` is exactly 67 (no float rounding up to 68) and ``0.5000000001``
+    never rounds down to one half: ``t > degree / 2`` holds whatever the fraction.
+    """
+    exact = Fraction(repr(float(fraction)))
+    return max(2, degree // 2 + 1, math.ceil(exact * degree))
+
+
 def threshold_for(degree: int, fraction: float) -> int:
-    """Shares needed out of a neighbourhood of ``degree``: ``max(2, ceil(fraction*degree))``.
+    """Shares needed out of a neighbourhood of ``degree``.
+
+    ``t = max(2, floor(degree/2) + 1, ceil(fraction * degree))``, computed exactly:
+    a strict majority of the neighbourhood, so the honest holders of a
+    participant's shares can never hand out both its self-mask seed and its
+    recovery secret, whatever rounding the fraction suffers.
 
     Raises:
         SecAggConfigError: The threshold would exceed the neighbourhood.
     """
-    t = max(2, math.ceil(fraction * degree - 1e-9))
+    t = _threshold(degree, fraction)
     if t > degree:
         raise SecAggConfigError(
             f"threshold {t} exceeds the neighbourhood size {degree}; raise neighbours or "

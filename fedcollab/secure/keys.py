@@ -14,28 +14,33 @@ Derived keys:
   AES-256-GCM key; every ciphertext carries associated data binding it to
   (round, stage, sender, recipient), so a replay into another context fails the tag.
 * pairwise key ``(u, v)``: ``HKDF(DH(s_u, s_v), info=PAIRWISE || min || max)``;
-* per-round mask seed: ``HKDF(pairwise key, salt=round_id, info=SEED || min || max)``.
-  HKDF is a PRF keyed by the pairwise key, so seeds of different rounds are
+* per-round mask seed: ``HKDF-Expand(pairwise key, info=SEED || round || min || max)``.
+  HKDF-Expand is a PRF keyed by the pairwise key, so seeds of different rounds are
   independent to anyone who does not hold that key.
+* confirmation key ``(u, v)`` (malicious-server mode): ``HKDF(DH(c_u, c_v),
+  info=CONFIRM || min || max)``, an HMAC-SHA256 key for the consistency round.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import struct
+from typing import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from fedcollab.secure.errors import DecryptionError, MalformedMessageError
 
 __all__ = [
     "PUBLIC_KEY_BYTES", "NONCE_BYTES", "TAG_BYTES", "generate_private_key", "public_bytes",
     "private_bytes", "private_from_bytes", "agree", "channel_cipher", "pairwise_key",
-    "round_seed", "seal", "seal_many", "open_sealed", "self_seed_digest",
+    "round_seed", "seal", "seal_many", "open_sealed", "self_seed_digest", "confirm_key",
+    "survivors_digest", "confirm_tag",
 ]
 
 PUBLIC_KEY_BYTES = 32
@@ -45,6 +50,8 @@ _CHANNEL = b"fedcollab/secagg/v1/channel"
 _PAIRWISE = b"fedcollab/secagg/v1/pairwise"
 _SEED = b"fedcollab/secagg/v1/mask-seed"
 _DIGEST = b"fedcollab/secagg/v1/self-seed-digest"
+_CONFIRM = b"fedcollab/secagg/v2/confirm"
+_SURVIVORS = b"fedcollab/secagg/v2/survivors"
 
 
 def generate_private_key() -> X25519PrivateKey:
@@ -98,14 +105,42 @@ def channel_cipher(shared: bytes, a: int, b: int) -> AESGCM:
     return AESGCM(_hkdf(shared, salt=None, info=_CHANNEL + _pair(a, b)))
 
 
+def confirm_key(shared: bytes, a: int, b: int) -> bytes:
+    """The HMAC-SHA256 key with which ``a`` and ``b`` confirm survivor sets to each other."""
+    return _hkdf(shared, salt=None, info=_CONFIRM + _pair(a, b))
+
+
+def survivors_digest(round_id: int, survivors: Sequence[int]) -> bytes:
+    """SHA-256 of a round's survivor set (order-independent)."""
+    ids = sorted(survivors)
+    return hashlib.sha256(_SURVIVORS + struct.pack(f">QI{len(ids)}I", round_id, len(ids), *ids)
+                          ).digest()
+
+
+def confirm_tag(key: bytes, sender: int, recipient: int, digest: bytes) -> bytes:
+    """``sender``'s HMAC-SHA256 confirmation to ``recipient`` of a survivor-set digest.
+
+    Only the two holders of ``key`` can compute it; sender and recipient are bound,
+    so a tag cannot be reflected back to the participant that made it.
+    """
+    return hmac.digest(key, struct.pack(">II", sender, recipient) + digest, "sha256")
+
+
 def pairwise_key(shared: bytes, a: int, b: int) -> bytes:
     """The long-lived pairwise mask key of ``a`` and ``b`` (symmetric in a, b)."""
     return _hkdf(shared, salt=None, info=_PAIRWISE + _pair(a, b))
 
 
 def round_seed(pair_key: bytes, round_id: int, a: int, b: int) -> bytes:
-    """The 32-byte mask seed of pair ``(a, b)`` for ``round_id`` (salt = round id)."""
-    return _hkdf(pair_key, salt=struct.pack(">Q", round_id), info=_SEED + _pair(a, b))
+    """The 32-byte mask seed of pair ``(a, b)`` for ``round_id``.
+
+    ``HKDF-Expand(PRK = pairwise key, info = SEED || round || min(a,b) || max(a,b))``
+    (RFC 5869 §2.3): the pairwise key is already a uniform 32-byte HKDF output, so
+    it is the pseudorandom key and no second Extract is needed; round and pair sit
+    in ``info``, so every (round, pair) gets an independent seed.
+    """
+    return HKDFExpand(algorithm=_SHA256, length=32,
+                      info=_SEED + struct.pack(">Q", round_id) + _pair(a, b)).derive(pair_key)
 
 
 def seal(cipher: AESGCM, plaintext: bytes, aad: bytes) -> bytes:

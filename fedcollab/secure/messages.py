@@ -31,30 +31,33 @@ from fedcollab.secure.errors import MalformedMessageError, StaleMessageError
 __all__ = [
     "SERVER", "Stage", "Kind", "PeerKeys", "Sealed", "Advertise", "Roster", "KeyShares",
     "MaskRequest", "MaskedInput", "Reveal", "UnmaskRequest", "RevealedShare",
+    "Consistency", "Confirmations",
     "UnmaskResponse", "ShareEntry", "pack", "pack_body", "unpack", "share_aad", "table_aad",
     "pack_share_payload", "unpack_share_payload", "pack_seed_table", "unpack_seed_table",
 ]
 
 SERVER = 0xFFFFFFFF
 _MAGIC = b"FCSA"
-_VERSION = 1
+_VERSION = 2
 _HEADER = struct.Struct(">4sBBQII")
 _KEY = 32
 
 
 @dataclass(frozen=True)
 class Advertise:
-    """Stage ADVERTISE (participant -> server): fresh public keys."""
+    """Stage ADVERTISE (participant -> server): fresh public keys, and in
+    malicious-server mode the owner's Ed25519 signature over them (else empty)."""
 
     c_pk: bytes
     s_pk: bytes
+    sig: bytes = b""
 
     def body(self) -> bytes:
-        return self.c_pk + self.s_pk
+        return self.c_pk + self.s_pk + pack_blob(self.sig)
 
     @classmethod
     def read(cls, r: Reader) -> Advertise:
-        return cls(r.take(_KEY), r.take(_KEY))
+        return cls(r.take(_KEY), r.take(_KEY), r.blob())
 
 
 @dataclass(frozen=True)
@@ -144,17 +147,54 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
-class UnmaskRequest:
-    """Stage UNMASK_REQUEST (server -> participant)."""
+class Consistency:
+    """Stage CONSISTENCY (server -> participant, malicious-server mode): the survivor
+    set (who sent a masked input), which every survivor signs before revealing."""
 
-    reveals: tuple[Reveal, ...]
+    survivors: tuple[int, ...]
 
     def body(self) -> bytes:
-        return pack_reveals(self.reveals)
+        return pack_ids(self.survivors)
+
+    @classmethod
+    def read(cls, r: Reader) -> Consistency:
+        return cls(read_ids(r))
+
+
+@dataclass(frozen=True)
+class Confirmations:
+    """Stage CONFIRMATIONS (participant -> server, malicious-server mode): one MAC per
+    partner in the survivor set, ``Sealed(partner, tag)``, confirming the set it saw
+    under the key it shares with that partner (see :func:`~fedcollab.secure.keys.confirm_tag`)."""
+
+    tags: tuple[Sealed, ...]
+
+    def body(self) -> bytes:
+        return pack_sealed(self.tags)
+
+    @classmethod
+    def read(cls, r: Reader) -> Confirmations:
+        return cls(read_sealed(r))
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Stage UNMASK_REQUEST (server -> participant).
+
+    ``signatures``: in malicious-server mode, the partners' confirmations of the
+    survivor set addressed to this participant (``Sealed(partner, tag)``); empty
+    otherwise.
+    """
+
+    reveals: tuple[Reveal, ...]
+    signatures: tuple[Sealed, ...] = ()
+
+    def body(self) -> bytes:
+        return pack_reveals(self.reveals) + pack_sealed(self.signatures)
 
     @classmethod
     def read(cls, r: Reader) -> UnmaskRequest:
-        return cls(read_reveals(r))
+        return cls(read_reveals(r), read_sealed(r))
 
 
 @dataclass(frozen=True)
@@ -175,11 +215,12 @@ _STAGE_OF: dict[type, Stage] = {
     Advertise: Stage.ADVERTISE, Roster: Stage.ROSTER, KeyShares: Stage.SHARE_KEYS,
     MaskRequest: Stage.MASK_REQUEST, MaskedInput: Stage.MASKED_INPUT,
     UnmaskRequest: Stage.UNMASK_REQUEST, UnmaskResponse: Stage.UNMASK_RESPONSE,
+    Consistency: Stage.CONSISTENCY, Confirmations: Stage.CONFIRMATIONS,
 }
 _Msg = Union[Advertise, Roster, KeyShares, MaskRequest, MaskedInput, UnmaskRequest,
-             UnmaskResponse]
+             UnmaskResponse, Consistency, Confirmations]
 M = TypeVar("M", Advertise, Roster, KeyShares, MaskRequest, MaskedInput, UnmaskRequest,
-            UnmaskResponse)
+            UnmaskResponse, Consistency, Confirmations)
 
 
 def pack(message: _Msg, *, round_id: int, sender: int, recipient: int) -> bytes:

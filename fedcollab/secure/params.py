@@ -8,7 +8,12 @@ from fedcollab.secure.encoding import FixedPointCodec
 from fedcollab.secure.errors import GroupTooSmallError, SecAggConfigError
 from fedcollab.secure.graph import PROTOCOLS
 
-__all__ = ["MIN_GROUP", "SecAggParams", "validate_group_size"]
+__all__ = ["MIN_GROUP", "SERVER_MODELS", "SecAggParams", "validate_group_size"]
+
+#: Server models: ``honest_but_curious`` (follows the protocol, reads what it gets)
+#: and ``malicious`` (may lie in any message; needs identity keys and the
+#: consistency round, see :mod:`fedcollab.secure.identity`).
+SERVER_MODELS = ("honest_but_curious", "malicious")
 
 #: No secure group (and no secure sum) may have fewer members than this.
 MIN_GROUP = 3
@@ -54,6 +59,18 @@ class SecAggParams:
         amortise_keys: Reuse X25519 keys across rounds (pairwise seeds derived per
             round with HKDF; see ``participant`` module for why this is safe). False
             runs the classic per-round protocol with fresh keys every round.
+        server: ``"malicious"`` (default): key adverts are signed with Ed25519
+            identity keys from a registry provisioned at setup, and a consistency
+            round (every survivor signs the survivor set and checks its partners'
+            signatures) precedes unmasking, so a server that lies about keys or
+            about who survived is refused. ``"honest_but_curious"`` skips both
+            (one round trip and one signature per participant per round less) and
+            is safe only against a server that follows the protocol.
+        key_rotation_rounds: Forward secrecy of amortised keys: every participant
+            draws fresh X25519 keys (erasing the old ones) at least every this many
+            rounds, so a leaked long-lived key opens at most this many past rounds.
+            ``None``: rotate only after a dropout. Ignored without ``amortise_keys``
+            (keys are then fresh every round).
     """
 
     protocol: str = "secaggplus"
@@ -64,8 +81,15 @@ class SecAggParams:
     clip: float = 4.0
     scale_bits: int = 20
     amortise_keys: bool = True
+    server: str = "malicious"
+    key_rotation_rounds: int | None = 10
 
     def __post_init__(self) -> None:
+        if self.server not in SERVER_MODELS:
+            raise SecAggConfigError(f"server={self.server!r}; expected one of {SERVER_MODELS}")
+        if self.key_rotation_rounds is not None and self.key_rotation_rounds < 1:
+            raise SecAggConfigError(
+                f"key_rotation_rounds={self.key_rotation_rounds} must be at least 1 (or None)")
         if self.protocol not in PROTOCOLS:
             raise SecAggConfigError(f"protocol={self.protocol!r}; expected one of {PROTOCOLS}")
         if not (math.isfinite(self.threshold) and 0.5 < self.threshold <= 1.0):
@@ -85,6 +109,11 @@ class SecAggParams:
                 f"[0, {1.0 - self.threshold:.2f}): a threshold of {self.threshold} cannot "
                 "survive more dropouts")
         FixedPointCodec(clip=self.clip, scale_bits=self.scale_bits, group_size=1)
+
+    @property
+    def malicious(self) -> bool:
+        """Whether participants defend against a server that lies (signatures, consistency)."""
+        return self.server == "malicious"
 
     def codec(self, group_size: int) -> FixedPointCodec:
         """The fixed-point codec (ring width chosen from ``group_size``).

@@ -22,8 +22,8 @@ Amortised keys (default), and why they are safe:
    ``x_u^(r) = y_u^(r) - PRG(b_u^(r)) -+ PRG(seed_uv^(r))``. Rotating ``u``'s keys
    after the dropout protects only future rounds, not the past.
 2. Here ``s_u`` is never shared. Pairwise seeds are
-   ``HKDF(pairwise key, salt=round id)``. For each round ``r`` the participant draws a
-   fresh recovery key ``e_u^(r)``, seals the table of its round-``r`` seeds under it
+   ``HKDF-Expand(pairwise key, info=round || pair)``. For each round ``r`` the
+   participant draws a fresh recovery key ``e_u^(r)``, seals the table of its round-``r`` seeds under it
    (AES-GCM, stored by the server) and Shamir-shares ``e_u^(r)``. If ``u`` drops in
    round ``r`` the server learns exactly the round-``r`` seeds; HKDF is a PRF keyed by
    the never-revealed pairwise key, so they say nothing about any other round.
@@ -36,33 +36,46 @@ Amortised keys (default), and why they are safe:
    fresh X25519 keys (defence in depth), and its neighbours re-share their packages
    with its new keys in the same stage.
 
-Assumptions: an honest-but-curious server (it routes every message faithfully; a
-malicious one would need the consistency round of Bonawitz et al.), fewer than ``t``
-colluding participants in any neighbourhood, strictly increasing round ids (consecutive
-for amortisation: a participant absent from round ``r`` re-runs key setup in ``r+1``),
-and a graph not chosen adversarially.
+5. Forward secrecy: every participant advertises fresh X25519 keys at least every
+   ``key_rotation_rounds`` rounds and drops the old ones, so a key that leaks later
+   opens at most that many past rounds of its owner.
+
+The server is not trusted to follow the protocol: every request is checked against
+the participant's own state and parameters (see :class:`SecureParticipant`), and in
+the malicious-server model key adverts are signed (Ed25519, identity registry from
+setup) and a consistency round precedes unmasking. Assumptions: fewer colluding
+participants in a neighbourhood than docs/threat-model.md states, strictly
+increasing round ids (consecutive for amortisation: a participant absent from round
+``r`` re-runs key setup in ``r+1``), and a trusted identity registry.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
+from typing import Mapping
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from fedcollab.secure import identity as ID
 from fedcollab.secure import keys as K
 from fedcollab.secure._wire import share_aad_prefix, share_payloads
 from fedcollab.secure.errors import (
-    DecryptionError, EncodingError, MalformedMessageError, ProtocolError, ShareRevealRefusedError,
-    UnknownParticipantError,
+    DecryptionError, EncodingError, InconsistentViewError, MalformedMessageError,
+    NotAPartnerError, ProtocolError, SecAggConfigError, ShareRevealRefusedError, SignatureError,
+    TooFewAliveError, UnsafeRosterError,
 )
+from fedcollab.secure.graph import threshold_for
 from fedcollab.secure.messages import (
-    SERVER, Advertise, KeyShares, Kind, MaskedInput, MaskRequest, PeerKeys, RevealedShare, Roster,
-    Sealed, ShareEntry, Stage, UnmaskRequest, UnmaskResponse, pack, pack_body, pack_seed_table,
-    share_aad, table_aad, unpack, unpack_share_payload,
+    SERVER, Advertise, Consistency, Confirmations, KeyShares, Kind, MaskedInput, MaskRequest,
+    PeerKeys, RevealedShare, Roster, Sealed, ShareEntry, Stage, UnmaskRequest, UnmaskResponse,
+    pack, pack_body, pack_seed_table, share_aad, table_aad, unpack, unpack_share_payload,
 )
 from fedcollab.secure.params import SecAggParams
 from fedcollab.secure.prg import accumulate_masks
@@ -82,6 +95,7 @@ class _Peer:
     s_pk: bytes
     cipher: AESGCM | None = field(default=None, repr=False)
     pair_key: bytes | None = field(default=None, repr=False)
+    confirm_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -114,21 +128,47 @@ class SecureParticipant:
     :class:`~fedcollab.secure.errors.ProtocolError` (the caller treats the participant
     as dropped for the round). No method blocks or does I/O.
 
+    Every request is checked against the participant's own state and parameters
+    (not the server's word): it reveals only for its current partners, never both
+    kinds of share of one peer, only while at least ``t`` of its partners (itself
+    included) are claimed alive, and only shares of a peer's current recovery key;
+    ``t`` and ``min_group`` are recomputed from its own parameters. A request that
+    fails a check raises a :class:`~fedcollab.secure.errors.ServerDeviationError`:
+    the server lied, and the caller must abort the round.
+
     Args:
         participant_id: The participant's id in the job's roster (0 <= id < 2**32-1).
         params: The group's parameters (same object as the server's).
+        identity: Malicious-server mode: this participant's Ed25519 identity key;
+            ``None`` draws a fresh one (publish :meth:`identity_public` in the
+            registry). Ignored in honest-but-curious mode.
+        registry: Malicious-server mode: participant id -> Ed25519 public key of
+            every member, provisioned at setup (not by the aggregating server); may
+            also be installed later with :meth:`install_registry`.
     """
 
-    def __init__(self, participant_id: int, params: SecAggParams) -> None:
+    def __init__(self, participant_id: int, params: SecAggParams, *,
+                 identity: Ed25519PrivateKey | None = None,
+                 registry: Mapping[int, bytes] | None = None) -> None:
         if not 0 <= participant_id < SERVER:
             raise ValueError(f"participant_id={participant_id} must be in [0, 2**32 - 1)")
         self.participant_id = participant_id
         self.params = params
+        self._identity: Ed25519PrivateKey | None = None
+        if params.malicious:
+            self._identity = identity if identity is not None else ID.generate_identity()
+        self._registry: dict[int, Ed25519PublicKey] = {}
+        if registry is not None:
+            self.install_registry(registry)
+        self._key_round = -1  # round of the last key advert (forward-secrecy window)
+        self._signed: dict[int, tuple[int, ...]] = {}  # round -> survivor set signed
         self._c: X25519PrivateKey | None = None
         self._s: X25519PrivateKey | None = None
         self._peers: dict[int, _Peer] = {}
         self._package_round: int | None = None
         self._package_keys: dict[int, bytes] = {}
+        self._package_threshold = 0  # t of the recovery key the package shares
+        self._recovery_threshold = 0  # the same for the key of the round being masked
         self._seeds: dict[int, dict[int, bytes]] = {}
         self._held: dict[int, dict[int, int]] = {}  # round -> peer -> its recovery share
         self._package_epoch = -1  # key epoch when the package keys were snapshotted
@@ -140,14 +180,59 @@ class SecureParticipant:
         #: Whether the last masked input used masks from :meth:`prepare_next_round`.
         self.last_input_precomputed = False
 
+    # -- identity (malicious-server mode) ------------------------------------------
+    def identity_public(self) -> bytes:
+        """The 32-byte Ed25519 public key to publish in the identity registry.
+
+        Raises:
+            SecAggConfigError: Honest-but-curious mode (no identity key).
+        """
+        if self._identity is None:
+            raise SecAggConfigError("identity keys exist only with server: malicious")
+        return ID.identity_public(self._identity)
+
+    def install_registry(self, registry: Mapping[int, bytes]) -> None:
+        """Install the identity registry (setup channel, never a per-round server message).
+
+        Raises:
+            SecAggConfigError: An entry that is not an Ed25519 public key, or this
+                participant's own entry is missing or not its key.
+        """
+        try:
+            loaded = ID.load_registry(registry)
+        except ValueError as exc:
+            raise SecAggConfigError(str(exc)) from None
+        if self._identity is not None:
+            mine = loaded.get(self.participant_id)
+            if mine is None or mine.public_bytes_raw() != self.identity_public():
+                raise SecAggConfigError(f"identity registry: participant {self.participant_id}'s "
+                                        "entry is missing or is not its identity key")
+        self._registry = loaded
+
     # -- key setup -----------------------------------------------------------------
     def needs_keys(self, round_id: int) -> bool:
         """Whether this participant must run key setup before masking in ``round_id``."""
         return (self._c is None or not self.params.amortise_keys
-                or self._package_round != round_id)
+                or self._package_round != round_id or self._expired(round_id))
+
+    def _expired(self, round_id: int) -> bool:
+        """Whether the amortised keys are older than the forward-secrecy window."""
+        k = self.params.key_rotation_rounds
+        return (self.params.amortise_keys and k is not None and self._c is not None
+                and round_id - self._key_round >= k)
 
     def advertise_keys(self, round_id: int) -> bytes:
-        """Stage ADVERTISE: draw fresh X25519 key pairs and publish their public halves."""
+        """Stage ADVERTISE: draw fresh X25519 key pairs and publish their public halves.
+
+        The previous key pairs and everything derived from them (channel ciphers,
+        pairwise keys, seed tables) are dropped here: forward secrecy.
+
+        Raises:
+            ProtocolError: Malicious-server mode without an identity registry.
+        """
+        if self.params.malicious and not self._registry:
+            raise ProtocolError(f"participant {self.participant_id}: no identity registry "
+                                "installed; it is provisioned at setup (server: malicious)")
         self._c = K.generate_private_key()
         # Amortised keys: the mask key is never revealed (a per-round recovery key
         # is), so one X25519 pair serves both uses, separated by HKDF labels, and
@@ -159,7 +244,11 @@ class SecureParticipant:
         self._ready = None
         self._package_round, self._package_keys = None, {}
         self._seeds = {}
-        body = Advertise(K.public_bytes(self._c), K.public_bytes(self._s))
+        self._key_round = round_id
+        c_pk, s_pk = K.public_bytes(self._c), K.public_bytes(self._s)
+        sig = b"" if self._identity is None else \
+            ID.sign_advert(self._identity, self.participant_id, round_id, c_pk, s_pk)
+        body = Advertise(c_pk, s_pk, sig)
         return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
 
     def share_keys(self, round_id: int, roster: bytes) -> bytes:
@@ -175,22 +264,26 @@ class SecureParticipant:
 
         Raises:
             ProtocolError: Bad roster, or no keys advertised yet.
+            UnsafeRosterError: A threshold or neighbourhood below this participant's
+                own parameters.
+            SignatureError: A neighbour's key advert does not verify (malicious mode).
         """
         msg = unpack(roster, Roster, round_id=round_id, sender=SERVER,
                      recipient=self.participant_id)
         _, s_key = self._require_keys()
-        self._update_peers(msg.peers)
+        self._update_peers(msg.peers, round_id)
         holders = tuple(sorted(p.pid for p in msg.peers))
         self._check_threshold(msg.threshold, holders)
         if self.params.amortise_keys:
-            secret, table = self._seal_seed_table(round_id)
+            secret, table = self._seal_seed_table(round_id, holders)
         else:
             secret, table = K.private_bytes(s_key), b""
-            self._seeds[round_id] = {v: self._round_seed(v, round_id) for v in self._peers}
+            self._seeds[round_id] = {v: self._round_seed(v, round_id) for v in holders}
         shares = self._seal_shares(Stage.SHARE_KEYS, round_id, holders, msg.threshold, [
             (Kind.RECOVERY, round_id, secret_from_bytes(secret))])
         self._package_round = round_id
-        self._package_keys = {v: p.s_pk for v, p in self._peers.items()}
+        self._package_keys = {v: self._peers[v].s_pk for v in holders}
+        self._package_threshold = msg.threshold
         self._package_epoch = self._epoch
         body = KeyShares(table, shares)
         return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
@@ -222,16 +315,20 @@ class SecureParticipant:
         if self._package_round != round_id:
             raise ProtocolError(f"round {round_id}: participant {self.participant_id} has no "
                                 "recovery package for this round; run key setup first")
-        self._update_peers(msg.key_updates)
+        if self._expired(round_id):
+            raise ProtocolError(f"round {round_id}: participant {self.participant_id}'s keys "
+                                f"are from round {self._key_round}, older than "
+                                f"key_rotation_rounds={self.params.key_rotation_rounds}; run "
+                                "key setup first")
+        self._update_peers(msg.key_updates, round_id)
         partners = tuple(sorted(msg.partners))
         self._check_threshold(msg.threshold, partners)
-        if self._epoch != self._package_epoch:  # some key changed since the package
-            for v in partners:
-                if self._peers[v].s_pk != self._package_keys.get(v):
-                    raise ProtocolError(f"round {round_id}: partner {v} has keys newer than "
-                                        "this participant's recovery package; run key setup "
-                                        "first")
-        self._receive_deliveries(round_id, msg.deliveries)
+        for v in partners:  # the package must cover exactly these keys
+            if self._peers[v].s_pk != self._package_keys.get(v):
+                raise ProtocolError(f"round {round_id}: partner {v} is not covered by this "
+                                    "participant's recovery package (new partner or newer "
+                                    "keys); run key setup first")
+        self._receive_deliveries(round_id, msg.deliveries, partners)
         x = np.asarray(vector, dtype=np.float64)
         if x.ndim != 1 or x.size != msg.dim:
             raise EncodingError(f"round {round_id}: vector has shape {x.shape}, the round "
@@ -245,17 +342,23 @@ class SecureParticipant:
         if not self.last_input_precomputed:
             prep = self._prepare(ask)  # nothing usable was prepared offline
         np.add(masked, prep.mask, out=masked)
+        self._recovery_threshold = self._package_threshold
         if self.params.amortise_keys:
             self._package_round = round_id + 1
             self._package_keys, self._package_epoch = prep.package_keys, prep.epoch
+            self._package_threshold = ask.threshold
         else:
             self._package_round = None
         self._last_ask = ask
         self._last_masked_round = round_id
         self._revealed = {round_id: {}}
+        self._signed = {}
         self._seeds = {r: s for r, s in self._seeds.items() if r > round_id}
         for old in [r for r in self._held if r < round_id]:
             del self._held[old]
+        held = self._held.get(round_id, {})  # only current partners' current keys count
+        for v in [v for v in held if v not in partners]:
+            del held[v]
         body = MaskedInput.head(codec.ring_bits, masked.tobytes(), prep.digest) + prep.tail
         return pack_body(MaskedInput, body, round_id=round_id, sender=self.participant_id,
                          recipient=SERVER)
@@ -278,7 +381,8 @@ class SecureParticipant:
         """
         last = self._last_ask
         if (not self.params.amortise_keys or last is None or self._c is None
-                or self._package_round != last.round_id + 1):
+                or self._package_round != last.round_id + 1
+                or self._expired(last.round_id + 1)):  # fresh keys first: nothing to reuse
             self._ready = None
             return False
         self._ready = self._prepare(_Ask(last.round_id + 1, last.partners, last.threshold,
@@ -297,44 +401,102 @@ class SecureParticipant:
         entries = [(Kind.SELF, r, secret_from_bytes(b))]
         table = b""
         if self.params.amortise_keys:
-            e, table = self._seal_seed_table(r + 1)
+            e, table = self._seal_seed_table(r + 1, ask.partners)
             entries.append((Kind.RECOVERY, r + 1, secret_from_bytes(e)))
         shares = self._seal_shares(Stage.MASKED_INPUT, r, ask.partners, ask.threshold, entries)
         return _Prepared(ask, self._epoch, mask, K.self_seed_digest(b, r, me),
                          MaskedInput.tail(table, shares),
-                         {v: p.s_pk for v, p in self._peers.items()})
+                         {v: self._peers[v].s_pk for v in ask.partners})
+
+    # -- consistency round (malicious-server mode) -----------------------------------
+    def confirm_survivors(self, round_id: int, request: bytes) -> bytes:
+        """Stage CONSISTENCY: confirm the survivor set the server claims, at most one per
+        round, to each partner in it (an HMAC under the key the two share).
+
+        Raises:
+            ProtocolError: Honest-but-curious mode, bad request, or no input this round.
+            InconsistentViewError: A set without this participant (it did send its
+                input), or a second, different set this round.
+            TooFewAliveError: Fewer than ``t`` of its partners (itself included) in it.
+        """
+        if self._identity is None:
+            raise ProtocolError("the consistency round exists only with server: malicious")
+        msg = unpack(request, Consistency, round_id=round_id, sender=SERVER,
+                     recipient=self.participant_id)
+        ask = self._current_ask(round_id)
+        survivors = tuple(sorted(set(msg.survivors)))
+        if len(survivors) != len(msg.survivors):
+            raise MalformedMessageError(f"round {round_id}: survivor set repeats a participant")
+        if self.participant_id not in survivors:
+            raise InconsistentViewError(f"round {round_id}: the survivor set leaves out "
+                                        f"participant {self.participant_id}, which sent its input")
+        signed = self._signed.get(round_id)
+        if signed is not None and signed != survivors:
+            raise InconsistentViewError(f"round {round_id}: asked to sign a second, different "
+                                        "survivor set; an honest participant signs one")
+        alive = set(survivors)
+        self._require_alive(ask, sum(v in alive for v in ask.partners))
+        if len(survivors) < self.params.min_group:
+            raise UnsafeRosterError(f"round {round_id}: survivor set of {len(survivors)}, "
+                                    f"below min_group={self.params.min_group}")
+        self._signed[round_id] = survivors
+        digest = K.survivors_digest(round_id, survivors)
+        me = self.participant_id
+        tags = tuple(Sealed(v, K.confirm_tag(self._confirm_key(v), me, v, digest))
+                     for v in ask.partners if v in alive)
+        return pack(Confirmations(tags), round_id=round_id, sender=me, recipient=SERVER)
+
+    def _confirm_key(self, v: int) -> bytes:
+        peer = self._peers[v]
+        if peer.confirm_key is None:
+            self._agree(v, peer)
+        assert peer.confirm_key is not None
+        return peer.confirm_key
 
     # -- unmasking -----------------------------------------------------------------
     def unmask(self, round_id: int, request: bytes) -> bytes:
-        """Stage UNMASK: reveal the requested shares, never both kinds for one peer.
+        """Stage UNMASK: reveal the requested shares, after checking the request.
 
         ``SELF`` requests carry the peer's sealed share bundle (the peer's input
         arrived); ``RECOVERY`` requests refer to a share held from an earlier delivery
         (the peer dropped). Shares that fail authentication or are not held are left
-        out of the response.
+        out of the response. Nothing is revealed unless every check passes:
+
+        * every named peer is a partner of this participant in this round;
+        * no peer is asked for both kinds of share (in this or an earlier request);
+        * at least ``t`` of its partners, itself included, are claimed alive (asked
+          for ``SELF``), ``t`` as validated against its own parameters;
+        * malicious mode: it confirmed a survivor set this round, at least ``t`` of
+          its partners confirmed the very same set to it (HMACs under keys the
+          signed adverts authenticate), and each peer's kind follows that set.
 
         Raises:
-            ShareRevealRefusedError: Asked for both kinds of one peer's shares (in this
-                or an earlier request of the round); nothing is revealed.
-            ProtocolError: Bad request, a peer that is not a neighbour, or a round this
-                participant sent no input for.
+            ServerDeviationError: One of the checks failed (the server lied): a
+                subclass says which; the round must be aborted.
+            ProtocolError: Bad request, or a round this participant sent no input for.
         """
         msg = unpack(request, UnmaskRequest, round_id=round_id, sender=SERVER,
                      recipient=self.participant_id)
         if round_id not in self._revealed:
             raise ProtocolError(f"round {round_id}: participant {self.participant_id} sent no "
                                 "masked input this round, so it reveals nothing")
+        ask = self._current_ask(round_id)
+        partners = set(ask.partners)
         revealed = self._revealed[round_id]
         asked: dict[int, Kind] = {}
-        peers = self._peers
         for peer, kind, _ in msg.reveals:
-            if peer not in peers:
-                raise UnknownParticipantError(f"round {round_id}: unmask request names "
-                                              f"participant {peer}, not a neighbour")
+            if peer not in partners:
+                raise NotAPartnerError(f"round {round_id}: unmask request names participant "
+                                       f"{peer}, not a partner of participant "
+                                       f"{self.participant_id} this round")
             if asked.setdefault(peer, kind) != kind or revealed.get(peer, kind) != kind:
                 raise ShareRevealRefusedError(
                     f"round {round_id}: asked for both the self-mask and the recovery share "
                     f"of participant {peer}; an honest participant reveals only one")
+        claimed = {**revealed, **asked}
+        self._require_alive(ask, sum(k == Kind.SELF for k in claimed.values()))
+        if self._identity is not None:
+            self._check_consistency(round_id, ask, msg.signatures, asked)
         revealed.update(asked)
         out = []
         for peer, kind, blob in msg.reveals:
@@ -343,6 +505,57 @@ class SecureParticipant:
                 out.append(RevealedShare(peer, kind, y))
         body = UnmaskResponse(tuple(out))
         return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
+
+    def _current_ask(self, round_id: int) -> _Ask:
+        ask = self._last_ask
+        if ask is None or ask.round_id != round_id or round_id not in self._revealed:
+            raise ProtocolError(f"round {round_id}: participant {self.participant_id} sent no "
+                                "masked input this round, so it reveals nothing")
+        return ask
+
+    def _require_alive(self, ask: _Ask, alive_partners: int) -> None:
+        if alive_partners + 1 < ask.threshold:
+            raise TooFewAliveError(
+                f"round {ask.round_id}: only {alive_partners} of participant "
+                f"{self.participant_id}'s {len(ask.partners)} partners are claimed alive; "
+                f"with itself that is below the threshold {ask.threshold}: revealing could "
+                "expose a partner's input")
+
+    def _check_consistency(self, round_id: int, ask: _Ask, signatures: tuple[Sealed, ...],
+                           asked: Mapping[int, Kind]) -> None:
+        survivors = self._signed.get(round_id)
+        if survivors is None:
+            raise InconsistentViewError(f"round {round_id}: unmask before the consistency "
+                                        "round; nothing is revealed without a signed "
+                                        "survivor set")
+        partners, alive = set(ask.partners), set(survivors)
+        digest = K.survivors_digest(round_id, survivors)
+        me = self.participant_id
+        signers: set[int] = set()
+        for signer, tag in signatures:
+            if signer not in partners:
+                raise NotAPartnerError(f"round {round_id}: a consistency confirmation from "
+                                       f"participant {signer}, not a partner this round")
+            expected = K.confirm_tag(self._confirm_key(signer), signer, me, digest)
+            if not hmac.compare_digest(tag, expected):
+                raise SignatureError(f"round {round_id}: participant {signer}'s confirmation "
+                                     "is not of the survivor set this participant confirmed")
+            signers.add(signer)
+        # Every partner that confirmed a set with this participant in it refuses to
+        # reveal its recovery share; with t confirmations at most (holders - t) < t
+        # honest holders are left who could: the server cannot have both its self
+        # mask and its recovery key (Bonawitz et al.'s bound: fewer than 2t - d
+        # colluding holders).
+        need = max(ask.threshold, self._recovery_threshold)
+        if len(signers) < need:
+            raise TooFewAliveError(f"round {round_id}: {len(signers)} partners confirmed the "
+                                   f"survivor set, need {need} (the threshold)")
+        for peer, kind in asked.items():
+            if (kind == Kind.SELF) != (peer in alive):
+                raise InconsistentViewError(
+                    f"round {round_id}: asked for the {kind.name.lower()} share of participant "
+                    f"{peer}, which the signed survivor set says "
+                    f"{'survived' if peer in alive else 'dropped'}")
 
     def _reveal(self, round_id: int, peer: int, kind: Kind, blob: bytes) -> int | None:
         if kind == Kind.RECOVERY:
@@ -369,24 +582,49 @@ class SecureParticipant:
         return self._c, self._s
 
     def _check_threshold(self, t: int, holders: tuple[int, ...]) -> None:
+        """Check a neighbourhood and threshold against this participant's own parameters."""
         if self.participant_id in holders or len(set(holders)) != len(holders):
             raise MalformedMessageError("neighbour list repeats a participant or names itself")
         unknown = [v for v in holders if v not in self._peers]
         if unknown:
-            raise UnknownParticipantError(f"{len(unknown)} neighbour(s) without known keys, "
-                                          f"e.g. participant {unknown[0]}")
-        if not 2 <= t <= len(holders) or 2 * t <= len(holders):
-            raise ProtocolError(f"threshold {t} is unsafe or unreachable with {len(holders)} "
-                                "share holders (need 2 <= t <= holders < 2t)")
+            raise NotAPartnerError(f"{len(unknown)} neighbour(s) without known keys, "
+                                   f"e.g. participant {unknown[0]}")
+        if len(holders) + 1 < self.params.min_group or len(holders) < 2:
+            raise UnsafeRosterError(
+                f"{len(holders)} neighbours: with this participant that is below "
+                f"min_group={self.params.min_group} (or fewer than 2 share holders)")
+        own = threshold_for(len(holders), self.params.threshold) \
+            if len(holders) >= 2 else len(holders) + 1
+        if t < own:
+            raise UnsafeRosterError(
+                f"threshold {t} with {len(holders)} neighbours is below {own}, what this "
+                f"participant's own threshold={self.params.threshold} requires")
+        if t > len(holders):
+            raise ProtocolError(f"threshold {t} is unreachable with {len(holders)} share "
+                                "holders")
 
-    def _update_peers(self, peers: tuple[PeerKeys, ...]) -> None:
+    def _update_peers(self, peers: tuple[PeerKeys, ...], round_id: int) -> None:
+        k = self.params.key_rotation_rounds if self.params.amortise_keys else None
         for p in peers:
             if p.pid == self.participant_id or p.pid >= SERVER:
                 raise MalformedMessageError(f"key list names participant {p.pid}")
+            if p.since > round_id or (k is not None and round_id - p.since >= k):
+                raise UnsafeRosterError(
+                    f"round {round_id}: participant {p.pid}'s keys are from round {p.since}, "
+                    f"outside the key_rotation_rounds={k} window (or from the future)")
             old = self._peers.get(p.pid)
             if old is None or (old.c_pk, old.s_pk) != (p.c_pk, p.s_pk):
+                if self._identity is not None:
+                    key = self._registry.get(p.pid)
+                    if key is None or not ID.verify_advert(key, p.sig, p.pid, p.since, p.c_pk,
+                                                           p.s_pk):
+                        raise SignatureError(
+                            f"round {round_id}: participant {p.pid}'s key advert is not signed "
+                            "by its registered identity key (substituted keys?)")
                 self._peers[p.pid] = _Peer(p.c_pk, p.s_pk)
                 self._epoch += 1
+                for held in self._held.values():  # shares of its superseded recovery key
+                    held.pop(p.pid, None)
 
     def _cipher(self, v: int) -> AESGCM:
         peer = self._peers[v]
@@ -409,10 +647,13 @@ class SecureParticipant:
         shared_s = shared_c if s_key is c_key and peer.s_pk == peer.c_pk \
             else K.agree(s_key, peer.s_pk)
         peer.cipher = K.channel_cipher(shared_c, self.participant_id, v)
+        if self._identity is not None:  # confirmations of the consistency round
+            peer.confirm_key = K.confirm_key(shared_c, self.participant_id, v)
         peer.pair_key = K.pairwise_key(shared_s, self.participant_id, v)
 
-    def _seal_seed_table(self, for_round: int) -> tuple[bytes, bytes]:
-        seeds = {v: self._round_seed(v, for_round) for v in self._peers}
+    def _seal_seed_table(self, for_round: int, partners: tuple[int, ...]) -> tuple[bytes, bytes]:
+        """Seal the ``for_round`` seeds with ``partners`` (current neighbours only)."""
+        seeds = {v: self._round_seed(v, for_round) for v in partners}
         self._seeds[for_round] = seeds
         e = os.urandom(32)
         table = K.seal(AESGCM(e), pack_seed_table(seeds), table_aad(for_round, self.participant_id))
@@ -435,10 +676,12 @@ class SecureParticipant:
                               what=f"round {round_id}: share from participant {sender}")
         return unpack_share_payload(plain)
 
-    def _receive_deliveries(self, round_id: int, deliveries: tuple[Sealed, ...]) -> None:
+    def _receive_deliveries(self, round_id: int, deliveries: tuple[Sealed, ...],
+                            partners: tuple[int, ...]) -> None:
+        current = set(partners)
         for d in deliveries:
-            if d.peer not in self._peers:
-                _log.warning("participant %d: delivery from unknown %d skipped",
+            if d.peer not in current:
+                _log.warning("participant %d: delivery from %d, not a partner, skipped",
                              self.participant_id, d.peer)
                 continue
             try:

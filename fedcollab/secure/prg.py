@@ -1,20 +1,17 @@
 """Expand 32-byte seeds into uniform mask vectors over Z_(2^32) / Z_(2^64).
 
-The PRG is the AES-256-CTR keystream of ``cryptography`` (AES-NI on every modern
-CPU): the seed is the key, the initial counter block is ``0^96 || 2``. Each seed
-is used for exactly one keystream (self-mask seeds are fresh per round, pairwise
-seeds are HKDF outputs salted with the round id), so key/counter pairs never repeat
-across different masks. One keystream call per seed, read with ``np.frombuffer``:
-no Python loop over elements.
+The PRG is AES-256 in counter mode, from ``cryptography`` (``Cipher(algorithms.AES
+(seed), modes.CTR(FIRST_COUNTER))``, AES-NI on every modern CPU): the seed is the
+key, the initial counter block is all zeros, and the mask is the keystream (the
+encryption of zeros), read with ``np.frombuffer``: no Python loop over elements.
+Each seed is used for exactly one keystream (self-mask seeds are fresh per round,
+pairwise seeds are HKDF-Expand outputs bound to the round), so key/counter pairs
+never repeat across different masks, and a vector of ``dim`` elements uses far
+fewer than the 2^128 counter blocks one key allows.
 
-How the keystream is obtained: AES-GCM encryption *is* CTR mode starting at that
-counter block (``J0 + 1`` for a 96-bit nonce, NIST SP 800-38D), so encrypting
-zeros with ``AESGCM(seed)`` under the all-zero nonce returns exactly the CTR
-keystream, followed by a tag we drop. That call path is about 2.4x cheaper in
-Python than building a ``Cipher`` per seed, and the server and every participant
-expand one mask per neighbour per round. A test checks the equality against
-``Cipher(AES, CTR)``; buffers beyond :data:`_GCM_LIMIT` bytes take the ``Cipher``
-path, which yields the same keystream.
+(An earlier version took the same keystream through AES-GCM with an all-zero
+nonce, a trick that saved Python call overhead; the explicit CTR mode is the
+textbook construction and ``scripts/bench`` shows the difference is small.)
 
 Security assumption: AES-256 is a PRF, so a mask is computationally
 indistinguishable from uniform to anyone without the seed, and the masked vector
@@ -26,36 +23,41 @@ from typing import Iterable
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["SEED_BYTES", "expand", "accumulate_masks"]
+__all__ = ["SEED_BYTES", "FIRST_COUNTER", "keystream", "expand", "accumulate_masks"]
 
 #: Bytes in a mask seed (an AES-256 key).
 SEED_BYTES = 32
-_NONCE = bytes(12)
-#: The first counter block: what AES-GCM uses for its first block of ciphertext.
-FIRST_COUNTER = _NONCE + (2).to_bytes(4, "big")
+#: The initial 128-bit counter block of every mask keystream.
+FIRST_COUNTER = bytes(16)
 _CTR = modes.CTR(FIRST_COUNTER)
-#: Longest keystream taken through AES-GCM in one call (it caps a call's length).
-_GCM_LIMIT = 1 << 30
 
 
-def _keystream(seed: bytes, nbytes: int, zeros: bytes | None = None) -> bytes:
-    """At least ``nbytes`` of the AES-256-CTR keystream of ``seed`` (read the first
-    ``nbytes``; see the module docstring). ``zeros``: a reusable ``bytes(nbytes)``."""
+def keystream(seed: bytes, nbytes: int, zeros: bytes | None = None, *,
+              counter: bytes = FIRST_COUNTER) -> bytes:
+    """``nbytes`` of the AES-256-CTR keystream of ``seed`` from ``counter``.
+
+    Args:
+        seed: The 32-byte AES-256 key.
+        nbytes: Keystream length.
+        zeros: A reusable ``bytes(nbytes)`` (saves an allocation per call).
+        counter: Initial counter block (known-answer tests only; masks use the default).
+
+    Raises:
+        ValueError: A seed that is not 32 bytes.
+    """
     if len(seed) != SEED_BYTES:
         raise ValueError(f"mask seed must be {SEED_BYTES} bytes, got {len(seed)}")
-    if zeros is None:
+    if zeros is None or len(zeros) != nbytes:
         zeros = bytes(nbytes)
-    if nbytes <= _GCM_LIMIT:
-        return AESGCM(seed).encrypt(_NONCE, zeros, None)  # keystream, then a 16-byte tag
-    return Cipher(algorithms.AES(seed), _CTR).encryptor().update(zeros)
+    mode = _CTR if counter == FIRST_COUNTER else modes.CTR(counter)
+    return Cipher(algorithms.AES(seed), mode).encryptor().update(zeros)
 
 
 def expand(seed: bytes, length: int, dtype: np.dtype) -> np.ndarray:
     """Expand ``seed`` into ``length`` uniform ring elements of unsigned ``dtype``."""
     dt = np.dtype(dtype)
-    return np.frombuffer(_keystream(seed, length * dt.itemsize), dtype=dt, count=length)
+    return np.frombuffer(keystream(seed, length * dt.itemsize), dtype=dt, count=length)
 
 
 def accumulate_masks(
@@ -77,6 +79,6 @@ def accumulate_masks(
     zeros = bytes(nbytes)
     for seeds, op in ((plus, np.add), (minus, np.subtract)):
         for seed in seeds:
-            op(acc, np.frombuffer(_keystream(seed, nbytes, zeros), dtype=acc.dtype,
+            op(acc, np.frombuffer(keystream(seed, nbytes, zeros), dtype=acc.dtype,
                                   count=acc.size), out=acc)
     return acc

@@ -10,8 +10,9 @@ from fedcollab.secure.encoding import split_weighted_sum
 
 __all__ = ["STAGES", "SecureSumResult"]
 
-#: Stage names used as keys of the per-stage byte and time counters.
-STAGES: tuple[str, ...] = ("advertise", "share_keys", "masked_input", "unmask")
+#: Stage names used as keys of the per-stage byte and time counters
+#: (``consistency`` runs only with a malicious-server model).
+STAGES: tuple[str, ...] = ("advertise", "share_keys", "masked_input", "consistency", "unmask")
 
 
 @dataclass(frozen=True)

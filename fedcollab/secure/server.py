@@ -1,6 +1,7 @@
 """The server side of SecAgg / SecAgg+: routes messages, unmasks only the sum.
 
-Security assumptions (who sees what): the server is honest-but-curious. It sees
+What an honest server sees (participants do not rely on its honesty: see
+docs/threat-model.md and :mod:`fedcollab.secure.participant`). It sees
 public keys, sealed (AES-GCM) shares and seed tables it cannot open, masked vectors
 (uniform in the ring), and exactly the shares it needs: for each survivor the
 self-mask seed, for each dropped participant the recovery secret of *this round*.
@@ -14,7 +15,13 @@ participant missing from a dict has dropped; ``{}`` is fine when nobody is asked
     rosters = server.receive_advertisements({p: P[p].advertise_keys(r) for p in need})
     inbox = server.receive_key_shares({p: P[p].share_keys(r, rosters[p]) for p in rosters})
     req = server.receive_masked_inputs({p: P[p].masked_input(r, x[p], inbox[p]) for p in inbox})
+    # malicious-server model only (params.malicious): the consistency round
+    req = server.receive_consistency({p: P[p].confirm_survivors(r, req[p]) for p in req})
     result = server.receive_unmask_responses({p: P[p].unmask(r, req[p]) for p in req})
+
+The server here is the honest implementation; participants do not trust it. Each
+checks every request against its own state and parameters (see
+:mod:`fedcollab.secure.participant`) and refuses a lying one.
 
 A rejected message (malformed, replayed, wrong length, unknown peer, sender not in
 the round) is recorded in ``result.rejected`` and its sender treated as dropped; the
@@ -39,8 +46,8 @@ from fedcollab.secure.errors import (
 )
 from fedcollab.secure.graph import build_graph, threshold_for
 from fedcollab.secure.messages import (
-    SERVER, Advertise, KeyShares, Kind, MaskedInput, MaskRequest, PeerKeys, Reveal, Roster,
-    Sealed, UnmaskRequest, UnmaskResponse, pack, unpack,
+    SERVER, Advertise, Consistency, Confirmations, KeyShares, Kind, MaskedInput, MaskRequest,
+    PeerKeys, Reveal, Roster, Sealed, UnmaskRequest, UnmaskResponse, pack, unpack,
 )
 from fedcollab.secure.params import SecAggParams, validate_group_size
 from fedcollab.secure.prg import accumulate_masks
@@ -86,6 +93,7 @@ class SecureServer:
         self._known: dict[int, dict[int, tuple[bytes, bytes]]] = {}
         self._packages: dict[int, Package] = {}
         self._must_rotate: set[int] = set()
+        self._key_round: dict[int, int] = {}  # when each member last advertised keys
         self._last_round = -1
         self._round: RoundState | None = None
         self._probe = K.generate_private_key()  # only to test advertised keys
@@ -135,8 +143,10 @@ class SecureServer:
             self._graph_members = frozenset(members)
             self._packages.clear()
         amortise = self.params.amortise_keys
+        window = self.params.key_rotation_rounds
         advertisers = {u for u in members
-                       if not amortise or u not in self._keys or u in self._must_rotate}
+                       if not amortise or u not in self._keys or u in self._must_rotate
+                       or (window is not None and round_id - self._key_round[u] >= window)}
         self._round = RoundState(round_id, dim, members, advertisers)
         return frozenset(advertisers)
 
@@ -149,13 +159,14 @@ class SecureServer:
                 msg = unpack(data, Advertise, round_id=rs.round_id, sender=pid, recipient=SERVER)
                 for raw in {msg.c_pk, msg.s_pk}:  # loadable and usable (not low order)
                     K.agree(self._probe, raw)
-                fresh[pid] = PeerKeys(pid, msg.c_pk, msg.s_pk)
+                fresh[pid] = PeerKeys(pid, msg.c_pk, msg.s_pk, rs.round_id, msg.sig)
             except ProtocolError as exc:
                 rs.reject(pid, exc)
         for pid in sorted(rs.advertisers & rs.members - fresh.keys()):
             rs.exclude(pid, "sent no key advertisement", failed=True)
         for pid, k in fresh.items():
             self._keys[pid], self._known[pid] = k, {}
+            self._key_round[pid] = rs.round_id
             self._must_rotate.discard(pid)
             self._packages.pop(pid, None)
         rs.key_setup = set(fresh)
@@ -183,7 +194,7 @@ class SecureServer:
                 if amortise != bool(msg.seed_table):
                     raise MalformedMessageError(f"key shares of participant {pid}: seed table "
                                                 f"{'missing' if amortise else 'unexpected'}")
-                covered = {v: s for v, (_, s) in self._known[pid].items()}
+                covered = {v: self._known[pid][v][1] for v in rs.sharers[pid]}
                 rs.packages[pid] = Package(rs.round_id, covered, set(blobs), msg.seed_table,
                                             self._keys[pid].s_pk)
                 rs.key_blobs[pid] = blobs
@@ -216,7 +227,7 @@ class SecureServer:
             deliveries = tuple(Sealed(w, rs.key_blobs[w][u]) for w in partners
                                if w in rs.key_blobs and u in rs.key_blobs[w])
             rs.partners[u] = partners
-            rs.covered_next[u] = {v: s for v, (_, s) in self._known[u].items()}
+            rs.covered_next[u] = {v: self._known[u][v][1] for v in partners}
             out[u] = pack(MaskRequest(len(self._ids), rs.dim, self._t[u], partners,
                                       tuple(updates), deliveries),
                           round_id=rs.round_id, sender=SERVER, recipient=u)
@@ -254,8 +265,40 @@ class SecureServer:
         dangling = {u for u in rs.dropped if any(v in alive for v in rs.partners[u])}
         for u in sorted(dangling):
             self._require_shares(rs, u, "recovery secret", len(rs.packages[u].holders & alive))
+        rs.dangling = dangling
+        if self.params.malicious:  # first every survivor signs who survived
+            survivors = tuple(sorted(alive))
+            out = {v: pack(Consistency(survivors), round_id=rs.round_id, sender=SERVER,
+                           recipient=v) for v in survivors}
+            return rs.leave("masked_input", "consistency", t0, out)
+        return rs.leave("masked_input", "unmask", t0, self._unmask_requests(rs, alive, {}))
+
+    def receive_consistency(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
+        """Stage CONSISTENCY -> UNMASK_REQUEST (malicious-server model): collect each
+        survivor's confirmations of the survivor set and pass every survivor those
+        its partners addressed to it.
+
+        The server cannot check (or forge) them: each is an HMAC under a key only
+        the two partners hold, checked by the recipient before it reveals anything.
+        """
+        rs, t0 = self._enter_stage("consistency"), time.perf_counter()
+        tags: dict[int, dict[int, bytes]] = {}
+        for pid, data in rs.accept("consistency", messages, set(rs.inputs)):
+            try:
+                msg = unpack(data, Confirmations, round_id=rs.round_id, sender=pid,
+                             recipient=SERVER)
+                tags[pid] = addressed(msg.tags, set(rs.partners[pid]), 0, pid)
+            except ProtocolError as exc:
+                rs.reject(pid, exc)
+        return rs.leave("consistency", "unmask", t0, self._unmask_requests(rs, set(tags), tags))
+
+    def _unmask_requests(self, rs: RoundState, asked: set[int],
+                         tags: Mapping[int, Mapping[int, bytes]]) -> dict[int, bytes]:
+        """Each of ``asked`` (survivors): which shares to reveal, with the partners'
+        confirmations addressed to it."""
+        alive, dangling = set(rs.inputs), rs.dangling
         out: dict[int, bytes] = {}
-        for v in sorted(alive):
+        for v in sorted(asked):
             reveals = []
             for u in self._graph[v]:
                 if u in alive and v in rs.input_blobs[u]:
@@ -263,9 +306,11 @@ class SecureServer:
                 elif u in dangling and v in rs.packages[u].holders:
                     reveals.append(Reveal(u, Kind.RECOVERY, b""))
             rs.requested[v] = {x.peer: x.kind for x in reveals}
-            out[v] = pack(UnmaskRequest(tuple(reveals)), round_id=rs.round_id, sender=SERVER,
-                          recipient=v)
-        return rs.leave("masked_input", "unmask", t0, out)
+            signed = tuple(Sealed(w, tags[w][v]) for w in rs.partners[v]
+                           if w in tags and v in tags[w])
+            out[v] = pack(UnmaskRequest(tuple(reveals), signed), round_id=rs.round_id,
+                          sender=SERVER, recipient=v)
+        return out
 
     def receive_unmask_responses(self, messages: Mapping[int, bytes]) -> SecureSumResult:
         """Stage UNMASK: reconstruct the needed secrets, strip every mask, decode the sum.

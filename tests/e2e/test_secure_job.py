@@ -109,3 +109,41 @@ def test_secure_job_distributed_dp_with_adaptive_clipping_runs(ray_local: Any,
     assert all(e > 0 for e in epsilons) and epsilons == sorted(epsilons)
     assert result.metrics[-1]["clip_norm"] != result.metrics[0]["clip_norm"]  # adapted
     assert result.metrics[0]["secure"]["survivors"] == list(range(4, 12))
+
+
+@pytest.mark.parametrize("model", ["malicious", "honest_but_curious"])
+def test_secure_job_lying_server_is_refused_round_aborted_model_kept(
+        ray_local: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> None:
+    # Issue 11, attack 1 inside a real Ray job: in round 2 the (in-driver) server tells
+    # every holder that every participant but 4 dropped (honest-but-curious mode: too
+    # few alive) or, subtler, only that 5 dropped while the survivor set every
+    # participant confirmed says 5 survived (malicious mode: the consistency check).
+    # The workers' participants refuse; the round aborts with the reason and the
+    # model stays as it was.
+    lie_about = (lambda p: p == 5) if model == "malicious" else (lambda p: p != 4)
+    from fedcollab.secure.messages import SERVER, Kind, Reveal, UnmaskRequest, pack, unpack
+    from fedcollab.secure.server import SecureServer
+
+    honest = SecureServer._unmask_requests
+
+    def lying(self: SecureServer, rs: Any, asked: set[int], tags: Any) -> dict[int, bytes]:
+        out = honest(self, rs, asked, tags)
+        if rs.round_id != 2:
+            return out
+        for v, data in out.items():
+            msg = unpack(data, UnmaskRequest, round_id=2, sender=SERVER, recipient=v)
+            reveals = tuple(Reveal(r.peer, Kind.RECOVERY, b"") if lie_about(r.peer) else r
+                            for r in msg.reveals)
+            out[v] = pack(UnmaskRequest(reveals, msg.signatures), round_id=2, sender=SERVER,
+                          recipient=v)
+        return out
+
+    monkeypatch.setattr(SecureServer, "_unmask_requests", lying)
+    spec = mixed_spec(secure={"server": model})
+    result = run_job(spec, RunOptions(out_dir=tmp_path / model, quiet=True, release=False))
+    first, aborted, third = result.metrics
+    assert "aborted" in aborted and "refused" in aborted["aborted"]
+    expected = "InconsistentViewError" if model == "malicious" else "TooFewAliveError"
+    assert expected in aborted["aborted"]
+    assert aborted["accuracy"] == first["accuracy"] and aborted["loss"] == first["loss"]
+    assert "aborted" not in third and third["secure"]["survivors"] == list(range(4, 12))

@@ -6,6 +6,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from fedcollab.secure import SecAggParams, SecureParticipant, SecureServer
+from fedcollab.secure.driver import provision_identities
 from fedcollab.secure.encoding import FixedPointCodec
 
 FAST_PARAMS = dict(clip=4.0, scale_bits=20)
@@ -15,7 +16,18 @@ def make_group(n: int, params: SecAggParams, *, rng_seed: int = 0
                ) -> tuple[dict[int, SecureParticipant], SecureServer]:
     """``n`` participants with ids 0..n-1 and a server over them."""
     participants = {i: SecureParticipant(i, params) for i in range(n)}
+    provision_identities(participants)
     return participants, SecureServer(list(participants), params, rng_seed=rng_seed)
+
+
+def through_consistency(server: SecureServer, participants: Mapping[int, SecureParticipant],
+                        round_id: int, requests: Mapping[int, bytes]) -> dict[int, bytes]:
+    """After ``receive_masked_inputs``: run the consistency round if the model has one
+    (malicious server) and return the unmask requests."""
+    if not server.params.malicious:
+        return dict(requests)
+    return server.receive_consistency(
+        {p: participants[p].confirm_survivors(round_id, requests[p]) for p in requests})
 
 
 def make_vectors(ids: Sequence[int], dim: int, *, seed: int = 0, scale: float = 1.0

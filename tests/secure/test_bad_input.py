@@ -15,7 +15,7 @@ from fedcollab.secure.messages import (
 )
 from fedcollab.secure.shamir import PRIME
 
-from tests.secure._helpers import encoded_sum, make_group, make_vectors
+from tests.secure._helpers import encoded_sum, make_group, make_vectors, through_consistency
 
 N = 8
 Tamper = Callable[[bytes], bytes]
@@ -155,7 +155,7 @@ def test_bad_input_sender_not_in_round_rejected_round_completes() -> None:
     inbox = server.receive_key_shares({p: participants[p].share_keys(0, rosters[p]) for p in rosters})
     sent = {p: participants[p].masked_input(0, vectors[p], inbox[p]) for p in inbox}
     sent[6] = sent[0]  # a participant of the group, but not of this round
-    requests = server.receive_masked_inputs(sent)
+    requests = through_consistency(server, participants, 0, server.receive_masked_inputs(sent))
     result = server.receive_unmask_responses(
         {p: participants[p].unmask(0, requests[p]) for p in requests})
     assert "not in round 0" in result.rejected[6]

@@ -49,3 +49,16 @@ def test_driver_skipped_round_ids_reshare_without_new_keys() -> None:
 def test_bench_aggregation_cost_positive_seconds(protocol: str) -> None:
     seconds = aggregation_cost(8, 20, protocol, dropout=0.25, repeats=1)
     assert 0.0 < seconds < 5.0
+
+
+def test_bench_signature_cost_counts_setup_and_rounds() -> None:
+    from fedcollab.secure._bench import signature_cost
+
+    cost = signature_cost(16, 11, rotation_rounds=10, repeats=5)
+    assert cost["key_setup_ms"] >= cost["ed25519_sign_ms"] + 16 * cost["ed25519_verify_ms"] - 1e-9
+    assert 0.0 < cost["consistency_ms"] < cost["per_round_ms"]
+
+
+@pytest.mark.parametrize("server", ["honest_but_curious", "malicious"])
+def test_bench_aggregation_cost_for_each_server_model(server: str) -> None:
+    assert 0.0 < aggregation_cost(8, 20, "secaggplus", repeats=1, server=server) < 5.0

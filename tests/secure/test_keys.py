@@ -5,7 +5,9 @@ import os
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from fedcollab.secure import keys as K
 from fedcollab.secure import prg
@@ -75,26 +77,59 @@ def test_prg_plus_and_minus_masks_cancel_with_wraparound() -> None:
 
 
 def test_prg_known_answer_is_aes256_ctr_keystream() -> None:
-    # The first block is AES_k(0^96 || 2), computed here by the raw block cipher (ECB)
+    # The first block is AES_k(0^128), computed here by the raw block cipher (ECB)
     key = bytes(range(32))
     ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
     first_block = ecb.update(FIRST_COUNTER) + ecb.finalize()
+    assert FIRST_COUNTER == bytes(16)
     assert expand(key, 4, np.uint32).tobytes() == first_block
-    # and the whole stream is AES-256-CTR from that counter block
-    ctr = Cipher(algorithms.AES(key), modes.CTR(FIRST_COUNTER)).encryptor()
-    assert expand(key, 1001, np.uint64).tobytes() == ctr.update(bytes(8008))
+    # and the next block is AES_k(0^127 || 1): counter mode, big-endian increment
+    second = _ecb_block(key, (1).to_bytes(16, "big"))
+    assert expand(key, 8, np.uint32).tobytes()[16:] == second
 
 
-def test_prg_long_streams_take_the_cipher_path_with_the_same_keystream(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def _ecb_block(key: bytes, block: bytes) -> bytes:
+    enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    return enc.update(block) + enc.finalize()
+
+
+def test_prg_keystream_matches_nist_sp800_38a_ctr_aes256() -> None:
+    # NIST SP 800-38A, F.5.5 CTR-AES256.Encrypt, blocks 1 and 2
+    key = bytes.fromhex("603deb1015ca71be2b73aef0857d7781"
+                        "1f352c073b6108d72d9810a30914dff4")
+    counter = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+    plain = bytes.fromhex("6bc1bee22e409f96e93d7e117393172a"
+                          "ae2d8a571e03ac9c9eb76fac45af8e51")
+    cipher = bytes.fromhex("601ec313775789a5b7a7f504bbf3d228"
+                           "f443e3ca4d62b59aca84e990cacaf5c5")
+    stream = prg.keystream(key, 32, counter=counter)
+    assert bytes(p ^ s for p, s in zip(plain, stream)) == cipher
+
+
+def test_prg_masks_accumulate_the_same_keystream_as_expand() -> None:
     key = os.urandom(32)
-    short = expand(key, 999, np.uint32)
-    monkeypatch.setattr(prg, "_GCM_LIMIT", 64)
-    assert np.array_equal(expand(key, 999, np.uint32), short)
     acc = accumulate_masks(np.zeros(999, np.uint32), [key])
-    assert np.array_equal(acc, short)
+    assert np.array_equal(acc, expand(key, 999, np.uint32))
 
 
 def test_prg_bad_seed_length_rejected() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         expand(b"short", 4, np.uint32)
+
+
+def test_round_seed_is_hkdf_expand_with_round_and_pair_in_info() -> None:
+    import hashlib
+    import hmac
+    import struct
+
+    # RFC 5869 A.1: HKDF-Expand (SHA-256) from a given PRK
+    prk = bytes.fromhex("077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5")
+    okm = HKDFExpand(algorithm=hashes.SHA256(), length=42,
+                     info=bytes.fromhex("f0f1f2f3f4f5f6f7f8f9")).derive(prk)
+    assert okm.hex() == ("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c"
+                         "5db02d56ecc4c5bf34007208d5b887185865")
+    # a 32-byte seed is T(1) = HMAC(PRK, info || 0x01), info = label || round || pair
+    pair = os.urandom(32)
+    info = b"fedcollab/secagg/v1/mask-seed" + struct.pack(">QII", 7, 2, 5)
+    expected = hmac.new(pair, info + b"\x01", hashlib.sha256).digest()
+    assert K.round_seed(pair, 7, 5, 2) == expected == K.round_seed(pair, 7, 2, 5)

@@ -11,6 +11,7 @@ from fedcollab.secure.messages import (
 
 from tests.secure._helpers import (
     CHI2_255_P1E6, chi_square_two_samples, chi_square_uniform_bytes, make_group,
+    through_consistency,
 )
 
 DIM = 4000
@@ -63,7 +64,7 @@ def _stage_to_unmask(params: SecAggParams) -> tuple[dict, dict[int, bytes]]:
     vectors = {p: np.zeros(3) for p in participants}
     requests = server.receive_masked_inputs(
         {p: participants[p].masked_input(0, vectors[p], inbox[p]) for p in inbox})
-    return participants, requests
+    return participants, through_consistency(server, participants, 0, requests)
 
 
 def _self_reveal(request: bytes, holder: int) -> Reveal:
@@ -71,10 +72,16 @@ def _self_reveal(request: bytes, holder: int) -> Reveal:
     return msg.reveals[0]
 
 
+def _signatures(request: bytes, holder: int) -> tuple:
+    return unpack(request, UnmaskRequest, round_id=0, sender=SERVER,
+                  recipient=holder).signatures
+
+
 def test_privacy_participant_refuses_both_kinds_in_one_request() -> None:
     participants, requests = _stage_to_unmask(SecAggParams(protocol="secagg"))
     first = _self_reveal(requests[1], 1)
-    greedy = UnmaskRequest((first, Reveal(first.peer, Kind.RECOVERY, b"")))
+    greedy = UnmaskRequest((first, Reveal(first.peer, Kind.RECOVERY, b"")),
+                           _signatures(requests[1], 1))
     with pytest.raises(ShareRevealRefusedError, match="reveals only one"):
         participants[1].unmask(0, pack(greedy, round_id=0, sender=SERVER, recipient=1))
 
@@ -83,7 +90,7 @@ def test_privacy_participant_refuses_other_kind_in_later_request() -> None:
     participants, requests = _stage_to_unmask(SecAggParams(protocol="secagg"))
     first = _self_reveal(requests[1], 1)
     participants[1].unmask(0, requests[1])
-    later = UnmaskRequest((Reveal(first.peer, Kind.RECOVERY, b""),))
+    later = UnmaskRequest((Reveal(first.peer, Kind.RECOVERY, b""),), _signatures(requests[1], 1))
     with pytest.raises(ShareRevealRefusedError, match=f"participant {first.peer}"):
         participants[1].unmask(0, pack(later, round_id=0, sender=SERVER, recipient=1))
 
@@ -91,7 +98,8 @@ def test_privacy_participant_refuses_other_kind_in_later_request() -> None:
 def test_privacy_refusal_message_contains_no_share_bytes() -> None:
     participants, requests = _stage_to_unmask(SecAggParams(protocol="secagg"))
     first = _self_reveal(requests[2], 2)
-    greedy = UnmaskRequest((first, Reveal(first.peer, Kind.RECOVERY, b"")))
+    greedy = UnmaskRequest((first, Reveal(first.peer, Kind.RECOVERY, b"")),
+                           _signatures(requests[2], 2))
     with pytest.raises(ShareRevealRefusedError) as info:
         participants[2].unmask(0, pack(greedy, round_id=0, sender=SERVER, recipient=2))
     assert first.blob.hex()[:16] not in str(info.value)
