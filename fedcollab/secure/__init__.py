@@ -48,11 +48,27 @@ from __future__ import annotations
 from fedcollab.secure.driver import DROP_POINTS, provision_identities, run_secure_round
 from fedcollab.secure.encoding import FixedPointCodec, split_weighted_sum, weighted_vector
 from fedcollab.secure.errors import (
-    DecryptionError, EncodingError, GroupTooSmallError, InconsistentSharesError,
-    InconsistentViewError, MalformedMessageError, NotAPartnerError, NotEnoughSharesError,
-    ProtocolError, RoundAbortedError, SecAggConfigError, SecAggError, ServerDeviationError,
-    ShareRevealRefusedError, ShareVerificationError, SignatureError, StaleMessageError,
-    TooFewAliveError, TooFewSurvivorsError, UnknownParticipantError, UnmaskRefusedError,
+    DecryptionError,
+    EncodingError,
+    GroupTooSmallError,
+    InconsistentSharesError,
+    InconsistentViewError,
+    MalformedMessageError,
+    NotAPartnerError,
+    NotEnoughSharesError,
+    ProtocolError,
+    RoundAbortedError,
+    SecAggConfigError,
+    SecAggError,
+    ServerDeviationError,
+    ShareRevealRefusedError,
+    ShareVerificationError,
+    SignatureError,
+    StaleMessageError,
+    TooFewAliveError,
+    TooFewSurvivorsError,
+    UnknownParticipantError,
+    UnmaskRefusedError,
     UnsafeRosterError,
 )
 from fedcollab.secure.params import MIN_GROUP, SERVER_MODELS, SecAggParams, validate_group_size

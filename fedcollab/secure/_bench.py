@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
@@ -55,9 +56,9 @@ def aggregation_cost(
             unless it is shorter than ``repeats``).
     """
     params = SecAggParams(protocol=protocol, amortise_keys=amortise_keys, server=server,
-                          key_rotation_rounds=key_rotation_rounds,
-                          **({} if expected_dropout is None
-                             else {"expected_dropout": expected_dropout}))
+                          key_rotation_rounds=key_rotation_rounds)
+    if expected_dropout is not None:
+        params = dataclasses.replace(params, expected_dropout=expected_dropout)
     rng = np.random.default_rng(seed)
     vectors = {i: rng.uniform(-1.0, 1.0, dim) for i in range(n)}
     picker = random.Random(f"dropouts-{seed}")  # independent of the graph's shuffle

@@ -37,8 +37,8 @@ __all__ = ["FixedPointCodec", "weighted_vector", "split_weighted_sum", "RING_BIT
 
 #: Ring widths we use, narrowest first.
 RING_BITS: tuple[int, ...] = (32, 64)
-_UNSIGNED = {32: np.dtype(np.uint32), 64: np.dtype(np.uint64)}
-_SIGNED = {32: np.dtype(np.int32), 64: np.dtype(np.int64)}
+_UNSIGNED: dict[int, np.dtype] = {32: np.dtype(np.uint32), 64: np.dtype(np.uint64)}
+_SIGNED: dict[int, np.dtype] = {32: np.dtype(np.int32), 64: np.dtype(np.int64)}
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,31 @@ from typing import TypeVar, Union
 import numpy as np
 
 from fedcollab.secure._wire import (
-    Kind, PeerKeys, Reader, Reveal, RevealedShare, Sealed, ShareEntry, Stage, pack_blob,
-    pack_ids, pack_keys, pack_reveals, pack_revealed, pack_sealed, pack_seed_table,
-    pack_share_payload, read_ids, read_keys, read_reveals, read_revealed, read_sealed,
-    share_aad, table_aad, unpack_seed_table, unpack_share_payload,
+    Kind,
+    PeerKeys,
+    Reader,
+    Reveal,
+    RevealedShare,
+    Sealed,
+    ShareEntry,
+    Stage,
+    pack_blob,
+    pack_ids,
+    pack_keys,
+    pack_revealed,
+    pack_reveals,
+    pack_sealed,
+    pack_seed_table,
+    pack_share_payload,
+    read_ids,
+    read_keys,
+    read_revealed,
+    read_reveals,
+    read_sealed,
+    share_aad,
+    table_aad,
+    unpack_seed_table,
+    unpack_share_payload,
 )
 from fedcollab.secure.errors import MalformedMessageError, StaleMessageError
 

@@ -19,7 +19,8 @@ SERVER_MODELS = ("honest_but_curious", "malicious")
 MIN_GROUP = 3
 
 
-def validate_group_size(size: int, min_group: int = MIN_GROUP, *, what: str = "secure group") -> None:
+def validate_group_size(size: int, min_group: int = MIN_GROUP, *,
+                        what: str = "secure group") -> None:
     """Reject a secure group (or a set of summed inputs) smaller than ``min_group``.
 
     Raises:

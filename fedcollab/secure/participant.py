@@ -23,8 +23,8 @@ Amortised keys (default), and why they are safe:
    after the dropout protects only future rounds, not the past.
 2. Here ``s_u`` is never shared. Pairwise seeds are
    ``HKDF-Expand(pairwise key, info=round || pair)``. For each round ``r`` the
-   participant draws a fresh recovery key ``e_u^(r)``, seals the table of its round-``r`` seeds under it
-   (AES-GCM, stored by the server) and Shamir-shares ``e_u^(r)``. If ``u`` drops in
+   participant draws a fresh recovery key ``e_u^(r)``, seals the table of its
+   round-``r`` seeds under it (AES-GCM, stored by the server) and Shamir-shares ``e_u^(r)``. If ``u`` drops in
    round ``r`` the server learns exactly the round-``r`` seeds; HKDF is a PRF keyed by
    the never-revealed pairwise key, so they say nothing about any other round.
 3. The package for round ``r+1`` (seed table + shares of ``e_u^(r+1)``) rides with the
@@ -55,10 +55,9 @@ import logging
 import os
 import struct
 from dataclasses import dataclass, field
-
-import numpy as np
 from typing import Mapping
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -67,15 +66,43 @@ from fedcollab.secure import identity as ID
 from fedcollab.secure import keys as K
 from fedcollab.secure._wire import share_aad_prefix, share_payloads
 from fedcollab.secure.errors import (
-    DecryptionError, EncodingError, InconsistentViewError, MalformedMessageError,
-    NotAPartnerError, ProtocolError, SecAggConfigError, ShareRevealRefusedError, SignatureError,
-    TooFewAliveError, UnsafeRosterError,
+    DecryptionError,
+    EncodingError,
+    InconsistentViewError,
+    MalformedMessageError,
+    NotAPartnerError,
+    ProtocolError,
+    SecAggConfigError,
+    ShareRevealRefusedError,
+    SignatureError,
+    TooFewAliveError,
+    UnsafeRosterError,
 )
 from fedcollab.secure.graph import threshold_for
 from fedcollab.secure.messages import (
-    SERVER, Advertise, Consistency, Confirmations, KeyShares, Kind, MaskedInput, MaskRequest,
-    PeerKeys, RevealedShare, Roster, Sealed, ShareEntry, Stage, UnmaskRequest, UnmaskResponse,
-    pack, pack_body, pack_seed_table, share_aad, table_aad, unpack, unpack_share_payload,
+    SERVER,
+    Advertise,
+    Confirmations,
+    Consistency,
+    KeyShares,
+    Kind,
+    MaskedInput,
+    MaskRequest,
+    PeerKeys,
+    RevealedShare,
+    Roster,
+    Sealed,
+    ShareEntry,
+    Stage,
+    UnmaskRequest,
+    UnmaskResponse,
+    pack,
+    pack_body,
+    pack_seed_table,
+    share_aad,
+    table_aad,
+    unpack,
+    unpack_share_payload,
 )
 from fedcollab.secure.params import SecAggParams
 from fedcollab.secure.prg import accumulate_masks
@@ -336,11 +363,11 @@ class SecureParticipant:
         codec = self.params.codec(msg.group_size)
         ask = _Ask(round_id, partners, msg.threshold, msg.dim, codec.ring_bits)
         masked = codec.encode(x)
-        prep, self._ready = self._ready, None
-        self.last_input_precomputed = (prep is not None and prep.ask == ask
-                                       and prep.epoch == self._epoch)
-        if not self.last_input_precomputed:
-            prep = self._prepare(ask)  # nothing usable was prepared offline
+        ready, self._ready = self._ready, None
+        self.last_input_precomputed = (ready is not None and ready.ask == ask
+                                       and ready.epoch == self._epoch)
+        # nothing usable was prepared offline: compute it now
+        prep = ready if ready is not None and self.last_input_precomputed else self._prepare(ask)
         np.add(masked, prep.mask, out=masked)
         self._recovery_threshold = self._package_threshold
         if self.params.amortise_keys:

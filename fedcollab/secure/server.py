@@ -41,18 +41,42 @@ from fedcollab.secure import keys as K
 from fedcollab.secure._state import Package, RoundState, addressed
 from fedcollab.secure.encoding import FixedPointCodec
 from fedcollab.secure.errors import (
-    MalformedMessageError, NotEnoughSharesError, ProtocolError, RoundAbortedError,
-    InconsistentSharesError, SecAggConfigError, TooFewSurvivorsError, UnknownParticipantError,
+    InconsistentSharesError,
+    MalformedMessageError,
+    NotEnoughSharesError,
+    ProtocolError,
+    RoundAbortedError,
+    SecAggConfigError,
+    TooFewSurvivorsError,
+    UnknownParticipantError,
 )
 from fedcollab.secure.graph import build_graph, threshold_for
 from fedcollab.secure.messages import (
-    SERVER, Advertise, Consistency, Confirmations, KeyShares, Kind, MaskedInput, MaskRequest,
-    PeerKeys, Reveal, Roster, Sealed, UnmaskRequest, UnmaskResponse, pack, unpack,
+    SERVER,
+    Advertise,
+    Confirmations,
+    Consistency,
+    KeyShares,
+    Kind,
+    MaskedInput,
+    MaskRequest,
+    PeerKeys,
+    Reveal,
+    Roster,
+    Sealed,
+    UnmaskRequest,
+    UnmaskResponse,
+    pack,
+    unpack,
 )
 from fedcollab.secure.params import SecAggParams, validate_group_size
 from fedcollab.secure.prg import accumulate_masks
 from fedcollab.secure.recovery import (
-    mask_key_check, reconstruct, seed_table_check, seeds_from_mask_key, self_seed_check,
+    mask_key_check,
+    reconstruct,
+    seed_table_check,
+    seeds_from_mask_key,
+    self_seed_check,
     signed_seeds,
 )
 from fedcollab.secure.result import SecureSumResult
@@ -220,15 +244,15 @@ class SecureServer:
         rs.active = active
         out: dict[int, bytes] = {}
         for u in sorted(active):
-            partners = tuple(v for v in self._graph[u] if v in active)
+            mine = tuple(v for v in self._graph[u] if v in active)
             updates = [self._keys[v] for v in self._graph[u] if v in self._keys
                        and self._known[u].get(v) != (self._keys[v].c_pk, self._keys[v].s_pk)]
             self._remember(u, updates)
-            deliveries = tuple(Sealed(w, rs.key_blobs[w][u]) for w in partners
+            deliveries = tuple(Sealed(w, rs.key_blobs[w][u]) for w in mine
                                if w in rs.key_blobs and u in rs.key_blobs[w])
-            rs.partners[u] = partners
-            rs.covered_next[u] = {v: self._known[u][v][1] for v in partners}
-            out[u] = pack(MaskRequest(len(self._ids), rs.dim, self._t[u], partners,
+            rs.partners[u] = mine
+            rs.covered_next[u] = {v: self._known[u][v][1] for v in mine}
+            out[u] = pack(MaskRequest(len(self._ids), rs.dim, self._t[u], mine,
                                       tuple(updates), deliveries),
                           round_id=rs.round_id, sender=SERVER, recipient=u)
         return rs.leave("share_keys", "masked_input", t0, out)

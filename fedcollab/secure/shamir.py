@@ -82,7 +82,8 @@ def _random_elements(count: int, rng: random.Random | None) -> list[int]:
     out: list[int] = []
     while len(out) < count:
         need = count - len(out)
-        raw = rng.randbytes(SHARE_BYTES * need) if rng is not None else os.urandom(SHARE_BYTES * need)
+        size = SHARE_BYTES * need
+        raw = rng.randbytes(size) if rng is not None else os.urandom(size)
         for i in range(need):
             value = int.from_bytes(raw[i * SHARE_BYTES:(i + 1) * SHARE_BYTES], "big") & PRIME
             if value != PRIME:  # rejection keeps the distribution uniform on [0, p-1]
