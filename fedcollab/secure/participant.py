@@ -25,8 +25,9 @@ Amortised keys (default), and why they are safe:
    ``HKDF-Expand(pairwise key, info=round || pair)``. For each round ``r`` the
    participant draws a fresh recovery key ``e_u^(r)``, seals the table of its
    round-``r`` seeds under it (AES-GCM, stored by the server) and Shamir-shares
-   ``e_u^(r)``. If ``u`` drops in round ``r`` the server learns exactly the round-``r`` seeds; HKDF is a PRF keyed by
-   the never-revealed pairwise key, so they say nothing about any other round.
+   ``e_u^(r)``. If ``u`` drops in round ``r`` the server learns exactly the
+   round-``r`` seeds; HKDF is a PRF keyed by the never-revealed pairwise key, so they
+   say nothing about any other round.
 3. The package for round ``r+1`` (seed table + shares of ``e_u^(r+1)``) rides with the
    masked input of round ``r`` and reaches the holders with the round-``r`` unmask
    request: no extra round trip. The self-mask seed ``b_u^(r)`` is fresh every round
