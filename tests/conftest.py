@@ -11,6 +11,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
+@pytest.fixture(autouse=True)
+def _restore_ray_environment() -> Iterator[None]:
+    """Ray reads its address and token settings from the environment, and joining a
+    cluster sets some (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH): put them back after each
+    test so one test's (since deleted) token file cannot reach the next one's Ray."""
+    keys = [k for k in os.environ if k.startswith("RAY_")]
+    saved = {k: os.environ[k] for k in keys}
+    yield
+    for key in [k for k in os.environ if k.startswith("RAY_")]:
+        if key not in saved:
+            del os.environ[key]
+    os.environ.update(saved)
+
+
+def _fresh_ray_auth() -> None:
+    """Start the fixture's own Ray as an embedded run would: token auth with this
+    user's token, not a token file or in-process token cache an earlier test (which
+    joined a `ray start` cluster of its own) left behind."""
+    for key in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+        os.environ.pop(key, None)
+    os.environ.pop("RAY_AUTH_MODE", None)
+    from fedcollab.cluster import _send_token
+
+    _send_token()
+
+
 def _worker_env() -> dict[str, Any]:
     from fedcollab.cluster import worker_env
 
@@ -23,6 +49,7 @@ def ray_local() -> Iterator[Any]:
     import ray
 
     ray.shutdown()
+    _fresh_ray_auth()
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False, runtime_env=_worker_env())
     yield ray
@@ -39,6 +66,7 @@ def ray_cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
+    _fresh_ray_auth()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
                                                             "include_dashboard": False})
     cluster.add_node(num_cpus=1, resources={"vendor_site": 1})

@@ -59,11 +59,25 @@ def sybil_key_substitution(target_vector: np.ndarray, params: Any, *, group_size
         recovered=True with the relative error of what the server read, or False
         when the target's real code refused or the round aborted.
     """
+    import dataclasses
+
     from fedcollab.secure import SecAggError, SecureParticipant, run_secure_round
+    from fedcollab.secure.driver import provision_identities
 
     target = 0
     pids = list(range(group_size))
+    params = dataclasses.replace(params, server=server_model)
     participants = {p: SecureParticipant(p, params) for p in pids}
+    if params.malicious:
+        # Setup, not the server, provisions identities: the real members' keys are in
+        # the registry the target holds. The server's sybils know the registry but not
+        # the identity keys behind it, so their adverts cannot carry a valid signature.
+        genuine = {p: SecureParticipant(p, params) for p in pids if p != target}
+        genuine[target] = participants[target]
+        provision_identities(genuine)
+        for p in pids:
+            if p != target:
+                participants[p]._registry = participants[target]._registry
     vectors = {p: np.zeros_like(target_vector) for p in pids}
     vectors[target] = np.asarray(target_vector, np.float64)
     try:
