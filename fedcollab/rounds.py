@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from fedcollab.secure_round import SecureCoordinator, SecurePhases
     from fedcollab.spec import JobSpec
 
-__all__ = ["RoundRecord", "RoundLoop"]
+__all__ = ["RoundRecord", "RoundLoop", "update_sha256"]
 
 Evaluate = Callable[[Weights], tuple[float, float]]
 
@@ -126,7 +126,8 @@ class RoundRecord:
                    placement=line.get("placement"))
 
 
-def _sha256(delta: Sequence[Optional[np.ndarray]]) -> str:
+def update_sha256(delta: Sequence[Optional[np.ndarray]]) -> str:
+    """sha256 over an update's shared arrays, as ``metrics.jsonl`` logs it."""
     digest = hashlib.sha256()
     for array in delta:
         if array is not None:
@@ -232,7 +233,7 @@ class RoundLoop:
         self.rejected_total += len(step.rejected)
         privacy = None
         rejected = {str(k): v for k, v in sorted(step.rejected.items())}
-        hashes = {str(u.pid): _sha256(u.delta) for u in out.updates}
+        hashes = {str(u.pid): update_sha256(u.delta) for u in out.updates}
         if dp.on:
             bits = {u.pid: bool(u.clip_bit) for u in out.updates}
             privacy = dp.account([bits[p] for p in step.accepted], participants=len(chosen),

@@ -9,7 +9,6 @@ reported as ``replay_verified``). DP noise comes from fresh entropy in both.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from fedcollab.grading.differencing import DifferencingResult, vendor_by_differencing
 from fedcollab.grading.inversion import invert_per_neuron, invert_single, psnr
+from fedcollab.rounds import update_sha256
 
 __all__ = ["RoundView", "replay_round", "inversion_on_view", "differencing_on_view",
            "federated_evaluation", "held_out_for"]
@@ -44,14 +44,6 @@ class RoundView:
                  np.asarray(d, np.float64).ravel() * self.weights[pid]
                  for d, s in zip(source[pid], shapes)]
         return np.concatenate(parts)
-
-
-def _sha256(delta: Sequence[Optional[np.ndarray]]) -> str:
-    digest = hashlib.sha256()
-    for array in delta:
-        if array is not None:
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
 
 
 def replay_round(spec: Any, trainer: Any, global_weights: Sequence[np.ndarray],
@@ -94,7 +86,7 @@ def replay_round(spec: Any, trainer: Any, global_weights: Sequence[np.ndarray],
         clean[p.pid] = plain
         weights[p.pid] = 1.0 if dp else float(len(x))
         if logged is not None and p.sharing == "open" and not dp and str(p.pid) in logged:
-            matches.append(logged[str(p.pid)] == _sha256(delta))
+            matches.append(logged[str(p.pid)] == update_sha256(delta))
     return RoundView(deltas, clean, weights, [p.pid for p in people if p.sharing == "open"],
                      [p.pid for p in people if p.sharing == "secure"],
                      [p.pid for p in people if p.role == "vendor"], dp,
