@@ -155,6 +155,9 @@ def plot_pngs(card: Scorecard) -> dict[str, bytes]:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for name, accs in card.curves.get("accuracy", {}).items():
         ax.plot(range(1, len(accs) + 1), accs, marker=".", label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy per round")
