@@ -117,7 +117,13 @@ class Simulation:
             delta = central_dp_mean(updates, noise_multiplier=defence.dp_z, clip_norm=bound,
                                     rng=rng)
         else:
-            delta = aggregate(defence.rule, updates, counts, **dict(defence.options))
+            from fedcollab.aggregation import NotEnoughUpdatesError
+
+            try:
+                delta = aggregate(defence.rule, updates, counts, **dict(defence.options))
+            except NotEnoughUpdatesError:
+                # as in a real job: too few updates for the rule skips the round
+                return list(weights)
         return [(w + np.asarray(d, dtype=np.float64)).astype(w.dtype)
                 for w, d in zip(weights, delta)]
 
