@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from fedcollab.cluster import (
     AUTH_MODE_ENV,
@@ -84,6 +84,21 @@ def _side_ports(head: bool) -> list[str]:
         args += ["--ray-client-server-port", str(_free_port())]
     return args
 
+
+
+def _node_flags(node_ip: Optional[str], args: argparse.Namespace,
+                custom: Mapping[str, float]) -> list[str]:
+    """What a node offers, as `ray start` flags (head and worker alike)."""
+    flags: list[str] = []
+    if node_ip:
+        flags += ["--node-ip-address", node_ip]
+    if args.num_cpus:
+        flags += ["--num-cpus", str(args.num_cpus)]
+    if args.gpus is not None:
+        flags += ["--num-gpus", f"{args.gpus:g}"]
+    if custom:
+        flags += ["--resources", json.dumps(custom)]
+    return flags
 
 def _offers(args: argparse.Namespace) -> dict[str, float]:
     custom: dict[str, float] = {}
@@ -186,14 +201,7 @@ def cmd_head(args: argparse.Namespace) -> int:
            "--temp-dir", str(temp_dir), "--disable-usage-stats",
            f"--include-dashboard={'true' if args.dashboard else 'false'}",
            "--dashboard-port", str(dashboard_port), *_side_ports(head=True)]
-    if args.node_ip_address:
-        cmd += ["--node-ip-address", args.node_ip_address]
-    if args.num_cpus:
-        cmd += ["--num-cpus", str(args.num_cpus)]
-    if args.gpus is not None:
-        cmd += ["--num-gpus", f"{args.gpus:g}"]
-    if custom:
-        cmd += ["--resources", json.dumps(custom)]
+    cmd += _node_flags(args.node_ip_address, args, custom)
     output, entry = _start(cmd, _env(), temp_dir, "head", state, extra)
     found = re.search(r"--address='([^']+)'", output)
     address = found.group(1) if found else f"{args.node_ip_address or '?'}:{args.port}"
@@ -226,14 +234,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     temp_dir = Path(args.temp_dir or tempfile.mkdtemp(prefix="fedcollab-ray-", dir="/tmp"))
     cmd = [*_ray_start(), "--address", head, "--temp-dir", str(temp_dir),
            "--disable-usage-stats", *_side_ports(head=False)]
-    if node_ip:
-        cmd += ["--node-ip-address", node_ip]
-    if args.num_cpus:
-        cmd += ["--num-cpus", str(args.num_cpus)]
-    if args.gpus is not None:
-        cmd += ["--num-gpus", f"{args.gpus:g}"]
-    if custom:
-        cmd += ["--resources", json.dumps(custom)]
+    cmd += _node_flags(node_ip, args, custom)
     env = _env()
     if token is None:
         env.pop(AUTH_MODE_ENV)  # the head has token authentication off

@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from fedcollab.roster import ParticipantInfo
 
-__all__ = ["SecureCoordinator", "SecurePhases", "secagg_params", "secure_params",
+__all__ = ["SecureCoordinator", "SecurePhases", "secagg_params",
            "provision_identities"]
 
 
@@ -54,7 +54,6 @@ def secagg_params(spec: Any) -> Any:
 
 
 #: Alias of :func:`secagg_params` (kept for callers written before the refactor).
-secure_params = secagg_params
 
 
 def provision_identities(workers: Sequence[Any], hosted: Sequence[Sequence[int]], ray: Any,
