@@ -18,8 +18,8 @@ from fedcollab.types import ParticipantId
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
 
-__all__ = ["ParticipantInfo", "roster", "sample_participants", "Sampler", "ROLES", "SHARING",
-           "group_sample_sizes", "group_sampling_rates"]
+__all__ = ["ParticipantInfo", "roster", "sample_participants", "poisson_sample", "Sampler",
+           "ROLES", "SHARING", "group_sample_sizes", "group_sampling_rates"]
 
 #: Who a group is (``role``): open community contributors, or the vendor's sites.
 ROLES = ("community", "vendor")
@@ -90,10 +90,34 @@ def sample_participants(people: Sequence[ParticipantInfo], spec: JobSpec, round_
     return sorted(chosen)
 
 
-class Sampler:
-    """Chooses each round's participants (see :func:`sample_participants`).
+def poisson_sample(people: Sequence[ParticipantInfo], spec: JobSpec,
+                   rng: np.random.Generator) -> list[int]:
+    """Poisson sampling: each participant takes part independently with its group's rate.
 
-    ``secret``: draw from OS entropy, never from the (published) job seed (DP jobs).
+    This is the sampling DP accounting composes (``PoissonSampledDpEvent`` at the
+    group's :func:`group_sampling_rates` rate), so the epsilon is the one spent. A secure
+    group whose draw falls below ``secure.min_group`` sits the round out (a smaller sum
+    is no secret); that choice depends on the draw alone, never on data, so it only
+    lowers the group's exposure. A round can sample nobody (the loop skips it).
+    """
+    rates = group_sampling_rates(spec)
+    chosen: list[int] = []
+    for g, group in enumerate(spec.participants):
+        members = [p.pid for p in people if p.group == g]
+        draw = rng.random(len(members))
+        picked = [pid for pid, u in zip(members, draw) if u < rates[group.name]]
+        if group.sharing == "secure" and len(picked) < min(group.count, spec.secure.min_group):
+            picked = []
+        chosen.extend(picked)
+    return sorted(chosen)
+
+
+class Sampler:
+    """Chooses each round's participants.
+
+    Without DP: :func:`sample_participants`, a function of (seed, round), so a resumed
+    job samples as an uninterrupted one. ``secret`` (DP jobs): :func:`poisson_sample`
+    from OS entropy, never from the published job seed.
     """
 
     def __init__(self, spec: JobSpec, people: Sequence[ParticipantInfo], *,
@@ -103,5 +127,6 @@ class Sampler:
         self.secret = secret
 
     def sample(self, round_id: int) -> list[int]:
-        rng = fresh_rng() if self.secret else None
-        return sample_participants(self.people, self.spec, round_id, rng)
+        if self.secret:
+            return poisson_sample(self.people, self.spec, fresh_rng())
+        return sample_participants(self.people, self.spec, round_id)

@@ -12,6 +12,7 @@ frozen :class:`RoundRecord`.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,18 @@ def _nbytes(delta: Sequence[Optional[np.ndarray]]) -> int:
     return int(sum(a.nbytes for a in delta if a is not None))
 
 
+def saturation_bound(clip: float, clip_norm: float, member_std: float) -> float:
+    """Upper bound on the share of coordinates a secure member's encoding saturates
+    under distributed DP: a coordinate of a clipped update is at most C, so it leaves
+    ``[-clip, clip]`` only if the member's noise exceeds ``clip - C``."""
+    room = clip - clip_norm
+    if room <= 0:
+        return 1.0
+    if member_std <= 0:
+        return 0.0
+    return math.erfc(room / (member_std * math.sqrt(2.0)))
+
+
 def _secure_log(result: Any, phases: SecurePhases, out: RoundOutput) -> dict[str, Any]:
     """What metrics.jsonl records of a secure round (no keys, shares or values)."""
     rejected = {str(k): v for k, v in sorted(result.rejected.items())}
@@ -203,6 +216,10 @@ class RoundLoop:
         replaced = tuple(self.pool.heal()) if self.pool.suspect else ()
         t0 = time.perf_counter()
         chosen = self.sampler.sample(r)
+        if not chosen:  # Poisson sampling (DP) can draw nobody: the round still counts
+            record = self._nobody_sampled(r, t0, replaced)
+            self.callbacks.on_round_end(record)
+            return record
         config = self.configure(chosen)
         phases = SecurePhases()
         secure_members = [p for p in chosen if self.people[p].sharing == "secure"]
@@ -269,14 +286,16 @@ class RoundLoop:
         secure = sum(1 for p in chosen if self.people[p].sharing == "secure")
         count_noise = dp.count_noise_std(len(chosen)) if dp.mode == "distributed" else 0.0
         return RoundConfig(dp.mode, dp.clip_norm, dp.noise_multiplier, max(secure, 1),
-                           1.0 if dp.on else self.weight_scale, dp.adaptive, count_noise)
+                           1.0 if dp.on else self.weight_scale, dp.adaptive, count_noise,
+                           secure_clip=0.0 if dp.on else self.spec.secure.clip)
 
     # ------------------------------------------------------------------ secure parts
     def _secure_prepare(self, r: int, members: Sequence[int], config: RoundConfig,
                         phases: SecurePhases) -> Mapping[int, bytes]:
         if not members or self.secure is None:
             return {}
-        dim = secure_dim(self.shapes, clip_bit=config.clip_bit)
+        dim = secure_dim(self.shapes, clip_bit=config.clip_bit,
+                         saturation=config.secure_clip > 0)
         return self.secure.prepare(r, members, dim, phases, self._on_phase)
 
     def _on_phase(self, phase: str, round_id: int, workers: Sequence[Any]) -> None:
@@ -290,11 +309,20 @@ class RoundLoop:
             return None, None, None, 0
         result = self.secure.finish(r, out.masked, phases, last=r == self.spec.rounds)
         log = _secure_log(result, phases, out)
-        arrays, counts, bits = split_secure_sum(result.total, self.shapes,
-                                                scale=config.weight_scale,
-                                                clip_bit=config.clip_bit)
-        log["weight_sum"] = max(counts)  # survivors' samples (a sum)
-        return SecureSum(arrays, counts), log, bits, len(result.survivors)
+        parts = split_secure_sum(result.total, self.shapes, scale=config.weight_scale,
+                                 clip_bit=config.clip_bit, saturation=config.secure_clip > 0)
+        log["weight_sum"] = max(parts.counts)  # survivors' samples (a sum)
+        survivors = len(result.survivors)
+        if parts.saturated is not None:
+            # measured: the survivors' mean share of coordinates the encoding clamped
+            log["saturation"] = max(parts.saturated, 0.0) / max(survivors, 1)
+        elif self.dp.mode == "distributed":
+            # under DP no member reports it (it depends on data): the bound from public
+            # parameters, P(|N(0, (zC)^2/m)| > clip - C), per coordinate
+            log["saturation_bound"] = saturation_bound(
+                self.spec.secure.clip, config.clip_norm,
+                config.noise_multiplier * config.clip_norm / np.sqrt(config.noisy_participants))
+        return SecureSum(parts.arrays, parts.counts), log, parts.bits, survivors
 
     def _aborted(self, r: int, participants: int, reason: str, t0: float,
                  phases: SecurePhases, replaced: tuple[int, ...]) -> RoundRecord:
@@ -307,6 +335,14 @@ class RoundLoop:
                            seconds=time.perf_counter() - t0,
                            train_seconds=phases.seconds.get("train", 0.0),
                            phase_seconds=dict(phases.seconds), workers_replaced=replaced,
+                           privacy=self.dp.account_aborted() if self.dp.on else None)
+
+    def _nobody_sampled(self, r: int, t0: float, replaced: tuple[int, ...]) -> RoundRecord:
+        loss, acc = self.evaluate(self.weights)
+        return RoundRecord(round=r, participants=0, loss=loss,
+                           accuracy=acc if self.classification else None,
+                           skipped="nobody sampled", seconds=time.perf_counter() - t0,
+                           workers_replaced=replaced,
                            privacy=self.dp.account_aborted() if self.dp.on else None)
 
     # ------------------------------------------------------------------ checkpoints

@@ -133,6 +133,21 @@ def test_round_config_carries_dp_settings_under_dp() -> None:
     assert record.privacy is not None and record.privacy["epsilon"] > 0
 
 
+def test_a_dp_round_that_samples_nobody_is_skipped_and_accounted() -> None:
+    spec = _spec(fraction=0.25, participants=[{"name": "c", "count": 4}],
+                 privacy={"dp": {"mode": "central", "noise_multiplier": 1.0}})
+    pool = FakePool({0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0})
+    loop = _loop(spec, pool, Recorder())
+    loop.sampler.sample = lambda r: []  # type: ignore[method-assign]  # P = 0.75^4
+
+    record = loop.run_round(1)
+
+    assert record.skipped == "nobody sampled" and record.participants == 0
+    assert pool.configs == []  # nobody trained
+    assert record.privacy is not None and record.privacy["epsilon"] > 0
+    assert loop.dp.ledger.rounds == 1
+
+
 def test_round_record_json_round_trips() -> None:
     record = RoundRecord(round=3, participants=5, loss=0.25, accuracy=0.9, trained=5,
                          accepted=5, dropped=(1,), rejected={"2": "norm: too big"},

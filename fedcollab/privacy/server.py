@@ -8,14 +8,17 @@ continues with the same ledger and clip norm.
 
 What is composed is what happened, for the most exposed participant:
 
-* the sampling rate is the largest true per-group rate (a secure group raised to
-  ``min_group`` may take part every round whatever ``fraction`` says);
+* participants are Poisson-sampled (:func:`fedcollab.roster.poisson_sample`) at their
+  group's true rate, the event the accountant composes; the rate fed to it is the
+  largest group rate (a secure group raised to ``min_group`` may take part every
+  round whatever ``fraction`` says);
 * a secure sum whose members dropped carries only ``survivors / sampled`` of the
   distributed noise variance: that round is recorded with the smaller multiplier;
 * adaptive clipping's noisy count of clipped updates is a second Gaussian query on
   the same data (0/1 bits, sensitivity 1): the round is recorded with the multiplier
   of the two together, ``(z^-2 + sigma_b^-2)^(-1/2)``;
-* aborted rounds are recorded too (their updates were computed and, if open, seen).
+* aborted rounds are recorded too (their updates were computed and, if open, seen),
+  and so are rounds that sampled nobody (the Poisson event composes every round).
 """
 from __future__ import annotations
 
@@ -145,7 +148,7 @@ class DpServer:
         return out
 
     def account_aborted(self) -> dict[str, Any]:
-        """An aborted round still used everyone's data: record it at the plain rate."""
+        """An aborted round (or one that sampled nobody): record it at the plain rate."""
         self.ledger = self.ledger.record(noise_multiplier=self.noise_multiplier,
                                          sampling_rate=self.sampling_rate)
         return {"epsilon": self.epsilon, "delta": self.spec.delta,

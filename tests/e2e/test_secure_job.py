@@ -69,6 +69,8 @@ def test_secure_job_matches_open_job_within_quantisation(ray_local: Any, tmp_pat
     # participant masked with precomputed masks (and the sums above are still exact)
     assert line["secure"]["precomputed"] == 0
     assert [m["secure"]["precomputed"] for m in secure.metrics[1:]] == [8, 8]
+    # the fixed-point range held every coordinate (the share is summed inside the sum)
+    assert [m["secure"]["saturation"] for m in secure.metrics] == [0.0, 0.0, 0.0]
 
 
 def test_secure_job_worker_killed_after_share_keys_sums_survivors(ray_local: Any,
@@ -109,6 +111,9 @@ def test_secure_job_distributed_dp_with_adaptive_clipping_runs(ray_local: Any,
     assert all(e > 0 for e in epsilons) and epsilons == sorted(epsilons)
     assert result.metrics[-1]["clip_norm"] != result.metrics[0]["clip_norm"]  # adapted
     assert result.metrics[0]["secure"]["survivors"] == list(range(4, 12))
+    # under DP no member reports its saturation; the bound from public parameters does
+    bounds = [m["secure"]["saturation_bound"] for m in result.metrics]
+    assert all(0 <= b < 1e-6 for b in bounds) and "saturation" not in result.metrics[0]["secure"]
 
 
 @pytest.mark.parametrize("model", ["malicious", "honest_but_curious"])

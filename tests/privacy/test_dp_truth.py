@@ -116,3 +116,63 @@ def test_secure_clip_too_small_for_the_noise_is_refused() -> None:
 def test_secure_vector_layout_unchanged_by_dp_helpers() -> None:
     vector = secure_vector([np.ones(2)], [(2,)], 1.0, clip_bit=True)
     assert vector.tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_dp_sampling_is_poisson_at_the_accounted_group_rates() -> None:
+    """The accountant composes PoissonSampledDpEvent(q): each participant is drawn
+    independently with its group's rate, so sample sizes vary round to round."""
+    from fedcollab.roster import Sampler, roster
+
+    spec = _spec(participants=[{"name": "community", "count": 40},
+                               {"name": "vendor", "role": "vendor", "count": 12,
+                                "sharing": "secure", "data_fraction": 0.25}],
+                 fraction=0.25)
+    people = roster(spec)
+    sampler = Sampler(spec, people, secret=True)
+    draws = 2000
+    hits = np.zeros(len(people))
+    sizes = set()
+    for r in range(draws):
+        chosen = sampler.sample(r)
+        hits[chosen] += 1
+        sizes.add(sum(1 for p in chosen if people[p].group == 0))
+    community = hits[:40] / draws
+    # every community member at rate 0.25 (binomial std over 2000 draws ~ 0.01)
+    assert np.all(np.abs(community - 0.25) < 0.05)
+    assert abs(community.mean() - 0.25) < 0.01
+    assert len(sizes) > 5  # not a fixed-size sample
+    # the vendor (rate 0.25, min_group 3) sits out when its draw is below 3, so its
+    # members take part at most at the accounted rate
+    vendor = hits[40:] / draws
+    assert np.all(vendor <= 0.25 + 0.05)
+
+
+def test_secure_group_below_min_group_sits_out_and_empty_rounds_are_accounted() -> None:
+    from fedcollab.roster import poisson_sample, roster
+
+    spec = _spec(participants=[{"name": "community", "count": 2},
+                               {"name": "vendor", "role": "vendor", "count": 6,
+                                "sharing": "secure", "data_fraction": 0.25}],
+                 fraction=0.5)
+    people = roster(spec)
+    rng = np.random.default_rng(3)
+    for _ in range(500):
+        chosen = poisson_sample(people, spec, rng)
+        secure = [p for p in chosen if people[p].sharing == "secure"]
+        assert secure == [] or len(secure) >= spec.secure.min_group
+    server = DpServer(spec.privacy.dp, sampling_rate=0.5, rounds=2)
+    server.account_aborted()  # a round that drew nobody still composes its event
+    expected = epsilon(noise_multiplier=1.0, sampling_rate=0.5, rounds=1, delta=1e-5)
+    assert server.epsilon == pytest.approx(expected, rel=1e-9)
+
+
+def test_saturation_bound_matches_the_gaussian_tail() -> None:
+    from fedcollab.rounds import saturation_bound
+
+    # room clip - C = 2 std: P(|N| > 2 std) = 0.0455
+    assert saturation_bound(3.0, 1.0, 1.0) == pytest.approx(0.0455, abs=1e-4)
+    assert saturation_bound(1.0, 1.0, 1.0) == 1.0
+    assert saturation_bound(8.0, 1.0, 0.0) == 0.0
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1.0, 1.0, 200_000) + rng.normal(0.0, 1.0, 200_000)
+    assert np.mean(np.abs(x) > 3.0) <= saturation_bound(3.0, 1.0, 1.0)
