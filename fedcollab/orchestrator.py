@@ -113,12 +113,12 @@ class _Driver:
 
     @classmethod
     def build(cls, spec: JobSpec) -> _Driver:
-        from fedcollab.data import load_dataset, participant_indices
+        from fedcollab.data import load_federation
         from fedcollab.models import build_model
         from fedcollab.training import LocalTrainer, configure_tensorflow
 
         configure_tensorflow(threads=1, deterministic=True)
-        data = load_dataset(spec.task, seed=spec.seed)
+        data = load_federation(spec)
         classification = data.num_classes > 0
         name = spec.task.model
         try:
@@ -146,7 +146,7 @@ class _Driver:
                             f"{_first_line(err)}") from None
         # Secure weights are n_i / weight_scale so they fit the fixed-point range; the
         # server only needs this public bound on a participant's dataset size.
-        scale = float(max(len(i) for i in participant_indices(spec, data.y_train)))
+        scale = float(data.max_samples())
         return cls(model, evaluator, data.x_test, data.y_test, classification, weights, scale)
 
     def evaluate(self, weights: Weights) -> tuple[float, float]:
@@ -325,7 +325,7 @@ class _Job:
         self.wall0 = wall0
         self.phases = phases if phases is not None else {}
         self.out = plan.path.resolve()
-        self.people: list[ParticipantInfo] = roster(spec)
+        self.people: Sequence[ParticipantInfo] = roster(spec)
         self.driver = driver
         committed = _read_committed(self.out) if plan.resume else None
         if plan.resume and committed is None:
@@ -354,7 +354,7 @@ class _Job:
                                resume_round=committed.round if committed else 0)
         self.phases["workers_ready"] = time.perf_counter() - t
         secure = None
-        if any(p.sharing == "secure" for p in self.people):
+        if any(g.sharing == "secure" for g in spec.participants):
             from fedcollab.secure_round import SecureCoordinator
 
             secure = SecureCoordinator(spec, self.people, self.pool)

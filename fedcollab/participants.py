@@ -12,6 +12,7 @@ worker trains, calls it, and masks secure vectors.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -67,42 +68,62 @@ class ParticipantWorker:
         from fedcollab.training import configure_tensorflow
 
         configure_tensorflow(threads=1, deterministic=True)
-        from fedcollab.data import load_dataset, participant_indices
-        from fedcollab.models import build_model, private_weight_indices
+        from fedcollab.data import load_federation
+        from fedcollab.models import build_model
         from fedcollab.spec import spec_from_dict
         from fedcollab.training import LocalTrainer
 
         self.spec = spec_from_dict(config.spec)
         self.worker_index = config.worker_index
         self.out_dir = Path(config.out_dir)
-        data = load_dataset(self.spec.task, seed=self.spec.seed)
-        self.x_test, self.y_test = data.x_test, data.y_test
-        indices = participant_indices(self.spec, data.y_train)
-        model = build_model(self.spec.task.model, input_shape=data.input_shape,
-                            num_classes=data.num_classes, seed=self.spec.seed)
-        self.shapes = [tuple(w.shape) for w in model.weights]
+        self.data = load_federation(self.spec)
+        self.x_test, self.y_test = self.data.x_test, self.data.y_test
+        self.model = build_model(self.spec.task.model, input_shape=self.data.input_shape,
+                                 num_classes=self.data.num_classes, seed=self.spec.seed)
+        self.shapes = [tuple(w.shape) for w in self.model.weights]
         local = self.spec.local
-        self.trainer = LocalTrainer(model, classification=data.num_classes > 0,
+        self.trainer = LocalTrainer(self.model, classification=self.data.num_classes > 0,
                                     optimizer=local.optimizer, learning_rate=local.learning_rate,
                                     batch_size=local.batch_size, epochs=local.epochs,
                                     proximal_mu=local.proximal_mu)
-        people = roster(self.spec)
+        self.people = roster(self.spec)
+        self.hosted = frozenset(config.pids)
+        self.pids = tuple(config.pids)
+        self.sorted_pids = sorted(self.pids)
+        # Participants are materialised when first sampled. Those with state that must
+        # outlive a round (private layers) are kept; the others are kept only while
+        # few, so a worker hosting 50,000 registered participants holds only the
+        # ones that take part.
         self.participants: dict[int, _Participant] = {}
-        for pid in config.pids:
-            info = people[pid]
-            idx = indices[pid]
-            private = private_weight_indices(
-                model, info.private_layers,
-                where=f"participants.{info.group}.private_layers") if info.private_layers else []
-            self.participants[pid] = _Participant(info, data.x_train[idx], data.y_train[idx],
-                                                  private)
+        for g, group in enumerate(self.spec.participants):
+            if group.private_layers:
+                for pid in self.people.group_range(g):
+                    if pid in self.hosted:
+                        self._participant(pid)
         if config.resume_round:
             self._load_private(config.resume_round)
-        self.trainer.warm_up(data.x_train, data.y_train)  # trace now, not in round 1
+        self.trainer.warm_up(*self.data.warm_up_data())  # trace now, not in round 1
         self._secure: dict[int, Any] = {}
-        for pid, part in self.participants.items():
-            if part.info.sharing == "secure":  # load the protocol now, not in round 1
-                self._secure_participant(pid)
+        self._registry: Optional[Mapping[int, Any]] = None  # parsed identity keys
+        secure = [pid for pid in self.people.pids_where(sharing="secure") if pid in self.hosted]
+        for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
+            self._secure_participant(pid)
+
+    def _participant(self, pid: int) -> _Participant:
+        part = self.participants.get(pid)
+        if part is not None:
+            return part
+        from fedcollab.models import private_weight_indices
+
+        info = self.people[pid]
+        private = private_weight_indices(
+            self.model, info.private_layers,
+            where=f"participants.{info.group}.private_layers") if info.private_layers else []
+        x, y = self.data.data(pid)
+        part = _Participant(info, x, y, private)
+        if private or len(self.participants) < _KEEP:
+            self.participants[pid] = part
+        return part
 
     # ----------------------------------------------------------------- info
     def ready(self) -> dict[str, Any]:
@@ -110,13 +131,14 @@ class ParticipantWorker:
         from fedcollab.cluster import device_info
 
         return {"worker": self.worker_index, **device_info(), "pid": os.getpid(),
-                "participants": sorted(self.participants),
-                "roles": sorted({p.info.role for p in self.participants.values()})}
+                "participants": self.sorted_pids,
+                "roles": sorted({group.role for g, group in enumerate(self.spec.participants)
+                                 if _hosts_any(self.sorted_pids, self.people.group_range(g))})}
 
     # ----------------------------------------------------------------- training
     def _train_one(self, pid: int, global_weights: Sequence[Any],
                    round_id: int) -> tuple[_Participant, list[np.ndarray], float]:
-        part = self.participants[pid]
+        part = self._participant(pid)
         start = part.local_start(global_weights)
         rng = np.random.default_rng([self.spec.seed, round_id, pid])
         result = self.trainer.train(start, part.x, part.y, rng=rng)
@@ -173,7 +195,10 @@ class ParticipantWorker:
         from fedcollab.secure.participant import SecureParticipant
 
         if pid not in self._secure:
-            self._secure[pid] = SecureParticipant(pid, secagg_params(self.spec))
+            participant = SecureParticipant(pid, secagg_params(self.spec))
+            if self._registry is not None:
+                participant.install_loaded_registry(self._registry)
+            self._secure[pid] = participant
         return self._secure[pid]
 
     def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
@@ -190,12 +215,20 @@ class ParticipantWorker:
         from fedcollab.secure.errors import ServerDeviationError
 
         if stage == "registry":
+            from fedcollab.secure import identity
+
+            try:  # parsed once for every hosted participant, not once each
+                self._registry = identity.load_registry(registry or {})
+            except ValueError as err:
+                from fedcollab.secure.errors import SecAggConfigError
+
+                raise SecAggConfigError(str(err)) from None
             for pid in self._secure:
-                self._secure[pid].install_registry(registry or {})
+                self._secure[pid].install_loaded_registry(self._registry)
             return {}
         replies: dict[int, bytes | str] = {}
         for pid, message in messages.items():
-            if pid not in self.participants:
+            if pid not in self.hosted:
                 continue
             participant = self._secure_participant(pid)
             try:
@@ -285,4 +318,11 @@ class ParticipantWorker:
         return written
 
 
+def _hosts_any(sorted_pids: Sequence[int], members: range) -> bool:
+    i = bisect.bisect_left(sorted_pids, members.start)
+    return i < len(sorted_pids) and sorted_pids[i] < members.stop
+
+
 _NO_RNG = np.random.default_rng(0)  # never drawn from: only DP rounds use randomness
+#: Participants without state kept materialised per worker (beyond: built when sampled).
+_KEEP = 4096

@@ -21,7 +21,7 @@ import numpy as np
 
 from fedcollab.outgoing import RoundConfig
 from fedcollab.roster import ParticipantInfo
-from fedcollab.types import ParticipantId, Update, Weights
+from fedcollab.types import Update, Weights
 
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
@@ -70,8 +70,11 @@ def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
     general pool of ``resources.workers`` workers (auto: the CPUs left over).
     """
     pools: dict[tuple[tuple[str, float], ...], list[int]] = {}
-    for p in people:
-        pools.setdefault(tuple(sorted(p.resources.items())), []).append(p.pid)
+    start = 0
+    for group in spec.participants:  # a group at a time: no object per participant
+        key = tuple(sorted((str(k), float(v)) for k, v in group.resources.items()))
+        pools.setdefault(key, []).extend(range(start, start + group.count))
+        start += group.count
     general = pools.pop((), [])
     plan: list[tuple[dict[str, float], list[int]]] = []
     for key, pids in sorted(pools.items()):
@@ -86,6 +89,11 @@ def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
         for chunk in np.array_split(np.asarray(general), count):
             plan.append(({}, chunk.tolist()))
     return plan
+
+
+def _group_pids(spec: JobSpec, g: int) -> range:
+    start = sum(group.count for group in spec.participants[:g])
+    return range(start, start + spec.participants[g].count)
 
 
 class WorkerPool:
@@ -108,10 +116,11 @@ class WorkerPool:
 
         self.ray = ray
         self.spec = spec
-        self.people = list(people)
+        self.people = people
         self.out_dir = Path(out_dir)
         self.committed = resume_round
-        self.private_pids = [p.pid for p in people if p.private_layers]
+        self.private_pids = [pid for g, group in enumerate(spec.participants)
+                             if group.private_layers for pid in _group_pids(spec, g)]
         cpus = float(ray.cluster_resources().get("CPU", 1))
         self.plan = plan_workers(spec, people, cpus)
         from fedcollab.cluster import check_placement, worker_requests
@@ -124,8 +133,11 @@ class WorkerPool:
         check_placement(self._requests, ray.nodes())
         self._spec_data = spec_to_dict(spec)
         self.hosted: list[list[int]] = [pids for _, pids in self.plan]
-        self.owner: dict[ParticipantId, int] = {pid: w for w, pids in enumerate(self.hosted)
-                                                for pid in pids}
+        self.owner = np.zeros(sum(len(p) for p in self.hosted), np.int32)  # pid -> worker
+        for w, pids in enumerate(self.hosted):
+            self.owner[pids] = w
+        private = set(self.private_pids)
+        self._has_private = [bool(private.intersection(pids)) for pids in self.hosted]
         self.workers: list[Any] = [self._start(i) for i in range(len(self.plan))]
         self.placement: list[dict[str, Any]] = ray.get([w.ready.remote() for w in self.workers])
         self.suspect: set[int] = set()   # workers that failed a call since the last heal
@@ -155,14 +167,14 @@ class WorkerPool:
         reference. A worker that fails drops its chosen participants from the round.
         """
         ref = self.ray.put(weights)
-        wanted = set(chosen)
+        by_worker: dict[int, list[int]] = {}
+        for p in sorted(chosen):  # costs what the sample costs, not the roster
+            by_worker.setdefault(int(self.owner[p]), []).append(p)
         calls = []
-        for index, (worker, pids) in enumerate(zip(self.workers, self.hosted)):
-            mine = [p for p in pids if p in wanted]
-            if mine:
-                sub = {p: inbox[p] for p in mine if p in inbox}
-                calls.append((index, mine, worker.train_round.remote(ref, round_id, mine, config,
-                                                                     sub)))
+        for index, mine in sorted(by_worker.items()):
+            sub = {p: inbox[p] for p in mine if p in inbox}
+            calls.append((index, mine, self.workers[index].train_round.remote(
+                ref, round_id, mine, config, sub)))
         total = RoundOutput([], {}, {})
         for index, mine, call in calls:
             try:
@@ -229,9 +241,8 @@ class WorkerPool:
         """Mean test loss (and accuracy) of the participants with private layers."""
         if not self.private_pids:
             return {}
-        mine = set(self.private_pids)
-        calls = [w.evaluate_personalised.remote(weights) for w, pids in
-                 zip(self.workers, self.hosted) if set(pids) & mine]
+        calls = [w.evaluate_personalised.remote(weights) for w, has in
+                 zip(self.workers, self._has_private) if has]
         results = [r for batch in self.ray.get(calls) for r in batch]
         if not results:
             return {}
@@ -251,9 +262,8 @@ class WorkerPool:
         """
         if not self.private_pids:
             return []
-        mine = set(self.private_pids)
         return [w.save_private.remote(round_id, self.committed)
-                for w, pids in zip(self.workers, self.hosted) if set(pids) & mine]
+                for w, has in zip(self.workers, self._has_private) if has]
 
     def shutdown(self) -> None:
         for worker in self.workers:

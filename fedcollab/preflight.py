@@ -24,11 +24,13 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
             whose fixed-point sum could overflow.
         fedcollab.release.ReleaseError: ``release.key`` is missing or not Ed25519.
     """
-    from fedcollab.data import load_dataset, participant_indices
+    from fedcollab.data import load_federation
+    from fedcollab.data.federation import PartitionedFederation
 
-    data = load_dataset(spec.task, seed=spec.seed)
-    participant_indices(spec, data.y_train)
-    facts: dict[str, Any] = {"train_samples": len(data.y_train)}
+    data = load_federation(spec)
+    facts: dict[str, Any] = {
+        "train_samples": len(data.dataset.y_train) if isinstance(data, PartitionedFederation)
+        else data.max_samples() * spec.total_participants}
     secure = sum(g.count for g in spec.participants if g.sharing == "secure")
     if secure:
         from fedcollab.secure_round import secagg_params

@@ -5,10 +5,11 @@ driver, every worker and a resumed job agree on participant ids without talking.
 """
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
@@ -18,8 +19,8 @@ from fedcollab.types import ParticipantId
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
 
-__all__ = ["ParticipantInfo", "roster", "sample_participants", "poisson_sample", "Sampler",
-           "ROLES", "SHARING", "group_sample_sizes", "group_sampling_rates"]
+__all__ = ["ParticipantInfo", "Roster", "roster", "sample_participants", "poisson_sample",
+           "Sampler", "ROLES", "SHARING", "group_sample_sizes", "group_sampling_rates"]
 
 #: Who a group is (``role``): open community contributors, or the vendor's sites.
 ROLES = ("community", "vendor")
@@ -40,14 +41,63 @@ class ParticipantInfo:
     resources: Mapping[str, float] = field(default_factory=dict)
 
 
-def roster(spec: JobSpec) -> list[ParticipantInfo]:
+class Roster(Sequence[ParticipantInfo]):
+    """Every logical participant of a job, computed on demand from the spec.
+
+    ``roster[pid]`` builds that participant's :class:`ParticipantInfo` from its group's
+    offset, so registering 100,000 participants costs one offset per group, not one
+    object each; only iterating the whole roster is linear in its size.
+    """
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.groups = tuple(spec.participants)
+        self.starts = [0]
+        for group in self.groups:
+            self.starts.append(self.starts[-1] + group.count)
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    @overload
+    def __getitem__(self, pid: int) -> ParticipantInfo: ...
+
+    @overload
+    def __getitem__(self, pid: slice) -> list[ParticipantInfo]: ...
+
+    def __getitem__(self, pid: int | slice) -> ParticipantInfo | list[ParticipantInfo]:
+        if isinstance(pid, slice):
+            return [self[i] for i in range(*pid.indices(len(self)))]
+        pid = int(pid)
+        if pid < 0:
+            pid += len(self)
+        if not 0 <= pid < len(self):
+            raise IndexError(f"participant {pid} is not in the roster of {len(self)}")
+        g = bisect.bisect_right(self.starts, pid) - 1
+        group = self.groups[g]
+        return ParticipantInfo(pid, g, group.name, group.role, group.sharing,
+                               tuple(group.private_layers), dict(group.resources))
+
+    def __iter__(self) -> Iterator[ParticipantInfo]:
+        return (self[i] for i in range(len(self)))
+
+    def group_range(self, g: int) -> range:
+        """The participant ids of group ``g`` (consecutive)."""
+        return range(self.starts[g], self.starts[g + 1])
+
+    def pids_where(self, **attrs: object) -> list[int]:
+        """Ids of the groups whose attributes match, e.g. ``pids_where(sharing="secure")``,
+        without building a :class:`ParticipantInfo` per participant."""
+        out: list[int] = []
+        for g, group in enumerate(self.groups):
+            if all(getattr(group, k) == v for k, v in attrs.items()):
+                out.extend(self.group_range(g))
+        return out
+
+
+def roster(spec: JobSpec) -> Roster:
     """Every logical participant of the job, group by group, in a stable order."""
-    people: list[ParticipantInfo] = []
-    for g, group in enumerate(spec.participants):
-        for _ in range(group.count):
-            people.append(ParticipantInfo(len(people), g, group.name, group.role, group.sharing,
-                                          tuple(group.private_layers), dict(group.resources)))
-    return people
+    return Roster(spec)
 
 
 def group_sample_sizes(spec: JobSpec) -> list[int]:
@@ -71,6 +121,16 @@ def group_sampling_rates(spec: JobSpec) -> dict[str, float]:
     return {g.name: k / g.count for g, k in zip(spec.participants, group_sample_sizes(spec))}
 
 
+def _group_ranges(people: Sequence[ParticipantInfo], spec: JobSpec) -> list[range]:
+    if isinstance(people, Roster):
+        return [people.group_range(g) for g in range(len(spec.participants))]
+    start, out = 0, []  # a plain list in roster order (tests)
+    for group in spec.participants:
+        out.append(range(start, start + group.count))
+        start += group.count
+    return out
+
+
 def sample_participants(people: Sequence[ParticipantInfo], spec: JobSpec, round_id: int,
                         rng: np.random.Generator | None = None) -> list[int]:
     """Per-group sampling of :func:`group_sample_sizes` participants without replacement.
@@ -78,15 +138,16 @@ def sample_participants(people: Sequence[ParticipantInfo], spec: JobSpec, round_
     With no ``rng`` the sample is a function of (seed, round), so a resumed job samples
     the same participants as an uninterrupted one. Under DP the caller passes fresh OS
     entropy instead: the job seed is published with the release, and amplification by
-    sampling only holds if nobody can predict the sample.
+    sampling only holds if nobody can predict the sample. The draw costs what the
+    sample costs, not what the roster does (numpy picks few of many by Floyd's method).
     """
     if spec.fraction >= 1:
-        return [p.pid for p in people]
+        return list(range(len(people)))
     rng = rng if rng is not None else np.random.default_rng([spec.seed, round_id, 7])
     chosen: list[int] = []
-    for g, k in enumerate(group_sample_sizes(spec)):
-        members = [p.pid for p in people if p.group == g]
-        chosen.extend(sorted(rng.choice(members, size=k, replace=False).tolist()))
+    for members, k in zip(_group_ranges(people, spec), group_sample_sizes(spec)):
+        picked = rng.choice(len(members), size=k, replace=False) + members.start
+        chosen.extend(sorted(picked.tolist()))
     return sorted(chosen)
 
 
@@ -95,20 +156,21 @@ def poisson_sample(people: Sequence[ParticipantInfo], spec: JobSpec,
     """Poisson sampling: each participant takes part independently with its group's rate.
 
     This is the sampling DP accounting composes (``PoissonSampledDpEvent`` at the
-    group's :func:`group_sampling_rates` rate), so the epsilon is the one spent. A secure
-    group whose draw falls below ``secure.min_group`` sits the round out (a smaller sum
-    is no secret); that choice depends on the draw alone, never on data, so it only
+    group's :func:`group_sampling_rates` rate), so the epsilon is the one spent. It is
+    drawn as a binomial count then that many distinct members, which is the same
+    distribution as one coin per member at the cost of the sample. A secure group
+    whose draw falls below ``secure.min_group`` sits the round out (a smaller sum is
+    no secret); that choice depends on the draw alone, never on data, so it only
     lowers the group's exposure. A round can sample nobody (the loop skips it).
     """
     rates = group_sampling_rates(spec)
     chosen: list[int] = []
-    for g, group in enumerate(spec.participants):
-        members = [p.pid for p in people if p.group == g]
-        draw = rng.random(len(members))
-        picked = [pid for pid, u in zip(members, draw) if u < rates[group.name]]
-        if group.sharing == "secure" and len(picked) < min(group.count, spec.secure.min_group):
-            picked = []
-        chosen.extend(picked)
+    for group, members in zip(spec.participants, _group_ranges(people, spec)):
+        k = int(rng.binomial(len(members), rates[group.name]))
+        if group.sharing == "secure" and k < min(group.count, spec.secure.min_group):
+            continue
+        chosen.extend((rng.choice(len(members), size=k, replace=False)
+                       + members.start).tolist())
     return sorted(chosen)
 
 
@@ -123,7 +185,7 @@ class Sampler:
     def __init__(self, spec: JobSpec, people: Sequence[ParticipantInfo], *,
                  secret: bool = False) -> None:
         self.spec = spec
-        self.people = list(people)
+        self.people = people
         self.secret = secret
 
     def sample(self, round_id: int) -> list[int]:

@@ -191,7 +191,7 @@ class RoundLoop:
         from fedcollab.outputs import CallbackList
 
         self.spec = spec
-        self.people = list(people)
+        self.people = people
         self.sampler = Sampler(spec, people, secret=dp.on)
         self.pool = pool
         self.aggregator = aggregator

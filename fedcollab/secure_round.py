@@ -96,7 +96,10 @@ class SecureCoordinator:
     def __init__(self, spec: Any, people: Sequence[ParticipantInfo], pool: Any) -> None:
         from fedcollab.secure.server import SecureServer
 
-        self.members = [p.pid for p in people if p.sharing == "secure"]
+        self.members = [pid for g, group in enumerate(spec.participants)
+                        if group.sharing == "secure"
+                        for pid in range(sum(x.count for x in spec.participants[:g]),
+                                         sum(x.count for x in spec.participants[:g + 1]))]
         self.params = secagg_params(spec)
         self.server = SecureServer(self.members, self.params, rng_seed=spec.seed)
         self.pool = pool  # a WorkerPool: its workers can be replaced between rounds
@@ -125,7 +128,7 @@ class SecureCoordinator:
         t0 = time.perf_counter()
         by_worker: dict[int, dict[int, bytes]] = {}
         for pid, message in messages.items():
-            by_worker.setdefault(self.owner[pid], {})[pid] = message
+            by_worker.setdefault(int(self.owner[pid]), {})[pid] = message
         calls = [(w, self.pool.workers[w].secure_stage.remote(stage, round_id, sub))
                  for w, sub in sorted(by_worker.items())]
         if then_prepare:

@@ -95,6 +95,10 @@ class TaskSpec:
     kind: Literal["auto", "classification", "regression"] = "auto"
     samples: int = 1000                 # dataset: regression (generated)
     noise: float = 0.1                  # dataset: regression: std of the noise on y
+    # dataset: synthetic (a Gaussian mixture generated per participant when sampled)
+    samples_per_participant: int = 32
+    features: int = 20
+    classes: int = 4
 
     def __post_init__(self) -> None:
         if not (0 < self.test_fraction < 1):
@@ -113,7 +117,8 @@ class TaskSpec:
                 raise _fail("task.path", f"got {self.path!r}, expected a .npz or .csv file")
             if suffix == ".csv" and not self.label_column:
                 raise _fail("task.label_column", "a .csv dataset needs label_column")
-        builtin_kind = {"digits": "classification", "regression": "regression"}
+        builtin_kind = {"digits": "classification", "regression": "regression",
+                        "synthetic": "classification"}
         if self.kind != "auto" and builtin_kind.get(self.dataset, self.kind) != self.kind:
             raise _fail("task.kind", f"got {self.kind!r}, but dataset {self.dataset!r} is a "
                         f"{builtin_kind[self.dataset]} task")
@@ -121,6 +126,10 @@ class TaskSpec:
             raise _fail("task.samples", f"got {self.samples!r}, expected an integer >= 10")
         if self.noise < 0:
             raise _fail("task.noise", f"got {self.noise!r}, expected a number >= 0")
+        for name, low in (("samples_per_participant", 1), ("features", 1), ("classes", 2)):
+            value = getattr(self, name)
+            if value < low:
+                raise _fail(f"task.{name}", f"got {value!r}, expected an integer >= {low}")
 
     @property
     def is_classification(self) -> bool:

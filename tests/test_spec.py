@@ -72,7 +72,7 @@ BAD_SPECS: list[Any] = [
      r"^spec: participants: 5000 participants but only 1437 training samples; "
      r"expected at most one per sample$"),
     ("unknown-dataset", _spec(task={"dataset": "mnist"}), ".yaml", [],
-     r"^spec: task\.dataset: got 'mnist', expected one of 'digits', 'regression', 'file'$"),
+     r"^spec: task\.dataset: got 'mnist', expected one of 'digits', 'regression', 'file', 'synthetic'$"),
     ("unknown-model", _spec(task={"dataset": "digits", "model": "resnet"}), ".yaml", [],
      r"^spec: task\.model: got 'resnet', expected one of mlp, cnn, regression or "
      r"'package\.module:function'$"),

@@ -207,9 +207,17 @@ def _regression(task: TaskSpec, seed: int) -> Dataset:
                            test_fraction=task.test_fraction, seed=seed)
 
 
+def _synthetic(task: TaskSpec, seed: int) -> Dataset:
+    raise SpecError("spec: task.dataset: 'synthetic' data is generated per participant "
+                    "when it is sampled (fedcollab.data.load_federation); there is no pooled "
+                    "training set to load")
+
+
 #: Datasets by the name ``task.dataset`` uses: ``loader(task, seed) -> Dataset``.
+#: ``synthetic`` is generated per participant (:mod:`fedcollab.data.federation`).
 DATASETS: Mapping[str, Callable[[TaskSpec, int], Dataset]] = MappingProxyType({
-    "digits": _digits, "regression": _regression, "file": _load_file})
+    "digits": _digits, "regression": _regression, "file": _load_file,
+    "synthetic": _synthetic})
 
 
 def load_dataset(task: TaskSpec, *, seed: int) -> Dataset:

@@ -113,7 +113,7 @@ class TaskMeasurer:
     def _roster(self) -> list[Any]:
         from fedcollab.roster import roster
 
-        return roster(self.spec)
+        return list(roster(self.spec))
 
     def _shadow_models(self) -> tuple[np.ndarray, np.ndarray]:
         from fedcollab.grading.membership import train_shadows, trainer_shadows

@@ -230,12 +230,21 @@ class SecureParticipant:
             loaded = ID.load_registry(registry)
         except ValueError as exc:
             raise SecAggConfigError(str(exc)) from None
+        self.install_loaded_registry(loaded)
+
+    def install_loaded_registry(self, loaded: Mapping[int, Ed25519PublicKey]) -> None:
+        """:meth:`install_registry` with the keys already parsed (a worker hosting many
+        participants parses the registry once and every participant shares it, read-only).
+
+        Raises:
+            SecAggConfigError: This participant's own entry is missing or not its key.
+        """
         if self._identity is not None:
             mine = loaded.get(self.participant_id)
             if mine is None or mine.public_bytes_raw() != self.identity_public():
                 raise SecAggConfigError(f"identity registry: participant {self.participant_id}'s "
                                         "entry is missing or is not its identity key")
-        self._registry = loaded
+        self._registry = dict(loaded) if not isinstance(loaded, dict) else loaded
 
     # -- key setup -----------------------------------------------------------------
     def needs_keys(self, round_id: int) -> bool:
