@@ -64,10 +64,28 @@ class ParticipantWorker:
     Kept as a plain class so unit tests and the benchmark can run it in-process.
     """
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: Optional[WorkerConfig] = None) -> None:
+        """Start TensorFlow's runtime; with ``config``, :meth:`configure` for a job too.
+
+        A worker started without a config is a *spare*: a process that has already
+        paid TensorFlow's import, kept by a warm job service until a job gives it
+        its participants.
+        """
         from fedcollab.training import configure_tensorflow
 
         configure_tensorflow(threads=1, deterministic=True)
+        self.configured = False
+        if config is not None:
+            self.configure(config)
+
+    def configure(self, config: WorkerConfig) -> dict[str, Any]:
+        """Load the job: data, model (traced), hosted participants; returns :meth:`ready`.
+
+        Raises:
+            FedcollabError: The worker was already configured for a job.
+        """
+        if self.configured:
+            raise FedcollabError(f"worker {self.worker_index} is already configured for a job")
         from fedcollab.data import load_federation
         from fedcollab.models import build_model
         from fedcollab.spec import spec_from_dict
@@ -108,6 +126,8 @@ class ParticipantWorker:
         secure = [pid for pid in self.people.pids_where(sharing="secure") if pid in self.hosted]
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
             self._secure_participant(pid)
+        self.configured = True
+        return self.ready()
 
     def _participant(self, pid: int) -> _Participant:
         part = self.participants.get(pid)

@@ -26,7 +26,7 @@ from fedcollab.types import Update, Weights
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
 
-__all__ = ["WorkerConfig", "RoundOutput", "WorkerPool", "plan_workers"]
+__all__ = ["start_spares", "WorkerConfig", "RoundOutput", "WorkerPool", "plan_workers"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,20 @@ def _group_pids(spec: JobSpec, g: int) -> range:
     return range(start, start + spec.participants[g].count)
 
 
+def start_spares(ray: Any, count: int, *, cpus_per_worker: float = 0.0) -> list[Any]:
+    """Start ``count`` workers with no job yet: each imports TensorFlow now, so a job
+    that takes them (``WorkerPool(..., spares=...)``) skips that start-up.
+
+    ``cpus_per_worker`` defaults to 0: an idle spare must not hold CPUs that a running
+    job's workers (or their replacements) need.
+    """
+    from fedcollab.participants import ParticipantWorker
+
+    actor_cls = ray.remote(ParticipantWorker)
+    return [actor_cls.options(num_cpus=cpus_per_worker, max_restarts=0,
+                              max_task_retries=0).remote() for _ in range(count)]
+
+
 class WorkerPool:
     """The job's worker actors; usable as soon as it is constructed (workers ready).
 
@@ -105,13 +119,19 @@ class WorkerPool:
         people: The roster.
         out_dir: The job's output directory (workers write private checkpoints there).
         resume_round: The committed round a resumed job continues from (0: fresh).
+        spares: Workers started ahead of the job without one (see :func:`start_spares`):
+            each general-pool worker that fits one is configured instead of started,
+            which skips its TensorFlow import; spares left over are killed.
+        wait: Block until every worker is ready; ``False`` returns at once (the
+            workers start in the background) and :meth:`wait_ready` blocks later.
 
     Raises:
         fedcollab.cluster.ClusterError: The spec pins groups to a resource no node has.
     """
 
     def __init__(self, ray: Any, spec: JobSpec, people: Sequence[ParticipantInfo],
-                 out_dir: Path, *, resume_round: int = 0) -> None:
+                 out_dir: Path, *, resume_round: int = 0, spares: Sequence[Any] = (),
+                 wait: bool = True) -> None:
         from fedcollab.spec import spec_to_dict
 
         self.ray = ray
@@ -138,22 +158,46 @@ class WorkerPool:
             self.owner[pids] = w
         private = set(self.private_pids)
         self._has_private = [bool(private.intersection(pids)) for pids in self.hosted]
-        self.workers: list[Any] = [self._start(i) for i in range(len(self.plan))]
-        self.placement: list[dict[str, Any]] = ray.get([w.ready.remote() for w in self.workers])
+        self.workers: list[Any] = []
+        self._readying: list[Any] = []
+        spare = list(spares)
+        fits_spare = spec.resources.gpus_per_worker == 0
+        for index, (resources, _) in enumerate(self.plan):
+            if spare and fits_spare and not resources:
+                worker = spare.pop(0)
+                self.workers.append(worker)
+                self._readying.append(worker.configure.remote(self._config(index)))
+            else:
+                self.workers.append(self._start(index))
+                self._readying.append(self.workers[-1].ready.remote())
+        for worker in spare:
+            ray.kill(worker, no_restart=True)
+        self.placement: list[dict[str, Any]] = []
         self.suspect: set[int] = set()   # workers that failed a call since the last heal
         self.replaced = 0                # workers recreated over the job
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every worker has loaded the job (idempotent)."""
+        if self._readying:
+            self.placement = self.ray.get(self._readying)
+            self._readying = []
+
+    def _config(self, index: int) -> WorkerConfig:
+        return WorkerConfig(self._spec_data, tuple(self.plan[index][1]), str(self.out_dir), index,
+                            resume_round=self.committed)
 
     def _start(self, index: int) -> Any:
         from fedcollab.participants import ParticipantWorker
 
-        resources, pids = self.plan[index]
+        resources, _ = self.plan[index]
         actor_cls = self.ray.remote(ParticipantWorker)
         return actor_cls.options(
             num_cpus=self.spec.resources.cpus_per_worker,
             num_gpus=self.spec.resources.gpus_per_worker,
             resources=resources or None, max_restarts=0, max_task_retries=0,
-        ).remote(WorkerConfig(self._spec_data, tuple(pids), str(self.out_dir), index,
-                              resume_round=self.committed))
+        ).remote(self._config(index))
 
     def __len__(self) -> int:
         return len(self.workers)
