@@ -170,8 +170,9 @@ def identifiable_sets(memberships: Sequence[frozenset[int]], *,
                       ) -> list[tuple[frozenset[int], np.ndarray]]:
     """The sets of participants smaller than every sum whose total the sums determine.
 
-    Candidates: every participant alone and every difference ``B \\ A`` of nested
-    member sets ``A < B`` (with ``targets``: only those holding a target); each comes
+    Candidates: every participant alone, every difference ``B \\ A`` of nested
+    member sets ``A < B`` and, with ``targets``, the targets together (e.g. the
+    vendor's aggregate); with ``targets`` only sets holding a target count. Each comes
     with the coefficients over ``memberships`` that isolate it, smallest sets first.
     Pure in the memberships: tells, before any replay, which rounds are worth it.
     """
@@ -184,6 +185,8 @@ def identifiable_sets(memberships: Sequence[frozenset[int]], *,
     for a, b in itertools.permutations(set(nonempty), 2):
         if a < b:
             candidates.add(b - a)
+    if targets is not None and targets & set().union(*nonempty):
+        candidates.add(frozenset(targets & set().union(*nonempty)))
     m, pids = _membership_matrix(rows)
     found = []
     for cand in sorted(candidates, key=lambda c: (len(c), sorted(c))):

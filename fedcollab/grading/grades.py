@@ -85,7 +85,7 @@ def grade_confidentiality(diff: Mapping[str, Any], lying: Mapping[str, Any]) -> 
     the target (the protocol fails its own claim). Against an honest-but-curious
     model the lying server has its own axis (:func:`grade_lying_server`). Where
     secure sums across rounds isolate fewer vendor sites than a sum
-    (``diff["across_rounds"]``), that recovery is graded on the same error bands and
+    (``diff["across_rounds"]["vendor"]``), that recovery is graded on the same error bands and
     the worse of the two counts.
     """
     err = _num(diff.get("relative_error"))
@@ -93,7 +93,8 @@ def grade_confidentiality(diff: Mapping[str, Any], lying: Mapping[str, Any]) -> 
         return NA
     if diff.get("exact") or (lying.get("recovered") and lying.get("server") == "malicious"):
         return "F"
-    cross = _cross_round_grade(diff.get("across_rounds"))
+    across = diff.get("across_rounds")
+    cross = _cross_round_grade(across.get("vendor") if isinstance(across, Mapping) else None)
     if err < 0.1:
         return _worse("D", cross)
     if err < 0.5:

@@ -273,19 +273,24 @@ class TaskMeasurer:
                 for m in result.metrics
                 if m.get("secure") and "aborted" not in m and "skipped" not in m]
         seen = [(r, s) for r, s in seen if s][-self.budget.cross_round_window:]
-        secure_vendor = vendor & frozenset().union(*(s for _, s in seen)) if seen else vendor
-        targets = secure_vendor or None
-        out: dict[str, Any] = {"sums": len(seen), "identifiable": 0, "isolated": 0,
-                               "relative_error": None, "exact": False, "rounds": [],
-                               "members": [],
-                               "target": "vendor sites" if targets else "any participant"}
+        in_sums = frozenset().union(*(s for _, s in seen)) if seen else frozenset()
+        targets = vendor & in_sums or None
+
+        def empty(note: str, target: str) -> dict[str, Any]:
+            return {"sums": len(seen), "identifiable": 0, "isolated": 0, "relative_error": None,
+                    "exact": False, "rounds": [], "members": [], "target": target,
+                    "note": note}
+
         if len(seen) < 2:
-            out["note"] = "fewer than two secure sums" if seen else "no secure sum"
-            return out
-        found = identifiable_sets([s for _, s in seen], targets=targets)
-        if not found:
-            out["note"] = ("the secure sums' membership never changed in a way that isolates "
-                           "fewer participants than a sum")
+            return empty("fewer than two secure sums" if seen else "no secure sum",
+                         "any participant")
+        memberships = [s for _, s in seen]
+        unchanged = ("the secure sums' membership never changed in a way that isolates "
+                     "fewer participants than a sum")
+        if not identifiable_sets(memberships):
+            out = empty(unchanged, "any participant")
+            if targets:
+                out["vendor"] = empty(unchanged, "vendor sites")
             return out
         z = float(result.summary["privacy"].get("noise_multiplier") or 0.0)
         private = self._private_index(mspec)
@@ -293,14 +298,18 @@ class TaskMeasurer:
         for r, members in seen:
             start = self._round_start(result, r)
             if start is None:
-                out["note"] = f"no checkpoint of the global model before round {r}"
-                return out
+                return empty(f"no checkpoint of the global model before round {r}",
+                             "any participant")
             view = replay_round(mspec, self.trainer, start, self.parts, private, round_id=r,
                                 noise_multiplier=z, only=members)
             parts = {p: view.vector(p, self.shapes, clean=True) for p in members}
             total = np.sum([view.vector(p, self.shapes) for p in members], axis=0)
             sums.append(SumSeen(r, members, total, parts))
-        out.update(across_changing_rounds(sums, targets=targets).to_json())
+        out = dict(across_changing_rounds(sums).to_json(), target="any participant")
+        if targets:  # what it gives away of the vendor's sites (graded)
+            vendor_row = across_changing_rounds(sums, targets=targets)
+            out["vendor"] = dict(vendor_row.to_json(), target="vendor sites") \
+                if vendor_row.isolated else empty(unchanged, "vendor sites")
         return out
 
     def _round_start(self, result: Any, round_id: int) -> Any:

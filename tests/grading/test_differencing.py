@@ -113,3 +113,20 @@ def test_cross_round_targets_restrict_to_sets_holding_a_target() -> None:
     assert identifiable_sets([full, dropped], targets=frozenset({0})) == []
     result = across_changing_rounds(_seen([full, dropped]), targets=frozenset({3}))
     assert result.members == (3,) and result.exact
+
+
+def test_cross_round_targets_together_are_a_candidate() -> None:
+    """The vendor's three sites always sit in the sum together: none of them alone is
+    isolated, but with the community's sample size changing (Poisson sampling, as
+    under DP) their aggregate is. With fixed-size community samples it is not."""
+    from fedcollab.grading.differencing import across_changing_rounds
+
+    rng = np.random.default_rng(5)
+    vendor = frozenset({9, 10, 11})
+    rounds = [vendor | frozenset(rng.choice(9, size=int(rng.integers(4, 7)),
+                                            replace=False).tolist()) for _ in range(14)]
+    result = across_changing_rounds(_seen(rounds), targets=vendor)
+    assert result.members == (9, 10, 11) and result.isolated == 3 and result.exact
+    fixed = [vendor | frozenset(rng.choice(9, size=4, replace=False).tolist())
+             for _ in range(14)]
+    assert across_changing_rounds(_seen(fixed), targets=vendor).isolated == 0

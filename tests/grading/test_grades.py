@@ -128,7 +128,7 @@ def test_grade_confidentiality_cross_round_recovery_of_a_vendor_site_counts() ->
     useless = {"target": "vendor sites", "isolated": 1, "relative_error": 0.9, "exact": False}
     community = {"target": "any participant", "isolated": 1, "relative_error": 0.0,
                  "exact": True}
-    assert grade_confidentiality(dict(big_sum, across_rounds=exact), {}) == "F"
-    assert grade_confidentiality(dict(big_sum, across_rounds=close), {}) == "D"
-    assert grade_confidentiality(dict(big_sum, across_rounds=useless), {}) == "A"
-    assert grade_confidentiality(dict(big_sum, across_rounds=community), {}) == "A"
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': exact}), {}) == "F"
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': close}), {}) == "D"
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': useless}), {}) == "A"
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': community}), {}) == "A"
