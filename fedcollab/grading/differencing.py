@@ -11,7 +11,11 @@ Secure aggregation hides an update inside a sum but not the sum. Two cases:
   "Gradient Disaggregation", ICML 2021): sums over member sets that differ by a few
   participants give those participants' contributions by subtraction; exactly so
   when their contributions do not change between rounds (federated analytics), and
-  approximately for model updates.
+  approximately for model updates. :func:`across_changing_rounds` is the general
+  form: any set of participants whose indicator is a linear combination of the
+  rounds' membership vectors (a nested pair ``B \\ A``; with enough rounds every
+  participant alone, Lam et al.'s disaggregation) is estimated by the same
+  combination of the sums.
 
 All functions are pure numpy over flat vectors (``n_i * delta_i`` as the secure sum
 weighs them).
@@ -21,13 +25,14 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from fedcollab.grading.inversion import relative_error
 
-__all__ = ["DifferencingResult", "vendor_by_differencing", "across_rounds", "EXACT"]
+__all__ = ["DifferencingResult", "vendor_by_differencing", "across_rounds", "EXACT", "SumSeen",
+           "CrossRoundResult", "identifiable_sets", "across_changing_rounds"]
 
 EXACT = 1e-6  # relative error below which a recovery counts as exact
 
@@ -100,3 +105,141 @@ def across_rounds(sums: Sequence[tuple[frozenset[int], np.ndarray]],
         if len(rest) < best_size or (len(rest) == best_size and err < best_err):
             best_size, best_err = len(rest), err
     return DifferencingResult(best_err, best_err < EXACT, best_size)
+
+
+# ------------------------------------------------------------------ across changing rounds
+_SPAN_TOL = 1e-8  # residual below which an indicator is in the span of the memberships
+
+
+@dataclass(frozen=True)
+class SumSeen:
+    """One secure sum as the server saw it, and the truth behind it (for scoring).
+
+    ``total`` is the unmasked sum the server reads (DP noise included, if any);
+    ``parts`` is each member's true contribution that round, before noise, weighted
+    as the sum weighs it.
+    """
+
+    round: int
+    members: frozenset[int]
+    total: np.ndarray
+    parts: Mapping[int, np.ndarray]
+
+
+@dataclass(frozen=True)
+class CrossRoundResult:
+    sums: int                    # secure sums compared
+    identifiable: int            # candidate sets below the group size the sums determine
+    isolated: int                # size of the best recovered set (0: none)
+    relative_error: Optional[float]
+    exact: bool
+    rounds: tuple[int, ...]      # rounds whose sums the best recovery combines
+    members: tuple[int, ...]     # the participants it isolates
+
+    def to_json(self) -> dict[str, object]:
+        err = None if self.relative_error is None else _finite(self.relative_error)
+        return {"sums": self.sums, "identifiable": self.identifiable, "isolated": self.isolated,
+                "relative_error": err, "exact": self.exact, "rounds": list(self.rounds),
+                "members": list(self.members)}
+
+
+def _membership_matrix(memberships: Sequence[frozenset[int]]) -> tuple[np.ndarray, list[int]]:
+    pids = sorted(set().union(*memberships)) if memberships else []
+    col = {p: j for j, p in enumerate(pids)}
+    m = np.zeros((len(memberships), len(pids)))
+    for r, members in enumerate(memberships):
+        for p in members:
+            m[r, col[p]] = 1.0
+    return m, pids
+
+
+def _combination(m: np.ndarray, pids: Sequence[int], target: frozenset[int]
+                 ) -> Optional[np.ndarray]:
+    """Coefficients ``a`` with ``a @ m`` equal to the target's indicator (least norm),
+    or None when no combination of the sums isolates the target."""
+    t = np.array([1.0 if p in target else 0.0 for p in pids])
+    a, *_ = np.linalg.lstsq(m.T, t, rcond=None)
+    if float(np.linalg.norm(m.T @ a - t)) > _SPAN_TOL * max(1.0, math.sqrt(len(pids))):
+        return None
+    a[np.abs(a) < 1e-12] = 0.0
+    return np.asarray(a)
+
+
+def identifiable_sets(memberships: Sequence[frozenset[int]], *,
+                      targets: Optional[frozenset[int]] = None
+                      ) -> list[tuple[frozenset[int], np.ndarray]]:
+    """The sets of participants smaller than every sum whose total the sums determine.
+
+    Candidates: every participant alone, every difference ``B \\ A`` of nested
+    member sets ``A < B`` and, with ``targets``, the targets together (e.g. the
+    vendor's aggregate); with ``targets`` only sets holding a target count. Each comes
+    with the coefficients over ``memberships`` that isolate it, smallest sets first.
+    Pure in the memberships: tells, before any replay, which rounds are worth it.
+    """
+    rows = [frozenset(s) for s in memberships]
+    nonempty = [s for s in rows if s]
+    if len(nonempty) < 2:
+        return []
+    smallest = min(len(s) for s in nonempty)
+    candidates: set[frozenset[int]] = {frozenset({p}) for p in set().union(*nonempty)}
+    for a, b in itertools.permutations(set(nonempty), 2):
+        if a < b:
+            candidates.add(b - a)
+    if targets is not None and targets & set().union(*nonempty):
+        candidates.add(frozenset(targets & set().union(*nonempty)))
+    m, pids = _membership_matrix(rows)
+    found = []
+    for cand in sorted(candidates, key=lambda c: (len(c), sorted(c))):
+        if len(cand) >= smallest or (targets is not None and not cand & targets):
+            continue
+        coeffs = _combination(m, pids, cand)
+        if coeffs is not None:
+            found.append((cand, coeffs))
+    return found
+
+
+def across_changing_rounds(sums: Sequence[SumSeen], *,
+                           targets: Optional[frozenset[int]] = None) -> CrossRoundResult:
+    """What subtracting secure sums across rounds whose membership changed recovers.
+
+    For each set ``T`` the sums determine (:func:`identifiable_sets`), the estimate is
+    ``sum_r a_r * total_r`` and the truth is ``sum_r a_r * sum_{j in T} parts_r[j]``
+    (for a nested pair ``A < B``: the newcomers' contributions in B's round). The
+    rest cancels only if the other members contributed the same in every round
+    combined: exact for constant inputs, approximate for model updates (each round
+    starts from a different global model). A nested pair is also tried on its own
+    (``total_B - total_A``), which an attacker prefers when the rounds are adjacent.
+
+    Returns:
+        The smallest recovered set, and among those the lowest relative error;
+        ``isolated`` 0 and ``relative_error`` None when membership never changed in a
+        way that isolates anything smaller than a sum.
+    """
+    found = identifiable_sets([s.members for s in sums], targets=targets)
+    if not found:
+        return CrossRoundResult(len(sums), 0, 0, None, False, (), ())
+    best: Optional[tuple[int, float, tuple[int, ...], frozenset[int]]] = None
+    for target, coeffs in found:
+        options = [coeffs]
+        for i, j in itertools.permutations(range(len(sums)), 2):
+            if sums[i].members < sums[j].members and sums[j].members - sums[i].members == target:
+                pair = np.zeros(len(sums))
+                pair[i], pair[j] = -1.0, 1.0
+                options.append(pair)
+        for a in options:
+            estimate = np.zeros_like(np.asarray(sums[0].total, np.float64))
+            truth = np.zeros_like(estimate)
+            for r, s in enumerate(sums):
+                if a[r]:
+                    estimate = estimate + a[r] * np.asarray(s.total, np.float64)
+                    for p in target & s.members:
+                        truth = truth + a[r] * np.asarray(s.parts[p], np.float64)
+            err = relative_error(estimate, truth)
+            rounds = tuple(sorted({sums[r].round for r in range(len(sums)) if a[r]}))
+            key = (len(target), err)
+            if best is None or key < (best[0], best[1]):
+                best = (len(target), err, rounds, target)
+    assert best is not None
+    size, err, rounds, target = best
+    return CrossRoundResult(len(sums), len(found), size, err, err < EXACT, rounds,
+                            tuple(sorted(target)))

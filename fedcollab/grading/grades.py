@@ -83,19 +83,37 @@ def grade_confidentiality(diff: Mapping[str, Any], lying: Mapping[str, Any]) -> 
     F when differencing recovers the vendor's aggregate exactly, or when the spec
     declares a malicious server model and the lying-server replay still recovers
     the target (the protocol fails its own claim). Against an honest-but-curious
-    model the lying server has its own axis (:func:`grade_lying_server`).
+    model the lying server has its own axis (:func:`grade_lying_server`). Where
+    secure sums across rounds isolate fewer vendor sites than a sum
+    (``diff["across_rounds"]["vendor"]``), that recovery is graded on the same error bands and
+    the worse of the two counts.
     """
     err = _num(diff.get("relative_error"))
     if err is None:
         return NA
     if diff.get("exact") or (lying.get("recovered") and lying.get("server") == "malicious"):
         return "F"
+    across = diff.get("across_rounds")
+    cross = _cross_round_grade(across.get("vendor") if isinstance(across, Mapping) else None)
     if err < 0.1:
-        return "D"
+        return _worse("D", cross)
     if err < 0.5:
-        return "C"
+        return _worse("C", cross)
     group = int(diff.get("min_group_seen") or 0)
-    return "A" if group >= 10 else ("B" if group >= 5 else "C")
+    return _worse("A" if group >= 10 else ("B" if group >= 5 else "C"), cross)
+
+
+def _cross_round_grade(cross: Any) -> str:
+    """F exact, D below 0.1, C below 0.5 relative error; N/A (no effect) otherwise or
+    when what it isolates holds no vendor site."""
+    if not isinstance(cross, Mapping) or cross.get("target") != "vendor sites":
+        return NA
+    err = _num(cross.get("relative_error"))
+    if err is None or not cross.get("isolated"):
+        return NA
+    if cross.get("exact"):
+        return "F"
+    return "D" if err < 0.1 else ("C" if err < 0.5 else NA)
 
 
 def grade_lying_server(lying: Mapping[str, Any], confidentiality: str) -> str:

@@ -26,13 +26,16 @@ class Budget:
     byzantine_rounds: int
     inversion_open_targets: int
     gradient_matching: bool
+    cross_round_window: int = 10  # latest secure rounds replayed for cross-round differencing
 
 
 BUDGETS = {
     "fast": Budget(shadows=4, shadow_epochs=20, mia_samples=300, backdoor_pretrain=3,
-                   byzantine_rounds=3, inversion_open_targets=3, gradient_matching=False),
+                   byzantine_rounds=3, inversion_open_targets=3, gradient_matching=False,
+                   cross_round_window=10),
     "full": Budget(shadows=16, shadow_epochs=60, mia_samples=2000, backdoor_pretrain=10,
-                   byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True),
+                   byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True,
+                   cross_round_window=50),
 }
 
 Progress = Callable[[str, str], None]  # (kind: "mix" | "attack", name)
@@ -54,7 +57,14 @@ def defence_of(spec: Any) -> str:
 
 
 class TaskMeasurer:
-    """Task-wide state shared by every mix: data, a trainer, shadow models."""
+    """Task-wide state shared by every mix: data, a trainer, shadow models.
+
+    Not thread-safe: one thread (the grading driver's) uses it, while the mixes run in
+    others. Everything here draws from explicit seeded generators, never from a
+    global RNG, and every Keras model it needs is built in the constructor: building
+    one seeds Keras' global RNG (``keras.utils.set_random_seed``), which a run
+    building its own model in another thread must not see change under it.
+    """
 
     def __init__(self, spec: Any, budget: Budget, timer: Timer) -> None:
         from fedcollab.data import load_dataset, participant_indices
@@ -78,6 +88,11 @@ class TaskMeasurer:
         self.scale = float(max(len(i) for i in self.index))  # the secure sum's n_i scale
         self.shapes = [w.shape for w in self.w0]
         self._shadows: Any = None
+        # the gradient-matching attack's own model (its variables are overwritten)
+        self._matching_model = build_model(
+            spec.task.model, input_shape=self.data.input_shape,
+            num_classes=self.data.num_classes, seed=spec.seed) \
+            if budget.gradient_matching else None
         rng = np.random.default_rng([spec.seed, 31])
         members = np.concatenate(self.index)
         n = min(budget.mia_samples, len(members), len(self.data.x_test))
@@ -109,6 +124,14 @@ class TaskMeasurer:
         self.timer.add("byzantine", t0)
         report("attack", "byzantine")
         return {"backdoor": backdoor, "byzantine": byz}
+
+    def prepare(self) -> None:
+        """Train the LiRA shadow models now (shared by every mix), e.g. while the runs
+        are under way."""
+        if self.classification:
+            t0 = time.perf_counter()
+            self._shadow_models()
+            self.timer.add("shadow_models", t0)
 
     def _roster(self) -> list[Any]:
         from fedcollab.roster import roster
@@ -151,9 +174,11 @@ class TaskMeasurer:
         t0 = time.perf_counter()
         from fedcollab.grading.replay import differencing_on_view
 
-        differencing = differencing_on_view(view, self.shapes).to_json() if view.vendor_pids \
+        differencing: dict[str, Any] = differencing_on_view(view, self.shapes).to_json() \
+            if view.vendor_pids \
             else {"relative_error": None, "exact": False, "min_group_seen": 0,
                   "note": "no vendor group"}
+        differencing["across_rounds"] = self._across_rounds(mspec, result)
         self.timer.add("differencing", t0)
         t0 = time.perf_counter()
         from fedcollab.grading.lying_server import lying_server
@@ -217,15 +242,94 @@ class TaskMeasurer:
 
     def _replay(self, mspec: Any, result: Any) -> Any:
         from fedcollab.grading.replay import replay_round
-        from fedcollab.models import private_weight_indices
 
-        private_layers = next((g.private_layers for g in mspec.participants if g.private_layers),
-                              ())
-        private = private_weight_indices(self.model, private_layers) if private_layers else []
+        private = self._private_index(mspec)
         logged = result.metrics[0].get("update_sha256") if result.metrics else None
         z = float(result.summary["privacy"].get("noise_multiplier") or 0.0)
         return replay_round(mspec, self.trainer, self.w0, self.parts, private,
                             logged=logged, noise_multiplier=z)
+
+    def _across_rounds(self, mspec: Any, result: Any) -> dict[str, Any]:
+        """Secure sums of rounds whose membership changed, subtracted (pure part in
+        :func:`~fedcollab.grading.differencing.across_changing_rounds`).
+
+        The members of each round's sum come from the run's log (``secure.survivors``:
+        what the server knows); the sums and the truth behind them from a replay of
+        those rounds from the run's own checkpoints (the global model each round
+        started from). Only the latest ``cross_round_window`` secure rounds are used,
+        and only replayed when their memberships isolate something smaller than a sum.
+        """
+        from fedcollab.grading.differencing import (
+            SumSeen,
+            across_changing_rounds,
+            identifiable_sets,
+        )
+        from fedcollab.grading.replay import replay_round
+        from fedcollab.roster import roster
+
+        people = roster(mspec)
+        vendor = frozenset(p.pid for p in people if p.role == "vendor")
+        seen = [(int(m["round"]), frozenset(int(p) for p in m["secure"].get("survivors", ())))
+                for m in result.metrics
+                if m.get("secure") and "aborted" not in m and "skipped" not in m]
+        seen = [(r, s) for r, s in seen if s][-self.budget.cross_round_window:]
+        in_sums = frozenset().union(*(s for _, s in seen)) if seen else frozenset()
+        targets = vendor & in_sums or None
+
+        def empty(note: str, target: str) -> dict[str, Any]:
+            return {"sums": len(seen), "identifiable": 0, "isolated": 0, "relative_error": None,
+                    "exact": False, "rounds": [], "members": [], "target": target,
+                    "note": note}
+
+        if len(seen) < 2:
+            return empty("fewer than two secure sums" if seen else "no secure sum",
+                         "any participant")
+        memberships = [s for _, s in seen]
+        unchanged = ("the secure sums' membership never changed in a way that isolates "
+                     "fewer participants than a sum")
+        if not identifiable_sets(memberships):
+            out = empty(unchanged, "any participant")
+            if targets:
+                out["vendor"] = empty(unchanged, "vendor sites")
+            return out
+        z = float(result.summary["privacy"].get("noise_multiplier") or 0.0)
+        private = self._private_index(mspec)
+        sums = []
+        for r, members in seen:
+            start = self._round_start(result, r)
+            if start is None:
+                return empty(f"no checkpoint of the global model before round {r}",
+                             "any participant")
+            view = replay_round(mspec, self.trainer, start, self.parts, private, round_id=r,
+                                noise_multiplier=z, only=members)
+            parts = {p: view.vector(p, self.shapes, clean=True) for p in members}
+            total = np.sum([view.vector(p, self.shapes) for p in members], axis=0)
+            sums.append(SumSeen(r, members, total, parts))
+        out = dict(across_changing_rounds(sums).to_json(), target="any participant")
+        if targets:  # what it gives away of the vendor's sites (graded)
+            vendor_row = across_changing_rounds(sums, targets=targets)
+            out["vendor"] = dict(vendor_row.to_json(), target="vendor sites") \
+                if vendor_row.isolated else empty(unchanged, "vendor sites")
+        return out
+
+    def _round_start(self, result: Any, round_id: int) -> Any:
+        """The global weights round `round_id` started from (its predecessor's checkpoint)."""
+        from fedcollab.io import load_npz
+
+        if round_id == 1:
+            return self.w0
+        path = Path(result.out_dir) / "checkpoints" / f"round-{round_id - 1:05d}.npz"
+        if not path.exists():
+            return None
+        arrays, _ = load_npz(path)
+        return [np.asarray(arrays[f"w{i}"]) for i in range(len(self.w0))]
+
+    def _private_index(self, mspec: Any) -> list[int]:
+        from fedcollab.models import private_weight_indices
+
+        private_layers = next((g.private_layers for g in mspec.participants if g.private_layers),
+                              ())
+        return private_weight_indices(self.model, private_layers) if private_layers else []
 
     def _inversion(self, view: Any) -> dict[str, Any]:
         from fedcollab.grading.inversion import first_dense_indices
@@ -267,10 +371,7 @@ class TaskMeasurer:
         lr = self.spec.local.learning_rate
         observed = [np.zeros_like(w) if d is None else -np.asarray(d) / lr
                     for d, w in zip(view.clean[pid], self.w0)]
-        from fedcollab.models import build_model
-
-        model = build_model(self.spec.task.model, input_shape=self.data.input_shape,
-                            num_classes=self.data.num_classes, seed=self.spec.seed)
+        model = self._matching_model
         recon = gradient_matching(model, self.w0, observed, batch=len(x),
                                   num_classes=self.data.num_classes, steps=300,
                                   learning_rate=0.05, seed=self.spec.seed)

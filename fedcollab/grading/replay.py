@@ -10,7 +10,7 @@ reported as ``replay_verified``). DP noise comes from fresh entropy in both.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Collection, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -49,12 +49,14 @@ class RoundView:
 def replay_round(spec: Any, trainer: Any, global_weights: Sequence[np.ndarray],
                  parts: Sequence[tuple[np.ndarray, np.ndarray]], private_index: Sequence[int],
                  *, round_id: int = 1, logged: Optional[Mapping[str, str]] = None,
-                 noise_multiplier: float = 0.0) -> RoundView:
-    """Every participant's round-`round_id` update from `global_weights`."""
+                 noise_multiplier: float = 0.0,
+                 only: Optional[Collection[int]] = None) -> RoundView:
+    """Every participant's round-`round_id` update from `global_weights` (``only``:
+    just those participants, e.g. the members of that round's secure sum)."""
     from fedcollab.privacy import privatize_update
     from fedcollab.roster import roster
 
-    people = roster(spec)
+    people = [p for p in roster(spec) if only is None or p.pid in only]
     dp = spec.privacy.dp.mode != "none" and noise_multiplier > 0
     feed = trainer.feed(global_weights)
     deltas: dict[int, list[Optional[np.ndarray]]] = {}

@@ -1,27 +1,58 @@
 """`fedcollab grade`: run the task under each policy mix, attack each, write the scorecard.
 
 All runs share one Ray session (:func:`fedcollab.cluster.connect` yields an
-initialised Ray and :func:`fedcollab.orchestrator.run_job` reuses it). They run one
-after the other: jobs started side by side on a small cluster compete for the same
-CPUs, and each waits for all its worker actors, so two half-placed jobs could wait
-on each other for ever. The attacks are the pure
-functions of this package, run in the driver on what each run produced (final
-weights, per-round metrics) and on a replay of what the server saw.
+initialised Ray and :func:`fedcollab.orchestrator.run_job` reuses it) and run side
+by side, each :func:`run_job` in a thread of this process. Threads rather than Ray
+tasks: a run's work is already in its own Ray worker actors, and what is left in
+the driver (the round loop, evaluating the global model, secure-sum unmasking) is
+light and mostly waits on Ray; a Ray task per run would be one more process per
+mix that imports TensorFlow and traces the model, which is most of a short run's
+start-up time, and would need CPUs of its own that the runs' workers then lack.
+
+How many run at once is bounded by what the cluster can place: every run's worker
+actors together (one worker per run unless the spec says otherwise, plus a worker
+per pinned group) must fit in the resources available when grading starts, for
+every run admitted, so no two runs can each hold part of what they need and wait on
+each other for ever (each run waits for all its workers). At least one runs.
+
+run_job is safe to run in threads here: it installs no signal handlers, changes
+neither the working directory nor (on an initialised Ray) the environment, and with
+``quiet``/``progress=False`` prints only warnings; each run has its own output
+directory, model, TensorBoard writer and checkpoint thread. Two things in the
+driver are process-wide: building a Keras model seeds Keras' global RNG
+(``keras.utils.set_random_seed`` then initialisers drawing from it), and
+configuring TensorFlow swaps file descriptor 2 while it imports. So a run starts
+only once the previous one has built its model (its output directory's
+``spec.yaml`` exists, which run_job writes right after), and every model the
+grader itself needs is built before the first run starts
+(:class:`~fedcollab.grading.measure.TaskMeasurer`). With that each run's weights and
+metrics are what it would give alone, in any order.
+
+While the runs train, the driver thread does the work that needs no run: the
+poisoning simulations (backdoor, Byzantine) and the LiRA shadow models, then
+attacks each mix as it finishes. The attacks are the pure functions of this
+package, run on what each run produced (final weights, per-round metrics, its
+checkpoints) and on a replay of what the server saw. The scorecard keeps the
+planned order of mixes whatever order they finish in.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import math
 import os
+import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from fedcollab.errors import FedcollabError
 from fedcollab.grading.measure import BUDGETS, Budget, Progress, TaskMeasurer, Timer
 from fedcollab.grading.report import Scorecard, write_scorecard
 
-__all__ = ["grade", "Budget", "BUDGETS", "GradeError"]
+__all__ = ["grade", "Budget", "BUDGETS", "GradeError", "parallel_slots", "run_request"]
 
 
 class GradeError(FedcollabError):
@@ -34,7 +65,8 @@ class GradeError(FedcollabError):
 def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
           priority: str = "balanced", budget: str = "fast", out: Optional[Union[str, Path]] = None,
           address: Optional[str] = None, progress: Optional[bool] = None,
-          on_progress: Optional[Progress] = None) -> Scorecard:
+          on_progress: Optional[Progress] = None,
+          max_parallel: Optional[int] = None) -> Scorecard:
     """Grade a task under each policy mix and write scorecard.{json,md,html} to `out`.
 
     Args:
@@ -45,6 +77,10 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
         out: output directory (default runs/<name>-grade-<UTC timestamp>/).
         address: Ray cluster address (None: an embedded local Ray).
         progress: a rich progress bar on stderr (None: when stderr is a terminal).
+        on_progress: called with ("mix" | "attack", name) as each finishes (from the
+            thread that finished it; never two calls at once).
+        max_parallel: at most this many runs at once (None: as many as the cluster
+            can place side by side; 1: one after the other).
 
     Raises:
         FedcollabError: a bad spec or option (one line), an unreachable cluster.
@@ -56,6 +92,8 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
         raise GradeError(f"--priority: got {priority!r}, expected one of {', '.join(PRIORITIES)}")
     if budget not in BUDGETS:
         raise GradeError(f"--budget: got {budget!r}, expected one of {', '.join(BUDGETS)}")
+    if max_parallel is not None and max_parallel < 1:
+        raise GradeError(f"max_parallel: got {max_parallel!r}, expected 1 or more")
     if isinstance(spec_or_path, JobSpec):
         spec, data = spec_or_path, spec_to_dict(spec_or_path)
     else:
@@ -82,21 +120,25 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
     out_dir = Path(out) if out is not None else Path("runs") / f"{spec.name}-grade-{stamp}"
     out_dir = out_dir.resolve()
     with _Bar(len(planned), enabled=progress) as bar:
+        lock = threading.Lock()
+
         def report(kind: str, name: str) -> None:
-            bar.step(kind, name)
-            if on_progress is not None:
-                on_progress(kind, name)
+            with lock:  # runs finish in their own threads
+                bar.step(kind, name)
+                if on_progress is not None:
+                    on_progress(kind, name)
 
         card = _grade(spec, planned, skipped, priority=priority, budget=budget,
-                      out_dir=out_dir, address=address, report=report)
+                      out_dir=out_dir, address=address, report=report,
+                      max_parallel=max_parallel)
     card = dataclasses.replace(card, out_dir=str(out_dir))
     write_scorecard(card, out_dir)
     return card
 
 
 def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: str,
-           budget: str, out_dir: Path, address: Optional[str],
-           report: Progress) -> Scorecard:
+           budget: str, out_dir: Path, address: Optional[str], report: Progress,
+           max_parallel: Optional[int] = None) -> Scorecard:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fedcollab.cluster import connect
     from fedcollab.orchestrator import _embedded_cpus
@@ -108,44 +150,185 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
         for group in mspec.participants:
             for key, amount in group.resources.items():
                 custom[key] = max(custom.get(key, 0.0), float(amount))
+    # before any run starts: every model the grader needs is built here (see above)
     ctx = TaskMeasurer(spec, BUDGETS[budget], timer)
-    results = []
-    with connect(address, resources=custom, num_cpus=_embedded_cpus(spec)):
-        from fedcollab.orchestrator import RunOptions, run_job
-
-        for mix, mspec in planned:
-            t0 = time.perf_counter()
-            if mspec.resources.workers == "auto":
-                # One worker per run: results do not depend on the worker count (every
-                # participant trains from its own seed), but start-up does: each worker
-                # is a process that imports TensorFlow and traces the model.
-                mspec = dataclasses.replace(mspec, resources=dataclasses.replace(
-                    mspec.resources, workers=1))
-            try:
-                result = run_job(mspec, RunOptions(out_dir=out_dir / "mixes" / mix.name,
-                                                   address=address, quiet=True, progress=False,
-                                                   release=False))
-            except FedcollabError as err:
-                skipped[mix.name] = f"run failed: {err}"
-                timer.add("runs", t0)
-                report("mix", mix.name)
-                continue
-            timer.add("runs", t0)
-            results.append((mix, mspec, result))
-            report("mix", mix.name)
-    if not results:
+    jobs = [(mix, one_worker(mspec)) for mix, mspec in planned]
+    measured: dict[int, tuple[Any, Any, Any, dict[str, Any], Any]] = {}
+    with connect(address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray:
+        cluster = float(ray.cluster_resources().get("CPU", 1))
+        slots = parallel_slots(_free(ray), [run_request(m, cluster) for _, m in jobs])
+        if max_parallel is not None:
+            slots = min(slots, max_parallel)
+        with MixRuns(jobs, slots=slots, out_dir=out_dir, address=address,
+                     on_done=lambda mix: report("mix", mix.name)) as runs:
+            # driver-side work that needs no run, while the runs train
+            sims = ctx.simulations(report)
+            ctx.prepare()
+            for index, mix, mspec, result, error in runs.as_finished():
+                if result is None:
+                    skipped[mix.name] = f"run failed: {error}"
+                    continue
+                row, roc = ctx.measure(mix, mspec, result, sims, report)
+                measured[index] = (mix, mspec, result, row, roc)
+        timer.seconds["runs"] = runs.wall_seconds
+    if not measured:
         raise GradeError("every mix failed: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, Any]] = {"accuracy": {}, "roc": {}}
-    sims = ctx.simulations(report)
-    for mix, mspec, result in results:
-        row, roc = ctx.measure(mix, mspec, result, sims, report)
+    for index in sorted(measured):  # the planned order, whatever order they finished in
+        mix, mspec, result, row, roc = measured[index]
         rows.append(row)
         curves["accuracy"][mix.name] = [m.get("accuracy") for m in result.metrics
                                         if m.get("accuracy") is not None]
         curves["roc"][mix.name] = roc
     return _finish(spec, rows, skipped, curves, priority=priority, budget=budget,
                    seconds=time.perf_counter() - t_start, timer=timer, non_members=ctx.non_members)
+
+
+def one_worker(mspec: Any) -> Any:
+    """One worker per run when the spec leaves ``workers: auto``: results do not depend
+    on the worker count (every participant trains from its own seed), but start-up
+    does (each worker is a process that imports TensorFlow and traces the model), and
+    one-worker runs leave room for more runs side by side."""
+    if mspec.resources.workers != "auto":
+        return mspec
+    return dataclasses.replace(mspec, resources=dataclasses.replace(mspec.resources, workers=1))
+
+
+def run_request(mspec: Any, cluster_cpus: float) -> dict[str, float]:
+    """What all of one run's worker actors ask Ray for together, by resource."""
+    from fedcollab.cluster import worker_requests
+    from fedcollab.pool import plan_workers
+    from fedcollab.roster import roster
+
+    plan = plan_workers(mspec, roster(mspec), cluster_cpus)
+    total: dict[str, float] = {}
+    for request in worker_requests(plan, cpus_per_worker=mspec.resources.cpus_per_worker,
+                                   gpus_per_worker=mspec.resources.gpus_per_worker):
+        for key, amount in request.wants().items():
+            total[key] = total.get(key, 0.0) + amount
+    return total
+
+
+def parallel_slots(available: Mapping[str, float],
+                   requests: Sequence[Mapping[str, float]]) -> int:
+    """How many runs can hold everything they ask for at once: for every resource,
+    ``floor(available / the most any run asks)``, the least of those; at least 1.
+
+    Sizing every slot for the largest run means any runs admitted together fit,
+    whichever of them they are.
+    """
+    need: dict[str, float] = {}
+    for request in requests:
+        for key, amount in request.items():
+            if amount > 0:
+                need[key] = max(need.get(key, 0.0), float(amount))
+    slots = min((math.floor(available.get(key, 0.0) / amount + 1e-9)
+                 for key, amount in need.items()), default=len(requests))
+    return max(1, min(slots, max(len(requests), 1)))
+
+
+def _free(ray: Any) -> dict[str, float]:
+    """Resources free now (others' jobs on a shared cluster hold the rest); the whole
+    cluster when Ray has not reported yet."""
+    free = dict(ray.available_resources())
+    return free if "CPU" in free else dict(ray.cluster_resources())
+
+
+class _Once:
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn, self._lock, self._done = fn, threading.Lock(), False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._fn()
+
+
+class MixRuns:
+    """The mixes' runs on the shared Ray, ``slots`` at a time, started in the planned
+    order, each in a thread of this process.
+
+    A run starts only once the previous one has built its driver-side model (its
+    ``spec.yaml`` exists, or it has ended): building a Keras model seeds a
+    process-wide RNG (module docstring).
+    """
+
+    POLL = 0.05
+
+    def __init__(self, jobs: Sequence[tuple[Any, Any]], *, slots: int, out_dir: Path,
+                 address: Optional[str], on_done: Callable[[Any], None]) -> None:
+        self.jobs = list(jobs)
+        self.slots = max(1, slots)
+        self.out_dir = out_dir
+        self.address = address
+        self.on_done = on_done
+        self.wall_seconds = 0.0
+        self._gate = threading.Lock()  # held by a run while it builds its model
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._futures: list[concurrent.futures.Future[Any]] = []
+        self._t0 = 0.0
+        self._ended = 0.0
+
+    def __enter__(self) -> "MixRuns":
+        self._t0 = time.perf_counter()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.slots, thread_name_prefix="fedcollab-grade-run")
+        self._futures = [self._pool.submit(self._run, mix, mspec) for mix, mspec in self.jobs]
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        assert self._pool is not None
+        if exc_type is None:
+            self._pool.shutdown(wait=True)
+        else:  # do not wait on runs nobody will read; Ray's shutdown ends them
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self.wall_seconds = (self._ended or time.perf_counter()) - self._t0
+
+    def as_finished(self) -> Iterator[tuple[int, Any, Any, Any, Optional[str]]]:
+        """(planned index, mix, spec run, JobResult or None, error) as runs finish."""
+        index = {id(f): i for i, f in enumerate(self._futures)}
+        for future in concurrent.futures.as_completed(self._futures):
+            i = index[id(future)]
+            mix, mspec = self.jobs[i]
+            result, error = future.result()  # a bug in a run raises here
+            self._ended = max(self._ended, time.perf_counter())
+            yield i, mix, mspec, result, error
+
+    def _run(self, mix: Any, mspec: Any) -> tuple[Any, Optional[str]]:
+        from fedcollab.orchestrator import RunOptions, run_job
+
+        target = self.out_dir / "mixes" / mix.name
+        marker = target / "spec.yaml"
+        stale = marker.exists()  # then wait for the run to end instead (run_job refuses it)
+        self._gate.acquire()
+        release = _Once(self._gate.release)
+        running = threading.Event()
+
+        def watch() -> None:
+            while not running.wait(self.POLL):
+                if not stale and marker.exists():
+                    break
+            release()
+
+        threading.Thread(target=watch, name=f"fedcollab-grade-gate-{mix.name}",
+                         daemon=True).start()
+        secure = any(g.sharing == "secure" for g in mspec.participants)
+        try:
+            result = run_job(mspec, RunOptions(
+                out_dir=target, address=self.address, quiet=True, progress=False,
+                release=False,
+                # every round's global model, for the cross-round differencing replay
+                keep_checkpoints=mspec.rounds + 1 if secure else 2))
+            return result, None
+        except FedcollabError as err:
+            return None, str(err)
+        finally:
+            running.set()
+            release()
+            self.on_done(mix)
 
 
 def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curves: Any, *,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedcollab.grading.differencing import across_rounds, vendor_by_differencing
+from fedcollab.grading.differencing import SumSeen, across_rounds, vendor_by_differencing
 
 
 def _updates(n: int, dim: int = 50) -> dict[int, np.ndarray]:
@@ -43,3 +43,90 @@ def test_differencing_across_rounds_fixed_membership_isolates_nothing() -> None:
     a = frozenset(ups)
     result = across_rounds([(a, sum(ups.values())), (a, sum(ups.values()))], ups)
     assert not result.exact and result.min_group_seen == 5
+
+
+# ------------------------------------------------------------------ across changing rounds
+def _seen(rounds: list[frozenset[int]], drift: float = 0.0,
+          noise: float = 0.0) -> list[SumSeen]:
+    """Sums over `rounds`; each participant's contribution moves by `drift` per round."""
+
+    rng = np.random.default_rng(1)
+    base = {p: rng.normal(size=40) for p in range(12)}
+    step = {p: rng.normal(size=40) for p in range(12)}
+    out = []
+    for r, members in enumerate(rounds, start=1):
+        parts = {p: base[p] + drift * r * step[p] for p in members}
+        total = sum(parts.values()) + noise * rng.normal(size=40)
+        out.append(SumSeen(r, members, total, parts))
+    return out
+
+
+def test_cross_round_dropout_isolates_the_dropped_participant_exactly() -> None:
+    from fedcollab.grading.differencing import across_changing_rounds
+
+    full, dropped = frozenset({0, 1, 2, 3}), frozenset({0, 1, 2})
+    result = across_changing_rounds(_seen([full, dropped]))
+    assert result.isolated == 1 and result.members == (3,)
+    assert result.exact and result.relative_error is not None and result.relative_error < 1e-9
+    assert result.rounds == (1, 2)
+
+
+def test_cross_round_drifting_updates_are_recovered_approximately() -> None:
+    from fedcollab.grading.differencing import across_changing_rounds
+
+    full, dropped = frozenset({0, 1, 2, 3}), frozenset({0, 1, 2})
+    result = across_changing_rounds(_seen([full, dropped], drift=0.05))
+    # the three who stayed moved a little between rounds: close, not exact
+    assert result.isolated == 1 and not result.exact
+    assert result.relative_error is not None and 1e-6 < result.relative_error < 0.5
+
+
+def test_cross_round_fixed_size_samples_disaggregate_individuals() -> None:
+    """Lam et al. 2021: same-size samples are never nested, but enough rounds of them
+    span every participant, and least squares isolates each one."""
+    from fedcollab.grading.differencing import across_changing_rounds, identifiable_sets
+
+    rng = np.random.default_rng(3)
+    rounds = [frozenset(rng.choice(6, size=3, replace=False).tolist()) for _ in range(12)]
+    assert len(identifiable_sets(rounds)) >= 1
+    result = across_changing_rounds(_seen(rounds))
+    assert result.isolated == 1 and result.exact
+    # with noise on each sum (DP) the same combination is far from exact
+    noisy = across_changing_rounds(_seen(rounds, noise=5.0))
+    assert noisy.isolated == 1 and not noisy.exact and (noisy.relative_error or 0) > 0.1
+
+
+def test_cross_round_unchanged_membership_isolates_nothing() -> None:
+    from fedcollab.grading.differencing import across_changing_rounds, identifiable_sets
+
+    group = frozenset({0, 1, 2})
+    assert identifiable_sets([group] * 5) == []
+    result = across_changing_rounds(_seen([group] * 5))
+    assert result.isolated == 0 and result.relative_error is None and not result.exact
+    assert result.to_json()["identifiable"] == 0
+
+
+def test_cross_round_targets_restrict_to_sets_holding_a_target() -> None:
+    from fedcollab.grading.differencing import across_changing_rounds, identifiable_sets
+
+    full, dropped = frozenset({0, 1, 2, 3}), frozenset({0, 1, 2})
+    assert identifiable_sets([full, dropped], targets=frozenset({0})) == []
+    result = across_changing_rounds(_seen([full, dropped]), targets=frozenset({3}))
+    assert result.members == (3,) and result.exact
+
+
+def test_cross_round_targets_together_are_a_candidate() -> None:
+    """The vendor's three sites always sit in the sum together: none of them alone is
+    isolated, but with the community's sample size changing (Poisson sampling, as
+    under DP) their aggregate is. With fixed-size community samples it is not."""
+    from fedcollab.grading.differencing import across_changing_rounds
+
+    rng = np.random.default_rng(5)
+    vendor = frozenset({9, 10, 11})
+    rounds = [vendor | frozenset(rng.choice(9, size=int(rng.integers(4, 7)),
+                                            replace=False).tolist()) for _ in range(14)]
+    result = across_changing_rounds(_seen(rounds), targets=vendor)
+    assert result.members == (9, 10, 11) and result.isolated == 3 and result.exact
+    fixed = [vendor | frozenset(rng.choice(9, size=4, replace=False).tolist())
+             for _ in range(14)]
+    assert across_changing_rounds(_seen(fixed), targets=vendor).isolated == 0

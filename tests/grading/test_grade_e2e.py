@@ -31,6 +31,13 @@ def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
     assert vendor_secure["attacks"]["differencing"]["exact"] is True
     assert vendor_secure["attacks"]["differencing"]["relative_error"] < 1e-6
     assert vendor_secure["grades"]["confidentiality"] == "F"
+    # every round's sum had the same three vendor sites: subtracting across rounds
+    # isolates nothing, and says so; the replay had every round's model to work from
+    across = vendor_secure["attacks"]["differencing"]["across_rounds"]
+    assert across["sums"] == 3 and across["isolated"] == 0 and across["exact"] is False
+    assert len(list((tmp_path / "mixes" / "secure-vendor" / "checkpoints")
+                    .glob("round-*.npz"))) == 3
+    assert mixes["open"]["attacks"]["differencing"]["across_rounds"]["sums"] == 0
     assert mixes["open"]["replay_verified"] is True  # the replay is what the server saw
     assert set(mixes["open"]["utility"]["per_group"]) == {"community", "vendor"}
     assert 0 < mixes["open"]["utility"]["accuracy"] <= 1

@@ -119,3 +119,16 @@ def test_recommend_privacy_priority_picks_private_mix_and_quotes_figures() -> No
     assert rec["mix"] == "dp"
     assert "0.800" in rec["text"] and "0.90" in rec["text"] and "privacy priority" in rec["text"]
     assert recommend(mixes, ["open", "dp"], "utility", scenario="test")["mix"] == "open"
+
+
+def test_grade_confidentiality_cross_round_recovery_of_a_vendor_site_counts() -> None:
+    big_sum = {"relative_error": 3.0, "exact": False, "min_group_seen": 11}
+    exact = {"target": "vendor sites", "isolated": 1, "relative_error": 1e-9, "exact": True}
+    close = {"target": "vendor sites", "isolated": 1, "relative_error": 0.05, "exact": False}
+    useless = {"target": "vendor sites", "isolated": 1, "relative_error": 0.9, "exact": False}
+    community = {"target": "any participant", "isolated": 1, "relative_error": 0.0,
+                 "exact": True}
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': exact}), {}) == "F"
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': close}), {}) == "D"
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': useless}), {}) == "A"
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': community}), {}) == "A"
