@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import threading
 from typing import Any, Callable, Sequence
 
 from fedcollab.spec import SpecError
@@ -88,6 +89,9 @@ def resolve_builder(name: str) -> Callable[..., Any]:
     return func
 
 
+_BUILD_LOCK = threading.RLock()
+
+
 def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
                 seed: int) -> Any:
     """Build the named model with weights initialised from `seed`.
@@ -97,15 +101,18 @@ def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
     """
     import keras
 
-    keras.utils.set_random_seed(seed)
     builder = resolve_builder(name)
-    if name in _BUILTIN:
-        model = builder(input_shape, num_classes)
-    else:
-        accepted = inspect.signature(builder).parameters
-        kwargs = {k: v for k, v in (("input_shape", input_shape), ("num_classes", num_classes))
-                  if k in accepted}
-        model = builder(**kwargs)
+    # Keras' initialisers draw from process-wide random state: two threads building
+    # at once (a grade's runs side by side) would mix up each other's weights.
+    with _BUILD_LOCK:
+        keras.utils.set_random_seed(seed)
+        if name in _BUILTIN:
+            model = builder(input_shape, num_classes)
+        else:
+            accepted = inspect.signature(builder).parameters
+            kwargs = {k: v for k, v in (("input_shape", input_shape),
+                                        ("num_classes", num_classes)) if k in accepted}
+            model = builder(**kwargs)
     if not isinstance(model, keras.Model):
         raise SpecError(f"spec: task.model: {name!r} returned {type(model).__name__}, "
                         "expected a keras.Model")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ class RunOptions:
     keep_checkpoints: int = 2
     callbacks: Sequence[RoundCallback] = ()
     on_round: Optional[Callable[[dict[str, Any]], None]] = None  # each metrics line
+    # workers started ahead of the job (fedcollab.pool.start_spares): a warm service's
+    spares: Sequence[Any] = ()
 
 
 @dataclass(frozen=True)
@@ -252,9 +255,13 @@ def _read_committed(out: Path) -> Optional[_Committed]:
 def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
     """Run a whole job against Ray (embedded when ``options.address`` is None).
 
-    Every check a user's mistake can fail runs first, before Ray starts and before
-    anything is written: the output directory, the data, the secure encoding, the
-    release key, then the model against the data (building it needs TensorFlow).
+    Every check a user's mistake can fail runs first, before anything is written: the
+    output directory, the data, the secure encoding and the release key before Ray
+    starts, then the model against the data (building it needs TensorFlow).
+
+    What does not depend on each other overlaps: the driver imports TensorFlow and
+    builds the model in a thread while Ray starts and the workers import TensorFlow
+    and trace theirs (``summary.json`` ``phases_seconds`` says where the time went).
 
     Raises:
         fedcollab.outdir.JobAlreadyFinished: ``resume`` of a finished job (exit 0).
@@ -270,28 +277,32 @@ def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
     plan = plan_out_dir(spec, options.out_dir, resume=options.resume)
     preflight(spec)
     phases["checks"] = time.perf_counter() - wall0
-    say("loading TensorFlow and building the model")
-    t = time.perf_counter()
-    driver = _Driver.build(spec)
-    plan.create()
-    phases["setup"] = time.perf_counter() - t
+    say("loading TensorFlow and building the model, while Ray and the workers start")
+    build = _Background(_Driver.build, spec)
     custom: dict[str, float] = {}
     for group in spec.participants:
         for key, amount in group.resources.items():
             custom[key] = max(custom.get(key, 0.0), float(amount))
-    say("starting an embedded Ray" if options.address is None
-        else f"connecting to Ray at {options.address}")
     t = time.perf_counter()
-    with connect(options.address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray:
-        phases["ray_start"] = time.perf_counter() - t
-        job = _Job(spec, options, ray, wall0, plan, driver, say, phases)
-        try:
-            result = job.run()
-        finally:
-            # free the workers' CPUs now: on a shared Ray (a grade's mixes, the job
-            # service, tests) the next job's workers would otherwise wait for them
-            job.pool.shutdown()
-        t = time.perf_counter()
+    try:
+        with connect(options.address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray:
+            phases["ray_start"] = time.perf_counter() - t
+            t_workers = time.perf_counter()
+            pool = _start_pool(ray, spec, plan, options, say)
+            try:
+                driver = build.result()  # a model that does not fit the data fails here
+                phases["setup"] = build.seconds
+                plan.create()
+                job = _Job(spec, options, ray, wall0, plan, driver, say, phases, pool=pool,
+                           workers_since=t_workers)
+                result = job.run()
+            finally:
+                # free the workers' CPUs now: on a shared Ray (a grade's mixes, the job
+                # service, tests) the next job's workers would otherwise wait for them
+                pool.shutdown()
+            t = time.perf_counter()
+    finally:
+        build.join()  # Ray failed to start: let the build finish before raising
     phases["shutdown"] = time.perf_counter() - t
     result.summary["wall_seconds"] = time.perf_counter() - wall0
     if (result.out_dir / "summary.json").exists():  # now with the shutdown's time
@@ -299,6 +310,60 @@ def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
 
         atomic_write_json(result.out_dir / "summary.json", result.summary)
     return result
+
+
+class _Background:
+    """Run ``fn(*args)`` in a thread; :meth:`result` returns it or raises its error."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True,
+                                        name="fedcollab-setup")
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._value = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            self._error = err
+        self.seconds = time.perf_counter() - t0
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _committed_round(plan: OutDirPlan) -> int:
+    """The round a resumed job continues after (0: none), read without changing a file."""
+    pointer = plan.path / "checkpoints" / "latest.json"
+    if not plan.resume or not pointer.exists():
+        return 0
+    try:
+        return int(json.loads(pointer.read_text())["round"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def _start_pool(ray: Any, spec: JobSpec, plan: OutDirPlan, options: RunOptions,
+                say: _Status) -> Any:
+    """Create the job's workers without waiting for them (they start meanwhile)."""
+    from fedcollab.pool import WorkerPool
+
+    people = roster(spec)
+    resume_round = _committed_round(plan)
+    say(f"starting {len(plan_workers(spec, people, _cluster_cpus(ray)))} workers for "
+        f"{len(people)} participants"
+        + (f" (resuming after round {resume_round})" if resume_round else ""))
+    return WorkerPool(ray, spec, people, plan.path.resolve(), resume_round=resume_round,
+                      spares=options.spares, wait=False)
 
 
 def _cluster_cpus(ray: Any) -> float:
@@ -315,9 +380,9 @@ class _Job:
 
     def __init__(self, spec: JobSpec, options: RunOptions, ray: Any, wall0: float,
                  plan: OutDirPlan, driver: _Driver, say: _Status,
-                 phases: Optional[dict[str, float]] = None) -> None:
+                 phases: Optional[dict[str, float]] = None, *, pool: Any,
+                 workers_since: float) -> None:
         from fedcollab.aggregation import Aggregator
-        from fedcollab.pool import WorkerPool
         from fedcollab.privacy.server import DpServer
 
         self.spec = spec
@@ -346,13 +411,10 @@ class _Job:
                   f"{rates[exposed]:.2f} per round, not fraction={spec.fraction:g} (groups "
                   "are sampled to at least one member, secure groups to secure.min_group); "
                   f"epsilon is accounted at {rates[exposed]:.2f}", file=sys.stderr, flush=True)
-        say(f"starting {len(plan_workers(spec, self.people, _cluster_cpus(ray)))} workers for "
-            f"{len(self.people)} participants"
-            + (f" (resuming after round {committed.round})" if committed else ""))
-        t = time.perf_counter()
-        self.pool = WorkerPool(ray, spec, self.people, self.out,
-                               resume_round=committed.round if committed else 0)
-        self.phases["workers_ready"] = time.perf_counter() - t
+        self.pool = pool
+        self.pool.wait_ready()
+        # from Ray's start to the last worker ready, overlapping the driver's set-up
+        self.phases["workers_ready"] = time.perf_counter() - workers_since
         secure = None
         if any(g.sharing == "secure" for g in spec.participants):
             from fedcollab.secure_round import SecureCoordinator

@@ -75,6 +75,7 @@ class ParticipantWorker:
 
         configure_tensorflow(threads=1, deterministic=True)
         self.configured = False
+        self.worker_index: int = -1
         if config is not None:
             self.configure(config)
 

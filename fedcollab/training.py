@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
@@ -66,16 +67,20 @@ def _quiet_stderr(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    with _STDERR_LOCK:  # two threads swapping fd 2 at once could leave it silenced
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
+_STDERR_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
