@@ -230,6 +230,23 @@ def _steady_phases_ms(metrics: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _plain_run() -> dict[str, Any]:
+    """The workload at N=100, all participants open (the secure benches' baseline)."""
+    return run_fedcollab(workload_spec(100, name="bench-plain"))
+
+
+def _secaggplus_run(server: str) -> dict[str, Any]:
+    """The workload at N=100, all participants secure with SecAgg+ under ``server``."""
+    return run_fedcollab(workload_spec(
+        100, name=f"bench-secaggplus-{server}", participants__0__sharing="secure",
+        secure={"protocol": "secaggplus", "server": server}))
+
+
+def _faster(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The run with fewer rounds seconds (machine noise only ever slows a run down)."""
+    return a if a["rounds_seconds"] <= b["rounds_seconds"] else b
+
+
 def bench_secure_round() -> None:
     """The workload with all 100 participants secure: plain vs SecAgg vs SecAgg+.
 
@@ -242,7 +259,7 @@ def bench_secure_round() -> None:
     """
     from fedcollab.secure.graph import auto_degree
 
-    plain = run_fedcollab(workload_spec(100, name="bench-plain"))
+    plain = _plain_run()
     results = []
     for protocol in ("secagg", "secaggplus"):
         runs = {}
@@ -253,23 +270,13 @@ def bench_secure_round() -> None:
         results.append((protocol, runs))
     # SecAgg+ under each server model, interleaved (malicious, the default, ran
     # above): each keeps its faster run, so machine noise cannot decide the ratio
-    def secaggplus(server: str) -> dict[str, Any]:
-        return run_fedcollab(workload_spec(
-            100, name=f"bench-secaggplus-{server}", participants__0__sharing="secure",
-            secure={"protocol": "secaggplus", "server": server}))
-
-    def faster(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-        return a if a["rounds_seconds"] <= b["rounds_seconds"] else b
-
     runs = results[-1][1]
-    honest = secaggplus("honest_but_curious")
-    runs[0.05] = faster(runs[0.05], secaggplus("malicious"))
-    honest = faster(honest, secaggplus("honest_but_curious"))
+    honest = _secaggplus_run("honest_but_curious")
+    runs[0.05] = _faster(runs[0.05], _secaggplus_run("malicious"))
+    honest = _faster(honest, _secaggplus_run("honest_but_curious"))
     # plain again after the secure runs; the faster plain run is the baseline, so a
     # slow first (cold) run cannot flatter the ratios
-    again = run_fedcollab(workload_spec(100, name="bench-plain"))
-    if again["rounds_seconds"] < plain["rounds_seconds"]:
-        plain = again
+    plain = _faster(plain, _plain_run())
     for protocol, runs in results:
         ours = runs[0.05]
         line = {"bench": "secure_round", "clients": 100, "protocol": protocol,
@@ -342,6 +349,126 @@ def bench_secure_dropout() -> None:
         emit({"bench": "secure_dropout", "clients": 100, "dropout": 0.1, "protocol": protocol,
               "ratio_to_no_dropout": dropped / base, "seconds": dropped,
               "no_dropout_seconds": base, "expected_dropout": 0.1})
+
+
+def secure_floor_ms(n: int, k: int, threshold: int, dim: int, ring_bits: int, workers: int,
+                    repeats: int = 5) -> dict[str, float]:
+    """Milliseconds per round of the library calls a steady SecAgg+ round cannot avoid.
+
+    Timed in this process, best of ``repeats``: per participant ``k + 1`` AES-256-CTR
+    keystreams of ``dim`` ring elements (its self mask and ``k`` pairwise masks,
+    ``cryptography`` as :mod:`fedcollab.secure.prg` calls it), ``k`` AES-GCM seals
+    of a share bundle (the self-mask share and the next recovery share, as sized by
+    :func:`fedcollab.secure._wire.share_payloads`) and ``k`` opens; on the server,
+    ``n`` Shamir reconstructions from ``threshold`` shares (the Lagrange
+    coefficients are per holder set, fixed while the graph is, so they are not
+    counted). The participants' part is spread over ``workers``; the server's is added.
+    Not counted: masking and encoding arithmetic, Shamir sharing, the server's
+    keystreams to strip self masks, serialisation and transport.
+    """
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from fedcollab.secure._wire import share_payloads
+    from fedcollab.secure.keys import NONCE_BYTES
+    from fedcollab.secure.messages import Kind, Stage, share_aad
+    from fedcollab.secure.shamir import PRIME, lagrange_at_zero, share_values
+
+    zeros = bytes(dim * ring_bits // 8)
+    counter = modes.CTR(bytes(16))
+    seeds = [[os.urandom(32) for _ in range(k + 1)] for _ in range(n)]
+    ciphers = [[AESGCM(os.urandom(32)) for _ in range(k)] for _ in range(n)]
+    xs = list(range(2, k + 2))
+    payloads = share_payloads([(Kind.SELF, 1), (Kind.RECOVERY, 2)],
+                              [share_values(int.from_bytes(os.urandom(32), "big"),
+                                            threshold=threshold, xs=xs) for _ in range(2)])
+    aad = share_aad(Stage.MASKED_INPUT, 1, 0, 1)
+    sealed: list[list[bytes]] = [[] for _ in range(n)]
+
+    def keystreams() -> None:
+        for mine in seeds:
+            for seed in mine:
+                Cipher(algorithms.AES(seed), counter).encryptor().update(zeros)
+
+    def seal() -> None:
+        for u, mine in enumerate(ciphers):
+            nonces = os.urandom(NONCE_BYTES * k)
+            sealed[u] = [nonces[i * NONCE_BYTES:(i + 1) * NONCE_BYTES]
+                         + c.encrypt(nonces[i * NONCE_BYTES:(i + 1) * NONCE_BYTES],
+                                     payloads[i], aad) for i, c in enumerate(mine)]
+
+    def open_() -> None:
+        for mine, blobs in zip(ciphers, sealed):
+            for c, blob in zip(mine, blobs):
+                c.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+
+    owners = [(lagrange_at_zero(tuple(range(u + 2, u + 2 + threshold))),
+               [int.from_bytes(os.urandom(65), "big") % PRIME for _ in range(threshold)])
+              for u in range(n)]
+
+    def reconstruct() -> None:
+        for coeffs, ys in owners:
+            sum(c * y for c, y in zip(coeffs, ys)) % PRIME
+
+    def best(fn: Callable[[], None]) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times) * 1e3
+
+    parts = {"keystream_ms": best(keystreams) / n, "seal_ms": best(seal) / n}
+    parts["open_ms"] = best(open_) / n  # after seal: it opens what seal made
+    participant = sum(parts.values())
+    server = best(reconstruct)
+    return {**parts, "participant_ms": participant, "server_ms": server,
+            "floor_ms": participant * n / workers + server}
+
+
+def bench_secure_floor() -> None:
+    """SecAgg+ (honest-but-curious) at N=100: the steady round's overhead over plain
+    against the floor of the calls it cannot avoid (:func:`secure_floor_ms`), at the
+    workload's n, neighbours, threshold, vector length, ring and worker count."""
+    import random
+
+    from fedcollab.data import load_dataset
+    from fedcollab.models import build_model
+    from fedcollab.outgoing import secure_dim
+    from fedcollab.secure.graph import build_graph, threshold_for
+    from fedcollab.secure_round import secagg_params
+
+    n, server = 100, "honest_but_curious"
+    spec = workload_spec(n, participants__0__sharing="secure",
+                         secure={"protocol": "secaggplus", "server": server})
+    params = secagg_params(spec)
+    graph = build_graph(range(n), protocol=params.protocol, degree=params.neighbours,
+                        rng=random.Random(spec.seed), threshold=params.threshold,
+                        expected_dropout=params.expected_dropout)
+    k = max(len(vs) for vs in graph.values())
+    data = load_dataset(spec.task, seed=spec.seed)
+    model = build_model(spec.task.model, input_shape=data.input_shape,
+                        num_classes=data.num_classes, seed=spec.seed)
+    # the workload has no DP (no clipping bit); secure.clip > 0 adds the saturation share
+    dim = secure_dim([tuple(w.shape) for w in model.weights], clip_bit=False,
+                     saturation=spec.secure.clip > 0)
+    # plain, secure, secure, plain: each side keeps its faster steady round
+    runs = {"plain": [_plain_run()]}
+    runs["secure"] = [_secaggplus_run(server), _secaggplus_run(server)]
+    runs["plain"].append(_plain_run())
+    steady = {side: min(_steady_phases_ms(r["metrics"])["round"] for r in rs)
+              for side, rs in runs.items()}
+    workers = len(runs["secure"][0]["workers"])
+    floor = secure_floor_ms(n, k, threshold_for(k, params.threshold), dim,
+                            params.codec(n).ring_bits, workers)
+    overhead = steady["secure"] - steady["plain"]
+    emit({"bench": "secure_floor", "clients": n, "neighbours": k,
+          "floor_ms": floor["floor_ms"], "overhead_ms": overhead,
+          "ratio": overhead / floor["floor_ms"], "server": server, "protocol": "secaggplus",
+          "dim": dim, "ring_bits": params.codec(n).ring_bits, "workers": workers,
+          "threshold": threshold_for(k, params.threshold),
+          "secure_steady_round_ms": steady["secure"], "plain_steady_round_ms": steady["plain"],
+          "floor_parts_ms": {key: v for key, v in floor.items() if key != "floor_ms"}})
 
 
 def bench_cold_start() -> None:
@@ -603,6 +730,7 @@ BENCHES: dict[str, Callable[[], None]] = {
     "service_load": bench_service_load,
     "service_latency": bench_service_latency,
     "scale": bench_scale,
+    "secure_floor": bench_secure_floor,
 }
 
 

@@ -293,8 +293,17 @@ def unpack_share_payload(data: bytes) -> tuple[ShareEntry, ...]:
     if not data or len(data) != 1 + data[0] * _ENTRY.size:
         raise MalformedMessageError(f"share payload: {len(data)} bytes do not hold "
                                     f"{data[0] if data else 0} share entries")
-    return tuple(ShareEntry(kind_of(k, "share payload"), rnd, _element(raw, "share payload"))
-                 for k, rnd, raw in _ENTRY.iter_unpack(memoryview(data)[1:]))
+    # every holder opens one per neighbour per round: the checks of kind_of and
+    # _element, inlined
+    out = []
+    for k, rnd, raw in _ENTRY.iter_unpack(memoryview(data)[1:]):
+        kind, y = _KINDS.get(k), int.from_bytes(raw, "big")
+        if kind is None:
+            raise MalformedMessageError(f"share payload: unknown share kind {k}")
+        if y >= PRIME:
+            raise MalformedMessageError("share payload: share value is not a field element")
+        out.append(ShareEntry(kind, rnd, y))
+    return tuple(out)
 
 
 def pack_seed_table(seeds: dict[int, bytes]) -> bytes:

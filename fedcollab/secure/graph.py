@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 from fractions import Fraction
+from functools import lru_cache
 from typing import Sequence
 
 from fedcollab.secure.errors import SecAggConfigError
@@ -102,6 +103,7 @@ def build_graph(
             for i, u in enumerate(ring)}
 
 
+@lru_cache(maxsize=1024)  # pure; called per participant per round (Fraction is slow)
 def _threshold(degree: int, fraction: float) -> int:
     """``max(2, floor(degree/2) + 1, ceil(fraction * degree))`` in exact arithmetic.
 

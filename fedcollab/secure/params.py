@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from fedcollab.secure.encoding import FixedPointCodec
 from fedcollab.secure.errors import GroupTooSmallError, SecAggConfigError
@@ -122,4 +123,10 @@ class SecAggParams:
         Raises:
             SecAggConfigError: No ring wide enough for this group, clip and scale.
         """
-        return FixedPointCodec.for_group(group_size, clip=self.clip, scale_bits=self.scale_bits)
+        return _codec(group_size, self.clip, self.scale_bits)
+
+
+@lru_cache(maxsize=256)
+def _codec(group_size: int, clip: float, scale_bits: int) -> FixedPointCodec:
+    """One (immutable) codec per ring shape: every participant asks for it every round."""
+    return FixedPointCodec.for_group(group_size, clip=clip, scale_bits=scale_bits)
