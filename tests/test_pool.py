@@ -46,3 +46,32 @@ def test_pool_trains_hosts_and_replaces_a_dead_worker(ray_local: Any, tmp_path: 
     assert sorted(u.pid for u in again.updates) == [0, 4] and not again.dropped
     assert pool.evaluate_personalised(weights)["vendor_accuracy"] >= 0
     pool.shutdown()
+
+
+def test_pool_configures_spare_workers_instead_of_starting_new_ones(ray_local: Any,
+                                                                    tmp_path: Path) -> None:
+    """A warm service's spares (TensorFlow already imported) become the job's workers;
+    a spare the job does not need is killed; the job trains as with fresh workers."""
+    from fedcollab.orchestrator import _Driver
+    from fedcollab.pool import WorkerPool, start_spares
+
+    spec = _spec()
+    spares = start_spares(ray_local, 3)
+    ray_local.get([s.__ray_ready__.remote() for s in spares])  # TensorFlow imported
+    pool = WorkerPool(ray_local, spec, roster(spec), tmp_path, spares=spares, wait=False)
+    pool.wait_ready()
+    assert pool.workers == spares[:2]
+    assert sorted(p for w in pool.placement for p in w["participants"]) == list(range(6))
+    with pytest.raises(ray_local.exceptions.RayActorError):
+        ray_local.get(spares[2].__ray_ready__.remote(), timeout=30)  # the leftover was killed
+
+    weights = _Driver.build(spec).weights
+    fresh = WorkerPool(ray_local, spec, roster(spec), tmp_path / "fresh")
+    a = pool.train(weights, 1, [0, 1, 4], RoundConfig(), {})
+    b = fresh.train(weights, 1, [0, 1, 4], RoundConfig(), {})
+    for x, y in zip(sorted(a.updates, key=lambda u: u.pid), sorted(b.updates, key=lambda u: u.pid)):
+        assert all((p is None and q is None) or (p == q).all() for p, q in zip(x.delta, y.delta))
+    with pytest.raises(ray_local.exceptions.RayTaskError, match="already configured"):
+        ray_local.get(pool.workers[0].configure.remote(pool._config(0)))
+    pool.shutdown()
+    fresh.shutdown()

@@ -78,14 +78,27 @@ def _connect(address: str) -> Any:
 
     from fedcollab.cluster import worker_env
 
-    # Worker processes are not pre-started here: a job's workers are Ray actors, and Ray
-    # gives each actor a fresh worker process rather than one started for earlier tasks
-    # (measured: pre-started workers were never reused), so they would only cost CPU.
+    # Ray's own pre-started worker processes do not help: Ray gives each actor a fresh
+    # process (measured: pre-started workers were never reused). Spare actors do (below).
     ray.init(address=address, logging_level=logging.WARNING,
              log_to_driver=bool(os.environ.get("FEDCOLLAB_WORKER_LOGS")),
              runtime_env={"env_vars": worker_env()})
     ray.cluster_resources()  # the connection is up and answering
     return ray
+
+
+def _spares(ray: Any) -> list[Any]:
+    """Worker actors started now, without a job: each imports TensorFlow while this
+    process waits for one, and the job's pool configures them instead of starting
+    its own (``workers: auto`` needs one per CPU). They hold no CPU while idle, so
+    they never keep a running job's workers from being placed."""
+    from fedcollab.pool import start_spares
+
+    count = int(os.environ.get("FEDCOLLAB_SPARE_WORKERS", "0") or 0) or \
+        int(ray.cluster_resources().get("CPU", 1))
+    spares = start_spares(ray, count)
+    ray.get([s.__ray_ready__.remote() for s in spares])
+    return spares
 
 
 def _redirect_output(log: Path) -> None:
@@ -117,7 +130,7 @@ def _result(job_dir: Path, ok: bool, error: str = "") -> None:
     atomic_write_json(job_dir / "result.json", {"ok": ok, "error": error})
 
 
-def _run(task: dict[str, Any], address: str) -> int:
+def _run(task: dict[str, Any], address: str, spares: Sequence[Any] = ()) -> int:
     from fedcollab.errors import FedcollabError
     from fedcollab.orchestrator import RunOptions, run_job
     from fedcollab.service.specs import parse_spec_text
@@ -140,7 +153,7 @@ def _run(task: dict[str, Any], address: str) -> int:
         if not resume and out.exists():
             shutil.rmtree(out)
         run_job(spec, RunOptions(out_dir=out, address=address, quiet=True, progress=False,
-                                 resume=resume, on_round=on_round))
+                                 resume=resume, on_round=on_round, spares=spares))
     except FedcollabError as err:
         _result(job_dir, False, str(err).splitlines()[0] if str(err) else type(err).__name__)
         return 1
@@ -170,10 +183,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     tie_to_parent(args.parent_pid)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    spares: list[Any] = []
     if args.mode == "run":
         t0 = time.perf_counter()
         _warm_driver()
-        _connect(args.address)
+        spares = _spares(_connect(args.address))
         print(f"[{time.strftime('%H:%M:%S')}] job process {os.getpid()} warm in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     line = sys.stdin.readline()
@@ -187,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command = grade_command(task)
         print(f"$ {subprocess.list2cmdline(command)}", flush=True)
         os.execv(command[0], command)
-    code = _run(task, str(args.address))
+    code = _run(task, str(args.address), spares)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # Ray tears the job's actors down when this driver goes
