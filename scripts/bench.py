@@ -491,15 +491,22 @@ def bench_cold_start() -> None:
           "job": "examples/community-vendor.yaml"})
 
 
-def bench_worker_scaling() -> None:
-    """The benchmark workload at N=100 on 1 and 2 workers (rounds_seconds, same Ray)."""
-    seconds = []
-    for workers in (1, 2):
-        ours = run_fedcollab(workload_spec(100, name=f"bench-workers-{workers}",
-                                           resources={"workers": workers}))
-        seconds.append(ours["rounds_seconds"])
+def bench_worker_scaling(repeats: int = 3) -> None:
+    """The benchmark workload at N=100 on 1 and 2 workers (rounds_seconds, same Ray).
+
+    Each configuration runs ``repeats`` times, alternating, and keeps its fastest:
+    a shared machine's noise only ever adds time, so the minimum is the estimate
+    least disturbed by it (all runs are printed too)."""
+    runs: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(repeats):
+        for workers in (1, 2):
+            ours = run_fedcollab(workload_spec(100, name=f"bench-workers-{workers}",
+                                               resources={"workers": workers}))
+            runs[workers].append(ours["rounds_seconds"])
+    seconds = [min(runs[1]), min(runs[2])]
     emit({"bench": "worker_scaling", "workers": [1, 2], "seconds": seconds,
           "speedup": seconds[0] / seconds[1], "clients": 100, "rounds": 20,
+          "repeats": repeats, "all_seconds": [runs[1], runs[2]],
           "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0]})
 
 

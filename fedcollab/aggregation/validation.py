@@ -79,7 +79,7 @@ def validate_update(update: Sequence[np.ndarray], reference_shapes: Sequence[Seq
             raise UpdateRejected(f"array {index} has dtype {array.dtype}, expected {dtype}",
                                  kind="dtype")
     for index, array in enumerate(update):
-        if np.issubdtype(array.dtype, np.inexact):
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
             bad = int(array.size - np.count_nonzero(np.isfinite(array)))
             if bad:
                 raise UpdateRejected(f"array {index} (shape {array.shape}) has {bad} non-finite "
