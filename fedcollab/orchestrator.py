@@ -400,11 +400,11 @@ class _Job:
         atomic_write_bytes(self.out / "spec.yaml", _yaml(spec_to_dict(spec)).encode())
         shapes = [w.shape for w in self.driver.weights]
         aggregator = Aggregator.from_spec(spec, shapes, max_samples=self.driver.weight_scale)
-        from fedcollab.roster import group_sampling_rates
+        from fedcollab.roster import expected_participants, group_sampling_rates
 
         rates = group_sampling_rates(spec)
         dp = DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
-                      group_rates=rates)
+                      group_rates=rates, participants_per_round=expected_participants(spec))
         if dp.on and max(rates.values()) > spec.fraction + 1e-9:
             exposed = max(rates, key=lambda g: rates[g])
             print(f"fedcollab: warning: privacy: group {exposed!r} takes part with rate "

@@ -41,11 +41,31 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
             raise SpecError(f"spec: secure: {err}") from None
         facts["secure_ring_bits"] = codec.ring_bits
         _check_secure_room_for_noise(spec)
+    if spec.privacy.dp.mode != "none":
+        _noise_multiplier(spec)  # a target epsilon that cannot be met fails here
     if spec.release.sign and spec.release.key:
         from fedcollab.release import load_key
 
         load_key(spec.release.key)
     return facts
+
+
+def _noise_multiplier(spec: JobSpec) -> float:
+    """The z the job will add (solved for ``target_epsilon`` as the job solves it).
+
+    Raises:
+        SpecError: a target epsilon that adaptive clipping's count query makes unreachable.
+    """
+    from fedcollab.privacy.errors import PrivacyError
+    from fedcollab.privacy.server import solve_noise_multiplier
+    from fedcollab.roster import expected_participants, group_sampling_rates
+
+    try:
+        return solve_noise_multiplier(
+            spec.privacy.dp, sampling_rate=max(group_sampling_rates(spec).values()),
+            rounds=spec.rounds, participants_per_round=expected_participants(spec))
+    except PrivacyError as err:
+        raise SpecError(f"spec: {err}") from None
 
 
 def _check_secure_room_for_noise(spec: JobSpec) -> None:
@@ -58,17 +78,15 @@ def _check_secure_room_for_noise(spec: JobSpec) -> None:
     dp = spec.privacy.dp
     if dp.mode != "distributed":
         return
-    from fedcollab.roster import group_sample_sizes, group_sampling_rates
+    from fedcollab.roster import group_sampling_rates
 
-    sizes = group_sample_sizes(spec)
-    members = sum(k for g, k in zip(spec.participants, sizes) if g.sharing == "secure")
-    z = dp.noise_multiplier
-    if z is None and dp.target_epsilon is not None:
-        from fedcollab.privacy import noise_multiplier_for_target
-
-        z = noise_multiplier_for_target(target_epsilon=dp.target_epsilon,
-                                        sampling_rate=max(group_sampling_rates(spec).values()),
-                                        rounds=spec.rounds, delta=dp.delta)
+    rates = group_sampling_rates(spec)
+    secure = [g for g in spec.participants if g.sharing == "secure"]
+    # Poisson sampling: the fewest secure members a round can sum is every member of
+    # the groups that always take part, or else the smallest group at its min_group
+    forced = sum(g.count for g in secure if rates[g.name] >= 1)
+    members = forced or min((min(g.count, spec.secure.min_group) for g in secure), default=1)
+    z = _noise_multiplier(spec)
     sigma = float(z or 0.0) * dp.clip_norm / max(members, 1) ** 0.5
     need = dp.clip_norm + 4.0 * sigma
     if spec.secure.clip < need:

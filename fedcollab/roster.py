@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
 
 __all__ = ["ParticipantInfo", "Roster", "roster", "sample_participants", "poisson_sample",
-           "Sampler", "ROLES", "SHARING", "group_sample_sizes", "group_sampling_rates"]
+           "Sampler", "ROLES", "SHARING", "group_sample_sizes", "group_sampling_rates",
+           "expected_participants"]
 
 #: Who a group is (``role``): open community contributors, or the vendor's sites.
 ROLES = ("community", "vendor")
@@ -129,6 +130,12 @@ def _group_ranges(people: Sequence[ParticipantInfo], spec: JobSpec) -> list[rang
         out.append(range(start, start + group.count))
         start += group.count
     return out
+
+
+def expected_participants(spec: JobSpec) -> float:
+    """How many participants a round samples on average (all groups)."""
+    rates = group_sampling_rates(spec)
+    return float(sum(g.count * rates[g.name] for g in spec.participants))
 
 
 def sample_participants(people: Sequence[ParticipantInfo], spec: JobSpec, round_id: int,

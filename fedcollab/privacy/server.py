@@ -33,7 +33,7 @@ from fedcollab.privacy.accounting import PrivacyLedger, noise_multiplier_for_tar
 if TYPE_CHECKING:
     from fedcollab.spec import DpSpec
 
-__all__ = ["DpServer", "fresh_rng"]
+__all__ = ["DpServer", "fresh_rng", "solve_noise_multiplier"]
 
 
 def fresh_rng() -> np.random.Generator:
@@ -43,6 +43,40 @@ def fresh_rng() -> np.random.Generator:
     import secrets
 
     return np.random.default_rng(secrets.randbits(128))
+
+
+def solve_noise_multiplier(dp: DpSpec, *, sampling_rate: float, rounds: int,
+                           participants_per_round: Optional[float] = None) -> float:
+    """The noise multiplier z a job adds: the spec's, or the one that spends exactly
+    ``target_epsilon`` over ``rounds`` at ``sampling_rate``.
+
+    With adaptive clipping every round also answers the noisy count query (noise std
+    ``m / 20`` on 0/1 bits), so the target is solved for the two together: the
+    composed multiplier ``(z^-2 + sigma_b^-2)^(-1/2)`` meets the target at the
+    expected ``m = participants_per_round`` (rounds that sample fewer are accounted
+    as they happen).
+
+    Raises:
+        PrivacyError: The count query alone spends more than the target allows.
+    """
+    if dp.target_epsilon is None:
+        return float(dp.noise_multiplier or 0.0)
+    total = noise_multiplier_for_target(target_epsilon=dp.target_epsilon,
+                                        sampling_rate=sampling_rate, rounds=rounds,
+                                        delta=dp.delta)
+    if not dp.adaptive_clipping or not participants_per_round:
+        return total
+    from fedcollab.privacy.adaptive import default_count_noise_std
+    from fedcollab.privacy.errors import PrivacyError
+
+    sigma_b = default_count_noise_std(participants_per_round)
+    if sigma_b <= total:
+        raise PrivacyError(
+            f"privacy.dp.target_epsilon {dp.target_epsilon:g} cannot be met with adaptive "
+            f"clipping: with {participants_per_round:g} participants per round its count "
+            f"query (noise std {sigma_b:.3g}) alone needs a multiplier above {total:.3g}; "
+            "sample more participants, raise target_epsilon or turn adaptive_clipping off")
+    return float((total ** -2 - sigma_b ** -2) ** -0.5)
 
 
 class DpServer:
@@ -56,7 +90,8 @@ class DpServer:
     """
 
     def __init__(self, dp: DpSpec, *, sampling_rate: float, rounds: int,
-                 group_rates: Optional[Mapping[str, float]] = None) -> None:
+                 group_rates: Optional[Mapping[str, float]] = None,
+                 participants_per_round: Optional[float] = None) -> None:
         self.spec = dp
         self.sampling_rate = sampling_rate
         self.group_rates = dict(group_rates or {})
@@ -64,12 +99,9 @@ class DpServer:
         self.ledger = PrivacyLedger()
         self.noise_multiplier = 0.0
         if dp.mode != "none":
-            if dp.target_epsilon is not None:
-                self.noise_multiplier = noise_multiplier_for_target(
-                    target_epsilon=dp.target_epsilon, sampling_rate=sampling_rate,
-                    rounds=rounds, delta=dp.delta)
-            else:
-                self.noise_multiplier = float(dp.noise_multiplier or 0.0)
+            self.noise_multiplier = solve_noise_multiplier(
+                dp, sampling_rate=sampling_rate, rounds=rounds,
+                participants_per_round=participants_per_round)
         # z = 0 is no DP at all (identical weights; a noiseless mechanism has no privacy)
         self.on = dp.mode != "none" and self.noise_multiplier > 0
         self.mode = dp.mode if self.on else "none"

@@ -176,3 +176,33 @@ def test_saturation_bound_matches_the_gaussian_tail() -> None:
     rng = np.random.default_rng(0)
     x = rng.uniform(-1.0, 1.0, 200_000) + rng.normal(0.0, 1.0, 200_000)
     assert np.mean(np.abs(x) > 3.0) <= saturation_bound(3.0, 1.0, 1.0)
+
+
+def test_target_epsilon_is_solved_with_adaptive_clippings_count_query() -> None:
+    """The reported epsilon after all rounds is the target, count query included."""
+    from fedcollab.privacy.server import solve_noise_multiplier
+
+    spec = _spec(rounds=10, fraction=1.0,
+                 participants=[{"name": "community", "count": 200}],
+                 privacy={"dp": {"mode": "central", "target_epsilon": 4.0,
+                                 "adaptive_clipping": True}})
+    z = solve_noise_multiplier(spec.privacy.dp, sampling_rate=1.0, rounds=10,
+                               participants_per_round=200)
+    plain = solve_noise_multiplier(spec.privacy.dp, sampling_rate=1.0, rounds=10)
+    assert z > plain  # more noise on the update, to pay for the count query
+    server = DpServer(spec.privacy.dp, sampling_rate=1.0, rounds=10,
+                      participants_per_round=200)
+    for _ in range(10):
+        line = server.account([True] * 200, participants=200)
+    assert line["epsilon"] == pytest.approx(4.0, rel=0.02)
+
+
+def test_target_epsilon_unreachable_with_adaptive_clipping_is_a_spec_error() -> None:
+    from fedcollab.preflight import preflight
+
+    spec = _spec(rounds=20, fraction=1.0,
+                 participants=[{"name": "community", "count": 4}],
+                 privacy={"dp": {"mode": "central", "target_epsilon": 50.0,
+                                 "adaptive_clipping": True}})
+    with pytest.raises(SpecError, match="cannot be met with adaptive clipping"):
+        preflight(spec)
