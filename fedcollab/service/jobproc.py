@@ -91,11 +91,12 @@ def _spares(ray: Any) -> list[Any]:
     """Worker actors started now, without a job: each imports TensorFlow while this
     process waits for one, and the job's pool configures them instead of starting
     its own (``workers: auto`` needs one per CPU). They hold no CPU while idle, so
-    they never keep a running job's workers from being placed."""
+    they never keep a running job's workers from being placed.
+    ``FEDCOLLAB_SPARE_WORKERS=N`` sets how many (0: none)."""
     from fedcollab.pool import start_spares
 
-    count = int(os.environ.get("FEDCOLLAB_SPARE_WORKERS", "0") or 0) or \
-        int(ray.cluster_resources().get("CPU", 1))
+    text = os.environ.get("FEDCOLLAB_SPARE_WORKERS", "").strip()
+    count = int(text) if text.isdigit() else int(ray.cluster_resources().get("CPU", 1))
     spares = start_spares(ray, count)
     ray.get([s.__ray_ready__.remote() for s in spares])
     return spares
