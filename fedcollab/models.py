@@ -14,7 +14,8 @@ from typing import Any, Callable, Sequence
 
 from fedcollab.spec import SpecError
 
-__all__ = ["build_model", "resolve_builder", "private_weight_indices", "layer_names"]
+__all__ = ["SEEDED_BUILD_LOCK", "build_model", "resolve_builder", "private_weight_indices",
+           "layer_names"]
 
 
 def _head(num_classes: int) -> Any:
@@ -89,7 +90,12 @@ def resolve_builder(name: str) -> Callable[..., Any]:
     return func
 
 
-_BUILD_LOCK = threading.RLock()
+#: Held while a model is built from a seed. Keras' initialisers draw their seeds from
+#: Python's global ``random`` after ``set_random_seed``, so anything in this process
+#: that may draw from it meanwhile (``ray.init`` picks ports with it) holds this too;
+#: otherwise the same seed could give other initial weights (it did, once in a while,
+#: when Ray started beside the driver's model build).
+SEEDED_BUILD_LOCK = threading.RLock()
 
 
 def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
@@ -104,7 +110,7 @@ def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
     builder = resolve_builder(name)
     # Keras' initialisers draw from process-wide random state: two threads building
     # at once (a grade's runs side by side) would mix up each other's weights.
-    with _BUILD_LOCK:
+    with SEEDED_BUILD_LOCK:
         keras.utils.set_random_seed(seed)
         if name in _BUILTIN:
             model = builder(input_shape, num_classes)

@@ -283,12 +283,21 @@ def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
     for group in spec.participants:
         for key, amount in group.resources.items():
             custom[key] = max(custom.get(key, 0.0), float(amount))
+    from fedcollab.models import SEEDED_BUILD_LOCK
+
     t = time.perf_counter()
+    # Ray draws from Python's global `random` while it starts: the model build (which
+    # Keras seeds through it) waits until Ray is up and the workers are asked for;
+    # only TensorFlow's import overlaps with Ray's start.
+    SEEDED_BUILD_LOCK.acquire()
+    locked = True
     try:
         with connect(options.address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray:
             phases["ray_start"] = time.perf_counter() - t
             t_workers = time.perf_counter()
             pool = _start_pool(ray, spec, plan, options, say)
+            SEEDED_BUILD_LOCK.release()
+            locked = False
             try:
                 driver = build.result()  # a model that does not fit the data fails here
                 phases["setup"] = build.seconds
@@ -302,6 +311,8 @@ def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
                 pool.shutdown()
             t = time.perf_counter()
     finally:
+        if locked:
+            SEEDED_BUILD_LOCK.release()
         build.join()  # Ray failed to start: let the build finish before raising
     phases["shutdown"] = time.perf_counter() - t
     result.summary["wall_seconds"] = time.perf_counter() - wall0
