@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedcollab.outgoing import RoundConfig
-from fedcollab.roster import ParticipantInfo
+from fedcollab.roster import ParticipantInfo, roster
 from fedcollab.types import Update, Weights
 
 if TYPE_CHECKING:
@@ -70,11 +70,10 @@ def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
     general pool of ``resources.workers`` workers (auto: the CPUs left over).
     """
     pools: dict[tuple[tuple[str, float], ...], list[int]] = {}
-    start = 0
-    for group in spec.participants:  # a group at a time: no object per participant
+    everyone = roster(spec)
+    for g, group in enumerate(spec.participants):  # a group at a time, no object each
         key = tuple(sorted((str(k), float(v)) for k, v in group.resources.items()))
-        pools.setdefault(key, []).extend(range(start, start + group.count))
-        start += group.count
+        pools.setdefault(key, []).extend(everyone.group_range(g))
     general = pools.pop((), [])
     plan: list[tuple[dict[str, float], list[int]]] = []
     for key, pids in sorted(pools.items()):
@@ -89,11 +88,6 @@ def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
         for chunk in np.array_split(np.asarray(general), count):
             plan.append(({}, chunk.tolist()))
     return plan
-
-
-def _group_pids(spec: JobSpec, g: int) -> range:
-    start = sum(group.count for group in spec.participants[:g])
-    return range(start, start + spec.participants[g].count)
 
 
 def start_spares(ray: Any, count: int, *, cpus_per_worker: float = 0.0) -> list[Any]:
@@ -139,8 +133,9 @@ class WorkerPool:
         self.people = people
         self.out_dir = Path(out_dir)
         self.committed = resume_round
+        everyone = roster(spec)
         self.private_pids = [pid for g, group in enumerate(spec.participants)
-                             if group.private_layers for pid in _group_pids(spec, g)]
+                             if group.private_layers for pid in everyone.group_range(g)]
         cpus = float(ray.cluster_resources().get("CPU", 1))
         self.plan = plan_workers(spec, people, cpus)
         from fedcollab.cluster import check_placement, worker_requests

@@ -74,13 +74,17 @@ class Roster(Sequence[ParticipantInfo]):
             pid += len(self)
         if not 0 <= pid < len(self):
             raise IndexError(f"participant {pid} is not in the roster of {len(self)}")
-        g = bisect.bisect_right(self.starts, pid) - 1
+        g = self.group_of(pid)
         group = self.groups[g]
         return ParticipantInfo(pid, g, group.name, group.role, group.sharing,
                                tuple(group.private_layers), dict(group.resources))
 
     def __iter__(self) -> Iterator[ParticipantInfo]:
         return (self[i] for i in range(len(self)))
+
+    def group_of(self, pid: int) -> int:
+        """The index of the group participant ``pid`` belongs to."""
+        return bisect.bisect_right(self.starts, pid) - 1
 
     def group_range(self, g: int) -> range:
         """The participant ids of group ``g`` (consecutive)."""
@@ -122,16 +126,6 @@ def group_sampling_rates(spec: JobSpec) -> dict[str, float]:
     return {g.name: k / g.count for g, k in zip(spec.participants, group_sample_sizes(spec))}
 
 
-def _group_ranges(people: Sequence[ParticipantInfo], spec: JobSpec) -> list[range]:
-    if isinstance(people, Roster):
-        return [people.group_range(g) for g in range(len(spec.participants))]
-    start, out = 0, []  # a plain list in roster order (tests)
-    for group in spec.participants:
-        out.append(range(start, start + group.count))
-        start += group.count
-    return out
-
-
 def expected_participants(spec: JobSpec) -> float:
     """How many participants a round samples on average (all groups)."""
     rates = group_sampling_rates(spec)
@@ -152,7 +146,9 @@ def sample_participants(people: Sequence[ParticipantInfo], spec: JobSpec, round_
         return list(range(len(people)))
     rng = rng if rng is not None else np.random.default_rng([spec.seed, round_id, 7])
     chosen: list[int] = []
-    for members, k in zip(_group_ranges(people, spec), group_sample_sizes(spec)):
+    everyone = Roster(spec)
+    for g, k in enumerate(group_sample_sizes(spec)):
+        members = everyone.group_range(g)
         picked = rng.choice(len(members), size=k, replace=False) + members.start
         chosen.extend(sorted(picked.tolist()))
     return sorted(chosen)
@@ -172,7 +168,9 @@ def poisson_sample(people: Sequence[ParticipantInfo], spec: JobSpec,
     """
     rates = group_sampling_rates(spec)
     chosen: list[int] = []
-    for group, members in zip(spec.participants, _group_ranges(people, spec)):
+    everyone = Roster(spec)
+    for g, group in enumerate(spec.participants):
+        members = everyone.group_range(g)
         k = int(rng.binomial(len(members), rates[group.name]))
         if group.sharing == "secure" and k < min(group.count, spec.secure.min_group):
             continue

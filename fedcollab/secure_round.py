@@ -94,12 +94,10 @@ class SecureCoordinator:
     """The server's half of secure aggregation for one job's secure group."""
 
     def __init__(self, spec: Any, people: Sequence[ParticipantInfo], pool: Any) -> None:
+        from fedcollab.roster import roster
         from fedcollab.secure.server import SecureServer
 
-        self.members = [pid for g, group in enumerate(spec.participants)
-                        if group.sharing == "secure"
-                        for pid in range(sum(x.count for x in spec.participants[:g]),
-                                         sum(x.count for x in spec.participants[:g + 1]))]
+        self.members = roster(spec).pids_where(sharing="secure")
         self.params = secagg_params(spec)
         self.server = SecureServer(self.members, self.params, rng_seed=spec.seed)
         self.pool = pool  # a WorkerPool: its workers can be replaced between rounds

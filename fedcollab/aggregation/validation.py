@@ -81,9 +81,8 @@ def validate_update(update: Sequence[np.ndarray], reference_shapes: Sequence[Seq
     for index, array in enumerate(update):
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
             bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-            if bad:
-                raise UpdateRejected(f"array {index} (shape {array.shape}) has {bad} non-finite "
-                                     "value(s) (NaN or inf)", kind="non_finite")
+            raise UpdateRejected(f"array {index} (shape {array.shape}) has {bad} non-finite "
+                                 "value(s) (NaN or inf)", kind="non_finite")
     if norm_bound is not None:
         norm = global_norm(update)
         if norm > norm_bound:

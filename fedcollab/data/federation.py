@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedcollab.data.datasets import Dataset
+from fedcollab.roster import Roster
 
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
 
-__all__ = ["Federation", "PartitionedFederation", "SyntheticFederation", "load_federation",
-           "synthetic_dataset"]
+__all__ = ["Federation", "PartitionedFederation", "SyntheticFederation", "load_federation"]
 
 #: Participants' data streams: ``default_rng([seed, _STREAM, pid])``.
 _STREAM = 0x5EED
@@ -89,9 +89,7 @@ class SyntheticFederation(Federation):
         self.per_participant = task.samples_per_participant
         rng = np.random.default_rng([spec.seed, _STREAM])
         self.centres = rng.normal(0.0, _SEPARATION, (task.classes, task.features))
-        self.groups = [(start, group.partition) for start, group in
-                       zip(np.cumsum([0] + [g.count for g in spec.participants]),
-                           spec.participants)]
+        self.roster = Roster(spec)
         test = max(200, int(round(self.per_participant * task.test_fraction * 50)))
         self.x_test, self.y_test = self._draw(rng, np.full(task.classes, 1.0 / task.classes),
                                               test)
@@ -103,7 +101,7 @@ class SyntheticFederation(Federation):
         return x.astype(np.float32), y
 
     def _shares(self, pid: int, rng: np.random.Generator) -> np.ndarray:
-        partition = next(p for start, p in reversed(self.groups) if pid >= start)
+        partition = self.roster.groups[self.roster.group_of(pid)].partition
         k = self.num_classes
         if partition.kind == "dirichlet":
             return rng.dirichlet(np.full(k, partition.alpha))
@@ -139,12 +137,3 @@ def load_federation(spec: JobSpec) -> Federation:
     dataset = load_dataset(spec.task, seed=spec.seed)
     return PartitionedFederation(dataset, participant_indices(spec, dataset.y_train))
 
-
-def synthetic_dataset(spec: JobSpec) -> Dataset:
-    """All participants' synthetic data as one :class:`Dataset` (for tools that want the
-    pooled training set, e.g. grading; linear in the participants)."""
-    fed = SyntheticFederation(spec)
-    parts = [fed.data(pid) for pid in range(spec.total_participants)]
-    x = np.concatenate([p[0] for p in parts])
-    y = np.concatenate([p[1] for p in parts])
-    return Dataset(x, y, fed.x_test, fed.y_test, num_classes=fed.num_classes)
