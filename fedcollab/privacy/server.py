@@ -73,9 +73,10 @@ def solve_noise_multiplier(dp: DpSpec, *, sampling_rate: float, rounds: int,
     if sigma_b <= total:
         raise PrivacyError(
             f"privacy.dp.target_epsilon {dp.target_epsilon:g} cannot be met with adaptive "
-            f"clipping: with {participants_per_round:g} participants per round its count "
-            f"query (noise std {sigma_b:.3g}) alone needs a multiplier above {total:.3g}; "
-            "sample more participants, raise target_epsilon or turn adaptive_clipping off")
+            f"clipping: it needs a combined noise multiplier of at least {total:.3g}, but "
+            f"with {participants_per_round:g} participants per round the count query's "
+            f"noise std is only {sigma_b:.3g}, so that query alone spends more; sample more "
+            "participants, raise target_epsilon or turn adaptive_clipping off")
     return float((total ** -2 - sigma_b ** -2) ** -0.5)
 
 
