@@ -8,6 +8,8 @@ connected to Ray, each used for one job and then replaced.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional
 
+from fedcollab.io import atomic_write_bytes
 from fedcollab.service.store import JobRecord, JobStore
 
 __all__ = ["Hub", "Runner", "read_events"]
@@ -30,24 +33,53 @@ RAY_START_TIMEOUT = 120.0
 
 
 class Hub:
-    """Wakes WatchJob and CancelJob callers when a job changes."""
+    """Wakes WatchJob and CancelJob callers when a job changes.
+
+    The runner's thread publishes; the server's event loop awaits `changed`.
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop,
+                                            asyncio.Future[None]]]] = {}
 
     def publish(self, job_id: str) -> None:
-        with self._cond:
+        with self._lock:
             self._versions[job_id] = self._versions.get(job_id, 0) + 1
-            self._cond.notify_all()
+            waiters = self._waiters.pop(job_id, [])
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_wake, future)
 
     def version(self, job_id: str) -> int:
-        with self._cond:
+        with self._lock:
             return self._versions.get(job_id, 0)
 
-    def wait(self, job_id: str, seen: int, timeout: float) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._versions.get(job_id, 0) != seen, timeout)
+    async def changed(self, job_id: str, seen: int, timeout: float) -> None:
+        """Return when the job's version is no longer `seen`, or after `timeout` s."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._versions.get(job_id, 0) != seen:
+                return
+            self._waiters.setdefault(job_id, []).append((loop, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                waiting = self._waiters.get(job_id)
+                if waiting is not None and (loop, future) in waiting:
+                    waiting.remove((loop, future))
+                    if not waiting:
+                        del self._waiters[job_id]
+
+
+def _wake(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def read_events(job_dir: Path) -> list[dict[str, Any]]:
@@ -232,8 +264,7 @@ class Runner:
             job = self.store.get(job.id)
             task = {"job_dir": str(job_dir), "resume": job.attempts > 1, **job.params}
             try:
-                if not (job_dir / "request.yaml").is_file():
-                    raise RuntimeError("its job directory is missing")
+                self._prepare_dir(job, job_dir)
                 if job.kind == "grade":
                     proc = self._spawn(["-m", "fedcollab.service.jobproc", "--mode", "grade"])
                 else:
@@ -249,6 +280,17 @@ class Runner:
             self._running[job.id] = _Running(job, proc, job_dir)
             self._note(f"job {job.id} started (attempt {job.attempts}, pid {proc.pid})")
             self.hub.publish(job.id)
+
+    def _prepare_dir(self, job: JobRecord, job_dir: Path) -> None:
+        """The job's directory with request.yaml, the spec as submitted (kept from an
+        earlier attempt, or from a service that wrote it at submit time)."""
+        request = job_dir / "request.yaml"
+        if request.is_file():
+            return
+        text = self.store.spec(job.id)
+        if not text:
+            raise RuntimeError("its spec is missing (neither in the store nor request.yaml)")
+        atomic_write_bytes(request, text.encode("utf-8"))
 
     def _tail(self, run: _Running) -> None:
         try:

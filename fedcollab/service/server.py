@@ -6,26 +6,28 @@ call needs ``authorization: Bearer <token>`` when a tokens file is given.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import gc
+import inspect
 import logging
-import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 
 from fedcollab._proto.fedcollab.v1 import jobs_pb2, jobs_pb2_grpc
 from fedcollab.errors import FedcollabError
-from fedcollab.io import atomic_write_bytes
 from fedcollab.service import artifacts
 from fedcollab.service.auth import (
     ANONYMOUS_ADMIN,
@@ -95,45 +97,118 @@ def job_to_proto(job: JobRecord) -> Any:
         error=job.error, attempts=job.attempts, summary_json=job.summary)
 
 
-def _rpc(method: str, *, stream: bool = False) -> Callable[[Callable[..., Any]], Any]:
-    """Authenticate, authorize, and map errors to status codes: once, for every method."""
+class _Malformed:
+    """What a request that does not parse becomes: the handler answers INVALID_ARGUMENT
+    (gRPC itself would answer UNKNOWN and log a traceback)."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def _lenient(message: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return _Malformed(message.DESCRIPTOR.full_name)
+    return parse
+
+
+def _add_job_service(servicer: "_Servicer", server: Any) -> None:
+    """Register JobService's methods as the generated code would, with `_lenient`
+    request parsing."""
+    service = jobs_pb2.DESCRIPTOR.services_by_name["JobService"]
+    handlers = {}
+    for method in service.methods:
+        make = (grpc.unary_stream_rpc_method_handler if method.server_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+_settled = threading.Event()
+
+
+def _settle_heap() -> None:
+    """Move what is alive now (the modules a submit imports: numpy, scikit-learn, the
+    spec's data loaders) out of the garbage collector's reach, once.
+
+    A full collection walks every tracked object; with those modules loaded it took
+    30-90 ms here, and on the event loop that stalls every call in flight: it was
+    most of GetJob's p99 under load. Objects made later are collected as usual.
+    """
+    if not _settled.is_set():
+        _settled.set()
+        gc.freeze()
+
+
+def _check(request: Any) -> None:
+    if isinstance(request, _Malformed):
+        raise InvalidArgument(f"the request is not a valid {request.type_name} message")
+
+
+def _rpc(method: str, *, stream: bool = False, blocking: bool = False
+         ) -> Callable[[Callable[..., Any]], Any]:
+    """Authenticate, authorize, and map errors to status codes: once, for every method.
+
+    Handlers run on the server's event loop. `blocking` ones (they fsync, or load
+    a spec's data) run in the servicer's thread pool instead, so a submit never
+    holds up a GetJob; the others only read sqlite and small files, or await.
+    """
 
     def decorate(fn: Callable[..., Any]) -> Any:
-        def fail(context: Any, err: BaseException) -> None:
+        async def fail(context: Any, err: BaseException) -> None:
             if isinstance(err, FedcollabError):
-                context.abort(status_code(err), str(err).splitlines()[0] if str(err) else method)
-            log.exception("%s: internal error", method)
-            context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error "
-                                                    "(see the service log)")
+                await context.abort(status_code(err),
+                                    str(err).splitlines()[0] if str(err) else method)
+            log.error("%s: internal error", method, exc_info=err)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error "
+                                                          "(see the service log)")
 
         if stream:
             @functools.wraps(fn)
-            def streaming(self: "_Servicer", request: Any, context: Any) -> Iterator[Any]:
+            async def streaming(self: "_Servicer", request: Any, context: Any
+                                ) -> AsyncIterator[Any]:
                 try:
                     caller = self.caller(context, method)
-                    yield from fn(self, request, context, caller)
+                    _check(request)
+                    async for item in fn(self, request, context, caller):
+                        yield item
                 except Exception as err:  # noqa: BLE001  (mapped to a status in fail())
-                    fail(context, err)
+                    await fail(context, err)
             return streaming
 
         @functools.wraps(fn)
-        def unary(self: "_Servicer", request: Any, context: Any) -> Any:
+        async def unary(self: "_Servicer", request: Any, context: Any) -> Any:
             try:
-                return fn(self, request, context, self.caller(context, method))
+                caller = self.caller(context, method)
+                _check(request)
+                if inspect.iscoroutinefunction(fn):
+                    return await fn(self, request, context, caller)
+                if blocking:
+                    return await asyncio.get_running_loop().run_in_executor(
+                        self.blocking, fn, self, request, context, caller)
+                return fn(self, request, context, caller)
             except Exception as err:  # noqa: BLE001
-                fail(context, err)
+                await fail(context, err)
         return unary
     return decorate
 
 
 class _Servicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, store: JobStore, runner: Runner, hub: Hub, state_dir: Path,
-                 tokens: Optional[TokenFile]) -> None:
+                 tokens: Optional[TokenFile], blocking: futures.ThreadPoolExecutor) -> None:
         self.store = store
         self.runner = runner
         self.hub = hub
         self.state_dir = state_dir
         self.tokens = tokens
+        self.blocking = blocking
 
     def caller(self, context: Any, method: str) -> Caller:
         if self.tokens is None:
@@ -161,29 +236,23 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         if not spec_yaml.strip():
             raise InvalidArgument("spec_yaml is empty")
         spec = parse_spec_text(spec_yaml)
-        incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.state_dir / "jobs"))
-        try:
-            atomic_write_bytes(incoming / "request.yaml", spec_yaml.encode("utf-8"))
-
-            def place(job_id: str) -> None:
-                os.replace(incoming, self.job_dir(job_id))
-
-            job, created = self.store.create(
-                kind=kind, name=spec.name, owner=caller.name,
-                rounds=spec.rounds if kind == "run" else 0, idempotency_key=key or None,
-                params=params, prepare=place)
-        finally:
-            shutil.rmtree(incoming, ignore_errors=True)
+        _settle_heap()
+        # The spec goes into the store with the job (one transaction, one fsync); the
+        # runner writes the job's directory when the job starts.
+        job, created = self.store.create(
+            kind=kind, name=spec.name, owner=caller.name,
+            rounds=spec.rounds if kind == "run" else 0, idempotency_key=key or None,
+            params=params, spec=spec_yaml)
         if created:
             self.runner.wake()
         return job_to_proto(job)
 
-    @_rpc("SubmitJob")
+    @_rpc("SubmitJob", blocking=True)
     def SubmitJob(self, request: Any, context: Any, caller: Caller) -> Any:
         return self._create(caller, kind="run", spec_yaml=request.spec_yaml,
                             key=request.idempotency_key, params={})
 
-    @_rpc("GradeJob")
+    @_rpc("GradeJob", blocking=True)
     def GradeJob(self, request: Any, context: Any, caller: Caller) -> Any:
         budget = request.budget or "fast"
         if budget not in ("fast", "full"):
@@ -217,10 +286,11 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
                                          next_page_token=token)
 
     @_rpc("WatchJob", stream=True)
-    def WatchJob(self, request: Any, context: Any, caller: Caller) -> Iterator[Any]:
+    async def WatchJob(self, request: Any, context: Any, caller: Caller
+                       ) -> AsyncIterator[Any]:
         job = self._visible(caller, request.id)
         sent_state, sent_round = "", 0
-        while context.is_active():
+        while True:  # a client that goes away cancels this coroutine
             seen = self.hub.version(job.id)
             job = self.store.get(job.id)
             if job.state != sent_state and not job.is_terminal:
@@ -241,33 +311,39 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
                 yield jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
                     state=jobs_pb2.JobState.Value(job.state), error=job.error))
                 return
-            self.hub.wait(job.id, seen, timeout=1.0)
+            await self.hub.changed(job.id, seen, timeout=1.0)
 
     @_rpc("CancelJob")
-    def CancelJob(self, request: Any, context: Any, caller: Caller) -> Any:
+    async def CancelJob(self, request: Any, context: Any, caller: Caller) -> Any:
         job = self._visible(caller, request.id)
         if job.is_terminal:
             raise FailedPrecondition(f"job {job.id} is {job.state} already")
-        if not self.store.transition(job.id, ["QUEUED"], "CANCELLED", finished=time.time()):
+        queued = await asyncio.get_running_loop().run_in_executor(
+            self.blocking, functools.partial(self.store.transition, job.id, ["QUEUED"],
+                                             "CANCELLED", finished=time.time()))
+        if not queued:
             self.runner.cancel(job.id)  # RUNNING: signal its process group
             deadline = time.monotonic() + 15.0
             while time.monotonic() < deadline:
                 seen = self.hub.version(job.id)
                 if self.store.get(job.id).is_terminal:
                     break
-                self.hub.wait(job.id, seen, timeout=0.5)
+                await self.hub.changed(job.id, seen, timeout=0.5)
         self.hub.publish(job.id)
         return job_to_proto(self.store.get(job.id))
 
     @_rpc("FetchArtifact", stream=True)
-    def FetchArtifact(self, request: Any, context: Any, caller: Caller) -> Iterator[Any]:
+    async def FetchArtifact(self, request: Any, context: Any, caller: Caller
+                            ) -> AsyncIterator[Any]:
         job = self._visible(caller, request.id)
         files = artifacts.resolve(self.job_dir(job.id), request.name, job)
+        loop = asyncio.get_running_loop()
         for relative, handle, size in artifacts.open_all(files):
             with handle:
                 offset = 0
                 while True:
-                    data = handle.read(artifacts.CHUNK_BYTES)
+                    data = await loop.run_in_executor(self.blocking, handle.read,
+                                                      artifacts.CHUNK_BYTES)
                     last = offset + len(data) >= size or not data
                     yield jobs_pb2.ArtifactChunk(path=relative, size=size, offset=offset,
                                                  data=data, last=last)
@@ -297,10 +373,18 @@ class JobServer:
                              ray_address=config.ray_address, warm_runners=config.warm_runners,
                              eager=config.eager)
         self.recovered = self.store.recover()
-        for stale in (self.state_dir / "jobs").glob(".incoming-*"):
+        for stale in (self.state_dir / "jobs").glob(".incoming-*"):  # older services' leftovers
             shutil.rmtree(stale, ignore_errors=True)
         self.port = 0
         self._server: Any = None
+        self._health: Any = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_thread: Any = None
+        # Calls that fsync or load data run here, off the event loop (the store's
+        # writes are serialised anyway; a few threads keep one slow fsync from
+        # delaying the next submit).
+        self._blocking = futures.ThreadPoolExecutor(max_workers=4,
+                                                    thread_name_prefix="rpc-blocking")
 
     @property
     def address(self) -> str:
@@ -322,18 +406,29 @@ class JobServer:
                                            require_client_auth=ca is not None)
 
     def start(self) -> int:
+        """Listen and serve (on an event loop in a thread of its own); returns the port."""
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever,
+                                             name="fedcollab-grpc", daemon=True)
+        self._loop_thread.start()
+        try:
+            self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
+        except BaseException:
+            self._close_loop()
+            raise
+        return self.port
+
+    async def _start(self) -> int:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
 
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
                    ("grpc.so_reuseport", 0)]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=64,
-                                                        thread_name_prefix="rpc"),
-                             options=options, maximum_concurrent_rpcs=256)
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(
-            _Servicer(self.store, self.runner, self.hub, self.state_dir, self.tokens), server)
-        checker = health.HealthServicer(experimental_non_blocking=True)
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=1024)
+        _add_job_service(_Servicer(self.store, self.runner, self.hub, self.state_dir,
+                                   self.tokens, self._blocking), server)
+        checker = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checker, server)
         names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
@@ -348,19 +443,35 @@ class JobServer:
         if not port:
             raise ServiceError(f"cannot listen on {self.config.listen} (in use, or not an "
                                "address of this machine)")
-        self.port = port
         self.runner.start()
-        server.start()
+        await server.start()
         for name in ("", SERVICE_NAME):
-            checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server, self._health = server, checker
-        return port
+        gc.freeze()  # grpc, protobuf and the service's modules: see _settle_heap
+        return int(port)
+
+    async def _stop(self, grace: float) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+
+    def _close_loop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        self._loop_thread.join(10)
+        if not loop.is_running():
+            loop.close()
+        self._loop = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, interrupt running jobs (they resume next start), stop Ray."""
-        if self._server is not None:
-            self._health.enter_graceful_shutdown()
-            self._server.stop(grace).wait(grace + 1)
+        if self._server is not None and self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._stop(grace), self._loop).result(grace + 5)
+            self._server = None
+        self._close_loop()
+        self._blocking.shutdown(wait=True)
         self.runner.stop()
         self.store.close()
 

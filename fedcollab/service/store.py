@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from fedcollab.service.errors import InvalidArgument, NotFound
 
@@ -41,12 +41,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     idempotency_key TEXT,
     params TEXT NOT NULL DEFAULT '{}',
-    summary TEXT NOT NULL DEFAULT ''
+    summary TEXT NOT NULL DEFAULT '',
+    spec TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
+
+
+#: Every column but the spec text, which only the runner reads (`JobStore.spec`).
+_COLUMNS = ("seq, id, kind, name, owner, state, rounds, rounds_completed, created, started, "
+            "finished, error, attempts, idempotency_key, params, summary")
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "spec" not in columns:  # a state directory from before specs lived here
+            self._db.execute("ALTER TABLE jobs ADD COLUMN spec TEXT NOT NULL DEFAULT ''")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
 
@@ -126,19 +135,20 @@ class JobStore:
     def create(self, *, kind: str, name: str, owner: str, rounds: int,
                idempotency_key: Optional[str] = None,
                params: Optional[dict[str, Any]] = None,
-               prepare: Optional[Callable[[str], None]] = None) -> tuple[JobRecord, bool]:
-        """Insert a QUEUED job; returns (job, created). An idempotency key the same
-        owner used before returns that job instead (created False).
+               spec: str = "") -> tuple[JobRecord, bool]:
+        """Insert a QUEUED job with its spec text; returns (job, created). An
+        idempotency key the same owner used before returns that job instead
+        (created False).
 
-        `prepare(job_id)` runs inside the transaction (e.g. to put the job's
-        directory in place): if it raises, no job is created.
+        One transaction, one fsync: the job and its spec are both stored or neither.
         """
         key = idempotency_key or None
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 if key is not None:
-                    found = self._one("SELECT * FROM jobs WHERE owner=? AND idempotency_key=?",
+                    found = self._one(f"SELECT {_COLUMNS} FROM jobs WHERE owner=? AND "
+                                      "idempotency_key=?",
                                       (owner, key))
                     if found is not None:
                         self._db.execute("COMMIT")
@@ -146,22 +156,21 @@ class JobStore:
                 job_id = secrets.token_hex(6)
                 self._db.execute(
                     "INSERT INTO jobs (id, kind, name, owner, state, rounds, created, "
-                    "idempotency_key, params) VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?)",
+                    "idempotency_key, params, spec) VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?)",
                     (job_id, kind, name, owner, rounds, time.time(), key,
-                     json.dumps(params or {})))
-                if prepare is not None:
-                    prepare(job_id)
+                     json.dumps(params or {}), spec))
+                record = self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            record = self._one("SELECT * FROM jobs WHERE id=?", (job_id,))
         assert record is not None
         return record, True
 
     def get(self, job_id: str) -> JobRecord:
         """Raises NotFound for an unknown id."""
-        record = self._one("SELECT * FROM jobs WHERE id=?", (job_id,), conn=self._reader())
+        record = self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,),
+                           conn=self._reader())
         if record is None:
             raise NotFound(f"no job {job_id!r}")
         return record
@@ -184,16 +193,24 @@ class JobStore:
         if before_seq is not None:
             where.append("seq<?")
             args.append(before_seq)
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = f"SELECT {_COLUMNS} FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
         rows = self._reader().execute(sql, args).fetchall()
         return [JobRecord.from_row(r) for r in rows]
 
     def oldest(self, state: str, limit: int) -> builtins.list[JobRecord]:
-        rows = self._reader().execute("SELECT * FROM jobs WHERE state=? ORDER BY seq LIMIT ?",
-                                      (state, limit)).fetchall()
+        rows = self._reader().execute(f"SELECT {_COLUMNS} FROM jobs WHERE state=? ORDER BY seq "
+                                      "LIMIT ?", (state, limit)).fetchall()
         return [JobRecord.from_row(r) for r in rows]
+
+    def spec(self, job_id: str) -> str:
+        """The spec text the job was submitted with ('' for a job stored before specs
+        lived in the store: its job directory holds request.yaml)."""
+        row = self._reader().execute("SELECT spec FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}")
+        return str(row[0])
 
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM jobs").fetchone()[0])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedcollab.service.errors import InvalidArgument, NotFound
-from fedcollab.service.store import JobStore
+from fedcollab.service.store import _SCHEMA, JobStore
 
 
 def _new(store: JobStore, owner: str = "alice", key: str | None = None) -> str:
@@ -54,16 +54,29 @@ def test_store_idempotency_key_returns_same_job_per_owner(tmp_path: Path) -> Non
     assert other != first
 
 
-def test_store_prepare_failure_creates_no_job(tmp_path: Path) -> None:
+def test_store_keeps_the_spec_with_the_job_and_reads_leave_it_out(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite")
+    job, _ = store.create(kind="run", name="tiny", owner="alice", rounds=3, spec="name: tiny\n")
 
-    def broken(job_id: str) -> None:
-        raise OSError("disk full")
+    assert store.spec(job.id) == "name: tiny\n"
+    assert not hasattr(store.get(job.id), "spec")
+    with pytest.raises(NotFound):
+        store.spec("nope")
 
-    with pytest.raises(OSError):
-        store.create(kind="run", name="tiny", owner="alice", rounds=3, prepare=broken)
 
-    assert store.count() == 0
+def test_store_adds_the_spec_column_to_an_older_database(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(_SCHEMA.replace(",\n    spec TEXT NOT NULL DEFAULT ''", ""))
+    old.execute("INSERT INTO jobs (id, kind, name, owner, state, created) "
+                "VALUES ('abc', 'run', 'old', 'alice', 'QUEUED', 0)")
+    old.commit()
+    old.close()
+
+    store = JobStore(path)
+
+    assert store.get("abc").name == "old"
+    assert store.spec("abc") == ""  # the runner falls back to its request.yaml
 
 
 def test_store_list_pages_newest_first_and_filters(tmp_path: Path) -> None:
