@@ -636,17 +636,20 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def bench_service_load(clients: int = 32, seconds: float = 20.0,
-                       processes: int = os.cpu_count() or 2) -> None:
+                       processes: int = 0) -> None:
     """32 concurrent clients on loopback for 20 s: GetJob, ListJobs, SubmitJob of tiny jobs.
 
     The service only queues (--max-concurrent 0): this measures the API and the store,
-    not training. The clients, each with its own channel, run in one process per core
-    (threads in each): fewer and their own GIL times the server; more and they take
-    the cores from the server they are timing (both were tried on 2 cores).
+    not training. The clients, each with its own channel, run as threads in one process
+    per core (`processes` 0; never more processes than clients, any remainder spread
+    over them): fewer and their own GIL times the server; more and they take the
+    cores from the server they are timing (both were tried on 2 cores).
     """
     import multiprocessing
     import sqlite3
 
+    processes = min(clients, processes or os.cpu_count() or 2)
+    threads = [clients // processes + (i < clients % processes) for i in range(processes)]
     with tempfile.TemporaryDirectory(prefix="fedcollab-bench-svc-") as tmp:
         service = _ServiceProcess(Path(tmp) / "state", max_concurrent=0)
         try:
@@ -654,8 +657,7 @@ def bench_service_load(clients: int = 32, seconds: float = 20.0,
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(processes) as pool:
                 parts = pool.starmap(_load_worker, [
-                    (service.address, service.token, job_id, seconds, clients // processes)
-                    for _ in range(processes)])
+                    (service.address, service.token, job_id, seconds, n) for n in threads])
         finally:
             service.stop()
         samples = [s for part in parts for s in part[0]]
