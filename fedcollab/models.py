@@ -8,14 +8,15 @@ an uncompiled ``keras.Model``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from fedcollab.spec import SpecError
 
-__all__ = ["SEEDED_BUILD_LOCK", "build_model", "resolve_builder", "private_weight_indices",
-           "layer_names"]
+__all__ = ["SEEDED_BUILD_LOCK", "build_model", "check_builder_name", "resolve_builder",
+           "private_weight_indices", "layer_names"]
 
 
 def _head(num_classes: int) -> Any:
@@ -88,6 +89,72 @@ def resolve_builder(name: str) -> Callable[..., Any]:
     if not callable(func):
         raise SpecError(f"spec: task.model: {module_name!r} has no function {func_name!r}")
     return func
+
+
+def check_builder_name(name: str) -> None:
+    """Find a ``package.module:function`` model without importing the module.
+
+    A user's module usually imports TensorFlow, so :func:`resolve_builder` waits for
+    it; this finds the module on the path and reads its source for the function, so
+    that a typo fails in a second, before Ray starts, not after it. A module whose
+    names cannot be read off its source (no source, ``from x import *``, a module
+    ``__getattr__``, names made with ``globals()``, ``exec`` or ``setattr``) is left to
+    :func:`resolve_builder`.
+
+    Raises:
+        SpecError: the module is not on the path, or its source defines no such name.
+    """
+    if name in _BUILTIN:
+        return
+    module_name, _, func_name = name.partition(":")
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except ImportError as err:  # a parent package is missing
+        raise SpecError(f"spec: task.model: cannot import {module_name!r} ({err})") from None
+    except ValueError:  # in sys.modules with no __spec__: resolve_builder decides
+        return
+    if spec is None:
+        raise SpecError(f"spec: task.model: cannot import {module_name!r} "
+                        f"(No module named {module_name!r})")
+    names = _bound_names(spec.origin) if spec.origin and spec.has_location else None
+    if names is not None and func_name not in names:
+        raise SpecError(f"spec: task.model: {module_name!r} has no function {func_name!r}")
+
+
+_DYNAMIC_NAMES = frozenset({"__getattr__", "globals", "exec", "setattr", "vars"})
+
+
+def _bound_names(origin: str) -> Optional[set[str]]:
+    """Every name a Python source file binds anywhere (a superset of its module-level
+    names: a name it lacks is certainly not there), or None where the source cannot
+    say (not a .py file, unreadable, unparsable, or names bound dynamically)."""
+    import ast
+
+    if not origin.endswith(".py"):
+        return None
+    try:
+        with open(origin, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), filename=origin)
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name):
+            if node.id in _DYNAMIC_NAMES:
+                return None
+            if isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(alias.name == "*" for alias in node.names):
+                return None
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+    return None if "__getattr__" in names else names
 
 
 #: Held while a model is built from a seed. Keras' initialisers draw their seeds from

@@ -14,19 +14,23 @@ __all__ = ["preflight"]
 
 
 def preflight(spec: JobSpec) -> dict[str, Any]:
-    """Load the data, partition it, check the secure encoding and the release key.
+    """Find the model, load the data, partition it, check the secure encoding and
+    the release key.
 
     Returns:
         Facts for the user: training samples and the secure group's ring width.
 
     Raises:
-        SpecError: too few samples for the participants, or a secure configuration
-            whose fixed-point sum could overflow.
+        SpecError: a ``package.module:function`` model that is not there, too few
+            samples for the participants, or a secure configuration whose
+            fixed-point sum could overflow.
         fedcollab.release.ReleaseError: ``release.key`` is missing or not Ed25519.
     """
     from fedcollab.data import load_federation
     from fedcollab.data.federation import PartitionedFederation
+    from fedcollab.models import check_builder_name
 
+    check_builder_name(spec.task.model)
     data = load_federation(spec)
     facts: dict[str, Any] = {
         "train_samples": len(data.dataset.y_train) if isinstance(data, PartitionedFederation)
