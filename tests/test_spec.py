@@ -276,10 +276,18 @@ def test_cli_help_exits_0_with_an_example(argv: list[str]) -> None:
     assert "example" in result.stdout
 
 
-def test_cli_validate_imports_neither_tensorflow_nor_ray() -> None:
+@pytest.mark.parametrize("extra,rc,says", [
+    ([], 0, ""),
+    # a package.module:function model is found without importing it
+    (["--set", "task.model=tests.user_models:nothing_here"], 2,
+     "'tests.user_models' has no function 'nothing_here'"),
+])
+def test_cli_validate_imports_neither_tensorflow_nor_ray(extra: list[str], rc: int,
+                                                         says: str) -> None:
+    argv = ["validate", "examples/community-vendor.yaml", *extra]
     code = ("import sys, fedcollab.cli\n"
-            "rc = fedcollab.cli.main(['validate', 'examples/community-vendor.yaml'])\n"
-            "assert rc == 0, rc\n"
+            f"rc = fedcollab.cli.main({argv!r})\n"
+            f"assert rc == {rc}, rc\n"
             "heavy = [m for m in ('tensorflow', 'keras', 'ray') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
 
@@ -287,6 +295,7 @@ def test_cli_validate_imports_neither_tensorflow_nor_ray() -> None:
                             text=True, timeout=60)
 
     assert result.returncode == 0, result.stderr
+    assert says in result.stderr
 
 
 def test_cli_no_command_prints_help_and_exits_2() -> None:

@@ -1,25 +1,13 @@
 """The floor that ``scripts/bench``'s ``secure_floor`` line measures SecAgg+ against."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fedcollab_bench_script",
-                                                  ROOT / "scripts" / "bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench_script import load_bench
 
 
 def test_floor_figures_are_positive_and_finite_for_a_tiny_group() -> None:
-    floor = _bench().secure_floor_ms(5, 2, 2, 10, 32, 2, repeats=1)
+    floor = load_bench().secure_floor_ms(5, 2, 2, 10, 32, 2, repeats=1)
     assert set(floor) == {"keystream_ms", "seal_ms", "open_ms", "participant_ms",
                           "server_ms", "floor_ms"}
     assert all(math.isfinite(v) and v > 0 for v in floor.values())

@@ -1,25 +1,14 @@
 """The `service_load` bench's clients against a real `fedcollab serve` on loopback."""
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
 from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fedcollab_bench_script",
-                                                  ROOT / "scripts" / "bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench_script import load_bench
 
 
 def test_load_clients_time_every_method_and_every_submit_is_stored(tmp_path: Path) -> None:
-    bench = _bench()
+    bench = load_bench()
     service = bench._ServiceProcess(tmp_path / "state", max_concurrent=0)
     try:
         first = service.client.submit(bench._TINY_JOB).id
