@@ -98,8 +98,8 @@ def check_builder_name(name: str) -> None:
     it; this finds the module on the path and reads its source for the function, so
     that a typo fails in a second, before Ray starts, not after it. A module whose
     names cannot be read off its source (no source, ``from x import *``, a module
-    ``__getattr__``, names made with ``globals()``, ``exec`` or ``setattr``) is left to
-    :func:`resolve_builder`.
+    ``__getattr__``, names made with ``globals()``, ``exec``, ``setattr`` or through
+    ``sys.modules`` or a ``__dict__``) is left to :func:`resolve_builder`.
 
     Raises:
         SpecError: the module is not on the path, or its source defines no such name.
@@ -122,6 +122,7 @@ def check_builder_name(name: str) -> None:
 
 
 _DYNAMIC_NAMES = frozenset({"__getattr__", "globals", "exec", "setattr", "vars"})
+_DYNAMIC_ATTRIBUTES = frozenset({"__dict__", "modules"})  # sys.modules[__name__].f = ...
 
 
 def _bound_names(origin: str) -> Optional[set[str]]:
@@ -150,6 +151,10 @@ def _bound_names(origin: str) -> Optional[set[str]]:
             if any(alias.name == "*" for alias in node.names):
                 return None
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Attribute) and node.attr in _DYNAMIC_ATTRIBUTES:
+            return None
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
         elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
             names.add(node.name)
         elif isinstance(node, ast.MatchMapping) and node.rest:

@@ -85,6 +85,7 @@ def test_check_builder_name_reads_the_source_and_never_runs_it(
     "globals()['build'] = lambda: None\n",
     "def __getattr__(name):\n    return lambda: None\n",
     "setattr(__import__(__name__), 'build', 1)\n",
+    "import sys\nsys.modules[__name__].build = len\n",
 ])
 def test_check_builder_name_leaves_dynamic_modules_to_the_import(
         source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
