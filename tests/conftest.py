@@ -45,7 +45,7 @@ def _restore_ray_environment() -> Iterator[None]:
     os.environ.update(saved)
 
 
-def _fresh_ray_auth() -> None:
+def fresh_ray_auth() -> None:
     """Start the fixture's own Ray as an embedded run would: token auth with this
     user's token, not a token file or in-process token cache an earlier test (which
     joined a `ray start` cluster of its own) left behind."""
@@ -69,7 +69,7 @@ def ray_local() -> Iterator[Any]:
     import ray
 
     ray.shutdown()
-    _fresh_ray_auth()
+    fresh_ray_auth()
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False, runtime_env=_worker_env())
     yield ray
@@ -86,7 +86,7 @@ def ray_cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
-    _fresh_ray_auth()
+    fresh_ray_auth()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
                                                             "include_dashboard": False})
     cluster.add_node(num_cpus=1, resources={"vendor_site": 1})

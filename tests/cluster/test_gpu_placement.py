@@ -7,6 +7,7 @@ from typing import Any, Iterator
 import pytest
 
 from fedcollab.cluster import ClusterError, WorkerRequest, check_placement
+from tests.conftest import fresh_ray_auth
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -18,6 +19,7 @@ def gpu_cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
+    fresh_ray_auth()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0,
                                                             "include_dashboard": False})
     gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.conftest import fresh_ray_auth
+
 ROOT = Path(__file__).resolve().parents[2]
 KILL_ROUND = 4
 
@@ -31,6 +33,7 @@ def four_nodes() -> Iterator[Any]:
     from fedcollab.cluster import worker_env
 
     ray.shutdown()
+    fresh_ray_auth()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
                                                             "include_dashboard": False})
     for _ in range(3):
