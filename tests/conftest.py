@@ -10,26 +10,6 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
-#: Seconds each of the slowest files took (setup + call + teardown of its tests, summed
-#: from `--durations=0` on the 2-core development VM). Used only to start them first:
-#: `scripts/test` hands files to its two workers in collection order
-#: (`--no-loadscope-reorder`), and pytest-xdist's own order (most tests first) left
-#: the long end-to-end files, which have few tests, for last, one worker running one
-#: while the other sat idle. A file not listed keeps its place after these.
-_FILE_SECONDS = {
-    "tests/e2e/test_secure_job.py": 214, "tests/service/test_e2e.py": 188,
-    "tests/e2e/test_resume_exact.py": 184, "tests/e2e/test_defences.py": 145,
-    "tests/e2e/test_cli_mistakes.py": 142, "tests/service/test_restart.py": 138,
-    "tests/e2e/test_run_job.py": 103, "tests/cluster/test_real_cluster.py": 85,
-    "tests/cluster/test_gpu_check.py": 51, "tests/test_pool.py": 47,
-    "tests/cluster/test_gpu_placement.py": 40, "tests/grading/test_runner_parallel.py": 30,
-    "tests/e2e/test_cli_run.py": 30, "tests/test_spec.py": 29,
-    "tests/cluster/test_lost_node.py": 26, "tests/test_api.py": 25,
-    "tests/e2e/test_multinode.py": 19, "tests/e2e/test_scale.py": 18,
-    "tests/grading/test_grade_e2e.py": 17,
-}
-
-
 
 @pytest.fixture(autouse=True)
 def _restore_ray_environment() -> Iterator[None]:
@@ -101,9 +81,6 @@ def ray_cluster() -> Iterator[Any]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slowest files first (each file's tests still together and in order); GPU
-    tests skipped unless FEDCOLLAB_GPU_TESTS=1."""
-    items.sort(key=lambda item: -_FILE_SECONDS.get(item.nodeid.split("::", 1)[0], 0))
     if os.environ.get("FEDCOLLAB_GPU_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="GPU test: set FEDCOLLAB_GPU_TESTS=1 on a GPU machine")
