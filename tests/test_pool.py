@@ -75,3 +75,29 @@ def test_pool_configures_spare_workers_instead_of_starting_new_ones(ray_local: A
         ray_local.get(pool.workers[0].configure.remote(pool._config(0)))
     pool.shutdown()
     fresh.shutdown()
+
+
+def test_weights_inline_or_through_the_object_store_train_the_same(
+        ray_local: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small weights ride inside the calls, large ones go through the object store
+    once: both reach the workers as the same arrays and give the same updates."""
+    from fedcollab import pool as pool_module
+    from fedcollab.orchestrator import _Driver
+    from fedcollab.pool import WorkerPool
+
+    spec = _spec()
+    weights = _Driver.build(spec).weights
+    assert sum(w.nbytes for w in weights) * 2 <= pool_module.INLINE_WEIGHT_BYTES
+    pool = WorkerPool(ray_local, spec, roster(spec), tmp_path)
+    puts: list[Any] = []
+    real_put = ray_local.put
+    monkeypatch.setattr(ray_local, "put", lambda value: puts.append(value) or real_put(value))
+    inline = pool.train(weights, 1, [0, 1, 2, 3], RoundConfig(), {})
+    assert puts == []  # nothing went through the object store
+    monkeypatch.setattr(pool_module, "INLINE_WEIGHT_BYTES", 0)
+    stored = pool.train(weights, 1, [0, 1, 2, 3], RoundConfig(), {})
+    assert len(puts) == 1  # once for both workers
+    assert [u.pid for u in inline.updates] == [u.pid for u in stored.updates] == [0, 1, 2, 3]
+    for a, b in zip(inline.updates, stored.updates):
+        assert all((x == y).all() for x, y in zip(a.delta, b.delta))
+    pool.shutdown()
