@@ -28,10 +28,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tie_to_parent(args.parent_pid)
     import ray
 
-    from fedcollab.cluster import worker_env
+    from fedcollab.cluster import EMBEDDED_SYSTEM_CONFIG, worker_env
 
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-             _temp_dir=args.temp_dir,
+             _temp_dir=args.temp_dir, _system_config=EMBEDDED_SYSTEM_CONFIG,
              logging_level=logging.WARNING, log_to_driver=False,
              runtime_env={"env_vars": worker_env()})
     address = ray.get_runtime_context().gcs_address
