@@ -129,9 +129,15 @@ class LocalTrainer:
         weight_specs = [tf.TensorSpec(v.shape, v.dtype) for v in self._variables]
         x_shape = (None,) + tuple(model.inputs[0].shape[1:])
         y_dtype = tf.int64 if classification else tf.float32
+        # A participant's start weights wait in these variables: set once a round for
+        # everyone who starts from the global weights (see _set_start), so a training
+        # call passes only its data; fewer arguments to bind on every call.
+        self._start = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
+                       for v in self._variables]
+        self._started: list[Any] = [None] * len(self._start)
         self._train_fn = tf.function(
             self._train_graph, reduce_retracing=True,
-            input_signature=[weight_specs, tf.TensorSpec(x_shape, tf.float32),
+            input_signature=[tf.TensorSpec(x_shape, tf.float32),
                              tf.TensorSpec((None,), y_dtype),
                              tf.TensorSpec((None, None), tf.int32)])
         # one graph (the signature is fixed): call it directly, skipping the polymorphic
@@ -148,9 +154,10 @@ class LocalTrainer:
         for var, value in zip(self._variables, weights):
             var.assign(value)
 
-    def _train_graph(self, weights: list[Any], x: Any, y: Any, perms: Any) -> Any:
+    def _train_graph(self, x: Any, y: Any, perms: Any) -> Any:
         import tensorflow as tf
 
+        weights = [s.read_value() for s in self._start]
         self._load(weights)
         for var in self._optimizer_state:
             var.assign(tf.zeros_like(var))
@@ -198,6 +205,16 @@ class LocalTrainer:
 
         return [tf.convert_to_tensor(w) for w in weights]
 
+    def _set_start(self, weights: Sequence[Any]) -> None:
+        """Put ``weights`` in the start variables; a tensor already there (the same
+        object: :meth:`feed` output reused for many participants) is not assigned again."""
+        import tensorflow as tf
+
+        for i, (var, value) in enumerate(zip(self._start, weights)):
+            if value is not self._started[i]:
+                var.assign(value)
+                self._started[i] = value if isinstance(value, tf.Tensor) else None
+
     def get_weights(self) -> Weights:
         return [np.array(v.numpy()) for v in self._variables]
 
@@ -216,7 +233,8 @@ class LocalTrainer:
         n = len(x)
         perms = np.stack([rng.permutation(n) for _ in range(epochs or self.epochs)]) \
             .astype(np.int32)
-        new_weights, loss = self._train_concrete(list(weights), x, y, perms)
+        self._set_start(weights)
+        new_weights, loss = self._train_concrete(x, y, perms)
         return TrainResult([w.numpy() for w in new_weights], float(loss.numpy()))
 
     def evaluate(self, weights: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray, *,
