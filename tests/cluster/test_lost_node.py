@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -62,10 +64,21 @@ def test_lost_worker_node_loses_one_round_and_job_completes(four_nodes: Any,
         def on_phase(self, phase: str, round_id: int, pool: Any) -> None:
             if round_id != KILL_ROUND or killed:
                 return
-            hosting = {ray.get(w.ready.remote(), timeout=30)["node_id"] for w in pool.workers}
+            ready = [ray.get(w.ready.remote(), timeout=30) for w in pool.workers]
+            hosting = {r["node_id"] for r in ready}
             victim = next(n for n in four_nodes.worker_nodes if n.node_id in hosting)
             killed.append(victim.node_id)
             four_nodes.remove_node(victim, allow_graceful=False)
+            # A lost machine takes its worker processes with it. remove_node kills the
+            # node's raylet; its workers would linger until they notice, and since
+            # small calls and replies travel inline, not through that node's object
+            # store, they could answer a round or two first.
+            for r in ready:
+                if r["node_id"] == victim.node_id:
+                    try:
+                        os.kill(r["pid"], signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
 
     spec = load_spec(ROOT / "examples" / "community-vendor.yaml")
     spec = type(spec)(**{**spec.__dict__,
