@@ -275,3 +275,51 @@ def test_load_dataset_nan_features_with_text_labels_raise(tmp_path: Path) -> Non
 def test_task_kind_must_match_a_builtin_dataset() -> None:
     with pytest.raises(SpecError, match="task.kind: got 'regression', but dataset 'digits'"):
         TaskSpec(dataset="digits", kind="regression")
+
+
+def _arrays(d: object) -> list[np.ndarray]:
+    return [getattr(d, k) for k in ("x_train", "y_train", "x_test", "y_test")]
+
+
+def test_load_digits_cached_split_is_the_same_and_skips_sklearn(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first load writes the split; a fresh process then reads it without
+    importing scikit-learn (about a second of every job process's start-up)."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("FEDCOLLAB_CACHE_DIR", str(tmp_path))
+    made = load_digits(seed=3)
+    [cached] = (tmp_path / "datasets").glob("digits-sklearn*-test0.2-seed3.npz")
+    code = ("import sys; from fedcollab.data.datasets import load_digits; d = load_digits(seed=3);"
+            "print('sklearn' in sys.modules, d.x_train.shape, d.x_train.dtype, d.y_test.dtype)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split()[0] == "False", out.stdout
+    again = load_digits(seed=3)
+    for a, b in zip(_arrays(made), _arrays(again)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    monkeypatch.setenv("FEDCOLLAB_CACHE_DIR", "off")
+    for a, b in zip(_arrays(load_digits(seed=3)), _arrays(again)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert cached.exists()
+
+
+def test_load_digits_damaged_cache_is_made_again(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDCOLLAB_CACHE_DIR", str(tmp_path))
+    first = load_digits(seed=4)
+    [cached] = (tmp_path / "datasets").glob("*seed4.npz")
+    cached.write_bytes(b"not a zip")
+    again = load_digits(seed=4)
+    for a, b in zip(_arrays(first), _arrays(again)):
+        assert np.array_equal(a, b)
+    assert np.load(cached)["x_train"].shape == first.x_train.shape  # rewritten whole
+
+
+def test_load_digits_unwritable_cache_still_loads(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache directory would go")
+    monkeypatch.setenv("FEDCOLLAB_CACHE_DIR", str(blocker))
+    assert load_digits(seed=5).x_train.shape[0] > 0
