@@ -98,10 +98,14 @@ def _split_cache(name: str, *, test_fraction: float, seed: int) -> Path | None:
 
 def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """A cached split, or ``None`` (missing, unreadable or damaged: make it again)."""
+    import zipfile
+
+    from fedcollab.io import load_npz
+
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            x_tr, y_tr, x_te, y_te = (archive[k] for k in _SPLIT_KEYS)
-    except (OSError, ValueError, KeyError, EOFError):
+        arrays, _ = load_npz(path)
+        x_tr, y_tr, x_te, y_te = (arrays[k] for k in _SPLIT_KEYS)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     return x_tr, y_tr, x_te, y_te
 
