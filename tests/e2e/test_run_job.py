@@ -127,3 +127,48 @@ def test_run_job_regression_example_learns(ray_local: Any, tmp_path: Path) -> No
     y = load_dataset(spec.task, seed=spec.seed).y_test
     assert result.summary["final_loss"] < 0.25 * float(np.var(y))
     assert "final_accuracy" not in result.summary
+
+
+def test_run_job_metrics_are_what_the_driver_would_have_evaluated(finished: Any) -> None:
+    """Evaluation moved to a worker: the logged loss and accuracy are still exactly
+    those of the global weights on the held-out set, evaluated in this process."""
+    from fedcollab.orchestrator import _Driver
+
+    last = [json.loads(x) for x in (finished.out_dir / "metrics.jsonl").read_text()
+            .splitlines()][-1]
+    loss, acc = _Driver.build(small_spec()).evaluate(finished.weights)
+    assert (last["loss"], last["accuracy"]) == (loss, acc)
+
+
+def test_run_job_tensorboard_events_are_readable(finished: Any) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(finished.out_dir / "tensorboard"))
+    events.Reload()
+    accuracy = events.Scalars("accuracy")
+    lines = [json.loads(x) for x in (finished.out_dir / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert [e.step for e in accuracy] == [1, 2, 3]
+    assert [e.value for e in accuracy] == pytest.approx([m["accuracy"] for m in lines],
+                                                        rel=1e-6)
+    assert "loss" in events.Tags()["scalars"]
+
+
+def test_a_job_driver_never_loads_tensorflow(tmp_path: Path) -> None:
+    """The workers build, evaluate and export the model: the driver's 4-6 s of
+    TensorFlow import would only contend with Ray's start and theirs."""
+    code = ("import json, sys; from pathlib import Path\n"
+            "from fedcollab.orchestrator import RunOptions, run_job\n"
+            "from tests.e2e.test_run_job import small_spec\n"
+            f"r = run_job(small_spec(rounds=1), RunOptions(out_dir=Path({str(tmp_path)!r}) / 'j',"
+            " quiet=True))\n"
+            "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'keras': 'keras' in sys.modules,"
+            " 'phases': r.summary['phases_seconds'], 'release': r.summary['release']}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not seen["tf"] and not seen["keras"]
+    assert set(seen["phases"]) == {"checks", "ray_start", "workers_ready", "setup", "rounds",
+                                   "release", "shutdown"}
+    verify_release(seen["release"])
