@@ -11,11 +11,15 @@ import importlib
 import importlib.util
 import inspect
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable, Optional, Sequence
 
+from fedcollab.errors import FedcollabError
 from fedcollab.spec import SpecError
 
-__all__ = ["SEEDED_BUILD_LOCK", "build_model", "check_builder_name", "resolve_builder",
+__all__ = ["SEEDED_BUILD_LOCK", "build_model", "build_checked_model", "misfit_as_spec_error",
+           "check_builder_name", "resolve_builder",
            "private_weight_indices", "layer_names"]
 
 
@@ -195,6 +199,63 @@ def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
         raise SpecError(f"spec: task.model: {name!r} returned {type(model).__name__}, "
                         "expected a keras.Model")
     return model
+
+
+def build_checked_model(spec: Any, data: Any) -> Any:
+    """The spec's model for ``data`` (a federation), checked against both.
+
+    Where the model is built (a worker for a job, the process for ``validate
+    --deep``) the same checks run with the same messages.
+
+    Raises:
+        SpecError: the model cannot be built (the user's function raised), a group's
+            ``private_layers`` names no layer with weights, or its outputs do not
+            match the data's classes.
+    """
+    name = spec.task.model
+    try:
+        model = build_model(name, input_shape=data.input_shape, num_classes=data.num_classes,
+                            seed=spec.seed)
+    except FedcollabError:
+        raise
+    except Exception as err:  # the user's model function failed
+        raise SpecError(f"spec: task.model: {name!r} raised {type(err).__name__}: "
+                        f"{first_line(err)}") from None
+    for g, group in enumerate(spec.participants):
+        if group.private_layers:
+            private_weight_indices(model, group.private_layers,
+                                   where=f"participants.{g}.private_layers")
+    out_dim = model.outputs[0].shape[-1] if model.outputs else None
+    expected = data.num_classes if data.num_classes > 0 else 1
+    if out_dim is not None and int(out_dim) != expected:
+        raise SpecError(f"spec: task.model: {name!r} has {out_dim} outputs, but the data "
+                        f"has {_describe(data)}: expected {expected}")
+    return model
+
+
+@contextmanager
+def misfit_as_spec_error(spec: Any, data: Any) -> Iterator[None]:
+    """Running the model on the data first (a trace): a shape that does not fit
+    surfaces as a TensorFlow error, reported as the spec's mistake it is."""
+    try:
+        yield
+    except FedcollabError:
+        raise
+    except Exception as err:
+        raise SpecError(f"spec: task.model: {spec.task.model!r} does not fit the data "
+                        f"({_describe(data)}): {first_line(err)}") from None
+
+
+def _describe(data: Any) -> str:
+    return (f"inputs of shape {data.input_shape} and "
+            + (f"{data.num_classes} classes" if data.num_classes > 0 else "a scalar target"))
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first non-empty line, at most 200 characters (for one-line messages)."""
+    lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def layer_names(model: Any) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from fedcollab.outputs import (
 from fedcollab.pool import plan_workers
 from fedcollab.roster import ParticipantInfo, roster, sample_participants
 from fedcollab.rounds import RoundLoop, RoundRecord
-from fedcollab.spec import JobSpec, SpecError, spec_to_dict
+from fedcollab.spec import JobSpec, spec_to_dict
 from fedcollab.types import Weights
 
 if TYPE_CHECKING:
@@ -104,72 +103,66 @@ class _OnRound(RoundCallback):
 
 @dataclass
 class _Driver:
-    """The driver's own view of the task: held-out data, a model to evaluate with."""
+    """The driver's view of the model: its initial weights, and who evaluates and
+    exports it.
 
-    model: Any
-    evaluator: Any
-    x_test: np.ndarray
-    y_test: np.ndarray
-    classification: bool
+    A job's driver does not load TensorFlow (4-6 s of CPU on 2 cores, contending with
+    Ray's start and the workers' own import): the workers build the model from the
+    job's seed anyway, so one of them hands over the initial weights, evaluates each
+    round's global weights on the held-out set and exports the release's
+    ``model.keras`` (:meth:`remote`). :meth:`build` does it all in this process, for
+    ``fedcollab validate --deep`` and tests.
+    """
+
     weights: Weights
+    classification: bool
     weight_scale: float
+    evaluate: Any              # weights -> (loss, accuracy), with submit() when remote
+    export: Callable[[Weights], Any]  # weights -> a Keras model or release.ModelFile
+
+    @classmethod
+    def remote(cls, pool: Any) -> _Driver:
+        info = pool.model_info()
+        return cls(list(info["weights"]), bool(info["classification"]),
+                   float(info["max_samples"]), _RemoteEvaluation(pool), pool.export_model)
 
     @classmethod
     def build(cls, spec: JobSpec) -> _Driver:
+        """Build and check the model in this process (imports TensorFlow)."""
         from fedcollab.data import load_federation
-        from fedcollab.models import build_model
+        from fedcollab.models import build_checked_model, misfit_as_spec_error
         from fedcollab.training import LocalTrainer, configure_tensorflow
 
         configure_tensorflow(threads=1, deterministic=True)
         data = load_federation(spec)
-        classification = data.num_classes > 0
-        name = spec.task.model
-        try:
-            model = build_model(name, input_shape=data.input_shape,
-                                num_classes=data.num_classes, seed=spec.seed)
-        except FedcollabError:
-            raise
-        except Exception as err:  # the user's model function failed
-            raise SpecError(f"spec: task.model: {name!r} raised {type(err).__name__}: "
-                            f"{_first_line(err)}") from None
-        _check_private_layers(spec, model)
-        where = (f"inputs of shape {data.input_shape} and "
-                 + (f"{data.num_classes} classes" if classification else "a scalar target"))
-        out_dim = model.outputs[0].shape[-1] if model.outputs else None
-        expected = data.num_classes if classification else 1
-        if out_dim is not None and int(out_dim) != expected:
-            raise SpecError(f"spec: task.model: {name!r} has {out_dim} outputs, but the data "
-                            f"has {where}: expected {expected}")
+        model = build_checked_model(spec, data)
         weights = [np.array(v.numpy()) for v in model.weights]
-        try:
+        classification = data.num_classes > 0
+        with misfit_as_spec_error(spec, data):
             evaluator = LocalTrainer(model, classification=classification)
             evaluator.evaluate(weights, data.x_test[:2], data.y_test[:2])  # trace now
-        except Exception as err:  # shapes that do not fit surface as TensorFlow errors
-            raise SpecError(f"spec: task.model: {name!r} does not fit the data ({where}): "
-                            f"{_first_line(err)}") from None
+
+        def evaluate(w: Weights) -> tuple[float, float]:
+            loss, acc = evaluator.evaluate(w, data.x_test, data.y_test)
+            return float(loss), float(acc)
+
         # Secure weights are n_i / weight_scale so they fit the fixed-point range; the
         # server only needs this public bound on a participant's dataset size.
-        scale = float(data.max_samples())
-        return cls(model, evaluator, data.x_test, data.y_test, classification, weights, scale)
-
-    def evaluate(self, weights: Weights) -> tuple[float, float]:
-        loss, acc = self.evaluator.evaluate(weights, self.x_test, self.y_test)
-        return float(loss), float(acc)
+        return cls(weights, classification, float(data.max_samples()), evaluate,
+                   lambda w: model)
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [x.strip() for x in str(err).splitlines() if x.strip()]
-    text = lines[0] if lines else type(err).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+class _RemoteEvaluation:
+    """Evaluation on a worker of the pool, startable ahead of its result."""
 
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
 
-def _check_private_layers(spec: JobSpec, model: Any) -> None:
-    from fedcollab.models import private_weight_indices
+    def __call__(self, weights: Weights) -> tuple[float, float]:
+        return self.pool.evaluate(weights)
 
-    for g, group in enumerate(spec.participants):
-        if group.private_layers:
-            private_weight_indices(model, group.private_layers,
-                                   where=f"participants.{g}.private_layers")
+    def submit(self, weights: Weights) -> Callable[[], tuple[float, float]]:
+        return self.pool.submit_evaluate(weights)
 
 
 class _Status:
@@ -257,11 +250,13 @@ def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
 
     Every check a user's mistake can fail runs first, before anything is written: the
     output directory, the data, the secure encoding and the release key before Ray
-    starts, then the model against the data (building it needs TensorFlow).
+    starts, then the model against the data, in the workers that build it.
 
-    What does not depend on each other overlaps: the driver imports TensorFlow and
-    builds the model in a thread while Ray starts and the workers import TensorFlow
-    and trace theirs (``summary.json`` ``phases_seconds`` says where the time went).
+    The driver does not load TensorFlow: Ray starts on an idle machine and the
+    workers import TensorFlow and trace their graphs, while the driver only waits;
+    one worker hands over the model's initial weights, evaluates every round and
+    exports the release's model (``summary.json`` ``phases_seconds`` says where the
+    time went).
 
     Raises:
         fedcollab.outdir.JobAlreadyFinished: ``resume`` of a finished job (exit 0).
@@ -277,43 +272,30 @@ def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
     plan = plan_out_dir(spec, options.out_dir, resume=options.resume)
     preflight(spec)
     phases["checks"] = time.perf_counter() - wall0
-    say("loading TensorFlow and building the model, while Ray and the workers start")
-    build = _Background(_Driver.build, spec)
+    say("starting Ray")
     custom: dict[str, float] = {}
     for group in spec.participants:
         for key, amount in group.resources.items():
             custom[key] = max(custom.get(key, 0.0), float(amount))
-    from fedcollab.models import SEEDED_BUILD_LOCK
-
     t = time.perf_counter()
-    # Ray draws from Python's global `random` while it starts: the model build (which
-    # Keras seeds through it) waits until Ray is up and the workers are asked for;
-    # only TensorFlow's import overlaps with Ray's start.
-    SEEDED_BUILD_LOCK.acquire()
-    locked = True
-    try:
-        with connect(options.address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray:
-            phases["ray_start"] = time.perf_counter() - t
-            t_workers = time.perf_counter()
-            pool = _start_pool(ray, spec, plan, options, say)
-            SEEDED_BUILD_LOCK.release()
-            locked = False
-            try:
-                driver = build.result()  # a model that does not fit the data fails here
-                phases["setup"] = build.seconds
-                plan.create()
-                job = _Job(spec, options, ray, wall0, plan, driver, say, phases, pool=pool,
-                           workers_since=t_workers)
-                result = job.run()
-            finally:
-                # free the workers' CPUs now: on a shared Ray (a grade's mixes, the job
-                # service, tests) the next job's workers would otherwise wait for them
-                pool.shutdown()
+    with connect(options.address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray:
+        phases["ray_start"] = time.perf_counter() - t
+        t = time.perf_counter()
+        pool = _start_pool(ray, spec, plan, options, say)
+        try:
+            pool.wait_ready()  # a model that does not fit the data fails here
+            phases["workers_ready"] = time.perf_counter() - t
             t = time.perf_counter()
-    finally:
-        if locked:
-            SEEDED_BUILD_LOCK.release()
-        build.join()  # Ray failed to start: let the build finish before raising
+            driver = _Driver.remote(pool)
+            plan.create()
+            job = _Job(spec, options, ray, wall0, plan, driver, say, phases, pool=pool)
+            phases["setup"] = time.perf_counter() - t
+            result = job.run()
+        finally:
+            # free the workers' CPUs now: on a shared Ray (a grade's mixes, the job
+            # service, tests) the next job's workers would otherwise wait for them
+            pool.shutdown()
+        t = time.perf_counter()
     phases["shutdown"] = time.perf_counter() - t
     result.summary["wall_seconds"] = time.perf_counter() - wall0
     if (result.out_dir / "summary.json").exists():  # now with the shutdown's time
@@ -321,35 +303,6 @@ def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
 
         atomic_write_json(result.out_dir / "summary.json", result.summary)
     return result
-
-
-class _Background:
-    """Run ``fn(*args)`` in a thread; :meth:`result` returns it or raises its error."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._value: Any = None
-        self._error: Optional[BaseException] = None
-        self.seconds = 0.0
-        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True,
-                                        name="fedcollab-setup")
-        self._thread.start()
-
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        t0 = time.perf_counter()
-        try:
-            self._value = fn(*args)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            self._error = err
-        self.seconds = time.perf_counter() - t0
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def _committed_round(plan: OutDirPlan) -> int:
@@ -391,8 +344,7 @@ class _Job:
 
     def __init__(self, spec: JobSpec, options: RunOptions, ray: Any, wall0: float,
                  plan: OutDirPlan, driver: _Driver, say: _Status,
-                 phases: Optional[dict[str, float]] = None, *, pool: Any,
-                 workers_since: float) -> None:
+                 phases: Optional[dict[str, float]] = None, *, pool: Any) -> None:
         from fedcollab.aggregation import Aggregator
         from fedcollab.privacy.server import DpServer
 
@@ -423,9 +375,6 @@ class _Job:
                   "are sampled to at least one member, secure groups to secure.min_group); "
                   f"epsilon is accounted at {rates[exposed]:.2f}", file=sys.stderr, flush=True)
         self.pool = pool
-        self.pool.wait_ready()
-        # from Ray's start to the last worker ready, overlapping the driver's set-up
-        self.phases["workers_ready"] = time.perf_counter() - workers_since
         secure = None
         if any(g.sharing == "secure" for g in spec.participants):
             from fedcollab.secure_round import SecureCoordinator
@@ -492,7 +441,8 @@ class _Job:
         if self.options.release:
             from fedcollab.release import write_release
 
-            release = write_release(self.out / "release", model=self.driver.model,
+            release = write_release(self.out / "release",
+                                    model=self.driver.export(self.loop.weights),
                                     weights=self.loop.weights, spec=spec,
                                     participants=self.people, summary=summary,
                                     key_path=spec.release.key, sign=spec.release.sign)

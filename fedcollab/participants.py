@@ -76,6 +76,8 @@ class ParticipantWorker:
         configure_tensorflow(threads=1, deterministic=True)
         self.configured = False
         self.worker_index: int = -1
+        self.sorted_pids: list[int] = []
+        self.setup_error: Optional[str] = None
         if config is not None:
             self.configure(config)
 
@@ -88,27 +90,35 @@ class ParticipantWorker:
         if self.configured:
             raise FedcollabError(f"worker {self.worker_index} is already configured for a job")
         from fedcollab.data import load_federation
-        from fedcollab.models import build_model
-        from fedcollab.spec import spec_from_dict
+        from fedcollab.models import build_checked_model, misfit_as_spec_error
+        from fedcollab.spec import SpecError, spec_from_dict
         from fedcollab.training import LocalTrainer
 
         self.spec = spec_from_dict(config.spec)
         self.worker_index = config.worker_index
         self.out_dir = Path(config.out_dir)
+        self.sorted_pids = sorted(config.pids)
         self.data = load_federation(self.spec)
         self.x_test, self.y_test = self.data.x_test, self.data.y_test
-        self.model = build_model(self.spec.task.model, input_shape=self.data.input_shape,
-                                 num_classes=self.data.num_classes, seed=self.spec.seed)
-        self.shapes = [tuple(w.shape) for w in self.model.weights]
         local = self.spec.local
-        self.trainer = LocalTrainer(self.model, classification=self.data.num_classes > 0,
-                                    optimizer=local.optimizer, learning_rate=local.learning_rate,
-                                    batch_size=local.batch_size, epochs=local.epochs,
-                                    proximal_mu=local.proximal_mu)
+        try:  # the user's mistakes in the model come back as one line, not a dead actor
+            self.model = build_checked_model(self.spec, self.data)
+            self.initial_weights = [np.array(w) for w in self.model.get_weights()]
+            with misfit_as_spec_error(self.spec, self.data):
+                self.trainer = LocalTrainer(
+                    self.model, classification=self.data.num_classes > 0,
+                    optimizer=local.optimizer, learning_rate=local.learning_rate,
+                    batch_size=local.batch_size, epochs=local.epochs,
+                    proximal_mu=local.proximal_mu)
+                self.trainer.warm_up(*self.data.warm_up_data())  # trace now, not in round 1
+        except SpecError as err:
+            self.setup_error = str(err)
+            self.configured = True
+            return self.ready()
+        self.shapes = [tuple(w.shape) for w in self.model.weights]
         self.people = roster(self.spec)
         self.hosted = frozenset(config.pids)
         self.pids = tuple(config.pids)
-        self.sorted_pids = sorted(self.pids)
         # Participants are materialised when first sampled. Those with state that must
         # outlive a round (private layers) are kept; the others are kept only while
         # few, so a worker hosting 50,000 registered participants holds only the
@@ -121,7 +131,6 @@ class ParticipantWorker:
                         self._participant(pid)
         if config.resume_round:
             self._load_private(config.resume_round)
-        self.trainer.warm_up(*self.data.warm_up_data())  # trace now, not in round 1
         self._secure: dict[int, Any] = {}
         self._registry: Optional[Mapping[int, Any]] = None  # parsed identity keys
         secure = [pid for pid in self.people.pids_where(sharing="secure") if pid in self.hosted]
@@ -148,13 +157,35 @@ class ParticipantWorker:
 
     # ----------------------------------------------------------------- info
     def ready(self) -> dict[str, Any]:
-        """Where this worker runs and what it hosts (used by placement tests)."""
+        """Where this worker runs and what it hosts (used by placement tests); with
+        ``error``, the spec's mistake that stopped it loading the job."""
         from fedcollab.cluster import device_info
 
-        return {"worker": self.worker_index, **device_info(), "pid": os.getpid(),
-                "participants": self.sorted_pids,
+        info = {"worker": self.worker_index, **device_info(), "pid": os.getpid(),
+                "participants": self.sorted_pids}
+        if self.setup_error is not None:
+            return {**info, "error": self.setup_error}
+        return {**info,
                 "roles": sorted({group.role for g, group in enumerate(self.spec.participants)
                                  if _hosts_any(self.sorted_pids, self.people.group_range(g))})}
+
+    # ----------------------------------------------------------------- the model
+    def model_info(self) -> dict[str, Any]:
+        """What the driver needs of the model without loading TensorFlow itself: the
+        initial weights (built from the job's seed, as every worker builds them),
+        whether the task classifies, and the data's public bound on a dataset size."""
+        return {"weights": self.initial_weights, "classification": self.data.num_classes > 0,
+                "max_samples": self.data.max_samples()}
+
+    def evaluate(self, global_weights: Weights) -> tuple[float, float]:
+        """(loss, accuracy) of the global weights on the held-out set."""
+        return self.trainer.evaluate(global_weights, self.x_test, self.y_test)
+
+    def export_model(self, global_weights: Weights) -> Any:
+        """The model with the global weights as ``model.keras`` bytes (for the release)."""
+        from fedcollab.release import export_model
+
+        return export_model(self.model, global_weights)
 
     # ----------------------------------------------------------------- training
     def _train_one(self, pid: int, global_weights: Sequence[Any],

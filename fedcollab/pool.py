@@ -12,7 +12,7 @@ is in :mod:`fedcollab.participants` and :mod:`fedcollab.outgoing`.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,10 +179,71 @@ class WorkerPool:
             self.wait_ready()
 
     def wait_ready(self) -> None:
-        """Block until every worker has loaded the job (idempotent)."""
+        """Block until every worker has loaded the job (idempotent).
+
+        Raises:
+            fedcollab.spec.SpecError: The model does not build, or does not fit the
+                data or the spec (every worker finds the same mistake; the first says).
+        """
         if self._readying:
             self.placement = self.ray.get(self._readying)
             self._readying = []
+            for reply in self.placement:
+                if reply.get("error"):
+                    from fedcollab.spec import SpecError
+
+                    raise SpecError(reply["error"])
+
+    def model_info(self) -> dict[str, Any]:
+        """The model's initial weights and facts, from a worker (see
+        :meth:`~fedcollab.participants.ParticipantWorker.model_info`)."""
+        return dict(self._call_any("model_info"))
+
+    def evaluate(self, weights: Weights) -> tuple[float, float]:
+        """(loss, accuracy) of ``weights`` on the held-out set, on a worker."""
+        return self.submit_evaluate(weights)()
+
+    def submit_evaluate(self, weights: Weights) -> Callable[[], tuple[float, float]]:
+        """Start evaluating ``weights`` on a worker; the returned function waits for it.
+
+        The driver meanwhile logs the round (hashes, accounting), so the evaluation
+        costs it only the call. A worker lost meanwhile is marked for the next
+        :meth:`heal` and another one evaluates.
+        """
+        index = self._idle_index()
+        call = self.workers[index].evaluate.remote(weights)
+
+        def result() -> tuple[float, float]:
+            try:
+                loss, acc = self.ray.get(call)
+            except self.ray.exceptions.RayActorError:
+                self.suspect.add(index)
+                return self.evaluate(weights)
+            return float(loss), float(acc)
+        return result
+
+    def export_model(self, weights: Weights) -> Any:
+        """``model.keras`` with ``weights``, as a :class:`~fedcollab.release.ModelFile`."""
+        return self._call_any("export_model", weights)
+
+    def _idle_index(self) -> int:
+        """A live worker for the driver's own calls: a general one if any (a pinned
+        group's nodes are its owner's), the last one (hosting the fewest)."""
+        live = [i for i in range(len(self.workers)) if i not in self.suspect]
+        if not live:
+            from fedcollab.cluster import ClusterError
+
+            raise ClusterError("no worker is left to evaluate the model")
+        general = [i for i in live if not self.plan[i][0]]
+        return (general or live)[-1]
+
+    def _call_any(self, method: str, *args: Any) -> Any:
+        while True:
+            index = self._idle_index()
+            try:
+                return self.ray.get(getattr(self.workers[index], method).remote(*args))
+            except self.ray.exceptions.RayActorError:
+                self.suspect.add(index)
 
     def _config(self, index: int) -> WorkerConfig:
         return WorkerConfig(self._spec_data, tuple(self.plan[index][1]), str(self.out_dir), index,

@@ -34,8 +34,8 @@ import numpy as np
 from fedcollab.errors import FedcollabError
 from fedcollab.io import atomic_write_bytes, fsync_dir
 
-__all__ = ["ReleaseError", "write_release", "verify_release", "weights_sha256",
-           "load_or_create_key", "load_key", "VerifiedRelease"]
+__all__ = ["ReleaseError", "ModelFile", "export_model", "write_release", "verify_release",
+           "weights_sha256", "load_or_create_key", "load_key", "VerifiedRelease"]
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -111,6 +111,26 @@ def load_or_create_key(path: Optional[str], fallback: Path) -> Any:
     return key
 
 
+@dataclass(frozen=True)
+class ModelFile:
+    """A model saved as ``model.keras``, as bytes: what a worker sends a driver that
+    does not load TensorFlow, and the names, shapes and dtypes of its weights."""
+
+    data: bytes
+    weights: tuple[Mapping[str, Any], ...]
+
+
+def export_model(model: Any, weights: Sequence[np.ndarray]) -> ModelFile:
+    """``model`` with ``weights``, saved as ``model.keras`` (needs TensorFlow here)."""
+    model.set_weights(list(weights))
+    with tempfile.TemporaryDirectory(prefix="fedcollab-model-") as tmp:
+        path = Path(tmp) / "model.keras"
+        model.save(path)
+        data = path.read_bytes()
+    return ModelFile(data, tuple({"name": v.path, "shape": list(v.shape), "dtype": str(v.dtype)}
+                                 for v in model.weights))
+
+
 def _versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for package in ("fedcollab", "tensorflow", "keras", "numpy", "ray", "cryptography"):
@@ -126,6 +146,9 @@ def write_release(release_dir: Path, *, model: Any, weights: Sequence[np.ndarray
                   key_path: Optional[str] = None, sign: bool = True) -> Path:
     """Write the release directory atomically (built beside it, then renamed).
 
+    ``model`` is a Keras model (given ``weights`` here) or the :class:`ModelFile` a
+    worker exported with them.
+
     Returns:
         The release directory.
     """
@@ -138,8 +161,9 @@ def write_release(release_dir: Path, *, model: Any, weights: Sequence[np.ndarray
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".release-"))
     try:
-        model.set_weights(list(weights))
-        model.save(tmp / "model.keras")
+        if not isinstance(model, ModelFile):
+            model = export_model(model, weights)
+        (tmp / "model.keras").write_bytes(model.data)
         groups: dict[str, dict[str, Any]] = {}
         for p in participants:
             g = groups.setdefault(p.group_name, {"group": p.group_name, "role": p.role,
@@ -152,8 +176,7 @@ def write_release(release_dir: Path, *, model: Any, weights: Sequence[np.ndarray
             "name": spec.name,
             "files": {"model.keras": _file_sha256(tmp / "model.keras")},
             "weights_sha256": weights_sha256(weights),
-            "weights": [{"name": v.path, "shape": list(v.shape), "dtype": str(v.dtype)}
-                        for v in model.weights],
+            "weights": [dict(w) for w in model.weights],
             "seeds": {"job": spec.seed, "model_init": spec.seed, "partition": spec.seed,
                       "participant_round": "numpy default_rng([seed, round, participant])"},
             "spec": spec_to_dict(spec),

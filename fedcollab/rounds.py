@@ -176,7 +176,10 @@ class RoundLoop:
         aggregator: Combines open updates and the secure sum; holds the server
             optimiser's state.
         dp: The DP settings and ledger.
-        evaluate: ``weights -> (loss, accuracy)`` on the held-out set.
+        evaluate: ``weights -> (loss, accuracy)`` on the held-out set; one with a
+            ``submit(weights)`` method too (returning a function that waits for the
+            result, as :meth:`WorkerPool.submit_evaluate`) evaluates elsewhere while
+            the loop logs the round.
         weights: The global weights to start from.
         weight_scale: The public bound secure weights are divided by.
         secure: The secure coordinator, when any group is secure.
@@ -239,7 +242,7 @@ class RoundLoop:
                                     clip_norm=dp.clip_norm if dp.mode == "central" else None,
                                     noise=dp.central_noise(self.shapes))
         self.weights = step.weights
-        loss, acc = self.evaluate(self.weights)
+        evaluation = self._submit_evaluation(self.weights)
         up = sum(_nbytes(u.delta) + 16 for u in out.updates)
         down = sum(w.nbytes for w in self.weights) * len(chosen)
         if secure_log is not None:
@@ -260,6 +263,7 @@ class RoundLoop:
             # un-noised update, no exact norm of a rejected one
             rejected = {k: v.split(":")[0] for k, v in rejected.items()}
             hashes = {}
+        loss, acc = evaluation()
         record = RoundRecord(
             round=r, participants=len(chosen), loss=loss,
             accuracy=acc if self.classification else None,
@@ -275,6 +279,13 @@ class RoundLoop:
             placement=self.pool.where(out))
         self.callbacks.on_round_end(record)
         return record
+
+    def _submit_evaluation(self, weights: Weights) -> Callable[[], tuple[float, float]]:
+        submit = getattr(self.evaluate, "submit", None)
+        if submit is not None:
+            return submit(weights)
+        result = self.evaluate(weights)
+        return lambda: result
 
     def configure(self, chosen: Sequence[int]) -> RoundConfig:
         """What the server tells participants this round (DP settings, weights' scale).

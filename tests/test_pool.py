@@ -101,3 +101,36 @@ def test_weights_inline_or_through_the_object_store_train_the_same(
     for a, b in zip(inline.updates, stored.updates):
         assert all((x == y).all() for x, y in zip(a.delta, b.delta))
     pool.shutdown()
+
+
+def test_pool_hands_over_the_model_evaluates_and_exports_like_the_driver(
+        ray_local: Any, tmp_path: Path) -> None:
+    """A job's driver does not load TensorFlow: a worker gives it the initial weights,
+    evaluates each round and exports model.keras, bit-equal to doing it in process."""
+    import numpy as np
+
+    from fedcollab.orchestrator import _Driver
+    from fedcollab.pool import WorkerPool
+    from fedcollab.release import ModelFile, weights_sha256
+
+    spec = _spec()
+    local = _Driver.build(spec)
+    pool = WorkerPool(ray_local, spec, roster(spec), tmp_path)
+    remote = _Driver.remote(pool)
+    assert weights_sha256(remote.weights) == weights_sha256(local.weights)
+    assert (remote.classification, remote.weight_scale) == (local.classification,
+                                                            local.weight_scale)
+    trained = [w + np.float32(0.01) for w in local.weights]
+    assert pool.evaluate(trained) == local.evaluate(trained)  # exactly the same floats
+    pending = remote.evaluate.submit(trained)
+    assert pending() == local.evaluate(trained)
+
+    exported = pool.export_model(trained)
+    assert isinstance(exported, ModelFile) and exported.data[:2] == b"PK"  # a zip
+    assert [w["shape"] for w in exported.weights] == [list(w.shape) for w in trained]
+
+    evaluator = pool._idle_index()
+    ray_local.kill(pool.workers[evaluator], no_restart=True)
+    assert pool.evaluate(trained) == local.evaluate(trained)  # another worker answers
+    assert evaluator in pool.suspect
+    pool.shutdown()

@@ -332,3 +332,25 @@ def test_second_release_of_a_job_reuses_its_signing_key(model: Any, tmp_path: Pa
     second = _write(model, tmp_path / "job" / "release")
     assert (second / "public_key.pem").read_bytes() == key
     assert ((tmp_path / "job" / "signing-key.pem").stat().st_mode & 0o777) == 0o600
+
+
+def test_release_from_a_workers_model_file_matches_one_from_the_model(
+        model: Any, pristine: Path, tmp_path: Path) -> None:
+    """A job's driver writes the model.keras bytes a worker exported: same manifest
+    (bar the zip's own timestamps), verifiable, loadable with the weights."""
+    import keras
+
+    from fedcollab.release import ModelFile, export_model
+
+    exported = export_model(model, model.get_weights())
+    assert isinstance(exported, ModelFile)
+    spec = _spec()
+    out = write_release(tmp_path / "release", model=exported, weights=model.get_weights(),
+                        spec=spec, participants=roster(spec), summary=SUMMARY)
+    verify_release(out)
+    ours = json.loads((out / "manifest.json").read_text())
+    theirs = json.loads((pristine / "manifest.json").read_text())
+    for key in ("weights", "weights_sha256", "spec", "participants"):
+        assert ours[key] == theirs[key], key
+    loaded = keras.saving.load_model(out / "model.keras").get_weights()
+    assert weights_sha256(loaded) == weights_sha256(model.get_weights())

@@ -1,9 +1,8 @@
 """The job process: one per job, so a failing job cannot take the service down.
 
 The runner starts ``python -m fedcollab.service.jobproc`` ahead of time: it
-imports TensorFlow and the round loop, starts TensorFlow's runtime configured as
-``run_job`` configures it, connects to the service's Ray and then waits for one
-task on stdin (one JSON line). It runs that job through
+imports the round loop and the outputs, connects to the service's Ray and then
+waits for one task on stdin (one JSON line). It runs that job through
 ``fedcollab.orchestrator.run_job`` with ``on_round`` appending each round's line
 to ``events.jsonl`` (which the service tails for WatchJob) and exits: a process
 is used for one job, then replaced.
@@ -52,25 +51,21 @@ def tie_to_parent(parent_pid: int) -> None:
 
 
 def _warm_driver() -> None:
-    """Import what a job's driver needs and start TensorFlow's runtime, exactly as
-    ``run_job`` configures it (one thread, deterministic ops), so a job's results
-    do not depend on whether it ran in a warm process. No model is built here:
-    that would move Keras' name counters and random state."""
+    """Import what a job's driver needs (the round loop, the outputs, matplotlib for
+    the plots) ahead of the task. TensorFlow is not among them: a job's workers
+    build, evaluate and export the model, and the driver never loads it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401
-    import tensorflow as tf
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: F401
+    from tensorboard.compat.proto.event_pb2 import Event  # noqa: F401
+    from tensorboard.summary.writer.record_writer import RecordWriter  # noqa: F401
 
+    import fedcollab.aggregation  # noqa: F401
     import fedcollab.data  # noqa: F401
-    import fedcollab.models  # noqa: F401
     import fedcollab.orchestrator  # noqa: F401
     import fedcollab.release  # noqa: F401
-    from fedcollab.training import configure_tensorflow
-
-    configure_tensorflow(threads=1, deterministic=True)
-    tf.constant(1.0).numpy()  # start the runtime
+    import fedcollab.rounds  # noqa: F401
 
 
 def _connect(address: str) -> Any:
