@@ -300,6 +300,21 @@ EMBEDDED_SYSTEM_CONFIG = {"max_direct_call_object_size": 4 * 1024 * 1024}
 
 
 @contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the block, then as they were."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
 def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, float]] = None,
             num_cpus: Optional[int] = None, num_gpus: Optional[int] = None) -> Iterator[Any]:
     """Connect to Ray for the duration of a job.
@@ -320,10 +335,8 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
     if ray.is_initialized():  # a caller (a test, a notebook) already connected
         yield ray
         return
-    runtime_env = {"env_vars": worker_env()}
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING,
-                              "log_to_driver": bool(os.environ.get("FEDCOLLAB_WORKER_LOGS")),
-                              "runtime_env": runtime_env}
+                              "log_to_driver": bool(os.environ.get("FEDCOLLAB_WORKER_LOGS"))}
     if address is None:
         # "local": start a new instance; None would join RAY_ADDRESS or the
         # latest `ray start` cluster, and then refuse num_cpus/resources.
@@ -335,6 +348,8 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
     else:
+        # a cluster's workers run on other hosts: the environment travels with the job
+        kwargs["runtime_env"] = {"env_vars": worker_env()}
         if address == "auto":
             address = resolve_auto()
         check_reachable(address)
@@ -346,7 +361,12 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
                 _send_token()
         kwargs["address"] = address
     try:
-        ray.init(**kwargs)
+        # An embedded raylet and every worker it starts inherit this process's
+        # environment: a job runtime_env instead made each actor wait for a fresh
+        # worker process (~1 s on 2 cores) rather than take one Ray pre-started
+        # while it came up.
+        with _environment(worker_env() if address is None else {}):
+            ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
         where = address or "a local instance"
         first = str(err).splitlines()[0] if str(err) else err.__class__.__name__

@@ -1,0 +1,39 @@
+"""An embedded Ray hands its workers the worker environment without a runtime_env."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.ray]
+
+CODE = """
+import json, os
+from fedcollab.cluster import connect, worker_env
+with connect(None, num_cpus=1) as ray:
+    @ray.remote(num_cpus=1)
+    class Probe:
+        def env(self):
+            return {k: os.environ.get(k) for k in worker_env()}
+    seen = ray.get(Probe.remote().env.remote())
+print(json.dumps({"worker": seen, "driver": {k: os.environ.get(k) for k in worker_env()}}))
+"""
+
+
+def test_embedded_workers_get_the_worker_environment_and_the_driver_keeps_its_own() -> None:
+    from fedcollab.cluster import worker_env
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in worker_env() and not k.startswith("RAY_")}
+    result = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["worker"] == worker_env()
+    assert all(v is None for v in seen["driver"].values())  # restored after Ray started
