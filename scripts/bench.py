@@ -483,24 +483,35 @@ def bench_secure_floor() -> None:
           "floor_parts_ms": {key: v for key, v in floor.items() if key != "floor_ms"}})
 
 
-def bench_cold_start() -> None:
-    """`fedcollab run` of the default job as a user runs it, against a bare TF import."""
+def bench_cold_start(repeats: int = 3) -> None:
+    """`fedcollab run` of the default job as a user runs it, against a bare TF import.
+
+    Both run ``repeats`` times, alternating, and each keeps its fastest (a shared
+    machine's noise only adds time: one bare import took 4.9 s and then 7.4 s in
+    one session); every run is printed too, with the fastest job's phases."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import tensorflow"], check=True, env=env,
-                   capture_output=True)
-    tf_import = time.perf_counter() - t
-    with tempfile.TemporaryDirectory(prefix="fedcollab-cold-") as tmp:
-        out = Path(tmp) / "job"
+    imports: list[float] = []
+    jobs: list[tuple[float, dict[str, Any]]] = []
+    for _ in range(repeats):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "fedcollab.cli", "run",
-                        str(ROOT / "examples" / "community-vendor.yaml"), "--out", str(out),
-                        "--quiet"], check=True, env=env, capture_output=True)
-        wall = time.perf_counter() - t
-        summary = json.loads((out / "summary.json").read_text())
+        subprocess.run([sys.executable, "-c", "import tensorflow"], check=True, env=env,
+                       capture_output=True)
+        imports.append(time.perf_counter() - t)
+        with tempfile.TemporaryDirectory(prefix="fedcollab-cold-") as tmp:
+            out = Path(tmp) / "job"
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "fedcollab.cli", "run",
+                            str(ROOT / "examples" / "community-vendor.yaml"), "--out", str(out),
+                            "--quiet"], check=True, env=env, capture_output=True)
+            wall = time.perf_counter() - t
+            summary = json.loads((out / "summary.json").read_text())
+        jobs.append((wall, summary.get("phases_seconds", {})))
+    wall, phases = min(jobs, key=lambda job: job[0])
+    tf_import = min(imports)
     emit({"bench": "cold_start", "job_wall_seconds": wall, "tf_import_seconds": tf_import,
-          "ratio": wall / tf_import, "phases_seconds": summary.get("phases_seconds", {}),
-          "job": "examples/community-vendor.yaml"})
+          "ratio": wall / tf_import, "phases_seconds": phases,
+          "job": "examples/community-vendor.yaml", "repeats": repeats,
+          "all_seconds": {"job": [j[0] for j in jobs], "tf_import": imports}})
 
 
 def bench_worker_scaling(repeats: int = 3) -> None:
