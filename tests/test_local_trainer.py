@@ -1,0 +1,38 @@
+"""LocalTrainer: a participant's local training and the held-out evaluation."""
+from __future__ import annotations
+
+import numpy as np
+
+from fedcollab.models import build_model
+from fedcollab.training import LocalTrainer, configure_tensorflow
+
+
+def _trainer() -> tuple[LocalTrainer, list[np.ndarray], np.ndarray, np.ndarray]:
+    configure_tensorflow(threads=1, deterministic=True)
+    model = build_model("mlp", input_shape=(64,), num_classes=10, seed=3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 64)).astype(np.float32)
+    y = rng.integers(0, 10, size=40).astype(np.int64)
+    trainer = LocalTrainer(model, classification=True, batch_size=8)
+    return trainer, [np.array(w) for w in model.get_weights()], x, y
+
+
+def test_fast_calls_after_the_first_give_the_checked_calls_results_to_the_bit() -> None:
+    """The first call of each graph goes through the signature's checks; later ones
+    pass flat tensors straight to the same graph: same weights, loss and metrics."""
+    trainer, weights, x, y = _trainer()
+    first = trainer.train(weights, x, y, rng=np.random.default_rng(7))   # checked
+    assert trainer._train_flat is not None
+    again = trainer.train(weights, x, y, rng=np.random.default_rng(7))   # flat
+    assert all(np.array_equal(a, b) for a, b in zip(first.weights, again.weights))
+    assert first.loss == again.loss
+    assert not all(np.array_equal(a, b) for a, b in zip(first.weights, weights))  # it trained
+    feed = trainer.feed(weights)  # tensors (a worker's round) train the same as arrays
+    from_feed = trainer.train(feed, x, y, rng=np.random.default_rng(7))
+    assert all(np.array_equal(a, b) for a, b in zip(first.weights, from_feed.weights))
+
+    checked = trainer.evaluate(first.weights, x, y)
+    flat = trainer.evaluate(first.weights, x, y)
+    assert checked == flat and 0.0 <= flat[1] <= 1.0
+    chunked = trainer.evaluate(first.weights, x, y, chunk=16)   # three chunks, weighted
+    assert np.isclose(chunked[0], flat[0], rtol=1e-6) and np.isclose(chunked[1], flat[1])
