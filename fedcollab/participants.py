@@ -92,7 +92,7 @@ class ParticipantWorker:
         from fedcollab.data import load_federation
         from fedcollab.models import build_checked_model, misfit_as_spec_error
         from fedcollab.spec import SpecError, spec_from_dict
-        from fedcollab.training import LocalTrainer
+        from fedcollab.training import LocalTrainer, remove_autograph_files
 
         self.spec = spec_from_dict(config.spec)
         self.worker_index = config.worker_index
@@ -136,6 +136,7 @@ class ParticipantWorker:
         secure = [pid for pid in self.people.pids_where(sharing="secure") if pid in self.hosted]
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
             self._secure_participant(pid)
+        remove_autograph_files()  # traced: a killed worker would leave them in /tmp
         self.configured = True
         return self.ready()
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from fedcollab.types import Weights
 
-__all__ = ["configure_tensorflow", "LocalTrainer", "TrainResult", "TF_ENV", "OPTIMIZERS"]
+__all__ = ["configure_tensorflow", "LocalTrainer", "TrainResult", "TF_ENV", "OPTIMIZERS",
+           "remove_autograph_files"]
 
 #: Local optimisers by the name ``local.optimizer`` uses.
 OPTIMIZERS = ("sgd", "adam")
@@ -87,6 +88,30 @@ _STDERR_LOCK = threading.Lock()
 class TrainResult:
     weights: Weights
     loss: float
+
+
+def remove_autograph_files() -> int:
+    """Delete the source files AutoGraph wrote for the functions traced so far.
+
+    AutoGraph writes each converted function to ``/tmp/__autograph_generated_file*.py``
+    and imports it; the file is removed only by an exit handler, which a worker
+    killed at the end of a job never runs (a day of jobs left 9,600 files in /tmp).
+    The imported code no longer needs its file once traced (only a traceback through
+    it loses its source lines). Returns the files removed.
+    """
+    removed = 0
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None) if name.startswith(_AUTOGRAPH_PREFIX) else None
+        if path and os.path.basename(path).startswith(_AUTOGRAPH_PREFIX):
+            try:
+                os.remove(path)
+                removed += 1
+            except OSError:  # already gone, or not ours to remove
+                pass
+    return removed
+
+
+_AUTOGRAPH_PREFIX = "__autograph_generated_file"
 
 
 def _flat_call(concrete: Any, dtypes: Sequence[Any]) -> Optional[Callable[..., Any]]:

@@ -77,3 +77,22 @@ def test_worker_private_layers_reload_from_the_committed_round(worker_and_weight
     for a, b in zip(again.participants[2].private, saved):
         np.testing.assert_array_equal(a, b)
     assert (Path(out) / "checkpoints" / "private" / "participant-00002-round-00003.npz").exists()
+
+
+def test_worker_leaves_no_autograph_files_once_loaded(tmp_path: Path) -> None:
+    """A worker killed at the end of a job never runs AutoGraph's exit handler: the
+    converted functions' source files are removed once the graphs are traced, and
+    training still runs (the imported code does not need them)."""
+    import sys
+
+    from fedcollab.participants import ParticipantWorker
+
+    spec = _spec()
+    worker = ParticipantWorker(WorkerConfig(spec_to_dict(spec), (0, 1), str(tmp_path), 0))
+    generated = {name: getattr(m, "__file__", None) for name, m in sys.modules.items()
+                 if name.startswith("__autograph_generated_file")}
+    assert generated  # the training graph was converted, so there were files
+    assert [f for f in generated.values() if f and Path(f).exists()] == []
+    weights = worker.initial_weights
+    assert sorted(u.pid for u in worker.train_round(weights, 1, [0, 1]).updates) == [0, 1]
+    assert worker.evaluate(weights)[1] >= 0
