@@ -395,8 +395,9 @@ class _Job:
                                              sampling_rate=dp.sampling_rate,
                                              rounds=committed.uncommitted)
         self.checkpointer = Checkpointer(self.out, self.loop, keep=options.keep_checkpoints)
+        self.tensorboard = TensorBoardLog(self.out)
         builtin: list[RoundCallback] = [
-            MetricsLog(self.out), self.checkpointer, TensorBoardLog(self.out), _ConsoleWarnings(),
+            MetricsLog(self.out), self.checkpointer, self.tensorboard, _ConsoleWarnings(),
             ProgressBar(spec.rounds, enabled=options.progress, quiet=options.quiet,
                         classification=self.driver.classification)]
         if options.on_round is not None:
@@ -422,6 +423,7 @@ class _Job:
             self.checkpointer.flush()
         except BaseException:
             self.checkpointer.close()
+            self.tensorboard.close()  # what it holds is flushed; its file is not leaked
             raise
         self.phases["rounds"] = rounds_seconds
         t_release = time.perf_counter()

@@ -171,7 +171,8 @@ class TensorBoardLog(RoundCallback):
     KEYS = ("accuracy", "loss", "vendor_accuracy", "vendor_loss", "seconds", "bytes_up",
             "epsilon")
 
-    #: A live TensorBoard sees a round at most this late (and every round at the end).
+    #: The file is flushed at the end of a round that comes this long after the last
+    #: flush, and when the job ends (or fails).
     FLUSH_SECONDS = 1.0
 
     def __init__(self, out_dir: Path) -> None:

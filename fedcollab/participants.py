@@ -103,18 +103,22 @@ class ParticipantWorker:
         local = self.spec.local
         try:  # the user's mistakes in the model come back as one line, not a dead actor
             self.model = build_checked_model(self.spec, self.data)
-            self.initial_weights = [np.array(w) for w in self.model.get_weights()]
+            self.initial_weights = _initial_weights(self.spec, self.data, self.model)
             with misfit_as_spec_error(self.spec, self.data):
                 self.trainer = LocalTrainer(
                     self.model, classification=self.data.num_classes > 0,
                     optimizer=local.optimizer, learning_rate=local.learning_rate,
                     batch_size=local.batch_size, epochs=local.epochs,
                     proximal_mu=local.proximal_mu)
-                self.trainer.warm_up(*self.data.warm_up_data())  # trace now, not in round 1
+                # the held-out set through the checked call first: its shapes are
+                # what every later (unchecked, faster) evaluation relies on
+                self.trainer.evaluate(self.initial_weights, self.x_test[:2], self.y_test[:2])
         except SpecError as err:
             self.setup_error = str(err)
             self.configured = True
+            remove_autograph_files()
             return self.ready()
+        self.trainer.warm_up(*self.data.warm_up_data())  # trace now, not in round 1
         self.shapes = [tuple(w.shape) for w in self.model.weights]
         self.people = roster(self.spec)
         self.hosted = frozenset(config.pids)
@@ -369,6 +373,23 @@ class ParticipantWorker:
                 if int(old.stem.rsplit("-", 1)[1]) < min(keep_from, round_id):
                     old.unlink(missing_ok=True)
         return written
+
+
+def _initial_weights(spec: Any, data: Any, model: Any) -> list[np.ndarray]:
+    """The model's initial weights as the job's seed gives them on a CPU.
+
+    On a CPU worker, ``model``'s own. A GPU worker builds the model once more on its
+    CPU for them: TensorFlow promises the same random numbers from a seed only on
+    the same kind of device, and a job's start must not depend on where it ran.
+    """
+    import tensorflow as tf
+
+    if not tf.config.list_logical_devices("GPU"):
+        return [np.array(w) for w in model.get_weights()]
+    from fedcollab.models import build_checked_model
+
+    with tf.device("/CPU:0"):
+        return [np.array(w) for w in build_checked_model(spec, data).get_weights()]
 
 
 def _hosts_any(sorted_pids: Sequence[int], members: range) -> bool:

@@ -192,6 +192,7 @@ class WorkerPool:
                 if reply.get("error"):
                     from fedcollab.spec import SpecError
 
+                    self.shutdown()  # no job will run on them
                     raise SpecError(reply["error"])
 
     def model_info(self) -> dict[str, Any]:
@@ -216,7 +217,9 @@ class WorkerPool:
         def result() -> tuple[float, float]:
             try:
                 loss, acc = self.ray.get(call)
-            except self.ray.exceptions.RayActorError:
+            except self.ray.exceptions.RayTaskError:
+                raise  # the evaluation itself failed: not the worker's loss
+            except self.ray.exceptions.RayError:
                 self.suspect.add(index)
                 return self.evaluate(weights)
             return float(loss), float(acc)
@@ -228,12 +231,17 @@ class WorkerPool:
 
     def _idle_index(self) -> int:
         """A live worker for the driver's own calls: a general one if any (a pinned
-        group's nodes are its owner's), the last one (hosting the fewest)."""
+        group's nodes are its owner's), the last one (hosting the fewest). With every
+        worker lost (a one-worker job whose worker died), they are recreated now,
+        as the next round would.
+
+        Raises:
+            fedcollab.cluster.ClusterError: The lost workers cannot be placed again.
+        """
         live = [i for i in range(len(self.workers)) if i not in self.suspect]
         if not live:
-            from fedcollab.cluster import ClusterError
-
-            raise ClusterError("no worker is left to evaluate the model")
+            self.heal()
+            live = list(range(len(self.workers)))
         general = [i for i in live if not self.plan[i][0]]
         return (general or live)[-1]
 
@@ -242,7 +250,9 @@ class WorkerPool:
             index = self._idle_index()
             try:
                 return self.ray.get(getattr(self.workers[index], method).remote(*args))
-            except self.ray.exceptions.RayActorError:
+            except self.ray.exceptions.RayTaskError:
+                raise  # the call itself failed: not the worker's loss
+            except self.ray.exceptions.RayError:
                 self.suspect.add(index)
 
     def _config(self, index: int) -> WorkerConfig:

@@ -243,6 +243,8 @@ class RoundLoop:
                                     noise=dp.central_noise(self.shapes))
         self.weights = step.weights
         evaluation = self._submit_evaluation(self.weights)
+        if self.secure is not None:
+            self.secure.start_offline()  # behind the evaluation, not ahead of it
         up = sum(_nbytes(u.delta) + 16 for u in out.updates)
         down = sum(w.nbytes for w in self.weights) * len(chosen)
         if secure_log is not None:
@@ -340,7 +342,10 @@ class RoundLoop:
         """A secure round that cannot finish: the global model stays as it was."""
         if self.spec.secure.on_abort == "fail":
             raise FedcollabError(f"round {r} aborted: {reason}")
-        loss, acc = self.evaluate(self.weights)
+        evaluation = self._submit_evaluation(self.weights)
+        if self.secure is not None:
+            self.secure.start_offline()
+        loss, acc = evaluation()
         return RoundRecord(round=r, participants=participants, loss=loss,
                            accuracy=acc if self.classification else None, aborted=reason,
                            seconds=time.perf_counter() - t0,

@@ -108,6 +108,7 @@ class SecureCoordinator:
         self.hosted = [[p for p in pids if p in secure] for pids in pool.hosted]
         self.offline = spec.secure.amortise_keys and spec.fraction >= 1
         self._offline_calls: list[Any] = []
+        self._offline_next: list[tuple[int, list[int]]] = []  # (worker, pids) to start
         self._seen_suspect: set[int] = set()  # workers that failed since provisioning
         self._handles = list(pool.workers)  # the actors whose identities are registered
         self.registry: dict[int, bytes] = {}
@@ -119,7 +120,8 @@ class SecureCoordinator:
                refused: Optional[dict[int, str]] = None) -> dict[int, bytes]:
         """Send each hosted participant its message for `stage`; collect the replies.
 
-        ``then_prepare``: queue the offline phase on each called worker right behind.
+        ``then_prepare``: the offline phase for each called worker, started by
+        :meth:`start_offline`.
         ``refused``: collects participants that refused the request as a server lie
         (the worker answers a ``str`` reason instead of bytes).
         """
@@ -130,8 +132,7 @@ class SecureCoordinator:
         calls = [(w, self.pool.workers[w].secure_stage.remote(stage, round_id, sub))
                  for w, sub in sorted(by_worker.items())]
         if then_prepare:
-            self._offline_calls += [self.pool.workers[w].secure_prepare.remote(sorted(sub))
-                                    for w, sub in sorted(by_worker.items())]
+            self._offline_next = [(w, sorted(sub)) for w, sub in sorted(by_worker.items())]
         replies: dict[int, bytes] = {}
         for w, call in calls:
             try:
@@ -155,6 +156,7 @@ class SecureCoordinator:
         Raises:
             fedcollab.secure.errors.RoundAbortedError: too few members can take part.
         """
+        self.start_offline()  # a caller that did not start it: before this round trains
         self._reprovision()
         need = self.server.begin_round(round_id, members, dim=dim)
         adverts = self._stage("advertise", round_id, {p: b"" for p in sorted(need)}, phases) \
@@ -207,6 +209,18 @@ class SecureCoordinator:
             self._handles = list(workers)
         except self.ray.exceptions.RayError:
             pass  # still down: its participants drop; retried next round
+
+    def start_offline(self) -> None:
+        """Queue the next round's offline phase (mask precomputation) on the workers
+        the unmask stage called. The round loop calls this once it has asked a worker
+        to evaluate the new global weights: queued before, that evaluation would wait
+        behind a worker's precomputation instead of running beside it. Each worker
+        still runs it before its next training call (calls to an actor run in order).
+        """
+        pending, self._offline_next = self._offline_next, []
+        for w, pids in pending:
+            if w not in self.suspect:
+                self._offline_calls.append(self.pool.workers[w].secure_prepare.remote(pids))
 
     def _reap_offline(self) -> None:
         """Collect finished offline-phase calls (a failed one only costs speed)."""

@@ -134,3 +134,23 @@ def test_pool_hands_over_the_model_evaluates_and_exports_like_the_driver(
     assert pool.evaluate(trained) == local.evaluate(trained)  # another worker answers
     assert evaluator in pool.suspect
     pool.shutdown()
+
+
+def test_pool_evaluates_after_losing_its_only_worker(ray_local: Any, tmp_path: Path) -> None:
+    """With every worker lost (a one-worker job), evaluating recreates them, as the
+    next round would, instead of failing the job."""
+    from fedcollab.orchestrator import _Driver
+    from fedcollab.pool import WorkerPool
+    from fedcollab.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "one", "rounds": 1,
+                           "resources": {"workers": 1, "cpus_per_worker": 0.5},
+                           "participants": [{"name": "community", "count": 2}]})
+    local = _Driver.build(spec)
+    pool = WorkerPool(ray_local, spec, roster(spec), tmp_path)
+    ray_local.kill(pool.workers[0], no_restart=True)
+    lost = pool.train(local.weights, 1, [0, 1], RoundConfig(), {})
+    assert sorted(lost.dropped) == [0, 1] and pool.suspect == {0}
+    assert pool.evaluate(local.weights) == local.evaluate(local.weights)
+    assert pool.replaced == 1 and not pool.suspect
+    pool.shutdown()

@@ -4,10 +4,9 @@ All runs share one Ray session (:func:`fedcollab.cluster.connect` yields an
 initialised Ray and :func:`fedcollab.orchestrator.run_job` reuses it) and run side
 by side, each :func:`run_job` in a thread of this process. Threads rather than Ray
 tasks: a run's work is already in its own Ray worker actors, and what is left in
-the driver (the round loop, evaluating the global model, secure-sum unmasking) is
-light and mostly waits on Ray; a Ray task per run would be one more process per
-mix that imports TensorFlow and traces the model, which is most of a short run's
-start-up time, and would need CPUs of its own that the runs' workers then lack.
+the driver (the round loop, secure-sum unmasking) is light and mostly waits on
+Ray; a Ray task per run would be one more process per mix, and would need CPUs of
+its own that the runs' workers then lack.
 
 How many run at once is bounded by what the cluster can place: every run's worker
 actors together (one worker per run unless the spec says otherwise, plus a worker
@@ -18,15 +17,11 @@ each other for ever (each run waits for all its workers). At least one runs.
 run_job is safe to run in threads here: it installs no signal handlers, changes
 neither the working directory nor (on an initialised Ray) the environment, and with
 ``quiet``/``progress=False`` prints only warnings; each run has its own output
-directory, model, TensorBoard writer and checkpoint thread. Two things in the
-driver are process-wide: building a Keras model seeds Keras' global RNG
-(``keras.utils.set_random_seed`` then initialisers drawing from it), and
-configuring TensorFlow swaps file descriptor 2 while it imports. So a run starts
-only once the previous one has built its model (its output directory's
-``spec.yaml`` exists, which run_job writes right after), and every model the
-grader itself needs is built before the first run starts
-(:class:`~fedcollab.grading.measure.TaskMeasurer`). With that each run's weights and
-metrics are what it would give alone, in any order.
+directory, TensorBoard writer and checkpoint thread. A run's driver neither imports
+TensorFlow nor builds a model (its workers build, evaluate and export it), so
+nothing process-wide is shared between runs; every model the grader itself needs
+is built in this process (:class:`~fedcollab.grading.measure.TaskMeasurer`). With
+that each run's weights and metrics are what it would give alone, in any order.
 
 While the runs train, the driver thread does the work that needs no run: the
 poisoning simulations (backdoor, Byzantine) and the LiRA shadow models, then
@@ -235,28 +230,10 @@ def _free(ray: Any) -> dict[str, float]:
     return free if "CPU" in free else dict(ray.cluster_resources())
 
 
-class _Once:
-    def __init__(self, fn: Callable[[], None]) -> None:
-        self._fn, self._lock, self._done = fn, threading.Lock(), False
-
-    def __call__(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-        self._fn()
-
-
 class MixRuns:
     """The mixes' runs on the shared Ray, ``slots`` at a time, started in the planned
-    order, each in a thread of this process.
-
-    A run starts only once the previous one has built its driver-side model (its
-    ``spec.yaml`` exists, or it has ended): building a Keras model seeds a
-    process-wide RNG (module docstring).
-    """
-
-    POLL = 0.05
+    order, each in a thread of this process (a run's driver builds no model: its
+    workers do, so runs start side by side)."""
 
     def __init__(self, jobs: Sequence[tuple[Any, Any]], *, slots: int, out_dir: Path,
                  address: Optional[str], on_done: Callable[[Any], None]) -> None:
@@ -266,7 +243,6 @@ class MixRuns:
         self.address = address
         self.on_done = on_done
         self.wall_seconds = 0.0
-        self._gate = threading.Lock()  # held by a run while it builds its model
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._futures: list[concurrent.futures.Future[Any]] = []
         self._t0 = 0.0
@@ -301,20 +277,6 @@ class MixRuns:
         from fedcollab.orchestrator import RunOptions, run_job
 
         target = self.out_dir / "mixes" / mix.name
-        marker = target / "spec.yaml"
-        stale = marker.exists()  # then wait for the run to end instead (run_job refuses it)
-        self._gate.acquire()
-        release = _Once(self._gate.release)
-        running = threading.Event()
-
-        def watch() -> None:
-            while not running.wait(self.POLL):
-                if not stale and marker.exists():
-                    break
-            release()
-
-        threading.Thread(target=watch, name=f"fedcollab-grade-gate-{mix.name}",
-                         daemon=True).start()
         secure = any(g.sharing == "secure" for g in mspec.participants)
         try:
             result = run_job(mspec, RunOptions(
@@ -326,8 +288,6 @@ class MixRuns:
         except FedcollabError as err:
             return None, str(err)
         finally:
-            running.set()
-            release()
             self.on_done(mix)
 
 
