@@ -168,9 +168,10 @@ def _bound_names(origin: str) -> Optional[set[str]]:
 
 #: Held while a model is built from a seed. Keras' initialisers draw their seeds from
 #: Python's global ``random`` after ``set_random_seed``, so anything in this process
-#: that may draw from it meanwhile (``ray.init`` picks ports with it) holds this too;
-#: otherwise the same seed could give other initial weights (it did, once in a while,
-#: when Ray started beside the driver's model build).
+#: that may draw from it meanwhile must hold this too; otherwise the same seed could
+#: give other initial weights (it did, once in a while, when a job's driver built its
+#: model beside ``ray.init``, which picks ports with it; a driver builds none now,
+#: its workers do, each in its own process).
 SEEDED_BUILD_LOCK = threading.RLock()
 
 

@@ -386,10 +386,12 @@ def _initial_weights(spec: Any, data: Any, model: Any) -> list[np.ndarray]:
 
     if not tf.config.list_logical_devices("GPU"):
         return [np.array(w) for w in model.get_weights()]
-    from fedcollab.models import build_checked_model
+    from fedcollab.models import build_model
 
-    with tf.device("/CPU:0"):
-        return [np.array(w) for w in build_checked_model(spec, data).get_weights()]
+    with tf.device("/CPU:0"):  # the same model, checked already: only its weights differ
+        again = build_model(spec.task.model, input_shape=data.input_shape,
+                            num_classes=data.num_classes, seed=spec.seed)
+    return [np.array(w) for w in again.get_weights()]
 
 
 def _hosts_any(sorted_pids: Sequence[int], members: range) -> bool:

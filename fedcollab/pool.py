@@ -198,7 +198,7 @@ class WorkerPool:
     def model_info(self) -> dict[str, Any]:
         """The model's initial weights and facts, from a worker (see
         :meth:`~fedcollab.participants.ParticipantWorker.model_info`)."""
-        return dict(self._call_any("model_info"))
+        return dict(self._submit("model_info")())
 
     def evaluate(self, weights: Weights) -> tuple[float, float]:
         """(loss, accuracy) of ``weights`` on the held-out set, on a worker."""
@@ -208,26 +208,18 @@ class WorkerPool:
         """Start evaluating ``weights`` on a worker; the returned function waits for it.
 
         The driver meanwhile logs the round (hashes, accounting), so the evaluation
-        costs it only the call. A worker lost meanwhile is marked for the next
-        :meth:`heal` and another one evaluates.
+        costs it only the call.
         """
-        index = self._idle_index()
-        call = self.workers[index].evaluate.remote(weights)
+        result = self._submit("evaluate", weights)
 
-        def result() -> tuple[float, float]:
-            try:
-                loss, acc = self.ray.get(call)
-            except self.ray.exceptions.RayTaskError:
-                raise  # the evaluation itself failed: not the worker's loss
-            except self.ray.exceptions.RayError:
-                self.suspect.add(index)
-                return self.evaluate(weights)
+        def loss_and_accuracy() -> tuple[float, float]:
+            loss, acc = result()
             return float(loss), float(acc)
-        return result
+        return loss_and_accuracy
 
     def export_model(self, weights: Weights) -> Any:
         """``model.keras`` with ``weights``, as a :class:`~fedcollab.release.ModelFile`."""
-        return self._call_any("export_model", weights)
+        return self._submit("export_model", weights)()
 
     def _idle_index(self) -> int:
         """A live worker for the driver's own calls: a general one if any (a pinned
@@ -245,15 +237,22 @@ class WorkerPool:
         general = [i for i in live if not self.plan[i][0]]
         return (general or live)[-1]
 
-    def _call_any(self, method: str, *args: Any) -> Any:
-        while True:
-            index = self._idle_index()
+    def _submit(self, method: str, *args: Any) -> Callable[[], Any]:
+        """Call ``method`` on a live worker; the returned function waits for the reply.
+        A worker lost meanwhile is marked for the next :meth:`heal` and another one
+        answers; a call that itself fails raises."""
+        index = self._idle_index()
+        call = getattr(self.workers[index], method).remote(*args)
+
+        def result() -> Any:
             try:
-                return self.ray.get(getattr(self.workers[index], method).remote(*args))
+                return self.ray.get(call)
             except self.ray.exceptions.RayTaskError:
                 raise  # the call itself failed: not the worker's loss
             except self.ray.exceptions.RayError:
                 self.suspect.add(index)
+                return self._submit(method, *args)()
+        return result
 
     def _config(self, index: int) -> WorkerConfig:
         return WorkerConfig(self._spec_data, tuple(self.plan[index][1]), str(self.out_dir), index,

@@ -243,8 +243,6 @@ class RoundLoop:
                                     noise=dp.central_noise(self.shapes))
         self.weights = step.weights
         evaluation = self._submit_evaluation(self.weights)
-        if self.secure is not None:
-            self.secure.start_offline()  # behind the evaluation, not ahead of it
         up = sum(_nbytes(u.delta) + 16 for u in out.updates)
         down = sum(w.nbytes for w in self.weights) * len(chosen)
         if secure_log is not None:
@@ -283,11 +281,18 @@ class RoundLoop:
         return record
 
     def _submit_evaluation(self, weights: Weights) -> Callable[[], tuple[float, float]]:
+        """Start evaluating ``weights``, then the secure group's next offline phase
+        (queued behind the evaluation on a shared worker, not ahead of it); the
+        returned function waits for the evaluation."""
         submit = getattr(self.evaluate, "submit", None)
         if submit is not None:
-            return submit(weights)
-        result = self.evaluate(weights)
-        return lambda: result
+            evaluation: Callable[[], tuple[float, float]] = submit(weights)
+        else:
+            done = self.evaluate(weights)
+            evaluation = lambda: done  # noqa: E731 - the shape submit returns
+        if self.secure is not None:
+            self.secure.start_offline()
+        return evaluation
 
     def configure(self, chosen: Sequence[int]) -> RoundConfig:
         """What the server tells participants this round (DP settings, weights' scale).
@@ -342,10 +347,7 @@ class RoundLoop:
         """A secure round that cannot finish: the global model stays as it was."""
         if self.spec.secure.on_abort == "fail":
             raise FedcollabError(f"round {r} aborted: {reason}")
-        evaluation = self._submit_evaluation(self.weights)
-        if self.secure is not None:
-            self.secure.start_offline()
-        loss, acc = evaluation()
+        loss, acc = self._submit_evaluation(self.weights)()
         return RoundRecord(round=r, participants=participants, loss=loss,
                            accuracy=acc if self.classification else None, aborted=reason,
                            seconds=time.perf_counter() - t0,
