@@ -25,12 +25,13 @@ from fedcollab.errors import FedcollabError
 from fedcollab.outgoing import RoundConfig, secure_dim, split_secure_sum
 from fedcollab.privacy.server import DpServer
 from fedcollab.roster import ParticipantInfo, Sampler
+from fedcollab.secure_round import SecurePhases
 from fedcollab.types import Weights
 
 if TYPE_CHECKING:
     from fedcollab.outputs import CallbackList
     from fedcollab.pool import RoundOutput, WorkerPool
-    from fedcollab.secure_round import SecureCoordinator, SecurePhases
+    from fedcollab.secure_round import SecureCoordinator
     from fedcollab.spec import JobSpec
 
 __all__ = ["RoundRecord", "RoundLoop", "update_sha256"]
@@ -209,13 +210,17 @@ class RoundLoop:
         self.bytes_up = 0
         self.bytes_down = 0
         self.rejected_total = 0
+        # what aborts a secure round; a job without a secure group never loads the
+        # protocol (cryptography and all: ~30 ms of its first round)
+        self._aborts: tuple[type[Exception], ...] = ()
+        if secure is not None:
+            from fedcollab.secure.errors import RoundAbortedError
+
+            self._aborts = (RoundAbortedError,)
 
     # ------------------------------------------------------------------ one round
     def run_round(self, r: int) -> RoundRecord:
         """Sample, train on the pool, aggregate, evaluate; tell the callbacks."""
-        from fedcollab.secure.errors import RoundAbortedError
-        from fedcollab.secure_round import SecurePhases
-
         replaced = tuple(self.pool.heal()) if self.pool.suspect else ()
         t0 = time.perf_counter()
         chosen = self.sampler.sample(r)
@@ -233,7 +238,7 @@ class RoundLoop:
             phases.add("train", time.perf_counter() - t_train)
             secure_sum, secure_log, secure_bits, survivors = self._secure_finish(
                 r, secure_members, out, config, phases)
-        except RoundAbortedError as err:
+        except self._aborts as err:
             record = self._aborted(r, len(chosen), str(err), t0, phases, replaced)
             self.callbacks.on_round_end(record)
             return record

@@ -156,19 +156,21 @@ def test_run_job_tensorboard_events_are_readable(finished: Any) -> None:
 
 def test_a_job_driver_never_loads_tensorflow(tmp_path: Path) -> None:
     """The workers build, evaluate and export the model: the driver's 4-6 s of
-    TensorFlow import would only contend with Ray's start and theirs."""
+    TensorFlow import would only contend with Ray's start and theirs. A job without
+    a secure group does not load the protocol either (it cost round 1 ~30 ms)."""
     code = ("import json, sys; from pathlib import Path\n"
             "from fedcollab.orchestrator import RunOptions, run_job\n"
             "from tests.e2e.test_run_job import small_spec\n"
             f"r = run_job(small_spec(rounds=1), RunOptions(out_dir=Path({str(tmp_path)!r}) / 'j',"
             " quiet=True))\n"
             "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'keras': 'keras' in sys.modules,"
+            " 'secure': 'fedcollab.secure' in sys.modules,"
             " 'phases': r.summary['phases_seconds'], 'release': r.summary['release']}))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    assert not seen["tf"] and not seen["keras"]
+    assert not seen["tf"] and not seen["keras"] and not seen["secure"]
     assert set(seen["phases"]) == {"checks", "ray_start", "workers_ready", "setup", "rounds",
                                    "release", "shutdown"}
     verify_release(seen["release"])
