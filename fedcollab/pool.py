@@ -26,8 +26,8 @@ from fedcollab.types import Update, Weights
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
 
-__all__ = ["start_spares", "WorkerConfig", "RoundOutput", "WorkerPool", "plan_workers",
-           "INLINE_WEIGHT_BYTES"]
+__all__ = ["start_spares", "WorkerConfig", "RoundOutput", "TrainCalls", "WorkerPool",
+           "plan_workers", "INLINE_WEIGHT_BYTES"]
 
 #: Global weights up to this many bytes summed over a round's calls are sent inside
 #: the calls rather than through the object store (Ray inlines up to 100 KiB each).
@@ -65,6 +65,15 @@ class RoundOutput:
         self.dropped.extend(other.dropped)
         self.seconds.update(other.seconds)
         self.worker_of.update({pid: worker for pid in other.seconds})
+
+
+@dataclass(frozen=True)
+class TrainCalls:
+    """A round's training calls in flight (:meth:`WorkerPool.submit_train`): per
+    worker, its index, the participants it trains and the call's reference."""
+
+    round_id: int
+    calls: list[tuple[int, list[int], Any]]
 
 
 def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
@@ -275,14 +284,19 @@ class WorkerPool:
     # ------------------------------------------------------------------ rounds
     def train(self, weights: Weights, round_id: int, chosen: Sequence[int], config: RoundConfig,
               inbox: Mapping[int, bytes]) -> RoundOutput:
-        """One training call per worker hosting a chosen participant; gather replies.
+        """One training call per worker hosting a chosen participant; gather replies
+        (:meth:`submit_train`, then :meth:`collect`)."""
+        return self.collect(self.submit_train(weights, round_id, chosen, config, inbox))
+
+    def submit_train(self, weights: Weights, round_id: int, chosen: Sequence[int],
+                     config: RoundConfig, inbox: Mapping[int, bytes]) -> TrainCalls:
+        """Start one training call per worker hosting a chosen participant.
 
         Small weights travel inside each call (Ray inlines arguments under 100 KiB):
         one copy per worker costs less than an object-store round trip (a put by the
         driver, a fetch by every worker, the raylet in between; ~2 ms a round on
         2 cores). Larger weights go into the object store once and every worker
-        reads the same reference. A worker that fails drops its chosen participants
-        from the round.
+        reads the same reference.
         """
         by_worker: dict[int, list[int]] = {}
         for p in sorted(chosen):  # costs what the sample costs, not the roster
@@ -294,8 +308,13 @@ class WorkerPool:
             sub = {p: inbox[p] for p in mine if p in inbox}
             calls.append((index, mine, self.workers[index].train_round.remote(
                 ref, round_id, mine, config, sub)))
+        return TrainCalls(round_id, calls)
+
+    def collect(self, pending: TrainCalls) -> RoundOutput:
+        """Wait for :meth:`submit_train`'s calls. A worker that failed drops its chosen
+        participants from the round (and is healed before the next one)."""
         total = RoundOutput([], {}, {})
-        for index, mine, call in calls:
+        for index, mine, call in pending.calls:
             try:
                 total.merge(self.ray.get(call), worker=index)
             except self.ray.exceptions.RayError:

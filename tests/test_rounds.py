@@ -179,3 +179,94 @@ def test_claimed_sample_counts_are_validated(bad: float) -> None:
     update = Update(0, [np.ones(s, np.float32) for s in SHAPES], bad, 0.0)  # type: ignore[arg-type]
     step = agg.step([np.zeros(s, np.float32) for s in SHAPES], [update])
     assert step.rejected[0].startswith("samples:") and not step.applied
+
+
+class PipelinedPool(FakePool):
+    """A FakePool that trains in two steps, as WorkerPool does, and logs the order."""
+
+    def __init__(self, values: dict[int, float], events: list[str]) -> None:
+        super().__init__(values)
+        self.events = events
+        self.private_pids: list[int] = []
+        self.started: list[tuple[int, list[np.ndarray]]] = []
+
+    def submit_train(self, weights: Any, round_id: int, chosen: Any, config: RoundConfig,
+                     inbox: Any) -> Any:
+        self.events.append(f"train {round_id}")
+        self.started.append((round_id, [np.array(w) for w in weights]))
+        return (weights, round_id, list(chosen), config, inbox)
+
+    def collect(self, pending: Any) -> RoundOutput:
+        return FakePool.train(self, *pending)
+
+    def train(self, weights: Any, round_id: int, chosen: Any, config: RoundConfig,
+              inbox: Any) -> RoundOutput:
+        return self.collect(self.submit_train(weights, round_id, chosen, config, inbox))
+
+
+class Order(Recorder):
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        super().on_round_end(record)
+        self.events.append(f"logged {record.round}")
+
+
+def test_the_next_round_trains_while_this_one_is_logged_with_the_same_result() -> None:
+    """Round r+1 starts training from round r's weights before r's callbacks run
+    (the evaluation's round trip and the logging no longer sit between rounds); the
+    records are those of rounds run one after the other."""
+    values = {0: 1.0, 1: 2.0, 2: 3.0, 3: 6.0}
+    events: list[str] = []
+    spec = _spec()
+    pool = PipelinedPool(values, events)
+    loop = _loop(spec, pool, Order(events))  # type: ignore[arg-type]
+    records = [loop.run_round(r) for r in (1, 2, 3)]
+    assert events == ["train 1", "train 2", "logged 1", "train 3", "logged 2", "logged 3"]
+    # each round starts from the one before's result
+    assert [w[0][0] for _, w in pool.started] == [0.0, pytest.approx(3.0), pytest.approx(6.0)]
+    serial = _loop(spec, FakePool(values), Recorder())
+    expected = [serial.run_round(r) for r in (1, 2, 3)]
+    assert [(r.loss, r.accepted, dict(r.update_sha256)) for r in records] == \
+        [(r.loss, r.accepted, dict(r.update_sha256)) for r in expected]
+    np.testing.assert_array_equal(loop.weights[0], serial.weights[0])
+
+
+@pytest.mark.parametrize("why", ["private layers", "a lost worker"])
+def test_the_next_round_waits_when_this_ones_callbacks_must_come_first(why: str) -> None:
+    events: list[str] = []
+    pool = PipelinedPool({0: 1.0, 1: 2.0, 2: 3.0, 3: 6.0}, events)
+    if why == "private layers":
+        pool.private_pids = [3]  # the checkpoint saves them after the round they are from
+    loop = _loop(_spec(), pool, Order(events))  # type: ignore[arg-type]
+    if why == "a lost worker":
+        original = pool.collect
+
+        def lose_one(pending: Any) -> RoundOutput:
+            pool.suspect.add(0)
+            return original(pending)
+        pool.collect = lose_one  # type: ignore[method-assign]
+    for r in (1, 2):
+        loop.run_round(r)
+    assert events == ["train 1", "logged 1", "train 2", "logged 2"]
+
+
+def test_a_round_started_ahead_keeps_its_one_poisson_draw() -> None:
+    """Under DP a round's sample is one Poisson draw: an empty one drawn ahead is the
+    round's (a second draw would change the sampling the accountant assumes)."""
+    events: list[str] = []
+    spec = _spec(fraction=0.5, privacy={"dp": {"mode": "central", "noise_multiplier": 1.0}})
+    pool = PipelinedPool({0: 1.0, 1: 2.0, 2: 3.0, 3: 6.0}, events)
+    loop = _loop(spec, pool, Order(events))  # type: ignore[arg-type]
+    draws: list[int] = []
+
+    def sample(r: int) -> list[int]:
+        draws.append(r)
+        return [] if r == 2 else [0, 1]
+    loop.sampler.sample = sample  # type: ignore[method-assign]
+    records = [loop.run_round(r) for r in (1, 2, 3)]
+    assert draws == [1, 2, 3]
+    assert records[1].skipped == "nobody sampled"
+    assert events == ["train 1", "logged 1", "logged 2", "train 3", "logged 3"]
