@@ -220,14 +220,16 @@ class ParticipantWorker:
         failed: dict[int, str] = {}
         precomputed = 0
         seconds: dict[int, float] = {}
-        feed = self.trainer.feed(global_weights)  # converted once, not per participant
-        for pid in pids:
-            t0 = time.perf_counter()
-            part, new, loss = self._train_one(pid, feed, round_id)
-            seconds[pid] = time.perf_counter() - t0
-            private = set(part.private_index)
-            shared = [i for i in range(len(new)) if i not in private]
-            raw = [(new[i] - global_weights[i]).astype(np.float32) for i in shared]
+        # Secure participants' updates are encoded and masked after a batch of
+        # trainings, not between them: the masking's keystreams and vectors evicted
+        # TensorFlow's working set from the caches, and the next participant trained
+        # ~18% slower (0.44 -> 0.52 ms at N=100).
+        held: list[tuple[int, _Participant, list[int], list[np.ndarray], float]] = []
+        held_bytes = 0
+
+        def send(pid: int, part: _Participant, shared: list[int], raw: list[np.ndarray],
+                 loss: float) -> None:
+            nonlocal precomputed
             group = self.spec.participants[part.info.group]
             # DP noise must be unpredictable to the server, which knows the job
             # seed: OS entropy, not the seed (DP runs are not bit-reproducible).
@@ -245,6 +247,26 @@ class ParticipantWorker:
                     precomputed += secure.last_input_precomputed
                 except FedcollabError as err:  # e.g. keys lost with a restarted worker
                     failed[pid] = f"{type(err).__name__}: {err}"
+
+        feed = self.trainer.feed(global_weights)  # converted once, not per participant
+        for pid in pids:
+            t0 = time.perf_counter()
+            part, new, loss = self._train_one(pid, feed, round_id)
+            seconds[pid] = time.perf_counter() - t0
+            private = set(part.private_index)
+            shared = [i for i in range(len(new)) if i not in private]
+            raw = [(new[i] - global_weights[i]).astype(np.float32) for i in shared]
+            if pid not in inbox:
+                send(pid, part, shared, raw, loss)
+                continue
+            held.append((pid, part, shared, raw, loss))
+            held_bytes += sum(a.nbytes for a in raw)
+            if held_bytes > _HELD_BYTES:
+                for item in held:
+                    send(*item)
+                held, held_bytes = [], 0
+        for item in held:
+            send(*item)
         return RoundOutput(updates, masked, failed, precomputed, seconds=seconds)
 
     # ----------------------------------------------------------------- secure stages
@@ -373,6 +395,10 @@ class ParticipantWorker:
                 if int(old.stem.rsplit("-", 1)[1]) < min(keep_from, round_id):
                     old.unlink(missing_ok=True)
         return written
+
+
+#: Secure participants' raw updates held back from masking until this many bytes.
+_HELD_BYTES = 64 << 20
 
 
 def _initial_weights(spec: Any, data: Any, model: Any) -> list[np.ndarray]:

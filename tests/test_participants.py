@@ -96,3 +96,44 @@ def test_worker_leaves_no_autograph_files_once_loaded(tmp_path: Path) -> None:
     weights = worker.initial_weights
     assert sorted(u.pid for u in worker.train_round(weights, 1, [0, 1]).updates) == [0, 1]
     assert worker.evaluate(weights)[1] >= 0
+
+
+def _secure_round_sum(worker: Any, weights: Any, pids: list[int], spec: Any) -> np.ndarray:
+    """One SecAgg+ round of ``pids`` through ``worker``, the server driven in process."""
+    from fedcollab.outgoing import secure_dim
+    from fedcollab.secure.server import SecureServer
+    from fedcollab.secure_round import secagg_params
+
+    server = SecureServer(pids, secagg_params(spec), rng_seed=0)
+    dim = secure_dim([w.shape for w in weights], clip_bit=False)
+    need = server.begin_round(1, pids, dim=dim)
+    rosters = server.receive_advertisements(
+        worker.secure_stage("advertise", 1, {p: b"" for p in need}))
+    inbox = server.receive_key_shares(worker.secure_stage("share_keys", 1, rosters))
+    out = worker.train_round(weights, 1, pids, RoundConfig(weight_scale=100.0), inbox)
+    assert not out.updates and sorted(out.masked) == pids and not out.failed
+    requests = server.receive_masked_inputs(out.masked)
+    result = server.receive_unmask_responses(worker.secure_stage("unmask", 1, requests))
+    return np.asarray(result.integer_sum)
+
+
+def test_worker_masks_a_batch_of_trainings_as_it_masks_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secure updates are masked after a batch of trainings (the masking evicted
+    TensorFlow from the caches between participants); holding none back, every
+    update masked as soon as it is trained, the unmasked sum is the same."""
+    import fedcollab.participants as participants
+    from fedcollab.orchestrator import _Driver
+
+    spec = _spec(participants=[{"name": "c", "count": 5, "sharing": "secure"}],
+                 secure={"protocol": "secaggplus", "server": "honest_but_curious"})
+    weights = _Driver.build(spec).weights
+    pids = [0, 1, 2, 3, 4]
+    sums = []
+    for held in (participants._HELD_BYTES, -1):  # -1: none held back
+        monkeypatch.setattr(participants, "_HELD_BYTES", held)
+        worker = participants.ParticipantWorker(
+            WorkerConfig(spec_to_dict(spec), tuple(pids), str(tmp_path / str(held)), 0))
+        sums.append(_secure_round_sum(worker, weights, pids, spec))
+    np.testing.assert_array_equal(sums[0], sums[1])
+    assert np.count_nonzero(sums[0])
