@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedcollab.roster import roster
 from fedcollab.release import ReleaseError, verify_release, weights_sha256, write_release
+from fedcollab.roster import roster
 from fedcollab.spec import JobSpec, spec_from_dict
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import pytest
 import yaml
@@ -72,7 +72,8 @@ BAD_SPECS: list[Any] = [
      r"^spec: participants: 5000 participants but only 1437 training samples; "
      r"expected at most one per sample$"),
     ("unknown-dataset", _spec(task={"dataset": "mnist"}), ".yaml", [],
-     r"^spec: task\.dataset: got 'mnist', expected one of 'digits', 'regression', 'file', 'synthetic'$"),
+     r"^spec: task\.dataset: got 'mnist', expected one of 'digits', 'regression', 'file', "
+     r"'synthetic'$"),
     ("unknown-model", _spec(task={"dataset": "digits", "model": "resnet"}), ".yaml", [],
      r"^spec: task\.model: got 'resnet', expected one of mlp, cnn, regression or "
      r"'package\.module:function'$"),

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcollab.data.partition import (dirichlet, iid, participant_indices, partition_indices,
-                                      shards)
+from fedcollab.data.partition import dirichlet, iid, participant_indices, partition_indices, shards
 from fedcollab.spec import PartitionSpec, SpecError, spec_from_dict
 
 FAST = settings(deadline=None, max_examples=60)

@@ -7,14 +7,26 @@ import numpy as np
 import pytest
 
 from fedcollab.secure import (
-    InconsistentSharesError, MalformedMessageError, ProtocolError, SecAggParams,
-    StaleMessageError, UnknownParticipantError, run_secure_round,
+    InconsistentSharesError,
+    MalformedMessageError,
+    ProtocolError,
+    SecAggParams,
+    StaleMessageError,
+    UnknownParticipantError,
+    run_secure_round,
 )
 from fedcollab.secure.messages import (
-    SERVER, Kind, MaskedInput, MaskRequest, RevealedShare, Sealed, UnmaskResponse, pack, unpack,
+    SERVER,
+    Kind,
+    MaskedInput,
+    MaskRequest,
+    RevealedShare,
+    Sealed,
+    UnmaskResponse,
+    pack,
+    unpack,
 )
 from fedcollab.secure.shamir import PRIME
-
 from tests.secure._helpers import encoded_sum, make_group, make_vectors, through_consistency
 
 N = 8
@@ -111,7 +123,8 @@ def test_bad_input_message_of_another_sender_rejected() -> None:
 
     result, server, vectors = _round_with({("masked_input", 0): keep,
                                            ("masked_input", 1): lambda m: stash[0]})
-    assert "StaleMessageError" in result.rejected[1] and "sender participant 0" in result.rejected[1]
+    assert "StaleMessageError" in result.rejected[1]
+    assert "sender participant 0" in result.rejected[1]
     assert 0 in result.survivors and 1 in result.dropped
     _assert_exact(result, server, vectors)
 
@@ -132,7 +145,8 @@ def test_bad_input_share_for_unknown_participant_rejected() -> None:
         return pack(UnmaskResponse(msg.shares + (extra,)), round_id=0, sender=5, recipient=SERVER)
 
     result, server, vectors = _round_with({("unmask", 5): forge})
-    assert "UnknownParticipantError" in result.rejected[5] and "participant 77" in result.rejected[5]
+    assert "UnknownParticipantError" in result.rejected[5]
+    assert "participant 77" in result.rejected[5]
     assert result.unresponsive == (5,)
     _assert_exact(result, server, vectors)
 
@@ -152,7 +166,8 @@ def test_bad_input_sender_not_in_round_rejected_round_completes() -> None:
     members = [0, 1, 2, 3, 4]
     need = server.begin_round(0, members, dim=5)
     rosters = server.receive_advertisements({p: participants[p].advertise_keys(0) for p in need})
-    inbox = server.receive_key_shares({p: participants[p].share_keys(0, rosters[p]) for p in rosters})
+    inbox = server.receive_key_shares(
+        {p: participants[p].share_keys(0, rosters[p]) for p in rosters})
     sent = {p: participants[p].masked_input(0, vectors[p], inbox[p]) for p in inbox}
     sent[6] = sent[0]  # a participant of the group, but not of this round
     requests = through_consistency(server, participants, 0, server.receive_masked_inputs(sent))
@@ -202,7 +217,8 @@ def test_bad_input_participant_rejects_tampered_server_message() -> None:
     participants, server = make_group(4, params)
     need = server.begin_round(0, participants, dim=2)
     rosters = server.receive_advertisements({p: participants[p].advertise_keys(0) for p in need})
-    inbox = server.receive_key_shares({p: participants[p].share_keys(0, rosters[p]) for p in rosters})
+    inbox = server.receive_key_shares(
+        {p: participants[p].share_keys(0, rosters[p]) for p in rosters})
     with pytest.raises(MalformedMessageError):
         participants[0].masked_input(0, np.zeros(2), inbox[0][:-2])
     with pytest.raises(StaleMessageError):
@@ -214,7 +230,8 @@ def test_bad_input_participant_rejects_unknown_partner() -> None:
     participants, server = make_group(4, params)
     need = server.begin_round(0, participants, dim=2)
     rosters = server.receive_advertisements({p: participants[p].advertise_keys(0) for p in need})
-    inbox = server.receive_key_shares({p: participants[p].share_keys(0, rosters[p]) for p in rosters})
+    inbox = server.receive_key_shares(
+        {p: participants[p].share_keys(0, rosters[p]) for p in rosters})
     msg = unpack(inbox[0], MaskRequest, round_id=0, sender=SERVER, recipient=0)
     forged = MaskRequest(msg.group_size, msg.dim, msg.threshold, msg.partners + (42,),
                          msg.key_updates, msg.deliveries)

@@ -6,7 +6,6 @@ import pytest
 
 from fedcollab.secure import DROP_POINTS, SecAggParams, run_secure_round
 from fedcollab.secure._bench import aggregation_cost
-
 from tests.secure._helpers import encoded_sum, make_group, make_vectors
 
 

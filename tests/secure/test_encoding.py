@@ -97,7 +97,8 @@ def test_weighted_vector_non_positive_weight_rejected() -> None:
 
 
 def test_split_weighted_sum_divides_by_total_weight() -> None:
-    total = weighted_vector(np.array([1.0, 2.0]), 0.25) + weighted_vector(np.array([3.0, 0.0]), 0.75)
+    total = (weighted_vector(np.array([1.0, 2.0]), 0.25)
+             + weighted_vector(np.array([3.0, 0.0]), 0.75))
     mean, weight = split_weighted_sum(total)
     assert weight == 1.0
     assert np.allclose(mean, [2.5, 0.5])

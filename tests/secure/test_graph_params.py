@@ -9,7 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcollab.secure import (
-    MIN_GROUP, GroupTooSmallError, SecAggConfigError, SecAggParams, validate_group_size,
+    MIN_GROUP,
+    GroupTooSmallError,
+    SecAggConfigError,
+    SecAggParams,
+    validate_group_size,
 )
 from fedcollab.secure.graph import auto_degree, build_graph, threshold_for
 

@@ -7,9 +7,26 @@ from hypothesis import strategies as st
 
 from fedcollab.secure.errors import MalformedMessageError, StaleMessageError
 from fedcollab.secure.messages import (
-    SERVER, Advertise, KeyShares, Kind, MaskedInput, MaskRequest, PeerKeys, Reveal,
-    RevealedShare, Roster, Sealed, ShareEntry, UnmaskRequest, UnmaskResponse, pack,
-    pack_seed_table, pack_share_payload, unpack, unpack_seed_table, unpack_share_payload,
+    SERVER,
+    Advertise,
+    KeyShares,
+    Kind,
+    MaskedInput,
+    MaskRequest,
+    PeerKeys,
+    Reveal,
+    RevealedShare,
+    Roster,
+    Sealed,
+    ShareEntry,
+    UnmaskRequest,
+    UnmaskResponse,
+    pack,
+    pack_seed_table,
+    pack_share_payload,
+    unpack,
+    unpack_seed_table,
+    unpack_share_payload,
 )
 
 KEYS = PeerKeys(7, b"c" * 32, b"s" * 32)

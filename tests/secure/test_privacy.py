@@ -6,11 +6,19 @@ import pytest
 
 from fedcollab.secure import SecAggParams, ShareRevealRefusedError, run_secure_round
 from fedcollab.secure.messages import (
-    SERVER, Kind, MaskedInput, Reveal, UnmaskRequest, pack, unpack,
+    SERVER,
+    Kind,
+    MaskedInput,
+    Reveal,
+    UnmaskRequest,
+    pack,
+    unpack,
 )
-
 from tests.secure._helpers import (
-    CHI2_255_P1E6, chi_square_two_samples, chi_square_uniform_bytes, make_group,
+    CHI2_255_P1E6,
+    chi_square_two_samples,
+    chi_square_uniform_bytes,
+    make_group,
     through_consistency,
 )
 

@@ -7,12 +7,20 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from fedcollab.secure import (
-    STAGES, NotEnoughSharesError, RoundAbortedError, SecAggParams, TooFewSurvivorsError,
-    run_secure_round, weighted_vector,
+    STAGES,
+    NotEnoughSharesError,
+    RoundAbortedError,
+    SecAggParams,
+    TooFewSurvivorsError,
+    run_secure_round,
+    weighted_vector,
 )
-
 from tests.secure._helpers import (
-    clipped_sum, encoded_sum, feasible, make_group, make_vectors,
+    clipped_sum,
+    encoded_sum,
+    feasible,
+    make_group,
+    make_vectors,
 )
 
 PROTOCOLS = st.sampled_from(["secagg", "secaggplus"])
@@ -107,7 +115,8 @@ def test_round_fewer_than_t_holders_raises_not_enough_shares() -> None:
     params = SecAggParams(protocol="secagg", threshold=0.67)
     participants, server = make_group(6, params)  # t = ceil(0.67 * 5) = 4
     vectors = make_vectors(range(6), 4, seed=5)
-    with pytest.raises(NotEnoughSharesError, match=r"round 0: got 3 shares .* need 4 \(threshold\)"):
+    with pytest.raises(NotEnoughSharesError,
+                       match=r"round 0: got 3 shares .* need 4 \(threshold\)"):
         run_secure_round(participants, vectors, params, 0, {"share_keys": {0, 1}}, server=server)
 
 

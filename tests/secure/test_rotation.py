@@ -11,13 +11,19 @@ from hypothesis import strategies as st
 
 from fedcollab.secure import RoundAbortedError, SecAggParams, run_secure_round
 from fedcollab.secure import keys as K
-from fedcollab.secure.messages import (
-    SERVER, Advertise, Kind, MaskedInput, UnmaskResponse, table_aad, unpack, unpack_seed_table,
-)
 from fedcollab.secure.errors import DecryptionError
+from fedcollab.secure.messages import (
+    SERVER,
+    Advertise,
+    Kind,
+    MaskedInput,
+    UnmaskResponse,
+    table_aad,
+    unpack,
+    unpack_seed_table,
+)
 from fedcollab.secure.prg import accumulate_masks
 from fedcollab.secure.shamir import PRIME, lagrange_at_zero
-
 from tests.secure._helpers import encoded_sum, make_group, make_vectors
 
 N = 8
@@ -149,7 +155,9 @@ def _reveal_secret(capture: _Capture, round_id: int, owner: int, kind: Kind, t: 
     for (stage, pid), message in capture.messages.items():
         if stage == "unmask":
             msg = unpack(message, UnmaskResponse, round_id=round_id, sender=pid, recipient=SERVER)
-            shares.update({pid: s.y for s in msg.shares if s.peer == owner and s.kind == kind})
+            for s in msg.shares:  # at most one of each (owner, kind) per holder
+                if s.peer == owner and s.kind == kind:
+                    shares[pid] = s.y
     holders = sorted(shares)[:t]
     coeffs = lagrange_at_zero(tuple(h + 1 for h in holders))
     return sum(c * shares[h] for c, h in zip(coeffs, holders)) % PRIME

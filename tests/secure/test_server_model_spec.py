@@ -23,10 +23,12 @@ def _spec(secure: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("secure, pattern", [
-    ({"server": "paranoid"}, r"^fedcollab: error: spec: secure\.server: got 'paranoid', expected one of "),
+    ({"server": "paranoid"},
+     r"^fedcollab: error: spec: secure\.server: got 'paranoid', expected one of "),
     ({"key_rotation_rounds": 0},
      r"^fedcollab: error: spec: secure\.key_rotation_rounds: got 0, expected an integer >= 1"),
-    ({"key_rotation_rounds": -3}, r"^fedcollab: error: spec: secure\.key_rotation_rounds: got -3, expected"),
+    ({"key_rotation_rounds": -3},
+     r"^fedcollab: error: spec: secure\.key_rotation_rounds: got -3, expected"),
 ])
 def test_spec_bad_server_model_fields_exit_2_with_one_line(tmp_path: Path, secure: dict,
                                                            pattern: str) -> None:

@@ -10,8 +10,16 @@ from hypothesis import strategies as st
 
 from fedcollab.secure.errors import NotEnoughSharesError, ShareVerificationError
 from fedcollab.secure.shamir import (
-    PRIME, Share, _evaluate, _power_row, combine, lagrange_at_zero, lagrange_at_zero_without, secret_from_bytes,
-    secret_to_bytes, split,
+    PRIME,
+    Share,
+    _evaluate,
+    _power_row,
+    combine,
+    lagrange_at_zero,
+    lagrange_at_zero_without,
+    secret_from_bytes,
+    secret_to_bytes,
+    split,
 )
 
 SECRETS = st.integers(0, (1 << 256) - 1)
