@@ -192,13 +192,6 @@ def kind_of(value: int, what: str) -> Kind:
     return kind
 
 
-def _element(raw: bytes, what: str) -> int:
-    y = int.from_bytes(raw, "big")
-    if y >= PRIME:
-        raise MalformedMessageError(f"{what}: share value is not a field element")
-    return y
-
-
 def pack_blob(data: bytes) -> bytes:
     return _U32.pack(len(data)) + data
 
@@ -230,9 +223,11 @@ def read_ids(r: Reader) -> tuple[int, ...]:
     return tuple(struct.unpack(f">{n}I", r.take(4 * n)))
 
 
-def pack_reveals(items: Sequence[Reveal]) -> bytes:
-    return _U32.pack(len(items)) + b"".join(_REVEAL.pack(x.peer, x.kind, len(x.blob)) + x.blob
-                                            for x in items)
+def pack_reveals(items: Sequence[tuple[int, int, bytes]]) -> bytes:
+    """Pack ``(peer, kind, blob)`` items (:class:`Reveal` or plain tuples)."""
+    pack = _REVEAL.pack
+    return _U32.pack(len(items)) + b"".join(
+        [pack(peer, kind, len(blob)) + blob for peer, kind, blob in items])
 
 
 def read_reveals(r: Reader) -> tuple[Reveal, ...]:
@@ -246,8 +241,17 @@ def pack_revealed(items: Sequence[RevealedShare]) -> bytes:
 
 
 def read_revealed(r: Reader) -> tuple[RevealedShare, ...]:
-    return tuple(RevealedShare(peer, kind_of(k, r.what), _element(raw, r.what))
-                 for peer, k, raw in r.fixed(_REVEALED, r.count()))
+    # the server reads one per share per round (1,600 at N=100): kind_of's check
+    # and the field-element check, inlined
+    out = []
+    for peer, k, raw in r.fixed(_REVEALED, r.count()):
+        kind, y = _KINDS.get(k), int.from_bytes(raw, "big")
+        if kind is None:
+            raise MalformedMessageError(f"{r.what}: unknown share kind {k}")
+        if y >= PRIME:
+            raise MalformedMessageError(f"{r.what}: share value is not a field element")
+        out.append(RevealedShare(peer, kind, y))
+    return tuple(out)
 
 
 def share_aad(stage: Stage, round_id: int, sender: int, recipient: int) -> bytes:
@@ -293,8 +297,8 @@ def unpack_share_payload(data: bytes) -> tuple[ShareEntry, ...]:
     if not data or len(data) != 1 + data[0] * _ENTRY.size:
         raise MalformedMessageError(f"share payload: {len(data)} bytes do not hold "
                                     f"{data[0] if data else 0} share entries")
-    # every holder opens one per neighbour per round: the checks of kind_of and
-    # _element, inlined
+    # every holder opens one per neighbour per round: kind_of's check and the
+    # field-element check, inlined
     out = []
     for k, rnd, raw in _ENTRY.iter_unpack(memoryview(data)[1:]):
         kind, y = _KINDS.get(k), int.from_bytes(raw, "big")

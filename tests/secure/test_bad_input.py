@@ -151,6 +151,20 @@ def test_bad_input_share_for_unknown_participant_rejected() -> None:
     _assert_exact(result, server, vectors)
 
 
+def test_bad_input_two_shares_of_one_peer_rejected_and_none_kept() -> None:
+    """A response naming one peer twice is rejected whole: none of its shares count
+    (the round still unmasks from the other holders)."""
+    def forge(message: bytes) -> bytes:
+        msg = unpack(message, UnmaskResponse, round_id=0, sender=5, recipient=SERVER)
+        return pack(UnmaskResponse(msg.shares + msg.shares[:1]), round_id=0, sender=5,
+                    recipient=SERVER)
+
+    result, server, vectors = _round_with({("unmask", 5): forge})
+    assert "two shares of one peer" in result.rejected[5]
+    assert result.unresponsive == (5,)
+    _assert_exact(result, server, vectors)
+
+
 def test_bad_input_share_addressed_outside_neighbourhood_rejected() -> None:
     stray = _masked(0, 6, lambda m: MaskedInput(m.ring_bits, m.vector, m.digest, m.seed_table,
                                                 m.shares + (Sealed(99, b"x" * 40),)))

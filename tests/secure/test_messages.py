@@ -113,6 +113,18 @@ def test_share_value_outside_field_rejected() -> None:
         unpack_share_payload(data[:10] + b"\xff" * 66)
 
 
+def test_unmask_response_bad_kind_or_value_rejected() -> None:
+    data = pack(UnmaskResponse((RevealedShare(3, Kind.SELF, 5),)), round_id=2, sender=1,
+                recipient=SERVER)
+    head = len(data) - 66 - 1  # the share's kind byte, then its 66-byte value
+    with pytest.raises(MalformedMessageError, match="unknown share kind 9"):
+        unpack(data[:head] + b"\x09" + data[head + 1:], UnmaskResponse, round_id=2, sender=1,
+               recipient=SERVER)
+    with pytest.raises(MalformedMessageError, match="not a field element"):
+        unpack(data[:head + 1] + b"\xff" * 66, UnmaskResponse, round_id=2, sender=1,
+               recipient=SERVER)
+
+
 def test_seed_table_round_trip() -> None:
     seeds = {9: b"a" * 32, 2: b"b" * 32}
     assert unpack_seed_table(pack_seed_table(seeds)) == seeds
