@@ -33,6 +33,7 @@ _REVEALED = struct.Struct(f">IB{SHARE_BYTES}s")
 _ENTRY = struct.Struct(f">BQ{SHARE_BYTES}s")
 _ENTRY_HEAD = struct.Struct(">BQ")
 _SEED = struct.Struct(">I32s")
+_AAD = struct.Struct(">BQII")  # stage, round, sender, recipient
 
 
 class Stage(IntEnum):
@@ -255,8 +256,9 @@ def read_revealed(r: Reader) -> tuple[RevealedShare, ...]:
 
 
 def share_aad(stage: Stage, round_id: int, sender: int, recipient: int) -> bytes:
-    """Associated data binding a sealed share bundle to its context."""
-    return share_aad_prefix(stage, round_id, sender) + _U32.pack(recipient)
+    """Associated data binding a sealed share bundle to its context (the bytes of
+    :func:`share_aad_prefix` then ``>I`` recipient, packed at once)."""
+    return b"FCSA-share" + _AAD.pack(stage, round_id, sender, recipient)
 
 
 def share_aad_prefix(stage: Stage, round_id: int, sender: int) -> bytes:

@@ -710,7 +710,7 @@ class SecureParticipant:
               ) -> tuple[ShareEntry, ...]:
         aad = share_aad(stage, round_id, sender, self.participant_id)
         plain = K.open_sealed(self._cipher(sender), blob, aad,
-                              what=f"round {round_id}: share from participant {sender}")
+                              what=lambda: f"round {round_id}: share from participant {sender}")
         return unpack_share_payload(plain)
 
     def _receive_deliveries(self, round_id: int, deliveries: tuple[Sealed, ...],

@@ -42,6 +42,22 @@ def test_keys_tampered_ciphertext_raises() -> None:
         K.open_sealed(cipher, bytes(blob), b"context", what="test")
 
 
+def test_keys_open_names_the_ciphertext_only_when_it_fails() -> None:
+    cipher = K.channel_cipher(os.urandom(32), 1, 2)
+    blob = K.seal(cipher, b"share bytes", b"context")
+    named: list[str] = []
+
+    def name() -> str:
+        named.append("asked")
+        return "round 3: share from participant 2"
+    assert K.open_sealed(cipher, blob, b"context", what=name) == b"share bytes"
+    assert named == []
+    with pytest.raises(DecryptionError, match=r"^round 3: share from participant 2: AES-GCM"):
+        K.open_sealed(cipher, blob, b"other", what=name)
+    with pytest.raises(DecryptionError, match=r"^round 3: share from participant 2: cipher"):
+        K.open_sealed(cipher, blob[:10], b"context", what=name)
+
+
 def test_keys_ciphertext_replayed_into_other_context_raises() -> None:
     cipher = K.channel_cipher(os.urandom(32), 1, 2)
     blob = K.seal(cipher, b"share bytes", b"round 1")
