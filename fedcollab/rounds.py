@@ -326,9 +326,11 @@ class RoundLoop:
 
         Not for rounds whose training leaves state that the previous round's
         callbacks must see first (private layers: the checkpoint saves them, and
-        the personalised evaluation reads them) nor for secure rounds (their key
-        setup and mask requests come from the previous round's unmasking), nor
-        after a worker failed (it is healed first).
+        the personalised evaluation reads them), nor for secure rounds (their
+        workers spend that time precomputing the next round's masks, which its
+        training waits for anyway: starting early would gain nothing and would run
+        the next round's key set-up before this round is logged), nor after a
+        worker failed (it is healed first).
         """
         pool = self.pool
         if (r > self.spec.rounds or self.secure is not None or pool.suspect
