@@ -46,6 +46,7 @@ class _Participant:
         self.y = y
         self.private_index = list(private_index)
         self.private: Optional[list[np.ndarray]] = None
+        self.tensors: Any = None  # (x, y) as the trainer's tensors, once trained
 
     def local_start(self, global_weights: Sequence[Any]) -> list[Any]:
         """Global weights (arrays or tensors) with this participant's private layers in."""
@@ -198,7 +199,9 @@ class ParticipantWorker:
         part = self._participant(pid)
         start = part.local_start(global_weights)
         rng = np.random.default_rng([self.spec.seed, round_id, pid])
-        result = self.trainer.train(start, part.x, part.y, rng=rng)
+        if part.tensors is None:
+            part.tensors = self.trainer.tensors(part.x, part.y)
+        result = self.trainer.train(start, *part.tensors, rng=rng)
         if part.private_index:
             part.private = [result.weights[i] for i in part.private_index]
         return part, result.weights, result.loss

@@ -130,8 +130,13 @@ def _flat_call(concrete: Any, dtypes: Sequence[Any]) -> Optional[Callable[..., A
     if call_flat is None:  # pragma: no cover - a TensorFlow without the private call
         return None
 
+    eager = type(tf.constant(0))
+
     def call(*args: Any) -> Any:
-        tensors = [tf.convert_to_tensor(a, dtype=d) for a, d in zip(args, dtypes)]
+        # tensors made by LocalTrainer.tensors pass as they are: converting an array
+        # costs more than running a small participant's epoch (measured in a worker)
+        tensors = [a if type(a) is eager and a.dtype == d else tf.convert_to_tensor(a, dtype=d)
+                   for a, d in zip(args, dtypes)]
         return call_flat(tensors, concrete.captured_inputs)
     return call
 
@@ -258,6 +263,14 @@ class LocalTrainer:
 
         return [tf.convert_to_tensor(w) for w in weights]
 
+    def tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
+        """``(x, y)`` as the tensors :meth:`train` takes, for a participant trained in
+        many rounds: converted once, not at every call."""
+        import tensorflow as tf
+
+        return (tf.convert_to_tensor(x, dtype=self._train_dtypes[0]),
+                tf.convert_to_tensor(y, dtype=self._train_dtypes[1]))
+
     def _set_start(self, weights: Sequence[Any]) -> None:
         """Put ``weights`` in the start variables; a tensor already there (the same
         object: :meth:`feed` output reused for many participants) is not assigned again."""
@@ -279,10 +292,10 @@ class LocalTrainer:
         self.evaluate(weights, x[:k], y[:k])
         self._load(weights)
 
-    def train(self, weights: Sequence[Any], x: np.ndarray, y: np.ndarray, *,
+    def train(self, weights: Sequence[Any], x: Any, y: Any, *,
               rng: np.random.Generator, epochs: Optional[int] = None) -> TrainResult:
-        """Train from `weights` (arrays, or tensors from :meth:`feed`) on (x, y); batches
-        are shuffled by `rng` each epoch."""
+        """Train from `weights` (arrays, or tensors from :meth:`feed`) on (x, y) (arrays,
+        or tensors from :meth:`tensors`); batches are shuffled by `rng` each epoch."""
         n = len(x)
         perms = np.stack([rng.permutation(n) for _ in range(epochs or self.epochs)]) \
             .astype(np.int32)

@@ -30,6 +30,12 @@ def test_fast_calls_after_the_first_give_the_checked_calls_results_to_the_bit() 
     feed = trainer.feed(weights)  # tensors (a worker's round) train the same as arrays
     from_feed = trainer.train(feed, x, y, rng=np.random.default_rng(7))
     assert all(np.array_equal(a, b) for a, b in zip(first.weights, from_feed.weights))
+    tx, ty = trainer.tensors(x, y)  # a participant's data converted once, for every round
+    from_tensors = trainer.train(feed, tx, ty, rng=np.random.default_rng(7))
+    assert all(np.array_equal(a, b) for a, b in zip(first.weights, from_tensors.weights))
+    assert first.loss == from_tensors.loss
+    wrong = trainer.tensors(x, y.astype(np.int32))  # still the trainer's dtypes
+    assert [t.dtype.name for t in wrong] == ["float32", "int64"]
 
     checked = trainer.evaluate(first.weights, x, y)
     flat = trainer.evaluate(first.weights, x, y)
