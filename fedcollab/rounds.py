@@ -132,8 +132,8 @@ def update_sha256(delta: Sequence[Optional[np.ndarray]]) -> str:
     """sha256 over an update's shared arrays, as ``metrics.jsonl`` logs it."""
     digest = hashlib.sha256()
     for array in delta:
-        if array is not None:
-            digest.update(np.ascontiguousarray(array).tobytes())
+        if array is not None:  # the array's own bytes, not a copy of them
+            digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()
 
 
@@ -275,17 +275,18 @@ class RoundLoop:
         self.rejected_total += len(step.rejected)
         privacy = None
         rejected = {str(k): v for k, v in sorted(step.rejected.items())}
-        hashes = {str(u.pid): update_sha256(u.delta) for u in out.updates}
         if dp.on:
             bits = {u.pid: bool(u.clip_bit) for u in out.updates}
             privacy = dp.account([bits[p] for p in step.accepted], participants=len(chosen),
                                  secure_bits=secure_bits, secure_count=survivors,
                                  secure_sampled=len(secure_members))
-            # metrics.jsonl holds only what the release may reveal: no hash of an
-            # un-noised update, no exact norm of a rejected one
+            # metrics.jsonl holds only what the release may reveal: no exact norm of a
+            # rejected update (and below, no hash of an un-noised one)
             rejected = {k: v.split(":")[0] for k, v in rejected.items()}
-            hashes = {}
         self._ahead = self._start_ahead(r + 1)
+        # hashed once the next round is under way: ~1.4 ms at N=100, off the path
+        # between this round's updates and the next round's start
+        hashes = {} if dp.on else {str(u.pid): update_sha256(u.delta) for u in out.updates}
         loss, acc = evaluation()
         record = RoundRecord(
             round=r, participants=len(chosen), loss=loss,
