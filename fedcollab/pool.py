@@ -12,6 +12,7 @@ is in :mod:`fedcollab.participants` and :mod:`fedcollab.outgoing`.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,14 @@ class RoundOutput:
     seconds: dict[int, float] = field(default_factory=dict)  # training time per participant
     worker_of: dict[int, int] = field(default_factory=dict)  # which worker trained whom
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled (by Ray, from a worker to the driver) with the updates' arrays in
+        one buffer: 50 updates of four arrays each were 200 buffers to serialise,
+        store and read back (put 2.6 ms and get 1.0 ms, against 1.1 and 0.2 ms packed).
+        The driver gets views of that buffer with the same values, shapes and dtypes."""
+        return (_unpack_output, (*_pack_updates(self.updates), self.masked, self.failed,
+                                 self.precomputed, self.dropped, self.seconds, self.worker_of))
+
     def merge(self, other: RoundOutput, *, worker: int) -> None:
         self.updates.extend(other.updates)
         self.masked.update(other.masked)
@@ -65,6 +74,58 @@ class RoundOutput:
         self.dropped.extend(other.dropped)
         self.seconds.update(other.seconds)
         self.worker_of.update({pid: worker for pid in other.seconds})
+
+
+class _AsSent:
+    """An entry of an update that is not a float32 array (a private ``None``, or what a
+    misbehaving participant sent): it travels as it is, for the server to judge."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, tuple[Any]]:
+        return (_AsSent, (self.value,))
+
+
+def _pack_updates(updates: Sequence[Update]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """The updates' float32 arrays as one flat buffer, and per update its other fields
+    and, per entry, the array's shape (its values are next in the buffer) or the
+    entry itself (:class:`_AsSent`)."""
+    arrays: list[np.ndarray] = []
+    layout: list[tuple[Any, ...]] = []
+    for u in updates:
+        entries: list[Any] = []
+        for a in u.delta:
+            if type(a) is np.ndarray and a.dtype == _F32:
+                arrays.append(a.reshape(-1))
+                entries.append(a.shape)
+            else:
+                entries.append(_AsSent(a))
+        layout.append((u.pid, entries, u.num_samples, u.loss, u.norm, u.clip_bit))
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, _F32)
+    return flat, layout
+
+
+def _unpack_output(flat: np.ndarray, layout: Sequence[tuple[Any, ...]],
+                   *rest: Any) -> RoundOutput:
+    updates = []
+    offset = 0
+    for pid, entries, *fields in layout:
+        delta: list[Any] = []
+        for entry in entries:
+            if isinstance(entry, _AsSent):
+                delta.append(entry.value)
+                continue
+            size = math.prod(entry)
+            delta.append(flat[offset:offset + size].reshape(entry))
+            offset += size
+        updates.append(Update(pid, delta, *fields))
+    return RoundOutput(updates, *rest)
+
+
+_F32 = np.dtype(np.float32)
 
 
 @dataclass(frozen=True)
