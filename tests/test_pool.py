@@ -21,6 +21,22 @@ def _spec() -> Any:
                           "data_fraction": 0.3, "private_layers": ["head"]}]})
 
 
+def _kill(ray: Any, actor: Any, *, timeout: float = 30.0) -> None:
+    """Kill ``actor`` and return once it is dead. ``ray.kill`` only asks for it: a call
+    made right after it could still reach the live actor and be answered."""
+    import time
+
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ready.remote(), timeout=timeout)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the actor still answers {timeout:g} s after ray.kill")
+
+
 def test_pool_trains_hosts_and_replaces_a_dead_worker(ray_local: Any, tmp_path: Path) -> None:
     from fedcollab.orchestrator import _Driver
     from fedcollab.pool import WorkerPool
@@ -36,7 +52,7 @@ def test_pool_trains_hosts_and_replaces_a_dead_worker(ray_local: Any, tmp_path: 
 
     ray_local.get(pool.save_private(1))
     victim = pool.owner[4]
-    ray_local.kill(pool.workers[victim], no_restart=True)
+    _kill(ray_local, pool.workers[victim])
     lost = pool.train(weights, 2, [0, 4], RoundConfig(), {})
     hosted_by_victim = {p for p in pool.hosted[victim]}
     assert set(lost.dropped) == {0, 4} & hosted_by_victim and pool.suspect == {victim}
@@ -130,7 +146,7 @@ def test_pool_hands_over_the_model_evaluates_and_exports_like_the_driver(
     assert [w["shape"] for w in exported.weights] == [list(w.shape) for w in trained]
 
     evaluator = pool._idle_index()
-    ray_local.kill(pool.workers[evaluator], no_restart=True)
+    _kill(ray_local, pool.workers[evaluator])
     assert pool.evaluate(trained) == local.evaluate(trained)  # another worker answers
     assert evaluator in pool.suspect
     pool.shutdown()
@@ -148,7 +164,7 @@ def test_pool_evaluates_after_losing_its_only_worker(ray_local: Any, tmp_path: P
                            "participants": [{"name": "community", "count": 2}]})
     local = _Driver.build(spec)
     pool = WorkerPool(ray_local, spec, roster(spec), tmp_path)
-    ray_local.kill(pool.workers[0], no_restart=True)
+    _kill(ray_local, pool.workers[0])
     lost = pool.train(local.weights, 1, [0, 1], RoundConfig(), {})
     assert sorted(lost.dropped) == [0, 1] and pool.suspect == {0}
     assert pool.evaluate(local.weights) == local.evaluate(local.weights)
