@@ -82,12 +82,13 @@ def test_worker_private_layers_reload_from_the_committed_round(worker_and_weight
 def test_worker_leaves_no_autograph_files_once_loaded(tmp_path: Path) -> None:
     """A worker killed at the end of a job never runs AutoGraph's exit handler: the
     converted functions' source files are removed once the graphs are traced, and
-    training still runs (the imported code does not need them)."""
+    training still runs (the imported code does not need them). A model with a layer
+    of the user's own is traced through AutoGraph (Keras' own layers are not)."""
     import sys
 
     from fedcollab.participants import ParticipantWorker
 
-    spec = _spec()
+    spec = _spec(task={"dataset": "digits", "model": "tests.user_models:custom_layer"})
     worker = ParticipantWorker(WorkerConfig(spec_to_dict(spec), (0, 1), str(tmp_path), 0))
     generated = {name: getattr(m, "__file__", None) for name, m in sys.modules.items()
                  if name.startswith("__autograph_generated_file")}

@@ -26,3 +26,17 @@ def wrong_input(input_shape: tuple[int, ...], num_classes: int) -> Any:
 
 def raises(input_shape: tuple[int, ...], num_classes: int) -> Any:
     raise ValueError("the user's model function failed")
+
+
+def custom_layer(input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """A model with a layer class of the user's own."""
+    import keras
+
+    class Halve(keras.layers.Layer):
+        def call(self, x: Any) -> Any:
+            return x * 0.5
+
+    inputs = keras.Input(shape=input_shape)
+    hidden = Halve()(keras.layers.Dense(8, activation="relu", name="hidden")(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax",
+                                                  name="head")(hidden), name="custom")
