@@ -193,6 +193,15 @@ def kind_of(value: int, what: str) -> Kind:
     return kind
 
 
+def _bad_share(what: str, kind: int) -> MalformedMessageError:
+    """The error for a share that failed the inlined checks of :func:`read_revealed`
+    and :func:`unpack_share_payload`: an unknown kind (:func:`kind_of`'s message), else
+    a value that is not a field element."""
+    if kind not in _KINDS:
+        return MalformedMessageError(f"{what}: unknown share kind {kind}")
+    return MalformedMessageError(f"{what}: share value is not a field element")
+
+
 def pack_blob(data: bytes) -> bytes:
     return _U32.pack(len(data)) + data
 
@@ -247,10 +256,8 @@ def read_revealed(r: Reader) -> tuple[RevealedShare, ...]:
     out = []
     for peer, k, raw in r.fixed(_REVEALED, r.count()):
         kind, y = _KINDS.get(k), int.from_bytes(raw, "big")
-        if kind is None:
-            raise MalformedMessageError(f"{r.what}: unknown share kind {k}")
-        if y >= PRIME:
-            raise MalformedMessageError(f"{r.what}: share value is not a field element")
+        if kind is None or y >= PRIME:
+            raise _bad_share(r.what, k)
         out.append(RevealedShare(peer, kind, y))
     return tuple(out)
 
@@ -304,10 +311,8 @@ def unpack_share_payload(data: bytes) -> tuple[ShareEntry, ...]:
     out = []
     for k, rnd, raw in _ENTRY.iter_unpack(memoryview(data)[1:]):
         kind, y = _KINDS.get(k), int.from_bytes(raw, "big")
-        if kind is None:
-            raise MalformedMessageError(f"share payload: unknown share kind {k}")
-        if y >= PRIME:
-            raise MalformedMessageError("share payload: share value is not a field element")
+        if kind is None or y >= PRIME:
+            raise _bad_share("share payload", k)
         out.append(ShareEntry(kind, rnd, y))
     return tuple(out)
 
