@@ -75,12 +75,35 @@ class ParticipantWorker:
         from fedcollab.training import configure_tensorflow
 
         configure_tensorflow(threads=1, deterministic=True)
+        self._blank()
+        if config is not None:
+            self.configure(config)
+
+    def _blank(self) -> None:
         self.configured = False
         self.worker_index: int = -1
         self.sorted_pids: list[int] = []
         self.setup_error: Optional[str] = None
-        if config is not None:
-            self.configure(config)
+
+    def release(self) -> bool:
+        """Forget the job, so that another job of the same driver process can configure
+        this worker (:func:`fedcollab.pool.worker_reuse`) as if it were a spare.
+
+        Drops everything :meth:`configure` loaded (data, model, trainer, participants,
+        secure state) and Keras' global state (its layer-name counters, its seed
+        generator), so the next job builds, names and initialises its model as a
+        fresh process would. TensorFlow's threading and determinism settings stay:
+        every worker uses the same.
+        """
+        import gc
+
+        import keras
+
+        self.__dict__.clear()
+        keras.backend.clear_session()
+        gc.collect()
+        self._blank()
+        return True
 
     def configure(self, config: WorkerConfig) -> dict[str, Any]:
         """Load the job: data, model (traced), hosted participants; returns :meth:`ready`.

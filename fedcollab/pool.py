@@ -12,8 +12,10 @@ is in :mod:`fedcollab.participants` and :mod:`fedcollab.outgoing`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +29,8 @@ from fedcollab.types import Update, Weights
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
 
-__all__ = ["start_spares", "WorkerConfig", "RoundOutput", "TrainCalls", "WorkerPool",
-           "plan_workers", "INLINE_WEIGHT_BYTES"]
+__all__ = ["start_spares", "worker_reuse", "WorkerConfig", "RoundOutput", "TrainCalls",
+           "WorkerPool", "plan_workers", "INLINE_WEIGHT_BYTES"]
 
 #: Global weights up to this many bytes summed over a round's calls are sent inside
 #: the calls rather than through the object store (Ray inlines up to 100 KiB each).
@@ -179,6 +181,89 @@ def start_spares(ray: Any, count: int, *, cpus_per_worker: float = 0.0) -> list[
                               max_task_retries=0).remote() for _ in range(count)]
 
 
+#: Actor options a worker was created with: (CPUs, GPUs, custom resources).
+_Options = tuple[float, float, tuple[tuple[str, float], ...]]
+
+
+class _Parking:
+    """Workers of this process's finished jobs, waiting for its next job (one Ray
+    connection; see :func:`worker_reuse`)."""
+
+    def __init__(self, session: str) -> None:
+        self.session = session
+        self.idle: list[tuple[_Options, Any]] = []
+
+
+_parking_lock = threading.Lock()
+_parking: _Parking | None = None
+
+
+def _session(ray: Any) -> str:
+    """The current Ray connection (a new ``ray.init`` is a new job id)."""
+    return str(ray.get_runtime_context().get_job_id())
+
+
+@contextlib.contextmanager
+def worker_reuse(ray: Any) -> Iterator[None]:
+    """Within the block, a finished job's workers wait for the next job of this process
+    instead of exiting, and that job configures them instead of starting new ones.
+
+    A worker is a process that imports TensorFlow (4-6 s of CPU); jobs run one after
+    another on one Ray connection (a grade's mixes, a script or a test module that
+    runs several jobs) then pay that once per worker, not once per job. A parked
+    worker forgets its job (:meth:`~fedcollab.participants.ParticipantWorker.release`:
+    its data, model, participants and Keras' global state), so the next job's
+    results are what fresh workers give (same weights, same release). It keeps its
+    CPU reservation while it waits, so the block should hold only jobs run back to
+    back: its end kills every worker still parked, and so does a job whose workers
+    need other resources than the parked ones offer. Jobs of one process share
+    workers, so only jobs of one user should: the job service runs each job in a
+    process of its own. Nested blocks are one block; a block outside an initialised
+    Ray does nothing.
+    """
+    global _parking
+    with _parking_lock:
+        outer = _parking is not None or not ray.is_initialized()
+        if not outer:
+            _parking = _Parking(_session(ray))
+    try:
+        yield
+    finally:
+        if not outer:
+            with _parking_lock:
+                left, _parking = _parking, None
+            for _, worker in left.idle if left is not None else ():
+                _kill_quietly(ray, worker)
+
+
+def _kill_quietly(ray: Any, worker: Any) -> None:
+    try:
+        ray.kill(worker, no_restart=True)
+    except Exception:  # noqa: BLE001 - gone already, or its Ray is
+        pass
+
+
+def _take_parked(ray: Any) -> list[tuple[_Options, Any]]:
+    """Every parked worker of this Ray connection (none outside :func:`worker_reuse`)."""
+    with _parking_lock:
+        if _parking is None or not ray.is_initialized() or _parking.session != _session(ray):
+            return []
+        idle, _parking.idle = _parking.idle, []
+        return idle
+
+
+def _park(ray: Any, workers: Sequence[tuple[_Options, Any]]) -> bool:
+    """Park ``workers`` for the next job; False outside :func:`worker_reuse` (or after
+    its Ray connection ended)."""
+    with _parking_lock:
+        if _parking is None or not ray.is_initialized() or _parking.session != _session(ray):
+            return False
+        for _, worker in workers:
+            worker.release.remote()  # runs after every call already queued to it
+        _parking.idle.extend(workers)
+        return True
+
+
 class WorkerPool:
     """The job's worker actors; usable as soon as it is constructed (workers ready).
 
@@ -228,20 +313,42 @@ class WorkerPool:
             self.owner[pids] = w
         private = set(self.private_pids)
         self._has_private = [bool(private.intersection(pids)) for pids in self.hosted]
-        self.workers: list[Any] = []
-        self._readying: list[Any] = []
-        spare = list(spares)
+        # a worker per planned slot: a spare, a worker a finished job of this process
+        # parked (worker_reuse), or a new one; parked workers that fit no slot are
+        # killed before any new one starts, so their CPUs are free for it
+        spare, parked = list(spares), _take_parked(ray)
         fits_spare = spec.resources.gpus_per_worker == 0
+        taken: list[Any] = []
+        self._options: list[_Options | None] = []  # None: a spare (never parked)
+        self._reused: set[int] = set()
         for index, (resources, _) in enumerate(self.plan):
+            wanted = self._wanted(index)
+            match = next((i for i, (options, _) in enumerate(parked) if options == wanted), None)
             if spare and fits_spare and not resources:
-                worker = spare.pop(0)
-                self.workers.append(worker)
-                self._readying.append(worker.configure.remote(self._config(index)))
+                taken.append(spare.pop(0))
+                self._options.append(None)
+            elif match is not None:
+                taken.append(parked.pop(match)[1])
+                self._options.append(wanted)
+                self._reused.add(index)
             else:
-                self.workers.append(self._start(index))
-                self._readying.append(self.workers[-1].ready.remote())
+                taken.append(None)
+                self._options.append(wanted)
+        for _, worker in parked:
+            _kill_quietly(ray, worker)
         for worker in spare:
             ray.kill(worker, no_restart=True)
+        self.workers: list[Any] = []
+        self._readying: list[Any] = []
+        for index, worker in enumerate(taken):
+            if worker is None:
+                self.workers.append(self._start(index))
+                self._readying.append(self.workers[-1].ready.remote())
+            else:
+                self.workers.append(worker)
+                self._readying.append(worker.configure.remote(self._config(index)))
+        self._loaded = False  # every worker loaded the job (parkable at the end)
+        self._ended = False
         self.placement: list[dict[str, Any]] = []
         self.suspect: set[int] = set()   # workers that failed a call since the last heal
         self.replaced = 0                # workers recreated over the job
@@ -256,7 +363,7 @@ class WorkerPool:
                 data or the spec (every worker finds the same mistake; the first says).
         """
         if self._readying:
-            self.placement = self.ray.get(self._readying)
+            self.placement = [self._ready(index, call) for index, call in enumerate(self._readying)]
             self._readying = []
             for reply in self.placement:
                 if reply.get("error"):
@@ -264,6 +371,26 @@ class WorkerPool:
 
                     self.shutdown()  # no job will run on them
                     raise SpecError(reply["error"])
+            self._loaded = True
+
+    def _ready(self, index: int, call: Any) -> dict[str, Any]:
+        """Worker ``index``'s :meth:`ready` reply; a parked worker that died meanwhile
+        (killed, its node lost) is replaced by a new one."""
+        try:
+            return dict(self.ray.get(call))
+        except self.ray.exceptions.RayActorError:
+            if index not in self._reused:
+                raise
+        self._reused.discard(index)
+        self.workers[index] = self._start(index)
+        self._options[index] = self._wanted(index)
+        return dict(self.ray.get(self.workers[index].ready.remote()))
+
+    def _wanted(self, index: int) -> _Options:
+        """The actor options of worker ``index`` (what a parked worker must match)."""
+        resources = self.spec.resources
+        return (float(resources.cpus_per_worker), float(resources.gpus_per_worker),
+                tuple(sorted((str(k), float(v)) for k, v in self.plan[index][0].items())))
 
     def model_info(self) -> dict[str, Any]:
         """The model's initial weights and facts, from a worker (see
@@ -403,6 +530,7 @@ class WorkerPool:
             self.ray.kill(self.workers[index], no_restart=True)
             self._check_resources(index)
             self.workers[index] = self._start(index)
+            self._options[index] = self._wanted(index)
             try:
                 self.placement[index] = self.ray.get(self.workers[index].ready.remote(),
                                                      timeout=timeout)
@@ -465,8 +593,17 @@ class WorkerPool:
                 for w, has in zip(self.workers, self._has_private) if has]
 
     def shutdown(self) -> None:
+        """End the job's workers: inside :func:`worker_reuse`, the healthy ones of a job
+        that loaded are parked for the next job; the others (all, outside it) are killed."""
+        if self._ended:
+            return
+        self._ended = True
+        keep = [(options, worker) for index, (options, worker)
+                in enumerate(zip(self._options, self.workers))
+                if options is not None and self._loaded and index not in self.suspect]
+        if not keep or not _park(self.ray, keep):
+            keep = []
+        kept = {id(worker) for _, worker in keep}
         for worker in self.workers:
-            try:
-                self.ray.kill(worker, no_restart=True)
-            except Exception:  # noqa: BLE001 - best effort at the end of a job
-                pass
+            if id(worker) not in kept:
+                _kill_quietly(self.ray, worker)

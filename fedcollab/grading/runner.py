@@ -137,6 +137,7 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fedcollab.cluster import connect
     from fedcollab.orchestrator import _embedded_cpus
+    from fedcollab.pool import worker_reuse
 
     t_start = time.perf_counter()
     timer = Timer()
@@ -149,7 +150,8 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
     ctx = TaskMeasurer(spec, BUDGETS[budget], timer)
     jobs = [(mix, one_worker(mspec)) for mix, mspec in planned]
     measured: dict[int, tuple[Any, Any, Any, dict[str, Any], Any]] = {}
-    with connect(address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray:
+    with connect(address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray, \
+            worker_reuse(ray):  # a finished mix's worker starts the next mix's run
         cluster = float(ray.cluster_resources().get("CPU", 1))
         slots = parallel_slots(_free(ray), [run_request(m, cluster) for _, m in jobs])
         if max_parallel is not None:

@@ -99,6 +99,37 @@ def test_run_job_same_seed_gives_bit_identical_release(finished: Any, tmp_path: 
     assert all(np.array_equal(a, b) for a, b in zip(finished.weights, again.weights))
 
 
+def test_a_job_on_workers_a_finished_job_left_matches_one_on_new_workers(
+        ray_local: Any, tmp_path: Path) -> None:
+    """Inside worker_reuse (the ray_local fixture's, as a grade's), the next job takes
+    the processes the last job left, and gives what new processes give: the same
+    weights, the same release, the same metrics but for timings."""
+    # half-CPU workers: no earlier job of this module parked any, so the first job
+    # starts new ones (and any parked one-CPU workers are killed to free their CPUs)
+    def spec(**changes: Any) -> Any:
+        return small_spec(resources={"workers": 2, "cpus_per_worker": 0.5}, **changes)
+
+    def pids(result: Any) -> list[int]:
+        return sorted(w["pid"] for w in result.summary["workers"])
+
+    def metrics(result: Any) -> list[dict[str, Any]]:
+        timing = {"seconds", "train_seconds", "phase_seconds", "placement"}
+        return [{k: v for k, v in m.items() if k not in timing} for m in result.metrics]
+
+    fresh = run_job(spec(), RunOptions(out_dir=tmp_path / "fresh", quiet=True))
+    other = run_job(spec(seed=1), RunOptions(out_dir=tmp_path / "other", quiet=True,
+                                             release=False))
+    again = run_job(spec(), RunOptions(out_dir=tmp_path / "again", quiet=True))
+
+    assert pids(fresh) == pids(other) == pids(again)  # the same two processes, three jobs
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh.weights, other.weights))
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.weights, again.weights))
+    manifests = [json.loads((r.out_dir / "release" / "manifest.json").read_text())
+                 for r in (fresh, again)]
+    assert manifests[0]["weights_sha256"] == manifests[1]["weights_sha256"]
+    assert metrics(fresh) == metrics(again)
+
+
 def test_run_job_other_seed_gives_other_weights(finished: Any, tmp_path: Path) -> None:
     other = run_job(small_spec(seed=1), RunOptions(out_dir=tmp_path / "other", quiet=True,
                                                    release=False))
