@@ -187,13 +187,16 @@ class ParticipantWorker:
     # ----------------------------------------------------------------- info
     def ready(self) -> dict[str, Any]:
         """Where this worker runs and what it hosts (used by placement tests); with
-        ``error``, the spec's mistake that stopped it loading the job."""
+        ``error``, the spec's mistake that stopped it loading the job. A worker without
+        a job (a spare, or parked) hosts nothing."""
         from fedcollab.cluster import device_info
 
         info = {"worker": self.worker_index, **device_info(), "pid": os.getpid(),
                 "participants": self.sorted_pids}
         if self.setup_error is not None:
             return {**info, "error": self.setup_error}
+        if not self.configured:
+            return info
         return {**info,
                 "roles": sorted({group.role for g, group in enumerate(self.spec.participants)
                                  if _hosts_any(self.sorted_pids, self.people.group_range(g))})}

@@ -13,12 +13,15 @@ from fedcollab.spec import spec_from_dict
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
+def _spec_data() -> dict[str, Any]:
+    return {"name": "pool", "rounds": 2, "resources": {"workers": 2, "cpus_per_worker": 0.5},
+            "participants": [{"name": "community", "count": 4},
+                             {"name": "vendor", "role": "vendor", "count": 2,
+                              "data_fraction": 0.3, "private_layers": ["head"]}]}
+
+
 def _spec() -> Any:
-    return spec_from_dict({
-        "name": "pool", "rounds": 2, "resources": {"workers": 2, "cpus_per_worker": 0.5},
-        "participants": [{"name": "community", "count": 4},
-                         {"name": "vendor", "role": "vendor", "count": 2,
-                          "data_fraction": 0.3, "private_layers": ["head"]}]})
+    return spec_from_dict(_spec_data())
 
 
 def _kill(ray: Any, actor: Any, *, timeout: float = 30.0) -> None:
@@ -91,6 +94,41 @@ def test_pool_configures_spare_workers_instead_of_starting_new_ones(ray_local: A
         ray_local.get(pool.workers[0].configure.remote(pool._config(0)))
     pool.shutdown()
     fresh.shutdown()
+
+
+def test_a_pool_takes_parked_workers_replaces_dead_ones_and_kills_misfits(
+        ray_local: Any, tmp_path: Path) -> None:
+    """Inside worker_reuse (ray_local's), a finished pool's workers wait for the next
+    pool: one of the same shape configures them (one that died meanwhile is replaced
+    by a new worker); one of another shape kills them first, so their CPUs are free
+    for its own workers (here it needs both CPUs of this Ray)."""
+    from fedcollab.orchestrator import _Driver
+    from fedcollab.pool import WorkerPool
+
+    spec = _spec()
+    weights = _Driver.build(spec).weights
+    first = WorkerPool(ray_local, spec, roster(spec), tmp_path / "1")
+    before = [w["pid"] for w in first.placement]
+    first.shutdown()
+    assert ray_local.get(first.workers[0].ready.remote())["participants"] == []  # forgot it
+    _kill(ray_local, first.workers[1])  # dies while parked
+
+    second = WorkerPool(ray_local, spec, roster(spec), tmp_path / "2")
+    after = [w["pid"] for w in second.placement]
+    assert after[0] == before[0] and after[1] != before[1]
+    assert sorted(p for w in second.placement for p in w["participants"]) == list(range(6))
+    out = second.train(weights, 1, [0, 1, 4], RoundConfig(), {})
+    assert sorted(u.pid for u in out.updates) == [0, 1, 4] and not out.dropped
+    second.shutdown()
+
+    one_cpu = spec_from_dict({**_spec_data(), "resources": {"workers": 2}})
+    other = WorkerPool(ray_local, one_cpu, roster(one_cpu), tmp_path / "3", wait=False)
+    for worker in second.workers:  # parked, half-CPU: no slot of this pool fits them
+        with pytest.raises(ray_local.exceptions.RayActorError):
+            ray_local.get(worker.ready.remote(), timeout=60)
+    other.wait_ready()
+    assert not {w["pid"] for w in other.placement} & set(after)
+    other.shutdown()
 
 
 def test_weights_inline_or_through_the_object_store_train_the_same(
