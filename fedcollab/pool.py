@@ -232,8 +232,7 @@ def worker_reuse(ray: Any) -> Iterator[None]:
         if not outer:
             with _parking_lock:
                 left, _parking = _parking, None
-            for _, worker in left.idle if left is not None else ():
-                _kill_quietly(ray, worker)
+            _kill_and_wait(ray, [worker for _, worker in left.idle] if left is not None else [])
 
 
 def _kill_quietly(ray: Any, worker: Any) -> None:
@@ -241,6 +240,24 @@ def _kill_quietly(ray: Any, worker: Any) -> None:
         ray.kill(worker, no_restart=True)
     except Exception:  # noqa: BLE001 - gone already, or its Ray is
         pass
+
+
+def _kill_and_wait(ray: Any, workers: Sequence[Any], timeout: float = 10.0) -> None:
+    """Kill ``workers`` and return once Ray reports them dead (at most ``timeout``
+    seconds): their CPUs are free for whatever the caller runs next, and no kill is
+    still in flight if the caller then disconnects from Ray."""
+    import time
+
+    for worker in workers:
+        _kill_quietly(ray, worker)
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        while time.monotonic() < deadline:
+            try:  # answered: the kill has not reached it yet
+                ray.get(worker.__ray_ready__.remote(), timeout=deadline - time.monotonic())
+            except Exception:  # noqa: BLE001 - dead (what we wait for), or out of time
+                break
+            time.sleep(0.05)
 
 
 def _take_parked(ray: Any) -> list[tuple[_Options, Any]]:
