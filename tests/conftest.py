@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -43,23 +45,29 @@ def _worker_env() -> dict[str, Any]:
     return {"env_vars": worker_env()}
 
 
-def _init_local(ray: Any) -> None:
-    """``ray.init`` of a local instance, tried twice. Once, in a fresh-clone CI run,
-    a module's new instance never got its raylet (no raylet log at all) and Ray gave
-    up after its 30 s; as it started, gRPC logged "Other threads are currently
-    calling into gRPC, skipping fork() handlers", which no other run logged, and
-    Ray runs Python in each forked child before exec. A second start is what a
-    user would do; a Ray that cannot start twice still fails the module."""
-    kwargs: dict[str, Any] = dict(address="local", num_cpus=2, include_dashboard=False,
-                                  logging_level=logging.WARNING, log_to_driver=False,
-                                  runtime_env=_worker_env())
+#: How Ray says that a process it forked for a new instance never came up.
+_STARTUP_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
+
+
+def _start_twice(ray: Any, start: Callable[[], T]) -> T:
+    """``start()`` a Ray instance in this process; once more if it timed out coming up.
+
+    Ray forks its processes with a Python ``preexec_fn``, which Python documents as
+    unsafe in a process with other threads: the child can hang before ``exec``. A
+    test process that ran an in-process job service keeps gRPC's threads (gRPC logs
+    "Other threads are currently calling into gRPC, skipping fork() handlers" at
+    every later fork), and twice in fresh-clone CI runs a forked raylet or GCS never
+    started, failing a module after Ray's 30 s. A second start forks afresh; a Ray
+    that cannot start twice still fails the test. (The job service itself starts
+    Ray in processes of their own, never in its gRPC process.)
+    """
     try:
-        ray.init(**kwargs)
-    except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception for this
-        if "timed out during startup" not in str(err):
+        return start()
+    except Exception as err:  # noqa: BLE001 - Ray raises bare Exception / RuntimeError
+        if not any(text in str(err) for text in _STARTUP_TIMEOUTS):
             raise
-        ray.shutdown()
-        ray.init(**kwargs)
+    ray.shutdown()
+    return start()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +77,9 @@ def ray_local() -> Iterator[Any]:
 
     ray.shutdown()
     fresh_ray_auth()
-    _init_local(ray)
+    _start_twice(ray, lambda: ray.init(
+        address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+        log_to_driver=False, runtime_env=_worker_env()))
     from fedcollab.pool import worker_reuse
 
     # the module's jobs run back to back, as a grade's mixes do: each takes the
@@ -91,10 +101,19 @@ def ray_cluster() -> Iterator[Any]:
 
     ray.shutdown()
     fresh_ray_auth()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
-                                                            "include_dashboard": False})
-    cluster.add_node(num_cpus=1, resources={"vendor_site": 1})
-    cluster.wait_for_nodes()
+
+    def start() -> Any:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
+                                                                "include_dashboard": False})
+        try:
+            cluster.add_node(num_cpus=1, resources={"vendor_site": 1})
+            cluster.wait_for_nodes()
+        except BaseException:
+            cluster.shutdown()
+            raise
+        return cluster
+
+    cluster = _start_twice(ray, start)
     ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False,
              runtime_env=_worker_env())
     try:
