@@ -90,9 +90,10 @@ class ParticipantWorker:
         this worker (:func:`fedcollab.pool.worker_reuse`) as if it were a spare.
 
         Drops everything :meth:`configure` loaded (data, model, trainer, participants,
-        secure state) and Keras' global state (its layer-name counters, its seed
-        generator), so the next job builds, names and initialises its model as a
-        fresh process would. TensorFlow's threading and determinism settings stay:
+        secure state) and what ``keras.backend.clear_session()`` resets (among it the
+        counters behind layer names), so the next job builds and names its model as a
+        fresh process would; :meth:`configure` seeds the model's initialisers from the
+        job's seed either way. TensorFlow's threading and determinism settings stay:
         every worker uses the same.
         """
         import gc
