@@ -47,26 +47,30 @@ def _worker_env() -> dict[str, Any]:
 
 #: How Ray says that a process it forked for a new instance never came up.
 _STARTUP_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
+#: Starts tried before a fixture fails (each hang costs Ray's 30 s).
+_STARTS = 3
 
 
-def _start_twice(ray: Any, start: Callable[[], T]) -> T:
-    """``start()`` a Ray instance in this process; once more if it timed out coming up.
+def _start_retrying(ray: Any, start: Callable[[], T]) -> T:
+    """``start()`` a Ray instance in this process; again (up to ``_STARTS`` in all) if it
+    timed out coming up.
 
     Ray forks its processes with a Python ``preexec_fn``, which Python documents as
     unsafe in a process with other threads: the child can hang before ``exec``. A
     test process that ran an in-process job service keeps gRPC's threads (gRPC logs
     "Other threads are currently calling into gRPC, skipping fork() handlers" at
-    every later fork), and twice in fresh-clone CI runs a forked raylet or GCS never
-    started, failing a module after Ray's 30 s. A second start forks afresh; a Ray
-    that cannot start twice still fails the test. (The job service itself starts
-    Ray in processes of their own, never in its gRPC process.)
+    every later fork), and in three of four fresh-clone CI runs one forked raylet or
+    GCS never started (Ray gives up after 30 s). Each start forks afresh; the run
+    that retried passed. (The job service itself starts Ray in processes of their
+    own, never in its gRPC process.)
     """
-    try:
-        return start()
-    except Exception as err:  # noqa: BLE001 - Ray raises bare Exception / RuntimeError
-        if not any(text in str(err) for text in _STARTUP_TIMEOUTS):
-            raise
-    ray.shutdown()
+    for _ in range(_STARTS - 1):
+        try:
+            return start()
+        except Exception as err:  # noqa: BLE001 - Ray raises bare Exception / RuntimeError
+            if not any(text in str(err) for text in _STARTUP_TIMEOUTS):
+                raise
+        ray.shutdown()
     return start()
 
 
@@ -77,7 +81,7 @@ def ray_local() -> Iterator[Any]:
 
     ray.shutdown()
     fresh_ray_auth()
-    _start_twice(ray, lambda: ray.init(
+    _start_retrying(ray, lambda: ray.init(
         address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
         log_to_driver=False, runtime_env=_worker_env()))
     from fedcollab.pool import worker_reuse
@@ -113,7 +117,7 @@ def ray_cluster() -> Iterator[Any]:
             raise
         return cluster
 
-    cluster = _start_twice(ray, start)
+    cluster = _start_retrying(ray, start)
     ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False,
              runtime_env=_worker_env())
     try:
