@@ -260,12 +260,20 @@ def _kill_and_wait(ray: Any, workers: Sequence[Any], timeout: float = 10.0) -> N
             time.sleep(0.05)
 
 
+def _active_parking(ray: Any) -> _Parking | None:
+    """The open :func:`worker_reuse` block of this Ray connection, if any (hold the lock)."""
+    if _parking is None or not ray.is_initialized() or _parking.session != _session(ray):
+        return None
+    return _parking
+
+
 def _take_parked(ray: Any) -> list[tuple[_Options, Any]]:
     """Every parked worker of this Ray connection (none outside :func:`worker_reuse`)."""
     with _parking_lock:
-        if _parking is None or not ray.is_initialized() or _parking.session != _session(ray):
+        parking = _active_parking(ray)
+        if parking is None:
             return []
-        idle, _parking.idle = _parking.idle, []
+        idle, parking.idle = parking.idle, []
         return idle
 
 
@@ -273,11 +281,12 @@ def _park(ray: Any, workers: Sequence[tuple[_Options, Any]]) -> bool:
     """Park ``workers`` for the next job; False outside :func:`worker_reuse` (or after
     its Ray connection ended)."""
     with _parking_lock:
-        if _parking is None or not ray.is_initialized() or _parking.session != _session(ray):
+        parking = _active_parking(ray)
+        if parking is None:
             return False
         for _, worker in workers:
             worker.release.remote()  # runs after every call already queued to it
-        _parking.idle.extend(workers)
+        parking.idle.extend(workers)
         return True
 
 
@@ -400,7 +409,6 @@ class WorkerPool:
                 raise
         self._reused.discard(index)
         self.workers[index] = self._start(index)
-        self._options[index] = self._wanted(index)
         return dict(self.ray.get(self.workers[index].ready.remote()))
 
     def _wanted(self, index: int) -> _Options:
@@ -473,8 +481,10 @@ class WorkerPool:
                             resume_round=self.committed)
 
     def _start(self, index: int) -> Any:
+        """A new worker for slot ``index`` (its options recorded: it can be parked)."""
         from fedcollab.participants import ParticipantWorker
 
+        self._options[index] = self._wanted(index)
         resources, _ = self.plan[index]
         actor_cls = self.ray.remote(ParticipantWorker)
         return actor_cls.options(
@@ -547,7 +557,6 @@ class WorkerPool:
             self.ray.kill(self.workers[index], no_restart=True)
             self._check_resources(index)
             self.workers[index] = self._start(index)
-            self._options[index] = self._wanted(index)
             try:
                 self.placement[index] = self.ray.get(self.workers[index].ready.remote(),
                                                      timeout=timeout)
