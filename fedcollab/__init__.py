@@ -15,32 +15,34 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fedcollab.api import run
+    from fedcollab.cluster.reuse import worker_reuse
     from fedcollab.errors import FedcollabError
     from fedcollab.grading import grade
-    from fedcollab.orchestrator import JobResult, RunOptions
-    from fedcollab.outputs import CallbackList, JobInfo, RoundCallback
-    from fedcollab.release import verify_release as verify
-    from fedcollab.rounds import RoundRecord
+    from fedcollab.job.callbacks import CallbackList, RoundCallback
+    from fedcollab.job.records import JobInfo, RoundRecord
+    from fedcollab.job.release import verify_release as verify
+    from fedcollab.job.run import JobResult, RunOptions
     from fedcollab.spec import JobSpec, SpecError, load_spec
 
 __all__ = ["run", "grade", "load_spec", "verify", "JobSpec", "JobResult", "RunOptions",
            "RoundRecord", "RoundCallback", "CallbackList", "JobInfo", "FedcollabError",
-           "SpecError"]
+           "SpecError", "worker_reuse"]
 
 _WHERE = {
     "run": ("fedcollab.api", "run"),
     "grade": ("fedcollab.grading", "grade"),
     "load_spec": ("fedcollab.spec", "load_spec"),
-    "verify": ("fedcollab.release", "verify_release"),
+    "verify": ("fedcollab.job.release", "verify_release"),
     "JobSpec": ("fedcollab.spec", "JobSpec"),
     "SpecError": ("fedcollab.spec", "SpecError"),
-    "JobResult": ("fedcollab.orchestrator", "JobResult"),
-    "RunOptions": ("fedcollab.orchestrator", "RunOptions"),
-    "RoundRecord": ("fedcollab.rounds", "RoundRecord"),
-    "RoundCallback": ("fedcollab.outputs", "RoundCallback"),
-    "CallbackList": ("fedcollab.outputs", "CallbackList"),
-    "JobInfo": ("fedcollab.outputs", "JobInfo"),
+    "JobResult": ("fedcollab.job.run", "JobResult"),
+    "RunOptions": ("fedcollab.job.run", "RunOptions"),
+    "RoundRecord": ("fedcollab.job.records", "RoundRecord"),
+    "RoundCallback": ("fedcollab.job.callbacks", "RoundCallback"),
+    "CallbackList": ("fedcollab.job.callbacks", "CallbackList"),
+    "JobInfo": ("fedcollab.job.records", "JobInfo"),
     "FedcollabError": ("fedcollab.errors", "FedcollabError"),
+    "worker_reuse": ("fedcollab.cluster.reuse", "worker_reuse"),
 }
 
 

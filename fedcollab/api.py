@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 if TYPE_CHECKING:
-    from fedcollab.orchestrator import JobResult
-    from fedcollab.outputs import RoundCallback
+    from fedcollab.job.callbacks import RoundCallback
+    from fedcollab.job.run import JobResult
     from fedcollab.spec import JobSpec
 
 __all__ = ["run"]
@@ -24,7 +24,7 @@ def run(spec_or_path: Union[JobSpec, str, Path], *, out: Optional[Union[str, Pat
         out: The output directory (default ``runs/<name>-<UTC timestamp>/``).
         address: A Ray cluster address (``auto``, ``HOST:PORT``); None starts an
             embedded local Ray for the job.
-        callbacks: :class:`~fedcollab.outputs.RoundCallback` objects told about every
+        callbacks: :class:`~fedcollab.job.callbacks.RoundCallback` objects told about every
             round, after the built-in outputs (metrics, checkpoints, ...).
         resume: Continue the job in ``out`` from its last committed round.
         quiet: No progress bar.
@@ -33,14 +33,14 @@ def run(spec_or_path: Union[JobSpec, str, Path], *, out: Optional[Union[str, Pat
             paths through a dict: ``**{"participants.0.count": 20}``.
 
     Returns:
-        The :class:`~fedcollab.orchestrator.JobResult`.
+        The :class:`~fedcollab.job.run.JobResult`.
 
     Raises:
         fedcollab.spec.SpecError: A bad spec or override (the CLI exits 2 for it).
         fedcollab.errors.FedcollabError: Anything else a user can fix.
     """
-    from fedcollab.orchestrator import RunOptions, run_job
-    from fedcollab.preflight import preflight
+    from fedcollab.job.preflight import preflight
+    from fedcollab.job.run import RunOptions, run_job
     from fedcollab.spec import JobSpec, apply_overrides, load_spec, spec_from_dict, spec_to_dict
 
     pairs = [f"{k}={_scalar(v)}" for k, v in overrides.items()]

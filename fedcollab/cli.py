@@ -108,14 +108,14 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from fedcollab.preflight import preflight
+    from fedcollab.job.preflight import preflight
     from fedcollab.spec import spec_to_dict
 
     spec = _load(args)
     facts = preflight(spec)
     if args.deep:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from fedcollab.orchestrator import _Driver
+        from fedcollab.job.run import _Driver
 
         _Driver.build(spec)
     if args.json:
@@ -132,11 +132,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"fedcollab: reading {args.spec}", file=sys.stderr, flush=True)
     spec = _load(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fedcollab.orchestrator import RunOptions, run_job
-    from fedcollab.outdir import JobAlreadyFinished
+    from fedcollab.job.outdir import JobAlreadyFinished
+    from fedcollab.job.run import RunOptions, run_job
 
     if args.token_file:
-        from fedcollab.cluster import use_token_file
+        from fedcollab.cluster.connect import use_token_file
 
         use_token_file(args.token_file)
 
@@ -155,7 +155,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from fedcollab.release import verify_release
+    from fedcollab.job.release import verify_release
 
     result = verify_release(args.release_dir, public_key=args.public_key)
     if result.signer_checked:

@@ -54,7 +54,7 @@ def workload_spec(clients: int, *, rounds: int = 20, name: str = "bench",
 
 
 def run_fedcollab(spec: Any) -> dict[str, Any]:
-    from fedcollab.orchestrator import RunOptions, run_job
+    from fedcollab.job.run import RunOptions, run_job
 
     with tempfile.TemporaryDirectory(prefix="fedcollab-bench-") as tmp:
         result = run_job(spec, RunOptions(out_dir=Path(tmp), quiet=True, release=False))
@@ -136,7 +136,7 @@ class _PeakRss:
 def bench_memory() -> None:
     import ray
 
-    from fedcollab.cluster import connect
+    from fedcollab.cluster.connect import connect
 
     ray.shutdown()  # measure a Ray started for this job alone
     with _PeakRss() as rss:
@@ -152,7 +152,7 @@ def bench_scale(rounds: int = 5) -> None:
     this process and all of Ray's, each size on a fresh Ray."""
     import ray
 
-    from fedcollab.cluster import connect
+    from fedcollab.cluster.connect import connect
 
     sizes, per, peaks, extra = [1000, 10_000, 100_000], [], [], []
     for registered in sizes:
@@ -445,15 +445,15 @@ def bench_secure_floor() -> None:
     import random
 
     from fedcollab.data import load_dataset
-    from fedcollab.models import build_model
-    from fedcollab.outgoing import secure_dim
     from fedcollab.secure.graph import build_graph, threshold_for
-    from fedcollab.secure_round import secagg_params
+    from fedcollab.secure.params import SecAggParams
+    from fedcollab.worker.models import build_model
+    from fedcollab.worker.outgoing import secure_dim
 
     n, server = 100, "honest_but_curious"
     spec = workload_spec(n, participants__0__sharing="secure",
                          secure={"protocol": "secaggplus", "server": server})
-    params = secagg_params(spec)
+    params = SecAggParams.from_spec(spec)
     graph = build_graph(range(n), protocol=params.protocol, degree=params.neighbours,
                         rng=random.Random(spec.seed), threshold=params.threshold,
                         expected_dropout=params.expected_dropout)
@@ -788,7 +788,7 @@ def main() -> int:
         print(f"bench: unknown name(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}",
               file=sys.stderr)
         return 2
-    from fedcollab.cluster import connect
+    from fedcollab.cluster.connect import connect
 
     # Benches that start their own processes run with no other Ray on the machine:
     # an idle Ray (its dashboard, its prestarted workers) would time itself into them.

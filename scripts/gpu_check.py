@@ -41,12 +41,13 @@ def nvidia_gpus() -> tuple[list[str], str]:
 
 def probe_placement(ray: Any, gpus_per_worker: float) -> dict[str, Any]:
     """Where a worker with these resources lands and what TensorFlow sees there."""
-    from fedcollab.cluster import device_info, enable_gpu_memory_growth
+    from fedcollab.cluster.connect import node_info
+    from fedcollab.worker.training import device_info, enable_gpu_memory_growth
 
     @ray.remote(num_cpus=1, num_gpus=gpus_per_worker)
     def probe() -> dict[str, Any]:
         growth = enable_gpu_memory_growth()
-        return {**device_info(), "memory_growth_on": growth}
+        return {**device_info(), **node_info(), "memory_growth_on": growth}
 
     return dict(ray.get(probe.remote(), timeout=120))
 
@@ -80,7 +81,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     from bench import workload_spec
 
-    from fedcollab.cluster import connect
+    from fedcollab.cluster.connect import connect
 
     start = time.perf_counter()
     modes = [0.0] if args.cpu_only else [args.gpus_per_worker, 0.0]

@@ -34,13 +34,13 @@ def fresh_ray_auth() -> None:
     for key in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN", "RAY_ADDRESS"):
         os.environ.pop(key, None)
     os.environ.pop("RAY_AUTH_MODE", None)
-    from fedcollab.cluster import _send_token
+    from fedcollab.cluster.connect import _send_token
 
     _send_token()
 
 
 def _worker_env() -> dict[str, Any]:
-    from fedcollab.cluster import worker_env
+    from fedcollab.cluster.connect import worker_env
 
     return {"env_vars": worker_env()}
 
@@ -84,10 +84,10 @@ def ray_local() -> Iterator[Any]:
     _start_retrying(ray, lambda: ray.init(
         address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
         log_to_driver=False, runtime_env=_worker_env()))
-    from fedcollab.pool import worker_reuse
+    from fedcollab.cluster.reuse import worker_reuse
 
     # the module's jobs run back to back, as a grade's mixes do: each takes the
-    # workers the last one left (fedcollab.pool.worker_reuse) instead of starting
+    # workers the last one left (fedcollab.cluster.reuse.worker_reuse) instead of starting
     # new processes that import TensorFlow again
     with worker_reuse(ray):
         yield ray

@@ -6,7 +6,6 @@ imports Ray or TensorFlow; randomness is never used.
 """
 from __future__ import annotations
 
-from fedcollab.aggregation._arrays import global_norm
 from fedcollab.aggregation.aggregator import (  # noqa: E402  (uses the modules above)
     AggregateStep,
     Aggregator,
@@ -60,6 +59,7 @@ from fedcollab.aggregation.validation import (
     reference_of,
     validate_update,
 )
+from fedcollab.arrays import global_norm
 
 __all__ = [
     # errors

@@ -14,8 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from fedcollab.aggregation._arrays import global_norm, output_dtype, same_structure
+from fedcollab.aggregation._structure import same_structure
 from fedcollab.aggregation.errors import AggregationError
+from fedcollab.arrays import global_norm, output_dtype
 from fedcollab.types import Weights
 
 __all__ = ["proximal_gradient", "proximal_term"]

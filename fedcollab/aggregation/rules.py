@@ -18,14 +18,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from fedcollab.aggregation._arrays import (
-    check_structure,
-    flatten,
-    global_norm,
-    output_dtype,
-    per_layer,
-)
+from fedcollab.aggregation._structure import check_structure
 from fedcollab.aggregation.errors import AggregationError, NotEnoughUpdatesError
+from fedcollab.arrays import flatten, global_norm, output_dtype, per_layer
 from fedcollab.types import Weights
 
 __all__ = [

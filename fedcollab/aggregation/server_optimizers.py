@@ -34,7 +34,7 @@ from typing import Literal, Mapping, Optional, Sequence, cast, get_args
 
 import numpy as np
 
-from fedcollab.aggregation._arrays import same_structure
+from fedcollab.aggregation._structure import same_structure
 from fedcollab.aggregation.errors import ServerOptimizerError
 from fedcollab.types import Weights
 

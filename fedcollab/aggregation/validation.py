@@ -14,8 +14,8 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import numpy.typing as npt
 
-from fedcollab.aggregation._arrays import global_norm
 from fedcollab.aggregation.errors import AggregationError, UpdateRejected
+from fedcollab.arrays import global_norm
 from fedcollab.types import Update, Weights
 
 __all__ = ["validate_update", "partition_valid", "reference_of", "check_update"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedcollab.data.datasets import Dataset
-from fedcollab.roster import Roster
+from fedcollab.spec.roster import Roster
 
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec

@@ -13,7 +13,7 @@ Under ``secure.server: malicious`` (signed key adverts from identity keys the
 server does not provision, and a consistency round; being added to fedcollab.secure
 at the time of writing) the target must refuse the sybils' unsigned keys: the same
 replay then ends with the target refusing or the round aborting, and is reported
-as not recovered. The replay goes through :func:`fedcollab.participants.secagg_params`
+as not recovered. The replay goes through :meth:`fedcollab.secure.params.SecAggParams.from_spec`
 so it runs whatever parameters the spec's secure section produces.
 
 A second known deviation, claiming a participant dropped after its masked input
@@ -94,7 +94,7 @@ def sybil_key_substitution(target_vector: np.ndarray, params: Any, *, group_size
 
 def lying_server(spec: Any, target_vector: Optional[np.ndarray] = None) -> dict[str, Any]:
     """The lying-server row of a mix: the replay above against its secure group."""
-    from fedcollab.participants import secagg_params
+    from fedcollab.secure.params import SecAggParams
 
     secure = [g for g in spec.participants if g.sharing == "secure"]
     server_model = str(getattr(spec.secure, "server", "honest_but_curious"))
@@ -104,5 +104,5 @@ def lying_server(spec: Any, target_vector: Optional[np.ndarray] = None) -> dict[
     if target_vector is None:
         target_vector = np.append(np.random.default_rng(0).normal(0, 0.1, 64), 1.0)
     size = max(sum(g.count for g in secure), spec.secure.min_group)
-    return sybil_key_substitution(target_vector, secagg_params(spec), group_size=size,
+    return sybil_key_substitution(target_vector, SecAggParams.from_spec(spec), group_size=size,
                                   server_model=server_model).to_json()

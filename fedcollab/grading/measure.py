@@ -68,8 +68,8 @@ class TaskMeasurer:
 
     def __init__(self, spec: Any, budget: Budget, timer: Timer) -> None:
         from fedcollab.data import load_dataset, participant_indices
-        from fedcollab.models import build_model
-        from fedcollab.training import LocalTrainer, configure_tensorflow
+        from fedcollab.worker.models import build_model
+        from fedcollab.worker.training import LocalTrainer, configure_tensorflow
 
         configure_tensorflow(threads=1, deterministic=True)
         self.spec, self.budget, self.timer = spec, budget, timer
@@ -134,7 +134,7 @@ class TaskMeasurer:
             self.timer.add("shadow_models", t0)
 
     def _roster(self) -> list[Any]:
-        from fedcollab.roster import roster
+        from fedcollab.spec.roster import roster
 
         return list(roster(self.spec))
 
@@ -265,7 +265,7 @@ class TaskMeasurer:
             identifiable_sets,
         )
         from fedcollab.grading.replay import replay_round
-        from fedcollab.roster import roster
+        from fedcollab.spec.roster import roster
 
         people = roster(mspec)
         vendor = frozenset(p.pid for p in people if p.role == "vendor")
@@ -325,7 +325,7 @@ class TaskMeasurer:
         return [np.asarray(arrays[f"w{i}"]) for i in range(len(self.w0))]
 
     def _private_index(self, mspec: Any) -> list[int]:
-        from fedcollab.models import private_weight_indices
+        from fedcollab.worker.models import private_weight_indices
 
         private_layers = next((g.private_layers for g in mspec.participants if g.private_layers),
                               ())
@@ -384,7 +384,7 @@ class TaskMeasurer:
         """Each vendor site's own model: the release with its private layers put back
         (from the private checkpoints the run wrote on the vendor's side)."""
         from fedcollab.io import load_npz
-        from fedcollab.roster import roster
+        from fedcollab.spec.roster import roster
 
         own: dict[int, list[np.ndarray]] = {}
         folder = Path(result.out_dir) / "checkpoints" / "private"

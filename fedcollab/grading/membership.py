@@ -192,7 +192,7 @@ def fresh_weights(template: Sequence[np.ndarray], rng: np.random.Generator) -> l
 
 def trainer_shadows(trainer: object, template: Sequence[np.ndarray], *,
                     epochs: int) -> ShadowTrainer:
-    """A :data:`ShadowTrainer` over a :class:`fedcollab.training.LocalTrainer` (one trace,
+    """A :data:`ShadowTrainer` over a :class:`fedcollab.worker.training.LocalTrainer` (one trace,
     fresh weights per shadow): the attacker trains like the target was trained."""
 
     def train(x: np.ndarray, y: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -2,7 +2,7 @@
 
 The server's rules are fedcollab's own (:func:`fedcollab.aggregation.aggregate`,
 :func:`fedcollab.privacy.central_dp_mean`) and local training is the same
-:class:`fedcollab.training.LocalTrainer` the workers run, so what is measured is the
+:class:`fedcollab.worker.training.LocalTrainer` the workers run, so what is measured is the
 rules' real behaviour on the task's real data, without Ray. Every participant is
 treated as open (the robust rules need individual updates; under secure
 aggregation they cannot run at all, Bagdasaryan et al. 2020).

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedcollab.grading.differencing import DifferencingResult, vendor_by_differencing
 from fedcollab.grading.inversion import invert_per_neuron, invert_single, psnr
-from fedcollab.rounds import update_sha256
+from fedcollab.job.records import update_sha256
 
 __all__ = ["RoundView", "replay_round", "inversion_on_view", "differencing_on_view",
            "federated_evaluation", "held_out_for"]
@@ -54,7 +54,7 @@ def replay_round(spec: Any, trainer: Any, global_weights: Sequence[np.ndarray],
     """Every participant's round-`round_id` update from `global_weights` (``only``:
     just those participants, e.g. the members of that round's secure sum)."""
     from fedcollab.privacy import privatize_update
-    from fedcollab.roster import roster
+    from fedcollab.spec.roster import roster
 
     people = [p for p in roster(spec) if only is None or p.pid in only]
     dp = spec.privacy.dp.mode != "none" and noise_multiplier > 0
@@ -181,7 +181,7 @@ def federated_evaluation(spec: Any, trainer: Any, weights: Sequence[np.ndarray],
         the vendor's own model (with its private layers, `own`) against the public
         release, on the vendor's held-out splits.
     """
-    from fedcollab.roster import roster
+    from fedcollab.spec.roster import roster
 
     per_group: dict[str, list[float]] = {}
     public, private = [], []

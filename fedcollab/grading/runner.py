@@ -1,7 +1,7 @@
 """`fedcollab grade`: run the task under each policy mix, attack each, write the scorecard.
 
 All runs share one Ray session (:func:`fedcollab.cluster.connect` yields an
-initialised Ray and :func:`fedcollab.orchestrator.run_job` reuses it) and run side
+initialised Ray and :func:`fedcollab.job.run.run_job` reuses it) and run side
 by side, each :func:`run_job` in a thread of this process. Threads rather than Ray
 tasks: a run's work is already in its own Ray worker actors, and what is left in
 the driver (the round loop, secure-sum unmasking) is light and mostly waits on
@@ -135,9 +135,9 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
            budget: str, out_dir: Path, address: Optional[str], report: Progress,
            max_parallel: Optional[int] = None) -> Scorecard:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fedcollab.cluster import connect
-    from fedcollab.orchestrator import _embedded_cpus
-    from fedcollab.pool import worker_reuse
+    from fedcollab.cluster.connect import connect
+    from fedcollab.cluster.reuse import worker_reuse
+    from fedcollab.job.run import _embedded_cpus
 
     t_start = time.perf_counter()
     timer = Timer()
@@ -194,9 +194,9 @@ def one_worker(mspec: Any) -> Any:
 
 def run_request(mspec: Any, cluster_cpus: float) -> dict[str, float]:
     """What all of one run's worker actors ask Ray for together, by resource."""
-    from fedcollab.cluster import worker_requests
-    from fedcollab.pool import plan_workers
-    from fedcollab.roster import roster
+    from fedcollab.cluster.placement import worker_requests
+    from fedcollab.cluster.pool import plan_workers
+    from fedcollab.spec.roster import roster
 
     plan = plan_workers(mspec, roster(mspec), cluster_cpus)
     total: dict[str, float] = {}
@@ -276,7 +276,7 @@ class MixRuns:
             yield i, mix, mspec, result, error
 
     def _run(self, mix: Any, mspec: Any) -> tuple[Any, Optional[str]]:
-        from fedcollab.orchestrator import RunOptions, run_job
+        from fedcollab.job.run import RunOptions, run_job
 
         target = self.out_dir / "mixes" / mix.name
         secure = any(g.sharing == "secure" for g in mspec.participants)

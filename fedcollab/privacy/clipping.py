@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fedcollab.aggregation import global_norm
+from fedcollab.arrays import global_norm
 from fedcollab.privacy.errors import PrivacyError
 from fedcollab.types import Weights
 

@@ -35,7 +35,7 @@ from typing import Literal, Optional, Sequence, get_args
 
 import numpy as np
 
-from fedcollab.aggregation import global_norm
+from fedcollab.arrays import global_norm
 from fedcollab.privacy.clipping import clip_update
 from fedcollab.privacy.errors import PrivacyError
 from fedcollab.types import Weights

@@ -8,7 +8,7 @@ continues with the same ledger and clip norm.
 
 What is composed is what happened, for the most exposed participant:
 
-* participants are Poisson-sampled (:func:`fedcollab.roster.poisson_sample`) at their
+* participants are Poisson-sampled (:func:`fedcollab.job.sampling.poisson_sample`) at their
   group's true rate, the event the accountant composes; the rate fed to it is the
   largest group rate (a secure group raised to ``min_group`` may take part every
   round whatever ``fraction`` says);

@@ -17,12 +17,18 @@ from fedcollab.secure.params import SecAggParams
 from fedcollab.secure.participant import SecureParticipant
 from fedcollab.secure.result import STAGES, SecureSumResult
 from fedcollab.secure.server import SecureServer
+from fedcollab.secure.stages import STAGES as _TABLE
+from fedcollab.secure.stages import Stage, after_training, before_training, participant_reply
 
 __all__ = ["run_secure_round", "raise_if_refused", "provision_identities", "DROP_POINTS"]
 
 #: Keys of ``drop_after``: a participant listed under a key completes that stage
 #: (``"begin"``: nothing) and then sends nothing more this round.
 DROP_POINTS: tuple[str, ...] = ("begin",) + STAGES
+
+#: Stages whose requests a participant refuses as a server's lie (a
+#: ``ServerDeviationError`` there aborts the round instead of dropping the participant).
+_REFUSABLE = frozenset(s.name for s in _TABLE if s.when in ("malicious", "always"))
 
 Intercept = Callable[[str, int, bytes], "bytes | None"]
 
@@ -85,7 +91,7 @@ def run_secure_round(
                 message: bytes | None = call(pid)
             except SecAggError as exc:
                 refused[pid] = f"{stage}: participant refused: {type(exc).__name__}: {exc}"
-                if isinstance(exc, ServerDeviationError) and stage in ("consistency", "unmask"):
+                if isinstance(exc, ServerDeviationError) and stage in _REFUSABLE:
                     deviations[pid] = refused[pid]
                 continue
             finally:
@@ -97,23 +103,23 @@ def run_secure_round(
         gone.update(drops.get(stage, ()))
         return out
 
+    def ask(stage: Stage, requests: Mapping[int, bytes]) -> dict[int, bytes]:
+        return collect(stage.name, requests, lambda p: participant_reply(
+            participants[p], stage, round_id, requests[p]))
+
     need = server.begin_round(round_id, participants.keys(), dim=dim)
-    rosters = server.receive_advertisements(
-        collect("advertise", need, lambda p: participants[p].advertise_keys(round_id)))
-    inbox = server.receive_key_shares(
-        collect("share_keys", rosters, lambda p: participants[p].share_keys(round_id, rosters[p])))
+    inbox: Mapping[int, bytes] = {p: b"" for p in need}
+    for stage in before_training(params):
+        inbox = getattr(server, stage.server)(ask(stage, inbox))
     requests = server.receive_masked_inputs(collect(
         "masked_input", inbox,
         lambda p: participants[p].masked_input(round_id, vectors[p], inbox[p])))
-    if params.malicious:
-        signing = requests
-        requests = server.receive_consistency(collect(
-            "consistency", signing,
-            lambda p: participants[p].confirm_survivors(round_id, signing[p])))
-    responses = collect("unmask", requests,
-                        lambda p: participants[p].unmask(round_id, requests[p]))
+    *middle, last = after_training(params)
+    for stage in middle:
+        requests = getattr(server, stage.server)(ask(stage, requests))
+    responses = ask(last, requests)
     raise_if_refused(round_id, deviations)
-    result = server.receive_unmask_responses(responses)
+    result = getattr(server, last.server)(responses)
     return dataclasses.replace(result, rejected={**refused, **result.rejected},
                                participant_seconds=seconds)
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from fedcollab.secure.encoding import FixedPointCodec
 from fedcollab.secure.errors import GroupTooSmallError, SecAggConfigError
 from fedcollab.secure.graph import PROTOCOLS
+
+if TYPE_CHECKING:
+    from fedcollab.spec import JobSpec
 
 __all__ = ["MIN_GROUP", "SERVER_MODELS", "SecAggParams", "validate_group_size"]
 
@@ -111,6 +115,16 @@ class SecAggParams:
                 f"[0, {1.0 - self.threshold:.2f}): a threshold of {self.threshold} cannot "
                 "survive more dropouts")
         FixedPointCodec(clip=self.clip, scale_bits=self.scale_bits, group_size=1)
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec) -> SecAggParams:
+        """A job's parameters (the same on the server and every participant): the spec's
+        ``secure`` section, server model and key-rotation window included."""
+        sec = spec.secure
+        return cls(protocol=sec.protocol, threshold=sec.threshold, min_group=sec.min_group,
+                   neighbours=sec.neighbours, expected_dropout=sec.expected_dropout,
+                   clip=sec.clip, amortise_keys=sec.amortise_keys, server=sec.server,
+                   key_rotation_rounds=sec.key_rotation_rounds)
 
     @property
     def malicious(self) -> bool:

@@ -7,12 +7,14 @@ from typing import Mapping
 import numpy as np
 
 from fedcollab.secure.encoding import split_weighted_sum
+from fedcollab.secure.stages import STAGE_NAMES
 
 __all__ = ["STAGES", "SecureSumResult"]
 
-#: Stage names used as keys of the per-stage byte and time counters
-#: (``consistency`` runs only with a malicious-server model).
-STAGES: tuple[str, ...] = ("advertise", "share_keys", "masked_input", "consistency", "unmask")
+#: Stage names used as keys of the per-stage byte and time counters, in the order of
+#: :data:`fedcollab.secure.stages.STAGES` (``consistency`` runs only with a
+#: malicious-server model).
+STAGES: tuple[str, ...] = STAGE_NAMES
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The runner starts ``python -m fedcollab.service.jobproc`` ahead of time: it
 imports the round loop and the outputs, connects to the service's Ray and then
 waits for one task on stdin (one JSON line). It runs that job through
-``fedcollab.orchestrator.run_job`` with ``on_round`` appending each round's line
+``fedcollab.job.run.run_job`` with ``on_round`` appending each round's line
 to ``events.jsonl`` (which the service tails for WatchJob) and exits: a process
 is used for one job, then replaced.
 
@@ -63,15 +63,15 @@ def _warm_driver() -> None:
 
     import fedcollab.aggregation  # noqa: F401
     import fedcollab.data  # noqa: F401
-    import fedcollab.orchestrator  # noqa: F401
-    import fedcollab.release  # noqa: F401
-    import fedcollab.rounds  # noqa: F401
+    import fedcollab.job.release  # noqa: F401
+    import fedcollab.job.rounds  # noqa: F401
+    import fedcollab.job.run  # noqa: F401
 
 
 def _connect(address: str) -> Any:
     import ray
 
-    from fedcollab.cluster import worker_env
+    from fedcollab.cluster.connect import worker_env
 
     # Ray's own pre-started worker processes do not help: Ray gives each actor a fresh
     # process (measured: pre-started workers were never reused). Spare actors do (below).
@@ -88,13 +88,11 @@ def _spares(ray: Any) -> list[Any]:
     its own (``workers: auto`` needs one per CPU). They hold no CPU while idle, so
     they never keep a running job's workers from being placed.
     ``FEDCOLLAB_SPARE_WORKERS=N`` sets how many (0: none)."""
-    from fedcollab.pool import start_spares
+    from fedcollab.cluster.reuse import start_spares
 
     text = os.environ.get("FEDCOLLAB_SPARE_WORKERS", "").strip()
     count = int(text) if text.isdigit() else int(ray.cluster_resources().get("CPU", 1))
-    spares = start_spares(ray, count)
-    ray.get([s.__ray_ready__.remote() for s in spares])
-    return spares
+    return start_spares(ray, count, wait=True)
 
 
 def _redirect_output(log: Path) -> None:
@@ -128,7 +126,7 @@ def _result(job_dir: Path, ok: bool, error: str = "") -> None:
 
 def _run(task: dict[str, Any], address: str, spares: Sequence[Any] = ()) -> int:
     from fedcollab.errors import FedcollabError
-    from fedcollab.orchestrator import RunOptions, run_job
+    from fedcollab.job.run import RunOptions, run_job
     from fedcollab.service.specs import parse_spec_text
 
     job_dir = Path(task["job_dir"])

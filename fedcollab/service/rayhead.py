@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from typing import Optional, Sequence
@@ -26,15 +25,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     tie_to_parent(args.parent_pid)
-    import ray
+    from fedcollab.cluster.connect import start_local_head
 
-    from fedcollab.cluster import EMBEDDED_SYSTEM_CONFIG, worker_env
-
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-             _temp_dir=args.temp_dir, _system_config=EMBEDDED_SYSTEM_CONFIG,
-             logging_level=logging.WARNING, log_to_driver=False,
-             runtime_env={"env_vars": worker_env()})
-    address = ray.get_runtime_context().gcs_address
+    ray, address = start_local_head(num_cpus=args.num_cpus, temp_dir=args.temp_dir)
     # A new local cluster turns Ray's token authentication on; job processes must too.
     print(json.dumps({"address": address, "auth_mode": os.environ.get("RAY_AUTH_MODE", "")}),
           flush=True)

@@ -49,7 +49,7 @@ def parse_spec_text(text: str, *, check_data: bool = True) -> JobSpec:
             raise SpecError(f"spec: task.path: {spec.task.path}: no such file on the job "
                             "service's machine (give an absolute path there)")
     if check_data:
-        from fedcollab.preflight import preflight
+        from fedcollab.job.preflight import preflight
 
         preflight(spec)
     return spec

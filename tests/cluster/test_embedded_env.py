@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.ray]
 
 CODE = """
 import json, os
-from fedcollab.cluster import connect, worker_env
+from fedcollab.cluster.connect import connect, worker_env
 with connect(None, num_cpus=1) as ray:
     @ray.remote(num_cpus=1)
     class Probe:
@@ -27,7 +27,7 @@ print(json.dumps({"worker": seen, "driver": {k: os.environ.get(k) for k in worke
 
 
 def test_embedded_workers_get_the_worker_environment_and_the_driver_keeps_its_own() -> None:
-    from fedcollab.cluster import worker_env
+    from fedcollab.cluster.connect import worker_env
 
     env = {k: v for k, v in os.environ.items()
            if k not in worker_env() and not k.startswith("RAY_")}

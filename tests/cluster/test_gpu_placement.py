@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from fedcollab.cluster import ClusterError, WorkerRequest, check_placement
+from fedcollab.cluster.placement import ClusterError, WorkerRequest, check_placement
 from tests.conftest import fresh_ray_auth
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -84,11 +84,12 @@ def test_whole_gpu_and_missing_resource_fail_with_the_name(gpu_cluster: str) -> 
 def test_device_info_in_a_worker_names_node_and_cpu_device(gpu_cluster: str) -> None:
     import ray
 
-    from fedcollab.cluster import device_info, enable_gpu_memory_growth
+    from fedcollab.cluster.connect import node_info
+    from fedcollab.worker.training import device_info, enable_gpu_memory_growth
 
     @ray.remote(num_cpus=0.5, num_gpus=0.5)
     def inside() -> tuple[list[str], dict[str, Any]]:
-        return enable_gpu_memory_growth(), device_info()
+        return enable_gpu_memory_growth(), {**device_info(), **node_info()}
 
     gpus, info = ray.get(inside.remote(), timeout=120)
     assert gpus == []  # a logical GPU: TensorFlow sees no device, growth is a no-op

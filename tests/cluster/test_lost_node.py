@@ -32,7 +32,7 @@ def four_nodes() -> Iterator[Any]:
     import ray
     from ray.cluster_utils import Cluster
 
-    from fedcollab.cluster import worker_env
+    from fedcollab.cluster.connect import worker_env
 
     ray.shutdown()
     fresh_ray_auth()
@@ -54,8 +54,8 @@ def test_lost_worker_node_loses_one_round_and_job_completes(four_nodes: Any,
                                                             tmp_path: Path) -> None:
     import ray
 
-    from fedcollab.orchestrator import RunOptions, run_job
-    from fedcollab.outputs import RoundCallback
+    from fedcollab.job.callbacks import RoundCallback
+    from fedcollab.job.run import RunOptions, run_job
     from fedcollab.spec import load_spec
 
     killed: list[str] = []

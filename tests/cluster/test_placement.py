@@ -5,7 +5,12 @@ from typing import Any
 
 import pytest
 
-from fedcollab.cluster import ClusterError, WorkerRequest, check_placement, worker_requests
+from fedcollab.cluster.placement import (
+    ClusterError,
+    WorkerRequest,
+    check_placement,
+    worker_requests,
+)
 
 
 def node(node_id: str, **resources: float) -> dict[str, Any]:

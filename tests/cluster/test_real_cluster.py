@@ -69,17 +69,17 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealClust
     env = env_for(token)
     port = free_port()
     try:
-        head = run(["fedcollab.cluster_cli", "head", "--port", str(port), "--node-ip-address",
+        head = run(["fedcollab.cluster.cli", "head", "--port", str(port), "--node-ip-address",
                     "127.0.0.1", "--num-cpus", "1", "--token-file", str(token),
                     "--state-dir", str(state)], env)
         assert head.returncode == 0, head.stdout + head.stderr
         address = f"127.0.0.1:{port}"
-        worker = run(["fedcollab.cluster_cli", "worker", address, "--vendor-site", "--num-cpus",
+        worker = run(["fedcollab.cluster.cli", "worker", address, "--vendor-site", "--num-cpus",
                       "1", "--token-file", str(token), "--state-dir", str(state)], env)
         assert worker.returncode == 0, worker.stdout + worker.stderr
         listing = subprocess.run(
             [sys.executable, "-c",
-             "import json, sys; from fedcollab.cluster import connect\n"
+             "import json, sys; from fedcollab.cluster.connect import connect\n"
              f"with connect({address!r}) as ray:\n"
              "    print(json.dumps([{'NodeID': n['NodeID'], 'Alive': n['Alive'], "
              "'NodeManagerAddress': n['NodeManagerAddress'], 'Resources': n['Resources']} "
@@ -89,7 +89,7 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealClust
         nodes = json.loads(listing.stdout.strip().splitlines()[-1])
         yield RealCluster(address, token, state, head.stdout, nodes)
     finally:
-        stopped = run(["fedcollab.cluster_cli", "stop", "--state-dir", str(state)], env)
+        stopped = run(["fedcollab.cluster.cli", "stop", "--state-dir", str(state)], env)
         assert stopped.returncode == 0, stopped.stderr
 
 
@@ -130,7 +130,7 @@ def test_run_address_with_wrong_token_is_one_line(real_cluster: RealCluster,
 
 
 def test_worker_join_without_token_is_one_line(real_cluster: RealCluster, tmp_path: Path) -> None:
-    result = run(["fedcollab.cluster_cli", "worker", real_cluster.address,
+    result = run(["fedcollab.cluster.cli", "worker", real_cluster.address,
                   "--state-dir", str(tmp_path / "state")], env_for(home=tmp_path))
     assert result.returncode == 1
     assert "no token was found here: pass --token-file" in one_line(result)
@@ -163,7 +163,7 @@ def test_embedded_run_starts_its_own_ray_despite_cluster(real_cluster: RealClust
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    from fedcollab.orchestrator import RunOptions, run_job
+    from fedcollab.job.run import RunOptions, run_job
     from fedcollab.spec import spec_from_dict
 
     ray.shutdown()
@@ -180,19 +180,19 @@ def test_embedded_run_starts_its_own_ray_despite_cluster(real_cluster: RealClust
 def test_stop_stops_only_the_nodes_it_recorded(real_cluster: RealCluster, tmp_path: Path) -> None:
     import psutil
 
-    from fedcollab.cluster import check_reachable
+    from fedcollab.cluster.connect import check_reachable
 
     env = env_for(real_cluster.token)
     port = free_port()
     temp_dir = Path(tempfile.mkdtemp(prefix="fc-other-", dir="/tmp"))  # AF_UNIX paths <= 107
-    other = run(["fedcollab.cluster_cli", "head", "--port", str(port), "--node-ip-address",
+    other = run(["fedcollab.cluster.cli", "head", "--port", str(port), "--node-ip-address",
                  "127.0.0.1", "--num-cpus", "1", "--state-dir", str(tmp_path / "state"),
                  "--temp-dir", str(temp_dir), "--token-file", str(real_cluster.token)], env)
     try:
         assert other.returncode == 0, other.stderr
         check_reachable(f"127.0.0.1:{port}")
     finally:
-        stopped = run(["fedcollab.cluster_cli", "stop", "--state-dir", str(tmp_path / "state")],
+        stopped = run(["fedcollab.cluster.cli", "stop", "--state-dir", str(tmp_path / "state")],
                       env)
     assert stopped.returncode == 0 and "stopped the head node" in stopped.stdout
     left = [p for p in psutil.process_iter(["cmdline"])
@@ -200,5 +200,5 @@ def test_stop_stops_only_the_nodes_it_recorded(real_cluster: RealCluster, tmp_pa
     assert left == []
     check_reachable(real_cluster.address)  # the fixture's cluster still runs
     shutil.rmtree(temp_dir, ignore_errors=True)  # given with --temp-dir: stop keeps it
-    again = run(["fedcollab.cluster_cli", "stop", "--state-dir", str(tmp_path / "state")], env)
+    again = run(["fedcollab.cluster.cli", "stop", "--state-dir", str(tmp_path / "state")], env)
     assert again.returncode == 0 and "nothing to stop" in again.stdout

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fedcollab.cluster import (
-    ClusterError,
+from fedcollab.cluster.connect import (
     ensure_token_file,
     find_token,
     is_loopback,
     use_token_file,
 )
+from fedcollab.cluster.placement import ClusterError
 
 
 def test_find_token_env_value_wins_over_path(tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_is_loopback(host: str, expected: bool) -> None:
 def test_resolve_auto_prefers_ray_address_then_recorded_head(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
-    from fedcollab.cluster import resolve_auto
+    from fedcollab.cluster.connect import resolve_auto
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert resolve_auto(tmp_path) == "auto"  # nothing recorded: Ray's own auto
@@ -96,7 +96,7 @@ def test_resolve_auto_prefers_ray_address_then_recorded_head(tmp_path: Path,
 def test_resolve_auto_with_two_recorded_clusters_is_one_line(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
-    from fedcollab.cluster import resolve_auto
+    from fedcollab.cluster.connect import resolve_auto
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     (tmp_path / "head-1.json").write_text('{"role": "head", "address": "127.0.0.1:6390"}')

@@ -9,8 +9,9 @@ import pytest
 
 from fedcollab.data import load_federation
 from fedcollab.data.federation import PartitionedFederation, SyntheticFederation
-from fedcollab.roster import Roster, poisson_sample, roster, sample_participants
+from fedcollab.job.sampling import poisson_sample, sample_participants
 from fedcollab.spec import SpecError, spec_from_dict
+from fedcollab.spec.roster import Roster, roster
 
 
 def _spec(count: int = 1000, **changes: Any) -> Any:
@@ -110,7 +111,7 @@ def test_registering_and_sampling_a_million_costs_what_the_sample_costs() -> Non
 
 
 def test_pool_plan_hosts_every_participant_once_without_a_roster_walk() -> None:
-    from fedcollab.pool import plan_workers
+    from fedcollab.cluster.pool import plan_workers
 
     spec = _spec(count=200_000)
     plan = plan_workers(spec, roster(spec), cluster_cpus=2)
@@ -120,11 +121,10 @@ def test_pool_plan_hosts_every_participant_once_without_a_roster_walk() -> None:
 
 @pytest.mark.slow
 def test_worker_materialises_only_the_participants_it_trains(tmp_path: Any) -> None:
-    from fedcollab.orchestrator import _Driver
-    from fedcollab.outgoing import RoundConfig
-    from fedcollab.participants import ParticipantWorker
-    from fedcollab.pool import WorkerConfig
+    from fedcollab.job.run import _Driver
     from fedcollab.spec import spec_to_dict
+    from fedcollab.worker.messages import RoundConfig, WorkerConfig
+    from fedcollab.worker.worker import ParticipantWorker
 
     spec = _spec(count=50_000)
     worker = ParticipantWorker(WorkerConfig(spec_to_dict(spec), tuple(range(50_100)),

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from fedcollab.orchestrator import RunOptions, run_job
+from fedcollab.job.run import RunOptions, run_job
 from fedcollab.spec import spec_from_dict
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -42,7 +42,7 @@ def test_run_job_vendor_group_runs_only_on_vendor_node(ray_cluster: Any, tmp_pat
 
 
 def test_run_job_missing_custom_resource_is_clear_error(ray_local: Any, tmp_path: Path) -> None:
-    from fedcollab.cluster import ClusterError
+    from fedcollab.cluster.placement import ClusterError
 
     spec = spec_from_dict({
         "name": "unplaceable", "rounds": 1,

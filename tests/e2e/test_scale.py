@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fedcollab.orchestrator import RunOptions, run_job
+from fedcollab.job.run import RunOptions, run_job
 from fedcollab.spec import spec_from_dict
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fedcollab.data import load_dataset, participant_indices
-from fedcollab.orchestrator import RunOptions, run_job
-from fedcollab.outputs import RoundCallback
+from fedcollab.job.callbacks import RoundCallback
+from fedcollab.job.run import RunOptions, run_job
 from fedcollab.spec import spec_from_dict
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

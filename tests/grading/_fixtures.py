@@ -14,8 +14,8 @@ def digits() -> Any:
 
 def mlp_trainer(*, batch_size: int = 16, learning_rate: float = 0.1, epochs: int = 1,
                 seed: int = 0) -> tuple[Any, Any]:
-    from fedcollab.models import build_model
-    from fedcollab.training import LocalTrainer, configure_tensorflow
+    from fedcollab.worker.models import build_model
+    from fedcollab.worker.training import LocalTrainer, configure_tensorflow
 
     configure_tensorflow(threads=1, deterministic=True)
     model = build_model("mlp", input_shape=(64,), num_classes=10, seed=seed)

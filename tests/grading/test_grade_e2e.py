@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from fedcollab.spec import load_spec
-
-CHECK = Path("/work/shared/tools/check-contracts")
+from tests.contracts import scorecard_problems
 
 
 @pytest.mark.ray
@@ -44,10 +43,7 @@ def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
     assert ("mix", "secure-vendor") in seen and ("attack", "backdoor") in seen
     assert (tmp_path / "scorecard.html").stat().st_size > 10_000
     assert card.recommendation["mix"] in card.pareto_front
-    if CHECK.exists():
-        out = subprocess.run([str(CHECK), "scorecard", str(tmp_path / "scorecard.json")],
-                             capture_output=True, text=True)
-        assert out.stdout.strip() == "ok", out.stdout
+    assert scorecard_problems(tmp_path / "scorecard.json") == []
 
 
 def test_cli_grade_unknown_mix_is_one_line_exit_2(tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ def test_invert_single_zero_bias_gives_zero_image() -> None:
 
 
 def test_first_dense_indices_cnn_has_no_direct_dense_view() -> None:
-    from fedcollab.models import build_model
+    from fedcollab.worker.models import build_model
 
     cnn = build_model("cnn", input_shape=(64,), num_classes=10, seed=0)
     assert first_dense_indices(cnn) is None

@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedcollab.outgoing import RoundConfig, outgoing, secure_vector
 from fedcollab.privacy import epsilon
 from fedcollab.privacy.server import DpServer
-from fedcollab.roster import group_sampling_rates
 from fedcollab.spec import SpecError, spec_from_dict
+from fedcollab.spec.roster import group_sampling_rates
+from fedcollab.worker.messages import RoundConfig
+from fedcollab.worker.outgoing import outgoing, secure_vector
 
 
 def _spec(**changes: Any) -> Any:
@@ -106,7 +107,7 @@ def test_open_update_under_dp_sends_no_norm_or_loss() -> None:
 
 
 def test_secure_clip_too_small_for_the_noise_is_refused() -> None:
-    from fedcollab.preflight import _check_secure_room_for_noise
+    from fedcollab.job.preflight import _check_secure_room_for_noise
 
     with pytest.raises(SpecError, match="secure.clip: got 1.5"):
         _check_secure_room_for_noise(_spec(secure={"clip": 1.5}))
@@ -121,7 +122,8 @@ def test_secure_vector_layout_unchanged_by_dp_helpers() -> None:
 def test_dp_sampling_is_poisson_at_the_accounted_group_rates() -> None:
     """The accountant composes PoissonSampledDpEvent(q): each participant is drawn
     independently with its group's rate, so sample sizes vary round to round."""
-    from fedcollab.roster import Sampler, roster
+    from fedcollab.job.sampling import Sampler
+    from fedcollab.spec.roster import roster
 
     spec = _spec(participants=[{"name": "community", "count": 40},
                                {"name": "vendor", "role": "vendor", "count": 12,
@@ -148,7 +150,8 @@ def test_dp_sampling_is_poisson_at_the_accounted_group_rates() -> None:
 
 
 def test_secure_group_below_min_group_sits_out_and_empty_rounds_are_accounted() -> None:
-    from fedcollab.roster import poisson_sample, roster
+    from fedcollab.job.sampling import poisson_sample
+    from fedcollab.spec.roster import roster
 
     spec = _spec(participants=[{"name": "community", "count": 2},
                                {"name": "vendor", "role": "vendor", "count": 6,
@@ -167,7 +170,7 @@ def test_secure_group_below_min_group_sits_out_and_empty_rounds_are_accounted() 
 
 
 def test_saturation_bound_matches_the_gaussian_tail() -> None:
-    from fedcollab.rounds import saturation_bound
+    from fedcollab.job.rounds import saturation_bound
 
     # room clip - C = 2 std: P(|N| > 2 std) = 0.0455
     assert saturation_bound(3.0, 1.0, 1.0) == pytest.approx(0.0455, abs=1e-4)
@@ -198,7 +201,7 @@ def test_target_epsilon_is_solved_with_adaptive_clippings_count_query() -> None:
 
 
 def test_target_epsilon_unreachable_with_adaptive_clipping_is_a_spec_error() -> None:
-    from fedcollab.preflight import preflight
+    from fedcollab.job.preflight import preflight
 
     spec = _spec(rounds=20, fraction=1.0,
                  participants=[{"name": "community", "count": 4}],

@@ -50,10 +50,10 @@ def test_spec_server_model_defaults_to_malicious_with_a_rotation_window() -> Non
 
 
 def test_secure_params_carry_the_spec_fields() -> None:
-    from fedcollab.secure_round import secagg_params
+    from fedcollab.secure.params import SecAggParams
 
     spec = spec_from_dict(_spec({"server": "honest_but_curious", "key_rotation_rounds": 3}))
-    params = secagg_params(spec)
+    params = SecAggParams.from_spec(spec)
     assert params.server == "honest_but_curious" and params.key_rotation_rounds == 3
     assert not params.malicious and SecAggParams().malicious
 

@@ -1,0 +1,543 @@
+"""WorkerPool: the Ray actors that host the job's participants.
+
+Shaped like Ray's ``ActorPool``: the pool owns the actors, knows which participant
+lives where, fans a round out as one call per worker and gathers the replies. A
+worker that dies takes its participants out of the round in flight (they count as
+dropped; secure rounds recover by the protocol's dropout handling); before the
+next round the pool recreates it, on any node that can host it, and the new worker
+reloads its participants' private layers from the last committed round.
+
+Ray appears here and in the round's secure plumbing only; the participants' logic
+is in :mod:`fedcollab.worker.worker` and :mod:`fedcollab.worker.outgoing`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedcollab.cluster.reuse import _kill_quietly, _Options, _park, _take_parked
+from fedcollab.spec.roster import ParticipantInfo, roster
+from fedcollab.types import Weights
+from fedcollab.worker.messages import (
+    ModelInfo,
+    RoundConfig,
+    RoundOutput,
+    StageReplies,
+    TrainCalls,
+    WorkerConfig,
+)
+
+if TYPE_CHECKING:
+    from fedcollab.spec import JobSpec
+
+__all__ = ["WorkerPool", "plan_workers", "INLINE_WEIGHT_BYTES"]
+
+#: Global weights up to this many bytes summed over a round's calls are sent inside
+#: the calls rather than through the object store (Ray inlines up to 100 KiB each).
+INLINE_WEIGHT_BYTES = 96 * 1024
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
+                 cluster_cpus: float) -> list[tuple[dict[str, float], list[int]]]:
+    """Worker pools: (custom resources, participants) per worker, deterministic.
+
+    Groups pinned with ``resources`` get their own worker(s); the rest share a
+    general pool of ``resources.workers`` workers (auto: the CPUs left over).
+    """
+    pools: dict[tuple[tuple[str, float], ...], list[int]] = {}
+    everyone = roster(spec)
+    for g, group in enumerate(spec.participants):  # a group at a time, no object each
+        key = tuple(sorted((str(k), float(v)) for k, v in group.resources.items()))
+        pools.setdefault(key, []).extend(everyone.group_range(g))
+    general = pools.pop((), [])
+    plan: list[tuple[dict[str, float], list[int]]] = []
+    for key, pids in sorted(pools.items()):
+        plan.append((dict(key), pids))
+    if general:
+        per = spec.resources.cpus_per_worker or 1.0
+        if spec.resources.workers == "auto":
+            count = max(1, int((cluster_cpus - len(plan) * per) // per))
+        else:
+            count = int(spec.resources.workers)
+        count = min(count, len(general))
+        for chunk in np.array_split(np.asarray(general), count):
+            plan.append(({}, chunk.tolist()))
+    return plan
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+class WorkerPool:
+    """The job's worker actors; usable as soon as it is constructed (workers ready).
+
+    Args:
+        ray: The connected ``ray`` module.
+        spec: The job spec.
+        people: The roster.
+        out_dir: The job's output directory (workers write private checkpoints there).
+        resume_round: The committed round a resumed job continues from (0: fresh).
+        spares: Workers started ahead of the job without one (see :func:`start_spares`):
+            each general-pool worker that fits one is configured instead of started,
+            which skips its TensorFlow import; spares left over are killed.
+        wait: Block until every worker is ready; ``False`` returns at once (the
+            workers start in the background) and :meth:`wait_ready` blocks later.
+
+    Raises:
+        fedcollab.cluster.placement.ClusterError: The spec pins groups to a resource no node has.
+    """
+
+    def __init__(self, ray: Any, spec: JobSpec, people: Sequence[ParticipantInfo],
+                 out_dir: Path, *, resume_round: int = 0, spares: Sequence[Any] = (),
+                 wait: bool = True) -> None:
+        from fedcollab.spec import spec_to_dict
+
+        self.ray = ray
+        self.spec = spec
+        self.people = people
+        self.out_dir = Path(out_dir)
+        self.committed = resume_round
+        everyone = roster(spec)
+        self.private_pids = [pid for g, group in enumerate(spec.participants)
+                             if group.private_layers for pid in everyone.group_range(g)]
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        self.plan = plan_workers(spec, people, cpus)
+        from fedcollab.cluster.placement import check_placement, worker_requests
+
+        # A request the cluster can never satisfy fails now, in one line, instead of
+        # leaving actors pending forever.
+        self._requests = worker_requests(self.plan,
+                                         cpus_per_worker=spec.resources.cpus_per_worker,
+                                         gpus_per_worker=spec.resources.gpus_per_worker)
+        check_placement(self._requests, ray.nodes())
+        self._spec_data = spec_to_dict(spec)
+        self.hosted: list[list[int]] = [pids for _, pids in self.plan]
+        self.owner = np.zeros(sum(len(p) for p in self.hosted), np.int32)  # pid -> worker
+        for w, pids in enumerate(self.hosted):
+            self.owner[pids] = w
+        private = set(self.private_pids)
+        self._has_private = [bool(private.intersection(pids)) for pids in self.hosted]
+        # a worker per planned slot: a spare, a worker a finished job of this process
+        # parked (worker_reuse), or a new one; parked workers that fit no slot are
+        # killed before any new one starts, so their CPUs are free for it
+        spare, parked = list(spares), _take_parked(ray)
+        fits_spare = spec.resources.gpus_per_worker == 0
+        taken: list[Any] = []
+        self._options: list[_Options | None] = []  # None: a spare (never parked)
+        self._reused: set[int] = set()
+        for index, (resources, _) in enumerate(self.plan):
+            wanted = self._wanted(index)
+            match = next((i for i, (options, _) in enumerate(parked) if options == wanted), None)
+            if spare and fits_spare and not resources:
+                taken.append(spare.pop(0))
+                self._options.append(None)
+            elif match is not None:
+                taken.append(parked.pop(match)[1])
+                self._options.append(wanted)
+                self._reused.add(index)
+            else:
+                taken.append(None)
+                self._options.append(wanted)
+        for _, worker in parked:
+            _kill_quietly(ray, worker)
+        for worker in spare:
+            ray.kill(worker, no_restart=True)
+        self.workers: list[Any] = []
+        self._readying: list[Any] = []
+        for index, worker in enumerate(taken):
+            if worker is None:
+                self.workers.append(self._start(index))
+                self._readying.append(self.workers[-1].ready.remote())
+            else:
+                self.workers.append(worker)
+                self._readying.append(worker.configure.remote(self._config(index)))
+        self._loaded = False  # every worker loaded the job (parkable at the end)
+        self._ended = False
+        self.placement: list[dict[str, Any]] = []
+        self.suspect: set[int] = set()   # workers that failed a call since the last heal
+        self.replaced = 0                # workers recreated over the job
+        # secure aggregation: workers whose participants' identities are not yet in
+        # the registry (all at first; then each one that failed), the registry, and
+        # the offline phase (next round's masks) to queue and its calls in flight
+        self._unprovisioned: set[int] = set(range(len(self.workers)))
+        self._registry: dict[int, bytes] = {}
+        self._secure = frozenset(everyone.pids_where(sharing="secure"))
+        self._offline_next: list[tuple[int, list[int]]] = []
+        self._offline_calls: list[Any] = []
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every worker has loaded the job (idempotent).
+
+        Raises:
+            fedcollab.spec.SpecError: The model does not build, or does not fit the
+                data or the spec (every worker finds the same mistake; the first says).
+        """
+        if self._readying:
+            self.placement = [self._ready(index, call) for index, call in enumerate(self._readying)]
+            self._readying = []
+            for reply in self.placement:
+                if reply.get("error"):
+                    from fedcollab.spec import SpecError
+
+                    self.shutdown()  # no job will run on them
+                    raise SpecError(reply["error"])
+            self._loaded = True
+
+    def _ready(self, index: int, call: Any) -> dict[str, Any]:
+        """Worker ``index``'s :meth:`ready` reply; a parked worker that died meanwhile
+        (killed, its node lost) is replaced by a new one."""
+        try:
+            return dict(self.ray.get(call))
+        except self.ray.exceptions.RayActorError:
+            if index not in self._reused:
+                raise
+        self._reused.discard(index)
+        self.workers[index] = self._start(index)
+        return dict(self.ray.get(self.workers[index].ready.remote()))
+
+    def _wanted(self, index: int) -> _Options:
+        """The actor options of worker ``index`` (what a parked worker must match)."""
+        resources = self.spec.resources
+        return (float(resources.cpus_per_worker), float(resources.gpus_per_worker),
+                tuple(sorted((str(k), float(v)) for k, v in self.plan[index][0].items())))
+
+    def model_info(self) -> ModelInfo:
+        """The model's initial weights and facts, from a worker (see
+        :meth:`~fedcollab.worker.worker.ParticipantWorker.model_info`)."""
+        info: ModelInfo = self._submit("model_info")()
+        return info
+
+    def evaluate(self, weights: Weights) -> tuple[float, float]:
+        """(loss, accuracy) of ``weights`` on the held-out set, on a worker."""
+        return self.submit_evaluate(weights)()
+
+    def submit_evaluate(self, weights: Weights) -> Callable[[], tuple[float, float]]:
+        """Start evaluating ``weights`` on a worker; the returned function waits for it.
+
+        The driver meanwhile logs the round (hashes, accounting), so the evaluation
+        costs it only the call.
+        """
+        result = self._submit("evaluate", weights)
+
+        def loss_and_accuracy() -> tuple[float, float]:
+            loss, acc = result()
+            return float(loss), float(acc)
+        return loss_and_accuracy
+
+    def export_model(self, weights: Weights) -> Any:
+        """``model.keras`` with ``weights``, as a :class:`~fedcollab.worker.models.ModelFile`."""
+        return self._submit("export_model", weights)()
+
+    def _idle_index(self) -> int:
+        """A live worker for the driver's own calls: a general one if any (a pinned
+        group's nodes are its owner's), the last one (hosting the fewest). With every
+        worker lost (a one-worker job whose worker died), they are recreated now,
+        as the next round would.
+
+        Raises:
+            fedcollab.cluster.placement.ClusterError: The lost workers cannot be placed again.
+        """
+        live = [i for i in range(len(self.workers)) if i not in self.suspect]
+        if not live:
+            self.heal()
+            live = list(range(len(self.workers)))
+        general = [i for i in live if not self.plan[i][0]]
+        return (general or live)[-1]
+
+    def _submit(self, method: str, *args: Any) -> Callable[[], Any]:
+        """Call ``method`` on a live worker; the returned function waits for the reply.
+        A worker lost meanwhile is marked for the next :meth:`heal` and another one
+        answers; a call that itself fails raises."""
+        index = self._idle_index()
+        call = getattr(self.workers[index], method).remote(*args)
+
+        def result() -> Any:
+            try:
+                return self.ray.get(call)
+            except self.ray.exceptions.RayTaskError:
+                raise  # the call itself failed: not the worker's loss
+            except self.ray.exceptions.RayError:
+                self.suspect.add(index)
+                return self._submit(method, *args)()
+        return result
+
+    def _config(self, index: int) -> WorkerConfig:
+        return WorkerConfig(self._spec_data, tuple(self.plan[index][1]), str(self.out_dir), index,
+                            resume_round=self.committed)
+
+    def _start(self, index: int) -> Any:
+        """A new worker for slot ``index`` (its options recorded: it can be parked)."""
+        from fedcollab.cluster.actor import actor_class
+
+        self._options[index] = self._wanted(index)
+        resources, _ = self.plan[index]
+        actor_cls = actor_class(self.ray)
+        return actor_cls.options(
+            num_cpus=self.spec.resources.cpus_per_worker,
+            num_gpus=self.spec.resources.gpus_per_worker,
+            resources=resources or None, max_restarts=0, max_task_retries=0,
+        ).remote(self._config(index))
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    @property
+    def needs_heal(self) -> bool:
+        """A worker failed a call since the last :meth:`heal`."""
+        return bool(self.suspect)
+
+    # ------------------------------------------------------------------ rounds
+    def train(self, weights: Weights, round_id: int, chosen: Sequence[int], config: RoundConfig,
+              inbox: Mapping[int, bytes]) -> RoundOutput:
+        """One training call per worker hosting a chosen participant; gather replies
+        (:meth:`submit_train`, then :meth:`collect`)."""
+        return self.collect(self.submit_train(weights, round_id, chosen, config, inbox))
+
+    def submit_train(self, weights: Weights, round_id: int, chosen: Sequence[int],
+                     config: RoundConfig, inbox: Mapping[int, bytes]) -> TrainCalls:
+        """Start one training call per worker hosting a chosen participant.
+
+        Small weights travel inside each call (Ray inlines arguments under 100 KiB):
+        one copy per worker costs less than an object-store round trip (a put by the
+        driver, a fetch by every worker, the raylet in between; ~2 ms a round on
+        2 cores). Larger weights go into the object store once and every worker
+        reads the same reference.
+        """
+        by_worker: dict[int, list[int]] = {}
+        for p in sorted(chosen):  # costs what the sample costs, not the roster
+            by_worker.setdefault(int(self.owner[p]), []).append(p)
+        inline = sum(w.nbytes for w in weights) * len(by_worker) <= INLINE_WEIGHT_BYTES
+        ref = weights if inline else self.ray.put(weights)
+        calls = []
+        for index, mine in sorted(by_worker.items()):
+            sub = {p: inbox[p] for p in mine if p in inbox}
+            calls.append((index, mine, self.workers[index].train_round.remote(
+                ref, round_id, mine, config, sub)))
+        return TrainCalls(round_id, calls)
+
+    def collect(self, pending: TrainCalls) -> RoundOutput:
+        """Wait for :meth:`submit_train`'s calls. A worker that failed drops its chosen
+        participants from the round (and is healed before the next one)."""
+        total = RoundOutput([], {}, {})
+        for index, mine, call in pending.calls:
+            try:
+                total.merge(self.ray.get(call), worker=index)
+            except self.ray.exceptions.RayError:
+                total.dropped.extend(mine)  # the worker died: its participants drop
+                self.suspect.add(index)
+        return total
+
+    def heal(self, *, timeout: float = 60.0) -> list[int]:
+        """Recreate the workers that failed since the last round; returns their indices.
+
+        A recreated worker reloads its participants' private layers from the last
+        committed round, and its secure participants run key setup again. A group
+        pinned to a resource no node offers any more stops the job.
+
+        Raises:
+            fedcollab.cluster.placement.ClusterError: A worker cannot be placed again in time.
+        """
+        healed = []
+        for index in sorted(self.suspect):
+            try:
+                self.ray.get(self.workers[index].ready.remote(), timeout=5)
+                continue  # it answered: the failure was transient
+            except (self.ray.exceptions.RayError, self.ray.exceptions.GetTimeoutError):
+                pass
+            self.ray.kill(self.workers[index], no_restart=True)
+            self._check_resources(index)
+            self.workers[index] = self._start(index)
+            try:
+                self.placement[index] = self.ray.get(self.workers[index].ready.remote(),
+                                                     timeout=timeout)
+            except (self.ray.exceptions.RayError, self.ray.exceptions.GetTimeoutError):
+                from fedcollab.cluster.placement import ClusterError
+
+                raise ClusterError(f"worker {index} could not be recreated within {timeout:.0f} s "
+                                   "after it failed; the cluster lacks the resources to host "
+                                   "it") from None
+            healed.append(index)
+            self.replaced += 1
+        # every worker that failed gets its participants' identities provisioned again
+        # (a recreated one hosts new participants with fresh identity keys)
+        self._unprovisioned |= self.suspect
+        self.suspect.clear()
+        return healed
+
+    def where(self, out: RoundOutput) -> dict[str, Any]:
+        """Where a round trained: each worker's node and device, seconds per participant."""
+        used = sorted(set(out.worker_of.values()))
+        return {"workers": {str(w): {k: self.placement[w].get(k) for k in ("node_id", "device")}
+                            for w in used},
+                "participants": {str(p): [w, round(out.seconds[p], 5)]
+                                 for p, w in sorted(out.worker_of.items())}}
+
+    def _check_resources(self, index: int) -> None:
+        """A lost worker's group can only move to a live node that can host it."""
+        from fedcollab.cluster.placement import ClusterError, check_placement
+
+        try:
+            check_placement([self._requests[index]], self.ray.nodes())
+        except ClusterError as err:
+            raise ClusterError(f"worker {index} was lost and cannot be placed again: "
+                               f"{err}") from None
+
+    def evaluate_personalised(self, weights: Weights, *,
+                              classification: bool = True) -> dict[str, float]:
+        """Mean test loss (and accuracy) of the participants with private layers."""
+        if not self.private_pids:
+            return {}
+        calls = [w.evaluate_personalised.remote(weights) for w, has in
+                 zip(self.workers, self._has_private) if has]
+        results = [r for batch in self.ray.get(calls) for r in batch]
+        if not results:
+            return {}
+        out = {"vendor_loss": float(np.mean([r[1] for r in results]))}
+        if classification:
+            out["vendor_accuracy"] = float(np.mean([r[2] for r in results]))
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_private(self, round_id: int) -> Callable[[], None]:
+        """Ask the workers holding private layers to save them after ``round_id``.
+
+        Called on the driver's main thread right after the round, so Ray runs each
+        save before that worker's next training call (calls from one caller to one
+        actor run in order): the files hold exactly round ``round_id``'s state.
+        Returns a function that waits for the saves (call it before committing).
+        """
+        calls = [w.save_private.remote(round_id, self.committed)
+                 for w, has in zip(self.workers, self._has_private) if has] \
+            if self.private_pids else []
+
+        def wait() -> None:
+            if calls:
+                self.ray.get(calls)
+        return wait
+
+    def commit(self, round_id: int) -> None:
+        """Round ``round_id`` is committed: recreated workers reload its private layers."""
+        self.committed = round_id
+
+    # ------------------------------------------------------------------ secure stages
+    def setup_identities(self) -> None:
+        """Setup channel: collect the identity public keys of the secure participants
+        of every worker not yet provisioned, and hand the registry to every worker.
+        A worker that fails here stays unprovisioned (retried next round); its
+        participants drop meanwhile."""
+        asked = sorted(self._unprovisioned)
+        if not asked:
+            return
+        try:
+            calls = [self.workers[w].secure_stage.remote(
+                "identity", -1, {p: b"" for p in self.hosted[w] if p in self._secure})
+                for w in asked]
+            for reply in self.ray.get(calls):
+                self._registry.update({pid: key for pid, key in reply.items()
+                                       if isinstance(key, bytes)})
+            self.ray.get([w.secure_stage.remote("registry", -1, {}, registry=self._registry)
+                          for w in self.workers])
+        except self.ray.exceptions.RayError:
+            return
+        self._unprovisioned.clear()
+
+    def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
+                     prepare_next: bool = False) -> StageReplies:
+        """One call per worker hosting a participant with a message; a worker that
+        fails sends nothing (its participants drop here) and is healed next round."""
+        self._reap_offline()
+        by_worker: dict[int, dict[int, bytes]] = {}
+        for pid, message in messages.items():
+            by_worker.setdefault(int(self.owner[pid]), {})[pid] = message
+        calls = [(w, self.workers[w].secure_stage.remote(stage, round_id, sub))
+                 for w, sub in sorted(by_worker.items())]
+        if prepare_next:
+            self._offline_next = [(w, sorted(sub)) for w, sub in sorted(by_worker.items())]
+        out = StageReplies()
+        for w, call in calls:
+            try:
+                got = self.ray.get(call)
+            except self.ray.exceptions.RayError:
+                self.suspect.add(w)
+                continue
+            for pid, reply in got.items():
+                if isinstance(reply, bytes):
+                    out.replies[pid] = reply
+                else:
+                    out.refused[pid] = f"{stage}: participant refused: {reply}"
+        return out
+
+    def secure_prepare(self) -> None:
+        """Queue the next round's offline phase (mask precomputation) on the workers the
+        last ``prepare_next`` stage called; each runs it before its next training call
+        (calls to an actor run in order)."""
+        pending, self._offline_next = self._offline_next, []
+        for w, pids in pending:
+            if w not in self.suspect:
+                self._offline_calls.append(self.workers[w].secure_prepare.remote(pids))
+
+    def _reap_offline(self) -> None:
+        """Collect finished offline-phase calls (a failed one only costs speed)."""
+        if not self._offline_calls:
+            return
+        done, self._offline_calls = self.ray.wait(
+            self._offline_calls, num_returns=len(self._offline_calls), timeout=0)
+        for call in done:
+            try:
+                self.ray.get(call)
+            except self.ray.exceptions.RayError:
+                pass  # the worker died; heal() restarts it and its participants re-key
+
+    def shutdown(self) -> None:
+        """End the job's workers: inside :func:`worker_reuse`, the healthy ones of a job
+        that loaded are parked for the next job; the others (all, outside it) are killed."""
+        if self._ended:
+            return
+        self._ended = True
+        keep = [(options, worker) for index, (options, worker)
+                in enumerate(zip(self._options, self.workers))
+                if options is not None and self._loaded and index not in self.suspect]
+        if not keep or not _park(self.ray, keep):
+            keep = []
+        kept = {id(worker) for _, worker in keep}
+        for worker in self.workers:
+            if id(worker) not in kept:
+                _kill_quietly(self.ray, worker)

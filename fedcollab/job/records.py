@@ -1,0 +1,126 @@
+"""What a job records: one :class:`RoundRecord` per round (a ``metrics.jsonl``
+line) and the :class:`JobInfo` callbacks receive when a job begins."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from fedcollab.spec import JobSpec
+
+__all__ = ["RoundRecord", "JobInfo", "PRIVACY_KEYS", "update_sha256"]
+
+
+#: The DP figures a round's metrics line carries (flat, beside the other keys).
+PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "accounted_multiplier",
+                "sampling_rate", "clip_norm", "noise_shortfall")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round as it goes to ``metrics.jsonl``: what happened, never a raw value.
+
+    ``update_sha256`` holds a hash per open update (what the server saw in the
+    clear); secure participants appear only through ``secure``'s counts.
+    """
+
+    round: int
+    participants: int
+    loss: float
+    accuracy: Optional[float] = None
+    trained: int = 0
+    accepted: int = 0                  # open updates aggregated + secure survivors
+    dropped: tuple[int, ...] = ()
+    rejected: Mapping[str, str] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    seconds: float = 0.0
+    train_seconds: float = 0.0
+    update_sha256: Mapping[str, str] = field(default_factory=dict)
+    aborted: Optional[str] = None      # a secure round that could not finish
+    skipped: Optional[str] = None      # the rule could not run (too few valid updates)
+    phase_seconds: Optional[Mapping[str, float]] = None
+    secure: Optional[Mapping[str, Any]] = None
+    privacy: Optional[Mapping[str, Any]] = None   # epsilon, delta, noise_multiplier, ...
+    vendor: Optional[Mapping[str, float]] = None  # vendor_loss, vendor_accuracy
+    workers_replaced: tuple[int, ...] = ()
+    # where it trained: {"workers": {index: {node_id, device}}, "participants":
+    # {pid: [worker, seconds]}}
+    placement: Optional[Mapping[str, Any]] = None
+
+    @property
+    def changed_model(self) -> bool:
+        return self.accepted > 0 and self.aborted is None and self.skipped is None
+
+    def to_json(self) -> dict[str, Any]:
+        """The metrics.jsonl line (flat, JSON-safe; optional parts only when present)."""
+        line: dict[str, Any] = {"round": self.round, "participants": self.participants}
+        if self.secure is not None:
+            line["secure"] = dict(self.secure)
+        line.update({"loss": self.loss, "trained": self.trained, "accepted": self.accepted,
+                     "dropped": list(self.dropped), "rejected": dict(self.rejected),
+                     "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
+                     "seconds": self.seconds, "train_seconds": self.train_seconds,
+                     "update_sha256": dict(self.update_sha256)})
+        for key in ("aborted", "skipped"):
+            if getattr(self, key) is not None:
+                line[key] = getattr(self, key)
+        if self.phase_seconds is not None:
+            line["phase_seconds"] = dict(self.phase_seconds)
+        if self.accuracy is not None:
+            line["accuracy"] = self.accuracy
+        if self.privacy is not None:
+            line.update(self.privacy)
+        if self.vendor:
+            line.update(self.vendor)
+        if self.workers_replaced:
+            line["workers_replaced"] = list(self.workers_replaced)
+        if self.placement is not None:
+            line["placement"] = dict(self.placement)
+        return line
+
+    @classmethod
+    def from_json(cls, line: Mapping[str, Any]) -> RoundRecord:
+        """Read a metrics.jsonl line back (for a resumed job's history)."""
+        privacy = {k: line[k] for k in PRIVACY_KEYS if k in line} or None
+        vendor = {k: line[k] for k in ("vendor_loss", "vendor_accuracy") if k in line} or None
+        return cls(round=int(line["round"]), participants=int(line["participants"]),
+                   loss=float(line["loss"]), accuracy=line.get("accuracy"),
+                   trained=int(line.get("trained", 0)),
+                   accepted=int(line.get("accepted", line.get("trained", 0))),
+                   dropped=tuple(line.get("dropped", ())), rejected=dict(line.get("rejected", {})),
+                   bytes_up=int(line.get("bytes_up", 0)),
+                   bytes_down=int(line.get("bytes_down", 0)),
+                   seconds=float(line.get("seconds", 0.0)),
+                   train_seconds=float(line.get("train_seconds", 0.0)),
+                   update_sha256=dict(line.get("update_sha256", {})),
+                   aborted=line.get("aborted"), skipped=line.get("skipped"),
+                   phase_seconds=line.get("phase_seconds"), secure=line.get("secure"),
+                   privacy=privacy, vendor=vendor,
+                   workers_replaced=tuple(line.get("workers_replaced", ())),
+                   placement=line.get("placement"))
+
+
+def update_sha256(delta: Sequence[Optional[np.ndarray]]) -> str:
+    """sha256 over an update's shared arrays, as ``metrics.jsonl`` logs it."""
+    digest = hashlib.sha256()
+    for array in delta:
+        if array is not None:  # the array's own bytes, not a copy of them
+            digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What callbacks learn when a job begins."""
+
+    spec: JobSpec
+    out_dir: Path
+    start_round: int              # the first round this run will train (1 unless resumed)
+    classification: bool
+    history: Sequence[RoundRecord] = field(default_factory=tuple)  # committed rounds

@@ -1,0 +1,536 @@
+"""A whole job: connect to Ray, assemble the collaborators, run the rounds, release.
+
+The parts are named and live in their own modules: the roster and sampler
+(:mod:`~fedcollab.job.sampling`), the :class:`~fedcollab.cluster.pool.WorkerPool`, the
+:class:`~fedcollab.aggregation.Aggregator`, DP (:class:`~fedcollab.privacy.server.DpServer`),
+secure aggregation (:class:`~fedcollab.job.secure.SecureCoordinator`), the
+:class:`~fedcollab.job.rounds.RoundLoop` and the outputs as callbacks
+(:mod:`~fedcollab.job.callbacks`). This module only puts them together in order, resumes
+from the last committed round, and writes the release and the summary.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from fedcollab.cluster.pool import plan_workers
+from fedcollab.errors import FedcollabError
+from fedcollab.io import atomic_write_bytes, load_npz
+from fedcollab.job.callbacks import (
+    CallbackList,
+    Checkpointer,
+    MetricsLog,
+    Plots,
+    ProgressBar,
+    RoundCallback,
+    SummaryFile,
+    TensorBoardLog,
+)
+from fedcollab.job.outdir import OutDirPlan, default_out_dir, plan_out_dir
+from fedcollab.job.records import JobInfo, RoundRecord
+from fedcollab.job.rounds import RoundLoop
+from fedcollab.job.sampling import sample_participants
+from fedcollab.spec import JobSpec, spec_to_dict
+from fedcollab.spec.roster import ParticipantInfo, roster
+from fedcollab.types import Weights
+from fedcollab.worker.messages import Pool
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["RunOptions", "JobResult", "JobFailedError", "run_job", "default_out_dir",
+           "sample_participants", "plan_workers"]
+
+
+class JobFailedError(FedcollabError):
+    """The job ran but learned nothing (every update of every round was refused)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a job (the spec says what to run)."""
+
+    out_dir: Optional[Path] = None
+    address: Optional[str] = None
+    quiet: bool = False
+    progress: Optional[bool] = None   # None: on when stderr is a terminal and not quiet
+    resume: bool = False
+    release: bool = True
+    keep_checkpoints: int = 2
+    callbacks: Sequence[RoundCallback] = ()
+    on_round: Optional[Callable[[dict[str, Any]], None]] = None  # each metrics line
+    # workers started ahead of the job (fedcollab.cluster.reuse.start_spares): a warm service's
+    spares: Sequence[Any] = ()
+    # where the participants run: "ray" (a cluster, or an embedded Ray) or "inprocess"
+    # (this process: no Ray; for debugging, tests and one-host runs of small jobs)
+    transport: str = "ray"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a finished job returns (its files are in ``out_dir``)."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+    weights: Weights
+    metrics: list[dict[str, Any]] = field(default_factory=list)   # the metrics.jsonl lines
+    records: list[RoundRecord] = field(default_factory=list)
+
+    @property
+    def rounds_completed(self) -> int:
+        return int(self.summary["rounds_completed"])
+
+    @property
+    def final_accuracy(self) -> Optional[float]:
+        return self.summary.get("final_accuracy")
+
+    @property
+    def release_dir(self) -> Optional[Path]:
+        release = self.summary.get("release")
+        return Path(release) if release else None
+
+
+class _OnRound(RoundCallback):
+    def __init__(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        self.fn = fn
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.fn(record.to_json())
+
+
+@dataclass
+class _Driver:
+    """The driver's view of the model: its initial weights, and who evaluates and
+    exports it.
+
+    A job's driver does not load TensorFlow (4-6 s of CPU on 2 cores, contending with
+    Ray's start and the workers' own import): the workers build the model from the
+    job's seed anyway, so one of them hands over the initial weights, evaluates each
+    round's global weights on the held-out set and exports the release's
+    ``model.keras`` (:meth:`from_pool`). :meth:`build` does it all in this process, for
+    ``fedcollab validate --deep`` and tests.
+    """
+
+    weights: Weights
+    classification: bool
+    weight_scale: float
+    evaluate: Any              # weights -> (loss, accuracy), with submit() when remote
+    export: Callable[[Weights], Any]  # weights -> a Keras model or release.ModelFile
+
+    @classmethod
+    def from_pool(cls, pool: Pool) -> _Driver:
+        info = pool.model_info()
+        return cls(list(info.weights), info.classification, info.max_samples,
+                   _RemoteEvaluation(pool), pool.export_model)
+
+    @classmethod
+    def build(cls, spec: JobSpec) -> _Driver:
+        """Build and check the model in this process (imports TensorFlow)."""
+        from fedcollab.data import load_federation
+        from fedcollab.worker.models import build_checked_model, misfit_as_spec_error
+        from fedcollab.worker.training import LocalTrainer, configure_tensorflow
+
+        configure_tensorflow(threads=1, deterministic=True)
+        data = load_federation(spec)
+        model = build_checked_model(spec, data)
+        weights = [np.array(v.numpy()) for v in model.weights]
+        classification = data.num_classes > 0
+        with misfit_as_spec_error(spec, data):
+            evaluator = LocalTrainer(model, classification=classification)
+            evaluator.evaluate(weights, data.x_test[:2], data.y_test[:2])  # trace now
+
+        def evaluate(w: Weights) -> tuple[float, float]:
+            loss, acc = evaluator.evaluate(w, data.x_test, data.y_test)
+            return float(loss), float(acc)
+
+        # Secure weights are n_i / weight_scale so they fit the fixed-point range; the
+        # server only needs this public bound on a participant's dataset size.
+        return cls(weights, classification, float(data.max_samples()), evaluate,
+                   lambda w: model)
+
+
+class _RemoteEvaluation:
+    """Evaluation on a worker of the pool, startable ahead of its result."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def __call__(self, weights: Weights) -> tuple[float, float]:
+        return self.pool.evaluate(weights)
+
+    def submit(self, weights: Weights) -> Callable[[], tuple[float, float]]:
+        return self.pool.submit_evaluate(weights)
+
+
+class _Status:
+    """One-line progress messages on a terminal's stderr while a job starts.
+
+    Off when quiet or when stderr is not a terminal (as for the progress bar), so a
+    script that reads stderr sees only errors, each on one line.
+    """
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.enabled = not quiet and sys.stderr.isatty()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"fedcollab: {message}", file=sys.stderr, flush=True)
+
+
+class _ConsoleWarnings(RoundCallback):
+    """A warning line for every round that did not change the model, and why."""
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if record.aborted:
+            why = f"aborted: {record.aborted}"
+        elif record.skipped:
+            why = f"skipped: {record.skipped}"
+        elif record.accepted == 0:
+            kinds: dict[str, int] = {}
+            for reason in record.rejected.values():
+                kind = reason.split(":")[0]
+                kinds[kind] = kinds.get(kind, 0) + 1
+            detail = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "none arrived"
+            why = f"no update was accepted ({detail}); the model did not change"
+        else:
+            return
+        print(f"fedcollab: warning: round {record.round} {why}", file=sys.stderr, flush=True)
+
+
+def _learned(metrics: Sequence[Mapping[str, Any]]) -> bool:
+    return any(m.get("accepted", m.get("trained", 0)) > 0 and "aborted" not in m
+               and "skipped" not in m for m in metrics)
+
+
+@dataclass(frozen=True)
+class _Committed:
+    """The last committed round of an output directory, read back for a resume."""
+
+    round: int
+    arrays: Mapping[str, np.ndarray]
+    meta: Mapping[str, Any]
+    history: list[dict[str, Any]]
+    uncommitted: int = 0  # rounds that ran after the commit (the server saw them)
+
+
+def _read_committed(out: Path) -> Optional[_Committed]:
+    """The committed round in ``out`` (None if none), metrics trimmed to it.
+
+    Lines after the committed round, and a torn last line from a crash during an
+    append, are dropped: the file is rewritten (atomically) to the committed rounds.
+    """
+    pointer = out / "checkpoints" / "latest.json"
+    if not pointer.exists():
+        return None
+    latest = json.loads(pointer.read_text())
+    arrays, meta = load_npz(out / "checkpoints" / latest["file"])
+    committed = int(meta["round"])
+    history: list[dict[str, Any]] = []
+    later: set[int] = set()
+    metrics = out / "metrics.jsonl"
+    if metrics.exists():
+        for text in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError:
+                continue  # a torn line: the crash came before its round was committed
+            if isinstance(line, dict) and 0 < line.get("round", 0) <= committed:
+                history.append(line)
+            elif isinstance(line, dict) and line.get("round", 0) > committed:
+                later.add(int(line["round"]))
+        atomic_write_bytes(metrics, "".join(json.dumps(m) + "\n" for m in history).encode())
+    return _Committed(committed, arrays, meta, history, len(later))
+
+
+def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
+    """Run a whole job against Ray (embedded when ``options.address`` is None).
+
+    Every check a user's mistake can fail runs first, before anything is written: the
+    output directory, the data, the secure encoding and the release key before Ray
+    starts, then the model against the data, in the workers that build it.
+
+    The driver does not load TensorFlow: Ray starts on an idle machine and the
+    workers import TensorFlow and trace their graphs, while the driver only waits;
+    one worker hands over the model's initial weights, evaluates every round and
+    exports the release's model (``summary.json`` ``phases_seconds`` says where the
+    time went).
+
+    Raises:
+        fedcollab.job.outdir.JobAlreadyFinished: ``resume`` of a finished job (exit 0).
+        JobFailedError: the job ran but no round accepted an update (exit 1).
+    """
+    from fedcollab.job.preflight import preflight
+
+    wall0 = time.perf_counter()
+    phases: dict[str, float] = {}
+    say = _Status(quiet=options.quiet)
+    say(f"checking {spec.name}: the spec, the data and the output directory")
+    plan = plan_out_dir(spec, options.out_dir, resume=options.resume)
+    preflight(spec)
+    phases["checks"] = time.perf_counter() - wall0
+    t = time.perf_counter()
+    with _connected(spec, options, say) as ray:
+        phases["ray_start"] = time.perf_counter() - t
+        t = time.perf_counter()
+        pool = _start_pool(ray, spec, plan, options, say)
+        try:
+            _load_protocol(spec)  # while the workers start, not in the job's set-up
+            pool.wait_ready()  # a model that does not fit the data fails here
+            phases["workers_ready"] = time.perf_counter() - t
+            t = time.perf_counter()
+            driver = _Driver.from_pool(pool)
+            plan.create()
+            job = _Job(spec, options, wall0, plan, driver, say, phases, pool=pool)
+            phases["setup"] = time.perf_counter() - t
+            result = job.run()
+        finally:
+            # free the workers' CPUs now: on a shared Ray (a grade's mixes, the job
+            # service, tests) the next job's workers would otherwise wait for them
+            pool.shutdown()
+        t = time.perf_counter()
+    phases["shutdown"] = time.perf_counter() - t
+    result.summary["wall_seconds"] = time.perf_counter() - wall0
+    if (result.out_dir / "summary.json").exists():  # now with the shutdown's time
+        from fedcollab.io import atomic_write_json
+
+        atomic_write_json(result.out_dir / "summary.json", result.summary)
+    return result
+
+
+def _committed_round(plan: OutDirPlan) -> int:
+    """The round a resumed job continues after (0: none), read without changing a file."""
+    pointer = plan.path / "checkpoints" / "latest.json"
+    if not plan.resume or not pointer.exists():
+        return 0
+    try:
+        return int(json.loads(pointer.read_text())["round"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+@contextlib.contextmanager
+def _connected(spec: JobSpec, options: RunOptions, say: _Status) -> Iterator[Any]:
+    """The ``ray`` module, connected (or an embedded Ray started) for the job; ``None``
+    for a job whose participants run in this process (``transport: inprocess``)."""
+    if options.transport == "inprocess":
+        yield None
+        return
+    from fedcollab.cluster.connect import connect
+
+    say("starting Ray")
+    custom: dict[str, float] = {}
+    for group in spec.participants:
+        for key, amount in group.resources.items():
+            custom[key] = max(custom.get(key, 0.0), float(amount))
+    with connect(options.address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray:
+        yield ray
+
+
+def _start_pool(ray: Any, spec: JobSpec, plan: OutDirPlan, options: RunOptions,
+                say: _Status) -> Pool:
+    """Create the job's workers; on Ray without waiting for them (they start meanwhile).
+
+    In process, the workers host what the Ray pool's plan for an embedded Ray gives
+    them, so a job's updates and weights are the same on either transport.
+    """
+    people = roster(spec)
+    resume_round = _committed_round(plan)
+    resuming = f" (resuming after round {resume_round})" if resume_round else ""
+    if ray is None:
+        from fedcollab.worker.inprocess import InProcessPool
+
+        hosted = [pids for _, pids in plan_workers(spec, people, _embedded_cpus(spec))]
+        say(f"loading {len(hosted)} workers in this process for {len(people)} "
+            f"participants{resuming}")
+        return InProcessPool(spec, plan.path.resolve(), hosted=hosted,
+                             resume_round=resume_round)
+    from fedcollab.cluster.pool import WorkerPool
+
+    pool = WorkerPool(ray, spec, people, plan.path.resolve(), resume_round=resume_round,
+                      spares=options.spares, wait=False)
+    say(f"starting {len(pool)} workers for {len(people)} participants{resuming}")
+    return pool
+
+
+def _load_protocol(spec: JobSpec) -> None:
+    """Import the secure-aggregation server of a job with a secure group (~30 ms of
+    ``cryptography`` and the protocol's modules) while the driver only waits."""
+    if any(g.sharing == "secure" for g in spec.participants):
+        import fedcollab.job.secure  # noqa: F401
+        import fedcollab.secure.server  # noqa: F401
+
+
+def _embedded_cpus(spec: JobSpec) -> int:
+    pinned = len({tuple(sorted(g.resources.items())) for g in spec.participants if g.resources})
+    return max(os.cpu_count() or 1, pinned + 1)
+
+
+class _Job:
+    """One run of a job: the collaborators, assembled in order."""
+
+    def __init__(self, spec: JobSpec, options: RunOptions, wall0: float,
+                 plan: OutDirPlan, driver: _Driver, say: _Status,
+                 phases: Optional[dict[str, float]] = None, *, pool: Pool) -> None:
+        from fedcollab.aggregation import Aggregator
+        from fedcollab.privacy.server import DpServer
+
+        self.spec = spec
+        self.options = options
+        self.wall0 = wall0
+        self.phases = phases if phases is not None else {}
+        self.out = plan.path.resolve()
+        self.people: Sequence[ParticipantInfo] = roster(spec)
+        self.driver = driver
+        committed = _read_committed(self.out) if plan.resume else None
+        if plan.resume and committed is None:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)  # no round was committed
+        self.start_round = committed.round + 1 if committed else 1
+        self.history = committed.history if committed else []
+        atomic_write_bytes(self.out / "spec.yaml", _yaml(spec_to_dict(spec)).encode())
+        shapes = [w.shape for w in self.driver.weights]
+        aggregator = Aggregator.from_spec(spec, shapes, max_samples=self.driver.weight_scale)
+        from fedcollab.spec.roster import expected_participants, group_sampling_rates
+
+        rates = group_sampling_rates(spec)
+        dp = DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
+                      group_rates=rates, participants_per_round=expected_participants(spec))
+        if dp.on and max(rates.values()) > spec.fraction + 1e-9:
+            exposed = max(rates, key=lambda g: rates[g])
+            print(f"fedcollab: warning: privacy: group {exposed!r} takes part with rate "
+                  f"{rates[exposed]:.2f} per round, not fraction={spec.fraction:g} (groups "
+                  "are sampled to at least one member, secure groups to secure.min_group); "
+                  f"epsilon is accounted at {rates[exposed]:.2f}", file=sys.stderr, flush=True)
+        self.pool = pool
+        secure = None
+        if any(g.sharing == "secure" for g in spec.participants):
+            from fedcollab.job.secure import SecureCoordinator
+
+            secure = SecureCoordinator(spec, self.pool)
+        self.callbacks = CallbackList()
+        self.loop = RoundLoop(spec, self.people, pool=self.pool, aggregator=aggregator, dp=dp,
+                              evaluate=self.driver.evaluate, weights=self.driver.weights,
+                              weight_scale=self.driver.weight_scale,
+                              classification=self.driver.classification, secure=secure,
+                              callbacks=self.callbacks)
+        if committed:
+            self.loop.restore(committed.arrays, committed.meta)
+            if dp.on and committed.uncommitted:
+                # rounds that ran after the commit were seen by the server: they run
+                # again now, and both runs are spent
+                dp.ledger = dp.ledger.record(noise_multiplier=dp.noise_multiplier,
+                                             sampling_rate=dp.sampling_rate,
+                                             rounds=committed.uncommitted)
+        self.checkpointer = Checkpointer(self.out, self.loop, keep=options.keep_checkpoints)
+        self.tensorboard = TensorBoardLog(self.out)
+        builtin: list[RoundCallback] = [
+            MetricsLog(self.out), self.checkpointer, self.tensorboard, _ConsoleWarnings(),
+            ProgressBar(spec.rounds, enabled=options.progress, quiet=options.quiet,
+                        classification=self.driver.classification)]
+        if options.on_round is not None:
+            builtin.append(_OnRound(options.on_round))
+        # the user's callbacks see each round after it is logged; the plots and the
+        # summary come last, once the user's on_job_end has run
+        for cb in [*builtin, *options.callbacks, Plots(self.out),
+                   SummaryFile(self.out, wall_start=wall0)]:
+            self.callbacks.append(cb)
+
+    def run(self) -> JobResult:
+        spec = self.spec
+        info = JobInfo(spec, self.out, self.start_round, self.driver.classification,
+                       tuple(RoundRecord.from_json(m) for m in self.history))
+        records: list[RoundRecord] = []
+        rounds_seconds = 0.0
+        try:
+            self.callbacks.on_job_begin(info)
+            for r in range(self.start_round, spec.rounds + 1):
+                t0 = time.perf_counter()
+                records.append(self.loop.run_round(r))
+                rounds_seconds += time.perf_counter() - t0
+            self.checkpointer.flush()
+        except BaseException:
+            self.checkpointer.close()
+            self.tensorboard.close()  # what it holds is flushed; its file is not leaked
+            raise
+        self.phases["rounds"] = rounds_seconds
+        t_release = time.perf_counter()
+        metrics = list(self.history) + [r.to_json() for r in records]
+        summary = self._summary(metrics, rounds_seconds)
+        if not _learned(metrics):
+            reasons = summary["rejected_by_reason"]
+            why = ("no round accepted an update: every update was rejected ("
+                   + ", ".join(f"{k}: {n}" for k, n in sorted(reasons.items())) + ")"
+                   if reasons else "no round changed the model (aborted or skipped rounds)")
+            summary.update({"status": "failed", "failure": why})
+            failed = JobResult(self.out, summary, self.loop.weights, metrics, records)
+            self.callbacks.on_job_end(failed)
+            raise JobFailedError(f"{spec.name}: {why}; no release was written "
+                                 f"(see {self.out / 'metrics.jsonl'})")
+        summary["status"] = "succeeded"
+        if self.options.release:
+            from fedcollab.job.release import write_release
+
+            release = write_release(self.out / "release",
+                                    model=self.driver.export(self.loop.weights),
+                                    weights=self.loop.weights, spec=spec,
+                                    participants=self.people, summary=summary,
+                                    key_path=spec.release.key, sign=spec.release.sign)
+            summary["release"] = str(release)
+        self.phases["release"] = time.perf_counter() - t_release
+        summary["phases_seconds"] = self.phases  # shutdown is added once Ray has stopped
+        result = JobResult(self.out, summary, self.loop.weights, metrics, records)
+        self.callbacks.on_job_end(result)
+        return result
+
+    def _summary(self, metrics: Sequence[dict[str, Any]], rounds_seconds: float
+                 ) -> dict[str, Any]:
+        spec, loop = self.spec, self.loop
+        last = metrics[-1] if metrics else {}
+        groups = [{"name": g.name, "role": g.role, "count": g.count, "sharing": g.sharing,
+                   "private_layers": list(g.private_layers)} for g in spec.participants]
+        summary: dict[str, Any] = {
+            "name": spec.name, "out_dir": str(self.out),
+            "rounds": spec.rounds, "rounds_completed": len(metrics),
+            "wall_seconds": time.perf_counter() - self.wall0, "rounds_seconds": rounds_seconds,
+            "seconds_per_round": rounds_seconds / max(len(metrics) - len(self.history), 1),
+            "participants": {"total": len(self.people), "groups": groups},
+            "workers": self.pool.placement, "workers_replaced": self.pool.replaced,
+            "bytes_up": int(loop.bytes_up), "bytes_down": int(loop.bytes_down),
+            "rejected_updates": loop.rejected_total,
+            "final_loss": last.get("loss"),
+            "seed": spec.seed,
+        }
+        if self.driver.classification:
+            summary["final_accuracy"] = last.get("accuracy")
+        if "vendor_accuracy" in last:
+            summary["vendor_accuracy"] = last["vendor_accuracy"]
+        dp = spec.privacy.dp
+        summary["privacy"] = {"mode": loop.dp.mode, "noise_multiplier": loop.dp.noise_multiplier,
+                              "delta": dp.delta, "epsilon": loop.dp.epsilon,
+                              "clip_norm": loop.dp.clip_norm if loop.dp.on else None,
+                              "sampling_rate": loop.dp.sampling_rate if loop.dp.on else None,
+                              "group_sampling_rates": loop.dp.group_rates if loop.dp.on
+                              else None}
+        summary["aggregation"] = {"rule": spec.aggregation.rule,
+                                  "server_optimizer": spec.aggregation.server_optimizer}
+        reasons: dict[str, int] = {}
+        for m in metrics:
+            for reason in m["rejected"].values():
+                kind = reason.split(":")[0]
+                reasons[kind] = reasons.get(kind, 0) + 1
+        summary["rejected_by_reason"] = reasons
+        return summary
+
+
+def _yaml(data: Any) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,194 @@
+"""The :class:`~fedcollab.worker.messages.Pool` protocol with every worker in this
+process: the test double of the Ray pool, a way to run a job without Ray (debugging,
+a single host), and the proof that a transport is one file.
+
+Each worker is a plain :class:`~fedcollab.worker.worker.ParticipantWorker`, hosting
+the participants the caller assigns it (the same assignment as the Ray pool's plan
+gives the same updates in the same order, so the same weights to the bit). Calls run
+when they are made; nothing is lost in transit, so no worker ever needs healing.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from fedcollab.spec.roster import roster
+from fedcollab.types import Weights
+from fedcollab.worker.messages import (
+    ModelInfo,
+    RoundConfig,
+    RoundOutput,
+    StageReplies,
+    TrainCalls,
+    WorkerConfig,
+)
+
+if TYPE_CHECKING:
+    from fedcollab.spec import JobSpec
+    from fedcollab.worker.worker import ParticipantWorker
+
+__all__ = ["InProcessPool"]
+
+
+class InProcessPool:
+    """Workers in this process, as many as ``hosted`` has entries.
+
+    Args:
+        spec: The job spec.
+        out_dir: The job's output directory (private checkpoints go there).
+        hosted: The participants of each worker (default: one worker hosting all).
+        resume_round: The committed round a resumed job continues from (0: fresh).
+
+    Raises:
+        fedcollab.spec.SpecError: The model does not build or fit the data.
+    """
+
+    def __init__(self, spec: JobSpec, out_dir: Path, *,
+                 hosted: Optional[Sequence[Sequence[int]]] = None,
+                 resume_round: int = 0) -> None:
+        from fedcollab.spec import SpecError, spec_to_dict
+        from fedcollab.worker.worker import ParticipantWorker
+
+        everyone = roster(spec)
+        self.hosted = [list(p) for p in hosted] if hosted is not None \
+            else [list(range(len(everyone)))]
+        self.owner = np.zeros(len(everyone), np.int32)
+        for w, pids in enumerate(self.hosted):
+            self.owner[pids] = w
+        self.private_pids = [pid for g, group in enumerate(spec.participants)
+                             if group.private_layers for pid in everyone.group_range(g)]
+        self._secure = frozenset(everyone.pids_where(sharing="secure"))
+        self.committed = resume_round
+        self.replaced = 0
+        data = spec_to_dict(spec)
+        self.workers: list[ParticipantWorker] = []
+        self.placement: list[dict[str, Any]] = []
+        for index, pids in enumerate(self.hosted):
+            worker = ParticipantWorker()
+            self.placement.append(worker.configure(WorkerConfig(
+                data, tuple(pids), str(out_dir), index, resume_round=resume_round)))
+            self.workers.append(worker)
+            if self.placement[-1].get("error"):
+                raise SpecError(self.placement[-1]["error"])
+        self._offline_next: list[tuple[int, list[int]]] = []
+        self._provisioned = False
+
+    # ------------------------------------------------------------------ the model
+    @property
+    def needs_heal(self) -> bool:
+        return False
+
+    def wait_ready(self) -> None:
+        return None
+
+    def model_info(self) -> ModelInfo:
+        return self.workers[-1].model_info()
+
+    def submit_evaluate(self, weights: Weights
+                        ) -> Callable[[], tuple[float, float]]:
+        loss, acc = self.evaluate(weights)
+        return lambda: (loss, acc)
+
+    def evaluate(self, weights: Weights) -> tuple[float, float]:
+        loss, acc = self.workers[-1].evaluate(list(weights))
+        return float(loss), float(acc)
+
+    def export_model(self, weights: Weights) -> Any:
+        return self.workers[-1].export_model(list(weights))
+
+    # ------------------------------------------------------------------ rounds
+    def submit_train(self, weights: Weights, round_id: int,
+                     chosen: Sequence[int], config: RoundConfig,
+                     inbox: Mapping[int, bytes]) -> TrainCalls:
+        """Train now (this process has nothing else to do meanwhile); the calls
+        carry the workers' outputs."""
+        by_worker: dict[int, list[int]] = {}
+        for p in sorted(chosen):
+            by_worker.setdefault(int(self.owner[p]), []).append(p)
+        calls = [(w, mine, self.workers[w].train_round(
+            list(weights), round_id, mine, config, {p: inbox[p] for p in mine if p in inbox}))
+            for w, mine in sorted(by_worker.items())]
+        return TrainCalls(round_id, calls)
+
+    def collect(self, pending: TrainCalls) -> RoundOutput:
+        total = RoundOutput([], {}, {})
+        for index, _, output in pending.calls:
+            total.merge(output, worker=index)
+        return total
+
+    def train(self, weights: Weights, round_id: int, chosen: Sequence[int],
+              config: RoundConfig, inbox: Mapping[int, bytes]) -> RoundOutput:
+        return self.collect(self.submit_train(weights, round_id, chosen, config, inbox))
+
+    def heal(self) -> list[int]:
+        return []
+
+    def where(self, out: RoundOutput) -> dict[str, Any]:
+        used = sorted(set(out.worker_of.values()))
+        return {"workers": {str(w): {k: self.placement[w].get(k) for k in ("node_id", "device")}
+                            for w in used},
+                "participants": {str(p): [w, round(out.seconds[p], 5)]
+                                 for p, w in sorted(out.worker_of.items())}}
+
+    def evaluate_personalised(self, weights: Weights, *,
+                              classification: bool = True) -> dict[str, float]:
+        if not self.private_pids:
+            return {}
+        results = [r for worker in self.workers
+                   for r in worker.evaluate_personalised(list(weights))]
+        if not results:
+            return {}
+        out = {"vendor_loss": float(np.mean([r[1] for r in results]))}
+        if classification:
+            out["vendor_accuracy"] = float(np.mean([r[2] for r in results]))
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_private(self, round_id: int) -> Callable[[], None]:
+        if self.private_pids:
+            for worker in self.workers:
+                worker.save_private(round_id, self.committed)
+        return lambda: None
+
+    def commit(self, round_id: int) -> None:
+        self.committed = round_id
+
+    # ------------------------------------------------------------------ secure stages
+    def setup_identities(self) -> None:
+        if self._provisioned:
+            return
+        registry: dict[int, bytes] = {}
+        for worker, pids in zip(self.workers, self.hosted):
+            reply = worker.secure_stage("identity", -1,
+                                        {p: b"" for p in pids if p in self._secure})
+            registry.update({p: k for p, k in reply.items() if isinstance(k, bytes)})
+        for worker in self.workers:
+            worker.secure_stage("registry", -1, {}, registry=registry)
+        self._provisioned = True
+
+    def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
+                     prepare_next: bool = False) -> StageReplies:
+        by_worker: dict[int, dict[int, bytes]] = {}
+        for pid, message in messages.items():
+            by_worker.setdefault(int(self.owner[pid]), {})[pid] = message
+        if prepare_next:
+            self._offline_next = [(w, sorted(sub)) for w, sub in sorted(by_worker.items())]
+        out = StageReplies()
+        for w, sub in sorted(by_worker.items()):
+            for pid, reply in self.workers[w].secure_stage(stage, round_id, sub).items():
+                if isinstance(reply, bytes):
+                    out.replies[pid] = reply
+                else:
+                    out.refused[pid] = f"{stage}: participant refused: {reply}"
+        return out
+
+    def secure_prepare(self) -> None:
+        pending, self._offline_next = self._offline_next, []
+        for w, pids in pending:
+            self.workers[w].secure_prepare(pids)
+
+    def shutdown(self) -> None:
+        self.workers.clear()

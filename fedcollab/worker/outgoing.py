@@ -1,0 +1,228 @@
+"""What leaves a participant each round, decided by one pure function.
+
+After local training a participant holds ``delta = w_local - w_global`` over the
+arrays it shares. :func:`outgoing` turns that into what the server receives:
+
+* a simulated attacker (a group's ``behaviour``) sends its attack instead, chosen
+  from the :data:`ATTACKS` registry (an unknown kind raises);
+* an honest participant under DP clips (and, in distributed or local mode, noises)
+  its own update before it leaves, so the server never sees it unclipped;
+* an ``open`` participant's update goes out in the clear as an :class:`Update`;
+* a ``secure`` participant's update becomes the vector it masks
+  (:func:`secure_vector`); the server only ever learns the sum of those vectors.
+
+Nothing here touches Ray, TensorFlow or the network; randomness (DP noise) comes in
+as an argument.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Optional
+
+import numpy as np
+
+from fedcollab.errors import FedcollabError
+from fedcollab.types import ParticipantId, Update
+from fedcollab.worker.messages import RoundConfig
+
+__all__ = ["RoundConfig", "Outgoing", "ATTACKS", "BEHAVIOURS", "UnknownAttackError",
+           "attack", "outgoing", "secure_vector", "secure_dim", "split_secure_sum",
+           "SecureParts"]
+
+
+
+
+# ----------------------------------------------------------------------------- attacks
+
+Attack = Callable[[list[np.ndarray], float], list[np.ndarray]]
+
+
+def _sign_flip(raw: list[np.ndarray], scale: float) -> list[np.ndarray]:
+    return [-scale * d for d in raw]
+
+
+def _scale(raw: list[np.ndarray], scale: float) -> list[np.ndarray]:
+    return [scale * d for d in raw]
+
+
+def _nan(raw: list[np.ndarray], scale: float) -> list[np.ndarray]:
+    return [np.full_like(d, np.nan) for d in raw]
+
+
+def _wrong_shape(raw: list[np.ndarray], scale: float) -> list[np.ndarray]:
+    return [np.zeros(d.size + 1, dtype=d.dtype) for d in raw]
+
+
+def _huge_norm(raw: list[np.ndarray], scale: float) -> list[np.ndarray]:
+    return [1e6 * d for d in raw]
+
+
+def _zero(raw: list[np.ndarray], scale: float) -> list[np.ndarray]:
+    return [np.zeros_like(d) for d in raw]
+
+
+#: Simulated misbehaviour by name (the spec's ``behaviour``): ``f(update, attack_scale)``.
+ATTACKS: Mapping[str, Attack] = MappingProxyType({
+    "sign_flip": _sign_flip,    # -scale x update
+    "scale": _scale,            # scale x update (model replacement, boosted)
+    "nan": _nan,                # every coordinate NaN
+    "wrong_shape": _wrong_shape,  # arrays one element too long
+    "huge_norm": _huge_norm,    # 1e6 x update
+    "zero": _zero,              # a free rider: no change
+})
+
+#: Every value of a group's ``behaviour``: honest, or one of :data:`ATTACKS`.
+BEHAVIOURS: tuple[str, ...] = ("honest", *ATTACKS)
+
+
+class UnknownAttackError(FedcollabError):
+    """A ``behaviour`` that is not in :data:`ATTACKS`."""
+
+    exit_code = 2
+
+
+def attack(kind: str, update: list[np.ndarray], scale: float) -> list[np.ndarray]:
+    """What a participant behaving as ``kind`` sends instead of ``update``.
+
+    Raises:
+        UnknownAttackError: ``kind`` is not a key of :data:`ATTACKS`.
+    """
+    try:
+        fn = ATTACKS[kind]
+    except KeyError:
+        raise UnknownAttackError(f"behaviour: got {kind!r}, expected one of "
+                                 f"{', '.join(repr(b) for b in BEHAVIOURS)}") from None
+    return fn(update, scale)
+
+
+# ----------------------------------------------------------------------------- secure layout
+
+def secure_vector(delta: Sequence[Optional[np.ndarray]], shapes: Sequence[tuple[int, ...]],
+                  weight: float, *, clip_bit: Optional[bool] = None,
+                  secure_clip: float = 0.0) -> np.ndarray:
+    """The float64 vector a secure participant masks.
+
+    Layout: ``weight * delta`` for every array (zeros where private), then one
+    weight coordinate per array (``weight`` if shared, 0 if private), then the
+    adaptive-clipping bit if asked, then (``secure_clip > 0``) the share of this
+    member's coordinates that the fixed-point encoding will saturate. The server
+    learns only the sum of each part.
+    """
+    parts = [np.zeros(int(np.prod(s))) if d is None else weight * np.asarray(d, np.float64).ravel()
+             for d, s in zip(delta, shapes)]
+    counts = [0.0 if d is None else weight for d in delta]
+    if clip_bit is not None:
+        counts.append(1.0 if clip_bit else 0.0)
+    if secure_clip > 0:
+        size = sum(p.size for p in parts)
+        over = sum(int(np.count_nonzero(np.abs(p) > secure_clip)) for p in parts)
+        counts.append(over / max(size, 1))
+    return np.concatenate(parts + [np.asarray(counts)])
+
+
+def secure_dim(shapes: Sequence[tuple[int, ...]], *, clip_bit: bool,
+               saturation: bool = False) -> int:
+    """Length of a :func:`secure_vector` for arrays of ``shapes``."""
+    return (sum(int(np.prod(s)) for s in shapes) + len(shapes) + int(clip_bit)
+            + int(saturation))
+
+
+@dataclass(frozen=True)
+class SecureParts:
+    """A secure sum split back into what :func:`secure_vector` put in."""
+
+    arrays: list[np.ndarray]        # per-array sums of weight * delta (x scale)
+    counts: list[float]             # per-array sums of weights (x scale)
+    bits: Optional[float]           # the sum of clip bits (adaptive clipping)
+    saturated: Optional[float]      # the sum of members' saturated shares
+
+
+def split_secure_sum(total: np.ndarray, shapes: Sequence[tuple[int, ...]], *, scale: float,
+                     clip_bit: bool, saturation: bool = False) -> SecureParts:
+    """Invert :func:`secure_vector` on a sum."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    offsets = np.cumsum([0] + sizes)
+    arrays = [total[offsets[i]:offsets[i + 1]].reshape(s) * scale for i, s in enumerate(shapes)]
+    counts = [float(c) * scale for c in total[offsets[-1]:offsets[-1] + len(shapes)]]
+    tail = offsets[-1] + len(shapes)
+    bits = float(total[tail]) if clip_bit else None
+    saturated = float(total[tail + int(clip_bit)]) if saturation else None
+    return SecureParts(arrays, counts, bits, saturated)
+
+
+# ----------------------------------------------------------------------------- the decision
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What one participant sends: an open update, or the vector it will mask."""
+
+    update: Optional[Update] = None
+    secure_vector: Optional[np.ndarray] = None
+
+
+def _privatize(raw: list[np.ndarray], config: RoundConfig, rng: np.random.Generator, *,
+               sharing: str) -> list[np.ndarray]:
+    from fedcollab.privacy import privatize_update
+
+    # Distributed noise hides a participant only inside the secure sum; an open
+    # update reaches the server alone, so an open participant adds the full z*C.
+    mode = "local" if config.dp_mode == "distributed" and sharing != "secure" \
+        else config.dp_mode
+    sent, _ = privatize_update(raw, mode=mode,  # type: ignore[arg-type]
+                               noise_multiplier=config.noise_multiplier,
+                               clip_norm=config.clip_norm, rng=rng,
+                               group_size=max(config.noisy_participants, 1))
+    return [np.asarray(a, dtype=np.float32) for a in sent]
+
+
+def outgoing(raw: Sequence[np.ndarray], *, pid: ParticipantId, shared: Sequence[int],
+             shapes: Sequence[tuple[int, ...]], num_samples: int, loss: float, sharing: str,
+             behaviour: str, attack_scale: float, config: RoundConfig,
+             rng: np.random.Generator) -> Outgoing:
+    """Turn a participant's raw update into what leaves it this round.
+
+    Args:
+        raw: ``w_local - w_global`` (float32) for each shared array, in model order.
+        pid: The participant.
+        shared: The model indices of ``raw``'s arrays (the rest are private).
+        shapes: Every model array's shape (shared or not).
+        num_samples: The participant's training examples.
+        loss: Its training loss this round.
+        sharing: ``open`` or ``secure``.
+        behaviour: ``honest`` or a key of :data:`ATTACKS`.
+        attack_scale: The attack's strength (``sign_flip``, ``scale``).
+        config: The round's settings from the server (DP mode, C, z, ...).
+        rng: Fresh randomness for DP noise (OS entropy: the server must not predict it).
+
+    Returns:
+        An :class:`Outgoing` with ``update`` (open) or ``secure_vector`` (secure).
+
+    Raises:
+        UnknownAttackError: An unknown ``behaviour``.
+    """
+    sent = list(raw)
+    norm = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in sent)))
+    if behaviour != "honest":
+        sent = attack(behaviour, sent, attack_scale)
+    elif config.dp_on:
+        sent = _privatize(sent, config, rng, sharing=sharing)
+    delta: list[Optional[np.ndarray]] = [None] * len(shapes)
+    for i, d in zip(shared, sent):
+        delta[i] = d
+    fits = norm <= config.clip_norm
+    if sharing != "secure":
+        if config.dp_on:  # under DP the server learns no norm or loss, only the clip bit
+            return Outgoing(update=Update(pid, delta, num_samples, 0.0, 0.0,
+                                          clip_bit=fits if config.clip_bit else None))
+        return Outgoing(update=Update(pid, delta, num_samples, loss, norm))
+    weight = 1.0 if config.dp_on else num_samples / config.weight_scale
+    vector = secure_vector(delta, shapes, weight, clip_bit=fits if config.clip_bit else None,
+                           secure_clip=0.0 if config.dp_on else config.secure_clip)
+    if config.clip_bit and config.count_noise_std > 0:
+        # the summed bits carry their own noise, so the server never learns the exact
+        # number of clipped members (distributed DP)
+        vector[-1] += rng.normal(0.0, config.count_noise_std
+                                 / np.sqrt(max(config.noisy_participants, 1)))
+    return Outgoing(secure_vector=vector)

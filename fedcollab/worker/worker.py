@@ -1,0 +1,443 @@
+"""The Ray worker actor: one process hosting many logical participants.
+
+A participant is cheap: an index into the roster, its group's policy, a seed, its
+slice of the training data (loaded *inside* the worker from the job spec, never
+shipped from the driver) and, for a vendor, its private-layer weights, which never
+leave the worker: the driver only ever receives updates over shared layers.
+
+One worker is one process with one TensorFlow thread and one traced
+:class:`~fedcollab.worker.training.LocalTrainer`; a round costs one call per worker. What
+leaves a participant is decided by :func:`fedcollab.worker.outgoing.outgoing` (pure); the
+worker trains, calls it, and masks secure vectors.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from fedcollab.errors import FedcollabError
+from fedcollab.privacy.server import fresh_rng
+from fedcollab.spec.roster import ParticipantInfo, roster
+from fedcollab.types import Update, Weights
+from fedcollab.worker.messages import ModelInfo, RoundConfig, RoundOutput, WorkerConfig
+from fedcollab.worker.outgoing import outgoing
+
+__all__ = ["ParticipantWorker"]
+
+
+class _Participant:
+    def __init__(self, info: ParticipantInfo, x: np.ndarray, y: np.ndarray,
+                 private_index: Sequence[int]) -> None:
+        self.info = info
+        self.x = x
+        self.y = y
+        self.private_index = list(private_index)
+        self.private: Optional[list[np.ndarray]] = None
+        self.tensors: Any = None  # (x, y) as the trainer's tensors, once trained
+
+    def local_start(self, global_weights: Sequence[Any]) -> list[Any]:
+        """Global weights (arrays or tensors) with this participant's private layers in."""
+        weights = list(global_weights)
+        if self.private_index:
+            if self.private is None:
+                self.private = [np.array(global_weights[i]) for i in self.private_index]
+            for i, value in zip(self.private_index, self.private):
+                weights[i] = value
+        return weights
+
+
+class ParticipantWorker:
+    """The body of the Ray actor (wrapped with ``ray.remote`` by the worker pool).
+
+    Kept as a plain class so unit tests and the benchmark can run it in-process.
+    """
+
+    def __init__(self, config: Optional[WorkerConfig] = None) -> None:
+        """Start TensorFlow's runtime; with ``config``, :meth:`configure` for a job too.
+
+        A worker started without a config is a *spare*: a process that has already
+        paid TensorFlow's import, kept by a warm job service until a job gives it
+        its participants.
+        """
+        from fedcollab.worker.training import configure_tensorflow
+
+        configure_tensorflow(threads=1, deterministic=True)
+        self._blank()
+        if config is not None:
+            self.configure(config)
+
+    def _blank(self) -> None:
+        self.configured = False
+        self.worker_index: int = -1
+        self.sorted_pids: list[int] = []
+        self.setup_error: Optional[str] = None
+
+    def release(self) -> bool:
+        """Forget the job, so that another job of the same driver process can configure
+        this worker (:func:`fedcollab.cluster.reuse.worker_reuse`) as if it were a spare.
+
+        Drops everything :meth:`configure` loaded (data, model, trainer, participants,
+        secure state) and what ``keras.backend.clear_session()`` resets (among it the
+        counters behind layer names), so the next job builds and names its model as a
+        fresh process would; :meth:`configure` seeds the model's initialisers from the
+        job's seed either way. TensorFlow's threading and determinism settings stay:
+        every worker uses the same.
+        """
+        import gc
+
+        import keras
+
+        self.__dict__.clear()
+        keras.backend.clear_session()
+        gc.collect()
+        self._blank()
+        return True
+
+    def configure(self, config: WorkerConfig) -> dict[str, Any]:
+        """Load the job: data, model (traced), hosted participants; returns :meth:`ready`.
+
+        Raises:
+            FedcollabError: The worker was already configured for a job.
+        """
+        if self.configured:
+            raise FedcollabError(f"worker {self.worker_index} is already configured for a job")
+        from fedcollab.data import load_federation
+        from fedcollab.spec import SpecError, spec_from_dict
+        from fedcollab.worker.models import build_checked_model, misfit_as_spec_error
+        from fedcollab.worker.training import LocalTrainer, remove_autograph_files
+
+        self.spec = spec_from_dict(config.spec)
+        self.worker_index = config.worker_index
+        self.out_dir = Path(config.out_dir)
+        self.sorted_pids = sorted(config.pids)
+        self.data = load_federation(self.spec)
+        self.x_test, self.y_test = self.data.x_test, self.data.y_test
+        local = self.spec.local
+        try:  # the user's mistakes in the model come back as one line, not a dead actor
+            self.model = build_checked_model(self.spec, self.data)
+            self.initial_weights = _initial_weights(self.spec, self.data, self.model)
+            with misfit_as_spec_error(self.spec, self.data):
+                self.trainer = LocalTrainer(
+                    self.model, classification=self.data.num_classes > 0,
+                    optimizer=local.optimizer, learning_rate=local.learning_rate,
+                    batch_size=local.batch_size, epochs=local.epochs,
+                    proximal_mu=local.proximal_mu)
+                # the held-out set through the checked call first: its shapes are
+                # what every later (unchecked, faster) evaluation relies on
+                self.trainer.evaluate(self.initial_weights, self.x_test[:2], self.y_test[:2])
+        except SpecError as err:
+            self.setup_error = str(err)
+            self.configured = True
+            remove_autograph_files()
+            return self.ready()
+        self.trainer.warm_up(*self.data.warm_up_data())  # trace now, not in round 1
+        self.shapes = [tuple(w.shape) for w in self.model.weights]
+        self.people = roster(self.spec)
+        self.hosted = frozenset(config.pids)
+        self.pids = tuple(config.pids)
+        # Participants are materialised when first sampled. Those with state that must
+        # outlive a round (private layers) are kept; the others are kept only while
+        # few, so a worker hosting 50,000 registered participants holds only the
+        # ones that take part.
+        self.participants: dict[int, _Participant] = {}
+        for g, group in enumerate(self.spec.participants):
+            if group.private_layers:
+                for pid in self.people.group_range(g):
+                    if pid in self.hosted:
+                        self._participant(pid)
+        if config.resume_round:
+            self._load_private(config.resume_round)
+        self._secure: dict[int, Any] = {}
+        self._registry: Optional[Mapping[int, Any]] = None  # parsed identity keys
+        secure = [pid for pid in self.people.pids_where(sharing="secure") if pid in self.hosted]
+        for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
+            self._secure_participant(pid)
+        remove_autograph_files()  # traced: a killed worker would leave them in /tmp
+        self.configured = True
+        return self.ready()
+
+    def _participant(self, pid: int) -> _Participant:
+        part = self.participants.get(pid)
+        if part is not None:
+            return part
+        from fedcollab.worker.models import private_weight_indices
+
+        info = self.people[pid]
+        private = private_weight_indices(
+            self.model, info.private_layers,
+            where=f"participants.{info.group}.private_layers") if info.private_layers else []
+        x, y = self.data.data(pid)
+        part = _Participant(info, x, y, private)
+        if private or len(self.participants) < _KEEP:
+            self.participants[pid] = part
+        return part
+
+    # ----------------------------------------------------------------- info
+    def ready(self) -> dict[str, Any]:
+        """Where this worker runs and what it hosts (used by placement tests); with
+        ``error``, the spec's mistake that stopped it loading the job. A worker without
+        a job (a spare, or parked) hosts nothing."""
+        from fedcollab.worker.training import device_info
+
+        info = {"worker": self.worker_index, **device_info(), "pid": os.getpid(),
+                "participants": self.sorted_pids}
+        if self.setup_error is not None:
+            return {**info, "error": self.setup_error}
+        if not self.configured:
+            return info
+        return {**info,
+                "roles": sorted({group.role for g, group in enumerate(self.spec.participants)
+                                 if _hosts_any(self.sorted_pids, self.people.group_range(g))})}
+
+    # ----------------------------------------------------------------- the model
+    def model_info(self) -> ModelInfo:
+        """What the driver needs of the model without loading TensorFlow itself."""
+        return ModelInfo(self.initial_weights, self.data.num_classes > 0,
+                         float(self.data.max_samples()))
+
+    def evaluate(self, global_weights: Weights) -> tuple[float, float]:
+        """(loss, accuracy) of the global weights on the held-out set."""
+        return self.trainer.evaluate(global_weights, self.x_test, self.y_test)
+
+    def export_model(self, global_weights: Weights) -> Any:
+        """The model with the global weights as ``model.keras`` bytes (for the release)."""
+        from fedcollab.worker.models import export_model
+
+        return export_model(self.model, global_weights)
+
+    # ----------------------------------------------------------------- training
+    def _train_one(self, pid: int, global_weights: Sequence[Any],
+                   round_id: int) -> tuple[_Participant, list[np.ndarray], float]:
+        part = self._participant(pid)
+        start = part.local_start(global_weights)
+        rng = np.random.default_rng([self.spec.seed, round_id, pid])
+        if part.tensors is None:
+            part.tensors = self.trainer.tensors(part.x, part.y)
+        result = self.trainer.train(start, *part.tensors, rng=rng)
+        if part.private_index:
+            part.private = [result.weights[i] for i in part.private_index]
+        return part, result.weights, result.loss
+
+    def train_round(self, global_weights: Weights, round_id: int, pids: Sequence[int],
+                    config: Optional[RoundConfig] = None,
+                    secure_inbox: Optional[Mapping[int, bytes]] = None) -> RoundOutput:
+        """Train the given participants and return what leaves this worker.
+
+        Open participants return their update over shared arrays. Secure ones (those
+        in ``secure_inbox``, the server's mask requests) return only a masked vector.
+        What each sends (attack, clipping, DP noise, open or secure) is decided by
+        :func:`fedcollab.worker.outgoing.outgoing`.
+        """
+        config = config or RoundConfig()
+        inbox = dict(secure_inbox or {})
+        updates: list[Update] = []
+        masked: dict[int, bytes] = {}
+        failed: dict[int, str] = {}
+        precomputed = 0
+        seconds: dict[int, float] = {}
+        # Secure participants' updates are encoded and masked after a batch of
+        # trainings, not between them: the masking's keystreams and vectors evicted
+        # TensorFlow's working set from the caches, and the next participant trained
+        # ~18% slower (0.44 -> 0.52 ms at N=100).
+        held: list[tuple[int, _Participant, list[int], list[np.ndarray], float]] = []
+        held_bytes = 0
+
+        def send(pid: int, part: _Participant, shared: list[int], raw: list[np.ndarray],
+                 loss: float) -> None:
+            nonlocal precomputed
+            group = self.spec.participants[part.info.group]
+            # DP noise must be unpredictable to the server, which knows the job
+            # seed: OS entropy, not the seed (DP runs are not bit-reproducible).
+            sent = outgoing(raw, pid=pid, shared=shared, shapes=self.shapes,
+                            num_samples=len(part.x), loss=loss, sharing=part.info.sharing,
+                            behaviour=group.behaviour, attack_scale=group.attack_scale,
+                            config=config,
+                            rng=fresh_rng() if config.dp_on else _NO_RNG)
+            if sent.update is not None:
+                updates.append(sent.update)
+            elif pid in inbox and sent.secure_vector is not None:
+                try:
+                    secure = self._secure_participant(pid)
+                    masked[pid] = secure.masked_input(round_id, sent.secure_vector, inbox[pid])
+                    precomputed += secure.last_input_precomputed
+                except FedcollabError as err:  # e.g. keys lost with a restarted worker
+                    failed[pid] = f"{type(err).__name__}: {err}"
+
+        feed = self.trainer.feed(global_weights)  # converted once, not per participant
+        for pid in pids:
+            t0 = time.perf_counter()
+            part, new, loss = self._train_one(pid, feed, round_id)
+            seconds[pid] = time.perf_counter() - t0
+            private = set(part.private_index)
+            shared = [i for i in range(len(new)) if i not in private]
+            raw = [(new[i] - global_weights[i]).astype(np.float32) for i in shared]
+            if pid not in inbox:
+                send(pid, part, shared, raw, loss)
+                continue
+            held.append((pid, part, shared, raw, loss))
+            held_bytes += sum(a.nbytes for a in raw)
+            if held_bytes > _HELD_BYTES:
+                for item in held:
+                    send(*item)
+                held, held_bytes = [], 0
+        for item in held:
+            send(*item)
+        return RoundOutput(updates, masked, failed, precomputed, seconds=seconds)
+
+    # ----------------------------------------------------------------- secure stages
+    def _secure_participant(self, pid: int) -> Any:
+        from fedcollab.secure.params import SecAggParams
+        from fedcollab.secure.participant import SecureParticipant
+
+        if pid not in self._secure:
+            participant = SecureParticipant(pid, SecAggParams.from_spec(self.spec))
+            if self._registry is not None:
+                participant.install_loaded_registry(self._registry)
+            self._secure[pid] = participant
+        return self._secure[pid]
+
+    def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
+                     registry: Optional[Mapping[int, bytes]] = None
+                     ) -> dict[int, bytes | str]:
+        """Run one key-setup, consistency or unmask stage for the hosted secure
+        participants; at setup, ``identity`` (their identity public keys) and
+        ``registry`` (install ``registry`` in every hosted secure participant).
+
+        A participant that fails (bad message) is left out of the reply; the server
+        treats it as dropped for that stage. One that refuses the request as a server
+        lie (``ServerDeviationError``) answers the reason as a ``str``.
+        """
+        from fedcollab.secure.errors import ServerDeviationError
+        from fedcollab.secure.stages import BY_NAME, participant_reply
+
+        if stage == "registry":
+            from fedcollab.secure import identity
+
+            try:  # parsed once for every hosted participant, not once each
+                self._registry = identity.load_registry(registry or {})
+            except ValueError as err:
+                from fedcollab.secure.errors import SecAggConfigError
+
+                raise SecAggConfigError(str(err)) from None
+            for pid in self._secure:
+                self._secure[pid].install_loaded_registry(self._registry)
+            return {}
+        replies: dict[int, bytes | str] = {}
+        for pid, message in messages.items():
+            if pid not in self.hosted:
+                continue
+            participant = self._secure_participant(pid)
+            try:
+                replies[pid] = participant.identity_public() if stage == "identity" else \
+                    participant_reply(participant, BY_NAME[stage], round_id, message)
+            except ServerDeviationError as err:
+                replies[pid] = f"{type(err).__name__}: {err}"
+            except FedcollabError:
+                continue
+        return replies
+
+    def secure_prepare(self, pids: Sequence[int]) -> int:
+        """Offline phase: precompute the next round's masks of the hosted participants.
+
+        Called right after an unmask stage, so it runs while the server unmasks and
+        evaluates; the next masked input then only encodes and adds (see
+        :meth:`fedcollab.secure.participant.SecureParticipant.prepare_next_round`).
+        Returns how many participants prepared something.
+        """
+        done = 0
+        for pid in pids:
+            participant = self._secure.get(pid)
+            if participant is None:
+                continue
+            try:
+                done += participant.prepare_next_round()
+            except FedcollabError:  # nothing prepared: the next round computes online
+                continue
+        return done
+
+    def evaluate_personalised(self, global_weights: Weights) -> list[tuple[int, float, float]]:
+        """(pid, loss, accuracy) on the test set of every participant with private layers."""
+        results = []
+        for pid, part in sorted(self.participants.items()):
+            if part.private_index and part.private is not None:
+                loss, acc = self.trainer.evaluate(part.local_start(global_weights),
+                                                  self.x_test, self.y_test)
+                results.append((pid, loss, acc))
+        return results
+
+    # ----------------------------------------------------------------- private checkpoints
+    def _private_path(self, pid: int, round_id: int) -> Path:
+        return (self.out_dir / "checkpoints" / "private"
+                / f"participant-{pid:05d}-round-{round_id:05d}.npz")
+
+    def _load_private(self, round_id: int) -> None:
+        """Private layers as they were after committed round ``round_id``."""
+        from fedcollab.io import load_npz
+
+        for pid, part in self.participants.items():
+            path = self._private_path(pid, round_id)
+            if part.private_index and path.exists():
+                arrays, _ = load_npz(path)
+                part.private = [arrays[f"w{i}"] for i in part.private_index]
+
+    def save_private(self, round_id: int, keep_from: int = 0) -> int:
+        """Checkpoint private-layer weights after ``round_id``, on this worker's node.
+
+        One file per participant and round, so a resumed job loads exactly the round
+        it commits to. Files of rounds before ``keep_from`` (the last round the driver
+        has committed) are removed: the committed round's files are never deleted.
+        Returns the files written.
+        """
+        from fedcollab.io import atomic_save_npz
+
+        written = 0
+        for pid, part in sorted(self.participants.items()):
+            if part.private is None:
+                continue
+            atomic_save_npz(self._private_path(pid, round_id),
+                            {f"w{i}": w for i, w in zip(part.private_index, part.private)},
+                            meta={"round": round_id, "pid": pid})
+            written += 1
+            for old in self._private_path(pid, 0).parent.glob(f"participant-{pid:05d}-round-*.npz"):
+                if int(old.stem.rsplit("-", 1)[1]) < min(keep_from, round_id):
+                    old.unlink(missing_ok=True)
+        return written
+
+
+#: Secure participants' raw updates held back from masking until this many bytes.
+_HELD_BYTES = 64 << 20
+
+
+def _initial_weights(spec: Any, data: Any, model: Any) -> list[np.ndarray]:
+    """The model's initial weights as the job's seed gives them on a CPU.
+
+    On a CPU worker, ``model``'s own. A GPU worker builds the model once more on its
+    CPU for them: TensorFlow promises the same random numbers from a seed only on
+    the same kind of device, and a job's start must not depend on where it ran.
+    """
+    import tensorflow as tf
+
+    if not tf.config.list_logical_devices("GPU"):
+        return [np.array(w) for w in model.get_weights()]
+    from fedcollab.worker.models import build_model
+
+    with tf.device("/CPU:0"):  # the same model, checked already: only its weights differ
+        again = build_model(spec.task.model, input_shape=data.input_shape,
+                            num_classes=data.num_classes, seed=spec.seed)
+    return [np.array(w) for w in again.get_weights()]
+
+
+def _hosts_any(sorted_pids: Sequence[int], members: range) -> bool:
+    i = bisect.bisect_left(sorted_pids, members.start)
+    return i < len(sorted_pids) and sorted_pids[i] < members.stop
+
+
+_NO_RNG = np.random.default_rng(0)  # never drawn from: only DP rounds use randomness
+#: Participants without state kept materialised per worker (beyond: built when sampled).
+_KEEP = 4096

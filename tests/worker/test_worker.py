@@ -1,0 +1,139 @@
+"""The worker actor's body, run in process: training, what leaves, private checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedcollab.spec import spec_from_dict, spec_to_dict
+from fedcollab.worker.messages import RoundConfig, WorkerConfig
+
+pytestmark = pytest.mark.slow
+
+
+def _spec(**changes: Any) -> Any:
+    data: dict[str, Any] = {
+        "name": "inproc", "seed": 0, "rounds": 2,
+        "participants": [
+            {"name": "community", "count": 2},
+            {"name": "vendor", "role": "vendor", "count": 1, "data_fraction": 0.3,
+             "private_layers": ["head"]},
+            {"name": "flip", "count": 1, "behaviour": "sign_flip", "attack_scale": 2.0},
+        ]}
+    data.update(changes)
+    return spec_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def worker_and_weights(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from fedcollab.job.run import _Driver
+    from fedcollab.worker.worker import ParticipantWorker
+
+    spec = _spec()
+    out = tmp_path_factory.mktemp("worker")
+    worker = ParticipantWorker(WorkerConfig(spec_to_dict(spec), (0, 1, 2, 3), str(out), 0))
+    return spec, out, worker, _Driver.build(spec).weights
+
+
+def test_worker_open_participants_send_updates_over_shared_arrays(worker_and_weights: Any) -> None:
+    spec, _, worker, weights = worker_and_weights
+    out = worker.train_round(weights, 1, [0, 1, 2, 3], RoundConfig())
+    by_pid = {u.pid: u for u in out.updates}
+    assert sorted(by_pid) == [0, 1, 2, 3] and not out.masked
+    head = [i for i, d in enumerate(by_pid[2].delta) if d is None]
+    assert head == [len(weights) - 2, len(weights) - 1]       # the vendor's head stays home
+    assert all(d is not None for d in by_pid[0].delta)
+    assert all(d.dtype == np.float32 for d in by_pid[0].delta if d is not None)
+
+
+def test_worker_same_round_same_seed_trains_identically(worker_and_weights: Any) -> None:
+    _, _, worker, weights = worker_and_weights
+    a = worker.train_round(weights, 5, [0], RoundConfig()).updates[0]
+    b = worker.train_round(weights, 5, [0], RoundConfig()).updates[0]
+    assert all(np.array_equal(x, y) for x, y in zip(a.delta, b.delta))
+
+
+def test_worker_attacker_sends_its_attack(worker_and_weights: Any) -> None:
+    _, _, worker, weights = worker_and_weights
+    flip = worker.train_round(weights, 2, [3], RoundConfig()).updates[0]
+    assert flip.norm > 0
+    total = np.sqrt(sum(float(np.sum(np.square(d))) for d in flip.delta if d is not None))
+    assert total == pytest.approx(2.0 * flip.norm, rel=1e-5)   # -2 x its honest update
+
+
+def test_worker_private_layers_reload_from_the_committed_round(worker_and_weights: Any) -> None:
+    from fedcollab.worker.worker import ParticipantWorker
+
+    spec, out, worker, weights = worker_and_weights
+    worker.train_round(weights, 3, [2], RoundConfig())
+    assert worker.save_private(3, keep_from=3) == 1
+    saved = [np.array(w) for w in worker.participants[2].private]
+    worker.train_round(weights, 4, [2], RoundConfig())           # moves on after the save
+    again = ParticipantWorker(WorkerConfig(spec_to_dict(spec), (2,), str(out), 0,
+                                           resume_round=3))
+    for a, b in zip(again.participants[2].private, saved):
+        np.testing.assert_array_equal(a, b)
+    assert (Path(out) / "checkpoints" / "private" / "participant-00002-round-00003.npz").exists()
+
+
+def test_worker_leaves_no_autograph_files_once_loaded(tmp_path: Path) -> None:
+    """A worker killed at the end of a job never runs AutoGraph's exit handler: the
+    converted functions' source files are removed once the graphs are traced, and
+    training still runs (the imported code does not need them). A model with a layer
+    of the user's own is traced through AutoGraph (Keras' own layers are not)."""
+    import sys
+
+    from fedcollab.worker.worker import ParticipantWorker
+
+    spec = _spec(task={"dataset": "digits", "model": "tests.user_models:custom_layer"})
+    worker = ParticipantWorker(WorkerConfig(spec_to_dict(spec), (0, 1), str(tmp_path), 0))
+    generated = {name: getattr(m, "__file__", None) for name, m in sys.modules.items()
+                 if name.startswith("__autograph_generated_file")}
+    assert generated  # the training graph was converted, so there were files
+    assert [f for f in generated.values() if f and Path(f).exists()] == []
+    weights = worker.initial_weights
+    assert sorted(u.pid for u in worker.train_round(weights, 1, [0, 1]).updates) == [0, 1]
+    assert worker.evaluate(weights)[1] >= 0
+
+
+def _secure_round_sum(worker: Any, weights: Any, pids: list[int], spec: Any) -> np.ndarray:
+    """One SecAgg+ round of ``pids`` through ``worker``, the server driven in process."""
+    from fedcollab.secure.params import SecAggParams
+    from fedcollab.secure.server import SecureServer
+    from fedcollab.worker.outgoing import secure_dim
+
+    server = SecureServer(pids, SecAggParams.from_spec(spec), rng_seed=0)
+    dim = secure_dim([w.shape for w in weights], clip_bit=False)
+    need = server.begin_round(1, pids, dim=dim)
+    rosters = server.receive_advertisements(
+        worker.secure_stage("advertise", 1, {p: b"" for p in need}))
+    inbox = server.receive_key_shares(worker.secure_stage("share_keys", 1, rosters))
+    out = worker.train_round(weights, 1, pids, RoundConfig(weight_scale=100.0), inbox)
+    assert not out.updates and sorted(out.masked) == pids and not out.failed
+    requests = server.receive_masked_inputs(out.masked)
+    result = server.receive_unmask_responses(worker.secure_stage("unmask", 1, requests))
+    return np.asarray(result.integer_sum)
+
+
+def test_worker_masks_a_batch_of_trainings_as_it_masks_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secure updates are masked after a batch of trainings (the masking evicted
+    TensorFlow from the caches between participants); holding none back, every
+    update masked as soon as it is trained, the unmasked sum is the same."""
+    import fedcollab.worker.worker as participants
+    from fedcollab.job.run import _Driver
+
+    spec = _spec(participants=[{"name": "c", "count": 5, "sharing": "secure"}],
+                 secure={"protocol": "secaggplus", "server": "honest_but_curious"})
+    weights = _Driver.build(spec).weights
+    pids = [0, 1, 2, 3, 4]
+    sums = []
+    for held in (participants._HELD_BYTES, -1):  # -1: none held back
+        monkeypatch.setattr(participants, "_HELD_BYTES", held)
+        worker = participants.ParticipantWorker(
+            WorkerConfig(spec_to_dict(spec), tuple(pids), str(tmp_path / str(held)), 0))
+        sums.append(_secure_round_sum(worker, weights, pids, spec))
+    np.testing.assert_array_equal(sums[0], sums[1])
+    assert np.count_nonzero(sums[0])
