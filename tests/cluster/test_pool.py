@@ -53,7 +53,7 @@ def test_pool_trains_hosts_and_replaces_a_dead_worker(ray_local: Any, tmp_path: 
     out = pool.train(weights, 1, [0, 1, 4], RoundConfig(), {})
     assert sorted(u.pid for u in out.updates) == [0, 1, 4] and not out.dropped
 
-    ray_local.get(pool.save_private(1))
+    pool.save_private(1)()
     victim = pool.owner[4]
     _kill(ray_local, pool.workers[victim])
     lost = pool.train(weights, 2, [0, 4], RoundConfig(), {})
