@@ -267,7 +267,7 @@ def bench_secure_round() -> None:
     Every line names its server model (``"server"``); SecAgg+ runs once more with
     ``secure.server: honest_but_curious`` so both models have a line at N=100, the
     malicious one with its ratio to honest-but-curious and the signature cost per
-    participant (``secure._bench.signature_cost``).
+    participant (``scripts/secure_cost.py``'s ``signature_cost``).
     """
     from fedcollab.secure.graph import auto_degree
 
@@ -325,7 +325,8 @@ def bench_secure_round() -> None:
 
 def _signature_cost(degree: int) -> dict[str, float]:
     """Milliseconds of authentication per participant (malicious-server model)."""
-    from fedcollab.secure._bench import signature_cost
+    from secure_cost import signature_cost
+
     from fedcollab.secure.graph import threshold_for
 
     return signature_cost(degree, threshold_for(degree, 0.67))
@@ -339,7 +340,7 @@ def _fit_exponent(ns: list[int], seconds: list[float]) -> float:
 
 def bench_secure_scaling() -> None:
     """Aggregation alone (participant masking + server unmasking), in-process, dim 4,811."""
-    from fedcollab.secure._bench import aggregation_cost
+    from secure_cost import aggregation_cost
 
     ns = [50, 100, 200, 400]
     for protocol in ("secaggplus", "secagg"):
@@ -352,7 +353,7 @@ def bench_secure_scaling() -> None:
 
 def bench_secure_dropout() -> None:
     """10% of 100 participants drop after key setup: unmasking must recover them."""
-    from fedcollab.secure._bench import aggregation_cost
+    from secure_cost import aggregation_cost
 
     for protocol in ("secaggplus", "secagg"):
         # the graph is sized for the 10% it must survive (secure.expected_dropout: 0.1)

@@ -15,3 +15,13 @@ def load_bench() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_secure_cost() -> ModuleType:
+    """``scripts/secure_cost.py`` (the secure-aggregation cost helpers of the bench)."""
+    spec = importlib.util.spec_from_file_location("fedcollab_secure_cost",
+                                                  ROOT / "scripts" / "secure_cost.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

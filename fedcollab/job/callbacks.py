@@ -46,9 +46,6 @@ class RoundCallback:
     def on_job_begin(self, job: JobInfo) -> None:
         """Before the first round of this run."""
 
-    def on_phase(self, phase: str, round_id: int, pool: Pool) -> None:
-        """At named points inside a round (e.g. ``after_share_keys``); for fault tests."""
-
     def on_round_end(self, record: RoundRecord) -> None:
         """After each round, in order."""
 
@@ -68,10 +65,6 @@ class CallbackList(RoundCallback):
     def on_job_begin(self, job: JobInfo) -> None:
         for cb in self.callbacks:
             cb.on_job_begin(job)
-
-    def on_phase(self, phase: str, round_id: int, pool: Pool) -> None:
-        for cb in self.callbacks:
-            cb.on_phase(phase, round_id, pool)
 
     def on_round_end(self, record: RoundRecord) -> None:
         for cb in self.callbacks:

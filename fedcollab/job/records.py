@@ -3,7 +3,8 @@ line) and the :class:`JobInfo` callbacks receive when a job begins."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -11,7 +12,10 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 if TYPE_CHECKING:
+    from fedcollab.aggregation.aggregator import AggregateStep
     from fedcollab.spec import JobSpec
+    from fedcollab.types import Weights
+    from fedcollab.worker.messages import RoundOutput
 
 __all__ = ["RoundRecord", "JobInfo", "PRIVACY_KEYS", "update_sha256"]
 
@@ -52,6 +56,39 @@ class RoundRecord:
     # where it trained: {"workers": {index: {node_id, device}}, "participants":
     # {pid: [worker, seconds]}}
     placement: Optional[Mapping[str, Any]] = None
+
+    @classmethod
+    def of(cls, r: int, *, chosen: Sequence[int], out: RoundOutput, step: AggregateStep,
+           secure_log: Optional[Mapping[str, Any]], survivors: int, weights: Weights,
+           evaluation: Callable[[], tuple[float, float]], classification: bool, private: bool,
+           privacy: Optional[Mapping[str, Any]], t0: float, train_seconds: float,
+           replaced: tuple[int, ...], vendor: Mapping[str, float],
+           placement: Mapping[str, Any]) -> RoundRecord:
+        """A round that aggregated: what the server received and sent (bytes), what it
+        accepted, and a hash of each open update. ``private`` (DP): no hash of an
+        un-noised update and no exact norm of a rejected one, as the release may
+        reveal only what the accountant covers. ``evaluation`` waits for the held-out
+        loss and accuracy, which a worker computes meanwhile: the hashes are taken first."""
+        up = sum(_nbytes(u.delta) + 16 for u in out.updates)
+        down = sum(w.nbytes for w in weights) * len(chosen)
+        if secure_log is not None:
+            up += sum(secure_log["bytes_up"].values())
+            down += sum(secure_log["bytes_down"].values())
+        rejected = {str(k): v for k, v in sorted(step.rejected.items())}
+        if private:
+            rejected = {k: v.split(":")[0] for k, v in rejected.items()}
+        hashes = {} if private else {str(u.pid): update_sha256(u.delta) for u in out.updates}
+        loss, accuracy = evaluation()
+        seconds = time.perf_counter() - t0  # the round's wall time, since it started
+        return cls(round=r, participants=len(chosen), loss=loss,
+                   accuracy=accuracy if classification else None,
+                   trained=len(out.updates) + len(out.masked),
+                   accepted=len(step.accepted) + survivors if step.applied else 0,
+                   dropped=tuple(out.dropped), rejected=rejected, bytes_up=up,
+                   bytes_down=down, seconds=seconds, train_seconds=train_seconds,
+                   update_sha256=hashes, skipped=step.skipped or None, secure=secure_log,
+                   privacy=privacy, vendor=vendor or None, workers_replaced=replaced,
+                   placement=placement)
 
     @property
     def changed_model(self) -> bool:
@@ -124,3 +161,7 @@ class JobInfo:
     start_round: int              # the first round this run will train (1 unless resumed)
     classification: bool
     history: Sequence[RoundRecord] = field(default_factory=tuple)  # committed rounds
+
+
+def _nbytes(delta: Sequence[Optional[np.ndarray]]) -> int:
+    return int(sum(a.nbytes for a in delta if a is not None))

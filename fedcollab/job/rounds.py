@@ -11,7 +11,6 @@ frozen :class:`RoundRecord`.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,16 +18,16 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from fedcollab.aggregation import Aggregator, SecureSum
+from fedcollab.aggregation import Aggregator
+from fedcollab.aggregation.aggregator import AggregateStep
 from fedcollab.errors import FedcollabError
 from fedcollab.job.records import RoundRecord, update_sha256
 from fedcollab.job.sampling import Sampler
-from fedcollab.job.secure import SecurePhases
+from fedcollab.job.secure import SecureOutcome, SecureRound
 from fedcollab.privacy.server import DpServer
 from fedcollab.spec.roster import ParticipantInfo
 from fedcollab.types import Weights
 from fedcollab.worker.messages import Pool, RoundConfig
-from fedcollab.worker.outgoing import secure_dim, split_secure_sum
 
 if TYPE_CHECKING:
     from fedcollab.job.callbacks import CallbackList
@@ -44,35 +43,6 @@ Evaluate = Callable[[Weights], tuple[float, float]]
 
 
 
-
-
-def _nbytes(delta: Sequence[Optional[np.ndarray]]) -> int:
-    return int(sum(a.nbytes for a in delta if a is not None))
-
-
-def saturation_bound(clip: float, clip_norm: float, member_std: float) -> float:
-    """Upper bound on the share of coordinates a secure member's encoding saturates
-    under distributed DP: a coordinate of a clipped update is at most C, so it leaves
-    ``[-clip, clip]`` only if the member's noise exceeds ``clip - C``."""
-    room = clip - clip_norm
-    if room <= 0:
-        return 1.0
-    if member_std <= 0:
-        return 0.0
-    return math.erfc(room / (member_std * math.sqrt(2.0)))
-
-
-def _secure_log(result: Any, phases: SecurePhases, out: RoundOutput) -> dict[str, Any]:
-    """What metrics.jsonl records of a secure round (no keys, shares or values)."""
-    rejected = {str(k): v for k, v in sorted(result.rejected.items())}
-    rejected.update({str(k): v for k, v in sorted(out.failed.items())})
-    return {"survivors": list(result.survivors), "dropped": list(result.dropped),
-            "unresponsive": list(result.unresponsive), "rejected": rejected,
-            "excluded": {str(k): v for k, v in sorted(result.excluded.items())},
-            "key_setup": len(result.key_setup),
-            "bytes_up": dict(result.bytes_up), "bytes_down": dict(result.bytes_down),
-            "server_seconds": dict(result.seconds), "phase_seconds": dict(phases.seconds),
-            "precomputed": out.precomputed}
 
 
 @dataclass(frozen=True)
@@ -103,7 +73,7 @@ class RoundLoop:
         weights: The global weights to start from.
         weight_scale: The public bound secure weights are divided by.
         secure: The secure coordinator, when any group is secure.
-        callbacks: Told about phases and the end of every round.
+        callbacks: Told about the end of every round.
     """
 
     def __init__(self, spec: JobSpec, people: Sequence[ParticipantInfo], *, pool: Pool,
@@ -143,74 +113,78 @@ class RoundLoop:
         """Sample, train on the pool, aggregate, evaluate; tell the callbacks."""
         replaced = tuple(self.pool.heal()) if self.pool.needs_heal else ()
         t0 = time.perf_counter()
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead.round != r:
-            ahead = None  # driven out of order: those calls finish unread
-        chosen = ahead.chosen if ahead is not None else self.sampler.sample(r)
-        if not chosen:  # Poisson sampling (DP) can draw nobody: the round still counts
-            record = self._nobody_sampled(r, t0, replaced)
-            self.callbacks.on_round_end(record)
-            return record
-        config = ahead.config if ahead is not None and ahead.config is not None \
-            else self.configure(chosen)
-        phases = SecurePhases()
-        secure_members = [p for p in chosen if self.people[p].sharing == "secure"]
+        chosen, config, started = self._sample(r)
+        if config is None:  # Poisson sampling (DP) can draw nobody: the round still counts
+            return self._end(self._nobody_sampled(r, t0, replaced))
+        secure = SecureRound(self.secure, r, self._secure_members(chosen), config, self.shapes)
         try:
-            inbox = self._secure_prepare(r, secure_members, config, phases)
-            t_train = time.perf_counter()
-            out = self.pool.collect(ahead.calls) if ahead is not None and ahead.calls \
-                else self.pool.train(self.weights, r, chosen, config, inbox)
-            phases.add("train", time.perf_counter() - t_train)
-            secure_sum, secure_log, secure_bits, survivors = self._secure_finish(
-                r, secure_members, out, config, phases)
+            out = self._train(r, chosen, config, secure, started)
+            secured = secure.finish(out)
         except self._aborts as err:
-            record = self._aborted(r, len(chosen), str(err), t0, phases, replaced)
-            self.callbacks.on_round_end(record)
-            return record
+            return self._end(self._aborted(r, len(chosen), str(err), t0, secure, replaced))
+        step = self._aggregate(out, secured)
+        evaluation = self._submit_evaluation(self.weights)
+        privacy = self._account(len(chosen), out, step, secured)
+        self._ahead = self._start_ahead(r + 1)
+        record = RoundRecord.of(
+            r, chosen=chosen, out=out, step=step, secure_log=secured.log,
+            survivors=secured.survivors, weights=self.weights, evaluation=evaluation,
+            classification=self.classification, private=self.dp.on,
+            privacy=privacy, t0=t0,
+            train_seconds=secure.phases.seconds["train"], replaced=replaced,
+            vendor=self.pool.evaluate_personalised(self.weights,
+                                                   classification=self.classification),
+            placement=self.pool.where(out))
+        self.bytes_up += record.bytes_up
+        self.bytes_down += record.bytes_down
+        self.rejected_total += len(step.rejected)
+        return self._end(record)
+
+    def _end(self, record: RoundRecord) -> RoundRecord:
+        self.callbacks.on_round_end(record)
+        return record
+
+    def _sample(self, r: int) -> tuple[list[int], Optional[RoundConfig], Optional[TrainCalls]]:
+        """The round's participants and settings (``None``: nobody was sampled), and its
+        training calls if they started while the round before was logged
+        (:meth:`_start_ahead`)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead.round != r:  # (driven out of order: those calls go unread)
+            chosen = self.sampler.sample(r)
+            return chosen, self.configure(chosen) if chosen else None, None
+        return ahead.chosen, ahead.config, ahead.calls
+
+    def _secure_members(self, chosen: Sequence[int]) -> list[int]:
+        return [p for p in chosen if self.people[p].sharing == "secure"]
+
+    def _train(self, r: int, chosen: Sequence[int], config: RoundConfig, secure: SecureRound,
+               started: Optional[TrainCalls]) -> RoundOutput:
+        """Key setup as needed, then the participants' training (secure members mask)."""
+        inbox = secure.prepare()
+        t_train = time.perf_counter()
+        out = self.pool.collect(started) if started is not None \
+            else self.pool.train(self.weights, r, chosen, config, inbox)
+        secure.phases.add("train", time.perf_counter() - t_train)
+        return out
+
+    def _aggregate(self, out: RoundOutput, secured: SecureOutcome) -> AggregateStep:
+        """The open updates and the secure sum into new global weights."""
         dp = self.dp
-        step = self.aggregator.step(self.weights, out.updates, secure_sum, count_once=dp.on,
+        step = self.aggregator.step(self.weights, out.updates, secured.sum, count_once=dp.on,
                                     clip_norm=dp.clip_norm if dp.mode == "central" else None,
                                     noise=dp.central_noise(self.shapes))
         self.weights = step.weights
-        evaluation = self._submit_evaluation(self.weights)
-        up = sum(_nbytes(u.delta) + 16 for u in out.updates)
-        down = sum(w.nbytes for w in self.weights) * len(chosen)
-        if secure_log is not None:
-            up += sum(secure_log["bytes_up"].values())
-            down += sum(secure_log["bytes_down"].values())
-        self.bytes_up += up
-        self.bytes_down += down
-        self.rejected_total += len(step.rejected)
-        privacy = None
-        rejected = {str(k): v for k, v in sorted(step.rejected.items())}
-        if dp.on:
-            bits = {u.pid: bool(u.clip_bit) for u in out.updates}
-            privacy = dp.account([bits[p] for p in step.accepted], participants=len(chosen),
-                                 secure_bits=secure_bits, secure_count=survivors,
-                                 secure_sampled=len(secure_members))
-            # metrics.jsonl holds only what the release may reveal: no exact norm of a
-            # rejected update (and below, no hash of an un-noised one)
-            rejected = {k: v.split(":")[0] for k, v in rejected.items()}
-        self._ahead = self._start_ahead(r + 1)
-        # hashed once the next round is under way: ~1.4 ms at N=100, off the path
-        # between this round's updates and the next round's start
-        hashes = {} if dp.on else {str(u.pid): update_sha256(u.delta) for u in out.updates}
-        loss, acc = evaluation()
-        record = RoundRecord(
-            round=r, participants=len(chosen), loss=loss,
-            accuracy=acc if self.classification else None,
-            trained=len(out.updates) + len(out.masked),
-            accepted=len(step.accepted) + survivors if step.applied else 0,
-            dropped=tuple(out.dropped), rejected=rejected,
-            bytes_up=up, bytes_down=down, seconds=time.perf_counter() - t0,
-            train_seconds=phases.seconds["train"], update_sha256=hashes,
-            skipped=step.skipped or None, secure=secure_log, privacy=privacy,
-            vendor=self.pool.evaluate_personalised(self.weights,
-                                                   classification=self.classification) or None,
-            workers_replaced=replaced,
-            placement=self.pool.where(out))
-        self.callbacks.on_round_end(record)
-        return record
+        return step
+
+    def _account(self, participants: int, out: RoundOutput, step: AggregateStep,
+                 secured: SecureOutcome) -> Optional[dict[str, Any]]:
+        """The round's DP spending (``None`` without DP)."""
+        if not self.dp.on:
+            return None
+        bits = {u.pid: bool(u.clip_bit) for u in out.updates}
+        return self.dp.account([bits[p] for p in step.accepted], participants=participants,
+                               secure_bits=secured.bits, secure_count=secured.survivors,
+                               secure_sampled=secured.sampled)
 
     def _submit_evaluation(self, weights: Weights) -> Callable[[], tuple[float, float]]:
         """Start evaluating ``weights``, then the secure group's next offline phase
@@ -264,44 +238,10 @@ class RoundLoop:
                            1.0 if dp.on else self.weight_scale, dp.adaptive, count_noise,
                            secure_clip=0.0 if dp.on else self.spec.secure.clip)
 
-    # ------------------------------------------------------------------ secure parts
-    def _secure_prepare(self, r: int, members: Sequence[int], config: RoundConfig,
-                        phases: SecurePhases) -> Mapping[int, bytes]:
-        if not members or self.secure is None:
-            return {}
-        dim = secure_dim(self.shapes, clip_bit=config.clip_bit,
-                         saturation=config.secure_clip > 0)
-        return self.secure.prepare(r, members, dim, phases, self._on_phase)
-
-    def _on_phase(self, phase: str, round_id: int) -> None:
-        self.callbacks.on_phase(phase, round_id, self.pool)
-
-    def _secure_finish(self, r: int, members: Sequence[int], out: RoundOutput,
-                       config: RoundConfig, phases: SecurePhases
-                       ) -> tuple[Optional[SecureSum], Optional[dict[str, Any]],
-                                  Optional[float], int]:
-        if not members or self.secure is None:
-            return None, None, None, 0
-        result = self.secure.finish(r, out.masked, phases, last=r == self.spec.rounds)
-        log = _secure_log(result, phases, out)
-        parts = split_secure_sum(result.total, self.shapes, scale=config.weight_scale,
-                                 clip_bit=config.clip_bit, saturation=config.secure_clip > 0)
-        log["weight_sum"] = max(parts.counts)  # survivors' samples (a sum)
-        survivors = len(result.survivors)
-        if parts.saturated is not None:
-            # measured: the survivors' mean share of coordinates the encoding clamped
-            log["saturation"] = max(parts.saturated, 0.0) / max(survivors, 1)
-        elif self.dp.mode == "distributed":
-            # under DP no member reports it (it depends on data): the bound from public
-            # parameters, P(|N(0, (zC)^2/m)| > clip - C), per coordinate
-            log["saturation_bound"] = saturation_bound(
-                self.spec.secure.clip, config.clip_norm,
-                config.noise_multiplier * config.clip_norm / np.sqrt(config.noisy_participants))
-        return SecureSum(parts.arrays, parts.counts), log, parts.bits, survivors
-
     def _aborted(self, r: int, participants: int, reason: str, t0: float,
-                 phases: SecurePhases, replaced: tuple[int, ...]) -> RoundRecord:
+                 secure: SecureRound, replaced: tuple[int, ...]) -> RoundRecord:
         """A secure round that cannot finish: the global model stays as it was."""
+        phases = secure.phases
         if self.spec.secure.on_abort == "fail":
             raise FedcollabError(f"round {r} aborted: {reason}")
         loss, acc = self._submit_evaluation(self.weights)()

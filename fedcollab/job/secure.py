@@ -32,19 +32,23 @@ the reason, the global model unchanged.
 """
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from fedcollab.worker.messages import Pool
+from fedcollab.aggregation import SecureSum
+from fedcollab.worker.messages import Pool, RoundConfig, RoundOutput
+from fedcollab.worker.outgoing import secure_dim, split_secure_sum
 
 if TYPE_CHECKING:
     from fedcollab.secure.result import SecureSumResult
     from fedcollab.secure.stages import Stage
     from fedcollab.spec import JobSpec
 
-__all__ = ["SecureCoordinator", "SecurePhases"]
+__all__ = ["SecureCoordinator", "SecureRound", "SecureOutcome", "SecurePhases",
+           "saturation_bound"]
 
 
 @dataclass
@@ -55,6 +59,97 @@ class SecurePhases:
 
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+
+@dataclass(frozen=True)
+class SecureOutcome:
+    """What a round's secure group added: its decoded sum (``None``: no secure member
+    took part), what metrics.jsonl records of it, the survivors' clip bits (adaptive
+    clipping) and how many members were sampled and survived."""
+
+    sum: Optional[SecureSum] = None
+    log: Optional[dict[str, Any]] = None
+    bits: Optional[float] = None
+    survivors: int = 0
+    sampled: int = 0
+
+
+class SecureRound:
+    """One round of the secure group, from key setup to the unmasked sum; with no
+    coordinator (no secure group) or no secure member sampled, it adds nothing.
+
+    Raises (from :meth:`prepare` and :meth:`finish`):
+        fedcollab.secure.errors.RoundAbortedError: the round cannot finish.
+    """
+
+    def __init__(self, coordinator: Optional[SecureCoordinator], round_id: int,
+                 members: Sequence[int], config: RoundConfig,
+                 shapes: Sequence[tuple[int, ...]]) -> None:
+        self.coordinator = coordinator if members else None
+        self.round_id = round_id
+        self.members = list(members)
+        self.config = config
+        self.shapes = shapes
+        self.phases = SecurePhases()
+
+    def prepare(self) -> Mapping[int, bytes]:
+        """Key setup as needed; each member's mask request (its inbox)."""
+        if self.coordinator is None:
+            return {}
+        config = self.config
+        dim = secure_dim(self.shapes, clip_bit=config.clip_bit,
+                         saturation=config.secure_clip > 0)
+        return self.coordinator.prepare(self.round_id, self.members, dim, self.phases)
+
+    def finish(self, out: RoundOutput) -> SecureOutcome:
+        """Unmask and decode the survivors' sum."""
+        coordinator, config = self.coordinator, self.config
+        if coordinator is None:
+            return SecureOutcome()
+        result = coordinator.finish(self.round_id, out.masked, self.phases,
+                                    last=self.round_id == coordinator.rounds)
+        log = _secure_log(result, self.phases, out)
+        parts = split_secure_sum(result.total, self.shapes, scale=config.weight_scale,
+                                 clip_bit=config.clip_bit, saturation=config.secure_clip > 0)
+        log["weight_sum"] = max(parts.counts)  # survivors' samples (a sum)
+        survivors = len(result.survivors)
+        if parts.saturated is not None:
+            # measured: the survivors' mean share of coordinates the encoding clamped
+            log["saturation"] = max(parts.saturated, 0.0) / max(survivors, 1)
+        elif config.dp_mode == "distributed":
+            # under DP no member reports it (it depends on data): the bound from public
+            # parameters, P(|N(0, (zC)^2/m)| > clip - C), per coordinate
+            log["saturation_bound"] = saturation_bound(
+                coordinator.params.clip, config.clip_norm,
+                config.noise_multiplier * config.clip_norm / math.sqrt(config.noisy_participants))
+        return SecureOutcome(SecureSum(parts.arrays, parts.counts), log, parts.bits, survivors,
+                             len(self.members))
+
+
+def saturation_bound(clip: float, clip_norm: float, member_std: float) -> float:
+    """Upper bound on the share of coordinates a secure member's encoding saturates
+    under distributed DP: a coordinate of a clipped update is at most C, so it leaves
+    ``[-clip, clip]`` only if the member's noise exceeds ``clip - C``."""
+    room = clip - clip_norm
+    if room <= 0:
+        return 1.0
+    if member_std <= 0:
+        return 0.0
+    return math.erfc(room / (member_std * math.sqrt(2.0)))
+
+
+def _secure_log(result: SecureSumResult, phases: SecurePhases,
+                out: RoundOutput) -> dict[str, Any]:
+    """What metrics.jsonl records of a secure round (no keys, shares or values)."""
+    rejected = {str(k): v for k, v in sorted(result.rejected.items())}
+    rejected.update({str(k): v for k, v in sorted(out.failed.items())})
+    return {"survivors": list(result.survivors), "dropped": list(result.dropped),
+            "unresponsive": list(result.unresponsive), "rejected": rejected,
+            "excluded": {str(k): v for k, v in sorted(result.excluded.items())},
+            "key_setup": len(result.key_setup),
+            "bytes_up": dict(result.bytes_up), "bytes_down": dict(result.bytes_down),
+            "server_seconds": dict(result.seconds), "phase_seconds": dict(phases.seconds),
+            "precomputed": out.precomputed}
 
 
 class SecureCoordinator:
@@ -75,6 +170,7 @@ class SecureCoordinator:
         self.params = SecAggParams.from_spec(spec)
         self.server = SecureServer(self.members, self.params, rng_seed=spec.seed)
         self.pool = pool
+        self.rounds = spec.rounds
         self.offline = spec.secure.amortise_keys and spec.fraction >= 1
         self._before = before_training(self.params)
         self._after = after_training(self.params)
@@ -101,8 +197,13 @@ class SecureCoordinator:
         result: Mapping[int, bytes] = getattr(self.server, stage.server)(replies)
         return result
 
-    def prepare(self, round_id: int, members: Sequence[int], dim: int, phases: SecurePhases,
-                on_phase: Optional[Callable[[str, int], None]] = None) -> Mapping[int, bytes]:
+    def round(self, round_id: int, members: Sequence[int], config: RoundConfig,
+              shapes: Sequence[tuple[int, ...]]) -> SecureRound:
+        """Round ``round_id`` of the sampled ``members``."""
+        return SecureRound(self, round_id, members, config, shapes)
+
+    def prepare(self, round_id: int, members: Sequence[int], dim: int,
+                phases: SecurePhases) -> Mapping[int, bytes]:
         """Key setup as needed; returns each member's mask request (its inbox).
 
         Raises:
@@ -115,8 +216,6 @@ class SecureCoordinator:
         requests: Mapping[int, bytes] = {p: b"" for p in sorted(need)}
         for stage in self._before:
             requests = self._stage(stage, round_id, requests, phases)
-        if on_phase is not None:
-            on_phase("after_share_keys", round_id)
         return requests
 
     def finish(self, round_id: int, masked: Mapping[int, bytes], phases: SecurePhases, *,

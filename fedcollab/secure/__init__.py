@@ -45,7 +45,7 @@ and docs/threat-model.md.
 """
 from __future__ import annotations
 
-from fedcollab.secure.driver import DROP_POINTS, provision_identities, run_secure_round
+from fedcollab.secure.driver import LocalRound, provision_identities, run_secure_round
 from fedcollab.secure.encoding import FixedPointCodec, split_weighted_sum, weighted_vector
 from fedcollab.secure.errors import (
     DecryptionError,
@@ -78,7 +78,7 @@ from fedcollab.secure.server import SecureServer
 
 __all__ = [
     "SecAggParams", "SecureParticipant", "SecureServer", "SecureSumResult",
-    "run_secure_round", "DROP_POINTS", "STAGES", "weighted_vector", "split_weighted_sum",
+    "run_secure_round", "LocalRound", "STAGES", "weighted_vector", "split_weighted_sum",
     "FixedPointCodec", "validate_group_size", "MIN_GROUP",
     "SecAggError", "SecAggConfigError", "GroupTooSmallError", "EncodingError",
     "RoundAbortedError", "NotEnoughSharesError", "TooFewSurvivorsError",

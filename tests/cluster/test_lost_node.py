@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.conftest import fresh_ray_auth
+from tests.faults import before_training
 
 ROOT = Path(__file__).resolve().parents[2]
 KILL_ROUND = 4
@@ -50,41 +51,37 @@ def four_nodes() -> Iterator[Any]:
         cluster.shutdown()
 
 
-def test_lost_worker_node_loses_one_round_and_job_completes(four_nodes: Any,
-                                                            tmp_path: Path) -> None:
+def test_lost_worker_node_loses_one_round_and_job_completes(
+        four_nodes: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    from fedcollab.job.callbacks import RoundCallback
     from fedcollab.job.run import RunOptions, run_job
     from fedcollab.spec import load_spec
 
     killed: list[str] = []
 
-    class KillAWorkerNode(RoundCallback):  # fault injection: a test-only callback
-        def on_phase(self, phase: str, round_id: int, pool: Any) -> None:
-            if round_id != KILL_ROUND or killed:
-                return
-            ready = [ray.get(w.ready.remote(), timeout=30) for w in pool.workers]
-            hosting = {r["node_id"] for r in ready}
-            victim = next(n for n in four_nodes.worker_nodes if n.node_id in hosting)
-            killed.append(victim.node_id)
-            four_nodes.remove_node(victim, allow_graceful=False)
-            # A lost machine takes its worker processes with it. remove_node kills the
-            # node's raylet; its workers would linger until they notice, and since
-            # small calls and replies travel inline, not through that node's object
-            # store, they could answer a round or two first.
-            for r in ready:
-                if r["node_id"] == victim.node_id:
-                    try:
-                        os.kill(r["pid"], signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+    def kill_a_worker_node(pool: Any) -> None:  # fault injection: before KILL_ROUND trains
+        ready = [ray.get(w.ready.remote(), timeout=30) for w in pool.workers]
+        hosting = {r["node_id"] for r in ready}
+        victim = next(n for n in four_nodes.worker_nodes if n.node_id in hosting)
+        killed.append(victim.node_id)
+        four_nodes.remove_node(victim, allow_graceful=False)
+        # A lost machine takes its worker processes with it. remove_node kills the
+        # node's raylet; its workers would linger until they notice, and since
+        # small calls and replies travel inline, not through that node's object
+        # store, they could answer a round or two first.
+        for r in ready:
+            if r["node_id"] == victim.node_id:
+                try:
+                    os.kill(r["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     spec = load_spec(ROOT / "examples" / "community-vendor.yaml")
     spec = type(spec)(**{**spec.__dict__,
                          "resources": type(spec.resources)(workers=3, cpus_per_worker=1)})
-    result = run_job(spec, RunOptions(out_dir=tmp_path / "out", quiet=True, release=False,
-                                      callbacks=[KillAWorkerNode()]))
+    before_training(monkeypatch, KILL_ROUND, kill_a_worker_node)
+    result = run_job(spec, RunOptions(out_dir=tmp_path / "out", quiet=True, release=False))
 
     metrics = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text()
                .splitlines()]

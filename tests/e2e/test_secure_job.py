@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fedcollab.data import load_dataset, participant_indices
-from fedcollab.job.callbacks import RoundCallback
 from fedcollab.job.run import RunOptions, run_job
 from fedcollab.spec import spec_from_dict
+from tests.faults import before_training
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -32,19 +32,14 @@ def mixed_spec(**changes: Any) -> Any:
     return spec_from_dict(data)
 
 
-class KillWorkers(RoundCallback):
-    """Fault injection (tests only): kill workers right after key sharing in a round."""
+def kill_workers(monkeypatch: pytest.MonkeyPatch, round_id: int, indices: Sequence[int]) -> None:
+    """Kill workers right after round ``round_id``'s key sharing, before it trains."""
+    import ray
 
-    def __init__(self, round_id: int, workers: Sequence[int]) -> None:
-        self.round_id = round_id
-        self.indices = list(workers)
-
-    def on_phase(self, phase: str, round_id: int, pool: Any) -> None:
-        import ray
-
-        if phase == "after_share_keys" and round_id == self.round_id:
-            for index in self.indices:
-                ray.kill(pool.workers[index], no_restart=True)
+    def kill(pool: Any) -> None:
+        for index in indices:
+            ray.kill(pool.workers[index], no_restart=True)
+    before_training(monkeypatch, round_id, kill)
 
 
 def sizes(spec: Any) -> list[int]:
@@ -73,11 +68,11 @@ def test_secure_job_matches_open_job_within_quantisation(ray_local: Any, tmp_pat
     assert [m["secure"]["saturation"] for m in secure.metrics] == [0.0, 0.0, 0.0]
 
 
-def test_secure_job_worker_killed_after_share_keys_sums_survivors(ray_local: Any,
-                                                                  tmp_path: Path) -> None:
+def test_secure_job_worker_killed_after_share_keys_sums_survivors(
+        ray_local: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = mixed_spec()
-    result = run_job(spec, RunOptions(out_dir=tmp_path / "k", quiet=True, release=False,
-                                      callbacks=[KillWorkers(2, [1])]))  # hosts 3 (open), 4, 5
+    kill_workers(monkeypatch, 2, [1])  # hosts 3 (open), 4, 5
+    result = run_job(spec, RunOptions(out_dir=tmp_path / "k", quiet=True, release=False))
 
     line = result.metrics[1]
     assert line["secure"]["dropped"] == [4, 5]
@@ -90,12 +85,12 @@ def test_secure_job_worker_killed_after_share_keys_sums_survivors(ray_local: Any
     assert last["survivors"] == list(range(4, 12)) and last["key_setup"] >= 2  # rotated keys
 
 
-def test_secure_job_too_few_survivors_aborts_round_and_keeps_model(ray_local: Any,
-                                                                  tmp_path: Path) -> None:
+def test_secure_job_too_few_survivors_aborts_round_and_keeps_model(
+        ray_local: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # round 2 is the last: the job ends without recreating the killed workers
+    kill_workers(monkeypatch, 2, [1, 2, 3])
     result = run_job(mixed_spec(rounds=2), RunOptions(out_dir=tmp_path / "a", quiet=True,
-                                                      release=False,
-                                                      callbacks=[KillWorkers(2, [1, 2, 3])]))
+                                                      release=False))
     # 6 of 8 secure participants gone
     first, aborted = result.metrics[0], result.metrics[1]
     assert "aborted" in aborted and "round 2" in aborted["aborted"]

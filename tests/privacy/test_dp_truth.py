@@ -170,7 +170,7 @@ def test_secure_group_below_min_group_sits_out_and_empty_rounds_are_accounted() 
 
 
 def test_saturation_bound_matches_the_gaussian_tail() -> None:
-    from fedcollab.job.rounds import saturation_bound
+    from fedcollab.job.secure import saturation_bound
 
     # room clip - C = 2 std: P(|N| > 2 std) = 0.0455
     assert saturation_bound(3.0, 1.0, 1.0) == pytest.approx(0.0455, abs=1e-4)

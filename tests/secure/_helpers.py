@@ -1,11 +1,17 @@
 """Shared helpers for the secure-aggregation tests (no fixtures with hidden state)."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 import numpy as np
 
-from fedcollab.secure import SecAggParams, SecureParticipant, SecureServer
+from fedcollab.secure import (
+    LocalRound,
+    SecAggParams,
+    SecureParticipant,
+    SecureServer,
+    SecureSumResult,
+)
 from fedcollab.secure.driver import provision_identities
 from fedcollab.secure.encoding import FixedPointCodec
 
@@ -87,3 +93,31 @@ def chi_square_two_samples(a: bytes, b: bytes) -> float:
 #: Chi-square critical value, 255 degrees of freedom, upper tail p = 1e-6 (so a
 #: correct implementation fails a test about once in a million runs).
 CHI2_255_P1E6 = 377.08
+
+
+class _Intercepted(LocalRound):
+    """A round whose upstream messages pass through ``intercept`` (a test's spy, a
+    replaying or lossy network): it returns the bytes to deliver, or ``None``."""
+
+    def __init__(self, participants: Mapping[int, SecureParticipant], params: SecAggParams,
+                 intercept: Callable[[str, int, bytes], Optional[bytes]], **kwargs: Any) -> None:
+        super().__init__(participants, params, **kwargs)
+        self.intercept = intercept
+
+    def _deliver(self, stage: str, pid: int, message: bytes) -> Optional[bytes]:
+        return self.intercept(stage, pid, message)
+
+
+def run_secure_round(participants: Mapping[int, SecureParticipant],
+                     vectors: Mapping[int, np.ndarray], params: SecAggParams, round_id: int,
+                     drop_after: Optional[Mapping[str, Collection[int]]] = None, *,
+                     server: Optional[SecureServer] = None,
+                     intercept: Optional[Callable[[str, int, bytes], Optional[bytes]]] = None,
+                     rng_seed: Optional[int] = None) -> SecureSumResult:
+    """:func:`fedcollab.secure.run_secure_round`, optionally with every upstream
+    message passed through ``intercept`` first."""
+    if intercept is None:
+        return LocalRound(participants, params, server=server, rng_seed=rng_seed).run(
+            round_id, vectors, drop_after)
+    return _Intercepted(participants, params, intercept, server=server,
+                        rng_seed=rng_seed).run(round_id, vectors, drop_after)

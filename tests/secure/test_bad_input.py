@@ -13,7 +13,6 @@ from fedcollab.secure import (
     SecAggParams,
     StaleMessageError,
     UnknownParticipantError,
-    run_secure_round,
 )
 from fedcollab.secure.messages import (
     SERVER,
@@ -27,7 +26,13 @@ from fedcollab.secure.messages import (
     unpack,
 )
 from fedcollab.secure.shamir import PRIME
-from tests.secure._helpers import encoded_sum, make_group, make_vectors, through_consistency
+from tests.secure._helpers import (
+    encoded_sum,
+    make_group,
+    make_vectors,
+    run_secure_round,
+    through_consistency,
+)
 
 N = 8
 Tamper = Callable[[bytes], bytes]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedcollab.secure import DROP_POINTS, SecAggParams, run_secure_round
-from fedcollab.secure._bench import aggregation_cost
+from fedcollab.secure import SecAggParams, run_secure_round
+from tests.bench_script import load_secure_cost
 from tests.secure._helpers import encoded_sum, make_group, make_vectors
 
 
@@ -31,7 +31,8 @@ def test_driver_builds_fresh_server_when_none_given() -> None:
     vectors = make_vectors(range(5), 5)
     result = run_secure_round(participants, vectors, params, 0, rng_seed=3)
     assert result.survivors == tuple(range(5))
-    assert "begin" in DROP_POINTS and "unmask" in DROP_POINTS
+    with pytest.raises(ValueError, match="'begin', 'advertise', .* 'unmask'"):
+        run_secure_round(participants, vectors, params, 1, {"nowhere": {0}})
 
 
 def test_driver_skipped_round_ids_reshare_without_new_keys() -> None:
@@ -46,12 +47,12 @@ def test_driver_skipped_round_ids_reshare_without_new_keys() -> None:
 
 @pytest.mark.parametrize("protocol", ["secagg", "secaggplus"])
 def test_bench_aggregation_cost_positive_seconds(protocol: str) -> None:
-    seconds = aggregation_cost(8, 20, protocol, dropout=0.25, repeats=1)
+    seconds = load_secure_cost().aggregation_cost(8, 20, protocol, dropout=0.25, repeats=1)
     assert 0.0 < seconds < 5.0
 
 
 def test_bench_signature_cost_counts_setup_and_rounds() -> None:
-    from fedcollab.secure._bench import signature_cost
+    signature_cost = load_secure_cost().signature_cost
 
     cost = signature_cost(16, 11, rotation_rounds=10, repeats=5)
     assert cost["key_setup_ms"] >= cost["ed25519_sign_ms"] + 16 * cost["ed25519_verify_ms"] - 1e-9
@@ -60,4 +61,5 @@ def test_bench_signature_cost_counts_setup_and_rounds() -> None:
 
 @pytest.mark.parametrize("server", ["honest_but_curious", "malicious"])
 def test_bench_aggregation_cost_for_each_server_model(server: str) -> None:
-    assert 0.0 < aggregation_cost(8, 20, "secaggplus", repeats=1, server=server) < 5.0
+    cost = load_secure_cost().aggregation_cost(8, 20, "secaggplus", repeats=1, server=server)
+    assert 0.0 < cost < 5.0

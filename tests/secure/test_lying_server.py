@@ -19,7 +19,6 @@ from fedcollab.secure import (
     SecAggParams,
     SecureParticipant,
     SecureServer,
-    run_secure_round,
 )
 from fedcollab.secure import keys as K
 from fedcollab.secure.errors import (
@@ -50,7 +49,7 @@ from fedcollab.secure.messages import (
 )
 from fedcollab.secure.prg import accumulate_masks
 from fedcollab.secure.recovery import reconstruct, self_seed_check
-from tests.secure._helpers import FAST_PARAMS, make_group, make_vectors
+from tests.secure._helpers import FAST_PARAMS, make_group, make_vectors, run_secure_round
 
 VICTIM = 0
 DIM = 9

@@ -5,9 +5,14 @@ import numpy as np
 import pytest
 
 from fedcollab.secure import SecAggParams, SecureParticipant
-from fedcollab.secure.driver import run_secure_round
 from fedcollab.secure.messages import SERVER, MaskedInput, unpack
-from tests.secure._helpers import FAST_PARAMS, encoded_sum, make_group, make_vectors
+from tests.secure._helpers import (
+    FAST_PARAMS,
+    encoded_sum,
+    make_group,
+    make_vectors,
+    run_secure_round,
+)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedcollab.secure import SecAggParams, ShareRevealRefusedError, run_secure_round
+from fedcollab.secure import SecAggParams, ShareRevealRefusedError
 from fedcollab.secure.messages import (
     SERVER,
     Kind,
@@ -19,6 +19,7 @@ from tests.secure._helpers import (
     chi_square_two_samples,
     chi_square_uniform_bytes,
     make_group,
+    run_secure_round,
     through_consistency,
 )
 

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcollab.secure import RoundAbortedError, SecAggParams, run_secure_round
+from fedcollab.secure import RoundAbortedError, SecAggParams
 from fedcollab.secure import keys as K
 from fedcollab.secure.errors import DecryptionError
 from fedcollab.secure.messages import (
@@ -24,7 +24,7 @@ from fedcollab.secure.messages import (
 )
 from fedcollab.secure.prg import accumulate_masks
 from fedcollab.secure.shamir import PRIME, lagrange_at_zero
-from tests.secure._helpers import encoded_sum, make_group, make_vectors
+from tests.secure._helpers import encoded_sum, make_group, make_vectors, run_secure_round
 
 N = 8
 

@@ -1,6 +1,6 @@
 """Aggregation-only cost of one secure round (called by ``scripts/bench``).
 
-``python -m fedcollab.secure._bench`` prints a small table.
+``python scripts/secure_cost.py`` prints a small table.
 """
 from __future__ import annotations
 
