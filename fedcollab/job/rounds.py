@@ -130,7 +130,7 @@ class RoundLoop:
         self.bytes_down = 0
         self.rejected_total = 0
         # what aborts a secure round; a job without a secure group never loads the
-        # protocol (cryptography and all: ~30 ms of its first round)
+        # protocol (cryptography and all), whose import would slow its first round
         self._aborts: tuple[type[Exception], ...] = ()
         if secure is not None:
             from fedcollab.secure.errors import RoundAbortedError
@@ -192,8 +192,8 @@ class RoundLoop:
             # rejected update (and below, no hash of an un-noised one)
             rejected = {k: v.split(":")[0] for k, v in rejected.items()}
         self._ahead = self._start_ahead(r + 1)
-        # hashed once the next round is under way: ~1.4 ms at N=100, off the path
-        # between this round's updates and the next round's start
+        # hashed once the next round is under way, off the path between this
+        # round's updates and the next round's start (hashing grows with N)
         hashes = {} if dp.on else {str(u.pid): update_sha256(u.delta) for u in out.updates}
         loss, acc = evaluation()
         record = RoundRecord(
@@ -230,8 +230,8 @@ class RoundLoop:
         """Start round ``r``'s training now, once the round before it has changed
         everything ``r`` depends on (weights, DP clip norm and ledger): the workers
         train while the driver waits for the evaluation, writes metrics and
-        checkpoints. A small round loses no time between rounds that way (at N=10 the
-        evaluation's round trip and the callbacks were a fifth of a round).
+        checkpoints. A small round loses no time between rounds that way (in a small
+        round the evaluation's round trip and the callbacks are a large share of it).
 
         Not for rounds whose training leaves state that the previous round's
         callbacks must see first (private layers: the checkpoint saves them, and
