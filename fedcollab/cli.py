@@ -219,12 +219,13 @@ def entry() -> None:
     interpreter's teardown.
 
     Once TensorFlow was loaded, Python's finalisation after the exit handlers took
-    1.2-1.7 s (measured on the default job), longer than the job's rounds; with Ray
-    and matplotlib alone (a job's driver, which no longer loads TensorFlow) still
-    0.44 s. Nothing is left to do by then. Every exit handler still runs (TensorFlow's removes its
-    autograph files, Ray's, logging's): the last one to run, registered here before
-    any of them, flushes the standard streams and ends the process with the
-    command's code. ``main()`` itself (as tests call it in-process) exits nothing.
+    longer than the default job's rounds; with Ray and matplotlib alone (a job's
+    driver, which no longer loads TensorFlow) it is still a visible share of a small
+    job's wall time. Nothing is left to do by then. Every exit handler still runs
+    (TensorFlow's removes its autograph files, Ray's, logging's): the last one to
+    run, registered here before any of them, flushes the standard streams and ends
+    the process with the command's code. ``main()`` itself (as tests call it
+    in-process) exits nothing.
     """
     import atexit
 

@@ -289,7 +289,7 @@ def _send_token() -> None:
 #: Ray settings of an embedded instance (a cluster started with ``ray start`` keeps its
 #: own). A worker's round reply (its participants' updates, ~1 MB at 50 participants
 #: of the benchmark model) travels back inside the reply instead of through the
-#: object store: ~3 ms less per round on 2 cores. Ray's default is 100 KiB.
+#: object store, which saves a store round trip per round. Ray's default is 100 KiB.
 EMBEDDED_SYSTEM_CONFIG = {"max_direct_call_object_size": 4 * 1024 * 1024}
 
 
@@ -357,7 +357,7 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
     try:
         # An embedded raylet and every worker it starts inherit this process's
         # environment: a job runtime_env instead made each actor wait for a fresh
-        # worker process (~1 s on 2 cores) rather than take one Ray pre-started
+        # worker process to start rather than take one Ray pre-started
         # while it came up.
         with _environment(worker_env() if address is None else {}):
             ray.init(**kwargs)

@@ -337,9 +337,8 @@ class WorkerPool:
 
         Small weights travel inside each call (Ray inlines arguments under 100 KiB):
         one copy per worker costs less than an object-store round trip (a put by the
-        driver, a fetch by every worker, the raylet in between; ~2 ms a round on
-        2 cores). Larger weights go into the object store once and every worker
-        reads the same reference.
+        driver, a fetch by every worker, the raylet in between). Larger weights go
+        into the object store once and every worker reads the same reference.
         """
         by_worker: dict[int, list[int]] = {}
         for p in sorted(chosen):  # costs what the sample costs, not the roster

@@ -58,7 +58,7 @@ def worker_reuse(ray: Any) -> Iterator[None]:
     """Within the block, a finished job's workers wait for the next job of this process
     instead of exiting, and that job configures them instead of starting new ones.
 
-    A worker is a process that imports TensorFlow (4-6 s of CPU); jobs run one after
+    A worker is a process that imports TensorFlow (most of its start-up); jobs run one after
     another on one Ray connection (a grade's mixes, a script or a test module that
     runs several jobs) then pay that once per worker, not once per job. A parked
     worker forgets its job (:meth:`~fedcollab.worker.worker.ParticipantWorker.release`:

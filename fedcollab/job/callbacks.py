@@ -157,8 +157,8 @@ class TensorBoardLog(RoundCallback):
     """Scalars per round as a TensorBoard event file, written without TensorFlow.
 
     TensorBoard's own ``EventFileWriter`` opens its file through ``tf.io.gfile``, and
-    importing it imports TensorFlow (4-6 s of the driver's start on 2 cores, the
-    driver's only use of it); its ``RecordWriter`` (the TFRecord framing with masked
+    importing it imports TensorFlow (the slowest import there is, for the driver's
+    only use of it); its ``RecordWriter`` (the TFRecord framing with masked
     CRC32C) and the ``Event`` protos are TensorFlow-free, so they write the same
     file here, flushed at most every :attr:`FLUSH_SECONDS` and at the job's end.
     """
@@ -191,7 +191,7 @@ class TensorBoardLog(RoundCallback):
     def _write(self, event: Any) -> None:
         self._writer.write(event.SerializeToString())
         now = time.monotonic()
-        if now - self._flushed >= self.FLUSH_SECONDS:  # a flush a round cost 0.3 ms at N=10
+        if now - self._flushed >= self.FLUSH_SECONDS:  # a flush a round shows in small rounds
             self._writer.flush()
             self._flushed = now
 

@@ -100,7 +100,7 @@ class RoundLoop:
         self.bytes_down = 0
         self.rejected_total = 0
         # what aborts a secure round; a job without a secure group never loads the
-        # protocol (cryptography and all: ~30 ms of its first round)
+        # protocol (cryptography and all), whose import would slow its first round
         self._aborts: tuple[type[Exception], ...] = ()
         if secure is not None:
             from fedcollab.secure.errors import RoundAbortedError
@@ -204,8 +204,8 @@ class RoundLoop:
         """Start round ``r``'s training now, once the round before it has changed
         everything ``r`` depends on (weights, DP clip norm and ledger): the workers
         train while the driver waits for the evaluation, writes metrics and
-        checkpoints. A small round loses no time between rounds that way (at N=10 the
-        evaluation's round trip and the callbacks were a fifth of a round).
+        checkpoints. A small round loses no time between rounds that way (in a small
+        round the evaluation's round trip and the callbacks are a large share of it).
 
         Not for rounds whose training leaves state that the previous round's
         callbacks must see first (private layers: the checkpoint saves them, and

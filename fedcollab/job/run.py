@@ -112,7 +112,7 @@ class _Driver:
     """The driver's view of the model: its initial weights, and who evaluates and
     exports it.
 
-    A job's driver does not load TensorFlow (4-6 s of CPU on 2 cores, contending with
+    A job's driver does not load TensorFlow (the slowest import, contending for CPU with
     Ray's start and the workers' own import): the workers build the model from the
     job's seed anyway, so one of them hands over the initial weights, evaluates each
     round's global weights on the held-out set and exports the release's
@@ -362,7 +362,7 @@ def _start_pool(ray: Any, spec: JobSpec, plan: OutDirPlan, options: RunOptions,
 
 
 def _load_protocol(spec: JobSpec) -> None:
-    """Import the secure-aggregation server of a job with a secure group (~30 ms of
+    """Import the secure-aggregation server of a job with a secure group (its
     ``cryptography`` and the protocol's modules) while the driver only waits."""
     if any(g.sharing == "secure" for g in spec.participants):
         import fedcollab.job.secure  # noqa: F401

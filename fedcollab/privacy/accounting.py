@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from fedcollab.privacy.errors import PrivacyError, UnreachableEpsilonError
 
-if TYPE_CHECKING:  # dp_accounting takes ~0.7 s to import: load it only when accounting
+if TYPE_CHECKING:  # dp_accounting is slow to import: load it only when accounting
     import dp_accounting
 
 __all__ = [

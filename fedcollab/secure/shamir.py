@@ -116,8 +116,8 @@ def share_values(secret: int, *, threshold: int, xs: Sequence[int],
     """The y values of :func:`split` without validation or wrapping (hot path).
 
     For the small thresholds of SecAgg+ neighbourhoods, ``f(x) = sum_j a_j x^j``
-    against cached power rows runs its products and sums in C (``map``/``sum``), a
-    third faster than Horner's rule in Python; large thresholds (SecAgg's complete
+    against cached power rows runs its products and sums in C (``map``/``sum``),
+    faster than Horner's rule in Python; large thresholds (SecAgg's complete
     graph) use Horner, whose multiplications by a small ``x`` stay cheap.
     """
     coeffs = [secret] + _random_elements(threshold - 1, rng)

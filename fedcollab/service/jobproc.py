@@ -74,7 +74,7 @@ def _connect(address: str) -> Any:
     from fedcollab.cluster.connect import worker_env
 
     # Ray's own pre-started worker processes do not help: Ray gives each actor a fresh
-    # process (measured: pre-started workers were never reused). Spare actors do (below).
+    # process and never reuses a pre-started one. Spare actors do (below).
     ray.init(address=address, logging_level=logging.WARNING,
              log_to_driver=bool(os.environ.get("FEDCOLLAB_WORKER_LOGS")),
              runtime_env={"env_vars": worker_env()})

@@ -237,7 +237,7 @@ class Runner:
         if not self.eager and self.ray_address is None and self._ray_head is None:
             return  # lazy: no Ray (and no pool) until the first job needs it
         if len(self._running) >= self.max_concurrent:
-            return  # warming a runner costs seconds of CPU: not while every slot is busy
+            return  # warming a runner is CPU-heavy: not while every slot is busy
         alive = deque(p for p in self._pool.procs if p.poll() is None)
         self._pool.procs = alive
         while len(self._pool.procs) < self.warm_runners:

@@ -138,9 +138,9 @@ def _settle_heap() -> None:
     """Move what is alive now (the modules a submit imports: numpy, scikit-learn, the
     spec's data loaders) out of the garbage collector's reach, once.
 
-    A full collection walks every tracked object; with those modules loaded it took
-    30-90 ms here, and on the event loop that stalls every call in flight: it was
-    most of GetJob's p99 under load. Objects made later are collected as usual.
+    A full collection walks every tracked object, and those modules bring many; on
+    the event loop that stalls every call in flight: it was most of GetJob's p99
+    under load. Objects made later are collected as usual.
     """
     if not _settled.is_set():
         _settled.set()

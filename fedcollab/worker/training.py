@@ -132,9 +132,9 @@ def _flat_call(concrete: Any, dtypes: Sequence[Any]) -> Optional[Callable[..., A
     """Call a traced function with its inputs as flat tensors of the traced dtypes.
 
     A ``ConcreteFunction``'s own call binds its arguments to the signature on every
-    call (Python, ~0.15-0.2 ms a call on 2 cores: a quarter of a small participant's
-    training); its ``_call_flat`` runs the same graph on the same tensors, so the
-    results are the same to the bit. The first call of each function goes the
+    call (in Python: a sizeable share of a small participant's training); its
+    ``_call_flat`` runs the same graph on the same tensors, so the results are the
+    same to the bit. The first call of each function goes the
     checked way (its errors are the clear ones); without ``_call_flat`` (another
     TensorFlow) every call goes the checked way (None here).
     """
@@ -148,8 +148,8 @@ def _flat_call(concrete: Any, dtypes: Sequence[Any]) -> Optional[Callable[..., A
 
     def call(*args: Any) -> Any:
         # tensors made by LocalTrainer.tensors pass as they are: a participant's data
-        # is converted once, not at every call (a conversion took 20 us alone and
-        # 100-150 us between two trainings, whose working set had evicted its own)
+        # is converted once, not at every call (a conversion costs most between two
+        # trainings, whose working set has evicted its own)
         tensors = [a if type(a) is eager and a.dtype == d else tf.convert_to_tensor(a, dtype=d)
                    for a, d in zip(args, dtypes)]
         return call_flat(tensors, concrete.captured_inputs)
@@ -203,8 +203,8 @@ class LocalTrainer:
                        for v in self._variables]
         self._started: list[Any] = [None] * len(self._start)
         # The loops are written as tf.while_loop, so a model of Keras' own layers is
-        # traced without AutoGraph's rewrite of Keras' code (0.3-0.4 s of a worker's
-        # start on 2 cores, the same graph); a model with a layer of the user's own
+        # traced without AutoGraph's rewrite of Keras' code (a visible part of a
+        # worker's start, for the same graph); a model with a layer of the user's own
         # keeps it, as model.fit would, for Python control flow over tensors.
         autograph = not stock_keras(model)
         self._train_fn = tf.function(
@@ -215,7 +215,7 @@ class LocalTrainer:
         # one graph (the signature is fixed): call it directly, skipping the polymorphic
         # function's per-call signature matching and cache lookup. Traced at the first
         # training call (a worker's warm_up), never in a process that only evaluates
-        # (the driver: 0.3 s of its start-up).
+        # (the driver, whose start-up it would only slow).
         self._train_concrete: Any = None
         self._eval_fn = tf.function(
             self._eval_graph, autograph=autograph,

@@ -243,8 +243,8 @@ class ParticipantWorker:
         seconds: dict[int, float] = {}
         # Secure participants' updates are encoded and masked after a batch of
         # trainings, not between them: the masking's keystreams and vectors evicted
-        # TensorFlow's working set from the caches, and the next participant trained
-        # ~18% slower (0.44 -> 0.52 ms at N=100).
+        # TensorFlow's working set from the caches, and the next participant's
+        # training ran measurably slower.
         held: list[tuple[int, _Participant, list[int], list[np.ndarray], float]] = []
         held_bytes = 0
 
