@@ -154,7 +154,7 @@ class RoundLoop:
         config = ahead.config if ahead is not None and ahead.config is not None \
             else self.configure(chosen)
         phases = SecurePhases()
-        secure_members = [p for p in chosen if self.people[p].sharing == "secure"]
+        secure_members = [p for p in chosen if self.people[p].policy.in_secure_sum]
         try:
             inbox = self._secure_prepare(r, secure_members, config, phases)
             t_train = time.perf_counter()
@@ -258,7 +258,7 @@ class RoundLoop:
         participants add the full noise themselves).
         """
         dp = self.dp
-        secure = sum(1 for p in chosen if self.people[p].sharing == "secure")
+        secure = sum(1 for p in chosen if self.people[p].policy.in_secure_sum)
         count_noise = dp.count_noise_std(len(chosen)) if dp.mode == "distributed" else 0.0
         return RoundConfig(dp.mode, dp.clip_norm, dp.noise_multiplier, max(secure, 1),
                            1.0 if dp.on else self.weight_scale, dp.adaptive, count_noise,
