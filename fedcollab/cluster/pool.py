@@ -197,7 +197,7 @@ class WorkerPool:
         # the offline phase (next round's masks) to queue and its calls in flight
         self._unprovisioned: set[int] = set(range(len(self.workers)))
         self._registry: dict[int, bytes] = {}
-        self._secure = frozenset(everyone.pids_where(sharing="secure"))
+        self._secure = frozenset(everyone.pids_where(in_secure_sum=True))
         self._offline_next: list[tuple[int, list[int]]] = []
         self._offline_calls: list[Any] = []
         if wait:

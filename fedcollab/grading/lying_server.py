@@ -95,8 +95,9 @@ def sybil_key_substitution(target_vector: np.ndarray, params: Any, *, group_size
 def lying_server(spec: Any, target_vector: Optional[np.ndarray] = None) -> dict[str, Any]:
     """The lying-server row of a mix: the replay above against its secure group."""
     from fedcollab.secure.params import SecAggParams
+    from fedcollab.spec.roster import policy
 
-    secure = [g for g in spec.participants if g.sharing == "secure"]
+    secure = [g for g in spec.participants if policy(g.sharing).in_secure_sum]
     server_model = str(getattr(spec.secure, "server", "honest_but_curious"))
     if not secure:
         return {"recovered": None, "relative_error": None, "server": server_model,

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fedcollab.spec.roster import Role
+
 __all__ = ["Budget", "BUDGETS", "Progress", "Timer", "TaskMeasurer", "defence_of"]
 
 
@@ -112,7 +114,7 @@ class TaskMeasurer:
             return {"backdoor": {}, "byzantine": {}}
         sim = Simulation(self.trainer, self.w0, self.parts, self.data.x_test, self.data.y_test,
                          seed=self.spec.seed)
-        attacker = next((i for i, g in enumerate(self._roster()) if g.role == "community"), 0)
+        attacker = next((i for i, g in enumerate(self._roster()) if g.role == Role.COMMUNITY), 0)
         t0 = time.perf_counter()
         backdoor = backdoor_experiment(sim, pretrain_rounds=self.budget.backdoor_pretrain,
                                        attacker=attacker, seed=self.spec.seed)
@@ -268,7 +270,7 @@ class TaskMeasurer:
         from fedcollab.spec.roster import roster
 
         people = roster(mspec)
-        vendor = frozenset(p.pid for p in people if p.role == "vendor")
+        vendor = frozenset(p.pid for p in people if p.role == Role.VENDOR)
         seen = [(int(m["round"]), frozenset(int(p) for p in m["secure"].get("survivors", ())))
                 for m in result.metrics
                 if m.get("secure") and "aborted" not in m and "skipped" not in m]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from fedcollab.spec import JobSpec, SpecError, apply_overrides, spec_from_dict
+from fedcollab.spec.roster import Role, Sharing
 
 __all__ = ["Mix", "builtin_mixes", "select_mixes", "mix_spec", "DP_NOISE_MULTIPLIER"]
 
@@ -48,10 +49,11 @@ def _groups(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def builtin_mixes(data: Mapping[str, Any]) -> list[Mix]:
     """The built-in mixes for this spec's groups (raw spec data, before validation)."""
     groups = _groups(data)
-    vendor = [i for i, g in enumerate(groups) if g.get("role") == "vendor"]
+    vendor = [i for i, g in enumerate(groups) if g.get("role") == Role.VENDOR]
 
     def sharing(secure: Sequence[int]) -> list[tuple[str, Any]]:
-        return [(f"participants.{i}.sharing", "secure" if i in secure else "open")
+        return [(f"participants.{i}.sharing",
+                 Sharing.SECURE.value if i in secure else Sharing.OPEN.value)
                 for i in range(len(groups))]
 
     def private(keep: bool) -> list[tuple[str, Any]]:
@@ -60,7 +62,7 @@ def builtin_mixes(data: Mapping[str, Any]) -> list[Mix]:
             if keep and i in vendor:
                 out.append((f"participants.{i}.private_layers",
                             list(g.get("private_layers") or ["head"])))
-            elif g.get("role") == "vendor" or g.get("private_layers"):
+            elif g.get("role") == Role.VENDOR or g.get("private_layers"):
                 out.append((f"participants.{i}.private_layers", []))
         return out
 

@@ -17,6 +17,7 @@ import numpy as np
 from fedcollab.grading.differencing import DifferencingResult, vendor_by_differencing
 from fedcollab.grading.inversion import invert_per_neuron, invert_single, psnr
 from fedcollab.job.records import update_sha256
+from fedcollab.spec.roster import Role
 
 __all__ = ["RoundView", "replay_round", "inversion_on_view", "differencing_on_view",
            "federated_evaluation", "held_out_for"]
@@ -87,11 +88,11 @@ def replay_round(spec: Any, trainer: Any, global_weights: Sequence[np.ndarray],
         deltas[p.pid] = delta
         clean[p.pid] = plain
         weights[p.pid] = 1.0 if dp else float(len(x))
-        if logged is not None and p.sharing == "open" and not dp and str(p.pid) in logged:
+        if logged is not None and p.policy.in_clear and not dp and str(p.pid) in logged:
             matches.append(logged[str(p.pid)] == update_sha256(delta))
-    return RoundView(deltas, clean, weights, [p.pid for p in people if p.sharing == "open"],
-                     [p.pid for p in people if p.sharing == "secure"],
-                     [p.pid for p in people if p.role == "vendor"], dp,
+    return RoundView(deltas, clean, weights, [p.pid for p in people if p.policy.in_clear],
+                     [p.pid for p in people if p.policy.in_secure_sum],
+                     [p.pid for p in people if p.role == Role.VENDOR], dp,
                      all(matches) if matches else None)
 
 
@@ -190,7 +191,7 @@ def federated_evaluation(spec: Any, trainer: Any, weights: Sequence[np.ndarray],
                            rng=np.random.default_rng([spec.seed, p.pid, 17]))
         _, acc = trainer.evaluate(list(weights), x_test[idx], y_test[idx])
         per_group.setdefault(p.group_name, []).append(acc)
-        if p.role == "vendor":
+        if p.role == Role.VENDOR:
             public.append(acc)
             mine = own.get(p.pid)
             private.append(trainer.evaluate(list(mine), x_test[idx], y_test[idx])[1]

@@ -277,9 +277,10 @@ class MixRuns:
 
     def _run(self, mix: Any, mspec: Any) -> tuple[Any, Optional[str]]:
         from fedcollab.job.run import RunOptions, run_job
+        from fedcollab.spec.roster import policy
 
         target = self.out_dir / "mixes" / mix.name
-        secure = any(g.sharing == "secure" for g in mspec.participants)
+        secure = any(policy(g.sharing).in_secure_sum for g in mspec.participants)
         try:
             result = run_job(mspec, RunOptions(
                 out_dir=target, address=self.address, quiet=True, progress=False,

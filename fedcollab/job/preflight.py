@@ -9,6 +9,7 @@ from typing import Any
 
 from fedcollab.errors import FedcollabError
 from fedcollab.spec import JobSpec, SpecError
+from fedcollab.spec.roster import policy
 
 __all__ = ["preflight"]
 
@@ -35,7 +36,7 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "train_samples": len(data.dataset.y_train) if isinstance(data, PartitionedFederation)
         else data.max_samples() * spec.total_participants}
-    secure = sum(g.count for g in spec.participants if g.sharing == "secure")
+    secure = sum(g.count for g in spec.participants if policy(g.sharing).in_secure_sum)
     if secure:
         from fedcollab.secure.params import SecAggParams
 
@@ -85,7 +86,7 @@ def _check_secure_room_for_noise(spec: JobSpec) -> None:
     from fedcollab.spec.roster import group_sampling_rates
 
     rates = group_sampling_rates(spec)
-    secure = [g for g in spec.participants if g.sharing == "secure"]
+    secure = [g for g in spec.participants if policy(g.sharing).in_secure_sum]
     # Poisson sampling: the fewest secure members a round can sum is every member of
     # the groups that always take part, or else the smallest group at its min_group
     forced = sum(g.count for g in secure if rates[g.name] >= 1)

@@ -155,7 +155,7 @@ class RoundLoop:
         return ahead.chosen, ahead.config, ahead.calls
 
     def _secure_members(self, chosen: Sequence[int]) -> list[int]:
-        return [p for p in chosen if self.people[p].sharing == "secure"]
+        return [p for p in chosen if self.people[p].policy.in_secure_sum]
 
     def _train(self, r: int, chosen: Sequence[int], config: RoundConfig, secure: SecureRound,
                started: Optional[TrainCalls]) -> RoundOutput:
@@ -232,7 +232,7 @@ class RoundLoop:
         participants add the full noise themselves).
         """
         dp = self.dp
-        secure = sum(1 for p in chosen if self.people[p].sharing == "secure")
+        secure = sum(1 for p in chosen if self.people[p].policy.in_secure_sum)
         count_noise = dp.count_noise_std(len(chosen)) if dp.mode == "distributed" else 0.0
         return RoundConfig(dp.mode, dp.clip_norm, dp.noise_multiplier, max(secure, 1),
                            1.0 if dp.on else self.weight_scale, dp.adaptive, count_noise,

@@ -40,7 +40,7 @@ from fedcollab.job.records import JobInfo, RoundRecord
 from fedcollab.job.rounds import RoundLoop
 from fedcollab.job.sampling import sample_participants
 from fedcollab.spec import JobSpec, spec_to_dict
-from fedcollab.spec.roster import ParticipantInfo, roster
+from fedcollab.spec.roster import ParticipantInfo, policy, roster
 from fedcollab.types import Weights
 from fedcollab.worker.messages import Pool
 
@@ -364,7 +364,7 @@ def _start_pool(ray: Any, spec: JobSpec, plan: OutDirPlan, options: RunOptions,
 def _load_protocol(spec: JobSpec) -> None:
     """Import the secure-aggregation server of a job with a secure group (its
     ``cryptography`` and the protocol's modules) while the driver only waits."""
-    if any(g.sharing == "secure" for g in spec.participants):
+    if any(policy(g.sharing).in_secure_sum for g in spec.participants):
         import fedcollab.job.secure  # noqa: F401
         import fedcollab.secure.server  # noqa: F401
 
@@ -411,7 +411,7 @@ class _Job:
                   f"epsilon is accounted at {rates[exposed]:.2f}", file=sys.stderr, flush=True)
         self.pool = pool
         secure = None
-        if any(g.sharing == "secure" for g in spec.participants):
+        if any(policy(g.sharing).in_secure_sum for g in spec.participants):
             from fedcollab.job.secure import SecureCoordinator
 
             secure = SecureCoordinator(spec, self.pool)

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedcollab.privacy.server import fresh_rng
-from fedcollab.spec.roster import ParticipantInfo, Roster, group_sample_sizes, group_sampling_rates
+from fedcollab.spec.roster import (
+    ParticipantInfo,
+    Roster,
+    group_sample_sizes,
+    group_sampling_rates,
+    policy,
+)
 
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
@@ -72,7 +78,7 @@ def poisson_sample(people: Sequence[ParticipantInfo], spec: JobSpec,
     for g, group in enumerate(spec.participants):
         members = everyone.group_range(g)
         k = int(rng.binomial(len(members), rates[group.name]))
-        if group.sharing == "secure" and k < min(group.count, spec.secure.min_group):
+        if policy(group.sharing).in_secure_sum and k < min(group.count, spec.secure.min_group):
             continue
         chosen.extend((rng.choice(len(members), size=k, replace=False)
                        + members.start).tolist())

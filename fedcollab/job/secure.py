@@ -166,7 +166,7 @@ class SecureCoordinator:
         from fedcollab.secure.stages import after_training, before_training
         from fedcollab.spec.roster import roster
 
-        self.members = roster(spec).pids_where(sharing="secure")
+        self.members = roster(spec).pids_where(in_secure_sum=True)
         self.params = SecAggParams.from_spec(spec)
         self.server = SecureServer(self.members, self.params, rng_seed=spec.seed)
         self.pool = pool

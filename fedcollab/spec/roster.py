@@ -1,14 +1,19 @@
 """The roster: every logical participant of a job, in group order, as cheap views.
 
 Shared nouns of the spec (who takes part, with which role and sharing policy), used
-by the driver and the workers alike.
+by the driver and the workers alike. A kind of party is one :class:`Sharing` member and
+its :data:`POLICIES` entry: the code that acts on a participant asks its policy
+(``policy(g.sharing).in_secure_sum``), never compares the word.
 """
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import enum
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, overload
 
 from fedcollab.types import ParticipantId
@@ -16,16 +21,87 @@ from fedcollab.types import ParticipantId
 if TYPE_CHECKING:
     from fedcollab.spec.schema import JobSpec
 
-__all__ = ["ROLES", "SHARING", "ParticipantInfo", "Roster", "roster", "group_sample_sizes",
-           "group_sampling_rates", "expected_participants"]
+__all__ = ["ROLES", "SHARING", "POLICIES", "Role", "Sharing", "SharingPolicy", "policy",
+           "ParticipantInfo", "Roster", "roster", "group_sample_sizes", "group_sampling_rates",
+           "expected_participants"]
 
 
-#: Who a group is (``role``): open community contributors, or the vendor's sites.
-ROLES = ("community", "vendor")
+class Role(str, enum.Enum):
+    """Who a group is (``role``): open community contributors, or the vendor's sites.
+
+    A ``str`` enum: a member equals the spec's word (``Role.VENDOR == "vendor"``) and
+    ``json.dumps`` writes the word, so specs and outputs read as before.
+    """
+
+    COMMUNITY = "community"
+    VENDOR = "vendor"
+
+    def __str__(self) -> str:  # str() and f-strings give the spec's word
+        return self.value
 
 
-#: How a group shares (``sharing``): updates in the clear, or only inside a secure sum.
-SHARING = ("open", "secure")
+class Sharing(str, enum.Enum):
+    """How a group shares (``sharing``); what that means is its :data:`POLICIES` entry.
+
+    A ``str`` enum like :class:`Role`: ``Sharing.SECURE == "secure"``.
+    """
+
+    OPEN = "open"
+    SECURE = "secure"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class SharingPolicy:
+    """What a participant of one kind sends each round, and how the server treats it.
+
+    Exactly one of the two holds: a participant's update leaves it either alone or
+    inside the secure sum. A kind that sends neither or both needs code in
+    :func:`fedcollab.worker.outgoing.outgoing` and in what receives it, not only an entry.
+
+    Attributes:
+        in_clear: Its update reaches the server alone: validated, logged with a hash in
+            ``metrics.jsonl``, seen by robust rules, and open to simulated attacks
+            (``behaviour``) and the grader's per-update attacks. Under distributed DP
+            it adds the full noise itself, since no sum hides it.
+        in_secure_sum: It masks its update into the secure group's sum (SecAgg): it
+            takes part in key setup, its group is never sampled below
+            ``secure.min_group``, and under distributed DP it adds only its share of
+            the noise.
+    """
+
+    in_clear: bool
+    in_secure_sum: bool
+
+    def __post_init__(self) -> None:
+        if self.in_clear == self.in_secure_sum:
+            raise ValueError(f"{self}: a participant's update goes either in the clear or "
+                             "into the secure sum; sending neither or both needs code in "
+                             "worker/outgoing.py, not only a policy")
+
+
+#: What each kind of party sends: the one place a new kind is declared.
+POLICIES: Mapping[Sharing, SharingPolicy] = MappingProxyType({
+    Sharing.OPEN: SharingPolicy(in_clear=True, in_secure_sum=False),
+    Sharing.SECURE: SharingPolicy(in_clear=False, in_secure_sum=True),
+})
+
+#: The spec's allowed ``role`` and ``sharing`` words (``Choices`` validates against them).
+ROLES = tuple(r.value for r in Role)
+SHARING = tuple(s.value for s in Sharing)
+
+_POLICY_FIELDS = frozenset(f.name for f in dataclasses.fields(SharingPolicy))
+
+
+def policy(sharing: str | Sharing) -> SharingPolicy:
+    """The policy of a ``sharing`` word (as the spec holds it) or member.
+
+    Raises:
+        ValueError: ``sharing`` is not a :class:`Sharing` (the spec refuses those first).
+    """
+    return POLICIES[Sharing(sharing)]
 
 
 @dataclass(frozen=True)
@@ -39,6 +115,11 @@ class ParticipantInfo:
     sharing: str
     private_layers: tuple[str, ...] = ()
     resources: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def policy(self) -> SharingPolicy:
+        """What this participant sends and how the server treats it."""
+        return policy(self.sharing)
 
 
 class Roster(Sequence[ParticipantInfo]):
@@ -90,11 +171,18 @@ class Roster(Sequence[ParticipantInfo]):
         return range(self.starts[g], self.starts[g + 1])
 
     def pids_where(self, **attrs: object) -> list[int]:
-        """Ids of the groups whose attributes match, e.g. ``pids_where(sharing="secure")``,
-        without building a :class:`ParticipantInfo` per participant."""
+        """Ids of the groups whose attributes match, without building a
+        :class:`ParticipantInfo` per participant.
+
+        A key is a group attribute (``role=Role.VENDOR``, ``sharing=Sharing.OPEN``) or a
+        field of the group's :class:`SharingPolicy` (``in_secure_sum=True``): ask the
+        policy rather than name a kind, so a new kind needs no change here.
+        """
         out: list[int] = []
         for g, group in enumerate(self.groups):
-            if all(getattr(group, k) == v for k, v in attrs.items()):
+            rules = policy(group.sharing)
+            if all(getattr(rules if k in _POLICY_FIELDS else group, k) == v
+                   for k, v in attrs.items()):
                 out.extend(self.group_range(g))
         return out
 
@@ -106,11 +194,12 @@ def roster(spec: JobSpec) -> Roster:
 
 def group_sample_sizes(spec: JobSpec) -> list[int]:
     """How many of each group take part per round: ``ceil(fraction * count)``, at least 1,
-    and a secure group never below ``secure.min_group`` (a smaller sum is no secret)."""
+    and a group in the secure sum never below ``secure.min_group`` (a smaller sum is no
+    secret)."""
     sizes = []
     for group in spec.participants:
         k = group.count if spec.fraction >= 1 else max(1, math.ceil(spec.fraction * group.count))
-        if group.sharing == "secure":
+        if policy(group.sharing).in_secure_sum:
             k = max(k, min(group.count, spec.secure.min_group))
         sizes.append(min(k, group.count))
     return sizes

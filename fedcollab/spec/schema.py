@@ -16,6 +16,7 @@ in ``__post_init__``.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
 import json
 import math
@@ -56,6 +57,14 @@ class Choices:
         if isinstance(value, bool) or value not in allowed:
             raise _fail(where, f"got {value!r}, expected one of "
                         + ", ".join(repr(a) for a in allowed))
+
+
+def _policy(group: GroupSpec, where: str = "participants") -> Any:
+    """The :class:`~fedcollab.spec.roster.SharingPolicy` of a group's ``sharing``. A
+    JobSpec built in Python skips the loader's check, so an unknown word is refused here
+    with a :class:`SpecError` too."""
+    Choices("fedcollab.spec.roster:SHARING").check(f"{where}.sharing", group.sharing)
+    return _registered("fedcollab.spec.roster:policy")(group.sharing)
 
 
 def _registered(source: str) -> Any:
@@ -431,8 +440,10 @@ class JobSpec:
     def _check_groups(self) -> None:
         names: set[str] = set()
         claimed = 0.0
+        vendor = _registered("fedcollab.spec.roster:Role").VENDOR
         for i, group in enumerate(self.participants):
             where = f"participants.{i}"
+            sharing = _policy(group, where)
             if group.name in names:
                 raise _fail(f"{where}.name", f"got {group.name!r} twice; group names must differ")
             names.add(group.name)
@@ -442,10 +453,10 @@ class JobSpec:
             if group.data_fraction is not None:
                 _fraction(f"{where}.data_fraction", group.data_fraction)
                 claimed += group.data_fraction
-            if group.private_layers and group.role != "vendor":
+            if group.private_layers and group.role != vendor:
                 raise _fail(f"{where}.private_layers",
                             "only a vendor group keeps private layers (role: vendor)")
-            if group.behaviour != "honest" and group.sharing == "secure":
+            if group.behaviour != "honest" and not sharing.in_clear:
                 raise _fail(f"{where}.behaviour", "attacks are simulated for open groups only; "
                             "a secure sum cannot be inspected per participant")
             for key, amount in group.resources.items():
@@ -456,7 +467,7 @@ class JobSpec:
         if claimed >= 1 - 1e-9 and any(g.data_fraction is None for g in self.participants):
             raise _fail("participants", "data_fraction adds up to 1, leaving no data for the "
                         "groups without one")
-        secure = [g for g in self.participants if g.sharing == "secure"]
+        secure = [g for g in self.participants if _policy(g).in_secure_sum]
         secure_count = sum(g.count for g in secure)
         if secure and secure_count < self.secure.min_group:
             raise _fail("participants", f"the secure group has {secure_count} member(s), "
@@ -465,7 +476,7 @@ class JobSpec:
         needs_individual = _registered(
             "fedcollab.aggregation.registry:rule_needs_individual_updates")
         if needs_individual(self.aggregation.rule) and secure and \
-                all(g.sharing == "secure" for g in self.participants):
+                not any(_policy(g).in_clear for g in self.participants):
             raise _fail("aggregation.rule", f"{self.aggregation.rule!r} must see individual "
                         "updates, but every group is secure; use fedavg (or make some groups open)")
         if self.privacy.dp.mode != "none" and self.aggregation.rule != "fedavg":
@@ -590,6 +601,8 @@ def spec_from_dict(data: Mapping[str, Any]) -> JobSpec:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):  # Sharing.SECURE given in Python is written "secure"
+        return _jsonable(value.value)
     if dataclasses.is_dataclass(value):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):

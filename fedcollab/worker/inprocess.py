@@ -60,7 +60,7 @@ class InProcessPool:
             self.owner[pids] = w
         self.private_pids = [pid for g, group in enumerate(spec.participants)
                              if group.private_layers for pid in everyone.group_range(g)]
-        self._secure = frozenset(everyone.pids_where(sharing="secure"))
+        self._secure = frozenset(everyone.pids_where(in_secure_sum=True))
         self.committed = resume_round
         self.replaced = 0
         data = spec_to_dict(spec)

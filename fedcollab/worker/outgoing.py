@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from fedcollab.errors import FedcollabError
+from fedcollab.spec.roster import policy
 from fedcollab.types import ParticipantId, Update
 from fedcollab.worker.messages import RoundConfig
 
@@ -168,7 +169,7 @@ def _privatize(raw: list[np.ndarray], config: RoundConfig, rng: np.random.Genera
 
     # Distributed noise hides a participant only inside the secure sum; an open
     # update reaches the server alone, so an open participant adds the full z*C.
-    mode = "local" if config.dp_mode == "distributed" and sharing != "secure" \
+    mode = "local" if config.dp_mode == "distributed" and not policy(sharing).in_secure_sum \
         else config.dp_mode
     sent, _ = privatize_update(raw, mode=mode,  # type: ignore[arg-type]
                                noise_multiplier=config.noise_multiplier,
@@ -190,14 +191,15 @@ def outgoing(raw: Sequence[np.ndarray], *, pid: ParticipantId, shared: Sequence[
         shapes: Every model array's shape (shared or not).
         num_samples: The participant's training examples.
         loss: Its training loss this round.
-        sharing: ``open`` or ``secure``.
+        sharing: A :class:`~fedcollab.spec.roster.Sharing` word; its policy decides.
         behaviour: ``honest`` or a key of :data:`ATTACKS`.
         attack_scale: The attack's strength (``sign_flip``, ``scale``).
         config: The round's settings from the server (DP mode, C, z, ...).
         rng: Fresh randomness for DP noise (OS entropy: the server must not predict it).
 
     Returns:
-        An :class:`Outgoing` with ``update`` (open) or ``secure_vector`` (secure).
+        An :class:`Outgoing` with ``update`` (in the clear) or ``secure_vector`` (into
+        the secure sum).
 
     Raises:
         UnknownAttackError: An unknown ``behaviour``.
@@ -212,7 +214,7 @@ def outgoing(raw: Sequence[np.ndarray], *, pid: ParticipantId, shared: Sequence[
     for i, d in zip(shared, sent):
         delta[i] = d
     fits = norm <= config.clip_norm
-    if sharing != "secure":
+    if policy(sharing).in_clear:
         if config.dp_on:  # under DP the server learns no norm or loss, only the clip bit
             return Outgoing(update=Update(pid, delta, num_samples, 0.0, 0.0,
                                           clip_bit=fits if config.clip_bit else None))

@@ -155,7 +155,7 @@ class ParticipantWorker:
             self._load_private(config.resume_round)
         self._secure: dict[int, Any] = {}
         self._registry: Optional[Mapping[int, Any]] = None  # parsed identity keys
-        secure = [pid for pid in self.people.pids_where(sharing="secure") if pid in self.hosted]
+        secure = [pid for pid in self.people.pids_where(in_secure_sum=True) if pid in self.hosted]
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
             self._secure_participant(pid)
         remove_autograph_files()  # traced: a killed worker would leave them in /tmp
