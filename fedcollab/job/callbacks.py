@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional, Protocol
@@ -292,8 +293,10 @@ class SummaryFile(RoundCallback):
         self.wall_start = wall_start
 
     def on_job_end(self, result: Any) -> None:
-        result.summary["wall_seconds"] = time.perf_counter() - self.wall_start
-        atomic_write_json(self.path, result.summary)
+        """Writes ``result.record`` (the job's :class:`~fedcollab.job.records.Summary`)
+        with the wall time until now."""
+        record = replace(result.record, wall_seconds=time.perf_counter() - self.wall_start)
+        atomic_write_json(self.path, record.to_json())
 
 
 class RoundProgress:

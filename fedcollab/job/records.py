@@ -1,5 +1,6 @@
 """What a job records: one :class:`RoundRecord` per round (a ``metrics.jsonl``
-line) and the :class:`JobInfo` callbacks receive when a job begins."""
+line), the job's :class:`Summary` (``summary.json``) and the :class:`JobInfo`
+callbacks receive when a job begins."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from fedcollab.types import Weights
     from fedcollab.worker.messages import RoundOutput
 
-__all__ = ["RoundRecord", "JobInfo", "PRIVACY_KEYS", "update_sha256"]
+__all__ = ["RoundRecord", "Summary", "JobInfo", "PRIVACY_KEYS", "update_sha256"]
 
 
 #: The DP figures a round's metrics line carries (flat, beside the other keys).
@@ -141,6 +142,64 @@ class RoundRecord:
                    privacy=privacy, vendor=vendor,
                    workers_replaced=tuple(line.get("workers_replaced", ())),
                    placement=line.get("placement"))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A job's ``summary.json``: its figures once the rounds end (docs/outputs.md).
+
+    Built once when the rounds end; the later stages of a job (the release, the
+    phases' times, the wall time after Ray stops) make new instances with
+    :func:`dataclasses.replace`. The fields are the file's keys, in their order.
+    """
+
+    name: str
+    out_dir: str
+    rounds: int
+    rounds_completed: int
+    wall_seconds: float
+    rounds_seconds: float                # the round loop alone
+    seconds_per_round: float
+    participants: Mapping[str, Any]      # total, groups
+    workers: Sequence[Mapping[str, Any]]  # where each worker runs and whom it hosts
+    workers_replaced: int
+    bytes_up: int
+    bytes_down: int
+    rejected_updates: int
+    final_loss: Optional[float]
+    seed: int
+    final_accuracy: Optional[float]      # None (and not written) unless classification
+    vendor_accuracy: Optional[float]     # None (and not written) without a vendor's head
+    privacy: Mapping[str, Any]
+    aggregation: Mapping[str, Any]
+    rejected_by_reason: Mapping[str, int]
+    status: str                          # "succeeded" or "failed"
+    failure: Optional[str] = None        # why, when failed
+    release: Optional[str] = None        # the release's directory, once written
+    phases_seconds: Optional[Mapping[str, float]] = None  # once the job ran to its end
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary.json dict (JSON-safe; optional keys only when present)."""
+        out: dict[str, Any] = {
+            "name": self.name, "out_dir": self.out_dir, "rounds": self.rounds,
+            "rounds_completed": self.rounds_completed, "wall_seconds": self.wall_seconds,
+            "rounds_seconds": self.rounds_seconds, "seconds_per_round": self.seconds_per_round,
+            "participants": dict(self.participants), "workers": list(self.workers),
+            "workers_replaced": self.workers_replaced, "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down, "rejected_updates": self.rejected_updates,
+            "final_loss": self.final_loss, "seed": self.seed}
+        for key in ("final_accuracy", "vendor_accuracy"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out.update({"privacy": dict(self.privacy), "aggregation": dict(self.aggregation),
+                    "rejected_by_reason": dict(self.rejected_by_reason),
+                    "status": self.status})
+        for key in ("failure", "release"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.phases_seconds is not None:
+            out["phases_seconds"] = dict(self.phases_seconds)
+        return out
 
 
 def update_sha256(delta: Sequence[Optional[np.ndarray]]) -> str:

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -36,7 +36,7 @@ from fedcollab.job.callbacks import (
     TensorBoardLog,
 )
 from fedcollab.job.outdir import OutDirPlan, default_out_dir, plan_out_dir
-from fedcollab.job.records import JobInfo, RoundRecord
+from fedcollab.job.records import JobInfo, RoundRecord, Summary
 from fedcollab.job.rounds import RoundLoop
 from fedcollab.job.sampling import sample_participants
 from fedcollab.spec import JobSpec, spec_to_dict
@@ -80,10 +80,17 @@ class JobResult:
     """What a finished job returns (its files are in ``out_dir``)."""
 
     out_dir: Path
-    summary: dict[str, Any]
+    summary: dict[str, Any]   # summary.json as a plain dict: ``record.to_json()``
     weights: Weights
     metrics: list[dict[str, Any]] = field(default_factory=list)   # the metrics.jsonl lines
     records: list[RoundRecord] = field(default_factory=list)
+    record: Optional[Summary] = None   # summary.json as the frozen record the job built
+
+    @classmethod
+    def of(cls, out_dir: Path, record: Summary, weights: Weights,
+           metrics: list[dict[str, Any]], records: list[RoundRecord]) -> JobResult:
+        """The result whose ``summary`` is ``record``'s dict."""
+        return cls(out_dir, record.to_json(), weights, metrics, records, record)
 
     @property
     def rounds_completed(self) -> int:
@@ -298,7 +305,11 @@ def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
             pool.shutdown()
         t = time.perf_counter()
     phases["shutdown"] = time.perf_counter() - t
-    result.summary["wall_seconds"] = time.perf_counter() - wall0
+    assert result.record is not None  # _Job.run builds its result from a Summary
+    record = replace(result.record, wall_seconds=time.perf_counter() - wall0,
+                     phases_seconds=dict(phases))
+    result = JobResult.of(result.out_dir, record, result.weights, result.metrics,
+                          result.records)
     if (result.out_dir / "summary.json").exists():  # now with the shutdown's time
         from fedcollab.io import atomic_write_json
 
@@ -463,71 +474,67 @@ class _Job:
         self.phases["rounds"] = rounds_seconds
         t_release = time.perf_counter()
         metrics = list(self.history) + [r.to_json() for r in records]
-        summary = self._summary(metrics, rounds_seconds)
-        if not _learned(metrics):
-            reasons = summary["rejected_by_reason"]
-            why = ("no round accepted an update: every update was rejected ("
-                   + ", ".join(f"{k}: {n}" for k, n in sorted(reasons.items())) + ")"
-                   if reasons else "no round changed the model (aborted or skipped rounds)")
-            summary.update({"status": "failed", "failure": why})
-            failed = JobResult(self.out, summary, self.loop.weights, metrics, records)
-            self.callbacks.on_job_end(failed)
-            raise JobFailedError(f"{spec.name}: {why}; no release was written "
+        record = self._summary(metrics, rounds_seconds)
+        if record.failure is not None:
+            self.callbacks.on_job_end(JobResult.of(self.out, record, self.loop.weights,
+                                                   metrics, records))
+            raise JobFailedError(f"{spec.name}: {record.failure}; no release was written "
                                  f"(see {self.out / 'metrics.jsonl'})")
-        summary["status"] = "succeeded"
         if self.options.release:
             from fedcollab.job.release import write_release
 
             release = write_release(self.out / "release",
                                     model=self.driver.export(self.loop.weights),
                                     weights=self.loop.weights, spec=spec,
-                                    participants=self.people, summary=summary,
+                                    participants=self.people, summary=record.to_json(),
                                     key_path=spec.release.key, sign=spec.release.sign)
-            summary["release"] = str(release)
+            record = replace(record, release=str(release))
         self.phases["release"] = time.perf_counter() - t_release
-        summary["phases_seconds"] = self.phases  # shutdown is added once Ray has stopped
-        result = JobResult(self.out, summary, self.loop.weights, metrics, records)
+        # shutdown is added once Ray has stopped
+        record = replace(record, phases_seconds=dict(self.phases))
+        result = JobResult.of(self.out, record, self.loop.weights, metrics, records)
         self.callbacks.on_job_end(result)
         return result
 
-    def _summary(self, metrics: Sequence[dict[str, Any]], rounds_seconds: float
-                 ) -> dict[str, Any]:
+    def _summary(self, metrics: Sequence[dict[str, Any]], rounds_seconds: float) -> Summary:
+        """The job's summary.json once its rounds end: succeeded, or failed and why."""
         spec, loop = self.spec, self.loop
         last = metrics[-1] if metrics else {}
         groups = [{"name": g.name, "role": g.role, "count": g.count, "sharing": g.sharing,
                    "private_layers": list(g.private_layers)} for g in spec.participants]
-        summary: dict[str, Any] = {
-            "name": spec.name, "out_dir": str(self.out),
-            "rounds": spec.rounds, "rounds_completed": len(metrics),
-            "wall_seconds": time.perf_counter() - self.wall0, "rounds_seconds": rounds_seconds,
-            "seconds_per_round": rounds_seconds / max(len(metrics) - len(self.history), 1),
-            "participants": {"total": len(self.people), "groups": groups},
-            "workers": self.pool.placement, "workers_replaced": self.pool.replaced,
-            "bytes_up": int(loop.bytes_up), "bytes_down": int(loop.bytes_down),
-            "rejected_updates": loop.rejected_total,
-            "final_loss": last.get("loss"),
-            "seed": spec.seed,
-        }
-        if self.driver.classification:
-            summary["final_accuracy"] = last.get("accuracy")
-        if "vendor_accuracy" in last:
-            summary["vendor_accuracy"] = last["vendor_accuracy"]
         dp = spec.privacy.dp
-        summary["privacy"] = {"mode": loop.dp.mode, "noise_multiplier": loop.dp.noise_multiplier,
-                              "delta": dp.delta, "epsilon": loop.dp.epsilon,
-                              "clip_norm": loop.dp.clip_norm if loop.dp.on else None,
-                              "sampling_rate": loop.dp.sampling_rate if loop.dp.on else None,
-                              "group_sampling_rates": loop.dp.group_rates if loop.dp.on
-                              else None}
-        summary["aggregation"] = {"rule": spec.aggregation.rule,
-                                  "server_optimizer": spec.aggregation.server_optimizer}
         reasons: dict[str, int] = {}
         for m in metrics:
             for reason in m["rejected"].values():
                 kind = reason.split(":")[0]
                 reasons[kind] = reasons.get(kind, 0) + 1
-        summary["rejected_by_reason"] = reasons
-        return summary
+        failure = None
+        if not _learned(metrics):
+            failure = ("no round accepted an update: every update was rejected ("
+                       + ", ".join(f"{k}: {n}" for k, n in sorted(reasons.items())) + ")"
+                       if reasons else "no round changed the model (aborted or skipped rounds)")
+        return Summary(
+            name=spec.name, out_dir=str(self.out),
+            rounds=spec.rounds, rounds_completed=len(metrics),
+            wall_seconds=time.perf_counter() - self.wall0, rounds_seconds=rounds_seconds,
+            seconds_per_round=rounds_seconds / max(len(metrics) - len(self.history), 1),
+            participants={"total": len(self.people), "groups": groups},
+            workers=self.pool.placement, workers_replaced=self.pool.replaced,
+            bytes_up=int(loop.bytes_up), bytes_down=int(loop.bytes_down),
+            rejected_updates=loop.rejected_total,
+            final_loss=last.get("loss"),
+            seed=spec.seed,
+            final_accuracy=last.get("accuracy") if self.driver.classification else None,
+            vendor_accuracy=last.get("vendor_accuracy"),
+            privacy={"mode": loop.dp.mode, "noise_multiplier": loop.dp.noise_multiplier,
+                     "delta": dp.delta, "epsilon": loop.dp.epsilon,
+                     "clip_norm": loop.dp.clip_norm if loop.dp.on else None,
+                     "sampling_rate": loop.dp.sampling_rate if loop.dp.on else None,
+                     "group_sampling_rates": loop.dp.group_rates if loop.dp.on else None},
+            aggregation={"rule": spec.aggregation.rule,
+                         "server_optimizer": spec.aggregation.server_optimizer},
+            rejected_by_reason=reasons,
+            status="failed" if failure else "succeeded", failure=failure)
 
 
 def _yaml(data: Any) -> str:

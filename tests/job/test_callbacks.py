@@ -13,10 +13,12 @@ from fedcollab.job.callbacks import (
     Checkpointer,
     MetricsLog,
     RoundCallback,
+    SummaryFile,
     write_plots,
 )
-from fedcollab.job.records import RoundRecord
-from fedcollab.job.run import _read_committed
+from fedcollab.job.records import RoundRecord, Summary
+from fedcollab.job.run import JobResult, _read_committed
+from tests.job.test_records import KNOWN
 
 
 def _record(r: int) -> RoundRecord:
@@ -100,6 +102,20 @@ def test_callback_list_calls_in_order() -> None:
 
     CallbackList([Named("a"), Named("b")]).on_round_end(_record(1))
     assert seen == ["a", "b"]
+
+
+def test_summary_file_writes_the_record_with_the_wall_time_and_leaves_the_result(
+        tmp_path: Path) -> None:
+    import time
+
+    record = Summary(**KNOWN)
+    result = JobResult.of(tmp_path, record, [], [], [])
+    assert result.summary == record.to_json() and result.record is record
+    SummaryFile(tmp_path, wall_start=time.perf_counter() - 100.0).on_job_end(result)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["wall_seconds"] >= 100.0
+    assert {**written, "wall_seconds": KNOWN["wall_seconds"]} == KNOWN
+    assert result.summary["wall_seconds"] == KNOWN["wall_seconds"]  # the result is as it was
 
 
 def test_write_plots_titles_and_integer_round_ticks(tmp_path: Path) -> None:
