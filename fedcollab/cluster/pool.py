@@ -21,6 +21,7 @@ import numpy as np
 from fedcollab.cluster.reuse import _kill_quietly, _Options, _park, _take_parked
 from fedcollab.spec.roster import ParticipantInfo, roster
 from fedcollab.types import Weights
+from fedcollab.worker.hosting import Hosting, personalised_means, stage_replies
 from fedcollab.worker.messages import (
     ModelInfo,
     RoundConfig,
@@ -104,7 +105,7 @@ def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
 
 
 
-class WorkerPool:
+class WorkerPool(Hosting):
     """The job's worker actors; usable as soon as it is constructed (workers ready).
 
     Args:
@@ -340,13 +341,11 @@ class WorkerPool:
         driver, a fetch by every worker, the raylet in between). Larger weights go
         into the object store once and every worker reads the same reference.
         """
-        by_worker: dict[int, list[int]] = {}
-        for p in sorted(chosen):  # costs what the sample costs, not the roster
-            by_worker.setdefault(int(self.owner[p]), []).append(p)
+        by_worker = self._by_worker(chosen)  # costs what the sample costs, not the roster
         inline = sum(w.nbytes for w in weights) * len(by_worker) <= INLINE_WEIGHT_BYTES
         ref = weights if inline else self.ray.put(weights)
         calls = []
-        for index, mine in sorted(by_worker.items()):
+        for index, mine in by_worker:
             sub = {p: inbox[p] for p in mine if p in inbox}
             calls.append((index, mine, self.workers[index].train_round.remote(
                 ref, round_id, mine, config, sub)))
@@ -401,14 +400,6 @@ class WorkerPool:
         self.suspect.clear()
         return healed
 
-    def where(self, out: RoundOutput) -> dict[str, Any]:
-        """Where a round trained: each worker's node and device, seconds per participant."""
-        used = sorted(set(out.worker_of.values()))
-        return {"workers": {str(w): {k: self.placement[w].get(k) for k in ("node_id", "device")}
-                            for w in used},
-                "participants": {str(p): [w, round(out.seconds[p], 5)]
-                                 for p, w in sorted(out.worker_of.items())}}
-
     def _check_resources(self, index: int) -> None:
         """A lost worker's group can only move to a live node that can host it."""
         from fedcollab.cluster.placement import ClusterError, check_placement
@@ -426,13 +417,8 @@ class WorkerPool:
             return {}
         calls = [w.evaluate_personalised.remote(weights) for w, has in
                  zip(self.workers, self._has_private) if has]
-        results = [r for batch in self.ray.get(calls) for r in batch]
-        if not results:
-            return {}
-        out = {"vendor_loss": float(np.mean([r[1] for r in results]))}
-        if classification:
-            out["vendor_accuracy"] = float(np.mean([r[2] for r in results]))
-        return out
+        return personalised_means([r for batch in self.ray.get(calls) for r in batch],
+                                  classification=classification)
 
     # ------------------------------------------------------------------ checkpoints
     def save_private(self, round_id: int) -> Callable[[], None]:
@@ -483,25 +469,17 @@ class WorkerPool:
         """One call per worker hosting a participant with a message; a worker that
         fails sends nothing (its participants drop here) and is healed next round."""
         self._reap_offline()
-        by_worker: dict[int, dict[int, bytes]] = {}
-        for pid, message in messages.items():
-            by_worker.setdefault(int(self.owner[pid]), {})[pid] = message
+        by_worker = self._messages_by_worker(messages)
         calls = [(w, self.workers[w].secure_stage.remote(stage, round_id, sub))
-                 for w, sub in sorted(by_worker.items())]
+                 for w, sub in by_worker]
         if prepare_next:
-            self._offline_next = [(w, sorted(sub)) for w, sub in sorted(by_worker.items())]
+            self._offline_next = [(w, sorted(sub)) for w, sub in by_worker]
         out = StageReplies()
         for w, call in calls:
             try:
-                got = self.ray.get(call)
+                stage_replies(stage, out, self.ray.get(call))
             except self.ray.exceptions.RayError:
                 self.suspect.add(w)
-                continue
-            for pid, reply in got.items():
-                if isinstance(reply, bytes):
-                    out.replies[pid] = reply
-                else:
-                    out.refused[pid] = f"{stage}: participant refused: {reply}"
         return out
 
     def secure_prepare(self) -> None:

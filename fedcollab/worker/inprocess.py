@@ -17,6 +17,7 @@ import numpy as np
 
 from fedcollab.spec.roster import roster
 from fedcollab.types import Weights
+from fedcollab.worker.hosting import Hosting, personalised_means, stage_replies
 from fedcollab.worker.messages import (
     ModelInfo,
     RoundConfig,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["InProcessPool"]
 
 
-class InProcessPool:
+class InProcessPool(Hosting):
     """Workers in this process, as many as ``hosted`` has entries.
 
     Args:
@@ -105,12 +106,9 @@ class InProcessPool:
                      inbox: Mapping[int, bytes]) -> TrainCalls:
         """Train now (this process has nothing else to do meanwhile); the calls
         carry the workers' outputs."""
-        by_worker: dict[int, list[int]] = {}
-        for p in sorted(chosen):
-            by_worker.setdefault(int(self.owner[p]), []).append(p)
         calls = [(w, mine, self.workers[w].train_round(
             list(weights), round_id, mine, config, {p: inbox[p] for p in mine if p in inbox}))
-            for w, mine in sorted(by_worker.items())]
+            for w, mine in self._by_worker(chosen)]
         return TrainCalls(round_id, calls)
 
     def collect(self, pending: TrainCalls) -> RoundOutput:
@@ -126,25 +124,13 @@ class InProcessPool:
     def heal(self) -> list[int]:
         return []
 
-    def where(self, out: RoundOutput) -> dict[str, Any]:
-        used = sorted(set(out.worker_of.values()))
-        return {"workers": {str(w): {k: self.placement[w].get(k) for k in ("node_id", "device")}
-                            for w in used},
-                "participants": {str(p): [w, round(out.seconds[p], 5)]
-                                 for p, w in sorted(out.worker_of.items())}}
-
     def evaluate_personalised(self, weights: Weights, *,
                               classification: bool = True) -> dict[str, float]:
         if not self.private_pids:
             return {}
-        results = [r for worker in self.workers
-                   for r in worker.evaluate_personalised(list(weights))]
-        if not results:
-            return {}
-        out = {"vendor_loss": float(np.mean([r[1] for r in results]))}
-        if classification:
-            out["vendor_accuracy"] = float(np.mean([r[2] for r in results]))
-        return out
+        return personalised_means([r for worker in self.workers
+                                   for r in worker.evaluate_personalised(list(weights))],
+                                  classification=classification)
 
     # ------------------------------------------------------------------ checkpoints
     def save_private(self, round_id: int) -> Callable[[], None]:
@@ -171,18 +157,12 @@ class InProcessPool:
 
     def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
                      prepare_next: bool = False) -> StageReplies:
-        by_worker: dict[int, dict[int, bytes]] = {}
-        for pid, message in messages.items():
-            by_worker.setdefault(int(self.owner[pid]), {})[pid] = message
+        by_worker = self._messages_by_worker(messages)
         if prepare_next:
-            self._offline_next = [(w, sorted(sub)) for w, sub in sorted(by_worker.items())]
+            self._offline_next = [(w, sorted(sub)) for w, sub in by_worker]
         out = StageReplies()
-        for w, sub in sorted(by_worker.items()):
-            for pid, reply in self.workers[w].secure_stage(stage, round_id, sub).items():
-                if isinstance(reply, bytes):
-                    out.replies[pid] = reply
-                else:
-                    out.refused[pid] = f"{stage}: participant refused: {reply}"
+        for w, sub in by_worker:
+            stage_replies(stage, out, self.workers[w].secure_stage(stage, round_id, sub))
         return out
 
     def secure_prepare(self) -> None:

@@ -1,0 +1,70 @@
+"""What every :class:`~fedcollab.worker.messages.Pool` does the same way, whatever
+carries its calls: which worker hosts whom, how a call's participants and messages
+split over the workers, how replies come back together."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fedcollab.worker.messages import RoundOutput, StageReplies
+
+__all__ = ["Hosting", "personalised_means", "stage_replies"]
+
+
+class Hosting:
+    """A pool's map of participants to workers (set by the pool's constructor).
+
+    Attributes:
+        owner: Participant id -> the index of the worker hosting it.
+        placement: Per worker, where it runs (``node_id``, ``device``, ...).
+    """
+
+    owner: np.ndarray
+    placement: list[dict[str, Any]]
+
+    def _by_worker(self, pids: Iterable[int]) -> list[tuple[int, list[int]]]:
+        """``pids`` (sorted) grouped by the worker hosting them, in worker order."""
+        groups: dict[int, list[int]] = {}
+        for p in sorted(pids):
+            groups.setdefault(int(self.owner[p]), []).append(p)
+        return sorted(groups.items())
+
+    def _messages_by_worker(self, messages: Mapping[int, bytes]
+                            ) -> list[tuple[int, dict[int, bytes]]]:
+        """Each participant's message, grouped by the worker hosting it."""
+        groups: dict[int, dict[int, bytes]] = {}
+        for pid, message in messages.items():
+            groups.setdefault(int(self.owner[pid]), {})[pid] = message
+        return sorted(groups.items())
+
+    def where(self, out: RoundOutput) -> dict[str, Any]:
+        """Where a round trained: each worker's node and device, seconds per participant."""
+        used = sorted(set(out.worker_of.values()))
+        return {"workers": {str(w): {k: self.placement[w].get(k) for k in ("node_id", "device")}
+                            for w in used},
+                "participants": {str(p): [w, round(out.seconds[p], 5)]
+                                 for p, w in sorted(out.worker_of.items())}}
+
+
+def stage_replies(stage: str, into: StageReplies, got: Mapping[int, Any]) -> None:
+    """Add one worker's answers to a secure stage: bytes are replies, a ``str`` is a
+    participant's refusal of the request as a server's lie."""
+    for pid, reply in got.items():
+        if isinstance(reply, bytes):
+            into.replies[pid] = reply
+        else:
+            into.refused[pid] = f"{stage}: participant refused: {reply}"
+
+
+def personalised_means(results: Sequence[tuple[int, float, float]], *,
+                       classification: bool) -> dict[str, float]:
+    """Mean test loss (and accuracy) over ``(pid, loss, accuracy)`` of the participants
+    with private layers; empty when there are none."""
+    if not results:
+        return {}
+    out = {"vendor_loss": float(np.mean([r[1] for r in results]))}
+    if classification:
+        out["vendor_accuracy"] = float(np.mean([r[2] for r in results]))
+    return out
