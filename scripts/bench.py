@@ -447,9 +447,9 @@ def bench_secure_floor() -> None:
 
     from fedcollab.data import load_dataset
     from fedcollab.secure.graph import build_graph, threshold_for
+    from fedcollab.secure.layout import secure_dim
     from fedcollab.secure.params import SecAggParams
     from fedcollab.worker.models import build_model
-    from fedcollab.worker.outgoing import secure_dim
 
     n, server = 100, "honest_but_curious"
     spec = workload_spec(n, participants__0__sharing="secure",

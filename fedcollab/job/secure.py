@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from fedcollab.aggregation import SecureSum
 from fedcollab.worker.messages import Pool, RoundConfig, RoundOutput
-from fedcollab.worker.outgoing import secure_dim, split_secure_sum
 
 if TYPE_CHECKING:
     from fedcollab.secure.result import SecureSumResult
@@ -96,6 +95,8 @@ class SecureRound:
         """Key setup as needed; each member's mask request (its inbox)."""
         if self.coordinator is None:
             return {}
+        from fedcollab.secure.layout import secure_dim
+
         config = self.config
         dim = secure_dim(self.shapes, clip_bit=config.clip_bit,
                          saturation=config.secure_clip > 0)
@@ -106,6 +107,8 @@ class SecureRound:
         coordinator, config = self.coordinator, self.config
         if coordinator is None:
             return SecureOutcome()
+        from fedcollab.secure.layout import split_secure_sum
+
         result = coordinator.finish(self.round_id, out.masked, self.phases,
                                     last=self.round_id == coordinator.rounds)
         log = _secure_log(result, self.phases, out)

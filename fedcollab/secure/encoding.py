@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedcollab.secure.errors import EncodingError, SecAggConfigError
+from fedcollab.secure.layout import secure_vector, split_secure_sum
 
 __all__ = ["FixedPointCodec", "weighted_vector", "split_weighted_sum", "RING_BITS"]
 
@@ -152,10 +153,7 @@ def weighted_vector(update: np.ndarray, weight: float) -> np.ndarray:
     if not (math.isfinite(weight) and weight > 0):
         raise EncodingError(f"weight={weight!r} must be a positive finite number")
     flat = np.asarray(update, dtype=np.float64).ravel()
-    out = np.empty(flat.size + 1, dtype=np.float64)
-    np.multiply(flat, weight, out=out[:-1])
-    out[-1] = weight
-    return out
+    return secure_vector([flat], [flat.shape], weight)
 
 
 def split_weighted_sum(total: np.ndarray) -> tuple[np.ndarray, float]:
@@ -167,8 +165,9 @@ def split_weighted_sum(total: np.ndarray) -> tuple[np.ndarray, float]:
     vec = np.asarray(total, dtype=np.float64)
     if vec.ndim != 1 or vec.size < 2:
         raise EncodingError(f"expected a 1-D sum with a weight coordinate, got shape {vec.shape}")
-    weight = float(vec[-1])
+    parts = split_secure_sum(vec, [(vec.size - 1,)], scale=1.0, clip_bit=False)
+    weight = parts.counts[0]
     if not weight > 0:
         raise EncodingError(
             f"summed weight is {weight:.3g}, expected > 0; were the weights appended?")
-    return vec[:-1] / weight, weight
+    return parts.arrays[0] / weight, weight

@@ -9,10 +9,11 @@ import pytest
 
 from fedcollab.privacy import epsilon
 from fedcollab.privacy.server import DpServer
+from fedcollab.secure.layout import secure_vector
 from fedcollab.spec import SpecError, spec_from_dict
 from fedcollab.spec.roster import group_sampling_rates
 from fedcollab.worker.messages import RoundConfig
-from fedcollab.worker.outgoing import outgoing, secure_vector
+from fedcollab.worker.outgoing import outgoing
 
 
 def _spec(**changes: Any) -> Any:

@@ -100,9 +100,9 @@ def test_worker_leaves_no_autograph_files_once_loaded(tmp_path: Path) -> None:
 
 def _secure_round_sum(worker: Any, weights: Any, pids: list[int], spec: Any) -> np.ndarray:
     """One SecAgg+ round of ``pids`` through ``worker``, the server driven in process."""
+    from fedcollab.secure.layout import secure_dim
     from fedcollab.secure.params import SecAggParams
     from fedcollab.secure.server import SecureServer
-    from fedcollab.worker.outgoing import secure_dim
 
     server = SecureServer(pids, SecAggParams.from_spec(spec), rng_seed=0)
     dim = secure_dim([w.shape for w in weights], clip_bit=False)
