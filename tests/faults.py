@@ -14,14 +14,14 @@ from fedcollab.cluster.pool import WorkerPool
 
 def before_training(monkeypatch: pytest.MonkeyPatch, round_id: int,
                     act: Callable[[WorkerPool], None]) -> None:
-    """Call ``act(pool)`` once round ``round_id``'s key setup is done, right before
-    its training calls go out (secure rounds never start ahead, so this is after
-    the round's secure stages before training)."""
-    submit = WorkerPool.submit_train
+    """Call ``act(pool)`` once round ``round_id``'s key setup is done, right before it
+    trains (secure rounds never start ahead, so this is after the round's secure
+    stages before training)."""
+    train = WorkerPool.train
 
-    def submit_train(self: WorkerPool, weights: Any, r: int, *args: Any, **kwargs: Any) -> Any:
+    def train_after(self: WorkerPool, weights: Any, r: int, *args: Any, **kwargs: Any) -> Any:
         if r == round_id:
             act(self)
-        return submit(self, weights, r, *args, **kwargs)
+        return train(self, weights, r, *args, **kwargs)
 
-    monkeypatch.setattr(WorkerPool, "submit_train", submit_train)
+    monkeypatch.setattr(WorkerPool, "train", train_after)

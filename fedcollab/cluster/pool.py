@@ -326,14 +326,8 @@ class WorkerPool(Hosting):
         return bool(self.suspect)
 
     # ------------------------------------------------------------------ rounds
-    def train(self, weights: Weights, round_id: int, chosen: Sequence[int], config: RoundConfig,
-              inbox: Mapping[int, bytes]) -> RoundOutput:
-        """One training call per worker hosting a chosen participant; gather replies
-        (:meth:`submit_train`, then :meth:`collect`)."""
-        return self.collect(self.submit_train(weights, round_id, chosen, config, inbox))
-
-    def submit_train(self, weights: Weights, round_id: int, chosen: Sequence[int],
-                     config: RoundConfig, inbox: Mapping[int, bytes]) -> TrainCalls:
+    def _start_training(self, weights: Weights, round_id: int, chosen: Sequence[int],
+                config: RoundConfig, inbox: Mapping[int, bytes]) -> TrainCalls:
         """Start one training call per worker hosting a chosen participant.
 
         Small weights travel inside each call (Ray inlines arguments under 100 KiB):
@@ -351,8 +345,8 @@ class WorkerPool(Hosting):
                 ref, round_id, mine, config, sub)))
         return TrainCalls(round_id, calls)
 
-    def collect(self, pending: TrainCalls) -> RoundOutput:
-        """Wait for :meth:`submit_train`'s calls. A worker that failed drops its chosen
+    def _collect_training(self, pending: TrainCalls) -> RoundOutput:
+        """Wait for the training calls. A worker that failed drops its chosen
         participants from the round (and is healed before the next one)."""
         total = RoundOutput([], {}, {})
         for index, mine, call in pending.calls:

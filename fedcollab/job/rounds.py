@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from fedcollab.job.callbacks import CallbackList
     from fedcollab.job.secure import SecureCoordinator
     from fedcollab.spec import JobSpec
-    from fedcollab.worker.messages import RoundOutput, TrainCalls
+    from fedcollab.worker.messages import RoundOutput
 
 __all__ = ["RoundRecord", "RoundLoop", "update_sha256"]
 
@@ -53,7 +53,6 @@ class _Ahead:
     round: int
     chosen: list[int]
     config: Optional[RoundConfig] = None  # None: nobody was sampled
-    calls: Optional[TrainCalls] = None
 
 
 class RoundLoop:
@@ -113,12 +112,12 @@ class RoundLoop:
         """Sample, train on the pool, aggregate, evaluate; tell the callbacks."""
         replaced = tuple(self.pool.heal()) if self.pool.needs_heal else ()
         t0 = time.perf_counter()
-        chosen, config, started = self._sample(r)
+        chosen, config = self._sample(r)
         if config is None:  # Poisson sampling (DP) can draw nobody: the round still counts
             return self._end(self._nobody_sampled(r, t0, replaced))
         secure = SecureRound(self.secure, r, self._secure_members(chosen), config, self.shapes)
         try:
-            out = self._train(r, chosen, config, secure, started)
+            out = self._train(r, chosen, config, secure)
             secured = secure.finish(out)
         except self._aborts as err:
             return self._end(self._aborted(r, len(chosen), str(err), t0, secure, replaced))
@@ -144,26 +143,25 @@ class RoundLoop:
         self.callbacks.on_round_end(record)
         return record
 
-    def _sample(self, r: int) -> tuple[list[int], Optional[RoundConfig], Optional[TrainCalls]]:
-        """The round's participants and settings (``None``: nobody was sampled), and its
-        training calls if they started while the round before was logged
-        (:meth:`_start_ahead`)."""
+    def _sample(self, r: int) -> tuple[list[int], Optional[RoundConfig]]:
+        """The round's participants and settings (``None``: nobody was sampled), as
+        drawn when its training started ahead (:meth:`_start_ahead`) or now."""
         ahead, self._ahead = self._ahead, None
-        if ahead is None or ahead.round != r:  # (driven out of order: those calls go unread)
+        if ahead is None or ahead.round != r:  # driven out of order: drawn again
             chosen = self.sampler.sample(r)
-            return chosen, self.configure(chosen) if chosen else None, None
-        return ahead.chosen, ahead.config, ahead.calls
+            return chosen, self.configure(chosen) if chosen else None
+        return ahead.chosen, ahead.config
 
     def _secure_members(self, chosen: Sequence[int]) -> list[int]:
         return [p for p in chosen if self.people[p].policy.in_secure_sum]
 
-    def _train(self, r: int, chosen: Sequence[int], config: RoundConfig, secure: SecureRound,
-               started: Optional[TrainCalls]) -> RoundOutput:
-        """Key setup as needed, then the participants' training (secure members mask)."""
+    def _train(self, r: int, chosen: Sequence[int], config: RoundConfig,
+               secure: SecureRound) -> RoundOutput:
+        """Key setup as needed, then the participants' training (secure members mask;
+        the pool collects a round it started ahead)."""
         inbox = secure.prepare()
         t_train = time.perf_counter()
-        out = self.pool.collect(started) if started is not None \
-            else self.pool.train(self.weights, r, chosen, config, inbox)
+        out = self.pool.train(self.weights, r, chosen, config, inbox)
         secure.phases.add("train", time.perf_counter() - t_train)
         return out
 
@@ -223,7 +221,8 @@ class RoundLoop:
         if not chosen:  # the round's one (Poisson) draw: kept, not drawn again
             return _Ahead(r, chosen)
         config = self.configure(chosen)
-        return _Ahead(r, chosen, config, pool.submit_train(self.weights, r, chosen, config, {}))
+        pool.submit_train(self.weights, r, chosen, config, {})
+        return _Ahead(r, chosen, config)
 
     def configure(self, chosen: Sequence[int]) -> RoundConfig:
         """What the server tells participants this round (DP settings, weights' scale).

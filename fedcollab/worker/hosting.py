@@ -4,11 +4,12 @@ split over the workers, how replies come back together."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
-from fedcollab.worker.messages import RoundOutput, StageReplies
+from fedcollab.types import Weights
+from fedcollab.worker.messages import RoundConfig, RoundOutput, StageReplies, TrainCalls
 
 __all__ = ["Hosting", "personalised_means", "stage_replies"]
 
@@ -23,6 +24,33 @@ class Hosting:
 
     owner: np.ndarray
     placement: list[dict[str, Any]]
+    #: A round's training started ahead (:meth:`submit_train`), until :meth:`train`.
+    _started: Optional[TrainCalls] = None
+
+    # ------------------------------------------------------------------ pipelining
+    def submit_train(self, weights: Weights, round_id: int, chosen: Sequence[int],
+                     config: RoundConfig, inbox: Mapping[int, bytes]) -> None:
+        """Start round ``round_id``'s training now; :meth:`train` of that round
+        collects it. The job starts a round while it still logs the one before."""
+        self._started = self._start_training(weights, round_id, chosen, config, inbox)
+
+    def train(self, weights: Weights, round_id: int, chosen: Sequence[int],
+              config: RoundConfig, inbox: Mapping[int, bytes]) -> RoundOutput:
+        """The round's training: what :meth:`submit_train` started for this round, or
+        started now (a round started ahead and never asked for goes unread)."""
+        started, self._started = self._started, None
+        if started is None or started.round_id != round_id:
+            started = self._start_training(weights, round_id, chosen, config, inbox)
+        return self._collect_training(started)
+
+    def _start_training(self, weights: Weights, round_id: int, chosen: Sequence[int],
+                config: RoundConfig, inbox: Mapping[int, bytes]) -> TrainCalls:
+        """Start one training call per worker hosting a chosen participant."""
+        raise NotImplementedError
+
+    def _collect_training(self, pending: TrainCalls) -> RoundOutput:
+        """Wait for the calls and merge their outputs."""
+        raise NotImplementedError
 
     def _by_worker(self, pids: Iterable[int]) -> list[tuple[int, list[int]]]:
         """``pids`` (sorted) grouped by the worker hosting them, in worker order."""

@@ -101,9 +101,8 @@ class InProcessPool(Hosting):
         return self.workers[-1].export_model(list(weights))
 
     # ------------------------------------------------------------------ rounds
-    def submit_train(self, weights: Weights, round_id: int,
-                     chosen: Sequence[int], config: RoundConfig,
-                     inbox: Mapping[int, bytes]) -> TrainCalls:
+    def _start_training(self, weights: Weights, round_id: int, chosen: Sequence[int],
+                config: RoundConfig, inbox: Mapping[int, bytes]) -> TrainCalls:
         """Train now (this process has nothing else to do meanwhile); the calls
         carry the workers' outputs."""
         calls = [(w, mine, self.workers[w].train_round(
@@ -111,15 +110,11 @@ class InProcessPool(Hosting):
             for w, mine in self._by_worker(chosen)]
         return TrainCalls(round_id, calls)
 
-    def collect(self, pending: TrainCalls) -> RoundOutput:
+    def _collect_training(self, pending: TrainCalls) -> RoundOutput:
         total = RoundOutput([], {}, {})
         for index, _, output in pending.calls:
             total.merge(output, worker=index)
         return total
-
-    def train(self, weights: Weights, round_id: int, chosen: Sequence[int],
-              config: RoundConfig, inbox: Mapping[int, bytes]) -> RoundOutput:
-        return self.collect(self.submit_train(weights, round_id, chosen, config, inbox))
 
     def heal(self) -> list[int]:
         return []

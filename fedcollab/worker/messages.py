@@ -113,7 +113,8 @@ _F32 = np.dtype(np.float32)
 
 @dataclass(frozen=True)
 class TrainCalls:
-    """A round's training calls in flight (:meth:`WorkerPool.submit_train`): per
+    """A round's training calls in flight (inside a pool, between starting and
+    collecting them): per
     worker, its index, the participants it trains and the call's reference."""
 
     round_id: int
@@ -213,17 +214,15 @@ class Pool(Protocol):
 
     def submit_train(self, weights: Weights, round_id: int,
                      chosen: Sequence[int], config: RoundConfig,
-                     inbox: Mapping[int, bytes]) -> TrainCalls:
-        """Start training the chosen participants (secure ones mask for ``inbox``)."""
-        ...
-
-    def collect(self, pending: TrainCalls) -> RoundOutput:
-        """Wait for :meth:`submit_train`'s calls."""
+                     inbox: Mapping[int, bytes]) -> None:
+        """Start round ``round_id``'s training now (pipelining: the job starts a round
+        while it still logs the one before); :meth:`train` of that round collects it."""
         ...
 
     def train(self, weights: Weights, round_id: int, chosen: Sequence[int],
               config: RoundConfig, inbox: Mapping[int, bytes]) -> RoundOutput:
-        """:meth:`submit_train`, then :meth:`collect`."""
+        """Train the chosen participants (secure ones mask for ``inbox``): what
+        :meth:`submit_train` started for this round, or started now."""
         ...
 
     def heal(self) -> list[int]:

@@ -46,20 +46,13 @@ class FakePool(InProcessPool):
     def needs_heal(self) -> bool:
         return bool(self.suspect)
 
-    def submit_train(self, weights: Any, round_id: int, chosen: Any, config: RoundConfig,
-                     inbox: Any) -> TrainCalls:
-        return TrainCalls(round_id, [(0, list(chosen), (weights, config, inbox))])
-
-    def collect(self, pending: TrainCalls) -> RoundOutput:
-        (_, chosen, (weights, config, inbox)), = pending.calls
-        return self.train(weights, pending.round_id, chosen, config, inbox)
-
-    def train(self, weights: Any, round_id: int, chosen: Any, config: RoundConfig,
-              inbox: Any) -> RoundOutput:
+    def _start_training(self, weights: Any, round_id: int, chosen: Any, config: RoundConfig,
+                        inbox: Any) -> TrainCalls:
         self.configs.append(config)
         updates = [Update(p, [np.full(s, self.values[p], np.float32) for s in SHAPES], 10, 0.5)
                    for p in chosen if p not in self.dropped]
-        return RoundOutput(updates, {}, {}, dropped=list(self.dropped))
+        return TrainCalls(round_id, [(0, list(chosen),
+                                      RoundOutput(updates, {}, {}, dropped=list(self.dropped)))])
 
     def heal(self) -> list[int]:
         self.healed += 1
@@ -200,26 +193,18 @@ def test_claimed_sample_counts_are_validated(bad: float) -> None:
 
 
 class PipelinedPool(FakePool):
-    """A FakePool that trains in two steps, as WorkerPool does, and logs the order."""
+    """A FakePool that logs when each round's training starts."""
 
     def __init__(self, values: dict[int, float], events: list[str]) -> None:
         super().__init__(values)
         self.events = events
         self.started: list[tuple[int, list[np.ndarray]]] = []
 
-    def submit_train(self, weights: Any, round_id: int, chosen: Any, config: RoundConfig,
-                     inbox: Any) -> TrainCalls:
+    def _start_training(self, weights: Any, round_id: int, chosen: Any, config: RoundConfig,
+                        inbox: Any) -> TrainCalls:
         self.events.append(f"train {round_id}")
         self.started.append((round_id, [np.array(w) for w in weights]))
-        return TrainCalls(round_id, [(0, list(chosen), (weights, config, inbox))])
-
-    def collect(self, pending: TrainCalls) -> RoundOutput:
-        (_, chosen, (weights, config, inbox)), = pending.calls
-        return FakePool.train(self, weights, pending.round_id, chosen, config, inbox)
-
-    def train(self, weights: Any, round_id: int, chosen: Any, config: RoundConfig,
-              inbox: Any) -> RoundOutput:
-        return self.collect(self.submit_train(weights, round_id, chosen, config, inbox))
+        return super()._start_training(weights, round_id, chosen, config, inbox)
 
 
 class Order(Recorder):
@@ -260,12 +245,12 @@ def test_the_next_round_waits_when_this_ones_callbacks_must_come_first(why: str)
         pool.private_pids = [3]  # the checkpoint saves them after the round they are from
     loop = _loop(_spec(), pool, Order(events))  # type: ignore[arg-type]
     if why == "a lost worker":
-        original = pool.collect
+        original = pool._collect_training
 
         def lose_one(pending: Any) -> RoundOutput:
             pool.suspect.add(0)
             return original(pending)
-        pool.collect = lose_one  # type: ignore[method-assign]
+        pool._collect_training = lose_one  # type: ignore[method-assign]
     for r in (1, 2):
         loop.run_round(r)
     assert events == ["train 1", "logged 1", "train 2", "logged 2"]
