@@ -45,8 +45,6 @@ def _worker_env() -> dict[str, Any]:
     return {"env_vars": worker_env()}
 
 
-#: How Ray says that a process it forked for a new instance never came up.
-_STARTUP_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 #: Starts tried before a fixture fails (each hang costs Ray's 30 s).
 _STARTS = 3
 
@@ -68,7 +66,9 @@ def _start_retrying(ray: Any, start: Callable[[], T]) -> T:
         try:
             return start()
         except Exception as err:  # noqa: BLE001 - Ray raises bare Exception / RuntimeError
-            if not any(text in str(err) for text in _STARTUP_TIMEOUTS):
+            from fedcollab.cluster.connect import is_startup_timeout
+
+            if not is_startup_timeout(err):
                 raise
         ray.shutdown()
     return start()

@@ -44,7 +44,8 @@ from fedcollab.cluster.placement import ClusterError
 
 __all__ = ["ClusterError", "connect", "check_reachable", "worker_env", "Token", "find_token",
            "use_token_file", "ensure_token_file", "check_token", "is_loopback", "keep_loopback",
-           "state_dir", "resolve_auto", "EMBEDDED_SYSTEM_CONFIG", "TF_ENV"]
+           "state_dir", "resolve_auto", "EMBEDDED_SYSTEM_CONFIG", "TF_ENV",
+           "is_startup_timeout", "EMBEDDED_STARTS"]
 
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
@@ -308,6 +309,22 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+#: How often an embedded Ray is started before its start-up time-out is reported.
+#: Ray forks its GCS and raylet with a Python ``preexec_fn``, which Python documents
+#: as unsafe in a process with other threads (gRPC's, say): now and then a forked
+#: process hangs before ``exec`` and Ray gives up waiting for it. Each start forks
+#: afresh, so a second one comes up.
+EMBEDDED_STARTS = 3
+
+#: What Ray's error says when a process it forked never came up.
+STARTUP_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
+
+
+def is_startup_timeout(err: BaseException) -> bool:
+    """Whether ``err`` is Ray giving up on a process it started (worth a new start)."""
+    return any(text in str(err) for text in STARTUP_TIMEOUTS)
+
+
 @contextlib.contextmanager
 def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, float]] = None,
             num_cpus: Optional[int] = None, num_gpus: Optional[int] = None) -> Iterator[Any]:
@@ -354,17 +371,23 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
             if check_token(address) is not None:
                 _send_token()
         kwargs["address"] = address
-    try:
-        # An embedded raylet and every worker it starts inherit this process's
-        # environment: a job runtime_env instead made each actor wait for a fresh
-        # worker process to start rather than take one Ray pre-started
-        # while it came up.
-        with _environment(worker_env() if address is None else {}):
-            ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
-        where = address or "a local instance"
-        first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-        raise ClusterError(f"cannot start or join Ray at {where}: {first}") from None
+    starts = EMBEDDED_STARTS if address is None else 1
+    for start in range(1, starts + 1):
+        try:
+            # An embedded raylet and every worker it starts inherit this process's
+            # environment: a job runtime_env instead made each actor wait for a fresh
+            # worker process to start rather than take one Ray pre-started
+            # while it came up.
+            with _environment(worker_env() if address is None else {}):
+                ray.init(**kwargs)
+            break
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
+            if start < starts and is_startup_timeout(err):
+                ray.shutdown()  # a process Ray forked never came up: fork afresh
+                continue
+            where = address or "a local instance"
+            first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+            raise ClusterError(f"cannot start or join Ray at {where}: {first}") from None
     try:
         yield ray
     finally:

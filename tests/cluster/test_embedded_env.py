@@ -37,3 +37,28 @@ def test_embedded_workers_get_the_worker_environment_and_the_driver_keeps_its_ow
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["worker"] == worker_env()
     assert all(v is None for v in seen["driver"].values())  # restored after Ray started
+
+
+RETRY = """
+import ray
+from fedcollab.cluster.connect import connect
+
+real, calls = ray.init, []
+
+def init(**kwargs):  # the first start hangs as a forked GCS sometimes does
+    calls.append(kwargs["address"])
+    if len(calls) == 1:
+        raise RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port")
+    return real(**kwargs)
+
+ray.init = init
+with connect(None, num_cpus=1) as ray:
+    print(len(calls), sum(ray.get([ray.remote(lambda: 1).remote()])))
+"""
+
+
+def test_embedded_start_that_times_out_is_started_again() -> None:
+    result = subprocess.run([sys.executable, "-c", RETRY], capture_output=True, text=True,
+                            cwd=ROOT, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["2", "1"]  # started twice, then it ran a task
