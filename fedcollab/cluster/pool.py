@@ -21,7 +21,7 @@ import numpy as np
 from fedcollab.cluster.reuse import _kill_quietly, _Options, _park, _take_parked
 from fedcollab.spec.roster import ParticipantInfo, roster
 from fedcollab.types import Weights
-from fedcollab.worker.hosting import Hosting, personalised_means, stage_replies
+from fedcollab.worker.hosting import Hosting, WorkerLost, personalised_means, stage_replies
 from fedcollab.worker.messages import (
     ModelInfo,
     RoundConfig,
@@ -437,26 +437,14 @@ class WorkerPool(Hosting):
         self.committed = round_id
 
     # ------------------------------------------------------------------ secure stages
-    def setup_identities(self) -> None:
-        """Setup channel: collect the identity public keys of the secure participants
-        of every worker not yet provisioned, and hand the registry to every worker.
-        A worker that fails here stays unprovisioned (retried next round); its
-        participants drop meanwhile."""
-        asked = sorted(self._unprovisioned)
-        if not asked:
-            return
+    def _secure_calls(self, calls: Sequence[tuple[int, Mapping[int, bytes]]], stage: str,
+                      **kwargs: Any) -> list[Mapping[int, Any]]:
+        refs = [self.workers[w].secure_stage.remote(stage, -1, dict(messages), **kwargs)
+                for w, messages in calls]
         try:
-            calls = [self.workers[w].secure_stage.remote(
-                "identity", -1, {p: b"" for p in self.hosted[w] if p in self._secure})
-                for w in asked]
-            for reply in self.ray.get(calls):
-                self._registry.update({pid: key for pid, key in reply.items()
-                                       if isinstance(key, bytes)})
-            self.ray.get([w.secure_stage.remote("registry", -1, {}, registry=self._registry)
-                          for w in self.workers])
+            return list(self.ray.get(refs))
         except self.ray.exceptions.RayError:
-            return
-        self._unprovisioned.clear()
+            raise WorkerLost(stage) from None
 
     def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
                      prepare_next: bool = False) -> StageReplies:

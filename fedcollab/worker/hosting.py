@@ -11,7 +11,11 @@ import numpy as np
 from fedcollab.types import Weights
 from fedcollab.worker.messages import RoundConfig, RoundOutput, StageReplies, TrainCalls
 
-__all__ = ["Hosting", "personalised_means", "stage_replies"]
+__all__ = ["Hosting", "WorkerLost", "personalised_means", "stage_replies"]
+
+
+class WorkerLost(Exception):
+    """A worker did not answer a call (its transport says how it was lost)."""
 
 
 class Hosting:
@@ -24,6 +28,11 @@ class Hosting:
 
     owner: np.ndarray
     placement: list[dict[str, Any]]
+    hosted: list[list[int]]
+    #: Secure-group members, and per worker whether its identities are registered.
+    _secure: frozenset[int]
+    _unprovisioned: set[int]
+    _registry: dict[int, bytes]
     #: A round's training started ahead (:meth:`submit_train`), until :meth:`train`.
     _started: Optional[TrainCalls] = None
 
@@ -66,6 +75,38 @@ class Hosting:
         for pid, message in messages.items():
             groups.setdefault(int(self.owner[pid]), {})[pid] = message
         return sorted(groups.items())
+
+    # ------------------------------------------------------------------ setup channel
+    def setup_identities(self) -> None:
+        """Setup channel of the malicious-server model: collect the identity public keys
+        of the secure participants of every worker not yet provisioned (all at first,
+        then each one a heal replaced), and hand the whole registry to every worker.
+        A worker lost here stays unprovisioned (tried again next round); its
+        participants drop meanwhile."""
+        asked = sorted(self._unprovisioned)
+        if not asked:
+            return
+        try:
+            for reply in self._secure_calls(
+                    [(w, {p: b"" for p in self.hosted[w] if p in self._secure}) for w in asked],
+                    "identity"):
+                self._registry.update({pid: key for pid, key in reply.items()
+                                       if isinstance(key, bytes)})
+            self._secure_calls([(w, {}) for w in range(len(self.hosted))], "registry",
+                               registry=self._registry)
+        except WorkerLost:
+            return
+        self._unprovisioned.clear()
+
+    def _secure_calls(self, calls: Sequence[tuple[int, Mapping[int, bytes]]], stage: str,
+                      **kwargs: Any) -> list[Mapping[int, Any]]:
+        """``secure_stage(stage, -1, messages, **kwargs)`` on each ``(worker, messages)``;
+        their replies in order.
+
+        Raises:
+            WorkerLost: A worker did not answer.
+        """
+        raise NotImplementedError
 
     def where(self, out: RoundOutput) -> dict[str, Any]:
         """Where a round trained: each worker's node and device, seconds per participant."""

@@ -75,7 +75,8 @@ class InProcessPool(Hosting):
             if self.placement[-1].get("error"):
                 raise SpecError(self.placement[-1]["error"])
         self._offline_next: list[tuple[int, list[int]]] = []
-        self._provisioned = False
+        self._unprovisioned: set[int] = set(range(len(self.workers)))
+        self._registry: dict[int, bytes] = {}
 
     # ------------------------------------------------------------------ the model
     @property
@@ -138,17 +139,10 @@ class InProcessPool(Hosting):
         self.committed = round_id
 
     # ------------------------------------------------------------------ secure stages
-    def setup_identities(self) -> None:
-        if self._provisioned:
-            return
-        registry: dict[int, bytes] = {}
-        for worker, pids in zip(self.workers, self.hosted):
-            reply = worker.secure_stage("identity", -1,
-                                        {p: b"" for p in pids if p in self._secure})
-            registry.update({p: k for p, k in reply.items() if isinstance(k, bytes)})
-        for worker in self.workers:
-            worker.secure_stage("registry", -1, {}, registry=registry)
-        self._provisioned = True
+    def _secure_calls(self, calls: Sequence[tuple[int, Mapping[int, bytes]]], stage: str,
+                      **kwargs: Any) -> list[Mapping[int, Any]]:
+        return [self.workers[w].secure_stage(stage, -1, dict(messages), **kwargs)
+                for w, messages in calls]
 
     def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
                      prepare_next: bool = False) -> StageReplies:
