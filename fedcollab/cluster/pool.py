@@ -41,20 +41,6 @@ __all__ = ["WorkerPool", "plan_workers", "INLINE_WEIGHT_BYTES"]
 INLINE_WEIGHT_BYTES = 96 * 1024
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
                  cluster_cpus: float) -> list[tuple[dict[str, float], list[int]]]:
     """Worker pools: (custom resources, participants) per worker, deterministic.
@@ -81,28 +67,6 @@ def plan_workers(spec: JobSpec, people: Sequence[ParticipantInfo],
         for chunk in np.array_split(np.asarray(general), count):
             plan.append(({}, chunk.tolist()))
     return plan
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 class WorkerPool(Hosting):
@@ -134,9 +98,6 @@ class WorkerPool(Hosting):
         self.people = people
         self.out_dir = Path(out_dir)
         self.committed = resume_round
-        everyone = roster(spec)
-        self.private_pids = [pid for g, group in enumerate(spec.participants)
-                             if group.private_layers for pid in everyone.group_range(g)]
         cpus = float(ray.cluster_resources().get("CPU", 1))
         self.plan = plan_workers(spec, people, cpus)
         from fedcollab.cluster.placement import check_placement, worker_requests
@@ -148,10 +109,7 @@ class WorkerPool(Hosting):
                                          gpus_per_worker=spec.resources.gpus_per_worker)
         check_placement(self._requests, ray.nodes())
         self._spec_data = spec_to_dict(spec)
-        self.hosted: list[list[int]] = [pids for _, pids in self.plan]
-        self.owner = np.zeros(sum(len(p) for p in self.hosted), np.int32)  # pid -> worker
-        for w, pids in enumerate(self.hosted):
-            self.owner[pids] = w
+        self._host(spec, [pids for _, pids in self.plan])
         private = set(self.private_pids)
         self._has_private = [bool(private.intersection(pids)) for pids in self.hosted]
         # a worker per planned slot: a spare, a worker a finished job of this process
@@ -193,14 +151,7 @@ class WorkerPool(Hosting):
         self.placement: list[dict[str, Any]] = []
         self.suspect: set[int] = set()   # workers that failed a call since the last heal
         self.replaced = 0                # workers recreated over the job
-        # secure aggregation: workers whose participants' identities are not yet in
-        # the registry (all at first; then each one that failed), the registry, and
-        # the offline phase (next round's masks) to queue and its calls in flight
-        self._unprovisioned: set[int] = set(range(len(self.workers)))
-        self._registry: dict[int, bytes] = {}
-        self._secure = frozenset(everyone.pids_where(in_secure_sum=True))
-        self._offline_next: list[tuple[int, list[int]]] = []
-        self._offline_calls: list[Any] = []
+        self._offline_calls: list[Any] = []  # the offline phase's calls in flight
         if wait:
             self.wait_ready()
 

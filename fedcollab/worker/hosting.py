@@ -4,12 +4,16 @@ split over the workers, how replies come back together."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from fedcollab.spec.roster import roster
 from fedcollab.types import Weights
 from fedcollab.worker.messages import RoundConfig, RoundOutput, StageReplies, TrainCalls
+
+if TYPE_CHECKING:
+    from fedcollab.spec import JobSpec
 
 __all__ = ["Hosting", "WorkerLost", "personalised_means", "stage_replies"]
 
@@ -19,22 +23,41 @@ class WorkerLost(Exception):
 
 
 class Hosting:
-    """A pool's map of participants to workers (set by the pool's constructor).
+    """A pool's map of participants to workers (:meth:`_host`, from its constructor).
 
     Attributes:
+        hosted: Per worker, the participants it hosts.
         owner: Participant id -> the index of the worker hosting it.
+        private_pids: Participants with private layers (their state lives in workers).
         placement: Per worker, where it runs (``node_id``, ``device``, ...).
     """
 
-    owner: np.ndarray
-    placement: list[dict[str, Any]]
     hosted: list[list[int]]
-    #: Secure-group members, and per worker whether its identities are registered.
+    owner: np.ndarray
+    private_pids: list[int]
+    placement: list[dict[str, Any]]
+    #: Secure-group members, and the workers whose identities are not yet registered.
     _secure: frozenset[int]
     _unprovisioned: set[int]
     _registry: dict[int, bytes]
+    #: Workers (and their participants) the last ``prepare_next`` stage called.
+    _offline_next: list[tuple[int, list[int]]]
     #: A round's training started ahead (:meth:`submit_train`), until :meth:`train`.
     _started: Optional[TrainCalls] = None
+
+    def _host(self, spec: JobSpec, hosted: Sequence[Sequence[int]]) -> None:
+        """Host ``hosted[w]`` on worker ``w``: the maps above, no identity registered."""
+        everyone = roster(spec)
+        self.hosted = [list(pids) for pids in hosted]
+        self.owner = np.zeros(len(everyone), np.int32)
+        for w, pids in enumerate(self.hosted):
+            self.owner[pids] = w
+        self.private_pids = [pid for g, group in enumerate(spec.participants)
+                             if group.private_layers for pid in everyone.group_range(g)]
+        self._secure = frozenset(everyone.pids_where(in_secure_sum=True))
+        self._unprovisioned = set(range(len(self.hosted)))
+        self._registry = {}
+        self._offline_next = []
 
     # ------------------------------------------------------------------ pipelining
     def submit_train(self, weights: Weights, round_id: int, chosen: Sequence[int],
@@ -53,7 +76,7 @@ class Hosting:
         return self._collect_training(started)
 
     def _start_training(self, weights: Weights, round_id: int, chosen: Sequence[int],
-                config: RoundConfig, inbox: Mapping[int, bytes]) -> TrainCalls:
+                        config: RoundConfig, inbox: Mapping[int, bytes]) -> TrainCalls:
         """Start one training call per worker hosting a chosen participant."""
         raise NotImplementedError
 

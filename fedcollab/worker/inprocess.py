@@ -13,8 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-import numpy as np
-
 from fedcollab.spec.roster import roster
 from fedcollab.types import Weights
 from fedcollab.worker.hosting import Hosting, personalised_means, stage_replies
@@ -53,15 +51,7 @@ class InProcessPool(Hosting):
         from fedcollab.spec import SpecError, spec_to_dict
         from fedcollab.worker.worker import ParticipantWorker
 
-        everyone = roster(spec)
-        self.hosted = [list(p) for p in hosted] if hosted is not None \
-            else [list(range(len(everyone)))]
-        self.owner = np.zeros(len(everyone), np.int32)
-        for w, pids in enumerate(self.hosted):
-            self.owner[pids] = w
-        self.private_pids = [pid for g, group in enumerate(spec.participants)
-                             if group.private_layers for pid in everyone.group_range(g)]
-        self._secure = frozenset(everyone.pids_where(in_secure_sum=True))
+        self._host(spec, hosted if hosted is not None else [range(len(roster(spec)))])
         self.committed = resume_round
         self.replaced = 0
         data = spec_to_dict(spec)
@@ -74,9 +64,6 @@ class InProcessPool(Hosting):
             self.workers.append(worker)
             if self.placement[-1].get("error"):
                 raise SpecError(self.placement[-1]["error"])
-        self._offline_next: list[tuple[int, list[int]]] = []
-        self._unprovisioned: set[int] = set(range(len(self.workers)))
-        self._registry: dict[int, bytes] = {}
 
     # ------------------------------------------------------------------ the model
     @property
