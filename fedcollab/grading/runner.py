@@ -56,7 +56,6 @@ class GradeError(FedcollabError):
     exit_code = 2
 
 
-
 def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
           priority: str = "balanced", budget: str = "fast", out: Optional[Union[str, Path]] = None,
           address: Optional[str] = None, progress: Optional[bool] = None,
@@ -327,19 +326,9 @@ class _Bar:
 
     def __enter__(self) -> "_Bar":
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
+            from fedcollab.job.callbacks import stderr_progress
 
-            self._progress = Progress(TextColumn("[bold]{task.description}"),
-                                      MofNCompleteColumn(), BarColumn(),
-                                      TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
-                                      console=Console(stderr=True))
+            self._progress = stderr_progress("{task.description}", ["last"])
             self._progress.__enter__()
             self._mix = self._progress.add_task("mixes run", total=self.mixes, last="")
             self._attack = self._progress.add_task("attacks", total=self.mixes * 3 + 2, last="")

@@ -39,8 +39,6 @@ __all__ = ["JobInfo", "RoundCallback", "CallbackList", "MetricsLog", "Checkpoint
            "TensorBoardLog", "ProgressBar", "Plots", "SummaryFile", "write_plots"]
 
 
-
-
 class RoundCallback:
     """Base class: override what you need. Exceptions propagate and stop the job."""
 
@@ -299,6 +297,18 @@ class SummaryFile(RoundCallback):
         atomic_write_json(self.path, record.to_json())
 
 
+def stderr_progress(label: str, fields: Sequence[str]) -> Any:
+    """A rich progress display on stderr: the bold ``label`` (rich markup, e.g. a task's
+    ``{task.description}``), done/total, a bar, each task field in ``fields``, and the
+    time elapsed."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn(f"[bold]{label}"), MofNCompleteColumn(), BarColumn(),
+                    *(TextColumn(f"{{task.fields[{name}]}}") for name in fields),
+                    TimeElapsedColumn(), console=Console(stderr=True))
+
+
 class RoundProgress:
     """Shows rounds done, the latest accuracy (or loss) and seconds per round.
 
@@ -315,19 +325,7 @@ class RoundProgress:
 
     def __enter__(self) -> "RoundProgress":
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
-                TextColumn("{task.fields[metric]}"), TextColumn("{task.fields[speed]}"),
-                TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+            self._progress = stderr_progress("round", ["metric", "speed"])
             self._progress.__enter__()
             self._task = self._progress.add_task("rounds", total=self.rounds, metric="",
                                                  speed="")
