@@ -31,10 +31,6 @@ def global_norm(weights: Sequence[np.ndarray]) -> float:
     return math.sqrt(total)
 
 
-
-
-
-
 def output_dtype(arrays: Sequence[np.ndarray]) -> np.dtype:
     """The dtype a result is cast back to: the inputs' common float dtype."""
     dtype = np.result_type(*[np.asarray(a).dtype for a in arrays])

@@ -85,7 +85,6 @@ def _side_ports(head: bool) -> list[str]:
     return args
 
 
-
 def _node_flags(node_ip: Optional[str], args: argparse.Namespace,
                 custom: Mapping[str, float]) -> list[str]:
     """What a node offers, as `ray start` flags (head and worker alike)."""

@@ -55,8 +55,6 @@ TOKEN_HELP = ("pass --token-file FILE, or set RAY_AUTH_TOKEN_PATH=FILE or RAY_AU
               "(the head's `scripts/start-cluster head` printed where its token is)")
 
 
-
-
 def worker_env() -> dict[str, str]:
     """Environment for every Ray worker: quiet TensorFlow, one thread each.
 

@@ -112,10 +112,6 @@ def load_or_create_key(path: Optional[str], fallback: Path) -> Any:
     return key
 
 
-
-
-
-
 def _versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for package in ("fedcollab", "tensorflow", "keras", "numpy", "ray", "cryptography"):

@@ -40,11 +40,6 @@ __all__ = ["RoundRecord", "RoundLoop", "update_sha256"]
 Evaluate = Callable[[Weights], tuple[float, float]]
 
 
-
-
-
-
-
 @dataclass(frozen=True)
 class _Ahead:
     """A round whose training started while the round before it was evaluated and

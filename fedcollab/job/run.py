@@ -35,10 +35,9 @@ from fedcollab.job.callbacks import (
     SummaryFile,
     TensorBoardLog,
 )
-from fedcollab.job.outdir import OutDirPlan, default_out_dir, plan_out_dir
+from fedcollab.job.outdir import OutDirPlan, plan_out_dir
 from fedcollab.job.records import JobInfo, RoundRecord, Summary
 from fedcollab.job.rounds import RoundLoop
-from fedcollab.job.sampling import sample_participants
 from fedcollab.spec import JobSpec, spec_to_dict
 from fedcollab.spec.roster import ParticipantInfo, policy, roster
 from fedcollab.types import Weights
@@ -47,8 +46,7 @@ from fedcollab.worker.messages import Pool
 if TYPE_CHECKING:
     pass
 
-__all__ = ["RunOptions", "JobResult", "JobFailedError", "run_job", "default_out_dir",
-           "sample_participants", "plan_workers"]
+__all__ = ["RunOptions", "JobResult", "JobFailedError", "run_job"]
 
 
 class JobFailedError(FedcollabError):

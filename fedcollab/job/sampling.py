@@ -25,19 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["sample_participants", "poisson_sample", "Sampler"]
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
 def sample_participants(people: Sequence[ParticipantInfo], spec: JobSpec, round_id: int,
                         rng: np.random.Generator | None = None) -> list[int]:
     """Per-group sampling of :func:`group_sample_sizes` participants without replacement.

@@ -32,8 +32,6 @@ __all__ = ["RoundConfig", "Outgoing", "ATTACKS", "BEHAVIOURS", "UnknownAttackErr
            "attack", "outgoing"]
 
 
-
-
 # ----------------------------------------------------------------------------- attacks
 
 Attack = Callable[[list[np.ndarray], float], list[np.ndarray]]
@@ -95,14 +93,6 @@ def attack(kind: str, update: list[np.ndarray], scale: float) -> list[np.ndarray
         raise UnknownAttackError(f"behaviour: got {kind!r}, expected one of "
                                  f"{', '.join(repr(b) for b in BEHAVIOURS)}") from None
     return fn(update, scale)
-
-
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------- the decision

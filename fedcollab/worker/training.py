@@ -29,7 +29,6 @@ __all__ = ["configure_tensorflow", "LocalTrainer", "TrainResult", "OPTIMIZERS",
 OPTIMIZERS = ("sgd", "adam")
 
 
-
 def configure_tensorflow(*, threads: int = 1, deterministic: bool = True,
                          gpu_memory_growth: bool = True) -> None:
     """Set TF's thread pools, op determinism and GPU memory growth (call first).

@@ -413,7 +413,6 @@ def test_refusals_are_server_deviations_not_dropouts() -> None:
         assert issubclass(cls, ServerDeviationError) and issubclass(cls, SecAggError)
 
 
-
 def test_forged_or_reflected_confirmations_are_refused() -> None:
     params = SecAggParams(protocol="secagg", server="malicious", **FAST_PARAMS)
     participants, server, _ = _to_masked_inputs(params, 5)
