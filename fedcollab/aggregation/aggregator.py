@@ -21,7 +21,7 @@ state it holds. It is pure numpy: no Ray, no TensorFlow, no randomness of its ow
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -156,13 +156,16 @@ class Aggregator:
         server_learning_rate: The server's step size (``None``: the optimiser's
             default; with ``none``, 1: plain FedAvg).
         momentum: For ``fedavgm``.
+        private: Participant -> the model indices it keeps private (its group's
+            ``private_layers``); an open update must carry every other array.
     """
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], *, rule: str = "fedavg",
                  options: Optional[Mapping[str, Any]] = None,
                  norm_bound: Optional[float] = None, max_samples: Optional[float] = None,
                  server_optimizer: str = "none", server_learning_rate: Optional[float] = None,
-                 momentum: float = 0.9) -> None:
+                 momentum: float = 0.9,
+                 private: Optional[Mapping[ParticipantId, Collection[int]]] = None) -> None:
         if rule not in RULES:
             raise UnknownRuleError(f"aggregation rule: got {rule!r}, expected one of "
                                    f"{', '.join(sorted(RULES))}")
@@ -174,16 +177,20 @@ class Aggregator:
         self.server_optimizer = server_optimizer
         self.server_learning_rate = server_learning_rate
         self.momentum = momentum
+        self.private = {pid: frozenset(p) for pid, p in (private or {}).items()}
         self.state: Optional[ServerState] = None
 
     @classmethod
     def from_spec(cls, spec: JobSpec, shapes: Sequence[tuple[int, ...]], *,
-                  max_samples: Optional[float] = None) -> Aggregator:
+                  max_samples: Optional[float] = None,
+                  private: Optional[Mapping[ParticipantId, Collection[int]]] = None,
+                  ) -> Aggregator:
         agg = spec.aggregation
         return cls(shapes, rule=agg.rule, options=options_from_spec(agg.rule, agg),
                    norm_bound=agg.norm_bound, max_samples=max_samples,
                    server_optimizer=agg.server_optimizer,
-                   server_learning_rate=agg.server_learning_rate, momentum=agg.momentum)
+                   server_learning_rate=agg.server_learning_rate, momentum=agg.momentum,
+                   private=private)
 
     def validate(self, updates: Sequence[Update]) -> tuple[list[Update], dict[int, str]]:
         """Split open updates into the valid ones and the rejected ones (with reasons)."""
@@ -191,7 +198,8 @@ class Aggregator:
         rejected: dict[int, str] = {}
         for u in updates:
             reason = check_update(u, self.shapes, norm_bound=self.norm_bound,
-                                  max_samples=self.max_samples)
+                                  max_samples=self.max_samples,
+                                  private=self.private.get(u.pid, frozenset()))
             if reason:
                 rejected[u.pid] = reason
             else:

@@ -149,6 +149,9 @@ class ModelInfo:
     weights: list[np.ndarray]
     classification: bool
     max_samples: float
+    # group index -> the model indices its private_layers cover (groups without
+    # private layers are left out): what the server expects an open update to omit
+    private_arrays: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
