@@ -28,9 +28,14 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from fedcollab.aggregation.errors import NotEnoughUpdatesError, UnknownRuleError
-from fedcollab.aggregation.registry import RULES, aggregate, options_from_spec
+from fedcollab.aggregation.registry import (
+    RULES,
+    aggregate,
+    options_from_spec,
+    secure_member_bound,
+)
 from fedcollab.aggregation.server_optimizers import ServerOptimizer, ServerState, server_step
-from fedcollab.aggregation.validation import check_update
+from fedcollab.aggregation.validation import check_secure_sum, check_update
 from fedcollab.types import ParticipantId, Update, Weights
 
 if TYPE_CHECKING:
@@ -49,10 +54,18 @@ class OpenUpdate:
 
 @dataclass(frozen=True)
 class SecureSum:
-    """The unmasked sum over the secure survivors, per array."""
+    """The unmasked sum over the secure survivors, per array.
+
+    ``members``, ``weight_cap`` and ``quantum`` let the server check the sum against
+    what that many bounded members can produce (:func:`check_secure_sum`); with
+    ``members = 0`` it is taken unchecked.
+    """
 
     weighted_delta: Sequence[np.ndarray]  # sum_i w_i * delta_ij (zeros where not shared)
     counts: Sequence[float]               # sum_i w_i over those sharing array j
+    members: int = 0                      # the survivors whose inputs are in the sum
+    weight_cap: float = 1.0               # the largest weight one member may declare
+    quantum: float = 0.0                  # one member's fixed-point rounding per coordinate
 
 
 def _sharer_groups(open_updates: Sequence[OpenUpdate],
@@ -141,6 +154,7 @@ class AggregateStep:
     applied: bool                  # False: nothing (valid) to aggregate, weights unchanged
     skipped: str = ""              # why the rule could not run (weights unchanged)
     deltas: list[np.ndarray] = field(default_factory=list)
+    secure_rejected: str = ""      # why the secure sum was left out (it broke its bound)
 
 
 class Aggregator:
@@ -223,6 +237,9 @@ class Aggregator:
             noise: Central DP noise per array, added to the sum before dividing.
         """
         valid, rejected = self.validate(updates)
+        secure_rejected = self.check_secure(secure) if secure is not None else ""
+        if secure_rejected:
+            secure = None
         opened = [OpenUpdate(u.delta, 1 if count_once else u.num_samples) for u in valid]
         if clip_norm is not None:
             opened = [OpenUpdate(_clip_shared(o.delta, clip_norm), o.num_samples) for o in opened]
@@ -232,11 +249,27 @@ class Aggregator:
             deltas, totals = compose(self.shapes, opened, secure, rule=self.rule,
                                      options=self.options, noise=noise)
         except NotEnoughUpdatesError as err:
-            return AggregateStep(current, accepted, rejected, False, skipped=str(err))
+            return AggregateStep(current, accepted, rejected, False, skipped=str(err),
+                                 secure_rejected=secure_rejected)
         if not any(w > 0 for w in totals):
-            return AggregateStep(current, accepted, rejected, False, deltas=deltas)
+            return AggregateStep(current, accepted, rejected, False, deltas=deltas,
+                                 secure_rejected=secure_rejected)
         return AggregateStep(self._server_step(current, deltas), accepted, rejected, True,
-                             deltas=deltas)
+                             deltas=deltas, secure_rejected=secure_rejected)
+
+    @property
+    def secure_bound(self) -> Optional[float]:
+        """The L2 norm each secure member clips its update to (robust rules), or None."""
+        fields = {"norm_bound": self.norm_bound, "clip_bound": self.options.get("bound")}
+        return secure_member_bound(self.rule, fields)
+
+    def check_secure(self, secure: SecureSum) -> str:
+        """Why the decoded secure sum must be left out this round, or ``""``: its total
+        weight or (under a robust rule) its norm exceeds what ``secure.members``
+        members, each held to one participant's share and the rule's bound, can send."""
+        return check_secure_sum(secure.weighted_delta, secure.counts, members=secure.members,
+                                weight_cap=secure.weight_cap, norm_bound=self.secure_bound,
+                                quantum=secure.quantum)
 
     def _server_step(self, weights: Weights, deltas: Sequence[np.ndarray]) -> Weights:
         casted = [d.astype(w.dtype) for d, w in zip(deltas, weights)]

@@ -18,7 +18,8 @@ from fedcollab.aggregation.errors import AggregationError, UpdateRejected
 from fedcollab.arrays import global_norm
 from fedcollab.types import Update, Weights
 
-__all__ = ["validate_update", "partition_valid", "reference_of", "check_update"]
+__all__ = ["validate_update", "partition_valid", "reference_of", "check_update",
+           "check_secure_sum"]
 
 DTypes = Union[npt.DTypeLike, Sequence[npt.DTypeLike]]
 
@@ -178,4 +179,52 @@ def check_update(update: Update, shapes: Sequence[tuple[int, ...]], *,
                         dtypes=[np.float32] * len(shared), norm_bound=norm_bound)
     except UpdateRejected as err:
         return f"{err.kind}: {err.reason}"
+    return ""
+
+
+def check_secure_sum(weighted_delta: Sequence[np.ndarray], counts: Sequence[float], *,
+                     members: int, weight_cap: float, norm_bound: Optional[float] = None,
+                     quantum: float = 0.0) -> str:
+    """Why a decoded secure sum must be refused, or ``""`` when ``members`` bounded
+    members could have produced it.
+
+    The server sees only the sum, never a member, so this is all it can check: each
+    member declares a weight of at most ``weight_cap`` (one participant's share), so
+    every per-array total weight lies in ``[0, members * weight_cap]``; and with a
+    ``norm_bound`` B (robust rules) each member's ``weight * update`` has L2 norm at
+    most ``weight_cap * B``, so the summed arrays have norm at most
+    ``members * weight_cap * B`` (the triangle inequality). A member that inflates
+    its weight or skips its clipping breaks the bound for the whole sum; which
+    member did is not knowable, so the whole sum is refused.
+
+    Args:
+        weighted_delta: Per array, the decoded sum of ``weight * delta``.
+        counts: Per array, the decoded sum of the weights.
+        members: The members whose inputs are in the sum (the survivors).
+        weight_cap: The largest weight one member may declare (same unit as ``counts``).
+        norm_bound: The L2 bound each member clipped its update to, or ``None``.
+        quantum: The fixed-point step of one member's coordinate (same unit), for
+            the rounding the encoding adds.
+
+    Returns:
+        ``"<kind>: <what is wrong>"`` (``weight`` or ``norm``), or ``""``; never values
+        of an update.
+    """
+    if members <= 0:
+        return ""
+    cap = members * weight_cap
+    slack = members * quantum
+    for j, count in enumerate(counts):
+        if not (math.isfinite(count) and -slack <= count <= cap * (1 + 1e-9) + slack):
+            return (f"weight: the secure sum's total weight {count:.6g} on array {j} is outside "
+                    f"[0, {cap:g}] = {members} member(s) x one participant's share "
+                    f"{weight_cap:g}; a member declared more than its share")
+    if norm_bound is not None:
+        norm = global_norm(weighted_delta)
+        size = sum(int(np.size(a)) for a in weighted_delta)
+        limit = cap * norm_bound * (1 + 1e-9) + slack * math.sqrt(size)
+        if not norm <= limit:
+            return (f"norm: the secure sum's L2 norm {norm:.4g} exceeds {limit:.4g} = "
+                    f"{members} member(s) x share {weight_cap:g} x bound {norm_bound:g}; a "
+                    "member did not clip its update")
     return ""
