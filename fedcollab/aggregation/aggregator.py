@@ -15,9 +15,12 @@ their papers define them: the open updates' arrays are grouped by who shares the
 ones) and each group of arrays is one update to the rule, so Krum picks one
 participant, and norms and distances are over everything it sent.
 
-:class:`Aggregator` validates each open update, applies the rule, adds the secure
-sum (and central DP noise, drawn by the caller), then the server optimiser, whose
-state it holds. It is pure numpy: no Ray, no TensorFlow, no randomness of its own.
+:class:`Aggregator` validates each open update (whole: an update that leaves out an
+array its participant shares is rejected, so no rule is split per array), applies the
+rule, adds the secure sum after checking it against what its members can send (each
+held to one participant's weight and, under a robust rule, the rule's norm bound), and
+central DP noise (drawn by the caller), then the server optimiser, whose state it
+holds. It is pure numpy: no Ray, no TensorFlow, no randomness of its own.
 """
 from __future__ import annotations
 

@@ -122,7 +122,8 @@ class RoundLoop:
         self._ahead = self._start_ahead(r + 1)
         record = RoundRecord.of(
             r, chosen=chosen, out=out, step=step, secure_log=secured.log,
-            survivors=secured.survivors, weights=self.weights, evaluation=evaluation,
+            survivors=0 if step.secure_rejected else secured.survivors,
+            weights=self.weights, evaluation=evaluation,
             classification=self.classification, private=self.dp.on,
             privacy=privacy, t0=t0,
             train_seconds=secure.phases.seconds["train"], replaced=replaced,
