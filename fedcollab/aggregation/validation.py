@@ -207,8 +207,9 @@ def check_secure_sum(weighted_delta: Sequence[np.ndarray], counts: Sequence[floa
             the rounding the encoding adds.
 
     Returns:
-        ``"<kind>: <what is wrong>"`` (``weight`` or ``norm``), or ``""``; never values
-        of an update.
+        ``"<kind>: <what is wrong>"`` (``weight`` or ``norm``), or ``""``. It names the
+        total weight (``weight_sum`` in metrics.jsonl anyway) and public bounds, never
+        values or the norm of the sum.
     """
     if members <= 0:
         return ""
@@ -224,7 +225,7 @@ def check_secure_sum(weighted_delta: Sequence[np.ndarray], counts: Sequence[floa
         size = sum(int(np.size(a)) for a in weighted_delta)
         limit = cap * norm_bound * (1 + 1e-9) + slack * math.sqrt(size)
         if not norm <= limit:
-            return (f"norm: the secure sum's L2 norm {norm:.4g} exceeds {limit:.4g} = "
-                    f"{members} member(s) x share {weight_cap:g} x bound {norm_bound:g}; a "
-                    "member did not clip its update")
+            return (f"norm: the secure sum's L2 norm exceeds {limit:.4g} = {members} "
+                    f"member(s) x share {weight_cap:g} x bound {norm_bound:g}; a member did "
+                    "not clip its update")
     return ""
