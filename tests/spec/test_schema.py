@@ -329,3 +329,19 @@ def test_cli_no_command_prints_help_and_exits_2() -> None:
 
     assert result.returncode == 2
     assert "usage:" in result.stdout
+
+
+def test_spec_krum_f_is_checked_against_every_set_of_open_sharers() -> None:
+    """An open vendor keeping its head private sends it to nobody, so the head is
+    aggregated over the community alone: krum_f must fit that smaller set too."""
+    from fedcollab.spec import SpecError
+
+    groups = [_group(count=5), _group(name="vendor", role="vendor", count=3,
+                                      private_layers=["head"])]
+    spec_from_dict(_spec(participants=groups, aggregation={"rule": "krum", "krum_f": 1}))
+    with pytest.raises(SpecError, match=r"krum_f=2 needs more than 2f \+ 2 = 6 open updates "
+                                        r".*, but the open groups send at most 5;"):
+        spec_from_dict(_spec(participants=groups, aggregation={"rule": "krum", "krum_f": 2}))
+    with pytest.raises(SpecError, match=r"multi_krum_m: got 6, but the open groups send at most 5"):
+        spec_from_dict(_spec(participants=groups, aggregation={
+            "rule": "multi_krum", "krum_f": 1, "multi_krum_m": 6}))
