@@ -108,11 +108,13 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from fedcollab.job.preflight import preflight
+    from fedcollab.job.preflight import preflight, spec_warnings
     from fedcollab.spec import spec_to_dict
 
     spec = _load(args)
     facts = preflight(spec)
+    for warning in spec_warnings(spec):
+        print(f"fedcollab: warning: {warning}", file=sys.stderr, flush=True)
     if args.deep:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from fedcollab.job.run import _Driver

@@ -33,6 +33,7 @@ from fedcollab.aggregation.registry import (
 )
 from fedcollab.aggregation.rules import (
     bulyan,
+    bulyan_select,
     krum,
     krum_scores,
     krum_select,
@@ -67,7 +68,7 @@ __all__ = [
     "UpdateRejected",
     # rules
     "weighted_mean", "median", "trimmed_mean", "krum", "krum_scores", "krum_select",
-    "multi_krum", "norm_bounded_mean", "bulyan", "global_norm",
+    "multi_krum", "norm_bounded_mean", "bulyan", "bulyan_select", "global_norm",
     # registry
     "Rule", "RULES", "SECURE_SUM_RULES", "INDIVIDUAL_UPDATE_RULES", "aggregate",
     "options_from_spec", "rule_needs_individual_updates", "secure_compatibility_message",

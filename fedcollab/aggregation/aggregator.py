@@ -15,22 +15,30 @@ their papers define them: the open updates' arrays are grouped by who shares the
 ones) and each group of arrays is one update to the rule, so Krum picks one
 participant, and norms and distances are over everything it sent.
 
-:class:`Aggregator` validates each open update, applies the rule, adds the secure
-sum (and central DP noise, drawn by the caller), then the server optimiser, whose
-state it holds. It is pure numpy: no Ray, no TensorFlow, no randomness of its own.
+:class:`Aggregator` validates each open update (whole: an update that leaves out an
+array its participant shares is rejected, so no rule is split per array), applies the
+rule, adds the secure sum after checking it against what its members can send (each
+held to one participant's weight and, under a robust rule, the rule's norm bound), and
+central DP noise (drawn by the caller), then the server optimiser, whose state it
+holds. It is pure numpy: no Ray, no TensorFlow, no randomness of its own.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from fedcollab.aggregation.errors import NotEnoughUpdatesError, UnknownRuleError
-from fedcollab.aggregation.registry import RULES, aggregate, options_from_spec
+from fedcollab.aggregation.registry import (
+    RULES,
+    aggregate,
+    options_from_spec,
+    secure_member_bound,
+)
 from fedcollab.aggregation.server_optimizers import ServerOptimizer, ServerState, server_step
-from fedcollab.aggregation.validation import check_update
+from fedcollab.aggregation.validation import check_secure_sum, check_update
 from fedcollab.types import ParticipantId, Update, Weights
 
 if TYPE_CHECKING:
@@ -49,10 +57,18 @@ class OpenUpdate:
 
 @dataclass(frozen=True)
 class SecureSum:
-    """The unmasked sum over the secure survivors, per array."""
+    """The unmasked sum over the secure survivors, per array.
+
+    ``members``, ``weight_cap`` and ``quantum`` let the server check the sum against
+    what that many bounded members can produce (:func:`check_secure_sum`); with
+    ``members = 0`` it is taken unchecked.
+    """
 
     weighted_delta: Sequence[np.ndarray]  # sum_i w_i * delta_ij (zeros where not shared)
     counts: Sequence[float]               # sum_i w_i over those sharing array j
+    members: int = 0                      # the survivors whose inputs are in the sum
+    weight_cap: float = 1.0               # the largest weight one member may declare
+    quantum: float = 0.0                  # one member's fixed-point rounding per coordinate
 
 
 def _sharer_groups(open_updates: Sequence[OpenUpdate],
@@ -141,6 +157,7 @@ class AggregateStep:
     applied: bool                  # False: nothing (valid) to aggregate, weights unchanged
     skipped: str = ""              # why the rule could not run (weights unchanged)
     deltas: list[np.ndarray] = field(default_factory=list)
+    secure_rejected: str = ""      # why the secure sum was left out (it broke its bound)
 
 
 class Aggregator:
@@ -156,13 +173,16 @@ class Aggregator:
         server_learning_rate: The server's step size (``None``: the optimiser's
             default; with ``none``, 1: plain FedAvg).
         momentum: For ``fedavgm``.
+        private: Participant -> the model indices it keeps private (its group's
+            ``private_layers``); an open update must carry every other array.
     """
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], *, rule: str = "fedavg",
                  options: Optional[Mapping[str, Any]] = None,
                  norm_bound: Optional[float] = None, max_samples: Optional[float] = None,
                  server_optimizer: str = "none", server_learning_rate: Optional[float] = None,
-                 momentum: float = 0.9) -> None:
+                 momentum: float = 0.9,
+                 private: Optional[Mapping[ParticipantId, Collection[int]]] = None) -> None:
         if rule not in RULES:
             raise UnknownRuleError(f"aggregation rule: got {rule!r}, expected one of "
                                    f"{', '.join(sorted(RULES))}")
@@ -174,16 +194,20 @@ class Aggregator:
         self.server_optimizer = server_optimizer
         self.server_learning_rate = server_learning_rate
         self.momentum = momentum
+        self.private = {pid: frozenset(p) for pid, p in (private or {}).items()}
         self.state: Optional[ServerState] = None
 
     @classmethod
     def from_spec(cls, spec: JobSpec, shapes: Sequence[tuple[int, ...]], *,
-                  max_samples: Optional[float] = None) -> Aggregator:
+                  max_samples: Optional[float] = None,
+                  private: Optional[Mapping[ParticipantId, Collection[int]]] = None,
+                  ) -> Aggregator:
         agg = spec.aggregation
         return cls(shapes, rule=agg.rule, options=options_from_spec(agg.rule, agg),
                    norm_bound=agg.norm_bound, max_samples=max_samples,
                    server_optimizer=agg.server_optimizer,
-                   server_learning_rate=agg.server_learning_rate, momentum=agg.momentum)
+                   server_learning_rate=agg.server_learning_rate, momentum=agg.momentum,
+                   private=private)
 
     def validate(self, updates: Sequence[Update]) -> tuple[list[Update], dict[int, str]]:
         """Split open updates into the valid ones and the rejected ones (with reasons)."""
@@ -191,7 +215,8 @@ class Aggregator:
         rejected: dict[int, str] = {}
         for u in updates:
             reason = check_update(u, self.shapes, norm_bound=self.norm_bound,
-                                  max_samples=self.max_samples)
+                                  max_samples=self.max_samples,
+                                  private=self.private.get(u.pid, frozenset()))
             if reason:
                 rejected[u.pid] = reason
             else:
@@ -215,6 +240,9 @@ class Aggregator:
             noise: Central DP noise per array, added to the sum before dividing.
         """
         valid, rejected = self.validate(updates)
+        secure_rejected = self.check_secure(secure) if secure is not None else ""
+        if secure_rejected:
+            secure = None
         opened = [OpenUpdate(u.delta, 1 if count_once else u.num_samples) for u in valid]
         if clip_norm is not None:
             opened = [OpenUpdate(_clip_shared(o.delta, clip_norm), o.num_samples) for o in opened]
@@ -224,11 +252,27 @@ class Aggregator:
             deltas, totals = compose(self.shapes, opened, secure, rule=self.rule,
                                      options=self.options, noise=noise)
         except NotEnoughUpdatesError as err:
-            return AggregateStep(current, accepted, rejected, False, skipped=str(err))
+            return AggregateStep(current, accepted, rejected, False, skipped=str(err),
+                                 secure_rejected=secure_rejected)
         if not any(w > 0 for w in totals):
-            return AggregateStep(current, accepted, rejected, False, deltas=deltas)
+            return AggregateStep(current, accepted, rejected, False, deltas=deltas,
+                                 secure_rejected=secure_rejected)
         return AggregateStep(self._server_step(current, deltas), accepted, rejected, True,
-                             deltas=deltas)
+                             deltas=deltas, secure_rejected=secure_rejected)
+
+    @property
+    def secure_bound(self) -> Optional[float]:
+        """The L2 norm each secure member clips its update to (robust rules), or None."""
+        fields = {"norm_bound": self.norm_bound, "clip_bound": self.options.get("bound")}
+        return secure_member_bound(self.rule, fields)
+
+    def check_secure(self, secure: SecureSum) -> str:
+        """Why the decoded secure sum must be left out this round, or ``""``: its total
+        weight or (under a robust rule) its norm exceeds what ``secure.members``
+        members, each held to one participant's share and the rule's bound, can send."""
+        return check_secure_sum(secure.weighted_delta, secure.counts, members=secure.members,
+                                weight_cap=secure.weight_cap, norm_bound=self.secure_bound,
+                                quantum=secure.quantum)
 
     def _server_step(self, weights: Weights, deltas: Sequence[np.ndarray]) -> Weights:
         casted = [d.astype(w.dtype) for d, w in zip(deltas, weights)]

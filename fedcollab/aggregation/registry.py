@@ -5,9 +5,12 @@ Who sees what: a ``secure`` group reaches the server only as the masked **sum** 
 its members' count-weighted updates. A weighted mean is a sum divided by a count, so
 ``fedavg`` composes with secure sums exactly (:func:`combine_with_secure_sum`). Every
 robust rule compares individual updates (sorts coordinates, measures distances,
-clips norms), so it can only act on ``open`` updates; secure sums are added after it,
-unfiltered (:class:`fedcollab.aggregation.aggregator.Aggregator` is the one place
-that composes the two).
+clips norms), so it can only act on ``open`` updates; secure sums are added after it
+(:class:`fedcollab.aggregation.aggregator.Aggregator` is the one place that composes
+the two). What bounds a secure group under a robust rule instead: each member caps
+its weight at one participant's share and clips its update to the rule's bound
+(:func:`secure_member_bound`) before masking, and the server refuses a decoded sum
+whose total weight or norm exceeds what that many bounded members can produce.
 
 Adding a rule is one function in :mod:`~fedcollab.aggregation.rules` plus one entry
 in :data:`RULES`, which also names the spec fields (``aggregation.*``) its options
@@ -41,6 +44,8 @@ __all__ = [
     "options_from_spec",
     "rule_needs_individual_updates",
     "secure_compatibility_message",
+    "secure_member_bound",
+    "min_updates",
 ]
 
 
@@ -205,6 +210,50 @@ def rule_needs_individual_updates(rule: str) -> bool:
     return _rule(rule).needs_individual_updates
 
 
+def min_updates(rule: str, fields: Mapping[str, Any] | Any) -> tuple[int, str]:
+    """The fewest updates ``rule`` can aggregate with its spec options, and why.
+
+    Krum and Multi-Krum need ``n > 2f + 2`` (Blanchard et al. 2017), Bulyan
+    ``n >= 4f + 3`` (El Mhamdi et al. 2018), with ``f = krum_f``; the other rules one.
+
+    Raises:
+        UnknownRuleError: ``rule`` is not a key of :data:`RULES`.
+    """
+    _rule(rule)
+    f = fields.get("krum_f") if isinstance(fields, Mapping) else getattr(fields, "krum_f", 0)
+    f = int(f or 0)
+    if rule in ("krum", "multi_krum"):
+        return 2 * f + 3, (f"more than 2f + 2 = {2 * f + 2} open updates "
+                           "(Blanchard et al. 2017)")
+    if rule == "bulyan":
+        return 4 * f + 3, (f"at least 4f + 3 = {4 * f + 3} open updates "
+                           "(El Mhamdi et al. 2018)")
+    return 1, "at least one open update"
+
+
+def secure_member_bound(rule: str, fields: Mapping[str, Any] | Any) -> float | None:
+    """The L2 norm each secure member clips its update to under ``rule``, or ``None``.
+
+    A robust rule cannot see a secure member's update, so each member bounds its own
+    before masking, at the rule's bound: ``clip_bound`` for ``norm_bounded`` (what
+    the rule scales open updates to), otherwise ``norm_bound`` (what open updates
+    are checked against). ``None`` for ``fedavg`` (a sum: nothing to bound) and for a
+    robust rule whose bound is unset (the spec refuses that with a secure group).
+
+    Args:
+        rule: A key of :data:`RULES`.
+        fields: The ``aggregation`` spec section (an object or a mapping).
+
+    Raises:
+        UnknownRuleError: ``rule`` is not a key of :data:`RULES`.
+    """
+    if not _rule(rule).needs_individual_updates:
+        return None
+    name = "clip_bound" if rule == "norm_bounded" else "norm_bound"
+    value = fields.get(name) if isinstance(fields, Mapping) else getattr(fields, name, None)
+    return None if value is None else float(value)
+
+
 def secure_compatibility_message(rule: str) -> str:
     """One or two sentences on what ``rule`` means when some groups are secure.
 
@@ -218,8 +267,7 @@ def secure_compatibility_message(rule: str) -> str:
     if not info.needs_individual_updates:
         return (f"{rule!r} is a weighted sum, so each secure group's masked sum adds into it "
                 "exactly; it works with any mix of open and secure groups.")
-    return (f"{rule!r} ({info.reference}) must see each update in the clear, but a secure "
-            "group reaches the server only as one masked sum: the rule filters the open "
-            "updates only, and secure sums are added after it unfiltered (a Byzantine "
-            "member of a secure group is not stopped). With every group secure there is "
-            "nothing for it to act on: use 'fedavg', or make some groups open.")
+    return (f"{rule!r} ({info.reference}) cannot see a secure member's update in the clear, "
+            "only the group's masked sum, so it filters the open updates alone: each secure "
+            "member is held to one participant's weight and the rule's norm bound, which "
+            "limits how far the group moves the model but cannot filter a Byzantine member out.")

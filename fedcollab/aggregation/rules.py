@@ -33,6 +33,7 @@ __all__ = [
     "multi_krum",
     "norm_bounded_mean",
     "bulyan",
+    "bulyan_select",
 ]
 
 
@@ -279,21 +280,30 @@ def norm_bounded_mean(updates: Sequence[Weights], counts: Sequence[float], *,
             for layer, a in enumerate(mean)]
 
 
-def bulyan(updates: Sequence[Weights], *, f: int) -> Weights:
-    """Bulyan: Krum selection, then a coordinate-wise trimmed mean of the selected.
+def _krum_pick(vectors: np.ndarray, f: int) -> int:
+    """Index (into ``vectors``) of the lowest Krum score, over ``max(n - f - 2, 1)``
+    nearest others; ties go to the lower index."""
+    n = len(vectors)
+    neighbours = max(n - f - 2, 1)
+    best, best_score = 0, math.inf
+    for i in range(n):
+        diff = vectors - vectors[i]
+        distances = np.delete(np.einsum("ij,ij->i", diff, diff), i)
+        score = float(np.sort(distances)[:neighbours].sum())
+        if score < best_score:
+            best, best_score = i, score
+    return best
 
-    El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed Learning
-    in Byzantium", ICML 2018. Krum is applied recursively to pick ``theta = n - 2f``
-    updates (each pick removed before the next, scores over whole updates); then for
-    each coordinate the ``beta = theta - 2f`` values closest to the median are
-    averaged. The guarantee needs ``n >= 4f + 3``.
 
-    Args:
-        updates: One update per participant, seen in the clear.
-        f: The number of Byzantine updates to tolerate.
+def bulyan_select(updates: Sequence[Weights], *, f: int) -> list[int]:
+    """The ``theta = n - 2f`` updates Bulyan's iterated Krum picks, in pick order.
 
-    Returns:
-        The aggregated update, in the inputs' float dtype.
+    El Mhamdi et al., ICML 2018 (see :func:`bulyan`). Each pick is Krum over the
+    updates still left, with the same ``f``: the lowest sum of squared distances to
+    its ``n' - f - 2`` nearest other remaining updates (``n'`` left). The very last
+    picks have ``n' - f - 2 < 1`` only when ``f = 1`` (three left); there the score is
+    the distance to the single nearest remaining update, so every pick is decided by
+    the updates' geometry, never by their order. Ties go to the lower index.
 
     Raises:
         NotEnoughUpdatesError: ``n < 4f + 3``.
@@ -306,16 +316,37 @@ def bulyan(updates: Sequence[Weights], *, f: int) -> Weights:
         raise NotEnoughUpdatesError(
             f"bulyan: got {n} updates, need at least 4f + 3 = {4 * f + 3} to tolerate "
             f"f={f} Byzantine updates (El Mhamdi et al. 2018); lower f or add participants")
+    vectors = np.stack([flatten(u) for u in updates])
     remaining = list(range(n))
     selected: list[int] = []
     while len(selected) < n - 2 * f:
-        pool = [updates[i] for i in remaining]
-        # Krum over what is left; with too few left for Krum's bound, take the closest.
-        if len(pool) > 2 * f + 2:
-            (best,) = krum_select(pool, f=f, m=1)
-        else:
-            best = 0
+        best = _krum_pick(vectors[remaining], f)
         selected.append(remaining.pop(best))
+    return selected
+
+
+def bulyan(updates: Sequence[Weights], *, f: int) -> Weights:
+    """Bulyan: iterated Krum selection, then a coordinate-wise trimmed mean of it.
+
+    El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed Learning
+    in Byzantium", ICML 2018. Krum is applied recursively to pick ``theta = n - 2f``
+    updates (:func:`bulyan_select`: each pick removed before the next, scores over
+    whole updates); then for each coordinate the ``beta = theta - 2f`` selected
+    values closest to the selection's median are averaged (ties in that distance go
+    to the earlier pick). The guarantee needs ``n >= 4f + 3``.
+
+    Args:
+        updates: One update per participant, seen in the clear.
+        f: The number of Byzantine updates to tolerate.
+
+    Returns:
+        The aggregated update, in the inputs' float dtype.
+
+    Raises:
+        NotEnoughUpdatesError: ``n < 4f + 3``.
+        AggregationError: Bad ``f`` or inconsistent shapes.
+    """
+    selected = bulyan_select(updates, f=f)
     beta = len(selected) - 2 * f
 
     def reduce(stack: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from fedcollab.errors import FedcollabError
 from fedcollab.spec import JobSpec, SpecError
 from fedcollab.spec.roster import policy
 
-__all__ = ["preflight"]
+__all__ = ["preflight", "spec_warnings"]
 
 
 def preflight(spec: JobSpec) -> dict[str, Any]:
@@ -53,6 +53,22 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
 
         load_key(spec.release.key)
     return facts
+
+
+def spec_warnings(spec: JobSpec) -> list[str]:
+    """What a valid spec cannot do that its user may expect, one sentence each
+    (``fedcollab validate`` prints them)."""
+    from fedcollab.aggregation.registry import (
+        rule_needs_individual_updates,
+        secure_compatibility_message,
+    )
+
+    warnings = []
+    rule = spec.aggregation.rule
+    if rule_needs_individual_updates(rule) and any(
+            policy(g.sharing).in_secure_sum for g in spec.participants):
+        warnings.append(f"aggregation.rule: {secure_compatibility_message(rule)}")
+    return warnings
 
 
 def _noise_multiplier(spec: JobSpec) -> float:

@@ -122,7 +122,8 @@ class RoundLoop:
         self._ahead = self._start_ahead(r + 1)
         record = RoundRecord.of(
             r, chosen=chosen, out=out, step=step, secure_log=secured.log,
-            survivors=secured.survivors, weights=self.weights, evaluation=evaluation,
+            survivors=0 if step.secure_rejected else secured.survivors,
+            weights=self.weights, evaluation=evaluation,
             classification=self.classification, private=self.dp.on,
             privacy=privacy, t0=t0,
             train_seconds=secure.phases.seconds["train"], replaced=replaced,
@@ -166,6 +167,8 @@ class RoundLoop:
         step = self.aggregator.step(self.weights, out.updates, secured.sum, count_once=dp.on,
                                     clip_norm=dp.clip_norm if dp.mode == "central" else None,
                                     noise=dp.central_noise(self.shapes))
+        if step.secure_rejected and secured.log is not None:
+            secured.log["sum_rejected"] = step.secure_rejected  # left out of this round
         self.weights = step.weights
         return step
 
@@ -228,9 +231,11 @@ class RoundLoop:
         dp = self.dp
         secure = sum(1 for p in chosen if self.people[p].policy.in_secure_sum)
         count_noise = dp.count_noise_std(len(chosen)) if dp.mode == "distributed" else 0.0
+        bound = self.aggregator.secure_bound
         return RoundConfig(dp.mode, dp.clip_norm, dp.noise_multiplier, max(secure, 1),
                            1.0 if dp.on else self.weight_scale, dp.adaptive, count_noise,
-                           secure_clip=0.0 if dp.on else self.spec.secure.clip)
+                           secure_clip=0.0 if dp.on else self.spec.secure.clip,
+                           secure_norm_bound=0.0 if bound is None else bound)
 
     def _aborted(self, r: int, participants: int, reason: str, t0: float,
                  secure: SecureRound, replaced: tuple[int, ...]) -> RoundRecord:

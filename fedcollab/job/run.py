@@ -130,18 +130,23 @@ class _Driver:
     weight_scale: float
     evaluate: Any              # weights -> (loss, accuracy), with submit() when remote
     export: Callable[[Weights], Any]  # weights -> a Keras model or release.ModelFile
+    private_arrays: Mapping[int, tuple[int, ...]] = field(default_factory=dict)  # by group
 
     @classmethod
     def from_pool(cls, pool: Pool) -> _Driver:
         info = pool.model_info()
         return cls(list(info.weights), info.classification, info.max_samples,
-                   _RemoteEvaluation(pool), pool.export_model)
+                   _RemoteEvaluation(pool), pool.export_model, dict(info.private_arrays))
 
     @classmethod
     def build(cls, spec: JobSpec) -> _Driver:
         """Build and check the model in this process (imports TensorFlow)."""
         from fedcollab.data import load_federation
-        from fedcollab.worker.models import build_checked_model, misfit_as_spec_error
+        from fedcollab.worker.models import (
+            build_checked_model,
+            misfit_as_spec_error,
+            private_arrays_by_group,
+        )
         from fedcollab.worker.training import LocalTrainer, configure_tensorflow
 
         configure_tensorflow(threads=1, deterministic=True)
@@ -160,7 +165,7 @@ class _Driver:
         # Secure weights are n_i / weight_scale so they fit the fixed-point range; the
         # server only needs this public bound on a participant's dataset size.
         return cls(weights, classification, float(data.max_samples()), evaluate,
-                   lambda w: model)
+                   lambda w: model, private_arrays_by_group(model, spec))
 
 
 class _RemoteEvaluation:
@@ -397,7 +402,8 @@ class _Job:
         self.wall0 = wall0
         self.phases = phases if phases is not None else {}
         self.out = plan.path.resolve()
-        self.people: Sequence[ParticipantInfo] = roster(spec)
+        people = roster(spec)
+        self.people: Sequence[ParticipantInfo] = people
         self.driver = driver
         committed = _read_committed(self.out) if plan.resume else None
         if plan.resume and committed is None:
@@ -406,7 +412,11 @@ class _Job:
         self.history = committed.history if committed else []
         atomic_write_bytes(self.out / "spec.yaml", _yaml(spec_to_dict(spec)).encode())
         shapes = [w.shape for w in self.driver.weights]
-        aggregator = Aggregator.from_spec(spec, shapes, max_samples=self.driver.weight_scale)
+        by_group = self.driver.private_arrays
+        aggregator = Aggregator.from_spec(
+            spec, shapes, max_samples=self.driver.weight_scale,
+            private={pid: arrays for g, arrays in by_group.items()
+                     for pid in people.group_range(g)})
         from fedcollab.spec.roster import expected_participants, group_sampling_rates
 
         rates = group_sampling_rates(spec)

@@ -125,8 +125,12 @@ class SecureRound:
             log["saturation_bound"] = saturation_bound(
                 coordinator.params.clip, config.clip_norm,
                 config.noise_multiplier * config.clip_norm / math.sqrt(config.noisy_participants))
-        return SecureOutcome(SecureSum(parts.arrays, parts.counts), log, parts.bits, survivors,
-                             len(self.members))
+        # each member's weight is at most one participant's share (weight_scale in
+        # the decoded unit); the aggregator refuses a sum that exceeds that many shares
+        quantum = config.weight_scale * 2.0 ** -coordinator.params.scale_bits
+        total = SecureSum(parts.arrays, parts.counts, members=survivors,
+                          weight_cap=config.weight_scale, quantum=quantum)
+        return SecureOutcome(total, log, parts.bits, survivors, len(self.members))
 
 
 def saturation_bound(clip: float, clip_norm: float, member_std: float) -> float:

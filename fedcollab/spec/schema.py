@@ -479,6 +479,7 @@ class JobSpec:
                 not any(_policy(g).in_clear for g in self.participants):
             raise _fail("aggregation.rule", f"{self.aggregation.rule!r} must see individual "
                         "updates, but every group is secure; use fedavg (or make some groups open)")
+        self._check_rule_fits(secure)
         if self.privacy.dp.mode != "none" and self.aggregation.rule != "fedavg":
             raise _fail("aggregation.rule", f"{self.aggregation.rule!r} with DP: the epsilon "
                         "accounting assumes a clipped sum (fedavg); robust rules change the "
@@ -486,6 +487,37 @@ class JobSpec:
         if self.privacy.dp.mode == "distributed" and not secure:
             raise _fail("privacy.dp.mode", "'distributed' noise is added inside the secure "
                         "sum, so it needs a group with sharing: secure")
+
+    def _check_rule_fits(self, secure: Sequence[GroupSpec]) -> None:
+        """A robust rule's f must fit the open groups, and with a secure group each
+        member needs the rule's norm bound to clip to (it cannot be inspected)."""
+        agg = self.aggregation
+        if not _registered("fedcollab.aggregation.registry:rule_needs_individual_updates")(
+                agg.rule):
+            return
+        need, why = _registered("fedcollab.aggregation.registry:min_updates")(agg.rule, agg)
+        open_groups = [g for g in self.participants if _policy(g).in_clear]
+        # the rule runs once per set of arrays with the same sharers: every open
+        # participant, and for each private layer those that do not keep it
+        layers = {name for g in open_groups for name in g.private_layers}
+        sizes = [sum(g.count for g in open_groups if name not in g.private_layers)
+                 for name in sorted(layers)] + [sum(g.count for g in open_groups)]
+        fewest = min((n for n in sizes if n > 0), default=0)
+        if 0 < fewest < need:
+            raise _fail("aggregation.krum_f",
+                        f"rule {agg.rule!r} with krum_f={agg.krum_f} needs {why}, but the open "
+                        f"groups send at most {fewest}; lower krum_f or add open participants")
+        if agg.rule == "multi_krum" and agg.multi_krum_m is not None and \
+                fewest and agg.multi_krum_m > fewest:
+            raise _fail("aggregation.multi_krum_m",
+                        f"got {agg.multi_krum_m}, but the open groups send at most {fewest} "
+                        "updates to choose from")
+        bound = _registered("fedcollab.aggregation.registry:secure_member_bound")(agg.rule, agg)
+        if secure and bound is None:
+            raise _fail("aggregation.norm_bound",
+                        f"rule {agg.rule!r} cannot see a secure member's update, so each "
+                        "member clips its update to a norm bound before masking; set "
+                        "aggregation.norm_bound (open updates above it are rejected too)")
 
     @property
     def total_participants(self) -> int:

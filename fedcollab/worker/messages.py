@@ -134,6 +134,8 @@ class RoundConfig:
     count_noise_std: float = 0.0    # adaptive clipping under distributed DP: the bits' noise
     secure_clip: float = 0.0        # > 0 (no DP): secure vectors carry their share of
                                     # coordinates beyond this fixed-point range
+    secure_norm_bound: float = 0.0  # > 0 (robust rules): a secure member clips its update
+                                    # to this L2 norm before masking
 
     @property
     def dp_on(self) -> bool:
@@ -149,6 +151,9 @@ class ModelInfo:
     weights: list[np.ndarray]
     classification: bool
     max_samples: float
+    # group index -> the model indices its private_layers cover (groups without
+    # private layers are left out): what the server expects an open update to omit
+    private_arrays: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

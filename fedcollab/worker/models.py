@@ -25,7 +25,7 @@ from fedcollab.spec import SpecError
 
 __all__ = ["SEEDED_BUILD_LOCK", "build_model", "build_checked_model", "misfit_as_spec_error",
            "check_builder_name", "resolve_builder",
-           "private_weight_indices", "layer_names"]
+           "private_weight_indices", "private_arrays_by_group", "layer_names"]
 
 
 def _head(num_classes: int) -> Any:
@@ -287,6 +287,14 @@ def private_weight_indices(model: Any, private_layers: Sequence[str], *,
             raise SpecError(f"spec: {where}: layer {layer_name!r} has no weights to keep private")
         indices.extend(position[id(v)] for v in weights)
     return sorted(indices)
+
+
+def private_arrays_by_group(model: Any, spec: Any) -> dict[int, tuple[int, ...]]:
+    """Group index -> the model indices its ``private_layers`` cover (only groups
+    that keep layers private): what the server expects their updates to leave out."""
+    return {g: tuple(private_weight_indices(model, group.private_layers,
+                                            where=f"participants.{g}.private_layers"))
+            for g, group in enumerate(spec.participants) if group.private_layers}
 
 
 @dataclass(frozen=True)

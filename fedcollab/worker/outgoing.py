@@ -161,7 +161,17 @@ def outgoing(raw: Sequence[np.ndarray], *, pid: ParticipantId, shared: Sequence[
             return Outgoing(update=Update(pid, delta, num_samples, 0.0, 0.0,
                                           clip_bit=fits if config.clip_bit else None))
         return Outgoing(update=Update(pid, delta, num_samples, loss, norm))
-    weight = 1.0 if config.dp_on else num_samples / config.weight_scale
+    # A robust rule sees only the secure sum, so the member bounds its own part of
+    # it: at most one participant's share of weight (weight_scale bounds a dataset's
+    # size; the server checks the summed weights) and, under a robust rule, the
+    # rule's norm bound
+    weight = 1.0 if config.dp_on else min(num_samples / config.weight_scale, 1.0)
+    if config.secure_norm_bound > 0:
+        from fedcollab.privacy.clipping import clip_update
+
+        clipped, _ = clip_update(sent, config.secure_norm_bound)
+        for i, d in zip(shared, clipped):
+            delta[i] = d
     from fedcollab.secure.layout import secure_vector  # a secure member's worker loads it
 
     vector = secure_vector(delta, shapes, weight, clip_bit=fits if config.clip_bit else None,

@@ -198,8 +198,11 @@ class ParticipantWorker:
     # ----------------------------------------------------------------- the model
     def model_info(self) -> ModelInfo:
         """What the driver needs of the model without loading TensorFlow itself."""
+        from fedcollab.worker.models import private_arrays_by_group
+
         return ModelInfo(self.initial_weights, self.data.num_classes > 0,
-                         float(self.data.max_samples()))
+                         float(self.data.max_samples()),
+                         private_arrays_by_group(self.model, self.spec))
 
     def evaluate(self, global_weights: Weights) -> tuple[float, float]:
         """(loss, accuracy) of the global weights on the held-out set."""

@@ -248,3 +248,26 @@ def test_aggregator_unknown_rule_raises() -> None:
 
     with pytest.raises(UnknownRuleError, match="expected one of"):
         Aggregator(SHAPES, rule="geomedian")
+
+
+def test_aggregator_open_update_missing_an_array_is_rejected_whole() -> None:
+    """Finding: an open participant that sent None for an array split Krum into one
+    selection per group of arrays, so it could win array 0 while losing array 1."""
+    honest = [_update_of(p, 0.1 * p) for p in range(4)]
+    sneaky = Update(9, [np.full(2, 0.15, np.float32), None], 10, 0.0)
+    agg = Aggregator(SHAPES, rule="krum", options={"f": 1}, max_samples=100)
+    weights = [np.zeros(2, np.float32), np.zeros((1, 2), np.float32)]
+    step = agg.step(weights, [*honest, sneaky])
+    assert step.rejected[9].startswith("missing:") and 9 not in step.accepted
+    # Krum picks one participant for every array: the same value in both arrays
+    assert float(step.weights[0][0]) == pytest.approx(float(step.weights[1][0, 0]))
+
+
+def test_aggregator_open_vendor_may_leave_out_its_private_arrays_only() -> None:
+    vendor = Update(5, [np.full(2, 1.0, np.float32), None], 10, 0.0)
+    agg = Aggregator(SHAPES, max_samples=100, private={5: [1]})
+    weights = [np.zeros(2, np.float32), np.zeros((1, 2), np.float32)]
+    step = agg.step(weights, [_update_of(0, 3.0), vendor])
+    assert step.accepted == (0, 5) and not step.rejected
+    np.testing.assert_allclose(step.weights[0], [2.0, 2.0])
+    np.testing.assert_allclose(step.weights[1], [[3.0, 3.0]])

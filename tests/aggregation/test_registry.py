@@ -103,7 +103,8 @@ def test_rule_needs_individual_updates_unknown_rule_raises() -> None:
 
 def test_secure_compatibility_message_robust_rule_explains_open_only() -> None:
     message = secure_compatibility_message("median")
-    assert "in the clear" in message and "open" in message and "'fedavg'" in message
+    assert "cannot see a secure member's update in the clear" in message
+    assert "filters the open updates alone" in message and message.count(". ") == 0
 
 
 def test_secure_compatibility_message_fedavg_says_it_composes() -> None:

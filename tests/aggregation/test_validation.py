@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from fedcollab.aggregation import (
     AggregationError,
     UpdateRejected,
+    check_update,
     partition_valid,
     reference_of,
     validate_update,
 )
+from fedcollab.types import Update
 
 SHAPES = [(3, 2), (2,)]
 DTYPES = [np.float32, np.float32]
@@ -126,3 +131,95 @@ def test_partition_valid_norm_bound_rejects_large_update() -> None:
     valid, rejected = partition_valid({0: _good(0.1), 1: _good(100.0)}, SHAPES, dtypes=DTYPES,
                                       norm_bound=5.0)
     assert list(valid) == [0] and "exceeds the bound 5" in rejected[1]
+
+
+# ------------------------------------------------------------------- hidden non-finite values
+
+NON_FINITE = [np.nan, np.inf, -np.inf]
+FLOAT_DTYPES = [np.float16, np.float32, np.float64, np.longdouble]
+COMPLEX_DTYPES = [np.complex64, np.complex128]
+
+
+@st.composite
+def _poisoned(draw: st.DrawFn) -> tuple[np.ndarray, np.dtype]:
+    """A finite array of some float or complex dtype with one non-finite entry
+    (NaN, inf or -inf; for complex in the real or the imaginary part)."""
+    dtype = np.dtype(draw(st.sampled_from(FLOAT_DTYPES + COMPLEX_DTYPES)))
+    shape = draw(st.sampled_from([(), (1,), (5,), (2, 3), (2, 1, 2)]))
+    array = draw(hnp.arrays(dtype, shape, elements=st.floats(-10, 10, width=16)))
+    bad = draw(st.sampled_from(NON_FINITE))
+    at = draw(st.integers(0, max(array.size - 1, 0)))
+    flat = array.reshape(-1)
+    if dtype.kind == "c" and draw(st.booleans()):
+        flat[at] = complex(float(flat[at].real), bad)
+    else:
+        flat[at] = bad
+    return array, dtype
+
+
+@settings(deadline=None, max_examples=200)
+@given(case=_poisoned())
+def test_validate_update_any_non_finite_form_rejected(case: tuple[np.ndarray, np.dtype]) -> None:
+    array, dtype = case
+    with pytest.raises(UpdateRejected) as info:
+        validate_update([array], [array.shape], dtypes=dtype)
+    assert info.value.kind == "non_finite"
+
+
+@settings(deadline=None, max_examples=100)
+@given(case=_poisoned(), mask=st.sampled_from(["all", "bad", "none"]))
+def test_validate_update_masked_array_rejected_whatever_it_hides(
+        case: tuple[np.ndarray, np.dtype], mask: str) -> None:
+    """Finding (a regression): a NaN under a numpy mask passed the finiteness check."""
+    array, dtype = case
+    hide = {"all": np.ones(array.shape, bool), "bad": ~np.isfinite(array),
+            "none": np.zeros(array.shape, bool)}[mask]
+    masked = np.ma.masked_array(array, mask=hide)
+    with pytest.raises(UpdateRejected) as info:
+        validate_update([masked], [array.shape], dtypes=dtype)
+    assert info.value.kind == "type" and "MaskedArray" in info.value.reason
+
+
+def test_validate_update_masked_nan_in_float32_update_rejected() -> None:
+    update = _good()
+    hidden = _good()[0]
+    hidden[1, 1] = np.nan
+    update[0] = np.ma.masked_array(hidden, mask=np.isnan(hidden))
+    assert bool(np.isfinite(update[0]).all())  # what the old check saw: all finite
+    with pytest.raises(UpdateRejected, match="MaskedArray, expected a plain numpy ndarray"):
+        validate_update(update, SHAPES, dtypes=DTYPES)
+
+
+@pytest.mark.parametrize("values", [[0.5, 1.0], [float("nan"), 1.0], [None, 1.0], ["1", 2]])
+def test_validate_update_object_array_rejected_even_when_object_expected(values: list) -> None:
+    array = np.array(values, dtype=object)
+    with pytest.raises(UpdateRejected, match="expected numbers") as info:
+        validate_update([array], [(2,)], dtypes=object)
+    assert info.value.kind == "dtype"
+
+
+class _Subclass(np.ndarray):
+    pass
+
+
+def test_validate_update_ndarray_subclass_rejected() -> None:
+    with pytest.raises(UpdateRejected, match="_Subclass"):
+        validate_update([_good()[0].view(_Subclass), _good()[1]], SHAPES, dtypes=DTYPES)
+
+
+# --------------------------------------------------------------------------- whole updates only
+
+def _update(delta: list, pid: int = 0) -> Update:
+    return Update(pid, delta, 10, 0.0)
+
+
+def test_check_update_missing_array_rejects_the_whole_update() -> None:
+    reason = check_update(_update([_good()[0], None]), SHAPES)
+    assert reason.startswith("missing: array(s) 1 left out")
+
+
+def test_check_update_private_arrays_of_its_group_may_be_left_out() -> None:
+    assert check_update(_update([_good()[0], None]), SHAPES, private={1}) == ""
+    assert check_update(_update(_good()), SHAPES, private={1}).startswith("private: array(s) 1")
+    reason = check_update(_update([None, None]), SHAPES, private={1})
+    assert reason.startswith("missing: array(s) 0")

@@ -175,7 +175,8 @@ def test_made_up_kind_spec_checks_act_on_its_policy() -> None:
         _spec({"name": "v", "count": 2, "sharing": "sealed"})
     with pytest.raises(SpecError, match="must see individual updates"):
         _spec({"name": "v", "count": 4, "sharing": "sealed"}, aggregation={"rule": "median"})
-    _made_up_spec(aggregation={"rule": "median"})  # the public group is seen one by one
+    # the public group is seen one by one; the sealed one is held to a norm bound
+    _made_up_spec(aggregation={"rule": "median", "norm_bound": 5.0})
     _spec({"name": "v", "count": 4, "sharing": "sealed"},
           privacy={"dp": {"mode": "distributed", "noise_multiplier": 1.0}})
 

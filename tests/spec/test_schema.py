@@ -131,6 +131,18 @@ BAD_SPECS: list[Any] = [
            aggregation={"rule": "median"}),
      ".yaml", [], r"^spec: aggregation\.rule: 'median' must see individual updates, but every "
      r"group is secure; use fedavg"),
+    ("robust-rule-secure-group-without-norm-bound",
+     _spec(participants=[_group(), _group(name="vendor", role="vendor", count=3,
+                                          sharing="secure")], aggregation={"rule": "median"}),
+     ".yaml", [], r"^spec: aggregation\.norm_bound: rule 'median' cannot see a secure member's "
+     r"update, so each member clips its update to a norm bound before masking; set "),
+    ("bulyan-f-too-large-for-the-open-groups", _spec(participants=[_group(count=10)]), ".yaml",
+     ["aggregation.rule=bulyan", "aggregation.krum_f=2"],
+     r"^spec: aggregation\.krum_f: rule 'bulyan' with krum_f=2 needs at least 4f \+ 3 = 11 "
+     r"open updates \(El Mhamdi et al\. 2018\), but the open groups send at most 10; "),
+    ("krum-f-too-large-for-the-open-groups", _spec(), ".yaml", ["aggregation.rule=krum"],
+     r"^spec: aggregation\.krum_f: rule 'krum' with krum_f=1 needs more than 2f \+ 2 = 4 open "
+     r"updates .*, but the open groups send at most 4; lower krum_f or add open participants$"),
     ("distributed-dp-without-secure",
      _spec(privacy={"dp": {"mode": "distributed", "noise_multiplier": 1.0}}), ".yaml", [],
      r"^spec: privacy\.dp\.mode: 'distributed' noise .* needs a group with sharing: secure$"),
@@ -226,6 +238,18 @@ def test_cli_validate_shipped_example_exits_0(example: Path) -> None:
     assert result.stderr == ""
 
 
+def test_cli_validate_robust_rule_with_secure_group_warns_what_the_rule_cannot_see() -> None:
+    """README: validate warns when a robust rule meets a secure group (it said "ok" only)."""
+    result = _cli("validate", "examples/community-vendor.yaml", "--set", "aggregation.rule=median",
+                  "--set", "aggregation.norm_bound=5")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: ")
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedcollab: warning: aggregation.rule: 'median'")
+    assert "cannot see a secure member's update in the clear" in lines[0]
+
+
 def test_cli_validate_set_participant_count_applies_to_the_list_item() -> None:
     result = _cli("validate", "examples/community-vendor.yaml", "--json",
                   "--set", "participants.0.count=20", "--set", "rounds=3")
@@ -259,7 +283,8 @@ def test_spec_to_dict_resolved_spec_round_trips_through_json(example: Path) -> N
 
 def test_load_spec_overrides_apply_and_keep_other_fields() -> None:
     spec = load_spec(REPO / "examples" / "community-vendor.yaml",
-                     ["participants.0.count=20", "rounds=3", "aggregation.rule=median"])
+                     ["participants.0.count=20", "rounds=3", "aggregation.rule=median",
+                      "aggregation.norm_bound=5"])
 
     assert spec.participants[0].count == 20
     assert spec.rounds == 3
@@ -304,3 +329,19 @@ def test_cli_no_command_prints_help_and_exits_2() -> None:
 
     assert result.returncode == 2
     assert "usage:" in result.stdout
+
+
+def test_spec_krum_f_is_checked_against_every_set_of_open_sharers() -> None:
+    """An open vendor keeping its head private sends it to nobody, so the head is
+    aggregated over the community alone: krum_f must fit that smaller set too."""
+    from fedcollab.spec import SpecError
+
+    groups = [_group(count=5), _group(name="vendor", role="vendor", count=3,
+                                      private_layers=["head"])]
+    spec_from_dict(_spec(participants=groups, aggregation={"rule": "krum", "krum_f": 1}))
+    with pytest.raises(SpecError, match=r"krum_f=2 needs more than 2f \+ 2 = 6 open updates "
+                                        r".*, but the open groups send at most 5;"):
+        spec_from_dict(_spec(participants=groups, aggregation={"rule": "krum", "krum_f": 2}))
+    with pytest.raises(SpecError, match=r"multi_krum_m: got 6, but the open groups send at most 5"):
+        spec_from_dict(_spec(participants=groups, aggregation={
+            "rule": "multi_krum", "krum_f": 1, "multi_krum_m": 6}))
