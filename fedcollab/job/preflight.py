@@ -61,14 +61,16 @@ def _noise_multiplier(spec: JobSpec) -> float:
     Raises:
         SpecError: a target epsilon that adaptive clipping's count query makes unreachable.
     """
+    from fedcollab.job.sampling import dp_accounting_plan
     from fedcollab.privacy.errors import PrivacyError
-    from fedcollab.privacy.server import solve_noise_multiplier
+    from fedcollab.privacy.server import DpServer
     from fedcollab.spec.roster import expected_participants, group_sampling_rates
 
+    rates = group_sampling_rates(spec)
     try:
-        return solve_noise_multiplier(
-            spec.privacy.dp, sampling_rate=max(group_sampling_rates(spec).values()),
-            rounds=spec.rounds, participants_per_round=expected_participants(spec))
+        return DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
+                        group_rates=rates, participants_per_round=expected_participants(spec),
+                        **dp_accounting_plan(spec)).noise_multiplier
     except PrivacyError as err:
         raise SpecError(f"spec: {err}") from None
 
