@@ -393,6 +393,22 @@ class ObserverLedger:
             return 0.0
         return self._profile_eps(mu2, others, delta, adjacency, accountant)
 
+    def headline_epsilon(
+        self,
+        *,
+        delta: float,
+        adjacency: str = "add_remove",
+        accountant: str = "rdp",
+        mode: str = "distributed",
+    ) -> float:
+        """``figures(...)["epsilon"]`` without the release reader's composition: the
+        release reader's figure never exceeds the known-sample one, so the largest over
+        the headline observers is the known-sample figure (or inf where one saw data
+        exact). What the budget guard asks every round."""
+        if any(o in self.exact for o in headline_observers(mode)):
+            return math.inf
+        return self.known_sample_epsilon(delta=delta, adjacency=adjacency, accountant=accountant)[0]
+
     @staticmethod
     def _eps(event: Any, delta: float, adjacency: str, accountant: str) -> float:
         return epsilon_of_event(event, delta=delta, adjacency=adjacency, accountant=accountant)

@@ -231,8 +231,8 @@ class DpServer:
         if not self.on:
             return None
         if self.observers is not None:
-            eps = self.observers.figures(delta=self.spec.delta, adjacency=self.adjacency,
-                                         mode=self.mode)["epsilon"]
+            eps = self.observers.headline_epsilon(delta=self.spec.delta,
+                                                  adjacency=self.adjacency, mode=self.mode)
         else:
             eps = self.ledger.epsilon(delta=self.spec.delta)
         return eps if math.isfinite(eps) else None
@@ -253,13 +253,16 @@ class DpServer:
         trial.restore(*self.observers.state())
         shortfall = self.min_survivor_fraction if secure_sampled else 1.0
         trial.record(RoundSpend(tuple(sampled), self.queries(len(sampled), shortfall=shortfall)))
-        out = trial.figures(delta=self.spec.delta, adjacency=self.adjacency, mode=self.mode)
-        if out["epsilon"] <= target:
+        eps = trial.headline_epsilon(delta=self.spec.delta, adjacency=self.adjacency,
+                                     mode=self.mode)
+        if eps <= target:
             return None
-        worst = max((o for o in out["by_observer"] if o not in out["trusted"]),
-                    key=lambda o: out["by_observer"][o])
-        return (f"privacy budget: this round would take the {worst}'s epsilon to "
-                f"{out['epsilon']:.4g} > target_epsilon {target:g} "
+        from fedcollab.privacy.observers import headline_observers
+
+        who = " and ".join(o.replace("_", " ") for o in headline_observers(self.mode)
+                           if o != "release_reader")
+        return (f"privacy budget: this round would take the {who}'s epsilon to "
+                f"{eps:.4g} > target_epsilon {target:g} "
                 f"({self.adjacency}, delta {self.spec.delta:g}); the job stops before it")
 
     # ------------------------------------------------------------------ recording
