@@ -466,7 +466,8 @@ class _Job:
             print(f"fedcollab: warning: privacy: group {exposed!r} takes part with rate "
                   f"{rates[exposed]:.2f} per round, not fraction={spec.fraction:g} (groups "
                   "are sampled to at least one member, secure groups to secure.min_group); "
-                  f"epsilon is accounted at {rates[exposed]:.2f}", file=sys.stderr, flush=True)
+                  f"the release reader's epsilon is accounted at {rates[exposed]:.2f}",
+                  file=sys.stderr, flush=True)
         self.pool = pool
         secure = None
         if any(policy(g.sharing).in_secure_sum for g in spec.participants):

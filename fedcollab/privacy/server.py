@@ -31,6 +31,7 @@ import numpy as np
 from fedcollab.privacy.accounting import PrivacyLedger, noise_multiplier_for_target
 
 if TYPE_CHECKING:
+    from fedcollab.privacy.observers import ObserverLedger
     from fedcollab.spec import DpSpec
 
 __all__ = ["DpServer", "fresh_rng", "solve_noise_multiplier", "planned_exposure"]
@@ -145,8 +146,6 @@ class DpServer:
                  groups: Optional[Mapping[str, Sequence[int]]] = None,
                  organisations: Sequence[str] = (),
                  min_survivor_fraction: float = 1.0) -> None:
-        from fedcollab.privacy.observers import ObserverLedger
-
         self.spec = dp
         self.sampling_rate = sampling_rate
         self.group_rates = dict(group_rates or {})
@@ -155,14 +154,16 @@ class DpServer:
         self.adjacency = getattr(dp, "adjacency", "add_remove")
         self.min_survivor_fraction = (min_survivor_fraction if dp.mode == "distributed"
                                       else 1.0)
-        self.observers: Optional[ObserverLedger] = None
+        self.observers: Optional[ObserverLedger] = None  # per observer, under DP
         self.planned_rounds: Optional[int] = None
-        if groups is not None:
+        if groups is not None and dp.mode != "none":
             rates = self.group_rates or {g: sampling_rate for g in groups}
             counts = {g: len(pids) for g, pids in groups.items()}
             self.planned_rounds, low = planned_exposure(rates, counts, rounds)
             if participants_per_round is not None:
                 participants_per_round = low
+            from fedcollab.privacy.observers import ObserverLedger
+
             self.observers = ObserverLedger(sum(counts.values()), groups, rates, organisations)
         self.noise_multiplier = 0.0
         if dp.mode != "none":
