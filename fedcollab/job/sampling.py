@@ -13,6 +13,7 @@ import numpy as np
 from fedcollab.privacy.server import fresh_rng
 from fedcollab.spec.roster import (
     ParticipantInfo,
+    Role,
     Roster,
     group_sample_sizes,
     group_sampling_rates,
@@ -99,7 +100,7 @@ def dp_accounting_plan(spec: JobSpec) -> dict[str, Any]:
     of a secure round's members whose noise reaches the sum (``secure.threshold``)."""
     everyone = Roster(spec)
     groups = {g.name: list(everyone.group_range(i)) for i, g in enumerate(spec.participants)}
-    organisations = tuple(g.name for g in spec.participants if g.role == "vendor")
+    organisations = tuple(g.name for g in spec.participants if g.role == Role.VENDOR)
     secure = any(policy(g.sharing).in_secure_sum for g in spec.participants)
     return {"groups": groups, "organisations": organisations,
             "min_survivor_fraction": spec.secure.threshold if secure else 1.0}
