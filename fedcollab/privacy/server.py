@@ -214,14 +214,17 @@ class DpServer:
             out.append(Query(sigma_b * root, exact))
         return tuple(out)
 
-    def figures(self) -> Optional[dict[str, Any]]:
+    def figures(self, *, per_round: bool = False) -> Optional[dict[str, Any]]:
         """Every observer's epsilon so far (:meth:`ObserverLedger.figures`), JSON-safe:
         ``None`` for an observer that sees data without noise (listed in ``trusted``
-        when the mode trusts it). None without DP or observers."""
+        when the mode trusts it). None without DP or observers. ``per_round`` (a
+        metrics line) leaves out the release reader under ``replace_one``, whose PLD
+        composition costs seconds a call; the summary has it."""
         if not self.on or self.observers is None:
             return None
         out = self.observers.figures(delta=self.spec.delta, adjacency=self.adjacency,
-                                     mode=self.mode)
+                                     mode=self.mode,
+                                     release=not (per_round and self.adjacency == "replace_one"))
         return _json_safe(out)
 
     @property
@@ -281,7 +284,7 @@ class DpServer:
                                 "noise_multiplier": self.noise_multiplier,
                                 "accounted_multiplier": z,
                                 "sampling_rate": self.sampling_rate, "clip_norm": self.clip_norm}
-        figures = self.figures()
+        figures = self.figures(per_round=True)
         if figures is not None:
             line["epsilon_by_observer"] = figures["by_observer"]
             line["adjacency"] = figures["adjacency"]
