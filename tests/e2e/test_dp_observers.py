@@ -102,6 +102,9 @@ def _check(spec: Any, out: Path) -> dict[str, Any]:
         assert got >= expected * (1 - 1e-9), observer
     for org, expected in oracle["organisation"].items():
         assert privacy["organisation_epsilon"][org] == pytest.approx(expected, rel=0.02)
+    print(f"{out.name}: reported {privacy['epsilon_by_observer']} org "
+          f"{privacy.get('organisation_epsilon')}; independent {oracle['by_observer']} org "
+          f"{oracle['organisation']}")
     finite = [v for v in privacy["epsilon_by_observer"].values() if v is not None]
     assert privacy["epsilon"] == pytest.approx(max(finite))
     return privacy

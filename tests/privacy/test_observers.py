@@ -226,3 +226,14 @@ def test_ledger_state_round_trips() -> None:
     again = ObserverLedger(4, {"a": [0, 1], "v": [2, 3]}, {"a": 0.5, "v": 1.0}, ("v",))
     again.restore(arrays, meta)
     assert again.figures(delta=DELTA) == ledger.figures(delta=DELTA)
+
+
+def test_cli_end_line_names_every_observer_and_the_adjacency() -> None:
+    from fedcollab.cli import _epsilon_words
+
+    privacy = {"mode": "central", "epsilon": 9.01, "delta": 1e-5, "adjacency": "add_remove",
+               "epsilon_by_observer": {"server": None, "outputs_reader": 9.01,
+                                       "release_reader": 6.37}}
+    assert _epsilon_words(privacy) == (", epsilon 9.01 (server unbounded, outputs 9.01, "
+                                       "release 6.37; add_remove, delta 1e-05)")
+    assert _epsilon_words({"mode": "none", "epsilon": None}) == ""
