@@ -201,3 +201,53 @@ def test_target_epsilon_is_never_passed_the_job_stops_before(
     assert stop["budget_stop"] == privacy["budget_stop"] and stop["participants"] == 0
     assert result.summary["rounds_completed"] < 5 or stop["round"] == 5
     _check(spec, result.out_dir)
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+import yaml
+from fedcollab.job.run import RunOptions, run_job
+from fedcollab.spec import spec_from_dict
+spec = spec_from_dict(yaml.safe_load(Path(sys.argv[1]).read_text()))
+run_job(spec, RunOptions(out_dir=Path(sys.argv[2]), quiet=True, transport="inprocess",
+                         release=False))
+"""
+
+
+def test_sigkill_and_resume_account_every_round_that_ran(tmp_path: Path) -> None:
+    """The job's process is SIGKILLed mid-job (after its second metrics line): the
+    resumed job's figures still equal the independent recomputation, which counts every
+    training start in the journal, the killed ones included."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fedcollab.spec import spec_to_dict
+
+    spec = _spec(fraction=0.5, rounds=6,
+                 privacy={"dp": {"mode": "distributed", "noise_multiplier": 1.0,
+                                 "adaptive_clipping": True}})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec_to_dict(spec)))
+    out = tmp_path / "job"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "spec.yaml"),
+                              str(out)], env=env, start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the job ended before it could be killed"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    result = _run(spec, out, release=False, resume=True)
+    assert result.summary["rounds_completed"] == 6
+    starts = [json.loads(t)["round"] for t in
+              (out / "checkpoints" / "privacy-journal.jsonl").read_text().splitlines()]
+    assert sorted(set(starts)) == [1, 2, 3, 4, 5, 6]
+    print("journal of training starts:", starts)
+    _check(spec, out)
