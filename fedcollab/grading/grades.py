@@ -52,15 +52,33 @@ LIFT_LIMITS = (math.e, 10.0, 30.0, 50.0)
 AUC_LIMITS = (0.55, 0.60, 0.65, 0.75)
 
 
+def _low(m: Mapping[str, Any], key: str) -> Optional[float]:
+    """The lower end of ``key``'s interval (``key + "_ci"``), else the point figure."""
+    ci = m.get(key + "_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and _num(ci[0]) is not None:
+        return _num(ci[0])
+    return _num(m.get(key))
+
+
 def grade_membership(m: Mapping[str, Any], *, non_members: int) -> str:
-    """Worse of the low-FPR lift band and the AUC band (Carlini et al. 2022)."""
+    """Worse of the low-FPR lift band and the AUC band (Carlini et al. 2022), each taken
+    on its interval's bound: the lift on the TPR interval's lower end, the AUC on how far
+    the whole interval lies from chance (0.5 inside it is no distance). A grade worse than
+    A is what the data show at the card's confidence, not what one draw of the test set
+    happened to give."""
     auc = _num(m.get("auc"))
     if auc is None:
         return NA
     fpr, key = (0.001, "tpr_at_0_1pct_fpr") if non_members >= 1000 else (0.01, "tpr_at_1pct_fpr")
-    tpr = _num(m.get(key))
+    tpr = _low(m, key)
     lift_grade = _band(tpr / fpr, LIFT_LIMITS) if tpr is not None else NA
-    return _worse(_band(max(auc, 1 - auc), AUC_LIMITS), lift_grade)
+    ci = m.get("auc_ci")
+    lo, hi = (_num(ci[0]), _num(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 \
+        else (auc, auc)
+    lo = auc if lo is None else lo
+    hi = auc if hi is None else hi
+    distance = max(lo - 0.5, 0.5 - hi, 0.0)
+    return _worse(_band(0.5 + distance, AUC_LIMITS), lift_grade)
 
 
 # inversion: dB the best reconstruction gains over guessing the mean image

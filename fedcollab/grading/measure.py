@@ -23,7 +23,7 @@ __all__ = ["Budget", "BUDGETS", "Progress", "Timer", "TaskMeasurer", "defence_of
 class Budget:
     shadows: int                # LiRA shadow models
     shadow_epochs: int          # cap on the shadows' epochs (the target saw rounds x epochs)
-    mia_samples: int            # members (and as many non-members) attacked
+    mia_samples: int            # cap on the members (and on the non-members) attacked
     backdoor_pretrain: int      # honest rounds before the model-replacement round
     byzantine_rounds: int
     inversion_open_targets: int
@@ -32,10 +32,10 @@ class Budget:
 
 
 BUDGETS = {
-    "fast": Budget(shadows=4, shadow_epochs=20, mia_samples=300, backdoor_pretrain=3,
+    "fast": Budget(shadows=4, shadow_epochs=20, mia_samples=5000, backdoor_pretrain=3,
                    byzantine_rounds=3, inversion_open_targets=3, gradient_matching=False,
                    cross_round_window=10),
-    "full": Budget(shadows=16, shadow_epochs=60, mia_samples=2000, backdoor_pretrain=10,
+    "full": Budget(shadows=16, shadow_epochs=60, mia_samples=20000, backdoor_pretrain=10,
                    byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True,
                    cross_round_window=50),
 }
@@ -95,12 +95,31 @@ class TaskMeasurer:
             spec.task.model, input_shape=self.data.input_shape,
             num_classes=self.data.num_classes, seed=spec.seed) \
             if budget.gradient_matching else None
+        # every member and non-member the data allow (up to the budget's cap): the low-FPR
+        # figures need >= 1 / FPR non-members to resolve, and their intervals narrow with both
         rng = np.random.default_rng([spec.seed, 31])
-        members = np.concatenate(self.index)
-        n = min(budget.mia_samples, len(members), len(self.data.x_test))
-        self.member_idx = rng.choice(members, size=n, replace=False)
-        self.test_idx = rng.choice(len(self.data.x_test), size=n, replace=False)
-        self.non_members = n
+        members = np.unique(np.concatenate(self.index))
+        self.members_available = int(len(members))
+        self.member_idx = rng.choice(members, size=min(budget.mia_samples, len(members)),
+                                     replace=False)
+        n_test = min(budget.mia_samples, len(self.data.x_test))
+        self.test_idx = rng.choice(len(self.data.x_test), size=n_test, replace=False)
+        self.non_members = n_test
+
+    def settings(self) -> dict[str, Any]:
+        """What the figures on the card depend on besides the spec: the budget's sizes,
+        the seeds the grader drew from, the intervals' confidence and the graded attacks."""
+        from dataclasses import asdict
+
+        from fedcollab.grading.membership import CONFIDENCE, GRADED_ATTACK
+
+        return {"budget": asdict(self.budget), "seed": int(self.spec.seed),
+                "seeds": {"membership_pool": [int(self.spec.seed), 31],
+                          "shadows": [int(self.spec.seed), 41],
+                          "participant_training": "[seed, round, participant]"},
+                "confidence": CONFIDENCE, "membership_attack": GRADED_ATTACK,
+                "members_available": self.members_available,
+                "non_members_available": int(len(self.data.x_test))}
 
     # ---------------------------------------------------------------- shared experiments
     def simulations(self, report: Progress) -> dict[str, Any]:
@@ -217,8 +236,8 @@ class TaskMeasurer:
 
     def _membership(self, weights: list[np.ndarray]) -> tuple[dict[str, Any], Any]:
         from fedcollab.grading.membership import (
+            GRADED_ATTACK,
             attack_metrics,
-            best_of,
             lira_scores,
             logit_confidence,
             loss_scores,
@@ -229,18 +248,20 @@ class TaskMeasurer:
             return ({"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None,
                      "note": "regression task: no class probabilities"}, ([], []))
         x, y = self._mia_pool()
-        member = np.arange(len(x)) < self.non_members
+        member = np.arange(len(x)) < len(self.member_idx)
         probs = predictor(self.trainer, weights)(x)
         loss = attack_metrics(loss_scores(probs, y), member)
         phi, inside = self._shadow_models()
         lira = attack_metrics(lira_scores(logit_confidence(probs, y), phi, inside), member)
-        best = best_of([loss, lira])
-        out: dict[str, Any] = dict(best.to_json())
-        out.update({"attack": "lira" if best is lira else "loss_threshold",
+        graded = {"loss_threshold": loss, "lira": lira}[GRADED_ATTACK]
+        out: dict[str, Any] = dict(graded.to_json())
+        out.update({"attack": GRADED_ATTACK, "pre_registered": True,
                     "loss_threshold": loss.to_json(), "lira": lira.to_json(),
                     "shadows": int(phi.shape[0]), "members": int(member.sum()),
-                    "non_members": int((~member).sum()), "target": "released model"})
-        return out, (best.fpr, best.tpr)
+                    "non_members": int((~member).sum()),
+                    "members_available": self.members_available,
+                    "target": "released model"})
+        return out, (graded.fpr, graded.tpr)
 
     def _replay(self, mspec: Any, result: Any) -> Any:
         from fedcollab.grading.replay import replay_round

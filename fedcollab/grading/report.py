@@ -34,12 +34,14 @@ class Scorecard:
     per_attack_seconds: Mapping[str, float] = field(default_factory=dict)
     curves: Mapping[str, Any] = field(default_factory=dict)  # plots only, not in the JSON
     out_dir: str = ""
+    settings: Mapping[str, Any] = field(default_factory=dict)  # budget, window, seeds, confidence
 
     def to_json(self) -> dict[str, Any]:
         return {"spec": self.spec, "priority": self.priority, "budget": self.budget,
                 "mixes": [dict(m) for m in self.mixes], "pareto_front": list(self.pareto_front),
                 "recommendation": dict(self.recommendation), "skipped": dict(self.skipped),
-                "seconds": self.seconds, "per_attack_seconds": dict(self.per_attack_seconds)}
+                "seconds": self.seconds, "per_attack_seconds": dict(self.per_attack_seconds),
+                "settings": dict(self.settings)}
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -65,7 +67,7 @@ def _rows(card: Scorecard) -> list[list[str]]:
         rows.append([
             m["name"] + (" ★" if m["name"] == card.recommendation.get("mix") else ""),
             f"{_fmt(m['utility'].get('accuracy'))} ({g['utility']})",
-            f"{_fmt(a['membership'].get('auc'))} ({g['membership']})",
+            _membership_cell(a["membership"], g["membership"]),
             f"{_fmt(a['inversion'].get('psnr_db'), 1)} dB on {a['inversion'].get('target')} "
             f"({g['inversion']})",
             f"{_fmt(a['differencing'].get('relative_error'))}"
@@ -82,7 +84,22 @@ def _rows(card: Scorecard) -> list[list[str]]:
     return rows
 
 
-HEADER = ["mix", "accuracy", "membership AUC", "inversion", "vendor differencing rel. err",
+def _ci(row: Mapping[str, Any], key: str) -> str:
+    ci = row.get(key + "_ci")
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return _fmt(row.get(key))
+    return f"{_fmt(row.get(key))} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _membership_cell(row: Mapping[str, Any], grade: str) -> str:
+    """AUC and TPR at 1% FPR, each with its 95% interval, and the grade taken on them."""
+    if row.get("auc") is None:
+        return f"{grade}: {row.get('note', 'not measured')}"
+    return (f"{grade}: AUC {_ci(row, 'auc')}, TPR@1%FPR {_ci(row, 'tpr_at_1pct_fpr')} "
+            f"({row.get('n_members', '?')} members / {row.get('n_nonmembers', '?')} non-members)")
+
+
+HEADER = ["mix", "accuracy", "membership (95% CI)", "inversion", "vendor differencing rel. err",
           "lying server reads input", "epsilon", "backdoor success", "Byzantine accuracy",
           "s/round"]
 
@@ -166,14 +183,29 @@ def plot_pngs(card: Scorecard) -> dict[str, bytes]:
     save(fig, "accuracy")
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
+    membership = {m["name"]: m["attacks"].get("membership", {}) for m in card.mixes}
+    floor = 1.0
     for name, (fpr, tpr) in card.curves.get("roc", {}).items():
-        ax.plot([max(f, 1e-4) for f in fpr], [max(t, 1e-4) for t in tpr], label=name)
-    ax.plot([1e-4, 1], [1e-4, 1], color="grey", linestyle=":", label="chance")
+        # log axes cannot show FPR or TPR = 0: those points are left out, not moved
+        pts = [(f, t) for f, t in zip(fpr, tpr) if f > 0 and t > 0]
+        if not pts:
+            continue
+        line, = ax.plot(*zip(*pts), label=name)
+        row = membership.get(name, {})
+        ci, n_neg = row.get("tpr_at_1pct_fpr_ci"), row.get("n_nonmembers") or 0
+        if n_neg:
+            floor = min(floor, 1.0 / n_neg)
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and ci[1] > 0:
+            mid = max(row.get("tpr_at_1pct_fpr") or ci[0], 1e-6)
+            ax.errorbar([0.01], [mid], yerr=[[mid - max(ci[0], 1e-6)], [ci[1] - mid]],
+                        color=line.get_color(), capsize=3, fmt="o", markersize=3)
+    ax.plot([floor, 1], [floor, 1], color="grey", linestyle=":", label="chance")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("false positive rate")
+    ax.set_xlim(left=floor / 2)
+    ax.set_xlabel("false positive rate (resolved down to 1 / non-members)")
     ax.set_ylabel("true positive rate")
-    ax.set_title("membership inference ROC (log-log, best attack)")
+    ax.set_title("membership ROC (log-log, graded attack; bars: 95% CI at 1% FPR)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, "membership_roc")

@@ -178,7 +178,8 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
                                         if m.get("accuracy") is not None]
         curves["roc"][mix.name] = roc
     return _finish(spec, rows, skipped, curves, priority=priority, budget=budget,
-                   seconds=time.perf_counter() - t_start, timer=timer, non_members=ctx.non_members)
+                   seconds=time.perf_counter() - t_start, timer=timer, non_members=ctx.non_members,
+                   settings=ctx.settings())
 
 
 def one_worker(mspec: Any) -> Any:
@@ -295,7 +296,7 @@ class MixRuns:
 
 def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curves: Any, *,
             priority: str, budget: str, seconds: float, timer: Timer,
-            non_members: int) -> Scorecard:
+            non_members: int, settings: Optional[Mapping[str, Any]] = None) -> Scorecard:
     from fedcollab.grading.grades import grade_mix, pareto_front, privacy_score, recommend
 
     reference = next((r["cost"] for r in rows if r["name"] == "open"), rows[0]["cost"])
@@ -312,7 +313,7 @@ def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curv
                          for g in spec.participants) + f", {spec.task.dataset}/{spec.task.model}"
     rec = recommend(rows, front, priority, scenario=scenario)
     return Scorecard(spec.name, priority, budget, tuple(rows), tuple(front), rec, dict(skipped),
-                     seconds, dict(timer.seconds), curves)
+                     seconds, dict(timer.seconds), curves, settings=dict(settings or {}))
 
 class _Bar:
     """Mixes and attacks as they finish (rich, on stderr)."""
