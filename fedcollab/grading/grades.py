@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional, Sequence
 
-__all__ = ["GRADES", "NA", "grade_membership", "grade_inversion", "grade_confidentiality",
+__all__ = ["GRADES", "NA", "UNKNOWN", "grade_membership", "grade_inversion",
+           "grade_confidentiality",
            "grade_backdoor", "grade_byzantine", "grade_lying_server", "grade_privacy_budget",
            "grade_cost",
            "grade_utility", "grade_mix", "privacy_score", "pareto_front", "recommend",
@@ -19,6 +20,9 @@ __all__ = ["GRADES", "NA", "grade_membership", "grade_inversion", "grade_confide
 
 GRADES = ("A", "B", "C", "D", "F")
 NA = "N/A"
+#: An axis measured on a replay that does not match the run (or could not be checked):
+#: not evidence either way, so never an A and never dropped from the privacy score.
+UNKNOWN = "unknown"
 PRIORITIES = ("privacy", "utility", "cost", "balanced")
 
 
@@ -211,14 +215,20 @@ def grade_utility(accuracy: Optional[float], best: Optional[float]) -> str:
 def grade_mix(mix: Mapping[str, Any], *, reference_cost: Mapping[str, Any],
               best_accuracy: Optional[float], baseline_accuracy: Optional[float],
               non_members: int) -> dict[str, str]:
+    """Every axis's grade. The axes measured on the replayed round (inversion,
+    confidentiality, and the lying server where it takes confidentiality's grade) are
+    :data:`UNKNOWN` unless ``replay_verified`` is true: a replay that is not the run's
+    round says nothing about the run."""
     attacks = mix["attacks"]
     own = mix.get("defence", "fedavg")
     backdoor = attacks.get("backdoor", {})
+    replayed = mix.get("replay_verified") is True
     confidentiality = grade_confidentiality(attacks.get("differencing", {}),
-                                            attacks.get("lying_server", {}))
+                                            attacks.get("lying_server", {})) \
+        if replayed else UNKNOWN
     return {
         "membership": grade_membership(attacks.get("membership", {}), non_members=non_members),
-        "inversion": grade_inversion(attacks.get("inversion", {})),
+        "inversion": grade_inversion(attacks.get("inversion", {})) if replayed else UNKNOWN,
         "confidentiality": confidentiality,
         "lying_server": grade_lying_server(attacks.get("lying_server", {}), confidentiality),
         "backdoor": grade_backdoor(backdoor.get(own), backdoor.get("clean")),
@@ -234,9 +244,14 @@ _POINTS = {"A": 4.0, "B": 3.0, "C": 2.0, "D": 1.0, "F": 0.0}
 
 
 def privacy_score(grades: Mapping[str, str]) -> Optional[float]:
-    """Mean grade points (A=4 ... F=0) over the privacy axes that were measured."""
-    points = [_POINTS[grades[a]] for a in PRIVACY_AXES if grades.get(a) in _POINTS]
-    return sum(points) / len(points) if points else None
+    """Mean grade points (A=4 ... F=0) over every privacy axis. An axis without a grade
+    (``N/A``: the attack does not apply, e.g. analytic inversion on a CNN; ``unknown``:
+    the replay did not match the run) counts 0, like F: leaving it out would raise the
+    mean of a mix whose missing axis might be its worst, and no evidence of protection is
+    no protection. ``None`` only when no privacy axis was graded at all."""
+    if not any(grades.get(a) in _POINTS for a in PRIVACY_AXES):
+        return None
+    return sum(_POINTS.get(grades.get(a, NA), 0.0) for a in PRIVACY_AXES) / len(PRIVACY_AXES)
 
 
 def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:

@@ -188,7 +188,9 @@ class TaskMeasurer:
         self.timer.add("membership", t0)
         report("attack", f"{mix.name}: membership")
         t0 = time.perf_counter()
-        view = self._replay(mspec, result)
+        view, check = self._replay(mspec, result)
+        if view is None:
+            raise RuntimeError(f"{mix.name}: round 1 cannot be replayed: {check.note}")
         inversion = self._inversion(view)
         self.timer.add("inversion", t0)
         report("attack", f"{mix.name}: inversion")
@@ -230,7 +232,8 @@ class TaskMeasurer:
                          int(summary["bytes_up"] / (per_round * rounds)),
                      "bytes_down_per_participant_round":
                          int(summary["bytes_down"] / (per_round * rounds))},
-            "replay_verified": view.verified,
+            "replay_verified": check.verified,
+            "replay": dict(check.to_json(), round=1),
         }
         return row, roc
 
@@ -263,14 +266,33 @@ class TaskMeasurer:
                     "target": "released model"})
         return out, (graded.fpr, graded.tpr)
 
-    def _replay(self, mspec: Any, result: Any) -> Any:
-        from fedcollab.grading.replay import replay_round
+    def _replay(self, mspec: Any, result: Any, round_id: int = 1) -> tuple[Any, Any]:
+        """Round ``round_id`` as the server saw it (who it heard from, the round's own
+        config, DP noise included), and its check against the run's checkpoint."""
+        from fedcollab.grading.replay import (
+            Verification,
+            heard_from,
+            replay_round,
+            round_config,
+            verify_replay,
+        )
 
-        private = self._private_index(mspec)
-        logged = result.metrics[0].get("update_sha256") if result.metrics else None
-        z = float(result.summary["privacy"].get("noise_multiplier") or 0.0)
-        return replay_round(mspec, self.trainer, self.w0, self.parts, private,
-                            logged=logged, noise_multiplier=z)
+        line = next((m for m in result.metrics if int(m.get("round", 0)) == round_id), None)
+        start = self._round_start(result, round_id)
+        if line is None or start is None or "aborted" in line or "skipped" in line:
+            return None, Verification(None, "none", note=f"round {round_id} not replayable "
+                                      "(no log line, no starting checkpoint, or it aborted)")
+        z = float(line.get("noise_multiplier")
+                  or result.summary["privacy"].get("noise_multiplier") or 0.0)
+        config = round_config(mspec, line, weight_scale=self.scale, noise_multiplier=z)
+        pids = heard_from(mspec, line, dp=config.dp_on, seed=self.spec.seed)
+        view = replay_round(mspec, self.trainer, start, self.parts, self._private_index(mspec),
+                            pids=pids, config=config, round_id=round_id,
+                            logged=line.get("update_sha256"))
+        check = verify_replay(mspec, view, start, self._checkpoint(result, round_id),
+                              weight_scale=self.scale)
+        view.verified = check.verified
+        return view, check
 
     def _across_rounds(self, mspec: Any, result: Any) -> dict[str, Any]:
         """Secure sums of rounds whose membership changed, subtracted (pure part in
@@ -287,7 +309,7 @@ class TaskMeasurer:
             across_changing_rounds,
             identifiable_sets,
         )
-        from fedcollab.grading.replay import replay_round
+        from fedcollab.grading.replay import replay_round, round_config
         from fedcollab.spec.roster import roster
 
         people = roster(mspec)
@@ -317,14 +339,17 @@ class TaskMeasurer:
             return out
         z = float(result.summary["privacy"].get("noise_multiplier") or 0.0)
         private = self._private_index(mspec)
+        lines = {int(m["round"]): m for m in result.metrics}
         sums = []
         for r, members in seen:
             start = self._round_start(result, r)
             if start is None:
                 return empty(f"no checkpoint of the global model before round {r}",
                              "any participant")
+            config = round_config(mspec, lines[r], weight_scale=self.scale,
+                                  noise_multiplier=float(lines[r].get("noise_multiplier") or z))
             view = replay_round(mspec, self.trainer, start, self.parts, private, round_id=r,
-                                noise_multiplier=z, only=members)
+                                pids=sorted(members), config=config)
             parts = {p: view.vector(p, self.shapes, clean=True) for p in members}
             total = np.sum([view.vector(p, self.shapes) for p in members], axis=0)
             sums.append(SumSeen(r, members, total, parts))
@@ -337,11 +362,13 @@ class TaskMeasurer:
 
     def _round_start(self, result: Any, round_id: int) -> Any:
         """The global weights round `round_id` started from (its predecessor's checkpoint)."""
+        return self.w0 if round_id == 1 else self._checkpoint(result, round_id - 1)
+
+    def _checkpoint(self, result: Any, round_id: int) -> Any:
+        """The global weights round `round_id` produced (None when not kept)."""
         from fedcollab.io import load_npz
 
-        if round_id == 1:
-            return self.w0
-        path = Path(result.out_dir) / "checkpoints" / f"round-{round_id - 1:05d}.npz"
+        path = Path(result.out_dir) / "checkpoints" / f"round-{round_id:05d}.npz"
         if not path.exists():
             return None
         arrays, _ = load_npz(path)

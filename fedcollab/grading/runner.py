@@ -277,16 +277,15 @@ class MixRuns:
 
     def _run(self, mix: Any, mspec: Any) -> tuple[Any, Optional[str]]:
         from fedcollab.job.run import RunOptions, run_job
-        from fedcollab.spec.roster import policy
 
         target = self.out_dir / "mixes" / mix.name
-        secure = any(policy(g.sharing).in_secure_sum for g in mspec.participants)
         try:
             result = run_job(mspec, RunOptions(
                 out_dir=target, address=self.address, quiet=True, progress=False,
                 release=False,
-                # every round's global model, for the cross-round differencing replay
-                keep_checkpoints=mspec.rounds + 1 if secure else 2))
+                # every round's global model: the replay's check against the run and the
+                # cross-round differencing replay
+                keep_checkpoints=mspec.rounds + 1))
             return result, None
         except FedcollabError as err:
             return None, str(err)

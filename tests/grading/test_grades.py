@@ -3,9 +3,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fedcollab.grading.grades import (
     NA,
+    UNKNOWN,
     grade_backdoor,
     grade_byzantine,
     grade_confidentiality,
@@ -17,6 +20,7 @@ from fedcollab.grading.grades import (
     grade_privacy_budget,
     grade_utility,
     pareto_front,
+    privacy_score,
     recommend,
 )
 
@@ -107,7 +111,8 @@ def _mix(name: str, acc: float, eps: Any, exact: bool) -> dict[str, Any]:
                                     "fedavg": {"success_rate": 0.9, "main_accuracy": 0.6}},
                        "byzantine": {"fedavg": {"accuracy": 0.2, "baseline": 0.6}}},
            "privacy": {"epsilon": eps}, "cost": {"seconds_per_round": 0.1,
-                                                 "bytes_up_per_participant_round": 100}}
+                                                 "bytes_up_per_participant_round": 100},
+           "replay_verified": True}
     mix["grades"] = grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
                               baseline_accuracy=0.6, non_members=300)
     return mix
@@ -132,3 +137,33 @@ def test_grade_confidentiality_cross_round_recovery_of_a_vendor_site_counts() ->
     assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': close}), {}) == "D"
     assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': useless}), {}) == "A"
     assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': community}), {}) == "A"
+
+
+@pytest.mark.parametrize("verified", [False, None])
+def test_a_replay_that_is_not_the_run_grades_unknown_never_a(verified: Any) -> None:
+    mix = _mix("dp", 0.80, 0.9, False)
+    assert mix["grades"]["inversion"] == "A" and mix["grades"]["confidentiality"] == "A"
+    mix["replay_verified"] = verified
+    grades = grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
+                       baseline_accuracy=0.6, non_members=300)
+    assert grades["inversion"] == grades["confidentiality"] == UNKNOWN
+    # without a secure group the lying server takes confidentiality's grade: unknown too
+    mix["attacks"]["lying_server"] = {"recovered": None}
+    grades = grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
+                       baseline_accuracy=0.6, non_members=300)
+    assert grades["lying_server"] == UNKNOWN
+
+
+AXES = ("membership", "inversion", "confidentiality", "lying_server", "privacy_budget")
+
+
+@given(st.dictionaries(st.sampled_from(AXES), st.sampled_from(["A", "B", "C", "D", "F"])),
+       st.sampled_from(AXES), st.sampled_from([NA, UNKNOWN]))
+def test_privacy_score_never_rises_when_an_axis_goes_missing(
+        grades: dict[str, str], axis: str, missing: str) -> None:
+    """Whatever grade an axis had, losing it (N/A, unknown) never raises the score."""
+    full = {a: grades.get(a, "F") for a in AXES}
+    before = privacy_score(full)
+    after = privacy_score(dict(full, **{axis: missing}))
+    assert before is not None
+    assert after is None or after <= before
