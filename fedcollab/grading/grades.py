@@ -99,16 +99,39 @@ def grade_inversion(inv: Mapping[str, Any]) -> str:
     return _band(psnr - (base if base is not None else 0.0), INVERSION_GAIN_LIMITS)
 
 
+#: Cosine of a recovered vector to the true update: D, C, B from these up. A random
+#: direction scores ~1/sqrt(d) (0.014 for the default task's d ~ 5000), so even 0.2 is a
+#: direction the server learnt; 0.9 is the update up to noise.
+COSINE_LIMITS = (0.9, 0.5, 0.2)
+
+
+def _recovery_grade(err: Optional[float], cos: Optional[float]) -> Optional[str]:
+    """The grade of a recovered vector by the worse of its relative-error and cosine bands
+    (D: error < 0.1 or cosine >= 0.9; C: error < 0.5 or cosine >= 0.5; B: cosine >= 0.2);
+    None when it recovered nothing beyond chance. A large relative error alone is no all-
+    clear: a vector off in scale (or noised) can still point where the update points."""
+    c = _num(cos)
+    c = 0.0 if c is None else c
+    if (err is not None and err < 0.1) or c >= COSINE_LIMITS[0]:
+        return "D"
+    if (err is not None and err < 0.5) or c >= COSINE_LIMITS[1]:
+        return "C"
+    if c >= COSINE_LIMITS[2]:
+        return "B"
+    return None
+
+
 def grade_confidentiality(diff: Mapping[str, Any], lying: Mapping[str, Any]) -> str:
     """The vendor's confidentiality against the server model the spec declares.
 
     F when differencing recovers the vendor's aggregate exactly, or when the spec
     declares a malicious server model and the lying-server replay still recovers
     the target (the protocol fails its own claim). Against an honest-but-curious
-    model the lying server has its own axis (:func:`grade_lying_server`). Where
-    secure sums across rounds isolate fewer vendor sites than a sum
-    (``diff["across_rounds"]["vendor"]``), that recovery is graded on the same error bands and
-    the worse of the two counts.
+    model the lying server has its own axis (:func:`grade_lying_server`). Otherwise the
+    recovery's relative error and cosine to the truth (:func:`_recovery_grade`), and
+    when it recovers nothing, the smallest group the vendor hides in. Where secure sums
+    across rounds isolate fewer vendor sites than a sum (``diff["across_rounds"]
+    ["vendor"]``), that recovery is graded on the same bands and the worse counts.
     """
     err = _num(diff.get("relative_error"))
     if err is None:
@@ -117,17 +140,16 @@ def grade_confidentiality(diff: Mapping[str, Any], lying: Mapping[str, Any]) -> 
         return "F"
     across = diff.get("across_rounds")
     cross = _cross_round_grade(across.get("vendor") if isinstance(across, Mapping) else None)
-    if err < 0.1:
-        return _worse("D", cross)
-    if err < 0.5:
-        return _worse("C", cross)
+    one = _recovery_grade(err, diff.get("cosine"))
+    if one is not None:
+        return _worse(one, cross)
     group = int(diff.get("min_group_seen") or 0)
     return _worse("A" if group >= 10 else ("B" if group >= 5 else "C"), cross)
 
 
 def _cross_round_grade(cross: Any) -> str:
-    """F exact, D below 0.1, C below 0.5 relative error; N/A (no effect) otherwise or
-    when what it isolates holds no vendor site."""
+    """F exact; otherwise :func:`_recovery_grade`'s bands on the isolated vendor sites'
+    recovery; N/A when it recovers nothing or isolates no vendor site."""
     if not isinstance(cross, Mapping) or cross.get("target") != "vendor sites":
         return NA
     err = _num(cross.get("relative_error"))
@@ -135,7 +157,7 @@ def _cross_round_grade(cross: Any) -> str:
         return NA
     if cross.get("exact"):
         return "F"
-    return "D" if err < 0.1 else ("C" if err < 0.5 else NA)
+    return _recovery_grade(err, cross.get("cosine")) or NA
 
 
 def grade_lying_server(lying: Mapping[str, Any], confidentiality: str) -> str:

@@ -28,16 +28,18 @@ class Budget:
     byzantine_rounds: int
     inversion_open_targets: int
     gradient_matching: bool
-    cross_round_window: int = 10  # latest secure rounds replayed for cross-round differencing
+    # latest secure rounds replayed for cross-round differencing (0: the whole run; a
+    # window misses an isolation that happened earlier, a false all-clear)
+    cross_round_window: int = 0
 
 
 BUDGETS = {
     "fast": Budget(shadows=4, shadow_epochs=20, mia_samples=5000, backdoor_pretrain=3,
                    byzantine_rounds=3, inversion_open_targets=3, gradient_matching=False,
-                   cross_round_window=10),
+                   cross_round_window=0),
     "full": Budget(shadows=16, shadow_epochs=60, mia_samples=20000, backdoor_pretrain=10,
                    byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True,
-                   cross_round_window=50),
+                   cross_round_window=0),
 }
 
 Progress = Callable[[str, str], None]  # (kind: "mix" | "attack", name)
@@ -195,9 +197,13 @@ class TaskMeasurer:
         self.timer.add("inversion", t0)
         report("attack", f"{mix.name}: inversion")
         t0 = time.perf_counter()
-        from fedcollab.grading.replay import differencing_on_view
+        from fedcollab.grading.replay import differencing_on_view, observed_secure_sum
 
-        differencing: dict[str, Any] = differencing_on_view(view, self.shapes).to_json() \
+        observed = observed_secure_sum(mspec, view, self.w0, self._checkpoint(result, 1))
+        differencing: dict[str, Any] = dict(
+            differencing_on_view(view, self.shapes, observed=observed).to_json(),
+            secure_sum="read off the run's checkpoint" if observed is not None else
+            "the replay's (the run's step is not a plain FedAvg mean)") \
             if view.vendor_pids \
             else {"relative_error": None, "exact": False, "min_group_seen": 0,
                   "note": "no vendor group"}
@@ -301,8 +307,9 @@ class TaskMeasurer:
         The members of each round's sum come from the run's log (``secure.survivors``:
         what the server knows); the sums and the truth behind them from a replay of
         those rounds from the run's own checkpoints (the global model each round
-        started from). Only the latest ``cross_round_window`` secure rounds are used,
-        and only replayed when their memberships isolate something smaller than a sum.
+        started from). Every secure round of the run is used (or the latest
+        ``cross_round_window``, if the budget sets one), and only replayed when their
+        memberships isolate something smaller than a sum.
         """
         from fedcollab.grading.differencing import (
             SumSeen,
@@ -317,7 +324,9 @@ class TaskMeasurer:
         seen = [(int(m["round"]), frozenset(int(p) for p in m["secure"].get("survivors", ())))
                 for m in result.metrics
                 if m.get("secure") and "aborted" not in m and "skipped" not in m]
-        seen = [(r, s) for r, s in seen if s][-self.budget.cross_round_window:]
+        seen = [(r, s) for r, s in seen if s]
+        if self.budget.cross_round_window:
+            seen = seen[-self.budget.cross_round_window:]
         in_sums = frozenset().union(*(s for _, s in seen)) if seen else frozenset()
         targets = vendor & in_sums or None
 

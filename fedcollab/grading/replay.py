@@ -32,7 +32,7 @@ from fedcollab.spec.roster import Role
 from fedcollab.worker.messages import RoundConfig
 
 __all__ = ["RoundView", "replay_round", "round_config", "heard_from", "verify_replay",
-           "Verification", "inversion_on_view", "differencing_on_view",
+           "Verification", "inversion_on_view", "differencing_on_view", "observed_secure_sum",
            "federated_evaluation", "held_out_for"]
 
 
@@ -301,16 +301,51 @@ def inversion_on_view(view: RoundView, dense: tuple[int, int],
                      "target": "none", "note": "no dense update visible to the server"}
 
 
-def differencing_on_view(view: RoundView, shapes: Sequence[tuple[int, ...]]
-                         ) -> DifferencingResult:
-    """The vendor's aggregate from the open updates and the secure sum of this round."""
+def observed_secure_sum(spec: Any, view: RoundView, start: Sequence[np.ndarray],
+                        checkpoint: Optional[Sequence[np.ndarray]]) -> Optional[np.ndarray]:
+    """The secure sum as the server reads it off the run itself (flat, weighted as the sum
+    weighs it): FedAvg's step times the total weight, less the open updates it saw.
+
+    This is the differencing attack on the run's own output, not on the replay's secure
+    vectors: only the open updates (each checked against its logged hash) and the weights
+    come from the replay. None where the step is not FedAvg's plain mean (a robust rule,
+    a server optimizer or learning rate), or without the round's checkpoint.
+    """
+    agg = spec.aggregation
+    if (checkpoint is None or agg.rule != "fedavg" or agg.server_optimizer != "none"
+            or agg.server_learning_rate is not None):
+        return None
+    parts = []
+    for j, w in enumerate(start):
+        step = np.asarray(checkpoint[j], np.float64) - np.asarray(w, np.float64)
+        sharers = [p for p in view.deltas if view.deltas[p][j] is not None]
+        total = step * sum(view.weights[p] for p in sharers)
+        for p in view.open_pids:
+            d = view.deltas[p][j]
+            if d is not None:
+                total = total - view.weights[p] * np.asarray(d, np.float64)
+        parts.append(total.ravel())
+    return np.concatenate(parts)
+
+
+def differencing_on_view(view: RoundView, shapes: Sequence[tuple[int, ...]], *,
+                         observed: Optional[np.ndarray] = None) -> DifferencingResult:
+    """The vendor's aggregate from the open updates and the secure sum of this round.
+
+    ``observed``: the secure sum read off the run (:func:`observed_secure_sum`); without
+    it the replay's own secure vectors stand in, and the estimate is built from the same
+    arrays as the truth (it cannot fail, which is why the grader passes ``observed``).
+    """
+    from fedcollab.grading.differencing import EXACT, EXACT_FROM_RUN
+
     vendor = frozenset(view.vendor_pids)
     open_updates = {p: view.vector(p, shapes) for p in view.open_pids}
-    secure = [(frozenset(view.secure_pids),
-               np.sum([view.vector(p, shapes) for p in view.secure_pids], axis=0))
-              ] if view.secure_pids else []
+    total = observed if observed is not None else \
+        np.sum([view.vector(p, shapes) for p in view.secure_pids], axis=0)
+    secure = [(frozenset(view.secure_pids), total)] if view.secure_pids else []
     truth = np.sum([view.vector(p, shapes, clean=True) for p in view.vendor_pids], axis=0)
-    return vendor_by_differencing(open_updates, secure, truth, vendor)
+    return vendor_by_differencing(open_updates, secure, truth, vendor,
+                                  exact_below=EXACT if observed is None else EXACT_FROM_RUN)
 
 
 def held_out_for(labels: np.ndarray, y_test: np.ndarray, *, size: int,

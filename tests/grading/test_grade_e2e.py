@@ -28,7 +28,9 @@ def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
     assert set(mixes) == {"open", "secure-vendor"}
     vendor_secure = mixes["secure-vendor"]
     assert vendor_secure["attacks"]["differencing"]["exact"] is True
-    assert vendor_secure["attacks"]["differencing"]["relative_error"] < 1e-6
+    # read off the run's float32 checkpoint, not the replay's own secure vectors
+    assert vendor_secure["attacks"]["differencing"]["relative_error"] < 1e-3
+    assert vendor_secure["replay_verified"] is True
     assert vendor_secure["grades"]["confidentiality"] == "F"
     # every round's sum had the same three vendor sites: subtracting across rounds
     # isolates nothing, and says so; the replay had every round's model to work from

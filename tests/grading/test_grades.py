@@ -137,6 +137,27 @@ def test_grade_confidentiality_cross_round_recovery_of_a_vendor_site_counts() ->
     assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': close}), {}) == "D"
     assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': useless}), {}) == "A"
     assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': community}), {}) == "A"
+    # the default spec sampled: each vendor site isolated, relative error 0.51-0.74 but
+    # cosine 0.86-0.92 to its true update; a large error is no all-clear
+    pointing = dict(useless, relative_error=0.6, cosine=0.88)
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': pointing}), {}) == "C"
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': dict(
+        pointing, cosine=0.95)}), {}) == "D"
+
+
+@given(err=st.floats(0.0, 10.0), cos=st.floats(-1.0, 1.0), group=st.integers(0, 20),
+       better_cos=st.floats(0.0, 1.0))
+def test_confidentiality_never_improves_as_the_recovery_points_closer(
+        err: float, cos: float, group: int, better_cos: float) -> None:
+    """A recovery whose direction is closer to the truth never grades better."""
+    from fedcollab.grading.grades import GRADES
+
+    closer = min(1.0, max(cos, better_cos))
+    a = grade_confidentiality({"relative_error": err, "cosine": cos, "exact": False,
+                               "min_group_seen": group}, {})
+    b = grade_confidentiality({"relative_error": err, "cosine": closer, "exact": False,
+                               "min_group_seen": group}, {})
+    assert GRADES.index(b) >= GRADES.index(a)
 
 
 @pytest.mark.parametrize("verified", [False, None])
