@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 __all__ = ["GRADES", "NA", "UNKNOWN", "grade_membership", "grade_inversion",
            "grade_confidentiality",
            "grade_backdoor", "grade_byzantine", "grade_lying_server", "grade_privacy_budget",
-           "grade_cost",
+           "grade_cost", "grade_parties",
            "grade_utility", "grade_mix", "privacy_score", "pareto_front", "recommend",
            "PRIORITIES"]
 
@@ -99,19 +99,22 @@ def grade_inversion(inv: Mapping[str, Any]) -> str:
     return _band(psnr - (base if base is not None else 0.0), INVERSION_GAIN_LIMITS)
 
 
-#: Cosine of a recovered vector to the true update: D, C, B from these up. A random
-#: direction scores ~1/sqrt(d) (0.014 for the default task's d ~ 5000), so even 0.2 is a
-#: direction the server learnt; 0.9 is the update up to noise.
+#: Cosine gain of a recovered vector over the round's whole aggregate (which isolates
+#: nothing, yet points roughly where every update of the round points): the share of the
+#: remaining angle to the true update that the recovery closes. D, C, B from these up.
 COSINE_LIMITS = (0.9, 0.5, 0.2)
 
 
-def _recovery_grade(err: Optional[float], cos: Optional[float]) -> Optional[str]:
+def _recovery_grade(err: Optional[float], cos: Optional[float],
+                    base: Optional[float] = None) -> Optional[str]:
     """The grade of a recovered vector by the worse of its relative-error and cosine bands
-    (D: error < 0.1 or cosine >= 0.9; C: error < 0.5 or cosine >= 0.5; B: cosine >= 0.2);
-    None when it recovered nothing beyond chance. A large relative error alone is no all-
-    clear: a vector off in scale (or noised) can still point where the update points."""
-    c = _num(cos)
-    c = 0.0 if c is None else c
+    (D: error < 0.1 or cosine gain >= 0.9; C: error < 0.5 or gain >= 0.5; B: gain >= 0.2);
+    None when it recovered nothing beyond the round's aggregate. A large relative error
+    alone is no all-clear: a vector off in scale (or noised) can still point where the
+    update points."""
+    from fedcollab.grading.differencing import cosine_gain
+
+    c = cosine_gain(_num(cos), _num(base))
     if (err is not None and err < 0.1) or c >= COSINE_LIMITS[0]:
         return "D"
     if (err is not None and err < 0.5) or c >= COSINE_LIMITS[1]:
@@ -140,11 +143,9 @@ def grade_confidentiality(diff: Mapping[str, Any], lying: Mapping[str, Any]) -> 
         return "F"
     across = diff.get("across_rounds")
     cross = _cross_round_grade(across.get("vendor") if isinstance(across, Mapping) else None)
-    one = _recovery_grade(err, diff.get("cosine"))
-    if one is not None:
-        return _worse(one, cross)
+    one = _recovery_grade(err, diff.get("cosine"), diff.get("baseline_cosine")) or NA
     group = int(diff.get("min_group_seen") or 0)
-    return _worse("A" if group >= 10 else ("B" if group >= 5 else "C"), cross)
+    return _worse("A" if group >= 10 else ("B" if group >= 5 else "C"), one, cross)
 
 
 def _cross_round_grade(cross: Any) -> str:
@@ -157,7 +158,7 @@ def _cross_round_grade(cross: Any) -> str:
         return NA
     if cross.get("exact"):
         return "F"
-    return _recovery_grade(err, cross.get("cosine")) or NA
+    return _recovery_grade(err, cross.get("cosine"), cross.get("baseline_cosine")) or NA
 
 
 def grade_lying_server(lying: Mapping[str, Any], confidentiality: str) -> str:
@@ -259,6 +260,29 @@ def grade_mix(mix: Mapping[str, Any], *, reference_cost: Mapping[str, Any],
         "cost": grade_cost(mix["cost"], reference_cost),
         "utility": grade_utility(mix["utility"].get("accuracy"), best_accuracy),
     }
+
+
+def grade_parties(mix: Mapping[str, Any], *, non_members: int) -> dict[str, dict[str, str]]:
+    """Per party (``mix["parties"]``): membership, inversion and differencing on the same
+    bands as the mix's axes; for the vendor also per observer (the server alone, the server
+    with every community participant colluding). Replay-based axes are ``unknown`` unless
+    the replay was verified."""
+    replayed = mix.get("replay_verified") is True
+    out: dict[str, dict[str, str]] = {}
+    for party, row in (mix.get("parties") or {}).items():
+        att = row.get("attacks", {})
+        diff = att.get("differencing") or {}
+        grades = {"membership": grade_membership(att.get("membership") or {},
+                                                 non_members=non_members),
+                  "inversion": grade_inversion(att.get("inversion") or {}) if replayed
+                  else UNKNOWN,
+                  "differencing": grade_confidentiality(diff, {}) if replayed else UNKNOWN}
+        for name, seen in (diff.get("observers") or {}).items():
+            if isinstance(seen, Mapping) and "relative_error" in seen:
+                grades[f"differencing:{name}"] = grade_confidentiality(seen, {}) \
+                    if replayed else UNKNOWN
+        out[party] = grades
+    return out
 
 
 PRIVACY_AXES = ("membership", "inversion", "confidentiality", "lying_server", "privacy_budget")

@@ -220,6 +220,10 @@ class TaskMeasurer:
         t0 = time.perf_counter()
         utility = self._utility(mspec, result, weights, own)
         self.timer.add("federated_evaluation", t0)
+        t0 = time.perf_counter()
+        parties = self._party_rows(mspec, weights, view, observed, utility, membership,
+                                   inversion, differencing, own)
+        self.timer.add("parties", t0)
         people = max(summary["participants"]["total"], 1)
         rounds = max(summary["rounds_completed"], 1)
         per_round = people * max(mspec.fraction, 1e-9) if mspec.fraction < 1 else people
@@ -238,10 +242,105 @@ class TaskMeasurer:
                          int(summary["bytes_up"] / (per_round * rounds)),
                      "bytes_down_per_participant_round":
                          int(summary["bytes_down"] / (per_round * rounds))},
+            "parties": parties,
             "replay_verified": check.verified,
             "replay": dict(check.to_json(), round=1),
         }
         return row, roc
+
+    def _party_rows(self, mspec: Any, weights: list[np.ndarray], view: Any, observed: Any,
+                    utility: dict[str, Any], membership: dict[str, Any],
+                    inversion: dict[str, Any], differencing: dict[str, Any],
+                    own: dict[int, list[np.ndarray]]) -> dict[str, Any]:
+        """One row per party: its utility, and what each observer learns of it.
+
+        Membership: the graded attack on the released model, this party's training
+        examples against every non-member (and, for a vendor keeping private layers, its
+        sites' own models). Inversion: the worst reconstruction of one of its examples.
+        Differencing: for the vendor, the server's recovery of its aggregate, the same
+        with every community participant colluding (they take their own contributions out
+        of the secure sum), and what the other participants can subtract (they see each
+        round's global model, so the rest of the round's sum, never fewer than all but
+        themselves); for the community, whether its updates reach the server alone.
+        """
+        from fedcollab.grading.replay import differencing_on_view
+
+        parties = self._parties(mspec)
+        rows: dict[str, Any] = {}
+        groups = utility.get("per_group", {})
+        names = {g.name: str(Role(g.role).value) for g in mspec.participants}
+        inv = inversion.get("parties", {})
+        for party, pids in parties.items():
+            mine = [v for g, v in groups.items() if names.get(g) == party]
+            party_utility: dict[str, Any] = {
+                "accuracy": float(np.mean([v["mean"] for v in mine])) if mine else None,
+                "worst_participant": float(min(v["min"] for v in mine)) if mine else None}
+            if party == Role.VENDOR.value:
+                party_utility.update(vendor_accuracy=utility.get("vendor_accuracy"),
+                                     public_accuracy=utility.get("public_accuracy"))
+            attacks: dict[str, Any] = {
+                "membership": self._party_membership(weights, pids),
+                "inversion": inv.get(party, {"psnr_db": None, "relative_error": None,
+                                             "exact": False, "target": "none"}),
+            }
+            if party == Role.VENDOR.value and own:
+                attacks["membership"]["vendor_model"] = membership.get("vendor_model")
+            secure = set(view.secure_pids)
+            if party == Role.VENDOR.value:
+                colluders = [p for p in parties.get(Role.COMMUNITY.value, [])]
+                server = {k: differencing.get(k) for k in
+                          ("relative_error", "exact", "min_group_seen", "cosine")}
+                colluding = differencing_on_view(view, self.shapes, observed=observed,
+                                                 colluders=colluders).to_json() \
+                    if view.vendor_pids else dict(server)
+                others = max(len(view.deltas) - 1, 0)
+                attacks["differencing"] = dict(
+                    server, across_rounds=differencing.get("across_rounds", {}).get("vendor"),
+                    observers={"server": server,
+                               "server_with_community": dict(colluding,
+                                                             colluders=len(colluders)),
+                               "other_participants": {"min_group_seen": others,
+                                                      "note": "each round's global model "
+                                                      "gives the sum of everyone else's "
+                                                      "updates"},
+                               "release_readers": {"note": "the final model only: see "
+                                                   "membership"}})
+            else:
+                alone = [p for p in pids if p in view.open_pids]
+                attacks["differencing"] = {
+                    "relative_error": 0.0 if alone else None, "exact": bool(alone),
+                    "min_group_seen": 1 if alone else len(secure),
+                    "cosine": 1.0 if alone else None,
+                    "note": "open updates reach the server alone" if alone else
+                    "only inside the secure sum"}
+            rows[party] = {"participants": len(pids), "utility": party_utility,
+                           "attacks": attacks}
+        return rows
+
+    def _party_membership(self, weights: list[np.ndarray], pids: list[int]) -> dict[str, Any]:
+        """The graded membership attack on the release, one party's members only."""
+        from fedcollab.grading.membership import (
+            GRADED_ATTACK,
+            attack_metrics,
+            loss_scores,
+            predictor,
+        )
+
+        if not self.classification:
+            return {"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None}
+        theirs = np.concatenate([self.index[p] for p in pids]) if pids else np.array([], int)
+        members = np.intersect1d(self.member_idx, theirs)
+        d = self.data
+        x = np.concatenate([d.x_train[members], d.x_test[self.test_idx]])
+        y = np.concatenate([d.y_train[members], d.y_test[self.test_idx]])
+        is_member = np.arange(len(x)) < len(members)
+        if not len(members):
+            return {"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None,
+                    "note": "no training example"}
+        probs = predictor(self.trainer, weights)(x)
+        out = attack_metrics(loss_scores(probs, y), is_member).to_json()
+        out.update(attack=GRADED_ATTACK, target="released model")
+        return out
 
     def _membership(self, weights: list[np.ndarray]) -> tuple[dict[str, Any], Any]:
         from fedcollab.grading.membership import (
@@ -407,12 +506,24 @@ class TaskMeasurer:
                     "note": f"inputs outside [0, 1] (range {span:.3g}); PSNR needs a data range"}
         parts = [(p[0].reshape(len(p[0]), -1), p[1]) for p in self.parts]
         row = inversion_on_view(view, dense, parts, flat.mean(axis=0),
-                                max_open=self.budget.inversion_open_targets)
+                                max_open=self.budget.inversion_open_targets,
+                                parties=self._parties(self.spec))
         if self.budget.gradient_matching:
             row["gradient_matching"] = self._gradient_matching(view)
-        if row.get("psnr_db") is not None and not math.isfinite(row["psnr_db"]):
-            row["psnr_db"] = 200.0  # exact: report a finite ceiling (strict JSON)
+        for r in [row, *row.get("parties", {}).values()]:
+            for key in ("psnr_db", "gain_db"):
+                if r.get(key) is not None and not math.isfinite(r[key]):
+                    r[key] = 200.0  # exact: report a finite ceiling (strict JSON)
         return row
+
+    def _parties(self, mspec: Any) -> dict[str, list[int]]:
+        """Each party (a role: community, vendor) and its participants."""
+        from fedcollab.spec.roster import roster
+
+        out: dict[str, list[int]] = {}
+        for p in roster(mspec):
+            out.setdefault(str(Role(p.role).value), []).append(p.pid)
+        return out
 
     def _gradient_matching(self, view: Any) -> dict[str, Any]:
         """Zhu et al. 2019 on the first open update, when it comes from a small batch

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Collection, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -265,12 +265,19 @@ def _score(candidates: np.ndarray, truths: np.ndarray) -> tuple[float, float]:
 
 def inversion_on_view(view: RoundView, dense: tuple[int, int],
                       parts: Sequence[tuple[np.ndarray, np.ndarray]], mean_image: np.ndarray,
-                      *, max_open: int = 3) -> dict[str, Any]:
-    """Analytic and per-neuron recovery on every open update (up to `max_open`) and on
-    the secure sum; the worst case for the participants is reported."""
+                      *, max_open: int = 3,
+                      parties: Optional[Mapping[str, Collection[int]]] = None) -> dict[str, Any]:
+    """Analytic and per-neuron recovery on open updates (up to `max_open` per party) and on
+    the secure sum; the worst case for the participants is reported, and with ``parties``
+    (name -> its participants) the worst case for each party under ``"parties"``: a
+    reconstruction counts for a party when it recovers one of that party's examples."""
     k, b = dense
+    groups = {name: set(pids) for name, pids in (parties or {}).items()}
+    chosen: list[int] = []
+    for members in (groups.values() or [set(view.open_pids)]):
+        chosen += [p for p in view.open_pids if p in members and p not in chosen][:max_open]
     targets: list[tuple[str, list[int], np.ndarray, np.ndarray]] = []
-    for pid in view.open_pids[:max_open]:
+    for pid in chosen:
         d = view.deltas[pid]
         if d[k] is not None and d[b] is not None:
             targets.append(("dp update" if view.dp else "open update", [pid],
@@ -282,23 +289,37 @@ def inversion_on_view(view: RoundView, dense: tuple[int, int],
         bias = np.sum([np.asarray(view.deltas[p][b], np.float64) * view.weights[p]
                        for p in sharing], axis=0)
         targets.append(("dp sum" if view.dp else "secure sum", sharing, kern, bias))
-    worst: Optional[dict[str, Any]] = None
+    everyone = set(view.deltas)
+    worst: dict[str, dict[str, Any]] = {}
+    base_cache: dict[tuple[int, ...], float] = {}
     for label, pids, kern, bias in targets:
-        truths = np.concatenate([parts[p][0] for p in pids]).reshape(-1, kern.shape[0])
         cands = np.concatenate([invert_single(kern, bias)[None, :],
                                 invert_per_neuron(kern, bias)])
         cands = cands[np.all(np.isfinite(cands), axis=1)]
         if len(cands) == 0:
             continue
-        rel, best_psnr = _score(cands, truths)
-        _, base_psnr = _score(np.asarray(mean_image, np.float64).reshape(1, -1), truths)
-        row: dict[str, Any] = {"psnr_db": best_psnr, "relative_error": rel, "exact": rel < 1e-3,
-               "target": label, "baseline_psnr_db": base_psnr, "contributors": len(pids)}
-        if worst is None or row["psnr_db"] - row["baseline_psnr_db"] > \
-                worst["psnr_db"] - worst["baseline_psnr_db"]:
-            worst = row
-    return worst or {"psnr_db": None, "relative_error": None, "exact": False,
-                     "target": "none", "note": "no dense update visible to the server"}
+        for name, members in [("", everyone), *groups.items()]:
+            who = tuple(p for p in pids if p in members)
+            if not who:
+                continue
+            truths = np.concatenate([parts[p][0] for p in who]).reshape(-1, kern.shape[0])
+            rel, best_psnr = _score(cands, truths)
+            if who not in base_cache:
+                base_cache[who] = _score(np.asarray(mean_image, np.float64).reshape(1, -1),
+                                         truths)[1]
+            row: dict[str, Any] = {"psnr_db": best_psnr, "relative_error": rel,
+                                   "exact": rel < 1e-3, "target": label,
+                                   "baseline_psnr_db": base_cache[who],
+                                   "gain_db": best_psnr - base_cache[who],
+                                   "contributors": len(pids)}
+            if name not in worst or row["gain_db"] > worst[name]["gain_db"]:
+                worst[name] = row
+    none = {"psnr_db": None, "relative_error": None, "exact": False, "target": "none",
+            "note": "no dense update visible to the server"}
+    out = dict(worst.get("", none))
+    if parties is not None:
+        out["parties"] = {name: worst.get(name, dict(none)) for name in groups}
+    return out
 
 
 def observed_secure_sum(spec: Any, view: RoundView, start: Sequence[np.ndarray],
@@ -329,12 +350,14 @@ def observed_secure_sum(spec: Any, view: RoundView, start: Sequence[np.ndarray],
 
 
 def differencing_on_view(view: RoundView, shapes: Sequence[tuple[int, ...]], *,
-                         observed: Optional[np.ndarray] = None) -> DifferencingResult:
+                         observed: Optional[np.ndarray] = None,
+                         colluders: Sequence[int] = ()) -> DifferencingResult:
     """The vendor's aggregate from the open updates and the secure sum of this round.
 
     ``observed``: the secure sum read off the run (:func:`observed_secure_sum`); without
     it the replay's own secure vectors stand in, and the estimate is built from the same
     arrays as the truth (it cannot fail, which is why the grader passes ``observed``).
+    ``colluders``: participants who tell the server what they put into the sum.
     """
     from fedcollab.grading.differencing import EXACT, EXACT_FROM_RUN
 
@@ -344,8 +367,10 @@ def differencing_on_view(view: RoundView, shapes: Sequence[tuple[int, ...]], *,
         np.sum([view.vector(p, shapes) for p in view.secure_pids], axis=0)
     secure = [(frozenset(view.secure_pids), total)] if view.secure_pids else []
     truth = np.sum([view.vector(p, shapes, clean=True) for p in view.vendor_pids], axis=0)
+    known = {p: view.vector(p, shapes) for p in colluders if p in view.deltas}
     return vendor_by_differencing(open_updates, secure, truth, vendor,
-                                  exact_below=EXACT if observed is None else EXACT_FROM_RUN)
+                                  exact_below=EXACT if observed is None else EXACT_FROM_RUN,
+                                  known=known)
 
 
 def held_out_for(labels: np.ndarray, y_test: np.ndarray, *, size: int,

@@ -60,27 +60,96 @@ def _epsilon(value: Any) -> str:
     return "∞" if value is None else _fmt(value, 2)
 
 
+def _cell(grade: str, text: str) -> str:
+    """A grade beside the figure it grades (never a bare placeholder)."""
+    return f"{grade} · {text}"
+
+
+def _inversion_text(inv: Mapping[str, Any]) -> str:
+    if inv.get("psnr_db") is None:
+        return str(inv.get("note") or "no dense update visible to the server")
+    gain = inv.get("gain_db")
+    if gain is None and inv.get("baseline_psnr_db") is not None:
+        gain = inv["psnr_db"] - inv["baseline_psnr_db"]
+    exact = "exact recovery, " if inv.get("exact") else ""
+    return (f"{exact}gain {_fmt(gain, 1)} dB over the mean image "
+            f"(PSNR {_fmt(inv.get('psnr_db'), 1)} dB) on the {inv.get('target')}")
+
+
+def _differencing_text(diff: Mapping[str, Any]) -> str:
+    if diff.get("relative_error") is None:
+        return str(diff.get("note") or "no vendor group")
+    text = ("exact" if diff.get("exact") else f"rel. error {_fmt(diff.get('relative_error'))}")
+    if diff.get("cosine") is not None:
+        text += f", cosine {_fmt(diff.get('cosine'))}"
+        if diff.get("baseline_cosine") is not None:
+            text += f" (whole sum {_fmt(diff.get('baseline_cosine'))})"
+    cross = (diff.get("across_rounds") or {}).get("vendor") or {}
+    if cross.get("isolated"):
+        text += (f"; across rounds {cross['isolated']} site(s) isolated, cosine "
+                 f"{_fmt(cross.get('cosine'))}")
+    return text
+
+
 def _rows(card: Scorecard) -> list[list[str]]:
     rows = []
     for m in card.mixes:
         a, g = m["attacks"], m["grades"]
+        own = m.get("defence", "fedavg")
+        eps = m["privacy"].get("epsilon")
+        lying = a["lying_server"].get("recovered")
+        bd = a["backdoor"].get(own, {}).get("success_rate")
+        byz = a["byzantine"].get(own, {}).get("accuracy")
         rows.append([
             m["name"] + (" ★" if m["name"] == card.recommendation.get("mix") else ""),
-            f"{_fmt(m['utility'].get('accuracy'))} ({g['utility']})",
+            _cell(g["utility"], f"accuracy {_fmt(m['utility'].get('accuracy'))}"),
             _membership_cell(a["membership"], g["membership"]),
-            f"{_fmt(a['inversion'].get('psnr_db'), 1)} dB on {a['inversion'].get('target')} "
-            f"({g['inversion']})",
-            f"{_fmt(a['differencing'].get('relative_error'))}"
-            f"{' exact' if a['differencing'].get('exact') else ''} ({g['confidentiality']})",
-            f"{_fmt(a['lying_server'].get('recovered'))} ({g.get('lying_server', 'N/A')})",
-            f"{_epsilon(m['privacy'].get('epsilon'))}"
-            f" ({g['privacy_budget']})",
-            f"{_fmt(a['backdoor'].get(m.get('defence', 'fedavg'), {}).get('success_rate'))} "
-            f"({g['backdoor']})",
-            f"{_fmt(a['byzantine'].get(m.get('defence', 'fedavg'), {}).get('accuracy'))} "
-            f"({g['byzantine']})",
-            f"{_fmt(m['cost'].get('seconds_per_round'))} s ({g['cost']})",
+            _cell(g["inversion"], _inversion_text(a["inversion"])),
+            _cell(g["confidentiality"], _differencing_text(a["differencing"])),
+            _cell(g.get("lying_server", "N/A"),
+                  "no secure group (takes confidentiality's grade)" if lying is None else
+                  "reads an input" if lying else "refused"),
+            _cell(g["privacy_budget"], "no DP: epsilon unbounded" if eps is None else
+                  f"epsilon {_epsilon(eps)}"),
+            _cell(g["backdoor"], f"success {_fmt(bd)} under {own}" if bd is not None else
+                  f"no row for {own}"),
+            _cell(g["byzantine"], f"accuracy {_fmt(byz)} under {own}" if byz is not None else
+                  f"no row for {own}"),
+            _cell(g["cost"], f"{_fmt(m['cost'].get('seconds_per_round'))} s/round, "
+                  f"{m['cost'].get('bytes_up_per_participant_round')} B up"),
+            "yes" if m.get("replay_verified") is True else
+            f"no: {(m.get('replay') or {}).get('note', 'not checked')}",
         ])
+    return rows
+
+
+PARTY_HEADER = ["mix", "party", "accuracy", "membership (release)", "inversion",
+                "differencing (server)", "differencing (server + community)"]
+
+
+def _party_rows(card: Scorecard) -> list[list[str]]:
+    rows = []
+    for m in card.mixes:
+        for party, row in (m.get("parties") or {}).items():
+            g = row.get("grades", {})
+            att = row.get("attacks", {})
+            u = row.get("utility", {})
+            acc = f"mean {_fmt(u.get('accuracy'))}, worst {_fmt(u.get('worst_participant'))}"
+            if u.get("vendor_accuracy") is not None:
+                acc += (f"; own model {_fmt(u.get('vendor_accuracy'))} vs release "
+                        f"{_fmt(u.get('public_accuracy'))} on its data")
+            diff = att.get("differencing", {})
+            colluding = (diff.get("observers") or {}).get("server_with_community")
+            rows.append([
+                m["name"], f"{party} ({row.get('participants')})", acc,
+                _membership_cell(att.get("membership", {}), g.get("membership", "N/A")),
+                _cell(g.get("inversion", "N/A"), _inversion_text(att.get("inversion", {}))),
+                _cell(g.get("differencing", "N/A"), _differencing_text(diff)
+                      if diff.get("relative_error") is not None or "note" not in diff
+                      else str(diff["note"])),
+                _cell(g.get("differencing:server_with_community", "N/A"),
+                      _differencing_text(colluding)) if colluding else "not applicable",
+            ])
     return rows
 
 
@@ -94,14 +163,15 @@ def _ci(row: Mapping[str, Any], key: str) -> str:
 def _membership_cell(row: Mapping[str, Any], grade: str) -> str:
     """AUC and TPR at 1% FPR, each with its 95% interval, and the grade taken on them."""
     if row.get("auc") is None:
-        return f"{grade}: {row.get('note', 'not measured')}"
-    return (f"{grade}: AUC {_ci(row, 'auc')}, TPR@1%FPR {_ci(row, 'tpr_at_1pct_fpr')} "
-            f"({row.get('n_members', '?')} members / {row.get('n_nonmembers', '?')} non-members)")
+        return _cell(grade, str(row.get("note", "not measured")))
+    return _cell(grade, f"AUC {_ci(row, 'auc')}, TPR@1%FPR {_ci(row, 'tpr_at_1pct_fpr')} "
+                 f"({row.get('n_members', '?')} members / "
+                 f"{row.get('n_nonmembers', '?')} non-members)")
 
 
-HEADER = ["mix", "accuracy", "membership (95% CI)", "inversion", "vendor differencing rel. err",
-          "lying server reads input", "epsilon", "backdoor success", "Byzantine accuracy",
-          "s/round"]
+HEADER = ["mix", "utility", "membership (95% CI; graded on the bound)",
+          "inversion (graded on the gain)", "vendor differencing", "lying server", "epsilon",
+          "backdoor", "Byzantine", "cost", "replay verified"]
 
 
 def render_markdown(card: Scorecard) -> str:
@@ -110,6 +180,9 @@ def render_markdown(card: Scorecard) -> str:
              f"{card.seconds:.0f} s. Grades A–F per docs/grading.md; ★ recommended.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(card)]
+    lines += ["", "## Per party", "", "| " + " | ".join(PARTY_HEADER) + " |",
+              "|" + "---|" * len(PARTY_HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in _party_rows(card)]
     lines += ["", f"**Pareto front (privacy, utility):** {', '.join(card.pareto_front)}", "",
               "## Recommendation", "", card.recommendation.get("text", ""), ""]
     if card.skipped:
@@ -222,6 +295,9 @@ def render_html(card: Scorecard, pngs: Mapping[str, bytes]) -> str:
         f'{base64.b64encode(data).decode()}"><figcaption>{esc(name.replace("_", " "))}'
         f"</figcaption></figure>" for name, data in pngs.items())
     skipped = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in card.skipped.items())
+    party_head = "".join(f"<th>{esc(h)}</th>" for h in PARTY_HEADER)
+    party_body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
+                         for r in _party_rows(card))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Scorecard: {esc(card.spec)}</title>
 <style>
@@ -235,6 +311,8 @@ th{{background:#eee}}figure{{display:inline-block;margin:1em}}img{{max-width:540
 <p>Priority <b>{esc(card.priority)}</b>, budget {esc(card.budget)}, {card.seconds:.0f} s.
 Grades A–F per docs/grading.md; ★ recommended.</p>
 <table id="mixes"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Per party</h2>
+<table id="parties"><thead><tr>{party_head}</tr></thead><tbody>{party_body}</tbody></table>
 <p><b>Pareto front (privacy, utility):</b> {esc(", ".join(card.pareto_front))}</p>
 <div class="rec"><h2>Recommendation: {esc(card.recommendation.get("mix", ""))}</h2>
 <p>{esc(card.recommendation.get("text", ""))}</p></div>

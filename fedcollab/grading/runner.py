@@ -296,7 +296,13 @@ class MixRuns:
 def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curves: Any, *,
             priority: str, budget: str, seconds: float, timer: Timer,
             non_members: int, settings: Optional[Mapping[str, Any]] = None) -> Scorecard:
-    from fedcollab.grading.grades import grade_mix, pareto_front, privacy_score, recommend
+    from fedcollab.grading.grades import (
+        grade_mix,
+        grade_parties,
+        pareto_front,
+        privacy_score,
+        recommend,
+    )
 
     reference = next((r["cost"] for r in rows if r["name"] == "open"), rows[0]["cost"])
     accs = [r["utility"]["accuracy"] for r in rows if r["utility"].get("accuracy") is not None]
@@ -305,6 +311,8 @@ def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curv
     for r in rows:
         r["grades"] = grade_mix(r, reference_cost=reference, best_accuracy=best,
                                 baseline_accuracy=base, non_members=non_members)
+        for party, grades in grade_parties(r, non_members=non_members).items():
+            r["parties"][party]["grades"] = grades
     points = {r["name"]: (privacy_score(r["grades"]) or 0.0, r["utility"].get("accuracy") or 0.0)
               for r in rows}
     front = pareto_front(points)

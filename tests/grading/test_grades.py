@@ -188,3 +188,13 @@ def test_privacy_score_never_rises_when_an_axis_goes_missing(
     after = privacy_score(dict(full, **{axis: missing}))
     assert before is not None
     assert after is None or after <= before
+
+
+def test_a_whole_sum_points_where_every_update_points_and_is_no_recovery() -> None:
+    # secure-all: the server's only estimate of the vendor is the round's whole sum, whose
+    # cosine to the vendor's update (0.91) is the round's shared direction, not a leak
+    whole = {"relative_error": 3.24, "cosine": 0.907, "baseline_cosine": 0.907,
+             "exact": False, "min_group_seen": 11}
+    assert grade_confidentiality(whole, {}) == "A"
+    isolated = dict(whole, relative_error=0.6, cosine=0.95)  # closes 46% of the angle left
+    assert grade_confidentiality(isolated, {}) == "B"
