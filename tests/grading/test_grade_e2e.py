@@ -69,3 +69,28 @@ def test_cli_help_lists_grade_without_tensorflow() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "grade" in out.stdout
+
+
+@pytest.mark.slow  # builds the grader's models (TensorFlow) before Ray is asked: ~10 s
+def test_cli_grade_ray_start_timing_out_is_retried_then_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ray
+
+    from fedcollab.cli import main
+    from fedcollab.cluster.connect import EMBEDDED_STARTS
+
+    starts: list[int] = []
+
+    def init(**_: Any) -> None:
+        starts.append(1)
+        raise RuntimeError("The gcs_server process timed out during startup.\nline 2\nline 3")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    code = main(["grade", "examples/community-vendor.yaml", "--mixes", "open", "--quiet",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert len(starts) == EMBEDDED_STARTS  # a start that times out is tried again
+    assert code == 1 and err.count("\n") == 0, err
+    assert "timed out during startup" in err and "Traceback" not in err
