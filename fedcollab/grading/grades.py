@@ -16,7 +16,7 @@ __all__ = ["GRADES", "NA", "UNKNOWN", "grade_membership", "grade_inversion",
            "grade_backdoor", "grade_byzantine", "grade_lying_server", "grade_privacy_budget",
            "grade_cost", "grade_parties",
            "grade_utility", "grade_mix", "privacy_score", "pareto_front", "recommend",
-           "PRIORITIES"]
+           "PRIORITIES", "frontier_points"]
 
 GRADES = ("A", "B", "C", "D", "F")
 NA = "N/A"
@@ -300,6 +300,48 @@ def privacy_score(grades: Mapping[str, str]) -> Optional[float]:
     if not any(grades.get(a) in _POINTS for a in PRIVACY_AXES):
         return None
     return sum(_POINTS.get(grades.get(a, NA), 0.0) for a in PRIVACY_AXES) / len(PRIVACY_AXES)
+
+
+def frontier_points(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The sweep's points (mixes named ``<mix>@eps=<e>``): epsilon (the accountant's), the
+    accuracy per party, and the measured attack success (membership TPR at 1% FPR with its
+    upper bound); ``pareto`` marks the points no other point beats on epsilon (lower) and
+    every party's accuracy (higher) at once."""
+    from fedcollab.grading.mixes import frontier_point
+
+    points: list[dict[str, Any]] = []
+    for r in rows:
+        where = frontier_point(str(r["name"]))
+        if where is None:
+            continue
+        mem = r["attacks"].get("membership", {})
+        ci = mem.get("tpr_at_1pct_fpr_ci") or [None, None]
+        accuracy = {party: (row.get("utility") or {}).get("accuracy")
+                    for party, row in (r.get("parties") or {}).items()}
+        vendor = (r.get("parties") or {}).get("vendor", {}).get("utility", {})
+        if vendor.get("vendor_accuracy") is not None:
+            accuracy["vendor_own_model"] = vendor["vendor_accuracy"]
+        points.append({"mix": r["name"], "base": where[0], "target_epsilon": where[1],
+                       "epsilon": r["privacy"].get("epsilon"),
+                       "noise_multiplier": r["privacy"].get("noise_multiplier"),
+                       "accuracy": dict(accuracy, overall=r["utility"].get("accuracy")),
+                       "attack_success": {"membership_tpr_at_1pct_fpr":
+                                          mem.get("tpr_at_1pct_fpr"),
+                                          "membership_tpr_at_1pct_fpr_upper": ci[1],
+                                          "membership_auc": mem.get("auc")}})
+
+    def key(p: Mapping[str, Any]) -> tuple[float, ...]:
+        eps = _num(p["epsilon"])
+        accs = [_num(v) for k, v in p["accuracy"].items() if k in ("community", "vendor")]
+        return (-(eps if eps is not None else math.inf),
+                *[a if a is not None else -math.inf for a in accs])
+
+    for p in points:
+        mine = key(p)
+        p["pareto"] = not any(
+            all(a >= b for a, b in zip(key(q), mine)) and key(q) != mine
+            for q in points if q is not p and len(key(q)) == len(mine))
+    return points
 
 
 def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:

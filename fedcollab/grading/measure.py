@@ -31,15 +31,19 @@ class Budget:
     # latest secure rounds replayed for cross-round differencing (0: the whole run; a
     # window misses an isolation that happened earlier, a false all-clear)
     cross_round_window: int = 0
+    frontier: bool = False        # the privacy-utility sweep (mixes.frontier_mixes) too
 
 
 BUDGETS = {
     "fast": Budget(shadows=4, shadow_epochs=20, mia_samples=5000, backdoor_pretrain=3,
                    byzantine_rounds=3, inversion_open_targets=3, gradient_matching=False,
                    cross_round_window=0),
+    "standard": Budget(shadows=4, shadow_epochs=20, mia_samples=5000, backdoor_pretrain=3,
+                       byzantine_rounds=3, inversion_open_targets=3, gradient_matching=False,
+                       cross_round_window=0, frontier=True),
     "full": Budget(shadows=16, shadow_epochs=60, mia_samples=20000, backdoor_pretrain=10,
                    byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True,
-                   cross_round_window=0),
+                   cross_round_window=0, frontier=True),
 }
 
 Progress = Callable[[str, str], None]  # (kind: "mix" | "attack", name)

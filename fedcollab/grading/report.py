@@ -35,13 +35,14 @@ class Scorecard:
     curves: Mapping[str, Any] = field(default_factory=dict)  # plots only, not in the JSON
     out_dir: str = ""
     settings: Mapping[str, Any] = field(default_factory=dict)  # budget, window, seeds, confidence
+    frontier: tuple[Mapping[str, Any], ...] = ()  # the sweep's points (--budget standard/full)
 
     def to_json(self) -> dict[str, Any]:
         return {"spec": self.spec, "priority": self.priority, "budget": self.budget,
                 "mixes": [dict(m) for m in self.mixes], "pareto_front": list(self.pareto_front),
                 "recommendation": dict(self.recommendation), "skipped": dict(self.skipped),
                 "seconds": self.seconds, "per_attack_seconds": dict(self.per_attack_seconds),
-                "settings": dict(self.settings)}
+                "settings": dict(self.settings), "frontier": [dict(p) for p in self.frontier]}
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -123,6 +124,27 @@ def _rows(card: Scorecard) -> list[list[str]]:
     return rows
 
 
+FRONTIER_HEADER = ["swept mix", "target epsilon", "epsilon", "noise multiplier",
+                   "community accuracy", "vendor accuracy (release; own model)",
+                   "membership TPR@1%FPR (upper bound)", "Pareto"]
+
+
+def _frontier_rows(card: Scorecard) -> list[list[str]]:
+    rows = []
+    for p in card.frontier:
+        acc, att = p.get("accuracy", {}), p.get("attack_success", {})
+        vendor = _fmt(acc.get("vendor"))
+        if acc.get("vendor_own_model") is not None:
+            vendor += f"; {_fmt(acc['vendor_own_model'])}"
+        rows.append([str(p["mix"]), _fmt(p.get("target_epsilon"), 2),
+                     _epsilon(p.get("epsilon")), _fmt(p.get("noise_multiplier")),
+                     _fmt(acc.get("community")), vendor,
+                     f"{_fmt(att.get('membership_tpr_at_1pct_fpr'))} "
+                     f"({_fmt(att.get('membership_tpr_at_1pct_fpr_upper'))})",
+                     "yes" if p.get("pareto") else "no"])
+    return rows
+
+
 PARTY_HEADER = ["mix", "party", "accuracy", "membership (release)", "inversion",
                 "differencing (server)", "differencing (server + community)"]
 
@@ -183,6 +205,10 @@ def render_markdown(card: Scorecard) -> str:
     lines += ["", "## Per party", "", "| " + " | ".join(PARTY_HEADER) + " |",
               "|" + "---|" * len(PARTY_HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _party_rows(card)]
+    if card.frontier:
+        lines += ["", "## Privacy-utility frontier", "",
+                  "| " + " | ".join(FRONTIER_HEADER) + " |", "|" + "---|" * len(FRONTIER_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in _frontier_rows(card)]
     lines += ["", f"**Pareto front (privacy, utility):** {', '.join(card.pareto_front)}", "",
               "## Recommendation", "", card.recommendation.get("text", ""), ""]
     if card.skipped:
@@ -282,7 +308,49 @@ def plot_pngs(card: Scorecard) -> dict[str, bytes]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, "membership_roc")
+    if card.frontier:
+        save(_frontier_figure(plt, card), "privacy_utility_frontier")
     return out
+
+
+def _frontier_figure(plt: Any, card: Scorecard) -> Any:
+    """Accuracy per party against the accountant's epsilon, and against the measured
+    membership TPR at 1% FPR (its upper bound), per swept mix; Pareto points ringed, the
+    recommended mix's figures as a dashed line."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"community": "-", "vendor": "--", "vendor_own_model": ":"}
+    for base in sorted({p["base"] for p in card.frontier}):
+        pts = sorted((p for p in card.frontier if p["base"] == base and p.get("epsilon")),
+                     key=lambda p: p["epsilon"])
+        for party, style in styles.items():
+            xs = [p["epsilon"] for p in pts if p["accuracy"].get(party) is not None]
+            ys = [p["accuracy"][party] for p in pts if p["accuracy"].get(party) is not None]
+            if not xs:
+                continue
+            line, = left.plot(xs, ys, style, marker="o", label=f"{base}: {party}")
+            tpr = [p["attack_success"].get("membership_tpr_at_1pct_fpr_upper") for p in pts
+                   if p["accuracy"].get(party) is not None]
+            right.plot([t if t is not None else float("nan") for t in tpr], ys, style,
+                       marker="o", color=line.get_color())
+            for p in pts:
+                if p.get("pareto") and p["accuracy"].get(party) is not None:
+                    left.scatter([p["epsilon"]], [p["accuracy"][party]], s=140,
+                                 facecolors="none", edgecolors="tab:red", zorder=4)
+    best = next((m for m in card.mixes if m["name"] == card.recommendation.get("mix")), None)
+    if best is not None and best["utility"].get("accuracy") is not None:
+        for ax in (left, right):
+            ax.axhline(best["utility"]["accuracy"], color="grey", linestyle="--", linewidth=1,
+                       label=f"recommended: {best['name']}" if ax is left else None)
+    left.set_xscale("log")
+    left.set_xlabel("epsilon (accountant, delta on the card)")
+    left.set_ylabel("accuracy per party")
+    left.set_title("privacy-utility frontier (red rings: Pareto)", fontsize=9)
+    right.set_xlabel("membership TPR at 1% FPR (95% upper bound)")
+    right.set_title("accuracy against measured attack success", fontsize=9)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    return fig
 
 
 def render_html(card: Scorecard, pngs: Mapping[str, bytes]) -> str:
@@ -295,6 +363,13 @@ def render_html(card: Scorecard, pngs: Mapping[str, bytes]) -> str:
         f'{base64.b64encode(data).decode()}"><figcaption>{esc(name.replace("_", " "))}'
         f"</figcaption></figure>" for name, data in pngs.items())
     skipped = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in card.skipped.items())
+    frontier = ""
+    if card.frontier:
+        frontier = ("<h2>Privacy-utility frontier</h2><table id=\"frontier\"><thead><tr>"
+                    + "".join(f"<th>{esc(h)}</th>" for h in FRONTIER_HEADER)
+                    + "</tr></thead><tbody>"
+                    + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
+                              for r in _frontier_rows(card)) + "</tbody></table>")
     party_head = "".join(f"<th>{esc(h)}</th>" for h in PARTY_HEADER)
     party_body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
                          for r in _party_rows(card))
@@ -313,6 +388,7 @@ Grades A–F per docs/grading.md; ★ recommended.</p>
 <table id="mixes"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Per party</h2>
 <table id="parties"><thead><tr>{party_head}</tr></thead><tbody>{party_body}</tbody></table>
+{frontier}
 <p><b>Pareto front (privacy, utility):</b> {esc(", ".join(card.pareto_front))}</p>
 <div class="rec"><h2>Recommendation: {esc(card.recommendation.get("mix", ""))}</h2>
 <p>{esc(card.recommendation.get("text", ""))}</p></div>

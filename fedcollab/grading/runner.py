@@ -67,7 +67,8 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
         spec_or_path: a JobSpec or a spec file.
         mixes: "all" or comma-separated mix names (built-in or the spec's grading.mixes).
         priority: privacy | utility | cost | balanced (what the recommendation weighs most).
-        budget: fast | full (shadow models, attack rounds, gradient matching).
+        budget: fast | standard | full (shadow models, attack rounds, gradient matching;
+            standard and full add the privacy-utility frontier sweep).
         out: output directory (default runs/<name>-grade-<UTC timestamp>/).
         address: Ray cluster address (None: an embedded local Ray).
         progress: a rich progress bar on stderr (None: when stderr is a terminal).
@@ -97,9 +98,11 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
         data = read_spec_data(spec_or_path)
         if spec.task.dataset == "file":
             data.setdefault("task", {})["path"] = spec.task.path
-    from fedcollab.grading.mixes import mix_spec, select_mixes
+    from fedcollab.grading.mixes import frontier_mixes, mix_spec, select_mixes
 
     chosen = select_mixes(data, spec, mixes)
+    if BUDGETS[budget].frontier:  # the privacy-utility sweep, after the mixes asked for
+        chosen += [m for m in frontier_mixes(data) if m.name not in {c.name for c in chosen}]
     planned, skipped = [], {}
     for mix in chosen:
         mspec, why = mix_spec(data, mix)
@@ -319,8 +322,12 @@ def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curv
     scenario = ", ".join(f"{g.count} {g.role} participant(s) '{g.name}'"
                          for g in spec.participants) + f", {spec.task.dataset}/{spec.task.model}"
     rec = recommend(rows, front, priority, scenario=scenario)
+    from fedcollab.grading.grades import frontier_points
+
+    sweep = frontier_points(rows)
     return Scorecard(spec.name, priority, budget, tuple(rows), tuple(front), rec, dict(skipped),
-                     seconds, dict(timer.seconds), curves, settings=dict(settings or {}))
+                     seconds, dict(timer.seconds), curves, settings=dict(settings or {}),
+                     frontier=tuple(sweep))
 
 class _Bar:
     """Mixes and attacks as they finish (rich, on stderr)."""
