@@ -293,14 +293,14 @@ class TaskMeasurer:
             if party == Role.VENDOR.value:
                 colluders = [p for p in parties.get(Role.COMMUNITY.value, [])]
                 server = {k: differencing.get(k) for k in
-                          ("relative_error", "exact", "min_group_seen", "cosine")}
+                          ("relative_error", "exact", "min_group_seen", "cosine",
+                           "baseline_cosine", "across_rounds")}
                 colluding = differencing_on_view(view, self.shapes, observed=observed,
                                                  colluders=colluders).to_json() \
                     if view.vendor_pids else dict(server)
                 others = max(len(view.deltas) - 1, 0)
                 attacks["differencing"] = dict(
-                    server, across_rounds=differencing.get("across_rounds", {}).get("vendor"),
-                    observers={"server": server,
+                    server, observers={"server": server,
                                "server_with_community": dict(colluding,
                                                              colluders=len(colluders)),
                                "other_participants": {"min_group_seen": others,
