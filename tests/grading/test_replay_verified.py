@@ -22,7 +22,7 @@ def _run(tmp_path: Path, name: str, overrides: list[str]) -> tuple[Any, Any, Tas
                      ["rounds=2", "release.sign=false", "participants.1.private_layers=[]",
                       *overrides])
     result = run_job(spec, RunOptions(out_dir=tmp_path / name, quiet=True, release=False,
-                                      transport="inprocess", keep_checkpoints=3))
+                                      transport="inprocess", keep_checkpoints=spec.rounds + 1))
     return spec, result, TaskMeasurer(spec, BUDGETS["fast"], Timer())
 
 
@@ -57,3 +57,19 @@ def test_dp_round_replays_with_the_runs_noise_scale_and_too_little_fails(tmp_pat
     low.config = view.config  # its second draw keeps the low noise; the ratio shows it
     wrong = verify_replay(spec, low, ctx.w0, ctx._checkpoint(result, 1), weight_scale=ctx.scale)
     assert wrong.verified is False and wrong.noise_ratio > 2, wrong
+
+
+def test_cross_round_differencing_uses_the_whole_run_and_finds_vendor_sites(
+        tmp_path: Path) -> None:
+    """5 vendor sites sampled 3 a round: over 8 rounds (not 6) the sums isolate each vendor
+    sites, and the fast budget looks at every secure round (no window)."""
+    spec, result, ctx = _run(tmp_path, "cross", ["fraction=0.6", "participants.1.count=5",
+                                                 "rounds=8"])
+    assert BUDGETS["fast"].cross_round_window == 0
+    across = ctx._across_rounds(spec, result)
+    secure_rounds = [m for m in result.metrics if m.get("secure")]
+    assert across["sums"] == len(secure_rounds) == 8
+    vendor = across["vendor"]
+    assert vendor["target"] == "vendor sites" and vendor["isolated"] >= 1, vendor
+    print("cross-round vendor recovery:", vendor)
+    assert vendor["cosine"] is not None and vendor["baseline_cosine"] is not None
