@@ -101,6 +101,7 @@ def _rows(card: Scorecard) -> list[list[str]]:
         lying = a["lying_server"].get("recovered")
         bd = a["backdoor"].get(own, {}).get("success_rate")
         byz = a["byzantine"].get(own, {}).get("accuracy")
+        worst = a["byzantine"].get(own, {}).get("worst_attack")
         rows.append([
             m["name"] + (" ★" if m["name"] == card.recommendation.get("mix") else ""),
             _cell(g["utility"], f"accuracy {_fmt(m['utility'].get('accuracy'))}"),
@@ -114,7 +115,8 @@ def _rows(card: Scorecard) -> list[list[str]]:
                   f"epsilon {_epsilon(eps)}"),
             _cell(g["backdoor"], f"success {_fmt(bd)} under {own}" if bd is not None else
                   f"no row for {own}"),
-            _cell(g["byzantine"], f"accuracy {_fmt(byz)} under {own}" if byz is not None else
+            _cell(g["byzantine"], f"accuracy {_fmt(byz)} under {own}"
+                  + (f" (worst attack: {worst})" if worst else "") if byz is not None else
                   f"no row for {own}"),
             _cell(g["cost"], f"{_fmt(m['cost'].get('seconds_per_round'))} s/round, "
                   f"{m['cost'].get('bytes_up_per_participant_round')} B up"),
