@@ -16,7 +16,7 @@ __all__ = ["GRADES", "NA", "UNKNOWN", "grade_membership", "grade_inversion",
            "grade_backdoor", "grade_byzantine", "grade_lying_server", "grade_privacy_budget",
            "grade_cost", "grade_parties",
            "grade_utility", "grade_mix", "privacy_score", "pareto_front", "recommend",
-           "PRIORITIES", "frontier_points"]
+           "PRIORITIES", "frontier_points", "audit_exceeds"]
 
 GRADES = ("A", "B", "C", "D", "F")
 NA = "N/A"
@@ -237,6 +237,21 @@ def grade_utility(accuracy: Optional[float], best: Optional[float]) -> str:
     return _band(max(0.0, best - accuracy), UTILITY_DROP_LIMITS)
 
 
+def audit_exceeds(privacy: Mapping[str, Any]) -> bool:
+    """Whether the canary audit's interval lies wholly above the accountant's epsilon: the
+    run leaks more than its accountant claims (a bug in the noise or the accounting)."""
+    eps = _num(privacy.get("epsilon"))
+    audit = privacy.get("empirical_epsilon") or {}
+    ci = audit.get("ci") or [None, None]
+    low = _num(ci[0]) if isinstance(ci, (list, tuple)) and ci else None
+    return eps is not None and low is not None and low > eps
+
+
+def _audited(grade: str, privacy: Mapping[str, Any]) -> str:
+    """F, whatever the accountant says, when the audit contradicts it."""
+    return "F" if audit_exceeds(privacy) else grade
+
+
 def grade_mix(mix: Mapping[str, Any], *, reference_cost: Mapping[str, Any],
               best_accuracy: Optional[float], baseline_accuracy: Optional[float],
               non_members: int) -> dict[str, str]:
@@ -258,7 +273,8 @@ def grade_mix(mix: Mapping[str, Any], *, reference_cost: Mapping[str, Any],
         "lying_server": grade_lying_server(attacks.get("lying_server", {}), confidentiality),
         "backdoor": grade_backdoor(backdoor.get(own), backdoor.get("clean")),
         "byzantine": grade_byzantine(attacks.get("byzantine", {}).get(own), baseline_accuracy),
-        "privacy_budget": grade_privacy_budget(mix["privacy"].get("epsilon")),
+        "privacy_budget": _audited(grade_privacy_budget(mix["privacy"].get("epsilon")),
+                                   mix["privacy"]),
         "cost": grade_cost(mix["cost"], reference_cost),
         "utility": grade_utility(mix["utility"].get("accuracy"), best_accuracy),
     }

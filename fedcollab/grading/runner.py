@@ -36,6 +36,7 @@ import concurrent.futures
 import dataclasses
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -300,6 +301,7 @@ def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curv
             priority: str, budget: str, seconds: float, timer: Timer,
             non_members: int, settings: Optional[Mapping[str, Any]] = None) -> Scorecard:
     from fedcollab.grading.grades import (
+        audit_exceeds,
         grade_mix,
         grade_parties,
         pareto_front,
@@ -316,6 +318,10 @@ def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curv
                                 baseline_accuracy=base, non_members=non_members)
         for party, grades in grade_parties(r, non_members=non_members).items():
             r["parties"][party]["grades"] = grades
+        if audit_exceeds(r["privacy"]):  # loudly: the run leaks more than it claims
+            print(f"fedcollab: warning: mix {r['name']!r}: the canary audit's empirical epsilon "
+                  f"exceeds the accountant's {r['privacy'].get('epsilon')}; privacy budget "
+                  "graded F", file=sys.stderr)
     points = {r["name"]: (privacy_score(r["grades"]) or 0.0, r["utility"].get("accuracy") or 0.0)
               for r in rows}
     front = pareto_front(points)

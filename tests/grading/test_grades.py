@@ -201,3 +201,14 @@ def test_a_whole_sum_points_where_every_update_points_and_is_no_recovery() -> No
     assert grade_confidentiality(whole, {}) == "A"
     isolated = dict(whole, relative_error=0.6, cosine=0.95)  # closes 46% of the angle left
     assert grade_confidentiality(isolated, {}) == "B"
+
+
+def test_an_audit_above_the_accountant_fails_the_privacy_budget() -> None:
+    mix = _mix("dp", 0.80, 0.9, False)
+    assert mix["grades"]["privacy_budget"] == "A"
+    mix["privacy"]["empirical_epsilon"] = {"value": 0.5, "ci": [0.2, 0.8]}
+    assert grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
+                     baseline_accuracy=0.6, non_members=300)["privacy_budget"] == "A"
+    mix["privacy"]["empirical_epsilon"] = {"value": 2.0, "ci": [1.5, 2.5]}
+    assert grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
+                     baseline_accuracy=0.6, non_members=300)["privacy_budget"] == "F"
