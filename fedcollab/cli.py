@@ -151,8 +151,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     figure = (f"accuracy {s['final_accuracy']:.4f}" if s.get("final_accuracy") is not None
               else f"loss {s['final_loss']:.4f}")
     print(f"{spec.name}: {s['rounds_completed']} rounds, {figure}, "
-          f"{s['rounds_seconds']:.2f} s in rounds -> {result.out_dir}")
+          f"{s['rounds_seconds']:.2f} s in rounds{_epsilon_words(s['privacy'])} "
+          f"-> {result.out_dir}")
     return 0
+
+
+def _epsilon_words(privacy: dict) -> str:
+    """``, epsilon 9.01 (server 9.01, outputs 9.01, release 6.37; add_remove, delta
+    1e-05)`` for a DP job (empty otherwise): the figure per observer, docs/privacy.md."""
+    by = privacy.get("epsilon_by_observer")
+    if privacy.get("mode", "none") == "none" or not by:
+        return ""
+
+    def fig(value: object) -> str:
+        return "unbounded" if value is None else f"{value:.3g}"
+
+    names = {"server": "server", "outputs_reader": "outputs", "release_reader": "release"}
+    each = ", ".join(f"{names[k]} {fig(v)}" for k, v in by.items() if k in names)
+    stop = "; stopped by the budget" if privacy.get("budget_stop") else ""
+    return (f", epsilon {fig(privacy.get('epsilon'))} ({each}; {privacy.get('adjacency')}, "
+            f"delta {privacy.get('delta'):g}{stop})")
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

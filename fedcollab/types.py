@@ -31,4 +31,4 @@ class Update:
     num_samples: int
     loss: float
     norm: float = 0.0
-    clip_bit: Optional[bool] = None
+    clip_bit: Optional[float] = None  # [norm <= C]; noised by the sender unless central DP

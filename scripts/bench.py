@@ -191,7 +191,8 @@ def bench_dp() -> None:
           "accuracy": ours["final_accuracy"], "no_dp_accuracy": plain["final_accuracy"],
           "mode": "central", "partition": "iid",
           "group_sampling_rates": ours["privacy"]["group_sampling_rates"],
-          "most_exposed_epsilon": ours["privacy"]["epsilon"]})
+          "most_exposed_epsilon": ours["privacy"]["epsilon"],
+          "epsilon_by_observer": ours["privacy"].get("epsilon_by_observer")})
     # The default job under distributed DP at fraction 0.5: the 3-site vendor takes
     # part every round (min_group), so its epsilon is the one reported.
     from fedcollab.spec import load_spec
@@ -204,6 +205,7 @@ def bench_dp() -> None:
           "delta": 1e-5, "epsilon": vendor["privacy"]["epsilon"],
           "group_sampling_rates": vendor["privacy"]["group_sampling_rates"],
           "most_exposed_epsilon": vendor["privacy"]["epsilon"],
+          "epsilon_by_observer": vendor["privacy"].get("epsilon_by_observer"),
           "accuracy": vendor["final_accuracy"], "clients": 11})
 
 

@@ -61,14 +61,16 @@ def _noise_multiplier(spec: JobSpec) -> float:
     Raises:
         SpecError: a target epsilon that adaptive clipping's count query makes unreachable.
     """
+    from fedcollab.job.sampling import dp_accounting_plan
     from fedcollab.privacy.errors import PrivacyError
-    from fedcollab.privacy.server import solve_noise_multiplier
+    from fedcollab.privacy.server import DpServer
     from fedcollab.spec.roster import expected_participants, group_sampling_rates
 
+    rates = group_sampling_rates(spec)
     try:
-        return solve_noise_multiplier(
-            spec.privacy.dp, sampling_rate=max(group_sampling_rates(spec).values()),
-            rounds=spec.rounds, participants_per_round=expected_participants(spec))
+        return DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
+                        group_rates=rates, participants_per_round=expected_participants(spec),
+                        **dp_accounting_plan(spec)).noise_multiplier
     except PrivacyError as err:
         raise SpecError(f"spec: {err}") from None
 
@@ -81,7 +83,7 @@ def _check_secure_room_for_noise(spec: JobSpec) -> None:
     saturation would clip the noise and the sum would carry less than accounted.
     """
     dp = spec.privacy.dp
-    if dp.mode != "distributed":
+    if dp.mode not in ("distributed", "local"):
         return
     from fedcollab.spec.roster import group_sampling_rates
 
@@ -92,10 +94,27 @@ def _check_secure_room_for_noise(spec: JobSpec) -> None:
     forced = sum(g.count for g in secure if rates[g.name] >= 1)
     members = forced or min((min(g.count, spec.secure.min_group) for g in secure), default=1)
     z = _noise_multiplier(spec)
-    sigma = float(z or 0.0) * dp.clip_norm / max(members, 1) ** 0.5
+    share = max(members, 1) if dp.mode == "distributed" else 1  # local: each adds all of it
+    sigma = float(z or 0.0) * dp.clip_norm / share ** 0.5
     need = dp.clip_norm + 4.0 * sigma
     if spec.secure.clip < need:
         raise SpecError(f"spec: secure.clip: got {spec.secure.clip:g}, but each of the "
                         f"{members} secure members adds noise of std {sigma:.3g} to updates "
                         f"clipped to {dp.clip_norm:g}; the fixed-point range must hold "
                         f"C + 4 std = {need:.3g} or the noise saturates (raise secure.clip)")
+    if dp.adaptive_clipping:
+        # the clip bit's slot: 1 + N(0, sigma_b^2 / members), sigma_b = m / 20 for the
+        # m a round samples (its 99% upper quantile: more participants, more noise)
+        mean = sum(g.count * rates[g.name] for g in spec.participants)
+        var = sum(g.count * rates[g.name] * (1 - rates[g.name]) for g in spec.participants)
+        high = min(mean + 2.33 * var ** 0.5, float(spec.total_participants))
+        bit_sigma = high / 20.0 / share ** 0.5
+        need = 1.0 + 4.0 * bit_sigma
+        if spec.secure.clip < need:
+            raise SpecError(
+                f"spec: secure.clip: got {spec.secure.clip:g}, but adaptive clipping's count "
+                f"noise on each secure member's clip bit has std {bit_sigma:.3g} (m / 20 for "
+                f"up to {high:.0f} participants a round, over {share} member(s)); the "
+                f"fixed-point range must hold 1 + 4 std = {need:.3g} or that noise saturates "
+                "and the count carries less than accounted (raise secure.clip, sample fewer "
+                "participants per round or turn adaptive_clipping off)")

@@ -23,7 +23,8 @@ __all__ = ["RoundRecord", "Summary", "JobInfo", "PRIVACY_KEYS", "update_sha256"]
 
 #: The DP figures a round's metrics line carries (flat, beside the other keys).
 PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "accounted_multiplier",
-                "sampling_rate", "clip_norm", "noise_shortfall")
+                "sampling_rate", "clip_norm", "noise_shortfall", "epsilon_by_observer",
+                "adjacency", "organisation_epsilon", "budget_stop")
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ class RoundLoop:
                  aggregator: Aggregator, dp: DpServer, evaluate: Evaluate, weights: Weights,
                  weight_scale: float, classification: bool,
                  secure: Optional[SecureCoordinator] = None,
-                 callbacks: Optional[CallbackList] = None) -> None:
+                 callbacks: Optional[CallbackList] = None,
+                 journal: Optional[Callable[[dict[str, Any]], None]] = None) -> None:
         from fedcollab.job.callbacks import CallbackList
 
         self.spec = spec
@@ -101,6 +102,9 @@ class RoundLoop:
 
             self._aborts = (RoundAbortedError,)
         self._ahead: Optional[_Ahead] = None
+        # under DP, each round's sample and multiplier are written here before it trains,
+        # so a resumed job accounts the rounds a crash made it run twice
+        self.journal = journal
 
     # ------------------------------------------------------------------ one round
     def run_round(self, r: int) -> RoundRecord:
@@ -108,17 +112,22 @@ class RoundLoop:
         replaced = tuple(self.pool.heal()) if self.pool.needs_heal else ()
         t0 = time.perf_counter()
         chosen, config = self._sample(r)
+        refused = self._over_budget(chosen)
+        if refused is not None:  # nothing of this round reaches the server
+            return self._end(self._budget_stop(r, len(chosen), refused, t0, replaced))
         if config is None:  # Poisson sampling (DP) can draw nobody: the round still counts
             return self._end(self._nobody_sampled(r, t0, replaced))
+        if self._ahead_started != r:
+            self._write_journal(r, chosen)
         secure = SecureRound(self.secure, r, self._secure_members(chosen), config, self.shapes)
         try:
             out = self._train(r, chosen, config, secure)
             secured = secure.finish(out)
         except self._aborts as err:
-            return self._end(self._aborted(r, len(chosen), str(err), t0, secure, replaced))
+            return self._end(self._aborted(r, chosen, str(err), t0, secure, replaced))
         step = self._aggregate(out, secured)
         evaluation = self._submit_evaluation(self.weights)
-        privacy = self._account(len(chosen), out, step, secured)
+        privacy = self._account(chosen, out, step, secured)
         self._ahead = self._start_ahead(r + 1)
         record = RoundRecord.of(
             r, chosen=chosen, out=out, step=step, secure_log=secured.log,
@@ -126,13 +135,26 @@ class RoundLoop:
             classification=self.classification, private=self.dp.on,
             privacy=privacy, t0=t0,
             train_seconds=secure.phases.seconds["train"], replaced=replaced,
-            vendor=self.pool.evaluate_personalised(self.weights,
-                                                   classification=self.classification),
-            placement=self.pool.where(out))
+            vendor=self._vendor_evaluation(), placement=self._placement(out))
         self.bytes_up += record.bytes_up
         self.bytes_down += record.bytes_down
         self.rejected_total += len(step.rejected)
         return self._end(record)
+
+    def _vendor_evaluation(self) -> dict[str, float]:
+        """The private-layer participants' test figures; none under DP, where their
+        private layers are trained without noise and no accountant covers them."""
+        if self.dp.on:
+            return {}
+        return self.pool.evaluate_personalised(self.weights, classification=self.classification)
+
+    def _placement(self, out: RoundOutput) -> dict[str, Any]:
+        """Where the round trained; under DP without the seconds per participant (they
+        name who was sampled and their timing depends on their data)."""
+        placement = dict(self.pool.where(out))
+        if self.dp.on:
+            placement.pop("participants", None)
+        return placement
 
     def _end(self, record: RoundRecord) -> RoundRecord:
         self.callbacks.on_round_end(record)
@@ -143,9 +165,47 @@ class RoundLoop:
         drawn when its training started ahead (:meth:`_start_ahead`) or now."""
         ahead, self._ahead = self._ahead, None
         if ahead is None or ahead.round != r:  # driven out of order: drawn again
+            self._ahead_started = None
             chosen = self.sampler.sample(r)
             return chosen, self.configure(chosen) if chosen else None
         return ahead.chosen, ahead.config
+
+    _ahead_started: Optional[int] = None
+
+    def _write_journal(self, r: int, chosen: Sequence[int]) -> None:
+        if self.journal is None or not self.dp.on:
+            return
+        z = self.dp.noise_multiplier
+        sigma_b = self.dp.count_noise_std(len(chosen))
+        if sigma_b > 0:
+            z = (z ** -2 + sigma_b ** -2) ** -0.5
+        self.journal({"round": r, "sampled": [int(p) for p in chosen], "multiplier": z})
+
+    def _over_budget(self, chosen: Sequence[int]) -> Optional[str]:
+        """Why running a round with ``chosen`` would spend past ``target_epsilon`` for
+        some observer (None: it would not); the loop then stops (:attr:`stopped`)."""
+        if not self.dp.on or self.spec.privacy.dp.target_epsilon is None:
+            return None
+        return self.dp.admits(chosen, secure_sampled=len(self._secure_members(chosen)))
+
+    @property
+    def stopped(self) -> Optional[str]:
+        """Why the job must run no more rounds (the privacy budget), or None."""
+        return self.dp.stopped
+
+    def _budget_stop(self, r: int, participants: int, reason: str, t0: float,
+                     replaced: tuple[int, ...]) -> RoundRecord:
+        """The round the budget refused: not trained, nothing spent; the job stops."""
+        self.dp.stopped = reason
+        loss, acc = self.evaluate(self.weights)
+        privacy = {"epsilon": self.dp.epsilon, "delta": self.spec.privacy.dp.delta,
+                   "noise_multiplier": self.dp.noise_multiplier,
+                   "sampling_rate": self.dp.sampling_rate, "clip_norm": self.dp.clip_norm,
+                   "budget_stop": reason}
+        return RoundRecord(round=r, participants=0, loss=loss,
+                           accuracy=acc if self.classification else None, skipped=reason,
+                           seconds=time.perf_counter() - t0, workers_replaced=replaced,
+                           privacy=privacy)
 
     def _secure_members(self, chosen: Sequence[int]) -> list[int]:
         return [p for p in chosen if self.people[p].policy.in_secure_sum]
@@ -169,15 +229,15 @@ class RoundLoop:
         self.weights = step.weights
         return step
 
-    def _account(self, participants: int, out: RoundOutput, step: AggregateStep,
+    def _account(self, chosen: Sequence[int], out: RoundOutput, step: AggregateStep,
                  secured: SecureOutcome) -> Optional[dict[str, Any]]:
         """The round's DP spending (``None`` without DP)."""
         if not self.dp.on:
             return None
-        bits = {u.pid: bool(u.clip_bit) for u in out.updates}
-        return self.dp.account([bits[p] for p in step.accepted], participants=participants,
+        bits = {u.pid: float(u.clip_bit or 0.0) for u in out.updates}
+        return self.dp.account([bits[p] for p in step.accepted], participants=len(chosen),
                                secure_bits=secured.bits, secure_count=secured.survivors,
-                               secure_sampled=secured.sampled)
+                               secure_sampled=secured.sampled, sampled=chosen)
 
     def _submit_evaluation(self, weights: Weights) -> Callable[[], tuple[float, float]]:
         """Start evaluating ``weights``, then the secure group's next offline phase
@@ -216,6 +276,10 @@ class RoundLoop:
         if not chosen:  # the round's one (Poisson) draw: kept, not drawn again
             return _Ahead(r, chosen)
         config = self.configure(chosen)
+        if self._over_budget(chosen) is not None:  # not started: run_round stops before it
+            return _Ahead(r, chosen, config)
+        self._write_journal(r, chosen)
+        self._ahead_started = r
         pool.submit_train(self.weights, r, chosen, config, {})
         return _Ahead(r, chosen, config)
 
@@ -227,24 +291,29 @@ class RoundLoop:
         """
         dp = self.dp
         secure = sum(1 for p in chosen if self.people[p].policy.in_secure_sum)
-        count_noise = dp.count_noise_std(len(chosen)) if dp.mode == "distributed" else 0.0
+        # distributed and local DP do not trust the server: the bits are noised where
+        # they are made (central: the server adds the count's noise itself)
+        count_noise = (dp.count_noise_std(len(chosen)) if dp.mode in ("distributed", "local")
+                       else 0.0)
         return RoundConfig(dp.mode, dp.clip_norm, dp.noise_multiplier, max(secure, 1),
                            1.0 if dp.on else self.weight_scale, dp.adaptive, count_noise,
                            secure_clip=0.0 if dp.on else self.spec.secure.clip)
 
-    def _aborted(self, r: int, participants: int, reason: str, t0: float,
+    def _aborted(self, r: int, chosen: Sequence[int], reason: str, t0: float,
                  secure: SecureRound, replaced: tuple[int, ...]) -> RoundRecord:
         """A secure round that cannot finish: the global model stays as it was."""
         phases = secure.phases
         if self.spec.secure.on_abort == "fail":
             raise FedcollabError(f"round {r} aborted: {reason}")
         loss, acc = self._submit_evaluation(self.weights)()
-        return RoundRecord(round=r, participants=participants, loss=loss,
+        privacy = (self.dp.account_aborted(chosen, participants=len(chosen)) if self.dp.on
+                   else None)
+        return RoundRecord(round=r, participants=len(chosen), loss=loss,
                            accuracy=acc if self.classification else None, aborted=reason,
                            seconds=time.perf_counter() - t0,
                            train_seconds=phases.seconds.get("train", 0.0),
                            phase_seconds=dict(phases.seconds), workers_replaced=replaced,
-                           privacy=self.dp.account_aborted() if self.dp.on else None)
+                           privacy=privacy)
 
     def _nobody_sampled(self, r: int, t0: float, replaced: tuple[int, ...]) -> RoundRecord:
         loss, acc = self.evaluate(self.weights)
@@ -263,6 +332,7 @@ class RoundLoop:
 
             arrays.update({f"server.{k}": np.array(v)
                            for k, v in state_to_arrays(self.aggregator.state).items()})
+        arrays.update({f"dp.{k}": np.array(v) for k, v in self.dp.state_arrays().items()})
         meta = {"bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
                 "rejected_total": self.rejected_total, **self.dp.state()}
         return arrays, meta
@@ -272,7 +342,8 @@ class RoundLoop:
         self.weights = [arrays[f"w{i}"] for i in range(len(self.shapes))]
         self.bytes_up, self.bytes_down = int(meta["bytes_up"]), int(meta["bytes_down"])
         self.rejected_total = int(meta.get("rejected_total", 0))
-        self.dp.restore(meta)
+        self.dp.restore(meta, {k[len("dp."):]: v for k, v in arrays.items()
+                               if k.startswith("dp.")})
         server = {k[len("server."):]: v for k, v in arrays.items() if k.startswith("server.")}
         if server:
             from fedcollab.aggregation import state_from_arrays

@@ -38,6 +38,7 @@ from fedcollab.job.callbacks import (
 from fedcollab.job.outdir import OutDirPlan, plan_out_dir
 from fedcollab.job.records import JobInfo, RoundRecord, Summary
 from fedcollab.job.rounds import RoundLoop
+from fedcollab.job.sampling import dp_accounting_plan
 from fedcollab.spec import JobSpec, spec_to_dict
 from fedcollab.spec.roster import ParticipantInfo, policy, roster
 from fedcollab.types import Weights
@@ -225,6 +226,9 @@ class _Committed:
     meta: Mapping[str, Any]
     history: list[dict[str, Any]]
     uncommitted: int = 0  # rounds that ran after the commit (the server saw them)
+    # under DP, each round that started after the commit: (its sample, or None when
+    # lost; the least multiplier its journal entry or metrics line records)
+    lost: list[tuple[Optional[list[int]], Optional[float]]] = field(default_factory=list)
 
 
 def _read_committed(out: Path) -> Optional[_Committed]:
@@ -241,6 +245,9 @@ def _read_committed(out: Path) -> Optional[_Committed]:
     committed = int(meta["round"])
     history: list[dict[str, Any]] = []
     later: set[int] = set()
+    multipliers: dict[int, float] = {}
+    spent_nothing: set[int] = set()
+    nobody: set[int] = set()  # rounds that sampled nobody (the release reader's event)
     metrics = out / "metrics.jsonl"
     if metrics.exists():
         for text in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -252,8 +259,49 @@ def _read_committed(out: Path) -> Optional[_Committed]:
                 history.append(line)
             elif isinstance(line, dict) and line.get("round", 0) > committed:
                 later.add(int(line["round"]))
+                if "budget_stop" in line:  # refused before it trained: nothing spent
+                    spent_nothing.add(int(line["round"]))
+                elif isinstance(line.get("accounted_multiplier"), (int, float)):
+                    multipliers[int(line["round"])] = float(line["accounted_multiplier"])
+                if line.get("participants") == 0:
+                    nobody.add(int(line["round"]))
         atomic_write_bytes(metrics, "".join(json.dumps(m) + "\n" for m in history).encode())
-    return _Committed(committed, arrays, meta, history, len(later))
+    journal: dict[int, dict[str, Any]] = {}
+    path = out / "checkpoints" / JOURNAL
+    if path.exists():
+        for text in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(text)
+                if int(entry["round"]) > committed:
+                    journal[int(entry["round"])] = entry
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a torn last line: that round had not started training
+    lost: list[tuple[Optional[list[int]], Optional[float]]] = []
+    for r in sorted((later | set(journal)) - spent_nothing):
+        entry = journal.get(r, {})
+        known = [m for m in (entry.get("multiplier"), multipliers.get(r)) if m is not None]
+        sampled = [] if r in nobody else entry.get("sampled")
+        lost.append((sampled, min(known) if known else None))
+    return _Committed(committed, arrays, meta, history, len(later), lost)
+
+
+#: Under DP, one line per round written before it trains: its sample and multiplier.
+JOURNAL = "privacy-journal.jsonl"
+
+
+class _Journal:
+    """Appends a round's DP spending before the round trains (fsync'd: it must survive
+    the crash that makes the round run twice)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "checkpoints" / JOURNAL
+
+    def __call__(self, entry: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:
@@ -411,7 +459,8 @@ class _Job:
 
         rates = group_sampling_rates(spec)
         dp = DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
-                      group_rates=rates, participants_per_round=expected_participants(spec))
+                      group_rates=rates, participants_per_round=expected_participants(spec),
+                      **dp_accounting_plan(spec))
         if dp.on and max(rates.values()) > spec.fraction + 1e-9:
             exposed = max(rates, key=lambda g: rates[g])
             print(f"fedcollab: warning: privacy: group {exposed!r} takes part with rate "
@@ -429,15 +478,15 @@ class _Job:
                               evaluate=self.driver.evaluate, weights=self.driver.weights,
                               weight_scale=self.driver.weight_scale,
                               classification=self.driver.classification, secure=secure,
-                              callbacks=self.callbacks)
+                              callbacks=self.callbacks,
+                              journal=_Journal(self.out) if dp.on else None)
         if committed:
             self.loop.restore(committed.arrays, committed.meta)
-            if dp.on and committed.uncommitted:
-                # rounds that ran after the commit were seen by the server: they run
-                # again now, and both runs are spent
-                dp.ledger = dp.ledger.record(noise_multiplier=dp.noise_multiplier,
-                                             sampling_rate=dp.sampling_rate,
-                                             rounds=committed.uncommitted)
+            if dp.on:
+                # rounds that started after the commit were seen by the server: they
+                # run again now, and both runs are spent, with everything they spent
+                for sampled, multiplier in committed.lost:
+                    dp.account_lost(sampled, multiplier)
         self.checkpointer = Checkpointer(self.out, self.loop, keep=options.keep_checkpoints)
         self.tensorboard = TensorBoardLog(self.out)
         builtin: list[RoundCallback] = [
@@ -461,6 +510,8 @@ class _Job:
         try:
             self.callbacks.on_job_begin(info)
             for r in range(self.start_round, spec.rounds + 1):
+                if self.loop.stopped:  # the privacy budget: no further round may run
+                    break
                 t0 = time.perf_counter()
                 records.append(self.loop.run_round(r))
                 rounds_seconds += time.perf_counter() - t0
@@ -500,7 +551,6 @@ class _Job:
         last = metrics[-1] if metrics else {}
         groups = [{"name": g.name, "role": g.role, "count": g.count, "sharing": g.sharing,
                    "private_layers": list(g.private_layers)} for g in spec.participants]
-        dp = spec.privacy.dp
         reasons: dict[str, int] = {}
         for m in metrics:
             for reason in m["rejected"].values():
@@ -524,15 +574,34 @@ class _Job:
             seed=spec.seed,
             final_accuracy=last.get("accuracy") if self.driver.classification else None,
             vendor_accuracy=last.get("vendor_accuracy"),
-            privacy={"mode": loop.dp.mode, "noise_multiplier": loop.dp.noise_multiplier,
-                     "delta": dp.delta, "epsilon": loop.dp.epsilon,
-                     "clip_norm": loop.dp.clip_norm if loop.dp.on else None,
-                     "sampling_rate": loop.dp.sampling_rate if loop.dp.on else None,
-                     "group_sampling_rates": loop.dp.group_rates if loop.dp.on else None},
+            privacy=_privacy_summary(loop.dp),
             aggregation={"rule": spec.aggregation.rule,
                          "server_optimizer": spec.aggregation.server_optimizer},
             rejected_by_reason=reasons,
             status="failed" if failure else "succeeded", failure=failure)
+
+
+def _privacy_summary(server: Any) -> dict[str, Any]:
+    """summary.json's ``privacy``: the settings, then every observer's epsilon
+    (docs/privacy.md). ``epsilon`` is the largest over the observers the mode does not
+    trust; ``epsilon_by_observer`` has each (null: sees data without noise)."""
+    dp = server.spec
+    out: dict[str, Any] = {
+        "mode": server.mode, "noise_multiplier": server.noise_multiplier, "delta": dp.delta,
+        "epsilon": server.epsilon, "clip_norm": server.clip_norm if server.on else None,
+        "sampling_rate": server.sampling_rate if server.on else None,
+        "group_sampling_rates": server.group_rates if server.on else None}
+    figures = server.figures()
+    if figures is not None:
+        out.update({"adjacency": figures["adjacency"],
+                    "epsilon_by_observer": figures["by_observer"],
+                    "trusted": figures["trusted"],
+                    "organisation_epsilon": figures["organisation"],
+                    "target_epsilon": dp.target_epsilon,
+                    "planned_rounds_per_participant": server.planned_rounds})
+    if server.stopped is not None:
+        out["budget_stop"] = server.stopped
+    return out
 
 
 def _yaml(data: Any) -> str:

@@ -6,7 +6,7 @@ driver, every worker and a resumed job agree on participant ids without talking.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from fedcollab.spec.roster import (
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
 
-__all__ = ["sample_participants", "poisson_sample", "Sampler"]
+__all__ = ["sample_participants", "poisson_sample", "Sampler", "dp_accounting_plan"]
 
 
 def sample_participants(people: Sequence[ParticipantInfo], spec: JobSpec, round_id: int,
@@ -90,3 +90,16 @@ class Sampler:
         if self.secret:
             return poisson_sample(self.people, self.spec, fresh_rng())
         return sample_participants(self.people, self.spec, round_id)
+
+
+def dp_accounting_plan(spec: JobSpec) -> dict[str, Any]:
+    """What :class:`~fedcollab.privacy.server.DpServer` needs of the roster to account
+    per observer: each group's participant ids, the groups accounted as one
+    organisation (every ``role: vendor`` group: one party's sites), and the least share
+    of a secure round's members whose noise reaches the sum (``secure.threshold``)."""
+    everyone = Roster(spec)
+    groups = {g.name: list(everyone.group_range(i)) for i, g in enumerate(spec.participants)}
+    organisations = tuple(g.name for g in spec.participants if g.role == "vendor")
+    secure = any(policy(g.sharing).in_secure_sum for g in spec.participants)
+    return {"groups": groups, "organisations": organisations,
+            "min_survivor_fraction": spec.secure.threshold if secure else 1.0}

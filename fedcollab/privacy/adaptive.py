@@ -21,7 +21,8 @@ import numpy as np
 
 from fedcollab.privacy.errors import PrivacyError
 
-__all__ = ["adaptive_clip_step", "update_noise_multiplier", "default_count_noise_std"]
+__all__ = ["adaptive_clip_step", "clip_step_from_count", "update_noise_multiplier",
+           "default_count_noise_std"]
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -72,6 +73,21 @@ def adaptive_clip_step(state: float, norms: Union[Sequence[float], np.ndarray], 
     if count_noise_std > 0:
         count += float(rng.normal(0.0, count_noise_std))
     b_bar = count / m
+    return float(state * math.exp(-learning_rate * (b_bar - target_quantile)))
+
+
+def clip_step_from_count(state: float, noisy_count: float, participants: int, *,
+                         target_quantile: float, learning_rate: float) -> float:
+    """One geometric step from an already-noised count of clip bits: ``C * exp(-eta *
+    (count / m - gamma))`` (Andrew et al. 2021, Algorithm 1). The noise was added where
+    the bits were: by each sender (distributed, local) or by the server (central)."""
+    _positive("state (clip norm)", state)
+    _positive("learning_rate", learning_rate)
+    if participants < 1:
+        raise PrivacyError("adaptive clipping: got 0 participants; need at least one")
+    if not math.isfinite(noisy_count):
+        raise PrivacyError("adaptive clipping: the noisy count is not finite")
+    b_bar = noisy_count / participants
     return float(state * math.exp(-learning_rate * (b_bar - target_quantile)))
 
 

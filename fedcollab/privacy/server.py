@@ -33,7 +33,7 @@ from fedcollab.privacy.accounting import PrivacyLedger, noise_multiplier_for_tar
 if TYPE_CHECKING:
     from fedcollab.spec import DpSpec
 
-__all__ = ["DpServer", "fresh_rng", "solve_noise_multiplier"]
+__all__ = ["DpServer", "fresh_rng", "solve_noise_multiplier", "planned_exposure"]
 
 
 def fresh_rng() -> np.random.Generator:
@@ -45,67 +45,136 @@ def fresh_rng() -> np.random.Generator:
     return np.random.default_rng(secrets.randbits(128))
 
 
+def planned_exposure(rates: Mapping[str, float], counts: Mapping[str, int], rounds: int, *,
+                     miss: float = 0.01) -> tuple[int, float]:
+    """What a target epsilon is planned for, against the observers who know the sample.
+
+    Returns:
+        ``(k, m)``: ``k``, the rounds the most exposed participant takes part in (all
+        ``rounds`` at rate 1; else the Binomial(rounds, q) count that every participant
+        stays within with probability ``1 - miss``, a union bound over the roster), and
+        ``m``, a low (1%) quantile of the participants a round samples (the count
+        query's noise ``m / 20`` shrinks with it).
+    """
+    from scipy.stats import binom
+
+    q = max(rates.values(), default=1.0)
+    total = sum(counts.values())
+    if q >= 1:
+        k = rounds
+    else:
+        k = int(binom.isf(miss / max(total, 1), rounds, q)) + 1
+        k = min(max(k, 1), rounds)
+    mean = sum(counts[g] * rates[g] for g in counts)
+    var = sum(counts[g] * rates[g] * (1 - rates[g]) for g in counts)
+    return k, max(1.0, math.floor(mean - 2.33 * math.sqrt(var)))
+
+
 def solve_noise_multiplier(dp: DpSpec, *, sampling_rate: float, rounds: int,
-                           participants_per_round: Optional[float] = None) -> float:
-    """The noise multiplier z a job adds: the spec's, or the one that spends exactly
-    ``target_epsilon`` over ``rounds`` at ``sampling_rate``.
+                           participants_per_round: Optional[float] = None,
+                           known_sample_rounds: Optional[int] = None,
+                           min_survivor_fraction: float = 1.0) -> float:
+    """The noise multiplier z a job adds: the spec's, or the one that keeps every
+    observer's epsilon within ``target_epsilon``.
+
+    With ``known_sample_rounds`` (the job does), the target is met against the server,
+    who knows the sample: ``known_sample_rounds`` Gaussian rounds without amplification
+    (the release reader's amplified figure is never above it). Without, the old plan: the
+    Poisson-sampled event at ``sampling_rate`` over ``rounds``. ``replace_one`` doubles
+    the sensitivity. Secure dropouts may leave only ``min_survivor_fraction`` of the
+    distributed noise, so the multiplier is raised to keep the target even then.
 
     With adaptive clipping every round also answers the noisy count query (noise std
     ``m / 20`` on 0/1 bits), so the target is solved for the two together: the
-    composed multiplier ``(z^-2 + sigma_b^-2)^(-1/2)`` meets the target at the
-    expected ``m = participants_per_round`` (rounds that sample fewer are accounted
-    as they happen).
+    composed multiplier ``(z^-2 + sigma_b^-2)^(-1/2)`` meets the target at
+    ``m = participants_per_round`` (rounds that sample fewer are accounted as they
+    happen, and the budget guard stops the job before one would overspend).
 
     Raises:
         PrivacyError: The count query alone spends more than the target allows.
     """
     if dp.target_epsilon is None:
         return float(dp.noise_multiplier or 0.0)
-    total = noise_multiplier_for_target(target_epsilon=dp.target_epsilon,
-                                        sampling_rate=sampling_rate, rounds=rounds,
-                                        delta=dp.delta)
-    if not dp.adaptive_clipping or not participants_per_round:
-        return total
-    from fedcollab.privacy.adaptive import default_count_noise_std
-    from fedcollab.privacy.errors import PrivacyError
+    if known_sample_rounds is not None:
+        total = noise_multiplier_for_target(target_epsilon=dp.target_epsilon,
+                                            sampling_rate=1.0, rounds=known_sample_rounds,
+                                            delta=dp.delta)
+    else:
+        total = noise_multiplier_for_target(target_epsilon=dp.target_epsilon,
+                                            sampling_rate=sampling_rate, rounds=rounds,
+                                            delta=dp.delta)
+    if getattr(dp, "adjacency", "add_remove") == "replace_one":
+        total *= 2.0  # replacing one participant's update moves the sum by up to 2C
+    total /= math.sqrt(min_survivor_fraction)  # what dropouts may leave must still suffice
+    if dp.adaptive_clipping and participants_per_round:
+        from fedcollab.privacy.adaptive import default_count_noise_std
+        from fedcollab.privacy.errors import PrivacyError
 
-    sigma_b = default_count_noise_std(participants_per_round)
-    if sigma_b <= total:
-        raise PrivacyError(
-            f"privacy.dp.target_epsilon {dp.target_epsilon:g} cannot be met with adaptive "
-            f"clipping: it needs a combined noise multiplier of at least {total:.3g}, but "
-            f"with {participants_per_round:g} participants per round the count query's "
-            f"noise std is only {sigma_b:.3g}, so that query alone spends more; sample more "
-            "participants, raise target_epsilon or turn adaptive_clipping off")
-    return float((total ** -2 - sigma_b ** -2) ** -0.5)
+        sigma_b = default_count_noise_std(participants_per_round)
+        if sigma_b <= total:
+            raise PrivacyError(
+                f"privacy.dp.target_epsilon {dp.target_epsilon:g} cannot be met with adaptive "
+                f"clipping: it needs a combined noise multiplier of at least {total:.3g}, but "
+                f"with {participants_per_round:g} participants per round the count query's "
+                f"noise std is only {sigma_b:.3g}, so that query alone spends more; sample more "
+                "participants, raise target_epsilon or turn adaptive_clipping off")
+        total = float((total ** -2 - sigma_b ** -2) ** -0.5)
+    return float(total)
 
 
 class DpServer:
-    """DP settings, central noise and the privacy ledger across a job's rounds.
+    """DP settings, central noise and the privacy ledgers across a job's rounds.
 
     Args:
         dp: The spec's ``privacy.dp`` section.
         sampling_rate: The rate fed to the accountant: the largest true group rate.
         rounds: The job's rounds (to solve ``target_epsilon`` for ``z``).
         group_rates: Each group's true rate (reported with every round).
+        participants_per_round: Expected participants per round (adaptive clipping).
+        groups: Each group's participant ids: turns on accounting per observer
+            (:mod:`fedcollab.privacy.observers`), which ``epsilon`` then reports, and
+            the budget guard (:meth:`admits`).
+        organisations: Groups also accounted as one unit (a vendor's sites).
+        min_survivor_fraction: The least share of a secure round's members whose
+            distributed noise reaches the sum (the protocol's threshold).
     """
 
     def __init__(self, dp: DpSpec, *, sampling_rate: float, rounds: int,
                  group_rates: Optional[Mapping[str, float]] = None,
-                 participants_per_round: Optional[float] = None) -> None:
+                 participants_per_round: Optional[float] = None,
+                 groups: Optional[Mapping[str, Sequence[int]]] = None,
+                 organisations: Sequence[str] = (),
+                 min_survivor_fraction: float = 1.0) -> None:
+        from fedcollab.privacy.observers import ObserverLedger
+
         self.spec = dp
         self.sampling_rate = sampling_rate
         self.group_rates = dict(group_rates or {})
         self.clip_norm = dp.clip_norm
         self.ledger = PrivacyLedger()
+        self.adjacency = getattr(dp, "adjacency", "add_remove")
+        self.min_survivor_fraction = (min_survivor_fraction if dp.mode == "distributed"
+                                      else 1.0)
+        self.observers: Optional[ObserverLedger] = None
+        self.planned_rounds: Optional[int] = None
+        if groups is not None:
+            rates = self.group_rates or {g: sampling_rate for g in groups}
+            counts = {g: len(pids) for g, pids in groups.items()}
+            self.planned_rounds, low = planned_exposure(rates, counts, rounds)
+            if participants_per_round is not None:
+                participants_per_round = low
+            self.observers = ObserverLedger(sum(counts.values()), groups, rates, organisations)
         self.noise_multiplier = 0.0
         if dp.mode != "none":
             self.noise_multiplier = solve_noise_multiplier(
                 dp, sampling_rate=sampling_rate, rounds=rounds,
-                participants_per_round=participants_per_round)
+                participants_per_round=participants_per_round,
+                known_sample_rounds=self.planned_rounds,
+                min_survivor_fraction=self.min_survivor_fraction)
         # z = 0 is no DP at all (identical weights; a noiseless mechanism has no privacy)
         self.on = dp.mode != "none" and self.noise_multiplier > 0
         self.mode = dp.mode if self.on else "none"
+        self.stopped: Optional[str] = None  # why the budget guard stopped the job
 
     @property
     def adaptive(self) -> bool:
@@ -128,70 +197,206 @@ class DpServer:
 
         return default_count_noise_std(participants)
 
+    # ------------------------------------------------------------------ the figures
+    def queries(self, participants: int, *, shortfall: float = 1.0) -> tuple[Any, ...]:
+        """The round's noisy queries for one participant: the update sum (``z``) and,
+        under adaptive clipping, the count of clip bits (``sigma_b``); each carries
+        ``shortfall`` (the share of distributed noise that reached the sum). Central
+        mode's server adds the noise, so it sees both exact."""
+        from fedcollab.privacy.observers import Query
+
+        exact = ("server",) if self.mode == "central" else ()
+        root = math.sqrt(shortfall)
+        out = [Query(self.noise_multiplier * root, exact)]
+        sigma_b = self.count_noise_std(participants)
+        if sigma_b > 0:
+            out.append(Query(sigma_b * root, exact))
+        return tuple(out)
+
+    def figures(self) -> Optional[dict[str, Any]]:
+        """Every observer's epsilon so far (:meth:`ObserverLedger.figures`), JSON-safe:
+        ``None`` for an observer that sees data without noise (listed in ``trusted``
+        when the mode trusts it). None without DP or observers."""
+        if not self.on or self.observers is None:
+            return None
+        out = self.observers.figures(delta=self.spec.delta, adjacency=self.adjacency,
+                                     mode=self.mode)
+        return _json_safe(out)
+
     @property
     def epsilon(self) -> Optional[float]:
-        """What the job has spent so far (None without DP)."""
+        """What the job has spent so far: the largest figure over the observers the mode
+        does not trust (None without DP, or when unbounded). Without observers: the
+        Poisson-sampled event at the largest group rate (the release reader's)."""
         if not self.on:
             return None
-        eps = self.ledger.epsilon(delta=self.spec.delta)
+        if self.observers is not None:
+            eps = self.observers.headline_epsilon(delta=self.spec.delta,
+                                                  adjacency=self.adjacency, mode=self.mode)
+        else:
+            eps = self.ledger.epsilon(delta=self.spec.delta)
         return eps if math.isfinite(eps) else None
 
-    def account(self, clip_bits: Sequence[bool], *, participants: int,
+    # ------------------------------------------------------------------ the budget
+    def admits(self, sampled: Sequence[int], *, secure_sampled: int = 0) -> Optional[str]:
+        """None if running a round with ``sampled`` keeps every observer's epsilon within
+        ``target_epsilon`` even if the secure members drop to the threshold; else why
+        not (the job stops before the round: nothing of it reaches the server)."""
+        target = self.spec.target_epsilon
+        if not self.on or target is None or self.observers is None:
+            return None
+        from fedcollab.privacy.observers import ObserverLedger, RoundSpend
+
+        trial = ObserverLedger(self.observers.participants,
+                               {g: list(p) for g, p in self.observers.groups.items()},
+                               self.observers.group_rates, self.observers.organisations)
+        trial.restore(*self.observers.state())
+        shortfall = self.min_survivor_fraction if secure_sampled else 1.0
+        trial.record(RoundSpend(tuple(sampled), self.queries(len(sampled), shortfall=shortfall)))
+        eps = trial.headline_epsilon(delta=self.spec.delta, adjacency=self.adjacency,
+                                     mode=self.mode)
+        if eps <= target:
+            return None
+        from fedcollab.privacy.observers import headline_observers
+
+        who = " and ".join(o.replace("_", " ") for o in headline_observers(self.mode)
+                           if o != "release_reader")
+        return (f"privacy budget: this round would take the {who}'s epsilon to "
+                f"{eps:.4g} > target_epsilon {target:g} "
+                f"({self.adjacency}, delta {self.spec.delta:g}); the job stops before it")
+
+    # ------------------------------------------------------------------ recording
+    def _record(self, sampled: Sequence[int], participants: int, shortfall: float,
+                z: float) -> None:
+        from fedcollab.privacy.observers import RoundSpend
+
+        self.ledger = self.ledger.record(noise_multiplier=z, sampling_rate=self.sampling_rate)
+        if self.observers is not None:
+            self.observers.record(RoundSpend(tuple(sampled),
+                                             self.queries(participants, shortfall=shortfall)))
+
+    def _line(self, z: float) -> dict[str, Any]:
+        line: dict[str, Any] = {"epsilon": self.epsilon, "delta": self.spec.delta,
+                                "noise_multiplier": self.noise_multiplier,
+                                "accounted_multiplier": z,
+                                "sampling_rate": self.sampling_rate, "clip_norm": self.clip_norm}
+        figures = self.figures()
+        if figures is not None:
+            line["epsilon_by_observer"] = figures["by_observer"]
+            line["adjacency"] = figures["adjacency"]
+            if figures["organisation"]:
+                line["organisation_epsilon"] = figures["organisation"]
+        return line
+
+    def account(self, clip_bits: Sequence[float], *, participants: int,
                 secure_bits: Optional[float] = None, secure_count: int = 0,
-                secure_sampled: int = 0) -> dict[str, Any]:
-        """Record one round in the ledger; adapt the clip norm if asked.
+                secure_sampled: int = 0, sampled: Sequence[int] = ()) -> dict[str, Any]:
+        """Record one round in the ledgers; adapt the clip norm if asked.
 
         Args:
-            clip_bits: ``norm <= C`` of each accepted open update.
+            clip_bits: Each accepted open update's clip bit (``norm <= C``); in
+                distributed and local mode already noised by its sender (a float).
             participants: Everyone sampled this round (the count query's ``m``).
             secure_bits: The secure sum's (noisy) count of members that fit under C.
             secure_count: Secure members whose input is in the sum (survivors).
             secure_sampled: Secure members sampled this round.
+            sampled: The participants sampled (for the observers who know the sample).
 
         Returns:
             The figures the round's metrics line carries.
         """
         dp = self.spec
         z = self.noise_multiplier
+        shortfall = 1.0
         out: dict[str, Any] = {}
         if self.mode == "distributed" and 0 < secure_count < secure_sampled:
             # dropped members took their share of the noise with them
-            z = z * math.sqrt(secure_count / secure_sampled)
+            shortfall = secure_count / secure_sampled
+            z = z * math.sqrt(shortfall)
             out["noise_shortfall"] = {"survivors": secure_count, "sampled": secure_sampled}
         sigma_b = self.count_noise_std(participants)
-        if sigma_b > 0:
-            z = (z ** -2 + sigma_b ** -2) ** -0.5  # the count query spends budget too
-        self.ledger = self.ledger.record(noise_multiplier=z, sampling_rate=self.sampling_rate)
-        out.update({"epsilon": self.epsilon, "delta": dp.delta,
-                    "noise_multiplier": self.noise_multiplier, "accounted_multiplier": z,
-                    "sampling_rate": self.sampling_rate, "clip_norm": self.clip_norm})
+        if sigma_b > 0:  # the count query spends budget too
+            z = (z ** -2 + (sigma_b * math.sqrt(shortfall)) ** -2) ** -0.5
+        self._record(sampled, participants, shortfall, z)
+        out.update(self._line(z))
         if sigma_b > 0 and (clip_bits or secure_count):
-            from fedcollab.privacy.adaptive import adaptive_clip_step
+            from fedcollab.privacy.adaptive import clip_step_from_count
 
-            # Only whether each update fits under C is used, never a norm: open
-            # updates send the bit, the secure group only the (noised) sum of bits.
-            fits = sum(bool(b) for b in clip_bits) + int(round(max(secure_bits or 0.0, 0.0)))
-            total = len(clip_bits) + secure_count
-            above = 2.0 * self.clip_norm
-            values = [0.0] * min(fits, total) + [above] * max(total - fits, 0)
-            self.clip_norm = adaptive_clip_step(
-                self.clip_norm, values, target_quantile=dp.target_quantile,
-                learning_rate=dp.clip_learning_rate, count_noise_std=sigma_b,
-                rng=np.random.default_rng())
+            # Only whether each update fits under C is used, never a norm: open updates
+            # send the bit (noised by the sender unless the server is trusted), the
+            # secure group only the (noised) sum of bits.
+            count = float(sum(float(b) for b in clip_bits)) + float(secure_bits or 0.0)
+            if self.mode == "central":
+                count += float(fresh_rng().normal(0.0, sigma_b))
+            self.clip_norm = clip_step_from_count(
+                self.clip_norm, count, len(clip_bits) + secure_count,
+                target_quantile=dp.target_quantile, learning_rate=dp.clip_learning_rate)
         return out
 
-    def account_aborted(self) -> dict[str, Any]:
-        """An aborted round (or one that sampled nobody): record it at the plain rate."""
-        self.ledger = self.ledger.record(noise_multiplier=self.noise_multiplier,
-                                         sampling_rate=self.sampling_rate)
-        return {"epsilon": self.epsilon, "delta": self.spec.delta,
-                "noise_multiplier": self.noise_multiplier,
-                "sampling_rate": self.sampling_rate, "clip_norm": self.clip_norm}
+    def account_aborted(self, sampled: Sequence[int] = (), *,
+                        participants: int = 0) -> dict[str, Any]:
+        """An aborted round (or one that sampled nobody): its updates were computed and,
+        if open, seen; recorded at the plain multiplier (and the count query's)."""
+        z = self.noise_multiplier
+        sigma_b = self.count_noise_std(participants)
+        if sigma_b > 0:
+            z = (z ** -2 + sigma_b ** -2) ** -0.5
+        self._record(sampled, participants, 1.0, z)
+        return self._line(z)
 
+    def account_lost(self, sampled: Optional[Sequence[int]] = None,
+                     accounted_multiplier: Optional[float] = None) -> None:
+        """A round that ran before a crash and was not committed: it runs again, and both
+        runs are spent. ``sampled``: who it sampled (its journal entry); None when lost,
+        and then everyone is counted in it. Its multiplier is the least its journal entry
+        or metrics line records, else the plain ``z`` with the count query at one
+        participant (the most it can have cost)."""
+        z = accounted_multiplier
+        if z is None:
+            z = self.noise_multiplier
+            sigma_b = self.count_noise_std(1)
+            if sigma_b > 0:
+                z = (z ** -2 + sigma_b ** -2) ** -0.5
+        if sampled is None:
+            sampled = range(self.observers.participants) if self.observers is not None else ()
+        from fedcollab.privacy.observers import Query, RoundSpend
+
+        self.ledger = self.ledger.record(noise_multiplier=z, sampling_rate=self.sampling_rate)
+        if self.observers is not None:
+            exact = ("server",) if self.mode == "central" else ()
+            self.observers.record(RoundSpend(tuple(sampled), (Query(z, exact),)))
+
+    # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
-        return {"clip_norm": self.clip_norm, "ledger": self.ledger.to_dict()}
+        out: dict[str, Any] = {"clip_norm": self.clip_norm, "ledger": self.ledger.to_dict()}
+        if self.observers is not None:
+            out["observers"] = self.observers.state()[1]
+        if self.stopped is not None:
+            out["budget_stop"] = self.stopped
+        return out
 
-    def restore(self, state: Mapping[str, Any]) -> None:
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The observer ledger's per-participant arrays (for the checkpoint's npz)."""
+        if self.observers is None:
+            return {}
+        return self.observers.state()[0]
+
+    def restore(self, state: Mapping[str, Any],
+                arrays: Optional[Mapping[str, np.ndarray]] = None) -> None:
         self.clip_norm = float(state.get("clip_norm", self.clip_norm))
         if state.get("ledger"):
             self.ledger = PrivacyLedger.from_dict(state["ledger"])
+        if self.observers is not None and arrays and state.get("observers") is not None:
+            self.observers.restore(arrays, state["observers"])
+        self.stopped = state.get("budget_stop", self.stopped)
+
+
+def _json_safe(value: Any) -> Any:
+    """inf -> None (JSON has no infinity), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

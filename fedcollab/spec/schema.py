@@ -318,6 +318,8 @@ class DpSpec:
     adaptive_clipping: bool = False
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
+    # the neighbouring relation every epsilon is accounted under (docs/privacy.md)
+    adjacency: Annotated[str, Choices("fedcollab.privacy.observers:ADJACENCIES")] = "add_remove"
 
     def __post_init__(self) -> None:
         _positive("privacy.dp.clip_norm", self.clip_norm)

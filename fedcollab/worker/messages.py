@@ -131,7 +131,7 @@ class RoundConfig:
     noisy_participants: int = 1     # m: secure members this round; each adds z*C/sqrt(m)
     weight_scale: float = 1.0       # secure weights are n_i / weight_scale (a public bound)
     clip_bit: bool = False          # secure vectors carry [norm <= C] for adaptive clipping
-    count_noise_std: float = 0.0    # adaptive clipping under distributed DP: the bits' noise
+    count_noise_std: float = 0.0    # adaptive clipping, distributed or local DP: the bits' noise
     secure_clip: float = 0.0        # > 0 (no DP): secure vectors carry their share of
                                     # coordinates beyond this fixed-point range
 

@@ -158,8 +158,12 @@ def outgoing(raw: Sequence[np.ndarray], *, pid: ParticipantId, shared: Sequence[
     fits = norm <= config.clip_norm
     if policy(sharing).in_clear:
         if config.dp_on:  # under DP the server learns no norm or loss, only the clip bit
-            return Outgoing(update=Update(pid, delta, num_samples, 0.0, 0.0,
-                                          clip_bit=fits if config.clip_bit else None))
+            bit: Optional[float] = fits if config.clip_bit else None
+            if bit is not None and config.count_noise_std > 0:
+                # an untrusted server (distributed, local) reads this bit alone: it
+                # carries the count query's whole noise, as the update carries z*C
+                bit = float(fits) + float(rng.normal(0.0, config.count_noise_std))
+            return Outgoing(update=Update(pid, delta, num_samples, 0.0, 0.0, clip_bit=bit))
         return Outgoing(update=Update(pid, delta, num_samples, loss, norm))
     weight = 1.0 if config.dp_on else num_samples / config.weight_scale
     from fedcollab.secure.layout import secure_vector  # a secure member's worker loads it
@@ -168,7 +172,8 @@ def outgoing(raw: Sequence[np.ndarray], *, pid: ParticipantId, shared: Sequence[
                            secure_clip=0.0 if config.dp_on else config.secure_clip)
     if config.clip_bit and config.count_noise_std > 0:
         # the summed bits carry their own noise, so the server never learns the exact
-        # number of clipped members (distributed DP)
-        vector[-1] += rng.normal(0.0, config.count_noise_std
-                                 / np.sqrt(max(config.noisy_participants, 1)))
+        # number of clipped members: split over the members (distributed DP), or whole
+        # on each member's bit (local DP)
+        share = 1 if config.dp_mode == "local" else max(config.noisy_participants, 1)
+        vector[-1] += rng.normal(0.0, config.count_noise_std / np.sqrt(share))
     return Outgoing(secure_vector=vector)
