@@ -239,8 +239,12 @@ def grade_utility(accuracy: Optional[float], best: Optional[float]) -> str:
 
 def audit_exceeds(privacy: Mapping[str, Any]) -> bool:
     """Whether the canary audit's interval lies wholly above the accountant's epsilon: the
-    run leaks more than its accountant claims (a bug in the noise or the accounting)."""
-    eps = _num(privacy.get("epsilon"))
+    run leaks more than its accountant claims (a bug in the noise or the accounting). The
+    audit looks at the final model only, so it is held against the release reader's
+    epsilon where the accountant gives one per observer, else the headline figure."""
+    by = privacy.get("by_observer")
+    eps = _num(by.get("release_reader")) if isinstance(by, Mapping) else None
+    eps = eps if eps is not None else _num(privacy.get("epsilon"))
     audit = privacy.get("empirical_epsilon") or {}
     ci = audit.get("ci") or [None, None]
     low = _num(ci[0]) if isinstance(ci, (list, tuple)) and ci else None

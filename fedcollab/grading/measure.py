@@ -245,10 +245,9 @@ class TaskMeasurer:
             "privacy": {"epsilon": summary["privacy"].get("epsilon"),
                         "delta": summary["privacy"].get("delta"),
                         "noise_multiplier": summary["privacy"].get("noise_multiplier"),
-                        "by_observer": {"server": None, "outputs_reader": None,
-                                        "release_reader": None,
-                                        "note": "no per-observer accountant API yet: the "
-                                                "epsilon above is the run's one figure"},
+                        "adjacency": summary["privacy"].get("adjacency"),
+                        "by_observer": self._by_observer(summary["privacy"]),
+                        "organisation": summary["privacy"].get("organisation_epsilon"),
                         "empirical_epsilon": audit},
             "cost": {"seconds_per_round": summary.get("seconds_per_round"),
                      "bytes_up_per_participant_round":
@@ -260,6 +259,17 @@ class TaskMeasurer:
             "replay": dict(check.to_json(), round=1),
         }
         return row, roc
+
+    @staticmethod
+    def _by_observer(privacy: dict[str, Any]) -> dict[str, Any]:
+        """Epsilon per observer as the run's accountant composed it
+        (:mod:`fedcollab.privacy.observers`; null: that observer sees data without noise,
+        or the run has no DP)."""
+        by = privacy.get("epsilon_by_observer")
+        if isinstance(by, dict):
+            return dict(by)
+        return {"server": None, "outputs_reader": None, "release_reader": None,
+                "note": "the run has no DP: every observer's epsilon is unbounded"}
 
     def _canary_audit(self, mspec: Any, result: Any, weights: list[np.ndarray]
                       ) -> dict[str, Any]:
