@@ -285,7 +285,7 @@ def plot_pngs(card: Scorecard) -> dict[str, bytes]:
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     membership = {m["name"]: m["attacks"].get("membership", {}) for m in card.mixes}
-    floor = 1.0
+    floor, y_floor = 1.0, 1.0
     for name, (fpr, tpr) in card.curves.get("roc", {}).items():
         # log axes cannot show FPR or TPR = 0: those points are left out, not moved
         pts = [(f, t) for f, t in zip(fpr, tpr) if f > 0 and t > 0]
@@ -296,14 +296,18 @@ def plot_pngs(card: Scorecard) -> dict[str, bytes]:
         ci, n_neg = row.get("tpr_at_1pct_fpr_ci"), row.get("n_nonmembers") or 0
         if n_neg:
             floor = min(floor, 1.0 / n_neg)
+        n_pos = row.get("n_members") or 0
+        low = 0.5 / n_pos if n_pos else 1e-4  # below one member: drawn at the axis floor
+        y_floor = min(y_floor, low)
         if isinstance(ci, (list, tuple)) and len(ci) == 2 and ci[1] > 0:
-            mid = max(row.get("tpr_at_1pct_fpr") or ci[0], 1e-6)
-            ax.errorbar([0.01], [mid], yerr=[[mid - max(ci[0], 1e-6)], [ci[1] - mid]],
+            mid = max(row.get("tpr_at_1pct_fpr") or 0.0, low)
+            ax.errorbar([0.01], [mid], yerr=[[mid - max(ci[0], low)], [max(ci[1] - mid, 0.0)]],
                         color=line.get_color(), capsize=3, fmt="o", markersize=3)
     ax.plot([floor, 1], [floor, 1], color="grey", linestyle=":", label="chance")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(left=floor / 2)
+    ax.set_ylim(bottom=min(y_floor, floor) / 2)
     ax.set_xlabel("false positive rate (resolved down to 1 / non-members)")
     ax.set_ylabel("true positive rate")
     ax.set_title("membership ROC (log-log, graded attack; bars: 95% CI at 1% FPR)", fontsize=9)
