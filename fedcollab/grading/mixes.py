@@ -92,6 +92,9 @@ def builtin_mixes(data: Mapping[str, Any]) -> list[Mix]:
 #: The privacy-utility sweep's target epsilons (``--budget standard``): strong (1), common
 #: practice (3, 8: the DP-SGD benchmark's), and a loose bound (30).
 FRONTIER_EPSILONS = (1.0, 3.0, 8.0, 30.0)
+#: The sweep's secure encoding range: room for epsilon 1's noise over the default job's
+#: rounds with 3 secure members (preflight: C + 4 z C / sqrt(m)).
+FRONTIER_SECURE_CLIP = 128.0
 
 
 def frontier_mixes(data: Mapping[str, Any],
@@ -113,7 +116,10 @@ def frontier_mixes(data: Mapping[str, Any],
         for eps in epsilons:
             out.append(Mix(f"{base}@eps={eps:g}", tuple(sharing + private + [
                 ("aggregation.rule", "fedavg"), ("privacy.dp.mode", "distributed"),
-                ("privacy.dp.noise_multiplier", None), ("privacy.dp.target_epsilon", eps)]),
+                ("privacy.dp.noise_multiplier", None), ("privacy.dp.target_epsilon", eps),
+                # the fixed-point range must hold C + 4 noise std (preflight): a small
+                # epsilon's noise needs more room than the default range
+                ("secure.clip", FRONTIER_SECURE_CLIP)]),
                 f"{base} with the noise solved for epsilon {eps:g} (the frontier sweep)"))
     return out
 
