@@ -394,6 +394,14 @@ def recommend(mixes: Sequence[Mapping[str, Any]], front: Sequence[str], priority
     if priority not in PRIORITIES:
         raise ValueError(f"priority: got {priority!r}, expected one of {', '.join(PRIORITIES)}")
     pool = [m for m in mixes if m["name"] in front] or list(mixes)
+    # a model with less than half the best accuracy (e.g. a sweep point at epsilon 1, near
+    # chance) is no recommendation, whatever its privacy, while any other is left
+    best_acc = max((_num(m["utility"].get("accuracy")) or 0.0 for m in mixes), default=0.0)
+
+    def usable(m: Mapping[str, Any]) -> bool:
+        return (_num(m["utility"].get("accuracy")) or 0.0) >= best_acc / 2
+
+    pool = [m for m in pool if usable(m)] or [m for m in mixes if usable(m)] or pool
     best = max(pool, key=lambda m: (_score(m, priority), m["name"] == pool[0]["name"]))
     g, u, c = best["grades"], best["utility"], best["cost"]
     att = best["attacks"]

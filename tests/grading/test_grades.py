@@ -212,3 +212,13 @@ def test_an_audit_above_the_accountant_fails_the_privacy_budget() -> None:
     mix["privacy"]["empirical_epsilon"] = {"value": 2.0, "ci": [1.5, 2.5]}
     assert grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
                      baseline_accuracy=0.6, non_members=300)["privacy_budget"] == "F"
+
+
+def test_a_mix_below_half_the_best_accuracy_is_never_recommended_while_another_is_left() -> None:
+    # private in every way but at chance accuracy (a frontier point at epsilon 1)
+    useless = _mix("secure-all-dp@eps=1", 0.05, 0.8, False)
+    useful = _mix("open", 0.93, None, True)
+    for priority in ("privacy", "balanced", "utility"):
+        rec = recommend([useless, useful], ["secure-all-dp@eps=1", "open"], priority,
+                        scenario="test")
+        assert rec["mix"] == "open", priority
