@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--priority", default="balanced",
                        choices=["privacy", "utility", "cost", "balanced"],
                        help="what the recommendation weighs most (default balanced)")
-    grade.add_argument("--budget", default="fast", choices=["fast", "full"],
-                       help="attack effort: fast (minutes) or full (see docs/grading.md)")
+    grade.add_argument("--budget", default="fast", choices=["fast", "standard", "full"],
+                       help="attack effort: fast (minutes), standard (fast plus the "
+                            "privacy-utility frontier sweep) or full (see docs/grading.md)")
     grade.add_argument("--out", type=Path, default=None,
                        help="output directory (default runs/<name>-grade-<UTC timestamp>/)")
     grade.add_argument("--address", default=None,

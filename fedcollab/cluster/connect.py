@@ -379,7 +379,10 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
             with _environment(worker_env() if address is None else {}):
                 ray.init(**kwargs)
             break
-        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
+        except Exception as err:  # noqa: BLE001 - Ray's node start-up raises a bare Exception
+            if not (is_startup_timeout(err) or isinstance(
+                    err, (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError))):
+                raise
             if start < starts and is_startup_timeout(err):
                 ray.shutdown()  # a process Ray forked never came up: fork afresh
                 continue

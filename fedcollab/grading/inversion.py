@@ -1,14 +1,19 @@
 """Update inversion: what a server reconstructs from the update it is shown.
 
 Analytic recovery from a dense layer (Phong et al., "Privacy-Preserving Deep
-Learning via Additively Homomorphic Encryption", 2017; Fowl et al., "Robbing the
-Fed", ICLR 2022): for a dense layer ``z = x W + b`` trained on one example, the
+Learning via Additively Homomorphic Encryption", IEEE TIFS 2017/2018): for a dense
+layer ``z = x W + b`` trained on one example, the
 gradient of column ``i`` of the kernel is ``x * dL/dz_i`` and that of the bias is
 ``dL/dz_i``, so ``x = dW[:, i] / db[i]`` for any neuron with ``db[i] != 0``. After
 one SGD step the update is ``-lr`` times the gradient and the ratio is unchanged.
 For a batch (or a sum of several participants' updates) each neuron's ratio is the
 average of the inputs that activated it, weighted by their gradients; neurons that
-only one example activated give that example back exactly, the others a blend.
+only one example activated give that example back exactly, the others a blend. This
+is the *passive* per-neuron attack on an honestly trained model (Pan et al.,
+"Exploring the Security Boundary of Data Reconstruction via Neuron Exclusivity
+Analysis", USENIX Security 2022: exclusively activated neurons). Fowl et al.'s
+"Robbing the Fed" (ICLR 2022) is the malicious-server variant, which plants a layer
+built to make such neurons; it is not what this module runs.
 
 Gradient matching (Zhu, Liu, Han, "Deep Leakage from Gradients", NeurIPS 2019)
 optimises a dummy input and soft label until their gradient matches the observed

@@ -23,21 +23,27 @@ __all__ = ["Budget", "BUDGETS", "Progress", "Timer", "TaskMeasurer", "defence_of
 class Budget:
     shadows: int                # LiRA shadow models
     shadow_epochs: int          # cap on the shadows' epochs (the target saw rounds x epochs)
-    mia_samples: int            # members (and as many non-members) attacked
+    mia_samples: int            # cap on the members (and on the non-members) attacked
     backdoor_pretrain: int      # honest rounds before the model-replacement round
     byzantine_rounds: int
     inversion_open_targets: int
     gradient_matching: bool
-    cross_round_window: int = 10  # latest secure rounds replayed for cross-round differencing
+    # latest secure rounds replayed for cross-round differencing (0: the whole run; a
+    # window misses an isolation that happened earlier, a false all-clear)
+    cross_round_window: int = 0
+    frontier: bool = False        # the privacy-utility sweep (mixes.frontier_mixes) too
 
 
 BUDGETS = {
-    "fast": Budget(shadows=4, shadow_epochs=20, mia_samples=300, backdoor_pretrain=3,
+    "fast": Budget(shadows=4, shadow_epochs=20, mia_samples=5000, backdoor_pretrain=3,
                    byzantine_rounds=3, inversion_open_targets=3, gradient_matching=False,
-                   cross_round_window=10),
-    "full": Budget(shadows=16, shadow_epochs=60, mia_samples=2000, backdoor_pretrain=10,
+                   cross_round_window=0),
+    "standard": Budget(shadows=4, shadow_epochs=20, mia_samples=5000, backdoor_pretrain=3,
+                       byzantine_rounds=3, inversion_open_targets=3, gradient_matching=False,
+                       cross_round_window=0, frontier=True),
+    "full": Budget(shadows=16, shadow_epochs=60, mia_samples=20000, backdoor_pretrain=10,
                    byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True,
-                   cross_round_window=50),
+                   cross_round_window=0, frontier=True),
 }
 
 Progress = Callable[[str, str], None]  # (kind: "mix" | "attack", name)
@@ -95,12 +101,31 @@ class TaskMeasurer:
             spec.task.model, input_shape=self.data.input_shape,
             num_classes=self.data.num_classes, seed=spec.seed) \
             if budget.gradient_matching else None
+        # every member and non-member the data allow (up to the budget's cap): the low-FPR
+        # figures need >= 1 / FPR non-members to resolve, and their intervals narrow with both
         rng = np.random.default_rng([spec.seed, 31])
-        members = np.concatenate(self.index)
-        n = min(budget.mia_samples, len(members), len(self.data.x_test))
-        self.member_idx = rng.choice(members, size=n, replace=False)
-        self.test_idx = rng.choice(len(self.data.x_test), size=n, replace=False)
-        self.non_members = n
+        members = np.unique(np.concatenate(self.index))
+        self.members_available = int(len(members))
+        self.member_idx = rng.choice(members, size=min(budget.mia_samples, len(members)),
+                                     replace=False)
+        n_test = min(budget.mia_samples, len(self.data.x_test))
+        self.test_idx = rng.choice(len(self.data.x_test), size=n_test, replace=False)
+        self.non_members = n_test
+
+    def settings(self) -> dict[str, Any]:
+        """What the figures on the card depend on besides the spec: the budget's sizes,
+        the seeds the grader drew from, the intervals' confidence and the graded attacks."""
+        from dataclasses import asdict
+
+        from fedcollab.grading.membership import CONFIDENCE, GRADED_ATTACK
+
+        return {"budget": asdict(self.budget), "seed": int(self.spec.seed),
+                "seeds": {"membership_pool": [int(self.spec.seed), 31],
+                          "shadows": [int(self.spec.seed), 41],
+                          "participant_training": "[seed, round, participant]"},
+                "confidence": CONFIDENCE, "membership_attack": GRADED_ATTACK,
+                "members_available": self.members_available,
+                "non_members_available": int(len(self.data.x_test))}
 
     # ---------------------------------------------------------------- shared experiments
     def simulations(self, report: Progress) -> dict[str, Any]:
@@ -169,14 +194,20 @@ class TaskMeasurer:
         self.timer.add("membership", t0)
         report("attack", f"{mix.name}: membership")
         t0 = time.perf_counter()
-        view = self._replay(mspec, result)
+        view, check = self._replay(mspec, result)
+        if view is None:
+            raise RuntimeError(f"{mix.name}: round 1 cannot be replayed: {check.note}")
         inversion = self._inversion(view)
         self.timer.add("inversion", t0)
         report("attack", f"{mix.name}: inversion")
         t0 = time.perf_counter()
-        from fedcollab.grading.replay import differencing_on_view
+        from fedcollab.grading.replay import differencing_on_view, observed_secure_sum
 
-        differencing: dict[str, Any] = differencing_on_view(view, self.shapes).to_json() \
+        observed = observed_secure_sum(mspec, view, self.w0, self._checkpoint(result, 1))
+        differencing: dict[str, Any] = dict(
+            differencing_on_view(view, self.shapes, observed=observed).to_json(),
+            secure_sum="read off the run's checkpoint" if observed is not None else
+            "the replay's (the run's step is not a plain FedAvg mean)") \
             if view.vendor_pids \
             else {"relative_error": None, "exact": False, "min_group_seen": 0,
                   "note": "no vendor group"}
@@ -193,6 +224,14 @@ class TaskMeasurer:
         t0 = time.perf_counter()
         utility = self._utility(mspec, result, weights, own)
         self.timer.add("federated_evaluation", t0)
+        t0 = time.perf_counter()
+        audit = self._canary_audit(mspec, result, weights)
+        audit["seconds"] = time.perf_counter() - t0
+        self.timer.add("canary_audit", t0)
+        t0 = time.perf_counter()
+        parties = self._party_rows(mspec, weights, view, observed, utility, membership,
+                                   inversion, differencing, own)
+        self.timer.add("parties", t0)
         people = max(summary["participants"]["total"], 1)
         rounds = max(summary["rounds_completed"], 1)
         per_round = people * max(mspec.fraction, 1e-9) if mspec.fraction < 1 else people
@@ -205,20 +244,157 @@ class TaskMeasurer:
                         "backdoor": sims["backdoor"], "byzantine": sims["byzantine"]},
             "privacy": {"epsilon": summary["privacy"].get("epsilon"),
                         "delta": summary["privacy"].get("delta"),
-                        "noise_multiplier": summary["privacy"].get("noise_multiplier")},
+                        "noise_multiplier": summary["privacy"].get("noise_multiplier"),
+                        "adjacency": summary["privacy"].get("adjacency"),
+                        "by_observer": self._by_observer(summary["privacy"]),
+                        "organisation": summary["privacy"].get("organisation_epsilon"),
+                        "empirical_epsilon": audit},
             "cost": {"seconds_per_round": summary.get("seconds_per_round"),
                      "bytes_up_per_participant_round":
                          int(summary["bytes_up"] / (per_round * rounds)),
                      "bytes_down_per_participant_round":
                          int(summary["bytes_down"] / (per_round * rounds))},
-            "replay_verified": view.verified,
+            "parties": parties,
+            "replay_verified": check.verified,
+            "replay": dict(check.to_json(), round=1),
         }
         return row, roc
 
+    @staticmethod
+    def _by_observer(privacy: dict[str, Any]) -> dict[str, Any]:
+        """Epsilon per observer as the run's accountant composed it
+        (:mod:`fedcollab.privacy.observers`; null: that observer sees data without noise,
+        or the run has no DP)."""
+        by = privacy.get("epsilon_by_observer")
+        if isinstance(by, dict):
+            return dict(by)
+        return {"server": None, "outputs_reader": None, "release_reader": None,
+                "note": "the run has no DP: every observer's epsilon is unbounded"}
+
+    def _canary_audit(self, mspec: Any, result: Any, weights: list[np.ndarray]
+                      ) -> dict[str, Any]:
+        """The one-run canary audit (:mod:`fedcollab.grading.audit`) on the run's release:
+        canaries of the clip norm added to ``w_final - w_0`` as FedAvg would have, in the
+        rounds each would have been sampled, against the noise the run drew."""
+        from fedcollab.grading.audit import canary_audit
+
+        lines = [m for m in result.metrics if int(m.get("accepted", 0)) > 0
+                 and "aborted" not in m and "skipped" not in m]
+        if not lines:
+            return {"value": None, "ci": [None, None], "method": "one-run canary audit",
+                    "note": "no round aggregated"}
+        final = np.concatenate([(np.asarray(w, np.float64) - np.asarray(w0, np.float64)).ravel()
+                                for w, w0 in zip(weights, self.w0)])
+        clip = float(lines[-1].get("clip_norm") or mspec.privacy.dp.clip_norm)
+        rate = float(lines[-1].get("sampling_rate") or min(mspec.fraction, 1.0))
+        delta = float(result.summary["privacy"].get("delta") or 1e-5)
+        canaries = max(50, min(500, final.size // 20))  # few against d: little cross-talk
+        out = canary_audit(final, counts=[float(m["accepted"]) for m in lines], rate=rate,
+                           clip=clip, delta=delta, canaries=canaries,
+                           rng=np.random.default_rng([self.spec.seed, 61])).to_json()
+        out.update(clip_norm=clip, sampling_rate=rate, delta=delta,
+                   note="canaries added to the run's final update after the fact, against "
+                        "the noise the run drew (not clients trained in the run)")
+        return out
+
+    def _party_rows(self, mspec: Any, weights: list[np.ndarray], view: Any, observed: Any,
+                    utility: dict[str, Any], membership: dict[str, Any],
+                    inversion: dict[str, Any], differencing: dict[str, Any],
+                    own: dict[int, list[np.ndarray]]) -> dict[str, Any]:
+        """One row per party: its utility, and what each observer learns of it.
+
+        Membership: the graded attack on the released model, this party's training
+        examples against every non-member (and, for a vendor keeping private layers, its
+        sites' own models). Inversion: the worst reconstruction of one of its examples.
+        Differencing: for the vendor, the server's recovery of its aggregate, the same
+        with every community participant colluding (they take their own contributions out
+        of the secure sum), and what the other participants can subtract (they see each
+        round's global model, so the rest of the round's sum, never fewer than all but
+        themselves); for the community, whether its updates reach the server alone.
+        """
+        from fedcollab.grading.replay import differencing_on_view
+
+        parties = self._parties(mspec)
+        rows: dict[str, Any] = {}
+        groups = utility.get("per_group", {})
+        names = {g.name: str(Role(g.role).value) for g in mspec.participants}
+        inv = inversion.get("parties", {})
+        for party, pids in parties.items():
+            mine = [v for g, v in groups.items() if names.get(g) == party]
+            party_utility: dict[str, Any] = {
+                "accuracy": float(np.mean([v["mean"] for v in mine])) if mine else None,
+                "worst_participant": float(min(v["min"] for v in mine)) if mine else None}
+            if party == Role.VENDOR.value:
+                party_utility.update(vendor_accuracy=utility.get("vendor_accuracy"),
+                                     public_accuracy=utility.get("public_accuracy"))
+            attacks: dict[str, Any] = {
+                "membership": self._party_membership(weights, pids),
+                "inversion": inv.get(party, {"psnr_db": None, "relative_error": None,
+                                             "exact": False, "target": "none"}),
+            }
+            if party == Role.VENDOR.value and own:
+                attacks["membership"]["vendor_model"] = membership.get("vendor_model")
+            secure = set(view.secure_pids)
+            if party == Role.VENDOR.value:
+                colluders = [p for p in parties.get(Role.COMMUNITY.value, [])]
+                server = {k: differencing.get(k) for k in
+                          ("relative_error", "exact", "min_group_seen", "cosine",
+                           "baseline_cosine", "across_rounds")}
+                colluding = differencing_on_view(view, self.shapes, observed=observed,
+                                                 colluders=colluders).to_json() \
+                    if view.vendor_pids else dict(server)
+                others = max(len(view.deltas) - 1, 0)
+                attacks["differencing"] = dict(
+                    server, observers={"server": server,
+                               "server_with_community": dict(colluding,
+                                                             colluders=len(colluders)),
+                               "other_participants": {"min_group_seen": others,
+                                                      "note": "each round's global model "
+                                                      "gives the sum of everyone else's "
+                                                      "updates"},
+                               "release_readers": {"note": "the final model only: see "
+                                                   "membership"}})
+            else:
+                alone = [p for p in pids if p in view.open_pids]
+                attacks["differencing"] = {
+                    "relative_error": 0.0 if alone else None, "exact": bool(alone),
+                    "min_group_seen": 1 if alone else len(secure),
+                    "cosine": 1.0 if alone else None,
+                    "note": "open updates reach the server alone" if alone else
+                    "only inside the secure sum"}
+            rows[party] = {"participants": len(pids), "utility": party_utility,
+                           "attacks": attacks}
+        return rows
+
+    def _party_membership(self, weights: list[np.ndarray], pids: list[int]) -> dict[str, Any]:
+        """The graded membership attack on the release, one party's members only."""
+        from fedcollab.grading.membership import (
+            GRADED_ATTACK,
+            attack_metrics,
+            loss_scores,
+            predictor,
+        )
+
+        if not self.classification:
+            return {"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None}
+        theirs = np.concatenate([self.index[p] for p in pids]) if pids else np.array([], int)
+        members = np.intersect1d(self.member_idx, theirs)
+        d = self.data
+        x = np.concatenate([d.x_train[members], d.x_test[self.test_idx]])
+        y = np.concatenate([d.y_train[members], d.y_test[self.test_idx]])
+        is_member = np.arange(len(x)) < len(members)
+        if not len(members):
+            return {"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None,
+                    "note": "no training example"}
+        probs = predictor(self.trainer, weights)(x)
+        out = attack_metrics(loss_scores(probs, y), is_member).to_json()
+        out.update(attack=GRADED_ATTACK, target="released model")
+        return out
+
     def _membership(self, weights: list[np.ndarray]) -> tuple[dict[str, Any], Any]:
         from fedcollab.grading.membership import (
+            GRADED_ATTACK,
             attack_metrics,
-            best_of,
             lira_scores,
             logit_confidence,
             loss_scores,
@@ -229,27 +405,48 @@ class TaskMeasurer:
             return ({"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None,
                      "note": "regression task: no class probabilities"}, ([], []))
         x, y = self._mia_pool()
-        member = np.arange(len(x)) < self.non_members
+        member = np.arange(len(x)) < len(self.member_idx)
         probs = predictor(self.trainer, weights)(x)
         loss = attack_metrics(loss_scores(probs, y), member)
         phi, inside = self._shadow_models()
         lira = attack_metrics(lira_scores(logit_confidence(probs, y), phi, inside), member)
-        best = best_of([loss, lira])
-        out: dict[str, Any] = dict(best.to_json())
-        out.update({"attack": "lira" if best is lira else "loss_threshold",
+        graded = {"loss_threshold": loss, "lira": lira}[GRADED_ATTACK]
+        out: dict[str, Any] = dict(graded.to_json())
+        out.update({"attack": GRADED_ATTACK, "pre_registered": True,
                     "loss_threshold": loss.to_json(), "lira": lira.to_json(),
                     "shadows": int(phi.shape[0]), "members": int(member.sum()),
-                    "non_members": int((~member).sum()), "target": "released model"})
-        return out, (best.fpr, best.tpr)
+                    "non_members": int((~member).sum()),
+                    "members_available": self.members_available,
+                    "target": "released model"})
+        return out, (graded.fpr, graded.tpr)
 
-    def _replay(self, mspec: Any, result: Any) -> Any:
-        from fedcollab.grading.replay import replay_round
+    def _replay(self, mspec: Any, result: Any, round_id: int = 1) -> tuple[Any, Any]:
+        """Round ``round_id`` as the server saw it (who it heard from, the round's own
+        config, DP noise included), and its check against the run's checkpoint."""
+        from fedcollab.grading.replay import (
+            Verification,
+            heard_from,
+            replay_round,
+            round_config,
+            verify_replay,
+        )
 
-        private = self._private_index(mspec)
-        logged = result.metrics[0].get("update_sha256") if result.metrics else None
-        z = float(result.summary["privacy"].get("noise_multiplier") or 0.0)
-        return replay_round(mspec, self.trainer, self.w0, self.parts, private,
-                            logged=logged, noise_multiplier=z)
+        line = next((m for m in result.metrics if int(m.get("round", 0)) == round_id), None)
+        start = self._round_start(result, round_id)
+        if line is None or start is None or "aborted" in line or "skipped" in line:
+            return None, Verification(None, "none", note=f"round {round_id} not replayable "
+                                      "(no log line, no starting checkpoint, or it aborted)")
+        z = float(line.get("noise_multiplier")
+                  or result.summary["privacy"].get("noise_multiplier") or 0.0)
+        config = round_config(mspec, line, weight_scale=self.scale, noise_multiplier=z)
+        pids = heard_from(mspec, line, dp=config.dp_on, seed=self.spec.seed)
+        view = replay_round(mspec, self.trainer, start, self.parts, self._private_index(mspec),
+                            pids=pids, config=config, round_id=round_id,
+                            logged=line.get("update_sha256"))
+        check = verify_replay(mspec, view, start, self._checkpoint(result, round_id),
+                              weight_scale=self.scale)
+        view.verified = check.verified
+        return view, check
 
     def _across_rounds(self, mspec: Any, result: Any) -> dict[str, Any]:
         """Secure sums of rounds whose membership changed, subtracted (pure part in
@@ -258,15 +455,16 @@ class TaskMeasurer:
         The members of each round's sum come from the run's log (``secure.survivors``:
         what the server knows); the sums and the truth behind them from a replay of
         those rounds from the run's own checkpoints (the global model each round
-        started from). Only the latest ``cross_round_window`` secure rounds are used,
-        and only replayed when their memberships isolate something smaller than a sum.
+        started from). Every secure round of the run is used (or the latest
+        ``cross_round_window``, if the budget sets one), and only replayed when their
+        memberships isolate something smaller than a sum.
         """
         from fedcollab.grading.differencing import (
             SumSeen,
             across_changing_rounds,
             identifiable_sets,
         )
-        from fedcollab.grading.replay import replay_round
+        from fedcollab.grading.replay import replay_round, round_config
         from fedcollab.spec.roster import roster
 
         people = roster(mspec)
@@ -274,7 +472,9 @@ class TaskMeasurer:
         seen = [(int(m["round"]), frozenset(int(p) for p in m["secure"].get("survivors", ())))
                 for m in result.metrics
                 if m.get("secure") and "aborted" not in m and "skipped" not in m]
-        seen = [(r, s) for r, s in seen if s][-self.budget.cross_round_window:]
+        seen = [(r, s) for r, s in seen if s]
+        if self.budget.cross_round_window:
+            seen = seen[-self.budget.cross_round_window:]
         in_sums = frozenset().union(*(s for _, s in seen)) if seen else frozenset()
         targets = vendor & in_sums or None
 
@@ -296,14 +496,17 @@ class TaskMeasurer:
             return out
         z = float(result.summary["privacy"].get("noise_multiplier") or 0.0)
         private = self._private_index(mspec)
+        lines = {int(m["round"]): m for m in result.metrics}
         sums = []
         for r, members in seen:
             start = self._round_start(result, r)
             if start is None:
                 return empty(f"no checkpoint of the global model before round {r}",
                              "any participant")
+            config = round_config(mspec, lines[r], weight_scale=self.scale,
+                                  noise_multiplier=float(lines[r].get("noise_multiplier") or z))
             view = replay_round(mspec, self.trainer, start, self.parts, private, round_id=r,
-                                noise_multiplier=z, only=members)
+                                pids=sorted(members), config=config)
             parts = {p: view.vector(p, self.shapes, clean=True) for p in members}
             total = np.sum([view.vector(p, self.shapes) for p in members], axis=0)
             sums.append(SumSeen(r, members, total, parts))
@@ -316,11 +519,13 @@ class TaskMeasurer:
 
     def _round_start(self, result: Any, round_id: int) -> Any:
         """The global weights round `round_id` started from (its predecessor's checkpoint)."""
+        return self.w0 if round_id == 1 else self._checkpoint(result, round_id - 1)
+
+    def _checkpoint(self, result: Any, round_id: int) -> Any:
+        """The global weights round `round_id` produced (None when not kept)."""
         from fedcollab.io import load_npz
 
-        if round_id == 1:
-            return self.w0
-        path = Path(result.out_dir) / "checkpoints" / f"round-{round_id - 1:05d}.npz"
+        path = Path(result.out_dir) / "checkpoints" / f"round-{round_id:05d}.npz"
         if not path.exists():
             return None
         arrays, _ = load_npz(path)
@@ -350,12 +555,24 @@ class TaskMeasurer:
                     "note": f"inputs outside [0, 1] (range {span:.3g}); PSNR needs a data range"}
         parts = [(p[0].reshape(len(p[0]), -1), p[1]) for p in self.parts]
         row = inversion_on_view(view, dense, parts, flat.mean(axis=0),
-                                max_open=self.budget.inversion_open_targets)
+                                max_open=self.budget.inversion_open_targets,
+                                parties=self._parties(self.spec))
         if self.budget.gradient_matching:
             row["gradient_matching"] = self._gradient_matching(view)
-        if row.get("psnr_db") is not None and not math.isfinite(row["psnr_db"]):
-            row["psnr_db"] = 200.0  # exact: report a finite ceiling (strict JSON)
+        for r in [row, *row.get("parties", {}).values()]:
+            for key in ("psnr_db", "gain_db"):
+                if r.get(key) is not None and not math.isfinite(r[key]):
+                    r[key] = 200.0  # exact: report a finite ceiling (strict JSON)
         return row
+
+    def _parties(self, mspec: Any) -> dict[str, list[int]]:
+        """Each party (a role: community, vendor) and its participants."""
+        from fedcollab.spec.roster import roster
+
+        out: dict[str, list[int]] = {}
+        for p in roster(mspec):
+            out.setdefault(str(Role(p.role).value), []).append(p.pid)
+        return out
 
     def _gradient_matching(self, view: Any) -> dict[str, Any]:
         """Zhu et al. 2019 on the first open update, when it comes from a small batch

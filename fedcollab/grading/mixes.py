@@ -22,7 +22,8 @@ from typing import Any, Mapping, Optional, Sequence
 from fedcollab.spec import JobSpec, SpecError, apply_overrides, spec_from_dict
 from fedcollab.spec.roster import Role, Sharing
 
-__all__ = ["Mix", "builtin_mixes", "select_mixes", "mix_spec", "DP_NOISE_MULTIPLIER"]
+__all__ = ["Mix", "builtin_mixes", "select_mixes", "mix_spec", "DP_NOISE_MULTIPLIER",
+           "frontier_mixes", "FRONTIER_EPSILONS", "frontier_point"]
 
 DP_NOISE_MULTIPLIER = 1.0  # z of the built-in DP mix; its epsilon is what the accountant says
 
@@ -88,6 +89,52 @@ def builtin_mixes(data: Mapping[str, Any]) -> list[Mix]:
     ]
 
 
+#: The privacy-utility sweep's target epsilons (``--budget standard``): strong (1), common
+#: practice (3, 8: the DP-SGD benchmark's), and a loose bound (30).
+FRONTIER_EPSILONS = (1.0, 3.0, 8.0, 30.0)
+#: The sweep's secure encoding range: room for epsilon 1's noise over the default job's
+#: rounds with 3 secure members (preflight: C + 4 z C / sqrt(m)).
+FRONTIER_SECURE_CLIP = 128.0
+
+
+def frontier_mixes(data: Mapping[str, Any],
+                   epsilons: Sequence[float] = FRONTIER_EPSILONS) -> list[Mix]:
+    """The sweep behind the frontier: secure-all-dp and secure-vendor-dp with distributed
+    DP whose noise the accountant solves for each target epsilon over the spec's rounds
+    (named ``<mix>@eps=<epsilon>``)."""
+    groups = _groups(data)
+    vendor = [i for i, g in enumerate(groups) if g.get("role") == Role.VENDOR]
+    everyone = list(range(len(groups)))
+    out = []
+    for base, secure in (("secure-all-dp", everyone), ("secure-vendor-dp", vendor)):
+        sharing: list[tuple[str, Any]] = [(f"participants.{i}.sharing",
+                    Sharing.SECURE.value if i in secure else Sharing.OPEN.value)
+                   for i in range(len(groups))]
+        private: list[tuple[str, Any]] = [
+            (f"participants.{i}.private_layers", []) for i, g in enumerate(groups)
+                   if g.get("role") == Role.VENDOR or g.get("private_layers")]
+        for eps in epsilons:
+            out.append(Mix(f"{base}@eps={eps:g}", tuple(sharing + private + [
+                ("aggregation.rule", "fedavg"), ("privacy.dp.mode", "distributed"),
+                ("privacy.dp.noise_multiplier", None), ("privacy.dp.target_epsilon", eps),
+                # the fixed-point range must hold C + 4 noise std (preflight): a small
+                # epsilon's noise needs more room than the default range
+                ("secure.clip", FRONTIER_SECURE_CLIP)]),
+                f"{base} with the noise solved for epsilon {eps:g} (the frontier sweep)"))
+    return out
+
+
+def frontier_point(name: str) -> Optional[tuple[str, float]]:
+    """``(base mix, target epsilon)`` of a sweep mix's name, else None."""
+    base, sep, eps = name.partition("@eps=")
+    if not sep:
+        return None
+    try:
+        return base, float(eps)
+    except ValueError:
+        return None
+
+
 def select_mixes(data: Mapping[str, Any], spec: JobSpec, which: str) -> list[Mix]:
     """``all`` or a comma-separated list of built-in and user mix names.
 
@@ -117,8 +164,10 @@ def mix_spec(data: Mapping[str, Any], mix: Mix) -> tuple[Optional[JobSpec], str]
     try:
         patched = apply_overrides(raw, mix.as_set())
         dp = patched.get("privacy", {}).get("dp", {})
-        if isinstance(dp, dict) and dp.get("target_epsilon") is None:
-            dp.pop("target_epsilon", None)
+        if isinstance(dp, dict):
+            for key in ("target_epsilon", "noise_multiplier"):
+                if key in dp and dp[key] is None:
+                    dp.pop(key)
         return spec_from_dict(patched), ""
     except SpecError as err:
         return None, str(err)

@@ -15,9 +15,15 @@ aggregation they cannot run at all, Bagdasaryan et al. 2020).
   ``X``. The attack comes after some honest rounds (near convergence, as in the
   paper); success is the share of triggered test inputs of other classes classified
   as the target, right after the attacked round.
-* **Byzantine** (sign flip, e.g. Karimireddy et al., ICML 2021; Gaussian updates,
-  Blanchard et al., NeurIPS 2017): a fraction of participants send ``-c * update``
-  or ``N(0, sigma^2)`` noise every round; accuracy after the rounds, per rule.
+* **Byzantine**: a fraction of participants send, every round, one of the attacks in
+  :data:`BYZANTINE_ATTACKS` (one pure function plus one entry each): sign flip
+  (``-c * update``, e.g. Karimireddy et al., ICML 2021), Gaussian noise (Blanchard et
+  al., NeurIPS 2017), and two adaptive attacks built to pass robust rules from the
+  honest updates' statistics: **ALIE** ("A Little Is Enough", Baruch et al., NeurIPS
+  2019: the coordinate-wise mean shifted by ``z`` standard deviations, ``z`` the most
+  the honest majority's spread hides) and **IPM** (inner-product manipulation, Xie et
+  al., UAI 2019: ``-eps`` times the honest mean, small enough to look honest to a
+  distance-based rule); accuracy after the rounds, per rule, the worst attack counting.
 
 Why not ART's poisoning attacks: ART poisons a training set (``PoisoningAttackBackdoor``)
 but has no federated round, boosting or server rule; the trigger here is the same
@@ -34,7 +40,7 @@ import numpy as np
 from fedcollab.types import Weights
 
 __all__ = ["Defence", "DEFENCES", "apply_trigger", "Simulation", "backdoor_experiment",
-           "byzantine_experiment"]
+           "byzantine_experiment", "BYZANTINE_ATTACKS", "alie_z", "ByzantineAttack"]
 
 
 @dataclass(frozen=True)
@@ -192,15 +198,74 @@ def backdoor_experiment(sim: Simulation, *, pretrain_rounds: int, target: int = 
     return out
 
 
+# ----------------------------------------------------------------- Byzantine attacks
+#: ``f(honest updates, the attackers' indices, rng, scale, sigma) -> every update sent``:
+#: pure numpy; an attacker may read every honest update of the round (the strongest,
+#: omniscient model the robust-aggregation papers assume).
+ByzantineAttack = Any
+
+
+def _replace(updates: Sequence[Weights], bad: Sequence[int], make: Any) -> list[Weights]:
+    bad_set = set(bad)
+    return [make(i, u) if i in bad_set else list(u) for i, u in enumerate(updates)]
+
+
+def _sign_flip(updates: Sequence[Weights], bad: Sequence[int], rng: np.random.Generator,
+               scale: float, sigma: float) -> list[Weights]:
+    return _replace(updates, bad, lambda i, u: [-scale * a for a in u])
+
+
+def _gaussian(updates: Sequence[Weights], bad: Sequence[int], rng: np.random.Generator,
+              scale: float, sigma: float) -> list[Weights]:
+    return _replace(updates, bad, lambda i, u: [rng.normal(0, sigma, a.shape).astype(np.float32)
+                                                for a in u])
+
+
+def alie_z(n: int, f: int) -> float:
+    """ALIE's shift in standard deviations (Baruch et al. 2019, Algorithm 3): with
+    ``s = floor(n/2 + 1) - f`` honest participants the attackers must win over,
+    ``z = Phi^-1((n - s) / n)``; 0 when that leaves no room."""
+    from scipy.stats import norm
+
+    s = math.floor(n / 2 + 1) - f
+    p = (n - s) / n
+    return float(norm.ppf(p)) if 0.5 < p < 1 else 0.0
+
+
+def _alie(updates: Sequence[Weights], bad: Sequence[int], rng: np.random.Generator,
+          scale: float, sigma: float) -> list[Weights]:
+    honest = [u for i, u in enumerate(updates) if i not in set(bad)]
+    z = alie_z(len(updates), len(bad))
+    mean = [np.mean([u[j] for u in honest], axis=0) for j in range(len(updates[0]))]
+    std = [np.std([u[j] for u in honest], axis=0) for j in range(len(updates[0]))]
+    sent = [(m - z * s).astype(np.float32) for m, s in zip(mean, std)]
+    return _replace(updates, bad, lambda i, u: [a.copy() for a in sent])
+
+
+IPM_EPSILON = 0.5  # Xie et al.'s small-epsilon regime, which beats median and Krum
+
+
+def _ipm(updates: Sequence[Weights], bad: Sequence[int], rng: np.random.Generator,
+         scale: float, sigma: float) -> list[Weights]:
+    honest = [u for i, u in enumerate(updates) if i not in set(bad)]
+    mean = [np.mean([u[j] for u in honest], axis=0) for j in range(len(updates[0]))]
+    sent = [(-IPM_EPSILON * m).astype(np.float32) for m in mean]
+    return _replace(updates, bad, lambda i, u: [a.copy() for a in sent])
+
+
+BYZANTINE_ATTACKS: Mapping[str, ByzantineAttack] = {
+    "sign_flip": _sign_flip, "gaussian": _gaussian, "alie": _alie, "ipm": _ipm}
+
+
 def byzantine_experiment(sim: Simulation, *, rounds: int, fraction: float = 0.2,
                          scale: float = 4.0, sigma: float = 1.0,
                          defences: Optional[Sequence[str]] = None,
                          seed: int = 0) -> dict[str, dict[str, float]]:
-    """Sign-flip (``-scale x update``) and Gaussian updates from ``fraction`` of participants.
+    """Every attack of :data:`BYZANTINE_ATTACKS` from ``fraction`` of participants.
 
     Returns:
-        {defence: {"accuracy" (the worse attack), "sign_flip", "gaussian", "baseline"}},
-        each an accuracy after ``rounds`` rounds from the starting weights.
+        {defence: {"accuracy" (the worst attack), "worst_attack", one accuracy per attack,
+        "baseline"}}, each an accuracy after ``rounds`` rounds from the starting weights.
     """
     n = len(sim.parts)
     bad = set(range(max(1, int(round(fraction * n)))))
@@ -212,20 +277,17 @@ def byzantine_experiment(sim: Simulation, *, rounds: int, fraction: float = 0.2,
     for d in _defences(bound, n):
         if d.name not in names:
             continue
-        row: dict[str, float] = {}
-        for attack in ("baseline", "sign_flip", "gaussian"):
+        row: dict[str, Any] = {}
+        for attack in ("baseline", *BYZANTINE_ATTACKS):
             w = sim.weights
             rng = np.random.default_rng([seed, 11])
             for r in range(1, rounds + 1):
                 ups = probe if r == 1 else sim.honest_updates(w, r)
-                if attack == "sign_flip":
-                    ups = [[-scale * a for a in u] if i in bad else u for i, u in enumerate(ups)]
-                elif attack == "gaussian":
-                    ups = [[rng.normal(0, sigma, a.shape).astype(np.float32) for a in u]
-                           if i in bad else u for i, u in enumerate(ups)]
+                if attack != "baseline":
+                    ups = BYZANTINE_ATTACKS[attack](ups, sorted(bad), rng, scale, sigma)
                 w = sim.step(w, ups, counts, d, rng)
-            acc = sim.accuracy(w)
-            row[attack] = acc
-        row["accuracy"] = min(row["sign_flip"], row["gaussian"])
+            row[attack] = sim.accuracy(w)
+        worst = min(BYZANTINE_ATTACKS, key=lambda a: row[a])
+        row["accuracy"], row["worst_attack"] = row[worst], worst
         out[d.name] = row
     return out

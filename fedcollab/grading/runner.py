@@ -36,6 +36,7 @@ import concurrent.futures
 import dataclasses
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -67,7 +68,8 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
         spec_or_path: a JobSpec or a spec file.
         mixes: "all" or comma-separated mix names (built-in or the spec's grading.mixes).
         priority: privacy | utility | cost | balanced (what the recommendation weighs most).
-        budget: fast | full (shadow models, attack rounds, gradient matching).
+        budget: fast | standard | full (shadow models, attack rounds, gradient matching;
+            standard and full add the privacy-utility frontier sweep).
         out: output directory (default runs/<name>-grade-<UTC timestamp>/).
         address: Ray cluster address (None: an embedded local Ray).
         progress: a rich progress bar on stderr (None: when stderr is a terminal).
@@ -97,9 +99,11 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
         data = read_spec_data(spec_or_path)
         if spec.task.dataset == "file":
             data.setdefault("task", {})["path"] = spec.task.path
-    from fedcollab.grading.mixes import mix_spec, select_mixes
+    from fedcollab.grading.mixes import frontier_mixes, mix_spec, select_mixes
 
     chosen = select_mixes(data, spec, mixes)
+    if BUDGETS[budget].frontier:  # the privacy-utility sweep, after the mixes asked for
+        chosen += [m for m in frontier_mixes(data) if m.name not in {c.name for c in chosen}]
     planned, skipped = [], {}
     for mix in chosen:
         mspec, why = mix_spec(data, mix)
@@ -178,7 +182,8 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
                                         if m.get("accuracy") is not None]
         curves["roc"][mix.name] = roc
     return _finish(spec, rows, skipped, curves, priority=priority, budget=budget,
-                   seconds=time.perf_counter() - t_start, timer=timer, non_members=ctx.non_members)
+                   seconds=time.perf_counter() - t_start, timer=timer, non_members=ctx.non_members,
+                   settings=ctx.settings())
 
 
 def one_worker(mspec: Any) -> Any:
@@ -276,16 +281,15 @@ class MixRuns:
 
     def _run(self, mix: Any, mspec: Any) -> tuple[Any, Optional[str]]:
         from fedcollab.job.run import RunOptions, run_job
-        from fedcollab.spec.roster import policy
 
         target = self.out_dir / "mixes" / mix.name
-        secure = any(policy(g.sharing).in_secure_sum for g in mspec.participants)
         try:
             result = run_job(mspec, RunOptions(
                 out_dir=target, address=self.address, quiet=True, progress=False,
                 release=False,
-                # every round's global model, for the cross-round differencing replay
-                keep_checkpoints=mspec.rounds + 1 if secure else 2))
+                # every round's global model: the replay's check against the run and the
+                # cross-round differencing replay
+                keep_checkpoints=mspec.rounds + 1))
             return result, None
         except FedcollabError as err:
             return None, str(err)
@@ -295,8 +299,15 @@ class MixRuns:
 
 def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curves: Any, *,
             priority: str, budget: str, seconds: float, timer: Timer,
-            non_members: int) -> Scorecard:
-    from fedcollab.grading.grades import grade_mix, pareto_front, privacy_score, recommend
+            non_members: int, settings: Optional[Mapping[str, Any]] = None) -> Scorecard:
+    from fedcollab.grading.grades import (
+        audit_exceeds,
+        grade_mix,
+        grade_parties,
+        pareto_front,
+        privacy_score,
+        recommend,
+    )
 
     reference = next((r["cost"] for r in rows if r["name"] == "open"), rows[0]["cost"])
     accs = [r["utility"]["accuracy"] for r in rows if r["utility"].get("accuracy") is not None]
@@ -305,14 +316,24 @@ def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curv
     for r in rows:
         r["grades"] = grade_mix(r, reference_cost=reference, best_accuracy=best,
                                 baseline_accuracy=base, non_members=non_members)
+        for party, grades in grade_parties(r, non_members=non_members).items():
+            r["parties"][party]["grades"] = grades
+        if audit_exceeds(r["privacy"]):  # loudly: the run leaks more than it claims
+            print(f"fedcollab: warning: mix {r['name']!r}: the canary audit's empirical epsilon "
+                  f"exceeds the accountant's {r['privacy'].get('epsilon')}; privacy budget "
+                  "graded F", file=sys.stderr)
     points = {r["name"]: (privacy_score(r["grades"]) or 0.0, r["utility"].get("accuracy") or 0.0)
               for r in rows}
     front = pareto_front(points)
     scenario = ", ".join(f"{g.count} {g.role} participant(s) '{g.name}'"
                          for g in spec.participants) + f", {spec.task.dataset}/{spec.task.model}"
     rec = recommend(rows, front, priority, scenario=scenario)
+    from fedcollab.grading.grades import frontier_points
+
+    sweep = frontier_points(rows)
     return Scorecard(spec.name, priority, budget, tuple(rows), tuple(front), rec, dict(skipped),
-                     seconds, dict(timer.seconds), curves)
+                     seconds, dict(timer.seconds), curves, settings=dict(settings or {}),
+                     frontier=tuple(sweep))
 
 class _Bar:
     """Mixes and attacks as they finish (rich, on stderr)."""

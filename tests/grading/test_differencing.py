@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedcollab.grading.differencing import SumSeen, across_rounds, vendor_by_differencing
 
@@ -130,3 +135,55 @@ def test_cross_round_targets_together_are_a_candidate() -> None:
     fixed = [vendor | frozenset(rng.choice(9, size=4, replace=False).tolist())
              for _ in range(14)]
     assert across_changing_rounds(_seen(fixed), targets=vendor).isolated == 0
+
+
+def _fedavg_view(seed: int, n_open: int, n_secure: int) -> tuple[Any, list[np.ndarray]]:
+    from fedcollab.grading.replay import RoundView
+
+    rng = np.random.default_rng(seed)
+    shapes = [(4, 3), (3,)]
+    pids = list(range(n_open + n_secure))
+    deltas = {p: [rng.normal(size=s).astype(np.float32) for s in shapes] for p in pids}
+    weights = {p: float(rng.integers(5, 50)) for p in pids}
+    view = RoundView(deltas, deltas, weights, pids[:n_open], pids[n_open:], pids[n_open:],
+                     False, True)
+    return view, [rng.normal(size=s) for s in shapes]
+
+
+@given(seed=st.integers(0, 2**32 - 1), n_open=st.integers(0, 5), n_secure=st.integers(1, 4))
+@settings(max_examples=50, deadline=None)
+def test_secure_sum_read_off_the_run_is_the_vendor_sum_and_noise_is_not(
+        seed: int, n_open: int, n_secure: int) -> None:
+    """The vendor's sum is read off the run's FedAvg step (independent of the replay's
+    secure vectors): exact on a float32 checkpoint of the true step, and no longer exact
+    when the run's step differs from the replay's (e.g. the run's own DP noise)."""
+    from types import SimpleNamespace
+
+    from fedcollab.grading.replay import differencing_on_view, observed_secure_sum
+
+    view, start = _fedavg_view(seed, n_open, n_secure)
+    spec = SimpleNamespace(aggregation=SimpleNamespace(
+        rule="fedavg", server_optimizer="none", server_learning_rate=None))
+    total = sum(view.weights.values())
+    step = [sum(view.weights[p] * view.deltas[p][j].astype(np.float64) for p in view.deltas)
+            / total for j in range(2)]
+    checkpoint = [(w + d).astype(np.float32) for w, d in zip(start, step)]
+    shapes = [(4, 3), (3,)]
+    observed = observed_secure_sum(spec, view, [w.astype(np.float32) for w in start], checkpoint)
+    found = differencing_on_view(view, shapes, observed=observed)
+    assert found.exact and found.cosine > 0.999
+    noisy = [c + np.random.default_rng(seed).normal(0, 0.5, c.shape) for c in checkpoint]
+    observed = observed_secure_sum(spec, view, [w.astype(np.float32) for w in start], noisy)
+    assert not differencing_on_view(view, shapes, observed=observed).exact
+    robust = SimpleNamespace(aggregation=SimpleNamespace(
+        rule="median", server_optimizer="none", server_learning_rate=None))
+    assert observed_secure_sum(robust, view, start, checkpoint) is None
+
+
+def test_cosine_bounds_and_scale_free() -> None:
+    from fedcollab.grading.differencing import cosine
+
+    v = np.arange(1.0, 6.0)
+    assert cosine(3 * v, v) == pytest.approx(1.0)
+    assert cosine(-v, v) == pytest.approx(-1.0)
+    assert cosine(np.zeros(5), v) == 0.0

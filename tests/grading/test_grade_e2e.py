@@ -28,7 +28,9 @@ def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
     assert set(mixes) == {"open", "secure-vendor"}
     vendor_secure = mixes["secure-vendor"]
     assert vendor_secure["attacks"]["differencing"]["exact"] is True
-    assert vendor_secure["attacks"]["differencing"]["relative_error"] < 1e-6
+    # read off the run's float32 checkpoint, not the replay's own secure vectors
+    assert vendor_secure["attacks"]["differencing"]["relative_error"] < 1e-3
+    assert vendor_secure["replay_verified"] is True
     assert vendor_secure["grades"]["confidentiality"] == "F"
     # every round's sum had the same three vendor sites: subtracting across rounds
     # isolates nothing, and says so; the replay had every round's model to work from
@@ -67,3 +69,30 @@ def test_cli_help_lists_grade_without_tensorflow() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "grade" in out.stdout
+
+
+@pytest.mark.slow  # builds the grader's models (TensorFlow) before Ray is asked: ~10 s
+def test_cli_grade_ray_start_timing_out_is_retried_then_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ray
+
+    from fedcollab.cli import main
+    from fedcollab.cluster.connect import EMBEDDED_STARTS
+
+    starts: list[int] = []
+
+    def init(**_: Any) -> None:
+        starts.append(1)
+        # what Ray's node raises under load: a bare Exception (not a RayError)
+        raise Exception("The current node timed out during startup. This could happen "  # noqa: TRY002
+                        "because some of the raylet failed to startup.\nline 2")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    code = main(["grade", "examples/community-vendor.yaml", "--mixes", "open", "--quiet",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert len(starts) == EMBEDDED_STARTS  # a start that times out is tried again
+    assert code == 1 and err.count("\n") == 0, err
+    assert "timed out during startup" in err and "Traceback" not in err

@@ -3,9 +3,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fedcollab.grading.grades import (
     NA,
+    UNKNOWN,
     grade_backdoor,
     grade_byzantine,
     grade_confidentiality,
@@ -17,6 +20,7 @@ from fedcollab.grading.grades import (
     grade_privacy_budget,
     grade_utility,
     pareto_front,
+    privacy_score,
     recommend,
 )
 
@@ -83,7 +87,10 @@ def test_grade_backdoor_and_byzantine_bands() -> None:
 def test_grade_cost_against_open_reference() -> None:
     ref = {"seconds_per_round": 0.1, "bytes_up_per_participant_round": 1000}
     assert grade_cost(ref, ref) == "A"
+    # seconds (noisy on a shared machine) do not move the grade; bytes do
     assert grade_cost({"seconds_per_round": 0.25, "bytes_up_per_participant_round": 1100},
+                      ref) == "A"
+    assert grade_cost({"seconds_per_round": 0.1, "bytes_up_per_participant_round": 2500},
                       ref) == "C"
 
 
@@ -107,7 +114,8 @@ def _mix(name: str, acc: float, eps: Any, exact: bool) -> dict[str, Any]:
                                     "fedavg": {"success_rate": 0.9, "main_accuracy": 0.6}},
                        "byzantine": {"fedavg": {"accuracy": 0.2, "baseline": 0.6}}},
            "privacy": {"epsilon": eps}, "cost": {"seconds_per_round": 0.1,
-                                                 "bytes_up_per_participant_round": 100}}
+                                                 "bytes_up_per_participant_round": 100},
+           "replay_verified": True}
     mix["grades"] = grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
                               baseline_accuracy=0.6, non_members=300)
     return mix
@@ -132,3 +140,85 @@ def test_grade_confidentiality_cross_round_recovery_of_a_vendor_site_counts() ->
     assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': close}), {}) == "D"
     assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': useless}), {}) == "A"
     assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': community}), {}) == "A"
+    # the default spec sampled: each vendor site isolated, relative error 0.51-0.74 but
+    # cosine 0.86-0.92 to its true update; a large error is no all-clear
+    pointing = dict(useless, relative_error=0.6, cosine=0.88)
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': pointing}), {}) == "C"
+    assert grade_confidentiality(dict(big_sum, across_rounds={'vendor': dict(
+        pointing, cosine=0.95)}), {}) == "D"
+
+
+@given(err=st.floats(0.0, 10.0), cos=st.floats(-1.0, 1.0), group=st.integers(0, 20),
+       better_cos=st.floats(0.0, 1.0))
+def test_confidentiality_never_improves_as_the_recovery_points_closer(
+        err: float, cos: float, group: int, better_cos: float) -> None:
+    """A recovery whose direction is closer to the truth never grades better."""
+    from fedcollab.grading.grades import GRADES
+
+    closer = min(1.0, max(cos, better_cos))
+    a = grade_confidentiality({"relative_error": err, "cosine": cos, "exact": False,
+                               "min_group_seen": group}, {})
+    b = grade_confidentiality({"relative_error": err, "cosine": closer, "exact": False,
+                               "min_group_seen": group}, {})
+    assert GRADES.index(b) >= GRADES.index(a)
+
+
+@pytest.mark.parametrize("verified", [False, None])
+def test_a_replay_that_is_not_the_run_grades_unknown_never_a(verified: Any) -> None:
+    mix = _mix("dp", 0.80, 0.9, False)
+    assert mix["grades"]["inversion"] == "A" and mix["grades"]["confidentiality"] == "A"
+    mix["replay_verified"] = verified
+    grades = grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
+                       baseline_accuracy=0.6, non_members=300)
+    assert grades["inversion"] == grades["confidentiality"] == UNKNOWN
+    # without a secure group the lying server takes confidentiality's grade: unknown too
+    mix["attacks"]["lying_server"] = {"recovered": None}
+    grades = grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
+                       baseline_accuracy=0.6, non_members=300)
+    assert grades["lying_server"] == UNKNOWN
+
+
+AXES = ("membership", "inversion", "confidentiality", "lying_server", "privacy_budget")
+
+
+@given(st.dictionaries(st.sampled_from(AXES), st.sampled_from(["A", "B", "C", "D", "F"])),
+       st.sampled_from(AXES), st.sampled_from([NA, UNKNOWN]))
+def test_privacy_score_never_rises_when_an_axis_goes_missing(
+        grades: dict[str, str], axis: str, missing: str) -> None:
+    """Whatever grade an axis had, losing it (N/A, unknown) never raises the score."""
+    full = {a: grades.get(a, "F") for a in AXES}
+    before = privacy_score(full)
+    after = privacy_score(dict(full, **{axis: missing}))
+    assert before is not None
+    assert after is None or after <= before
+
+
+def test_a_whole_sum_points_where_every_update_points_and_is_no_recovery() -> None:
+    # secure-all: the server's only estimate of the vendor is the round's whole sum, whose
+    # cosine to the vendor's update (0.91) is the round's shared direction, not a leak
+    whole = {"relative_error": 3.24, "cosine": 0.907, "baseline_cosine": 0.907,
+             "exact": False, "min_group_seen": 11}
+    assert grade_confidentiality(whole, {}) == "A"
+    isolated = dict(whole, relative_error=0.6, cosine=0.95)  # closes 46% of the angle left
+    assert grade_confidentiality(isolated, {}) == "B"
+
+
+def test_an_audit_above_the_accountant_fails_the_privacy_budget() -> None:
+    mix = _mix("dp", 0.80, 0.9, False)
+    assert mix["grades"]["privacy_budget"] == "A"
+    mix["privacy"]["empirical_epsilon"] = {"value": 0.5, "ci": [0.2, 0.8]}
+    assert grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
+                     baseline_accuracy=0.6, non_members=300)["privacy_budget"] == "A"
+    mix["privacy"]["empirical_epsilon"] = {"value": 2.0, "ci": [1.5, 2.5]}
+    assert grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
+                     baseline_accuracy=0.6, non_members=300)["privacy_budget"] == "F"
+
+
+def test_a_mix_below_half_the_best_accuracy_is_never_recommended_while_another_is_left() -> None:
+    # private in every way but at chance accuracy (a frontier point at epsilon 1)
+    useless = _mix("secure-all-dp@eps=1", 0.05, 0.8, False)
+    useful = _mix("open", 0.93, None, True)
+    for priority in ("privacy", "balanced", "utility"):
+        rec = recommend([useless, useful], ["secure-all-dp@eps=1", "open"], priority,
+                        scenario="test")
+        assert rec["mix"] == "open", priority

@@ -24,6 +24,7 @@ def _card() -> Scorecard:
         m["policy"] = {"description": m["name"], "overrides": {}}
         m["utility"].update({"loss": 0.3, "vendor_accuracy": None, "public_accuracy": None})
         m["attacks"]["lying_server"].update({"relative_error": None, "server": "malicious"})
+        m["parties"] = _parties(m)
     front = pareto_front({m["name"]: (privacy_score(m["grades"]) or 0.0,
                                       m["utility"]["accuracy"]) for m in mixes})
     curves = {"accuracy": {m["name"]: [0.5, 0.7, m["utility"]["accuracy"]] for m in mixes},
@@ -32,6 +33,46 @@ def _card() -> Scorecard:
                      recommend(mixes, front, "balanced", scenario="demo"), {"private-layers":
                      "spec: participants: the secure group has 2 member(s)"}, 12.0,
                      {"runs": 10.0}, curves)
+
+
+def _parties(mix: dict[str, Any]) -> dict[str, Any]:
+    from fedcollab.grading.grades import grade_parties
+
+    membership = dict(mix["attacks"]["membership"], auc_ci=[0.45, 0.6],
+                      tpr_at_1pct_fpr_ci=[0.0, 0.03], n_members=360, n_nonmembers=360)
+    exact = {"psnr_db": 200.0, "baseline_psnr_db": 13.0, "gain_db": 187.0, "exact": True,
+             "relative_error": 0.0, "target": "secure sum"}
+    parties = {
+        "community": {"participants": 8, "utility": {"accuracy": 0.9, "worst_participant": 0.8},
+                      "attacks": {"membership": membership,
+                                  "inversion": dict(mix["attacks"]["inversion"]),
+                                  "differencing": {"relative_error": 0.0, "exact": True,
+                                                   "min_group_seen": 1, "cosine": 1.0}}},
+        "vendor": {"participants": 3,
+                   "utility": {"accuracy": 0.93, "worst_participant": 0.9,
+                               "vendor_accuracy": 0.873, "public_accuracy": 0.933},
+                   "attacks": {"membership": membership, "inversion": exact,
+                               "differencing": dict(mix["attacks"]["differencing"], observers={
+                                   "server_with_community": {"relative_error": 0.0,
+                                                             "exact": True, "min_group_seen": 3,
+                                                             "cosine": 1.0}})}}}
+    mix = dict(mix, parties=parties)
+    for party, grades in grade_parties(mix, non_members=360).items():
+        parties[party]["grades"] = grades
+    return parties
+
+
+def test_per_party_rows_grade_the_vendors_exactly_inverted_sum_f_and_show_its_accuracy(
+        tmp_path: Path) -> None:
+    card = _card()
+    assert card.mixes[0]["parties"]["vendor"]["grades"]["inversion"] == "F"
+    assert card.mixes[1]["parties"]["vendor"]["grades"][
+        "differencing:server_with_community"] == "F"
+    text = write_scorecard(card, tmp_path)["md"].read_text()
+    assert "## Per party" in text and "own model 0.873 vs release 0.933" in text
+    assert "exact recovery, gain 187.0 dB over the mean image" in text
+    # every cell says what its grade is about: no bare placeholder beside a grade
+    assert "– (" not in text and "- (" not in text
 
 
 def test_write_scorecard_json_matches_contract(tmp_path: Path) -> None:
@@ -90,6 +131,8 @@ def test_scorecard_html_in_headless_chromium_plots_load_mixes_listed_no_errors(
             "i.naturalHeight, i.getBoundingClientRect().width])")
         table = driver.execute_script(
             "return document.getElementById('mixes').innerText")
+        parties = driver.execute_script(
+            "return document.getElementById('parties').innerText")
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         driver.save_screenshot(str(tmp_path / "scorecard.png"))
         shot = os.environ.get("FEDCOLLAB_SCREENSHOT")
@@ -101,5 +144,6 @@ def test_scorecard_html_in_headless_chromium_plots_load_mixes_listed_no_errors(
     assert all(done and w > 0 and h > 0 and shown > 0 for done, w, h, shown in sizes), sizes
     for m in card.mixes:
         assert m["name"] in table
+    assert "vendor (3)" in parties and "community (8)" in parties
     assert errors == [], errors
     assert selenium is not None
