@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from fedcollab.spec import JobSpec, SpecError, spec_from_dict
+from fedcollab.spec.yamlsafe import safe_load
 
 __all__ = ["parse_spec_text", "MAX_SPEC_BYTES"]
 
@@ -17,7 +18,7 @@ SOURCE = "submitted spec"
 
 def _data(text: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text, max_bytes=MAX_SPEC_BYTES)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
