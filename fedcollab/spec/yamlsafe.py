@@ -49,19 +49,20 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event: Any = self.peek_event()
+        mark: Any = event.start_mark
         if isinstance(event, AliasEvent):
             raise YamlRefused(
                 None,
                 None,
                 f"alias *{event.anchor} refused (anchors and aliases are not allowed here)",
-                event.start_mark,
+                mark,
             )
         if isinstance(event, NodeEvent) and event.anchor is not None:
             raise YamlRefused(
                 None,
                 None,
                 f"anchor &{event.anchor} refused (anchors and aliases are not allowed here)",
-                event.start_mark,
+                mark,
             )
         self._nodes += 1
         if self._nodes > self.max_nodes:
