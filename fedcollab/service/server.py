@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import gc
 import inspect
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -44,8 +46,10 @@ from fedcollab.service.errors import (
     ServiceError,
     status_code,
 )
-from fedcollab.service.runner import Hub, Runner, read_events
-from fedcollab.service.specs import MAX_SPEC_BYTES, parse_spec_text
+from fedcollab.service.limits import Limits, LimitsConfig
+from fedcollab.service.policy import check_model, confine_data_path, normalise_roots
+from fedcollab.service.runner import Hub, Runner
+from fedcollab.service.specs import MAX_SPEC_BYTES, parse_spec_text, spec_data
 from fedcollab.service.store import STATES, JobRecord, JobStore
 
 __all__ = ["ServeConfig", "JobServer", "run_server", "serve", "job_to_proto",
@@ -72,6 +76,11 @@ class ServeConfig:
     client_ca: Optional[Path] = None
     warm_runners: int = 1
     eager: bool = True  # start Ray and the warm runners at once (else on the first job)
+    #: where jobs may read `task.path` from, for tokens that name no data_roots
+    data_roots: tuple[Path, ...] = ()
+    #: modules (and their submodules) `task.model: package.module:function` may name
+    allow_model_modules: tuple[str, ...] = ()
+    limits: LimitsConfig = LimitsConfig()
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 0:
@@ -83,6 +92,32 @@ class ServeConfig:
         host = self.listen.rpartition(":")[0]
         if not host or not self.listen.rpartition(":")[2].isdigit():
             raise InvalidArgument(f"--listen {self.listen!r}: expected HOST:PORT")
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Hold ``STATE_DIR/service.lock`` (flock) for the service's lifetime.
+
+    Returns the lock's file descriptor (closing it releases the lock; so does the
+    process dying, however it dies).
+
+    Raises:
+        FailedPrecondition: another service holds it; nothing in the state dir was
+            touched.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "service.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise FailedPrecondition(
+            f"--state-dir {state_dir} is in use by another fedcollab serve"
+            f"{f' (pid {holder})' if holder.isdigit() else ''}; stop it first or give "
+            "another --state-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def is_loopback(listen: str) -> bool:
@@ -202,13 +237,17 @@ def _rpc(method: str, *, stream: bool = False, blocking: bool = False
 
 class _Servicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, store: JobStore, runner: Runner, hub: Hub, state_dir: Path,
-                 tokens: Optional[TokenFile], blocking: futures.ThreadPoolExecutor) -> None:
+                 tokens: Optional[TokenFile], blocking: futures.ThreadPoolExecutor,
+                 config: ServeConfig) -> None:
         self.store = store
         self.runner = runner
         self.hub = hub
         self.state_dir = state_dir
         self.tokens = tokens
         self.blocking = blocking
+        self.limits = Limits(config.limits)
+        self.data_roots = normalise_roots(config.data_roots)
+        self.allow_models = tuple(config.allow_model_modules)
 
     def caller(self, context: Any, method: str) -> Caller:
         if self.tokens is None:
@@ -225,8 +264,31 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         if not job_id:
             raise InvalidArgument("a job id is required")
         job = self.store.get(job_id)
-        check_owner(caller, job.owner, job.id)
+        check_owner(caller, job.owner_id, job.id)
         return job
+
+    def _roots(self, caller: Caller) -> tuple[Path, ...]:
+        """The caller's data roots: its token's, else the service's --data-root."""
+        return normalise_roots(caller.data_roots) if caller.has_roots else self.data_roots
+
+    def _confine(self, caller: Caller, text: str) -> tuple[str, dict[str, Any]]:
+        """The spec with its data and model checked against the caller's policy, before
+        anything is read, imported or run; returns (text to store, job params)."""
+        from fedcollab.worker.models import MODELS
+
+        data = spec_data(text)
+        task = data.get("task")
+        if not isinstance(task, dict):
+            return text, {}
+        check_model(task.get("model"), tuple(MODELS), self.allow_models)
+        if task.get("dataset") != "file" or task.get("path") is None:
+            return text, {}
+        roots = self._roots(caller)
+        task["path"] = str(confine_data_path(str(task["path"]), roots))
+        import yaml
+
+        return str(yaml.safe_dump(data, sort_keys=False)), {
+            "data_roots": [str(r) for r in roots]}
 
     def _create(self, caller: Caller, *, kind: str, spec_yaml: str, key: str,
                 params: dict[str, Any]) -> Any:
@@ -235,14 +297,18 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
                                     f"{MAX_SPEC_BYTES}")
         if not spec_yaml.strip():
             raise InvalidArgument("spec_yaml is empty")
-        spec = parse_spec_text(spec_yaml)
+        self.limits.take_submit(caller)
+        spec_yaml, confined = self._confine(caller, spec_yaml)
+        spec = parse_spec_text(spec_yaml, find_model=False)
         _settle_heap()
         # The spec goes into the store with the job (one transaction, one fsync); the
         # runner writes the job's directory when the job starts.
+        queued = self.limits.config.queued_per_token
         job, created = self.store.create(
-            kind=kind, name=spec.name, owner=caller.name,
+            kind=kind, name=spec.name, owner=caller.name, owner_id=caller.owner_id,
             rounds=spec.rounds if kind == "run" else 0, idempotency_key=key or None,
-            params=params, spec=spec_yaml)
+            params={**params, **confined}, spec=spec_yaml,
+            max_queued=queued if queued and caller.role != "admin" else None)
         if created:
             self.runner.wake()
         return job_to_proto(job)
@@ -279,7 +345,7 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         states = [jobs_pb2.JobState.Name(s) for s in request.states]
         if "JOB_STATE_UNSPECIFIED" in states:
             raise InvalidArgument(f"states: expected some of {', '.join(STATES)}")
-        owner = None if caller.sees_everything else caller.name
+        owner = None if caller.sees_everything else caller.owner_id
         jobs = self.store.list(states=states, owner=owner, limit=size + 1, before_seq=before)
         token = str(jobs[size - 1].seq) if len(jobs) > size else ""
         return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs[:size]],
@@ -289,29 +355,38 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
     async def WatchJob(self, request: Any, context: Any, caller: Caller
                        ) -> AsyncIterator[Any]:
         job = self._visible(caller, request.id)
-        sent_state, sent_round = "", 0
-        while True:  # a client that goes away cancels this coroutine
-            seen = self.hub.version(job.id)
-            job = self.store.get(job.id)
-            if job.state != sent_state and not job.is_terminal:
-                sent_state = job.state
-                yield jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
-                    state=jobs_pb2.JobState.Value(job.state)))
-            for line in read_events(self.job_dir(job.id)):
-                number = int(line.get("round", 0))
-                if number <= sent_round:
-                    continue
-                sent_round = number
-                metrics = {k: float(v) for k, v in line.items()
-                           if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                yield jobs_pb2.JobEvent(job=job_to_proto(job), round=jobs_pb2.RoundEvent(
-                    round=number, rounds=job.rounds, metrics=metrics,
-                    metrics_json=_json(line)))
-            if job.is_terminal:
-                yield jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
-                    state=jobs_pb2.JobState.Value(job.state), error=job.error))
-                return
-            await self.hub.changed(job.id, seen, timeout=1.0)
+        job_dir = self.job_dir(job.id)
+        loop = asyncio.get_running_loop()
+        with self.limits.watch_stream(caller):
+            sent_state, sent_round, index = "", 0, 0
+            while True:  # a client that goes away cancels this coroutine
+                if not self.hub.is_loaded(job.id):  # the job's first watcher reads its file
+                    await loop.run_in_executor(self.blocking, self.hub.events, job.id, job_dir)
+                lines = self.hub.events(job.id, job_dir)  # in memory, shared by all watchers
+                seen = self.hub.version(job.id)
+                job = self.hub.record(job.id, self.store.get)
+                if job.state != sent_state and not job.is_terminal:
+                    sent_state = job.state
+                    yield jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
+                        state=jobs_pb2.JobState.Value(job.state)))
+                index = min(index, len(lines))
+                while index < len(lines):
+                    line = lines[index]
+                    index += 1
+                    number = int(line.get("round", 0))
+                    if number <= sent_round:
+                        continue  # a resumed job repeats the rounds since its checkpoint
+                    sent_round = number
+                    metrics = {k: float(v) for k, v in line.items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                    yield jobs_pb2.JobEvent(job=job_to_proto(job), round=jobs_pb2.RoundEvent(
+                        round=number, rounds=job.rounds, metrics=metrics,
+                        metrics_json=_json(line)))
+                if job.is_terminal:  # the runner reads a job's last lines before it ends it
+                    yield jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
+                        state=jobs_pb2.JobState.Value(job.state), error=job.error))
+                    return
+                await self.hub.changed(job.id, seen, timeout=5.0)
 
     @_rpc("CancelJob")
     async def CancelJob(self, request: Any, context: Any, caller: Caller) -> Any:
@@ -364,9 +439,16 @@ class JobServer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.state_dir = Path(config.state_dir).resolve()
-        (self.state_dir / "jobs").mkdir(parents=True, exist_ok=True)
         self.tokens = TokenFile(config.tokens) if config.tokens else None
-        self.store = JobStore(self.state_dir / "jobs.sqlite")
+        self._state_lock: Optional[int] = lock_state_dir(self.state_dir)  # before anything
+        try:
+            for private in (self.state_dir, self.state_dir / "jobs"):
+                private.mkdir(parents=True, exist_ok=True)
+                private.chmod(0o700)
+            self.store = JobStore(self.state_dir / "jobs.sqlite")
+        except BaseException:
+            self._unlock()
+            raise
         self.hub = Hub()
         self.runner = Runner(self.store, self.state_dir, self.hub,
                              max_concurrent=config.max_concurrent,
@@ -415,6 +497,7 @@ class JobServer:
             self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
         except BaseException:
             self._close_loop()
+            self._unlock()
             raise
         return self.port
 
@@ -425,9 +508,12 @@ class JobServer:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
                    ("grpc.so_reuseport", 0)]
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=1024)
+        # No server-wide cap on calls: a cap fills with one tenant's WatchJob streams and
+        # then refuses admins and health checks too. Streams are bounded per token and
+        # in total by Limits instead; unary calls are short.
+        server = grpc.aio.server(options=options)
         _add_job_service(_Servicer(self.store, self.runner, self.hub, self.state_dir,
-                                   self.tokens, self._blocking), server)
+                                   self.tokens, self._blocking, self.config), server)
         checker = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checker, server)
         names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -443,6 +529,15 @@ class JobServer:
         if not port:
             raise ServiceError(f"cannot listen on {self.config.listen} (in use, or not an "
                                "address of this machine)")
+        loop = asyncio.get_running_loop()
+
+        def set_health(ok: bool) -> None:  # the runner's thread: Ray lost, or back
+            status = (health_pb2.HealthCheckResponse.SERVING if ok
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            for name in ("", SERVICE_NAME):
+                asyncio.run_coroutine_threadsafe(checker.set(name, status), loop)
+
+        self.runner.on_health = set_health
         self.runner.start()
         await server.start()
         for name in ("", SERVICE_NAME):
@@ -474,6 +569,12 @@ class JobServer:
         self._blocking.shutdown(wait=True)
         self.runner.stop()
         self.store.close()
+        self._unlock()  # last: the state dir is free for the next service
+
+    def _unlock(self) -> None:
+        if self._state_lock is not None:
+            os.close(self._state_lock)
+            self._state_lock = None
 
 
 @contextlib.contextmanager
