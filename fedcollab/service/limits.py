@@ -7,6 +7,7 @@ and have a share of their own, so the streams other roles open never keep an
 admin out; health checks have no limit. The queued-jobs limit is checked by the
 store, in the submit's transaction. A limit of 0 turns that limit off.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,13 +25,12 @@ __all__ = ["Limits", "LimitsConfig"]
 @dataclass(frozen=True)
 class LimitsConfig:
     watch_per_token: int = 64
-    watch_total: int = 2048      # streams of every non-admin token together
+    watch_total: int = 2048  # streams of every non-admin token together
     queued_per_token: int = 20
     submits_per_minute: int = 60
 
     def __post_init__(self) -> None:
-        for name in ("watch_per_token", "watch_total", "queued_per_token",
-                     "submits_per_minute"):
+        for name in ("watch_per_token", "watch_total", "queued_per_token", "submits_per_minute"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (no limit) or more")
 
@@ -55,11 +55,13 @@ class Limits:
             if shared and cfg.watch_per_token and mine >= cfg.watch_per_token:
                 raise ResourceExhausted(
                     f"{caller.name} has {mine} WatchJob streams open; the limit is "
-                    f"{cfg.watch_per_token} per token (serve --max-watch-per-token)")
+                    f"{cfg.watch_per_token} per token (serve --max-watch-per-token)"
+                )
             if shared and cfg.watch_total and self._shared_streams >= cfg.watch_total:
                 raise ResourceExhausted(
                     f"the service has {self._shared_streams} WatchJob streams open; the limit "
-                    f"is {cfg.watch_total} (serve --max-watch-total)")
+                    f"is {cfg.watch_total} (serve --max-watch-total)"
+                )
             self._streams[owner] = mine + 1
             self._shared_streams += shared
         try:
@@ -96,5 +98,6 @@ class Limits:
                 wait = (1.0 - tokens) * 60.0 / rate
                 raise ResourceExhausted(
                     f"{caller.name} submits too fast: the limit is {rate} per minute per token "
-                    f"(serve --submits-per-minute); retry in {wait:.0f} s")
+                    f"(serve --submits-per-minute); retry in {wait:.0f} s"
+                )
             self._buckets[caller.owner_id] = (tokens - 1.0, now)

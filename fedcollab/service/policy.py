@@ -10,6 +10,7 @@
   the module's source up on the path without importing it (nor its parents): the
   module runs only inside the job's workers.
 """
+
 from __future__ import annotations
 
 import importlib.machinery
@@ -30,9 +31,11 @@ def normalise_roots(roots: Sequence[str | Path]) -> tuple[Path, ...]:
 
 def data_path_refusal(given: str) -> PermissionDenied:
     """The one answer for every path that is not usable: missing, outside, a symlink."""
-    return PermissionDenied(f"spec: task.path: {given!r} is not a regular file inside your "
-                            "data roots (paths are relative to a data root; symbolic links "
-                            "and '..' are refused)")
+    return PermissionDenied(
+        f"spec: task.path: {given!r} is not a regular file inside your "
+        "data roots (paths are relative to a data root; symbolic links "
+        "and '..' are refused)"
+    )
 
 
 def confine_data_path(given: str, roots: Sequence[Path]) -> Path:
@@ -46,8 +49,10 @@ def confine_data_path(given: str, roots: Sequence[Path]) -> Path:
         PermissionDenied: the same line for every path that is not such a file.
     """
     if not roots:
-        raise PermissionDenied("spec: task.path: this token has no data roots on the job "
-                               "service's machine (ask its operator for data_roots)")
+        raise PermissionDenied(
+            "spec: task.path: this token has no data roots on the job "
+            "service's machine (ask its operator for data_roots)"
+        )
     text = str(given)
     if not text or "\x00" in text:
         raise data_path_refusal(text)
@@ -118,12 +123,16 @@ def check_model(model: Any, builtins: Sequence[str], allowlist: Sequence[str]) -
         return  # an unknown built-in name: the spec's validation lists the built-ins
     if not _allowed(module, allowlist):
         allowed = ", ".join(allowlist) if allowlist else "none"
-        raise PermissionDenied(f"spec: task.model: module {module!r} is not in this service's "
-                               f"allowlist (allowed: {allowed}; built-in models: "
-                               f"{', '.join(builtins)})")
+        raise PermissionDenied(
+            f"spec: task.model: module {module!r} is not in this service's "
+            f"allowlist (allowed: {allowed}; built-in models: "
+            f"{', '.join(builtins)})"
+        )
     if not all(p.isidentifier() for p in module.split(".")) or not function.isidentifier():
         raise PermissionDenied(f"spec: task.model: {model!r} is not package.module:function")
     spec = _module_spec(module)
     if spec is None or not spec.has_location:
-        raise PermissionDenied(f"spec: task.model: module {module!r} is allowed but not "
-                               "installed on the job service's machine")
+        raise PermissionDenied(
+            f"spec: task.model: module {module!r} is allowed but not "
+            "installed on the job service's machine"
+        )

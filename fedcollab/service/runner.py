@@ -516,9 +516,9 @@ class Runner:
                                   summary=summary)
         else:
             error = _failure(run.job_dir, code)
-            if not (run.job_dir / "result.json").exists():
-                # It died before writing its result: leave one that says so, so the
-                # job's files agree with the store.
+            if not (run.job_dir / "result.json").exists() or _result_ok(run.job_dir):
+                # It died before writing its result (or after writing "ok"): leave one
+                # that says it failed, so the job's files agree with the store.
                 atomic_write_bytes(run.job_dir / "result.json", json.dumps(
                     {"ok": False, "error": error}).encode(), mode=0o600)
             self.store.transition(job_id, ["RUNNING"], "FAILED", finished=now, error=error)

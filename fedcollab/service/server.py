@@ -507,7 +507,12 @@ class JobServer:
 
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
-                   ("grpc.so_reuseport", 0)]
+                   ("grpc.so_reuseport", 0),
+                   # gRPC cancels calls once more than 1,000 wait for a handler (its
+                   # default): a burst of one tenant's streams then cancelled others'
+                   # calls. Limits refuses the excess streams itself, by name.
+                   ("grpc.server.max_pending_requests", 4096),
+                   ("grpc.server.max_pending_requests_hard_limit", 8192)]
         # No server-wide cap on calls: a cap fills with one tenant's WatchJob streams and
         # then refuses admins and health checks too. Streams are bounded per token and
         # in total by Limits instead; unary calls are short.
