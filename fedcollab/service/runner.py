@@ -236,6 +236,12 @@ class Runner:
         self._env = {k: v for k, v in os.environ.items()
                      if k not in ("PYTHONSTARTUP", "PYTHONINSPECT", "PYTHONSAFEPATH")}
         self._env["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+        # The service's own code, wherever it was imported from (a checkout too), is
+        # the one directory added to the job processes' path.
+        home = str(Path(__file__).resolve().parents[2])
+        self._env["PYTHONPATH"] = os.pathsep.join(
+            [home, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                     if p and p != home]])
         #: Job processes (and the Ray they start) run in this empty directory with
         #: python -P: neither the service's working directory nor a job's files land
         #: on a worker's sys.path.
