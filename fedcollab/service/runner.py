@@ -502,6 +502,10 @@ class Runner:
                         time.monotonic() - run.cancel_at > CANCEL_GRACE_SECONDS:
                     _signal_group(run.proc, signal.SIGKILL)
                 continue
+            if code != 0 and self._own_head and self.ray_address and \
+                    not _answers(self.ray_address):
+                self._probed = 0.0  # its Ray is gone, not the job: _watch_ray requeues it
+                continue
             del self._running[job_id]
             self._finish(run, code)
 
