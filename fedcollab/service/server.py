@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import functools
 import gc
+import hashlib
 import inspect
 import logging
 import os
@@ -31,6 +32,7 @@ from google.protobuf.message_factory import GetMessageClass
 from fedcollab._proto.fedcollab.v1 import jobs_pb2, jobs_pb2_grpc
 from fedcollab.errors import FedcollabError
 from fedcollab.service import artifacts
+from fedcollab.service.audit import AuditLog
 from fedcollab.service.auth import (
     ANONYMOUS_ADMIN,
     Caller,
@@ -238,7 +240,7 @@ def _rpc(method: str, *, stream: bool = False, blocking: bool = False
 class _Servicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, store: JobStore, runner: Runner, hub: Hub, state_dir: Path,
                  tokens: Optional[TokenFile], blocking: futures.ThreadPoolExecutor,
-                 config: ServeConfig) -> None:
+                 config: ServeConfig, audit: AuditLog) -> None:
         self.store = store
         self.runner = runner
         self.hub = hub
@@ -248,6 +250,7 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         self.limits = Limits(config.limits)
         self.data_roots = normalise_roots(config.data_roots)
         self.allow_models = tuple(config.allow_model_modules)
+        self.audit = audit
 
     def caller(self, context: Any, method: str) -> Caller:
         if self.tokens is None:
@@ -298,7 +301,13 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         if not spec_yaml.strip():
             raise InvalidArgument("spec_yaml is empty")
         self.limits.take_submit(caller)
-        spec_yaml, confined = self._confine(caller, spec_yaml)
+        action = "submit" if kind == "run" else "grade"
+        try:
+            spec_yaml, confined = self._confine(caller, spec_yaml)
+        except ServiceError as err:  # a policy refusal: who tried what is worth keeping
+            self.audit.record(f"{action}-refused", who=caller.name, code=err.code,
+                              reason=str(err).splitlines()[0][:200])
+            raise
         spec = parse_spec_text(spec_yaml, find_model=False)
         _settle_heap()
         # The spec goes into the store with the job (one transaction, one fsync); the
@@ -309,6 +318,8 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
             rounds=spec.rounds if kind == "run" else 0, idempotency_key=key or None,
             params={**params, **confined}, spec=spec_yaml,
             max_queued=queued if queued and caller.role != "admin" else None)
+        self.audit.record(action if created else f"{action}-repeat", who=caller.name,
+                          job=job.id, spec_sha256=hashlib.sha256(spec_yaml.encode()).hexdigest())
         if created:
             self.runner.wake()
         return job_to_proto(job)
@@ -396,6 +407,7 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         queued = await asyncio.get_running_loop().run_in_executor(
             self.blocking, functools.partial(self.store.transition, job.id, ["QUEUED"],
                                              "CANCELLED", finished=time.time()))
+        self.audit.record("cancel", who=caller.name, job=job.id, state=job.state)
         if not queued:
             self.runner.cancel(job.id)  # RUNNING: signal its process group
             deadline = time.monotonic() + 15.0
@@ -412,6 +424,7 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
                             ) -> AsyncIterator[Any]:
         job = self._visible(caller, request.id)
         files = artifacts.resolve(self.job_dir(job.id), request.name, job)
+        self.audit.record("fetch", who=caller.name, job=job.id, artifact=request.name)
         loop = asyncio.get_running_loop()
         for relative, handle, size in artifacts.open_all(files):
             with handle:
@@ -446,6 +459,7 @@ class JobServer:
                 private.mkdir(parents=True, exist_ok=True)
                 private.chmod(0o700)
             self.store = JobStore(self.state_dir / "jobs.sqlite")
+            self.audit = AuditLog(self.state_dir / "audit.log")
         except BaseException:
             self._unlock()
             raise
@@ -518,7 +532,8 @@ class JobServer:
         # in total by Limits instead; unary calls are short.
         server = grpc.aio.server(options=options)
         _add_job_service(_Servicer(self.store, self.runner, self.hub, self.state_dir,
-                                   self.tokens, self._blocking, self.config), server)
+                                   self.tokens, self._blocking, self.config, self.audit),
+                         server)
         checker = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checker, server)
         names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -574,6 +589,7 @@ class JobServer:
         self._blocking.shutdown(wait=True)
         self.runner.stop()
         self.store.close()
+        self.audit.close()
         self._unlock()  # last: the state dir is free for the next service
 
     def _unlock(self) -> None:
