@@ -101,6 +101,9 @@ def add_service_commands(sub: Any) -> None:
                        help="queued jobs per non-admin token (0: no limit)")
     serve.add_argument("--submits-per-minute", type=int, default=60,
                        help="submits per token per minute (0: no limit)")
+    serve.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                       "(counts and timings only; default: off)")
 
     submit = _add(sub, "submit", "submit a job spec to the service; prints the job id",
                   _cmd_submit, EXAMPLES["submit"])
@@ -264,7 +267,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                              client_ca=args.client_ca, warm_runners=args.warm_runners,
                              data_roots=tuple(args.data_root),
                              allow_model_modules=tuple(args.allow_model_module),
-                             limits=limits))
+                             limits=limits, metrics_listen=args.metrics_listen))
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:

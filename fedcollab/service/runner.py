@@ -112,15 +112,15 @@ class Hub:
                 self._feeds.move_to_end(job_id)
             return feed
 
-    def feed(self, job_id: str, job_dir: Path) -> Optional[dict[str, Any]]:
+    def feed(self, job_id: str, job_dir: Path) -> list[dict[str, Any]]:
         """Read the job's new complete lines (the runner, once per change); returns
-        the last line read, or None when there was none."""
+        them (all of them, the first time)."""
         feed = self._feed(job_id)
         with feed.lock:
             before = len(feed.lines)
             _read_new(feed, job_dir / "events.jsonl")
             feed.loaded = True
-            return feed.lines[-1] if len(feed.lines) > before else None
+            return feed.lines[before:]
 
     def is_loaded(self, job_id: str) -> bool:
         with self._lock:
@@ -249,6 +249,8 @@ class Runner:
         #: Called with False while the service cannot run jobs (its Ray head is
         #: down), True when it can again: the server's health status follows.
         self.on_health: Callable[[bool], None] = lambda ok: None
+        #: Called with each round line a running job reports (metrics).
+        self.on_round: Callable[[dict[str, Any]], None] = lambda line: None
         self.ray_restarts = 0
         self._probed = 0.0
 
@@ -488,9 +490,11 @@ class Runner:
         if size == run.events_size:
             return
         run.events_size = size
-        last = self.hub.feed(run.job.id, run.job_dir)  # the job's one reader
-        if last is not None:
-            self.store.set_progress(run.job.id, int(last.get("round", 0)))
+        new = self.hub.feed(run.job.id, run.job_dir)  # the job's one reader
+        for line in new:
+            self.on_round(line)
+        if new:
+            self.store.set_progress(run.job.id, int(new[-1].get("round", 0)))
             self.hub.publish(run.job.id)
 
     def _reap(self) -> None:

@@ -49,6 +49,7 @@ from fedcollab.service.errors import (
     status_code,
 )
 from fedcollab.service.limits import Limits, LimitsConfig
+from fedcollab.service.metrics import ServiceMetrics
 from fedcollab.service.policy import check_model, confine_data_path, normalise_roots
 from fedcollab.service.runner import Hub, Runner
 from fedcollab.service.specs import MAX_SPEC_BYTES, parse_spec_text, spec_data
@@ -83,6 +84,8 @@ class ServeConfig:
     #: modules (and their submodules) `task.model: package.module:function` may name
     allow_model_modules: tuple[str, ...] = ()
     limits: LimitsConfig = LimitsConfig()
+    #: HOST:PORT for Prometheus' /metrics (plain HTTP, no job data); None: off
+    metrics_listen: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 0:
@@ -207,32 +210,47 @@ def _rpc(method: str, *, stream: bool = False, blocking: bool = False
             await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error "
                                                           "(see the service log)")
 
+        def code_of(err: BaseException) -> str:
+            return str(status_code(err).name) if isinstance(err, FedcollabError) else "INTERNAL"
+
         if stream:
             @functools.wraps(fn)
             async def streaming(self: "_Servicer", request: Any, context: Any
                                 ) -> AsyncIterator[Any]:
+                t0, code = time.perf_counter(), "CANCELLED"  # until it ends otherwise
                 try:
                     caller = self.caller(context, method)
                     _check(request)
                     async for item in fn(self, request, context, caller):
                         yield item
+                    code = "OK"
                 except Exception as err:  # noqa: BLE001  (mapped to a status in fail())
+                    code = code_of(err)
                     await fail(context, err)
+                finally:
+                    self.metrics.observe_rpc(method, code, time.perf_counter() - t0)
             return streaming
 
         @functools.wraps(fn)
         async def unary(self: "_Servicer", request: Any, context: Any) -> Any:
+            t0, code = time.perf_counter(), "CANCELLED"
             try:
                 caller = self.caller(context, method)
                 _check(request)
                 if inspect.iscoroutinefunction(fn):
-                    return await fn(self, request, context, caller)
-                if blocking:
-                    return await asyncio.get_running_loop().run_in_executor(
+                    result = await fn(self, request, context, caller)
+                elif blocking:
+                    result = await asyncio.get_running_loop().run_in_executor(
                         self.blocking, fn, self, request, context, caller)
-                return fn(self, request, context, caller)
+                else:
+                    result = fn(self, request, context, caller)
+                code = "OK"
+                return result
             except Exception as err:  # noqa: BLE001
+                code = code_of(err)
                 await fail(context, err)
+            finally:
+                self.metrics.observe_rpc(method, code, time.perf_counter() - t0)
         return unary
     return decorate
 
@@ -240,7 +258,7 @@ def _rpc(method: str, *, stream: bool = False, blocking: bool = False
 class _Servicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, store: JobStore, runner: Runner, hub: Hub, state_dir: Path,
                  tokens: Optional[TokenFile], blocking: futures.ThreadPoolExecutor,
-                 config: ServeConfig, audit: AuditLog) -> None:
+                 config: ServeConfig, audit: AuditLog, metrics: ServiceMetrics) -> None:
         self.store = store
         self.runner = runner
         self.hub = hub
@@ -251,6 +269,7 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         self.data_roots = normalise_roots(config.data_roots)
         self.allow_models = tuple(config.allow_model_modules)
         self.audit = audit
+        self.metrics = metrics
 
     def caller(self, context: Any, method: str) -> Caller:
         if self.tokens is None:
@@ -468,6 +487,10 @@ class JobServer:
                              max_concurrent=config.max_concurrent,
                              ray_address=config.ray_address, warm_runners=config.warm_runners,
                              eager=config.eager)
+        self.metrics = ServiceMetrics(self.store.count_by_state,
+                                      lambda: self.runner.ray_restarts)
+        self.runner.on_round = self.metrics.observe_round
+        self.metrics_port = 0
         self.recovered = self.store.recover()
         for stale in (self.state_dir / "jobs").glob(".incoming-*"):  # older services' leftovers
             shutil.rmtree(stale, ignore_errors=True)
@@ -532,8 +555,8 @@ class JobServer:
         # in total by Limits instead; unary calls are short.
         server = grpc.aio.server(options=options)
         _add_job_service(_Servicer(self.store, self.runner, self.hub, self.state_dir,
-                                   self.tokens, self._blocking, self.config, self.audit),
-                         server)
+                                   self.tokens, self._blocking, self.config, self.audit,
+                                   self.metrics), server)
         checker = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checker, server)
         names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -558,6 +581,8 @@ class JobServer:
                 asyncio.run_coroutine_threadsafe(checker.set(name, status), loop)
 
         self.runner.on_health = set_health
+        if self.config.metrics_listen:
+            self.metrics_port = self.metrics.serve(self.config.metrics_listen)
         self.runner.start()
         await server.start()
         for name in ("", SERVICE_NAME):
@@ -588,6 +613,7 @@ class JobServer:
         self._close_loop()
         self._blocking.shutdown(wait=True)
         self.runner.stop()
+        self.metrics.close()
         self.store.close()
         self.audit.close()
         self._unlock()  # last: the state dir is free for the next service

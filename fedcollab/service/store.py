@@ -248,6 +248,10 @@ class JobStore:
             raise NotFound(f"no job {job_id!r}")
         return str(row[0])
 
+    def count_by_state(self) -> dict[str, int]:
+        rows = self._reader().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {str(state): int(n) for state, n in rows.fetchall()}
+
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
