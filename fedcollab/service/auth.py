@@ -26,6 +26,7 @@ import datetime
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
 import threading
@@ -258,7 +259,7 @@ def new_token(path: str | Path, *, name: str, role: str,
     token = secrets.token_urlsafe(32)
     entries.append({"name": name, "role": role, "sha256": hash_token(token),
                     "id": secrets.token_hex(8),
-                    "expires": int(time.time() + expires_in) if expires_in else None,
+                    "expires": math.ceil(time.time() + expires_in) if expires_in else None,
                     "data_roots": [os.path.abspath(r) for r in data_roots] or None})
     _write_entries(target, entries)
     return token

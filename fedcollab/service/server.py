@@ -44,6 +44,7 @@ from fedcollab.service.auth import (
 from fedcollab.service.errors import (
     FailedPrecondition,
     InvalidArgument,
+    PermissionDenied,
     ResourceExhausted,
     ServiceError,
     status_code,
@@ -299,14 +300,21 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         from fedcollab.worker.models import MODELS
 
         data = spec_data(text)
+        _no_file_overrides(data)
         task = data.get("task")
-        if not isinstance(task, dict):
-            return text, {}
+        task = task if isinstance(task, dict) else {}
         check_model(task.get("model"), tuple(MODELS), self.allow_models)
-        if task.get("dataset") != "file" or task.get("path") is None:
+        release = data.get("release")
+        key = release.get("key") if isinstance(release, dict) else None
+        wants_file = task.get("dataset") == "file" and task.get("path") is not None
+        if not wants_file and key is None:
             return text, {}
         roots = self._roots(caller)
-        task["path"] = str(confine_data_path(str(task["path"]), roots))
+        if wants_file:
+            task["path"] = str(confine_data_path(str(task["path"]), roots))
+        if key is not None:  # a signing key is a file on this machine too
+            assert isinstance(release, dict)
+            release["key"] = str(confine_data_path(str(key), roots))
         import yaml
 
         return str(yaml.safe_dump(data, sort_keys=False)), {
@@ -457,6 +465,23 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
                     offset += len(data)
                     if last:
                         break
+
+
+#: Spec sections a grade mix may not override on the service: they name files or code
+#: the policy checks only once, on the spec as submitted.
+_CONFINED = ("task", "release")
+
+
+def _no_file_overrides(data: dict[str, Any]) -> None:
+    grading = data.get("grading")
+    mixes = grading.get("mixes") if isinstance(grading, dict) else None
+    for i, mix in enumerate(mixes if isinstance(mixes, list) else []):
+        overrides = mix.get("overrides") if isinstance(mix, dict) else None
+        for path in overrides if isinstance(overrides, dict) else ():
+            if str(path).split(".")[0] in _CONFINED:
+                raise PermissionDenied(
+                    f"spec: grading.mixes.{i}.overrides: {path!r}: on the job service a mix "
+                    f"may not change {' or '.join(_CONFINED)} (set them in the spec itself)")
 
 
 def _json(line: dict[str, Any]) -> str:

@@ -371,10 +371,17 @@ def test_corrupted_tokens_file_fails_closed_then_recovers(
 
 
 def test_expired_token_is_refused(own_server: tuple[Any, Path]) -> None:
+    import yaml
+
     server, tokens = own_server
-    token = new_token(tokens, name="brief", role="viewer", expires_in=1)
+    token = new_token(tokens, name="brief", role="viewer", expires_in=3600)
     client(server, token).list()
-    time.sleep(1.2)
+    data = yaml.safe_load(tokens.read_text())
+    for entry in data["tokens"]:
+        if entry["name"] == "brief":
+            entry["expires"] = int(time.time()) - 1
+    tokens.write_text(yaml.safe_dump(data))
+    _touch_later(tokens)
 
     with pytest.raises(Unauthenticated, match="expired"):
         client(server, token).list()
@@ -455,3 +462,24 @@ def test_fetch_refuses_a_hard_link(own_server: tuple[Any, Path], tmp_path: Path)
     with pytest.raises(InvalidArgument, match="one link"):
         c.fetch(job.id, "summary.json", tmp_path / "out.json")
     assert not (tmp_path / "out.json").exists() or SECRET not in (tmp_path / "out.json").read_text()
+
+
+def test_release_key_outside_roots_is_refused_and_never_read(world: World) -> None:
+    spec = TINY_SPEC.replace("release: {sign: true}", f"release: {{sign: true, key: "
+                             f"{str(world.bob_file)!r}}}")
+
+    message = _refused(world, world.alice, spec, PermissionDenied)
+
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize("override", ["task.path", "task", "release.key", "task.model"])
+def test_grade_mix_may_not_reach_files_or_code_through_overrides(world: World,
+                                                                  override: str) -> None:
+    spec = TINY_SPEC + (f"grading: {{mixes: [{{name: sneaky, overrides: "
+                        f"{{{override}: {str(world.bob_file)!r}}}}}]}}\n")
+    before = _count(world)
+
+    with pytest.raises(PermissionDenied, match="may not change task or release"):
+        client(world.server, world.alice).grade(spec)
+    assert _count(world) == before
