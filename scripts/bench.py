@@ -739,13 +739,18 @@ def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, sto
                     if event is grpc.aio.EOF:
                         return
                     counts["events"] += 1
-            except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.CANCELLED:
+            except grpc.RpcError:
+                if not stop.is_set():
                     counts["errors"] += 1
 
         tasks = [asyncio.ensure_future(follow(c)) for c in calls]
+        started, said = time.monotonic(), 0.0
         while counts["opened"] + counts["errors"] < count:
             await asyncio.sleep(0.1)
+            if time.monotonic() - said > 10:
+                said = time.monotonic()
+                print(f"bench: watchers {counts} after {said - started:.0f} s",
+                      file=sys.stderr, flush=True)
         ready.set()
         while not stop.is_set():
             await asyncio.sleep(0.2)
@@ -784,8 +789,8 @@ def bench_service_watchers(watchers: int = 1000, clients: int = 32,
             with ctx.Pool(processes + 1) as pool:
                 watching = pool.apply_async(_watchers, (service.address, service.token, job_id,
                                                         watchers, ready, stop))
-                if not ready.wait(120):
-                    raise RuntimeError("the watchers did not open their streams in 120 s")
+                if not ready.wait(300):
+                    raise RuntimeError("the watchers did not open their streams in 300 s")
                 before = service.client.get(job_id).rounds_completed
                 parts = pool.starmap(_load_worker, [
                     (service.address, service.token, job_id, seconds, n) for n in shares])

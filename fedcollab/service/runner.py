@@ -253,6 +253,7 @@ class Runner:
         self.on_round: Callable[[dict[str, Any]], None] = lambda line: None
         self.ray_restarts = 0
         self._probed = 0.0
+        self._ray_down = False  # lost and not yet restarted: start no job meanwhile
 
     # ------------------------------------------------------------ API (any thread)
     def start(self) -> None:
@@ -400,10 +401,12 @@ class Runner:
         self._pool.procs.clear()
         self.ray_address = None
         self.ray_restarts += 1
+        self._ray_down = True
         try:
             self._ensure_ray()
         except RuntimeError:
-            return  # still down: the next turn tries again
+            return  # still down: the next turn tries again; queued jobs wait
+        self._ray_down = False
         self.on_health(True)
 
     def _requeue_running(self) -> None:
@@ -419,7 +422,7 @@ class Runner:
         self._running.clear()
 
     def _fill_pool(self) -> None:
-        if self.max_concurrent <= 0 or self.ray_error:
+        if self.max_concurrent <= 0 or self.ray_error or self._ray_down:
             return
         if not self.eager and self.ray_address is None and self._ray_head is None:
             return  # lazy: no Ray (and no pool) until the first job needs it
@@ -440,6 +443,8 @@ class Runner:
         return self._spawn(["-m", "fedcollab.service.jobproc", "--address", self._ensure_ray()])
 
     def _start_queued(self) -> None:
+        if self._ray_down:
+            return
         free = self.max_concurrent - len(self._running)
         if free <= 0:
             return
