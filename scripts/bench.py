@@ -707,8 +707,10 @@ def bench_service_load(clients: int = 32, seconds: float = 20.0,
           "cpus": os.cpu_count()})
 
 
-_LONG_JOB = _TINY_JOB.replace("rounds: 1", "rounds: 100000").replace("name: tiny",
-                                                                     "name: watched")
+# Rounds of about a second each (local epochs), so the watchers see a round's broadcast
+# about once a second, as watchers of a real job would.
+_LONG_JOB = _TINY_JOB.replace("rounds: 1", "rounds: 100000").replace(
+    "name: tiny", "name: watched") + "local: {epochs: 20, batch_size: 16}\n"
 
 
 def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, stop: Any
@@ -723,6 +725,7 @@ def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, sto
 
     metadata = (("authorization", f"Bearer {token}"),)
     counts = {"opened": 0, "errors": 0, "events": 0}
+    codes: dict[str, int] = {}
 
     async def run() -> None:
         channels = [grpc.aio.insecure_channel(address, options=[
@@ -739,9 +742,10 @@ def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, sto
                     if event is grpc.aio.EOF:
                         return
                     counts["events"] += 1
-            except grpc.RpcError:
+            except grpc.RpcError as err:
                 if not stop.is_set():
                     counts["errors"] += 1
+                    codes[err.code().name] = codes.get(err.code().name, 0) + 1
 
         tasks = [asyncio.ensure_future(follow(c)) for c in calls]
         started, said = time.monotonic(), 0.0
@@ -749,7 +753,7 @@ def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, sto
             await asyncio.sleep(0.1)
             if time.monotonic() - said > 10:
                 said = time.monotonic()
-                print(f"bench: watchers {counts} after {said - started:.0f} s",
+                print(f"bench: watchers {counts} {codes} after {said - started:.0f} s",
                       file=sys.stderr, flush=True)
         ready.set()
         while not stop.is_set():

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from collections import OrderedDict
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,14 @@ def _lenient(message: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+def _serializer(message: Any) -> Callable[[Any], bytes]:
+    """A message's serializer that also passes bytes through: WatchJob sends one
+    event to many watchers encoded once (:meth:`_Servicer._wire`)."""
+    def serialize(value: Any) -> bytes:
+        return value if isinstance(value, bytes) else bytes(message.SerializeToString(value))
+    return serialize
+
+
 def _add_job_service(servicer: "_Servicer", server: Any) -> None:
     """Register JobService's methods as the generated code would, with `_lenient`
     request parsing."""
@@ -166,7 +175,7 @@ def _add_job_service(servicer: "_Servicer", server: Any) -> None:
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=_lenient(GetMessageClass(method.input_type)),
-            response_serializer=GetMessageClass(method.output_type).SerializeToString)
+            response_serializer=_serializer(GetMessageClass(method.output_type)))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
@@ -271,6 +280,16 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         self.allow_models = tuple(config.allow_model_modules)
         self.audit = audit
         self.metrics = metrics
+        # WatchJob's events, encoded once per (job, version, what) for every watcher
+        self._wire_cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+
+    def _wire(self, key: tuple[str, int, int], build: Callable[[], Any]) -> bytes:
+        cached = self._wire_cache.get(key)
+        if cached is None:
+            cached = self._wire_cache[key] = build().SerializeToString()
+            while len(self._wire_cache) > 4096:
+                self._wire_cache.popitem(last=False)
+        return cached
 
     def caller(self, context: Any, method: str) -> Caller:
         if self.tokens is None:
@@ -403,10 +422,11 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
                 lines = self.hub.events(job.id, job_dir)  # in memory, shared by all watchers
                 seen = self.hub.version(job.id)
                 job = self.hub.record(job.id, self.store.get)
+                # Every watcher of this job at this version sends the same bytes: each
+                # event is built and encoded once (on the event loop, one thread).
                 if job.state != sent_state and not job.is_terminal:
                     sent_state = job.state
-                    yield jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
-                        state=jobs_pb2.JobState.Value(job.state)))
+                    yield self._wire((job.id, seen, -1), functools.partial(_state_event, job))
                 index = min(index, len(lines))
                 while index < len(lines):
                     line = lines[index]
@@ -415,14 +435,10 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
                     if number <= sent_round:
                         continue  # a resumed job repeats the rounds since its checkpoint
                     sent_round = number
-                    metrics = {k: float(v) for k, v in line.items()
-                               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                    yield jobs_pb2.JobEvent(job=job_to_proto(job), round=jobs_pb2.RoundEvent(
-                        round=number, rounds=job.rounds, metrics=metrics,
-                        metrics_json=_json(line)))
+                    yield self._wire((job.id, seen, index),
+                                     functools.partial(_round_event, job, line))
                 if job.is_terminal:  # the runner reads a job's last lines before it ends it
-                    yield jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
-                        state=jobs_pb2.JobState.Value(job.state), error=job.error))
+                    yield self._wire((job.id, seen, -2), functools.partial(_state_event, job))
                     return
                 await self.hub.changed(job.id, seen, timeout=5.0)
 
@@ -482,6 +498,19 @@ def _no_file_overrides(data: dict[str, Any]) -> None:
                 raise PermissionDenied(
                     f"spec: grading.mixes.{i}.overrides: {path!r}: on the job service a mix "
                     f"may not change {' or '.join(_CONFINED)} (set them in the spec itself)")
+
+
+def _state_event(job: JobRecord) -> Any:
+    return jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
+        state=jobs_pb2.JobState.Value(job.state), error=job.error if job.is_terminal else ""))
+
+
+def _round_event(job: JobRecord, line: dict[str, Any]) -> Any:
+    metrics = {k: float(v) for k, v in line.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return jobs_pb2.JobEvent(job=job_to_proto(job), round=jobs_pb2.RoundEvent(
+        round=int(line.get("round", 0)), rounds=job.rounds, metrics=metrics,
+        metrics_json=_json(line)))
 
 
 def _json(line: dict[str, Any]) -> str:
