@@ -67,13 +67,21 @@ class Hub:
         self._records: dict[str, tuple[int, Any, float]] = {}
         self._max_jobs = max_jobs
 
+    #: Watchers woken per turn of the event loop: a broadcast to a thousand watchers
+    #: wakes them a slice at a time, so calls that arrive meanwhile (GetJob, health)
+    #: are served between slices rather than after the whole broadcast.
+    WAKE_SLICE = 32
+
     def publish(self, job_id: str) -> None:
         with self._lock:
             self._versions[job_id] = self._versions.get(job_id, 0) + 1
             waiters = self._waiters.pop(job_id, [])
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for loop, future in waiters:
+            by_loop.setdefault(loop, []).append(future)
+        for loop, futures in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop has closed
-                loop.call_soon_threadsafe(_wake, future)
+                loop.call_soon_threadsafe(_wake_slices, loop, futures, 0, self.WAKE_SLICE)
 
     def version(self, job_id: str) -> int:
         with self._lock:
@@ -178,6 +186,14 @@ def _read_new(feed: _Feed, path: Path) -> None:
 def _wake(future: "asyncio.Future[None]") -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _wake_slices(loop: asyncio.AbstractEventLoop, futures: list["asyncio.Future[None]"],
+                 start: int, size: int) -> None:
+    for future in futures[start:start + size]:
+        _wake(future)
+    if start + size < len(futures):  # the rest after what is queued now
+        loop.call_soon(_wake_slices, loop, futures, start + size, size)
 
 
 def read_events(job_dir: Path) -> list[dict[str, Any]]:
