@@ -7,6 +7,7 @@ removing or reordering any line breaks the chain at that line, which
 :func:`verify` names. (It shows tampering by someone who cannot rewrite the whole
 tail; keep a copy of the last hash elsewhere to pin it.)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,10 +49,17 @@ class AuditLog:
         with self._lock:
             if self._fd is None:
                 return
-            entry = {"seq": self._seq + 1, "time": round(time.time(), 3), "who": who,
-                     "action": action, "job": job, **detail}
-            body = json.dumps(entry, sort_keys=True, separators=(",", ":"),
-                              ensure_ascii=True).encode("ascii")
+            entry = {
+                "seq": self._seq + 1,
+                "time": round(time.time(), 3),
+                "who": who,
+                "action": action,
+                "job": job,
+                **detail,
+            }
+            body = json.dumps(
+                entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True
+            ).encode("ascii")
             digest = _link(self._last, body)
             os.write(self._fd, digest.encode("ascii") + b" " + body + b"\n")
             self._last, self._seq = digest, self._seq + 1
@@ -76,14 +84,19 @@ def verify(path: str | Path) -> tuple[str, int]:
             digest, sep, body = line.partition(b" ")
             try:
                 entry = json.loads(body)
-                ok = (sep == b" " and raw.endswith(b"\n")
-                      and digest.decode("ascii") == _link(prev, body)
-                      and entry.get("seq") == seq + 1)
+                ok = (
+                    sep == b" "
+                    and raw.endswith(b"\n")
+                    and digest.decode("ascii") == _link(prev, body)
+                    and entry.get("seq") == seq + 1
+                )
             except (ValueError, UnicodeDecodeError, AttributeError):
                 ok = False
             if not ok:
-                raise AuditError(f"{path}: line {number}: the hash chain is broken "
-                                 "(changed, removed or reordered); keep the file for "
-                                 "inspection and move it aside to start afresh")
+                raise AuditError(
+                    f"{path}: line {number}: the hash chain is broken "
+                    "(changed, removed or reordered); keep the file for "
+                    "inspection and move it aside to start afresh"
+                )
             prev, seq = digest.decode("ascii"), seq + 1
     return prev, seq

@@ -10,6 +10,7 @@
 The endpoint is plain HTTP without authentication: it carries no job data, only
 counts and timings; bind it to loopback or a monitoring network.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator
@@ -28,8 +29,7 @@ _ROUND_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 class _StoreCollector(Collector):
-    def __init__(self, counts: Callable[[], dict[str, int]],
-                 restarts: Callable[[], int]) -> None:
+    def __init__(self, counts: Callable[[], dict[str, int]], restarts: Callable[[], int]) -> None:
         self._counts = counts
         self._restarts = restarts
 
@@ -39,22 +39,34 @@ class _StoreCollector(Collector):
         for state in STATES:
             jobs.add_metric([state], counts.get(state, 0))
         yield jobs
-        yield GaugeMetricFamily("fedcollab_queue_length", "Jobs waiting to run",
-                                value=counts.get("QUEUED", 0))
-        yield CounterMetricFamily("fedcollab_ray_restarts", "Ray head restarts",
-                                  value=self._restarts())
+        yield GaugeMetricFamily(
+            "fedcollab_queue_length", "Jobs waiting to run", value=counts.get("QUEUED", 0)
+        )
+        yield CounterMetricFamily(
+            "fedcollab_ray_restarts", "Ray head restarts", value=self._restarts()
+        )
 
 
 class ServiceMetrics:
     """The service's metrics in a registry of their own (no process-wide state)."""
 
-    def __init__(self, counts: Callable[[], dict[str, int]],
-                 restarts: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self, counts: Callable[[], dict[str, int]], restarts: Callable[[], int] = lambda: 0
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.rpc = Histogram("fedcollab_rpc_seconds", "JobService call latency",
-                             ["method", "code"], buckets=_RPC_BUCKETS, registry=self.registry)
-        self.rounds = Histogram("fedcollab_round_seconds", "Round duration of service jobs",
-                                buckets=_ROUND_BUCKETS, registry=self.registry)
+        self.rpc = Histogram(
+            "fedcollab_rpc_seconds",
+            "JobService call latency",
+            ["method", "code"],
+            buckets=_RPC_BUCKETS,
+            registry=self.registry,
+        )
+        self.rounds = Histogram(
+            "fedcollab_round_seconds",
+            "Round duration of service jobs",
+            buckets=_ROUND_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_StoreCollector(counts, restarts))
         self._server: Any = None
 
@@ -72,8 +84,9 @@ class ServiceMetrics:
         if not host or not port.isdigit():
             raise InvalidArgument(f"--metrics-listen {listen!r}: expected HOST:PORT")
         try:
-            self._server, _ = start_http_server(int(port), addr=host.strip("[]"),
-                                                registry=self.registry)
+            self._server, _ = start_http_server(
+                int(port), addr=host.strip("[]"), registry=self.registry
+            )
         except OSError as err:
             raise InvalidArgument(f"--metrics-listen {listen}: {err.strerror}") from None
         return int(self._server.server_port)

@@ -1,4 +1,5 @@
 """The audit log: every change to the file is found, and the service writes who did what."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,13 @@ from fedcollab.service.audit import AuditError, AuditLog, verify
 
 from .conftest import TINY_SPEC, Tokens, client
 
-_records = st.lists(st.tuples(st.sampled_from(["submit", "cancel", "fetch"]),
-                              st.text(max_size=8), st.text(max_size=8)), min_size=1,
-                    max_size=12)
+_records = st.lists(
+    st.tuples(
+        st.sampled_from(["submit", "cancel", "fetch"]), st.text(max_size=8), st.text(max_size=8)
+    ),
+    min_size=1,
+    max_size=12,
+)
 
 
 def _write(path: Path, records: list[tuple[str, str, str]]) -> bytes:
@@ -27,9 +32,12 @@ def _write(path: Path, records: list[tuple[str, str, str]]) -> bytes:
 
 @settings(max_examples=60, deadline=None)
 @given(records=_records, where=st.integers(min_value=0), bit=st.integers(0, 7))
-def test_audit_any_flipped_bit_breaks_the_chain(tmp_path_factory: pytest.TempPathFactory,
-                                                records: list[tuple[str, str, str]],
-                                                where: int, bit: int) -> None:
+def test_audit_any_flipped_bit_breaks_the_chain(
+    tmp_path_factory: pytest.TempPathFactory,
+    records: list[tuple[str, str, str]],
+    where: int,
+    bit: int,
+) -> None:
     path = tmp_path_factory.mktemp("audit") / "audit.log"
     data = bytearray(_write(path, records))
     assert verify(path)[1] == len(records)
@@ -41,11 +49,17 @@ def test_audit_any_flipped_bit_breaks_the_chain(tmp_path_factory: pytest.TempPat
 
 
 @settings(max_examples=40, deadline=None)
-@given(records=_records.filter(lambda r: len(r) >= 2), pick=st.integers(min_value=0),
-       swap=st.booleans())
+@given(
+    records=_records.filter(lambda r: len(r) >= 2),
+    pick=st.integers(min_value=0),
+    swap=st.booleans(),
+)
 def test_audit_removed_or_reordered_lines_break_the_chain(
-        tmp_path_factory: pytest.TempPathFactory, records: list[tuple[str, str, str]],
-        pick: int, swap: bool) -> None:
+    tmp_path_factory: pytest.TempPathFactory,
+    records: list[tuple[str, str, str]],
+    pick: int,
+    swap: bool,
+) -> None:
     path = tmp_path_factory.mktemp("audit") / "audit.log"
     lines = _write(path, records).splitlines(keepends=True)
     i = pick % (len(lines) - 1)
@@ -68,8 +82,9 @@ def test_audit_continues_the_chain_after_a_restart(tmp_path: Path) -> None:
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
-def test_service_audits_submit_cancel_fetch_and_refusals(queue_server: object, tokens: Tokens,
-                                                         tmp_path: Path) -> None:
+def test_service_audits_submit_cancel_fetch_and_refusals(
+    queue_server: object, tokens: Tokens, tmp_path: Path
+) -> None:
     c = client(queue_server, tokens.submitter)
     job = c.submit(TINY_SPEC)
     c.cancel(job.id)

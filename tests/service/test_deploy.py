@@ -1,6 +1,7 @@
 """deploy/kuberay/service.yaml: the job service's manifests agree with the CLI, pass the
 restricted Pod Security Standard (a pure check of its rules), expose only what they
 must, and say which KubeRay they need."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,16 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
         if pod.get(flag):
             out.append(flag)
-    allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
-               "persistentVolumeClaim", "projected", "secret"}
+    allowed = {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
     for volume in pod.get("volumes", []):
         kinds = set(volume) - {"name"}
         if not kinds <= allowed:
@@ -73,13 +82,23 @@ def test_service_pod_passes_the_restricted_profile() -> None:
 
 
 def test_restricted_check_finds_what_it_must() -> None:
-    pod = {"hostNetwork": True, "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
-           "containers": [{"name": "c", "securityContext": {"privileged": True}}]}
+    pod = {
+        "hostNetwork": True,
+        "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+        "containers": [{"name": "c", "securityContext": {"privileged": True}}],
+    }
 
     found = " ".join(restricted_violations(pod))
 
-    for word in ("hostNetwork", "hostPath", "privileged", "allowPrivilegeEscalation",
-                 "drop ALL", "runAsNonRoot", "seccompProfile"):
+    for word in (
+        "hostNetwork",
+        "hostPath",
+        "privileged",
+        "allowPrivilegeEscalation",
+        "drop ALL",
+        "runAsNonRoot",
+        "seccompProfile",
+    ):
         assert word in found
 
 
@@ -94,8 +113,9 @@ def test_service_args_parse_with_the_cli_and_use_tls_tokens_and_the_cluster() ->
     assert str(args.tls_cert).startswith("/etc/fedcollab/tls/") and args.tls_key
     assert args.ray_address == "fedcollab-head-svc:6379"  # raycluster.yaml's head service
     assert str(args.state_dir) in mounts and not mounts[str(args.state_dir)].get("readOnly")
-    assert all(mounts[p]["readOnly"] for p in ("/etc/fedcollab/tokens", "/etc/fedcollab/tls",
-                                               "/data"))
+    assert all(
+        mounts[p]["readOnly"] for p in ("/etc/fedcollab/tokens", "/etc/fedcollab/tls", "/data")
+    )
     assert [str(r) for r in args.data_root] == ["/data"]
 
 
@@ -113,8 +133,10 @@ def test_service_and_network_policy_expose_only_the_service_ports() -> None:
     docs = _docs()
     labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
     policy = docs["NetworkPolicy"]["spec"]
-    ports = {p["containerPort"] for p in
-             docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    ports = {
+        p["containerPort"]
+        for p in docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
 
     assert docs["Service"]["spec"]["selector"] == labels
     assert policy["podSelector"]["matchLabels"] == labels
@@ -124,7 +146,11 @@ def test_service_and_network_policy_expose_only_the_service_ports() -> None:
 
 
 def test_kuberay_version_is_stated_as_at_least_1_5_1() -> None:
-    for path in (MANIFEST, ROOT / "deploy" / "kuberay" / "raycluster.yaml",
-                 ROOT / "deploy" / "kuberay" / "rayjob.yaml", ROOT / "docs" / "cluster.md"):
+    for path in (
+        MANIFEST,
+        ROOT / "deploy" / "kuberay" / "raycluster.yaml",
+        ROOT / "deploy" / "kuberay" / "rayjob.yaml",
+        ROOT / "docs" / "cluster.md",
+    ):
         text = path.read_text()
         assert "KubeRay >= 1.5.1" in text or "KubeRay operator >= 1.5.1" in text, path

@@ -465,8 +465,9 @@ def test_fetch_refuses_a_hard_link(own_server: tuple[Any, Path], tmp_path: Path)
 
 
 def test_release_key_outside_roots_is_refused_and_never_read(world: World) -> None:
-    spec = TINY_SPEC.replace("release: {sign: true}", f"release: {{sign: true, key: "
-                             f"{str(world.bob_file)!r}}}")
+    spec = TINY_SPEC.replace(
+        "release: {sign: true}", f"release: {{sign: true, key: {str(world.bob_file)!r}}}"
+    )
 
     message = _refused(world, world.alice, spec, PermissionDenied)
 
@@ -474,10 +475,13 @@ def test_release_key_outside_roots_is_refused_and_never_read(world: World) -> No
 
 
 @pytest.mark.parametrize("override", ["task.path", "task", "release.key", "task.model"])
-def test_grade_mix_may_not_reach_files_or_code_through_overrides(world: World,
-                                                                  override: str) -> None:
-    spec = TINY_SPEC + (f"grading: {{mixes: [{{name: sneaky, overrides: "
-                        f"{{{override}: {str(world.bob_file)!r}}}}}]}}\n")
+def test_grade_mix_may_not_reach_files_or_code_through_overrides(
+    world: World, override: str
+) -> None:
+    spec = TINY_SPEC + (
+        f"grading: {{mixes: [{{name: sneaky, overrides: "
+        f"{{{override}: {str(world.bob_file)!r}}}}}]}}\n"
+    )
     before = _count(world)
 
     with pytest.raises(PermissionDenied, match="may not change task or release"):
