@@ -48,6 +48,7 @@ __all__ = ["ROLES", "Caller", "TokenFile", "TokensFileError", "hash_token", "new
 log = logging.getLogger("fedcollab.service")
 
 ROLES = ("admin", "submitter", "viewer")
+_ADMINS = frozenset({"admin"})
 _READ = frozenset(ROLES)
 _WRITE = frozenset({"admin", "submitter"})
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -71,6 +72,11 @@ class Caller:
     id: str = ""
     data_roots: tuple[str, ...] = ()
     has_roots: bool = False  # the token names its own data_roots (else serve's apply)
+
+    @property
+    def is_admin(self) -> bool:
+        """The operator's role: not held to the per-token limits."""
+        return self.role in _ADMINS
 
     @property
     def owner_id(self) -> str:

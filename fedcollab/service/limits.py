@@ -49,7 +49,7 @@ class Limits:
     def watch_stream(self, caller: Caller) -> Iterator[None]:
         """Hold one WatchJob stream for `caller` while the context is open."""
         cfg, owner = self.config, caller.owner_id
-        shared = caller.role != "admin"
+        shared = not caller.is_admin
         with self._lock:
             mine = self._streams.get(owner, 0)
             if shared and cfg.watch_per_token and mine >= cfg.watch_per_token:
@@ -87,7 +87,7 @@ class Limits:
             ResourceExhausted: the bucket is empty.
         """
         rate = self.config.submits_per_minute
-        if not rate or caller.role == "admin":
+        if not rate or caller.is_admin:
             return
         now = time.monotonic()
         with self._lock:

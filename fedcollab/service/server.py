@@ -363,7 +363,7 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
             kind=kind, name=spec.name, owner=caller.name, owner_id=caller.owner_id,
             rounds=spec.rounds if kind == "run" else 0, idempotency_key=key or None,
             params={**params, **confined}, spec=spec_yaml,
-            max_queued=queued if queued and caller.role != "admin" else None)
+            max_queued=queued if queued and not caller.is_admin else None)
         self.audit.record(action if created else f"{action}-repeat", who=caller.name,
                           job=job.id, spec_sha256=hashlib.sha256(spec_yaml.encode()).hexdigest())
         if created:
