@@ -709,6 +709,130 @@ def bench_service_load(clients: int = 32, seconds: float = 20.0,
           "cpus": os.cpu_count()})
 
 
+# Rounds of about a second each (local epochs), so the watchers see a round's broadcast
+# about once a second, as watchers of a real job would.
+_LONG_JOB = _TINY_JOB.replace("rounds: 1", "rounds: 100000").replace(
+    "name: tiny", "name: watched") + "local: {epochs: 20, batch_size: 16}\n"
+
+
+def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, stop: Any
+              ) -> tuple[int, int, int]:
+    """One process holding `count` WatchJob streams on `job_id` (20 connections),
+    reading every event, until `stop` is set; returns (opened, errors, events)."""
+    import asyncio
+
+    import grpc
+
+    from fedcollab._proto.fedcollab.v1 import jobs_pb2, jobs_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),)
+    counts = {"opened": 0, "errors": 0, "events": 0}
+    codes: dict[str, int] = {}
+
+    async def run() -> None:
+        channels = [grpc.aio.insecure_channel(address, options=[
+            ("grpc.use_local_subchannel_pool", 1)]) for _ in range(20)]
+        calls = [jobs_pb2_grpc.JobServiceStub(channels[i % 20]).WatchJob(
+            jobs_pb2.WatchJobRequest(id=job_id), metadata=metadata) for i in range(count)]
+
+        async def follow(call: Any) -> None:
+            try:
+                await call.read()
+                counts["opened"] += 1
+                while True:
+                    event = await call.read()
+                    if event is grpc.aio.EOF:
+                        return
+                    counts["events"] += 1
+            except grpc.RpcError as err:
+                if not stop.is_set():
+                    counts["errors"] += 1
+                    codes[err.code().name] = codes.get(err.code().name, 0) + 1
+
+        tasks = [asyncio.ensure_future(follow(c)) for c in calls]
+        started, said = time.monotonic(), 0.0
+        while counts["opened"] + counts["errors"] < count:
+            await asyncio.sleep(0.1)
+            if time.monotonic() - said > 10:
+                said = time.monotonic()
+                print(f"bench: watchers {counts} {codes} after {said - started:.0f} s",
+                      file=sys.stderr, flush=True)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+        for c in calls:
+            c.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for ch in channels:
+            await ch.close()
+
+    asyncio.run(run())
+    return counts["opened"], counts["errors"], counts["events"]
+
+
+def bench_service_watchers(watchers: int = 1000, clients: int = 32,
+                           seconds: float = 20.0) -> None:
+    """`service_load` with `watchers` WatchJob streams open on a running job: the same
+    32 clients (GetJob, ListJobs, SubmitJob) while a job's rounds are broadcast to the
+    watchers. The target is a GetJob p99 under 50 ms and no errors."""
+    import multiprocessing
+    import sqlite3
+
+    processes = min(clients, os.cpu_count() or 2)
+    shares = [clients // processes + (i < clients % processes) for i in range(processes)]
+    ctx = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="fedcollab-bench-watch-") as tmp, \
+            ctx.Manager() as manager:
+        service = _ServiceProcess(Path(tmp) / "state", max_concurrent=1)
+        try:
+            job_id = service.client.submit(_LONG_JOB).id
+            deadline = time.monotonic() + 300
+            while service.client.get(job_id).rounds_completed < 1:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the watched job did not start within 300 s")
+                time.sleep(0.5)
+            ready, stop = manager.Event(), manager.Event()
+            with ctx.Pool(processes + 1) as pool:
+                watching = pool.apply_async(_watchers, (service.address, service.token, job_id,
+                                                        watchers, ready, stop))
+                if not ready.wait(300):
+                    raise RuntimeError("the watchers did not open their streams in 300 s")
+                before = service.client.get(job_id).rounds_completed
+                parts = pool.starmap(_load_worker, [
+                    (service.address, service.token, job_id, seconds, n) for n in shares])
+                during = service.client.get(job_id).rounds_completed - before
+                stop.set()
+                opened, watch_errors, events = watching.get(60)
+            service.client.cancel(job_id)
+        finally:
+            service.stop()
+        samples = [s for part in parts for s in part[0]]
+        errors = sum(part[1] for part in parts)
+        submitted = {i for part in parts for i in part[2]} | {job_id}
+        stored = {r[0] for r in sqlite3.connect(Path(tmp) / "state" / "jobs.sqlite").execute(
+            "SELECT id FROM jobs")}
+    latencies = [ms for _, ms in samples]
+    by_op = {op: [ms for o, ms in samples if o == op] for op in ("GetJob", "ListJobs",
+                                                                 "SubmitJob")}
+    emit({"bench": "service_load", "watchers": watchers, "clients": clients, "seconds": seconds,
+          "requests_per_second": len(samples) / seconds,
+          "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
+          "errors": errors + watch_errors + (watchers - opened), "jobs_lost": len(
+              submitted - stored),
+          "get_job_p99_ms": _percentile(by_op["GetJob"], 99),
+          "get_job_p50_ms": _percentile(by_op["GetJob"], 50),
+          "list_jobs_p99_ms": _percentile(by_op["ListJobs"], 99),
+          "submit_job_p99_ms": _percentile(by_op["SubmitJob"], 99),
+          "watchers_opened": opened, "watch_events": events, "rounds_during": during,
+          "client": "grpc.aio", "client_processes": processes, "cpus": os.cpu_count()})
+
+
+def _service_load_both() -> None:
+    """`service_load`: the plain run, then the run with 1,000 watchers (DESIGN.md)."""
+    bench_service_load()
+    bench_service_watchers()
+
+
 def bench_service_latency(rounds: int = 5) -> None:
     """The default job (rounds: 5) submitted to a warm service, submit to SUCCEEDED,
     against `fedcollab run` of the same spec from a cold start, in this same run."""
@@ -770,14 +894,16 @@ BENCHES: dict[str, Callable[[], None]] = {
     "cold_start": bench_cold_start,
     "worker_scaling": bench_worker_scaling,
     "grade": bench_grade,
-    "service_load": bench_service_load,
+    "service_load": _service_load_both,
+    "service_watchers": bench_service_watchers,
     "service_latency": bench_service_latency,
     "scale": bench_scale,
     "secure_floor": bench_secure_floor,
 }
 
 
-OWN_PROCESSES = frozenset({"cold_start", "service_load", "service_latency"})
+OWN_PROCESSES = frozenset({"cold_start", "service_load", "service_watchers",
+                           "service_latency"})
 
 
 def main() -> int:

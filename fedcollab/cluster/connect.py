@@ -417,15 +417,31 @@ def _stop_autoscaler_monitor(ray: Any) -> None:
 
 def start_local_head(*, num_cpus: int, temp_dir: str) -> tuple[Any, str]:
     """Start a local Ray head in this process for a job service (no dashboard, quiet
-    workers); returns the connected ``ray`` module and the head's GCS address."""
+    workers, bound to 127.0.0.1); returns the connected ``ray`` module and the head's
+    GCS address. Ray's start-up time-out is retried as :func:`connect` retries it.
+
+    Raises:
+        ClusterError: Ray did not start (one line).
+    """
     import logging
 
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             _temp_dir=temp_dir, _system_config=EMBEDDED_SYSTEM_CONFIG,
-             logging_level=logging.WARNING, log_to_driver=False,
-             runtime_env={"env_vars": worker_env()})
+    keep_loopback()
+    for start in range(1, EMBEDDED_STARTS + 1):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
+                     _system_config=EMBEDDED_SYSTEM_CONFIG,
+                     logging_level=logging.WARNING, log_to_driver=False,
+                     runtime_env={"env_vars": worker_env()})
+            break
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
+            ray.shutdown()
+            if start < EMBEDDED_STARTS and is_startup_timeout(err):
+                continue
+            first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+            raise ClusterError(f"cannot start the job service's Ray head: {first}") from None
     return ray, str(ray.get_runtime_context().gcs_address)
 
 

@@ -360,10 +360,24 @@ class WorkerPool(Hosting):
         """Mean test loss (and accuracy) of the participants with private layers."""
         if not self.private_pids:
             return {}
-        calls = [w.evaluate_personalised.remote(weights) for w, has in
-                 zip(self.workers, self._has_private) if has]
-        return personalised_means([r for batch in self.ray.get(calls) for r in batch],
+        calls = [(i, w.evaluate_personalised.remote(weights)) for i, (w, has) in
+                 enumerate(zip(self.workers, self._has_private)) if has]
+        return personalised_means([r for batch in self._survivors(calls) for r in batch],
                                   classification=classification)
+
+    def _survivors(self, calls: Sequence[tuple[int, Any]]) -> list[Any]:
+        """The replies of the workers still there; a worker lost meanwhile (its node
+        gone: ActorDiedError, ActorUnavailableError) is marked for :meth:`heal`, like
+        a worker lost in training. A call that itself failed raises."""
+        replies = []
+        for index, call in calls:
+            try:
+                replies.append(self.ray.get(call))
+            except self.ray.exceptions.RayTaskError:
+                raise
+            except self.ray.exceptions.RayError:
+                self.suspect.add(index)
+        return replies
 
     # ------------------------------------------------------------------ checkpoints
     def save_private(self, round_id: int) -> Callable[[], None]:
@@ -374,13 +388,14 @@ class WorkerPool(Hosting):
         actor run in order): the files hold exactly round ``round_id``'s state.
         Returns a function that waits for the saves (call it before committing).
         """
-        calls = [w.save_private.remote(round_id, self.committed)
-                 for w, has in zip(self.workers, self._has_private) if has] \
+        calls = [(i, w.save_private.remote(round_id, self.committed))
+                 for i, (w, has) in enumerate(zip(self.workers, self._has_private)) if has] \
             if self.private_pids else []
 
         def wait() -> None:
-            if calls:
-                self.ray.get(calls)
+            # A worker lost before it saved heals at the next round and reloads the
+            # private layers of the last round it did save.
+            self._survivors(calls)
         return wait
 
     def commit(self, round_id: int) -> None:

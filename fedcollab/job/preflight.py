@@ -14,9 +14,13 @@ from fedcollab.spec.roster import policy
 __all__ = ["preflight", "spec_warnings"]
 
 
-def preflight(spec: JobSpec) -> dict[str, Any]:
+def preflight(spec: JobSpec, *, find_model: bool = True) -> dict[str, Any]:
     """Find the model, load the data, partition it, check the secure encoding and
     the release key.
+
+    `find_model` False skips looking up a ``package.module:function`` model (finding
+    a submodule imports its parent packages: the job service checks its allowlist
+    instead, importing nothing).
 
     Returns:
         Facts for the user: training samples and the secure group's ring width.
@@ -31,7 +35,8 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
     from fedcollab.data.federation import PartitionedFederation
     from fedcollab.worker.models import check_builder_name
 
-    check_builder_name(spec.task.model)
+    if find_model:
+        check_builder_name(spec.task.model)
     data = load_federation(spec)
     facts: dict[str, Any] = {
         "train_samples": len(data.dataset.y_train) if isinstance(data, PartitionedFederation)

@@ -2,12 +2,13 @@
 
 Only named outputs leave the service: never the job's signing key, its
 checkpoints or the service's own files. A name is a relative path inside the
-job directory; absolute paths, ``..``, and symbolic links are refused, and each
-file is opened with ``O_NOFOLLOW`` after its real path was checked.
+job directory; absolute paths, ``..``, symbolic links and hard links are refused,
+and each file is opened with ``O_NOFOLLOW`` after its real path was checked.
 """
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterator
 
@@ -83,12 +84,19 @@ def resolve(job_dir: Path, name: str, job: Any) -> list[tuple[str, Path]]:
 
 
 def open_all(files: list[tuple[str, Path]]) -> Iterator[tuple[str, IO[bytes], int]]:
-    """Open each file without following a symlink swapped in since the check."""
+    """Open each file without following a symlink swapped in since the check; only a
+    regular file with one link is sent (a hard link could name any file the service
+    can read)."""
     for relative, path in files:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             raise InvalidArgument(f"artifact {relative}: cannot be opened (a symbolic link, "
                                   "or gone)") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise InvalidArgument(f"artifact {relative}: not a regular file with one link; "
+                                  "refused")
         handle = os.fdopen(fd, "rb")
-        yield relative, handle, os.fstat(fd).st_size
+        yield relative, handle, info.st_size

@@ -5,17 +5,32 @@ nothing)::
 
     tokens: [{name: ci, role: admin, sha256: "<hex sha256 of the token>"}]
 
+Each entry may also carry (``fedcollab token new`` writes the first two):
+
+* ``id``: a random id the token's jobs are owned by, so a token re-issued under an
+  old name owns none of the old token's jobs (an entry without one is owned by
+  its name, as before ids existed);
+* ``expires``: unix seconds (or an ISO 8601 time) after which the token is refused;
+* ``data_roots``: directories on the service's machine whose files the token's jobs
+  may train on (``task.path``); without it, ``serve --data-root``.
+
 Roles: ``admin`` does everything; ``submitter`` submits jobs and reads or cancels
 its own; ``viewer`` reads every job. The file is re-read when it changes, so
-``fedcollab token new`` takes effect without a restart.
+``fedcollab token new`` and ``token revoke`` take effect without a restart. A file
+that no longer parses (or is deleted) stops authentication: every call is refused
+until it is fixed (fail closed), and the service's log says why in one line.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
+import logging
+import math
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -25,11 +40,15 @@ import yaml
 from fedcollab.errors import FedcollabError
 from fedcollab.io import atomic_write_bytes
 from fedcollab.service.errors import PermissionDenied, Unauthenticated
+from fedcollab.spec.yamlsafe import safe_load
 
 __all__ = ["ROLES", "Caller", "TokenFile", "TokensFileError", "hash_token", "new_token",
-           "authorize", "check_owner", "token_from_metadata"]
+           "revoke_token", "authorize", "check_owner", "token_from_metadata"]
+
+log = logging.getLogger("fedcollab.service")
 
 ROLES = ("admin", "submitter", "viewer")
+_ADMINS = frozenset({"admin"})
 _READ = frozenset(ROLES)
 _WRITE = frozenset({"admin", "submitter"})
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -50,6 +69,20 @@ class Caller:
 
     name: str
     role: str
+    id: str = ""
+    data_roots: tuple[str, ...] = ()
+    has_roots: bool = False  # the token names its own data_roots (else serve's apply)
+
+    @property
+    def is_admin(self) -> bool:
+        """The operator's role: not held to the per-token limits."""
+        return self.role in _ADMINS
+
+    @property
+    def owner_id(self) -> str:
+        """What this caller's jobs are owned by: the token's id, or its name for an
+        entry made before tokens had ids."""
+        return self.id or f"name:{self.name}"
 
     @property
     def sees_everything(self) -> bool:
@@ -63,9 +96,24 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _read_entries(path: Path) -> list[dict[str, str]]:
+def _expiry(path: Path, i: int, value: Any) -> float:
+    if isinstance(value, bool):
+        value = None
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        value = datetime.datetime.combine(value, datetime.time(), datetime.timezone.utc)
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return value.timestamp()
+    if isinstance(value, (int, float)):
+        return float(value)
+    raise TokensFileError(f"tokens file {path}: tokens.{i}.expires: expected unix seconds "
+                          "or an ISO 8601 time")
+
+
+def _read_entries(path: Path) -> list[dict[str, Any]]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise TokensFileError(f"tokens file {path}: no such file "
                               "(create one with `fedcollab token new`)") from None
@@ -86,7 +134,16 @@ def _read_entries(path: Path) -> list[dict[str, str]]:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise TokensFileError(f"tokens file {path}: tokens.{i}.sha256: expected 64 hex "
                                   "digits (the sha256 of the token, never the token)")
-        out.append({"name": str(entry["name"]), "role": role, "sha256": digest})
+        roots = entry.get("data_roots")
+        if roots is not None and (not isinstance(roots, list)
+                                  or not all(isinstance(r, str) and r for r in roots)):
+            raise TokensFileError(f"tokens file {path}: tokens.{i}.data_roots: expected a list "
+                                  "of directories")
+        out.append({"name": str(entry["name"]), "role": role, "sha256": digest,
+                    "id": str(entry.get("id") or ""),
+                    "expires": _expiry(path, i, entry["expires"]) if entry.get("expires")
+                    is not None else None,
+                    "data_roots": None if roots is None else [str(r) for r in roots]})
     return out
 
 
@@ -96,7 +153,7 @@ class TokenFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._entries = _read_entries(self.path)
+        self._entries: Optional[list[dict[str, Any]]] = _read_entries(self.path)
         self._stamp = self._stat()
 
     def _stat(self) -> tuple[int, int]:
@@ -106,14 +163,18 @@ class TokenFile:
             return (0, 0)
         return (st.st_mtime_ns, st.st_size)
 
-    def _current(self) -> list[dict[str, str]]:
+    def _current(self) -> Optional[list[dict[str, Any]]]:
         stamp = self._stat()
         with self._lock:
             if stamp != self._stamp:
                 try:
                     self._entries = _read_entries(self.path)
-                except TokensFileError:
-                    pass  # a half-edited file: keep serving with the last good one
+                except TokensFileError as err:
+                    # Fail closed: a revoked token must not keep working because the
+                    # file that revoked it does not parse (`token new` and `revoke`
+                    # replace the file atomically, so no reader sees it half-written).
+                    self._entries = None
+                    log.error("%s; every call is refused until it is fixed", err)
                 self._stamp = stamp
             return self._entries
 
@@ -126,14 +187,22 @@ class TokenFile:
         if not token:
             raise Unauthenticated("missing token: pass --token or set FEDCOLLAB_TOKEN "
                                   "(gRPC metadata `authorization: Bearer <token>`)")
+        entries = self._current()
+        if entries is None:
+            raise Unauthenticated("the job service cannot read its tokens file; every token "
+                                  "is refused until its operator fixes it")
         digest = hash_token(token)
-        found: Optional[Caller] = None
-        for entry in self._current():  # check every entry: no early exit to time
+        found: Optional[dict[str, Any]] = None
+        for entry in entries:  # check every entry: no early exit to time
             if hmac.compare_digest(digest, entry["sha256"]):
-                found = Caller(entry["name"], entry["role"])
+                found = entry
         if found is None:
             raise Unauthenticated("unknown token")
-        return found
+        if found["expires"] is not None and time.time() >= found["expires"]:
+            raise Unauthenticated(f"token {found['name']!r} has expired; ask for a new one")
+        roots = found["data_roots"]
+        return Caller(found["name"], found["role"], found["id"],
+                      tuple(roots or ()), roots is not None)
 
 
 def token_from_metadata(metadata: Sequence[Any]) -> Optional[str]:
@@ -155,14 +224,31 @@ def authorize(caller: Caller, method: str) -> None:
                                f"(allowed: {', '.join(sorted(PERMISSIONS.get(method, ())))})")
 
 
-def check_owner(caller: Caller, owner: str, job_id: str) -> None:
-    """A submitter touches only its own jobs; admins and viewers see all."""
-    if not caller.sees_everything and caller.name != owner:
+def check_owner(caller: Caller, owner_id: str, job_id: str) -> None:
+    """A submitter touches only its own jobs (by the token's id, so a re-issued name
+    owns nothing old); admins and viewers see all."""
+    if not caller.sees_everything and not hmac.compare_digest(caller.owner_id, owner_id):
         raise PermissionDenied(f"job {job_id} belongs to another submitter")
 
 
-def new_token(path: str | Path, *, name: str, role: str) -> str:
-    """Make a token, append its sha256 to the tokens file (0600) and return it.
+def _write_entries(target: Path, entries: list[dict[str, Any]]) -> None:
+    """Replace the tokens file atomically, mode 0600, with only the keys set."""
+    keep = [{k: v for k, v in e.items() if v not in (None, "")} for e in entries]
+    text = "# fedcollab job service tokens: sha256 hashes only (fedcollab token new)\n"
+    text += yaml.safe_dump({"tokens": keep}, sort_keys=False)
+    atomic_write_bytes(target, text.encode(), mode=0o600)
+    os.chmod(target, 0o600)
+
+
+def new_token(path: str | Path, *, name: str, role: str,
+              expires_in: Optional[float] = None,
+              data_roots: Sequence[str] = ()) -> str:
+    """Make a token, append its sha256 (with a fresh id) to the tokens file (0600) and
+    return it.
+
+    Args:
+        expires_in: seconds from now until the token is refused (None: never).
+        data_roots: directories the token's jobs may read data from.
 
     The token itself is stored nowhere: print it once and hand it over.
     """
@@ -174,11 +260,27 @@ def new_token(path: str | Path, *, name: str, role: str) -> str:
     entries = _read_entries(target) if target.exists() else []
     if any(e["name"] == name for e in entries):
         raise TokensFileError(f"tokens file {target}: a token named {name!r} exists already")
+    if expires_in is not None and expires_in <= 0:
+        raise TokensFileError(f"--expires-in {expires_in}: expected a positive duration")
     token = secrets.token_urlsafe(32)
-    entries.append({"name": name, "role": role, "sha256": hash_token(token)})
-    text = "# fedcollab job service tokens: sha256 hashes only (fedcollab token new)\n"
-    text += yaml.safe_dump({"tokens": entries}, sort_keys=False)
-    mode = (target.stat().st_mode & 0o777) if target.exists() else 0o600
-    atomic_write_bytes(target, text.encode(), mode=mode)
-    os.chmod(target, mode)
+    entries.append({"name": name, "role": role, "sha256": hash_token(token),
+                    "id": secrets.token_hex(8),
+                    "expires": math.ceil(time.time() + expires_in) if expires_in else None,
+                    "data_roots": [os.path.abspath(r) for r in data_roots] or None})
+    _write_entries(target, entries)
     return token
+
+
+def revoke_token(path: str | Path, *, name: str) -> int:
+    """Remove the token(s) named `name` from the tokens file; returns how many.
+
+    The running service re-reads the file and refuses the token on its next call.
+    """
+    target = Path(path)
+    entries = _read_entries(target)
+    kept = [e for e in entries if e["name"] != name]
+    removed = len(entries) - len(kept)
+    if not removed:
+        raise TokensFileError(f"tokens file {target}: no token named {name!r}")
+    _write_entries(target, kept)
+    return removed

@@ -87,6 +87,23 @@ def add_service_commands(sub: Any) -> None:
                        help="CA for client certificates: require mutual TLS")
     serve.add_argument("--warm-runners", type=int, default=1,
                        help="job processes kept ready with TensorFlow imported (default 1)")
+    serve.add_argument("--data-root", action="append", type=Path, default=[],
+                       metavar="DIR", help="a directory jobs may read task.path from, for "
+                       "tokens whose entry names no data_roots (repeatable)")
+    serve.add_argument("--allow-model-module", action="append", default=[], metavar="MODULE",
+                       help="a module (with its submodules) task.model may name as "
+                       "MODULE:function; only built-in models otherwise (repeatable)")
+    serve.add_argument("--max-watch-per-token", type=int, default=64,
+                       help="WatchJob streams one token may hold open (0: no limit)")
+    serve.add_argument("--max-watch-total", type=int, default=2048,
+                       help="WatchJob streams all non-admin tokens together (0: no limit)")
+    serve.add_argument("--max-queued-per-token", type=int, default=20,
+                       help="queued jobs per non-admin token (0: no limit)")
+    serve.add_argument("--submits-per-minute", type=int, default=60,
+                       help="submits per token per minute (0: no limit)")
+    serve.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                       "(counts and timings only; default: off)")
 
     submit = _add(sub, "submit", "submit a job spec to the service; prints the job id",
                   _cmd_submit, EXAMPLES["submit"])
@@ -139,6 +156,16 @@ def add_service_commands(sub: Any) -> None:
     new.add_argument("--name", required=True, help="who the token is for")
     new.add_argument("--role", required=True, choices=("admin", "submitter", "viewer"))
     new.add_argument("--tokens", type=Path, required=True, help="tokens file (created 0600)")
+    new.add_argument("--expires-in", default=None, metavar="DURATION",
+                     help="refuse the token after this long: e.g. 90d, 12h, 30m, 3600 (s)")
+    new.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                     help="a directory this token's jobs may read task.path from "
+                     "(repeatable; default: the service's --data-root)")
+    revoke = _add(token_sub, "revoke", "remove a token from the file (the service refuses it "
+                  "on its next call)", _cmd_token_revoke,
+                  "fedcollab token revoke --name ci --tokens tokens.yaml")
+    revoke.add_argument("--name", required=True, help="the token's name")
+    revoke.add_argument("--tokens", type=Path, required=True, help="tokens file")
 
     certs = _add(sub, "certs", "make a CA and TLS certificates for the service",
                  _cmd_certs_help, EXAMPLES["certs"])
@@ -224,12 +251,23 @@ def _spec_text(path: str, overrides: list[str]) -> str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from fedcollab.service.limits import LimitsConfig
     from fedcollab.service.server import ServeConfig, serve
 
+    try:
+        limits = LimitsConfig(watch_per_token=args.max_watch_per_token,
+                              watch_total=args.max_watch_total,
+                              queued_per_token=args.max_queued_per_token,
+                              submits_per_minute=args.submits_per_minute)
+    except ValueError as err:
+        raise ServiceUsageError(f"serve: {err}") from None
     return serve(ServeConfig(state_dir=args.state_dir, listen=args.listen,
                              ray_address=args.ray_address, max_concurrent=args.max_concurrent,
                              tokens=args.tokens, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                             client_ca=args.client_ca, warm_runners=args.warm_runners))
+                             client_ca=args.client_ca, warm_runners=args.warm_runners,
+                             data_roots=tuple(args.data_root),
+                             allow_model_modules=tuple(args.allow_model_module),
+                             limits=limits, metrics_listen=args.metrics_listen))
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -346,16 +384,46 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _cmd_token_help(args: argparse.Namespace) -> int:
     raise ServiceUsageError("token: say what to do, e.g. `fedcollab token new --name ci "
-                            "--role submitter --tokens tokens.yaml`")
+                            "--role submitter --tokens tokens.yaml` or `fedcollab token revoke "
+                            "--name ci --tokens tokens.yaml`")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """'90d', '12h', '30m', '45s' or plain seconds."""
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:], 0) if raw else 0
+    number = raw[:-1] if unit else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ServiceUsageError(f"--expires-in {text!r}: expected a duration like 90d, 12h, "
+                                "30m or seconds")
+    return value
 
 
 def _cmd_token_new(args: argparse.Namespace) -> int:
     from fedcollab.service.auth import new_token
 
-    token = new_token(args.tokens, name=args.name, role=args.role)
+    token = new_token(args.tokens, name=args.name, role=args.role,
+                      expires_in=_duration(args.expires_in) if args.expires_in else None,
+                      data_roots=args.data_root)
     print(token)
     print(f"token {args.name!r} ({args.role}) added to {args.tokens} as a sha256 hash; it is "
           "shown only this once", file=sys.stderr)
+    return 0
+
+
+def _cmd_token_revoke(args: argparse.Namespace) -> int:
+    from fedcollab.service.auth import revoke_token
+
+    removed = revoke_token(args.tokens, name=args.name)
+    print(f"token {args.name!r} revoked ({removed} entr{'y' if removed == 1 else 'ies'} removed "
+          f"from {args.tokens})", file=sys.stderr)
     return 0
 
 

@@ -18,7 +18,6 @@ import argparse
 import ctypes
 import fcntl
 import json
-import logging
 import os
 import shutil
 import signal
@@ -37,6 +36,7 @@ __all__ = ["RUN_DIR", "tie_to_parent", "grade_command", "main"]
 RUN_DIR = "run"
 
 _PR_SET_PDEATHSIG = 1
+_HELD: list[Any] = []  # the Ray connection, held until the process exits
 
 
 def tie_to_parent(parent_pid: int) -> None:
@@ -69,15 +69,27 @@ def _warm_driver() -> None:
 
 
 def _connect(address: str) -> Any:
-    import ray
-
-    from fedcollab.cluster.connect import worker_env
+    """Join the service's Ray through fedcollab's connect path (a loopback head kept
+    on loopback, its token presented), retrying Ray's start-up time-out."""
+    from fedcollab.cluster.connect import (
+        EMBEDDED_STARTS,
+        ClusterError,
+        connect,
+        is_startup_timeout,
+    )
 
     # Ray's own pre-started worker processes do not help: Ray gives each actor a fresh
     # process and never reuses a pre-started one. Spare actors do (below).
-    ray.init(address=address, logging_level=logging.WARNING,
-             log_to_driver=bool(os.environ.get("FEDCOLLAB_WORKER_LOGS")),
-             runtime_env={"env_vars": worker_env()})
+    for start in range(1, EMBEDDED_STARTS + 1):
+        held = connect(address)
+        try:
+            ray = held.__enter__()
+            _HELD.append(held)  # a collected context manager would disconnect
+            break
+        except ClusterError as err:
+            if start < EMBEDDED_STARTS and is_startup_timeout(err):
+                continue
+            raise
     ray.cluster_resources()  # the connection is up and answering
     return ray
 
@@ -141,6 +153,11 @@ def _run(task: dict[str, Any], address: str, spares: Sequence[Any] = ()) -> int:
         _lock(job_dir)
         spec = parse_spec_text((job_dir / "request.yaml").read_text(encoding="utf-8"),
                                check_data=False)
+        if spec.task.dataset == "file" and "data_roots" in task:
+            from fedcollab.service.policy import confine_data_path, normalise_roots
+
+            # Checked at submit; again now, in case a symlink was swapped in since.
+            confine_data_path(str(spec.task.path), normalise_roots(task["data_roots"]))
         # Resume only what got as far as writing its spec; an attempt killed before
         # that left nothing worth keeping (and a new job needs an empty directory).
         resume = bool(task.get("resume")) and (out / "spec.yaml").is_file()
@@ -179,9 +196,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     spares: list[Any] = []
     if args.mode == "run":
+        from fedcollab.errors import FedcollabError
+
         t0 = time.perf_counter()
         _warm_driver()
-        spares = _spares(_connect(args.address))
+        try:
+            spares = _spares(_connect(args.address))
+        except FedcollabError as err:  # one line in service.log, not a traceback
+            print(f"[{time.strftime('%H:%M:%S')}] job process {os.getpid()}: {err}",
+                  file=sys.stderr, flush=True)
+            return 3
         print(f"[{time.strftime('%H:%M:%S')}] job process {os.getpid()} warm in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     line = sys.stdin.readline()

@@ -12,16 +12,17 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Callable, Optional
 
 from fedcollab.io import atomic_write_bytes
 from fedcollab.service.store import JobRecord, JobStore
@@ -32,25 +33,55 @@ CANCEL_GRACE_SECONDS = 3.0
 RAY_START_TIMEOUT = 120.0
 
 
-class Hub:
-    """Wakes WatchJob and CancelJob callers when a job changes.
-
-    The runner's thread publishes; the server's event loop awaits `changed`.
-    """
+class _Feed:
+    """One job's round lines, read once from its events.jsonl and kept in memory."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.offset = 0
+        self.lines: list[dict[str, Any]] = []
+        self.loaded = False
+
+
+class Hub:
+    """Wakes WatchJob and CancelJob callers when a job changes, and holds what they
+    send, so a thousand watchers cost one reader.
+
+    The runner's thread reads each running job's new event lines (:meth:`feed`) and
+    publishes; the server's event loop awaits :meth:`changed` and reads the lines and
+    the job's record from memory (:meth:`events`, :meth:`record`): nothing is re-read
+    per watcher. The first watcher of a job that is not running loads its file once,
+    off the event loop.
+    """
+
+    #: How long a cached job record answers before the next reader refreshes it
+    #: (every change the service makes publishes, which refreshes it at once).
+    RECORD_SECONDS = 2.0
+
+    def __init__(self, max_jobs: int = 512) -> None:
         self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop,
                                             asyncio.Future[None]]]] = {}
+        self._feeds: OrderedDict[str, _Feed] = OrderedDict()
+        self._records: dict[str, tuple[int, Any, float]] = {}
+        self._max_jobs = max_jobs
+
+    #: Watchers woken per turn of the event loop: a broadcast to a thousand watchers
+    #: wakes them a slice at a time, so calls that arrive meanwhile (GetJob, health)
+    #: are served between slices rather than after the whole broadcast.
+    WAKE_SLICE = 32
 
     def publish(self, job_id: str) -> None:
         with self._lock:
             self._versions[job_id] = self._versions.get(job_id, 0) + 1
             waiters = self._waiters.pop(job_id, [])
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for loop, future in waiters:
+            by_loop.setdefault(loop, []).append(future)
+        for loop, futures in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop has closed
-                loop.call_soon_threadsafe(_wake, future)
+                loop.call_soon_threadsafe(_wake_slices, loop, futures, 0, self.WAKE_SLICE)
 
     def version(self, job_id: str) -> int:
         with self._lock:
@@ -76,10 +107,93 @@ class Hub:
                     if not waiting:
                         del self._waiters[job_id]
 
+    # ------------------------------------------------------------ what watchers read
+    def _feed(self, job_id: str) -> _Feed:
+        with self._lock:
+            feed = self._feeds.get(job_id)
+            if feed is None:
+                feed = self._feeds[job_id] = _Feed()
+                while len(self._feeds) > self._max_jobs:
+                    old, _ = self._feeds.popitem(last=False)
+                    self._records.pop(old, None)
+            else:
+                self._feeds.move_to_end(job_id)
+            return feed
+
+    def feed(self, job_id: str, job_dir: Path) -> list[dict[str, Any]]:
+        """Read the job's new complete lines (the runner, once per change); returns
+        them (all of them, the first time)."""
+        feed = self._feed(job_id)
+        with feed.lock:
+            before = len(feed.lines)
+            _read_new(feed, job_dir / "events.jsonl")
+            feed.loaded = True
+            return feed.lines[before:]
+
+    def is_loaded(self, job_id: str) -> bool:
+        with self._lock:
+            feed = self._feeds.get(job_id)
+        return feed is not None and feed.loaded
+
+    def events(self, job_id: str, job_dir: Path) -> list[dict[str, Any]]:
+        """The job's round lines so far (a list that only grows: index into it).
+
+        Loads the file the first time (blocking: call it off the event loop unless
+        :meth:`is_loaded`)."""
+        feed = self._feed(job_id)
+        if not feed.loaded:
+            with feed.lock:
+                if not feed.loaded:
+                    _read_new(feed, job_dir / "events.jsonl")
+                    feed.loaded = True
+        return feed.lines
+
+    def record(self, job_id: str, fetch: Callable[[str], Any]) -> Any:
+        """The job's record, read through `fetch` at most once per change (or per
+        RECORD_SECONDS), however many watchers ask."""
+        now = time.monotonic()
+        with self._lock:
+            version = self._versions.get(job_id, 0)
+            cached = self._records.get(job_id)
+            if cached is not None and cached[0] == version and \
+                    now - cached[2] < self.RECORD_SECONDS:
+                return cached[1]
+        record = fetch(job_id)
+        with self._lock:
+            self._records[job_id] = (version, record, now)
+        return record
+
+
+def _read_new(feed: _Feed, path: Path) -> None:
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < feed.offset:  # the file was replaced: start over
+                feed.offset, feed.lines[:] = 0, []
+            handle.seek(feed.offset)
+            data = handle.read(size - feed.offset)
+    except FileNotFoundError:
+        return
+    end = data.rfind(b"\n") + 1  # the last piece may still be being written
+    for raw in data[:end].split(b"\n")[:-1]:
+        try:
+            feed.lines.append(json.loads(raw))
+        except ValueError:
+            continue
+    feed.offset += end
+
 
 def _wake(future: "asyncio.Future[None]") -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _wake_slices(loop: asyncio.AbstractEventLoop, futures: list["asyncio.Future[None]"],
+                 start: int, size: int) -> None:
+    for future in futures[start:start + size]:
+        _wake(future)
+    if start + size < len(futures):  # the rest after what is queued now
+        loop.call_soon(_wake_slices, loop, futures, start + size, size)
 
 
 def read_events(job_dir: Path) -> list[dict[str, Any]]:
@@ -130,12 +244,32 @@ class Runner:
         self._running: dict[str, _Running] = {}
         self._pool = _Pool()
         self._ray_head: Optional[subprocess.Popen[bytes]] = None
+        self._own_head: Optional[bool] = False if ray_address else None
         self._ray_tmp: Optional[str] = None
         self._log: Optional[IO[bytes]] = None
         self._thread = threading.Thread(target=self._loop, name="fedcollab-runner", daemon=True)
         self.ray_error = ""
-        self._env = {**os.environ,
-                     "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        self._env = {k: v for k, v in os.environ.items()
+                     if k not in ("PYTHONSTARTUP", "PYTHONINSPECT", "PYTHONSAFEPATH")}
+        self._env["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+        # The service's own code, wherever it was imported from (a checkout too), is
+        # the one directory added to the job processes' path.
+        home = str(Path(__file__).resolve().parents[2])
+        self._env["PYTHONPATH"] = os.pathsep.join(
+            [home, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                     if p and p != home]])
+        #: Job processes (and the Ray they start) run in this empty directory with
+        #: python -P: neither the service's working directory nor a job's files land
+        #: on a worker's sys.path.
+        self._cwd = self.state_dir / "cwd"
+        #: Called with False while the service cannot run jobs (its Ray head is
+        #: down), True when it can again: the server's health status follows.
+        self.on_health: Callable[[bool], None] = lambda ok: None
+        #: Called with each round line a running job reports (metrics).
+        self.on_round: Callable[[dict[str, Any]], None] = lambda line: None
+        self.ray_restarts = 0
+        self._probed = 0.0
+        self._ray_down = False  # lost and not yet restarted: start no job meanwhile
 
     # ------------------------------------------------------------ API (any thread)
     def start(self) -> None:
@@ -169,6 +303,7 @@ class Runner:
             self._wake.wait(0.2)
             self._wake.clear()
             try:
+                self._watch_ray()
                 self._handle_cancels()
                 self._reap()
                 self._start_queued()
@@ -184,42 +319,60 @@ class Runner:
             self._log.write(f"[{time.strftime('%H:%M:%S')}] {text.rstrip()}\n".encode())
             self._log.flush()
 
+    def _clean_cwd(self) -> Path:
+        self._cwd.mkdir(mode=0o700, exist_ok=True)
+        for stray in self._cwd.iterdir():  # nothing may wait there for a job to import
+            if stray.is_dir() and not stray.is_symlink():
+                shutil.rmtree(stray, ignore_errors=True)
+            else:
+                stray.unlink(missing_ok=True)
+        return self._cwd
+
     def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, *args, "--parent-pid", str(os.getpid())],
+            [sys.executable, "-P", *args, "--parent-pid", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=self._log or subprocess.DEVNULL,
-            stderr=self._log or subprocess.DEVNULL, start_new_session=True, env=self._env)
+            stderr=self._log or subprocess.DEVNULL, start_new_session=True, env=self._env,
+            cwd=self._clean_cwd())
 
     def _ensure_ray(self) -> str:
-        if self.ray_address:
+        if self._own_head is False:
+            assert self.ray_address is not None
             return self.ray_address
         if self._ray_head is None or self._ray_head.poll() is not None:
+            self._own_head = True
             self._ray_tmp = self._fresh_ray_tmp()
+            from fedcollab.cluster.connect import ensure_token_file
+
+            # The head's token lives in the state dir, 0600, never ~/.ray/auth_token;
+            # the head and every job process present it.
+            token = ensure_token_file(self.state_dir / "ray-auth-token")
+            token.chmod(0o600)
+            self._env.update({"RAY_AUTH_TOKEN_PATH": str(token), "RAY_AUTH_MODE": "token"})
+            self._env.pop("RAY_AUTH_TOKEN", None)
             self._ray_head = subprocess.Popen(
-                [sys.executable, "-m", "fedcollab.service.rayhead", "--parent-pid",
+                [sys.executable, "-P", "-m", "fedcollab.service.rayhead", "--parent-pid",
                  str(os.getpid()), "--temp-dir", self._ray_tmp],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                start_new_session=True)
+                start_new_session=True, env=self._env, cwd=self._clean_cwd())
             assert self._ray_head.stdout is not None
             line = self._ray_head.stdout.readline()
             try:
                 head = json.loads(line)
                 self.ray_address = str(head["address"])
-                if head.get("auth_mode"):
-                    self._env["RAY_AUTH_MODE"] = str(head["auth_mode"])
             except (ValueError, KeyError):
                 self.ray_error = "the service's Ray head did not start (see service.log)"
                 self._note(self.ray_error)
                 raise RuntimeError(self.ray_error) from None
+            self.ray_error = ""
             self._note(f"Ray head up at {self.ray_address}")
         assert self.ray_address is not None
         return self.ray_address
 
     def _fresh_ray_tmp(self) -> str:
-        """A short temp dir for Ray (socket paths are length-limited), recorded in the
-        state dir so the next start removes it if this service is killed."""
-        import shutil
-
+        """Ray's temp dir: STATE_DIR/ray (0700) where its socket paths fit (Unix socket
+        paths are limited to 107 bytes), else a private /tmp/fcray-* directory
+        recorded in the state dir so the next start removes it if this one is killed."""
         record = self.state_dir / "ray-temp-dir"
         try:
             old = record.read_text().strip()
@@ -227,12 +380,65 @@ class Runner:
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass
-        path = tempfile.mkdtemp(prefix="fcray-", dir="/tmp")
+        inside = self.state_dir / "ray"
+        if len(str(inside)) <= 40:
+            shutil.rmtree(inside, ignore_errors=True)
+            inside.mkdir(mode=0o700)
+            path = str(inside)
+        else:
+            path = tempfile.mkdtemp(prefix="fcray-", dir="/tmp")  # mode 0700
         record.write_text(path + "\n")
         return path
 
+    def _watch_ray(self) -> None:
+        """A lost Ray head: say so (health NOT_SERVING), put its running jobs back in
+        the queue (they resume from their checkpoints, bit-exact), start a new head
+        and the warm pool on it, then serve again."""
+        head = self._ray_head
+        if not self._own_head or head is None:
+            return
+        if head.poll() is None:
+            now = time.monotonic()
+            if now - self._probed < 2.0 or self.ray_address is None:
+                return
+            self._probed = now
+            if _answers(self.ray_address):
+                return
+            _signal_group(head, signal.SIGKILL)  # its GCS is gone: take the rest down
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                head.wait(10)
+        _signal_group(head, signal.SIGKILL)  # the head's Ray processes share its group
+        self.on_health(False)
+        self._note(f"Ray head exited (code {head.returncode}); restarting it, running "
+                   "jobs resume from their checkpoints")
+        self._requeue_running()
+        for proc in self._pool.procs:
+            _signal_group(proc, signal.SIGKILL)
+        self._pool.procs.clear()
+        self.ray_address = None
+        self.ray_restarts += 1
+        self._ray_down = True
+        try:
+            self._ensure_ray()
+        except RuntimeError:
+            return  # still down: the next turn tries again; queued jobs wait
+        self._ray_down = False
+        self.on_health(True)
+
+    def _requeue_running(self) -> None:
+        """Stop every running job's process and put the job back in the queue (an
+        interruption, not a failure: its next attempt resumes)."""
+        for run in self._running.values():
+            _signal_group(run.proc, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.proc.wait(10)
+            (run.job_dir / "result.json").unlink(missing_ok=True)
+            self.store.transition(run.job.id, ["RUNNING"], "QUEUED")
+            self.hub.publish(run.job.id)
+        self._running.clear()
+
     def _fill_pool(self) -> None:
-        if self.max_concurrent <= 0 or self.ray_error:
+        if self.max_concurrent <= 0 or self.ray_error or self._ray_down:
             return
         if not self.eager and self.ray_address is None and self._ray_head is None:
             return  # lazy: no Ray (and no pool) until the first job needs it
@@ -253,6 +459,8 @@ class Runner:
         return self._spawn(["-m", "fedcollab.service.jobproc", "--address", self._ensure_ray()])
 
     def _start_queued(self) -> None:
+        if self._ray_down:
+            return
         free = self.max_concurrent - len(self._running)
         if free <= 0:
             return
@@ -284,6 +492,9 @@ class Runner:
     def _prepare_dir(self, job: JobRecord, job_dir: Path) -> None:
         """The job's directory with request.yaml, the spec as submitted (kept from an
         earlier attempt, or from a service that wrote it at submit time)."""
+        job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # An earlier attempt's result says nothing about this one.
+        (job_dir / "result.json").unlink(missing_ok=True)
         request = job_dir / "request.yaml"
         if request.is_file():
             return
@@ -300,9 +511,11 @@ class Runner:
         if size == run.events_size:
             return
         run.events_size = size
-        events = read_events(run.job_dir)
-        if events:
-            self.store.set_progress(run.job.id, int(events[-1].get("round", 0)))
+        new = self.hub.feed(run.job.id, run.job_dir)  # the job's one reader
+        for line in new:
+            self.on_round(line)
+        if new:
+            self.store.set_progress(run.job.id, int(new[-1].get("round", 0)))
             self.hub.publish(run.job.id)
 
     def _reap(self) -> None:
@@ -314,15 +527,21 @@ class Runner:
                         time.monotonic() - run.cancel_at > CANCEL_GRACE_SECONDS:
                     _signal_group(run.proc, signal.SIGKILL)
                 continue
+            if code != 0 and self._own_head and self.ray_address and \
+                    not _answers(self.ray_address):
+                self._probed = 0.0  # its Ray is gone, not the job: _watch_ray requeues it
+                continue
             del self._running[job_id]
             self._finish(run, code)
 
     def _finish(self, run: _Running, code: int) -> None:
+        run.events_size = -1
+        self._tail(run)  # its last lines, before watchers see it end
         now = time.time()
         job_id = run.job.id
         if run.cancel_at is not None:
             self.store.transition(job_id, ["RUNNING"], "CANCELLED", finished=now)
-        elif code == 0:
+        elif code == 0 and (run.job.kind == "grade" or _result_ok(run.job_dir)):
             summary = ""
             try:
                 summary = (run.job_dir / "run" / "summary.json").read_text(encoding="utf-8")
@@ -331,8 +550,13 @@ class Runner:
             self.store.transition(job_id, ["RUNNING"], "SUCCEEDED", finished=now,
                                   summary=summary)
         else:
-            self.store.transition(job_id, ["RUNNING"], "FAILED", finished=now,
-                                  error=_failure(run.job_dir, code))
+            error = _failure(run.job_dir, code)
+            if not (run.job_dir / "result.json").exists() or _result_ok(run.job_dir):
+                # It died before writing its result (or after writing "ok"): leave one
+                # that says it failed, so the job's files agree with the store.
+                atomic_write_bytes(run.job_dir / "result.json", json.dumps(
+                    {"ok": False, "error": error}).encode(), mode=0o600)
+            self.store.transition(job_id, ["RUNNING"], "FAILED", finished=now, error=error)
         self._note(f"job {job_id} ended with exit code {code}")
         self.hub.publish(job_id)
 
@@ -363,8 +587,6 @@ class Runner:
         if self._ray_head is not None:
             _close(self._ray_head, timeout=20.0)
         if self._ray_tmp:
-            import shutil
-
             shutil.rmtree(self._ray_tmp, ignore_errors=True)
 
 
@@ -386,6 +608,26 @@ def _close(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         proc.wait()
 
 
+def _answers(address: str, timeout: float = 1.0) -> bool:
+    """Whether the Ray head's GCS port still accepts a connection."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _result_ok(job_dir: Path) -> bool:
+    try:
+        return json.loads((job_dir / "result.json").read_text(encoding="utf-8")).get("ok") \
+            is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _failure(job_dir: Path, code: int) -> str:
     try:
         result = json.loads((job_dir / "result.json").read_text(encoding="utf-8"))
@@ -400,5 +642,7 @@ def _failure(job_dir: Path, code: int) -> str:
         last = lines[-1].strip()[:300] if lines else ""
     except OSError:
         pass
+    if code == 0:
+        return "job process exited without a result (see job.log)"
     how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
     return f"job process {how}" + (f": {last}" if last else "") + " (see job.log)"

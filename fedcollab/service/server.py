@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import gc
+import hashlib
 import inspect
 import logging
+import os
 import shutil
 import signal
 import sys
 import threading
 import time
+from collections import OrderedDict
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,7 @@ from google.protobuf.message_factory import GetMessageClass
 from fedcollab._proto.fedcollab.v1 import jobs_pb2, jobs_pb2_grpc
 from fedcollab.errors import FedcollabError
 from fedcollab.service import artifacts
+from fedcollab.service.audit import AuditLog
 from fedcollab.service.auth import (
     ANONYMOUS_ADMIN,
     Caller,
@@ -40,12 +45,16 @@ from fedcollab.service.auth import (
 from fedcollab.service.errors import (
     FailedPrecondition,
     InvalidArgument,
+    PermissionDenied,
     ResourceExhausted,
     ServiceError,
     status_code,
 )
-from fedcollab.service.runner import Hub, Runner, read_events
-from fedcollab.service.specs import MAX_SPEC_BYTES, parse_spec_text
+from fedcollab.service.limits import Limits, LimitsConfig
+from fedcollab.service.metrics import ServiceMetrics
+from fedcollab.service.policy import check_model, confine_data_path, normalise_roots
+from fedcollab.service.runner import Hub, Runner
+from fedcollab.service.specs import MAX_SPEC_BYTES, parse_spec_text, spec_data
 from fedcollab.service.store import STATES, JobRecord, JobStore
 
 __all__ = ["ServeConfig", "JobServer", "run_server", "serve", "job_to_proto",
@@ -72,6 +81,13 @@ class ServeConfig:
     client_ca: Optional[Path] = None
     warm_runners: int = 1
     eager: bool = True  # start Ray and the warm runners at once (else on the first job)
+    #: where jobs may read `task.path` from, for tokens that name no data_roots
+    data_roots: tuple[Path, ...] = ()
+    #: modules (and their submodules) `task.model: package.module:function` may name
+    allow_model_modules: tuple[str, ...] = ()
+    limits: LimitsConfig = LimitsConfig()
+    #: HOST:PORT for Prometheus' /metrics (plain HTTP, no job data); None: off
+    metrics_listen: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 0:
@@ -83,6 +99,32 @@ class ServeConfig:
         host = self.listen.rpartition(":")[0]
         if not host or not self.listen.rpartition(":")[2].isdigit():
             raise InvalidArgument(f"--listen {self.listen!r}: expected HOST:PORT")
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Hold ``STATE_DIR/service.lock`` (flock) for the service's lifetime.
+
+    Returns the lock's file descriptor (closing it releases the lock; so does the
+    process dying, however it dies).
+
+    Raises:
+        FailedPrecondition: another service holds it; nothing in the state dir was
+            touched.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "service.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise FailedPrecondition(
+            f"--state-dir {state_dir} is in use by another fedcollab serve"
+            f"{f' (pid {holder})' if holder.isdigit() else ''}; stop it first or give "
+            "another --state-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def is_loopback(listen: str) -> bool:
@@ -114,6 +156,14 @@ def _lenient(message: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+def _serializer(message: Any) -> Callable[[Any], bytes]:
+    """A message's serializer that also passes bytes through: WatchJob sends one
+    event to many watchers encoded once (:meth:`_Servicer._wire`)."""
+    def serialize(value: Any) -> bytes:
+        return value if isinstance(value, bytes) else bytes(message.SerializeToString(value))
+    return serialize
+
+
 def _add_job_service(servicer: "_Servicer", server: Any) -> None:
     """Register JobService's methods as the generated code would, with `_lenient`
     request parsing."""
@@ -125,7 +175,7 @@ def _add_job_service(servicer: "_Servicer", server: Any) -> None:
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=_lenient(GetMessageClass(method.input_type)),
-            response_serializer=GetMessageClass(method.output_type).SerializeToString)
+            response_serializer=_serializer(GetMessageClass(method.output_type)))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
@@ -170,45 +220,76 @@ def _rpc(method: str, *, stream: bool = False, blocking: bool = False
             await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error "
                                                           "(see the service log)")
 
+        def code_of(err: BaseException) -> str:
+            return str(status_code(err).name) if isinstance(err, FedcollabError) else "INTERNAL"
+
         if stream:
             @functools.wraps(fn)
             async def streaming(self: "_Servicer", request: Any, context: Any
                                 ) -> AsyncIterator[Any]:
+                t0, code = time.perf_counter(), "CANCELLED"  # until it ends otherwise
                 try:
                     caller = self.caller(context, method)
                     _check(request)
                     async for item in fn(self, request, context, caller):
                         yield item
+                    code = "OK"
                 except Exception as err:  # noqa: BLE001  (mapped to a status in fail())
+                    code = code_of(err)
                     await fail(context, err)
+                finally:
+                    self.metrics.observe_rpc(method, code, time.perf_counter() - t0)
             return streaming
 
         @functools.wraps(fn)
         async def unary(self: "_Servicer", request: Any, context: Any) -> Any:
+            t0, code = time.perf_counter(), "CANCELLED"
             try:
                 caller = self.caller(context, method)
                 _check(request)
                 if inspect.iscoroutinefunction(fn):
-                    return await fn(self, request, context, caller)
-                if blocking:
-                    return await asyncio.get_running_loop().run_in_executor(
+                    result = await fn(self, request, context, caller)
+                elif blocking:
+                    result = await asyncio.get_running_loop().run_in_executor(
                         self.blocking, fn, self, request, context, caller)
-                return fn(self, request, context, caller)
+                else:
+                    result = fn(self, request, context, caller)
+                code = "OK"
+                return result
             except Exception as err:  # noqa: BLE001
+                code = code_of(err)
                 await fail(context, err)
+            finally:
+                self.metrics.observe_rpc(method, code, time.perf_counter() - t0)
         return unary
     return decorate
 
 
 class _Servicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, store: JobStore, runner: Runner, hub: Hub, state_dir: Path,
-                 tokens: Optional[TokenFile], blocking: futures.ThreadPoolExecutor) -> None:
+                 tokens: Optional[TokenFile], blocking: futures.ThreadPoolExecutor,
+                 config: ServeConfig, audit: AuditLog, metrics: ServiceMetrics) -> None:
         self.store = store
         self.runner = runner
         self.hub = hub
         self.state_dir = state_dir
         self.tokens = tokens
         self.blocking = blocking
+        self.limits = Limits(config.limits)
+        self.data_roots = normalise_roots(config.data_roots)
+        self.allow_models = tuple(config.allow_model_modules)
+        self.audit = audit
+        self.metrics = metrics
+        # WatchJob's events, encoded once per (job, version, what) for every watcher
+        self._wire_cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+
+    def _wire(self, key: tuple[str, int, int], build: Callable[[], Any]) -> bytes:
+        cached = self._wire_cache.get(key)
+        if cached is None:
+            cached = self._wire_cache[key] = build().SerializeToString()
+            while len(self._wire_cache) > 4096:
+                self._wire_cache.popitem(last=False)
+        return cached
 
     def caller(self, context: Any, method: str) -> Caller:
         if self.tokens is None:
@@ -225,8 +306,38 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         if not job_id:
             raise InvalidArgument("a job id is required")
         job = self.store.get(job_id)
-        check_owner(caller, job.owner, job.id)
+        check_owner(caller, job.owner_id, job.id)
         return job
+
+    def _roots(self, caller: Caller) -> tuple[Path, ...]:
+        """The caller's data roots: its token's, else the service's --data-root."""
+        return normalise_roots(caller.data_roots) if caller.has_roots else self.data_roots
+
+    def _confine(self, caller: Caller, text: str) -> tuple[str, dict[str, Any]]:
+        """The spec with its data and model checked against the caller's policy, before
+        anything is read, imported or run; returns (text to store, job params)."""
+        from fedcollab.worker.models import MODELS
+
+        data = spec_data(text)
+        _no_file_overrides(data)
+        task = data.get("task")
+        task = task if isinstance(task, dict) else {}
+        check_model(task.get("model"), tuple(MODELS), self.allow_models)
+        release = data.get("release")
+        key = release.get("key") if isinstance(release, dict) else None
+        wants_file = task.get("dataset") == "file" and task.get("path") is not None
+        if not wants_file and key is None:
+            return text, {}
+        roots = self._roots(caller)
+        if wants_file:
+            task["path"] = str(confine_data_path(str(task["path"]), roots))
+        if key is not None:  # a signing key is a file on this machine too
+            assert isinstance(release, dict)
+            release["key"] = str(confine_data_path(str(key), roots))
+        import yaml
+
+        return str(yaml.safe_dump(data, sort_keys=False)), {
+            "data_roots": [str(r) for r in roots]}
 
     def _create(self, caller: Caller, *, kind: str, spec_yaml: str, key: str,
                 params: dict[str, Any]) -> Any:
@@ -235,14 +346,26 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
                                     f"{MAX_SPEC_BYTES}")
         if not spec_yaml.strip():
             raise InvalidArgument("spec_yaml is empty")
-        spec = parse_spec_text(spec_yaml)
+        self.limits.take_submit(caller)
+        action = "submit" if kind == "run" else "grade"
+        try:
+            spec_yaml, confined = self._confine(caller, spec_yaml)
+        except ServiceError as err:  # a policy refusal: who tried what is worth keeping
+            self.audit.record(f"{action}-refused", who=caller.name, code=err.code,
+                              reason=str(err).splitlines()[0][:200])
+            raise
+        spec = parse_spec_text(spec_yaml, find_model=False)
         _settle_heap()
         # The spec goes into the store with the job (one transaction, one fsync); the
         # runner writes the job's directory when the job starts.
+        queued = self.limits.config.queued_per_token
         job, created = self.store.create(
-            kind=kind, name=spec.name, owner=caller.name,
+            kind=kind, name=spec.name, owner=caller.name, owner_id=caller.owner_id,
             rounds=spec.rounds if kind == "run" else 0, idempotency_key=key or None,
-            params=params, spec=spec_yaml)
+            params={**params, **confined}, spec=spec_yaml,
+            max_queued=queued if queued and not caller.is_admin else None)
+        self.audit.record(action if created else f"{action}-repeat", who=caller.name,
+                          job=job.id, spec_sha256=hashlib.sha256(spec_yaml.encode()).hexdigest())
         if created:
             self.runner.wake()
         return job_to_proto(job)
@@ -279,7 +402,7 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         states = [jobs_pb2.JobState.Name(s) for s in request.states]
         if "JOB_STATE_UNSPECIFIED" in states:
             raise InvalidArgument(f"states: expected some of {', '.join(STATES)}")
-        owner = None if caller.sees_everything else caller.name
+        owner = None if caller.sees_everything else caller.owner_id
         jobs = self.store.list(states=states, owner=owner, limit=size + 1, before_seq=before)
         token = str(jobs[size - 1].seq) if len(jobs) > size else ""
         return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs[:size]],
@@ -289,29 +412,35 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
     async def WatchJob(self, request: Any, context: Any, caller: Caller
                        ) -> AsyncIterator[Any]:
         job = self._visible(caller, request.id)
-        sent_state, sent_round = "", 0
-        while True:  # a client that goes away cancels this coroutine
-            seen = self.hub.version(job.id)
-            job = self.store.get(job.id)
-            if job.state != sent_state and not job.is_terminal:
-                sent_state = job.state
-                yield jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
-                    state=jobs_pb2.JobState.Value(job.state)))
-            for line in read_events(self.job_dir(job.id)):
-                number = int(line.get("round", 0))
-                if number <= sent_round:
-                    continue
-                sent_round = number
-                metrics = {k: float(v) for k, v in line.items()
-                           if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                yield jobs_pb2.JobEvent(job=job_to_proto(job), round=jobs_pb2.RoundEvent(
-                    round=number, rounds=job.rounds, metrics=metrics,
-                    metrics_json=_json(line)))
-            if job.is_terminal:
-                yield jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
-                    state=jobs_pb2.JobState.Value(job.state), error=job.error))
-                return
-            await self.hub.changed(job.id, seen, timeout=1.0)
+        job_dir = self.job_dir(job.id)
+        loop = asyncio.get_running_loop()
+        with self.limits.watch_stream(caller):
+            sent_state, sent_round, index = "", 0, 0
+            while True:  # a client that goes away cancels this coroutine
+                if not self.hub.is_loaded(job.id):  # the job's first watcher reads its file
+                    await loop.run_in_executor(self.blocking, self.hub.events, job.id, job_dir)
+                lines = self.hub.events(job.id, job_dir)  # in memory, shared by all watchers
+                seen = self.hub.version(job.id)
+                job = self.hub.record(job.id, self.store.get)
+                # Every watcher of this job at this version sends the same bytes: each
+                # event is built and encoded once (on the event loop, one thread).
+                if job.state != sent_state and not job.is_terminal:
+                    sent_state = job.state
+                    yield self._wire((job.id, seen, -1), functools.partial(_state_event, job))
+                index = min(index, len(lines))
+                while index < len(lines):
+                    line = lines[index]
+                    index += 1
+                    number = int(line.get("round", 0))
+                    if number <= sent_round:
+                        continue  # a resumed job repeats the rounds since its checkpoint
+                    sent_round = number
+                    yield self._wire((job.id, seen, index),
+                                     functools.partial(_round_event, job, line))
+                if job.is_terminal:  # the runner reads a job's last lines before it ends it
+                    yield self._wire((job.id, seen, -2), functools.partial(_state_event, job))
+                    return
+                await self.hub.changed(job.id, seen, timeout=5.0)
 
     @_rpc("CancelJob")
     async def CancelJob(self, request: Any, context: Any, caller: Caller) -> Any:
@@ -321,6 +450,7 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         queued = await asyncio.get_running_loop().run_in_executor(
             self.blocking, functools.partial(self.store.transition, job.id, ["QUEUED"],
                                              "CANCELLED", finished=time.time()))
+        self.audit.record("cancel", who=caller.name, job=job.id, state=job.state)
         if not queued:
             self.runner.cancel(job.id)  # RUNNING: signal its process group
             deadline = time.monotonic() + 15.0
@@ -337,6 +467,7 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
                             ) -> AsyncIterator[Any]:
         job = self._visible(caller, request.id)
         files = artifacts.resolve(self.job_dir(job.id), request.name, job)
+        self.audit.record("fetch", who=caller.name, job=job.id, artifact=request.name)
         loop = asyncio.get_running_loop()
         for relative, handle, size in artifacts.open_all(files):
             with handle:
@@ -352,6 +483,36 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
                         break
 
 
+#: Spec sections a grade mix may not override on the service: they name files or code
+#: the policy checks only once, on the spec as submitted.
+_CONFINED = ("task", "release")
+
+
+def _no_file_overrides(data: dict[str, Any]) -> None:
+    grading = data.get("grading")
+    mixes = grading.get("mixes") if isinstance(grading, dict) else None
+    for i, mix in enumerate(mixes if isinstance(mixes, list) else []):
+        overrides = mix.get("overrides") if isinstance(mix, dict) else None
+        for path in overrides if isinstance(overrides, dict) else ():
+            if str(path).split(".")[0] in _CONFINED:
+                raise PermissionDenied(
+                    f"spec: grading.mixes.{i}.overrides: {path!r}: on the job service a mix "
+                    f"may not change {' or '.join(_CONFINED)} (set them in the spec itself)")
+
+
+def _state_event(job: JobRecord) -> Any:
+    return jobs_pb2.JobEvent(job=job_to_proto(job), state=jobs_pb2.StateChange(
+        state=jobs_pb2.JobState.Value(job.state), error=job.error if job.is_terminal else ""))
+
+
+def _round_event(job: JobRecord, line: dict[str, Any]) -> Any:
+    metrics = {k: float(v) for k, v in line.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return jobs_pb2.JobEvent(job=job_to_proto(job), round=jobs_pb2.RoundEvent(
+        round=int(line.get("round", 0)), rounds=job.rounds, metrics=metrics,
+        metrics_json=_json(line)))
+
+
 def _json(line: dict[str, Any]) -> str:
     import json
 
@@ -364,14 +525,26 @@ class JobServer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.state_dir = Path(config.state_dir).resolve()
-        (self.state_dir / "jobs").mkdir(parents=True, exist_ok=True)
         self.tokens = TokenFile(config.tokens) if config.tokens else None
-        self.store = JobStore(self.state_dir / "jobs.sqlite")
+        self._state_lock: Optional[int] = lock_state_dir(self.state_dir)  # before anything
+        try:
+            for private in (self.state_dir, self.state_dir / "jobs"):
+                private.mkdir(parents=True, exist_ok=True)
+                private.chmod(0o700)
+            self.store = JobStore(self.state_dir / "jobs.sqlite")
+            self.audit = AuditLog(self.state_dir / "audit.log")
+        except BaseException:
+            self._unlock()
+            raise
         self.hub = Hub()
         self.runner = Runner(self.store, self.state_dir, self.hub,
                              max_concurrent=config.max_concurrent,
                              ray_address=config.ray_address, warm_runners=config.warm_runners,
                              eager=config.eager)
+        self.metrics = ServiceMetrics(self.store.count_by_state,
+                                      lambda: self.runner.ray_restarts)
+        self.runner.on_round = self.metrics.observe_round
+        self.metrics_port = 0
         self.recovered = self.store.recover()
         for stale in (self.state_dir / "jobs").glob(".incoming-*"):  # older services' leftovers
             shutil.rmtree(stale, ignore_errors=True)
@@ -415,6 +588,7 @@ class JobServer:
             self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
         except BaseException:
             self._close_loop()
+            self._unlock()
             raise
         return self.port
 
@@ -424,10 +598,19 @@ class JobServer:
 
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
-                   ("grpc.so_reuseport", 0)]
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=1024)
+                   ("grpc.so_reuseport", 0),
+                   # gRPC cancels calls once more than 1,000 wait for a handler (its
+                   # default): a burst of one tenant's streams then cancelled others'
+                   # calls. Limits refuses the excess streams itself, by name.
+                   ("grpc.server.max_pending_requests", 4096),
+                   ("grpc.server.max_pending_requests_hard_limit", 8192)]
+        # No server-wide cap on calls: a cap fills with one tenant's WatchJob streams and
+        # then refuses admins and health checks too. Streams are bounded per token and
+        # in total by Limits instead; unary calls are short.
+        server = grpc.aio.server(options=options)
         _add_job_service(_Servicer(self.store, self.runner, self.hub, self.state_dir,
-                                   self.tokens, self._blocking), server)
+                                   self.tokens, self._blocking, self.config, self.audit,
+                                   self.metrics), server)
         checker = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checker, server)
         names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -443,6 +626,17 @@ class JobServer:
         if not port:
             raise ServiceError(f"cannot listen on {self.config.listen} (in use, or not an "
                                "address of this machine)")
+        loop = asyncio.get_running_loop()
+
+        def set_health(ok: bool) -> None:  # the runner's thread: Ray lost, or back
+            status = (health_pb2.HealthCheckResponse.SERVING if ok
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            for name in ("", SERVICE_NAME):
+                asyncio.run_coroutine_threadsafe(checker.set(name, status), loop)
+
+        self.runner.on_health = set_health
+        if self.config.metrics_listen:
+            self.metrics_port = self.metrics.serve(self.config.metrics_listen)
         self.runner.start()
         await server.start()
         for name in ("", SERVICE_NAME):
@@ -473,7 +667,15 @@ class JobServer:
         self._close_loop()
         self._blocking.shutdown(wait=True)
         self.runner.stop()
+        self.metrics.close()
         self.store.close()
+        self.audit.close()
+        self._unlock()  # last: the state dir is free for the next service
+
+    def _unlock(self) -> None:
+        if self._state_lock is not None:
+            os.close(self._state_lock)
+            self._state_lock = None
 
 
 @contextlib.contextmanager

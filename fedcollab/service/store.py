@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from fedcollab.service.errors import InvalidArgument, NotFound
+from fedcollab.service.errors import InvalidArgument, NotFound, ResourceExhausted
 
 __all__ = ["STATES", "TERMINAL", "JobRecord", "JobStore"]
 
@@ -42,17 +43,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key TEXT,
     params TEXT NOT NULL DEFAULT '{}',
     summary TEXT NOT NULL DEFAULT '',
-    spec TEXT NOT NULL DEFAULT ''
+    spec TEXT NOT NULL DEFAULT '',
+    owner_id TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
+_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner_id, state);"
 
 
 #: Every column but the spec text, which only the runner reads (`JobStore.spec`).
 _COLUMNS = ("seq, id, kind, name, owner, state, rounds, rounds_completed, created, started, "
-            "finished, error, attempts, idempotency_key, params, summary")
+            "finished, error, attempts, idempotency_key, params, summary, owner_id")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class JobRecord:
     idempotency_key: Optional[str]
     params: dict[str, Any]
     summary: str
+    owner_id: str = ""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "JobRecord":
@@ -83,6 +87,15 @@ class JobRecord:
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL
+
+
+def _private(path: Path) -> None:
+    """The store and its WAL files are the service's alone: 0600."""
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            path.with_name(path.name + suffix).chmod(0o600)
+        except FileNotFoundError:
+            pass
 
 
 class JobStore:
@@ -96,6 +109,9 @@ class JobStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # sqlite gives its -wal and -shm files the database file's mode: make it 0600
+        # before sqlite creates it.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False,
                                    isolation_level=None, timeout=30)
@@ -106,6 +122,11 @@ class JobStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "spec" not in columns:  # a state directory from before specs lived here
             self._db.execute("ALTER TABLE jobs ADD COLUMN spec TEXT NOT NULL DEFAULT ''")
+        if "owner_id" not in columns:  # jobs from before tokens had ids: owned by name
+            self._db.execute("ALTER TABLE jobs ADD COLUMN owner_id TEXT NOT NULL DEFAULT ''")
+            self._db.execute("UPDATE jobs SET owner_id='name:' || owner")
+        self._db.executescript(_INDEXES)
+        _private(self.path)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
 
@@ -135,30 +156,45 @@ class JobStore:
     def create(self, *, kind: str, name: str, owner: str, rounds: int,
                idempotency_key: Optional[str] = None,
                params: Optional[dict[str, Any]] = None,
-               spec: str = "") -> tuple[JobRecord, bool]:
+               spec: str = "", owner_id: str = "",
+               max_queued: Optional[int] = None) -> tuple[JobRecord, bool]:
         """Insert a QUEUED job with its spec text; returns (job, created). An
         idempotency key the same owner used before returns that job instead
         (created False).
 
         One transaction, one fsync: the job and its spec are both stored or neither.
+
+        Raises:
+            ResourceExhausted: the owner has `max_queued` jobs QUEUED already (checked
+                in the same transaction, so concurrent submits cannot overshoot).
         """
         key = idempotency_key or None
+        owner_id = owner_id or f"name:{owner}"
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 if key is not None:
-                    found = self._one(f"SELECT {_COLUMNS} FROM jobs WHERE owner=? AND "
+                    found = self._one(f"SELECT {_COLUMNS} FROM jobs WHERE owner_id=? AND "
                                       "idempotency_key=?",
-                                      (owner, key))
+                                      (owner_id, key))
                     if found is not None:
                         self._db.execute("COMMIT")
                         return found, False
+                if max_queued is not None:
+                    queued = self._db.execute(
+                        "SELECT COUNT(*) FROM jobs WHERE owner_id=? AND state='QUEUED'",
+                        (owner_id,)).fetchone()[0]
+                    if queued >= max_queued:
+                        raise ResourceExhausted(
+                            f"{owner} has {queued} jobs queued; the limit is {max_queued} per "
+                            "token (serve --max-queued-per-token)")
                 job_id = secrets.token_hex(6)
                 self._db.execute(
                     "INSERT INTO jobs (id, kind, name, owner, state, rounds, created, "
-                    "idempotency_key, params, spec) VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?)",
+                    "idempotency_key, params, spec, owner_id) "
+                    "VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?)",
                     (job_id, kind, name, owner, rounds, time.time(), key,
-                     json.dumps(params or {}), spec))
+                     json.dumps(params or {}), spec, owner_id))
                 record = self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -177,7 +213,7 @@ class JobStore:
 
     def list(self, *, states: Iterable[str] = (), owner: Optional[str] = None,
              limit: int = 50, before_seq: Optional[int] = None) -> list[JobRecord]:
-        """Newest first; `before_seq` continues a previous page."""
+        """Newest first; `before_seq` continues a previous page; `owner` is an owner id."""
         where, args = [], []  # type: list[str], list[Any]
         wanted = list(states)
         for state in wanted:
@@ -188,7 +224,7 @@ class JobStore:
             where.append(f"state IN ({','.join('?' * len(wanted))})")
             args.extend(wanted)
         if owner is not None:
-            where.append("owner=?")
+            where.append("owner_id=?")
             args.append(owner)
         if before_seq is not None:
             where.append("seq<?")
@@ -211,6 +247,10 @@ class JobStore:
         if row is None:
             raise NotFound(f"no job {job_id!r}")
         return str(row[0])
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self._reader().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {str(state): int(n) for state, n in rows.fetchall()}
 
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM jobs").fetchone()[0])

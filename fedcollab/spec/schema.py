@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import importlib
 import json
 import math
@@ -30,6 +31,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union
 import yaml
 
 from fedcollab.errors import FedcollabError
+from fedcollab.spec.yamlsafe import safe_load
 
 __all__ = [
     "SpecError", "JobSpec", "TaskSpec", "LocalSpec", "PartitionSpec", "GroupSpec",
@@ -655,7 +657,7 @@ def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
 def _parse_scalar(text: str) -> Any:
     """An override's value as YAML would read it; '1e9' (YAML 1.1 says str) is a float."""
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
     if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+",
@@ -713,7 +715,8 @@ def read_spec_data(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError(f"spec: {p}: cannot read ({err.__class__.__name__})") from None
     try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json.loads(text, object_pairs_hook=functools.partial(_json_object, p)) \
+            if p.suffix.lower() == ".json" else safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else \
@@ -724,6 +727,16 @@ def read_spec_data(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"spec: {p}: expected a mapping at the top level")
     return data
+
+
+def _json_object(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (json.loads keeps the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise SpecError(f"spec: {path}: invalid JSON: duplicate key {key!r}")
+        out[key] = value
+    return out
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = (), *,

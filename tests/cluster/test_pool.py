@@ -67,6 +67,32 @@ def test_pool_trains_hosts_and_replaces_a_dead_worker(ray_local: Any, tmp_path: 
     pool.shutdown()
 
 
+def test_pool_losing_the_private_layer_worker_heals_instead_of_raising(
+        ray_local: Any, tmp_path: Path) -> None:
+    """The vendor's private-layer worker lost between training and the round's
+    private save or personalised evaluation: marked for heal like any lost worker."""
+    from fedcollab.cluster.pool import WorkerPool
+    from fedcollab.job.run import _Driver
+
+    spec = _spec()
+    weights = _Driver.build(spec).weights
+    pool = WorkerPool(ray_local, spec, roster(spec), tmp_path)
+    pool.train(weights, 1, [0, 4, 5], RoundConfig(), {})
+    victim = pool.owner[4]
+    _kill(ray_local, pool.workers[victim])
+
+    pool.save_private(1)()
+    evaluated = pool.evaluate_personalised(weights)
+
+    assert pool.suspect == {victim}
+    assert evaluated == {} or set(evaluated) >= {"vendor_accuracy"}
+    assert pool.heal() == [victim]
+    again = pool.train(weights, 2, [4, 5], RoundConfig(), {})
+    assert sorted(u.pid for u in again.updates) == [4, 5]
+    assert pool.evaluate_personalised(weights)["vendor_accuracy"] >= 0
+    pool.shutdown()
+
+
 def test_pool_configures_spare_workers_instead_of_starting_new_ones(ray_local: Any,
                                                                     tmp_path: Path) -> None:
     """A warm service's spares (TensorFlow already imported) become the job's workers;

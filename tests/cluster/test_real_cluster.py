@@ -202,3 +202,53 @@ def test_stop_stops_only_the_nodes_it_recorded(real_cluster: RealCluster, tmp_pa
     shutil.rmtree(temp_dir, ignore_errors=True)  # given with --temp-dir: stop keeps it
     again = run(["fedcollab.cluster.cli", "stop", "--state-dir", str(tmp_path / "state")], env)
     assert again.returncode == 0 and "nothing to stop" in again.stdout
+
+
+def test_service_with_ray_address_runs_a_vendor_pinned_spec(real_cluster: RealCluster,
+                                                           tmp_path: Path) -> None:
+    """`fedcollab serve --ray-address` on the token-auth loopback cluster: the job
+    processes join through fedcollab's connect path (loopback kept, token presented),
+    and a spec pinned to the vendor node runs to the end."""
+    import time
+
+    import yaml
+
+    from fedcollab._proto.fedcollab.v1 import jobs_pb2
+    from fedcollab.service.auth import new_token
+    from fedcollab.service.client import JobClient
+    from fedcollab.spec import apply_overrides, read_spec_data
+
+    tokens = tmp_path / "tokens.yaml"
+    admin = new_token(tokens, name="root", role="admin")
+    address = f"127.0.0.1:{free_port()}"
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedcollab.cli", "serve", "--listen", address, "--state-dir",
+         str(tmp_path / "svc"), "--tokens", str(tokens), "--ray-address", real_cluster.address],
+        stdout=log, stderr=log, cwd=ROOT, start_new_session=True,
+        env=env_for(real_cluster.token, FEDCOLLAB_SPARE_WORKERS="0"))
+    try:
+        c = JobClient(address, token=admin, timeout=10)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                c.list(page_size=1)
+                break
+            except Exception:  # noqa: BLE001  (not up yet)
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.3)
+        spec = apply_overrides(read_spec_data(ROOT / "examples" / "multi-node.yaml"),
+                               ["rounds=2"])
+        job = c.submit(yaml.safe_dump(spec, sort_keys=False))
+        deadline = time.monotonic() + 400
+        while c.get(job.id).state not in (jobs_pb2.SUCCEEDED, jobs_pb2.FAILED,
+                                          jobs_pb2.CANCELLED):
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(0.5)
+        done = c.get(job.id)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+    assert jobs_pb2.JobState.Name(done.state) == "SUCCEEDED", done.error
+    assert done.rounds_completed == 2

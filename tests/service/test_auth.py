@@ -22,8 +22,10 @@ def test_new_token_stores_only_its_hash_in_a_private_file(tmp_path: Path) -> Non
 
     text = path.read_text()
     assert token not in text
-    assert yaml.safe_load(text)["tokens"] == [{"name": "ci", "role": "admin",
-                                               "sha256": hash_token(token)}]
+    [entry] = yaml.safe_load(text)["tokens"]
+    assert entry == {"name": "ci", "role": "admin", "sha256": hash_token(token),
+                     "id": entry["id"]}
+    assert len(entry["id"]) == 16 and int(entry["id"], 16) >= 0
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 

@@ -108,6 +108,28 @@ def test_cli_token_new_prints_token_once_and_stores_hash(tmp_path: Path) -> None
     assert token not in (tmp_path / "tokens.yaml").read_text()
 
 
+def test_cli_token_expiry_data_roots_and_revoke(tmp_path: Path) -> None:
+    import time
+
+    import yaml
+
+    path = tmp_path / "tokens.yaml"
+    made = _run("token", "new", "--name", "team", "--role", "submitter", "--tokens", str(path),
+                "--expires-in", "2d", "--data-root", str(tmp_path))
+    [entry] = yaml.safe_load(path.read_text())["tokens"]
+    revoked = _run("token", "revoke", "--name", "team", "--tokens", str(path))
+    again = _run("token", "revoke", "--name", "team", "--tokens", str(path))
+    bad = _run("token", "new", "--name", "x", "--role", "viewer", "--tokens", str(path),
+               "--expires-in", "soon")
+
+    assert made.returncode == 0 and revoked.returncode == 0
+    assert 2 * 86400 - 60 < entry["expires"] - time.time() <= 2 * 86400 + 1
+    assert entry["data_roots"] == [str(tmp_path)]
+    assert yaml.safe_load(path.read_text())["tokens"] == []
+    assert again.returncode == 2 and "no token named 'team'" in again.stderr
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_cli_serve_beyond_loopback_without_tokens_is_refused(tmp_path: Path) -> None:
     done = _run("serve", "--listen", "0.0.0.0:0", "--state-dir", str(tmp_path))
 

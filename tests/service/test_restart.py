@@ -187,3 +187,56 @@ def test_sigterm_interrupts_running_job_which_resumes_next_start(service: Servic
     assert state == "QUEUED"  # interrupted, not failed: it resumes on the next start
     with pytest.raises(ServiceError):
         JobClient(service.address, token=tokens.admin, timeout=2).get(job.id)
+
+
+def _ray_head_pid(service_pid: int) -> int:
+    """The service's Ray head process (its child started with our --parent-pid)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"fedcollab.service.rayhead" in argv and str(service_pid).encode() in argv:
+            return int(entry.name)
+    raise AssertionError("the service has no Ray head process")
+
+
+def _health(address: str) -> str:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="fedcollab.v1.JobService"), timeout=5)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def test_lost_ray_head_is_restarted_and_its_job_resumes_bit_exact(service: Service,
+                                                                  tokens: Tokens) -> None:
+    """Kill the service's Ray head (and the Ray processes in its group) after round 3:
+    health says NOT_SERVING within seconds, then SERVING; the job ends SUCCEEDED with
+    the weights of an uninterrupted run."""
+    c = JobClient(service.address, token=tokens.admin)
+    job = c.submit(RESTART_SPEC)
+    for event in c.watch(job.id):
+        if event.HasField("round") and event.round.round >= 3:
+            break
+    head = _ray_head_pid(service.proc.pid)
+
+    os.killpg(head, signal.SIGKILL)
+    seen, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline and (not seen or seen[-1] != "SERVING"
+                                           or "NOT_SERVING" not in seen):
+        seen.append(_health(service.address))
+        time.sleep(0.1)
+    resumed = _wait_done(c, job.id)
+    fresh = _wait_done(c, c.submit(RESTART_SPEC).id)
+
+    assert "NOT_SERVING" in seen[:60], seen[:10]  # within about 6 s
+    assert seen[-1] == "SERVING"
+    assert jobs_pb2.JobState.Name(resumed.state) == "SUCCEEDED", resumed.error
+    assert resumed.attempts == 2 and resumed.rounds_completed == 10
+    assert _ray_head_pid(service.proc.pid) != head
+    assert _weights_sha(service.state, job.id) == _weights_sha(service.state, fresh.id)

@@ -1,0 +1,135 @@
+"""A bounded YAML loader for text we did not write: specs, --set values, tokens files.
+
+``yaml.safe_load`` builds no Python objects beyond plain data, but it still expands
+aliases (a 1.4 KB "billion laughs" document costs seconds and tens of MB) and keeps
+the last of two equal keys without a word. :func:`safe_load` refuses, before
+building anything big:
+
+* anchors and aliases (``&a`` / ``*a``) and merge keys (``<<``): a spec never needs
+  them, and refusing them is the only bound on expansion that costs nothing;
+* a duplicate key in any mapping (``rounds: 5`` then ``rounds: 50``), naming both
+  lines;
+* documents over ``max_bytes``, nested deeper than ``max_depth`` or with more than
+  ``max_nodes`` nodes; integers longer than Python's digit limit.
+
+Every refusal is a :class:`yaml.MarkedYAMLError`, so callers that already report
+``invalid YAML at line N: problem`` for syntax errors report these the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from yaml.events import AliasEvent, CollectionStartEvent, NodeEvent
+from yaml.nodes import MappingNode, Node
+
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "YamlRefused", "safe_load"]
+
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 200_000
+
+
+class YamlRefused(yaml.MarkedYAMLError):
+    """A document the bounded loader will not build (aliases, duplicates, size)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's pure-Python safe loader with anchors refused, depth and node count
+    bounded while composing, and duplicate keys refused while constructing."""
+
+    max_depth = MAX_DEPTH
+    max_nodes = MAX_NODES
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event: Any = self.peek_event()
+        mark: Any = event.start_mark
+        if isinstance(event, AliasEvent):
+            raise YamlRefused(
+                None,
+                None,
+                f"alias *{event.anchor} refused (anchors and aliases are not allowed here)",
+                mark,
+            )
+        if isinstance(event, NodeEvent) and event.anchor is not None:
+            raise YamlRefused(
+                None,
+                None,
+                f"anchor &{event.anchor} refused (anchors and aliases are not allowed here)",
+                mark,
+            )
+        self._nodes += 1
+        if self._nodes > self.max_nodes:
+            raise YamlRefused(None, None, f"more than {self.max_nodes} values", event.start_mark)
+        nested = isinstance(event, CollectionStartEvent)
+        if nested:
+            self._depth += 1
+            if self._depth > self.max_depth:
+                raise YamlRefused(
+                    None, None, f"nested deeper than {self.max_depth} levels", event.start_mark
+                )
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if nested:
+                self._depth -= 1
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise YamlRefused(
+                    None, None, "merge key '<<' refused (write the keys out)", key_node.start_mark
+                )
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeConstructor says so below
+                continue
+            if first is not None:
+                raise YamlRefused(
+                    None,
+                    None,
+                    f"duplicate key {_short(key)} (first at line {first.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _short(key: Any) -> str:
+    text = repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def safe_load(
+    text: str, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES
+) -> Any:
+    """Plain data from YAML text, like ``yaml.safe_load``, within the bounds above.
+
+    Raises:
+        yaml.YAMLError: a syntax error, or a :class:`YamlRefused` for a document
+            outside the bounds (its ``problem`` says which, ``problem_mark`` where).
+    """
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > max_bytes:
+        raise YamlRefused(
+            None, None, f"the document is {size} bytes; the limit is {max_bytes}", None
+        )
+    loader = _BoundedLoader(text)
+    loader.max_depth = max_depth
+    loader.max_nodes = max_nodes
+    try:
+        return loader.get_single_data()
+    except ValueError as err:  # int("9" * 5000): Python's digit limit
+        raise YamlRefused(
+            None, None, f"a value is too large ({str(err).split(':')[0]})", None
+        ) from None
+    finally:
+        loader.dispose()
