@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from fedcollab.errors import FedcollabError
+from fedcollab.types import GRADE_BUDGETS
 
 __all__ = ["main", "entry", "build_parser"]
 
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--priority", default="balanced",
                        choices=["privacy", "utility", "cost", "balanced"],
                        help="what the recommendation weighs most (default balanced)")
-    grade.add_argument("--budget", default="fast", choices=["fast", "standard", "full"],
+    grade.add_argument("--budget", default="fast", choices=GRADE_BUDGETS,
                        help="attack effort: fast (minutes), standard (fast plus the "
                             "privacy-utility frontier sweep) or full (see docs/grading.md)")
     grade.add_argument("--out", type=Path, default=None,

@@ -6,7 +6,11 @@ from typing import Optional, Union
 
 import numpy as np
 
-__all__ = ["Weights", "ParticipantId", "Number", "Update"]
+__all__ = ["Weights", "ParticipantId", "Number", "Update", "GRADE_BUDGETS"]
+
+#: The grader's budgets, cheapest first (``fedcollab grade --budget``, the service's
+#: GradeJob); grading.measure.BUDGETS defines each, the service only checks the name.
+GRADE_BUDGETS = ("fast", "standard", "full")
 
 #: Model weights (or an update to them): one array per Keras weight, in model order.
 Weights = list[np.ndarray]

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fedcollab.spec.roster import Role
+from fedcollab.types import GRADE_BUDGETS
 
 __all__ = ["Budget", "BUDGETS", "Progress", "Timer", "TaskMeasurer", "defence_of"]
 
@@ -45,6 +46,8 @@ BUDGETS = {
                    byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True,
                    cross_round_window=0, frontier=True),
 }
+
+assert tuple(BUDGETS) == GRADE_BUDGETS  # the names the CLI and the service accept
 
 Progress = Callable[[str, str], None]  # (kind: "mix" | "attack", name)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedcollab.errors import FedcollabError
+from fedcollab.types import GRADE_BUDGETS
 
 __all__ = ["add_service_commands", "add_remote_grade_args", "remote_grade", "EXAMPLES"]
 
@@ -190,7 +191,7 @@ def add_service_commands(sub: Any) -> None:
         grade = _add(sub, "grade", "grade a spec as a job on a job service (--server)",
                      _cmd_grade, EXAMPLES["grade"])
         grade.add_argument("spec", help="job spec (.yaml, .yml or .json)")
-        grade.add_argument("--budget", choices=("fast", "full"), default="fast")
+        grade.add_argument("--budget", choices=GRADE_BUDGETS, default="fast")
         grade.add_argument("--priority", default="balanced")
         grade.add_argument("--out", type=Path, default=None,
                            help="with --watch: where to put scorecard.json/.md/.html")

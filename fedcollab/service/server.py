@@ -56,6 +56,7 @@ from fedcollab.service.policy import check_model, confine_data_path, normalise_r
 from fedcollab.service.runner import Hub, Runner
 from fedcollab.service.specs import MAX_SPEC_BYTES, parse_spec_text, spec_data
 from fedcollab.service.store import STATES, JobRecord, JobStore
+from fedcollab.types import GRADE_BUDGETS
 
 __all__ = ["ServeConfig", "JobServer", "run_server", "serve", "job_to_proto",
            "MAX_MESSAGE_BYTES"]
@@ -378,8 +379,8 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
     @_rpc("GradeJob", blocking=True)
     def GradeJob(self, request: Any, context: Any, caller: Caller) -> Any:
         budget = request.budget or "fast"
-        if budget not in ("fast", "full"):
-            raise InvalidArgument(f"budget {budget!r}: expected fast or full")
+        if budget not in GRADE_BUDGETS:
+            raise InvalidArgument(f"budget {budget!r}: expected one of {', '.join(GRADE_BUDGETS)}")
         priority = request.priority or "balanced"
         return self._create(caller, kind="grade", spec_yaml=request.spec_yaml,
                             key=request.idempotency_key,
