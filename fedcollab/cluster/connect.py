@@ -36,6 +36,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -307,7 +308,7 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-#: How often an embedded Ray is started before its start-up time-out is reported.
+#: How often Ray is started (or joined) before its start-up time-out is reported.
 #: Ray forks its GCS and raylet with a Python ``preexec_fn``, which Python documents
 #: as unsafe in a process with other threads (gRPC's, say): now and then a forked
 #: process hangs before ``exec`` and Ray gives up waiting for it. Each start forks
@@ -316,6 +317,12 @@ EMBEDDED_STARTS = 3
 
 #: What Ray's error says when a process it forked never came up.
 STARTUP_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
+
+
+#: The one line a start-up time-out that outlasted every retry becomes.
+STARTUP_ADVICE = ("Ray at {where} did not come up in time, {starts} tries ({first}); the "
+                  "machine is probably overloaded: try again when it is quieter, or start "
+                  "Ray once with `scripts/start-cluster head` and pass --address auto")
 
 
 def is_startup_timeout(err: BaseException) -> bool:
@@ -369,8 +376,8 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
             if check_token(address) is not None:
                 _send_token()
         kwargs["address"] = address
-    starts = EMBEDDED_STARTS if address is None else 1
-    for start in range(1, starts + 1):
+    where = address or "a local instance"
+    for start in range(1, EMBEDDED_STARTS + 1):
         try:
             # An embedded raylet and every worker it starts inherit this process's
             # environment: a job runtime_env instead made each actor wait for a fresh
@@ -379,13 +386,17 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
             with _environment(worker_env() if address is None else {}):
                 ray.init(**kwargs)
             break
-        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
-            if start < starts and is_startup_timeout(err):
-                ray.shutdown()  # a process Ray forked never came up: fork afresh
-                continue
-            where = address or "a local instance"
+        except Exception as err:  # noqa: BLE001 - Ray raises bare Exception on start-up
+            ray.shutdown()
             first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-            raise ClusterError(f"cannot start or join Ray at {where}: {first}") from None
+            if not is_startup_timeout(err):
+                raise ClusterError(f"cannot start or join Ray at {where}: {first}") from None
+            if start < EMBEDDED_STARTS:  # a process Ray forked never came up: fork afresh
+                print(f"fedcollab: Ray did not come up in time ({first[:120]}); trying "
+                      f"again ({start + 1}/{EMBEDDED_STARTS})", file=sys.stderr, flush=True)
+                continue
+            raise ClusterError(STARTUP_ADVICE.format(where=where, starts=EMBEDDED_STARTS,
+                                                     first=first[:200])) from None
     try:
         yield ray
     finally:
