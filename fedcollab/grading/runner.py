@@ -113,6 +113,7 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(out) if out is not None else Path("runs") / f"{spec.name}-grade-{stamp}"
     out_dir = out_dir.resolve()
+    check_grade_out(out_dir)
     with _Bar(len(planned), enabled=progress) as bar:
         lock = threading.Lock()
 
@@ -128,6 +129,22 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
     card = dataclasses.replace(card, out_dir=str(out_dir))
     write_scorecard(card, out_dir)
     return card
+
+
+def check_grade_out(out_dir: Path) -> None:
+    """Refuse an output directory a grade cannot use, before Ray starts: a file, one
+    that already holds something (a grade starts afresh: it has no ``--resume``), one
+    that cannot be written, a full disk."""
+    from fedcollab.job.outdir import check_can_write
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GradeError(f"--out {out_dir}: is a file, expected a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        what = "a scorecard" if (out_dir / "scorecard.json").exists() else (
+            "a grade's runs" if (out_dir / "mixes").exists() else "other files")
+        raise GradeError(f"--out {out_dir} already holds {what}; a grade starts afresh: "
+                         "choose a new directory (or leave out --out)")
+    check_can_write(out_dir)
 
 
 def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: str,

@@ -85,3 +85,47 @@ def test_a_persistent_ray_startup_timeout_is_one_line(tmp_path: Path, command: s
     assert "did not come up in time, 3 tries" in errors[0]
     assert "scripts/start-cluster head" in errors[0]
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ 4: --out, before Ray
+def tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("command", ["run", "grade"])
+@pytest.mark.parametrize("where", ["/proc/fedcollab-out", "a-file/out"])
+def test_an_unwritable_out_is_refused_before_ray(tmp_path: Path, command: str,
+                                                  where: str) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    result = fedcollab(command, SPEC, "--out", out, timeout=60)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert len(lines(result.stderr)) == 1, result.stderr
+    assert f"--out {out}" in result.stderr and "Traceback" not in result.stderr
+    assert "starting Ray" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_grade_into_a_used_out_is_refused_without_resume_advice(tmp_path: Path) -> None:
+    out = tmp_path / "grade"
+    (out / "mixes" / "open").mkdir(parents=True)
+    (out / "scorecard.json").write_text("{}")
+    before = tree(out)
+    result = fedcollab("grade", SPEC, "--out", str(out), timeout=60)
+    assert result.returncode == 2
+    assert len(lines(result.stderr)) == 1, result.stderr
+    assert "already holds a scorecard" in result.stderr and "choose a new directory" in \
+        result.stderr
+    assert "--resume" not in result.stderr
+    assert tree(out) == before
+
+
+def test_a_full_disk_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
+    from fedcollab.job.outdir import OutDirError, check_can_write
+
+    check_can_write(tmp_path / "new" / "out")
+    with pytest.raises(OutDirError, match="MiB free on its disk") as refused:
+        check_can_write(tmp_path / "new" / "out", min_free=2**62)
+    assert refused.value.exit_code == 1
+    assert list(tmp_path.iterdir()) == []
