@@ -511,6 +511,9 @@ class _Job:
             failure = ("no round accepted an update: every update was rejected ("
                        + ", ".join(f"{k}: {n}" for k, n in sorted(reasons.items())) + ")"
                        if reasons else "no round changed the model (aborted or skipped rounds)")
+            if "non_finite" in reasons:  # the first cause, whichever group sent them
+                failure = ("updates were non-finite (NaN or inf): the training diverged; "
+                           "lower local.learning_rate or check the data; " + failure)
         return Summary(
             name=spec.name, out_dir=str(self.out),
             rounds=spec.rounds, rounds_completed=len(metrics),

@@ -129,3 +129,27 @@ def test_a_full_disk_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
         check_can_write(tmp_path / "new" / "out", min_free=2**62)
     assert refused.value.exit_code == 1
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ 3: the first cause
+@pytest.mark.ray
+@pytest.mark.slow
+def test_diverged_training_with_a_secure_vendor_says_non_finite(tmp_path: Path) -> None:
+    """A learning rate of 1e300 makes every update NaN/inf, the open community's and the
+    secure vendor's (private head) alike: the round's warning, the summary's failure
+    and the CLI's line name that, not the empty secure sum it leads to."""
+    out = tmp_path / "job"
+    result = fedcollab("run", "examples/community-vendor.yaml", "--set", "rounds=1",
+                       "--set", "local.learning_rate=1e300", "--set", "release.sign=false",
+                       "--out", str(out), "--quiet")
+    assert result.returncode == 1, result.stderr[-2000:]
+    said = lines(result.stderr)
+    assert "Traceback" not in result.stderr
+    assert said[0].startswith("fedcollab: warning: round 1 aborted: updates were non-finite")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failure"].startswith("updates were non-finite")
+    assert said[-1].startswith("fedcollab: error: digits-community-vendor: "
+                               + summary["failure"])
+    rejected = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["rejected"]
+    assert sorted(rejected, key=int) == [str(p) for p in range(11)]  # 8 open, 3 secure
+    assert all(why.startswith("non_finite:") for why in rejected.values())
