@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--token-file", default=None,
                      help="the cluster head's Ray auth token file (default: RAY_AUTH_TOKEN_PATH, "
                           "RAY_AUTH_TOKEN or ~/.ray/auth_token)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress (a bar on a terminal, else a line per round)")
     run.add_argument("--resume", action="store_true",
                      help="continue from the last checkpoint in --out")
 

@@ -443,7 +443,7 @@ class _Job:
         builtin: list[RoundCallback] = [
             MetricsLog(self.out), self.checkpointer, self.tensorboard, _ConsoleWarnings(),
             ProgressBar(spec.rounds, enabled=options.progress, quiet=options.quiet,
-                        classification=self.driver.classification)]
+                        classification=self.driver.classification, wall_start=wall0)]
         if options.on_round is not None:
             builtin.append(_OnRound(options.on_round))
         # the user's callbacks see each round after it is logged; the plots and the

@@ -55,11 +55,15 @@ def lines(text: str) -> list[str]:
 @pytest.mark.slow
 def test_run_retries_a_ray_startup_timeout_and_succeeds(tmp_path: Path) -> None:
     out = tmp_path / "job"
-    result = timing_out("once", "run", SPEC, "--set", "rounds=1", "--out", str(out), "--quiet")
+    result = timing_out("once", "run", SPEC, "--set", "rounds=2", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "trying again (2/3)" in result.stderr
+    # not a terminal: a plain line for the first and the last round (item 9)
+    said = [x for x in lines(result.stderr) if x.startswith("fedcollab: round ")]
+    assert [x.split(":")[1] for x in said] == [" round 1/2", " round 2/2"], result.stderr
+    assert all(": accuracy 0." in x and " s elapsed" in x for x in said), said
     assert "Traceback" not in result.stderr
-    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 1
+    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 2
 
 
 @pytest.mark.ray
