@@ -377,6 +377,9 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
                 _send_token()
         kwargs["address"] = address
     where = address or "a local instance"
+    from fedcollab.errors import raise_on_sigterm, raises_on_sigterm
+
+    ours = raises_on_sigterm()  # the CLI's: SIGTERM ends the job cleanly (exit 143)
     for start in range(1, EMBEDDED_STARTS + 1):
         try:
             # An embedded raylet and every worker it starts inherit this process's
@@ -397,6 +400,8 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
                 continue
             raise ClusterError(STARTUP_ADVICE.format(where=where, starts=EMBEDDED_STARTS,
                                                      first=first[:200])) from None
+    if ours:  # ray.init replaced it with a crash dump and an exit from anywhere
+        raise_on_sigterm()
     try:
         yield ray
     finally:

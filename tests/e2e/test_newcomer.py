@@ -157,3 +157,31 @@ def test_diverged_training_with_a_secure_vendor_says_non_finite(tmp_path: Path) 
     rejected = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["rejected"]
     assert sorted(rejected, key=int) == [str(p) for p in range(11)]  # 8 open, 3 secure
     assert all(why.startswith("non_finite:") for why in rejected.values())
+
+
+# ------------------------------------------------------------------ 8: SIGTERM
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sigterm_ends_a_run_with_143_no_crash_dump_and_it_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "job"
+    proc = subprocess.Popen([sys.executable, "-m", "fedcollab.cli", "run", SPEC, "--set",
+                             "rounds=100000", "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env())
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoints" / "latest.json").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no round was committed"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert lines(err)[-1] == (f"fedcollab: terminated (SIGTERM); `fedcollab run {SPEC} --out "
+                              f"{out} --resume` continues it")
+    assert "SIGTERM received" not in err and "Traceback" not in err
+    committed = json.loads((out / "checkpoints" / "latest.json").read_text())["round"]
+    resumed = fedcollab("run", SPEC, "--set", f"rounds={committed + 1}", "--out", str(out),
+                        "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == committed + 1
