@@ -44,7 +44,8 @@ def test_docs_link_only_to_files_in_the_repository() -> None:
     import re
 
     broken = []
-    for doc in [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    docs = sorted((ROOT / "docs").glob("*.md"))
+    for doc in [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *docs]:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
             if "://" in target or target.startswith("mailto:"):
                 continue
