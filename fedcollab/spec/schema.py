@@ -85,6 +85,20 @@ def _fail(where: str, message: str) -> SpecError:
     return SpecError(f"spec: {where}: {message}")
 
 
+#: Upper bounds on counts no job can use (a typo's extra zeros, a number meant for
+#: another field): refused by ``validate`` instead of a job that never ends or
+#: allocates without bound. Far beyond what the benchmarks run.
+MAX_ROUNDS = 1_000_000
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 1_000_000
+MAX_WORKERS = 10_000
+
+
+def _at_most(where: str, value: int, bound: int) -> None:
+    if value > bound:
+        raise _fail(where, f"got {value!r}, expected at most {bound:,}")
+
+
 def _positive(where: str, value: float) -> None:
     if value <= 0:
         raise _fail(where, f"got {value!r}, expected a number > 0")
@@ -174,6 +188,8 @@ class LocalSpec:
             raise _fail("local.epochs", f"got {self.epochs!r}, expected an integer >= 1")
         if self.batch_size < 1:
             raise _fail("local.batch_size", f"got {self.batch_size!r}, expected an integer >= 1")
+        _at_most("local.epochs", self.epochs, MAX_EPOCHS)
+        _at_most("local.batch_size", self.batch_size, MAX_BATCH_SIZE)
         _positive("local.learning_rate", self.learning_rate)
         if self.proximal_mu < 0:
             raise _fail("local.proximal_mu", f"got {self.proximal_mu!r}, expected a number >= 0")
@@ -354,6 +370,8 @@ class ResourcesSpec:
         if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):
             raise _fail("resources.workers",
                         f"got {self.workers!r}, expected 'auto' or an integer >= 1")
+        if self.workers != "auto":
+            _at_most("resources.workers", self.workers, MAX_WORKERS)
         if self.cpus_per_worker < 0:
             raise _fail("resources.cpus_per_worker",
                         f"got {self.cpus_per_worker!r}, expected a number >= 0")
@@ -432,6 +450,7 @@ class JobSpec:
             raise _fail("seed", f"got {self.seed!r}, expected an integer in [0, 2**32 - 1]")
         if self.rounds < 1:
             raise _fail("rounds", f"got {self.rounds!r}, expected an integer > 0")
+        _at_most("rounds", self.rounds, MAX_ROUNDS)
         _fraction("fraction", self.fraction)
         if not self.participants:
             raise _fail("participants", "expected at least one group")
@@ -479,6 +498,7 @@ class JobSpec:
                 not any(_policy(g).in_clear for g in self.participants):
             raise _fail("aggregation.rule", f"{self.aggregation.rule!r} must see individual "
                         "updates, but every group is secure; use fedavg (or make some groups open)")
+        self._check_krum_f()
         if self.privacy.dp.mode != "none" and self.aggregation.rule != "fedavg":
             raise _fail("aggregation.rule", f"{self.aggregation.rule!r} with DP: the epsilon "
                         "accounting assumes a clipped sum (fedavg); robust rules change the "
@@ -486,6 +506,22 @@ class JobSpec:
         if self.privacy.dp.mode == "distributed" and not secure:
             raise _fail("privacy.dp.mode", "'distributed' noise is added inside the secure "
                         "sum, so it needs a group with sharing: secure")
+
+    def _check_krum_f(self) -> None:
+        """A rule that tolerates ``krum_f`` attackers needs more than 2f + 2 open updates
+        (Blanchard et al. 2017); the spec's open participants are the most a round
+        can have (a sampled round is checked again when it aggregates)."""
+        rules = _registered("fedcollab.aggregation.registry:RULES")
+        info = rules.get(self.aggregation.rule)
+        if "krum_f" not in dict(getattr(info, "spec_options", None) or {}).values():
+            return
+        f = self.aggregation.krum_f
+        open_count = sum(g.count for g in self.participants if _policy(g).in_clear)
+        if open_count < 2 * f + 3:
+            raise _fail("aggregation.krum_f", f"got {f}, but rule {self.aggregation.rule!r} "
+                        f"needs more than 2f + 2 = {2 * f + 2} open updates a round and the "
+                        f"spec has {open_count} open participant(s); lower krum_f to at most "
+                        f"{max((open_count - 3) // 2, 0)} or add open participants")
 
     @property
     def total_participants(self) -> int:
