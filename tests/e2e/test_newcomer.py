@@ -184,4 +184,8 @@ def test_sigterm_ends_a_run_with_143_no_crash_dump_and_it_resumes(tmp_path: Path
     resumed = fedcollab("run", SPEC, "--set", f"rounds={committed + 1}", "--out", str(out),
                         "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == committed + 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_completed"] == committed + 1
+    # rounds_seconds covers the whole job, the rounds before the resume included (item 10)
+    seconds = [m["seconds"] for m in map(json.loads, (out / "metrics.jsonl").open())]
+    assert summary["rounds_seconds"] >= sum(seconds[:-1]) > 0
