@@ -44,7 +44,8 @@ from typing import Any, Iterator, Mapping, Optional
 from fedcollab.cluster.placement import ClusterError
 
 __all__ = ["ClusterError", "connect", "check_reachable", "worker_env", "Token", "find_token",
-           "use_token_file", "ensure_token_file", "check_token", "is_loopback", "keep_loopback",
+           "use_token_file", "ensure_token_file", "ensure_private", "check_token", "is_loopback",
+           "keep_loopback",
            "state_dir", "resolve_auto", "EMBEDDED_SYSTEM_CONFIG", "TF_ENV",
            "is_startup_timeout", "EMBEDDED_STARTS"]
 
@@ -217,7 +218,7 @@ def ensure_token_file(path: os.PathLike[str] | str) -> Path:
     """
     target = Path(path).expanduser()
     if target.exists() and target.read_text(encoding="utf-8").strip():
-        return target
+        return ensure_private(target)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -226,6 +227,24 @@ def ensure_token_file(path: os.PathLike[str] | str) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, target)
+    return target
+
+
+def ensure_private(path: os.PathLike[str] | str) -> Path:
+    """Make a token file readable by its owner alone (0600) if group or others could
+    read it, as a file ``ray start`` or ``ray.init`` created may be.
+
+    Raises:
+        ClusterError: its mode cannot be changed (another user's file, a read-only disk).
+    """
+    target = Path(path).expanduser()
+    try:
+        if target.stat().st_mode & 0o077:
+            os.chmod(target, 0o600)
+    except OSError as err:
+        raise ClusterError(f"token file {target} is readable by others and cannot be made "
+                           f"0600 ({err.strerror}); fix its mode or pass --token-file with "
+                           "a file of your own") from None
     return target
 
 
@@ -369,7 +388,15 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
         if address == "auto":
             address = resolve_auto()
         check_reachable(address)
-        if address not in ("auto", "local") and not address.startswith("ray://"):
+        if address.startswith("ray://"):
+            # the client server takes the cluster's token too; Ray sends it only in
+            # token mode (a Ray client port has no GCS to probe first)
+            host, _ = _split(address[len("ray://"):])
+            if is_loopback(host):
+                keep_loopback()
+            if find_token() is not None:
+                _send_token()
+        elif address not in ("auto", "local"):
             host, _ = _split(address)
             if is_loopback(host):
                 keep_loopback()
