@@ -111,7 +111,8 @@ def test_run_round_all_updates_rejected_leaves_model_and_says_so() -> None:
 
 
 def test_run_round_too_few_updates_for_krum_is_a_skipped_round() -> None:
-    spec = _spec(aggregation={"rule": "krum", "krum_f": 1})
+    # 4 open participants allow krum_f=0 (validate refuses more); 2 dropped leave 2 <= 2f + 2
+    spec = _spec(aggregation={"rule": "krum", "krum_f": 0})
     loop = _loop(spec, FakePool({0: 1.0, 1: 2.0, 2: 3.0, 3: 6.0}, dropped=[2, 3]), Recorder())
 
     record = loop.run_round(1)
