@@ -70,10 +70,13 @@ def test_run_retries_a_ray_startup_timeout_and_succeeds(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_grade_retries_a_ray_startup_timeout_and_succeeds(tmp_path: Path) -> None:
     out = tmp_path / "grade"
-    result = timing_out("once", "grade", SPEC, "--mixes", "open", "--out", str(out), "--quiet",
+    result = timing_out("once", "grade", SPEC, "--mixes", "open", "--out", str(out),
                         timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "trying again (2/3)" in result.stderr
+    # not a terminal: a plain line per finished mix (item 9)
+    assert any(x.startswith("fedcollab: grade: mix open run (1/1), ")
+               for x in lines(result.stderr)), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert (out / "scorecard.json").is_file()
 
