@@ -2,7 +2,8 @@
 
 ``--help``, ``validate`` and ``verify`` answer at once: they never import
 TensorFlow or Ray (``run`` imports them lazily). Exit codes: 0 ok, 1 failure,
-2 bad input. Anything a user can cause is one line on stderr, never a traceback.
+2 bad input, 130 Ctrl-C, 143 SIGTERM (``run``'s output directory stays resumable).
+Anything a user can cause is one line on stderr, never a traceback.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from fedcollab.errors import FedcollabError
+from fedcollab.errors import FedcollabError, Terminated, raise_on_sigterm
 from fedcollab.types import GRADE_BUDGETS
 
 __all__ = ["main", "entry", "build_parser"]
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--token-file", default=None,
                      help="the cluster head's Ray auth token file (default: RAY_AUTH_TOKEN_PATH, "
                           "RAY_AUTH_TOKEN or ~/.ray/auth_token)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress (a bar on a terminal, else a line per round)")
     run.add_argument("--resume", action="store_true",
                      help="continue from the last checkpoint in --out")
 
@@ -226,8 +228,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if handler is None:
         handler = {"run": _cmd_run, "validate": _cmd_validate, "verify": _cmd_verify,
                    "grade": _cmd_grade}[args.command]
+    if args.command in ("run", "grade"):
+        raise_on_sigterm()  # a `kill` or a service's cancel ends the job cleanly
     try:
         return handler(args)
+    except Terminated:
+        resume = (f"; `fedcollab run {args.spec} --out {args.out} --resume` continues it"
+                  if args.command == "run" and args.out else "")
+        print(f"fedcollab: terminated (SIGTERM){resume}", file=sys.stderr, flush=True)
+        return Terminated.exit_code
     except FedcollabError as err:
         print(f"fedcollab: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -33,6 +33,7 @@ from fedcollab.cluster.connect import (
     check_reachable,
     check_token,
     default_token_path,
+    ensure_private,
     ensure_token_file,
     is_loopback,
     keep_loopback,
@@ -64,6 +65,9 @@ def _ray_start() -> list[str]:
 def _run_ray(argv: Sequence[str]) -> int:
     """Ray's own CLI, with 127.0.0.1 kept as the node/head address when asked for."""
     keep_loopback()
+    node_ip = argv[argv.index("--node-ip-address") + 1] if "--node-ip-address" in argv else ""
+    if "--head" in argv and node_ip and is_loopback(node_ip):
+        _client_server_on_loopback()
     from ray.scripts.scripts import main as ray_main
 
     sys.argv = ["ray", *argv]
@@ -74,14 +78,47 @@ def _run_ray(argv: Sequence[str]) -> int:
     return 0
 
 
-def _side_ports(head: bool) -> list[str]:
-    """Free ports for the per-node services whose defaults collide between nodes."""
+#: Ray's switch that makes a process without a node of its own take 127.0.0.1 as its
+#: address (``get_node_ip_address``) instead of the host's network address.
+_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _client_server_on_loopback() -> None:
+    """Start a loopback head's Ray client server with :data:`_LOCAL_ONLY_ENV` off.
+
+    The client server and the per-client servers it starts are separate processes
+    that join the head at 127.0.0.1, which Ray rewrites to the host's network
+    address, where a loopback head's GCS does not listen: ``ray://`` clients waited
+    30 s and failed. Only the client server's process gets the switch (a node
+    process with it off would refuse to join a cluster).
+    """
+    from ray._private import services
+
+    start = services.start_ray_client_server
+
+    def start_local(*args: Any, **kwargs: Any) -> Any:
+        saved = os.environ.get(_LOCAL_ONLY_ENV)
+        os.environ[_LOCAL_ONLY_ENV] = "0"
+        try:
+            return start(*args, **kwargs)
+        finally:
+            if saved is None:
+                os.environ.pop(_LOCAL_ONLY_ENV, None)
+            else:
+                os.environ[_LOCAL_ONLY_ENV] = saved
+
+    services.start_ray_client_server = start_local
+
+
+def _side_ports(client_port: Optional[int] = None) -> list[str]:
+    """Free ports for the per-node services whose defaults collide between nodes; a
+    head's Ray client server listens on ``client_port`` (printed, recorded)."""
     args = ["--dashboard-agent-listen-port", str(_free_port()),
             "--dashboard-agent-grpc-port", str(_free_port()),
             "--metrics-export-port", str(_free_port()),
             "--runtime-env-agent-port", str(_free_port())]
-    if head:
-        args += ["--ray-client-server-port", str(_free_port())]
+    if client_port is not None:
+        args += ["--ray-client-server-port", str(client_port)]
     return args
 
 
@@ -123,6 +160,13 @@ def _describe(args: argparse.Namespace, custom: dict[str, float]) -> str:
         parts.append(f"GPU {args.gpus:g}")
     parts += [f"{k} {v:g}" for k, v in sorted(custom.items())]
     return ", ".join(parts)
+
+
+def _mode(path: Path) -> str:
+    """A token file's permission bits as ``0600``; made 0600 first if group or others
+    could read it (``ray start`` and ``ray.init`` create theirs world-readable)."""
+    ensure_private(path)
+    return f"{path.stat().st_mode & 0o777:04o}"
 
 
 def _record(state: Path, entry: dict[str, Any]) -> Path:
@@ -188,26 +232,34 @@ def cmd_head(args: argparse.Namespace) -> int:
         token_file = ensure_token_file(args.token_file or os.environ.get(TOKEN_PATH_ENV)
                                        or default_token_path())
         use_token_file(token_file)
-        token_note = f"token file: {token_file} (secret; copy it to each joining host, mode 0600)"
+        token_note = (f"token file: {token_file} (secret, mode {_mode(token_file)}; copy it "
+                      "to each joining host)")
         token_flag, token_env = f" --token-file {token_file}", f"{TOKEN_PATH_ENV}={token_file} "
     else:
         token_note = f"token: the value of ${TOKEN_ENV} (give joining hosts the same value)"
         token_flag, token_env = "", ""
     temp_dir = Path(args.temp_dir or tempfile.mkdtemp(prefix="fedcollab-ray-", dir="/tmp"))
-    extra = {"port": args.port, "own_temp_dir": not args.temp_dir}
+    client_port = args.ray_client_port or _free_port()
+    extra = {"port": args.port, "own_temp_dir": not args.temp_dir, "client_port": client_port}
     dashboard_port = args.dashboard_port or (8265 if args.dashboard else _free_port())
     cmd = [*_ray_start(), "--head", "--port", str(args.port),
            "--temp-dir", str(temp_dir), "--disable-usage-stats",
            f"--include-dashboard={'true' if args.dashboard else 'false'}",
-           "--dashboard-port", str(dashboard_port), *_side_ports(head=True)]
+           "--dashboard-port", str(dashboard_port), *_side_ports(client_port)]
     cmd += _node_flags(args.node_ip_address, args, custom)
     output, entry = _start(cmd, _env(), temp_dir, "head", state, extra)
     found = re.search(r"--address='([^']+)'", output)
     address = found.group(1) if found else f"{args.node_ip_address or '?'}:{args.port}"
     entry["address"] = address
     _record(state, entry)
+    if token_env:  # `ray start` may have rewritten it: it stays 0600, or the line says not
+        token_note = (f"token file: {token_file} (secret, mode {_mode(token_file)}; copy it "
+                      "to each joining host)")
+    client = f"ray://{address.rsplit(':', 1)[0]}:{client_port}"
     print(f"Ray head started at {address} (token authentication on; offers "
           f"{_describe(args, custom)})")
+    print(f"GCS address: {address}  (--address {address}, or --address auto on this host)")
+    print(f"Ray client:  {client}  (--address {client} from a host without Ray nodes)")
     print(token_note)
     if args.dashboard:
         print(f"dashboard: http://{address.rsplit(':', 1)[0]}:{dashboard_port}")
@@ -232,7 +284,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     custom = _offers(args)
     temp_dir = Path(args.temp_dir or tempfile.mkdtemp(prefix="fedcollab-ray-", dir="/tmp"))
     cmd = [*_ray_start(), "--address", head, "--temp-dir", str(temp_dir),
-           "--disable-usage-stats", *_side_ports(head=False)]
+           "--disable-usage-stats", *_side_ports()]
     cmd += _node_flags(node_ip, args, custom)
     env = _env()
     if token is None:
@@ -338,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     head = sub.add_parser("head", help="start a head node (token authentication on)")
     head.add_argument("--port", type=int, default=6379)
+    head.add_argument("--ray-client-port", type=int, default=None,
+                      help="the Ray client server's port (default: a free one, printed)")
     head.add_argument("--dashboard", action="store_true", help="start Ray's dashboard")
     head.add_argument("--dashboard-port", type=int, default=None)
     node_options(head)

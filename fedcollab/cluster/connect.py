@@ -36,6 +36,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -43,7 +44,8 @@ from typing import Any, Iterator, Mapping, Optional
 from fedcollab.cluster.placement import ClusterError
 
 __all__ = ["ClusterError", "connect", "check_reachable", "worker_env", "Token", "find_token",
-           "use_token_file", "ensure_token_file", "check_token", "is_loopback", "keep_loopback",
+           "use_token_file", "ensure_token_file", "ensure_private", "check_token", "is_loopback",
+           "keep_loopback",
            "state_dir", "resolve_auto", "EMBEDDED_SYSTEM_CONFIG", "TF_ENV",
            "is_startup_timeout", "EMBEDDED_STARTS"]
 
@@ -216,7 +218,7 @@ def ensure_token_file(path: os.PathLike[str] | str) -> Path:
     """
     target = Path(path).expanduser()
     if target.exists() and target.read_text(encoding="utf-8").strip():
-        return target
+        return ensure_private(target)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -225,6 +227,24 @@ def ensure_token_file(path: os.PathLike[str] | str) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, target)
+    return target
+
+
+def ensure_private(path: os.PathLike[str] | str) -> Path:
+    """Make a token file readable by its owner alone (0600) if group or others could
+    read it, as a file ``ray start`` or ``ray.init`` created may be.
+
+    Raises:
+        ClusterError: its mode cannot be changed (another user's file, a read-only disk).
+    """
+    target = Path(path).expanduser()
+    try:
+        if target.stat().st_mode & 0o077:
+            os.chmod(target, 0o600)
+    except OSError as err:
+        raise ClusterError(f"token file {target} is readable by others and cannot be made "
+                           f"0600 ({err.strerror}); fix its mode or pass --token-file with "
+                           "a file of your own") from None
     return target
 
 
@@ -307,7 +327,7 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-#: How often an embedded Ray is started before its start-up time-out is reported.
+#: How often Ray is started (or joined) before its start-up time-out is reported.
 #: Ray forks its GCS and raylet with a Python ``preexec_fn``, which Python documents
 #: as unsafe in a process with other threads (gRPC's, say): now and then a forked
 #: process hangs before ``exec`` and Ray gives up waiting for it. Each start forks
@@ -316,6 +336,12 @@ EMBEDDED_STARTS = 3
 
 #: What Ray's error says when a process it forked never came up.
 STARTUP_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
+
+
+#: The one line a start-up time-out that outlasted every retry becomes.
+STARTUP_ADVICE = ("Ray at {where} did not come up in time, {starts} tries ({first}); the "
+                  "machine is probably overloaded: try again when it is quieter, or start "
+                  "Ray once with `scripts/start-cluster head` and pass --address auto")
 
 
 def is_startup_timeout(err: BaseException) -> bool:
@@ -362,15 +388,26 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
         if address == "auto":
             address = resolve_auto()
         check_reachable(address)
-        if address not in ("auto", "local") and not address.startswith("ray://"):
+        if address.startswith("ray://"):
+            # the client server takes the cluster's token too; Ray sends it only in
+            # token mode (a Ray client port has no GCS to probe first)
+            host, _ = _split(address[len("ray://"):])
+            if is_loopback(host):
+                keep_loopback()
+            if find_token() is not None:
+                _send_token()
+        elif address not in ("auto", "local"):
             host, _ = _split(address)
             if is_loopback(host):
                 keep_loopback()
             if check_token(address) is not None:
                 _send_token()
         kwargs["address"] = address
-    starts = EMBEDDED_STARTS if address is None else 1
-    for start in range(1, starts + 1):
+    where = address or "a local instance"
+    from fedcollab.errors import raise_on_sigterm, raises_on_sigterm
+
+    ours = raises_on_sigterm()  # the CLI's: SIGTERM ends the job cleanly (exit 143)
+    for start in range(1, EMBEDDED_STARTS + 1):
         try:
             # An embedded raylet and every worker it starts inherit this process's
             # environment: a job runtime_env instead made each actor wait for a fresh
@@ -382,13 +419,19 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
         except Exception as err:  # noqa: BLE001 - Ray's node start-up raises a bare Exception
             if not (is_startup_timeout(err) or isinstance(
                     err, (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError))):
-                raise
-            if start < starts and is_startup_timeout(err):
-                ray.shutdown()  # a process Ray forked never came up: fork afresh
-                continue
-            where = address or "a local instance"
+                raise  # not Ray failing to start or join: a bug to see whole
+            ray.shutdown()
             first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-            raise ClusterError(f"cannot start or join Ray at {where}: {first}") from None
+            if not is_startup_timeout(err):
+                raise ClusterError(f"cannot start or join Ray at {where}: {first}") from None
+            if start < EMBEDDED_STARTS:  # a process Ray forked never came up: fork afresh
+                print(f"fedcollab: Ray did not come up in time ({first[:120]}); trying "
+                      f"again ({start + 1}/{EMBEDDED_STARTS})", file=sys.stderr, flush=True)
+                continue
+            raise ClusterError(STARTUP_ADVICE.format(where=where, starts=EMBEDDED_STARTS,
+                                                     first=first[:200])) from None
+    if ours:  # ray.init replaced it with a crash dump and an exit from anywhere
+        raise_on_sigterm()
     try:
         yield ray
     finally:

@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 from fedcollab.errors import FedcollabError
 
-__all__ = ["ClusterError", "WorkerRequest", "check_placement", "worker_requests"]
+__all__ = ["ClusterError", "WorkerRequest", "check_placement", "worker_requests",
+           "reserved_nodes"]
 
 
 class ClusterError(FedcollabError):
@@ -87,13 +88,29 @@ def _describe(want: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(want.items())) or "nothing"
 
 
+def reserved_nodes(requests: Sequence[WorkerRequest],
+                   nodes: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The alive nodes kept for pinned workers: those offering a custom resource some
+    worker of the job is pinned to (a vendor node offers ``vendor_site``). A worker
+    pinned to nothing (a community one) runs elsewhere, so a vendor node hosts only
+    the groups that asked for it. Empty when no other node is left (an embedded Ray,
+    a cluster of vendor nodes only): then nothing is kept apart.
+    """
+    pinned = {key for request in requests for key in request.resources}
+    alive = [n for n in nodes if n.get("Alive", True)]
+    reserved = [str(n.get("NodeID")) for n in alive
+                if pinned & {k for k, v in (n.get("Resources") or {}).items() if v > 0}]
+    return [] if len(reserved) == len(alive) else reserved
+
+
 def check_placement(requests: Sequence[WorkerRequest],
                     nodes: Sequence[Mapping[str, Any]]) -> list[str]:
     """Decide whether all workers can be placed at once on the cluster's nodes.
 
     Bin-packs the requests (pinned and largest first, first fit) onto the alive nodes'
     total resources, as Ray's scheduler must: a fractional GPU request must fit
-    on one device (four 0.25 workers share a GPU, a 0.75 and a 0.5 do not).
+    on one device (four 0.25 workers share a GPU, a 0.75 and a 0.5 do not); a
+    worker pinned to nothing never lands on a node in :func:`reserved_nodes`.
 
     Args:
         requests: one entry per worker actor.
@@ -138,8 +155,11 @@ def check_placement(requests: Sequence[WorkerRequest],
                    key=lambda i: (-len(requests[i].resources), -requests[i].gpus,
                                   -requests[i].cpus, i))  # most constrained first
     placed: list[Optional[int]] = [None] * len(requests)
+    kept = set(reserved_nodes(requests, nodes))
     for i in order:
         for index, node in enumerate(free):
+            if not requests[i].resources and str(alive[index].get("NodeID")) in kept:
+                continue  # a vendor node hosts only the workers pinned to it
             if node.take(requests[i]):
                 placed[i] = index
                 break

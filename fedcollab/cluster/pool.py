@@ -100,14 +100,17 @@ class WorkerPool(Hosting):
         self.committed = resume_round
         cpus = float(ray.cluster_resources().get("CPU", 1))
         self.plan = plan_workers(spec, people, cpus)
-        from fedcollab.cluster.placement import check_placement, worker_requests
+        from fedcollab.cluster.placement import check_placement, reserved_nodes, worker_requests
 
         # A request the cluster can never satisfy fails now, in one line, instead of
         # leaving actors pending forever.
         self._requests = worker_requests(self.plan,
                                          cpus_per_worker=spec.resources.cpus_per_worker,
                                          gpus_per_worker=spec.resources.gpus_per_worker)
-        check_placement(self._requests, ray.nodes())
+        nodes = ray.nodes()
+        check_placement(self._requests, nodes)
+        # community workers stay off the nodes kept for pinned (vendor) groups
+        self._reserved = reserved_nodes(self._requests, nodes)
         self._spec_data = spec_to_dict(spec)
         self._host(spec, [pids for _, pids in self.plan])
         private = set(self.private_pids)
@@ -122,8 +125,9 @@ class WorkerPool(Hosting):
         self._reused: set[int] = set()
         for index, (resources, _) in enumerate(self.plan):
             wanted = self._wanted(index)
-            match = next((i for i, (options, _) in enumerate(parked) if options == wanted), None)
-            if spare and fits_spare and not resources:
+            match = next((i for i, (options, _) in enumerate(parked) if options == wanted
+                          and (resources or not self._reserved)), None)  # may sit anywhere
+            if spare and fits_spare and not resources and not self._reserved:
                 taken.append(spare.pop(0))
                 self._options.append(None)
             elif match is not None:
@@ -262,10 +266,14 @@ class WorkerPool(Hosting):
         self._options[index] = self._wanted(index)
         resources, _ = self.plan[index]
         actor_cls = actor_class(self.ray)
+        elsewhere: dict[str, Any] = {}
+        if not resources and self._reserved:  # not on a node kept for a pinned group
+            elsewhere["label_selector"] = {
+                "ray.io/node-id": f"!in({', '.join(self._reserved)})"}
         return actor_cls.options(
             num_cpus=self.spec.resources.cpus_per_worker,
             num_gpus=self.spec.resources.gpus_per_worker,
-            resources=resources or None, max_restarts=0, max_task_retries=0,
+            resources=resources or None, max_restarts=0, max_task_retries=0, **elsewhere,
         ).remote(self._config(index))
 
     def __len__(self) -> int:

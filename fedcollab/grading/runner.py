@@ -117,6 +117,7 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(out) if out is not None else Path("runs") / f"{spec.name}-grade-{stamp}"
     out_dir = out_dir.resolve()
+    check_grade_out(out_dir)
     with _Bar(len(planned), enabled=progress) as bar:
         lock = threading.Lock()
 
@@ -132,6 +133,22 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
     card = dataclasses.replace(card, out_dir=str(out_dir))
     write_scorecard(card, out_dir)
     return card
+
+
+def check_grade_out(out_dir: Path) -> None:
+    """Refuse an output directory a grade cannot use, before Ray starts: a file, one
+    that already holds something (a grade starts afresh: it has no ``--resume``), one
+    that cannot be written, a full disk."""
+    from fedcollab.job.outdir import check_can_write
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GradeError(f"--out {out_dir}: is a file, expected a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        what = "a scorecard" if (out_dir / "scorecard.json").exists() else (
+            "a grade's runs" if (out_dir / "mixes").exists() else "other files")
+        raise GradeError(f"--out {out_dir} already holds {what}; a grade starts afresh: "
+                         "choose a new directory (or leave out --out)")
+    check_can_write(out_dir)
 
 
 def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: str,
@@ -336,14 +353,19 @@ def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curv
                      frontier=tuple(sweep))
 
 class _Bar:
-    """Mixes and attacks as they finish (rich, on stderr)."""
+    """Mixes and attacks as they finish (rich, on stderr); off a terminal (``enabled``
+    None), a plain line per finished mix: ``fedcollab: grade: mix open run (1/6),
+    41.0 s elapsed``."""
 
     def __init__(self, mixes: int, *, enabled: Optional[bool]) -> None:
         import sys
 
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.plain = enabled is None and not self.enabled
         self.mixes = mixes
         self._progress: Any = None
+        self._done = 0
+        self._t0 = time.perf_counter()
 
     def __enter__(self) -> "_Bar":
         if self.enabled:
@@ -356,6 +378,13 @@ class _Bar:
         return self
 
     def step(self, kind: str, name: str) -> None:
+        if self.plain and kind == "mix":
+            import sys
+
+            self._done += 1
+            print(f"fedcollab: grade: mix {name} run ({self._done}/{self.mixes}), "
+                  f"{time.perf_counter() - self._t0:.1f} s elapsed", file=sys.stderr,
+                  flush=True)
         if self._progress is not None:
             task = self._mix if kind == "mix" else self._attack
             self._progress.update(task, advance=1, last=name)

@@ -8,6 +8,8 @@ directory exactly as it was.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +23,13 @@ if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
 
 __all__ = ["OutDirError", "JobAlreadyFinished", "OutDirPlan", "plan_out_dir",
-           "default_out_dir", "spec_differences", "RESULT_NEUTRAL_FIELDS"]
+           "default_out_dir", "spec_differences", "RESULT_NEUTRAL_FIELDS", "check_can_write",
+           "MIN_FREE_BYTES"]
+
+#: The free space a job's output directory needs before it starts: a small job's
+#: checkpoints, TensorBoard log, plots and release take a few MiB; a disk with less
+#: than this would fail mid-run.
+MIN_FREE_BYTES = 64 * 1024 * 1024
 
 #: Spec fields that do not change a job's result, so ``--resume`` may change them:
 #: how many rounds (more rounds continue the same trajectory), where workers run,
@@ -111,14 +119,43 @@ def _check_writable(path: Path) -> None:
                           f"{err.strerror or err.__class__.__name__}", exit_code=1) from None
 
 
+def check_can_write(path: Path, *, flag: str = "--out",
+                    min_free: int = MIN_FREE_BYTES) -> None:
+    """Prove ``path`` could be created and written, and its disk has room, leaving
+    nothing behind: a directory is made and removed in the nearest existing
+    ancestor (so a read-only file system counts, whoever runs the job).
+
+    Raises:
+        OutDirError: (exit 1) a parent that is a file, a directory that cannot be
+            written, or a disk with less than ``min_free`` bytes free.
+    """
+    path = Path(path).absolute()
+    base = path
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise OutDirError(f"{flag} {path}: {base} is a file, not a directory", exit_code=1)
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=base, prefix=".fedcollab-write-test-"))
+    except OSError as err:
+        raise OutDirError(f"{flag} {path}: cannot write in {base} "
+                          f"({err.strerror or err.__class__.__name__}); choose a directory you "
+                          "can write", exit_code=1) from None
+    free = shutil.disk_usage(base).free
+    if free < min_free:
+        raise OutDirError(f"{flag} {path}: only {free / 2**20:.0f} MiB free on its disk, a job "
+                          f"needs at least {min_free / 2**20:.0f} MiB; free some space or "
+                          "choose a directory on another disk", exit_code=1)
+
+
 def plan_out_dir(spec: JobSpec, out: Optional[Path], *, resume: bool) -> OutDirPlan:
     """Check the output directory for a run of ``spec``; writes nothing.
 
     Raises:
         OutDirError: (exit 2) a file where the directory should be, a finished or
             foreign run in ``out`` without ``--resume``, ``--resume`` of a missing or
-            non-job directory; (exit 1, from :meth:`OutDirPlan.create`) a directory that
-            cannot be written.
+            non-job directory; (exit 1, :func:`check_can_write`) a directory that
+            cannot be written or a full disk.
         SpecError: ``--resume`` with a spec that would give a different result.
         JobAlreadyFinished: ``--resume`` of a job that has run all its rounds.
     """
@@ -157,6 +194,7 @@ def plan_out_dir(spec: JobSpec, out: Optional[Path], *, resume: bool) -> OutDirP
             raise JobAlreadyFinished(f"{path}: the job already finished all {committed} "
                                      f"rounds; nothing to resume (raise rounds to continue "
                                      "training)")
+        check_can_write(path)
         return OutDirPlan(path, committed, resume=True)
     if path.is_dir() and any(path.iterdir()):
         what = "a fedcollab job" if (path / "spec.yaml").exists() else "other files"
@@ -164,4 +202,5 @@ def plan_out_dir(spec: JobSpec, out: Optional[Path], *, resume: bool) -> OutDirP
             what = "a finished fedcollab job"
         raise OutDirError(f"--out {path} already holds {what}; use --resume to continue a "
                           "job there, or choose a new directory")
+    check_can_write(path)
     return OutDirPlan(path)

@@ -120,11 +120,12 @@ class RoundLoop:
         if self._ahead_started != r:
             self._write_journal(r, chosen)
         secure = SecureRound(self.secure, r, self._secure_members(chosen), config, self.shapes)
+        out: Optional[RoundOutput] = None
         try:
             out = self._train(r, chosen, config, secure)
             secured = secure.finish(out)
         except self._aborts as err:
-            return self._end(self._aborted(r, chosen, str(err), t0, secure, replaced))
+            return self._end(self._aborted(r, chosen, str(err), t0, secure, replaced, out))
         step = self._aggregate(out, secured)
         evaluation = self._submit_evaluation(self.weights)
         privacy = self._account(chosen, out, step, secured)
@@ -305,9 +306,30 @@ class RoundLoop:
                            secure_norm_bound=0.0 if bound is None else bound)
 
     def _aborted(self, r: int, chosen: Sequence[int], reason: str, t0: float,
-                 secure: SecureRound, replaced: tuple[int, ...]) -> RoundRecord:
-        """A secure round that cannot finish: the global model stays as it was."""
+                 secure: SecureRound, replaced: tuple[int, ...],
+                 out: Optional[RoundOutput] = None) -> RoundRecord:
+        """A secure round that cannot finish: the global model stays as it was.
+
+        Updates refused before the secure sum (a secure member's that could not be
+        masked, an open one that fails validation) are recorded as ``rejected`` and
+        named before the abort: they are its first cause (non-finite updates of a
+        diverged training leave no masked inputs).
+        """
         phases = secure.phases
+        rejected: dict[str, str] = {}
+        if out is not None:
+            refused = {**out.failed, **self.aggregator.validate(out.updates)[1]}
+            rejected = {str(k): v for k, v in sorted(refused.items())}
+            if self.dp.on:  # as RoundRecord.of: under DP a reason names its kind only
+                rejected = {k: v.split(":")[0] for k, v in rejected.items()}
+        if rejected:
+            kinds: dict[str, int] = {}
+            for why in rejected.values():
+                kinds[why.split(":")[0]] = kinds.get(why.split(":")[0], 0) + 1
+            first = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items()))
+            cause = ("updates were non-finite (NaN or inf: the training diverged)"
+                     if "non_finite" in kinds else "updates were refused")
+            reason = f"{cause}; {len(rejected)} refused ({first}), so {reason}"
         if self.spec.secure.on_abort == "fail":
             raise FedcollabError(f"round {r} aborted: {reason}")
         loss, acc = self._submit_evaluation(self.weights)()
@@ -315,7 +337,7 @@ class RoundLoop:
                    else None)
         return RoundRecord(round=r, participants=len(chosen), loss=loss,
                            accuracy=acc if self.classification else None, aborted=reason,
-                           seconds=time.perf_counter() - t0,
+                           rejected=rejected, seconds=time.perf_counter() - t0,
                            train_seconds=phases.seconds.get("train", 0.0),
                            phase_seconds=dict(phases.seconds), workers_replaced=replaced,
                            privacy=privacy)

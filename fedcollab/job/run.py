@@ -503,7 +503,7 @@ class _Job:
         builtin: list[RoundCallback] = [
             MetricsLog(self.out), self.checkpointer, self.tensorboard, _ConsoleWarnings(),
             ProgressBar(spec.rounds, enabled=options.progress, quiet=options.quiet,
-                        classification=self.driver.classification)]
+                        classification=self.driver.classification, wall_start=wall0)]
         if options.on_round is not None:
             builtin.append(_OnRound(options.on_round))
         # the user's callbacks see each round after it is logged; the plots and the
@@ -567,16 +567,22 @@ class _Job:
             for reason in m["rejected"].values():
                 kind = reason.split(":")[0]
                 reasons[kind] = reasons.get(kind, 0) + 1
+        # a resumed job's rounds before the resume count too: their seconds are in
+        # its metrics lines (the loop's time per round)
+        all_rounds = rounds_seconds + sum(float(m.get("seconds") or 0.0) for m in self.history)
         failure = None
         if not _learned(metrics):
             failure = ("no round accepted an update: every update was rejected ("
                        + ", ".join(f"{k}: {n}" for k, n in sorted(reasons.items())) + ")"
                        if reasons else "no round changed the model (aborted or skipped rounds)")
+            if "non_finite" in reasons:  # the first cause, whichever group sent them
+                failure = ("updates were non-finite (NaN or inf): the training diverged; "
+                           "lower local.learning_rate or check the data; " + failure)
         return Summary(
             name=spec.name, out_dir=str(self.out),
             rounds=spec.rounds, rounds_completed=len(metrics),
-            wall_seconds=time.perf_counter() - self.wall0, rounds_seconds=rounds_seconds,
-            seconds_per_round=rounds_seconds / max(len(metrics) - len(self.history), 1),
+            wall_seconds=time.perf_counter() - self.wall0, rounds_seconds=all_rounds,
+            seconds_per_round=all_rounds / max(len(metrics), 1),
             participants={"total": len(self.people), "groups": groups},
             workers=self.pool.placement, workers_replaced=self.pool.replaced,
             bytes_up=int(loop.bytes_up), bytes_down=int(loop.bytes_down),

@@ -28,6 +28,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from fedcollab.errors import raise_on_sigterm
+
 __all__ = ["RUN_DIR", "tie_to_parent", "grade_command", "main"]
 
 #: The job's own output directory inside its service directory (what ``fedcollab run
@@ -137,7 +139,7 @@ def _result(job_dir: Path, ok: bool, error: str = "") -> None:
 
 
 def _run(task: dict[str, Any], address: str, spares: Sequence[Any] = ()) -> int:
-    from fedcollab.errors import FedcollabError
+    from fedcollab.errors import FedcollabError, Terminated
     from fedcollab.job.run import RunOptions, run_job
     from fedcollab.service.specs import parse_spec_text
 
@@ -163,8 +165,12 @@ def _run(task: dict[str, Any], address: str, spares: Sequence[Any] = ()) -> int:
         resume = bool(task.get("resume")) and (out / "spec.yaml").is_file()
         if not resume and out.exists():
             shutil.rmtree(out)
-        run_job(spec, RunOptions(out_dir=out, address=address, quiet=True, progress=False,
+        # job.log is not a terminal: a plain progress line per round (at most one per 5 s)
+        run_job(spec, RunOptions(out_dir=out, address=address, quiet=False, progress=None,
                                  resume=resume, on_round=on_round, spares=spares))
+    except Terminated:  # the service's cancel: the run stays resumable
+        _result(job_dir, False, "terminated by SIGTERM (cancelled)")
+        return Terminated.exit_code
     except FedcollabError as err:
         _result(job_dir, False, str(err).splitlines()[0] if str(err) else type(err).__name__)
         return 1
@@ -206,6 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] job process {os.getpid()}: {err}",
                   file=sys.stderr, flush=True)
             return 3
+        raise_on_sigterm()  # after ray.init: a cancel ends the job cleanly (exit 143)
         print(f"[{time.strftime('%H:%M:%S')}] job process {os.getpid()} warm in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     line = sys.stdin.readline()

@@ -87,6 +87,20 @@ def _fail(where: str, message: str) -> SpecError:
     return SpecError(f"spec: {where}: {message}")
 
 
+#: Upper bounds on counts no job can use (a typo's extra zeros, a number meant for
+#: another field): refused by ``validate`` instead of a job that never ends or
+#: allocates without bound. Far beyond what the benchmarks run.
+MAX_ROUNDS = 1_000_000
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 1_000_000
+MAX_WORKERS = 10_000
+
+
+def _at_most(where: str, value: int, bound: int) -> None:
+    if value > bound:
+        raise _fail(where, f"got {value!r}, expected at most {bound:,}")
+
+
 def _positive(where: str, value: float) -> None:
     if value <= 0:
         raise _fail(where, f"got {value!r}, expected a number > 0")
@@ -176,6 +190,8 @@ class LocalSpec:
             raise _fail("local.epochs", f"got {self.epochs!r}, expected an integer >= 1")
         if self.batch_size < 1:
             raise _fail("local.batch_size", f"got {self.batch_size!r}, expected an integer >= 1")
+        _at_most("local.epochs", self.epochs, MAX_EPOCHS)
+        _at_most("local.batch_size", self.batch_size, MAX_BATCH_SIZE)
         _positive("local.learning_rate", self.learning_rate)
         if self.proximal_mu < 0:
             raise _fail("local.proximal_mu", f"got {self.proximal_mu!r}, expected a number >= 0")
@@ -358,6 +374,8 @@ class ResourcesSpec:
         if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):
             raise _fail("resources.workers",
                         f"got {self.workers!r}, expected 'auto' or an integer >= 1")
+        if self.workers != "auto":
+            _at_most("resources.workers", self.workers, MAX_WORKERS)
         if self.cpus_per_worker < 0:
             raise _fail("resources.cpus_per_worker",
                         f"got {self.cpus_per_worker!r}, expected a number >= 0")
@@ -436,6 +454,7 @@ class JobSpec:
             raise _fail("seed", f"got {self.seed!r}, expected an integer in [0, 2**32 - 1]")
         if self.rounds < 1:
             raise _fail("rounds", f"got {self.rounds!r}, expected an integer > 0")
+        _at_most("rounds", self.rounds, MAX_ROUNDS)
         _fraction("fraction", self.fraction)
         if not self.participants:
             raise _fail("participants", "expected at least one group")

@@ -265,6 +265,12 @@ class ParticipantWorker:
             if sent.update is not None:
                 updates.append(sent.update)
             elif pid in inbox and sent.secure_vector is not None:
+                bad = int(np.size(sent.secure_vector)
+                          - np.count_nonzero(np.isfinite(sent.secure_vector)))
+                if bad:  # the first cause, named as an open update's would be
+                    failed[pid] = (f"non_finite: the update has {bad} non-finite value(s) "
+                                   "(NaN or inf)")
+                    return
                 try:
                     secure = self._secure_participant(pid)
                     masked[pid] = secure.masked_input(round_id, sent.secure_vector, inbox[pid])

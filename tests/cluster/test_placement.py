@@ -4,11 +4,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedcollab.cluster.placement import (
     ClusterError,
     WorkerRequest,
     check_placement,
+    reserved_nodes,
     worker_requests,
 )
 
@@ -86,3 +89,35 @@ def test_worker_requests_from_plan_shape() -> None:
     assert [r.resources for r in requests] == [{"vendor_site": 1.0}, {}, {}]
     assert all(r.gpus == 0.25 and r.cpus == 1.0 for r in requests)
     assert "vendor_site" in requests[0].label
+
+
+def test_community_workers_stay_off_vendor_nodes_while_another_node_has_room() -> None:
+    nodes = [node("vendor", CPU=4, vendor_site=4), node("head", CPU=2)]
+    requests = [WorkerRequest(resources={"vendor_site": 1}), WorkerRequest(), WorkerRequest()]
+    assert reserved_nodes(requests, nodes) == ["vendor"]
+    assert check_placement(requests, nodes) == ["vendor", "head", "head"]
+    with pytest.raises(ClusterError, match="room for only 2 of them"):
+        check_placement([*requests, WorkerRequest()], nodes)  # not on the vendor node
+    # a job with no vendor group may use every node; one node is never kept apart
+    assert reserved_nodes([WorkerRequest()], nodes) == []
+    assert reserved_nodes(requests, [node("laptop", CPU=2, vendor_site=1)]) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(vendor_cpus=st.lists(st.integers(0, 3), max_size=3),
+       other_cpus=st.lists(st.integers(0, 3), min_size=1, max_size=3),
+       pinned=st.integers(0, 4), unpinned=st.integers(0, 4))
+def test_a_placement_never_puts_an_unpinned_worker_on_a_kept_node(
+        vendor_cpus: list[int], other_cpus: list[int], pinned: int, unpinned: int) -> None:
+    nodes = ([node(f"v{i}", CPU=c, vendor_site=max(c, 1)) for i, c in enumerate(vendor_cpus)]
+             + [node(f"o{i}", CPU=c) for i, c in enumerate(other_cpus)])
+    requests = ([WorkerRequest(resources={"vendor_site": 1})] * pinned
+                + [WorkerRequest()] * unpinned)
+    kept = set(reserved_nodes(requests, nodes))
+    assert kept == ({f"v{i}" for i in range(len(vendor_cpus))} if pinned else set())
+    try:
+        placed = check_placement(requests, nodes)
+    except ClusterError:
+        return
+    for request, where in zip(requests, placed):
+        assert where.startswith("v") if request.resources else where not in kept

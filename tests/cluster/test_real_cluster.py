@@ -111,6 +111,22 @@ def test_head_advertises_loopback_and_prints_token_and_next_steps(
     assert len([n for n in real_cluster.nodes if n["Alive"]]) == 2
 
 
+def test_head_prints_its_ray_client_address_and_a_0600_token_and_ray_client_runs_a_job(
+        real_cluster: RealCluster, tmp_path: Path) -> None:
+    out = real_cluster.head_output
+    assert f"GCS address: {real_cluster.address}" in out
+    client = next(x.split()[2] for x in out.splitlines() if x.startswith("Ray client:"))
+    assert client.startswith("ray://127.0.0.1:")
+    assert f"token file: {real_cluster.token} (secret, mode 0600;" in out
+    assert real_cluster.token.stat().st_mode & 0o777 == 0o600
+    job = tmp_path / "job"
+    result = run(["fedcollab.cli", "run", "examples/iid.yaml", "--set", "rounds=1", "--set",
+                  "resources.workers=1", "--address", client, "--out", str(job), "--quiet"],
+                 env_for(real_cluster.token), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((job / "summary.json").read_text())["rounds_completed"] == 1
+
+
 def test_run_address_without_token_is_one_line(real_cluster: RealCluster,
                                                tmp_path: Path) -> None:
     result = run(["fedcollab.cli", "run", "examples/multi-node.yaml", "--address",
@@ -152,6 +168,9 @@ def test_vendor_participants_train_only_on_vendor_node(real_cluster: RealCluster
     assert vendor_workers and all(w["roles"] == ["vendor"] for w in vendor_workers)
     assert {w["node_id"] for w in vendor_workers} == {real_cluster.vendor_node}
     assert {w["node_id"] for w in summary["workers"]} <= cluster_nodes
+    # and the vendor node hosts nothing else (the head has room for the community)
+    assert all(w["node_id"] != real_cluster.vendor_node for w in summary["workers"]
+               if w not in vendor_workers)
     vendor_pids = {p for w in vendor_workers for p in w["participants"]}
     assert vendor_pids == {8, 9, 10}  # the 3 vendor sites of examples/multi-node.yaml
     for line in metrics:  # every round, the vendor sites trained (on that worker) and none dropped

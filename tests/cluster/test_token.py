@@ -52,6 +52,17 @@ def test_ensure_token_file_creates_secret_0600_once(tmp_path: Path) -> None:
     assert ensure_token_file(path).read_text() == first
 
 
+def test_ensure_token_file_makes_a_world_readable_token_0600(tmp_path: Path) -> None:
+    """A token ``ray start`` or ``ray.init`` left readable by others (0644) is made
+    0600, its value kept: the head printed "mode 0600" for a 0644 file."""
+    path = tmp_path / "auth_token"
+    path.write_text("a" * 64)
+    path.chmod(0o644)
+    assert ensure_token_file(path) == path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == "a" * 64
+
+
 def test_use_token_file_sets_path_and_drops_env_value(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "t").write_text("x" * 64)

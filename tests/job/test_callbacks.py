@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from fedcollab.job.callbacks import (
     CallbackList,
@@ -126,3 +127,25 @@ def test_write_plots_titles_and_integer_round_ticks(tmp_path: Path) -> None:
     for name in ("accuracy.png", "loss.png"):
         image = matplotlib.image.imread(tmp_path / "plots" / name)
         assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_round_progress_off_a_terminal_is_a_plain_line_per_round_unless_quiet(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedcollab.job.callbacks import RoundProgress
+
+    def run(quiet: bool, every: float) -> list[str]:
+        monkeypatch.setattr(RoundProgress, "PLAIN_EVERY_S", every)
+        with RoundProgress(3, quiet=quiet) as bar:  # stderr is captured: not a terminal
+            for r in (1, 2, 3):
+                bar.update({"round": r, "accuracy": 0.5 + r / 10, "loss": 1.0, "seconds": 0.1})
+        return capsys.readouterr().err.splitlines()
+
+    said = run(quiet=False, every=0.0)
+    assert [x.split(", ")[0] for x in said] == [
+        "fedcollab: round 1/3: accuracy 0.6000", "fedcollab: round 2/3: accuracy 0.7000",
+        "fedcollab: round 3/3: accuracy 0.8000"]
+    assert all(x.endswith(" s elapsed") for x in said)
+    # a fast job: the first and the last round only
+    assert [x.split(":")[1] for x in run(quiet=False, every=3600.0)] == [" round 1/3",
+                                                                          " round 3/3"]
+    assert run(quiet=True, every=0.0) == []
