@@ -281,8 +281,19 @@ class SecureSpec:
     # least every this many rounds, so a leaked key opens at most this many past
     # rounds of its owner; null = only after a dropout (unbounded window)
     key_rotation_rounds: Optional[int] = 10
+    # The floor of a secure round: every participant refuses a round (or survivor set)
+    # with fewer than max(min_group, ceil(min_round_fraction * k)) members, k the secure
+    # members the spec samples per round, so a lying server cannot shrink a round to a
+    # victim and a few colluders (docs/threat-model.md)
+    min_round_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        if isinstance(self.min_round_fraction, bool) or not (
+                isinstance(self.min_round_fraction, (int, float))
+                and 0 < self.min_round_fraction <= 1):
+            raise _fail("secure.min_round_fraction", f"got {self.min_round_fraction!r}, "
+                        "expected a fraction in (0, 1] of the secure members sampled per "
+                        "round")
         if not 0.5 < self.threshold <= 1:
             raise _fail("secure.threshold", f"got {self.threshold!r}, expected a fraction in "
                         "(0.5, 1] (at a half or below, the server could collect both kinds "

@@ -13,6 +13,7 @@ worker trains, calls it, and masks secure vectors.
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,8 @@ from fedcollab.spec.roster import ParticipantInfo, roster
 from fedcollab.types import Update, Weights
 from fedcollab.worker.messages import ModelInfo, RoundConfig, RoundOutput, WorkerConfig
 from fedcollab.worker.outgoing import outgoing
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ParticipantWorker"]
 
@@ -155,7 +158,9 @@ class ParticipantWorker:
             self._load_private(config.resume_round)
         self._secure: dict[int, Any] = {}
         self._registry: Optional[Mapping[int, Any]] = None  # parsed identity keys
+        self._setup: Any = None  # the group setup pinned once (secure.identity.GroupSetup)
         secure = [pid for pid in self.people.pids_where(in_secure_sum=True) if pid in self.hosted]
+        self._secure_pids = frozenset(secure)
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
             self._secure_participant(pid)
         remove_autograph_files()  # traced: a killed worker would leave them in /tmp
@@ -297,17 +302,72 @@ class ParticipantWorker:
 
         if pid not in self._secure:
             participant = SecureParticipant(pid, SecAggParams.from_spec(self.spec))
-            if self._registry is not None:
-                participant.install_loaded_registry(self._registry)
+            if self._setup is not None:
+                self._pin(participant)
             self._secure[pid] = participant
         return self._secure[pid]
 
-    def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
-                     registry: Optional[Mapping[int, bytes]] = None
+    def _pin(self, participant: Any) -> bool:
+        """Install the pinned group setup in one participant; False if it cannot pin
+        it (a participant whose identity is not the registry's: it sits out)."""
+        from fedcollab.secure.errors import RegistryPinnedError, SecAggConfigError
+
+        try:
+            participant.install_setup(self._setup, self._registry)
+        except RegistryPinnedError:
+            raise
+        except SecAggConfigError as err:
+            log.warning("secure participant %d cannot pin the group setup: %s",
+                        participant.participant_id, err)
+            return False
+        return True
+
+    def secure_identities(self, pids: Sequence[int]) -> dict[int, bytes]:
+        """Setup channel (not a round message): the Ed25519 identity public keys of the
+        hosted secure participants among ``pids`` (each drawn here, inside the worker)."""
+        return {pid: self._secure_participant(pid).identity_public()
+                for pid in pids if pid in self.hosted and self._hosts_secure(pid)}
+
+    def secure_setup(self, members: Sequence[int], graph_seed: bytes, job_id: bytes,
+                     registry: Mapping[int, bytes]) -> list[int]:
+        """Setup channel (its own method, never a round message): pin the secure group
+        (members, graph seed, job id, identity registry) in this worker and every
+        secure participant it hosts, once. Installing the same setup again is a no-op.
+
+        Returns:
+            The hosted secure participants that could not pin it (a worker started
+            after setup draws identities the group never registered: they sit out).
+
+        Raises:
+            RegistryPinnedError: A different setup was pinned here before (a re-install
+                that adds, drops or replaces an identity, or another seed or job id).
+            SecAggConfigError: A registry entry that is not an Ed25519 public key.
+        """
+        from fedcollab.secure import identity
+        from fedcollab.secure.errors import RegistryPinnedError, SecAggConfigError
+
+        try:
+            setup = identity.GroupSetup.of(members, graph_seed=graph_seed, job_id=job_id,
+                                           registry=registry)
+            loaded = identity.load_registry(registry) if registry else None
+        except ValueError as err:
+            raise SecAggConfigError(str(err)) from None
+        if self._setup is not None:
+            if self._setup.digest() != setup.digest() or self._setup.members != setup.members:
+                raise RegistryPinnedError("worker: a group setup that differs from the one "
+                                          "pinned at setup; the group is pinned once")
+            return []
+        self._setup, self._registry = setup, loaded
+        return [pid for pid, p in sorted(self._secure.items()) if not self._pin(p)]
+
+    def _hosts_secure(self, pid: int) -> bool:
+        return pid in self._secure_pids
+
+    def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes]
                      ) -> dict[int, bytes | str]:
         """Run one key-setup, consistency or unmask stage for the hosted secure
-        participants; at setup, ``identity`` (their identity public keys) and
-        ``registry`` (install ``registry`` in every hosted secure participant).
+        participants (setup has its own methods: :meth:`secure_identities`,
+        :meth:`secure_setup`).
 
         A participant that fails (bad message) is left out of the reply; the server
         treats it as dropped for that stage. One that refuses the request as a server
@@ -316,26 +376,13 @@ class ParticipantWorker:
         from fedcollab.secure.errors import ServerDeviationError
         from fedcollab.secure.stages import BY_NAME, participant_reply
 
-        if stage == "registry":
-            from fedcollab.secure import identity
-
-            try:  # parsed once for every hosted participant, not once each
-                self._registry = identity.load_registry(registry or {})
-            except ValueError as err:
-                from fedcollab.secure.errors import SecAggConfigError
-
-                raise SecAggConfigError(str(err)) from None
-            for pid in self._secure:
-                self._secure[pid].install_loaded_registry(self._registry)
-            return {}
         replies: dict[int, bytes | str] = {}
         for pid, message in messages.items():
             if pid not in self.hosted:
                 continue
             participant = self._secure_participant(pid)
             try:
-                replies[pid] = participant.identity_public() if stage == "identity" else \
-                    participant_reply(participant, BY_NAME[stage], round_id, message)
+                replies[pid] = participant_reply(participant, BY_NAME[stage], round_id, message)
             except ServerDeviationError as err:
                 replies[pid] = f"{type(err).__name__}: {err}"
             except FedcollabError:
