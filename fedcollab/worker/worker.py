@@ -159,6 +159,7 @@ class ParticipantWorker:
         self._secure: dict[int, Any] = {}
         self._registry: Optional[Mapping[int, Any]] = None  # parsed identity keys
         self._setup: Any = None  # the group setup pinned once (secure.identity.GroupSetup)
+        self._own_dp: Any = None  # the DP settings of this worker's spec (round_check.OwnDp)
         secure = [pid for pid in self.people.pids_where(in_secure_sum=True) if pid in self.hosted]
         self._secure_pids = frozenset(secure)
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
@@ -244,6 +245,9 @@ class ParticipantWorker:
         updates: list[Update] = []
         masked: dict[int, bytes] = {}
         failed: dict[int, str] = {}
+        refused = self._refuse_config(config)
+        if refused is not None:  # DP settings not the participants' own: none trains
+            return RoundOutput(updates, masked, {pid: refused for pid in pids})
         precomputed = 0
         seconds: dict[int, float] = {}
         # Secure participants' updates are encoded and masked after a batch of
@@ -294,6 +298,20 @@ class ParticipantWorker:
         for item in held:
             send(*item)
         return RoundOutput(updates, masked, failed, precomputed, seconds=seconds)
+
+    def _refuse_config(self, config: RoundConfig) -> Optional[str]:
+        """Why this worker's participants refuse ``config`` (its DP settings are not the
+        ones their spec gives: :mod:`fedcollab.worker.round_check`), or ``None``."""
+        from fedcollab.secure.errors import ParameterMismatchError
+        from fedcollab.worker.round_check import check_round_config, own_dp
+
+        if self._own_dp is None:
+            self._own_dp = own_dp(self.spec)
+        try:
+            check_round_config(config, self._own_dp)
+        except ParameterMismatchError as err:
+            return f"{type(err).__name__}: {err}"
+        return None
 
     # ----------------------------------------------------------------- secure stages
     def _secure_participant(self, pid: int) -> Any:
