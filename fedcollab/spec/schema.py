@@ -251,6 +251,15 @@ class AggregationSpec:
                         f"got {self.momentum!r}, expected a number in [0, 1)")
 
 
+def layer_sharers(groups: Sequence[GroupSpec], counts: Sequence[int]) -> dict[str, int]:
+    """For every layer some of ``groups`` keep private: how many members (``counts[i]``
+    of ``groups[i]``) share it, i.e. put it into the sum. A secure sum of an array is
+    over exactly its sharers, so each must be 0 or at least ``secure.min_group``."""
+    layers = {name for g in groups for name in g.private_layers}
+    return {name: sum(c for g, c in zip(groups, counts) if name not in g.private_layers)
+            for name in layers}
+
+
 @dataclass(frozen=True)
 class SecureSpec:
     """Secure aggregation for the groups with ``sharing: secure``."""
@@ -484,6 +493,15 @@ class JobSpec:
             raise _fail("participants", f"the secure group has {secure_count} member(s), "
                         f"expected at least secure.min_group={self.secure.min_group}: a sum of "
                         "one or two updates is no secret, so the server would read them")
+        if secure:
+            sharers = layer_sharers(secure, [g.count for g in secure])
+            for layer, count in sorted(sharers.items()):
+                if 0 < count < self.secure.min_group:
+                    raise _fail("participants", f"layer {layer!r} is kept private by some "
+                                f"secure groups; the {count} secure member(s) that share it "
+                                f"are fewer than secure.min_group={self.secure.min_group}, so "
+                                "its secure sum would be their update; make it private in "
+                                "those groups too, or add secure members that share it")
         needs_individual = _registered(
             "fedcollab.aggregation.registry:rule_needs_individual_updates")
         if needs_individual(self.aggregation.rule) and secure and \

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
-from fedcollab.secure.errors import ParameterMismatchError
+from fedcollab.secure.errors import ParameterMismatchError, UnsafeRosterError
 from fedcollab.worker.messages import RoundConfig
 
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
+    from fedcollab.spec.roster import Roster
 
-__all__ = ["OwnDp", "own_dp", "check_round_config"]
+__all__ = ["OwnDp", "own_dp", "check_round_config", "check_layer_sharers"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,29 @@ def check_round_config(config: RoundConfig, own: OwnDp) -> None:
         raise ParameterMismatchError(
             f"round config: distributed noise split over {config.noisy_participants} "
             f"members; the secure group has {own.secure_members}")
+
+
+def check_layer_sharers(spec: JobSpec, people: Roster, pid: int, members: Sequence[int], *,
+                        round_id: int) -> None:
+    """Private layers under sampling: ``pid`` refuses to mask if a layer it shares is
+    shared by fewer than ``secure.min_group`` of the round's secure ``members`` (that
+    array's secure sum would be theirs alone; issue 27, finding 5). ``validate`` checks
+    the same over the whole group (``spec.schema.layer_sharers``).
+
+    Raises:
+        UnsafeRosterError: Such a layer.
+    """
+    from fedcollab.spec.schema import layer_sharers
+
+    groups = spec.participants
+    counts = [0] * len(groups)
+    for member in members:
+        counts[people[member].group] += 1
+    mine = groups[people[pid].group].private_layers
+    floor = spec.secure.min_group
+    for layer, count in sorted(layer_sharers(groups, counts).items()):
+        if layer not in mine and count < floor:
+            raise UnsafeRosterError(
+                f"round {round_id}: layer {layer!r} is shared by {count} of the round's "
+                f"secure members, below min_group={floor}; participant {pid} does not put "
+                "it into that sum")

@@ -272,6 +272,7 @@ class ParticipantWorker:
                 updates.append(sent.update)
             elif pid in inbox and sent.secure_vector is not None:
                 try:
+                    self._check_layer_sharers(pid, round_id, inbox[pid])
                     secure = self._secure_participant(pid)
                     masked[pid] = secure.masked_input(round_id, sent.secure_vector, inbox[pid])
                     precomputed += secure.last_input_precomputed
@@ -312,6 +313,24 @@ class ParticipantWorker:
         except ParameterMismatchError as err:
             return f"{type(err).__name__}: {err}"
         return None
+
+    def _check_layer_sharers(self, pid: int, round_id: int, request: bytes) -> None:
+        """Private layers under sampling: refuse to mask if a layer ``pid`` shares is shared
+        by fewer than ``secure.min_group`` of the round's secure members (the member set
+        of its mask request, checked against the pinned group when it masks): that
+        array's secure sum would be theirs alone (issue 27, finding 5).
+
+        Raises:
+            UnsafeRosterError: Such a layer.
+        """
+        if not any(g.private_layers for g in self.spec.participants):
+            return
+        from fedcollab.secure.messages import SERVER, MaskRequest, unpack
+        from fedcollab.worker.round_check import check_layer_sharers
+
+        members = unpack(request, MaskRequest, round_id=round_id, sender=SERVER,
+                         recipient=pid).members
+        check_layer_sharers(self.spec, self.people, pid, members, round_id=round_id)
 
     # ----------------------------------------------------------------- secure stages
     def _secure_participant(self, pid: int) -> Any:

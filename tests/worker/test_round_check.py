@@ -65,3 +65,35 @@ def test_no_dp_spec_refuses_a_round_that_turns_dp_on() -> None:
     check_round_config(RoundConfig(), own_dp(spec))
     with pytest.raises(ParameterMismatchError):
         check_round_config(RoundConfig(dp_mode="central"), own_dp(spec))
+
+
+# -- finding 5: private layers shrink a sum ---------------------------------------------------
+def _private_spec(others: int, **top: Any) -> Any:
+    return spec_from_dict({
+        "name": "t", "task": {"dataset": "digits", "model": "mlp"}, "rounds": 2,
+        "participants": [
+            {"name": "vendor", "role": "vendor", "count": 3, "sharing": "secure",
+             "private_layers": ["head"]},
+            {"name": "c", "count": others, "sharing": "secure"}], **top})
+
+
+def test_finding5_validate_refuses_a_layer_shared_by_fewer_than_min_group() -> None:
+    from fedcollab.spec import SpecError
+
+    with pytest.raises(SpecError, match="'head' .* 1 secure member"):
+        _private_spec(1)
+    _private_spec(3)  # three share the head: a sum of three
+
+
+def test_finding5_a_sampled_round_with_too_few_sharers_is_refused() -> None:
+    from fedcollab.secure.errors import UnsafeRosterError
+    from fedcollab.spec.roster import roster
+    from fedcollab.worker.round_check import check_layer_sharers
+
+    spec = _private_spec(4, fraction=0.5)
+    people = roster(spec)  # vendor 0-2, community 3-6
+    check_layer_sharers(spec, people, 3, [0, 1, 2, 3, 4, 5], round_id=1)
+    with pytest.raises(UnsafeRosterError, match="'head' is shared by 2"):
+        check_layer_sharers(spec, people, 3, [0, 1, 2, 3, 4], round_id=1)
+    # the vendor shares no head: it is not in that sum, so it masks the rest
+    check_layer_sharers(spec, people, 0, [0, 1, 2, 3, 4], round_id=1)
