@@ -51,6 +51,7 @@ increasing round ids (consecutive for amortisation: a participant absent from ro
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -226,6 +227,11 @@ class SecureParticipant:
         self._last_masked_round = -1
         self._epoch = 0  # bumped whenever any key (own or a peer's) changes
         self._last_ask: _Ask | None = None
+        # (round, digest of its encoded input) -> the view it confirmed: a resumed job
+        # re-runs rounds with the same inputs, and two sums over the same inputs with
+        # different survivors would hand the server a difference (issue 27, finding 7)
+        self._views: dict[tuple[int, bytes], tuple[int, ...]] = {}
+        self._input_digest = b""
         self._ready: _Prepared | None = None
         #: Whether the last masked input used masks from :meth:`prepare_next_round`.
         self.last_input_precomputed = False
@@ -521,6 +527,7 @@ class SecureParticipant:
         ask = _Ask(round_id, members, partners, self._package_holders, t, msg.dim,
                    codec.ring_bits)
         masked = codec.encode(x)
+        self._input_digest = hashlib.sha256(masked.data).digest()
         ready, self._ready = self._ready, None
         self.last_input_precomputed = (ready is not None and ready.ask == ask
                                        and ready.epoch == self._epoch)
@@ -629,6 +636,7 @@ class SecureParticipant:
         if len(survivors) < floor:
             raise UnsafeRosterError(f"round {round_id}: survivor set of {len(survivors)}, "
                                     f"below this participant's floor {floor}")
+        self._remember_view(round_id, survivors)
         self._signed[round_id] = survivors
         digest = self._view_digest(ask, survivors)
         me = self.participant_id
@@ -687,6 +695,9 @@ class SecureParticipant:
         self._require_alive(ask, sum(k == Kind.SELF for k in claimed.values()))
         if self._identity is not None:
             self._check_consistency(round_id, ask, msg.signatures, asked)
+        elif not revealed:  # honest-but-curious: the first request's "alive" set is the view
+            self._remember_view(round_id, tuple(sorted(
+                {p for p, k in claimed.items() if k == Kind.SELF} | {self.participant_id})))
         revealed.update(asked)
         out = []
         for peer, kind, blob in msg.reveals:
@@ -695,6 +706,31 @@ class SecureParticipant:
                 out.append(RevealedShare(peer, kind, y))
         body = UnmaskResponse(tuple(out))
         return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
+
+    def _remember_view(self, round_id: int, view: tuple[int, ...]) -> None:
+        """Keep the view confirmed for this round and input; refuse another one."""
+        key = (round_id, self._input_digest)
+        if self._views.setdefault(key, view) != view:
+            raise InconsistentViewError(
+                f"round {round_id}: participant {self.participant_id} already confirmed "
+                "another survivor set for this round and this very input (a re-run, e.g. "
+                "after a resume); two sums over the same inputs with different survivors "
+                "differ by one input")
+
+    @property
+    def view_count(self) -> int:
+        """How many views this participant has confirmed (cheap; see :meth:`views`)."""
+        return len(self._views)
+
+    def views(self) -> dict[str, list[int]]:
+        """The views confirmed so far, ``"round:digest-hex" -> survivors`` (to persist)."""
+        return {f"{r}:{d.hex()}": list(v) for (r, d), v in sorted(self._views.items())}
+
+    def restore_views(self, views: Mapping[str, list[int]]) -> None:
+        """Reload :meth:`views` persisted before a restart (a resumed job)."""
+        for key, view in views.items():
+            r, d = key.split(":", 1)
+            self._views.setdefault((int(r), bytes.fromhex(d)), tuple(int(p) for p in view))
 
     def _current_ask(self, round_id: int) -> _Ask:
         ask = self._last_ask

@@ -160,6 +160,8 @@ class ParticipantWorker:
         self._registry: Optional[Mapping[int, Any]] = None  # parsed identity keys
         self._setup: Any = None  # the group setup pinned once (secure.identity.GroupSetup)
         self._own_dp: Any = None  # the DP settings of this worker's spec (round_check.OwnDp)
+        self._views_cache: Optional[dict[str, dict[str, list[int]]]] = None
+        self._views_saved = 0
         secure = [pid for pid in self.people.pids_where(in_secure_sum=True) if pid in self.hosted]
         self._secure_pids = frozenset(secure)
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
@@ -341,6 +343,7 @@ class ParticipantWorker:
             participant = SecureParticipant(pid, SecAggParams.from_spec(self.spec))
             if self._setup is not None:
                 self._pin(participant)
+            participant.restore_views(self._saved_views().get(str(pid), {}))
             self._secure[pid] = participant
         return self._secure[pid]
 
@@ -410,21 +413,61 @@ class ParticipantWorker:
         treats it as dropped for that stage. One that refuses the request as a server
         lie (``ServerDeviationError``) answers the reason as a ``str``.
         """
+        replies: dict[int, bytes | str] = {}
+        try:
+            for pid, message in messages.items():
+                if pid not in self.hosted:
+                    continue
+                reply = self._secure_reply(pid, stage, round_id, message)
+                if reply is not None:
+                    replies[pid] = reply
+        finally:
+            if stage in ("consistency", "unmask"):
+                self._save_views(messages)
+        return replies
+
+    def _secure_reply(self, pid: int, stage: str, round_id: int, message: bytes
+                      ) -> Optional[bytes | str]:
         from fedcollab.secure.errors import ServerDeviationError
         from fedcollab.secure.stages import BY_NAME, participant_reply
 
-        replies: dict[int, bytes | str] = {}
-        for pid, message in messages.items():
-            if pid not in self.hosted:
-                continue
-            participant = self._secure_participant(pid)
-            try:
-                replies[pid] = participant_reply(participant, BY_NAME[stage], round_id, message)
-            except ServerDeviationError as err:
-                replies[pid] = f"{type(err).__name__}: {err}"
-            except FedcollabError:
-                continue
-        return replies
+        participant = self._secure_participant(pid)
+        try:
+            return participant_reply(participant, BY_NAME[stage], round_id, message)
+        except ServerDeviationError as err:
+            return f"{type(err).__name__}: {err}"
+        except FedcollabError:
+            return None
+
+    def _views_path(self) -> Path:
+        return self.out_dir / "checkpoints" / "secure" / f"views-worker-{self.worker_index}.json"
+
+    def _saved_views(self) -> dict[str, dict[str, list[int]]]:
+        """Every worker's persisted views, by participant id (read once)."""
+        if self._views_cache is None:
+            import json
+
+            views: dict[str, dict[str, list[int]]] = {}
+            for path in sorted(self._views_path().parent.glob("views-worker-*.json")):
+                try:
+                    for pid, entries in json.loads(path.read_text()).items():
+                        views.setdefault(pid, {}).update(entries)
+                except (OSError, ValueError):
+                    continue
+            self._views_cache = views
+        return self._views_cache
+
+    def _save_views(self, touched: Mapping[int, bytes]) -> None:
+        """Persist the views the hosted participants confirmed (atomic): a resumed job
+        re-runs rounds, and a participant must not confirm another view of one."""
+        from fedcollab.io import atomic_write_json
+
+        count = sum(p.view_count for p in self._secure.values())
+        if count == self._views_saved or not any(pid in self._secure for pid in touched):
+            return
+        self._views_saved = count
+        atomic_write_json(self._views_path(), {str(pid): p.views() for pid, p
+                                               in sorted(self._secure.items())}, indent=None)
 
     def secure_prepare(self, pids: Sequence[int]) -> int:
         """Offline phase: precompute the next round's masks of the hosted participants.

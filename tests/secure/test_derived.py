@@ -260,3 +260,32 @@ def test_threshold_is_derived_from_the_neighbourhood_not_the_request() -> None:
     assert msg.threshold == threshold_for(7, params.threshold) == server.threshold(VICTIM)
     with pytest.raises(ThresholdMismatchError):  # higher is refused too: it is derived
         _send_roster(participants[VICTIM], Roster(msg.threshold + 1, 8, msg.members, msg.peers))
+
+
+# -- finding 7: resume without a differencing gift ------------------------------------------
+def _resumed(params: SecAggParams, n: int, before: dict[int, SecureParticipant]
+             ) -> dict[int, SecureParticipant]:
+    """Fresh participants (a restarted job: new processes, new identities) that reloaded
+    the views the old ones persisted."""
+    participants, _ = make_group(n, params)
+    for pid, p in participants.items():
+        p.restore_views(before[pid].views())
+    return participants
+
+
+@pytest.mark.parametrize("model", ["honest_but_curious", "malicious"])
+def test_finding7_a_rerun_round_with_another_survivor_set_is_refused(model: str) -> None:
+    from fedcollab.secure.errors import UnmaskRefusedError
+
+    n = 8
+    params = _params("secagg", True, model)
+    participants, server = make_group(n, params)
+    vectors = make_vectors(range(n), DIM)
+    first = run_secure_round(participants, vectors, params, 0, server=server)
+    # the same round re-run honestly (same inputs, same survivors): the same sum, bit-exact
+    again = run_secure_round(_resumed(params, n, participants), vectors, params, 0)
+    assert np.array_equal(again.integer_sum, first.integer_sum)
+    # re-run with the victim "dropped": sum over S minus sum over S\\{v} would be x_v
+    with pytest.raises(UnmaskRefusedError, match="already confirmed another survivor set"):
+        run_secure_round(_resumed(params, n, participants), vectors, params, 0,
+                         {"share_keys": {VICTIM}})
