@@ -15,15 +15,16 @@ worker: it precomputes the next round's masks and sealed shares while the server
 unmasks, aggregates and evaluates, so the next masked input only encodes and adds.
 The server does not wait for it; the worker runs it before the next round's work.
 
-Malicious-server model (``secure.server: malicious``, the default): at setup,
-before any round, the pool's setup channel
-(:meth:`~fedcollab.worker.messages.Pool.setup_identities`) asks every worker for its
-secure participants' Ed25519 identity public keys (each drawn inside the worker when it
-creates the participant) and hands the assembled registry to every participant.
-That is the setup channel, separate from the per-round server messages, that the
-participants trust (docs/threat-model.md says what that assumes here). A worker
-the pool replaced gets fresh identities; they are re-provisioned before the next
-round. Each round then has one extra stage, ``consistency``, between the masked
+Setup, before any round, over the pool's setup channel
+(:meth:`~fedcollab.worker.messages.Pool.setup_identities`, its own worker methods, not
+the round-message one): every worker pins, once, the secure group's members, the graph
+seed (from the spec's ``seed``; the server uses the same), a job id and, in the
+malicious-server model (``secure.server: malicious``, the default), the identity
+registry: each participant's Ed25519 public key, drawn inside the worker that hosts it
+(and kept on its node, so a worker the pool replaced comes back with the same one).
+Participants derive their partners, threshold and ring from what they pinned and
+refuse a server that names others (docs/threat-model.md says what that assumes). In
+the malicious-server model each round has one extra stage, ``consistency``, between the masked
 inputs and the unmask requests. A participant that refuses the server's requests
 as a lie (:class:`~fedcollab.secure.errors.ServerDeviationError`) makes
 :meth:`SecureCoordinator.finish` raise
@@ -181,8 +182,7 @@ class SecureCoordinator:
         self.offline = spec.secure.amortise_keys and spec.fraction >= 1
         self._before = before_training(self.params)
         self._after = after_training(self.params)
-        if self.params.malicious:
-            pool.setup_identities()
+        pool.setup_identities()  # both models: participants pin members and graph seed
 
     def _stage(self, stage: Stage, round_id: int, requests: Mapping[int, bytes],
                phases: SecurePhases, *, prepare_next: bool = False) -> Mapping[int, bytes]:
@@ -217,8 +217,7 @@ class SecureCoordinator:
             fedcollab.secure.errors.RoundAbortedError: too few members can take part.
         """
         self.start_offline()  # a caller that did not start it: before this round trains
-        if self.params.malicious:
-            self.pool.setup_identities()  # the workers the pool replaced since
+        self.pool.setup_identities()  # the workers the pool replaced since
         need = self.server.begin_round(round_id, members, dim=dim)
         requests: Mapping[int, bytes] = {p: b"" for p in sorted(need)}
         for stage in self._before:
