@@ -21,7 +21,12 @@ cancels, and it equals ``sum(c_i * x_i)``. An **isolable set** is the support of
 nonzero vector of ``W``. The property secure aggregation must keep:
 
     every isolable set of honest inputs has at least ``min_group`` members, or it is
-    exactly the honest part of one round's survivor set (the sum the round releases).
+    exactly the honest part of one round's survivor set (the sum the round releases)
+    and that survivor set has at least ``min_group`` registered members.
+
+The exception concedes what no protocol can hide: registered members that collude
+with the server subtract their own inputs from a released sum. Identities the
+server minted (sybils, not in ``registered``) do not count towards a round.
 
 Arithmetic is over the rationals: a combination that cancels only modulo ``2**bits``
 (coefficients divisible by the ring's characteristic) is not modelled; no
@@ -97,6 +102,8 @@ class Transcript:
         survivors: Round id -> the participants whose inputs that round releases in
             its sum (the honest ones among them form the allowed set).
         min_group: The smallest set of honest inputs a sum may reveal.
+        registered: The group's members as registered at setup (``None``: everyone
+            in ``survivors`` counts).
     """
 
     inputs: tuple[Masked, ...]
@@ -106,6 +113,7 @@ class Transcript:
     survivors: Mapping[int, frozenset[int]] = field(default_factory=dict)
     colluders: frozenset[int] = frozenset()
     known_masks: frozenset[MaskId] = frozenset()
+    registered: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +335,9 @@ def _vector_within(
 def _allowed_sets(tr: Transcript) -> list[frozenset[Label]]:
     out = []
     for round_id, pids in sorted(tr.survivors.items()):
+        counted = pids if tr.registered is None else pids & tr.registered
+        if len(counted) < tr.min_group:
+            continue  # not a round that may release a sum
         labels = frozenset(
             m.label for m in tr.inputs if m.honest and m.round_id == round_id and m.owner in pids
         )

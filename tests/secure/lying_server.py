@@ -256,9 +256,19 @@ class Lab:
         seed: Graph seed and the participants' input vectors.
     """
 
-    def __init__(self, n: int, params: SecAggParams, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n: int,
+        params: SecAggParams,
+        *,
+        seed: int = 0,
+        job_id: bytes = b"job",
+        identities: Mapping[int, Any] | None = None,
+    ) -> None:
         self.params = params
         self.seed = seed
+        self.job_id = job_id
+        self.identities = dict(identities or {})
         self.group = tuple(range(n))
         self.rec = Recorder()
         self.parts: dict[int, SecureParticipant] = {}
@@ -270,6 +280,7 @@ class Lab:
         self.told: dict[int, dict[int, PeerKeys]] = {}
         self.last_request: dict[int, bytes] = {}
         self.refusals: list[tuple[int, int, str, str]] = []  # round, pid, stage, error class
+        self.errors: list[type[SecAggError]] = []
         self.received: list[_Received] = []
         self.revealed: set[tuple[int, int]] = set()  # (sharing index, holder)
         self.blobs_seen: set[bytes] = set()
@@ -279,10 +290,14 @@ class Lab:
 
     # -- setup ----------------------------------------------------------------------
     def _provision(self, ids: Sequence[int]) -> None:
-        parts = {i: SecureParticipant(i, self.params) for i in ids}
+        parts = {i: SecureParticipant(i, self.params, identity=self.identities.get(i)) for i in ids}
         try:
-            provision_identities(parts, rng_seed=self.seed)  # type: ignore[call-arg]
-        except TypeError:  # the setup channel without a pinned graph seed
+            provision_identities(
+                parts,
+                rng_seed=self.seed,  # type: ignore[call-arg]
+                job_id=self.job_id,
+            )
+        except TypeError:  # the setup channel without a pinned graph seed and job id
             provision_identities(parts)
         self.parts.update(parts)
 
@@ -336,7 +351,12 @@ class Lab:
             return fn()
         except SecAggError as exc:
             self.refusals.append((round_id, pid, stage, type(exc).__name__))
+            self.errors.append(type(exc))
             return None
+
+    def refused(self, name: str) -> bool:
+        """Whether some participant refused with the error class ``name`` (or a subclass)."""
+        return any(name in {c.__name__ for c in e.__mro__} for e in self.errors)
 
     def honest_graph(self, members: Sequence[int]) -> dict[int, tuple[int, ...]]:
         p = self.params
@@ -387,6 +407,7 @@ class Lab:
         def drop(stage: str) -> None:
             gone.update(lie.drop.get(stage, frozenset()))
 
+        members = tuple(u for u in members if u not in lie.drop.get("begin", frozenset()))
         honest = self.honest_graph(members)
         graph = {
             u: tuple(v for v in honest[u] if v not in self.colluders)
@@ -418,8 +439,8 @@ class Lab:
         second: dict[int, dict[int, bytes]] = {}
         if lie.reshare:
             if lie.fresh_keys_for_reshare:
-                self._advertise(r, sorted(lie.reshare))
-            for u in sorted(lie.reshare):
+                self._advertise(r, sorted(lie.reshare & set(members) - gone))
+            for u in sorted(lie.reshare & set(members) - gone):
                 blobs = self._share(r, u, lie.views2.get(u, View()), graph[u], members)
                 if blobs is not None:
                     second[u] = blobs
@@ -431,7 +452,11 @@ class Lab:
             if u in gone:
                 continue
             view = lie.view(u)
-            partners = view.partners if view.partners is not None else graph[u]
+            partners = (
+                view.partners
+                if view.partners is not None
+                else tuple(v for v in graph[u] if v not in gone)
+            )
             partners_of[u] = partners
             deliveries = []
             for w in partners:
@@ -546,7 +571,9 @@ class Lab:
     def _share(
         self, r: int, u: int, view: View, honest: tuple[int, ...], members: tuple[int, ...]
     ) -> dict[int, bytes] | None:
-        holders = view.roster if view.roster is not None else honest
+        holders = (
+            view.roster if view.roster is not None else tuple(v for v in honest if v in self.keys)
+        )
         peers = tuple(self.keys[v] for v in holders if v in self.keys)
         roster = pack(
             make(
@@ -629,6 +656,7 @@ class Lab:
             survivors=dict(self.survivors),
             colluders=frozenset(self.colluders),
             known_masks=frozenset(known),
+            registered=frozenset(self.group),
         )
 
     def _unlocks(self, made: _Made, rounds: Sequence[int]) -> frozenset[Hashable]:

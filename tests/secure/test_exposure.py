@@ -4,6 +4,7 @@ Hypothesis on random transcripts."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from typing import Hashable
@@ -150,12 +151,32 @@ def test_the_same_input_in_two_rounds_with_different_survivors_is_differenced() 
     assert exp.violations == (frozenset({"x3"}),)
 
 
-def test_a_whole_survivor_set_below_min_group_is_allowed_only_as_a_plain_sum() -> None:
+def test_a_survivor_set_below_min_group_releases_nothing() -> None:
     inputs, sharings = _round(3)
     revealed = _honest_reveals(3, {0, 1, 2})
     tr = Transcript(tuple(inputs), tuple(sharings), revealed, 4, survivors={0: frozenset(range(3))})
     exp = expose(tr)
-    assert exp.ok and len(exp.isolable) == 1 and len(exp.isolable[0][0]) == 3
+    assert exp.violations == (frozenset({"x0@0", "x1@0", "x2@0"}),)
+
+
+def test_registered_colluders_count_towards_a_round_and_sybils_do_not() -> None:
+    inputs, sharings = _round(4)
+    inputs = [
+        m if m.owner < 2 else Masked(m.round_id, m.owner, m.label, m.masks, False) for m in inputs
+    ]
+    revealed = _honest_reveals(4, set(range(4)))
+    tr = Transcript(
+        tuple(inputs),
+        tuple(sharings),
+        revealed,
+        3,
+        survivors={0: frozenset(range(4))},
+        registered=frozenset(range(4)),
+    )
+    exp = expose(tr)  # {x0, x1} is the round's sum minus two registered colluders' inputs
+    assert exp.ok and [set(s) for s, _ in exp.isolable] == [{"x0@0", "x1@0"}]
+    sybils = dataclasses.replace(tr, registered=frozenset({0, 1}))
+    assert expose(sybils).violations == (frozenset({"x0@0", "x1@0"}),)
 
 
 # -- against an independent reference ------------------------------------------------
@@ -193,6 +214,8 @@ def _reference(tr: Transcript, rng: random.Random) -> set[frozenset[Hashable]]:
     full = np.linalg.matrix_rank(np.hstack([mat_u, mat_a])) if len(tr.inputs) else 0
     allowed = set()
     for r, pids in tr.survivors.items():
+        if len(pids if tr.registered is None else pids & tr.registered) < tr.min_group:
+            continue
         labs = frozenset(
             m.label for m in tr.inputs if m.honest and m.round_id == r and m.owner in pids
         )
@@ -262,6 +285,7 @@ def transcripts(draw: st.DrawFn) -> tuple[Transcript, int]:
                         revealed.add((sid, h))
     min_group = draw(st.integers(2, 4))
     seed = draw(st.integers(0, 2**32))
+    registered = frozenset(draw(st.sets(st.integers(0, n - 1)))) if draw(st.booleans()) else None
     return Transcript(
         tuple(inputs),
         tuple(sharings),
@@ -269,6 +293,7 @@ def transcripts(draw: st.DrawFn) -> tuple[Transcript, int]:
         min_group,
         survivors=survivors,
         colluders=colluders,
+        registered=registered,
     ), seed
 
 
