@@ -309,9 +309,8 @@ class Lab:
             if pid in self.colluders:
                 continue
             p = SecureParticipant(pid, self.params, identity=old._identity)
-            restore = getattr(old, "persisted", None)
-            if callable(restore) and hasattr(p, "restore"):
-                p.restore(restore())
+            if hasattr(old, "views") and hasattr(p, "restore_views"):
+                p.restore_views(old.views())  # what the worker persisted (checkpoints/secure/)
             fresh[pid] = p
         registry = (
             {pid: p.identity_public() for pid, p in fresh.items()} if self.params.malicious else {}
