@@ -388,14 +388,13 @@ class WorkerPool(Hosting):
         self.committed = round_id
 
     # ------------------------------------------------------------------ secure stages
-    def _secure_calls(self, calls: Sequence[tuple[int, Mapping[int, bytes]]], stage: str,
-                      **kwargs: Any) -> list[Mapping[int, Any]]:
-        refs = [self.workers[w].secure_stage.remote(stage, -1, dict(messages), **kwargs)
-                for w, messages in calls]
+    def _setup_calls(self, calls: Sequence[tuple[int, Mapping[str, Any]]], method: str
+                     ) -> list[Any]:
+        refs = [getattr(self.workers[w], method).remote(**kwargs) for w, kwargs in calls]
         try:
             return list(self.ray.get(refs))
         except self.ray.exceptions.RayError:
-            raise WorkerLost(stage) from None
+            raise WorkerLost(method) from None
 
     def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
                      prepare_next: bool = False) -> StageReplies:

@@ -76,8 +76,11 @@ def sybil_key_substitution(target_vector: np.ndarray, params: Any, *, group_size
         genuine[target] = participants[target]
         provision_identities(genuine)
         for p in pids:
-            if p != target:
+            if p != target:  # the sybils hold the genuine setup, not its identity keys
                 participants[p]._registry = participants[target]._registry
+                participants[p]._setup = participants[target].setup
+    else:
+        provision_identities(participants)
     vectors = {p: np.zeros_like(target_vector) for p in pids}
     vectors[target] = np.asarray(target_vector, np.float64)
     try:

@@ -177,8 +177,7 @@ class SecureCoordinator:
         self.offline = spec.secure.amortise_keys and spec.fraction >= 1
         self._before = before_training(self.params)
         self._after = after_training(self.params)
-        if self.params.malicious:
-            pool.setup_identities()
+        pool.setup_identities()  # both models: participants pin members and graph seed
 
     def _stage(self, stage: Stage, round_id: int, requests: Mapping[int, bytes],
                phases: SecurePhases, *, prepare_next: bool = False) -> Mapping[int, bytes]:
@@ -213,8 +212,7 @@ class SecureCoordinator:
             fedcollab.secure.errors.RoundAbortedError: too few members can take part.
         """
         self.start_offline()  # a caller that did not start it: before this round trains
-        if self.params.malicious:
-            self.pool.setup_identities()  # the workers the pool replaced since
+        self.pool.setup_identities()  # the workers the pool replaced since
         need = self.server.begin_round(round_id, members, dim=dim)
         requests: Mapping[int, bytes] = {p: b"" for p in sorted(need)}
         for stage in self._before:

@@ -21,6 +21,8 @@ class Package:
     holders: set[int]
     table: bytes
     owner_s_pk: bytes
+    #: Everyone the owner sealed shares to (the one holder set of both its secrets).
+    sealed_to: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -31,6 +33,7 @@ class RoundState:
     dim: int
     members: set[int]
     advertisers: set[int]
+    group: tuple[int, ...] = ()  # the round's member set as named to participants
     stage: str = "advertise"
     sharers: dict[int, set[int]] = field(default_factory=dict)
     key_blobs: dict[int, dict[int, bytes]] = field(default_factory=dict)

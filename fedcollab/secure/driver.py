@@ -41,15 +41,19 @@ class LocalRound:
         params: The group's parameters.
         server: A server that persists across rounds (amortised keys); ``None``
             builds a fresh one over ``participants``.
-        rng_seed: Graph seed for a fresh server.
+        rng_seed: Graph seed for a fresh server whose participants pinned none (a fresh
+            server otherwise uses the graph seed they pinned at setup: it is public).
     """
 
     def __init__(self, participants: Mapping[int, SecureParticipant], params: SecAggParams, *,
                  server: SecureServer | None = None, rng_seed: int | None = None) -> None:
         self.participants = participants
         self.params = params
-        self.server = server if server is not None else SecureServer(
-            sorted(participants), params, rng_seed=rng_seed)
+        if server is None:
+            pinned = next((p.setup for p in participants.values() if p.setup is not None), None)
+            server = SecureServer(sorted(participants), params, rng_seed=rng_seed,
+                                  graph_seed=None if pinned is None else pinned.graph_seed)
+        self.server = server
 
     def _deliver(self, stage: str, pid: int, message: bytes) -> bytes | None:
         """What reaches the server of ``pid``'s message (``None``: nothing). A
@@ -165,16 +169,24 @@ def raise_if_refused(round_id: int, deviations: Mapping[int, str]) -> None:
             round_id=round_id)
 
 
-def provision_identities(participants: Mapping[int, SecureParticipant]) -> dict[int, bytes]:
-    """Setup (not a server message): build the identity registry and install it in all.
+def provision_identities(participants: Mapping[int, SecureParticipant], *,
+                         graph_seed: bytes = b"", job_id: bytes = b"",
+                         rng_seed: int | None = None) -> dict[int, bytes]:
+    """Setup (not a server message): pin the group in every participant: its members,
+    the graph seed (``graph_seed``, or ``graph.graph_seed_for(rng_seed)``), the job id
+    and, in the malicious-server model, the identity registry it builds.
 
-    Malicious-server model only; returns ``{}`` (and installs nothing) otherwise.
-    In-process stand-in for the PKI of a real deployment: it never passes through
-    a :class:`SecureServer`.
+    Returns the registry (``{}`` in honest-but-curious mode, where only the members,
+    seed and job id are pinned). In-process stand-in for the PKI of a real
+    deployment: it never passes through a :class:`SecureServer`.
     """
+    from fedcollab.secure.graph import graph_seed_for
+    from fedcollab.secure.identity import GroupSetup
+
     registry = {pid: p.identity_public() for pid, p in participants.items()
                 if p.params.malicious}
-    if registry:
-        for p in participants.values():
-            p.install_registry(registry)
+    seed = graph_seed_for(rng_seed) if rng_seed is not None else graph_seed
+    setup = GroupSetup.of(participants, graph_seed=seed, job_id=job_id, registry=registry)
+    for p in participants.values():
+        p.install_setup(setup)
     return registry

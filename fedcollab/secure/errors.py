@@ -30,6 +30,13 @@ __all__ = [
     "UnsafeRosterError",
     "SignatureError",
     "InconsistentViewError",
+    "DerivedMismatchError",
+    "GroupMismatchError",
+    "PartnerMismatchError",
+    "ThresholdMismatchError",
+    "ParameterMismatchError",
+    "ReshareRefusedError",
+    "RegistryPinnedError",
     "UnmaskRefusedError",
 ]
 
@@ -130,6 +137,42 @@ class SignatureError(ServerDeviationError):
 class InconsistentViewError(ServerDeviationError):
     """The server's survivor set, or its unmask request, disagrees with what the
     participant signed or with what its partners signed (malicious-server mode)."""
+
+
+class DerivedMismatchError(UnsafeRosterError):
+    """The server named something the participant derives itself (member set, partner
+    list, threshold, ring, protocol, DP parameters) and named it differently: the
+    participant never accepts the server's word for what protects it."""
+
+
+class GroupMismatchError(DerivedMismatchError):
+    """A round's member set that is not a subset of the group pinned at setup, leaves
+    out the participant, or is below the floor ``min_members`` of that group."""
+
+
+class PartnerMismatchError(DerivedMismatchError, NotAPartnerError):
+    """A partner or holder list that is not what the participant derives from the
+    round's member set and the graph seed pinned at setup."""
+
+
+class ThresholdMismatchError(DerivedMismatchError):
+    """A share threshold other than the one the participant derives from its own
+    ``threshold`` and its derived neighbourhood."""
+
+
+class ParameterMismatchError(DerivedMismatchError):
+    """A round parameter (ring width, protocol, DP mode, z, C, member count) other than
+    the participant's own."""
+
+
+class ReshareRefusedError(ServerDeviationError):
+    """A second recovery sharing for one (round, key epoch): the participant shares a
+    round's recovery secret once per key pair; a re-share needs fresh keys."""
+
+
+class RegistryPinnedError(ServerDeviationError):
+    """A registry (or group setup) install that adds, drops or replaces an identity, or
+    changes the graph seed or job id, after the participant pinned the first one."""
 
 
 class UnmaskRefusedError(RoundAbortedError):

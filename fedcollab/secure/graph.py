@@ -18,15 +18,18 @@ grader should say so.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import random
+import struct
 from fractions import Fraction
 from functools import lru_cache
 from typing import Sequence
 
 from fedcollab.secure.errors import SecAggConfigError
 
-__all__ = ["PROTOCOLS", "ROUND_FAILURE", "auto_degree", "build_graph", "threshold_for"]
+__all__ = ["PROTOCOLS", "ROUND_FAILURE", "auto_degree", "build_graph", "derive_graph",
+           "graph_seed_for", "threshold_for"]
 
 PROTOCOLS = ("secagg", "secaggplus")
 
@@ -101,6 +104,36 @@ def build_graph(
     half = k // 2
     return {u: tuple(sorted(ring[(i + d) % n] for d in range(-half, half + 1) if d))
             for i, u in enumerate(ring)}
+
+
+@lru_cache(maxsize=64)  # pure; every participant of a process derives the same graph
+def _derived(members: tuple[int, ...], seed: bytes, protocol: str, degree: int | None,
+             threshold: float, expected_dropout: float) -> dict[int, tuple[int, ...]]:
+    digest = hashlib.sha256(b"fedcollab/secagg/v3/graph" + struct.pack(">I", len(seed)) + seed
+                            + struct.pack(f">I{len(members)}I", len(members), *members)).digest()
+    return build_graph(members, protocol=protocol, degree=degree, rng=random.Random(digest),
+                       threshold=threshold, expected_dropout=expected_dropout)
+
+
+def graph_seed_for(seed: int) -> bytes:
+    """The graph seed (bytes, pinned at setup) of an integer seed such as the job's."""
+    return b"int:" + str(int(seed)).encode()
+
+
+def derive_graph(members: Sequence[int], seed: bytes, *, protocol: str, degree: int | None,
+                 threshold: float = 0.67, expected_dropout: float = 0.0
+                 ) -> dict[int, tuple[int, ...]]:
+    """The round's graph as every participant derives it: :func:`build_graph` over the
+    round's members with randomness from ``SHA-256(seed || members)`` only, where
+    ``seed`` is public randomness fixed at setup (Bell et al. 2020). The server names
+    the round's members; it cannot shape a victim's neighbourhood per round.
+    Read-only: callers must not mutate the result (it is cached).
+
+    Raises:
+        SecAggConfigError: As :func:`build_graph`.
+    """
+    return _derived(tuple(sorted(set(members))), bytes(seed), protocol, degree,
+                    float(threshold), float(expected_dropout))
 
 
 @lru_cache(maxsize=1024)  # pure; called per participant per round (Fraction is slow)

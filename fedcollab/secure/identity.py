@@ -22,8 +22,10 @@ trust assumption means. Ed25519 signing and verification come from
 """
 from __future__ import annotations
 
+import hashlib
 import struct
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Collection, Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -31,12 +33,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-__all__ = ["SIGNATURE_BYTES", "IDENTITY_BYTES", "generate_identity", "identity_public",
-           "sign_advert", "verify_advert", "load_registry"]
+__all__ = ["SIGNATURE_BYTES", "IDENTITY_BYTES", "GroupSetup", "generate_identity",
+           "identity_public", "sign_advert", "verify_advert", "load_registry"]
 
 SIGNATURE_BYTES = 64
 IDENTITY_BYTES = 32
-_ADVERT = b"fedcollab/secagg/v2/advert"
+_ADVERT = b"fedcollab/secagg/v3/advert"
 
 
 def generate_identity() -> Ed25519PrivateKey:
@@ -47,6 +49,52 @@ def generate_identity() -> Ed25519PrivateKey:
 def identity_public(key: Ed25519PrivateKey) -> bytes:
     """The 32-byte raw public half of an identity key (what the registry holds)."""
     return key.public_key().public_bytes_raw()
+
+
+@dataclass(frozen=True)
+class GroupSetup:
+    """What a participant pins at setup, once, from the setup channel (never from a
+    per-round server message): the group's members, the public seed of the SecAgg+
+    graph, the job it belongs to and (malicious-server mode) every member's Ed25519
+    identity key. Every later install must be exactly the same.
+
+    Attributes:
+        members: The secure group's participant ids (the registry's keys when there
+            is one).
+        graph_seed: Public randomness fixed at setup; each participant derives its
+            partners as ``graph.derive_graph(round members, graph_seed)``.
+        job_id: The job's id; every key advert is signed over it.
+        registry: Participant id -> raw Ed25519 public key (empty: honest-but-curious).
+    """
+
+    members: frozenset[int]
+    graph_seed: bytes = b""
+    job_id: bytes = b""
+    registry: Mapping[int, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, members: Collection[int], *, graph_seed: bytes = b"", job_id: bytes = b"",
+           registry: Mapping[int, bytes] | None = None) -> GroupSetup:
+        """A setup over ``members`` (checked against ``registry``'s ids when given).
+
+        Raises:
+            ValueError: A registry whose ids are not exactly ``members``.
+        """
+        group = frozenset(int(p) for p in members)
+        keys = {int(p): bytes(k) for p, k in (registry or {}).items()}
+        if keys and set(keys) != group:
+            raise ValueError(f"identity registry names {len(keys)} participant(s), the group "
+                             f"has {len(group)}: every member needs exactly one entry")
+        return cls(group, bytes(graph_seed), bytes(job_id), keys)
+
+    def digest(self) -> bytes:
+        """SHA-256 of everything pinned (members, seed, job id, registry entries)."""
+        h = hashlib.sha256(b"fedcollab/secagg/v3/setup")
+        for part in (self.graph_seed, self.job_id):
+            h.update(struct.pack(">I", len(part)) + part)
+        for pid in sorted(self.members):
+            h.update(struct.pack(">I", pid) + bytes(self.registry.get(pid, b"")))
+        return h.digest()
 
 
 def load_registry(registry: Mapping[int, bytes]) -> dict[int, Ed25519PublicKey]:
@@ -64,20 +112,22 @@ def load_registry(registry: Mapping[int, bytes]) -> dict[int, Ed25519PublicKey]:
     return out
 
 
-def _advert(pid: int, since: int, c_pk: bytes, s_pk: bytes) -> bytes:
-    return _ADVERT + struct.pack(">IQ", pid, since) + c_pk + s_pk
+def _advert(pid: int, since: int, c_pk: bytes, s_pk: bytes, job_id: bytes) -> bytes:
+    return (_ADVERT + struct.pack(">I", len(job_id)) + job_id + struct.pack(">IQ", pid, since)
+            + c_pk + s_pk)
 
 
-def sign_advert(key: Ed25519PrivateKey, pid: int, since: int, c_pk: bytes, s_pk: bytes
-                ) -> bytes:
-    """Signature of participant ``pid``'s key advert of round ``since``."""
-    return key.sign(_advert(pid, since, c_pk, s_pk))
+def sign_advert(key: Ed25519PrivateKey, pid: int, since: int, c_pk: bytes, s_pk: bytes,
+                job_id: bytes = b"") -> bytes:
+    """Signature of participant ``pid``'s key advert of round ``since`` in job ``job_id``
+    (an advert of another job does not verify in this one)."""
+    return key.sign(_advert(pid, since, c_pk, s_pk, job_id))
 
 
 def verify_advert(public: Ed25519PublicKey, sig: bytes, pid: int, since: int, c_pk: bytes,
-                  s_pk: bytes) -> bool:
-    """Whether ``sig`` is ``pid``'s signature of exactly this advert."""
-    return _verify(public, sig, _advert(pid, since, c_pk, s_pk))
+                  s_pk: bytes, job_id: bytes = b"") -> bool:
+    """Whether ``sig`` is ``pid``'s signature of exactly this advert of job ``job_id``."""
+    return _verify(public, sig, _advert(pid, since, c_pk, s_pk, job_id))
 
 
 def _verify(public: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:

@@ -10,15 +10,17 @@ feeds both derivations below, kept apart by their HKDF ``info`` labels. Per-roun
 mode Shamir-shares the private ``s``, so there it is a second, separate pair.
 Derived keys:
 
-* channel key ``(u, v)``: ``HKDF(DH(c_u, c_v), info=CHANNEL || min || max)``, an
-  AES-256-GCM key; every ciphertext carries associated data binding it to
+* channel key ``(u, v)``: ``HKDF(DH(c_u, c_v), info=CHANNEL || min || max || c_min ||
+  c_max)``, an AES-256-GCM key; every ciphertext carries associated data binding it to
   (round, stage, sender, recipient), so a replay into another context fails the tag.
-* pairwise key ``(u, v)``: ``HKDF(DH(s_u, s_v), info=PAIRWISE || min || max)``;
+* pairwise key ``(u, v)``: ``HKDF(DH(s_u, s_v), info=PAIRWISE || min || max || s_min || s_max)``
+  (every derivation binds the public keys it came from: the KDF transcript);
 * per-round mask seed: ``HKDF-Expand(pairwise key, info=SEED || round || min || max)``.
   HKDF-Expand is a PRF keyed by the pairwise key, so seeds of different rounds are
   independent to anyone who does not hold that key.
 * confirmation key ``(u, v)`` (malicious-server mode): ``HKDF(DH(c_u, c_v),
-  info=CONFIRM || min || max)``, an HMAC-SHA256 key for the consistency round.
+  info=CONFIRM || min || max || c_min || c_max)``, an HMAC-SHA256 key for the
+  consistency round.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ __all__ = [
     "PUBLIC_KEY_BYTES", "NONCE_BYTES", "TAG_BYTES", "generate_private_key", "public_bytes",
     "private_bytes", "private_from_bytes", "agree", "channel_cipher", "pairwise_key",
     "round_seed", "seal", "seal_many", "open_sealed", "self_seed_digest", "confirm_key",
-    "survivors_digest", "confirm_tag",
+    "survivors_digest", "confirm_tag", "transcript",
 ]
 
 PUBLIC_KEY_BYTES = 32
@@ -100,21 +102,35 @@ def _hkdf(ikm: bytes, *, salt: bytes | None, info: bytes) -> bytes:
     return HKDF(algorithm=_SHA256, length=32, salt=salt, info=info).derive(ikm)
 
 
-def channel_cipher(shared: bytes, a: int, b: int) -> AESGCM:
-    """The AES-256-GCM cipher of the share channel between participants ``a`` and ``b``."""
-    return AESGCM(_hkdf(shared, salt=None, info=_CHANNEL + _pair(a, b)))
+def transcript(a: int, b: int, pk_a: bytes, pk_b: bytes) -> bytes:
+    """The pair and both public keys, lower id first: every key derived from a DH
+    output binds the public keys it came from (the KDF transcript), so a shared
+    secret reached from other keys (a substituted or low-order key) derives nothing
+    the honest pair derives."""
+    return _pair(a, b) + (pk_a + pk_b if a < b else pk_b + pk_a)
 
 
-def confirm_key(shared: bytes, a: int, b: int) -> bytes:
+def channel_cipher(shared: bytes, a: int, b: int, bound: bytes = b"") -> AESGCM:
+    """The AES-256-GCM cipher of the share channel between participants ``a`` and ``b``
+    (``bound``: :func:`transcript` of their channel keys)."""
+    return AESGCM(_hkdf(shared, salt=None, info=_CHANNEL + _pair(a, b) + bound))
+
+
+def confirm_key(shared: bytes, a: int, b: int, bound: bytes = b"") -> bytes:
     """The HMAC-SHA256 key with which ``a`` and ``b`` confirm survivor sets to each other."""
-    return _hkdf(shared, salt=None, info=_CONFIRM + _pair(a, b))
+    return _hkdf(shared, salt=None, info=_CONFIRM + _pair(a, b) + bound)
 
 
-def survivors_digest(round_id: int, survivors: Sequence[int]) -> bytes:
-    """SHA-256 of a round's survivor set (order-independent)."""
-    ids = sorted(survivors)
-    return hashlib.sha256(_SURVIVORS + struct.pack(f">QI{len(ids)}I", round_id, len(ids), *ids)
-                          ).digest()
+def survivors_digest(round_id: int, survivors: Sequence[int], *,
+                     members: Sequence[int] = (), graph_seed: bytes = b"") -> bytes:
+    """SHA-256 of a round's view: its member set, the graph seed pinned at setup and
+    the survivor set (order-independent), so two participants confirm each other only
+    if they saw the same members, graph and survivors."""
+    ids, group = sorted(survivors), sorted(members)
+    return hashlib.sha256(
+        _SURVIVORS + struct.pack(f">QI{len(ids)}I", round_id, len(ids), *ids)
+        + struct.pack(f">I{len(group)}I", len(group), *group)
+        + struct.pack(">I", len(graph_seed)) + graph_seed).digest()
 
 
 def confirm_tag(key: bytes, sender: int, recipient: int, digest: bytes) -> bytes:
@@ -126,9 +142,10 @@ def confirm_tag(key: bytes, sender: int, recipient: int, digest: bytes) -> bytes
     return hmac.digest(key, struct.pack(">II", sender, recipient) + digest, "sha256")
 
 
-def pairwise_key(shared: bytes, a: int, b: int) -> bytes:
-    """The long-lived pairwise mask key of ``a`` and ``b`` (symmetric in a, b)."""
-    return _hkdf(shared, salt=None, info=_PAIRWISE + _pair(a, b))
+def pairwise_key(shared: bytes, a: int, b: int, bound: bytes = b"") -> bytes:
+    """The long-lived pairwise mask key of ``a`` and ``b`` (symmetric in a, b;
+    ``bound``: :func:`transcript` of their mask keys)."""
+    return _hkdf(shared, salt=None, info=_PAIRWISE + _pair(a, b) + bound)
 
 
 def round_seed(pair_key: bytes, round_id: int, a: int, b: int) -> bytes:

@@ -59,7 +59,7 @@ __all__ = [
 
 SERVER = 0xFFFFFFFF
 _MAGIC = b"FCSA"
-_VERSION = 2
+_VERSION = 3
 _HEADER = struct.Struct(">4sBBQII")
 _KEY = 32
 
@@ -83,18 +83,23 @@ class Advertise:
 
 @dataclass(frozen=True)
 class Roster:
-    """Stage ROSTER (server -> participant): neighbours' keys to share a package with."""
+    """Stage ROSTER (server -> participant): the round's member set and the neighbours'
+    keys to share a package with. The participant derives its neighbourhood and
+    threshold from ``members`` (checked against the group pinned at setup) itself;
+    ``threshold`` and ``group_size`` are only compared with what it derives."""
 
     threshold: int
     group_size: int
+    members: tuple[int, ...]
     peers: tuple[PeerKeys, ...]
 
     def body(self) -> bytes:
-        return struct.pack(">II", self.threshold, self.group_size) + pack_keys(self.peers)
+        return (struct.pack(">II", self.threshold, self.group_size) + pack_ids(self.members)
+                + pack_keys(self.peers))
 
     @classmethod
     def read(cls, r: Reader) -> Roster:
-        return cls(r.num(">I"), r.num(">I"), read_keys(r))
+        return cls(r.num(">I"), r.num(">I"), read_ids(r), read_keys(r))
 
 
 @dataclass(frozen=True)
@@ -119,19 +124,20 @@ class MaskRequest:
     group_size: int
     dim: int
     threshold: int
+    members: tuple[int, ...]
     partners: tuple[int, ...]
     key_updates: tuple[PeerKeys, ...]
     deliveries: tuple[Sealed, ...]
 
     def body(self) -> bytes:
         return (struct.pack(">III", self.group_size, self.dim, self.threshold)
-                + pack_ids(self.partners) + pack_keys(self.key_updates)
-                + pack_sealed(self.deliveries))
+                + pack_ids(self.members) + pack_ids(self.partners)
+                + pack_keys(self.key_updates) + pack_sealed(self.deliveries))
 
     @classmethod
     def read(cls, r: Reader) -> MaskRequest:
-        return cls(r.num(">I"), r.num(">I"), r.num(">I"), read_ids(r), read_keys(r),
-                   read_sealed(r))
+        return cls(r.num(">I"), r.num(">I"), r.num(">I"), read_ids(r), read_ids(r),
+                   read_keys(r), read_sealed(r))
 
 
 @dataclass(frozen=True)

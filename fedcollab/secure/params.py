@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -77,6 +78,14 @@ class SecAggParams:
             rounds, so a leaked long-lived key opens at most this many past rounds.
             ``None``: rotate only after a dropout. Ignored without ``amortise_keys``
             (keys are then fresh every round).
+        min_round_fraction: The floor of a round: a participant refuses a round whose
+            member set (or survivor set) has fewer than
+            ``max(min_group, ceil(min_round_fraction * g))`` members, ``g`` the group
+            size pinned at setup, so a server cannot shrink a round to a victim and a
+            few colluders. In (0, 1].
+        min_members: That floor as a count, when the caller knows better than the
+            fraction (a job that samples a part of its group each round sets it from
+            the spec's sample size); ``None``: from ``min_round_fraction``.
     """
 
     protocol: str = "secaggplus"
@@ -89,8 +98,16 @@ class SecAggParams:
     amortise_keys: bool = True
     server: str = "malicious"
     key_rotation_rounds: int | None = 10
+    min_round_fraction: float = 0.5
+    min_members: int | None = None
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_round_fraction) and 0.0 < self.min_round_fraction <= 1.0):
+            raise SecAggConfigError(f"min_round_fraction={self.min_round_fraction!r} must be "
+                                    "in (0, 1]")
+        if self.min_members is not None and self.min_members < self.min_group:
+            raise GroupTooSmallError(f"min_members={self.min_members} is below "
+                                     f"min_group={self.min_group}")
         if self.server not in SERVER_MODELS:
             raise SecAggConfigError(f"server={self.server!r}; expected one of {SERVER_MODELS}")
         if self.key_rotation_rounds is not None and self.key_rotation_rounds < 1:
@@ -120,11 +137,26 @@ class SecAggParams:
     def from_spec(cls, spec: JobSpec) -> SecAggParams:
         """A job's parameters (the same on the server and every participant): the spec's
         ``secure`` section, server model and key-rotation window included."""
+        from fedcollab.spec.roster import group_sample_sizes, policy
+
         sec = spec.secure
+        sampled = sum(k for g, k in zip(spec.participants, group_sample_sizes(spec))
+                      if policy(g.sharing).in_secure_sum)
+        fraction = getattr(sec, "min_round_fraction", 0.5)
+        floor = max(sec.min_group, math.ceil(Fraction(repr(float(fraction))) * sampled))
         return cls(protocol=sec.protocol, threshold=sec.threshold, min_group=sec.min_group,
                    neighbours=sec.neighbours, expected_dropout=sec.expected_dropout,
                    clip=sec.clip, amortise_keys=sec.amortise_keys, server=sec.server,
-                   key_rotation_rounds=sec.key_rotation_rounds)
+                   key_rotation_rounds=sec.key_rotation_rounds, min_round_fraction=fraction,
+                   min_members=floor)
+
+    def floor(self, group_size: int) -> int:
+        """The fewest members (and survivors) a round of a group of ``group_size`` may
+        have: ``min_members``, or ``max(min_group, ceil(min_round_fraction * size))``."""
+        if self.min_members is not None:
+            return self.min_members
+        exact = Fraction(repr(float(self.min_round_fraction)))
+        return max(self.min_group, math.ceil(exact * group_size))
 
     @property
     def malicious(self) -> bool:

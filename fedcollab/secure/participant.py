@@ -51,6 +51,7 @@ increasing round ids (consecutive for amortisation: a participant absent from ro
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -69,17 +70,24 @@ from fedcollab.secure._wire import share_aad_prefix, share_payloads
 from fedcollab.secure.errors import (
     DecryptionError,
     EncodingError,
+    GroupMismatchError,
     InconsistentViewError,
     MalformedMessageError,
     NotAPartnerError,
+    ParameterMismatchError,
+    PartnerMismatchError,
     ProtocolError,
+    RegistryPinnedError,
+    ReshareRefusedError,
     SecAggConfigError,
     ShareRevealRefusedError,
     SignatureError,
+    ThresholdMismatchError,
     TooFewAliveError,
     UnsafeRosterError,
 )
-from fedcollab.secure.graph import threshold_for
+from fedcollab.secure.graph import derive_graph, threshold_for
+from fedcollab.secure.identity import GroupSetup
 from fedcollab.secure.messages import (
     SERVER,
     Advertise,
@@ -128,10 +136,14 @@ class _Peer:
 
 @dataclass(frozen=True)
 class _Ask:
-    """What the server asked this participant to mask with in one round."""
+    """What this participant masks with in one round: the round's member set and
+    partners (checked against what it derives), the holders of both its secrets
+    (its recovery package's holders) and their one threshold."""
 
     round_id: int
+    members: tuple[int, ...]
     partners: tuple[int, ...]
+    holders: tuple[int, ...]
     threshold: int
     dim: int
     ring_bits: int
@@ -156,13 +168,20 @@ class SecureParticipant:
     :class:`~fedcollab.secure.errors.ProtocolError` (the caller treats the participant
     as dropped for the round). No method blocks or does I/O.
 
-    Every request is checked against the participant's own state and parameters
-    (not the server's word): it reveals only for its current partners, never both
-    kinds of share of one peer, only while at least ``t`` of its partners (itself
-    included) are claimed alive, and only shares of a peer's current recovery key;
-    ``t`` and ``min_group`` are recomputed from its own parameters. A request that
-    fails a check raises a :class:`~fedcollab.secure.errors.ServerDeviationError`:
-    the server lied, and the caller must abort the round.
+    The participant derives, never accepts: the group's members, the graph seed and
+    the job id are pinned once at setup (:meth:`install_setup`; a later install that
+    differs is refused); each round it derives its neighbourhood from the round's
+    member set (a subset of the pinned group, at least ``params.floor`` of it) and
+    the pinned seed, and its threshold ``t`` from its own ``threshold``; a request
+    naming another neighbourhood, threshold or ring is refused. Both its secrets of
+    a round (self-mask seed and recovery secret) are shared over one holder set with
+    that one ``t > holders/2``, and it shares a round's recovery secret at most once
+    per key pair (a re-share needs fresh keys). It reveals only for its current
+    partners, never both kinds of share of one peer, only while at least ``t`` of
+    its partners (itself included) are claimed alive, and only shares of a peer's
+    current recovery key. A request that fails a check raises a
+    :class:`~fedcollab.secure.errors.ServerDeviationError`: the server lied, and the
+    caller must abort the round.
 
     Args:
         participant_id: The participant's id in the job's roster (0 <= id < 2**32-1).
@@ -185,18 +204,22 @@ class SecureParticipant:
         self._identity: Ed25519PrivateKey | None = None
         if params.malicious:
             self._identity = identity if identity is not None else ID.generate_identity()
-        self._registry: dict[int, Ed25519PublicKey] = {}
+        self._registry: Mapping[int, Ed25519PublicKey] = {}
+        self._setup: GroupSetup | None = None
         if registry is not None:
             self.install_registry(registry)
         self._key_round = -1  # round of the last key advert (forward-secrecy window)
         self._signed: dict[int, tuple[int, ...]] = {}  # round -> survivor set signed
         self._c: X25519PrivateKey | None = None
         self._s: X25519PrivateKey | None = None
+        self._own_pk = (b"", b"")  # public halves of _c and _s (the KDF transcript)
         self._peers: dict[int, _Peer] = {}
         self._package_round: int | None = None
         self._package_keys: dict[int, bytes] = {}
-        self._package_threshold = 0  # t of the recovery key the package shares
-        self._recovery_threshold = 0  # the same for the key of the round being masked
+        self._package_threshold = 0  # the one t of the package's holders
+        self._package_members: tuple[int, ...] = ()  # the member set it was shared for
+        self._package_holders: tuple[int, ...] = ()  # who holds both secrets' shares
+        self._shared: set[int] = set()  # rounds whose recovery secret these keys shared
         self._seeds: dict[int, dict[int, bytes]] = {}
         self._held: dict[int, dict[int, int]] = {}  # round -> peer -> its recovery share
         self._package_epoch = -1  # key epoch when the package keys were snapshotted
@@ -204,6 +227,11 @@ class SecureParticipant:
         self._last_masked_round = -1
         self._epoch = 0  # bumped whenever any key (own or a peer's) changes
         self._last_ask: _Ask | None = None
+        # (round, digest of its encoded input) -> the view it confirmed: a resumed job
+        # re-runs rounds with the same inputs, and two sums over the same inputs with
+        # different survivors would hand the server a difference (issue 27, finding 7)
+        self._views: dict[tuple[int, bytes], tuple[int, ...]] = {}
+        self._input_digest = b""
         self._ready: _Prepared | None = None
         #: Whether the last masked input used masks from :meth:`prepare_next_round`.
         self.last_input_precomputed = False
@@ -219,32 +247,127 @@ class SecureParticipant:
             raise SecAggConfigError("identity keys exist only with server: malicious")
         return ID.identity_public(self._identity)
 
-    def install_registry(self, registry: Mapping[int, bytes]) -> None:
-        """Install the identity registry (setup channel, never a per-round server message).
+    @property
+    def setup(self) -> GroupSetup | None:
+        """What this participant pinned at setup (``None``: nothing yet)."""
+        return self._setup
+
+    def install_registry(self, registry: Mapping[int, bytes], *, graph_seed: bytes | None = None,
+                         job_id: bytes | None = None) -> None:
+        """Pin the group from an identity registry (setup channel, never a per-round server
+        message): its ids are the members. ``graph_seed``/``job_id`` default to what is
+        already pinned (else empty).
 
         Raises:
             SecAggConfigError: An entry that is not an Ed25519 public key, or this
                 participant's own entry is missing or not its key.
+            RegistryPinnedError: A group was pinned already and this one differs.
         """
+        pinned = self._setup
         try:
-            loaded = ID.load_registry(registry)
+            setup = GroupSetup.of(
+                registry, registry=registry,
+                graph_seed=graph_seed if graph_seed is not None else
+                (pinned.graph_seed if pinned else b""),
+                job_id=job_id if job_id is not None else (pinned.job_id if pinned else b""))
         except ValueError as exc:
             raise SecAggConfigError(str(exc)) from None
-        self.install_loaded_registry(loaded)
+        self.install_setup(setup)
 
     def install_loaded_registry(self, loaded: Mapping[int, Ed25519PublicKey]) -> None:
-        """:meth:`install_registry` with the keys already parsed (a worker hosting many
-        participants parses the registry once and every participant shares it, read-only).
+        """:meth:`install_registry` with the keys already parsed (kept for callers that
+        hold parsed keys; :meth:`install_setup` is the setup channel's entry point).
 
         Raises:
             SecAggConfigError: This participant's own entry is missing or not its key.
+            RegistryPinnedError: A group was pinned already and this one differs.
         """
+        self.install_registry({p: k.public_bytes_raw() for p, k in loaded.items()})
+
+    def install_setup(self, setup: GroupSetup,
+                      loaded: Mapping[int, Ed25519PublicKey] | None = None) -> None:
+        """Pin the group (members, graph seed, job id, identity registry): once. A
+        worker hosting many participants parses the registry once and passes it as
+        ``loaded`` (shared, read-only). Installing the same setup again is a no-op.
+
+        Raises:
+            SecAggConfigError: This participant is not a member, or (malicious mode)
+                its own registry entry is missing or not its key, or a registry entry
+                is not an Ed25519 key.
+            RegistryPinnedError: A different setup was pinned before: a re-install that
+                adds, drops or replaces an identity (or changes the seed or job id)
+                is refused.
+        """
+        if self._setup is not None:
+            if self._setup.members != setup.members or self._setup.digest() != setup.digest():
+                raise RegistryPinnedError(
+                    f"participant {self.participant_id}: a second group setup that differs "
+                    f"from the one pinned ({len(setup.members)} member(s) vs "
+                    f"{len(self._setup.members)}, or another identity, seed or job id); the "
+                    "group is pinned once, at setup")
+            return
+        if self.participant_id not in setup.members:
+            raise SecAggConfigError(f"group setup: participant {self.participant_id} is not "
+                                    "one of its members")
         if self._identity is not None:
+            if loaded is None:
+                try:
+                    loaded = ID.load_registry(setup.registry)
+                except ValueError as exc:
+                    raise SecAggConfigError(str(exc)) from None
             mine = loaded.get(self.participant_id)
             if mine is None or mine.public_bytes_raw() != self.identity_public():
                 raise SecAggConfigError(f"identity registry: participant {self.participant_id}'s "
                                         "entry is missing or is not its identity key")
-        self._registry = dict(loaded) if not isinstance(loaded, dict) else loaded
+            if set(loaded) != set(setup.members):
+                raise SecAggConfigError("identity registry: its ids are not the group's members")
+            self._registry = loaded
+        self._setup = setup
+
+    def _require_setup(self) -> GroupSetup:
+        if self._setup is None:
+            raise ProtocolError(f"participant {self.participant_id}: no group setup installed; "
+                                "the members (and, with server: malicious, the identity "
+                                "registry) are provisioned at setup")
+        return self._setup
+
+    def _check_members(self, round_id: int, members: tuple[int, ...], group_size: int
+                       ) -> tuple[int, ...]:
+        """The round's member set as named, checked against the pinned group."""
+        setup = self._require_setup()
+        group = tuple(sorted(set(members)))
+        if len(group) != len(members):
+            raise MalformedMessageError(f"round {round_id}: member set repeats a participant")
+        if group_size != len(setup.members):
+            raise ParameterMismatchError(
+                f"round {round_id}: group size {group_size} named, the group pinned at setup "
+                f"has {len(setup.members)} (it sets the ring)")
+        strangers = [v for v in group if v not in setup.members]
+        if strangers:
+            raise GroupMismatchError(f"round {round_id}: member set names participant "
+                                     f"{strangers[0]}, not in the group pinned at setup")
+        if self.participant_id not in group:
+            raise GroupMismatchError(f"round {round_id}: member set leaves out participant "
+                                     f"{self.participant_id}")
+        floor = self.params.floor(len(setup.members))
+        if len(group) < floor:
+            raise GroupMismatchError(
+                f"round {round_id}: {len(group)} members, below this participant's floor "
+                f"{floor} (min_group={self.params.min_group}, min_round_fraction="
+                f"{self.params.min_round_fraction} of {len(setup.members)})")
+        return group
+
+    def _derive(self, round_id: int, members: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+        """This participant's neighbourhood in the round's graph and its threshold."""
+        setup = self._require_setup()
+        p = self.params
+        graph = derive_graph(members, setup.graph_seed, protocol=p.protocol, degree=p.neighbours,
+                             threshold=p.threshold, expected_dropout=p.expected_dropout)
+        nbrs = graph[self.participant_id]
+        if len(nbrs) < 2:
+            raise UnsafeRosterError(f"round {round_id}: {len(nbrs)} neighbours derived; "
+                                    "fewer than 2 share holders")
+        return nbrs, threshold_for(len(nbrs), p.threshold)
 
     # -- key setup -----------------------------------------------------------------
     def needs_keys(self, round_id: int) -> bool:
@@ -267,6 +390,7 @@ class SecureParticipant:
         Raises:
             ProtocolError: Malicious-server mode without an identity registry.
         """
+        setup = self._require_setup()
         if self.params.malicious and not self._registry:
             raise ProtocolError(f"participant {self.participant_id}: no identity registry "
                                 "installed; it is provisioned at setup (server: malicious)")
@@ -281,10 +405,13 @@ class SecureParticipant:
         self._ready = None
         self._package_round, self._package_keys = None, {}
         self._seeds = {}
+        self._shared = set()  # fresh keys: a new sharing of any round is allowed
         self._key_round = round_id
         c_pk, s_pk = K.public_bytes(self._c), K.public_bytes(self._s)
+        self._own_pk = (c_pk, s_pk)
         sig = b"" if self._identity is None else \
-            ID.sign_advert(self._identity, self.participant_id, round_id, c_pk, s_pk)
+            ID.sign_advert(self._identity, self.participant_id, round_id, c_pk, s_pk,
+                           setup.job_id)
         body = Advertise(c_pk, s_pk, sig)
         return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
 
@@ -301,26 +428,42 @@ class SecureParticipant:
 
         Raises:
             ProtocolError: Bad roster, or no keys advertised yet.
-            UnsafeRosterError: A threshold or neighbourhood below this participant's
-                own parameters.
+            ReshareRefusedError: This round's recovery secret was shared already under
+                these keys (a re-share needs fresh keys: advertise first).
+            DerivedMismatchError: A member set, neighbourhood or threshold other than
+                what this participant derives (a subclass says which).
             SignatureError: A neighbour's key advert does not verify (malicious mode).
         """
         msg = unpack(roster, Roster, round_id=round_id, sender=SERVER,
                      recipient=self.participant_id)
         _, s_key = self._require_keys()
-        self._update_peers(msg.peers, round_id)
+        if round_id in self._shared:
+            raise ReshareRefusedError(
+                f"round {round_id}: participant {self.participant_id} already shared this "
+                "round's recovery secret under its current keys; a second sharing would let "
+                "old and new holders' shares combine (advertise fresh keys first)")
+        members = self._check_members(round_id, msg.members, msg.group_size)
+        nbrs, t = self._derive(round_id, members)
+        if msg.threshold != t:
+            raise ThresholdMismatchError(
+                f"round {round_id}: threshold {msg.threshold} named; participant "
+                f"{self.participant_id} derives {t} from its {len(nbrs)} neighbours and "
+                f"threshold={self.params.threshold}")
         holders = tuple(sorted(p.pid for p in msg.peers))
-        self._check_threshold(msg.threshold, holders)
+        self._check_holders(round_id, holders, nbrs, t)
+        self._update_peers(msg.peers, round_id)
         if self.params.amortise_keys:
             secret, table = self._seal_seed_table(round_id, holders)
         else:
             secret, table = K.private_bytes(s_key), b""
             self._seeds[round_id] = {v: self._round_seed(v, round_id) for v in holders}
-        shares = self._seal_shares(Stage.SHARE_KEYS, round_id, holders, msg.threshold, [
+        shares = self._seal_shares(Stage.SHARE_KEYS, round_id, holders, t, [
             (Kind.RECOVERY, round_id, secret_from_bytes(secret))])
+        self._shared.add(round_id)
         self._package_round = round_id
         self._package_keys = {v: self._peers[v].s_pk for v in holders}
-        self._package_threshold = msg.threshold
+        self._package_threshold = t
+        self._package_members, self._package_holders = members, holders
         self._package_epoch = self._epoch
         body = KeyShares(table, shares)
         return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
@@ -357,9 +500,19 @@ class SecureParticipant:
                                 f"are from round {self._key_round}, older than "
                                 f"key_rotation_rounds={self.params.key_rotation_rounds}; run "
                                 "key setup first")
-        self._update_peers(msg.key_updates, round_id)
+        members = self._check_members(round_id, msg.members, msg.group_size)
+        if members != self._package_members:
+            raise GroupMismatchError(
+                f"round {round_id}: a member set other than the one participant "
+                f"{self.participant_id}'s recovery package was shared for; run key setup first")
+        t = self._package_threshold
+        if msg.threshold != t:
+            raise ThresholdMismatchError(
+                f"round {round_id}: threshold {msg.threshold} named; participant "
+                f"{self.participant_id}'s secrets are shared at {t}")
         partners = tuple(sorted(msg.partners))
-        self._check_threshold(msg.threshold, partners)
+        self._check_holders(round_id, partners, self._package_holders, t)
+        self._update_peers(msg.key_updates, round_id)
         for v in partners:  # the package must cover exactly these keys
             if self._peers[v].s_pk != self._package_keys.get(v):
                 raise ProtocolError(f"round {round_id}: partner {v} is not covered by this "
@@ -371,19 +524,20 @@ class SecureParticipant:
             raise EncodingError(f"round {round_id}: vector has shape {x.shape}, the round "
                                 f"expects ({msg.dim},) (update + weight coordinate)")
         codec = self.params.codec(msg.group_size)
-        ask = _Ask(round_id, partners, msg.threshold, msg.dim, codec.ring_bits)
+        ask = _Ask(round_id, members, partners, self._package_holders, t, msg.dim,
+                   codec.ring_bits)
         masked = codec.encode(x)
+        self._input_digest = hashlib.sha256(masked.data).digest()
         ready, self._ready = self._ready, None
         self.last_input_precomputed = (ready is not None and ready.ask == ask
                                        and ready.epoch == self._epoch)
         # nothing usable was prepared offline: compute it now
         prep = ready if ready is not None and self.last_input_precomputed else self._prepare(ask)
         np.add(masked, prep.mask, out=masked)
-        self._recovery_threshold = self._package_threshold
-        if self.params.amortise_keys:
+        if self.params.amortise_keys:  # the same holders and t: one sharing per round
             self._package_round = round_id + 1
             self._package_keys, self._package_epoch = prep.package_keys, prep.epoch
-            self._package_threshold = ask.threshold
+            self._shared.add(round_id + 1)
         else:
             self._package_round = None
         self._last_ask = ask
@@ -422,8 +576,9 @@ class SecureParticipant:
                 or self._expired(last.round_id + 1)):  # fresh keys first: nothing to reuse
             self._ready = None
             return False
-        self._ready = self._prepare(_Ask(last.round_id + 1, last.partners, last.threshold,
-                                         last.dim, last.ring_bits))
+        self._ready = self._prepare(_Ask(last.round_id + 1, last.members, last.partners,
+                                         last.holders, last.threshold, last.dim,
+                                         last.ring_bits))
         return True
 
     def _prepare(self, ask: _Ask) -> _Prepared:
@@ -440,7 +595,8 @@ class SecureParticipant:
         if self.params.amortise_keys:
             e, table = self._seal_seed_table(r + 1, ask.partners)
             entries.append((Kind.RECOVERY, r + 1, secret_from_bytes(e)))
-        shares = self._seal_shares(Stage.MASKED_INPUT, r, ask.partners, ask.threshold, entries)
+        # both secrets to the package's holders at its one t (never a smaller set)
+        shares = self._seal_shares(Stage.MASKED_INPUT, r, ask.holders, ask.threshold, entries)
         return _Prepared(ask, self._epoch, mask, K.self_seed_digest(b, r, me),
                          MaskedInput.tail(table, shares),
                          {v: self._peers[v].s_pk for v in ask.partners})
@@ -472,12 +628,17 @@ class SecureParticipant:
             raise InconsistentViewError(f"round {round_id}: asked to sign a second, different "
                                         "survivor set; an honest participant signs one")
         alive = set(survivors)
+        if not alive <= set(ask.members):
+            raise GroupMismatchError(f"round {round_id}: survivor set names participants "
+                                     "outside the round's member set")
         self._require_alive(ask, sum(v in alive for v in ask.partners))
-        if len(survivors) < self.params.min_group:
+        floor = self.params.floor(len(self._require_setup().members))
+        if len(survivors) < floor:
             raise UnsafeRosterError(f"round {round_id}: survivor set of {len(survivors)}, "
-                                    f"below min_group={self.params.min_group}")
+                                    f"below this participant's floor {floor}")
+        self._remember_view(round_id, survivors)
         self._signed[round_id] = survivors
-        digest = K.survivors_digest(round_id, survivors)
+        digest = self._view_digest(ask, survivors)
         me = self.participant_id
         tags = tuple(Sealed(v, K.confirm_tag(self._confirm_key(v), me, v, digest))
                      for v in ask.partners if v in alive)
@@ -534,6 +695,9 @@ class SecureParticipant:
         self._require_alive(ask, sum(k == Kind.SELF for k in claimed.values()))
         if self._identity is not None:
             self._check_consistency(round_id, ask, msg.signatures, asked)
+        elif not revealed:  # honest-but-curious: the first request's "alive" set is the view
+            self._remember_view(round_id, tuple(sorted(
+                {p for p, k in claimed.items() if k == Kind.SELF} | {self.participant_id})))
         revealed.update(asked)
         out = []
         for peer, kind, blob in msg.reveals:
@@ -542,6 +706,31 @@ class SecureParticipant:
                 out.append(RevealedShare(peer, kind, y))
         body = UnmaskResponse(tuple(out))
         return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
+
+    def _remember_view(self, round_id: int, view: tuple[int, ...]) -> None:
+        """Keep the view confirmed for this round and input; refuse another one."""
+        key = (round_id, self._input_digest)
+        if self._views.setdefault(key, view) != view:
+            raise InconsistentViewError(
+                f"round {round_id}: participant {self.participant_id} already confirmed "
+                "another survivor set for this round and this very input (a re-run, e.g. "
+                "after a resume); two sums over the same inputs with different survivors "
+                "differ by one input")
+
+    @property
+    def view_count(self) -> int:
+        """How many views this participant has confirmed (cheap; see :meth:`views`)."""
+        return len(self._views)
+
+    def views(self) -> dict[str, list[int]]:
+        """The views confirmed so far, ``"round:digest-hex" -> survivors`` (to persist)."""
+        return {f"{r}:{d.hex()}": list(v) for (r, d), v in sorted(self._views.items())}
+
+    def restore_views(self, views: Mapping[str, list[int]]) -> None:
+        """Reload :meth:`views` persisted before a restart (a resumed job)."""
+        for key, view in views.items():
+            r, d = key.split(":", 1)
+            self._views.setdefault((int(r), bytes.fromhex(d)), tuple(int(p) for p in view))
 
     def _current_ask(self, round_id: int) -> _Ask:
         ask = self._last_ask
@@ -566,7 +755,7 @@ class SecureParticipant:
                                         "round; nothing is revealed without a signed "
                                         "survivor set")
         partners, alive = set(ask.partners), set(survivors)
-        digest = K.survivors_digest(round_id, survivors)
+        digest = self._view_digest(ask, survivors)
         me = self.participant_id
         signers: set[int] = set()
         for signer, tag in signatures:
@@ -583,7 +772,7 @@ class SecureParticipant:
         # honest holders are left who could: the server cannot have both its self
         # mask and its recovery key (Bonawitz et al.'s bound: fewer than 2t - d
         # colluding holders).
-        need = max(ask.threshold, self._recovery_threshold)
+        need = ask.threshold  # one t for both secrets
         if len(signers) < need:
             raise TooFewAliveError(f"round {round_id}: {len(signers)} partners confirmed the "
                                    f"survivor set, need {need} (the threshold)")
@@ -618,27 +807,28 @@ class SecureParticipant:
                                 "advertise_keys first")
         return self._c, self._s
 
-    def _check_threshold(self, t: int, holders: tuple[int, ...]) -> None:
-        """Check a neighbourhood and threshold against this participant's own parameters."""
-        if self.participant_id in holders or len(set(holders)) != len(holders):
+    def _view_digest(self, ask: _Ask, survivors: tuple[int, ...]) -> bytes:
+        """What the consistency round confirms: members, graph seed and survivors."""
+        return K.survivors_digest(ask.round_id, survivors, members=ask.members,
+                                  graph_seed=self._require_setup().graph_seed)
+
+    def _check_holders(self, round_id: int, named: tuple[int, ...], allowed: tuple[int, ...],
+                       t: int) -> None:
+        """A named neighbour list: distinct, within what this participant derived
+        (``allowed``), and at least its threshold ``t`` of them."""
+        if self.participant_id in named or len(set(named)) != len(named):
             raise MalformedMessageError("neighbour list repeats a participant or names itself")
-        unknown = [v for v in holders if v not in self._peers]
-        if unknown:
-            raise NotAPartnerError(f"{len(unknown)} neighbour(s) without known keys, "
-                                   f"e.g. participant {unknown[0]}")
-        if len(holders) + 1 < self.params.min_group or len(holders) < 2:
+        extra = sorted(set(named) - set(allowed))
+        if extra:
+            raise PartnerMismatchError(
+                f"round {round_id}: neighbour list names participant {extra[0]}, not among the "
+                f"{len(allowed)} participant {self.participant_id} derives from the round's "
+                "members and the graph seed pinned at setup")
+        if len(named) < t:
             raise UnsafeRosterError(
-                f"{len(holders)} neighbours: with this participant that is below "
-                f"min_group={self.params.min_group} (or fewer than 2 share holders)")
-        own = threshold_for(len(holders), self.params.threshold) \
-            if len(holders) >= 2 else len(holders) + 1
-        if t < own:
-            raise UnsafeRosterError(
-                f"threshold {t} with {len(holders)} neighbours is below {own}, what this "
-                f"participant's own threshold={self.params.threshold} requires")
-        if t > len(holders):
-            raise ProtocolError(f"threshold {t} is unreachable with {len(holders)} share "
-                                "holders")
+                f"round {round_id}: {len(named)} neighbours named, below the threshold {t} "
+                f"participant {self.participant_id} derives: its secrets could not be "
+                "recovered, and a smaller holder set is what a lying server wants")
 
     def _update_peers(self, peers: tuple[PeerKeys, ...], round_id: int) -> None:
         k = self.params.key_rotation_rounds if self.params.amortise_keys else None
@@ -654,7 +844,7 @@ class SecureParticipant:
                 if self._identity is not None:
                     key = self._registry.get(p.pid)
                     if key is None or not ID.verify_advert(key, p.sig, p.pid, p.since, p.c_pk,
-                                                           p.s_pk):
+                                                           p.s_pk, self._require_setup().job_id):
                         raise SignatureError(
                             f"round {round_id}: participant {p.pid}'s key advert is not signed "
                             "by its registered identity key (substituted keys?)")
@@ -680,13 +870,16 @@ class SecureParticipant:
     def _agree(self, v: int, peer: _Peer) -> None:
         """Derive the channel cipher and the pairwise key shared with neighbour ``v``."""
         c_key, s_key = self._require_keys()
+        me = self.participant_id
         shared_c = K.agree(c_key, peer.c_pk)
         shared_s = shared_c if s_key is c_key and peer.s_pk == peer.c_pk \
             else K.agree(s_key, peer.s_pk)
-        peer.cipher = K.channel_cipher(shared_c, self.participant_id, v)
+        bound_c = K.transcript(me, v, self._own_pk[0], peer.c_pk)
+        peer.cipher = K.channel_cipher(shared_c, me, v, bound_c)
         if self._identity is not None:  # confirmations of the consistency round
-            peer.confirm_key = K.confirm_key(shared_c, self.participant_id, v)
-        peer.pair_key = K.pairwise_key(shared_s, self.participant_id, v)
+            peer.confirm_key = K.confirm_key(shared_c, me, v, bound_c)
+        peer.pair_key = K.pairwise_key(shared_s, me, v,
+                                       K.transcript(me, v, self._own_pk[1], peer.s_pk))
 
     def _seal_seed_table(self, for_round: int, partners: tuple[int, ...]) -> tuple[bytes, bytes]:
         """Seal the ``for_round`` seeds with ``partners`` (current neighbours only)."""

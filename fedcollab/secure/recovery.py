@@ -112,7 +112,10 @@ def seeds_from_mask_key(private: bytes, owner: int, partners: Mapping[int, bytes
                         round_id: int) -> dict[int, bytes]:
     """Per-round pair seeds of ``owner`` with ``partners`` (id -> s_pk), per-round mode."""
     sk = K.private_from_bytes(private)
-    return {v: K.round_seed(K.pairwise_key(K.agree(sk, pk), owner, v), round_id, owner, v)
+    mine = K.public_bytes(sk)
+    return {v: K.round_seed(K.pairwise_key(K.agree(sk, pk), owner, v,
+                                           K.transcript(owner, v, mine, pk)),
+                            round_id, owner, v)
             for v, pk in partners.items()}
 
 

@@ -31,7 +31,6 @@ fewer than ``t`` shares of a needed secret) means: leave the global model unchan
 from __future__ import annotations
 
 import os
-import random
 import time
 from typing import Callable, Collection, Mapping, Sequence, TypeVar
 
@@ -51,7 +50,7 @@ from fedcollab.secure.errors import (
     TooFewSurvivorsError,
     UnknownParticipantError,
 )
-from fedcollab.secure.graph import build_graph, threshold_for
+from fedcollab.secure.graph import derive_graph, graph_seed_for, threshold_for
 from fedcollab.secure.messages import (
     SERVER,
     Advertise,
@@ -93,7 +92,10 @@ class SecureServer:
     Args:
         participant_ids: The whole secure group (fixes the ring width).
         params: The group's parameters (same as the participants').
-        rng_seed: Seed for the public SecAgg+ graph; ``None`` seeds from ``os.urandom``.
+        rng_seed: Seed for the public SecAgg+ graph (``graph.graph_seed_for``); ``None``
+            seeds from ``os.urandom``.
+        graph_seed: The graph seed pinned at setup, as bytes (overrides ``rng_seed``);
+            the participants derive their partners from it, so it must be theirs.
 
     Raises:
         GroupTooSmallError: Fewer than ``params.min_group`` participants.
@@ -101,7 +103,7 @@ class SecureServer:
     """
 
     def __init__(self, participant_ids: Sequence[int], params: SecAggParams, *,
-                 rng_seed: int | None = None) -> None:
+                 rng_seed: int | None = None, graph_seed: bytes | None = None) -> None:
         ids = list(participant_ids)
         if len(set(ids)) != len(ids) or any(not 0 <= i < SERVER for i in ids):
             raise SecAggConfigError("participant ids must be distinct and in [0, 2**32 - 1)")
@@ -109,8 +111,10 @@ class SecureServer:
         self.params = params
         self.codec: FixedPointCodec = params.codec(len(ids))
         self._ids = frozenset(ids)
-        seed = rng_seed if rng_seed is not None else int.from_bytes(os.urandom(16), "big")
-        self._rng = random.Random(seed)
+        if graph_seed is None:
+            graph_seed = graph_seed_for(rng_seed) if rng_seed is not None else os.urandom(16)
+        self.graph_seed = bytes(graph_seed)
+        self._floor = params.floor(len(ids))
         self._graph_members: frozenset[int] = frozenset()
         self._graph: dict[int, tuple[int, ...]] = {}
         self._t: dict[int, int] = {}
@@ -159,10 +163,11 @@ class SecureServer:
         self._last_round = round_id
         self._require_group(len(members), round_id, "participants at the start")
         if frozenset(members) != self._graph_members:
-            self._graph = build_graph(sorted(members), protocol=self.params.protocol,
-                                      degree=self.params.neighbours, rng=self._rng,
-                                      threshold=self.params.threshold,
-                                      expected_dropout=self.params.expected_dropout)
+            self._graph = derive_graph(sorted(members), self.graph_seed,
+                                       protocol=self.params.protocol,
+                                       degree=self.params.neighbours,
+                                       threshold=self.params.threshold,
+                                       expected_dropout=self.params.expected_dropout)
             self._t = {u: threshold_for(len(vs), self.params.threshold)
                        for u, vs in self._graph.items()}
             self._graph_members = frozenset(members)
@@ -172,7 +177,13 @@ class SecureServer:
         advertisers = {u for u in members
                        if not amortise or u not in self._keys or u in self._must_rotate
                        or (window is not None and round_id - self._key_round[u] >= window)}
-        self._round = RoundState(round_id, dim, members, advertisers)
+        if advertisers or any(not self._package_current(u, round_id, members) for u in members):
+            # A participant shares a round's recovery secret once per key pair, and a
+            # neighbour's new keys invalidate its package: whenever anyone needs keys
+            # (or a package), every member re-keys together.
+            advertisers = set(members)
+        self._round = RoundState(round_id, dim, members, advertisers,
+                                 group=tuple(sorted(members)))
         return frozenset(advertisers)
 
     def receive_advertisements(self, messages: Mapping[int, bytes]) -> dict[int, bytes]:
@@ -204,7 +215,7 @@ class SecureServer:
                 continue
             self._remember(u, peers)
             rs.sharers[u] = {p.pid for p in peers}
-            out[u] = pack(Roster(self._t[u], len(self._ids), tuple(peers)),
+            out[u] = pack(Roster(self._t[u], len(self._ids), rs.group, tuple(peers)),
                           round_id=rs.round_id, sender=SERVER, recipient=u)
         return rs.leave("advertise", "share_keys", t0, out)
 
@@ -221,7 +232,7 @@ class SecureServer:
                                                 f"{'missing' if amortise else 'unexpected'}")
                 covered = {v: self._known[pid][v][1] for v in rs.sharers[pid]}
                 rs.packages[pid] = Package(rs.round_id, covered, set(blobs), msg.seed_table,
-                                            self._keys[pid].s_pk)
+                                           self._keys[pid].s_pk, frozenset(blobs))
                 rs.key_blobs[pid] = blobs
             except ProtocolError as exc:
                 rs.reject(pid, exc)
@@ -245,7 +256,8 @@ class SecureServer:
         rs.active = active
         out: dict[int, bytes] = {}
         for u in sorted(active):
-            mine = tuple(v for v in self._graph[u] if v in active)
+            sealed_to = rs.packages[u].sealed_to
+            mine = tuple(v for v in self._graph[u] if v in active and v in sealed_to)
             updates = [self._keys[v] for v in self._graph[u] if v in self._keys
                        and self._known[u].get(v) != (self._keys[v].c_pk, self._keys[v].s_pk)]
             self._remember(u, updates)
@@ -253,7 +265,7 @@ class SecureServer:
                                if w in rs.key_blobs and u in rs.key_blobs[w])
             rs.partners[u] = mine
             rs.covered_next[u] = {v: self._known[u][v][1] for v in mine}
-            out[u] = pack(MaskRequest(len(self._ids), rs.dim, self._t[u], mine,
+            out[u] = pack(MaskRequest(len(self._ids), rs.dim, self._t[u], rs.group, mine,
                                       tuple(updates), deliveries),
                           round_id=rs.round_id, sender=SERVER, recipient=u)
         return rs.leave("share_keys", "masked_input", t0, out)
@@ -277,7 +289,7 @@ class SecureServer:
                         f"{expected} ({rs.dim} x {self.codec.ring_bits}-bit)")
                 if self.params.amortise_keys and not msg.seed_table:
                     raise MalformedMessageError(f"participant {pid}: next seed table missing")
-                rs.input_blobs[pid] = addressed(msg.shares, set(rs.partners[pid]),
+                rs.input_blobs[pid] = addressed(msg.shares, set(rs.packages[pid].sealed_to),
                                                 self._t[pid], pid)
                 rs.inputs[pid] = msg
             except ProtocolError as exc:
@@ -409,6 +421,12 @@ class SecureServer:
         for p in peers:
             known[p.pid] = (p.c_pk, p.s_pk)
 
+    def _package_current(self, u: int, round_id: int, members: set[int]) -> bool:
+        """Whether ``u`` holds a package for ``round_id`` over this graph (amortised)."""
+        p = self._packages.get(u)
+        return (p is not None and p.for_round == round_id and u in self._keys
+                and len(p.holders & members) >= self._t[u])
+
     def _package_valid(self, u: int, rs: RoundState) -> bool:
         p = self._packages.get(u)
         if not self.params.amortise_keys or p is None or p.for_round != rs.round_id \
@@ -426,11 +444,13 @@ class SecureServer:
 
     def _require_group(self, count: int, round_id: int, what: str, rs: RoundState | None = None
                        ) -> None:
-        if count < self.params.min_group:
+        if count < self._floor:
             exc = TooFewSurvivorsError(
-                f"round {round_id}: only {count} {what}, min_group is {self.params.min_group}: "
-                "a sum of one or two updates is no secret; round aborted, leave the global "
-                "model unchanged", round_id=round_id)
+                f"round {round_id}: only {count} {what}, min_group is {self.params.min_group}"
+                f" (the round floor, min_round_fraction={self.params.min_round_fraction} of "
+                f"the group, is {self._floor}): a sum of few updates is no secret, and "
+                "participants refuse a smaller round; round aborted, leave the global model "
+                "unchanged", round_id=round_id)
             raise exc if rs is None else self._abort(rs, exc)
 
     def _require_shares(self, rs: RoundState, u: int, what: str, count: int) -> None:
@@ -475,7 +495,8 @@ class SecureServer:
         for u, msg in rs.inputs.items():
             holders = set(rs.input_blobs[u]) & responders
             self._packages[u] = Package(rs.round_id + 1, rs.covered_next[u], holders,
-                                         msg.seed_table, self._keys[u].s_pk)
+                                        msg.seed_table, self._keys[u].s_pk,
+                                        frozenset(rs.input_blobs[u]))
 
     def _abandon(self) -> None:
         rs = self._round

@@ -251,6 +251,15 @@ class AggregationSpec:
                         f"got {self.momentum!r}, expected a number in [0, 1)")
 
 
+def layer_sharers(groups: Sequence[GroupSpec], counts: Sequence[int]) -> dict[str, int]:
+    """For every layer some of ``groups`` keep private: how many members (``counts[i]``
+    of ``groups[i]``) share it, i.e. put it into the sum. A secure sum of an array is
+    over exactly its sharers, so each must be 0 or at least ``secure.min_group``."""
+    layers = {name for g in groups for name in g.private_layers}
+    return {name: sum(c for g, c in zip(groups, counts) if name not in g.private_layers)
+            for name in layers}
+
+
 @dataclass(frozen=True)
 class SecureSpec:
     """Secure aggregation for the groups with ``sharing: secure``."""
@@ -281,8 +290,19 @@ class SecureSpec:
     # least every this many rounds, so a leaked key opens at most this many past
     # rounds of its owner; null = only after a dropout (unbounded window)
     key_rotation_rounds: Optional[int] = 10
+    # The floor of a secure round: every participant refuses a round (or survivor set)
+    # with fewer than max(min_group, ceil(min_round_fraction * k)) members, k the secure
+    # members the spec samples per round, so a lying server cannot shrink a round to a
+    # victim and a few colluders (docs/threat-model.md)
+    min_round_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        if isinstance(self.min_round_fraction, bool) or not (
+                isinstance(self.min_round_fraction, (int, float))
+                and 0 < self.min_round_fraction <= 1):
+            raise _fail("secure.min_round_fraction", f"got {self.min_round_fraction!r}, "
+                        "expected a fraction in (0, 1] of the secure members sampled per "
+                        "round")
         if not 0.5 < self.threshold <= 1:
             raise _fail("secure.threshold", f"got {self.threshold!r}, expected a fraction in "
                         "(0.5, 1] (at a half or below, the server could collect both kinds "
@@ -473,6 +493,15 @@ class JobSpec:
             raise _fail("participants", f"the secure group has {secure_count} member(s), "
                         f"expected at least secure.min_group={self.secure.min_group}: a sum of "
                         "one or two updates is no secret, so the server would read them")
+        if secure:
+            sharers = layer_sharers(secure, [g.count for g in secure])
+            for layer, count in sorted(sharers.items()):
+                if 0 < count < self.secure.min_group:
+                    raise _fail("participants", f"layer {layer!r} is kept private by some "
+                                f"secure groups; the {count} secure member(s) that share it "
+                                f"are fewer than secure.min_group={self.secure.min_group}, so "
+                                "its secure sum would be their update; make it private in "
+                                "those groups too, or add secure members that share it")
         needs_individual = _registered(
             "fedcollab.aggregation.registry:rule_needs_individual_updates")
         if needs_individual(self.aggregation.rule) and secure and \

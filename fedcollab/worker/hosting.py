@@ -3,6 +3,7 @@ carries its calls: which worker hosts whom, how a call's participants and messag
 split over the workers, how replies come back together."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -40,6 +41,12 @@ class Hosting:
     _secure: frozenset[int]
     _unprovisioned: set[int]
     _registry: dict[int, bytes]
+    #: What the group pins at setup, besides the registry: the graph seed, the job
+    #: id, whether identities are collected (malicious model), and whether pinned.
+    _graph_seed: bytes
+    _job_id: bytes
+    _malicious: bool
+    _pinned: bool
     #: Workers (and their participants) the last ``prepare_next`` stage called.
     _offline_next: list[tuple[int, list[int]]]
     #: A round's training started ahead (:meth:`submit_train`), until :meth:`train`.
@@ -57,6 +64,12 @@ class Hosting:
         self._secure = frozenset(everyone.pids_where(in_secure_sum=True))
         self._unprovisioned = set(range(len(self.hosted)))
         self._registry = {}
+        from fedcollab.secure.graph import graph_seed_for
+
+        self._graph_seed = graph_seed_for(spec.seed)
+        self._job_id = os.urandom(16)  # this job's id: every key advert is signed over it
+        self._malicious = spec.secure.server == "malicious"
+        self._pinned = False
         self._offline_next = []
 
     # ------------------------------------------------------------------ pipelining
@@ -101,30 +114,47 @@ class Hosting:
 
     # ------------------------------------------------------------------ setup channel
     def setup_identities(self) -> None:
-        """Setup channel of the malicious-server model: collect the identity public keys
-        of the secure participants of every worker not yet provisioned (all at first,
-        then each one a heal replaced), and hand the whole registry to every worker.
-        A worker lost here stays unprovisioned (tried again next round); its
-        participants drop meanwhile."""
+        """Setup channel (its own worker methods, never the round-message one): pin the
+        secure group once in every worker: its members, the graph seed, this job's id
+        and (malicious model) the identity registry, each entry collected from the
+        worker that hosts that participant (a worker can register only its own).
+
+        Before the group is pinned, a worker lost here leaves it unpinned (tried again
+        next round). After, a worker a heal replaced gets the same pinned setup; its
+        new participants' identities are not in it, so they sit out (docs/threat-model.md).
+
+        Raises:
+            RegistryPinnedError: A worker pinned a different setup before.
+        """
         asked = sorted(self._unprovisioned)
-        if not asked:
+        if not asked or not self._secure:
+            self._unprovisioned.clear()
             return
         try:
-            for reply in self._secure_calls(
-                    [(w, {p: b"" for p in self.hosted[w] if p in self._secure}) for w in asked],
-                    "identity"):
-                self._registry.update({pid: key for pid, key in reply.items()
-                                       if isinstance(key, bytes)})
-            self._secure_calls([(w, {}) for w in range(len(self.hosted))], "registry",
-                               registry=self._registry)
+            if not self._pinned:
+                registry: dict[int, bytes] = {}
+                if self._malicious:
+                    calls = [(w, {"pids": [p for p in self.hosted[w] if p in self._secure]})
+                             for w in range(len(self.hosted))]
+                    for (w, _), reply in zip(calls, self._setup_calls(calls,
+                                                                      "secure_identities")):
+                        registry.update({pid: key for pid, key in reply.items()
+                                         if isinstance(key, bytes) and pid in self._secure
+                                         and int(self.owner[pid]) == w})
+                self._registry = registry
+                asked = list(range(len(self.hosted)))
+            self._setup_calls([(w, {"members": sorted(self._secure),
+                                    "graph_seed": self._graph_seed, "job_id": self._job_id,
+                                    "registry": self._registry}) for w in asked],
+                              "secure_setup")
         except WorkerLost:
             return
+        self._pinned = True
         self._unprovisioned.clear()
 
-    def _secure_calls(self, calls: Sequence[tuple[int, Mapping[int, bytes]]], stage: str,
-                      **kwargs: Any) -> list[Mapping[int, Any]]:
-        """``secure_stage(stage, -1, messages, **kwargs)`` on each ``(worker, messages)``;
-        their replies in order.
+    def _setup_calls(self, calls: Sequence[tuple[int, Mapping[str, Any]]], method: str
+                     ) -> list[Any]:
+        """``method(**kwargs)`` on each ``(worker, kwargs)``; their replies in order.
 
         Raises:
             WorkerLost: A worker did not answer.

@@ -126,10 +126,9 @@ class InProcessPool(Hosting):
         self.committed = round_id
 
     # ------------------------------------------------------------------ secure stages
-    def _secure_calls(self, calls: Sequence[tuple[int, Mapping[int, bytes]]], stage: str,
-                      **kwargs: Any) -> list[Mapping[int, Any]]:
-        return [self.workers[w].secure_stage(stage, -1, dict(messages), **kwargs)
-                for w, messages in calls]
+    def _setup_calls(self, calls: Sequence[tuple[int, Mapping[str, Any]]], method: str
+                     ) -> list[Any]:
+        return [getattr(self.workers[w], method)(**kwargs) for w, kwargs in calls]
 
     def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
                      prepare_next: bool = False) -> StageReplies:

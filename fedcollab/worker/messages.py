@@ -248,10 +248,10 @@ class Pool(Protocol):
         ...
 
     def setup_identities(self) -> None:
-        """Setup channel of the malicious-server model: collect the identity keys of
-        the secure participants hosted by workers not yet provisioned (all, at first;
-        then the ones started since) and install the whole registry in every worker.
-        A worker that fails stays pending for the next call."""
+        """Setup channel (not a round message): pin the secure group once in every
+        worker (members, graph seed, job id and, malicious model, the identity registry
+        collected from the workers hosting each participant); workers started since
+        get the same pinned setup. A worker that fails stays pending for the next call."""
         ...
 
     def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,

@@ -13,6 +13,7 @@ worker trains, calls it, and masks secure vectors.
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,8 @@ from fedcollab.spec.roster import ParticipantInfo, roster
 from fedcollab.types import Update, Weights
 from fedcollab.worker.messages import ModelInfo, RoundConfig, RoundOutput, WorkerConfig
 from fedcollab.worker.outgoing import outgoing
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ParticipantWorker"]
 
@@ -155,7 +158,12 @@ class ParticipantWorker:
             self._load_private(config.resume_round)
         self._secure: dict[int, Any] = {}
         self._registry: Optional[Mapping[int, Any]] = None  # parsed identity keys
+        self._setup: Any = None  # the group setup pinned once (secure.identity.GroupSetup)
+        self._own_dp: Any = None  # the DP settings of this worker's spec (round_check.OwnDp)
+        self._views_cache: Optional[dict[str, dict[str, list[int]]]] = None
+        self._views_saved = 0
         secure = [pid for pid in self.people.pids_where(in_secure_sum=True) if pid in self.hosted]
+        self._secure_pids = frozenset(secure)
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
             self._secure_participant(pid)
         remove_autograph_files()  # traced: a killed worker would leave them in /tmp
@@ -239,6 +247,9 @@ class ParticipantWorker:
         updates: list[Update] = []
         masked: dict[int, bytes] = {}
         failed: dict[int, str] = {}
+        refused = self._refuse_config(config)
+        if refused is not None:  # DP settings not the participants' own: none trains
+            return RoundOutput(updates, masked, {pid: refused for pid in pids})
         precomputed = 0
         seconds: dict[int, float] = {}
         # Secure participants' updates are encoded and masked after a batch of
@@ -263,6 +274,7 @@ class ParticipantWorker:
                 updates.append(sent.update)
             elif pid in inbox and sent.secure_vector is not None:
                 try:
+                    self._check_layer_sharers(pid, round_id, inbox[pid])
                     secure = self._secure_participant(pid)
                     masked[pid] = secure.masked_input(round_id, sent.secure_vector, inbox[pid])
                     precomputed += secure.last_input_precomputed
@@ -290,6 +302,38 @@ class ParticipantWorker:
             send(*item)
         return RoundOutput(updates, masked, failed, precomputed, seconds=seconds)
 
+    def _refuse_config(self, config: RoundConfig) -> Optional[str]:
+        """Why this worker's participants refuse ``config`` (its DP settings are not the
+        ones their spec gives: :mod:`fedcollab.worker.round_check`), or ``None``."""
+        from fedcollab.secure.errors import ParameterMismatchError
+        from fedcollab.worker.round_check import check_round_config, own_dp
+
+        if self._own_dp is None:
+            self._own_dp = own_dp(self.spec)
+        try:
+            check_round_config(config, self._own_dp)
+        except ParameterMismatchError as err:
+            return f"{type(err).__name__}: {err}"
+        return None
+
+    def _check_layer_sharers(self, pid: int, round_id: int, request: bytes) -> None:
+        """Private layers under sampling: refuse to mask if a layer ``pid`` shares is shared
+        by fewer than ``secure.min_group`` of the round's secure members (the member set
+        of its mask request, checked against the pinned group when it masks): that
+        array's secure sum would be theirs alone (issue 27, finding 5).
+
+        Raises:
+            UnsafeRosterError: Such a layer.
+        """
+        if not any(g.private_layers for g in self.spec.participants):
+            return
+        from fedcollab.secure.messages import SERVER, MaskRequest, unpack
+        from fedcollab.worker.round_check import check_layer_sharers
+
+        members = unpack(request, MaskRequest, round_id=round_id, sender=SERVER,
+                         recipient=pid).members
+        check_layer_sharers(self.spec, self.people, pid, members, round_id=round_id)
+
     # ----------------------------------------------------------------- secure stages
     def _secure_participant(self, pid: int) -> Any:
         from fedcollab.secure.params import SecAggParams
@@ -297,50 +341,133 @@ class ParticipantWorker:
 
         if pid not in self._secure:
             participant = SecureParticipant(pid, SecAggParams.from_spec(self.spec))
-            if self._registry is not None:
-                participant.install_loaded_registry(self._registry)
+            if self._setup is not None:
+                self._pin(participant)
+            participant.restore_views(self._saved_views().get(str(pid), {}))
             self._secure[pid] = participant
         return self._secure[pid]
 
-    def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes], *,
-                     registry: Optional[Mapping[int, bytes]] = None
+    def _pin(self, participant: Any) -> bool:
+        """Install the pinned group setup in one participant; False if it cannot pin
+        it (a participant whose identity is not the registry's: it sits out)."""
+        from fedcollab.secure.errors import RegistryPinnedError, SecAggConfigError
+
+        try:
+            participant.install_setup(self._setup, self._registry)
+        except RegistryPinnedError:
+            raise
+        except SecAggConfigError as err:
+            log.warning("secure participant %d cannot pin the group setup: %s",
+                        participant.participant_id, err)
+            return False
+        return True
+
+    def secure_identities(self, pids: Sequence[int]) -> dict[int, bytes]:
+        """Setup channel (not a round message): the Ed25519 identity public keys of the
+        hosted secure participants among ``pids`` (each drawn here, inside the worker)."""
+        return {pid: self._secure_participant(pid).identity_public()
+                for pid in pids if pid in self.hosted and self._hosts_secure(pid)}
+
+    def secure_setup(self, members: Sequence[int], graph_seed: bytes, job_id: bytes,
+                     registry: Mapping[int, bytes]) -> list[int]:
+        """Setup channel (its own method, never a round message): pin the secure group
+        (members, graph seed, job id, identity registry) in this worker and every
+        secure participant it hosts, once. Installing the same setup again is a no-op.
+
+        Returns:
+            The hosted secure participants that could not pin it (a worker started
+            after setup draws identities the group never registered: they sit out).
+
+        Raises:
+            RegistryPinnedError: A different setup was pinned here before (a re-install
+                that adds, drops or replaces an identity, or another seed or job id).
+            SecAggConfigError: A registry entry that is not an Ed25519 public key.
+        """
+        from fedcollab.secure import identity
+        from fedcollab.secure.errors import RegistryPinnedError, SecAggConfigError
+
+        try:
+            setup = identity.GroupSetup.of(members, graph_seed=graph_seed, job_id=job_id,
+                                           registry=registry)
+            loaded = identity.load_registry(registry) if registry else None
+        except ValueError as err:
+            raise SecAggConfigError(str(err)) from None
+        if self._setup is not None:
+            if self._setup.digest() != setup.digest() or self._setup.members != setup.members:
+                raise RegistryPinnedError("worker: a group setup that differs from the one "
+                                          "pinned at setup; the group is pinned once")
+            return []
+        self._setup, self._registry = setup, loaded
+        return [pid for pid, p in sorted(self._secure.items()) if not self._pin(p)]
+
+    def _hosts_secure(self, pid: int) -> bool:
+        return pid in self._secure_pids
+
+    def secure_stage(self, stage: str, round_id: int, messages: Mapping[int, bytes]
                      ) -> dict[int, bytes | str]:
         """Run one key-setup, consistency or unmask stage for the hosted secure
-        participants; at setup, ``identity`` (their identity public keys) and
-        ``registry`` (install ``registry`` in every hosted secure participant).
+        participants (setup has its own methods: :meth:`secure_identities`,
+        :meth:`secure_setup`).
 
         A participant that fails (bad message) is left out of the reply; the server
         treats it as dropped for that stage. One that refuses the request as a server
         lie (``ServerDeviationError``) answers the reason as a ``str``.
         """
+        replies: dict[int, bytes | str] = {}
+        try:
+            for pid, message in messages.items():
+                if pid not in self.hosted:
+                    continue
+                reply = self._secure_reply(pid, stage, round_id, message)
+                if reply is not None:
+                    replies[pid] = reply
+        finally:
+            if stage in ("consistency", "unmask"):
+                self._save_views(messages)
+        return replies
+
+    def _secure_reply(self, pid: int, stage: str, round_id: int, message: bytes
+                      ) -> Optional[bytes | str]:
         from fedcollab.secure.errors import ServerDeviationError
         from fedcollab.secure.stages import BY_NAME, participant_reply
 
-        if stage == "registry":
-            from fedcollab.secure import identity
+        participant = self._secure_participant(pid)
+        try:
+            return participant_reply(participant, BY_NAME[stage], round_id, message)
+        except ServerDeviationError as err:
+            return f"{type(err).__name__}: {err}"
+        except FedcollabError:
+            return None
 
-            try:  # parsed once for every hosted participant, not once each
-                self._registry = identity.load_registry(registry or {})
-            except ValueError as err:
-                from fedcollab.secure.errors import SecAggConfigError
+    def _views_path(self) -> Path:
+        return self.out_dir / "checkpoints" / "secure" / f"views-worker-{self.worker_index}.json"
 
-                raise SecAggConfigError(str(err)) from None
-            for pid in self._secure:
-                self._secure[pid].install_loaded_registry(self._registry)
-            return {}
-        replies: dict[int, bytes | str] = {}
-        for pid, message in messages.items():
-            if pid not in self.hosted:
-                continue
-            participant = self._secure_participant(pid)
-            try:
-                replies[pid] = participant.identity_public() if stage == "identity" else \
-                    participant_reply(participant, BY_NAME[stage], round_id, message)
-            except ServerDeviationError as err:
-                replies[pid] = f"{type(err).__name__}: {err}"
-            except FedcollabError:
-                continue
-        return replies
+    def _saved_views(self) -> dict[str, dict[str, list[int]]]:
+        """Every worker's persisted views, by participant id (read once)."""
+        if self._views_cache is None:
+            import json
+
+            views: dict[str, dict[str, list[int]]] = {}
+            for path in sorted(self._views_path().parent.glob("views-worker-*.json")):
+                try:
+                    for pid, entries in json.loads(path.read_text()).items():
+                        views.setdefault(pid, {}).update(entries)
+                except (OSError, ValueError):
+                    continue
+            self._views_cache = views
+        return self._views_cache
+
+    def _save_views(self, touched: Mapping[int, bytes]) -> None:
+        """Persist the views the hosted participants confirmed (atomic): a resumed job
+        re-runs rounds, and a participant must not confirm another view of one."""
+        from fedcollab.io import atomic_write_json
+
+        count = sum(p.view_count for p in self._secure.values())
+        if count == self._views_saved or not any(pid in self._secure for pid in touched):
+            return
+        self._views_saved = count
+        atomic_write_json(self._views_path(), {str(pid): p.views() for pid, p
+                                               in sorted(self._secure.items())}, indent=None)
 
     def secure_prepare(self, pids: Sequence[int]) -> int:
         """Offline phase: precompute the next round's masks of the hosted participants.

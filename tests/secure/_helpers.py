@@ -22,7 +22,7 @@ def make_group(n: int, params: SecAggParams, *, rng_seed: int = 0
                ) -> tuple[dict[int, SecureParticipant], SecureServer]:
     """``n`` participants with ids 0..n-1 and a server over them."""
     participants = {i: SecureParticipant(i, params) for i in range(n)}
-    provision_identities(participants)
+    provision_identities(participants, rng_seed=rng_seed)
     return participants, SecureServer(list(participants), params, rng_seed=rng_seed)
 
 

@@ -252,7 +252,8 @@ def test_bad_input_participant_rejects_unknown_partner() -> None:
     inbox = server.receive_key_shares(
         {p: participants[p].share_keys(0, rosters[p]) for p in rosters})
     msg = unpack(inbox[0], MaskRequest, round_id=0, sender=SERVER, recipient=0)
-    forged = MaskRequest(msg.group_size, msg.dim, msg.threshold, msg.partners + (42,),
+    forged = MaskRequest(msg.group_size, msg.dim, msg.threshold, msg.members,
+                         msg.partners + (42,),
                          msg.key_updates, msg.deliveries)
     with pytest.raises(UnknownParticipantError):
         participants[0].masked_input(0, np.zeros(2), pack(forged, round_id=0, sender=SERVER,

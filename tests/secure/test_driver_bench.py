@@ -35,13 +35,14 @@ def test_driver_builds_fresh_server_when_none_given() -> None:
         run_secure_round(participants, vectors, params, 1, {"nowhere": {0}})
 
 
-def test_driver_skipped_round_ids_reshare_without_new_keys() -> None:
+def test_driver_skipped_round_ids_reshare_with_new_keys() -> None:
+    """No package for round 5 (one was shared for round 1): a re-share needs fresh keys."""
     params = SecAggParams(amortise_keys=True)
     participants, server = make_group(6, params)
     vectors = make_vectors(range(6), 5)
     run_secure_round(participants, vectors, params, 0, server=server)
     result = run_secure_round(participants, vectors, params, 5, server=server)
-    assert result.key_setup == () and result.bytes_up["share_keys"] > 0
+    assert result.key_setup == tuple(range(6)) and result.bytes_up["share_keys"] > 0
     assert np.array_equal(result.integer_sum, encoded_sum(server.codec, vectors, range(6)))
 
 

@@ -31,7 +31,7 @@ from fedcollab.secure.errors import (
     UnmaskRefusedError,
     UnsafeRosterError,
 )
-from fedcollab.secure.graph import threshold_for
+from fedcollab.secure.graph import derive_graph, threshold_for
 from fedcollab.secure.messages import (
     SERVER,
     Confirmations,
@@ -235,9 +235,12 @@ def test_attack2_stale_recovery_key_of_old_neighbours_is_refused(model: str) -> 
     vectors = make_vectors(range(n), DIM)
     run_secure_round(participants, vectors, params, 0, server=server)
     old = set(server.graph[VICTIM])
-    # round 1 without participant 13 (fraction < 1): the graph is rebuilt and the victim
-    # re-shares a new recovery key for round 1 with its new neighbours
-    members = list(range(n - 1))
+    # round 1 without one participant (fraction < 1): the graph is rebuilt and the victim
+    # re-shares a new recovery key for round 1 with its new neighbours (fresh keys first)
+    absent = next(a for a in range(1, n) if set(derive_graph(
+        [p for p in range(n) if p != a], server.graph_seed, protocol="secaggplus",
+        degree=4)[VICTIM]) - old - {a})
+    members = [p for p in range(n) if p != absent]
     _, _, _ = _to_masked_inputs(params, n, 1, group, members)
     rs = server._round
     assert rs is not None
@@ -268,8 +271,8 @@ def test_attack3_substituted_public_keys_are_refused_in_malicious_mode() -> None
         msg = unpack(rosters[h], Roster, round_id=0, sender=SERVER, recipient=h)
         peers = tuple(PeerKeys(p.pid, evil, evil, p.since, p.sig) if p.pid == VICTIM else p
                       for p in msg.peers)
-        forged = pack(Roster(msg.threshold, msg.group_size, peers), round_id=0, sender=SERVER,
-                      recipient=h)
+        forged = pack(Roster(msg.threshold, msg.group_size, msg.members, peers), round_id=0,
+                      sender=SERVER, recipient=h)
         with pytest.raises(SignatureError, match=f"participant {VICTIM}"):
             participants[h].share_keys(0, forged)
         participants[h].share_keys(0, rosters[h])  # control: the real roster is accepted
@@ -286,7 +289,7 @@ def test_attack3_substituted_keys_pass_unnoticed_without_signatures() -> None:
     msg = unpack(rosters[1], Roster, round_id=0, sender=SERVER, recipient=1)
     peers = tuple(PeerKeys(p.pid, evil, evil, p.since) if p.pid == VICTIM else p
                   for p in msg.peers)
-    participants[1].share_keys(0, pack(Roster(msg.threshold, msg.group_size, peers),
+    participants[1].share_keys(0, pack(Roster(msg.threshold, msg.group_size, msg.members, peers),
                                        round_id=0, sender=SERVER, recipient=1))
 
 
@@ -301,9 +304,9 @@ def test_attack3_threshold_or_roster_below_own_parameters_is_refused(model: str,
         {p: participants[p].advertise_keys(0) for p in need})
     msg = unpack(rosters[1], Roster, round_id=0, sender=SERVER, recipient=1)
     if change == "threshold":  # 6 holders: t must be >= 5 (0.67); claim 4 (> 6/2 still)
-        forged = Roster(threshold_for(6, 0.67) - 1, msg.group_size, msg.peers)
+        forged = Roster(threshold_for(6, 0.67) - 1, msg.group_size, msg.members, msg.peers)
     else:  # only one neighbour: a "sum" of two
-        forged = Roster(2, msg.group_size, msg.peers[:1])
+        forged = Roster(2, msg.group_size, msg.members, msg.peers[:1])
     with pytest.raises(UnsafeRosterError):
         participants[1].share_keys(0, pack(forged, round_id=0, sender=SERVER, recipient=1))
 
@@ -329,7 +332,7 @@ def test_attack5_participant_refuses_half_threshold_even_with_an_edge_fraction()
         {p: participants[p].advertise_keys(0) for p in need})
     msg = unpack(rosters[1], Roster, round_id=0, sender=SERVER, recipient=1)
     assert msg.threshold == 6  # 10 holders: the honest server asks for a majority
-    forged = Roster(5, msg.group_size, msg.peers)  # d/2: both kinds reachable
+    forged = Roster(5, msg.group_size, msg.members, msg.peers)  # d/2: both kinds reachable
     with pytest.raises(UnsafeRosterError):
         participants[1].share_keys(0, pack(forged, round_id=0, sender=SERVER, recipient=1))
 
@@ -376,7 +379,9 @@ def _opened_rounds(window: int | None, rounds: int, leak_at: int) -> set[int]:
                         owner=VICTIM)  # the server learns b_u of every survivor, by design
         assert b is not None
         x = msg.array(codec.dtype).copy()
-        seeds = {v: K.round_seed(K.pairwise_key(K.agree(leaked, pk), VICTIM, v), r, VICTIM, v)
+        mine = K.public_bytes(leaked)
+        seeds = {v: K.round_seed(K.pairwise_key(K.agree(leaked, pk), VICTIM, v,
+                                                K.transcript(VICTIM, v, mine, pk)), r, VICTIM, v)
                  for v, pk in k["partners"].items()}
         accumulate_masks(x, [seeds[v] for v in seeds if v < VICTIM],
                          [b] + [seeds[v] for v in seeds if v > VICTIM])

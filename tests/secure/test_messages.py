@@ -32,9 +32,9 @@ from fedcollab.secure.messages import (
 KEYS = PeerKeys(7, b"c" * 32, b"s" * 32)
 EXAMPLES = [
     Advertise(b"c" * 32, b"s" * 32),
-    Roster(3, 10, (KEYS, PeerKeys(8, b"d" * 32, b"t" * 32))),
+    Roster(3, 10, (1, 7, 8), (KEYS, PeerKeys(8, b"d" * 32, b"t" * 32))),
     KeyShares(b"table", (Sealed(7, b"blob7"), Sealed(8, b""))),
-    MaskRequest(10, 5, 3, (7, 8, 9), (KEYS,), (Sealed(9, b"x" * 40),)),
+    MaskRequest(10, 5, 3, (1, 7, 8, 9), (7, 8, 9), (KEYS,), (Sealed(9, b"x" * 40),)),
     MaskedInput(32, b"v" * 20, b"d" * 32, b"", (Sealed(7, b"b"),)),
     UnmaskRequest((Reveal(7, Kind.SELF, b"ct"), Reveal(8, Kind.RECOVERY, b""))),
     UnmaskResponse((RevealedShare(7, Kind.SELF, 12345), RevealedShare(8, Kind.RECOVERY, 0))),

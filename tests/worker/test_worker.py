@@ -100,11 +100,15 @@ def test_worker_leaves_no_autograph_files_once_loaded(tmp_path: Path) -> None:
 
 def _secure_round_sum(worker: Any, weights: Any, pids: list[int], spec: Any) -> np.ndarray:
     """One SecAgg+ round of ``pids`` through ``worker``, the server driven in process."""
+    from fedcollab.secure.graph import graph_seed_for
     from fedcollab.secure.layout import secure_dim
     from fedcollab.secure.params import SecAggParams
     from fedcollab.secure.server import SecureServer
 
-    server = SecureServer(pids, SecAggParams.from_spec(spec), rng_seed=0)
+    params = SecAggParams.from_spec(spec)
+    server = SecureServer(pids, params, rng_seed=0)
+    registry = worker.secure_identities(pids) if params.malicious else {}
+    assert worker.secure_setup(pids, graph_seed_for(0), b"job", registry) == []
     dim = secure_dim([w.shape for w in weights], clip_bit=False)
     need = server.begin_round(1, pids, dim=dim)
     rosters = server.receive_advertisements(
