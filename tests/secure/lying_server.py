@@ -276,11 +276,13 @@ class Lab:
         self._provision(self.group)
         self.keys: dict[int, PeerKeys] = {}
         self.first_keys: dict[int, PeerKeys] = {}
+        #: adverts the server hands out instead of what a participant advertised
+        self.substitute: dict[int, PeerKeys] = {}
         self.all_pks: dict[int, set[bytes]] = {}
         self.told: dict[int, dict[int, PeerKeys]] = {}
         self.last_request: dict[int, bytes] = {}
         self.refusals: list[tuple[int, int, str, str]] = []  # round, pid, stage, error class
-        self.errors: list[type[SecAggError]] = []
+        self.errors: list[tuple[str, type[SecAggError]]] = []
         self.received: list[_Received] = []
         self.revealed: set[tuple[int, int]] = set()  # (sharing index, holder)
         self.blobs_seen: set[bytes] = set()
@@ -350,12 +352,16 @@ class Lab:
             return fn()
         except SecAggError as exc:
             self.refusals.append((round_id, pid, stage, type(exc).__name__))
-            self.errors.append(type(exc))
+            self.errors.append((stage, type(exc)))
             return None
 
-    def refused(self, name: str) -> bool:
-        """Whether some participant refused with the error class ``name`` (or a subclass)."""
-        return any(name in {c.__name__ for c in e.__mro__} for e in self.errors)
+    def refused(self, name: str, stages: Sequence[str] | None = None) -> bool:
+        """Whether some participant refused with the error class ``name`` (or a
+        subclass), at one of ``stages`` if given."""
+        return any(
+            name in {c.__name__ for c in e.__mro__} and (stages is None or st in stages)
+            for st, e in self.errors
+        )
 
     def honest_graph(self, members: Sequence[int]) -> dict[int, tuple[int, ...]]:
         p = self.params
@@ -563,7 +569,7 @@ class Lab:
             if out is None:
                 continue
             msg = unpack(out, Advertise, round_id=r, sender=u, recipient=SERVER)
-            self.keys[u] = PeerKeys(u, msg.c_pk, msg.s_pk, r, msg.sig)
+            self.keys[u] = self.substitute.get(u, PeerKeys(u, msg.c_pk, msg.s_pk, r, msg.sig))
             self.first_keys.setdefault(u, self.keys[u])
             self.all_pks.setdefault(u, set()).add(msg.s_pk)
 

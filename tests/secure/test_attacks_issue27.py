@@ -182,8 +182,7 @@ def test_attack8_adverts_of_another_job_are_refused(protocol: str, amortise: boo
     first.round(0)
     identities = {pid: p._identity for pid, p in first.parts.items()}
     second = Lab(5, params, seed=9, job_id=b"job-B", identities=identities)
-    second._advertise(0, [0])  # the server holds participant 0's job-B advert...
-    second.keys[0] = first.keys[0]  # ...and hands out its job-A advert instead
-    second.first_keys[0] = first.keys[0]
+    second.substitute[0] = first.keys[0]  # participant 0's job-A advert, same round
     second.round(0)
-    assert second.refused("SignatureError"), second.refusals
+    # refused where the advert is checked, not only later (wrong keys fail everything)
+    assert second.refused("SignatureError", ("share_keys", "masked_input")), second.refusals
