@@ -186,3 +186,115 @@ def test_attack8_adverts_of_another_job_are_refused(protocol: str, amortise: boo
     second.round(0)
     # refused where the advert is checked, not only later (wrong keys fail everything)
     assert second.refused("SignatureError", ("share_keys", "masked_input")), second.refusals
+
+
+# -- 5. private layers shrink a sum ---------------------------------------------------
+
+
+def _private_spec(others: int, **top: object) -> object:
+    from fedcollab.spec import spec_from_dict
+
+    return spec_from_dict(
+        {
+            "name": "t",
+            "task": {"dataset": "digits", "model": "mlp"},
+            "rounds": 2,
+            "participants": [
+                {
+                    "name": "vendor",
+                    "role": "vendor",
+                    "count": 3,
+                    "sharing": "secure",
+                    "private_layers": ["head"],
+                },
+                {"name": "c", "count": others, "sharing": "secure"},
+            ],
+            **top,
+        }
+    )
+
+
+@pytest.mark.parametrize("others", [1, 2, 3])
+def test_attack5_a_private_layer_shared_by_few_is_no_secure_sum(others: int) -> None:
+    """The head array's secure sum is over its sharers only (the vendor's sites put
+    public zeros there): the oracle on that array, vendor inputs known, shows what
+    ``validate`` must refuse, and it refuses exactly that."""
+    from fedcollab.spec import SpecError
+
+    lab = Lab(3 + others, _params("secaggplus", True), seed=10)
+    lab.round(0)
+    full = lab.transcript()
+    head = [
+        m if m.owner >= 3 else type(m)(m.round_id, m.owner, m.label, m.masks, False)
+        for m in full.inputs
+    ]  # the vendor's head coordinates: known zeros
+    exposure = expose(
+        type(full)(
+            tuple(head),
+            full.sharings,
+            full.revealed,
+            full.min_group,
+            # the head array's sum is over its sharers: that is the round for it
+            survivors={k: frozenset(p for p in v if p >= 3) for k, v in full.survivors.items()},
+            registered=full.registered,
+        )
+    )
+    assert exposure.ok == (others >= 3)
+    if others >= 3:
+        _private_spec(others)
+    else:
+        with pytest.raises(SpecError, match="head"):
+            _private_spec(others)
+
+
+def test_attack5_a_sampled_round_with_too_few_sharers_is_refused() -> None:
+    from fedcollab.secure.errors import UnsafeRosterError
+    from fedcollab.spec.roster import roster
+    from fedcollab.worker.round_check import check_layer_sharers
+
+    spec = _private_spec(4, fraction=0.5)
+    people = roster(spec)  # type: ignore[arg-type]
+    check_layer_sharers(spec, people, 3, [0, 1, 2, 3, 4, 5], round_id=1)  # type: ignore[arg-type]
+    with pytest.raises(UnsafeRosterError):
+        check_layer_sharers(spec, people, 3, [0, 1, 2, 3, 4], round_id=1)  # type: ignore[arg-type]
+
+
+# -- 6. the server sets each member's distributed-DP noise -------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"noisy_participants": 10**12},
+        {"dp_mode": "none"},
+        {"noise_multiplier": 0.0},
+        {"clip_norm": 1e-6},
+    ],
+)
+def test_attack6_a_server_chosen_dp_setting_is_refused(change: dict[str, object]) -> None:
+    import dataclasses
+
+    from fedcollab.secure.errors import ParameterMismatchError
+    from fedcollab.spec import spec_from_dict
+    from fedcollab.worker.messages import RoundConfig
+    from fedcollab.worker.round_check import check_round_config, own_dp
+
+    spec = spec_from_dict(
+        {
+            "name": "t",
+            "task": {"dataset": "digits", "model": "mlp"},
+            "rounds": 3,
+            "participants": [
+                {"name": "c", "count": 6},
+                {"name": "v", "role": "vendor", "count": 4, "sharing": "secure"},
+            ],
+            "privacy": {"dp": {"mode": "distributed", "noise_multiplier": 1.2, "clip_norm": 0.5}},
+        }
+    )
+    own = own_dp(spec)
+    honest = RoundConfig(own.mode, own.clip_norm, own.noise_multiplier, own.secure_members)
+    check_round_config(honest, own)
+    # what each member adds, z * C / sqrt(m), may not fall below the honest m's share
+    assert own.noise_multiplier * own.clip_norm / own.secure_members**0.5 > 0.29
+    with pytest.raises(ParameterMismatchError):
+        check_round_config(dataclasses.replace(honest, **change), own)  # type: ignore[arg-type]
