@@ -107,6 +107,10 @@ class Lie:
             their previous one re-headed to this round.
         replay_adverts: Key updates carry every peer's first (oldest) advert instead
             of its current one.
+        replay_deliveries: Participants whose mask request carries the first sealed
+            key shares the server ever got from each partner (an earlier round's).
+        second_unmask: (holder, owner, kind): after its unmask response, the holder
+            gets a second request for that share.
         sybils: Identities the server adds by re-installing the registry; they take
             part as the server's own participants (colluders).
         sybil_partners: Participants whose views name the sybils as partners.
@@ -122,6 +126,8 @@ class Lie:
     withhold: frozenset[tuple[int, int]] = frozenset()
     replay: frozenset[int] = frozenset()
     replay_adverts: bool = False
+    replay_deliveries: frozenset[int] = frozenset()
+    second_unmask: frozenset[tuple[int, int, Kind]] = frozenset()
     sybils: int = 0
     sybil_partners: frozenset[int] = frozenset()
     drop: Mapping[str, frozenset[int]] = field(default_factory=dict)
@@ -276,6 +282,7 @@ class Lab:
         self._provision(self.group)
         self.keys: dict[int, PeerKeys] = {}
         self.first_keys: dict[int, PeerKeys] = {}
+        self.old_key_blobs: dict[int, dict[int, bytes]] = {}
         #: adverts the server hands out instead of what a participant advertised
         self.substitute: dict[int, PeerKeys] = {}
         self.all_pks: dict[int, set[bytes]] = {}
@@ -449,6 +456,8 @@ class Lab:
                 blobs = self._share(r, u, lie.views2.get(u, View()), graph[u], members)
                 if blobs is not None:
                     second[u] = blobs
+        for w, blobs in key_blobs.items():
+            self.old_key_blobs.setdefault(w, blobs)  # the first ones, for replays
         drop("share_keys")
         # MASK_REQUEST -> MASKED_INPUT
         partners_of: dict[int, tuple[int, ...]] = {}
@@ -466,6 +475,8 @@ class Lab:
             deliveries = []
             for w in partners:
                 src = second.get(w) if w in second and u in second[w] else key_blobs.get(w)
+                if u in lie.replay_deliveries:  # an earlier round's sealed shares
+                    src = self.old_key_blobs.get(w)
                 if src is not None and u in src and (u, w) not in lie.withhold:
                     deliveries.append(Sealed(w, src[u]))
             request = pack(
@@ -554,6 +565,21 @@ class Lab:
             msg = unpack(out, UnmaskResponse, round_id=r, sender=v, recipient=SERVER)
             for peer, _kind, y in msg.shares:
                 self._attribute(v, peer, y)
+            again = [(u, k) for h, u, k in sorted(lie.second_unmask) if h == v]
+            if again:  # a second request: the other kind, or shares not asked the first time
+                extra = tuple(
+                    (u, k, input_blobs[u][v] if k == Kind.SELF else b"")
+                    for u, k in again
+                    if k == Kind.RECOVERY or (u in input_blobs and v in input_blobs[u])
+                )
+                request = pack(
+                    UnmaskRequest(extra, signatures), round_id=r, sender=SERVER, recipient=v
+                )
+                out = self._call(r, v, "unmask", lambda v=v, req=request: P[v].unmask(r, req))
+                if out is not None:
+                    msg = unpack(out, UnmaskResponse, round_id=r, sender=v, recipient=SERVER)
+                    for peer, _kind, y in msg.shares:
+                        self._attribute(v, peer, y)
         for c in sorted(self.colluders):  # the server's own participants hold what they got
             for made in self.rec.sharings:
                 if c in made.ys:

@@ -5,8 +5,9 @@ Each example is one server strategy: a few rounds over 5-9 participants, each ro
 :class:`~tests.secure.lying_server.Lie` drawn from the grammar below (a victim and
 the views the server gives it, its claimed partners and the rest of the group:
 shrunk or cliqued partner lists and rosters, lowered thresholds, survivor sets that
-leave the victim out, shares asked of the wrong kind, a second roster with or
-without fresh keys, withheld deliveries, replayed requests and adverts, another
+leave the victim out, shares asked of the wrong kind (in the first unmask request
+or a second one), a second roster with or without fresh keys, withheld deliveries,
+replayed requests, adverts and sealed shares of earlier rounds, another
 round config, sybils through a re-installed registry, honest dropouts), then
 perhaps a resumed job that re-runs the last round with the same inputs. Whatever
 participants refuse, the server carries on; at the end the oracle takes everything it
@@ -41,6 +42,7 @@ from hypothesis import strategies as st
 
 from fedcollab.secure import SecAggParams
 from fedcollab.secure.exposure import expose
+from fedcollab.secure.messages import Kind
 from tests.secure.lying_server import DIM, Lab, Lie, View
 
 FUZZ_EXAMPLES = int(os.environ.get("FEDCOLLAB_FUZZ_EXAMPLES", "25"))
@@ -164,6 +166,13 @@ def _lie(draw: st.DrawFn, n: int, sybils: list[int], colluders: frozenset[int]) 
         else frozenset(),
         replay=_subset(draw, group, max_size=2) if draw(sometimes) else frozenset(),
         replay_adverts=draw(sometimes),
+        replay_deliveries=_subset(draw, group, max_size=3) if draw(sometimes) else frozenset(),
+        second_unmask=frozenset(
+            (h, v, draw(st.sampled_from([Kind.SELF, Kind.RECOVERY])))
+            for h in _subset(draw, others, max_size=4)
+        )
+        if tactic in ("split", "random") and draw(st.booleans())
+        else frozenset(),
         sybil_partners=frozenset({v, *inner}) if sybils else frozenset(),
         drop=draw(_drops(group)) if noisy else {},
     )
