@@ -16,10 +16,14 @@ can isolate has at least min_group members or is a whole round's survivor set**.
 
 Server models. ``malicious``: the whole grammar. ``honest_but_curious`` claims
 only that a server which *follows the protocol* learns nothing but the sums, so the
-fuzzer gives it only what such a server does: honest requests, participants that drop
-at any stage, and a resumed job re-running a round (attack 7: resume is the honest
-server's own doing). A lie against an honest-but-curious group is outside its claim
-(docs/threat-model.md says so) and is not asserted.
+fuzzer gives it what that mode claims to withstand: honest requests, participants that drop at any
+stage, a resumed job re-running a round (attack 7: resume is the honest server's own
+doing), and the request-level lies its participants check (partners, rosters,
+thresholds, member sets, round config, re-shares, replays, withheld deliveries,
+sybils: :func:`_request_level`). It concedes what docs/threat-model.md says it
+concedes, and those are not asserted: split views (survivor sets or share kinds that
+differ between participants: there is no consistency round), key substitution (no
+signatures), and colluders beyond a passive server's bound.
 
 Tiers: the default run tries ``FUZZ_EXAMPLES`` strategies per configuration (8
 configurations: secagg/secaggplus x amortised/per-round keys x both models; about a
@@ -178,6 +182,22 @@ def _lie(draw: st.DrawFn, n: int, sybils: list[int], colluders: frozenset[int]) 
     )
 
 
+def _request_level(lie: Lie) -> Lie:
+    """The lies honest-but-curious mode claims to refuse (docs/threat-model.md): about
+    partners, rosters, thresholds, members, the round config, re-shares, replays and
+    withheld deliveries; not who survived (split views), the kind of share asked for
+    (a claimed dropout is a split view without the consistency round), or keys."""
+    views = {u: replace(v, survivors=None) for u, v in lie.views.items()}
+    return replace(
+        lie,
+        views=views,
+        ask_recovery=frozenset(),
+        ask_self=frozenset(),
+        second_unmask=frozenset(),
+        replay_adverts=False,
+    )
+
+
 @st.composite
 def scenarios(
     draw: st.DrawFn, malicious: bool
@@ -201,8 +221,10 @@ def scenarios(
     r = 0
     for _ in range(draw(st.integers(1, 3))):
         members = None
-        if malicious and draw(st.integers(0, 4)):
+        if draw(st.integers(0, 4)) and (malicious or draw(st.booleans())):
             lie = draw(_lie(n, sybils, colluders))
+            if not malicious:
+                lie = _request_level(lie)
             if not sybils and draw(st.integers(0, 6)) == 0:
                 sybils = [n, n + 1]
                 steps.append(("sybils", 2))
