@@ -63,7 +63,7 @@ def aggregation_cost(
     vectors = {i: rng.uniform(-1.0, 1.0, dim) for i in range(n)}
     picker = random.Random(f"dropouts-{seed}")  # independent of the graph's shuffle
     participants = {i: SecureParticipant(i, params) for i in range(n)}
-    provision_identities(participants)
+    provision_identities(participants, rng_seed=seed)  # the graph seed the server uses
     group = SecureServer(list(participants), params, rng_seed=seed)
     run_secure_round(participants, vectors, params, 0, server=group)
     round_id, times = 1, []

@@ -340,12 +340,32 @@ class ParticipantWorker:
         from fedcollab.secure.participant import SecureParticipant
 
         if pid not in self._secure:
-            participant = SecureParticipant(pid, SecAggParams.from_spec(self.spec))
+            params = SecAggParams.from_spec(self.spec)
+            participant = SecureParticipant(
+                pid, params, identity=self._identity(pid) if params.malicious else None)
             if self._setup is not None:
                 self._pin(participant)
             participant.restore_views(self._saved_views().get(str(pid), {}))
             self._secure[pid] = participant
         return self._secure[pid]
+
+    def _identity(self, pid: int) -> Any:
+        """``pid``'s Ed25519 identity key: drawn here the first time, kept on this node
+        (mode 0600, beside the private-layer checkpoints) so that a worker Ray restarts
+        comes back with the identity the group pinned at setup (a new one would be
+        refused: the registry is pinned once). docs/threat-model.md says what a reader
+        of that file can do (sign adverts for ``pid``; it opens no past round)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from fedcollab.io import atomic_write_bytes
+
+        path = self.out_dir / "checkpoints" / "secure" / "identity" / f"participant-{pid:05d}.key"
+        try:
+            return Ed25519PrivateKey.from_private_bytes(path.read_bytes())
+        except (OSError, ValueError):
+            key = Ed25519PrivateKey.generate()
+            atomic_write_bytes(path, key.private_bytes_raw(), mode=0o600)
+            return key
 
     def _pin(self, participant: Any) -> bool:
         """Install the pinned group setup in one participant; False if it cannot pin
