@@ -445,7 +445,7 @@ class Lab:
         ]
         key_blobs: dict[int, dict[int, bytes]] = {}
         for u in sharers:
-            blobs = self._share(r, u, lie.view(u), graph[u], members)
+            blobs = self._share(r, u, lie.view(u), self._nbrs(graph, u, lie.view(u)), members)
             if blobs is not None:
                 key_blobs[u] = blobs
         second: dict[int, dict[int, bytes]] = {}
@@ -453,7 +453,8 @@ class Lab:
             if lie.fresh_keys_for_reshare:
                 self._advertise(r, sorted(lie.reshare & set(members) - gone))
             for u in sorted(lie.reshare & set(members) - gone):
-                blobs = self._share(r, u, lie.views2.get(u, View()), graph[u], members)
+                view2 = lie.views2.get(u, View())
+                blobs = self._share(r, u, view2, self._nbrs(graph, u, view2), members)
                 if blobs is not None:
                     second[u] = blobs
         for w, blobs in key_blobs.items():
@@ -469,7 +470,7 @@ class Lab:
             partners = (
                 view.partners
                 if view.partners is not None
-                else tuple(v for v in graph[u] if v not in gone)
+                else tuple(v for v in self._nbrs(graph, u, view) if v not in gone)
             )
             partners_of[u] = partners
             deliveries = []
@@ -584,6 +585,16 @@ class Lab:
             for made in self.rec.sharings:
                 if c in made.ys:
                     self.revealed.add((made.sid, c))
+
+    def _nbrs(self, graph: Mapping[int, tuple[int, ...]], u: int, view: View) -> tuple[int, ...]:
+        """``u``'s honest neighbours, in the member set it is told if that is a lie
+        (so a member-set lie comes with the partner list that set derives)."""
+        if view.members is None or u not in view.members:
+            return graph[u]
+        try:
+            return tuple(self.honest_graph(view.members)[u])
+        except SecAggError:  # too few members for a graph: keep the round's
+            return graph[u]
 
     def _group_for(self, u: int) -> frozenset[int]:
         setup = getattr(self.parts[u], "setup", None)

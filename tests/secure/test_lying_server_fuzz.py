@@ -92,7 +92,7 @@ def _drops(draw: st.DrawFn, members: list[int]) -> dict[str, frozenset[int]]:
     return {draw(st.sampled_from(STAGES)): _subset(draw, members, max_size=2)}
 
 
-TACTICS = ("split", "split", "reshare", "shrink", "members", "sybils", "random")
+TACTICS = ("split", "split", "reshare", "shrink", "members", "members_split", "random")
 
 
 @st.composite
@@ -116,7 +116,7 @@ def _lie(draw: st.DrawFn, n: int, sybils: list[int], colluders: frozenset[int]) 
         if coordinated
         else draw(st.sampled_from(["shrink", "shrink_both", "threshold", "honest"]))
     )
-    if tactic == "members":
+    if tactic in ("members", "members_split"):
         shape = "honest"
     if shape == "shrink":
         views[v] = View(partners=inner, request_t=draw(low_t) if not coordinated else None)
@@ -141,7 +141,17 @@ def _lie(draw: st.DrawFn, n: int, sybils: list[int], colluders: frozenset[int]) 
             views[h] = View(partners=nb, survivors=survivors)
         elif hide:
             views[h] = View(survivors=survivors)
-    if tactic == "members" or (tactic == "random" and draw(st.booleans())):
+    if tactic == "members_split":
+        # the victim, the inner set and some of the rest are told a smaller member set
+        # (their partner lists are what it derives); the others the whole group, with
+        # the victim dropped
+        small = tuple(sorted({v, *inner, *_subset(draw, list(rest))}))
+        for u in small:
+            views[u] = View(members=small)
+        for h in rest:
+            if h not in small:
+                views[h] = View(survivors=tuple(x for x in everyone if x != v))
+    elif tactic == "members" or (tactic == "random" and draw(st.booleans())):
         # another member set, or another round config, for some participants
         for who in sorted(_subset(draw, group, min_size=1, max_size=3)):
             old = views.get(who, View())
