@@ -251,6 +251,7 @@ class _Received:
     owner: int
     digest: bytes
     label: Hashable
+    vector: bytes = b""  # the masked vector as received (ring elements)
 
 
 class Lab:
@@ -511,7 +512,7 @@ class Lab:
             msg = unpack(out, MaskedInput, round_id=r, sender=u, recipient=SERVER)
             input_blobs[u] = {s.peer: s.blob for s in msg.shares}
             self.blobs_seen.update(s.blob for s in msg.shares)
-            self.received.append(_Received(sess, r, u, msg.digest, (u, r)))
+            self.received.append(_Received(sess, r, u, msg.digest, (u, r), msg.vector))
         drop("masked_input")
         alive = tuple(sorted(input_blobs))  # whose inputs arrived
         self.survivors[sess] = frozenset(input_blobs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import pytest
 
 from fedcollab.secure import SecAggParams
@@ -298,3 +299,38 @@ def test_attack6_a_server_chosen_dp_setting_is_refused(change: dict[str, object]
     assert own.noise_multiplier * own.clip_norm / own.secure_members**0.5 > 0.29
     with pytest.raises(ParameterMismatchError):
         check_round_config(dataclasses.replace(honest, **change), own)  # type: ignore[arg-type]
+
+
+# -- the oracle's verdict is real --------------------------------------------------------
+
+
+@BOTH
+def test_what_the_oracle_isolates_the_server_really_computes(protocol: str, amortise: bool) -> None:
+    """Beyond the collusion bound (here: the victim's holders collude), the oracle says
+    the victim is isolated; its combination of the received vectors, minus the masks
+    the server knows, is the victim's encoded input exactly."""
+    from fedcollab.secure.prg import expand
+
+    lab = Lab(6, _params(protocol, amortise), seed=11)
+    lab.colluders |= {1, 2, 3, 4}  # t = 4 of participant 0's 5 holders: far past 2t - d
+    lab.round(0)
+    exposure = expose(lab.transcript())
+    (labels, combo), *_ = exposure.isolable
+    assert labels == frozenset({(0, 0)}) and not exposure.ok
+    codec = lab.params.codec(6)
+    total = np.zeros(3, dtype=codec.dtype)
+    for i, c in combo.items():
+        got = lab.received[i]
+        assert c.denominator == 1
+        y = np.frombuffer(got.vector, dtype=codec.dtype)
+        total += codec.dtype.type(int(c) % 2**codec.ring_bits) * y
+        for mask, coeff in lab.transcript().inputs[i].masks.items():
+            if mask in exposure.known_masks:
+                total -= codec.dtype.type((int(c) * coeff) % 2**codec.ring_bits) * expand(
+                    mask[1], 3, codec.dtype
+                )
+        if got.owner != 0:  # a colluder's input: the server knows it
+            total -= codec.dtype.type(int(c) % 2**codec.ring_bits) * codec.encode(
+                lab.vector(got.owner, got.round_id)
+            )
+    assert np.array_equal(total, codec.encode(lab.vector(0, 0)))
