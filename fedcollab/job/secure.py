@@ -15,15 +15,16 @@ worker: it precomputes the next round's masks and sealed shares while the server
 unmasks, aggregates and evaluates, so the next masked input only encodes and adds.
 The server does not wait for it; the worker runs it before the next round's work.
 
-Malicious-server model (``secure.server: malicious``, the default): at setup,
-before any round, the pool's setup channel
-(:meth:`~fedcollab.worker.messages.Pool.setup_identities`) asks every worker for its
-secure participants' Ed25519 identity public keys (each drawn inside the worker when it
-creates the participant) and hands the assembled registry to every participant.
-That is the setup channel, separate from the per-round server messages, that the
-participants trust (docs/threat-model.md says what that assumes here). A worker
-the pool replaced gets fresh identities; they are re-provisioned before the next
-round. Each round then has one extra stage, ``consistency``, between the masked
+Setup, before any round, over the pool's setup channel
+(:meth:`~fedcollab.worker.messages.Pool.setup_identities`, its own worker methods, not
+the round-message one): every worker pins, once, the secure group's members, the graph
+seed (from the spec's ``seed``; the server uses the same), a job id and, in the
+malicious-server model (``secure.server: malicious``, the default), the identity
+registry: each participant's Ed25519 public key, drawn inside the worker that hosts it
+(and kept on its node, so a worker the pool replaced comes back with the same one).
+Participants derive their partners, threshold and ring from what they pinned and
+refuse a server that names others (docs/threat-model.md says what that assumes). In
+the malicious-server model each round has one extra stage, ``consistency``, between the masked
 inputs and the unmask requests. A participant that refuses the server's requests
 as a lie (:class:`~fedcollab.secure.errors.ServerDeviationError`) makes
 :meth:`SecureCoordinator.finish` raise

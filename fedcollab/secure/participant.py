@@ -33,9 +33,17 @@ Amortised keys (default), and why they are safe:
    request: no extra round trip. The self-mask seed ``b_u^(r)`` is fresh every round
    and its shares ride in the same ciphertexts, so they exist only if the input does.
 4. A participant that dropped (its recovery secret was reconstructed, its package
-   chain is broken) must run key setup before it takes part again; it then also gets
-   fresh X25519 keys (defence in depth), and its neighbours re-share their packages
-   with its new keys in the same stage.
+   chain is broken) must run key setup before it takes part again, with fresh X25519
+   keys. Its neighbours must re-share their packages with its new keys, and a
+   participant shares a round's recovery secret at most once per key pair (two live
+   sharings of one round, old holders' RECOVERY shares with new holders' SELF shares,
+   would open its input): so every member advertises fresh keys in that stage.
+
+Both secrets of a round (the self-mask seed ``b_u^(r)`` and the recovery secret) are
+shared over one holder set (the neighbours of its key setup) with one threshold
+``t > holders/2`` (Bonawitz et al.'s double masking needs exactly that); the round's
+partners are a subset of those holders. The member set, partners, ``t`` and ring are
+derived by the participant, never taken from the server (see :class:`SecureParticipant`).
 
 5. Forward secrecy: every participant advertises fresh X25519 keys at least every
    ``key_rotation_rounds`` rounds and drops the old ones, so a key that leaks later
@@ -44,7 +52,8 @@ Amortised keys (default), and why they are safe:
 The server is not trusted to follow the protocol: every request is checked against
 the participant's own state and parameters (see :class:`SecureParticipant`), and in
 the malicious-server model key adverts are signed (Ed25519, identity registry from
-setup) and a consistency round precedes unmasking. Assumptions: fewer colluding
+setup) and a consistency round over the round's member set, graph seed and survivor
+set precedes unmasking. Assumptions: fewer colluding
 participants in a neighbourhood than docs/threat-model.md states, strictly
 increasing round ids (consecutive for amortisation: a participant absent from round
 ``r`` re-runs key setup in ``r+1``), and a trusted identity registry.

@@ -245,7 +245,8 @@ class SecureServer:
         while changed:
             changed = False
             for u in sorted(active):
-                partners = sum(v in active for v in self._graph[u])
+                sealed_to = rs.packages[u].sealed_to
+                partners = sum(v in active and v in sealed_to for v in self._graph[u])
                 holders = len(rs.packages[u].holders & active)
                 if min(partners, holders) < self._t[u]:
                     active.discard(u)

@@ -32,8 +32,10 @@ def test_honest_server_rounds_sum_exactly_under_random_dropouts(
     participants, server = make_group(n, params, rng_seed=seed)
     codec = server.codec
     for round_id in range(4):
-        members = sorted(data.draw(st.sets(st.sampled_from(range(n)), min_size=3),
-                                   label="members"))
+        # at least the round floor (min_round_fraction 0.5 of the pinned group), or
+        # every participant refuses the round
+        members = sorted(data.draw(st.sets(st.sampled_from(range(n)),
+                                           min_size=params.floor(n)), label="members"))
         early = data.draw(st.sets(st.sampled_from(members), max_size=len(members) // 4),
                           label="dropped before masked input")
         late = data.draw(st.sets(st.sampled_from(sorted(set(members) - early)),

@@ -141,3 +141,21 @@ def test_worker_masks_a_batch_of_trainings_as_it_masks_each(
         sums.append(_secure_round_sum(worker, weights, pids, spec))
     np.testing.assert_array_equal(sums[0], sums[1])
     assert np.count_nonzero(sums[0])
+
+
+def test_worker_pins_the_group_setup_once(worker_and_weights: Any) -> None:
+    """Issue 27, finding 4: the setup channel (its own method, not secure_stage) pins the
+    group; a second install that differs is refused, the same one is a no-op, and the
+    round-message method no longer installs anything."""
+    from fedcollab.secure.errors import RegistryPinnedError
+
+    _, _, worker, _ = worker_and_weights
+    assert worker.secure_setup([0, 1, 2], b"seed", b"job", {}) == []
+    assert worker.secure_setup([0, 1, 2], b"seed", b"job", {}) == []
+    for members, seed, job in (([0, 1, 2, 3], b"seed", b"job"), ([0, 1], b"seed", b"job"),
+                               ([0, 1, 2], b"other", b"job"), ([0, 1, 2], b"seed", b"other")):
+        with pytest.raises(RegistryPinnedError):
+            worker.secure_setup(members, seed, job, {})
+    import inspect
+
+    assert "registry" not in inspect.signature(worker.secure_stage).parameters
