@@ -109,9 +109,10 @@ def test_finding1_roster_with_two_holders_at_threshold_two_is_refused(
 
 
 # -- finding 2: two live recovery sharings for one round -----------------------------------
-@pytest.mark.parametrize("model", ["honest_but_curious", "malicious"])
-def test_finding2_second_roster_in_one_round_is_refused(model: str) -> None:
-    params = _params("secaggplus", True, model)
+@pytest.mark.parametrize("protocol, amortise, model", MODES)
+def test_finding2_second_roster_in_one_round_is_refused(protocol: str, amortise: bool,
+                                                        model: str) -> None:
+    params = _params(protocol, amortise, model)
     participants, _, rosters = _key_setup(params, 10)
     participants[VICTIM].share_keys(0, rosters[VICTIM])
     with pytest.raises(ReshareRefusedError, match="fresh keys"):
