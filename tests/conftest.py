@@ -128,9 +128,13 @@ def ray_cluster() -> Iterator[Any]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("FEDCOLLAB_GPU_TESTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="GPU test: set FEDCOLLAB_GPU_TESTS=1 on a GPU machine")
+    gpu = os.environ.get("FEDCOLLAB_GPU_TESTS") == "1"
+    long = os.environ.get("FEDCOLLAB_LONG_TESTS") == "1"
+    skip_gpu = pytest.mark.skip(reason="GPU test: set FEDCOLLAB_GPU_TESTS=1 on a GPU machine")
+    skip_long = pytest.mark.skip(reason="long tier (minutes; CI runs the short one): set "
+                                        "FEDCOLLAB_LONG_TESTS=1")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not gpu:
+            item.add_marker(skip_gpu)
+        if "long" in item.keywords and not long:
+            item.add_marker(skip_long)
