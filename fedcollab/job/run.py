@@ -411,7 +411,8 @@ class _Job:
 
         rates = group_sampling_rates(spec)
         dp = DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
-                      group_rates=rates, participants_per_round=expected_participants(spec))
+                      group_rates=rates, participants_per_round=expected_participants(spec),
+                      dim=sum(int(np.prod(s)) for s in shapes))
         if dp.on and max(rates.values()) > spec.fraction + 1e-9:
             exposed = max(rates, key=lambda g: rates[g])
             print(f"fedcollab: warning: privacy: group {exposed!r} takes part with rate "

@@ -23,6 +23,7 @@ from fedcollab.privacy.adaptive import (
 from fedcollab.privacy.clipping import clip_update
 from fedcollab.privacy.errors import PrivacyError, UnreachableEpsilonError
 from fedcollab.privacy.noise import (
+    DDG_MODE,
     DP_MODES,
     DpMode,
     add_central_noise,
@@ -36,7 +37,7 @@ from fedcollab.privacy.noise import (
 
 __all__ = [
     "PrivacyError", "UnreachableEpsilonError",
-    "DpMode", "DP_MODES",
+    "DpMode", "DP_MODES", "DDG_MODE",
     "clip_update", "gaussian_noise_like", "add_noise", "noise_std_for", "aggregate_noise_std",
     "privatize_update", "add_central_noise", "central_dp_mean",
     "AccountantKind", "dp_fedavg_event", "epsilon", "noise_multiplier_for_target",

@@ -134,6 +134,10 @@ class RoundConfig:
     count_noise_std: float = 0.0    # adaptive clipping under distributed DP: the bits' noise
     secure_clip: float = 0.0        # > 0 (no DP): secure vectors carry their share of
                                     # coordinates beyond this fixed-point range
+    ddg_seed: int = 0               # distributed discrete Gaussian: the round's public
+                                    # rotation seed,
+    ddg_bits: int = 0               # its modulus 2**ddg_bits (divides the secure ring),
+    ddg_embed_bits: int = 0         # and the codec's fractional bits that integers pass
 
     @property
     def dp_on(self) -> bool:
