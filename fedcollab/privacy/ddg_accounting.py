@@ -38,8 +38,10 @@ from fedcollab.privacy.errors import PrivacyError, UnreachableEpsilonError
 __all__ = ["DDG_ORDERS", "round_rdp", "subsampled_rdp", "rdp_epsilon", "ddg_round",
            "ddg_epsilon", "ddg_noise_multiplier_for_target", "DdgLedger"]
 
-#: Integer RDP orders (Zhu and Wang's bound needs integers).
-DDG_ORDERS: tuple[int, ...] = tuple(range(2, 129)) + (160, 192, 256)
+#: RDP orders: fractional ones below 2 (large epsilons need them; Zhu and Wang's bound
+#: needs integers, so there a sampled round counts as unsampled), then integers.
+DDG_ORDERS: tuple[float, ...] = (tuple(1 + x / 20 for x in range(1, 20))
+                                 + tuple(range(2, 129)) + (160, 192, 256, 512))
 
 
 def _tau(sigma2: float, members: int) -> float:
@@ -55,26 +57,31 @@ def ddg_round(the_plan: DdgPlan, members: int) -> tuple[float, float, int]:
     return l2, _tau(the_plan.sigma2, members), the_plan.padded
 
 
-def round_rdp(l2: float, tau: float, dim: int, orders: Sequence[int] = DDG_ORDERS
+def round_rdp(l2: float, tau: float, dim: int, orders: Sequence[float] = DDG_ORDERS
               ) -> np.ndarray:
     """Proposition 14: ``eps(alpha)`` of one round, without sampling."""
     a = np.asarray(orders, dtype=np.float64)
     return np.minimum(a / 2 * l2 ** 2 + tau * dim, a / 2 * (l2 + math.sqrt(dim) * tau) ** 2)
 
 
-def subsampled_rdp(rdp: np.ndarray, q: float, orders: Sequence[int] = DDG_ORDERS
+def subsampled_rdp(rdp: np.ndarray, q: float, orders: Sequence[float] = DDG_ORDERS
                    ) -> np.ndarray:
     """Zhu and Wang (2019), Theorem 5: RDP at integer ``orders`` of the mechanism with
-    RDP ``rdp`` (at the same orders, which must be 2, 3, ... up to the largest order
-    used by a sum: the bound reads ``eps(l)`` for ``l <= alpha``) under Poisson
-    sampling at rate ``q``, capped by the unsampled ``rdp``."""
+    RDP ``rdp`` (at the same orders, which must include 2, 3, ...: the bound reads
+    ``eps(l)`` for ``l <= alpha``; a missing one is taken from the next larger order)
+    under Poisson sampling at rate ``q``, capped by the unsampled ``rdp``; at a
+    fractional order, the unsampled ``rdp`` itself."""
     if q >= 1:
         return np.asarray(rdp, dtype=np.float64)
     from scipy.special import gammaln, logsumexp
 
-    by_order = dict(zip(orders, rdp))
+    by_order = {int(o): float(v) for o, v in zip(orders, rdp) if float(o).is_integer()}
     out = []
-    for alpha, eps_alpha in zip(orders, rdp):
+    for order, eps_alpha in zip(orders, rdp):
+        if not float(order).is_integer():
+            out.append(float(eps_alpha))
+            continue
+        alpha = int(order)
         ls = np.arange(3, alpha + 1)
         missing = [int(j) for j in ls if int(j) not in by_order]
         if missing:  # orders between the grid points: the rdp grows with the order
@@ -92,7 +99,8 @@ def subsampled_rdp(rdp: np.ndarray, q: float, orders: Sequence[int] = DDG_ORDERS
     return np.asarray(out)
 
 
-def rdp_epsilon(rdp: np.ndarray, delta: float, orders: Sequence[int] = DDG_ORDERS) -> float:
+def rdp_epsilon(rdp: np.ndarray, delta: float, orders: Sequence[float] = DDG_ORDERS
+                ) -> float:
     """``(epsilon, delta)`` from an RDP curve, by ``dp_accounting``'s conversion."""
     from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
