@@ -761,7 +761,8 @@ def bench_secure_round_ddg(rounds: int = 5) -> None:
     """All 100 participants secure (SecAgg+), under the distributed discrete Gaussian
     (each member rotates, rounds and adds exactly sampled integer noise in the ring)
     against the same secure round without DP and with continuous distributed noise,
-    all at z = 1, C = 1 and ``rounds`` rounds in this run."""
+    all at z = 1, C = 1 and ``rounds`` rounds in this run; ``ratio_to_plain`` against
+    the workload in the clear, as on the other ``secure_round`` lines."""
     def secure(name: str, dp: dict[str, Any]) -> dict[str, Any]:
         return run_fedcollab(workload_spec(100, rounds=rounds, name=name,
                                            participants__0__sharing="secure",
@@ -773,9 +774,11 @@ def bench_secure_round_ddg(rounds: int = 5) -> None:
     gauss = secure("bench-secure-gauss", {"mode": "distributed", "noise_multiplier": 1.0,
                                           "clip_norm": 1.0})
     plain = _faster(plain, secure("bench-secure-plain", {"mode": "none"}))
+    clear = run_fedcollab(workload_spec(100, rounds=rounds, name="bench-plain"))
     emit({"bench": "secure_round", "clients": 100, "protocol": "secaggplus",
           "server": "malicious", "dp": "distributed_discrete_gaussian", "rounds": rounds,
           "rounds_seconds": ddg["rounds_seconds"],
+          "ratio_to_plain": ddg["rounds_seconds"] / clear["rounds_seconds"],
           "ratio_to_plain_secure": ddg["rounds_seconds"] / plain["rounds_seconds"],
           "plain_secure_rounds_seconds": plain["rounds_seconds"],
           "ratio_to_distributed_gaussian": ddg["rounds_seconds"] / gauss["rounds_seconds"],

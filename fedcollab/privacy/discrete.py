@@ -56,6 +56,14 @@ def uniform_below(bound: _Int, count: int, source: RandomBytes = secrets.token_b
     uniform over a whole number of copies of ``[0, bound)``, so ``r mod bound`` is
     exactly uniform. Rejected words are drawn again.
     """
+    if np.ndim(bound) == 0:  # one bound for all: no per-element arrays to build
+        b0 = int(bound)
+        if b0 < 1:
+            raise PrivacyError("uniform_below: bound must be at least 1")
+        floor0 = np.uint64((1 << 64) % b0)
+        r = _words(count, source)
+        if not floor0 or bool((r >= floor0).all()):
+            return (r % np.uint64(b0)).astype(np.int64)
     b = np.broadcast_to(np.asarray(bound, dtype=np.int64), (count,)).astype(np.uint64)
     if count and (int(b.min()) < 1):
         raise PrivacyError("uniform_below: bound must be at least 1")
