@@ -102,7 +102,7 @@ def test_plan_refuses_a_modulus_too_small() -> None:
 def test_ring_noise_over_many_rounds_has_the_mechanisms_variance() -> None:
     """Members with zero updates: what the server decodes is the noise alone, through
     the real codec and the 32-bit ring; its variance is m * sigma2 * gamma^2."""
-    members, rounds = 4, 30
+    members, rounds = 3, 10
     p = _plan(members=members, z=1.0)
     codec = FixedPointCodec(clip=4.0, scale_bits=20, group_size=members)
     zeros = [np.zeros(s, dtype=np.float32) for s in SHAPES]
