@@ -17,6 +17,9 @@ What is composed is what happened, for the most exposed participant:
 * adaptive clipping's noisy count of clipped updates is a second Gaussian query on
   the same data (0/1 bits, sensitivity 1): the round is recorded with the multiplier
   of the two together, ``(z^-2 + sigma_b^-2)^(-1/2)``;
+* under ``distributed_discrete_gaussian`` each round is the distributed discrete
+  Gaussian's own event (:mod:`fedcollab.privacy.ddg_accounting`) for the shares of
+  the members that survived, or the open participants' Gaussian if weaker;
 * aborted rounds are recorded too (their updates were computed and, if open, seen),
   and so are rounds that sampled nobody (the Poisson event composes every round).
 """
@@ -29,6 +32,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from fedcollab.privacy.accounting import PrivacyLedger, noise_multiplier_for_target
+from fedcollab.privacy.ddg_accounting import DdgLedger, ddg_noise_multiplier_for_target
+from fedcollab.privacy.errors import PrivacyError
+from fedcollab.privacy.noise import DDG_MODE
 
 if TYPE_CHECKING:
     from fedcollab.privacy.observers import ObserverLedger
@@ -109,7 +115,6 @@ def solve_noise_multiplier(dp: DpSpec, *, sampling_rate: float, rounds: int,
     total /= math.sqrt(min_survivor_fraction)  # what dropouts may leave must still suffice
     if dp.adaptive_clipping and participants_per_round:
         from fedcollab.privacy.adaptive import default_count_noise_std
-        from fedcollab.privacy.errors import PrivacyError
 
         sigma_b = default_count_noise_std(participants_per_round)
         if sigma_b <= total:
@@ -145,12 +150,13 @@ class DpServer:
                  participants_per_round: Optional[float] = None,
                  groups: Optional[Mapping[str, Sequence[int]]] = None,
                  organisations: Sequence[str] = (),
-                 min_survivor_fraction: float = 1.0) -> None:
+                 min_survivor_fraction: float = 1.0, dim: int = 0) -> None:
         self.spec = dp
         self.sampling_rate = sampling_rate
         self.group_rates = dict(group_rates or {})
         self.clip_norm = dp.clip_norm
-        self.ledger = PrivacyLedger()
+        self.dim = dim  # the model's parameters (the distributed discrete Gaussian's d)
+        self.ledger: Any = DdgLedger() if dp.mode == DDG_MODE else PrivacyLedger()
         self.adjacency = getattr(dp, "adjacency", "add_remove")
         self.min_survivor_fraction = (min_survivor_fraction if dp.mode == "distributed"
                                       else 1.0)
@@ -166,7 +172,12 @@ class DpServer:
 
             self.observers = ObserverLedger(sum(counts.values()), groups, rates, organisations)
         self.noise_multiplier = 0.0
-        if dp.mode != "none":
+        if dp.mode == DDG_MODE and dp.target_epsilon is not None:
+            self.noise_multiplier = ddg_noise_multiplier_for_target(
+                target_epsilon=dp.target_epsilon, clip_norm=dp.clip_norm, members=1,
+                rounds=rounds, sampling_rate=sampling_rate, delta=dp.delta,
+                dim=self._ddg_dim())
+        elif dp.mode != "none":
             self.noise_multiplier = solve_noise_multiplier(
                 dp, sampling_rate=sampling_rate, rounds=rounds,
                 participants_per_round=participants_per_round,
@@ -313,6 +324,8 @@ class DpServer:
         z = self.noise_multiplier
         shortfall = 1.0
         out: dict[str, Any] = {}
+        if self.mode == DDG_MODE:
+            return self._account_ddg(bool(clip_bits), secure_count, secure_sampled)
         if self.mode == "distributed" and 0 < secure_count < secure_sampled:
             # dropped members took their share of the noise with them
             shortfall = secure_count / secure_sampled
@@ -335,6 +348,42 @@ class DpServer:
             self.clip_norm = clip_step_from_count(
                 self.clip_norm, count, len(clip_bits) + secure_count,
                 target_quantile=dp.target_quantile, learning_rate=dp.clip_learning_rate)
+        return out
+
+    def _ddg_dim(self) -> int:
+        if self.dim < 1:
+            raise PrivacyError("the distributed discrete Gaussian needs the model's size "
+                               "(DpServer(dim=...))")
+        return self.dim
+
+    def _ddg_round(self, members: int, sampled: int, open_updates: bool
+                   ) -> tuple[float, float, int]:
+        """One round's distributed-discrete-Gaussian event: ``members`` shares of a
+        plan made for ``sampled`` (dropped members took theirs with them); open
+        participants' own Gaussian (multiplier z) when it is the weaker of the two."""
+        from fedcollab.privacy.ddg import plan
+        from fedcollab.privacy.ddg_accounting import ddg_round
+
+        z = self.noise_multiplier
+        the_plan = plan(noise_multiplier=z, clip_norm=self.clip_norm, members=max(sampled, 1),
+                        dim=self._ddg_dim(), modulus_bits=64)
+        l2, tau, dim = ddg_round(the_plan, max(members, 1))
+        return (max(l2, 1.0 / z) if open_updates else l2), tau, dim
+
+    def _account_ddg(self, open_updates: bool, secure_count: int,
+                     secure_sampled: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if secure_count > 0:
+            l2, tau, dim = self._ddg_round(secure_count, secure_sampled, open_updates)
+            if secure_count < secure_sampled:
+                out["noise_shortfall"] = {"survivors": secure_count, "sampled": secure_sampled}
+        else:  # only open participants, each with its own Gaussian
+            l2, tau, dim = 1.0 / self.noise_multiplier, 0.0, 1
+        self.ledger = self.ledger.record(l2, tau, dim, sampling_rate=self.sampling_rate)
+        out.update({"epsilon": self.epsilon, "delta": self.spec.delta,
+                    "noise_multiplier": self.noise_multiplier, "accounted_multiplier": 1.0 / l2,
+                    "sampling_rate": self.sampling_rate, "clip_norm": self.clip_norm,
+                    "mechanism": DDG_MODE})
         return out
 
     def account_aborted(self, sampled: Sequence[int] = (), *,
@@ -389,7 +438,8 @@ class DpServer:
                 arrays: Optional[Mapping[str, np.ndarray]] = None) -> None:
         self.clip_norm = float(state.get("clip_norm", self.clip_norm))
         if state.get("ledger"):
-            self.ledger = PrivacyLedger.from_dict(state["ledger"])
+            kind = DdgLedger if self.spec.mode == DDG_MODE else PrivacyLedger
+            self.ledger = kind.from_dict(state["ledger"])
         if self.observers is not None and arrays and state.get("observers") is not None:
             self.observers.restore(arrays, state["observers"])
         self.stopped = state.get("budget_stop", self.stopped)
