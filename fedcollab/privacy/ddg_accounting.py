@@ -36,7 +36,8 @@ from fedcollab.privacy.ddg import DdgPlan, plan
 from fedcollab.privacy.errors import PrivacyError, UnreachableEpsilonError
 
 __all__ = ["DDG_ORDERS", "round_rdp", "subsampled_rdp", "rdp_epsilon", "ddg_round",
-           "ddg_epsilon", "ddg_noise_multiplier_for_target", "DdgLedger"]
+           "ddg_epsilon", "ddg_noise_multiplier_for_target", "DdgLedger", "DDG_QUERY_KIND",
+           "ddg_zcdp"]
 
 #: RDP orders: fractional ones below 2 (large epsilons need them; Zhu and Wang's bound
 #: needs integers, so there a sampled round counts as unsampled), then integers.
@@ -216,3 +217,43 @@ class DdgLedger:
         except (KeyError, TypeError, ValueError):
             raise PrivacyError("ddg ledger: expected {'entries': [[l2, tau, dim, "
                                "sampling_rate, rounds], ...]}") from None
+
+
+# ----------------------------------------------------------------------------- per observer
+
+#: The query kind one round of the distributed discrete Gaussian is recorded as in the
+#: per-observer accountant (:mod:`fedcollab.privacy.observers`); its params are the
+#: round's ``{"l2", "tau", "dim"}`` (:func:`ddg_round`).
+DDG_QUERY_KIND = "distributed_discrete_gaussian"
+
+
+def ddg_zcdp(params: Mapping[str, Any]) -> tuple[float, float]:
+    """A round's ``(rho, xi)``-zCDP bound (Theorem 1's first form): ``rho = l2^2 / 2``,
+    ``xi = tau d``. ``rho`` grows as the square of the sensitivity and ``xi`` not at all
+    (the bound for a sensitivity ``k Delta`` is ``k^2 rho`` with the same ``xi``)."""
+    l2 = float(params["l2"])
+    return l2 * l2 / 2.0, float(params["tau"]) * int(params["dim"])
+
+
+def _ddg_event(params: Mapping[str, Any]) -> Any:
+    import dp_accounting
+
+    rho, xi = ddg_zcdp(params)
+    return dp_accounting.ZCDpEvent(rho, xi)
+
+
+def _ddg_sampled_rdp(params: Mapping[str, Any], q: float, orders: Sequence[float]) -> np.ndarray:
+    """A round's RDP at ``orders`` under Poisson sampling at ``q`` (Zhu and Wang), as
+    :class:`DdgLedger` composes it (``orders`` must hold the integers it reads)."""
+    rdp = round_rdp(float(params["l2"]), float(params["tau"]), int(params["dim"]), orders)
+    return subsampled_rdp(rdp, q, orders)
+
+
+def _register() -> None:
+    from fedcollab.privacy.observers import register_query_kind
+
+    register_query_kind(DDG_QUERY_KIND, _ddg_event, zcdp=ddg_zcdp,
+                        sampled_rdp=_ddg_sampled_rdp, orders=DDG_ORDERS)
+
+
+_register()
