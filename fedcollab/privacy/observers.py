@@ -307,8 +307,11 @@ class ObserverLedger:
             self.exact.update(OBSERVERS)
         elif math.isfinite(z):
             self.mu2[sampled] += z**-2
-        zcdp = [_zcdp_of(q) for q in spend.queries if q.kind != "gaussian"]
-        zcdp = [pair for pair in zcdp if pair is not None]
+        zcdp: list[tuple[float, float]] = []
+        for q in spend.queries:
+            pair = None if q.kind == "gaussian" else _zcdp_of(q)
+            if pair is not None:
+                zcdp.append(pair)
         rho, xi = sum(r for r, _ in zcdp), sum(x for _, x in zcdp)
         if zcdp:
             self.rho[sampled] += rho
