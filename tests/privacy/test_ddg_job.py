@@ -79,6 +79,19 @@ def test_a_ddg_job_learns_and_reports_the_ddg_epsilon(tmp_path: Path) -> None:
     the_plan = plan(noise_multiplier=0.05, clip_norm=1.0, members=3, dim=dim, modulus_bits=64)
     l2, tau, d = ddg_round(the_plan, 3)
     want = DdgLedger().record(max(l2, 1 / 0.05), tau, d, sampling_rate=1.0, rounds=3)
-    assert result.summary["privacy"]["epsilon"] == pytest.approx(want.epsilon(delta=1e-5))
+    # every participant in every round: each observer's figure is the 3 rounds' zCDP
+    # events composed by dp_accounting (at its orders: within 2% above ddg's own ledger)
+    import dp_accounting
+    from dp_accounting import rdp
+
+    acc = rdp.RdpAccountant()
+    acc.compose(dp_accounting.ZCDpEvent(max(l2, 1 / 0.05) ** 2 / 2, tau * d), 3)
+    privacy = result.summary["privacy"]
+    assert privacy["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    assert want.epsilon(delta=1e-5) <= privacy["epsilon"] <= 1.02 * want.epsilon(delta=1e-5)
+    by = privacy["epsilon_by_observer"]
+    assert set(by) == {"server", "outputs_reader", "release_reader"}
+    assert by["server"] == by["release_reader"] == privacy["epsilon"]  # q = 1: no secret
+    assert all(e > privacy["epsilon"] for e in privacy["organisation_epsilon"].values())
     assert lines[-1]["accuracy"] > lines[0]["accuracy"] - 0.05
     assert result.summary["final_accuracy"] > 0.3  # small noise: it learns
