@@ -259,3 +259,10 @@ def test_resume_restores_and_a_lost_round_costs_at_least_what_it_can_have() -> N
         )
         for observer, eps in ran.figures()["by_observer"].items():  # type: ignore[index]
             assert lost.figures()["by_observer"][observer] >= eps - 1e-12  # type: ignore
+
+
+def test_preflight_solves_a_ddg_target_before_the_model_exists() -> None:
+    from fedcollab.job.preflight import _noise_multiplier
+
+    spec = _spec(fraction=1.0, rounds=5, target_epsilon=4.0)
+    assert 0 < _noise_multiplier(spec) <= _server(spec).noise_multiplier * 1.01
