@@ -471,7 +471,7 @@ class ObserverLedger:
                 delta=delta, adjacency=adjacency, accountant=accountant
             )[0]
         events = []
-        curves: list[tuple[Mapping[str, Any], int]] = []
+        curves: list[tuple[str, int]] = []
         for key, count in self.released.items():
             data = json.loads(key)
             if data["z"] == 0:
@@ -480,9 +480,8 @@ class ObserverLedger:
             if data["z"] is not None:
                 inner.append(dp_accounting.GaussianDpEvent(data["z"]))
             for k in data["others"]:
-                query = json.loads(k)
-                if _KINDS[query["kind"]].sampled_rdp is not None:
-                    curves.append((query, count))
+                if _KINDS[json.loads(k)["kind"]].sampled_rdp is not None:
+                    curves.append((k, count))
                 else:
                     inner.append(_event_of_key(k))
             for event in inner:
@@ -501,15 +500,13 @@ class ObserverLedger:
             orders = tuple(DEFAULT_RDP_ORDERS)
             if curves:  # every curve at the orders the kinds' own bounds need
                 orders = tuple(
-                    sorted({float(o) for q, _ in curves for o in _KINDS[q["kind"]].orders})
+                    sorted({float(o) for k, _ in curves for o in _KINDS[_kind_of(k)].orders})
                 )
             total = np.zeros(len(orders))
             for event in events:
                 total += event.count * _rdp_curve(event.event, orders)
-            for query, count in curves:
-                to_curve = _KINDS[query["kind"]].sampled_rdp
-                assert to_curve is not None
-                total += count * np.asarray(to_curve(query["params"], self.rate, orders))
+            for key, count in curves:
+                total += count * _own_curve(key, self.rate, orders)
             return float(compute_epsilon(np.asarray(orders), total, delta)[0])
         return self._eps(dp_accounting.ComposedDpEvent(events), delta, adjacency, accountant)
 
@@ -653,6 +650,23 @@ def _rdp_curve(event: Any, orders: tuple[float, ...]) -> np.ndarray:
     curve: np.ndarray = acc.rdp
     curve.setflags(write=False)
     return curve
+
+
+@functools.lru_cache(maxsize=4096)
+def _own_curve(key: str, q: float, orders: tuple[float, ...]) -> np.ndarray:
+    """A query kind's own Poisson-sampled RDP curve at ``orders`` (by its query key), so
+    a figure after every round does not recompute the rounds before it."""
+    data = json.loads(key)
+    to_curve = _KINDS[data["kind"]].sampled_rdp
+    if to_curve is None:
+        raise PrivacyError(f"privacy: query kind {data['kind']!r} has no sampled RDP curve")
+    curve = np.asarray(to_curve(data["params"], q, orders), dtype=np.float64)
+    curve.setflags(write=False)
+    return curve
+
+
+def _kind_of(key: str) -> str:
+    return str(json.loads(key)["kind"])
 
 
 def _floor_multiplier(z: float) -> float:
