@@ -158,8 +158,11 @@ class SecureRound:
                       "modulus_bits": the_plan.modulus_bits, "padded": the_plan.padded,
                       "l2_bound": the_plan.l2_bound}
         survivors = len(result.survivors)
-        return SecureOutcome(SecureSum(arrays, [float(c) for c in counts]), log, None,
-                             survivors, len(self.members))
+        # each member counts 1 per array it shares, exactly (integers in the ring): the
+        # aggregator refuses a sum whose counts more than that many members can send
+        summed = SecureSum(arrays, [float(c) for c in counts], members=survivors,
+                           weight_cap=1.0, quantum=0.0)
+        return SecureOutcome(summed, log, None, survivors, len(self.members))
 
 
 _DDG = "distributed_discrete_gaussian"

@@ -71,6 +71,7 @@ def test_a_ddg_job_learns_and_reports_the_ddg_epsilon(tmp_path: Path) -> None:
                                       transport="inprocess"))
     lines = result.metrics
     assert [m["secure"]["survivors"] for m in lines] == [[8, 9, 10]] * 3
+    assert not any("sum_rejected" in m["secure"] for m in lines)  # counts within bounds
     ddg = lines[-1]["secure"]["ddg"]
     from fedcollab.job.secure import ddg_ring
 
