@@ -266,3 +266,31 @@ def test_preflight_solves_a_ddg_target_before_the_model_exists() -> None:
 
     spec = _spec(fraction=1.0, rounds=5, target_epsilon=4.0)
     assert 0 < _noise_multiplier(spec) <= _server(spec).noise_multiplier * 1.01
+
+
+def test_a_kind_without_zcdp_gives_a_multi_site_organisation_no_figure() -> None:
+    """k sites in one round of a kind with no sensitivity scaling: the k-fold
+    composition is not a group bound, so the organisation figure is inf, not a guess."""
+    import dp_accounting
+
+    from fedcollab.privacy.observers import (
+        JobRecord,
+        Query,
+        RoundSpend,
+        job_epsilons,
+        register_query_kind,
+    )
+
+    register_query_kind("test_laplace", lambda p: dp_accounting.LaplaceDpEvent(p["b"]))
+    query = Query(kind="test_laplace", params={"b": 4.0})
+
+    def org(sampled: tuple[int, ...]) -> float:
+        rec = JobRecord(
+            rounds=(RoundSpend(sampled, (query,)),) * 3,
+            groups={"community": [0, 1], "vendor": [2, 3]},
+            group_rates={"community": 1.0, "vendor": 1.0},
+            organisations=("vendor",),
+        )
+        return float(job_epsilons(rec)["organisation"]["vendor"])
+
+    assert math.isfinite(org((0, 2))) and math.isinf(org((0, 2, 3)))
