@@ -190,6 +190,7 @@ def test_every_observer_is_the_independent_recomputation(
     assert server.epsilon == pytest.approx(got["epsilon"])
 
 
+@pytest.mark.slow
 def test_the_release_reader_is_amplified_and_the_server_is_not() -> None:
     """100 open + 30 secure at fraction 0.1 (the issue's t23 setting, 30 rounds): the
     sample is secret only from the release reader."""
