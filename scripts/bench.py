@@ -883,10 +883,42 @@ def bench_service_latency(rounds: int = 5) -> None:
           "warm_rounds_seconds": summaries[-1]["rounds_seconds"]})
 
 
+def bench_secure_round_ddg(rounds: int = 5) -> None:
+    """All 100 participants secure (SecAgg+), under the distributed discrete Gaussian
+    (each member rotates, rounds and adds exactly sampled integer noise in the ring)
+    against the same secure round without DP and with continuous distributed noise,
+    all at z = 1, C = 1 and ``rounds`` rounds in this run; ``ratio_to_plain`` against
+    the workload in the clear, as on the other ``secure_round`` lines."""
+    def secure(name: str, dp: dict[str, Any]) -> dict[str, Any]:
+        return run_fedcollab(workload_spec(100, rounds=rounds, name=name,
+                                           participants__0__sharing="secure",
+                                           privacy={"dp": dp}))
+
+    plain = secure("bench-secure-plain", {"mode": "none"})
+    ddg = secure("bench-secure-ddg", {"mode": "distributed_discrete_gaussian",
+                                      "noise_multiplier": 1.0, "clip_norm": 1.0})
+    gauss = secure("bench-secure-gauss", {"mode": "distributed", "noise_multiplier": 1.0,
+                                          "clip_norm": 1.0})
+    plain = _faster(plain, secure("bench-secure-plain", {"mode": "none"}))
+    clear = run_fedcollab(workload_spec(100, rounds=rounds, name="bench-plain"))
+    emit({"bench": "secure_round", "clients": 100, "protocol": "secaggplus",
+          "server": "malicious", "dp": "distributed_discrete_gaussian", "rounds": rounds,
+          "rounds_seconds": ddg["rounds_seconds"],
+          "ratio_to_plain": ddg["rounds_seconds"] / clear["rounds_seconds"],
+          "ratio_to_plain_secure": ddg["rounds_seconds"] / plain["rounds_seconds"],
+          "plain_secure_rounds_seconds": plain["rounds_seconds"],
+          "ratio_to_distributed_gaussian": ddg["rounds_seconds"] / gauss["rounds_seconds"],
+          "noise_multiplier": 1.0, "epsilon": ddg["privacy"]["epsilon"],
+          "distributed_gaussian_epsilon": gauss["privacy"]["epsilon"],
+          "accuracy": ddg["final_accuracy"], "distributed_gaussian_accuracy":
+          gauss["final_accuracy"], "steady_ms": _steady_phases_ms(ddg["metrics"])})
+
+
 BENCHES: dict[str, Callable[[], None]] = {
     "fedavg_vs_reference": bench_fedavg_vs_reference,
     "memory": bench_memory,
     "secure_round": bench_secure_round,
+    "secure_round_ddg": bench_secure_round_ddg,
     "secure_scaling": bench_secure_scaling,
     "secure_dropout": bench_secure_dropout,
     "dp": bench_dp,

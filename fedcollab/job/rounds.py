@@ -169,7 +169,7 @@ class RoundLoop:
         if ahead is None or ahead.round != r:  # driven out of order: drawn again
             self._ahead_started = None
             chosen = self.sampler.sample(r)
-            return chosen, self.configure(chosen) if chosen else None
+            return chosen, self.configure(chosen, r) if chosen else None
         return ahead.chosen, ahead.config
 
     _ahead_started: Optional[int] = None
@@ -279,7 +279,7 @@ class RoundLoop:
         chosen = self.sampler.sample(r)
         if not chosen:  # the round's one (Poisson) draw: kept, not drawn again
             return _Ahead(r, chosen)
-        config = self.configure(chosen)
+        config = self.configure(chosen, r)
         if self._over_budget(chosen) is not None:  # not started: run_round stops before it
             return _Ahead(r, chosen, config)
         self._write_journal(r, chosen)
@@ -287,11 +287,12 @@ class RoundLoop:
         pool.submit_train(self.weights, r, chosen, config, {})
         return _Ahead(r, chosen, config)
 
-    def configure(self, chosen: Sequence[int]) -> RoundConfig:
+    def configure(self, chosen: Sequence[int], r: int = 0) -> RoundConfig:
         """What the server tells participants this round (DP settings, weights' scale).
 
         Distributed noise is split over the sampled secure members only (open
-        participants add the full noise themselves).
+        participants add the full noise themselves). The distributed discrete
+        Gaussian also gets the round's public rotation seed and its ring's modulus.
         """
         dp = self.dp
         secure = sum(1 for p in chosen if self.people[p].policy.in_secure_sum)
@@ -300,10 +301,17 @@ class RoundLoop:
         count_noise = (dp.count_noise_std(len(chosen)) if dp.mode in ("distributed", "local")
                        else 0.0)
         bound = self.aggregator.secure_bound
+        ddg: dict[str, int] = {}
+        if dp.mode == "distributed_discrete_gaussian":
+            from fedcollab.job.secure import ddg_ring
+
+            bits, embed = ddg_ring(self.spec)
+            ddg = {"ddg_seed": (self.spec.seed * 1_000_003 + r) % 2 ** 63, "ddg_bits": bits,
+                   "ddg_embed_bits": embed}
         return RoundConfig(dp.mode, dp.clip_norm, dp.noise_multiplier, max(secure, 1),
                            1.0 if dp.on else self.weight_scale, dp.adaptive, count_noise,
                            secure_clip=0.0 if dp.on else self.spec.secure.clip,
-                           secure_norm_bound=0.0 if bound is None else bound)
+                           secure_norm_bound=0.0 if bound is None else bound, **ddg)
 
     def _aborted(self, r: int, chosen: Sequence[int], reason: str, t0: float,
                  secure: SecureRound, replaced: tuple[int, ...],

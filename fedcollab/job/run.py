@@ -470,7 +470,7 @@ class _Job:
         rates = group_sampling_rates(spec)
         dp = DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
                       group_rates=rates, participants_per_round=expected_participants(spec),
-                      **dp_accounting_plan(spec))
+                      dim=sum(int(np.prod(s)) for s in shapes), **dp_accounting_plan(spec))
         if dp.on and max(rates.values()) > spec.fraction + 1e-9:
             exposed = max(rates, key=lambda g: rates[g])
             print(f"fedcollab: warning: privacy: group {exposed!r} takes part with rate "

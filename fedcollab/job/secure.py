@@ -39,16 +39,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
+import numpy as np
+
 from fedcollab.aggregation import SecureSum
 from fedcollab.worker.messages import Pool, RoundConfig, RoundOutput
 
 if TYPE_CHECKING:
+    from fedcollab.privacy.ddg import DdgPlan
     from fedcollab.secure.result import SecureSumResult
     from fedcollab.secure.stages import Stage
     from fedcollab.spec import JobSpec
 
 __all__ = ["SecureCoordinator", "SecureRound", "SecureOutcome", "SecurePhases",
-           "saturation_bound"]
+           "saturation_bound", "ddg_ring"]
 
 
 @dataclass
@@ -101,6 +104,8 @@ class SecureRound:
         config = self.config
         dim = secure_dim(self.shapes, clip_bit=config.clip_bit,
                          saturation=config.secure_clip > 0)
+        if config.dp_mode == _DDG:  # the member's share (padded) and one count per array
+            dim = _ddg_plan(config, self.shapes).padded + len(self.shapes)
         return self.coordinator.prepare(self.round_id, self.members, dim, self.phases)
 
     def finish(self, out: RoundOutput) -> SecureOutcome:
@@ -113,6 +118,8 @@ class SecureRound:
         result = coordinator.finish(self.round_id, out.masked, self.phases,
                                     last=self.round_id == coordinator.rounds)
         log = _secure_log(result, self.phases, out)
+        if config.dp_mode == _DDG:
+            return self._finish_ddg(result, log)
         parts = split_secure_sum(result.total, self.shapes, scale=config.weight_scale,
                                  clip_bit=config.clip_bit, saturation=config.secure_clip > 0)
         log["weight_sum"] = max(parts.counts)  # survivors' samples (a sum)
@@ -132,6 +139,54 @@ class SecureRound:
         total = SecureSum(parts.arrays, parts.counts, members=survivors,
                           weight_cap=config.weight_scale, quantum=quantum)
         return SecureOutcome(total, log, parts.bits, survivors, len(self.members))
+
+
+    def _finish_ddg(self, result: SecureSumResult, log: dict[str, Any]) -> SecureOutcome:
+        """Decode a distributed-discrete-Gaussian sum: modulo ``2**ddg_bits`` from the
+        ring's integers, back to signed values, unrotated and rescaled."""
+        from fedcollab.privacy.ddg import decode_sum, wrap
+
+        config = self.config
+        the_plan = _ddg_plan(config, self.shapes)
+        total = np.asarray(result.integer_sum)
+        flat = decode_sum(total, the_plan, seed=config.ddg_seed)
+        counts = wrap(total[the_plan.padded:], config.ddg_bits).astype(np.float64)
+        sizes = [int(np.prod(s)) for s in self.shapes]
+        offsets = np.cumsum([0] + sizes)
+        arrays = [flat[offsets[i]:offsets[i + 1]].reshape(s) for i, s in enumerate(self.shapes)]
+        log["weight_sum"] = float(max(counts))
+        log["ddg"] = {"sigma2": the_plan.sigma2, "gamma": the_plan.gamma,
+                      "modulus_bits": the_plan.modulus_bits, "padded": the_plan.padded,
+                      "l2_bound": the_plan.l2_bound}
+        survivors = len(result.survivors)
+        # each member counts 1 per array it shares, exactly (integers in the ring): the
+        # aggregator refuses a sum whose counts more than that many members can send
+        summed = SecureSum(arrays, [float(c) for c in counts], members=survivors,
+                           weight_cap=1.0, quantum=0.0)
+        return SecureOutcome(summed, log, None, survivors, len(self.members))
+
+
+_DDG = "distributed_discrete_gaussian"
+
+
+def _ddg_plan(config: RoundConfig, shapes: Sequence[tuple[int, ...]]) -> DdgPlan:
+    from fedcollab.privacy.ddg import plan
+
+    return plan(noise_multiplier=config.noise_multiplier, clip_norm=config.clip_norm,
+                members=max(config.noisy_participants, 1),
+                dim=sum(int(np.prod(s)) for s in shapes), modulus_bits=config.ddg_bits)
+
+
+def ddg_ring(spec: JobSpec) -> tuple[int, int]:
+    """``(modulus bits, fractional bits)`` of the distributed discrete Gaussian in this
+    job's secure ring: the widest power-of-two modulus whose signed integers the
+    fixed-point codec passes through unchanged."""
+    from fedcollab.secure.params import SecAggParams
+    from fedcollab.spec.roster import roster
+
+    params = SecAggParams.from_spec(spec)
+    members = len(roster(spec).pids_where(in_secure_sum=True))
+    return params.codec(max(members, 1)).integer_bits, params.scale_bits
 
 
 def saturation_bound(clip: float, clip_norm: float, member_std: float) -> float:

@@ -19,6 +19,13 @@ decides whom it protects against:
     survivors, or over-provision); colluding members can subtract their own noise;
     the noise is continuous Gaussian rounded by the fixed-point encoding (the
     discrete Gaussian of Kairouz et al., ICML 2021, is what makes this exact).
+``distributed_discrete_gaussian``
+    As ``distributed``, but each member clips, rotates, rounds to integers and adds
+    *discrete* Gaussian noise sampled exactly inside the secure ring
+    (:mod:`fedcollab.privacy.ddg`; Kairouz, Liu, Steinke, ICML 2021), accounted with
+    its own event (:mod:`fedcollab.privacy.ddg_accounting`). It is not done here:
+    :func:`privatize_update` only clips for it (an open participant adds ``local``
+    noise, as under ``distributed``).
 ``local``
     Every participant adds ``N(0, (zC)^2)`` to its own clipped update, so even the
     server sees only noised updates; the sum carries ``m`` times the variance, so
@@ -43,6 +50,7 @@ from fedcollab.types import Weights
 __all__ = [
     "DpMode",
     "DP_MODES",
+    "DDG_MODE",
     "gaussian_noise_like",
     "add_noise",
     "noise_std_for",
@@ -52,7 +60,9 @@ __all__ = [
     "central_dp_mean",
 ]
 
-DpMode = Literal["none", "central", "distributed", "local"]
+DpMode = Literal["none", "central", "distributed", "local", "distributed_discrete_gaussian"]
+#: Distributed DP with integer noise in the secure ring (:mod:`fedcollab.privacy.ddg`).
+DDG_MODE = "distributed_discrete_gaussian"
 DP_MODES: tuple[str, ...] = get_args(DpMode)
 
 
@@ -130,7 +140,7 @@ def noise_std_for(mode: DpMode, noise_multiplier: float, clip_norm: float,
     _check_common(mode, noise_multiplier, clip_norm, group_size)
     if mode == "none":
         return 0.0
-    if mode == "distributed":
+    if mode in ("distributed", DDG_MODE):
         return noise_multiplier * clip_norm / math.sqrt(group_size)
     return noise_multiplier * clip_norm
 
@@ -146,7 +156,7 @@ def aggregate_noise_std(mode: DpMode, noise_multiplier: float, clip_norm: float,
         PrivacyError: Unknown mode, or a value out of range.
     """
     per_adder = noise_std_for(mode, noise_multiplier, clip_norm, group_size)
-    if mode in ("distributed", "local"):
+    if mode in ("distributed", "local", DDG_MODE):
         return per_adder * math.sqrt(group_size)
     return per_adder
 
@@ -179,7 +189,7 @@ def privatize_update(update: Sequence[np.ndarray], *, mode: DpMode, noise_multip
     if mode == "none":
         return [np.array(a, copy=True) for a in update], global_norm(update)
     clipped, norm = clip_update(update, clip_norm)
-    if mode == "central":
+    if mode in ("central", DDG_MODE):
         return clipped, norm
     return add_noise(clipped, std, rng), norm
 

@@ -31,7 +31,12 @@ tighter than group privacy's generic bound), against an observer who knows the s
 A job's record is a list of :class:`RoundSpend` (who took part, which noisy queries ran)
 folded into an :class:`ObserverLedger`; :func:`job_epsilons` returns the figures as the
 scorecard's ``privacy`` block. Query kinds other than the Gaussian register a
-``dp_accounting`` event for themselves with :func:`register_query_kind`.
+``dp_accounting`` event for themselves with :func:`register_query_kind`; a kind with a
+zCDP bound ``(rho, xi)`` (the distributed discrete Gaussian's, Kairouz et al. 2021) is
+composed per participant like the Gaussian (``rho`` and ``xi`` add up over the rounds it
+took part in), scaled to ``k`` sites or to replace-one by the square of the sensitivity
+(``k^2 rho``, ``4 rho``; ``xi`` does not grow with it), and may bring its own amplified
+RDP curve for the release reader.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ __all__ = [
     "ObserverLedger",
     "job_epsilons",
     "register_query_kind",
+    "QueryKind",
     "epsilon_of_event",
     "headline_observers",
 ]
@@ -70,19 +76,51 @@ OBSERVERS: tuple[str, ...] = ("server", "outputs_reader", "release_reader")
 #: Observers who know each round's sample (no amplification against them).
 KNOW_THE_SAMPLE: tuple[str, ...] = ("server", "outputs_reader")
 
-#: kind -> f(params, adjacency-free) -> the query's dp_accounting event for one
-#: participant, unsampled (sensitivity 1 in the query's own units)
-_KINDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
+
+@dataclass(frozen=True)
+class QueryKind:
+    """How the accountant composes one kind of query (see :func:`register_query_kind`)."""
+
+    to_event: Callable[[Mapping[str, Any]], Any]
+    zcdp: Optional[Callable[[Mapping[str, Any]], tuple[float, float]]] = None
+    sampled_rdp: Optional[Callable[[Mapping[str, Any], float, Sequence[float]], np.ndarray]] = None
+    orders: tuple[float, ...] = ()
 
 
-def register_query_kind(kind: str, to_event: Callable[[Mapping[str, Any]], Any]) -> None:
+#: kind -> how to account it (events for one participant, unsampled)
+_KINDS: dict[str, QueryKind] = {}
+
+
+def register_query_kind(
+    kind: str,
+    to_event: Callable[[Mapping[str, Any]], Any],
+    *,
+    zcdp: Optional[Callable[[Mapping[str, Any]], tuple[float, float]]] = None,
+    sampled_rdp: Optional[Callable[[Mapping[str, Any], float, Sequence[float]], np.ndarray]] = None,
+    orders: Sequence[float] = (),
+) -> None:
     """Teach the accountant a query that is not a plain Gaussian (e.g. the distributed
     discrete Gaussian): ``to_event(params)`` returns its unsampled ``dp_accounting`` event
-    for one participant. The release reader composes ``PoissonSampledDpEvent(q, event)``,
-    so the event must be one dp_accounting can subsample (a Gaussian-equivalent bound)."""
+    for one participant.
+
+    Args:
+        zcdp: ``params -> (rho, xi)``, the event as ``(xi, rho)``-zCDP with ``rho``
+            growing as the square of the sensitivity and ``xi`` not at all (true of the
+            Gaussian and of the distributed discrete Gaussian's bound). With it the
+            known-sample observers compose per participant by adding ``rho`` and ``xi``;
+            an organisation's ``k`` sites in one round count ``k^2 rho``, replace-one
+            ``4 rho``. Without it an organisation with several sites in one round gets
+            ``inf`` (no valid bound is known for the kind).
+        sampled_rdp: ``(params, q, orders) -> RDP curve`` of the event Poisson-sampled at
+            rate ``q`` (the release reader, add/remove). Without it the release reader
+            composes ``PoissonSampledDpEvent(q, event)`` (dp_accounting must support it).
+            With it, the release reader is amplified only under add/remove and RDP;
+            otherwise it is given the known-sample figure (never below the truth).
+        orders: The RDP orders ``sampled_rdp`` needs (its curve is evaluated there).
+    """
     if kind == "gaussian":
         raise PrivacyError("privacy: the 'gaussian' query kind is built in")
-    _KINDS[kind] = to_event
+    _KINDS[kind] = QueryKind(to_event, zcdp, sampled_rdp, tuple(orders))
 
 
 @dataclass(frozen=True)
@@ -226,6 +264,12 @@ class ObserverLedger:
         self.organisations = tuple(o for o in organisations if o in self.groups)
         self.mu2 = np.zeros(self.participants, dtype=np.float64)
         self.org_mu2 = {o: 0.0 for o in self.organisations}
+        # zCDP kinds (register_query_kind(zcdp=...)): rho and xi summed per participant
+        self.rho = np.zeros(self.participants, dtype=np.float64)
+        self.xi = np.zeros(self.participants, dtype=np.float64)
+        self.org_rho = {o: 0.0 for o in self.organisations}
+        self.org_xi = {o: 0.0 for o in self.organisations}
+        self.org_unbounded: set[str] = set()  # k > 1 sites in a kind without zCDP
         self.other: dict[str, np.ndarray] = {}  # event key -> per participant count
         self.org_other: dict[str, dict[str, int]] = {o: {} for o in self.organisations}
         self.exact: set[str] = set()  # observers that saw something exact
@@ -263,19 +307,32 @@ class ObserverLedger:
             self.exact.update(OBSERVERS)
         elif math.isfinite(z):
             self.mu2[sampled] += z**-2
+        zcdp: list[tuple[float, float]] = []
         for q in spend.queries:
-            if q.kind != "gaussian":
-                counts = self.other.setdefault(q.key(), np.zeros(self.participants, np.int64))
-                counts[sampled] += 1
+            pair = None if q.kind == "gaussian" else _zcdp_of(q)
+            if pair is not None:
+                zcdp.append(pair)
+        rho, xi = sum(r for r, _ in zcdp), sum(x for _, x in zcdp)
+        if zcdp:
+            self.rho[sampled] += rho
+            self.xi[sampled] += xi
+        plain = [q for q in spend.queries if q.kind != "gaussian" and _KINDS[q.kind].zcdp is None]
+        for q in plain:
+            counts = self.other.setdefault(q.key(), np.zeros(self.participants, np.int64))
+            counts[sampled] += 1
         for org in self.organisations:
             k = int(np.isin(sampled, self.groups[org]).sum())
             if k == 0:
                 continue
             if math.isfinite(z) and z > 0:
                 self.org_mu2[org] += (k / z) ** 2
-            for q in spend.queries:
-                if q.kind != "gaussian":  # k sites in one event: k-fold composition bound
-                    self.org_other[org][q.key()] = self.org_other[org].get(q.key(), 0) + k
+            if zcdp:  # k sites in one round: sensitivity k times one site's
+                self.org_rho[org] += k * k * rho
+                self.org_xi[org] += xi
+            for q in plain:
+                if k > 1:  # no sensitivity scaling known for the kind
+                    self.org_unbounded.add(org)
+                self.org_other[org][q.key()] = self.org_other[org].get(q.key(), 0) + 1
 
     @staticmethod
     def _round_key(z: float, others: Sequence[Query]) -> str:
@@ -288,11 +345,29 @@ class ObserverLedger:
 
     # ----------------------------------------------------------------- figures
     def _profile_eps(
-        self, mu2: float, others: Mapping[str, int], delta: float, adjacency: str, accountant: str
+        self,
+        mu2: float,
+        others: Mapping[str, int],
+        delta: float,
+        adjacency: str,
+        accountant: str,
+        rho: float = 0.0,
+        xi: float = 0.0,
     ) -> float:
-        """epsilon of Gaussian queries of total ``mu^2`` (unsampled) and ``others``."""
+        """epsilon of Gaussian queries of total ``mu^2`` (unsampled), zCDP queries of
+        total ``(rho, xi)`` and ``others``."""
         import dp_accounting
 
+        if rho > 0 or xi > 0:
+            # zCDP composes by adding (the Gaussian is rho = mu^2 / 2, xi = 0); RDP, as
+            # PLD takes no zCDP event; replace-one without sampling: twice the sensitivity
+            scale = 4.0 if adjacency == "replace_one" else 1.0
+            events: list[Any] = [dp_accounting.ZCDpEvent(scale * (rho + mu2 / 2.0), xi)]
+            if any(others.values()) and adjacency == "replace_one":
+                return math.inf  # no kind has both; RDP cannot compose a replace-one PLD
+            if any(others.values()):
+                events.append(self._profile_event(0.0, others))
+            return self._eps(dp_accounting.ComposedDpEvent(events), delta, "add_remove", "rdp")
         if not any(others.values()) and accountant == "rdp":
             # Without sampling, replace-one is add/remove at twice the sensitivity
             # (dp_accounting's PLD documents the same); RDP stays fast for any mu,
@@ -321,6 +396,8 @@ class ObserverLedger:
         sample (noise as in the outputs), and that participant's id (None if nobody)."""
         if self.rounds == 0 or not self.mu2.size:
             return 0.0, None
+        if not self.other and (self.rho.any() or self.xi.any()):
+            return self._worst_zcdp(delta, adjacency, accountant)
         if not self.other:
             worst = int(np.argmax(self.mu2))
             if self.mu2[worst] == 0:
@@ -329,14 +406,42 @@ class ObserverLedger:
                 float(self.mu2[worst]), {}, delta, adjacency, accountant
             ), worst
         keys = sorted(self.other)
-        table = np.column_stack([self.mu2] + [self.other[k] for k in keys])
+        table = np.column_stack([self.mu2, self.rho, self.xi] + [self.other[k] for k in keys])
         rows, first = np.unique(table, axis=0, return_index=True)
         best, who = 0.0, None
         for row, pid in zip(rows, first):
             if not row.any():
                 continue
-            counts = dict(zip(keys, (int(c) for c in row[1:])))
-            eps = self._profile_eps(float(row[0]), counts, delta, adjacency, accountant)
+            counts = dict(zip(keys, (int(c) for c in row[3:])))
+            eps = self._profile_eps(
+                float(row[0]),
+                counts,
+                delta,
+                adjacency,
+                accountant,
+                rho=float(row[1]),
+                xi=float(row[2]),
+            )
+            if eps >= best:
+                best, who = eps, int(pid)
+        return best, who
+
+    def _worst_zcdp(
+        self, delta: float, adjacency: str, accountant: str
+    ) -> tuple[float, Optional[int]]:
+        """The most exposed participant when every query is zCDP: epsilon grows with
+        both ``rho`` and ``xi``, so only the Pareto-largest ``(rho, xi)`` pairs are
+        candidates."""
+        rho = self.rho + self.mu2 / 2.0
+        order = np.lexsort((-self.xi, -rho))  # rho descending, then xi descending
+        best, who, top_xi = 0.0, None, -1.0
+        for pid in order:
+            if self.xi[pid] <= top_xi or (rho[pid] == 0 and self.xi[pid] == 0):
+                continue  # dominated by one already tried (or never sampled)
+            top_xi = float(self.xi[pid])
+            eps = self._profile_eps(
+                0.0, {}, delta, adjacency, accountant, rho=float(rho[pid]), xi=float(self.xi[pid])
+            )
             if eps >= best:
                 best, who = eps, int(pid)
         return best, who
@@ -354,7 +459,19 @@ class ObserverLedger:
             return self.known_sample_epsilon(
                 delta=delta, adjacency=adjacency, accountant=accountant
             )[0]
+        own = [  # queries that bring their own amplified curve (the DDG's Zhu-Wang bound)
+            json.loads(k)
+            for key in self.released
+            for k in json.loads(key)["others"]
+            if _KINDS[json.loads(k)["kind"]].sampled_rdp is not None
+        ]
+        if own and not (adjacency == "add_remove" and accountant == "rdp"):
+            # their curves are add/remove RDP: no amplification claimed otherwise
+            return self.known_sample_epsilon(
+                delta=delta, adjacency=adjacency, accountant=accountant
+            )[0]
         events = []
+        curves: list[tuple[str, int]] = []
         for key, count in self.released.items():
             data = json.loads(key)
             if data["z"] == 0:
@@ -362,11 +479,15 @@ class ObserverLedger:
             inner: list[Any] = []
             if data["z"] is not None:
                 inner.append(dp_accounting.GaussianDpEvent(data["z"]))
-            inner.extend(_event_of_key(k) for k in data["others"])
+            for k in data["others"]:
+                if _KINDS[json.loads(k)["kind"]].sampled_rdp is not None:
+                    curves.append((k, count))
+                else:
+                    inner.append(_event_of_key(k))
             for event in inner:
                 sampled = dp_accounting.PoissonSampledDpEvent(self.rate, event)
                 events.append(dp_accounting.SelfComposedDpEvent(sampled, count))
-        if not events:
+        if not events and not curves:
             return 0.0
         if adjacency == "add_remove" and accountant == "rdp":
             # RDP composes by adding each event's curve: one curve per distinct event,
@@ -376,10 +497,17 @@ class ObserverLedger:
                 compute_epsilon,
             )
 
-            total = np.zeros(len(DEFAULT_RDP_ORDERS))
+            orders = tuple(DEFAULT_RDP_ORDERS)
+            if curves:  # every curve at the orders the kinds' own bounds need
+                orders = tuple(
+                    sorted({float(o) for k, _ in curves for o in _KINDS[_kind_of(k)].orders})
+                )
+            total = np.zeros(len(orders))
             for event in events:
-                total += event.count * _rdp_curve(event.event)
-            return float(compute_epsilon(np.asarray(DEFAULT_RDP_ORDERS), total, delta)[0])
+                total += event.count * _rdp_curve(event.event, orders)
+            for key, count in curves:
+                total += count * _own_curve(key, self.rate, orders)
+            return float(compute_epsilon(np.asarray(orders), total, delta)[0])
         return self._eps(dp_accounting.ComposedDpEvent(events), delta, adjacency, accountant)
 
     def organisation_epsilon(
@@ -387,11 +515,14 @@ class ObserverLedger:
     ) -> float:
         """epsilon of organisation ``org`` (all its sites as one unit) against an observer
         who knows the sample: sensitivity ``k_r C`` in each round ``k_r`` sites took part."""
+        if org in self.org_unbounded:
+            return math.inf
         mu2 = self.org_mu2[org]
         others = self.org_other[org]
-        if mu2 == 0 and not any(others.values()):
+        rho, xi = self.org_rho[org], self.org_xi[org]
+        if mu2 == 0 and rho == 0 and xi == 0 and not any(others.values()):
             return 0.0
-        return self._profile_eps(mu2, others, delta, adjacency, accountant)
+        return self._profile_eps(mu2, others, delta, adjacency, accountant, rho=rho, xi=xi)
 
     def headline_epsilon(
         self,
@@ -472,12 +603,15 @@ class ObserverLedger:
     # ----------------------------------------------------------------- state
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and JSON metadata for a checkpoint (see :meth:`restore`)."""
-        arrays = {"mu2": self.mu2.copy()}
+        arrays = {"mu2": self.mu2.copy(), "rho": self.rho.copy(), "xi": self.xi.copy()}
         arrays.update({f"other.{i}": v.copy() for i, v in enumerate(self.other.values())})
         meta = {
             "other_keys": list(self.other),
             "org_mu2": dict(self.org_mu2),
             "org_other": self.org_other,
+            "org_rho": dict(self.org_rho),
+            "org_xi": dict(self.org_xi),
+            "org_unbounded": sorted(self.org_unbounded),
             "exact": sorted(self.exact),
             "released": dict(self.released),
             "rounds": self.rounds,
@@ -489,27 +623,50 @@ class ObserverLedger:
         if mu2.shape != self.mu2.shape:
             raise PrivacyError("privacy: the checkpoint's observer ledger is for another roster")
         self.mu2 = mu2.copy()
+        for name in ("rho", "xi"):  # absent from checkpoints before zCDP kinds: zeros
+            value = arrays[name] if name in arrays else np.zeros_like(mu2)
+            setattr(self, name, np.asarray(value, dtype=np.float64).copy())
         self.other = {
             k: np.asarray(arrays[f"other.{i}"], dtype=np.int64).copy()
             for i, k in enumerate(meta.get("other_keys", []))
         }
         self.org_mu2 = {o: float(meta.get("org_mu2", {}).get(o, 0.0)) for o in self.organisations}
         self.org_other = {o: dict(meta.get("org_other", {}).get(o, {})) for o in self.organisations}
+        self.org_rho = {o: float(meta.get("org_rho", {}).get(o, 0.0)) for o in self.organisations}
+        self.org_xi = {o: float(meta.get("org_xi", {}).get(o, 0.0)) for o in self.organisations}
+        self.org_unbounded = set(meta.get("org_unbounded", ())) & set(self.organisations)
         self.exact = set(meta.get("exact", ()))
         self.released = {str(k): int(v) for k, v in meta.get("released", {}).items()}
         self.rounds = int(meta.get("rounds", 0))
 
 
 @functools.lru_cache(maxsize=4096)
-def _rdp_curve(event: Any) -> np.ndarray:
-    """One event's RDP curve at dp_accounting's default orders (events are hashable)."""
+def _rdp_curve(event: Any, orders: tuple[float, ...]) -> np.ndarray:
+    """One event's RDP curve at ``orders`` (events are hashable)."""
     from dp_accounting import rdp
 
-    acc = rdp.RdpAccountant()
+    acc = rdp.RdpAccountant(list(orders))
     acc.compose(event)
     curve: np.ndarray = acc.rdp
     curve.setflags(write=False)
     return curve
+
+
+@functools.lru_cache(maxsize=4096)
+def _own_curve(key: str, q: float, orders: tuple[float, ...]) -> np.ndarray:
+    """A query kind's own Poisson-sampled RDP curve at ``orders`` (by its query key), so
+    a figure after every round does not recompute the rounds before it."""
+    data = json.loads(key)
+    to_curve = _KINDS[data["kind"]].sampled_rdp
+    if to_curve is None:
+        raise PrivacyError(f"privacy: query kind {data['kind']!r} has no sampled RDP curve")
+    curve = np.asarray(to_curve(data["params"], q, orders), dtype=np.float64)
+    curve.setflags(write=False)
+    return curve
+
+
+def _kind_of(key: str) -> str:
+    return str(json.loads(key)["kind"])
 
 
 def _floor_multiplier(z: float) -> float:
@@ -521,10 +678,16 @@ def _floor_multiplier(z: float) -> float:
     return math.floor(z * scale) / scale
 
 
+def _zcdp_of(query: Query) -> Optional[tuple[float, float]]:
+    """``(rho, xi)`` of a registered zCDP kind's query, else None."""
+    to_zcdp = _KINDS[query.kind].zcdp
+    return None if to_zcdp is None else to_zcdp(query.params)
+
+
 def _event_of_key(key: str) -> Any:
     data = json.loads(key)
     try:
-        return _KINDS[data["kind"]](data["params"])
+        return _KINDS[data["kind"]].to_event(data["params"])
     except KeyError:
         raise PrivacyError(f"privacy: unknown query kind {data['kind']!r}") from None
 

@@ -17,6 +17,12 @@ What is composed is what happened, for the most exposed participant:
 * adaptive clipping's noisy count of clipped updates is a second Gaussian query on
   the same data (0/1 bits, sensitivity 1): the round is recorded with the multiplier
   of the two together, ``(z^-2 + sigma_b^-2)^(-1/2)``;
+* under ``distributed_discrete_gaussian`` each round is the distributed discrete
+  Gaussian's own event (:mod:`fedcollab.privacy.ddg_accounting`) for the shares of
+  the members that survived, or the open participants' Gaussian if weaker: per
+  observer, a zCDP query (``rho = l2^2/2``, ``xi = tau d``) composed per participant
+  without amplification for the server and the outputs reader, and with Zhu and
+  Wang's amplification for the release reader;
 * aborted rounds are recorded too (their updates were computed and, if open, seen),
   and so are rounds that sampled nobody (the Poisson event composes every round).
 """
@@ -29,6 +35,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from fedcollab.privacy.accounting import PrivacyLedger, noise_multiplier_for_target
+from fedcollab.privacy.ddg_accounting import DdgLedger, ddg_noise_multiplier_for_target
+from fedcollab.privacy.errors import PrivacyError, UnreachableEpsilonError
+from fedcollab.privacy.noise import DDG_MODE
 
 if TYPE_CHECKING:
     from fedcollab.privacy.observers import ObserverLedger
@@ -109,7 +118,6 @@ def solve_noise_multiplier(dp: DpSpec, *, sampling_rate: float, rounds: int,
     total /= math.sqrt(min_survivor_fraction)  # what dropouts may leave must still suffice
     if dp.adaptive_clipping and participants_per_round:
         from fedcollab.privacy.adaptive import default_count_noise_std
-        from fedcollab.privacy.errors import PrivacyError
 
         sigma_b = default_count_noise_std(participants_per_round)
         if sigma_b <= total:
@@ -145,15 +153,16 @@ class DpServer:
                  participants_per_round: Optional[float] = None,
                  groups: Optional[Mapping[str, Sequence[int]]] = None,
                  organisations: Sequence[str] = (),
-                 min_survivor_fraction: float = 1.0) -> None:
+                 min_survivor_fraction: float = 1.0, dim: int = 0) -> None:
         self.spec = dp
         self.sampling_rate = sampling_rate
         self.group_rates = dict(group_rates or {})
         self.clip_norm = dp.clip_norm
-        self.ledger = PrivacyLedger()
+        self.dim = dim  # the model's parameters (the distributed discrete Gaussian's d)
+        self.ledger: Any = DdgLedger() if dp.mode == DDG_MODE else PrivacyLedger()
         self.adjacency = getattr(dp, "adjacency", "add_remove")
-        self.min_survivor_fraction = (min_survivor_fraction if dp.mode == "distributed"
-                                      else 1.0)
+        self.min_survivor_fraction = (min_survivor_fraction
+                                      if dp.mode in ("distributed", DDG_MODE) else 1.0)
         self.observers: Optional[ObserverLedger] = None  # per observer, under DP
         self.planned_rounds: Optional[int] = None
         if groups is not None and dp.mode != "none":
@@ -166,7 +175,14 @@ class DpServer:
 
             self.observers = ObserverLedger(sum(counts.values()), groups, rates, organisations)
         self.noise_multiplier = 0.0
-        if dp.mode != "none":
+        if dp.mode == DDG_MODE and dp.target_epsilon is not None and self.observers is not None:
+            self.noise_multiplier = self._ddg_solve(dp.target_epsilon, self.planned_rounds or 0)
+        elif dp.mode == DDG_MODE and dp.target_epsilon is not None:
+            self.noise_multiplier = ddg_noise_multiplier_for_target(
+                target_epsilon=dp.target_epsilon, clip_norm=dp.clip_norm, members=1,
+                rounds=rounds, sampling_rate=sampling_rate, delta=dp.delta,
+                dim=self._ddg_dim())
+        elif dp.mode != "none":
             self.noise_multiplier = solve_noise_multiplier(
                 dp, sampling_rate=sampling_rate, rounds=rounds,
                 participants_per_round=participants_per_round,
@@ -256,7 +272,12 @@ class DpServer:
                                self.observers.group_rates, self.observers.organisations)
         trial.restore(*self.observers.state())
         shortfall = self.min_survivor_fraction if secure_sampled else 1.0
-        trial.record(RoundSpend(tuple(sampled), self.queries(len(sampled), shortfall=shortfall)))
+        if self.mode == DDG_MODE:  # the members down to the threshold, open updates seen
+            queries = (self._ddg_query(self._ddg_worst(secure_sampled,
+                                                       len(sampled) > secure_sampled)),)
+        else:
+            queries = self.queries(len(sampled), shortfall=shortfall)
+        trial.record(RoundSpend(tuple(sampled), queries))
         eps = trial.headline_epsilon(delta=self.spec.delta, adjacency=self.adjacency,
                                      mode=self.mode)
         if eps <= target:
@@ -313,6 +334,9 @@ class DpServer:
         z = self.noise_multiplier
         shortfall = 1.0
         out: dict[str, Any] = {}
+        if self.mode == DDG_MODE:
+            return self._account_ddg(sampled, participants > secure_sampled or bool(clip_bits),
+                                     secure_count, secure_sampled)
         if self.mode == "distributed" and 0 < secure_count < secure_sampled:
             # dropped members took their share of the noise with them
             shortfall = secure_count / secure_sampled
@@ -337,10 +361,121 @@ class DpServer:
                 target_quantile=dp.target_quantile, learning_rate=dp.clip_learning_rate)
         return out
 
+    # ------------------------------------------------------------------ DDG
+    def _ddg_dim(self) -> int:
+        if self.dim < 1:
+            raise PrivacyError("the distributed discrete Gaussian needs the model's size "
+                               "(DpServer(dim=...))")
+        return self.dim
+
+    def _ddg_plan(self, members: int, z: Optional[float] = None) -> Any:
+        from fedcollab.privacy.ddg import plan
+
+        return plan(noise_multiplier=self.noise_multiplier if z is None else z,
+                    clip_norm=self.clip_norm, members=max(members, 1), dim=self._ddg_dim(),
+                    modulus_bits=64)
+
+    def _ddg_round(self, members: int, sampled: int, open_updates: bool
+                   ) -> tuple[float, float, int]:
+        """One round's distributed-discrete-Gaussian event ``(l2, tau, d)``: ``members``
+        shares of a plan made for ``sampled`` (dropped members took theirs with them);
+        open participants' own Gaussian (multiplier z) when it is the weaker of the two;
+        a round without secure members is the open participants' Gaussian alone."""
+        from fedcollab.privacy.ddg_accounting import ddg_round
+
+        if members < 1:
+            return 1.0 / self.noise_multiplier, 0.0, 1
+        l2, tau, dim = ddg_round(self._ddg_plan(sampled), members)
+        return (max(l2, 1.0 / self.noise_multiplier) if open_updates else l2), tau, dim
+
+    def _ddg_worst(self, sampled: int, open_updates: bool) -> tuple[float, float, int]:
+        """An event that dominates the round whatever number of ``sampled`` members
+        survives down to the threshold: the ``l2`` of the fewest survivors with the
+        ``tau`` of the most (``l2`` falls and ``tau`` grows with the survivors)."""
+        from fedcollab.privacy.ddg_accounting import ddg_round
+
+        if sampled < 1:
+            return self._ddg_round(0, 0, open_updates)
+        fewest = max(1, math.floor(self.min_survivor_fraction * sampled + 1e-9))
+        l2, _, dim = self._ddg_round(fewest, sampled, open_updates)
+        return l2, ddg_round(self._ddg_plan(sampled), sampled)[1], dim
+
+    def _ddg_query(self, event: tuple[float, float, int]) -> Any:
+        """The round's query for the per-observer accountant (a registered zCDP kind)."""
+        from fedcollab.privacy.ddg_accounting import DDG_QUERY_KIND
+        from fedcollab.privacy.observers import Query
+
+        l2, tau, dim = event
+        return Query(kind=DDG_QUERY_KIND, params={"l2": float(l2), "tau": float(tau),
+                                                  "dim": int(dim)})
+
+    def _ddg_solve(self, target: float, rounds: int) -> float:
+        """The least ``z`` (0.1% relative) whose known-sample figure after ``rounds``
+        rounds of one member's full noise stays within ``target`` (what the observers
+        compose: zCDP, ``replace_one`` at four times rho), raised for dropouts down to
+        the threshold; bisection, on the safe side."""
+        import dp_accounting
+
+        from fedcollab.privacy.ddg_accounting import ddg_round, ddg_zcdp
+        from fedcollab.privacy.observers import epsilon_of_event
+
+        scale = 4.0 if self.adjacency == "replace_one" else 1.0
+
+        def eps(z: float) -> float:
+            l2, tau, dim = ddg_round(self._ddg_plan(1, z), 1)
+            rho, xi = ddg_zcdp({"l2": l2, "tau": tau, "dim": dim})
+            event = dp_accounting.ZCDpEvent(scale * rho * rounds, xi * rounds)
+            return epsilon_of_event(event, delta=self.spec.delta)
+
+        if rounds < 1:
+            return float(self.spec.noise_multiplier or 1.0)
+        high = 1.0
+        while eps(high) > target:
+            if high >= 1e4:
+                raise UnreachableEpsilonError(
+                    f"target_epsilon={target:g} is out of reach for the distributed discrete "
+                    f"Gaussian over {rounds} round(s); raise the budget or delta")
+            high *= 2.0
+        low = high / 2.0
+        while eps(low) <= target and low > 1e-3:
+            high, low = low, low / 2.0
+        while high - low > 1e-3 * high:
+            middle = (low + high) / 2.0
+            if eps(middle) <= target:
+                high = middle
+            else:
+                low = middle
+        return high / math.sqrt(self.min_survivor_fraction)
+
+    def _record_ddg(self, sampled: Sequence[int], event: tuple[float, float, int]) -> None:
+        from fedcollab.privacy.observers import RoundSpend
+
+        l2, tau, dim = event
+        self.ledger = self.ledger.record(l2, tau, dim, sampling_rate=self.sampling_rate)
+        if self.observers is not None:
+            self.observers.record(RoundSpend(tuple(sampled), (self._ddg_query(event),)))
+
+    def _account_ddg(self, sampled: Sequence[int], open_updates: bool, secure_count: int,
+                     secure_sampled: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        event = self._ddg_round(secure_count, secure_sampled, open_updates)
+        if 0 < secure_count < secure_sampled:
+            out["noise_shortfall"] = {"survivors": secure_count, "sampled": secure_sampled}
+        self._record_ddg(sampled, event)
+        out.update(self._line(1.0 / event[0]))
+        out["mechanism"] = DDG_MODE
+        return out
+
     def account_aborted(self, sampled: Sequence[int] = (), *,
                         participants: int = 0) -> dict[str, Any]:
         """An aborted round (or one that sampled nobody): its updates were computed and,
-        if open, seen; recorded at the plain multiplier (and the count query's)."""
+        if open, seen; recorded at the plain multiplier (and the count query's). Under
+        the distributed discrete Gaussian, as if one member's share had carried all the
+        noise."""
+        if self.mode == DDG_MODE:
+            event = self._ddg_round(1, 1, True)
+            self._record_ddg(sampled, event)
+            return self._line(1.0 / event[0])
         z = self.noise_multiplier
         sigma_b = self.count_noise_std(participants)
         if sigma_b > 0:
@@ -354,15 +489,22 @@ class DpServer:
         runs are spent. ``sampled``: who it sampled (its journal entry); None when lost,
         and then everyone is counted in it. Its multiplier is the least its journal entry
         or metrics line records, else the plain ``z`` with the count query at one
-        participant (the most it can have cost)."""
+        participant (the most it can have cost). Under the distributed discrete
+        Gaussian: an event that dominates any number of those participants being secure
+        members, down to the threshold (:meth:`_ddg_worst`)."""
+        if sampled is None:
+            sampled = range(self.observers.participants) if self.observers is not None else ()
+        if self.mode == DDG_MODE:
+            worst = [self._ddg_worst(s, True) for s in range(len(sampled) + 1)]
+            self._record_ddg(sampled, (max(e[0] for e in worst), max(e[1] for e in worst),
+                                       max(e[2] for e in worst)))
+            return
         z = accounted_multiplier
         if z is None:
             z = self.noise_multiplier
             sigma_b = self.count_noise_std(1)
             if sigma_b > 0:
                 z = (z ** -2 + sigma_b ** -2) ** -0.5
-        if sampled is None:
-            sampled = range(self.observers.participants) if self.observers is not None else ()
         from fedcollab.privacy.observers import Query, RoundSpend
 
         self.ledger = self.ledger.record(noise_multiplier=z, sampling_rate=self.sampling_rate)
@@ -389,7 +531,8 @@ class DpServer:
                 arrays: Optional[Mapping[str, np.ndarray]] = None) -> None:
         self.clip_norm = float(state.get("clip_norm", self.clip_norm))
         if state.get("ledger"):
-            self.ledger = PrivacyLedger.from_dict(state["ledger"])
+            kind = DdgLedger if self.spec.mode == DDG_MODE else PrivacyLedger
+            self.ledger = kind.from_dict(state["ledger"])
         if self.observers is not None and arrays and state.get("observers") is not None:
             self.observers.restore(arrays, state["observers"])
         self.stopped = state.get("budget_stop", self.stopped)

@@ -98,6 +98,15 @@ class FixedPointCodec:
         return math.ceil(self.clip * 2.0 ** self.scale_bits)
 
     @property
+    def integer_bits(self) -> int:
+        """The largest ``b`` such that every integer ``k`` in ``[-2**(b-1), 2**(b-1))``,
+        given as ``k / 2**scale_bits``, is encoded as exactly ``k`` (no clipping) and
+        ``2**b`` divides the ring: mechanisms that compute modulo ``2**b`` themselves
+        (the distributed discrete Gaussian) pass their integers through unchanged."""
+        top = math.frexp(self.clip * 2.0 ** self.scale_bits)[1] - 1  # floor(log2)
+        return min(self.ring_bits, top + 1)
+
+    @property
     def dtype(self) -> np.dtype:
         """The unsigned numpy dtype of ring elements (``uint32`` or ``uint64``)."""
         return _UNSIGNED[self.ring_bits]

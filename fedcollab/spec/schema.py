@@ -373,6 +373,10 @@ class DpSpec:
         if self.mode != "none" and self.noise_multiplier is None and self.target_epsilon is None:
             raise _fail("privacy.dp",
                         f"mode {self.mode!r} needs noise_multiplier or target_epsilon")
+        if self.mode == "distributed_discrete_gaussian" and self.adaptive_clipping:
+            raise _fail("privacy.dp.adaptive_clipping", "not with mode "
+                        "'distributed_discrete_gaussian': the clip count would need integer "
+                        "noise in the ring too, which is not implemented; use a fixed clip_norm")
         _fraction("privacy.dp.target_quantile", self.target_quantile)
         _positive("privacy.dp.clip_learning_rate", self.clip_learning_rate)
 
@@ -536,9 +540,10 @@ class JobSpec:
             raise _fail("aggregation.rule", f"{self.aggregation.rule!r} with DP: the epsilon "
                         "accounting assumes a clipped sum (fedavg); robust rules change the "
                         "sensitivity")
-        if self.privacy.dp.mode == "distributed" and not secure:
-            raise _fail("privacy.dp.mode", "'distributed' noise is added inside the secure "
-                        "sum, so it needs a group with sharing: secure")
+        if self.privacy.dp.mode in ("distributed", "distributed_discrete_gaussian") \
+                and not secure:
+            raise _fail("privacy.dp.mode", f"{self.privacy.dp.mode!r} noise is added inside "
+                        "the secure sum, so it needs a group with sharing: secure")
 
     def _check_rule_fits(self, secure: Sequence[GroupSpec]) -> None:
         """A robust rule's f must fit the open groups, and with a secure group each

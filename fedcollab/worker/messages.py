@@ -136,6 +136,10 @@ class RoundConfig:
                                     # coordinates beyond this fixed-point range
     secure_norm_bound: float = 0.0  # > 0 (robust rules): a secure member clips its update
                                     # to this L2 norm before masking
+    ddg_seed: int = 0               # distributed discrete Gaussian: the round's public
+                                    # rotation seed,
+    ddg_bits: int = 0               # its modulus 2**ddg_bits (divides the secure ring),
+    ddg_embed_bits: int = 0         # and the codec's fractional bits that integers pass
 
     @property
     def dp_on(self) -> bool:

@@ -10,6 +10,8 @@ arrays it shares. :func:`outgoing` turns that into what the server receives:
 * an ``open`` participant's update goes out in the clear as an :class:`Update`;
 * a ``secure`` participant's update becomes the vector it masks
   (:func:`secure_vector`); the server only ever learns the sum of those vectors.
+  Under the distributed discrete Gaussian that vector is integers: the member's
+  share of the mechanism (:func:`ddg_vector`).
 
 Nothing here touches Ray, TensorFlow or the network; randomness (DP noise) comes in
 as an argument.
@@ -29,7 +31,7 @@ from fedcollab.types import ParticipantId, Update
 from fedcollab.worker.messages import RoundConfig
 
 __all__ = ["RoundConfig", "Outgoing", "ATTACKS", "BEHAVIOURS", "UnknownAttackError",
-           "attack", "outgoing"]
+           "attack", "outgoing", "ddg_vector"]
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -105,14 +107,38 @@ class Outgoing:
     secure_vector: Optional[np.ndarray] = None
 
 
+_DDG = "distributed_discrete_gaussian"
+
+
+def ddg_vector(delta: Sequence[Optional[np.ndarray]], shapes: Sequence[tuple[int, ...]],
+               config: RoundConfig, rng: np.random.Generator) -> np.ndarray:
+    """A secure member's vector under the distributed discrete Gaussian: its share
+    (clipped, rotated, rounded, noised, modulo ``2**ddg_bits``;
+    :func:`fedcollab.privacy.ddg.encode`), then one count per array (1 if shared),
+    as integers divided by ``2**ddg_embed_bits`` so the fixed-point codec puts exactly
+    these integers into the ring. A non-finite update gives a NaN vector, which the
+    codec refuses as it refuses any other."""
+    from fedcollab.privacy.ddg import encode, plan
+
+    dim = sum(int(np.prod(s)) for s in shapes)
+    the_plan = plan(noise_multiplier=config.noise_multiplier, clip_norm=config.clip_norm,
+                    members=max(config.noisy_participants, 1), dim=dim,
+                    modulus_bits=config.ddg_bits)
+    counts = np.array([0 if d is None else 1 for d in delta], dtype=np.int64)
+    if not all(d is None or np.all(np.isfinite(d)) for d in delta):
+        return np.full(the_plan.padded + counts.size, np.nan)
+    share = encode(delta, shapes, the_plan, seed=config.ddg_seed, rng=rng)
+    return np.concatenate([share, counts]).astype(np.float64) / 2.0 ** config.ddg_embed_bits
+
+
 def _privatize(raw: list[np.ndarray], config: RoundConfig, rng: np.random.Generator, *,
                sharing: str) -> list[np.ndarray]:
     from fedcollab.privacy import privatize_update
 
     # Distributed noise hides a participant only inside the secure sum; an open
     # update reaches the server alone, so an open participant adds the full z*C.
-    mode = "local" if config.dp_mode == "distributed" and not policy(sharing).in_secure_sum \
-        else config.dp_mode
+    mode = "local" if config.dp_mode in ("distributed", _DDG) \
+        and not policy(sharing).in_secure_sum else config.dp_mode
     sent, _ = privatize_update(raw, mode=mode,  # type: ignore[arg-type]
                                noise_multiplier=config.noise_multiplier,
                                clip_norm=config.clip_norm, rng=rng,
@@ -165,6 +191,10 @@ def outgoing(raw: Sequence[np.ndarray], *, pid: ParticipantId, shared: Sequence[
                 bit = float(fits) + float(rng.normal(0.0, config.count_noise_std))
             return Outgoing(update=Update(pid, delta, num_samples, 0.0, 0.0, clip_bit=bit))
         return Outgoing(update=Update(pid, delta, num_samples, loss, norm))
+    if config.dp_mode == _DDG:
+        # every member's update, an attacker's too, is clipped to C and noised in its
+        # worker (the DDG's own clip: no weight, so no weight cap or norm bound here)
+        return Outgoing(secure_vector=ddg_vector(delta, shapes, config, rng))
     # A robust rule sees only the secure sum, so the member bounds its own part of
     # it: at most one participant's share of weight (weight_scale bounds a dataset's
     # size; the server checks the summed weights) and, under a robust rule, the
