@@ -82,19 +82,14 @@ def _noise_multiplier(spec: JobSpec) -> float:
     Raises:
         SpecError: a target epsilon that adaptive clipping's count query makes unreachable.
     """
-    from fedcollab.job.sampling import dp_accounting_plan
     from fedcollab.privacy.errors import PrivacyError
     from fedcollab.privacy.server import DpServer
-    from fedcollab.spec.roster import expected_participants, group_sampling_rates
 
-    rates = group_sampling_rates(spec)
     # the distributed discrete Gaussian's bound grows with the model's size, unknown
     # before the model is built: a target out of reach at size 1 is out of reach at any
     # (the job solves it again at the real size)
     try:
-        return DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
-                        group_rates=rates, participants_per_round=expected_participants(spec),
-                        dim=1, **dp_accounting_plan(spec)).noise_multiplier
+        return DpServer.from_spec(spec, dim=1).noise_multiplier
     except PrivacyError as err:
         raise SpecError(f"spec: {err}") from None
 

@@ -38,7 +38,6 @@ from fedcollab.job.callbacks import (
 from fedcollab.job.outdir import OutDirPlan, plan_out_dir
 from fedcollab.job.records import JobInfo, RoundRecord, Summary
 from fedcollab.job.rounds import RoundLoop
-from fedcollab.job.sampling import dp_accounting_plan
 from fedcollab.spec import JobSpec, spec_to_dict
 from fedcollab.spec.roster import ParticipantInfo, policy, roster
 from fedcollab.types import Weights
@@ -465,12 +464,10 @@ class _Job:
             spec, shapes, max_samples=self.driver.weight_scale,
             private={pid: arrays for g, arrays in by_group.items()
                      for pid in people.group_range(g)})
-        from fedcollab.spec.roster import expected_participants, group_sampling_rates
+        from fedcollab.spec.roster import group_sampling_rates
 
         rates = group_sampling_rates(spec)
-        dp = DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
-                      group_rates=rates, participants_per_round=expected_participants(spec),
-                      dim=sum(int(np.prod(s)) for s in shapes), **dp_accounting_plan(spec))
+        dp = DpServer.from_spec(spec, dim=sum(int(np.prod(s)) for s in shapes))
         if dp.on and max(rates.values()) > spec.fraction + 1e-9:
             exposed = max(rates, key=lambda g: rates[g])
             print(f"fedcollab: warning: privacy: group {exposed!r} takes part with rate "

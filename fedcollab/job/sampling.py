@@ -6,14 +6,14 @@ driver, every worker and a resumed job agree on participant ids without talking.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedcollab.privacy.server import accounting_plan as dp_accounting_plan
 from fedcollab.privacy.server import fresh_rng
 from fedcollab.spec.roster import (
     ParticipantInfo,
-    Role,
     Roster,
     group_sample_sizes,
     group_sampling_rates,
@@ -93,14 +93,3 @@ class Sampler:
         return sample_participants(self.people, self.spec, round_id)
 
 
-def dp_accounting_plan(spec: JobSpec) -> dict[str, Any]:
-    """What :class:`~fedcollab.privacy.server.DpServer` needs of the roster to account
-    per observer: each group's participant ids, the groups accounted as one
-    organisation (every ``role: vendor`` group: one party's sites), and the least share
-    of a secure round's members whose noise reaches the sum (``secure.threshold``)."""
-    everyone = Roster(spec)
-    groups = {g.name: list(everyone.group_range(i)) for i, g in enumerate(spec.participants)}
-    organisations = tuple(g.name for g in spec.participants if g.role == Role.VENDOR)
-    secure = any(policy(g.sharing).in_secure_sum for g in spec.participants)
-    return {"groups": groups, "organisations": organisations,
-            "min_survivor_fraction": spec.secure.threshold if secure else 1.0}

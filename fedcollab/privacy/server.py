@@ -41,9 +41,10 @@ from fedcollab.privacy.noise import DDG_MODE
 
 if TYPE_CHECKING:
     from fedcollab.privacy.observers import ObserverLedger
-    from fedcollab.spec import DpSpec
+    from fedcollab.spec import DpSpec, JobSpec
 
-__all__ = ["DpServer", "fresh_rng", "solve_noise_multiplier", "planned_exposure"]
+__all__ = ["DpServer", "accounting_plan", "fresh_rng", "solve_noise_multiplier",
+           "planned_exposure"]
 
 
 def fresh_rng() -> np.random.Generator:
@@ -131,6 +132,21 @@ def solve_noise_multiplier(dp: DpSpec, *, sampling_rate: float, rounds: int,
     return float(total)
 
 
+def accounting_plan(spec: JobSpec) -> dict[str, Any]:
+    """What :class:`DpServer` needs of the roster to account per observer: each group's
+    participant ids, the groups accounted as one organisation (every ``role: vendor``
+    group: one party's sites), and the least share of a secure round's members whose
+    noise reaches the sum (``secure.threshold``)."""
+    from fedcollab.spec.roster import Role, Roster, policy
+
+    everyone = Roster(spec)
+    groups = {g.name: list(everyone.group_range(i)) for i, g in enumerate(spec.participants)}
+    organisations = tuple(g.name for g in spec.participants if g.role == Role.VENDOR)
+    secure = any(policy(g.sharing).in_secure_sum for g in spec.participants)
+    return {"groups": groups, "organisations": organisations,
+            "min_survivor_fraction": spec.secure.threshold if secure else 1.0}
+
+
 class DpServer:
     """DP settings, central noise and the privacy ledgers across a job's rounds.
 
@@ -147,6 +163,19 @@ class DpServer:
         min_survivor_fraction: The least share of a secure round's members whose
             distributed noise reaches the sum (the protocol's threshold).
     """
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec, *, dim: int) -> DpServer:
+        """The job's DP server from its spec and model size (``dim`` parameters) alone:
+        the driver, preflight and every worker (which refuses a round config whose DP
+        settings are not these, :mod:`fedcollab.worker.round_check`) derive the same
+        noise multiplier only if they build it the same way, here."""
+        from fedcollab.spec.roster import expected_participants, group_sampling_rates
+
+        rates = group_sampling_rates(spec)
+        return cls(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
+                   group_rates=rates, participants_per_round=expected_participants(spec),
+                   dim=dim, **accounting_plan(spec))
 
     def __init__(self, dp: DpSpec, *, sampling_rate: float, rounds: int,
                  group_rates: Optional[Mapping[str, float]] = None,

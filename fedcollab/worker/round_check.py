@@ -47,14 +47,14 @@ class OwnDp:
     secure_members: int
 
 
-def own_dp(spec: JobSpec) -> OwnDp:
-    """The DP settings of ``spec``, derived exactly as the job derives them."""
+def own_dp(spec: JobSpec, dim: int = 0) -> OwnDp:
+    """The DP settings of ``spec`` for a model of ``dim`` parameters (only the distributed
+    discrete Gaussian's noise depends on it), derived exactly as the job derives them
+    (:meth:`DpServer.from_spec`: the same per-observer plan for ``target_epsilon``)."""
     from fedcollab.privacy.server import DpServer
-    from fedcollab.spec.roster import expected_participants, group_sampling_rates, roster
+    from fedcollab.spec.roster import roster
 
-    rates = group_sampling_rates(spec)
-    dp = DpServer(spec.privacy.dp, sampling_rate=max(rates.values()), rounds=spec.rounds,
-                  group_rates=rates, participants_per_round=expected_participants(spec))
+    dp = DpServer.from_spec(spec, dim=dim)
     secure = len(roster(spec).pids_where(in_secure_sum=True))
     return OwnDp(dp.mode, float(dp.noise_multiplier), float(dp.clip_norm), bool(dp.adaptive),
                  secure)

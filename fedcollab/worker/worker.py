@@ -318,7 +318,7 @@ class ParticipantWorker:
         from fedcollab.worker.round_check import check_round_config, own_dp
 
         if self._own_dp is None:
-            self._own_dp = own_dp(self.spec)
+            self._own_dp = own_dp(self.spec, sum(int(np.prod(s)) for s in self.shapes))
         try:
             check_round_config(config, self._own_dp)
         except ParameterMismatchError as err:
