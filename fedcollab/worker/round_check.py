@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from fedcollab.privacy.noise import DDG_MODE
 from fedcollab.secure.errors import ParameterMismatchError, UnsafeRosterError
 from fedcollab.worker.messages import RoundConfig
 
@@ -83,7 +84,8 @@ def check_round_config(config: RoundConfig, own: OwnDp) -> None:
         raise ParameterMismatchError(
             f"round config: clip norm {config.clip_norm:g}, this participant's spec gives "
             f"{own.clip_norm:g} (no adaptive clipping)")
-    if own.mode == "distributed" and not 1 <= config.noisy_participants <= max(
+    # both distributed mechanisms split the noise over m members: m bounds each share
+    if own.mode in ("distributed", DDG_MODE) and not 1 <= config.noisy_participants <= max(
             own.secure_members, 1):
         raise ParameterMismatchError(
             f"round config: distributed noise split over {config.noisy_participants} "

@@ -51,6 +51,17 @@ def test_finding6_a_server_chosen_dp_setting_is_refused(change: dict, match: str
         check_round_config(dataclasses.replace(_honest(spec), **change), own_dp(spec))
 
 
+@pytest.mark.parametrize("m", [0, 5, 10**12])
+def test_the_discrete_gaussian_members_bound_m_too(m: int) -> None:
+    """Each distributed-discrete-Gaussian member adds sigma^2 / m of the noise: a claimed
+    m beyond the secure group (4 here) would shrink every share."""
+    spec = _spec(mode="distributed_discrete_gaussian")
+    own = own_dp(spec, dim=100)
+    check_round_config(dataclasses.replace(_honest(spec), noisy_participants=4), own)
+    with pytest.raises(ParameterMismatchError, match="split over"):
+        check_round_config(dataclasses.replace(_honest(spec), noisy_participants=m), own)
+
+
 def test_adaptive_clipping_lets_the_server_move_c_but_not_z() -> None:
     spec = _spec(adaptive_clipping=True)
     own = own_dp(spec)
