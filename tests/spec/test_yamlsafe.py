@@ -39,7 +39,9 @@ def _dump(data: Any, *, flow: bool) -> str:
 def test_safe_load_reads_alias_free_documents_as_pyyaml_does(data: Any, flow: bool) -> None:
     text = _dump(data, flow=flow)
 
-    assert safe_load(text) == yaml.safe_load(text) == data
+    # as PyYAML reads it (not always ``data``: PyYAML's own dump of a lone NEL, U+0085,
+    # reads back as a space)
+    assert safe_load(text) == yaml.safe_load(text)
 
 
 @settings(max_examples=100, deadline=None)
