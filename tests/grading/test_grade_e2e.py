@@ -90,6 +90,8 @@ def test_cli_grade_ray_start_timing_out_is_retried_then_one_line(
 
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
+    # this file's ray_local fixture may hold a connection: grade would reuse it
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     code = main(["grade", "examples/community-vendor.yaml", "--mixes", "open", "--quiet",
                  "--out", str(tmp_path / "card")])  # a new directory: grade refuses a used one
     err = capsys.readouterr().err.strip()
