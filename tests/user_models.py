@@ -40,3 +40,12 @@ def custom_layer(input_shape: tuple[int, ...], num_classes: int) -> Any:
     hidden = Halve()(keras.layers.Dense(8, activation="relu", name="hidden")(inputs))
     return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax",
                                                   name="head")(hidden), name="custom")
+
+
+def loud(input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """`tiny` that prints the pid of the process building it: a worker, whose output
+    Ray forwards to its driver (in the job service, to the job's job.log)."""
+    import os
+
+    print(f"fedcollab-test: model built in pid {os.getpid()}", flush=True)
+    return tiny(input_shape, num_classes)

@@ -14,12 +14,14 @@ from typing import IO, Any, Iterator
 
 from fedcollab.service.errors import InvalidArgument, NotFound
 
-__all__ = ["FILES", "DIRECTORIES", "CHUNK_BYTES", "resolve", "open_all"]
+__all__ = ["FILES", "DIRECTORIES", "CHUNK_BYTES", "LOG_READ_BYTES", "resolve", "open_all",
+           "read_log"]
 
 FILES = ("summary.json", "metrics.jsonl", "spec.yaml", "scorecard.json", "scorecard.md",
          "scorecard.html", "job.log")
 DIRECTORIES = ("release", "plots")
 CHUNK_BYTES = 256 * 1024
+LOG_READ_BYTES = 16 * CHUNK_BYTES  # the most of job.log one read of StreamJobLogs takes
 
 
 def _check_name(name: str) -> tuple[str, ...]:
@@ -100,3 +102,26 @@ def open_all(files: list[tuple[str, Path]]) -> Iterator[tuple[str, IO[bytes], in
                                   "refused")
         handle = os.fdopen(fd, "rb")
         yield relative, handle, info.st_size
+
+
+def read_log(job_dir: Path, job: Any, offset: int, *, missing_ok: bool = False) -> bytes:
+    """Up to LOG_READ_BYTES of the job's job.log from byte `offset`, checked as
+    FetchArtifact checks it (no symlink, one link, inside the job directory).
+
+    Args:
+        missing_ok: a job.log not written yet (a queued job) reads as empty instead
+            of raising NotFound.
+    """
+    try:
+        files = resolve(job_dir, "job.log", job)
+    except NotFound:
+        if missing_ok:
+            return b""
+        raise
+    for _, handle, size in open_all(files):
+        with handle:
+            if offset >= size:
+                return b""
+            handle.seek(offset)
+            return handle.read(LOG_READ_BYTES)
+    return b""

@@ -54,6 +54,7 @@ _WRITE = frozenset({"admin", "submitter"})
 PERMISSIONS: dict[str, frozenset[str]] = {
     "SubmitJob": _WRITE, "GradeJob": _WRITE, "CancelJob": _WRITE,
     "GetJob": _READ, "ListJobs": _READ, "WatchJob": _READ, "FetchArtifact": _READ,
+    "StreamJobLogs": _READ,
 }
 
 

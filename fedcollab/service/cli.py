@@ -27,6 +27,7 @@ EXAMPLES = {
     "status": "fedcollab status 3f2a9c0d1e4b --json",
     "watch": "fedcollab watch 3f2a9c0d1e4b",
     "cancel": "fedcollab cancel 3f2a9c0d1e4b",
+    "logs": "fedcollab logs 3f2a9c0d1e4b --follow",
     "fetch": "fedcollab fetch 3f2a9c0d1e4b release -o release/ && fedcollab verify release/",
     "token": "fedcollab token new --name ci --role submitter --tokens tokens.yaml",
     "certs": "fedcollab certs init --dir pki && fedcollab certs issue --dir pki --name server "
@@ -133,6 +134,15 @@ def add_service_commands(sub: Any) -> None:
                  EXAMPLES["watch"])
     watch.add_argument("id")
     _client_args(watch)
+
+    logs = _add(sub, "logs", "print a job's log: its own and its workers' output", _cmd_logs,
+                EXAMPLES["logs"])
+    logs.add_argument("id")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing what the job writes until it ends")
+    logs.add_argument("--offset", type=int, default=0,
+                      help="start at this byte of the log (default: 0, the beginning)")
+    _client_args(logs)
 
     cancel = _add(sub, "cancel", "cancel a queued or running job", _cmd_cancel,
                   EXAMPLES["cancel"])
@@ -359,6 +369,17 @@ def _watch(client: Any, job_id: str) -> int:
 def _cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
         return _watch(client, args.id)
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    if args.offset < 0:
+        raise ServiceUsageError(f"--offset {args.offset}: give a byte offset >= 0")
+    out = sys.stdout.buffer
+    with _client(args) as client:
+        for data in client.logs(args.id, offset=args.offset, follow=args.follow):
+            out.write(data)
+            out.flush()
+    return 0
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:

@@ -124,6 +124,13 @@ class JobClient:
     def watch(self, job_id: str) -> Iterator[Any]:
         return self._stream("WatchJob", jobs_pb2.WatchJobRequest(id=job_id))
 
+    def logs(self, job_id: str, *, offset: int = 0, follow: bool = False) -> Iterator[bytes]:
+        """The job's log (its process's and, through Ray, its workers' output) from byte
+        `offset`; with `follow`, what it writes next until it ends."""
+        request = jobs_pb2.StreamJobLogsRequest(id=job_id, offset=offset, follow=follow)
+        for chunk in self._stream("StreamJobLogs", request):
+            yield chunk.data
+
     def fetch(self, job_id: str, name: str, out: Path) -> builtins.list[Path]:
         """Download an artifact. A directory artifact lands in `out` (a directory);
         a file lands at `out`, or inside it when `out` is an existing directory."""

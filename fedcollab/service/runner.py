@@ -252,6 +252,11 @@ class Runner:
         self._env = {k: v for k, v in os.environ.items()
                      if k not in ("PYTHONSTARTUP", "PYTHONINSPECT", "PYTHONSAFEPATH")}
         self._env["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+        # Ray forwards the job's workers' output to its driver, the job process, whose
+        # output is job.log: what `fedcollab logs` and StreamJobLogs serve. A file, so
+        # the "(RayWorker pid=N)" prefixes go without terminal colours.
+        self._env.setdefault("FEDCOLLAB_WORKER_LOGS", "1")
+        self._env.setdefault("RAY_COLOR_PREFIX", "0")
         # The service's own code, wherever it was imported from (a checkout too), is
         # the one directory added to the job processes' path.
         home = str(Path(__file__).resolve().parents[2])

@@ -483,6 +483,37 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
                     if last:
                         break
 
+    @_rpc("StreamJobLogs", stream=True)
+    async def StreamJobLogs(self, request: Any, context: Any, caller: Caller
+                            ) -> AsyncIterator[Any]:
+        job = self._visible(caller, request.id)
+        if request.offset < 0:
+            raise InvalidArgument(f"offset {request.offset}: give a byte offset >= 0")
+        self.audit.record("logs", who=caller.name, job=job.id, follow=request.follow)
+        loop = asyncio.get_running_loop()
+        job_dir, offset = self.job_dir(job.id), request.offset
+        held = self.limits.watch_stream(caller) if request.follow else contextlib.nullcontext()
+        with held:
+            while True:  # a client that goes away cancels this coroutine
+                seen = self.hub.version(job.id)
+                job = self.hub.record(job.id, self.store.get)  # shared with WatchJob's
+                ended = job.is_terminal  # the log read after this holds its last output
+                data = await loop.run_in_executor(
+                    self.blocking, functools.partial(artifacts.read_log, job_dir, job, offset,
+                                                     missing_ok=request.follow and not ended))
+                for start in range(0, len(data), artifacts.CHUNK_BYTES):
+                    yield jobs_pb2.LogChunk(offset=offset + start,
+                                            data=data[start:start + artifacts.CHUNK_BYTES])
+                offset += len(data)
+                if len(data) == artifacts.LOG_READ_BYTES:
+                    continue  # more is waiting: send it before sleeping
+                if not request.follow or ended:
+                    return
+                await self.hub.changed(job.id, seen, timeout=LOG_POLL_SECONDS)
+
+
+#: How often a followed log is read again when the job has no event to announce.
+LOG_POLL_SECONDS = 1.0
 
 #: Spec sections a grade mix may not override on the service: they name files or code
 #: the policy checks only once, on the spec as submitted.

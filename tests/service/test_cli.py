@@ -14,7 +14,7 @@ from fedcollab.cli import main
 
 from .conftest import TINY_SPEC, Tokens
 
-CLIENT_COMMANDS = ["submit", "jobs", "status", "watch", "cancel", "fetch", "token", "certs",
+CLIENT_COMMANDS = ["submit", "jobs", "status", "watch", "logs", "cancel", "fetch", "token", "certs",
                    "grade"]
 
 

@@ -1,6 +1,7 @@
 """deploy/kuberay/service.yaml: the job service's manifests agree with the CLI, pass the
-restricted Pod Security Standard (a pure check of its rules), expose only what they
-must, and say which KubeRay they need."""
+restricted Pod Security Standard (tests/deploy/manifests.py checks its rules), expose
+only what they must, and say which KubeRay they need. tests/deploy/ validates them
+against the Kubernetes and KubeRay schemas."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import yaml
 
 from fedcollab.cli import build_parser
+from tests.deploy.manifests import restricted_violations
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "deploy" / "kuberay" / "service.yaml"
@@ -17,50 +19,6 @@ MANIFEST = ROOT / "deploy" / "kuberay" / "service.yaml"
 
 def _docs() -> dict[str, dict[str, Any]]:
     return {d["kind"]: d for d in yaml.safe_load_all(MANIFEST.read_text()) if d}
-
-
-def restricted_violations(pod: dict[str, Any]) -> list[str]:
-    """What the Kubernetes 'restricted' Pod Security Standard (v1.30) forbids here."""
-    out = []
-    pod_ctx = pod.get("securityContext", {})
-    for flag in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod.get(flag):
-            out.append(flag)
-    allowed = {
-        "configMap",
-        "csi",
-        "downwardAPI",
-        "emptyDir",
-        "ephemeral",
-        "persistentVolumeClaim",
-        "projected",
-        "secret",
-    }
-    for volume in pod.get("volumes", []):
-        kinds = set(volume) - {"name"}
-        if not kinds <= allowed:
-            out.append(f"volume {volume['name']}: {sorted(kinds - allowed)}")
-    for c in pod.get("containers", []) + pod.get("initContainers", []):
-        ctx = c.get("securityContext", {})
-        name = c["name"]
-        if ctx.get("privileged"):
-            out.append(f"{name}: privileged")
-        if ctx.get("allowPrivilegeEscalation") is not False:
-            out.append(f"{name}: allowPrivilegeEscalation must be false")
-        if "ALL" not in ctx.get("capabilities", {}).get("drop", []):
-            out.append(f"{name}: capabilities must drop ALL")
-        if set(ctx.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
-            out.append(f"{name}: adds capabilities")
-        if ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is not True:
-            out.append(f"{name}: runAsNonRoot")
-        if ctx.get("runAsUser", pod_ctx.get("runAsUser")) == 0:
-            out.append(f"{name}: runAsUser 0")
-        seccomp = ctx.get("seccompProfile", pod_ctx.get("seccompProfile", {}))
-        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
-            out.append(f"{name}: seccompProfile")
-        if any("hostPort" in p for p in c.get("ports", [])):
-            out.append(f"{name}: hostPort")
-    return out
 
 
 def test_service_manifest_kinds_and_one_replica_that_recreates() -> None:
@@ -79,27 +37,6 @@ def test_service_pod_passes_the_restricted_profile() -> None:
     assert restricted_violations(pod) == []
     assert pod["automountServiceAccountToken"] is False
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
-
-
-def test_restricted_check_finds_what_it_must() -> None:
-    pod = {
-        "hostNetwork": True,
-        "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
-        "containers": [{"name": "c", "securityContext": {"privileged": True}}],
-    }
-
-    found = " ".join(restricted_violations(pod))
-
-    for word in (
-        "hostNetwork",
-        "hostPath",
-        "privileged",
-        "allowPrivilegeEscalation",
-        "drop ALL",
-        "runAsNonRoot",
-        "seccompProfile",
-    ):
-        assert word in found
 
 
 def test_service_args_parse_with_the_cli_and_use_tls_tokens_and_the_cluster() -> None:

@@ -24,7 +24,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tokens: Tokens) -> Iterator
     from fedcollab.service.server import run_server
 
     with run_server(tmp_path_factory.mktemp("e2e"), tokens=tokens.path, max_concurrent=1,
-                    eager=True, warm_runners=1) as srv:
+                    eager=True, warm_runners=1,
+                    allow_model_modules=["tests.user_models"]) as srv:
         yield srv
 
 
@@ -45,9 +46,12 @@ def _wait(c: Any, job_id: str, predicate: Any, timeout: float = 180.0) -> Any:
 def test_e2e_submit_watch_fetch_and_verify_release(server: Any, tokens: Tokens,
                                                    tmp_path: Path) -> None:
     c = client(server, tokens.submitter)
+    # a model whose workers print: their output reaches the job's log through Ray
+    spec = TINY_SPEC.replace("model: mlp", "model: tests.user_models:loud")
 
-    job = c.submit(TINY_SPEC)
+    job = c.submit(spec)
     events = list(c.watch(job.id))
+    log = b"".join(c.logs(job.id)).decode()
     written = c.fetch(job.id, "release", tmp_path / "release")
     verify = subprocess.run([sys.executable, "-m", "fedcollab.cli", "verify",
                              str(tmp_path / "release")], capture_output=True, text=True)
@@ -61,6 +65,11 @@ def test_e2e_submit_watch_fetch_and_verify_release(server: Any, tokens: Tokens,
     assert {p.name for p in written} >= {"model.keras", "manifest.json", "manifest.sig"}
     assert verify.returncode == 0, verify.stderr
     assert summary["rounds_completed"] == 3
+    assert "round 3/3" in log  # the job process's own output
+    worker_lines = [line for line in log.splitlines() if "fedcollab-test: model built" in line]
+    assert worker_lines and all(line.startswith("(") and " pid=" in line
+                                for line in worker_lines), log  # Ray's prefix
+    assert "\x1b[" not in log  # a file: no terminal colours
 
 
 def test_e2e_service_release_matches_a_cold_fedcollab_run(server: Any, tokens: Tokens,

@@ -6,7 +6,7 @@ import warnings
 
 from fedcollab._proto.fedcollab.v1 import jobs_pb2 as fedcollab_dot_v1_dot_jobs__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -70,6 +70,11 @@ class JobServiceStub:
                 request_serializer=fedcollab_dot_v1_dot_jobs__pb2.GradeJobRequest.SerializeToString,
                 response_deserializer=fedcollab_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.StreamJobLogs = channel.unary_stream(
+                '/fedcollab.v1.JobService/StreamJobLogs',
+                request_serializer=fedcollab_dot_v1_dot_jobs__pb2.StreamJobLogsRequest.SerializeToString,
+                response_deserializer=fedcollab_dot_v1_dot_jobs__pb2.LogChunk.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -117,6 +122,14 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamJobLogs(self, request, context):
+        """job.log from `offset`; with `follow`, new output as it is written until the job
+        ends (a follow stream counts against the same per-token limit as WatchJob).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +167,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GradeJob,
                     request_deserializer=fedcollab_dot_v1_dot_jobs__pb2.GradeJobRequest.FromString,
                     response_serializer=fedcollab_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'StreamJobLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamJobLogs,
+                    request_deserializer=fedcollab_dot_v1_dot_jobs__pb2.StreamJobLogsRequest.FromString,
+                    response_serializer=fedcollab_dot_v1_dot_jobs__pb2.LogChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +363,33 @@ class JobService:
             '/fedcollab.v1.JobService/GradeJob',
             fedcollab_dot_v1_dot_jobs__pb2.GradeJobRequest.SerializeToString,
             fedcollab_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamJobLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedcollab.v1.JobService/StreamJobLogs',
+            fedcollab_dot_v1_dot_jobs__pb2.StreamJobLogsRequest.SerializeToString,
+            fedcollab_dot_v1_dot_jobs__pb2.LogChunk.FromString,
             options,
             channel_credentials,
             insecure,
