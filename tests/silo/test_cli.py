@@ -9,7 +9,8 @@ import pytest
 from fedcollab.cli import main
 
 
-@pytest.mark.parametrize("command", [["silo"], ["silo", "audit"], ["silo", "audit", "verify"],
+@pytest.mark.parametrize("command", [["silo"], ["silo", "serve"], ["silo", "audit"],
+                                     ["silo", "audit", "verify"],
                                      ["silo", "policy", "hash"]])
 def test_silo_help_has_an_example(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:

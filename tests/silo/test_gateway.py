@@ -223,3 +223,49 @@ def test_gateway_trusted_ca_outside_the_policy_is_refused(tmp_path: Path,
                 key=pki["main"] / "vendor.key", coordinator_ca=pki["main"] / "ca.pem",
                 trusted_cas=[pki["other"] / "ca.pem"], state_dir=tmp_path / "v")
 
+
+
+def test_cli_silo_serve_dials_out_and_listens_on_nothing(tmp_path: Path,
+                                                         pki: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    import psutil
+
+    listening: list[Any] = []
+    child: list[subprocess.Popen[str]] = []
+
+    def on_join(record: Any) -> None:  # while the gateway is connected
+        conns = psutil.Process(child[0].pid).net_connections(kind="inet")
+        listening.extend(c for c in conns if c.status == psutil.CONN_LISTEN)
+        listening.append("checked")
+
+    policy = _policy(tmp_path, pki["main"])
+    with _coordinator(pki, script={"vendor": [_offer()]}, on_join=on_join) as coordinator:
+        child.append(subprocess.Popen(
+            [sys.executable, "-m", "fedcollab.cli", "silo", "serve", "--policy", str(policy),
+             "--coordinator", coordinator.address, "--cert", str(pki["main"] / "vendor.pem"),
+             "--key", str(pki["main"] / "vendor.key"),
+             "--coordinator-ca", str(pki["main"] / "ca.pem"),
+             "--trusted-ca", str(pki["main"] / "ca.pem"), "--state-dir", str(tmp_path / "s"),
+             "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        out, err = child[0].communicate(timeout=120)
+
+    assert child[0].returncode == 0, err
+    assert "vendor: 2 frame(s): 2 allowed, 0 refused" in out
+    assert listening == ["checked"]
+
+
+def test_cli_silo_serve_unreachable_coordinator_is_one_line(
+        tmp_path: Path, pki: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from fedcollab.cli import main
+
+    code = main(["silo", "serve", "--policy", str(_policy(tmp_path, pki["main"])),
+                 "--coordinator", "127.0.0.1:1", "--cert", str(pki["main"] / "vendor.pem"),
+                 "--key", str(pki["main"] / "vendor.key"),
+                 "--coordinator-ca", str(pki["main"] / "ca.pem"),
+                 "--trusted-ca", str(pki["main"] / "ca.pem"),
+                 "--state-dir", str(tmp_path / "s"), "--timeout", "5"])
+
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "no mutual-TLS link" in err
