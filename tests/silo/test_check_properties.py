@@ -55,7 +55,7 @@ egresses = st.builds(
 frames = st.lists(st.one_of(offers, starts, rosters, unmasks, egresses,
                             st.just(RESTART), st.binary(max_size=8)), max_size=40)
 
-SETTINGS = settings(max_examples=300, deadline=None,
+SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
