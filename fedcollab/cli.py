@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedcollab.service.cli import add_service_commands  # the job service (no grpc import)
 
     add_service_commands(sub)
+    from fedcollab.silo.cli import add_silo_commands  # cross-silo (no grpc import)
+
+    add_silo_commands(sub)
     return parser
 
 

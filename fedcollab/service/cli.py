@@ -192,6 +192,11 @@ def add_service_commands(sub: Any) -> None:
     kind = issue.add_mutually_exclusive_group(required=True)
     kind.add_argument("--server", action="store_true", help="a server certificate")
     kind.add_argument("--client", action="store_true", help="a client certificate")
+    kind.add_argument("--party", action="store_true",
+                      help="a cross-silo party's certificate: names the party "
+                           "(urn:fedcollab:party:NAME), client and server use")
+    issue.add_argument("--days", type=int, default=825,
+                       help="validity in days (default 825)")
     issue.add_argument("--host", action="append", default=[],
                        help="another DNS name or IP the server certificate covers")
 
@@ -451,7 +456,8 @@ def _cmd_token_revoke(args: argparse.Namespace) -> int:
 
 def _cmd_certs_help(args: argparse.Namespace) -> int:
     raise ServiceUsageError("certs: say what to do: `fedcollab certs init --dir DIR` or "
-                            "`fedcollab certs issue --dir DIR --name NAME --server|--client`")
+                            "`fedcollab certs issue --dir DIR --name NAME "
+                            "--server|--client|--party`")
 
 
 def _cmd_certs_init(args: argparse.Namespace) -> int:
@@ -465,7 +471,9 @@ def _cmd_certs_init(args: argparse.Namespace) -> int:
 def _cmd_certs_issue(args: argparse.Namespace) -> int:
     from fedcollab.service.certs import issue_cert
 
-    files = issue_cert(args.dir, name=args.name, server=args.server, hosts=args.host)
-    print(f"{'server' if args.server else 'client'} certificate: {files.cert} "
+    files = issue_cert(args.dir, name=args.name, server=args.server, hosts=args.host,
+                       party=args.party, days=args.days)
+    kind = "party" if args.party else "server" if args.server else "client"
+    print(f"{kind} certificate: {files.cert} "
           f"(key {files.key}, mode 0600)")
     return 0

@@ -45,3 +45,42 @@ def test_generated_protos_import_under_fedcollab_package() -> None:
     assert set(jobs_pb2.DESCRIPTOR.services_by_name["JobService"].methods_by_name) >= {
         "SubmitJob", "GetJob", "ListJobs", "WatchJob", "CancelJob", "FetchArtifact", "GradeJob"}
     assert hasattr(jobs_pb2_grpc, "JobServiceStub")
+
+
+def test_generated_silo_proto_imports_under_fedcollab_package() -> None:
+    from fedcollab._proto.fedcollab.v1 import silo_pb2, silo_pb2_grpc
+
+    service = silo_pb2.DESCRIPTOR.services_by_name["SiloService"]
+    connect = service.methods_by_name["Connect"]
+
+    assert connect.client_streaming and connect.server_streaming
+    assert connect.input_type.name == "GatewayFrame"
+    assert connect.output_type.name == "CoordinatorFrame"
+    assert hasattr(silo_pb2_grpc, "SiloServiceStub")
+
+
+def _reachable(descriptor, seen=None):  # type: ignore[no-untyped-def]
+    seen = set() if seen is None else seen
+    if descriptor.full_name in seen:
+        return seen
+    seen.add(descriptor.full_name)
+    for field in descriptor.fields:
+        if field.message_type is not None:
+            _reachable(field.message_type, seen)
+    return seen
+
+
+def test_silo_gateway_frames_reach_no_plaintext_tensor() -> None:
+    from fedcollab._proto.fedcollab.v1 import silo_pb2
+
+    outbound = _reachable(silo_pb2.GatewayFrame.DESCRIPTOR)
+    inbound = _reachable(silo_pb2.CoordinatorFrame.DESCRIPTOR)
+
+    assert "fedcollab.v1.Tensor" in inbound  # the schema walk does find tensors
+    assert "fedcollab.v1.Tensor" not in outbound
+    # the only bytes leaving the vendor are the secure-aggregation payload
+    byte_fields = {f"{silo_pb2.DESCRIPTOR.message_types_by_name[m.split('.')[-1]].name}."
+                   f"{f.name}" for m in outbound
+                   for f in silo_pb2.DESCRIPTOR.message_types_by_name[m.split('.')[-1]].fields
+                   if f.type == f.TYPE_BYTES}
+    assert byte_fields == {"SecAggMessage.payload"}

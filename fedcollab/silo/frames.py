@@ -1,0 +1,97 @@
+"""What the policy check sees: the cross-silo frames as plain frozen dataclasses.
+
+The gateway converts ``silo.proto`` messages into these at its edge (and verifies
+roster certificates there: a member whose certificate does not chain to a CA gets
+``ca_sha256=""``), so :func:`fedcollab.silo.check.check` never touches protobuf,
+sockets or files. Inbound frames come from the coordinator; :class:`Egress` is
+what the gateway is about to send out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+__all__ = ["SecAggTerms", "DpTerms", "Offer", "RoundStart", "Member", "Roster",
+           "UnmaskRequest", "Egress", "Frame", "MASKED"]
+
+MASKED = "masked"
+
+
+@dataclass(frozen=True)
+class SecAggTerms:
+    protocol: str
+    threshold: float
+    min_group: int
+    max_group: int      # the most members a sum can have: the fixed-point overflow bound
+    ring_bits: int      # 32 or 64
+    scale_bits: int
+    clip: float         # coordinates clipped to [-clip, clip] before encoding
+
+
+@dataclass(frozen=True)
+class DpTerms:
+    mode: str
+    noise_multiplier: float
+    clip_norm: float
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A typed offer: a model by name and architecture hash, never code."""
+
+    job_id: str
+    model_name: str
+    model_sha256: str
+    layers: tuple[str, ...]      # the layer manifest's names
+    rounds: int
+    secagg: SecAggTerms
+    dp: DpTerms
+
+
+@dataclass(frozen=True)
+class RoundStart:
+    job_id: str
+    round_id: int
+    global_model_sha256: str
+    layers: tuple[str, ...]      # the layers whose global weights come in
+
+
+@dataclass(frozen=True)
+class Member:
+    party: str
+    ca_sha256: str               # the CA its certificate verified against; "" if none
+    simulated: bool = False      # a participant the coordinator simulates
+
+
+@dataclass(frozen=True)
+class Roster:
+    """Key sharing: the group the vendor's masked update will be summed in."""
+
+    job_id: str
+    round_id: int
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    job_id: str
+    round_id: int
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Egress:
+    """An update about to leave the vendor, as the gateway produced it."""
+
+    job_id: str
+    round_id: int
+    global_model_sha256: str
+    encoding: str                # MASKED is the only one a policy allows
+    layers: tuple[str, ...]
+    noise_multiplier: float      # the noise the vendor's sites actually added
+    clip_norm: float             # the clip they actually applied
+    max_abs: float               # the largest coordinate before fixed-point encoding
+
+
+Frame = Union[Offer, RoundStart, Roster, UnmaskRequest, Egress]
