@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from fedcollab.privacy.errors import PrivacyError, UnreachableEpsilonError
 
@@ -115,6 +115,30 @@ def epsilon(*, noise_multiplier: float, sampling_rate: float, rounds: int, delta
     return float(acc.get_epsilon(delta))
 
 
+def least_noise(eps: Callable[[float], float], target: float, *, high: float = 1.0,
+                ceiling: float = _MAX_NOISE_MULTIPLIER, tolerance: float = 1e-3,
+                unreachable: Callable[[float], str]) -> float:
+    """The least noise multiplier ``z`` (within ``tolerance``, relative) with
+    ``eps(z) <= target``, for any ``eps`` that falls as ``z`` grows; bisection, on the
+    safe side (the answer always meets the target). ``high`` is a first guess;
+    ``unreachable(z)`` words the error when even ``z >= ceiling`` spends too much."""
+    while eps(high) > target:
+        if high >= ceiling:
+            raise UnreachableEpsilonError(unreachable(high))
+        high *= 2.0
+    low = high / 2.0
+    while low > 0.0 and eps(low) <= target:
+        high, low = low, (low / 2.0 if low >= 2e-3 else 0.0)  # below 1e-3: eps(0) = inf
+    # Invariant: eps(high) <= target < eps(low).
+    while high - low > tolerance * high:
+        middle = (low + high) / 2.0
+        if eps(middle) <= target:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
 def noise_multiplier_for_target(*, target_epsilon: float, sampling_rate: float, rounds: int,
                                 delta: float, accountant: AccountantKind = "rdp",
                                 tolerance: float = 1e-3) -> float:
@@ -163,27 +187,13 @@ def noise_multiplier_for_target(*, target_epsilon: float, sampling_rate: float, 
                                            delta=delta, accountant="rdp", tolerance=tolerance)
     else:
         high = 1.0
-    while eps(high) > target_epsilon:
-        if high >= _MAX_NOISE_MULTIPLIER:
-            raise UnreachableEpsilonError(
-                f"target_epsilon={target_epsilon:g} is out of reach: even noise_multiplier="
-                f"{high:g} spends epsilon={eps(high):.4g} over {rounds} round(s) at "
-                f"sampling_rate={sampling_rate:g}, delta={delta:g}; raise the budget or delta, "
-                "or run fewer rounds")
-        high *= 2.0
-    low = high / 2.0
-    while eps(low) <= target_epsilon:
-        high, low = low, low / 2.0
-        if low < 1e-3:
-            low = 0.0  # eps(0) is inf
-    # Invariant: eps(high) <= target < eps(low) (eps(0) = inf).
-    while high - low > tolerance * high:
-        middle = (low + high) / 2.0
-        if eps(middle) <= target_epsilon:
-            high = middle
-        else:
-            low = middle
-    return high
+    return least_noise(
+        eps, target_epsilon, high=high, tolerance=tolerance,
+        unreachable=lambda z: (
+            f"target_epsilon={target_epsilon:g} is out of reach: even noise_multiplier="
+            f"{z:g} spends epsilon={eps(z):.4g} over {rounds} round(s) at "
+            f"sampling_rate={sampling_rate:g}, delta={delta:g}; raise the budget or delta, "
+            "or run fewer rounds"))
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from fedcollab.privacy.accounting import least_noise
 from fedcollab.privacy.ddg import DdgPlan, plan
-from fedcollab.privacy.errors import PrivacyError, UnreachableEpsilonError
+from fedcollab.privacy.errors import PrivacyError
 
 __all__ = ["DDG_ORDERS", "round_rdp", "subsampled_rdp", "rdp_epsilon", "ddg_round",
            "ddg_epsilon", "ddg_noise_multiplier_for_target", "DdgLedger", "DDG_QUERY_KIND",
@@ -143,23 +144,11 @@ def ddg_noise_multiplier_for_target(*, target_epsilon: float, clip_norm: float, 
                            rounds=rounds, sampling_rate=sampling_rate, delta=delta, dim=dim,
                            modulus_bits=modulus_bits)
 
-    high = 1.0
-    while eps(high) > target_epsilon:
-        if high >= 1e3:
-            raise UnreachableEpsilonError(
-                f"target_epsilon={target_epsilon:g} is out of reach for the distributed "
-                f"discrete Gaussian over {rounds} round(s); raise the budget or delta")
-        high *= 2.0
-    low = high / 2.0
-    while eps(low) <= target_epsilon and low > 1e-3:
-        high, low = low, low / 2.0
-    while high - low > tolerance * high:
-        middle = (low + high) / 2.0
-        if eps(middle) <= target_epsilon:
-            high = middle
-        else:
-            low = middle
-    return high
+    return least_noise(
+        eps, target_epsilon, ceiling=1e3, tolerance=tolerance,
+        unreachable=lambda _: (f"target_epsilon={target_epsilon:g} is out of reach for the "
+                               f"distributed discrete Gaussian over {rounds} round(s); raise "
+                               "the budget or delta"))
 
 
 @dataclass(frozen=True)

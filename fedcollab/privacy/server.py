@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from fedcollab.privacy.accounting import PrivacyLedger, noise_multiplier_for_target
+from fedcollab.privacy.accounting import PrivacyLedger, least_noise, noise_multiplier_for_target
 from fedcollab.privacy.ddg_accounting import DdgLedger, ddg_noise_multiplier_for_target
-from fedcollab.privacy.errors import PrivacyError, UnreachableEpsilonError
+from fedcollab.privacy.errors import PrivacyError
 from fedcollab.privacy.noise import DDG_MODE
 
 if TYPE_CHECKING:
@@ -458,23 +458,11 @@ class DpServer:
 
         if rounds < 1:
             return float(self.spec.noise_multiplier or 1.0)
-        high = 1.0
-        while eps(high) > target:
-            if high >= 1e4:
-                raise UnreachableEpsilonError(
-                    f"target_epsilon={target:g} is out of reach for the distributed discrete "
-                    f"Gaussian over {rounds} round(s); raise the budget or delta")
-            high *= 2.0
-        low = high / 2.0
-        while eps(low) <= target and low > 1e-3:
-            high, low = low, low / 2.0
-        while high - low > 1e-3 * high:
-            middle = (low + high) / 2.0
-            if eps(middle) <= target:
-                high = middle
-            else:
-                low = middle
-        return high / math.sqrt(self.min_survivor_fraction)
+        least = least_noise(
+            eps, target, unreachable=lambda _: (
+                f"target_epsilon={target:g} is out of reach for the distributed discrete "
+                f"Gaussian over {rounds} round(s); raise the budget or delta"))
+        return least / math.sqrt(self.min_survivor_fraction)
 
     def _record_ddg(self, sampled: Sequence[int], event: tuple[float, float, int]) -> None:
         from fedcollab.privacy.observers import RoundSpend
