@@ -33,6 +33,8 @@ class Budget:
     # window misses an isolation that happened earlier, a false all-clear)
     cross_round_window: int = 0
     frontier: bool = False        # the privacy-utility sweep (mixes.frontier_mixes) too
+    backdoor_durability: int = 3  # honest rounds after the backdoor, its success after each
+    backdoor_attack_rounds: int = 3  # rounds the constrain-and-scale attacker attacks
 
 
 BUDGETS = {
@@ -44,7 +46,8 @@ BUDGETS = {
                        cross_round_window=0, frontier=True),
     "full": Budget(shadows=16, shadow_epochs=60, mia_samples=20000, backdoor_pretrain=10,
                    byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True,
-                   cross_round_window=0, frontier=True),
+                   cross_round_window=0, frontier=True, backdoor_durability=5,
+                   backdoor_attack_rounds=5),
 }
 
 assert tuple(BUDGETS) == GRADE_BUDGETS  # the names the CLI and the service accept
@@ -114,6 +117,7 @@ class TaskMeasurer:
         n_test = min(budget.mia_samples, len(self.data.x_test))
         self.test_idx = rng.choice(len(self.data.x_test), size=n_test, replace=False)
         self.non_members = n_test
+        self.poisoning_start = ""  # where the backdoor/Byzantine simulations started
 
     def settings(self) -> dict[str, Any]:
         """What the figures on the card depend on besides the spec: the budget's sizes,
@@ -128,10 +132,20 @@ class TaskMeasurer:
                           "participant_training": "[seed, round, participant]"},
                 "confidence": CONFIDENCE, "membership_attack": GRADED_ATTACK,
                 "members_available": self.members_available,
+                "poisoning_start": self.poisoning_start,
                 "non_members_available": int(len(self.data.x_test))}
 
     # ---------------------------------------------------------------- shared experiments
-    def simulations(self, report: Progress) -> dict[str, Any]:
+    def simulations(self, report: Progress, *, start: Any = None,
+                    origin: str = "") -> dict[str, Any]:
+        """The backdoor and Byzantine experiments, shared by every mix.
+
+        Args:
+            start: the global weights the attacks start from: a finished run's final
+                checkpoint (``origin`` names it), so they hit a model near convergence;
+                ``None`` pretrains ``budget.backdoor_pretrain`` FedAvg rounds from the
+                initial weights instead (when no run without DP finished).
+        """
         from fedcollab.grading.poisoning import (
             Simulation,
             backdoor_experiment,
@@ -142,15 +156,23 @@ class TaskMeasurer:
             return {"backdoor": {}, "byzantine": {}}
         sim = Simulation(self.trainer, self.w0, self.parts, self.data.x_test, self.data.y_test,
                          seed=self.spec.seed)
+        weights = None if start is None else [np.asarray(w) for w in start]
+        self.poisoning_start = (
+            f"final checkpoint of the '{origin}' run ({self.spec.rounds} rounds)"
+            if weights is not None else
+            f"{self.budget.backdoor_pretrain} FedAvg rounds from the initial weights")
         attacker = next((i for i, g in enumerate(self._roster()) if g.role == Role.COMMUNITY), 0)
         t0 = time.perf_counter()
-        backdoor = backdoor_experiment(sim, pretrain_rounds=self.budget.backdoor_pretrain,
-                                       attacker=attacker, seed=self.spec.seed)
+        backdoor = backdoor_experiment(
+            sim, pretrain_rounds=0 if weights is not None else self.budget.backdoor_pretrain,
+            start=weights, attacker=attacker, seed=self.spec.seed,
+            durability_rounds=self.budget.backdoor_durability,
+            attack_rounds=self.budget.backdoor_attack_rounds)
         self.timer.add("backdoor", t0)
         report("attack", "backdoor")
         t0 = time.perf_counter()
         byz = byzantine_experiment(sim, rounds=self.budget.byzantine_rounds, fraction=0.2,
-                                   seed=self.spec.seed)
+                                   start=weights, seed=self.spec.seed)
         self.timer.add("byzantine", t0)
         report("attack", "byzantine")
         return {"backdoor": backdoor, "byzantine": byz}
@@ -204,6 +226,9 @@ class TaskMeasurer:
         self.timer.add("inversion", t0)
         report("attack", f"{mix.name}: inversion")
         t0 = time.perf_counter()
+        malicious = self._malicious_model(mspec, result, view)
+        self.timer.add("malicious_model", t0)
+        t0 = time.perf_counter()
         from fedcollab.grading.replay import differencing_on_view, observed_secure_sum
 
         observed = observed_secure_sum(mspec, view, self.w0, self._checkpoint(result, 1))
@@ -234,6 +259,9 @@ class TaskMeasurer:
         t0 = time.perf_counter()
         parties = self._party_rows(mspec, weights, view, observed, utility, membership,
                                    inversion, differencing, own)
+        for party, worst in (malicious.get("parties") or {}).items():
+            if party in parties:
+                parties[party]["attacks"]["malicious_model"] = worst
         self.timer.add("parties", t0)
         people = max(summary["participants"]["total"], 1)
         rounds = max(summary["rounds_completed"], 1)
@@ -244,6 +272,7 @@ class TaskMeasurer:
             "utility": utility,
             "attacks": {"membership": membership, "inversion": inversion,
                         "differencing": differencing, "lying_server": lying,
+                        "malicious_model": malicious,
                         "backdoor": sims["backdoor"], "byzantine": sims["byzantine"]},
             "privacy": {"epsilon": summary["privacy"].get("epsilon"),
                         "delta": summary["privacy"].get("delta"),
@@ -346,11 +375,19 @@ class TaskMeasurer:
                 colluding = differencing_on_view(view, self.shapes, observed=observed,
                                                  colluders=colluders).to_json() \
                     if view.vendor_pids else dict(server)
+                # c = 1: a single community member in the vendor's sum (secure-all) takes
+                # out its own share; c = all is the vendor's worst case
+                one = colluders[:1]
+                colluding_one = differencing_on_view(view, self.shapes, observed=observed,
+                                                     colluders=one).to_json() \
+                    if view.vendor_pids and one else dict(server)
                 others = max(len(view.deltas) - 1, 0)
                 attacks["differencing"] = dict(
                     server, observers={"server": server,
                                "server_with_community": dict(colluding,
                                                              colluders=len(colluders)),
+                               "server_with_one_community": dict(colluding_one,
+                                                                 colluders=len(one)),
                                "other_participants": {"min_group_seen": others,
                                                       "note": "each round's global model "
                                                       "gives the sum of everyone else's "
@@ -567,6 +604,25 @@ class TaskMeasurer:
                 if r.get(key) is not None and not math.isfinite(r[key]):
                     r[key] = 200.0  # exact: report a finite ceiling (strict JSON)
         return row
+
+    def _malicious_model(self, mspec: Any, result: Any, view: Any) -> dict[str, Any]:
+        """Round 1 replayed with a malicious server's model (imprint; model inconsistency
+        against one secure member): :mod:`~fedcollab.grading.malicious_server`."""
+        from fedcollab.grading.inversion import first_dense_indices
+        from fedcollab.grading.malicious_server import malicious_model_rows
+
+        flat = self.data.x_train.reshape(len(self.data.x_train), -1)
+        if flat.min() < 0 or flat.max() > 1:
+            return {"note": "inputs outside [0, 1]: PSNR needs a data range"}
+        start = self._round_start(result, 1)
+        if start is None:
+            return {"note": "no checkpoint of round 1's global model"}
+        parts = [(p[0].reshape(len(p[0]), -1), p[1]) for p in self.parts]
+        return malicious_model_rows(
+            mspec, self.trainer, start, parts, self._private_index(mspec), view,
+            dense=first_dense_indices(self.model),
+            reference=self.data.x_test.reshape(len(self.data.x_test), -1),
+            parties=self._parties(mspec), seed=self.spec.seed)
 
     def _parties(self, mspec: Any) -> dict[str, list[int]]:
         """Each party (a role: community, vendor) and its participants."""

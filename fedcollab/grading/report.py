@@ -77,6 +77,14 @@ def _inversion_text(inv: Mapping[str, Any]) -> str:
             f"(PSNR {_fmt(inv.get('psnr_db'), 1)} dB) on the {inv.get('target')}")
 
 
+def _malicious_text(row: Mapping[str, Any]) -> str:
+    """The imprint / model-inconsistency row against one party (malicious_server.py)."""
+    if row.get("psnr_db") is None:
+        return str(row.get("note") or "nothing recovered")
+    return (f"{row.get('recovered')} of {row.get('examples')} examples within 10% "
+            f"({row.get('exact_count')} exact) from the {row.get('target')}")
+
+
 def _differencing_text(diff: Mapping[str, Any]) -> str:
     if diff.get("relative_error") is None:
         return str(diff.get("note") or "no vendor group")
@@ -148,7 +156,8 @@ def _frontier_rows(card: Scorecard) -> list[list[str]]:
 
 
 PARTY_HEADER = ["mix", "party", "accuracy", "membership (release)", "inversion",
-                "differencing (server)", "differencing (server + community)"]
+                "inversion (malicious model)", "differencing (server)",
+                "differencing (server + community)"]
 
 
 def _party_rows(card: Scorecard) -> list[list[str]]:
@@ -168,6 +177,9 @@ def _party_rows(card: Scorecard) -> list[list[str]]:
                 m["name"], f"{party} ({row.get('participants')})", acc,
                 _membership_cell(att.get("membership", {}), g.get("membership", "N/A")),
                 _cell(g.get("inversion", "N/A"), _inversion_text(att.get("inversion", {}))),
+                _cell(g.get("inversion:malicious_model", "N/A"),
+                      _malicious_text(att["malicious_model"]))
+                if isinstance(att.get("malicious_model"), Mapping) else "not run",
                 _cell(g.get("differencing", "N/A"), _differencing_text(diff)
                       if diff.get("relative_error") is not None or "note" not in diff
                       else str(diff["note"])),

@@ -23,12 +23,13 @@ nothing process-wide is shared between runs; every model the grader itself needs
 is built in this process (:class:`~fedcollab.grading.measure.TaskMeasurer`). With
 that each run's weights and metrics are what it would give alone, in any order.
 
-While the runs train, the driver thread does the work that needs no run: the
-poisoning simulations (backdoor, Byzantine) and the LiRA shadow models, then
-attacks each mix as it finishes. The attacks are the pure functions of this
-package, run on what each run produced (final weights, per-round metrics, its
-checkpoints) and on a replay of what the server saw. The scorecard keeps the
-planned order of mixes whatever order they finish in.
+While the runs train, the driver thread does the work that needs no run (the LiRA
+shadow models), then attacks each mix as it finishes; the poisoning simulations
+(backdoor, Byzantine) start from the final model of the first finished run without DP,
+so they attack a model near convergence while the other runs train. The attacks are
+the pure functions of this package, run on what each run produced (final weights,
+per-round metrics, its checkpoints) and on a replay of what the server saw. The
+scorecard keeps the planned order of mixes whatever order they finish in.
 """
 from __future__ import annotations
 
@@ -179,14 +180,22 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
         with MixRuns(jobs, slots=slots, out_dir=out_dir, address=address,
                      on_done=lambda mix: report("mix", mix.name)) as runs:
             # driver-side work that needs no run, while the runs train
-            sims = ctx.simulations(report)
             ctx.prepare()
+            # the poisoning simulations start from the first finished run without DP
+            # (near convergence); the rows share these dicts, filled in when they are done
+            sims: dict[str, Any] = {"backdoor": {}, "byzantine": {}}
+            started = False
             for index, mix, mspec, result, error in runs.as_finished():
                 if result is None:
                     skipped[mix.name] = f"run failed: {error}"
                     continue
+                if not started and mspec.privacy.dp.mode == "none":
+                    _fill(sims, ctx.simulations(report, start=result.weights, origin=mix.name))
+                    started = True
                 row, roc = ctx.measure(mix, mspec, result, sims, report)
                 measured[index] = (mix, mspec, result, row, roc)
+            if not started:
+                _fill(sims, ctx.simulations(report))
         timer.seconds["runs"] = runs.wall_seconds
     if not measured:
         raise GradeError("every mix failed: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
@@ -201,6 +210,11 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
     return _finish(spec, rows, skipped, curves, priority=priority, budget=budget,
                    seconds=time.perf_counter() - t_start, timer=timer, non_members=ctx.non_members,
                    settings=ctx.settings())
+
+
+def _fill(sims: dict[str, Any], done: Mapping[str, Any]) -> None:
+    for key, value in done.items():
+        sims.setdefault(key, {}).update(value)
 
 
 def one_worker(mspec: Any) -> Any:

@@ -46,6 +46,20 @@ def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
     assert (tmp_path / "scorecard.html").stat().st_size > 10_000
     assert card.recommendation["mix"] in card.pareto_front
     assert scorecard_problems(tmp_path / "scorecard.json") == []
+    # #29: the poisoning attacks hit a finished run's final model, each rule faces
+    # constrain-and-scale and Fang et al. too, and the backdoor is followed after
+    assert "final checkpoint" in data["settings"]["poisoning_start"]
+    fedavg = mixes["open"]["attacks"]["backdoor"]["fedavg"]
+    assert set(fedavg["attacks"]) == {"model_replacement", "constrain_and_scale"}
+    assert len(fedavg["success_after"]) == 3
+    assert {"fang_trim", "fang_krum"} <= set(mixes["open"]["attacks"]["byzantine"]["krum"])
+    # a malicious server's model beside the passive inversion: model inconsistency
+    # reads one vendor site's examples exactly out of the secure sum of 3
+    inconsistent = vendor_secure["attacks"]["malicious_model"]["model_inconsistency"]
+    assert inconsistent["party"] == "vendor" and inconsistent["exact_count"] >= 1
+    assert vendor_secure["parties"]["vendor"]["grades"]["inversion:malicious_model"] == "F"
+    observers = vendor_secure["parties"]["vendor"]["attacks"]["differencing"]["observers"]
+    assert observers["server_with_one_community"]["colluders"] == 1
 
 
 def test_cli_grade_unknown_mix_is_one_line_exit_2(tmp_path: Path) -> None:
