@@ -35,6 +35,7 @@ class Budget:
     frontier: bool = False        # the privacy-utility sweep (mixes.frontier_mixes) too
     backdoor_durability: int = 3  # honest rounds after the backdoor, its success after each
     backdoor_attack_rounds: int = 3  # rounds the constrain-and-scale attacker attacks
+    dp_repeats: int = 3           # runs of each DP mix (its noise drawn afresh): the spread
 
 
 BUDGETS = {
@@ -47,7 +48,7 @@ BUDGETS = {
     "full": Budget(shadows=16, shadow_epochs=60, mia_samples=20000, backdoor_pretrain=10,
                    byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True,
                    cross_round_window=0, frontier=True, backdoor_durability=5,
-                   backdoor_attack_rounds=5),
+                   backdoor_attack_rounds=5, dp_repeats=5),
 }
 
 assert tuple(BUDGETS) == GRADE_BUDGETS  # the names the CLI and the service accept
@@ -291,6 +292,17 @@ class TaskMeasurer:
             "replay": dict(check.to_json(), round=1),
         }
         return row, roc
+
+    def repeat_figures(self, mspec: Any, result: Any) -> dict[str, Any]:
+        """What a repeat of a DP mix is compared on: its accuracy, the graded membership
+        attack on its release and its canary audit (the noise is the only difference)."""
+        weights = [np.asarray(w) for w in result.weights]
+        membership, _ = self._membership(weights)
+        audit = self._canary_audit(mspec, result, weights)
+        return {"accuracy": result.summary.get("final_accuracy"),
+                "membership_auc": membership.get("auc"),
+                "membership_tpr_at_1pct_fpr": membership.get("tpr_at_1pct_fpr"),
+                "empirical_epsilon": audit.get("value")}
 
     @staticmethod
     def _by_observer(privacy: dict[str, Any]) -> dict[str, Any]:

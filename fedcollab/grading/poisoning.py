@@ -42,14 +42,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from fedcollab.types import Weights
 
 __all__ = ["Defence", "DEFENCES", "apply_trigger", "Simulation", "backdoor_experiment",
-           "byzantine_experiment", "BYZANTINE_ATTACKS", "BACKDOOR_ATTACKS", "alie_z",
+           "byzantine_experiment", "BYZANTINE_ATTACKS", "BACKDOOR_ATTACKS", "BackdoorRound",
+           "BackdoorAttack", "alie_z",
            "ByzantineAttack", "constrain_and_scale", "fang_krum_lambda"]
 
 
@@ -192,8 +193,54 @@ def _train_constrained(sim: Simulation, g: Weights, x: np.ndarray, y: np.ndarray
     return [(a - b).astype(np.float32) for a, b in zip(w, g)]
 
 
+@dataclass(frozen=True)
+class BackdoorRound:
+    """What the backdoor attacker has in its ``k``-th attack round (0-based)."""
+
+    sim: Simulation
+    weights: Weights             # this round's global model
+    x: np.ndarray                # its poisoned training data (clean + triggered copies)
+    y: np.ndarray
+    counts: Sequence[float]      # every participant's weight in the mean
+    attacker: int
+    defence: Defence
+    bound: float                 # the honest updates' median norm in the attacked round
+    epochs: int
+    k: int
+    attack_rounds: int           # how many rounds an attack that stays hidden may go on
+    seed: Sequence[int]          # [seed, round]: its training's randomness
+
+
+#: ``f(round) -> the update it sends, or None when it stops``: one function plus one entry
+BackdoorAttack = Callable[[BackdoorRound], Optional[Weights]]
+
+
+def _model_replacement(a: BackdoorRound) -> Optional[Weights]:
+    """Bagdasaryan et al. 2020: ``gamma * (X - G)``, ``gamma`` the total weight over its own
+    (``n`` under DP's uniform weights), so the mean lands on its model; once."""
+    if a.k > 0:
+        return None
+    new = a.sim.trainer.train(a.sim.trainer.feed(a.weights), a.x, a.y,
+                              rng=np.random.default_rng([*a.seed, 99]), epochs=a.epochs).weights
+    gamma = (len(a.sim.parts) if a.defence.dp_z is not None
+             else sum(a.counts) / a.counts[a.attacker])
+    return [(gamma * (n - w)).astype(np.float32) for n, w in zip(new, a.weights)]
+
+
+def _constrain_and_scale(a: BackdoorRound) -> Optional[Weights]:
+    """Trained inside the norm ball and sent at its edge (:func:`constrain_and_scale`);
+    it passes the rules, so it comes back in each of ``attack_rounds`` rounds (Sun et al.
+    2019's repeated attacker). Scaling it further is exactly what the rules clip."""
+    if a.k >= a.attack_rounds:
+        return None
+    return constrain_and_scale(_train_constrained(
+        a.sim, a.weights, a.x, a.y, bound=a.bound, epochs=a.epochs,
+        rng=np.random.default_rng([*a.seed, 98])), bound=a.bound)
+
+
 #: the backdoor attacks run against every defence; the graded figure is the strongest
-BACKDOOR_ATTACKS = ("model_replacement", "constrain_and_scale")
+BACKDOOR_ATTACKS: Mapping[str, BackdoorAttack] = {
+    "model_replacement": _model_replacement, "constrain_and_scale": _constrain_and_scale}
 
 
 def backdoor_experiment(sim: Simulation, *, pretrain_rounds: int, target: int = 0,
@@ -238,15 +285,7 @@ def backdoor_experiment(sim: Simulation, *, pretrain_rounds: int, target: int = 
     x_m, y_m = sim.parts[attacker]
     x_poison = np.concatenate([x_m, apply_trigger(x_m)])
     y_poison = np.concatenate([y_m, np.full(len(y_m), target, dtype=y_m.dtype)])
-    new = sim.trainer.train(sim.trainer.feed(g), x_poison, y_poison,
-                            rng=np.random.default_rng([seed, r, 99]),
-                            epochs=attacker_epochs).weights
     bound = float(np.median([_norm(u) for u in honest]))
-    sent = {
-        "model_replacement": [(a - b).astype(np.float32) for a, b in zip(new, g)],
-        "constrain_and_scale": constrain_and_scale(_train_constrained(
-            sim, g, x_poison, y_poison, bound=bound, epochs=attacker_epochs,
-            rng=np.random.default_rng([seed, r, 98])), bound=bound)}
     names = list(defences or DEFENCES)
     chosen = [d for d in _defences(bound, len(sim.parts)) if d.name in names]
     other = sim.y_test != target
@@ -269,22 +308,18 @@ def backdoor_experiment(sim: Simulation, *, pretrain_rounds: int, target: int = 
                     "success_after": after(clean, base, rng)}
     for d in chosen:
         row: dict[str, Any] = {}
-        for attack in BACKDOOR_ATTACKS:
-            if attack == "model_replacement":
-                gamma = (len(sim.parts) if d.dp_z is not None else sum(counts) / counts[attacker])
-            else:
-                gamma = 1.0  # already at the bound: scaling further is what the rule clips
-            ups = list(honest)
-            ups[attacker] = [gamma * u for u in sent[attack]]
-            w = sim.step(g, ups, counts, d, rng)
-            # constrain-and-scale stays inconspicuous, so it can keep attacking: every
-            # round of the attack window (Sun et al. 2019's repeated attacker)
-            for k in range(1, attack_rounds if attack == "constrain_and_scale" else 1):
-                ups = sim.honest_updates(w, r + 100 + k)
-                ups[attacker] = constrain_and_scale(_train_constrained(
-                    sim, w, x_poison, y_poison, bound=bound, epochs=attacker_epochs,
-                    rng=np.random.default_rng([seed, r + k, 98])), bound=bound)
+        for attack, craft in BACKDOOR_ATTACKS.items():
+            w, k = g, 0
+            while True:
+                sent = craft(BackdoorRound(sim, w, x_poison, y_poison, counts, attacker, d,
+                                           bound, attacker_epochs, k, attack_rounds,
+                                           [seed, r + k]))
+                if sent is None:
+                    break
+                ups = list(honest) if k == 0 else sim.honest_updates(w, r + 100 + k)
+                ups[attacker] = sent
                 w = sim.step(w, ups, counts, d, rng)
+                k += 1
             row[attack] = {"success_rate": sim.accuracy(w, x_trig, y_trig),
                            "main_accuracy": sim.accuracy(w), "success_after": after(w, d, rng)}
         worst = max(BACKDOOR_ATTACKS, key=lambda a: row[a]["success_rate"])

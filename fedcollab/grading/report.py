@@ -189,6 +189,30 @@ def _party_rows(card: Scorecard) -> list[list[str]]:
     return rows
 
 
+REPEAT_HEADER = ["mix", "runs", "accuracy", "membership AUC", "membership TPR@1%FPR",
+                 "empirical epsilon"]
+
+
+def _repeat_rows(card: Scorecard) -> list[list[str]]:
+    """DP mixes run several times (fresh noise): mean ± sample std [min, max] per figure."""
+    rows = []
+    for m in card.mixes:
+        rep = m.get("repeats")
+        if not isinstance(rep, Mapping):
+            continue
+        cells = []
+        for key in REPEAT_HEADER[2:]:
+            k = {"accuracy": "accuracy", "membership AUC": "membership_auc",
+                 "membership TPR@1%FPR": "membership_tpr_at_1pct_fpr",
+                 "empirical epsilon": "empirical_epsilon"}[key]
+            f = rep.get(k) or {}
+            cells.append("n/a" if f.get("mean") is None else
+                         f"{_fmt(f['mean'])} ± {_fmt(f['std'])} "
+                         f"[{_fmt(f['min'])}, {_fmt(f['max'])}]")
+        rows.append([m["name"], str(rep.get("runs")), *cells])
+    return rows
+
+
 def _ci(row: Mapping[str, Any], key: str) -> str:
     ci = row.get(key + "_ci")
     if not isinstance(ci, (list, tuple)) or len(ci) != 2:
@@ -225,6 +249,10 @@ def render_markdown(card: Scorecard) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in _frontier_rows(card)]
     lines += ["", f"**Pareto front (privacy, utility):** {', '.join(card.pareto_front)}", "",
               "## Recommendation", "", card.recommendation.get("text", ""), ""]
+    if _repeat_rows(card):
+        lines += ["## DP mixes, repeated (only the noise differs)", "",
+                  "| " + " | ".join(REPEAT_HEADER) + " |", "|" + "---|" * len(REPEAT_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in _repeat_rows(card)] + [""]
     if card.skipped:
         lines += ["## Mixes not run", ""] + [f"* {k}: {v}" for k, v in card.skipped.items()]
     lines += ["", "## Backdoor and Byzantine figures per rule", ""]
@@ -388,6 +416,13 @@ def render_html(card: Scorecard, pngs: Mapping[str, bytes]) -> str:
                     + "</tr></thead><tbody>"
                     + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
                               for r in _frontier_rows(card)) + "</tbody></table>")
+    repeats = ""
+    if _repeat_rows(card):
+        repeats = ("<h2>DP mixes, repeated (only the noise differs)</h2><table id=\"repeats\">"
+                   "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in REPEAT_HEADER)
+                   + "</tr></thead><tbody>"
+                   + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
+                             for r in _repeat_rows(card)) + "</tbody></table>")
     party_head = "".join(f"<th>{esc(h)}</th>" for h in PARTY_HEADER)
     party_body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
                          for r in _party_rows(card))
@@ -407,6 +442,7 @@ Grades A–F per docs/grading.md; ★ recommended.</p>
 <h2>Per party</h2>
 <table id="parties"><thead><tr>{party_head}</tr></thead><tbody>{party_body}</tbody></table>
 {frontier}
+{repeats}
 <p><b>Pareto front (privacy, utility):</b> {esc(", ".join(card.pareto_front))}</p>
 <div class="rec"><h2>Recommendation: {esc(card.recommendation.get("mix", ""))}</h2>
 <p>{esc(card.recommendation.get("text", ""))}</p></div>

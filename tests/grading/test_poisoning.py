@@ -168,3 +168,23 @@ def test_backdoor_constrain_and_scale_near_convergence_with_durability() -> None
     # the backdoor fades once the attacker stops, but not at once under plain FedAvg
     assert result["fedavg"]["attacks"]["model_replacement"]["success_after"][0] > 0.5
     assert len(result["clean"]["success_after"]) == 2
+
+
+def test_a_backdoor_attack_is_one_function_plus_one_entry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registered attack runs against every chosen rule for as many rounds as it sends
+    something; one that sends nothing leaves the round as the clean one."""
+    from fedcollab.grading import poisoning
+
+    calls: list[int] = []
+
+    def silent(a: poisoning.BackdoorRound) -> None:
+        calls.append(a.k)
+        return None
+
+    monkeypatch.setattr(poisoning, "BACKDOOR_ATTACKS", {"silent": silent})
+    result = backdoor_experiment(_simulation(), pretrain_rounds=1, defences=["fedavg"], seed=0)
+    assert calls == [0]
+    assert result["fedavg"]["worst_attack"] == "silent"
+    assert result["fedavg"]["success_rate"] == pytest.approx(result["clean"]["success_rate"],
+                                                             abs=0.02)
