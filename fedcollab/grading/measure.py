@@ -17,7 +17,8 @@ import numpy as np
 from fedcollab.spec.roster import Role
 from fedcollab.types import GRADE_BUDGETS
 
-__all__ = ["Budget", "BUDGETS", "Progress", "Timer", "TaskMeasurer", "defence_of"]
+__all__ = ["Budget", "BUDGETS", "Progress", "Timer", "TaskMeasurer", "defence_of",
+           "SERVER_ATTACKS", "ServerAttack"]
 
 
 @dataclass(frozen=True)
@@ -226,9 +227,12 @@ class TaskMeasurer:
         inversion = self._inversion(view)
         self.timer.add("inversion", t0)
         report("attack", f"{mix.name}: inversion")
-        t0 = time.perf_counter()
-        malicious = self._malicious_model(mspec, result, view)
-        self.timer.add("malicious_model", t0)
+        server_attacks: dict[str, Any] = {}
+        for name, attack in SERVER_ATTACKS.items():  # one function plus one entry each
+            t0 = time.perf_counter()
+            server_attacks[name] = attack(self, mspec, result, view)
+            self.timer.add(name, t0)
+            report("attack", f"{mix.name}: {name}")
         t0 = time.perf_counter()
         from fedcollab.grading.replay import differencing_on_view, observed_secure_sum
 
@@ -242,14 +246,7 @@ class TaskMeasurer:
                   "note": "no vendor group"}
         differencing["across_rounds"] = self._across_rounds(mspec, result)
         self.timer.add("differencing", t0)
-        t0 = time.perf_counter()
-        from fedcollab.grading.lying_server import lying_server
-
-        secure_pid = view.secure_pids[0] if view.secure_pids else None
-        lying = lying_server(mspec, None if secure_pid is None else np.append(
-            view.vector(secure_pid, self.shapes, clean=True) / self.scale, 1.0))
-        self.timer.add("lying_server", t0)
-        report("attack", f"{mix.name}: differencing, lying server")
+        report("attack", f"{mix.name}: differencing")
         t0 = time.perf_counter()
         utility = self._utility(mspec, result, weights, own)
         self.timer.add("federated_evaluation", t0)
@@ -260,9 +257,10 @@ class TaskMeasurer:
         t0 = time.perf_counter()
         parties = self._party_rows(mspec, weights, view, observed, utility, membership,
                                    inversion, differencing, own)
-        for party, worst in (malicious.get("parties") or {}).items():
-            if party in parties:
-                parties[party]["attacks"]["malicious_model"] = worst
+        for name, found in server_attacks.items():  # a row per party, where it has them
+            for party, worst in (found.get("parties") or {}).items():
+                if party in parties:
+                    parties[party]["attacks"][name] = worst
         self.timer.add("parties", t0)
         people = max(summary["participants"]["total"], 1)
         rounds = max(summary["rounds_completed"], 1)
@@ -272,8 +270,7 @@ class TaskMeasurer:
             "private_layers": any(g.private_layers for g in mspec.participants),
             "utility": utility,
             "attacks": {"membership": membership, "inversion": inversion,
-                        "differencing": differencing, "lying_server": lying,
-                        "malicious_model": malicious,
+                        "differencing": differencing, **server_attacks,
                         "backdoor": sims["backdoor"], "byzantine": sims["byzantine"]},
             "privacy": {"epsilon": summary["privacy"].get("epsilon"),
                         "delta": summary["privacy"].get("delta"),
@@ -617,6 +614,15 @@ class TaskMeasurer:
                     r[key] = 200.0  # exact: report a finite ceiling (strict JSON)
         return row
 
+    def _lying_server(self, mspec: Any, result: Any, view: Any) -> dict[str, Any]:
+        """The lying server's key substitution against the real participant code
+        (:mod:`~fedcollab.grading.lying_server`), on a secure member's replayed input."""
+        from fedcollab.grading.lying_server import lying_server
+
+        secure_pid = view.secure_pids[0] if view.secure_pids else None
+        return lying_server(mspec, None if secure_pid is None else np.append(
+            view.vector(secure_pid, self.shapes, clean=True) / self.scale, 1.0))
+
     def _malicious_model(self, mspec: Any, result: Any, view: Any) -> dict[str, Any]:
         """Round 1 replayed with a malicious server's model (imprint; model inconsistency
         against one secure member): :mod:`~fedcollab.grading.malicious_server`."""
@@ -719,3 +725,13 @@ class TaskMeasurer:
             out["per_group"] = groups
             out.update(vendor)
         return out
+
+
+#: Attacks by a server that deviates from the protocol, on the replayed round: name ->
+#: ``f(measurer, mix spec, run result, round view) -> row`` (a row with ``"parties"``
+#: also gives each party its own row under the same name). One function plus one entry.
+ServerAttack = Callable[[TaskMeasurer, Any, Any, Any], dict[str, Any]]
+SERVER_ATTACKS: dict[str, ServerAttack] = {
+    "lying_server": TaskMeasurer._lying_server,
+    "malicious_model": TaskMeasurer._malicious_model,
+}

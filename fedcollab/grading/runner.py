@@ -437,7 +437,11 @@ class _Bar:
             self._progress = stderr_progress("{task.description}", ["last"])
             self._progress.__enter__()
             self._mix = self._progress.add_task("mixes run", total=self.mixes, last="")
-            self._attack = self._progress.add_task("attacks", total=self.mixes * 3 + 2, last="")
+            from fedcollab.grading.measure import SERVER_ATTACKS
+
+            # per mix: membership, inversion, differencing and each server attack; + 2 sims
+            self._attack = self._progress.add_task(
+                "attacks", total=self.mixes * (3 + len(SERVER_ATTACKS)) + 2, last="")
         return self
 
     def step(self, kind: str, name: str) -> None:

@@ -55,6 +55,10 @@ def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
     assert {"fang_trim", "fang_krum"} <= set(mixes["open"]["attacks"]["byzantine"]["krum"])
     # a malicious server's model beside the passive inversion: model inconsistency
     # reads one vendor site's examples exactly out of the secure sum of 3
+    from fedcollab.grading.measure import SERVER_ATTACKS
+
+    # every registered server attack runs on every mix, timed on the card
+    assert set(SERVER_ATTACKS) <= set(vendor_secure["attacks"]) & set(data["per_attack_seconds"])
     inconsistent = vendor_secure["attacks"]["malicious_model"]["model_inconsistency"]
     assert inconsistent["party"] == "vendor" and inconsistent["exact_count"] >= 1
     assert vendor_secure["parties"]["vendor"]["grades"]["inversion:malicious_model"] == "F"
