@@ -225,6 +225,7 @@ class TaskMeasurer:
         if view is None:
             raise RuntimeError(f"{mix.name}: round 1 cannot be replayed: {check.note}")
         inversion = self._inversion(view)
+        inversion["final_round"] = self._final_round_inversion(mspec, result)
         self.timer.add("inversion", t0)
         report("attack", f"{mix.name}: inversion")
         server_attacks: dict[str, Any] = {}
@@ -612,6 +613,21 @@ class TaskMeasurer:
             for key in ("psnr_db", "gain_db"):
                 if r.get(key) is not None and not math.isfinite(r[key]):
                     r[key] = 200.0  # exact: report a finite ceiling (strict JSON)
+        return row
+
+    def _final_round_inversion(self, mspec: Any, result: Any) -> dict[str, Any]:
+        """The same passive inversion on the run's last round, near convergence (its own
+        replay, checked against that round's checkpoint). Reported beside round 1's,
+        which the grade is taken on (early updates are the larger ones)."""
+        last = int(result.summary.get("rounds_completed") or 0)
+        if last <= 1:
+            return {"note": "the run has one round"}
+        view, check = self._replay(mspec, result, round_id=last)
+        if view is None:
+            return {"round": last, "note": check.note}
+        row = self._inversion(view)
+        row.pop("gradient_matching", None)
+        row.update(round=last, replay_verified=check.verified)
         return row
 
     def _lying_server(self, mspec: Any, result: Any, view: Any) -> dict[str, Any]:

@@ -55,6 +55,9 @@ def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
     assert {"fang_trim", "fang_krum"} <= set(mixes["open"]["attacks"]["byzantine"]["krum"])
     # a malicious server's model beside the passive inversion: model inconsistency
     # reads one vendor site's examples exactly out of the secure sum of 3
+    # the passive inversion near convergence too: the last round, replayed and verified
+    late = mixes["open"]["attacks"]["inversion"]["final_round"]
+    assert late["round"] == 3 and late["replay_verified"] is True and late["exact"] is True
     from fedcollab.grading.measure import SERVER_ATTACKS
 
     # every registered server attack runs on every mix, timed on the card
