@@ -111,6 +111,9 @@ def test_cli_grade_ray_start_timing_out_is_retried_then_one_line(
 
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
+    # a module-scoped ray_local of an earlier test may still be up: connect() would reuse
+    # it and never start Ray, so this test must not see it
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     code = main(["grade", "examples/community-vendor.yaml", "--mixes", "open", "--quiet",
                  "--out", str(tmp_path / "card")])  # a new directory: grade refuses a used one
     err = capsys.readouterr().err.strip()
