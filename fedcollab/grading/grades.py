@@ -299,6 +299,11 @@ def grade_parties(mix: Mapping[str, Any], *, non_members: int) -> dict[str, dict
                   "inversion": grade_inversion(att.get("inversion") or {}) if replayed
                   else UNKNOWN,
                   "differencing": grade_confidentiality(diff, {}) if replayed else UNKNOWN}
+        if isinstance(att.get("malicious_model"), Mapping) and \
+                "psnr_db" in att["malicious_model"]:
+            # a malicious server's model (imprint, model inconsistency): the inversion bands
+            grades["inversion:malicious_model"] = grade_inversion(att["malicious_model"]) \
+                if replayed else UNKNOWN
         for name, seen in (diff.get("observers") or {}).items():
             if isinstance(seen, Mapping) and "relative_error" in seen:
                 grades[f"differencing:{name}"] = grade_confidentiality(seen, {}) \

@@ -17,7 +17,8 @@ import numpy as np
 from fedcollab.spec.roster import Role
 from fedcollab.types import GRADE_BUDGETS
 
-__all__ = ["Budget", "BUDGETS", "Progress", "Timer", "TaskMeasurer", "defence_of"]
+__all__ = ["Budget", "BUDGETS", "Progress", "Timer", "TaskMeasurer", "defence_of",
+           "SERVER_ATTACKS", "ServerAttack"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class Budget:
     # window misses an isolation that happened earlier, a false all-clear)
     cross_round_window: int = 0
     frontier: bool = False        # the privacy-utility sweep (mixes.frontier_mixes) too
+    backdoor_durability: int = 3  # honest rounds after the backdoor, its success after each
+    backdoor_attack_rounds: int = 3  # rounds the constrain-and-scale attacker attacks
+    dp_repeats: int = 3           # runs of each DP mix (its noise drawn afresh): the spread
 
 
 BUDGETS = {
@@ -44,7 +48,8 @@ BUDGETS = {
                        cross_round_window=0, frontier=True),
     "full": Budget(shadows=16, shadow_epochs=60, mia_samples=20000, backdoor_pretrain=10,
                    byzantine_rounds=10, inversion_open_targets=100, gradient_matching=True,
-                   cross_round_window=0, frontier=True),
+                   cross_round_window=0, frontier=True, backdoor_durability=5,
+                   backdoor_attack_rounds=5, dp_repeats=5),
 }
 
 assert tuple(BUDGETS) == GRADE_BUDGETS  # the names the CLI and the service accept
@@ -114,6 +119,7 @@ class TaskMeasurer:
         n_test = min(budget.mia_samples, len(self.data.x_test))
         self.test_idx = rng.choice(len(self.data.x_test), size=n_test, replace=False)
         self.non_members = n_test
+        self.poisoning_start = ""  # where the backdoor/Byzantine simulations started
 
     def settings(self) -> dict[str, Any]:
         """What the figures on the card depend on besides the spec: the budget's sizes,
@@ -128,10 +134,20 @@ class TaskMeasurer:
                           "participant_training": "[seed, round, participant]"},
                 "confidence": CONFIDENCE, "membership_attack": GRADED_ATTACK,
                 "members_available": self.members_available,
+                "poisoning_start": self.poisoning_start,
                 "non_members_available": int(len(self.data.x_test))}
 
     # ---------------------------------------------------------------- shared experiments
-    def simulations(self, report: Progress) -> dict[str, Any]:
+    def simulations(self, report: Progress, *, start: Any = None,
+                    origin: str = "") -> dict[str, Any]:
+        """The backdoor and Byzantine experiments, shared by every mix.
+
+        Args:
+            start: the global weights the attacks start from: a finished run's final
+                checkpoint (``origin`` names it), so they hit a model near convergence;
+                ``None`` pretrains ``budget.backdoor_pretrain`` FedAvg rounds from the
+                initial weights instead (when no run without DP finished).
+        """
         from fedcollab.grading.poisoning import (
             Simulation,
             backdoor_experiment,
@@ -142,15 +158,23 @@ class TaskMeasurer:
             return {"backdoor": {}, "byzantine": {}}
         sim = Simulation(self.trainer, self.w0, self.parts, self.data.x_test, self.data.y_test,
                          seed=self.spec.seed)
+        weights = None if start is None else [np.asarray(w) for w in start]
+        self.poisoning_start = (
+            f"final checkpoint of the '{origin}' run ({self.spec.rounds} rounds)"
+            if weights is not None else
+            f"{self.budget.backdoor_pretrain} FedAvg rounds from the initial weights")
         attacker = next((i for i, g in enumerate(self._roster()) if g.role == Role.COMMUNITY), 0)
         t0 = time.perf_counter()
-        backdoor = backdoor_experiment(sim, pretrain_rounds=self.budget.backdoor_pretrain,
-                                       attacker=attacker, seed=self.spec.seed)
+        backdoor = backdoor_experiment(
+            sim, pretrain_rounds=0 if weights is not None else self.budget.backdoor_pretrain,
+            start=weights, attacker=attacker, seed=self.spec.seed,
+            durability_rounds=self.budget.backdoor_durability,
+            attack_rounds=self.budget.backdoor_attack_rounds)
         self.timer.add("backdoor", t0)
         report("attack", "backdoor")
         t0 = time.perf_counter()
         byz = byzantine_experiment(sim, rounds=self.budget.byzantine_rounds, fraction=0.2,
-                                   seed=self.spec.seed)
+                                   start=weights, seed=self.spec.seed)
         self.timer.add("byzantine", t0)
         report("attack", "byzantine")
         return {"backdoor": backdoor, "byzantine": byz}
@@ -201,8 +225,15 @@ class TaskMeasurer:
         if view is None:
             raise RuntimeError(f"{mix.name}: round 1 cannot be replayed: {check.note}")
         inversion = self._inversion(view)
+        inversion["final_round"] = self._final_round_inversion(mspec, result)
         self.timer.add("inversion", t0)
         report("attack", f"{mix.name}: inversion")
+        server_attacks: dict[str, Any] = {}
+        for name, attack in SERVER_ATTACKS.items():  # one function plus one entry each
+            t0 = time.perf_counter()
+            server_attacks[name] = attack(self, mspec, result, view)
+            self.timer.add(name, t0)
+            report("attack", f"{mix.name}: {name}")
         t0 = time.perf_counter()
         from fedcollab.grading.replay import differencing_on_view, observed_secure_sum
 
@@ -216,14 +247,7 @@ class TaskMeasurer:
                   "note": "no vendor group"}
         differencing["across_rounds"] = self._across_rounds(mspec, result)
         self.timer.add("differencing", t0)
-        t0 = time.perf_counter()
-        from fedcollab.grading.lying_server import lying_server
-
-        secure_pid = view.secure_pids[0] if view.secure_pids else None
-        lying = lying_server(mspec, None if secure_pid is None else np.append(
-            view.vector(secure_pid, self.shapes, clean=True) / self.scale, 1.0))
-        self.timer.add("lying_server", t0)
-        report("attack", f"{mix.name}: differencing, lying server")
+        report("attack", f"{mix.name}: differencing")
         t0 = time.perf_counter()
         utility = self._utility(mspec, result, weights, own)
         self.timer.add("federated_evaluation", t0)
@@ -234,6 +258,10 @@ class TaskMeasurer:
         t0 = time.perf_counter()
         parties = self._party_rows(mspec, weights, view, observed, utility, membership,
                                    inversion, differencing, own)
+        for name, found in server_attacks.items():  # a row per party, where it has them
+            for party, worst in (found.get("parties") or {}).items():
+                if party in parties:
+                    parties[party]["attacks"][name] = worst
         self.timer.add("parties", t0)
         people = max(summary["participants"]["total"], 1)
         rounds = max(summary["rounds_completed"], 1)
@@ -243,7 +271,7 @@ class TaskMeasurer:
             "private_layers": any(g.private_layers for g in mspec.participants),
             "utility": utility,
             "attacks": {"membership": membership, "inversion": inversion,
-                        "differencing": differencing, "lying_server": lying,
+                        "differencing": differencing, **server_attacks,
                         "backdoor": sims["backdoor"], "byzantine": sims["byzantine"]},
             "privacy": {"epsilon": summary["privacy"].get("epsilon"),
                         "delta": summary["privacy"].get("delta"),
@@ -262,6 +290,17 @@ class TaskMeasurer:
             "replay": dict(check.to_json(), round=1),
         }
         return row, roc
+
+    def repeat_figures(self, mspec: Any, result: Any) -> dict[str, Any]:
+        """What a repeat of a DP mix is compared on: its accuracy, the graded membership
+        attack on its release and its canary audit (the noise is the only difference)."""
+        weights = [np.asarray(w) for w in result.weights]
+        membership, _ = self._membership(weights)
+        audit = self._canary_audit(mspec, result, weights)
+        return {"accuracy": result.summary.get("final_accuracy"),
+                "membership_auc": membership.get("auc"),
+                "membership_tpr_at_1pct_fpr": membership.get("tpr_at_1pct_fpr"),
+                "empirical_epsilon": audit.get("value")}
 
     @staticmethod
     def _by_observer(privacy: dict[str, Any]) -> dict[str, Any]:
@@ -346,11 +385,19 @@ class TaskMeasurer:
                 colluding = differencing_on_view(view, self.shapes, observed=observed,
                                                  colluders=colluders).to_json() \
                     if view.vendor_pids else dict(server)
+                # c = 1: a single community member in the vendor's sum (secure-all) takes
+                # out its own share; c = all is the vendor's worst case
+                one = colluders[:1]
+                colluding_one = differencing_on_view(view, self.shapes, observed=observed,
+                                                     colluders=one).to_json() \
+                    if view.vendor_pids and one else dict(server)
                 others = max(len(view.deltas) - 1, 0)
                 attacks["differencing"] = dict(
                     server, observers={"server": server,
                                "server_with_community": dict(colluding,
                                                              colluders=len(colluders)),
+                               "server_with_one_community": dict(colluding_one,
+                                                                 colluders=len(one)),
                                "other_participants": {"min_group_seen": others,
                                                       "note": "each round's global model "
                                                       "gives the sum of everyone else's "
@@ -568,6 +615,49 @@ class TaskMeasurer:
                     r[key] = 200.0  # exact: report a finite ceiling (strict JSON)
         return row
 
+    def _final_round_inversion(self, mspec: Any, result: Any) -> dict[str, Any]:
+        """The same passive inversion on the run's last round, near convergence (its own
+        replay, checked against that round's checkpoint). Reported beside round 1's,
+        which the grade is taken on (early updates are the larger ones)."""
+        last = int(result.summary.get("rounds_completed") or 0)
+        if last <= 1:
+            return {"note": "the run has one round"}
+        view, check = self._replay(mspec, result, round_id=last)
+        if view is None:
+            return {"round": last, "note": check.note}
+        row = self._inversion(view)
+        row.pop("gradient_matching", None)
+        row.update(round=last, replay_verified=check.verified)
+        return row
+
+    def _lying_server(self, mspec: Any, result: Any, view: Any) -> dict[str, Any]:
+        """The lying server's key substitution against the real participant code
+        (:mod:`~fedcollab.grading.lying_server`), on a secure member's replayed input."""
+        from fedcollab.grading.lying_server import lying_server
+
+        secure_pid = view.secure_pids[0] if view.secure_pids else None
+        return lying_server(mspec, None if secure_pid is None else np.append(
+            view.vector(secure_pid, self.shapes, clean=True) / self.scale, 1.0))
+
+    def _malicious_model(self, mspec: Any, result: Any, view: Any) -> dict[str, Any]:
+        """Round 1 replayed with a malicious server's model (imprint; model inconsistency
+        against one secure member): :mod:`~fedcollab.grading.malicious_server`."""
+        from fedcollab.grading.inversion import first_dense_indices
+        from fedcollab.grading.malicious_server import malicious_model_rows
+
+        flat = self.data.x_train.reshape(len(self.data.x_train), -1)
+        if flat.min() < 0 or flat.max() > 1:
+            return {"note": "inputs outside [0, 1]: PSNR needs a data range"}
+        start = self._round_start(result, 1)
+        if start is None:
+            return {"note": "no checkpoint of round 1's global model"}
+        parts = [(p[0].reshape(len(p[0]), -1), p[1]) for p in self.parts]
+        return malicious_model_rows(
+            mspec, self.trainer, start, parts, self._private_index(mspec), view,
+            dense=first_dense_indices(self.model),
+            reference=self.data.x_test.reshape(len(self.data.x_test), -1),
+            parties=self._parties(mspec), seed=self.spec.seed)
+
     def _parties(self, mspec: Any) -> dict[str, list[int]]:
         """Each party (a role: community, vendor) and its participants."""
         from fedcollab.spec.roster import roster
@@ -651,3 +741,13 @@ class TaskMeasurer:
             out["per_group"] = groups
             out.update(vendor)
         return out
+
+
+#: Attacks by a server that deviates from the protocol, on the replayed round: name ->
+#: ``f(measurer, mix spec, run result, round view) -> row`` (a row with ``"parties"``
+#: also gives each party its own row under the same name). One function plus one entry.
+ServerAttack = Callable[[TaskMeasurer, Any, Any, Any], dict[str, Any]]
+SERVER_ATTACKS: dict[str, ServerAttack] = {
+    "lying_server": TaskMeasurer._lying_server,
+    "malicious_model": TaskMeasurer._malicious_model,
+}

@@ -77,6 +77,14 @@ def _inversion_text(inv: Mapping[str, Any]) -> str:
             f"(PSNR {_fmt(inv.get('psnr_db'), 1)} dB) on the {inv.get('target')}")
 
 
+def _malicious_text(row: Mapping[str, Any]) -> str:
+    """The imprint / model-inconsistency row against one party (malicious_server.py)."""
+    if row.get("psnr_db") is None:
+        return str(row.get("note") or "nothing recovered")
+    return (f"{row.get('recovered')} of {row.get('examples')} examples within 10% "
+            f"({row.get('exact_count')} exact) from the {row.get('target')}")
+
+
 def _differencing_text(diff: Mapping[str, Any]) -> str:
     if diff.get("relative_error") is None:
         return str(diff.get("note") or "no vendor group")
@@ -148,7 +156,8 @@ def _frontier_rows(card: Scorecard) -> list[list[str]]:
 
 
 PARTY_HEADER = ["mix", "party", "accuracy", "membership (release)", "inversion",
-                "differencing (server)", "differencing (server + community)"]
+                "inversion (malicious model)", "differencing (server)",
+                "differencing (server + community)"]
 
 
 def _party_rows(card: Scorecard) -> list[list[str]]:
@@ -168,12 +177,39 @@ def _party_rows(card: Scorecard) -> list[list[str]]:
                 m["name"], f"{party} ({row.get('participants')})", acc,
                 _membership_cell(att.get("membership", {}), g.get("membership", "N/A")),
                 _cell(g.get("inversion", "N/A"), _inversion_text(att.get("inversion", {}))),
+                _cell(g.get("inversion:malicious_model", "N/A"),
+                      _malicious_text(att["malicious_model"]))
+                if isinstance(att.get("malicious_model"), Mapping) else "not run",
                 _cell(g.get("differencing", "N/A"), _differencing_text(diff)
                       if diff.get("relative_error") is not None or "note" not in diff
                       else str(diff["note"])),
                 _cell(g.get("differencing:server_with_community", "N/A"),
                       _differencing_text(colluding)) if colluding else "not applicable",
             ])
+    return rows
+
+
+REPEAT_HEADER = ["mix", "runs", "accuracy", "membership AUC", "membership TPR@1%FPR",
+                 "empirical epsilon"]
+
+
+def _repeat_rows(card: Scorecard) -> list[list[str]]:
+    """DP mixes run several times (fresh noise): mean ± sample std [min, max] per figure."""
+    rows = []
+    for m in card.mixes:
+        rep = m.get("repeats")
+        if not isinstance(rep, Mapping):
+            continue
+        cells = []
+        for key in REPEAT_HEADER[2:]:
+            k = {"accuracy": "accuracy", "membership AUC": "membership_auc",
+                 "membership TPR@1%FPR": "membership_tpr_at_1pct_fpr",
+                 "empirical epsilon": "empirical_epsilon"}[key]
+            f = rep.get(k) or {}
+            cells.append("n/a" if f.get("mean") is None else
+                         f"{_fmt(f['mean'])} ± {_fmt(f['std'])} "
+                         f"[{_fmt(f['min'])}, {_fmt(f['max'])}]")
+        rows.append([m["name"], str(rep.get("runs")), *cells])
     return rows
 
 
@@ -213,6 +249,10 @@ def render_markdown(card: Scorecard) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in _frontier_rows(card)]
     lines += ["", f"**Pareto front (privacy, utility):** {', '.join(card.pareto_front)}", "",
               "## Recommendation", "", card.recommendation.get("text", ""), ""]
+    if _repeat_rows(card):
+        lines += ["## DP mixes, repeated (only the noise differs)", "",
+                  "| " + " | ".join(REPEAT_HEADER) + " |", "|" + "---|" * len(REPEAT_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in _repeat_rows(card)] + [""]
     if card.skipped:
         lines += ["## Mixes not run", ""] + [f"* {k}: {v}" for k, v in card.skipped.items()]
     lines += ["", "## Backdoor and Byzantine figures per rule", ""]
@@ -376,6 +416,13 @@ def render_html(card: Scorecard, pngs: Mapping[str, bytes]) -> str:
                     + "</tr></thead><tbody>"
                     + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
                               for r in _frontier_rows(card)) + "</tbody></table>")
+    repeats = ""
+    if _repeat_rows(card):
+        repeats = ("<h2>DP mixes, repeated (only the noise differs)</h2><table id=\"repeats\">"
+                   "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in REPEAT_HEADER)
+                   + "</tr></thead><tbody>"
+                   + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
+                             for r in _repeat_rows(card)) + "</tbody></table>")
     party_head = "".join(f"<th>{esc(h)}</th>" for h in PARTY_HEADER)
     party_body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
                          for r in _party_rows(card))
@@ -395,6 +442,7 @@ Grades A–F per docs/grading.md; ★ recommended.</p>
 <h2>Per party</h2>
 <table id="parties"><thead><tr>{party_head}</tr></thead><tbody>{party_body}</tbody></table>
 {frontier}
+{repeats}
 <p><b>Pareto front (privacy, utility):</b> {esc(", ".join(card.pareto_front))}</p>
 <div class="rec"><h2>Recommendation: {esc(card.recommendation.get("mix", ""))}</h2>
 <p>{esc(card.recommendation.get("text", ""))}</p></div>

@@ -23,12 +23,13 @@ nothing process-wide is shared between runs; every model the grader itself needs
 is built in this process (:class:`~fedcollab.grading.measure.TaskMeasurer`). With
 that each run's weights and metrics are what it would give alone, in any order.
 
-While the runs train, the driver thread does the work that needs no run: the
-poisoning simulations (backdoor, Byzantine) and the LiRA shadow models, then
-attacks each mix as it finishes. The attacks are the pure functions of this
-package, run on what each run produced (final weights, per-round metrics, its
-checkpoints) and on a replay of what the server saw. The scorecard keeps the
-planned order of mixes whatever order they finish in.
+While the runs train, the driver thread does the work that needs no run (the LiRA
+shadow models), then attacks each mix as it finishes; the poisoning simulations
+(backdoor, Byzantine) start from the final model of the first finished run without DP,
+so they attack a model near convergence while the other runs train. The attacks are
+the pure functions of this package, run on what each run produced (final weights,
+per-round metrics, its checkpoints) and on a replay of what the server saw. The
+scorecard keeps the planned order of mixes whatever order they finish in.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import concurrent.futures
 import dataclasses
 import math
 import os
+import statistics
 import sys
 import threading
 import time
@@ -114,11 +116,12 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
     if not planned:
         raise GradeError("no mix can run on this spec: " +
                          "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    repeats = dp_repeats(planned, BUDGETS[budget].dp_repeats)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(out) if out is not None else Path("runs") / f"{spec.name}-grade-{stamp}"
     out_dir = out_dir.resolve()
     check_grade_out(out_dir)
-    with _Bar(len(planned), enabled=progress) as bar:
+    with _Bar(len(planned) + len(repeats), enabled=progress) as bar:
         lock = threading.Lock()
 
         def report(kind: str, name: str) -> None:
@@ -129,7 +132,7 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
 
         card = _grade(spec, planned, skipped, priority=priority, budget=budget,
                       out_dir=out_dir, address=address, report=report,
-                      max_parallel=max_parallel)
+                      max_parallel=max_parallel, repeats=repeats)
     card = dataclasses.replace(card, out_dir=str(out_dir))
     write_scorecard(card, out_dir)
     return card
@@ -151,9 +154,46 @@ def check_grade_out(out_dir: Path) -> None:
     check_can_write(out_dir)
 
 
+def dp_repeats(planned: Sequence[tuple[Any, Any]], runs: int) -> list[tuple[Any, Any, str]]:
+    """Extra runs of each DP mix (not the frontier's sweep), so that its figures carry the
+    spread of the noise: ``runs - 1`` more of each, named ``<mix>~2``, ``<mix>~3``, ...
+    (the same spec and seed; DP noise comes from fresh entropy in every run)."""
+    from fedcollab.grading.mixes import frontier_point
+
+    out = []
+    for mix, mspec in planned:
+        if mspec.privacy.dp.mode != "none" and frontier_point(mix.name) is None:
+            out += [(dataclasses.replace(mix, name=f"{mix.name}~{k}"), mspec, mix.name)
+                    for k in range(2, runs + 1)]
+    return out
+
+
+def _spread(values: Sequence[Any]) -> dict[str, Any]:
+    got = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not got:
+        return {"values": list(values), "mean": None, "std": None, "min": None, "max": None}
+    return {"values": got, "mean": float(sum(got) / len(got)),
+            "std": float(statistics.stdev(got)) if len(got) > 1 else 0.0,
+            "min": min(got), "max": max(got)}
+
+
+def _attach_repeats(row: dict[str, Any], figures: Sequence[Mapping[str, Any]]) -> None:
+    """The graded run's figures and its repeats' as ``row["repeats"]``: values, mean,
+    sample standard deviation, min and max per figure."""
+    own = {"accuracy": row["utility"].get("accuracy"),
+           "membership_auc": row["attacks"]["membership"].get("auc"),
+           "membership_tpr_at_1pct_fpr": row["attacks"]["membership"].get("tpr_at_1pct_fpr"),
+           "empirical_epsilon": row["privacy"]["empirical_epsilon"].get("value")}
+    runs = [own, *figures]
+    row["repeats"] = {"runs": len(runs),
+                      "note": "the same spec and seed run again: only the DP noise differs",
+                      **{key: _spread([r.get(key) for r in runs]) for key in own}}
+
+
 def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: str,
            budget: str, out_dir: Path, address: Optional[str], report: Progress,
-           max_parallel: Optional[int] = None) -> Scorecard:
+           max_parallel: Optional[int] = None,
+           repeats: Sequence[tuple[Any, Any, str]] = ()) -> Scorecard:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fedcollab.cluster.connect import connect
     from fedcollab.cluster.reuse import worker_reuse
@@ -169,6 +209,9 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
     # before any run starts: every model the grader needs is built here (see above)
     ctx = TaskMeasurer(spec, BUDGETS[budget], timer)
     jobs = [(mix, one_worker(mspec)) for mix, mspec in planned]
+    jobs += [(mix, one_worker(mspec)) for mix, mspec, _ in repeats]
+    repeat_of = {mix.name: base for mix, _, base in repeats}
+    repeated: dict[str, list[dict[str, Any]]] = {}
     measured: dict[int, tuple[Any, Any, Any, dict[str, Any], Any]] = {}
     with connect(address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray, \
             worker_reuse(ray):  # a finished mix's worker starts the next mix's run
@@ -179,14 +222,27 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
         with MixRuns(jobs, slots=slots, out_dir=out_dir, address=address,
                      on_done=lambda mix: report("mix", mix.name)) as runs:
             # driver-side work that needs no run, while the runs train
-            sims = ctx.simulations(report)
             ctx.prepare()
+            # the poisoning simulations start from the first finished run without DP
+            # (near convergence); the rows share these dicts, filled in when they are done
+            sims: dict[str, Any] = {"backdoor": {}, "byzantine": {}}
+            started = False
             for index, mix, mspec, result, error in runs.as_finished():
+                if mix.name in repeat_of:
+                    if result is not None:
+                        repeated.setdefault(repeat_of[mix.name], []).append(
+                            ctx.repeat_figures(mspec, result))
+                    continue
                 if result is None:
                     skipped[mix.name] = f"run failed: {error}"
                     continue
+                if not started and mspec.privacy.dp.mode == "none":
+                    _fill(sims, ctx.simulations(report, start=result.weights, origin=mix.name))
+                    started = True
                 row, roc = ctx.measure(mix, mspec, result, sims, report)
                 measured[index] = (mix, mspec, result, row, roc)
+            if not started:
+                _fill(sims, ctx.simulations(report))
         timer.seconds["runs"] = runs.wall_seconds
     if not measured:
         raise GradeError("every mix failed: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
@@ -194,6 +250,8 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
     curves: dict[str, dict[str, Any]] = {"accuracy": {}, "roc": {}}
     for index in sorted(measured):  # the planned order, whatever order they finished in
         mix, mspec, result, row, roc = measured[index]
+        if mix.name in set(repeat_of.values()):
+            _attach_repeats(row, repeated.get(mix.name, []))
         rows.append(row)
         curves["accuracy"][mix.name] = [m.get("accuracy") for m in result.metrics
                                         if m.get("accuracy") is not None]
@@ -201,6 +259,11 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
     return _finish(spec, rows, skipped, curves, priority=priority, budget=budget,
                    seconds=time.perf_counter() - t_start, timer=timer, non_members=ctx.non_members,
                    settings=ctx.settings())
+
+
+def _fill(sims: dict[str, Any], done: Mapping[str, Any]) -> None:
+    for key, value in done.items():
+        sims.setdefault(key, {}).update(value)
 
 
 def one_worker(mspec: Any) -> Any:
@@ -374,7 +437,11 @@ class _Bar:
             self._progress = stderr_progress("{task.description}", ["last"])
             self._progress.__enter__()
             self._mix = self._progress.add_task("mixes run", total=self.mixes, last="")
-            self._attack = self._progress.add_task("attacks", total=self.mixes * 3 + 2, last="")
+            from fedcollab.grading.measure import SERVER_ATTACKS
+
+            # per mix: membership, inversion, differencing and each server attack; + 2 sims
+            self._attack = self._progress.add_task(
+                "attacks", total=self.mixes * (3 + len(SERVER_ATTACKS)) + 2, last="")
         return self
 
     def step(self, kind: str, name: str) -> None:

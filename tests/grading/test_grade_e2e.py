@@ -46,6 +46,27 @@ def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
     assert (tmp_path / "scorecard.html").stat().st_size > 10_000
     assert card.recommendation["mix"] in card.pareto_front
     assert scorecard_problems(tmp_path / "scorecard.json") == []
+    # #29: the poisoning attacks hit a finished run's final model, each rule faces
+    # constrain-and-scale and Fang et al. too, and the backdoor is followed after
+    assert "final checkpoint" in data["settings"]["poisoning_start"]
+    fedavg = mixes["open"]["attacks"]["backdoor"]["fedavg"]
+    assert set(fedavg["attacks"]) == {"model_replacement", "constrain_and_scale"}
+    assert len(fedavg["success_after"]) == 3
+    assert {"fang_trim", "fang_krum"} <= set(mixes["open"]["attacks"]["byzantine"]["krum"])
+    # a malicious server's model beside the passive inversion: model inconsistency
+    # reads one vendor site's examples exactly out of the secure sum of 3
+    # the passive inversion near convergence too: the last round, replayed and verified
+    late = mixes["open"]["attacks"]["inversion"]["final_round"]
+    assert late["round"] == 3 and late["replay_verified"] is True and late["exact"] is True
+    from fedcollab.grading.measure import SERVER_ATTACKS
+
+    # every registered server attack runs on every mix, timed on the card
+    assert set(SERVER_ATTACKS) <= set(vendor_secure["attacks"]) & set(data["per_attack_seconds"])
+    inconsistent = vendor_secure["attacks"]["malicious_model"]["model_inconsistency"]
+    assert inconsistent["party"] == "vendor" and inconsistent["exact_count"] >= 1
+    assert vendor_secure["parties"]["vendor"]["grades"]["inversion:malicious_model"] == "F"
+    observers = vendor_secure["parties"]["vendor"]["attacks"]["differencing"]["observers"]
+    assert observers["server_with_one_community"]["colluders"] == 1
 
 
 def test_cli_grade_unknown_mix_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -90,7 +111,8 @@ def test_cli_grade_ray_start_timing_out_is_retried_then_one_line(
 
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
-    # this file's ray_local fixture may hold a connection: grade would reuse it
+    # a module-scoped ray_local of an earlier test may still be up: connect() would reuse
+    # it and never start Ray, so this test must not see it
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     code = main(["grade", "examples/community-vendor.yaml", "--mixes", "open", "--quiet",
                  "--out", str(tmp_path / "card")])  # a new directory: grade refuses a used one

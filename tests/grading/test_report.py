@@ -147,3 +147,30 @@ def test_scorecard_html_in_headless_chromium_plots_load_mixes_listed_no_errors(
     assert "vendor (3)" in parties and "community (8)" in parties
     assert errors == [], errors
     assert selenium is not None
+
+
+def test_report_shows_the_malicious_model_row_and_the_dp_repeats(tmp_path: Path) -> None:
+    """#29: the per-party table has the malicious server's inversion beside the passive
+    one, and a DP mix run several times shows its spread."""
+    from fedcollab.grading.grades import grade_parties
+
+    card = _card()
+    mix = card.mixes[0]
+    mix["parties"]["vendor"]["attacks"]["malicious_model"] = {
+        "psnr_db": 200.0, "relative_error": 0.0, "exact": True, "recovered": 4,
+        "exact_count": 3, "examples": 120, "baseline_psnr_db": 13.0, "gain_db": 187.0,
+        "target": "secure sum, only one member sent the imprint", "party": "vendor"}
+    for party, grades in grade_parties(mix, non_members=360).items():
+        mix["parties"][party]["grades"] = grades
+    card.mixes[2]["repeats"] = {"runs": 3, **{k: {"values": [0.5, 0.6, 0.7], "mean": 0.6,
+                                                  "std": 0.1, "min": 0.5, "max": 0.7}
+                                              for k in ("accuracy", "membership_auc",
+                                                        "membership_tpr_at_1pct_fpr",
+                                                        "empirical_epsilon")}}
+    assert mix["parties"]["vendor"]["grades"]["inversion:malicious_model"] == "F"
+    files = write_scorecard(card, tmp_path)
+    text = files["md"].read_text()
+    assert "inversion (malicious model)" in text
+    assert "4 of 120 examples within 10% (3 exact) from the secure sum, only one member" in text
+    assert "| secure-vendor-dp | 3 | 0.600 ± 0.100 [0.500, 0.700] |" in text
+    assert 'id="repeats"' in files["html"].read_text()
