@@ -77,12 +77,13 @@ class Reservation:
 
     def strategy(self, index: int) -> dict[str, Any]:
         """Actor options that place worker ``index`` in its bundle ({} if it has none)."""
-        if self.group is None or self.bundle_of[index] is None:
+        bundle = self.bundle_of[index]
+        if self.group is None or bundle is None:
             return {}
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
-            placement_group=self.group, placement_group_bundle_index=self.bundle_of[index],
+            placement_group=self.group, placement_group_bundle_index=bundle,
             placement_group_capture_child_tasks=False)}
 
     def release(self) -> None:
