@@ -85,10 +85,11 @@ class WorkerPool(Hosting):
         wait: Block until every worker is ready; ``False`` returns at once (the
             workers start in the background) and :meth:`wait_ready` blocks later.
         reserve: Hold every worker's resources in Ray for the whole job, as one
-            placement group (:class:`~fedcollab.cluster.reserve.Reservation`), and
-            wait until Ray grants it: jobs sharing a cluster then queue in Ray
-            instead of oversubscribing it. Spares run in the reservation's place
-            (they hold no CPU of their own); no worker is parked at the end.
+            placement group (:class:`~fedcollab.cluster.reserve.Reservation`);
+            :meth:`wait_ready` waits until Ray grants it: jobs sharing a cluster
+            then queue in Ray instead of oversubscribing it. Spares run in the
+            reservation's place (they hold no CPU of their own) and are configured
+            only once it is granted; no worker is parked at the end.
         on_wait: Called with one line if the reservation has to wait for other jobs.
 
     Raises:
@@ -135,7 +136,7 @@ class WorkerPool(Hosting):
                 _kill_quietly(ray, worker)
             parked = []
             self.reservation = Reservation(ray, self._requests, avoid_nodes=self._reserved,
-                                           on_wait=on_wait)
+                                           on_wait=on_wait)  # asks; wait_ready waits
         fits_spare = spec.resources.gpus_per_worker == 0
         taken: list[Any] = []
         self._options: list[_Options | None] = []  # None: a spare (never parked)
@@ -160,10 +161,17 @@ class WorkerPool(Hosting):
             ray.kill(worker, no_restart=True)
         self.workers: list[Any] = []
         self._readying: list[Any] = []
+        # a worker in the reservation starts once Ray grants it; a spare (outside it)
+        # is configured only then (wait_ready), so a queued job computes nothing yet
+        self._deferred: list[int] = []
         for index, worker in enumerate(taken):
             if worker is None:
                 self.workers.append(self._start(index))
                 self._readying.append(self.workers[-1].ready.remote())
+            elif self.reservation is not None and not self.reservation.granted:
+                self.workers.append(worker)
+                self._readying.append(None)
+                self._deferred.append(index)
             else:
                 self.workers.append(worker)
                 self._readying.append(worker.configure.remote(self._config(index)))
@@ -183,6 +191,11 @@ class WorkerPool(Hosting):
             fedcollab.spec.SpecError: The model does not build, or does not fit the
                 data or the spec (every worker finds the same mistake; the first says).
         """
+        if self.reservation is not None:
+            self.reservation.wait()
+            for index in self._deferred:
+                self._readying[index] = self.workers[index].configure.remote(self._config(index))
+            self._deferred = []
         if self._readying:
             self.placement = [self._ready(index, call) for index, call in enumerate(self._readying)]
             self._readying = []

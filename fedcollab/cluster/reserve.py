@@ -30,11 +30,12 @@ class Reservation:
         avoid_nodes: Node ids the general workers (those with no custom resource)
             must stay off (nodes kept for pinned groups).
         on_wait: Called once with a line if Ray does not grant the reservation within
-            ``quiet_seconds`` (another job holds the resources).
+            ``quiet_seconds`` of :meth:`wait` (another job holds the resources).
         quiet_seconds: How long to wait before saying so.
 
-    Blocks until Ray has granted every bundle (it waits as long as it takes: the job
-    is queued in Ray; SIGTERM still ends the wait, between polls).
+    Asks Ray and returns at once; actors placed in its bundles (:meth:`strategy`)
+    start when Ray grants it, and :meth:`wait` blocks until then, so the driver can do
+    its own set-up while the job is queued in Ray.
     """
 
     def __init__(self, ray: Any, requests: Sequence[WorkerRequest], *,
@@ -59,21 +60,31 @@ class Reservation:
                              else {})
         self.wants = _total(bundles)
         self.group: Any = None
+        self.granted = not bundles
         self.waited_seconds = 0.0
+        self._on_wait = on_wait
+        self._quiet = quiet_seconds
         if not bundles:
             return
         options: dict[str, Any] = {}
         if any(selectors):
             options["bundle_label_selector"] = selectors
         self.group = placement_group(bundles, strategy="PACK", **options)
+
+    def wait(self) -> None:
+        """Block until Ray has granted every bundle, however long that takes (the job
+        is queued in Ray; SIGTERM still ends the wait, between polls)."""
+        if self.granted or self.group is None:
+            return
         start = time.monotonic()
         said = False
-        while not self.group.wait(timeout_seconds=quiet_seconds):
-            if not said and on_wait is not None:
-                on_wait(f"waiting for Ray to grant {_describe(self.wants)} "
-                        "(other jobs hold them; this job starts when they end)")
+        while not self.group.wait(timeout_seconds=self._quiet):
+            if not said and self._on_wait is not None:
+                self._on_wait(f"waiting for Ray to grant {_describe(self.wants)} "
+                              "(other jobs hold them; this job starts when they end)")
                 said = True
         self.waited_seconds = time.monotonic() - start
+        self.granted = True
 
     def strategy(self, index: int) -> dict[str, Any]:
         """Actor options that place worker ``index`` in its bundle ({} if it has none)."""

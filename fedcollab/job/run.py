@@ -556,6 +556,10 @@ class _Job:
                                     key_path=spec.release.key, sign=spec.release.sign)
             record = replace(record, release=str(release))
         self.phases["release"] = time.perf_counter() - t_release
+        if self.options.reserve:
+            # the workers are done (the release is exported): give their reserved CPUs
+            # to the next queued job now, not after the plots and the summary
+            self.pool.shutdown()
         # shutdown is added once Ray has stopped
         record = replace(record, phases_seconds=dict(self.phases))
         result = JobResult.of(self.out, record, self.loop.weights, metrics, records)

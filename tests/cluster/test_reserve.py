@@ -15,8 +15,17 @@ from fedcollab.spec.roster import roster
 pytestmark = [pytest.mark.ray]
 
 
-def _free_cpus(ray: Any) -> float:
-    return float(ray.available_resources().get("CPU", 0.0))
+def _free_cpus(ray: Any, expected: float, timeout: float = 30.0) -> float:
+    """Ray's free CPUs once they read `expected` (its resource view lags a little
+    behind placement groups made and removed), or what they read at the deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        free = float(ray.available_resources().get("CPU", 0.0))
+        if free == expected or time.monotonic() > deadline:
+            return free
+        time.sleep(0.1)
 
 
 def test_reservation_second_that_does_not_fit_waits_until_first_released(
@@ -24,6 +33,7 @@ def test_reservation_second_that_does_not_fit_waits_until_first_released(
     from fedcollab.cluster.reserve import Reservation
 
     first = Reservation(ray_local, [WorkerRequest(cpus=1.0), WorkerRequest(cpus=1.0)])
+    first.wait()
     said: list[str] = []
     granted = threading.Event()
     second: list[Reservation] = []
@@ -31,6 +41,7 @@ def test_reservation_second_that_does_not_fit_waits_until_first_released(
     def reserve_again() -> None:
         second.append(Reservation(ray_local, [WorkerRequest(cpus=1.0)],
                                   on_wait=said.append, quiet_seconds=0.2))
+        second[0].wait()  # queued in Ray behind the first
         granted.set()
 
     thread = threading.Thread(target=reserve_again, daemon=True)
@@ -70,16 +81,11 @@ def test_pool_reserve_holds_cpus_while_running_and_frees_them_at_shutdown(
     spec = spec_from_dict({"name": "reserved", "rounds": 1,
                            "resources": {"workers": 2, "cpus_per_worker": 1.0},
                            "participants": [{"name": "community", "count": 4}]})
-    before = _free_cpus(ray_local)
+    assert _free_cpus(ray_local, 2.0) == 2.0  # the earlier tests' reservations are gone
     pool = WorkerPool(ray_local, spec, roster(spec), tmp_path, reserve=True)
     try:
         assert pool.reservation is not None and pool.reservation.wants == {"CPU": 2.0}
-        assert _free_cpus(ray_local) == before - 2.0  # held in Ray, by this job alone
+        assert _free_cpus(ray_local, 0.0) == 0.0  # held in Ray, by this job alone
     finally:
         pool.shutdown()
-    import time
-
-    deadline = time.monotonic() + 30
-    while _free_cpus(ray_local) < before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _free_cpus(ray_local) == before
+    assert _free_cpus(ray_local, 2.0) == 2.0
