@@ -946,7 +946,8 @@ def bench_service_burst(jobs: int = 3) -> None:
         finally:
             service.stop()
     emit({"bench": "service_burst", "jobs_together": jobs, "submit_to_done_seconds": seconds,
-          "ratio_last_to_first": seconds[-1] / seconds[0], "max_concurrent": jobs,
+          "ratio_last_to_first": seconds[-1] / seconds[0],
+          "ratio_slowest_to_first": max(seconds) / seconds[0], "max_concurrent": jobs,
           "warm_runners_ready": warm_before, "cpus_per_job": 1, "cpus": os.cpu_count(),
           "waited_for_cpus": waited,
           "job_wall_seconds": [s["wall_seconds"] for s in summaries],

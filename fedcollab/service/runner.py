@@ -449,10 +449,11 @@ class Runner:
         if not self.eager and self.ray_address is None and self._ray_head is None:
             return  # lazy: no Ray (and no pool) until the first job needs it
         target = self.warm_runners
-        if len(self._running) >= self.max_concurrent:
-            # Warming a runner is CPU-heavy: while every slot is busy, warm only for
-            # the jobs already waiting (each will need one as soon as a slot frees;
-            # warming it now overlaps the running jobs instead of following them).
+        if self._running:
+            # Warming a runner is CPU-heavy (its spare workers import TensorFlow):
+            # while jobs run, warm only for the jobs already waiting (each needs one
+            # as soon as a slot frees; warming it now overlaps the running jobs
+            # instead of following them). The rest of the pool fills once idle.
             target = min(target, self.store.count_state("QUEUED"))
         alive = deque(p for p in self._pool.procs if p.poll() is None)
         self._pool.procs = alive
