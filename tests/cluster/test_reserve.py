@@ -73,6 +73,19 @@ def test_reservation_worker_asking_nothing_has_no_bundle(ray_local: Any) -> None
         held.release()
 
 
+def test_reservation_general_bundles_avoid_kept_nodes_by_label(ray_local: Any) -> None:
+    from fedcollab.cluster.reserve import Reservation
+
+    kept = "f" * 56  # a node kept for a pinned group (none here): this one is fine
+    held = Reservation(ray_local, [WorkerRequest(cpus=0.5), WorkerRequest(cpus=0.5)],
+                       avoid_nodes=[kept])
+    try:
+        held.wait()
+        assert held.granted
+    finally:
+        held.release()
+
+
 @pytest.mark.slow
 def test_pool_reserve_holds_cpus_while_running_and_frees_them_at_shutdown(
         ray_local: Any, tmp_path: Path) -> None:
