@@ -883,6 +883,88 @@ def bench_service_latency(rounds: int = 5) -> None:
           "warm_rounds_seconds": summaries[-1]["rounds_seconds"]})
 
 
+_BURST_JOB = """name: burst
+seed: 0
+task: {dataset: digits, model: mlp}
+rounds: 5
+participants:
+  - {name: community, role: community, count: 4, sharing: open, partition: {kind: iid}}
+resources: {workers: 1}
+release: {sign: false}
+"""
+
+
+def bench_service_burst(jobs: int = 3) -> None:
+    """Three small jobs (one worker, 1 CPU each) submitted together to a warm service
+    on this machine's CPUs, with `--max-concurrent` as many: each job starts in a warm
+    job process, and those whose CPUs Ray cannot grant yet wait in Ray's queue.
+    `submit_to_done_seconds` in submission order; `ratio_last_to_first` = the last
+    submitted over the first (target <= 2)."""
+    from fedcollab._proto.fedcollab.v1 import jobs_pb2
+
+    done_states = (jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED)
+    with tempfile.TemporaryDirectory(prefix="fedcollab-bench-burst-") as tmp:
+        service = _ServiceProcess(Path(tmp) / "state", max_concurrent=jobs)
+        try:
+            deadline = time.monotonic() + 600
+            while service.warm_runners_ready() < jobs and time.monotonic() < deadline:
+                time.sleep(0.2)
+            warm_before = service.warm_runners_ready()
+            load = os.getloadavg()[0]
+            seconds: list[float] = [0.0] * jobs
+            ids: list[str] = [""] * jobs
+            errors: list[str] = []
+            go = threading.Barrier(jobs)
+
+            def one(index: int) -> None:
+                from fedcollab.service.client import JobClient
+
+                with JobClient(service.address, token=service.token, timeout=30) as client:
+                    go.wait()
+                    time.sleep(0.05 * index)  # submission order = index
+                    start = time.perf_counter()
+                    job = client.submit(_BURST_JOB)
+                    ids[index] = job.id
+                    for event in client.watch(job.id):
+                        if event.HasField("state") and event.state.state in done_states:
+                            if event.state.state != jobs_pb2.SUCCEEDED:
+                                errors.append(f"job {index}: {event.state.error}")
+                            break
+                    seconds[index] = time.perf_counter() - start
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(jobs)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise RuntimeError("service_burst: " + "; ".join(errors))
+            records = [service.client.get(job_id) for job_id in ids]
+            summaries = [json.loads(r.summary_json) for r in records]
+            waited = [_reservation_wait(Path(tmp) / "state" / "jobs" / job_id / "job.log")
+                      for job_id in ids]
+        finally:
+            service.stop()
+    emit({"bench": "service_burst", "jobs_together": jobs, "submit_to_done_seconds": seconds,
+          "ratio_last_to_first": seconds[-1] / seconds[0],
+          "ratio_slowest_to_first": max(seconds) / seconds[0], "max_concurrent": jobs,
+          "warm_runners_ready": warm_before, "cpus_per_job": 1, "cpus": os.cpu_count(),
+          "waited_for_cpus": waited,
+          "job_wall_seconds": [s["wall_seconds"] for s in summaries],
+          "rounds_seconds": [s["rounds_seconds"] for s in summaries],
+          "job_phases_seconds": [{k: round(v, 2) for k, v in s["phases_seconds"].items()}
+                                 for s in summaries],
+          "load_average_1m_at_submit": load, "load_average_1m": os.getloadavg()[0]})
+
+
+def _reservation_wait(log: Path) -> bool:
+    """Whether the job's log says it waited for Ray to grant its CPUs."""
+    try:
+        return "waiting for Ray to grant" in log.read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def bench_secure_round_ddg(rounds: int = 5) -> None:
     """All 100 participants secure (SecAgg+), under the distributed discrete Gaussian
     (each member rotates, rounds and adds exactly sampled integer noise in the ring)
@@ -929,13 +1011,14 @@ BENCHES: dict[str, Callable[[], None]] = {
     "service_load": _service_load_both,
     "service_watchers": bench_service_watchers,
     "service_latency": bench_service_latency,
+    "service_burst": bench_service_burst,
     "scale": bench_scale,
     "secure_floor": bench_secure_floor,
 }
 
 
 OWN_PROCESSES = frozenset({"cold_start", "service_load", "service_watchers",
-                           "service_latency"})
+                           "service_latency", "service_burst"})
 
 
 def main() -> int:

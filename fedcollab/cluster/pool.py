@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedcollab.cluster.reserve import Reservation
 from fedcollab.cluster.reuse import _kill_quietly, _Options, _park, _take_parked
 from fedcollab.spec.roster import ParticipantInfo, roster
 from fedcollab.types import Weights
@@ -83,6 +84,13 @@ class WorkerPool(Hosting):
             which skips its TensorFlow import; spares left over are killed.
         wait: Block until every worker is ready; ``False`` returns at once (the
             workers start in the background) and :meth:`wait_ready` blocks later.
+        reserve: Hold every worker's resources in Ray for the whole job, as one
+            placement group (:class:`~fedcollab.cluster.reserve.Reservation`);
+            :meth:`wait_ready` waits until Ray grants it: jobs sharing a cluster
+            then queue in Ray instead of oversubscribing it. Spares run in the
+            reservation's place (they hold no CPU of their own) and are configured
+            only once it is granted; no worker is parked at the end.
+        on_wait: Called with one line if the reservation has to wait for other jobs.
 
     Raises:
         fedcollab.cluster.placement.ClusterError: The spec pins groups to a resource no node has.
@@ -90,7 +98,8 @@ class WorkerPool(Hosting):
 
     def __init__(self, ray: Any, spec: JobSpec, people: Sequence[ParticipantInfo],
                  out_dir: Path, *, resume_round: int = 0, spares: Sequence[Any] = (),
-                 wait: bool = True) -> None:
+                 wait: bool = True, reserve: bool = False,
+                 on_wait: Callable[[str], None] | None = None) -> None:
         from fedcollab.spec import spec_to_dict
 
         self.ray = ray
@@ -119,6 +128,15 @@ class WorkerPool(Hosting):
         # parked (worker_reuse), or a new one; parked workers that fit no slot are
         # killed before any new one starts, so their CPUs are free for it
         spare, parked = list(spares), _take_parked(ray)
+        self.reservation: Reservation | None = None
+        if reserve:
+            # a parked worker holds its CPUs outside the reservation: it would be
+            # counted twice (and on a full cluster the reservation would wait for it)
+            for _, worker in parked:
+                _kill_quietly(ray, worker)
+            parked = []
+            self.reservation = Reservation(ray, self._requests, avoid_nodes=self._reserved,
+                                           on_wait=on_wait)  # asks; wait_ready waits
         fits_spare = spec.resources.gpus_per_worker == 0
         taken: list[Any] = []
         self._options: list[_Options | None] = []  # None: a spare (never parked)
@@ -143,10 +161,17 @@ class WorkerPool(Hosting):
             ray.kill(worker, no_restart=True)
         self.workers: list[Any] = []
         self._readying: list[Any] = []
+        # a worker in the reservation starts once Ray grants it; a spare (outside it)
+        # is configured only then (wait_ready), so a queued job computes nothing yet
+        self._deferred: list[int] = []
         for index, worker in enumerate(taken):
             if worker is None:
                 self.workers.append(self._start(index))
                 self._readying.append(self.workers[-1].ready.remote())
+            elif self.reservation is not None and not self.reservation.granted:
+                self.workers.append(worker)
+                self._readying.append(None)
+                self._deferred.append(index)
             else:
                 self.workers.append(worker)
                 self._readying.append(worker.configure.remote(self._config(index)))
@@ -166,6 +191,11 @@ class WorkerPool(Hosting):
             fedcollab.spec.SpecError: The model does not build, or does not fit the
                 data or the spec (every worker finds the same mistake; the first says).
         """
+        if self.reservation is not None:
+            self.reservation.wait()
+            for index in self._deferred:
+                self._readying[index] = self.workers[index].configure.remote(self._config(index))
+            self._deferred = []
         if self._readying:
             self.placement = [self._ready(index, call) for index, call in enumerate(self._readying)]
             self._readying = []
@@ -267,7 +297,9 @@ class WorkerPool(Hosting):
         resources, _ = self.plan[index]
         actor_cls = actor_class(self.ray)
         elsewhere: dict[str, Any] = {}
-        if not resources and self._reserved:  # not on a node kept for a pinned group
+        if self.reservation is not None and self.reservation.bundle_of[index] is not None:
+            elsewhere = self.reservation.strategy(index)  # its bundle keeps it off them
+        elif not resources and self._reserved:  # not on a node kept for a pinned group
             elsewhere["label_selector"] = {
                 "ray.io/node-id": f"!in({', '.join(self._reserved)})"}
         return actor_cls.options(
@@ -467,9 +499,11 @@ class WorkerPool(Hosting):
         keep = [(options, worker) for index, (options, worker)
                 in enumerate(zip(self._options, self.workers))
                 if options is not None and self._loaded and index not in self.suspect]
-        if not keep or not _park(self.ray, keep):
+        if not keep or self.reservation is not None or not _park(self.ray, keep):
             keep = []
         kept = {id(worker) for _, worker in keep}
         for worker in self.workers:
             if id(worker) not in kept:
                 _kill_quietly(self.ray, worker)
+        if self.reservation is not None:  # its workers are gone: the next job may start
+            self.reservation.release()

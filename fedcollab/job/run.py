@@ -68,6 +68,9 @@ class RunOptions:
     on_round: Optional[Callable[[dict[str, Any]], None]] = None  # each metrics line
     # workers started ahead of the job (fedcollab.cluster.reuse.start_spares): a warm service's
     spares: Sequence[Any] = ()
+    # hold the workers' resources in Ray for the whole job (a placement group) and wait
+    # for them: jobs sharing a cluster queue instead of contending (the job service's)
+    reserve: bool = False
     # where the participants run: "ray" (a cluster, or an embedded Ray) or "inprocess"
     # (this process: no Ray; for debugging, tests and one-host runs of small jobs)
     transport: str = "ray"
@@ -417,9 +420,15 @@ def _start_pool(ray: Any, spec: JobSpec, plan: OutDirPlan, options: RunOptions,
     from fedcollab.cluster.pool import WorkerPool
 
     pool = WorkerPool(ray, spec, people, plan.path.resolve(), resume_round=resume_round,
-                      spares=options.spares, wait=False)
+                      spares=options.spares, wait=False, reserve=options.reserve,
+                      on_wait=None if options.quiet else _waiting)
     say(f"starting {len(pool)} workers for {len(people)} participants{resuming}")
     return pool
+
+
+def _waiting(message: str) -> None:
+    """Why a job has not started its rounds yet: worth a line even in a log file."""
+    print(f"fedcollab: {message}", file=sys.stderr, flush=True)
 
 
 def _load_protocol(spec: JobSpec) -> None:
@@ -547,6 +556,10 @@ class _Job:
                                     key_path=spec.release.key, sign=spec.release.sign)
             record = replace(record, release=str(release))
         self.phases["release"] = time.perf_counter() - t_release
+        if self.options.reserve:
+            # the workers are done (the release is exported): give their reserved CPUs
+            # to the next queued job now, not after the plots and the summary
+            self.pool.shutdown()
         # shutdown is added once Ray has stopped
         record = replace(record, phases_seconds=dict(self.phases))
         result = JobResult.of(self.out, record, self.loop.weights, metrics, records)

@@ -12,7 +12,12 @@ Each entry may also carry (``fedcollab token new`` writes the first two):
   its name, as before ids existed);
 * ``expires``: unix seconds (or an ISO 8601 time) after which the token is refused;
 * ``data_roots``: directories on the service's machine whose files the token's jobs
-  may train on (``task.path``); without it, ``serve --data-root``.
+  may train on (``task.path``); without it, ``serve --data-root``;
+* ``priority``: an integer; the runner starts queued jobs of higher priority first
+  (default 0; submission order within a priority). Set by the operator, so a
+  submitter cannot raise its own;
+* ``max_running``: jobs of this token running at once (its quota of the service's
+  ``--max-concurrent`` slots); without it, ``serve --max-running-per-token``.
 
 Roles: ``admin`` does everything; ``submitter`` submits jobs and reads or cancels
 its own; ``viewer`` reads every job. The file is re-read when it changes, so
@@ -73,6 +78,8 @@ class Caller:
     id: str = ""
     data_roots: tuple[str, ...] = ()
     has_roots: bool = False  # the token names its own data_roots (else serve's apply)
+    priority: int = 0
+    max_running: Optional[int] = None  # None: serve --max-running-per-token applies
 
     @property
     def is_admin(self) -> bool:
@@ -140,11 +147,19 @@ def _read_entries(path: Path) -> list[dict[str, Any]]:
                                   or not all(isinstance(r, str) and r for r in roots)):
             raise TokensFileError(f"tokens file {path}: tokens.{i}.data_roots: expected a list "
                                   "of directories")
+        for key in ("priority", "max_running"):
+            value = entry.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or (key == "max_running" and value < 0)):
+                raise TokensFileError(f"tokens file {path}: tokens.{i}.{key}: expected "
+                                      + ("an integer" if key == "priority"
+                                         else "a whole number >= 0 (0: no limit)"))
         out.append({"name": str(entry["name"]), "role": role, "sha256": digest,
                     "id": str(entry.get("id") or ""),
                     "expires": _expiry(path, i, entry["expires"]) if entry.get("expires")
                     is not None else None,
-                    "data_roots": None if roots is None else [str(r) for r in roots]})
+                    "data_roots": None if roots is None else [str(r) for r in roots],
+                    "priority": entry.get("priority"), "max_running": entry.get("max_running")})
     return out
 
 
@@ -203,7 +218,8 @@ class TokenFile:
             raise Unauthenticated(f"token {found['name']!r} has expired; ask for a new one")
         roots = found["data_roots"]
         return Caller(found["name"], found["role"], found["id"],
-                      tuple(roots or ()), roots is not None)
+                      tuple(roots or ()), roots is not None,
+                      priority=int(found["priority"] or 0), max_running=found["max_running"])
 
 
 def token_from_metadata(metadata: Sequence[Any]) -> Optional[str]:
@@ -243,13 +259,16 @@ def _write_entries(target: Path, entries: list[dict[str, Any]]) -> None:
 
 def new_token(path: str | Path, *, name: str, role: str,
               expires_in: Optional[float] = None,
-              data_roots: Sequence[str] = ()) -> str:
+              data_roots: Sequence[str] = (), priority: Optional[int] = None,
+              max_running: Optional[int] = None) -> str:
     """Make a token, append its sha256 (with a fresh id) to the tokens file (0600) and
     return it.
 
     Args:
         expires_in: seconds from now until the token is refused (None: never).
         data_roots: directories the token's jobs may read data from.
+        priority: its jobs' priority in the queue (higher first; None: 0).
+        max_running: its jobs running at once (None: serve's default; 0: no limit).
 
     The token itself is stored nowhere: print it once and hand it over.
     """
@@ -263,11 +282,14 @@ def new_token(path: str | Path, *, name: str, role: str,
         raise TokensFileError(f"tokens file {target}: a token named {name!r} exists already")
     if expires_in is not None and expires_in <= 0:
         raise TokensFileError(f"--expires-in {expires_in}: expected a positive duration")
+    if max_running is not None and max_running < 0:
+        raise TokensFileError(f"--max-running {max_running}: expected 0 (no limit) or more")
     token = secrets.token_urlsafe(32)
     entries.append({"name": name, "role": role, "sha256": hash_token(token),
                     "id": secrets.token_hex(8),
                     "expires": math.ceil(time.time() + expires_in) if expires_in else None,
-                    "data_roots": [os.path.abspath(r) for r in data_roots] or None})
+                    "data_roots": [os.path.abspath(r) for r in data_roots] or None,
+                    "priority": priority, "max_running": max_running})
     _write_entries(target, entries)
     return token
 

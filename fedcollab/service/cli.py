@@ -87,8 +87,9 @@ def add_service_commands(sub: Any) -> None:
     serve.add_argument("--tls-key", type=Path, default=None, help="server key (PEM)")
     serve.add_argument("--client-ca", type=Path, default=None,
                        help="CA for client certificates: require mutual TLS")
-    serve.add_argument("--warm-runners", type=int, default=1,
-                       help="job processes kept ready with TensorFlow imported (default 1)")
+    serve.add_argument("--warm-runners", type=int, default=None,
+                       help="job processes kept ready, connected to Ray with their workers "
+                       "started (default: --max-concurrent, so every slot starts warm)")
     serve.add_argument("--data-root", action="append", type=Path, default=[],
                        metavar="DIR", help="a directory jobs may read task.path from, for "
                        "tokens whose entry names no data_roots (repeatable)")
@@ -101,6 +102,9 @@ def add_service_commands(sub: Any) -> None:
                        help="WatchJob streams all non-admin tokens together (0: no limit)")
     serve.add_argument("--max-queued-per-token", type=int, default=20,
                        help="queued jobs per non-admin token (0: no limit)")
+    serve.add_argument("--max-running-per-token", type=int, default=0,
+                       help="jobs one token may have running at once, for tokens whose "
+                       "entry names no max_running (0: no limit)")
     serve.add_argument("--submits-per-minute", type=int, default=60,
                        help="submits per token per minute (0: no limit)")
     serve.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
@@ -172,6 +176,11 @@ def add_service_commands(sub: Any) -> None:
     new.add_argument("--data-root", action="append", default=[], metavar="DIR",
                      help="a directory this token's jobs may read task.path from "
                      "(repeatable; default: the service's --data-root)")
+    new.add_argument("--priority", type=int, default=None, metavar="N",
+                     help="its queued jobs start before those of lower priority (default 0)")
+    new.add_argument("--max-running", type=int, default=None, metavar="N",
+                     help="its jobs running at once (default: the service's "
+                     "--max-running-per-token; 0: no limit)")
     revoke = _add(token_sub, "revoke", "remove a token from the file (the service refuses it "
                   "on its next call)", _cmd_token_revoke,
                   "fedcollab token revoke --name ci --tokens tokens.yaml")
@@ -274,6 +283,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         limits = LimitsConfig(watch_per_token=args.max_watch_per_token,
                               watch_total=args.max_watch_total,
                               queued_per_token=args.max_queued_per_token,
+                              running_per_token=args.max_running_per_token,
                               submits_per_minute=args.submits_per_minute)
     except ValueError as err:
         raise ServiceUsageError(f"serve: {err}") from None
@@ -438,7 +448,8 @@ def _cmd_token_new(args: argparse.Namespace) -> int:
 
     token = new_token(args.tokens, name=args.name, role=args.role,
                       expires_in=_duration(args.expires_in) if args.expires_in else None,
-                      data_roots=args.data_root)
+                      data_roots=args.data_root, priority=args.priority,
+                      max_running=args.max_running)
     print(token)
     print(f"token {args.name!r} ({args.role}) added to {args.tokens} as a sha256 hash; it is "
           "shown only this once", file=sys.stderr)

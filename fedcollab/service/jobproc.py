@@ -167,7 +167,8 @@ def _run(task: dict[str, Any], address: str, spares: Sequence[Any] = ()) -> int:
             shutil.rmtree(out)
         # job.log is not a terminal: a plain progress line per round (at most one per 5 s)
         run_job(spec, RunOptions(out_dir=out, address=address, quiet=False, progress=None,
-                                 resume=resume, on_round=on_round, spares=spares))
+                                 resume=resume, on_round=on_round, spares=spares,
+                                 reserve=True))
     except Terminated:  # the service's cancel: the run stays resumable
         _result(job_dir, False, "terminated by SIGTERM (cancelled)")
         return Terminated.exit_code

@@ -5,7 +5,9 @@ counted per token (its owner id) and refused with RESOURCE_EXHAUSTED naming the
 limit and the flag that sets it. Admin tokens (the operator's) are not limited
 and have a share of their own, so the streams other roles open never keep an
 admin out; health checks have no limit. The queued-jobs limit is checked by the
-store, in the submit's transaction. A limit of 0 turns that limit off.
+store, in the submit's transaction; the running quota by the runner, which starts
+a token's next job only while it has fewer running (its jobs wait, queued, and
+other tokens' jobs start meanwhile). A limit of 0 turns that limit off.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ class LimitsConfig:
     watch_total: int = 2048  # streams of every non-admin token together
     queued_per_token: int = 20
     submits_per_minute: int = 60
+    running_per_token: int = 0  # jobs RUNNING at once, for tokens that name no max_running
 
     def __post_init__(self) -> None:
-        for name in ("watch_per_token", "watch_total", "queued_per_token", "submits_per_minute"):
+        for name in ("watch_per_token", "watch_total", "queued_per_token", "submits_per_minute",
+                     "running_per_token"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (no limit) or more")
 
@@ -74,6 +78,14 @@ class Limits:
                 else:
                     del self._streams[owner]
                 self._shared_streams -= shared
+
+    def running_quota(self, caller: Caller) -> int:
+        """Jobs the caller may have running at once (0: no limit; admins none)."""
+        if caller.is_admin:
+            return 0
+        if caller.max_running is not None:
+            return caller.max_running
+        return self.config.running_per_token
 
     def streams(self, caller: Caller) -> int:
         with self._lock:

@@ -3,8 +3,12 @@
 One thread owns every child process (the kernel's parent-death signal is tied
 to the thread that forked, so it must live as long as the service). It keeps
 the service warm: a Ray head for the service's lifetime (unless ``--ray-address``)
-and ``warm_runners`` job processes that have already imported TensorFlow and
-connected to Ray, each used for one job and then replaced.
+and ``warm_runners`` job processes (default: one per ``max_concurrent`` slot) that
+have already imported the driver's code, connected to Ray and started their spare
+workers, each used for one job and then replaced.
+
+Queued jobs start highest priority first, then in submission order, skipping those
+of a token already running its quota of jobs (``max_running`` in the job's params).
 """
 from __future__ import annotations
 
@@ -229,14 +233,16 @@ class Runner:
     """Runs the store's QUEUED jobs, at most `max_concurrent` at a time."""
 
     def __init__(self, store: JobStore, state_dir: Path, hub: Hub, *, max_concurrent: int = 1,
-                 ray_address: Optional[str] = None, warm_runners: int = 1,
+                 ray_address: Optional[str] = None, warm_runners: Optional[int] = None,
                  eager: bool = False) -> None:
         self.store = store
         self.state_dir = Path(state_dir)
         self.hub = hub
         self.max_concurrent = max_concurrent
         self.ray_address = ray_address
-        self.warm_runners = warm_runners
+        #: One warm job process per slot unless told otherwise: jobs started together
+        #: (a burst) each take a warm one, none waits for a cold start.
+        self.warm_runners = max_concurrent if warm_runners is None else warm_runners
         self.eager = eager
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -447,11 +453,16 @@ class Runner:
             return
         if not self.eager and self.ray_address is None and self._ray_head is None:
             return  # lazy: no Ray (and no pool) until the first job needs it
-        if len(self._running) >= self.max_concurrent:
-            return  # warming a runner is CPU-heavy: not while every slot is busy
+        target = self.warm_runners
+        if self._running:
+            # Warming a runner is CPU-heavy (its spare workers import TensorFlow):
+            # while jobs run, warm only for the jobs already waiting (each needs one
+            # as soon as a slot frees; warming it now overlaps the running jobs
+            # instead of following them). The rest of the pool fills once idle.
+            target = min(target, self.store.count_state("QUEUED"))
         alive = deque(p for p in self._pool.procs if p.poll() is None)
         self._pool.procs = alive
-        while len(self._pool.procs) < self.warm_runners:
+        while len(self._pool.procs) < target:
             address = self._ensure_ray()
             self._pool.procs.append(self._spawn(["-m", "fedcollab.service.jobproc",
                                                  "--address", address]))
@@ -466,10 +477,12 @@ class Runner:
     def _start_queued(self) -> None:
         if self._ray_down:
             return
-        free = self.max_concurrent - len(self._running)
-        if free <= 0:
-            return
-        for job in self.store.oldest("QUEUED", free):
+        # One at a time: each start may bring its token to its quota.
+        while len(self._running) < self.max_concurrent:
+            found = self.store.next_queued(1, skip_owners=self._at_quota())
+            if not found:
+                return
+            job = found[0]
             job_dir = self.state_dir / "jobs" / job.id
             if not self.store.transition(job.id, ["QUEUED"], "RUNNING", started=time.time(),
                                          attempts=job.attempts + 1, error=""):
@@ -493,6 +506,19 @@ class Runner:
             self._running[job.id] = _Running(job, proc, job_dir)
             self._note(f"job {job.id} started (attempt {job.attempts}, pid {proc.pid})")
             self.hub.publish(job.id)
+
+    def _at_quota(self) -> list[str]:
+        """Owner ids running as many jobs as their token's quota allows (the quota a
+        job carries is its token's when it was submitted)."""
+        running: dict[str, int] = {}
+        quota: dict[str, int] = {}
+        for run in self._running.values():
+            owner = run.job.owner_id
+            running[owner] = running.get(owner, 0) + 1
+            limit = int(run.job.params.get("max_running") or 0)
+            if limit:
+                quota[owner] = min(quota.get(owner, limit), limit)
+        return sorted(owner for owner, limit in quota.items() if running[owner] >= limit)
 
     def _prepare_dir(self, job: JobRecord, job_dir: Path) -> None:
         """The job's directory with request.yaml, the spec as submitted (kept from an

@@ -80,7 +80,7 @@ class ServeConfig:
     tls_cert: Optional[Path] = None
     tls_key: Optional[Path] = None
     client_ca: Optional[Path] = None
-    warm_runners: int = 1
+    warm_runners: Optional[int] = None  # None: max_concurrent (every slot starts warm)
     eager: bool = True  # start Ray and the warm runners at once (else on the first job)
     #: where jobs may read `task.path` from, for tokens that name no data_roots
     data_roots: tuple[Path, ...] = ()
@@ -93,6 +93,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.max_concurrent < 0:
             raise InvalidArgument("--max-concurrent must be 0 (queue only) or more")
+        if self.warm_runners is not None and self.warm_runners < 0:
+            raise InvalidArgument("--warm-runners must be 0 or more")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidArgument("--tls-cert and --tls-key go together")
         if self.client_ca and not self.tls_cert:
@@ -360,10 +362,13 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
         # The spec goes into the store with the job (one transaction, one fsync); the
         # runner writes the job's directory when the job starts.
         queued = self.limits.config.queued_per_token
+        # The token's running quota travels with the job (the runner enforces it).
+        quota = self.limits.running_quota(caller)
         job, created = self.store.create(
             kind=kind, name=spec.name, owner=caller.name, owner_id=caller.owner_id,
             rounds=spec.rounds if kind == "run" else 0, idempotency_key=key or None,
-            params={**params, **confined}, spec=spec_yaml,
+            params={**params, **confined, **({"max_running": quota} if quota else {})},
+            spec=spec_yaml, priority=caller.priority,
             max_queued=queued if queued and not caller.is_admin else None)
         self.audit.record(action if created else f"{action}-repeat", who=caller.name,
                           job=job.id, spec_sha256=hashlib.sha256(spec_yaml.encode()).hexdigest())

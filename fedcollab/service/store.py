@@ -44,18 +44,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     params TEXT NOT NULL DEFAULT '{}',
     summary TEXT NOT NULL DEFAULT '',
     spec TEXT NOT NULL DEFAULT '',
-    owner_id TEXT NOT NULL DEFAULT ''
+    owner_id TEXT NOT NULL DEFAULT '',
+    priority INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
-_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner_id, state);"
+_INDEXES = """CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner_id, state);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority DESC, seq);"""
 
 
 #: Every column but the spec text, which only the runner reads (`JobStore.spec`).
 _COLUMNS = ("seq, id, kind, name, owner, state, rounds, rounds_completed, created, started, "
-            "finished, error, attempts, idempotency_key, params, summary, owner_id")
+            "finished, error, attempts, idempotency_key, params, summary, owner_id, priority")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class JobRecord:
     params: dict[str, Any]
     summary: str
     owner_id: str = ""
+    priority: int = 0  # the submitting token's: higher starts first
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "JobRecord":
@@ -125,6 +128,8 @@ class JobStore:
         if "owner_id" not in columns:  # jobs from before tokens had ids: owned by name
             self._db.execute("ALTER TABLE jobs ADD COLUMN owner_id TEXT NOT NULL DEFAULT ''")
             self._db.execute("UPDATE jobs SET owner_id='name:' || owner")
+        if "priority" not in columns:  # jobs from before priorities: all equal
+            self._db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
         self._db.executescript(_INDEXES)
         _private(self.path)
         self._local = threading.local()
@@ -156,7 +161,7 @@ class JobStore:
     def create(self, *, kind: str, name: str, owner: str, rounds: int,
                idempotency_key: Optional[str] = None,
                params: Optional[dict[str, Any]] = None,
-               spec: str = "", owner_id: str = "",
+               spec: str = "", owner_id: str = "", priority: int = 0,
                max_queued: Optional[int] = None) -> tuple[JobRecord, bool]:
         """Insert a QUEUED job with its spec text; returns (job, created). An
         idempotency key the same owner used before returns that job instead
@@ -191,10 +196,10 @@ class JobStore:
                 job_id = secrets.token_hex(6)
                 self._db.execute(
                     "INSERT INTO jobs (id, kind, name, owner, state, rounds, created, "
-                    "idempotency_key, params, spec, owner_id) "
-                    "VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?)",
+                    "idempotency_key, params, spec, owner_id, priority) "
+                    "VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?)",
                     (job_id, kind, name, owner, rounds, time.time(), key,
-                     json.dumps(params or {}), spec, owner_id))
+                     json.dumps(params or {}), spec, owner_id, int(priority)))
                 record = self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -240,6 +245,18 @@ class JobStore:
                                       "LIMIT ?", (state, limit)).fetchall()
         return [JobRecord.from_row(r) for r in rows]
 
+    def next_queued(self, limit: int, *, skip_owners: Iterable[str] = ()
+                    ) -> builtins.list[JobRecord]:
+        """The next `limit` QUEUED jobs to start: highest priority first, in submission
+        order within a priority, leaving out the jobs of `skip_owners` (owner ids at
+        their running quota)."""
+        skip = list(skip_owners)
+        where = f" AND owner_id NOT IN ({','.join('?' * len(skip))})" if skip else ""
+        rows = self._reader().execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE state='QUEUED'{where} "
+            "ORDER BY priority DESC, seq LIMIT ?", (*skip, limit)).fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
     def spec(self, job_id: str) -> str:
         """The spec text the job was submitted with ('' for a job stored before specs
         lived in the store: its job directory holds request.yaml)."""
@@ -251,6 +268,10 @@ class JobStore:
     def count_by_state(self) -> dict[str, int]:
         rows = self._reader().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {str(state): int(n) for state, n in rows.fetchall()}
+
+    def count_state(self, state: str) -> int:
+        return int(self._reader().execute("SELECT COUNT(*) FROM jobs WHERE state=?",
+                                          (state,)).fetchone()[0])
 
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM jobs").fetchone()[0])

@@ -57,7 +57,38 @@ def test_token_file_picks_up_new_tokens_without_restart(tmp_path: Path) -> None:
     assert tokens.authenticate(later).name == "b"
 
 
+def test_token_priority_and_quota_survive_another_token_being_added(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    vip = new_token(path, name="vip", role="submitter", priority=7, max_running=2)
+
+    new_token(path, name="later", role="viewer")  # rewrites the file
+    caller = TokenFile(path).authenticate(vip)
+
+    assert (caller.priority, caller.max_running) == (7, 2)
+
+
+@pytest.mark.parametrize("entry", ["priority: high", "max_running: -1", "max_running: true"])
+def test_token_file_rejects_bad_priority_or_quota(tmp_path: Path, entry: str) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(f"tokens: [{{name: ci, role: admin, sha256: {'a' * 64}, {entry}}}]\n")
+
+    with pytest.raises(TokensFileError, match=entry.split(":")[0]):
+        TokenFile(path)
+
+
 # ---------------------------------------------------------------- over gRPC
+
+def test_submit_carries_the_tokens_priority_and_running_quota(queue_server: Any,
+                                                              tokens: Tokens) -> None:
+    vip = new_token(tokens.path, name="vip-submitter", role="submitter", priority=7,
+                    max_running=1)
+
+    with client(queue_server, vip) as c:
+        job_id = c.submit(TINY_SPEC).id
+    stored = queue_server.store.get(job_id)
+
+    assert stored.priority == 7
+    assert stored.params["max_running"] == 1
 
 def _calls(job_id: str) -> dict[str, Callable[[Any], Any]]:
     return {

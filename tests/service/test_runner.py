@@ -58,3 +58,33 @@ def test_finish_state_agrees_with_result(
     assert job.state == state
     assert written["ok"] is (state == "SUCCEEDED")
     assert (job.error == "") is (state == "SUCCEEDED")
+
+
+def test_runner_token_at_its_running_quota_waits_while_others_start(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    runner = Runner(store, tmp_path, Hub(), max_concurrent=3)
+    quota = {"max_running": 1}
+    first = store.create(kind="run", name="t", owner="alice", owner_id="id:a", rounds=1,
+                         params=quota, priority=3)[0]
+    second = store.create(kind="run", name="t", owner="alice", owner_id="id:a", rounds=1,
+                          params=quota, priority=3)[0]
+    other = store.create(kind="run", name="t", owner="bob", owner_id="id:b", rounds=1)[0]
+    store.transition(first.id, ["QUEUED"], "RUNNING")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
+    proc.wait(30)
+    runner._running[first.id] = _Running(store.get(first.id), proc, tmp_path / first.id)
+
+    waiting = store.next_queued(3, skip_owners=runner._at_quota())
+
+    assert runner._at_quota() == ["id:a"]
+    assert [job.id for job in waiting] == [other.id]  # alice's second outranks bob's, but waits
+    del runner._running[first.id]
+    assert [job.id for job in store.next_queued(3, skip_owners=runner._at_quota())] == \
+        [second.id, other.id]
+
+
+def test_runner_warm_pool_defaults_to_one_per_slot(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+
+    assert Runner(store, tmp_path, Hub(), max_concurrent=3).warm_runners == 3
+    assert Runner(store, tmp_path, Hub(), max_concurrent=3, warm_runners=1).warm_runners == 1

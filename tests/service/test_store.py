@@ -109,3 +109,41 @@ def test_store_recover_requeues_running_jobs(tmp_path: Path) -> None:
 def test_store_unknown_id_raises_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         JobStore(tmp_path / "jobs.sqlite").get("nope")
+
+
+def test_store_next_queued_highest_priority_first_then_submission_order(
+        tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    low = [store.create(kind="run", name="t", owner="a", rounds=1)[0].id for _ in range(2)]
+    high, _ = store.create(kind="run", name="t", owner="b", rounds=1, priority=5)
+    below, _ = store.create(kind="run", name="t", owner="c", rounds=1, priority=-1)
+
+    order = [job.id for job in store.next_queued(10)]
+
+    assert order == [high.id, *low, below.id]
+    assert store.get(high.id).priority == 5
+
+
+def test_store_next_queued_skips_owners_at_their_quota(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    alice = store.create(kind="run", name="t", owner="alice", rounds=1, priority=9)[0]
+    bob = store.create(kind="run", name="t", owner="bob", rounds=1)[0]
+
+    found = store.next_queued(10, skip_owners=[alice.owner_id])
+
+    assert [job.id for job in found] == [bob.id]
+
+
+def test_store_from_before_priorities_gains_the_column_with_zero(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(_SCHEMA.replace(",\n    priority INTEGER NOT NULL DEFAULT 0", ""))
+    old.execute("INSERT INTO jobs (id, kind, name, owner, state, created, owner_id) "
+                "VALUES ('old', 'run', 't', 'a', 'QUEUED', 0, 'name:a')")
+    old.commit()
+    old.close()
+
+    store = JobStore(path)
+
+    assert store.get("old").priority == 0
+    assert [job.id for job in store.next_queued(5)] == ["old"]
