@@ -222,6 +222,7 @@ class SecureParticipant:
             self.install_registry(registry)
         self._key_round = -1  # round of the last key advert (forward-secrecy window)
         self._signed: dict[int, tuple[int, ...]] = {}  # round -> survivor set signed
+        self._signed_digest: dict[int, bytes] = {}  # round -> its view digest
         self._c: X25519PrivateKey | None = None
         self._s: X25519PrivateKey | None = None
         self._own_pk = (b"", b"")  # public halves of _c and _s (the KDF transcript)
@@ -555,7 +556,7 @@ class SecureParticipant:
         self._last_ask = ask
         self._last_masked_round = round_id
         self._revealed = {round_id: {}}
-        self._signed = {}
+        self._signed, self._signed_digest = {}, {}
         self._seeds = {r: s for r, s in self._seeds.items() if r > round_id}
         for old in [r for r in self._held if r < round_id]:
             del self._held[old]
@@ -650,7 +651,7 @@ class SecureParticipant:
                                     f"below this participant's floor {floor}")
         self._remember_view(round_id, survivors)
         self._signed[round_id] = survivors
-        digest = self._view_digest(ask, survivors)
+        digest = self._signed_digest[round_id] = self._view_digest(ask, survivors)
         me = self.participant_id
         tags = tuple(Sealed(v, K.confirm_tag(self._confirm_key(v), me, v, digest))
                      for v in ask.partners if v in alive)
@@ -769,7 +770,7 @@ class SecureParticipant:
                                         "round; nothing is revealed without a signed "
                                         "survivor set")
         partners, alive = set(ask.partners), set(survivors)
-        digest = self._view_digest(ask, survivors)
+        digest = self._signed_digest[round_id]  # of the set signed above, for this ask
         me = self.participant_id
         signers: set[int] = set()
         for signer, tag in signatures:
