@@ -53,6 +53,17 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> N
     fsync_dir(target.parent)
 
 
+def append_line_durably(path: str | Path, line: str) -> None:
+    """Append ``line`` (one JSON object, no newline) to the journal at ``path`` and
+    fsync it: a crash leaves at most a torn last line, which readers skip."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def atomic_write_json(path: str | Path, obj: Any, *, indent: Optional[int] = 2) -> None:
     text = json.dumps(obj, indent=indent, sort_keys=True, allow_nan=False, default=_default)
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))

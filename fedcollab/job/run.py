@@ -24,7 +24,7 @@ import numpy as np
 
 from fedcollab.cluster.pool import plan_workers
 from fedcollab.errors import FedcollabError
-from fedcollab.io import atomic_write_bytes, load_npz
+from fedcollab.io import append_line_durably, atomic_write_bytes, load_npz
 from fedcollab.job.callbacks import (
     CallbackList,
     Checkpointer,
@@ -304,11 +304,7 @@ class _Journal:
         self.path = out / "checkpoints" / JOURNAL
 
     def __call__(self, entry: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_line_durably(self.path, json.dumps(entry))
 
 
 def run_job(spec: JobSpec, options: RunOptions = RunOptions()) -> JobResult:

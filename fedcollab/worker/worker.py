@@ -161,7 +161,7 @@ class ParticipantWorker:
         self._setup: Any = None  # the group setup pinned once (secure.identity.GroupSetup)
         self._own_dp: Any = None  # the DP settings of this worker's spec (round_check.OwnDp)
         self._views_cache: Optional[dict[str, dict[str, list[int]]]] = None
-        self._views_saved = 0
+        self._views_written: set[tuple[int, str]] = set()  # (pid, view key) journalled
         secure = [pid for pid in self.people.pids_where(in_secure_sum=True) if pid in self.hosted]
         self._secure_pids = frozenset(secure)
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
@@ -469,34 +469,59 @@ class ParticipantWorker:
             return None
 
     def _views_path(self) -> Path:
-        return self.out_dir / "checkpoints" / "secure" / f"views-worker-{self.worker_index}.json"
+        return (self.out_dir / "checkpoints" / "secure"
+                / f"views-worker-{self.worker_index}.jsonl")
 
     def _saved_views(self) -> dict[str, dict[str, list[int]]]:
-        """Every worker's persisted views, by participant id (read once)."""
+        """Every worker's journalled views, by participant id (read once)."""
         if self._views_cache is None:
             import json
 
             views: dict[str, dict[str, list[int]]] = {}
-            for path in sorted(self._views_path().parent.glob("views-worker-*.json")):
+            for path in sorted(self._views_path().parent.glob("views-worker-*.jsonl")):
                 try:
-                    for pid, entries in json.loads(path.read_text()).items():
-                        views.setdefault(pid, {}).update(entries)
-                except (OSError, ValueError):
+                    lines = path.read_text(encoding="utf-8").splitlines()
+                except OSError:
                     continue
+                for line in lines:
+                    try:
+                        entry = json.loads(line)
+                        sets = entry["sets"]
+                        for pid, keyed in entry["views"].items():
+                            views.setdefault(pid, {}).update(
+                                {key: [int(v) for v in sets[i]] for key, i in keyed.items()})
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                        continue  # a torn last line: that stage's replies never left
             self._views_cache = views
         return self._views_cache
 
     def _save_views(self, touched: Mapping[int, bytes]) -> None:
-        """Persist the views the hosted participants confirmed (atomic): a resumed job
-        re-runs rounds, and a participant must not confirm another view of one."""
-        from fedcollab.io import atomic_write_json
+        """Journal the views the hosted participants confirmed since the last save,
+        before their replies leave: a resumed job re-runs rounds, and a participant
+        must not confirm another view of one. One fsynced line per stage, each survivor
+        set written once (every hosted participant usually confirms the same one)."""
+        import json
 
-        count = sum(p.view_count for p in self._secure.values())
-        if count == self._views_saved or not any(pid in self._secure for pid in touched):
+        from fedcollab.io import append_line_durably
+
+        if not any(pid in self._secure for pid in touched):
             return
-        self._views_saved = count
-        atomic_write_json(self._views_path(), {str(pid): p.views() for pid, p
-                                               in sorted(self._secure.items())}, indent=None)
+        sets: list[list[int]] = []
+        index: dict[tuple[int, ...], int] = {}
+        fresh: dict[str, dict[str, int]] = {}
+        for pid, participant in sorted(self._secure.items()):
+            for key, view in participant.views().items():
+                if (pid, key) in self._views_written:
+                    continue
+                self._views_written.add((pid, key))
+                i = index.setdefault(tuple(view), len(sets))
+                if i == len(sets):
+                    sets.append(list(view))
+                fresh.setdefault(str(pid), {})[key] = i
+        if fresh:
+            append_line_durably(self._views_path(),
+                                json.dumps({"sets": sets, "views": fresh},
+                                           separators=(",", ":")))
 
     def secure_prepare(self, pids: Sequence[int]) -> int:
         """Offline phase: precompute the next round's masks of the hosted participants.
