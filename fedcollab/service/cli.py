@@ -51,6 +51,9 @@ def _add(sub: Any, name: str, help_text: str, handler: Callable[[argparse.Namesp
     return parser
 
 
+add_command = _add  # public: the silo CLI builds its commands the same way
+
+
 def _client_args(parser: argparse.ArgumentParser) -> None:
     have = set(parser._option_string_actions)
     for flag, kwargs in (

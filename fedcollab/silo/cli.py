@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable
 
+from fedcollab.service.cli import add_command
 from fedcollab.silo.errors import PolicyError
 
 __all__ = ["add_silo_commands", "EXAMPLES"]
@@ -25,13 +26,6 @@ EXAMPLES = {
 }
 
 
-def _add(sub: Any, name: str, help_text: str, handler: Callable[[argparse.Namespace], int],
-         example: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(_handler=handler)
-    return parser
 
 
 def _usage(words: str) -> Callable[[argparse.Namespace], int]:
@@ -43,16 +37,17 @@ def _usage(words: str) -> Callable[[argparse.Namespace], int]:
 
 def add_silo_commands(sub: Any) -> None:
     """Add ``fedcollab silo ...`` to `fedcollab`'s subparsers."""
-    silo = _add(sub, "silo", "cross-silo: the vendor's gateway, its policy and audit log "
-                "(docs/cross-silo.md)",
-                _usage("silo: say what to do: `fedcollab silo serve ...`, "
-                       "`fedcollab silo audit verify FILE` or `fedcollab silo policy hash FILE`"),
-                EXAMPLES["silo"])
+    silo = add_command(sub, "silo", "cross-silo: the vendor's gateway, its policy and audit log "
+                       "(docs/cross-silo.md)",
+                       _usage("silo: say what to do: `fedcollab silo serve ...`, "
+                              "`fedcollab silo audit verify FILE` or `fedcollab silo policy "
+                              "hash FILE`"),
+                       EXAMPLES["silo"])
     silo_sub = silo.add_subparsers(dest="silo_command", metavar="ACTION",
                                    parser_class=type(silo))
-    serve = _add(silo_sub, "serve", "run the vendor's gateway: dial out to the coordinator "
-                 "over mutual TLS and decide every frame by the policy (skeleton: no training "
-                 "yet)", _cmd_serve, EXAMPLES["serve"])
+    serve = add_command(silo_sub, "serve", "run the vendor's gateway: dial out to the coordinator "
+                        "over mutual TLS and decide every frame by the policy (skeleton: no "
+                        "training yet)", _cmd_serve, EXAMPLES["serve"])
     serve.add_argument("--policy", type=Path, required=True, help="vendor-policy.yaml")
     serve.add_argument("--coordinator", required=True, help="the coordinator's HOST:PORT")
     serve.add_argument("--cert", type=Path, required=True,
@@ -67,21 +62,22 @@ def add_silo_commands(sub: Any) -> None:
                        help="state.json and audit.jsonl (default ./silo-state)")
     serve.add_argument("--timeout", type=float, default=None,
                        help="end the connection after this many seconds (default: none)")
-    audit = _add(silo_sub, "audit", "the gateway's hash-chained audit.jsonl",
-                 _usage("silo audit: say what to do: `fedcollab silo audit verify FILE`"),
-                 EXAMPLES["audit"])
+    audit = add_command(silo_sub, "audit", "the gateway's hash-chained audit.jsonl",
+                        _usage("silo audit: say what to do: `fedcollab silo audit verify FILE`"),
+                        EXAMPLES["audit"])
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION",
                                      parser_class=type(audit))
-    verify = _add(audit_sub, "verify", "check the chain: one line, exit 0 if intact, 1 if not",
-                  _cmd_audit_verify, EXAMPLES["audit"])
+    verify = add_command(audit_sub, "verify",
+                         "check the chain: one line, exit 0 if intact, 1 if not",
+                         _cmd_audit_verify, EXAMPLES["audit"])
     verify.add_argument("file", type=Path, help="audit.jsonl")
-    policy = _add(silo_sub, "policy", "the vendor's policy file",
-                  _usage("silo policy: say what to do: `fedcollab silo policy hash FILE`"),
-                  EXAMPLES["policy"])
+    policy = add_command(silo_sub, "policy", "the vendor's policy file",
+                         _usage("silo policy: say what to do: `fedcollab silo policy hash FILE`"),
+                         EXAMPLES["policy"])
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION",
                                        parser_class=type(policy))
-    digest = _add(policy_sub, "hash", "check a policy and print its policy_sha256",
-                  _cmd_policy_hash, EXAMPLES["policy"])
+    digest = add_command(policy_sub, "hash", "check a policy and print its policy_sha256",
+                         _cmd_policy_hash, EXAMPLES["policy"])
     digest.add_argument("file", type=Path, help="vendor-policy.yaml")
 
 
