@@ -231,6 +231,7 @@ def _rpc(method: str, *, stream: bool = False, blocking: bool = False
             async def streaming(self: "_Servicer", request: Any, context: Any
                                 ) -> AsyncIterator[Any]:
                 t0, code = time.perf_counter(), "CANCELLED"  # until it ends otherwise
+                observed = False
                 try:
                     caller = self.caller(context, method)
                     _check(request)
@@ -238,15 +239,19 @@ def _rpc(method: str, *, stream: bool = False, blocking: bool = False
                         yield item
                     code = "OK"
                 except Exception as err:  # noqa: BLE001  (mapped to a status in fail())
-                    code = code_of(err)
+                    # counted before the status leaves: a client that scrapes right
+                    # after its error must find the call
+                    self.metrics.observe_rpc(method, code_of(err), time.perf_counter() - t0)
+                    observed = True
                     await fail(context, err)
                 finally:
-                    self.metrics.observe_rpc(method, code, time.perf_counter() - t0)
+                    if not observed:
+                        self.metrics.observe_rpc(method, code, time.perf_counter() - t0)
             return streaming
 
         @functools.wraps(fn)
         async def unary(self: "_Servicer", request: Any, context: Any) -> Any:
-            t0, code = time.perf_counter(), "CANCELLED"
+            t0, code, observed = time.perf_counter(), "CANCELLED", False
             try:
                 caller = self.caller(context, method)
                 _check(request)
@@ -260,10 +265,13 @@ def _rpc(method: str, *, stream: bool = False, blocking: bool = False
                 code = "OK"
                 return result
             except Exception as err:  # noqa: BLE001
-                code = code_of(err)
+                # counted before the status leaves (see streaming)
+                self.metrics.observe_rpc(method, code_of(err), time.perf_counter() - t0)
+                observed = True
                 await fail(context, err)
             finally:
-                self.metrics.observe_rpc(method, code, time.perf_counter() - t0)
+                if not observed:
+                    self.metrics.observe_rpc(method, code, time.perf_counter() - t0)
         return unary
     return decorate
 
