@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, replace
-from typing import Union
+from typing import Optional, Union
 
 from fedcollab.silo.frames import MASKED, Egress, Offer, Roster, RoundStart, UnmaskRequest
 from fedcollab.silo.policy import Policy, is_sha256
@@ -114,6 +114,18 @@ def _fixed_point(policy: Policy, offer: Offer) -> str:
     return ""
 
 
+def _dp_floor(policy: Policy, noise_multiplier: float, clip_norm: float) -> Optional[Refuse]:
+    """The policy's local DP floor (minimum noise, maximum clip), for offers and updates
+    alike; ``None`` when both hold (NaN never does)."""
+    if not noise_multiplier >= policy.dp.min_noise_multiplier:
+        return Refuse("dp_floor", f"noise multiplier {noise_multiplier} is below the "
+                      f"policy's floor {policy.dp.min_noise_multiplier}")
+    if not 0 < clip_norm <= policy.dp.max_clip_norm:
+        return Refuse("dp_floor", f"clip norm {clip_norm} is above the policy's maximum "
+                      f"{policy.dp.max_clip_norm}")
+    return None
+
+
 def _offer(policy: Policy, state: SiloState, frame: Offer) -> Decision:
     job = state.job(frame.job_id)
     if job.offer is not None:
@@ -129,12 +141,9 @@ def _offer(policy: Policy, state: SiloState, frame: Offer) -> Decision:
         return Refuse("share_only", "no layer of the offered model is in share_only: "
                       "nothing could be shared")
     dp = frame.dp
-    if not dp.noise_multiplier >= policy.dp.min_noise_multiplier:
-        return Refuse("dp_floor", f"noise multiplier {dp.noise_multiplier} is below the "
-                      f"policy's floor {policy.dp.min_noise_multiplier}")
-    if not 0 < dp.clip_norm <= policy.dp.max_clip_norm:
-        return Refuse("dp_floor", f"clip norm {dp.clip_norm} is above the policy's maximum "
-                      f"{policy.dp.max_clip_norm}")
+    below = _dp_floor(policy, dp.noise_multiplier, dp.clip_norm)
+    if below is not None:
+        return below
     problem = _fixed_point(policy, frame)
     if problem:
         return Refuse("fixed_point", problem)
@@ -237,12 +246,9 @@ def _egress(policy: Policy, state: SiloState, frame: Egress) -> Decision:
                       f"{frame.global_model_sha256[:12]}")
     if not set(frame.layers) <= set(job.offer.layers) or not frame.layers:
         return Refuse("share_only", "the update's layers are not the offer's")
-    if not frame.noise_multiplier >= policy.dp.min_noise_multiplier:
-        return Refuse("dp_floor", f"noise multiplier {frame.noise_multiplier} is below the "
-                      f"floor {policy.dp.min_noise_multiplier}")
-    if not 0 < frame.clip_norm <= policy.dp.max_clip_norm:
-        return Refuse("dp_floor", f"clip norm {frame.clip_norm} is above the maximum "
-                      f"{policy.dp.max_clip_norm}")
+    below = _dp_floor(policy, frame.noise_multiplier, frame.clip_norm)
+    if below is not None:
+        return below
     if not 0 <= frame.max_abs <= job.offer.secagg.clip:
         return Refuse("fixed_point", f"a coordinate of magnitude {frame.max_abs} is outside "
                       f"the encoding's clip {job.offer.secagg.clip}")

@@ -11,7 +11,6 @@ tests use) and collects what comes back. It does not run a job yet
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,19 +62,21 @@ def _servicer(coordinator: Coordinator) -> Any:
             except CertError as err:
                 coordinator.refusals.append(str(err))
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
-            outbox: queue.Queue[Any] = queue.Queue()
 
             def refuse(code: Any, reason: str) -> None:
                 coordinator.refusals.append(reason)
                 context.abort(code, reason)
 
+            def check_sender(frame: Any) -> None:
+                if frame.sender != party:
+                    refuse(grpc.StatusCode.PERMISSION_DENIED, f"sender {frame.sender!r} does "
+                           f"not match the certificate's party {party!r}")
+
             seq = 0
             first = next(requests, None)
             if first is None:
                 return
-            if first.sender != party:
-                refuse(grpc.StatusCode.PERMISSION_DENIED, f"sender {first.sender!r} does not "
-                       f"match the certificate's party {party!r}")
+            check_sender(first)
             if first.WhichOneof("body") != "join":
                 refuse(grpc.StatusCode.FAILED_PRECONDITION, "the first frame must be a Join")
             if first.join.party != party:
@@ -92,18 +93,13 @@ def _servicer(coordinator: Coordinator) -> Any:
                                             welcome=silo_pb2.Welcome(
                                                 coordinator=coordinator.name))
             for frame in coordinator.script.get(party, []):
-                outbox.put(frame)
-            while not outbox.empty():
-                frame = outbox.get()
                 seq += 1
                 frame.seq = seq
                 yield frame
                 reply = next(requests, None)
                 if reply is None:
                     break
-                if reply.sender != party:
-                    refuse(grpc.StatusCode.PERMISSION_DENIED, f"sender {reply.sender!r} does "
-                           f"not match the certificate's party {party!r}")
+                check_sender(reply)
                 coordinator.received.append(reply)
             coordinator.done.set()
 
