@@ -116,11 +116,12 @@ class Policy:
 
 
 def _section(raw: Any, name: str, allowed: set[str]) -> Mapping[str, Any]:
+    where = "policy" if name == "policy" else f"policy: {name}"  # the file, or a section
     if not isinstance(raw, Mapping):
-        raise PolicyError(f"policy: {name}: expected a mapping, got {type(raw).__name__}")
+        raise PolicyError(f"{where}: expected a mapping, got {type(raw).__name__}")
     unknown = sorted(str(k) for k in raw if k not in allowed)
     if unknown:
-        raise PolicyError(f"policy: {name}: unknown key {unknown[0]!r} (allowed: "
+        raise PolicyError(f"{where}: unknown key {unknown[0]!r} (allowed: "
                           f"{', '.join(sorted(allowed))})")
     return raw
 
