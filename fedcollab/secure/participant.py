@@ -244,6 +244,7 @@ class SecureParticipant:
         # re-runs rounds with the same inputs, and two sums over the same inputs with
         # different survivors would hand the server a difference (issue 27, finding 7)
         self._views: dict[tuple[int, bytes], tuple[int, ...]] = {}
+        self._unsaved: list[tuple[int, bytes]] = []  # confirmed since take_new_views
         self._input_digest = b""
         self._ready: _Prepared | None = None
         #: Whether the last masked input used masks from :meth:`prepare_next_round`.
@@ -725,7 +726,11 @@ class SecureParticipant:
         key = (round_id, self._input_digest)
         for old in [k for k in self._views if k[0] <= round_id - _VIEW_ROUNDS]:
             del self._views[old]  # a resume re-runs the rounds after its last checkpoint
-        if self._views.setdefault(key, view) != view:
+        known = self._views.get(key)
+        if known is None:
+            self._views[key] = view
+            self._unsaved.append(key)
+        elif known != view:
             raise InconsistentViewError(
                 f"round {round_id}: participant {self.participant_id} already confirmed "
                 "another survivor set for this round and this very input (a re-run, e.g. "
@@ -740,6 +745,13 @@ class SecureParticipant:
     def views(self) -> dict[str, list[int]]:
         """The views confirmed so far, ``"round:digest-hex" -> survivors`` (to persist)."""
         return {f"{r}:{d.hex()}": list(v) for (r, d), v in sorted(self._views.items())}
+
+    def take_new_views(self) -> dict[str, list[int]]:
+        """The views confirmed since the last call, keyed as :meth:`views` (what the
+        hosting worker journals before the replies leave; O(new views), not O(all))."""
+        new, self._unsaved = self._unsaved, []
+        return {f"{r}:{d.hex()}": list(self._views[(r, d)]) for r, d in new
+                if (r, d) in self._views}
 
     def restore_views(self, views: Mapping[str, list[int]]) -> None:
         """Reload :meth:`views` persisted before a restart (a resumed job)."""

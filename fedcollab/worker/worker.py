@@ -161,7 +161,6 @@ class ParticipantWorker:
         self._setup: Any = None  # the group setup pinned once (secure.identity.GroupSetup)
         self._own_dp: Any = None  # the DP settings of this worker's spec (round_check.OwnDp)
         self._views_cache: Optional[dict[str, dict[str, list[int]]]] = None
-        self._views_written: set[tuple[int, str]] = set()  # (pid, view key) journalled
         secure = [pid for pid in self.people.pids_where(in_secure_sum=True) if pid in self.hosted]
         self._secure_pids = frozenset(secure)
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
@@ -496,27 +495,26 @@ class ParticipantWorker:
         return self._views_cache
 
     def _save_views(self, touched: Mapping[int, bytes]) -> None:
-        """Journal the views the hosted participants confirmed since the last save,
-        before their replies leave: a resumed job re-runs rounds, and a participant
-        must not confirm another view of one. One fsynced line per stage, each survivor
-        set written once (every hosted participant usually confirms the same one)."""
+        """Journal the views the participants of this stage confirmed, before their
+        replies leave: a resumed job re-runs rounds, and a participant must not confirm
+        another view of one. One fsynced line per stage that confirmed any, each
+        survivor set written once (every hosted participant usually confirms the same
+        one); only the new views are formatted (``take_new_views``)."""
         import json
 
         from fedcollab.io import append_line_durably
 
-        if not any(pid in self._secure for pid in touched):
-            return
         sets: list[list[int]] = []
         index: dict[tuple[int, ...], int] = {}
         fresh: dict[str, dict[str, int]] = {}
-        for pid, participant in sorted(self._secure.items()):
-            for key, view in participant.views().items():
-                if (pid, key) in self._views_written:
-                    continue
-                self._views_written.add((pid, key))
+        for pid in sorted(touched):
+            participant = self._secure.get(pid)
+            if participant is None:
+                continue
+            for key, view in participant.take_new_views().items():
                 i = index.setdefault(tuple(view), len(sets))
                 if i == len(sets):
-                    sets.append(list(view))
+                    sets.append(view)
                 fresh.setdefault(str(pid), {})[key] = i
         if fresh:
             append_line_durably(self._views_path(),

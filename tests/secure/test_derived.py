@@ -290,3 +290,24 @@ def test_finding7_a_rerun_round_with_another_survivor_set_is_refused(model: str)
     with pytest.raises(UnmaskRefusedError, match="already confirmed another survivor set"):
         run_secure_round(_resumed(params, n, participants), vectors, params, 0,
                          {"share_keys": {VICTIM}})
+
+
+@pytest.mark.parametrize("model", ["honest_but_curious", "malicious"])
+def test_take_new_views_hands_each_confirmed_view_over_once(model: str) -> None:
+    """What the hosting worker journals each stage: the views confirmed since the last
+    take, each once; views reloaded after a restart are not handed over again."""
+    n = 6
+    params = _params("secagg", True, model)
+    participants, server = make_group(n, params)
+    vectors = make_vectors(range(n), DIM)
+    run_secure_round(participants, vectors, params, 0, server=server)
+    for pid, p in participants.items():
+        new = p.take_new_views()
+        assert new == p.views() and len(new) == 1, pid
+        assert p.take_new_views() == {}
+    run_secure_round(participants, vectors, params, 1, server=server)
+    for p in participants.values():
+        new = p.take_new_views()
+        assert list(new) == [k for k in p.views() if k.startswith("1:")]
+    resumed = _resumed(params, n, participants)
+    assert all(p.take_new_views() == {} for p in resumed.values())
