@@ -76,11 +76,10 @@ def load_approvals(state_dir: str | Path) -> frozenset[str]:
 
 
 def _state(state_dir: Path) -> Any:
-    path = state_dir / "state.json"
-    if not path.exists():
-        raise UnknownJobError(f"silo: no gateway state in {state_dir} (no state.json); "
-                              "pass the gateway's --state-dir")
-    return load_state(path)
+    if not state_dir.is_dir():
+        raise UnknownJobError(f"silo: no gateway state directory {state_dir}; pass the "
+                              "gateway's --state-dir")
+    return load_state(state_dir / "state.json")  # none yet: nothing pending
 
 
 def list_pending(state_dir: str | Path) -> list[PendingOffer]:

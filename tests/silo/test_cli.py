@@ -11,7 +11,8 @@ from fedcollab.cli import main
 
 @pytest.mark.parametrize("command", [["silo"], ["silo", "serve"], ["silo", "audit"],
                                      ["silo", "audit", "verify"],
-                                     ["silo", "policy", "hash"]])
+                                     ["silo", "policy", "hash"], ["silo", "pending"],
+                                     ["silo", "approve"]])
 def test_silo_help_has_an_example(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main([*command, "--help"])
