@@ -178,8 +178,8 @@ class Gateway:
                     outcome = self.decider.decide_bytes(data, now)
                     counts[outcome.verdict] += 1
                     current = self._watch(watchdog, outcome, current)
-                    if outcome.kind == "welcome":
-                        continue
+                    if outcome.kind == "welcome" and counts["frames"] == 1:
+                        continue  # the greeting; any later frame gets its Decision
                     verdict = {"allow": silo_pb2.Decision.ALLOW,
                                "refuse": silo_pb2.Decision.REFUSE,
                                "pending": silo_pb2.Decision.PENDING}[outcome.verdict]
@@ -195,6 +195,13 @@ class Gateway:
                              "dropped")
                     self.decider.note(Refuse("deadline", words), kind="deadline", job_id=job,
                                       round_id=rnd,
+                                      now=datetime.datetime.now(datetime.timezone.utc))
+                    raise LinkError(f"gateway: {words}", retryable=True) from None
+                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    words = (f"the coordinator sent a frame over the size cap "
+                             f"({MAX_COORDINATOR_FRAME} bytes); the link was dropped")
+                    self.decider.note(Refuse("malformed", words), kind="oversized",
+                                      job_id="", round_id=0,
                                       now=datetime.datetime.now(datetime.timezone.utc))
                     raise LinkError(f"gateway: {words}", retryable=True) from None
                 raise self._link_error(err, joined=counts["frames"] > 0) from None
