@@ -150,7 +150,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_pending(args: argparse.Namespace) -> int:
     import json
 
-    from fedcollab.silo.approve import list_pending
+    from fedcollab.silo.approvals import list_pending
 
     rows = list_pending(args.state_dir)
     for row in rows:
@@ -168,7 +168,7 @@ def _cmd_pending(args: argparse.Namespace) -> int:
 
 
 def _cmd_approve(args: argparse.Namespace) -> int:
-    from fedcollab.silo.approve import approve_offer
+    from fedcollab.silo.approvals import approve_offer
 
     row = approve_offer(args.state_dir, args.job, expect=args.expect)
     print(f"approved job {row.job_id}: offer {row.offer_sha256} (model "

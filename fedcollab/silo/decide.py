@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from fedcollab.silo.approve import load_approvals
+from fedcollab.silo.approvals import load_approvals
 from fedcollab.silo.audit import AuditLog, decision_fields
 from fedcollab.silo.check import Allow, Decision, Pending, Refuse, check
 from fedcollab.silo.frames import Offer

@@ -100,7 +100,7 @@ class SiloState:
 
 def approve(state: SiloState, model_sha256: str) -> SiloState:
     """The state with a model hash approved for every job (as if in approved_models);
-    `fedcollab silo approve JOB` binds one exact offer instead (:mod:`.approve`)."""
+    `fedcollab silo approve JOB` binds one exact offer instead (:mod:`.approvals`)."""
     return replace(state, approved_models=state.approved_models | {model_sha256})
 
 

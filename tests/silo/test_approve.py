@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fedcollab.cli import main
-from fedcollab.silo.approve import UnknownJobError, approve_offer, list_pending
+from fedcollab.silo.approvals import UnknownJobError, approve_offer, list_pending
 from fedcollab.silo.audit import verify_audit
 from fedcollab.silo.decide import FrameDecider
 from fedcollab.silo.frames import offer_sha256
