@@ -50,6 +50,8 @@ class FrameDecider:
 
     def __init__(self, *, policy: Policy, state_dir: Path,
                  trusted_cas: Mapping[str, Any]) -> None:
+        import dp_accounting  # noqa: F401 - loaded now (seconds), not while a round waits
+
         self.policy = policy
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -139,6 +139,19 @@ def _alert_words(err: ssl.SSLError) -> str:
     return f"the TLS handshake failed ({reason})"
 
 
+def _not_from(cert: Path, ca: Path) -> str:
+    """' (it is not signed by --coordinator-ca ...)' when that is so, else ''."""
+    from cryptography import x509
+
+    try:
+        leaf = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+        leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(Path(ca).read_bytes()))
+    except Exception:  # noqa: BLE001 - any failure to verify is the answer
+        return (" (it is not signed by --coordinator-ca; is it from the CA the coordinator "
+                "trusts for parties?)")
+    return ""
+
+
 def diagnose(address: str, *, coordinator_ca: Path, cert: Path, key: Path,
              timeout: float = 5.0) -> str:
     """One line naming why a mutual-TLS link to `address` cannot be made (or what
@@ -175,11 +188,15 @@ def diagnose(address: str, *, coordinator_ca: Path, cert: Path, key: Path,
     try:
         with context.wrap_socket(raw, server_hostname=host) as tls:
             tls.settimeout(timeout)
+            version = tls.version()
             try:
-                tls.recv(1)  # TLS 1.3: the server's verdict on our certificate comes now
+                first = tls.recv(1)  # TLS 1.3: the server's verdict on our certificate
             except socket.timeout:
-                pass
-            return (f"a {tls.version()} handshake with {address} succeeds with these "
+                first = b"?"
+            if not first:
+                return ("the coordinator closed the connection once it saw this party's "
+                        f"certificate: it does not accept it{_not_from(cert, coordinator_ca)}")
+            return (f"a {version} handshake with {address} succeeds with these "
                     "certificates; the link failed above TLS")
     except ssl.SSLCertVerificationError as err:
         return ("the coordinator's certificate does not verify against --coordinator-ca "

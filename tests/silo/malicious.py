@@ -49,6 +49,7 @@ class Malicious:
     joins: list[Any] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     silence_ended: list[float] = field(default_factory=list)  # when a Silence saw the cancel
+    peer_certs: list[bytes] = field(default_factory=list)     # each connection's client PEM
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -72,6 +73,7 @@ def _serialize(item: Any) -> bytes:
 def _handler(state: Malicious) -> Any:
     def connect(requests: Iterator[bytes], context: Any) -> Iterator[Any]:
         pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+        state.peer_certs.append(pem)
         try:
             party = party_name(pem)
         except CertError as err:
