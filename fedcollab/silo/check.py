@@ -49,6 +49,7 @@ from fedcollab.silo.frames import (
     UnmaskRequest,
     offer_sha256,
 )
+from fedcollab.silo.limits import MAX_PENDING
 from fedcollab.silo.policy import Policy, is_sha256
 from fedcollab.silo.state import JobState, SiloState
 
@@ -191,6 +192,9 @@ def _offer(policy: Policy, state: SiloState, frame: Offer) -> Decision:
                       "the rest reserved by accepted offers)")
     if (frame.model_sha256 not in policy.approved_models | state.approved_models
             and offer_sha256(frame) not in state.approved_offers):
+        if frame.job_id not in state.pending and len(state.pending) >= MAX_PENDING:
+            return Refuse("offer", f"{len(state.pending)} offers already wait for approval "
+                          f"(at most {MAX_PENDING}); approve or let them go first")
         return Pending(f"model {frame.model_name} ({frame.model_sha256[:12]}) is not "
                        f"approved: `fedcollab silo approve {frame.job_id}`",
                        state=state.with_pending(frame))

@@ -364,3 +364,19 @@ def test_check_approval_binds_the_exact_offer() -> None:
                                    Egress.__mro__])
 def test_check_unknown_frame_refused(frame: object) -> None:
     refused(check(POLICY, at_key_sharing(1), frame), "unknown")
+
+
+def test_check_pending_offers_are_capped() -> None:
+    from fedcollab.silo.limits import MAX_PENDING
+
+    state = SiloState()
+    for i in range(MAX_PENDING):
+        decision = check(POLICY, state, make_offer(job_id=f"j{i}", rounds=1,
+                                                   model_sha256=model_hash(99)))
+        assert isinstance(decision, Pending) and decision.state is not None
+        state = decision.state
+
+    refused(check(POLICY, state, make_offer(job_id="one-more", rounds=1,
+                                            model_sha256=model_hash(99))), "offer")
+    assert isinstance(check(POLICY, state, make_offer(job_id="j0", rounds=2,
+                                                      model_sha256=model_hash(99))), Pending)
