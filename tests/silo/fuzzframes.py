@@ -167,8 +167,10 @@ def _fields(rng: random.Random) -> bytes:
 
 def hostile_frames(n: int, *, seed: int, ders: Sequence[bytes],
                    oversized: bool = True) -> Iterator[tuple[str, bytes]]:
-    """`n` (kind, bytes) pairs, an even mix of :data:`KINDS` (without oversized ones
-    when `oversized` is False: those go over the socket's caps by design)."""
+    """`n` (kind, bytes) pairs, an even mix of :data:`KINDS` (without oversized fields
+    when `oversized` is False). Oversized fields break the per-field caps (names, layers,
+    members) while the whole frame stays under the 64 MiB frame cap, so they also travel
+    over the socket; a frame past that cap is tested on its own."""
     rng = random.Random(seed)
     seeds = valid_frames(ders)
     kinds = KINDS if oversized else tuple(k for k in KINDS if k != "oversized")

@@ -99,7 +99,7 @@ def test_fuzz_over_the_socket_every_frame_is_decided_and_nothing_leaks(
         tmp_path: Path, silo_pki: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     n = 300
     ders = [member_der(silo_pki, f"m{i}") for i in range(3)]
-    frames = [data for _, data in hostile_frames(n, seed=7, ders=ders, oversized=False)]
+    frames = [data for _, data in hostile_frames(n, seed=7, ders=ders)]
     with malicious_coordinator(cert=silo_pki["main"] / "coordinator.pem",
                                key=silo_pki["main"] / "coordinator.key",
                                client_ca=silo_pki["main"] / "ca.pem",
