@@ -233,3 +233,24 @@ def test_gateway_without_a_link_says_the_one_reason(tmp_path: Path, silo_pki: di
 
     assert words in str(err.value) and "\n" not in str(err.value)
     assert coord.joins == [] and coord.update_bytes() == 0
+
+
+def test_cli_silo_serve_reconnect_gives_up_with_one_line_per_attempt(
+        tmp_path: Path, silo_pki: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from fedcollab.cli import main
+
+    policy = tmp_path / "vendor-policy.yaml"
+    policy.write_bytes(policy_bytes(
+        trusted_cas=[fingerprint((silo_pki["main"] / "ca.pem").read_bytes())]))
+    code = main(["silo", "serve", "--policy", str(policy), "--coordinator", "127.0.0.1:1",
+                 "--cert", str(silo_pki["main"] / "vendor.pem"),
+                 "--key", str(silo_pki["main"] / "vendor.key"),
+                 "--coordinator-ca", str(silo_pki["main"] / "ca.pem"),
+                 "--trusted-ca", str(silo_pki["main"] / "ca.pem"),
+                 "--state-dir", str(tmp_path / "s"), "--reconnect", "--max-attempts", "3",
+                 "--backoff-initial", "0.01", "--backoff-max", "0.02"])
+
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 1 and len(lines) == 3
+    assert all("nothing listens at 127.0.0.1:1" in line for line in lines)
+    assert "dialling again in" in lines[0] and "gave up after 3 attempts" in lines[-1]
