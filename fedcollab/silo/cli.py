@@ -19,6 +19,7 @@ __all__ = ["add_silo_commands", "EXAMPLES"]
 
 EXAMPLES = {
     "serve": "fedcollab silo serve --policy vendor-policy.yaml --coordinator coord.example:7443 "
+             "--coordinator-name coordinator "
              "--cert pki/vendor.pem --key pki/vendor.key --coordinator-ca pki/ca.pem "
              "--trusted-ca pki/ca.pem --state-dir vendor-state",
     "silo": "fedcollab silo audit verify vendor/audit.jsonl",
@@ -59,6 +60,12 @@ def add_silo_commands(sub: Any) -> None:
     serve.add_argument("--key", type=Path, required=True, help="its key (mode 0600)")
     serve.add_argument("--coordinator-ca", type=Path, required=True,
                        help="the CA the coordinator's certificate must chain to (pinned)")
+    serve.add_argument("--coordinator-name", default=None,
+                       help="the party the coordinator's certificate must name (e.g. "
+                            "coordinator): checked in the TLS handshake instead of the "
+                            "address's host name, and every frame's sender must be it. "
+                            "Without it any certificate of the pinned CA valid for the "
+                            "address is accepted")
     serve.add_argument("--trusted-ca", type=Path, action="append", default=[],
                        help="a CA whose identities count toward min_group; its sha256 must be "
                             "in the policy's trusted_cas (repeatable)")
@@ -133,7 +140,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     gateway = Gateway(policy=load_policy(args.policy), coordinator=args.coordinator,
                       cert=args.cert, key=args.key, coordinator_ca=args.coordinator_ca,
                       trusted_cas=args.trusted_ca, state_dir=args.state_dir,
-                      deadline_grace=args.deadline_grace)
+                      deadline_grace=args.deadline_grace,
+                      coordinator_name=args.coordinator_name)
     try:
         report = gateway.serve(reconnect=args.reconnect, max_attempts=args.max_attempts,
                                backoff=Backoff(initial=args.backoff_initial,

@@ -48,11 +48,13 @@ class Outcome:
 class FrameDecider:
     """The gateway's state, audit log and decision path for one state directory."""
 
-    def __init__(self, *, policy: Policy, state_dir: Path,
-                 trusted_cas: Mapping[str, Any]) -> None:
+    def __init__(self, *, policy: Policy, state_dir: Path, trusted_cas: Mapping[str, Any],
+                 coordinator: Optional[str] = None) -> None:
+        """`coordinator`: when given, every frame's ``sender`` must be that name (the
+        party the coordinator's certificate names); others are refused."""
         import dp_accounting  # noqa: F401 - loaded now (seconds), not while a round waits
 
-        self.policy = policy
+        self.policy, self.coordinator = policy, coordinator
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._state_path = self.state_dir / STATE_FILE
@@ -91,7 +93,10 @@ class FrameDecider:
 
     def _decide(self, data: bytes, inbound: Inbound, now: datetime.datetime) -> Outcome:
         decision: Decision
-        if inbound.frame is None:
+        if self.coordinator is not None and inbound.sender != self.coordinator:
+            decision = Refuse("sender", f"a frame from {inbound.sender[:64]!r}: the "
+                              f"coordinator is {self.coordinator!r}")
+        elif inbound.frame is None:
             decision = Allow(self.state)  # Welcome, Abort: logged, not ruled on
         else:
             if isinstance(inbound.frame, Offer):

@@ -90,8 +90,10 @@ class Gateway:
 
     def __init__(self, *, policy: Policy, coordinator: str, cert: Path, key: Path,
                  coordinator_ca: Path, trusted_cas: Sequence[Path], state_dir: Path,
-                 deadline_grace: float = DEADLINE_GRACE) -> None:
+                 deadline_grace: float = DEADLINE_GRACE,
+                 coordinator_name: Optional[str] = None) -> None:
         self.policy, self.coordinator = policy, coordinator
+        self.coordinator_name = coordinator_name
         self._cert_path, self._key_path = Path(cert), Path(key)
         self._coordinator_ca_path = Path(coordinator_ca)
         self.deadline_grace = deadline_grace
@@ -100,7 +102,7 @@ class Gateway:
         self._cas = _load_cas(trusted_cas, policy)
         self.state_dir = Path(state_dir)
         self.decider = FrameDecider(policy=policy, state_dir=self.state_dir,
-                                    trusted_cas=self._cas)
+                                    trusted_cas=self._cas, coordinator=coordinator_name)
 
     @property
     def state(self) -> Any:
@@ -162,9 +164,15 @@ class Gateway:
         send(join=silo_pb2.Join(party=self.party, fedcollab_version=_version(_pkg),
                                 policy_sha256=self.policy.sha256,
                                 resume_jobs=sorted(set(state.jobs) | set(state.pending))))
-        with grpc.secure_channel(self.coordinator, credentials, options=[
-                ("grpc.max_receive_message_length", MAX_COORDINATOR_FRAME),
-                ("grpc.max_send_message_length", MAX_GATEWAY_FRAME)]) as channel:
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", MAX_COORDINATOR_FRAME),
+            ("grpc.max_send_message_length", MAX_GATEWAY_FRAME)]
+        if self.coordinator_name:
+            # verify the coordinator's certificate against its party name (a party
+            # certificate carries its name as a DNS name) instead of the address: any
+            # other leaf of the pinned CA, e.g. another vendor's, is refused
+            options.append(("grpc.ssl_target_name_override", self.coordinator_name))
+        with grpc.secure_channel(self.coordinator, credentials, options=options) as channel:
             # raw bytes in: the gateway parses every frame itself (wire.from_coordinator)
             connect = channel.stream_stream(
                 _CONNECT, request_serializer=silo_pb2.GatewayFrame.SerializeToString,
@@ -229,7 +237,8 @@ class Gateway:
     def _link_error(self, err: Any, *, joined: bool) -> LinkError:
         code = err.code().name if hasattr(err, "code") else "UNKNOWN"
         if code == "UNAVAILABLE" and not joined:
-            why = diagnose(self.coordinator, coordinator_ca=self._coordinator_ca_path,
+            why = diagnose(self.coordinator, server_name=self.coordinator_name,
+                           coordinator_ca=self._coordinator_ca_path,
                            cert=self._cert_path, key=self._key_path)
             return LinkError(f"gateway: no mutual-TLS link to the coordinator at "
                              f"{self.coordinator}: {why}", retryable=True)

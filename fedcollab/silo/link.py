@@ -153,9 +153,11 @@ def _not_from(cert: Path, ca: Path) -> str:
 
 
 def diagnose(address: str, *, coordinator_ca: Path, cert: Path, key: Path,
-             timeout: float = 5.0) -> str:
+             server_name: Optional[str] = None, timeout: float = 5.0) -> str:
     """One line naming why a mutual-TLS link to `address` cannot be made (or what
-    does work, when the handshake succeeds and the failure is above TLS)."""
+    does work, when the handshake succeeds and the failure is above TLS).
+    `server_name`: the name the coordinator's certificate must carry (default: the
+    address's host, as gRPC checks it)."""
     host, _, port_text = address.rpartition(":")
     host = host.strip("[]") or "localhost"
     try:
@@ -186,7 +188,7 @@ def diagnose(address: str, *, coordinator_ca: Path, cert: Path, key: Path,
     except OSError as err:
         return f"cannot reach {address} ({err.strerror or err})"
     try:
-        with context.wrap_socket(raw, server_hostname=host) as tls:
+        with context.wrap_socket(raw, server_hostname=server_name or host) as tls:
             tls.settimeout(timeout)
             version = tls.version()
             try:
@@ -199,6 +201,9 @@ def diagnose(address: str, *, coordinator_ca: Path, cert: Path, key: Path,
             return (f"a {version} handshake with {address} succeeds with these "
                     "certificates; the link failed above TLS")
     except ssl.SSLCertVerificationError as err:
+        if server_name and "hostname mismatch" in str(err.verify_message).lower():
+            return (f"the coordinator's certificate is not {server_name!r}'s "
+                    f"(--coordinator-name): another party answers at {address}")
         return ("the coordinator's certificate does not verify against --coordinator-ca "
                 f"({err.verify_message})")
     except ssl.SSLError as err:

@@ -36,7 +36,8 @@ def _h(n: int) -> str:
 
 
 def _gateway(tmp: Path, pki: dict[str, Path], address: str, *, grace: float = 1.0,
-             cert_dir: Path | None = None, coordinator_ca: str = "main") -> Gateway:
+             cert_dir: Path | None = None, coordinator_ca: str = "main",
+             coordinator_name: str | None = None) -> Gateway:
     policy = tmp / "vendor-policy.yaml"
     policy.write_bytes(policy_bytes(
         trusted_cas=[fingerprint((pki["main"] / "ca.pem").read_bytes())]))
@@ -44,7 +45,7 @@ def _gateway(tmp: Path, pki: dict[str, Path], address: str, *, grace: float = 1.
     return Gateway(policy=load_policy(policy), coordinator=address, cert=where / "vendor.pem",
                    key=where / "vendor.key", coordinator_ca=pki[coordinator_ca] / "ca.pem",
                    trusted_cas=[pki["main"] / "ca.pem"], state_dir=tmp / "vendor",
-                   deadline_grace=grace)
+                   deadline_grace=grace, coordinator_name=coordinator_name)
 
 
 def _coordinator(pki: dict[str, Path], sessions: list, *, leaf: str = "main", port: int = 0,
@@ -254,3 +255,52 @@ def test_cli_silo_serve_reconnect_gives_up_with_one_line_per_attempt(
     assert code == 1 and len(lines) == 3
     assert all("nothing listens at 127.0.0.1:1" in line for line in lines)
     assert "dialling again in" in lines[0] and "gave up after 3 attempts" in lines[-1]
+
+
+# ---- the coordinator's identity: its party name, not only its CA ----
+
+def test_gateway_with_coordinator_name_accepts_that_party(
+        tmp_path: Path, silo_pki: dict[str, Path]) -> None:
+    with _coordinator(silo_pki, [[offer_frame(model=MODEL)]]) as coord:
+        gateway = _gateway(tmp_path, silo_pki, coord.address, coordinator_name="coordinator")
+        try:
+            gateway.run(timeout=30)
+        finally:
+            gateway.close()
+
+    assert [d.verdict for d in coord.decisions()] == [ALLOW]
+
+
+def test_gateway_with_coordinator_name_refuses_another_leaf_of_the_same_ca(
+        tmp_path: Path, silo_pki: dict[str, Path]) -> None:
+    # m0 is a party of the very CA the vendor pins: without the name it would pass
+    with malicious_coordinator(cert=silo_pki["main"] / "m0.pem", key=silo_pki["main"] / "m0.key",
+                               client_ca=silo_pki["main"] / "ca.pem",
+                               sessions=[[offer_frame(model=MODEL)]]) as impostor:
+        gateway = _gateway(tmp_path, silo_pki, impostor.address, coordinator_name="coordinator")
+        try:
+            with pytest.raises(LinkError, match="no mutual-TLS link") as err:
+                gateway.run(timeout=10)
+        finally:
+            gateway.close()
+
+    assert "is not 'coordinator''s (--coordinator-name)" in str(err.value)
+    assert impostor.joins == [] and impostor.update_bytes() == 0
+
+
+def test_gateway_with_coordinator_name_refuses_frames_from_another_sender(
+        tmp_path: Path, silo_pki: dict[str, Path]) -> None:
+    forged = offer_frame(model=MODEL)
+    forged.sender = "mallory"
+    with _coordinator(silo_pki, [[forged, offer_frame(model=MODEL)]]) as coord:
+        gateway = _gateway(tmp_path, silo_pki, coord.address, coordinator_name="coordinator")
+        try:
+            gateway.run(timeout=30)
+        finally:
+            gateway.close()
+
+    decisions = coord.decisions()
+    last_two = [json.loads(line) for line in
+                (tmp_path / "vendor" / "audit.jsonl").read_text().splitlines()[-2:]]
+    assert decisions[0].verdict == REFUSE and "'mallory'" in decisions[0].reason
+    assert last_two[0]["rule"] == "sender" and decisions[1].verdict == ALLOW
