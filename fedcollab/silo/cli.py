@@ -127,8 +127,8 @@ def add_silo_commands(sub: Any) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from fedcollab.silo.gateway import Gateway
-    from fedcollab.silo.link import Backoff
     from fedcollab.silo.policy import load_policy
+    from fedcollab.silo.redial import Backoff
 
     if args.max_attempts is not None and args.max_attempts < 1:
         raise SiloUsageError(f"silo serve: --max-attempts {args.max_attempts}: must be >= 1")

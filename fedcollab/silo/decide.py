@@ -21,10 +21,10 @@ from typing import Any, Mapping, Optional
 from fedcollab.silo.approvals import load_approvals
 from fedcollab.silo.audit import AuditLog, decision_fields
 from fedcollab.silo.check import Allow, Decision, Pending, Refuse, check
-from fedcollab.silo.frames import Offer
+from fedcollab.silo.frames import Egress, Offer
 from fedcollab.silo.policy import Policy
 from fedcollab.silo.state import SiloState, load_state, save_state
-from fedcollab.silo.wire import Inbound, MalformedFrameError, from_coordinator, from_message
+from fedcollab.silo.wire import Inbound, MalformedFrameError, from_message, parse_frame
 
 __all__ = ["FrameDecider", "Outcome", "STATE_FILE", "AUDIT_FILE"]
 
@@ -43,6 +43,8 @@ class Outcome:
     round_id: int
     seq: int              # the CoordinatorFrame.seq this answers (0 if it did not parse)
     deadline_unix: float  # a RoundStart's deadline; 0.0 for none (or not finite)
+    message: Any = None   # the parsed CoordinatorFrame (None if it did not parse), for
+    inbound: Optional[Inbound] = None   # whatever acts on an allowed frame, and its Inbound
 
 
 class FrameDecider:
@@ -66,11 +68,12 @@ class FrameDecider:
     def decide_bytes(self, data: bytes, now: datetime.datetime) -> Outcome:
         """Decide one CoordinatorFrame as it came off the wire (any bytes at all)."""
         try:
-            inbound = from_coordinator(data, trusted_cas=self._cas, now=now)
+            message = parse_frame(data)
+            inbound = from_message(message, trusted_cas=self._cas, now=now)
         except MalformedFrameError as err:
             return self._record(data, Refuse("malformed", str(err)), "malformed", "", 0, 0,
                                 0.0, now)
-        return self._decide(data, inbound, now)
+        return self._decide(data, inbound, now, message)
 
     def decide_message(self, message: Any, now: datetime.datetime) -> Outcome:
         """Decide one parsed CoordinatorFrame (the same path as :meth:`decide_bytes`)."""
@@ -80,7 +83,19 @@ class FrameDecider:
         except MalformedFrameError as err:
             return self._record(data, Refuse("malformed", str(err)), "malformed", "", 0, 0,
                                 0.0, now)
-        return self._decide(data, inbound, now)
+        return self._decide(data, inbound, now, message)
+
+    def decide_egress(self, frame: Egress, data: bytes, now: datetime.datetime) -> Decision:
+        """Decide an update about to leave (`data`, its bytes): the same check, the
+        state persisted before the bytes go, one audit entry (direction "out"). Only an
+        Allow may be sent."""
+        decision = check(self.policy, self.state, frame)
+        if isinstance(decision, Allow) and decision.state != self.state:
+            save_state(self._state_path, decision.state)
+            self.state = decision.state
+        self.audit.append(frame=data, decision=decision, direction="out", kind="egress",
+                          job_id=frame.job_id, round_id=frame.round_id, time=now.timestamp())
+        return decision
 
     def note(self, decision: Decision, *, kind: str, job_id: str, round_id: int,
              now: datetime.datetime) -> None:
@@ -91,7 +106,8 @@ class FrameDecider:
     def close(self) -> None:
         self.audit.close()
 
-    def _decide(self, data: bytes, inbound: Inbound, now: datetime.datetime) -> Outcome:
+    def _decide(self, data: bytes, inbound: Inbound, now: datetime.datetime,
+                message: Any) -> Outcome:
         decision: Decision
         if self.coordinator is not None and inbound.sender != self.coordinator:
             decision = Refuse("sender", f"a frame from {inbound.sender[:64]!r}: the "
@@ -108,14 +124,15 @@ class FrameDecider:
                 self.state = after
         deadline = inbound.deadline_unix if math.isfinite(inbound.deadline_unix) else 0.0
         return self._record(data, decision, inbound.kind, inbound.job_id, inbound.round_id,
-                            inbound.seq, max(deadline, 0.0), now)
+                            inbound.seq, max(deadline, 0.0), now, message, inbound)
 
     def _record(self, data: bytes, decision: Decision, kind: str, job_id: str, round_id: int,
-                seq: int, deadline: float, now: datetime.datetime) -> Outcome:
+                seq: int, deadline: float, now: datetime.datetime, message: Any = None,
+                inbound: Optional[Inbound] = None) -> Outcome:
         self.audit.append(frame=data, decision=decision, direction="in", kind=kind,
                           job_id=job_id, round_id=round_id, time=now.timestamp())
         return Outcome(decision, decision_fields(decision)["decision"], kind, job_id,
-                       round_id, seq, deadline)
+                       round_id, seq, deadline, message, inbound)
 
     def _refresh_approvals(self) -> None:
         path = self.state_dir / "approvals.json"

@@ -10,7 +10,7 @@ answering, append the decision to ``audit.jsonl``, and answer with a Decision
 stream hands the gateway raw bytes, so a frame that does not parse is refused and
 audited like any other instead of ending the link).
 
-Failures (:mod:`.link`): once a round has started, the gateway waits no longer than
+Failures (:mod:`.redial`): once a round has started, the gateway waits no longer than
 its ``deadline_unix`` plus a grace, then drops the link; with ``reconnect`` it dials
 again with bounded, jittered exponential backoff, re-reading its certificate and key
 each time (a rotated leaf is picked up), and rejoins with its persisted state, so
@@ -33,8 +33,8 @@ from fedcollab.silo.check import Decision, Pending, Refuse
 from fedcollab.silo.decide import FrameDecider
 from fedcollab.silo.errors import SiloError
 from fedcollab.silo.limits import MAX_COORDINATOR_FRAME, MAX_GATEWAY_FRAME
-from fedcollab.silo.link import RETRYABLE, Backoff, Watchdog, diagnose
 from fedcollab.silo.policy import Policy
+from fedcollab.silo.redial import RETRYABLE, Backoff, Watchdog, diagnose
 
 __all__ = ["Gateway", "GatewayReport", "LinkError", "DEADLINE_GRACE"]
 
@@ -107,6 +107,10 @@ class Gateway:
     @property
     def state(self) -> Any:
         return self.decider.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.decider.state = value
 
     @property
     def audit(self) -> Any:

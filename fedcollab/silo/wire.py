@@ -25,7 +25,7 @@ from fedcollab.silo.frames import (
 )
 from fedcollab.silo.limits import MAX_COORDINATOR_FRAME, MAX_LAYERS, MAX_MEMBERS, MAX_NAME
 
-__all__ = ["MalformedFrameError", "Inbound", "from_coordinator", "member_of"]
+__all__ = ["MalformedFrameError", "Inbound", "from_coordinator", "member_of", "parse_frame"]
 
 
 class MalformedFrameError(SiloError):
@@ -92,6 +92,15 @@ def from_coordinator(data: bytes, *, trusted_cas: Mapping[str, Any],
     Raises:
         MalformedFrameError: bytes that are not a CoordinatorFrame within the caps.
     """
+    return from_message(parse_frame(data), trusted_cas=trusted_cas, now=now)
+
+
+def parse_frame(data: bytes) -> Any:
+    """The CoordinatorFrame in `data`, within the frame cap.
+
+    Raises:
+        MalformedFrameError: bytes over the cap or that are not a CoordinatorFrame.
+    """
     from google.protobuf.message import DecodeError
 
     from fedcollab._proto.fedcollab.v1 import silo_pb2
@@ -104,7 +113,7 @@ def from_coordinator(data: bytes, *, trusted_cas: Mapping[str, Any],
         message.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as err:
         raise MalformedFrameError(f"not a CoordinatorFrame ({err.__class__.__name__})") from None
-    return from_message(message, trusted_cas=trusted_cas, now=now)
+    return message
 
 
 def from_message(message: Any, *, trusted_cas: Mapping[str, Any],

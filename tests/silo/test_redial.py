@@ -21,7 +21,7 @@ from fedcollab._proto.fedcollab.v1 import silo_pb2
 from fedcollab.service.certs import fingerprint
 from fedcollab.silo import load_policy, load_state
 from fedcollab.silo.gateway import Gateway, LinkError
-from fedcollab.silo.link import Backoff
+from fedcollab.silo.redial import Backoff
 
 from .conftest import MODEL, policy_bytes
 from .malicious import Hangup, Silence, malicious_coordinator, offer_frame, start_frame
