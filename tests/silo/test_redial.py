@@ -82,11 +82,11 @@ def test_backoff_bad_bounds_raise() -> None:
 
 def test_gateway_black_holed_round_ends_by_deadline_plus_grace(
         tmp_path: Path, silo_pki: dict[str, Path]) -> None:
-    deadline = time.time() + 1.5
-    script = [offer_frame(model=MODEL), start_frame(1, model_hash=_h(1), deadline=deadline),
-              Silence(120)]
-    with _coordinator(silo_pki, [script]) as coord:
+    with _coordinator(silo_pki, []) as coord:
         gateway = _gateway(tmp_path, silo_pki, coord.address, grace=1.0)
+        deadline = time.time() + 1.5  # from when the gateway is ready to dial
+        coord.sessions = [[offer_frame(model=MODEL),
+                           start_frame(1, model_hash=_h(1), deadline=deadline), Silence(120)]]
         try:
             with pytest.raises(LinkError, match="by the round's deadline") as err:
                 gateway.run()
@@ -103,14 +103,15 @@ def test_gateway_black_holed_round_ends_by_deadline_plus_grace(
 
 def test_gateway_reconnects_after_a_deadline_and_rejoins_with_monotonic_rounds(
         tmp_path: Path, silo_pki: dict[str, Path]) -> None:
-    deadline = time.time() + 1.0
-    first = [offer_frame(model=MODEL), start_frame(1, model_hash=_h(1), deadline=deadline),
-             Silence(120)]
-    second = [offer_frame(model=MODEL), start_frame(1, model_hash=_h(1)),
-              start_frame(2, model_hash=_h(1), deadline=time.time() + 60)]
     lines: list[str] = []
-    with _coordinator(silo_pki, [first, second]) as coord:
+    with _coordinator(silo_pki, []) as coord:
         gateway = _gateway(tmp_path, silo_pki, coord.address, grace=0.5)
+        deadline = time.time() + 1.0  # from when the gateway is ready to dial
+        coord.sessions = [
+            [offer_frame(model=MODEL), start_frame(1, model_hash=_h(1), deadline=deadline),
+             Silence(120)],
+            [offer_frame(model=MODEL), start_frame(1, model_hash=_h(1)),
+             start_frame(2, model_hash=_h(1), deadline=time.time() + 60)]]
         try:
             report = gateway.serve(reconnect=True, max_attempts=5, say=lines.append,
                                    backoff=Backoff(initial=0.05, maximum=0.2))
