@@ -60,6 +60,10 @@ def add_silo_commands(sub: Any) -> None:
     serve.add_argument("--key", type=Path, required=True, help="its key (mode 0600)")
     serve.add_argument("--coordinator-ca", type=Path, required=True,
                        help="the CA the coordinator's certificate must chain to (pinned)")
+    serve.add_argument("--idle-timeout", type=float, default=None,
+                       help="between rounds, drop the link when no frame came for this many "
+                            "seconds (a black-holed link; with --reconnect the gateway dials "
+                            "again). Default: wait without end")
     serve.add_argument("--coordinator-name", default=None,
                        help="the party the coordinator's certificate must name (e.g. "
                             "coordinator): checked in the TLS handshake instead of the "
@@ -135,13 +139,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not 0 < args.backoff_initial <= args.backoff_max:
         raise SiloUsageError(f"silo serve: --backoff-initial {args.backoff_initial} and "
                           f"--backoff-max {args.backoff_max}: need 0 < initial <= max")
+    if args.idle_timeout is not None and not args.idle_timeout > 0:
+        raise SiloUsageError(f"silo serve: --idle-timeout {args.idle_timeout}: must be > 0")
     if not args.deadline_grace >= 0:
         raise SiloUsageError(f"silo serve: --deadline-grace {args.deadline_grace}: must be >= 0")
     gateway = Gateway(policy=load_policy(args.policy), coordinator=args.coordinator,
                       cert=args.cert, key=args.key, coordinator_ca=args.coordinator_ca,
                       trusted_cas=args.trusted_ca, state_dir=args.state_dir,
                       deadline_grace=args.deadline_grace,
-                      coordinator_name=args.coordinator_name)
+                      coordinator_name=args.coordinator_name,
+                      idle_timeout=args.idle_timeout)
     try:
         report = gateway.serve(reconnect=args.reconnect, max_attempts=args.max_attempts,
                                backoff=Backoff(initial=args.backoff_initial,

@@ -91,12 +91,14 @@ class Gateway:
     def __init__(self, *, policy: Policy, coordinator: str, cert: Path, key: Path,
                  coordinator_ca: Path, trusted_cas: Sequence[Path], state_dir: Path,
                  deadline_grace: float = DEADLINE_GRACE,
-                 coordinator_name: Optional[str] = None) -> None:
+                 coordinator_name: Optional[str] = None,
+                 idle_timeout: Optional[float] = None) -> None:
         self.policy, self.coordinator = policy, coordinator
         self.coordinator_name = coordinator_name
         self._cert_path, self._key_path = Path(cert), Path(key)
         self._coordinator_ca_path = Path(coordinator_ca)
-        self.deadline_grace = deadline_grace
+        self.deadline_grace, self.idle_timeout = deadline_grace, idle_timeout
+        self._in_round = False   # a round's deadline is what the watchdog holds now
         self._tally = {"frames": 0, "allow": 0, "refuse": 0, "pending": 0}
         self._credentials()  # fail now on unreadable or foreign certificates
         self._cas = _load_cas(trusted_cas, policy)
@@ -164,6 +166,7 @@ class Gateway:
                                                    certificate_chain=cert)
         counts = self._tally = {"frames": 0, "allow": 0, "refuse": 0, "pending": 0}
         current = ("", 0)
+        self._in_round = False
         state = self.decider.state
         send(join=silo_pb2.Join(party=self.party, fedcollab_version=_version(_pkg),
                                 policy_sha256=self.policy.sha256,
@@ -183,6 +186,7 @@ class Gateway:
                 response_deserializer=bytes)
             call = connect(requests(), timeout=timeout)
             watchdog = Watchdog(call.cancel)
+            self._idle(watchdog)
             try:
                 for data in call:
                     counts["frames"] += 1
@@ -201,11 +205,17 @@ class Gateway:
                         reason=_reason(outcome.decision)))
             except grpc.RpcError as err:
                 if watchdog.fired:
-                    job, rnd = current
-                    words = (f"round {rnd} of job {job}: no word from the coordinator by the "
-                             f"round's deadline + {self.deadline_grace:g} s; the link was "
-                             "dropped")
-                    self.decider.note(Refuse("deadline", words), kind="deadline", job_id=job,
+                    job, rnd = current if self._in_round else ("", 0)
+                    if self._in_round:
+                        rule, words = "deadline", (
+                            f"round {rnd} of job {job}: no word from the coordinator by the "
+                            f"round's deadline + {self.deadline_grace:g} s; the link was "
+                            "dropped")
+                    else:
+                        rule, words = "idle", (
+                            f"no frame from the coordinator for {self.idle_timeout:g} s "
+                            "between rounds (--idle-timeout); the link was dropped")
+                    self.decider.note(Refuse(rule, words), kind=rule, job_id=job,
                                       round_id=rnd,
                                       now=datetime.datetime.now(datetime.timezone.utc))
                     raise LinkError(f"gateway: {words}", retryable=True) from None
@@ -225,18 +235,26 @@ class Gateway:
 
     def _watch(self, watchdog: Watchdog, outcome: Any,
                current: tuple[str, int]) -> tuple[str, int]:
-        """Arm the watchdog when a round starts with a deadline; disarm it when the
-        vendor's part of the round is over (its unmask answered, or an abort)."""
+        """Hold the coordinator to the round's deadline from an allowed RoundStart that
+        has one until the vendor's part of the round is over (its unmask answered, or an
+        abort); between rounds, to ``idle_timeout`` from the last frame (if set)."""
         if outcome.kind == "round_start" and outcome.verdict == "allow":
-            if outcome.deadline_unix > 0:
+            current = (outcome.job_id, outcome.round_id)
+            self._in_round = outcome.deadline_unix > 0
+            if self._in_round:
                 watchdog.arm(outcome.deadline_unix + self.deadline_grace)
-            else:
-                watchdog.disarm()
-            return (outcome.job_id, outcome.round_id)
-        if (outcome.kind in ("unmask", "abort") and (outcome.job_id, outcome.round_id) == current
-                and outcome.verdict == "allow"):
-            watchdog.disarm()
+        elif (outcome.kind in ("unmask", "abort") and outcome.verdict == "allow"
+              and (outcome.job_id, outcome.round_id) == current):
+            self._in_round = False
+        if not self._in_round:
+            self._idle(watchdog)
         return current
+
+    def _idle(self, watchdog: Watchdog) -> None:
+        if self.idle_timeout:
+            watchdog.arm(time.time() + self.idle_timeout)
+        else:
+            watchdog.disarm()
 
     def _link_error(self, err: Any, *, joined: bool) -> LinkError:
         code = err.code().name if hasattr(err, "code") else "UNKNOWN"

@@ -305,3 +305,22 @@ def test_gateway_with_coordinator_name_refuses_frames_from_another_sender(
                 (tmp_path / "vendor" / "audit.jsonl").read_text().splitlines()[-2:]]
     assert decisions[0].verdict == REFUSE and "'mallory'" in decisions[0].reason
     assert last_two[0]["rule"] == "sender" and decisions[1].verdict == ALLOW
+
+
+def test_gateway_idle_timeout_drops_a_silent_link_between_rounds(
+        tmp_path: Path, silo_pki: dict[str, Path]) -> None:
+    with _coordinator(silo_pki, [[offer_frame(model=MODEL), Silence(120)]]) as coord:
+        gateway = _gateway(tmp_path, silo_pki, coord.address)
+        gateway.idle_timeout = 1.0
+        started = time.time()
+        try:
+            with pytest.raises(LinkError, match="--idle-timeout") as err:
+                gateway.run()
+        finally:
+            gateway.close()
+        took = time.time() - started
+
+    last = json.loads((tmp_path / "vendor" / "audit.jsonl").read_text().splitlines()[-1])
+    assert err.value.retryable and 1.0 <= took < 10
+    assert (last["kind"], last["rule"]) == ("idle", "idle")
+    assert [d.verdict for d in coord.decisions()] == [ALLOW]
