@@ -1,6 +1,8 @@
 """The gateway's evidence: a hash-chained, append-only ``audit.jsonl``.
 
-One JSON object per line, for every frame the gateway decided on (in and out)::
+One JSON object per line, for every frame the gateway decided on (in and out), and
+for local events (``direction: "local"``: an operator's approval, a round deadline
+that passed)::
 
     {"seq": 1, "time": 1765112400.0, "direction": "in", "kind": "Offer",
      "job_id": "job-1", "round_id": 0, "frame_sha256": "<sha256 of the frame bytes>",
@@ -16,6 +18,7 @@ who cannot rewrite the whole tail: publish or keep the head hash elsewhere to pi
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -93,29 +96,54 @@ class AuditLog:
     """Appends decisions to ``audit.jsonl`` (0600, O_APPEND, fsync per entry).
 
     Opening an existing log verifies it first and continues its chain; a broken
-    log is never appended to.
+    log is never appended to. Several writers may share one log (the gateway and
+    `fedcollab silo approve`): each append holds an exclusive ``flock`` and, when
+    the file grew since this writer's last entry, re-verifies it to continue the
+    chain from its real head.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        head = verify_audit(self.path) if self.path.exists() else AuditHead(0, GENESIS)
-        self._seq, self._prev = head.entries, head.head
         self._fd: Optional[int] = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                                           0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            head = verify_audit(self.path)
+        except AuditChainError:
+            self.close()
+            raise
+        finally:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._seq, self._prev = head.entries, head.head
+        self._size = os.fstat(self._fd).st_size if self._fd is not None else 0
 
     def append(self, *, frame: bytes, decision: Decision, direction: str, kind: str,
-               job_id: str = "", round_id: int = 0, time: float = 0.0) -> str:
-        """Append one entry; returns its hash."""
+               job_id: str = "", round_id: int = 0, time: float = 0.0,
+               reason: Optional[str] = None) -> str:
+        """Append one entry; returns its hash. `reason` replaces the decision's own
+        (an approval says who approved what)."""
         if self._fd is None:
             raise AuditChainError(f"{self.path}: the audit log is closed")
-        entry: dict[str, Any] = {
-            "seq": self._seq + 1, "time": round(time, 3), "direction": direction,
-            "kind": kind, "job_id": job_id, "round_id": int(round_id),
-            "frame_sha256": hashlib.sha256(frame).hexdigest(), **decision_fields(decision),
-            "prev": self._prev}
-        entry["hash"] = _digest(entry)
-        os.write(self._fd, _canonical(entry) + b"\n")
-        os.fsync(self._fd)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(self._fd).st_size != self._size:  # another writer appended
+                head = verify_audit(self.path)
+                self._seq, self._prev = head.entries, head.head
+            entry: dict[str, Any] = {
+                "seq": self._seq + 1, "time": round(time, 3), "direction": direction,
+                "kind": kind, "job_id": job_id, "round_id": int(round_id),
+                "frame_sha256": hashlib.sha256(frame).hexdigest(),
+                **decision_fields(decision), "prev": self._prev}
+            if reason is not None:
+                entry["reason"] = reason
+            entry["hash"] = _digest(entry)
+            line = _canonical(entry) + b"\n"
+            os.write(self._fd, line)
+            os.fsync(self._fd)
+            self._size = os.fstat(self._fd).st_size
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._seq, self._prev = entry["seq"], entry["hash"]
         return str(entry["hash"])
 

@@ -22,8 +22,15 @@ Rules (docs/cross-silo.md has the reference):
   sampling rate 1 (the coordinator always knows who took part).
 * Fixed-point bounds: the offered ring cannot overflow for the offered group size,
   the scale is no finer than the policy allows, and the update fits the clip.
-* A model whose architecture hash is not approved waits (Pending) for
-  ``fedcollab silo approve``.
+* Updates leave only inside secure aggregation: an offer with any other protocol
+  (a request for plaintext updates) is refused, as is a threshold at or below half
+  the group (a minority could then reconstruct both of a participant's seeds).
+* A job contributes at most the offer's ``rounds`` times, and the budget reserves
+  what every accepted offer may still spend, so a second job cannot take the first's.
+* A model whose architecture hash is not approved waits (Pending, which carries the
+  state with the offer recorded as pending) until ``fedcollab silo approve JOB``
+  approves that exact offer (its :func:`~fedcollab.silo.frames.offer_sha256`).
+  Approval never overrides a refusal: the hard rules are checked first.
 """
 from __future__ import annotations
 
@@ -32,7 +39,17 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional, Union
 
-from fedcollab.silo.frames import MASKED, Egress, Offer, Roster, RoundStart, UnmaskRequest
+from fedcollab.silo.frames import (
+    MASKED,
+    SECURE_PROTOCOLS,
+    Egress,
+    Offer,
+    Roster,
+    RoundStart,
+    UnmaskRequest,
+    offer_sha256,
+)
+from fedcollab.silo.limits import MAX_PENDING
 from fedcollab.silo.policy import Policy, is_sha256
 from fedcollab.silo.state import JobState, SiloState
 
@@ -57,9 +74,11 @@ class Refuse:
 
 @dataclass(frozen=True)
 class Pending:
-    """Wait for a human (``fedcollab silo approve JOB``)."""
+    """Wait for a human (``fedcollab silo approve JOB``); ``state`` (when set) is the
+    state with the offer recorded as pending, which the caller persists."""
 
     reason: str
+    state: Optional[SiloState] = None
 
 
 Decision = Union[Allow, Refuse, Pending]
@@ -96,6 +115,17 @@ def _with(spent: tuple[tuple[float, int], ...], z: float, n: int) -> tuple[tuple
     counts = dict(spent)
     counts[z] = counts.get(z, 0) + n
     return tuple(sorted(counts.items()))
+
+
+def _reserved(state: SiloState) -> tuple[tuple[float, int], ...]:
+    """What was spent plus what every accepted offer may still spend."""
+    total = state.spent
+    for job in state.jobs.values():
+        if job.offer is not None:
+            left = job.offer.rounds - len(job.contributed)
+            if left > 0:
+                total = _with(total, job.offer.dp.noise_multiplier, left)
+    return total
 
 
 def _fixed_point(policy: Policy, offer: Offer) -> str:
@@ -137,6 +167,12 @@ def _offer(policy: Policy, state: SiloState, frame: Offer) -> Decision:
         return Refuse("offer", "model_sha256 is not a lowercase hex sha256")
     if frame.rounds < 1:
         return Refuse("offer", f"rounds={frame.rounds}: must be >= 1")
+    if frame.secagg.protocol not in SECURE_PROTOCOLS:
+        return Refuse("egress", f"secagg.protocol={frame.secagg.protocol!r}: updates leave "
+                      f"only masked, inside {' or '.join(sorted(SECURE_PROTOCOLS))}")
+    if not 0.5 < frame.secagg.threshold <= 1:
+        return Refuse("secagg", f"secagg.threshold={frame.secagg.threshold}: must be above "
+                      "0.5 and at most 1 (a minority must never be able to unmask)")
     if not set(frame.layers) & policy.share_only:
         return Refuse("share_only", "no layer of the offered model is in share_only: "
                       "nothing could be shared")
@@ -147,15 +183,23 @@ def _offer(policy: Policy, state: SiloState, frame: Offer) -> Decision:
     problem = _fixed_point(policy, frame)
     if problem:
         return Refuse("fixed_point", problem)
-    after = _epsilon(_with(state.spent, dp.noise_multiplier, frame.rounds), policy.dp.delta)
+    after = _epsilon(_with(_reserved(state), dp.noise_multiplier, frame.rounds),
+                     policy.dp.delta)
     if not after <= policy.dp.epsilon_budget:
         return Refuse("budget", f"{frame.rounds} rounds at noise {dp.noise_multiplier} would "
                       f"bring epsilon to {after:.3g}, over the budget "
-                      f"{policy.dp.epsilon_budget:g} (spent {epsilon_spent(policy, state):.3g})")
-    if frame.model_sha256 not in policy.approved_models | state.approved_models:
+                      f"{policy.dp.epsilon_budget:g} (spent {epsilon_spent(policy, state):.3g}, "
+                      "the rest reserved by accepted offers)")
+    if (frame.model_sha256 not in policy.approved_models | state.approved_models
+            and offer_sha256(frame) not in state.approved_offers):
+        if frame.job_id not in state.pending and len(state.pending) >= MAX_PENDING:
+            return Refuse("offer", f"{len(state.pending)} offers already wait for approval "
+                          f"(at most {MAX_PENDING}); approve or let them go first")
         return Pending(f"model {frame.model_name} ({frame.model_sha256[:12]}) is not "
-                       f"approved: `fedcollab silo approve {frame.job_id}`")
-    return Allow(state.with_job(frame.job_id, replace(job, offer=frame)))
+                       f"approved: `fedcollab silo approve {frame.job_id}`",
+                       state=state.with_pending(frame))
+    return Allow(state.with_job(frame.job_id, replace(job, offer=frame))
+                 .without_pending(frame.job_id))
 
 
 def _round_start(policy: Policy, state: SiloState, frame: RoundStart) -> Decision:
@@ -168,6 +212,9 @@ def _round_start(policy: Policy, state: SiloState, frame: RoundStart) -> Decisio
     if frame.global_model_sha256 in job.contributed:
         return Refuse("replay", f"the vendor already contributed to global model "
                       f"{frame.global_model_sha256[:12]} of job {frame.job_id}")
+    if len(job.contributed) >= job.offer.rounds:
+        return Refuse("budget", f"job {frame.job_id}: all {job.offer.rounds} offered rounds "
+                      "were contributed; more rounds need a new offer")
     if not is_sha256(frame.global_model_sha256):
         return Refuse("sequence", "global_model_sha256 is not a lowercase hex sha256")
     unlisted = sorted(set(frame.layers) - (policy.share_only & set(job.offer.layers)))
@@ -244,6 +291,9 @@ def _egress(policy: Policy, state: SiloState, frame: Egress) -> Decision:
     if frame.global_model_sha256 in job.contributed:
         return Refuse("replay", f"one contribution per global model: already contributed to "
                       f"{frame.global_model_sha256[:12]}")
+    if len(job.contributed) >= job.offer.rounds:
+        return Refuse("budget", f"job {frame.job_id}: all {job.offer.rounds} offered rounds "
+                      "were contributed")
     if not set(frame.layers) <= set(job.offer.layers) or not frame.layers:
         return Refuse("share_only", "the update's layers are not the offer's")
     below = _dp_floor(policy, frame.noise_multiplier, frame.clip_norm)

@@ -1,5 +1,6 @@
 """The cross-silo commands: ``fedcollab silo serve`` (the vendor's gateway),
-``fedcollab silo audit verify FILE`` and ``fedcollab silo policy hash FILE``.
+``fedcollab silo pending`` / ``fedcollab silo approve JOB`` (offers waiting for a
+human), ``fedcollab silo audit verify FILE`` and ``fedcollab silo policy hash FILE``.
 
 Registered into ``fedcollab``'s parser by :func:`add_silo_commands`; handlers import
 nothing heavy (no TensorFlow, Ray or grpc) and raise FedcollabError subclasses,
@@ -12,17 +13,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedcollab.service.cli import add_command
-from fedcollab.silo.errors import PolicyError
+from fedcollab.silo.errors import PolicyError, SiloUsageError
 
 __all__ = ["add_silo_commands", "EXAMPLES"]
 
 EXAMPLES = {
     "serve": "fedcollab silo serve --policy vendor-policy.yaml --coordinator coord.example:7443 "
+             "--coordinator-name coordinator "
              "--cert pki/vendor.pem --key pki/vendor.key --coordinator-ca pki/ca.pem "
              "--trusted-ca pki/ca.pem --state-dir vendor-state",
     "silo": "fedcollab silo audit verify vendor/audit.jsonl",
     "audit": "fedcollab silo audit verify vendor/audit.jsonl",
     "policy": "fedcollab silo policy hash vendor-policy.yaml",
+    "pending": "fedcollab silo pending --state-dir vendor-state",
+    "approve": "fedcollab silo approve job-7 --state-dir vendor-state --expect 3f2a9c",
 }
 
 
@@ -40,6 +44,7 @@ def add_silo_commands(sub: Any) -> None:
     silo = add_command(sub, "silo", "cross-silo: the vendor's gateway, its policy and audit log "
                        "(docs/cross-silo.md)",
                        _usage("silo: say what to do: `fedcollab silo serve ...`, "
+                              "`fedcollab silo pending`, `fedcollab silo approve JOB`, "
                               "`fedcollab silo audit verify FILE` or `fedcollab silo policy "
                               "hash FILE`"),
                        EXAMPLES["silo"])
@@ -55,13 +60,56 @@ def add_silo_commands(sub: Any) -> None:
     serve.add_argument("--key", type=Path, required=True, help="its key (mode 0600)")
     serve.add_argument("--coordinator-ca", type=Path, required=True,
                        help="the CA the coordinator's certificate must chain to (pinned)")
+    serve.add_argument("--idle-timeout", type=float, default=None,
+                       help="between rounds, drop the link when no frame came for this many "
+                            "seconds (a black-holed link; with --reconnect the gateway dials "
+                            "again). Default: wait without end")
+    serve.add_argument("--coordinator-name", default=None,
+                       help="the party the coordinator's certificate must name (e.g. "
+                            "coordinator): checked in the TLS handshake instead of the "
+                            "address's host name, and every frame's sender must be it. "
+                            "Without it any certificate of the pinned CA valid for the "
+                            "address is accepted")
     serve.add_argument("--trusted-ca", type=Path, action="append", default=[],
                        help="a CA whose identities count toward min_group; its sha256 must be "
                             "in the policy's trusted_cas (repeatable)")
     serve.add_argument("--state-dir", type=Path, default=Path("silo-state"),
                        help="state.json and audit.jsonl (default ./silo-state)")
     serve.add_argument("--timeout", type=float, default=None,
-                       help="end the connection after this many seconds (default: none)")
+                       help="end each connection after this many seconds (default: none)")
+    serve.add_argument("--reconnect", action="store_true",
+                       help="when the link is lost (coordinator restarted or unreachable, a "
+                            "round's deadline passed) dial again with exponential backoff, "
+                            "re-reading --cert/--key (a rotated certificate is picked up)")
+    serve.add_argument("--max-attempts", type=int, default=None,
+                       help="with --reconnect: give up after this many failed dials in a row "
+                            "(default: never)")
+    serve.add_argument("--backoff-initial", type=float, default=0.5,
+                       help="with --reconnect: the first delay's ceiling in seconds (default "
+                            "0.5); it doubles per failure, and each delay is drawn uniformly "
+                            "below its ceiling (full jitter)")
+    serve.add_argument("--backoff-max", type=float, default=30.0,
+                       help="with --reconnect: the largest delay's ceiling (default 30)")
+    serve.add_argument("--deadline-grace", type=float, default=5.0,
+                       help="seconds past a round's deadline_unix the gateway still waits for "
+                            "the coordinator before it drops the link (default 5)")
+    pending = add_command(silo_sub, "pending", "list the offers waiting for `silo approve`: "
+                          "job, offer hash and the offer's terms", _cmd_pending,
+                          EXAMPLES["pending"])
+    pending.add_argument("--state-dir", type=Path, default=Path("silo-state"),
+                         help="the gateway's --state-dir (default ./silo-state)")
+    pending.add_argument("--json", action="store_true",
+                         help="one JSON object per pending offer, its full typed content")
+    approve = add_command(silo_sub, "approve", "approve the offer pending for JOB: its exact "
+                          "hash is recorded (approvals.json, audited) and the gateway accepts "
+                          "that offer the next time it arrives; a changed offer waits again",
+                          _cmd_approve, EXAMPLES["approve"])
+    approve.add_argument("job", help="the job id (`fedcollab silo pending` lists them)")
+    approve.add_argument("--state-dir", type=Path, default=Path("silo-state"),
+                         help="the gateway's --state-dir (default ./silo-state)")
+    approve.add_argument("--expect", default="",
+                         help="the offer hash (or a prefix) you reviewed: refuse if the "
+                              "pending offer is another one")
     audit = add_command(silo_sub, "audit", "the gateway's hash-chained audit.jsonl",
                         _usage("silo audit: say what to do: `fedcollab silo audit verify FILE`"),
                         EXAMPLES["audit"])
@@ -84,17 +132,63 @@ def add_silo_commands(sub: Any) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from fedcollab.silo.gateway import Gateway
     from fedcollab.silo.policy import load_policy
+    from fedcollab.silo.redial import Backoff
 
+    if args.max_attempts is not None and args.max_attempts < 1:
+        raise SiloUsageError(f"silo serve: --max-attempts {args.max_attempts}: must be >= 1")
+    if not 0 < args.backoff_initial <= args.backoff_max:
+        raise SiloUsageError(f"silo serve: --backoff-initial {args.backoff_initial} and "
+                          f"--backoff-max {args.backoff_max}: need 0 < initial <= max")
+    if args.idle_timeout is not None and not args.idle_timeout > 0:
+        raise SiloUsageError(f"silo serve: --idle-timeout {args.idle_timeout}: must be > 0")
+    if not args.deadline_grace >= 0:
+        raise SiloUsageError(f"silo serve: --deadline-grace {args.deadline_grace}: must be >= 0")
     gateway = Gateway(policy=load_policy(args.policy), coordinator=args.coordinator,
                       cert=args.cert, key=args.key, coordinator_ca=args.coordinator_ca,
-                      trusted_cas=args.trusted_ca, state_dir=args.state_dir)
+                      trusted_cas=args.trusted_ca, state_dir=args.state_dir,
+                      deadline_grace=args.deadline_grace,
+                      coordinator_name=args.coordinator_name,
+                      idle_timeout=args.idle_timeout)
     try:
-        report = gateway.run(timeout=args.timeout)
+        report = gateway.serve(reconnect=args.reconnect, max_attempts=args.max_attempts,
+                               backoff=Backoff(initial=args.backoff_initial,
+                                               maximum=args.backoff_max),
+                               timeout=args.timeout)
     finally:
         gateway.close()
     print(f"{report.party}: {report.frames} frame(s): {report.allowed} allowed, "
           f"{report.refused} refused, {report.pending} pending approval; audit in "
           f"{args.state_dir / 'audit.jsonl'}")
+    return 0
+
+
+def _cmd_pending(args: argparse.Namespace) -> int:
+    import json
+
+    from fedcollab.silo.approvals import list_pending
+
+    rows = list_pending(args.state_dir)
+    for row in rows:
+        if args.json:
+            print(json.dumps(row.to_json(), sort_keys=True))
+            continue
+        offer = row.offer
+        print(f"{row.job_id}  offer {row.offer_sha256}  model {offer.model_name} "
+              f"({offer.model_sha256[:12]})  {offer.rounds} rounds  layers "
+              f"{','.join(offer.layers)}  {offer.secagg.protocol}  dp noise "
+              f"{offer.dp.noise_multiplier:g} clip {offer.dp.clip_norm:g}")
+    if not rows and not args.json:
+        print(f"no offers pending in {args.state_dir}")
+    return 0
+
+
+def _cmd_approve(args: argparse.Namespace) -> int:
+    from fedcollab.silo.approvals import approve_offer
+
+    row = approve_offer(args.state_dir, args.job, expect=args.expect)
+    print(f"approved job {row.job_id}: offer {row.offer_sha256} (model "
+          f"{row.offer.model_name}, {row.offer.rounds} rounds); the gateway accepts it the "
+          "next time the coordinator offers it")
     return 0
 
 

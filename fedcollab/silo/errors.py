@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fedcollab.errors import FedcollabError
 
-__all__ = ["SiloError", "PolicyError", "StateError", "AuditChainError"]
+__all__ = ["SiloError", "PolicyError", "StateError", "AuditChainError", "SiloUsageError"]
 
 
 class SiloError(FedcollabError):
@@ -22,3 +22,10 @@ class StateError(SiloError):
 
 class AuditChainError(SiloError):
     """An audit log whose hash chain does not verify."""
+
+
+class SiloUsageError(SiloError):
+    """A command line that cannot be acted on: an option out of range, an unknown job
+    (bad input: exit 2)."""
+
+    exit_code = 2

@@ -8,13 +8,17 @@ what the gateway is about to send out.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Mapping, Union
 
-__all__ = ["SecAggTerms", "DpTerms", "Offer", "RoundStart", "Member", "Roster",
-           "UnmaskRequest", "Egress", "Frame", "MASKED"]
+__all__ = ["SecAggTerms", "DpTerms", "LayerEntry", "Offer", "RoundStart", "Member", "Roster",
+           "UnmaskRequest", "Egress", "Frame", "MASKED", "SECURE_PROTOCOLS", "offer_to_json",
+           "offer_from_json", "offer_sha256"]
 
 MASKED = "masked"
+SECURE_PROTOCOLS = frozenset({"secagg", "secaggplus"})   # the only ways an update leaves
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,16 @@ class DpTerms:
     mode: str
     noise_multiplier: float
     clip_norm: float
+    delta: float = 0.0  # the coordinator's; the vendor accounts with its policy's own
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One weight tensor of the offered model's layer manifest."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,7 @@ class Offer:
     rounds: int
     secagg: SecAggTerms
     dp: DpTerms
+    manifest: tuple[LayerEntry, ...] = ()   # every tensor: name, shape, dtype
 
 
 @dataclass(frozen=True)
@@ -95,3 +110,30 @@ class Egress:
 
 
 Frame = Union[Offer, RoundStart, Roster, UnmaskRequest, Egress]
+
+
+def offer_to_json(offer: Offer) -> dict[str, Any]:
+    """The offer's full typed content as JSON values (what a human approves)."""
+    return {"job_id": offer.job_id, "model_name": offer.model_name,
+            "model_sha256": offer.model_sha256, "layers": list(offer.layers),
+            "rounds": offer.rounds, "secagg": vars(offer.secagg), "dp": vars(offer.dp),
+            "manifest": [{"name": e.name, "shape": list(e.shape), "dtype": e.dtype}
+                         for e in offer.manifest]}
+
+
+def offer_from_json(raw: Mapping[str, Any]) -> Offer:
+    """The inverse of :func:`offer_to_json` (KeyError/TypeError/ValueError on bad input)."""
+    return Offer(job_id=str(raw["job_id"]), model_name=str(raw["model_name"]),
+                 model_sha256=str(raw["model_sha256"]), layers=tuple(raw["layers"]),
+                 rounds=int(raw["rounds"]), secagg=SecAggTerms(**raw["secagg"]),
+                 dp=DpTerms(**raw["dp"]),
+                 manifest=tuple(LayerEntry(str(e["name"]), tuple(int(d) for d in e["shape"]),
+                                           str(e["dtype"])) for e in raw.get("manifest", [])))
+
+
+def offer_sha256(offer: Offer) -> str:
+    """sha256 of the offer's canonical JSON: what an approval binds (a changed offer,
+    in any field, has another hash and waits again)."""
+    canonical = json.dumps(offer_to_json(offer), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()

@@ -5,7 +5,16 @@ certificate naming the vendor, the coordinator's CA pinned), so the vendor opens
 no inbound port. It sends a Join (party, fedcollab version, policy_sha256), then
 for every frame that comes in: parse it at the edge (size caps, certificates),
 decide with the pure :func:`fedcollab.silo.check.check`, persist the state before
-answering, append the decision to ``audit.jsonl``, and answer with a Decision.
+answering, append the decision to ``audit.jsonl``, and answer with a Decision
+(:class:`fedcollab.silo.decide.FrameDecider` does all of that, for any bytes: the
+stream hands the gateway raw bytes, so a frame that does not parse is refused and
+audited like any other instead of ending the link).
+
+Failures (:mod:`.redial`): once a round has started, the gateway waits no longer than
+its ``deadline_unix`` plus a grace, then drops the link; with ``reconnect`` it dials
+again with bounded, jittered exponential backoff, re-reading its certificate and key
+each time (a rotated leaf is picked up), and rejoins with its persisted state, so
+round ids stay strictly increasing.
 
 A skeleton: it decides and answers, it does not yet train or run secure
 aggregation (docs/cross-silo.md).
@@ -14,19 +23,23 @@ from __future__ import annotations
 
 import datetime
 import queue
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
-from fedcollab.silo.audit import AuditLog
-from fedcollab.silo.check import Allow, Decision, Pending, check
+from fedcollab.silo.check import Decision, Pending, Refuse
+from fedcollab.silo.decide import FrameDecider
 from fedcollab.silo.errors import SiloError
 from fedcollab.silo.limits import MAX_COORDINATOR_FRAME, MAX_GATEWAY_FRAME
 from fedcollab.silo.policy import Policy
-from fedcollab.silo.state import load_state, save_state
-from fedcollab.silo.wire import MalformedFrameError, from_message
+from fedcollab.silo.redial import RETRYABLE, Backoff, Watchdog, diagnose
 
-__all__ = ["Gateway", "GatewayReport"]
+__all__ = ["Gateway", "GatewayReport", "LinkError", "DEADLINE_GRACE"]
+
+DEADLINE_GRACE = 5.0   # seconds past a round's deadline before the gateway drops the link
+_CONNECT = "/fedcollab.v1.SiloService/Connect"
 
 _END = object()
 
@@ -40,6 +53,16 @@ class GatewayReport:
     allowed: int
     refused: int
     pending: int
+    connections: int = 1
+
+
+class LinkError(SiloError):
+    """The link to the coordinator failed; ``retryable`` when dialling again may help
+    (the coordinator went away, the link was lost or a deadline passed)."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def _load_cas(paths: Sequence[Path], policy: Policy) -> dict[str, Any]:
@@ -62,49 +85,69 @@ def _load_cas(paths: Sequence[Path], policy: Policy) -> dict[str, Any]:
 
 
 class Gateway:
-    """One vendor's gateway; :meth:`run` holds one connection to its end."""
+    """One vendor's gateway: :meth:`run` holds one connection, :meth:`serve` keeps
+    one up (reconnecting with backoff)."""
 
     def __init__(self, *, policy: Policy, coordinator: str, cert: Path, key: Path,
-                 coordinator_ca: Path, trusted_cas: Sequence[Path], state_dir: Path) -> None:
+                 coordinator_ca: Path, trusted_cas: Sequence[Path], state_dir: Path,
+                 deadline_grace: float = DEADLINE_GRACE,
+                 coordinator_name: Optional[str] = None,
+                 idle_timeout: Optional[float] = None) -> None:
+        self.policy, self.coordinator = policy, coordinator
+        self.coordinator_name = coordinator_name
+        self._cert_path, self._key_path = Path(cert), Path(key)
+        self._coordinator_ca_path = Path(coordinator_ca)
+        self.deadline_grace, self.idle_timeout = deadline_grace, idle_timeout
+        self._in_round = False   # a round's deadline is what the watchdog holds now
+        self._tally = {"frames": 0, "allow": 0, "refuse": 0, "pending": 0}
+        self._credentials()  # fail now on unreadable or foreign certificates
+        self._cas = _load_cas(trusted_cas, policy)
+        self.state_dir = Path(state_dir)
+        self.decider = FrameDecider(policy=policy, state_dir=self.state_dir,
+                                    trusted_cas=self._cas, coordinator=coordinator_name)
+
+    @property
+    def state(self) -> Any:
+        return self.decider.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.decider.state = value
+
+    @property
+    def audit(self) -> Any:
+        return self.decider.audit
+
+    def _credentials(self) -> tuple[bytes, bytes, bytes]:
+        """The certificate, key and pinned CA, read again for every connection (a
+        rotated leaf is used on the next dial)."""
         from fedcollab.service.certs import CertError, party_name
 
-        self.policy, self.coordinator = policy, coordinator
         try:
-            self._cert, self._key = Path(cert).read_bytes(), Path(key).read_bytes()
-            self._coordinator_ca = Path(coordinator_ca).read_bytes()
-            self.party = party_name(self._cert)
+            cert, key = self._cert_path.read_bytes(), self._key_path.read_bytes()
+            ca = self._coordinator_ca_path.read_bytes()
+            self.party = party_name(cert)
         except OSError as err:
             raise SiloError(f"gateway: cannot read {err.filename} ({err.strerror})") from None
         except CertError as err:
             raise SiloError(f"gateway: --cert: {err}") from None
-        if self.party != policy.party:
+        if self.party != self.policy.party:
             raise SiloError(f"gateway: the certificate names party {self.party!r}, the policy "
-                            f"{policy.party!r}")
-        self._cas = _load_cas(trusted_cas, policy)
-        self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._state_path = self.state_dir / "state.json"
-        self.state = load_state(self._state_path)
-        self.audit = AuditLog(self.state_dir / "audit.jsonl")
-
-    def _decide(self, inbound_frame: Any, now: datetime.datetime) -> tuple[Any, Decision]:
-        inbound = from_message(inbound_frame, trusted_cas=self._cas, now=now)
-        if inbound.frame is None:
-            return inbound, Allow(self.state)
-        decision = check(self.policy, self.state, inbound.frame)
-        if isinstance(decision, Allow) and decision.state != self.state:
-            save_state(self._state_path, decision.state)  # before acting on it
-            self.state = decision.state
-        return inbound, decision
+                            f"{self.policy.party!r}")
+        return cert, key, ca
 
     def run(self, *, timeout: Optional[float] = None) -> GatewayReport:
-        """Connect, join, decide every frame until the coordinator ends the stream."""
+        """Connect, join, decide every frame until the coordinator ends the stream.
+
+        Raises:
+            LinkError: no link, a link lost, or a round's deadline passed (one line).
+        """
         import grpc
 
         from fedcollab import __name__ as _pkg
-        from fedcollab._proto.fedcollab.v1 import silo_pb2, silo_pb2_grpc
+        from fedcollab._proto.fedcollab.v1 import silo_pb2
 
-        version = _version(_pkg)
+        cert, key, ca = self._credentials()
         outbox: queue.Queue[Any] = queue.Queue()
         seq = [0]
 
@@ -119,62 +162,152 @@ class Gateway:
                     return
                 yield item
 
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self._coordinator_ca, private_key=self._key,
-            certificate_chain=self._cert)
-        counts = {"allow": 0, "refuse": 0, "pending": 0}
-        frames = 0
-        send(join=silo_pb2.Join(party=self.party, fedcollab_version=version,
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                                   certificate_chain=cert)
+        counts = self._tally = {"frames": 0, "allow": 0, "refuse": 0, "pending": 0}
+        current = ("", 0)
+        self._in_round = False
+        state = self.decider.state
+        send(join=silo_pb2.Join(party=self.party, fedcollab_version=_version(_pkg),
                                 policy_sha256=self.policy.sha256,
-                                resume_jobs=sorted(self.state.jobs)))
-        with grpc.secure_channel(self.coordinator, credentials, options=[
-                ("grpc.max_receive_message_length", MAX_COORDINATOR_FRAME),
-                ("grpc.max_send_message_length", MAX_GATEWAY_FRAME)]) as channel:
-            stub = silo_pb2_grpc.SiloServiceStub(channel)
+                                resume_jobs=sorted(set(state.jobs) | set(state.pending))))
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", MAX_COORDINATOR_FRAME),
+            ("grpc.max_send_message_length", MAX_GATEWAY_FRAME)]
+        if self.coordinator_name:
+            # verify the coordinator's certificate against its party name (a party
+            # certificate carries its name as a DNS name) instead of the address: any
+            # other leaf of the pinned CA, e.g. another vendor's, is refused
+            options.append(("grpc.ssl_target_name_override", self.coordinator_name))
+        with grpc.secure_channel(self.coordinator, credentials, options=options) as channel:
+            # raw bytes in: the gateway parses every frame itself (wire.from_coordinator)
+            connect = channel.stream_stream(
+                _CONNECT, request_serializer=silo_pb2.GatewayFrame.SerializeToString,
+                response_deserializer=bytes)
+            call = connect(requests(), timeout=timeout)
+            watchdog = Watchdog(call.cancel)
+            self._idle(watchdog)
             try:
-                for incoming in stub.Connect(requests(), timeout=timeout):
-                    frames += 1
+                for data in call:
+                    counts["frames"] += 1
                     now = datetime.datetime.now(datetime.timezone.utc)
-                    try:
-                        inbound, decision = self._decide(incoming, now)
-                        kind, job, rnd = inbound.kind, inbound.job_id, inbound.round_id
-                    except MalformedFrameError as err:
-                        from fedcollab.silo.check import Refuse
-
-                        decision = Refuse("malformed", str(err))
-                        kind, job, rnd = "malformed", "", 0
-                    fields = self.audit_decision(incoming.SerializeToString(), decision,
-                                                 kind, job, rnd, now)
-                    counts[fields] += 1
-                    if kind == "welcome":
-                        continue
+                    outcome = self.decider.decide_bytes(data, now)
+                    counts[outcome.verdict] += 1
+                    current = self._watch(watchdog, outcome, current)
+                    if outcome.kind == "welcome" and counts["frames"] == 1:
+                        continue  # the greeting; any later frame gets its Decision
                     verdict = {"allow": silo_pb2.Decision.ALLOW,
                                "refuse": silo_pb2.Decision.REFUSE,
-                               "pending": silo_pb2.Decision.PENDING}[fields]
+                               "pending": silo_pb2.Decision.PENDING}[outcome.verdict]
                     send(decision=silo_pb2.Decision(
-                        job_id=job, round_id=rnd, answers_seq=incoming.seq, verdict=verdict,
-                        reason="" if isinstance(decision, Allow) else _reason(decision)))
+                        job_id=outcome.job_id, round_id=outcome.round_id,
+                        answers_seq=outcome.seq, verdict=verdict,
+                        reason=_reason(outcome.decision)))
             except grpc.RpcError as err:
-                raise SiloError(_rpc_words(self.coordinator, err)) from None
+                if watchdog.fired:
+                    job, rnd = current if self._in_round else ("", 0)
+                    if self._in_round:
+                        rule, words = "deadline", (
+                            f"round {rnd} of job {job}: no word from the coordinator by the "
+                            f"round's deadline + {self.deadline_grace:g} s; the link was "
+                            "dropped")
+                    else:
+                        rule, words = "idle", (
+                            f"no frame from the coordinator for {self.idle_timeout:g} s "
+                            "between rounds (--idle-timeout); the link was dropped")
+                    self.decider.note(Refuse(rule, words), kind=rule, job_id=job,
+                                      round_id=rnd,
+                                      now=datetime.datetime.now(datetime.timezone.utc))
+                    raise LinkError(f"gateway: {words}", retryable=True) from None
+                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    words = (f"the coordinator sent a frame over the size cap "
+                             f"({MAX_COORDINATOR_FRAME} bytes); the link was dropped")
+                    self.decider.note(Refuse("malformed", words), kind="oversized",
+                                      job_id="", round_id=0,
+                                      now=datetime.datetime.now(datetime.timezone.utc))
+                    raise LinkError(f"gateway: {words}", retryable=True) from None
+                raise self._link_error(err, joined=counts["frames"] > 0) from None
             finally:
+                watchdog.stop()
                 outbox.put(_END)
-        return GatewayReport(self.party, frames, counts["allow"], counts["refuse"],
+        return GatewayReport(self.party, counts["frames"], counts["allow"], counts["refuse"],
                              counts["pending"])
 
-    def audit_decision(self, frame: bytes, decision: Decision, kind: str, job: str,
-                       round_id: int, now: datetime.datetime) -> str:
-        from fedcollab.silo.audit import decision_fields
+    def _watch(self, watchdog: Watchdog, outcome: Any,
+               current: tuple[str, int]) -> tuple[str, int]:
+        """Hold the coordinator to the round's deadline from an allowed RoundStart that
+        has one until the vendor's part of the round is over (its unmask answered, or an
+        abort); between rounds, to ``idle_timeout`` from the last frame (if set)."""
+        if outcome.kind == "round_start" and outcome.verdict == "allow":
+            current = (outcome.job_id, outcome.round_id)
+            self._in_round = outcome.deadline_unix > 0
+            if self._in_round:
+                watchdog.arm(outcome.deadline_unix + self.deadline_grace)
+        elif (outcome.kind in ("unmask", "abort") and outcome.verdict == "allow"
+              and (outcome.job_id, outcome.round_id) == current):
+            self._in_round = False
+        if not self._in_round:
+            self._idle(watchdog)
+        return current
 
-        self.audit.append(frame=frame, decision=decision, direction="in", kind=kind,
-                          job_id=job, round_id=round_id, time=now.timestamp())
-        return decision_fields(decision)["decision"]
+    def _idle(self, watchdog: Watchdog) -> None:
+        if self.idle_timeout:
+            watchdog.arm(time.time() + self.idle_timeout)
+        else:
+            watchdog.disarm()
+
+    def _link_error(self, err: Any, *, joined: bool) -> LinkError:
+        code = err.code().name if hasattr(err, "code") else "UNKNOWN"
+        if code == "UNAVAILABLE" and not joined:
+            why = diagnose(self.coordinator, server_name=self.coordinator_name,
+                           coordinator_ca=self._coordinator_ca_path,
+                           cert=self._cert_path, key=self._key_path)
+            return LinkError(f"gateway: no mutual-TLS link to the coordinator at "
+                             f"{self.coordinator}: {why}", retryable=True)
+        return LinkError(_rpc_words(self.coordinator, err), retryable=code in RETRYABLE)
+
+    def serve(self, *, reconnect: bool = False, max_attempts: Optional[int] = None,
+              backoff: Optional[Backoff] = None, timeout: Optional[float] = None,
+              sleep: Callable[[float], None] = time.sleep,
+              say: Callable[[str], None] = lambda line: print(line, file=sys.stderr,
+                                                              flush=True)) -> GatewayReport:
+        """Hold a link until the coordinator ends it; with `reconnect`, dial again after
+        every retryable failure (bounded, jittered backoff), at most `max_attempts`
+        times in a row (None: without end). `timeout` bounds each connection."""
+        backoff = backoff or Backoff()
+        total = {"frames": 0, "allow": 0, "refuse": 0, "pending": 0}
+        connections, failures = 0, 0
+        while True:
+            connections += 1
+            try:
+                self.run(timeout=timeout)
+                error: Optional[LinkError] = None
+            except LinkError as err:
+                error = err
+            for name in total:
+                total[name] += self._tally[name]
+            if error is None:
+                return GatewayReport(self.party, total["frames"], total["allow"],
+                                     total["refuse"], total["pending"], connections)
+            if not (reconnect and error.retryable):
+                raise error
+            if self._tally["frames"]:
+                backoff.reset()  # that link worked: start from the first delay again
+                failures = 0
+            failures += 1
+            if max_attempts is not None and failures >= max_attempts:
+                raise LinkError(f"{error} (gave up after {failures} attempts in a row)",
+                                retryable=False)
+            delay = backoff.next()
+            say(f"{error}; dialling again in {delay:.1f} s")
+            sleep(delay)
 
     def close(self) -> None:
-        self.audit.close()
+        self.decider.close()
 
 
 def _reason(decision: Decision) -> str:
-    return decision.reason if isinstance(decision, Pending) else getattr(decision, "reason", "")
+    return decision.reason if isinstance(decision, (Pending, Refuse)) else ""
 
 
 def _version(package: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 
 from fedcollab.io import atomic_write_bytes
 from fedcollab.silo.errors import StateError
-from fedcollab.silo.frames import DpTerms, Offer, SecAggTerms
+from fedcollab.silo.frames import Offer, offer_from_json, offer_sha256, offer_to_json
 
 __all__ = ["JobState", "SiloState", "save_state", "load_state", "approve"]
 
@@ -32,14 +32,25 @@ class JobState:
 @dataclass(frozen=True)
 class SiloState:
     jobs: Mapping[str, JobState] = field(default_factory=dict)
-    approved_models: frozenset[str] = frozenset()   # `fedcollab silo approve`
+    approved_models: frozenset[str] = frozenset()   # model hashes approved for any job
     spent: tuple[tuple[float, int], ...] = ()       # (noise multiplier, contributions)
+    pending: Mapping[str, Offer] = field(default_factory=dict)  # job -> offer awaiting approval
+    approved_offers: frozenset[str] = frozenset()   # offer_sha256 `fedcollab silo approve` bound
 
     def job(self, job_id: str) -> JobState:
         return self.jobs.get(job_id, JobState())
 
     def with_job(self, job_id: str, job: JobState) -> SiloState:
         return replace(self, jobs={**self.jobs, job_id: job})
+
+    def with_pending(self, offer: Offer) -> SiloState:
+        """The state with `offer` waiting for approval (replacing an older one for its job)."""
+        return replace(self, pending={**self.pending, offer.job_id: offer})
+
+    def without_pending(self, job_id: str) -> SiloState:
+        if job_id not in self.pending:
+            return self
+        return replace(self, pending={k: v for k, v in self.pending.items() if k != job_id})
 
     def spend(self, noise_multiplier: float) -> SiloState:
         counts = dict(self.spent)
@@ -48,11 +59,7 @@ class SiloState:
 
     def to_json(self) -> dict[str, Any]:
         def offer(o: Optional[Offer]) -> Optional[dict[str, Any]]:
-            if o is None:
-                return None
-            return {"job_id": o.job_id, "model_name": o.model_name,
-                    "model_sha256": o.model_sha256, "layers": list(o.layers),
-                    "rounds": o.rounds, "secagg": vars(o.secagg), "dp": vars(o.dp)}
+            return None if o is None else offer_to_json(o)
 
         return {"version": 1,
                 "jobs": {k: {"offer": offer(j.offer), "last_round": j.last_round,
@@ -61,17 +68,15 @@ class SiloState:
                              "revealed": j.revealed, "contributed": sorted(j.contributed)}
                          for k, j in sorted(self.jobs.items())},
                 "approved_models": sorted(self.approved_models),
-                "spent": [[z, n] for z, n in self.spent]}
+                "spent": [[z, n] for z, n in self.spent],
+                "pending": {k: {"offer": offer_to_json(o), "offer_sha256": offer_sha256(o)}
+                            for k, o in sorted(self.pending.items())},
+                "approved_offers": sorted(self.approved_offers)}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> SiloState:
         def offer(o: Optional[Mapping[str, Any]]) -> Optional[Offer]:
-            if o is None:
-                return None
-            return Offer(job_id=o["job_id"], model_name=o["model_name"],
-                         model_sha256=o["model_sha256"], layers=tuple(o["layers"]),
-                         rounds=o["rounds"], secagg=SecAggTerms(**o["secagg"]),
-                         dp=DpTerms(**o["dp"]))
+            return None if o is None else offer_from_json(o)
 
         try:
             if raw.get("version") != 1:
@@ -82,15 +87,20 @@ class SiloState:
                                 revealed=bool(j["revealed"]),
                                 contributed=frozenset(j["contributed"]))
                     for k, j in raw["jobs"].items()}
+            pending = {k: offer_from_json(p["offer"])
+                       for k, p in raw.get("pending", {}).items()}
             return cls(jobs=jobs, approved_models=frozenset(raw["approved_models"]),
-                       spent=tuple((float(z), int(n)) for z, n in raw["spent"]))
+                       spent=tuple((float(z), int(n)) for z, n in raw["spent"]),
+                       pending=pending,
+                       approved_offers=frozenset(raw.get("approved_offers", [])))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise StateError(f"silo state: unreadable ({err.__class__.__name__}: {err}); "
                              "it is never reset silently: restore it from a backup") from None
 
 
 def approve(state: SiloState, model_sha256: str) -> SiloState:
-    """The state after an operator approved a model hash (`fedcollab silo approve`)."""
+    """The state with a model hash approved for every job (as if in approved_models);
+    `fedcollab silo approve JOB` binds one exact offer instead (:mod:`.approvals`)."""
     return replace(state, approved_models=state.approved_models | {model_sha256})
 
 

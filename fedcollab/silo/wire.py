@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 from fedcollab.silo.errors import SiloError
 from fedcollab.silo.frames import (
     DpTerms,
+    LayerEntry,
     Member,
     Offer,
     Roster,
@@ -24,7 +25,7 @@ from fedcollab.silo.frames import (
 )
 from fedcollab.silo.limits import MAX_COORDINATOR_FRAME, MAX_LAYERS, MAX_MEMBERS, MAX_NAME
 
-__all__ = ["MalformedFrameError", "Inbound", "from_coordinator", "member_of"]
+__all__ = ["MalformedFrameError", "Inbound", "from_coordinator", "member_of", "parse_frame"]
 
 
 class MalformedFrameError(SiloError):
@@ -42,6 +43,7 @@ class Inbound:
     round_id: int
     seq: int
     sender: str
+    deadline_unix: float = 0.0   # a RoundStart's deadline (0: none); the gateway's watchdog
 
 
 def _name(value: str, what: str) -> str:
@@ -90,6 +92,15 @@ def from_coordinator(data: bytes, *, trusted_cas: Mapping[str, Any],
     Raises:
         MalformedFrameError: bytes that are not a CoordinatorFrame within the caps.
     """
+    return from_message(parse_frame(data), trusted_cas=trusted_cas, now=now)
+
+
+def parse_frame(data: bytes) -> Any:
+    """The CoordinatorFrame in `data`, within the frame cap.
+
+    Raises:
+        MalformedFrameError: bytes over the cap or that are not a CoordinatorFrame.
+    """
     from google.protobuf.message import DecodeError
 
     from fedcollab._proto.fedcollab.v1 import silo_pb2
@@ -102,7 +113,7 @@ def from_coordinator(data: bytes, *, trusted_cas: Mapping[str, Any],
         message.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as err:
         raise MalformedFrameError(f"not a CoordinatorFrame ({err.__class__.__name__})") from None
-    return from_message(message, trusted_cas=trusted_cas, now=now)
+    return message
 
 
 def from_message(message: Any, *, trusted_cas: Mapping[str, Any],
@@ -116,11 +127,15 @@ def from_message(message: Any, *, trusted_cas: Mapping[str, Any],
     job_id = _name(getattr(body, "job_id", ""), "job_id")
     round_id = int(getattr(body, "round_id", 0))
     frame: Optional[object]
+    deadline = 0.0
     if kind in ("welcome", "abort"):
         frame = None  # logged, not ruled on: an abort only ever stops the vendor
     elif kind == "offer":
-        layers = tuple(_name(e.name, "a layer name") for e in _cap(body.layers, MAX_LAYERS,
-                                                                   "layers"))
+        manifest = tuple(LayerEntry(_name(e.name, "a layer name"),
+                                    tuple(int(d) for d in _cap(e.shape, 8, "a layer's shape")),
+                                    _name(e.dtype, "a layer's dtype"))
+                         for e in _cap(body.layers, MAX_LAYERS, "layers"))
+        layers = tuple(dict.fromkeys(e.name for e in manifest))
         sa, dp = body.secagg, body.dp
         frame = Offer(job_id=job_id, model_name=_name(body.model_name, "model_name"),
                       model_sha256=_name(body.model_sha256, "model_sha256"), layers=layers,
@@ -130,8 +145,11 @@ def from_message(message: Any, *, trusted_cas: Mapping[str, Any],
                                          max_group=sa.max_group, ring_bits=sa.ring_bits,
                                          scale_bits=sa.scale_bits, clip=sa.clip),
                       dp=DpTerms(mode=_name(dp.mode, "dp.mode"),
-                                 noise_multiplier=dp.noise_multiplier, clip_norm=dp.clip_norm))
+                                 noise_multiplier=dp.noise_multiplier, clip_norm=dp.clip_norm,
+                                 delta=dp.delta),
+                      manifest=manifest)
     elif kind == "round_start":
+        deadline = float(body.deadline_unix)
         frame = RoundStart(job_id=job_id, round_id=round_id,
                            global_model_sha256=_name(body.global_model_sha256, "model hash"),
                            layers=tuple(_name(t.layer, "a layer name")
@@ -148,4 +166,4 @@ def from_message(message: Any, *, trusted_cas: Mapping[str, Any],
                                                                     "dropped")))
     else:  # secagg: the skeleton gateway does not run secure aggregation yet
         frame = object()
-    return Inbound(frame, kind, job_id, round_id, seq, sender)
+    return Inbound(frame, kind, job_id, round_id, seq, sender, deadline)

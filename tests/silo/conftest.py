@@ -1,9 +1,12 @@
 """Builders for the cross-silo tests: a policy, an offer and a round that passes it."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
 import yaml
 
 from fedcollab.silo import (
@@ -87,3 +90,50 @@ def make_egress(round_id: int = 1, **changes: object) -> Egress:
                     encoding=MASKED, layers=("dense", "dense_1"), noise_multiplier=2.0,
                     clip_norm=1.0, max_abs=0.5)
     return replace(egress, **changes)  # type: ignore[arg-type]
+
+
+# ---- a throwaway PKI for the socket tests (session-wide: keys take time) ----
+
+
+def _der(pem_path: Path) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    return x509.load_pem_x509_certificate(pem_path.read_bytes()).public_bytes(
+        serialization.Encoding.DER)
+
+
+@pytest.fixture(scope="session")
+def silo_pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``main``: the CA both sides trust (coordinator, vendor, members m0..m4, a second
+    coordinator leaf for rotation); ``forger``: another CA with the SAME name
+    (its m5 has a forged signature); ``expired``: the main CA's m6, expired;
+    ``other``: an unrelated CA with its own vendor and coordinator."""
+    from fedcollab.service.certs import init_ca, issue_cert
+
+    main, forger, other = (tmp_path_factory.mktemp(n) for n in ("main", "forger", "other"))
+    init_ca(main, name="throwaway CA")
+    init_ca(forger, name="throwaway CA")
+    init_ca(other, name="another CA")
+    for name in ("coordinator", "vendor", "m0", "m1", "m2", "m3", "m4"):
+        issue_cert(main, name=name, server=False, party=True)
+    rotated = tmp_path_factory.mktemp("rotated")
+    for name in ("ca.pem", "ca.key"):
+        (rotated / name).write_bytes((main / name).read_bytes())
+    issue_cert(rotated, name="coordinator", server=False, party=True)
+    issue_cert(rotated, name="vendor", server=False, party=True)
+    issue_cert(forger, name="m5", server=False, party=True)
+    expired = tmp_path_factory.mktemp("expired")
+    for name in ("ca.pem", "ca.key"):
+        (expired / name).write_bytes((main / name).read_bytes())
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=10)
+    issue_cert(expired, name="m6", server=False, party=True, days=1, not_before=past)
+    issue_cert(expired, name="vendor", server=False, party=True, days=1, not_before=past)
+    for name in ("vendor", "coordinator"):
+        issue_cert(other, name=name, server=False, party=True)
+    return {"main": main, "forger": forger, "other": other, "expired": expired,
+            "rotated": rotated}
+
+
+def member_der(pki: dict[str, Path], name: str, where: str = "main") -> bytes:
+    return _der(pki[where] / f"{name}.pem")

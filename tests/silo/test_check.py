@@ -299,15 +299,84 @@ def test_check_egress_past_the_budget_refused_once_spent() -> None:
 
 
 def test_check_budget_counts_every_job() -> None:
-    first = through(make_offer(rounds=5))
-    heavy = replace(first, spent=((2.0, 5),))  # job-1 contributed 5 rounds (epsilon ~5.4)
+    heavy = SiloState(spent=((2.0, 5),))  # 5 rounds contributed elsewhere (epsilon ~5.4)
     offer = make_offer(job_id="job-2", rounds=5)  # 5 more alone: ~5.4; together ~8.1 > 8
 
-    allowed(check(POLICY, first, offer))
+    allowed(check(POLICY, SiloState(), offer))
     refused(check(POLICY, heavy, offer), "budget")
+
+
+def test_check_budget_reserves_what_accepted_offers_may_still_spend() -> None:
+    first = through(make_offer(rounds=5))          # accepted, nothing spent yet
+    offer = make_offer(job_id="job-2", rounds=5)   # alone it fits; with job-1's 5 it does not
+
+    reason = refused(check(POLICY, first, offer), "budget")
+    allowed(check(POLICY, first, make_offer(job_id="job-2", rounds=1)))
+
+    assert "reserved by accepted offers" in reason
+
+
+def test_check_rounds_past_the_offer_refused() -> None:
+    state = through(make_offer(rounds=1), make_start(1), make_roster(1), make_egress(1))
+
+    reason = refused(check(POLICY, state, make_start(2)), "budget")
+
+    assert "all 1 offered rounds were contributed" in reason
+
+
+@pytest.mark.parametrize("protocol", ["", "none", "plaintext", "fedavg"])
+def test_check_offer_asking_for_plaintext_updates_refused(protocol: str) -> None:
+    offer = make_offer(secagg=replace(make_offer().secagg, protocol=protocol))
+
+    assert "leave only masked" in refused(check(POLICY, SiloState(), offer), "egress")
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 1.5, float("nan")])
+def test_check_offer_threshold_a_minority_could_unmask_refused(threshold: float) -> None:
+    offer = make_offer(secagg=replace(make_offer().secagg, threshold=threshold))
+
+    refused(check(POLICY, SiloState(), offer), "secagg")
+
+
+def test_check_pending_offer_carries_the_state_with_it_pending() -> None:
+    offer = make_offer(model_sha256=hashlib.sha256(b"another model").hexdigest())
+
+    pending = check(POLICY, SiloState(), offer)
+
+    assert isinstance(pending, Pending) and pending.state is not None
+    assert pending.state.pending == {JOB: offer} and not pending.state.jobs
+
+
+def test_check_approval_binds_the_exact_offer() -> None:
+    from fedcollab.silo.frames import offer_sha256
+
+    offer = make_offer(model_sha256=hashlib.sha256(b"another model").hexdigest())
+    approved = replace(SiloState(), approved_offers=frozenset({offer_sha256(offer)}))
+
+    state = allowed(check(POLICY, approved, offer))
+    changed = check(POLICY, approved, replace(offer, rounds=4))
+
+    assert state.job(JOB).offer == offer and not state.pending
+    assert isinstance(changed, Pending)
 
 
 @pytest.mark.parametrize("frame", [object(), "offer", None, b"\x80\x04pickle",
                                    Egress.__mro__])
 def test_check_unknown_frame_refused(frame: object) -> None:
     refused(check(POLICY, at_key_sharing(1), frame), "unknown")
+
+
+def test_check_pending_offers_are_capped() -> None:
+    from fedcollab.silo.limits import MAX_PENDING
+
+    state = SiloState()
+    for i in range(MAX_PENDING):
+        decision = check(POLICY, state, make_offer(job_id=f"j{i}", rounds=1,
+                                                   model_sha256=model_hash(99)))
+        assert isinstance(decision, Pending) and decision.state is not None
+        state = decision.state
+
+    refused(check(POLICY, state, make_offer(job_id="one-more", rounds=1,
+                                            model_sha256=model_hash(99))), "offer")
+    assert isinstance(check(POLICY, state, make_offer(job_id="j0", rounds=2,
+                                                      model_sha256=model_hash(99))), Pending)

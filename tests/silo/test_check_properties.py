@@ -14,6 +14,8 @@ from fedcollab.silo import (
     Allow,
     Egress,
     Member,
+    Offer,
+    Pending,
     Roster,
     RoundStart,
     SiloState,
@@ -21,6 +23,7 @@ from fedcollab.silo import (
     check,
     epsilon_spent,
 )
+from fedcollab.silo.frames import SECURE_PROTOCOLS
 
 from .conftest import OTHER_CA, TRUSTED_CA, make_offer, make_policy, model_hash
 
@@ -36,10 +39,13 @@ hashes = st.builds(model_hash, st.integers(0, 6), jobs)
 layer_sets = st.lists(st.sampled_from(LAYERS), max_size=4, unique=True).map(tuple)
 
 offers = st.builds(
-    lambda job, rounds, z, approved: make_offer(
+    lambda job, rounds, z, approved, protocol, threshold: make_offer(
         job_id=job, rounds=rounds, dp=replace(make_offer().dp, noise_multiplier=z),
+        secagg=replace(make_offer().secagg, protocol=protocol, threshold=threshold),
         **({} if approved else {"model_sha256": model_hash(99)})),
-    jobs, st.integers(1, 12), st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0]), st.booleans())
+    jobs, st.integers(1, 12), st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0]), st.booleans(),
+    st.sampled_from(["secaggplus", "secaggplus", "secagg", "none", ""]),
+    st.sampled_from([0.67, 0.67, 0.5, 1.0, 0.2]))
 starts = st.builds(RoundStart, jobs, round_ids, hashes,
                    st.one_of(st.just(("dense", "dense_1")), layer_sets))
 members = st.builds(Member, st.sampled_from(PARTIES), st.sampled_from([TRUSTED_CA, OTHER_CA, ""]),
@@ -75,6 +81,8 @@ def _run(sequence: list) -> list[tuple[object, SiloState, SiloState]]:
         if isinstance(decision, Allow):
             allowed.append((frame, state, decision.state))
             state = decision.state
+        elif isinstance(decision, Pending) and decision.state is not None:
+            state = decision.state  # the gateway persists the offer as pending
     return allowed
 
 
@@ -128,3 +136,31 @@ def test_every_allowed_unmask_keeps_min_group_trusted_survivors(sequence: list) 
 def test_state_survives_a_restart_unchanged(sequence: list) -> None:
     for _, _, after in _run(sequence):
         assert _restart(after) == after
+
+
+@SETTINGS
+@given(frames)
+def test_no_job_contributes_more_rounds_than_its_offer(sequence: list) -> None:
+    for _, _, after in _run(sequence):
+        for job in after.jobs.values():
+            if job.offer is not None:
+                assert len(job.contributed) <= job.offer.rounds
+
+
+@SETTINGS
+@given(frames)
+def test_what_accepted_offers_may_still_spend_stays_within_the_budget(sequence: list) -> None:
+    from fedcollab.silo.check import _epsilon, _reserved
+
+    for frame, _, after in _run(sequence):
+        if isinstance(frame, Offer):
+            assert _epsilon(_reserved(after), POLICY.dp.delta) <= POLICY.dp.epsilon_budget
+
+
+@SETTINGS
+@given(frames)
+def test_every_accepted_offer_is_masked_inside_secure_aggregation(sequence: list) -> None:
+    for frame, _, _ in _run(sequence):
+        if isinstance(frame, Offer):
+            assert frame.secagg.protocol in SECURE_PROTOCOLS
+            assert 0.5 < frame.secagg.threshold <= 1

@@ -11,7 +11,8 @@ from fedcollab.cli import main
 
 @pytest.mark.parametrize("command", [["silo"], ["silo", "serve"], ["silo", "audit"],
                                      ["silo", "audit", "verify"],
-                                     ["silo", "policy", "hash"]])
+                                     ["silo", "policy", "hash"], ["silo", "pending"],
+                                     ["silo", "approve"]])
 def test_silo_help_has_an_example(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main([*command, "--help"])
@@ -39,3 +40,17 @@ print("CODE", code, "HEAVY", heavy)
                           timeout=120)
 
     assert "CODE 1 HEAVY []" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--max-attempts", "0"], "--max-attempts 0"),
+    (["--backoff-initial", "5", "--backoff-max", "1"], "need 0 < initial <= max"),
+    (["--deadline-grace", "-1"], "--deadline-grace -1"),
+])
+def test_silo_serve_bad_link_options_are_one_line_exit_2(
+        options: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["silo", "serve", "--policy", "p.yaml", "--coordinator", "127.0.0.1:1",
+                 "--cert", "c.pem", "--key", "c.key", "--coordinator-ca", "ca.pem", *options])
+
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and words in err
