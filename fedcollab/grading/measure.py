@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fedcollab.grading.canaries import no_audit
 from fedcollab.spec.roster import Role
 from fedcollab.types import GRADE_BUDGETS
 
@@ -37,6 +38,10 @@ class Budget:
     backdoor_durability: int = 3  # honest rounds after the backdoor, its success after each
     backdoor_attack_rounds: int = 3  # rounds the constrain-and-scale attacker attacks
     dp_repeats: int = 3           # runs of each DP mix (its noise drawn afresh): the spread
+    # canary clients in each mix's audit run (canaries.py): enough to estimate their
+    # statistic's spread (its standard error ~ 1/sqrt(2k), 7% at 100), few against the
+    # model's dimension (cross-talk between canaries ~ k/d of the spread)
+    canaries: int = 100
 
 
 BUDGETS = {
@@ -251,10 +256,8 @@ class TaskMeasurer:
         t0 = time.perf_counter()
         utility = self._utility(mspec, result, weights, own)
         self.timer.add("federated_evaluation", t0)
-        t0 = time.perf_counter()
-        audit = self._canary_audit(mspec, result, weights)
-        audit["seconds"] = time.perf_counter() - t0
-        self.timer.add("canary_audit", t0)
+        # the canary audit comes from this mix's audit run (runner: canary_audit)
+        audit = no_audit("the audit run has not finished")
         t0 = time.perf_counter()
         parties = self._party_rows(mspec, weights, view, observed, utility, membership,
                                    inversion, differencing, own)
@@ -292,15 +295,31 @@ class TaskMeasurer:
         return row, roc
 
     def repeat_figures(self, mspec: Any, result: Any) -> dict[str, Any]:
-        """What a repeat of a DP mix is compared on: its accuracy, the graded membership
-        attack on its release and its canary audit (the noise is the only difference)."""
+        """What a repeat of a DP mix is compared on: its accuracy and the graded membership
+        attack on its release (the noise is the only difference); its canary audit's
+        epsilon is filled in from its own audit run (runner)."""
         weights = [np.asarray(w) for w in result.weights]
         membership, _ = self._membership(weights)
-        audit = self._canary_audit(mspec, result, weights)
         return {"accuracy": result.summary.get("final_accuracy"),
                 "membership_auc": membership.get("auc"),
                 "membership_tpr_at_1pct_fpr": membership.get("tpr_at_1pct_fpr"),
-                "empirical_epsilon": audit.get("value")}
+                "empirical_epsilon": None}
+
+    def canary_audit(self, cspec: Any, result: Any, *, graded: Any,
+                     sharing: str) -> dict[str, Any]:
+        """The empirical epsilon of a mix's audit run (canary clients in the run:
+        :mod:`~fedcollab.grading.canaries`), per observer beside the graded run's
+        accountant (``graded``: its summary)."""
+        from fedcollab.grading.canaries import audit_run
+
+        t0 = time.perf_counter()
+        privacy = graded.get("privacy") or {}
+        accountant = self._by_observer(privacy)
+        delta = float(privacy.get("delta") or 1e-5)
+        out = audit_run(cspec, result, initial=self.w0, delta=delta, accountant=accountant,
+                        sharing=sharing, seed=self.spec.seed)
+        self.timer.add("canary_audit", t0)
+        return out
 
     @staticmethod
     def _by_observer(privacy: dict[str, Any]) -> dict[str, Any]:
@@ -312,32 +331,6 @@ class TaskMeasurer:
             return dict(by)
         return {"server": None, "outputs_reader": None, "release_reader": None,
                 "note": "the run has no DP: every observer's epsilon is unbounded"}
-
-    def _canary_audit(self, mspec: Any, result: Any, weights: list[np.ndarray]
-                      ) -> dict[str, Any]:
-        """The one-run canary audit (:mod:`fedcollab.grading.audit`) on the run's release:
-        canaries of the clip norm added to ``w_final - w_0`` as FedAvg would have, in the
-        rounds each would have been sampled, against the noise the run drew."""
-        from fedcollab.grading.audit import canary_audit
-
-        lines = [m for m in result.metrics if int(m.get("accepted", 0)) > 0
-                 and "aborted" not in m and "skipped" not in m]
-        if not lines:
-            return {"value": None, "ci": [None, None], "method": "one-run canary audit",
-                    "note": "no round aggregated"}
-        final = np.concatenate([(np.asarray(w, np.float64) - np.asarray(w0, np.float64)).ravel()
-                                for w, w0 in zip(weights, self.w0)])
-        clip = float(lines[-1].get("clip_norm") or mspec.privacy.dp.clip_norm)
-        rate = float(lines[-1].get("sampling_rate") or min(mspec.fraction, 1.0))
-        delta = float(result.summary["privacy"].get("delta") or 1e-5)
-        canaries = max(50, min(500, final.size // 20))  # few against d: little cross-talk
-        out = canary_audit(final, counts=[float(m["accepted"]) for m in lines], rate=rate,
-                           clip=clip, delta=delta, canaries=canaries,
-                           rng=np.random.default_rng([self.spec.seed, 61])).to_json()
-        out.update(clip_norm=clip, sampling_rate=rate, delta=delta,
-                   note="canaries added to the run's final update after the fact, against "
-                        "the noise the run drew (not clients trained in the run)")
-        return out
 
     def _party_rows(self, mspec: Any, weights: list[np.ndarray], view: Any, observed: Any,
                     utility: dict[str, Any], membership: dict[str, Any],
