@@ -67,6 +67,14 @@ def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
     assert vendor_secure["parties"]["vendor"]["grades"]["inversion:malicious_model"] == "F"
     observers = vendor_secure["parties"]["vendor"]["attacks"]["differencing"]["observers"]
     assert observers["server_with_one_community"]["colluders"] == 1
+    # the canary audit: canary clients in a second run of each mix, > 0 without DP
+    for name, mix in mixes.items():
+        audit = mix["privacy"]["empirical_epsilon"]
+        assert audit["run"] == f"{name}+canaries" and audit["canaries"] == 100
+        assert set(audit["by_observer"]) == {"release_reader", "outputs_reader"}
+        assert audit["value"] > 0 and audit["ci"][0] > 0 and audit["seconds"] > 0
+        assert (tmp_path / "mixes" / f"{name}+canaries" / "summary.json").exists()
+    assert "canary_audit" in data["per_attack_seconds"]
 
 
 def test_cli_grade_unknown_mix_is_one_line_exit_2(tmp_path: Path) -> None:
