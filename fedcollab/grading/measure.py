@@ -19,7 +19,8 @@ from fedcollab.spec.roster import Role
 from fedcollab.types import GRADE_BUDGETS
 
 __all__ = ["Budget", "BUDGETS", "Progress", "Timer", "TaskMeasurer", "defence_of",
-           "SERVER_ATTACKS", "ServerAttack"]
+           "SERVER_ATTACKS", "ServerAttack", "DIFFERENCING_ATTACKS", "DifferencingAttack",
+           "GRADED_DIFFERENCING"]
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ class TaskMeasurer:
 
         from fedcollab.grading.membership import CONFIDENCE, GRADED_ATTACK
 
-        return {"budget": asdict(self.budget), "seed": int(self.spec.seed),
+        return {"membership_sample": self.membership_sample(),
+                "budget": asdict(self.budget), "seed": int(self.spec.seed),
                 "seeds": {"membership_pool": [int(self.spec.seed), 31],
                           "shadows": [int(self.spec.seed), 41],
                           "participant_training": "[seed, round, participant]"},
@@ -141,6 +143,18 @@ class TaskMeasurer:
                 "members_available": self.members_available,
                 "poisoning_start": self.poisoning_start,
                 "non_members_available": int(len(self.data.x_test))}
+
+    def membership_sample(self) -> dict[str, Any]:
+        """How many members and non-members the membership attacks use, of how many the
+        data allow, and why fewer than 1000 where so (the card states it)."""
+        from fedcollab.grading.membership import sample_note
+
+        counts = {"members": int(len(self.member_idx)), "non_members": int(self.non_members),
+                  "members_available": self.members_available,
+                  "non_members_available": int(len(self.data.x_test))}
+        return dict(counts, note=sample_note(
+            **counts, cap=self.budget.mia_samples, train_rows=int(len(self.data.x_train)),
+            test_rows=int(len(self.data.x_test))))
 
     # ---------------------------------------------------------------- shared experiments
     def simulations(self, report: Progress, *, start: Any = None,
@@ -250,7 +264,8 @@ class TaskMeasurer:
             if view.vendor_pids \
             else {"relative_error": None, "exact": False, "min_group_seen": 0,
                   "note": "no vendor group"}
-        differencing["across_rounds"] = self._across_rounds(mspec, result)
+        for name, diff in DIFFERENCING_ATTACKS.items():  # one function plus one entry each
+            differencing[name] = diff(self, mspec, result, view, observed)
         self.timer.add("differencing", t0)
         report("attack", f"{mix.name}: differencing")
         t0 = time.perf_counter()
@@ -413,8 +428,8 @@ class TaskMeasurer:
         """The graded membership attack on the release, one party's members only."""
         from fedcollab.grading.membership import (
             GRADED_ATTACK,
+            MEMBERSHIP_ATTACKS,
             attack_metrics,
-            loss_scores,
             predictor,
         )
 
@@ -430,19 +445,14 @@ class TaskMeasurer:
             return {"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None,
                     "note": "no training example"}
         probs = predictor(self.trainer, weights)(x)
-        out = attack_metrics(loss_scores(probs, y), is_member).to_json()
+        # the graded attack (no shadows of these examples: it needs none)
+        scores = MEMBERSHIP_ATTACKS[GRADED_ATTACK](probs, y, None)
+        out = attack_metrics(scores, is_member).to_json()
         out.update(attack=GRADED_ATTACK, target="released model")
         return out
 
     def _membership(self, weights: list[np.ndarray]) -> tuple[dict[str, Any], Any]:
-        from fedcollab.grading.membership import (
-            GRADED_ATTACK,
-            attack_metrics,
-            lira_scores,
-            logit_confidence,
-            loss_scores,
-            predictor,
-        )
+        from fedcollab.grading.membership import GRADED_ATTACK, predictor, run_attacks
 
         if not self.classification:
             return ({"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None,
@@ -450,16 +460,18 @@ class TaskMeasurer:
         x, y = self._mia_pool()
         member = np.arange(len(x)) < len(self.member_idx)
         probs = predictor(self.trainer, weights)(x)
-        loss = attack_metrics(loss_scores(probs, y), member)
         phi, inside = self._shadow_models()
-        lira = attack_metrics(lira_scores(logit_confidence(probs, y), phi, inside), member)
-        graded = {"loss_threshold": loss, "lira": lira}[GRADED_ATTACK]
+        # every registered attack (MEMBERSHIP_ATTACKS), graded on the pre-registered one
+        results = run_attacks(probs, y, member, shadows=(phi, inside))
+        graded = results[GRADED_ATTACK]
         out: dict[str, Any] = dict(graded.to_json())
+        out.update({name: r.to_json() for name, r in results.items()})
         out.update({"attack": GRADED_ATTACK, "pre_registered": True,
-                    "loss_threshold": loss.to_json(), "lira": lira.to_json(),
+                    "attacks": sorted(results),
                     "shadows": int(phi.shape[0]), "members": int(member.sum()),
                     "non_members": int((~member).sum()),
                     "members_available": self.members_available,
+                    "sample_note": self.membership_sample()["note"],
                     "target": "released model"})
         return out, (graded.fpr, graded.tpr)
 
@@ -560,6 +572,12 @@ class TaskMeasurer:
                 if vendor_row.isolated else empty(unchanged, "vendor sites")
         return out
 
+    def _across_rounds_attack(self, mspec: Any, result: Any, view: Any,
+                              observed: Any) -> dict[str, Any]:
+        """:meth:`_across_rounds` as a :data:`DIFFERENCING_ATTACKS` entry (it replays the
+        rounds it needs itself, so it uses neither the round-1 view nor its sum)."""
+        return self._across_rounds(mspec, result)
+
     def _round_start(self, result: Any, round_id: int) -> Any:
         """The global weights round `round_id` started from (its predecessor's checkpoint)."""
         return self.w0 if round_id == 1 else self._checkpoint(result, round_id - 1)
@@ -602,7 +620,7 @@ class TaskMeasurer:
                                 parties=self._parties(self.spec))
         if self.budget.gradient_matching:
             row["gradient_matching"] = self._gradient_matching(view)
-        for r in [row, *row.get("parties", {}).values()]:
+        for r in [row, *row.get("parties", {}).values(), *row.get("by_attack", {}).values()]:
             for key in ("psnr_db", "gain_db"):
                 if r.get(key) is not None and not math.isfinite(r[key]):
                     r[key] = 200.0  # exact: report a finite ceiling (strict JSON)
@@ -707,7 +725,12 @@ class TaskMeasurer:
     def _vendor_membership(self, own: dict[int, list[np.ndarray]]) -> dict[str, Any]:
         """Loss-threshold attack on each vendor site's own model, its training examples
         against as many test examples; the site most exposed is reported."""
-        from fedcollab.grading.membership import attack_metrics, loss_scores, predictor
+        from fedcollab.grading.membership import (
+            GRADED_ATTACK,
+            MEMBERSHIP_ATTACKS,
+            attack_metrics,
+            predictor,
+        )
 
         best: dict[str, Any] = {}
         for pid, mine in own.items():
@@ -716,9 +739,10 @@ class TaskMeasurer:
             x = np.concatenate([x_in[:n], self.data.x_test[self.test_idx][:n]])
             y = np.concatenate([y_in[:n], self.data.y_test[self.test_idx][:n]])
             member = np.arange(len(x)) < n
-            result = attack_metrics(loss_scores(predictor(self.trainer, mine)(x), y), member)
+            probs = predictor(self.trainer, mine)(x)
+            result = attack_metrics(MEMBERSHIP_ATTACKS[GRADED_ATTACK](probs, y, None), member)
             if not best or result.auc > best["auc"]:
-                best = dict(result.to_json(), participant=pid, attack="loss_threshold")
+                best = dict(result.to_json(), participant=pid, attack=GRADED_ATTACK)
         return best
 
     def _utility(self, mspec: Any, result: Any, weights: list[np.ndarray],
@@ -744,3 +768,18 @@ SERVER_ATTACKS: dict[str, ServerAttack] = {
     "lying_server": TaskMeasurer._lying_server,
     "malicious_model": TaskMeasurer._malicious_model,
 }
+
+
+#: Differencing attacks beyond the within-round one (the vendor's aggregate from round
+#: 1's open updates and secure sum, at the top of ``attacks.differencing``): name ->
+#: ``f(measurer, mix spec, run result, round-1 view, the secure sum read off the run
+#: (flat, or None)) -> row``, each row under ``attacks.differencing[name]``. One function
+#: plus one entry. The confidentiality grade is taken on the within-round figure and
+#: on ``across_rounds`` (pre-registered: the worse of the two); other entries are reported
+#: beside them, not graded.
+DifferencingAttack = Callable[[TaskMeasurer, Any, Any, Any, Any], dict[str, Any]]
+DIFFERENCING_ATTACKS: dict[str, DifferencingAttack] = {
+    "across_rounds": TaskMeasurer._across_rounds_attack,
+}
+#: The differencing rows the confidentiality grade reads (besides the within-round one).
+GRADED_DIFFERENCING: tuple[str, ...] = ("across_rounds",)

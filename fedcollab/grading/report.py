@@ -270,10 +270,17 @@ HEADER = ["mix", "utility", "membership (95% CI; graded on the bound)",
           "backdoor", "Byzantine", "cost", "replay verified"]
 
 
+def _sample(card: Scorecard) -> str:
+    """The membership sample's sentence (counts, and why fewer than 1000 where so)."""
+    sample = card.settings.get("membership_sample")
+    return str(sample.get("note", "")) if isinstance(sample, Mapping) else ""
+
+
 def render_markdown(card: Scorecard) -> str:
     lines = [f"# Scorecard: {card.spec}", "",
              f"Priority: **{card.priority}**, budget: {card.budget}, "
              f"{card.seconds:.0f} s. Grades A–F per docs/grading.md; ★ recommended.", "",
+             *([f"Membership attacked on {_sample(card)}.", ""] if _sample(card) else []),
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(card)]
     lines += ["", "## Per party", "", "| " + " | ".join(PARTY_HEADER) + " |",
@@ -468,6 +475,8 @@ def render_html(card: Scorecard, pngs: Mapping[str, bytes]) -> str:
                  + "</tr></thead><tbody>"
                  + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
                            for r in _observer_rows(card)) + "</tbody></table>")
+    sample = (f'<p id="membership-sample">Membership attacked on {esc(_sample(card))}.</p>'
+              if _sample(card) else "")
     party_head = "".join(f"<th>{esc(h)}</th>" for h in PARTY_HEADER)
     party_body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
                          for r in _party_rows(card))
@@ -483,6 +492,7 @@ th{{background:#eee}}figure{{display:inline-block;margin:1em}}img{{max-width:540
 <h1>Scorecard: {esc(card.spec)}</h1>
 <p>Priority <b>{esc(card.priority)}</b>, budget {esc(card.budget)}, {card.seconds:.0f} s.
 Grades A–F per docs/grading.md; ★ recommended.</p>
+{sample}
 <table id="mixes"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Per party</h2>
 <table id="parties"><thead><tr>{party_head}</tr></thead><tbody>{party_body}</tbody></table>

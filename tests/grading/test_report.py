@@ -196,3 +196,18 @@ def test_report_puts_the_canary_audit_beside_the_accountant_per_observer(
     assert "| secure-vendor-dp | outputs reader | 30.10 | 4.50 [2.60, 8.50], mu 0.70 |" in text
     assert "| open | release reader | ∞ |" in text
     assert 'id="observers"' in files["html"].read_text()
+
+
+def test_report_states_both_membership_counts_and_why_fewer_than_1000(tmp_path: Path) -> None:
+    import dataclasses
+
+    from fedcollab.grading.membership import sample_note
+
+    note = sample_note(members=1437, non_members=360, members_available=1437,
+                       non_members_available=360, cap=5000, train_rows=1437, test_rows=360)
+    card = dataclasses.replace(_card(), settings={"membership_sample": {
+        "members": 1437, "non_members": 360, "note": note}})
+    files = write_scorecard(card, tmp_path)
+    assert f"Membership attacked on {note}." in files["md"].read_text()
+    html = files["html"].read_text()
+    assert 'id="membership-sample"' in html and "(the test split: 360 rows)" in html
