@@ -245,3 +245,30 @@ def test_a_mix_below_half_the_best_accuracy_is_never_recommended_while_another_i
         rec = recommend([useless, useful], ["secure-all-dp@eps=1", "open"], priority,
                         scenario="test")
         assert rec["mix"] == "open", priority
+
+
+def test_the_grader_says_loudly_which_observer_the_audit_contradicts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An audit above the accountant: one stderr line per observer, privacy budget F."""
+    from fedcollab.grading.measure import Timer
+    from fedcollab.grading.runner import _finish
+    from fedcollab.spec import load_spec
+    from tests.grading.test_report import _parties
+
+    rows = [_mix("open", 0.93, None, True), _mix("secure-vendor-dp", 0.80, 0.9, False)]
+    for r in rows:
+        r["parties"] = _parties(r)
+    dp = rows[1]["privacy"]
+    dp["by_observer"] = {"server": 0.9, "outputs_reader": 0.9, "release_reader": 0.9}
+    dp["empirical_epsilon"] = {"value": 2.0, "ci": [1.5, 2.5], "by_observer": {
+        "release_reader": {"value": 2.0, "ci": [1.5, 2.5]},
+        "outputs_reader": {"value": 0.5, "ci": [0.2, 0.8]}}}
+    card = _finish(load_spec("examples/community-vendor.yaml"), rows, {},
+                   {"accuracy": {}, "roc": {}}, priority="balanced", budget="fast",
+                   seconds=1.0, timer=Timer(), non_members=360)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fedcollab: warning: mix 'secure-vendor-dp': the canary audit's empirical "
+                   "epsilon for the release reader (95% lower bound 1.5) exceeds the "
+                   "accountant's 0.9; privacy budget graded F"]
+    assert card.mixes[1]["grades"]["privacy_budget"] == "F"
+    assert card.mixes[0]["grades"]["privacy_budget"] == "F"  # no DP: no claim at all
