@@ -25,7 +25,8 @@ import numpy as np
 
 from fedcollab.spec.roster import Role, Sharing, policy
 
-__all__ = ["canary_spec", "audit_run", "CANARY_GROUP", "HELD_OUT", "AUDITED_OBSERVERS"]
+__all__ = ["canary_spec", "audit_run", "no_audit", "CANARY_GROUP", "HELD_OUT",
+           "AUDITED_OBSERVERS"]
 
 #: The canaries' group name in an audit run's spec.
 CANARY_GROUP = "canaries"

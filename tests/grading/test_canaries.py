@@ -92,3 +92,19 @@ def test_in_run_audit_is_below_the_accountant_under_dp_and_positive_without(
     assert clear["value"] > 1.0 and clear["ci"][0] > 0
     assert clear["value"] > dp["value"]
     assert clear["seconds"] >= clear["analysis_seconds"] > 0
+
+
+def test_a_failed_audit_run_leaves_a_note_and_a_failed_graded_run_no_row() -> None:
+    from fedcollab.grading.mixes import Mix
+    from fedcollab.grading.runner import AuditRun, _canary_audits
+
+    mspec = _mix("open")
+    cspec, sharing = canary_spec(mspec, 10)
+    audit = AuditRun(Mix("open+canaries", (), "audit"), cspec, "open", sharing)
+    out: dict[str, Any] = {}
+    # the graded run has not ended (or failed): nothing to put the audit beside yet
+    _canary_audits(None, [audit], {"open": (cspec, None, "boom")}, {}, out)  # type: ignore[arg-type]
+    assert out == {}
+    _canary_audits(None, [audit], {"open": (cspec, None, "boom")},  # type: ignore[arg-type]
+                   {"open": {"privacy": {}}}, out)
+    assert out["open"]["value"] is None and "failed: boom" in out["open"]["note"]
