@@ -133,6 +133,8 @@ def test_scorecard_html_in_headless_chromium_plots_load_mixes_listed_no_errors(
             "return document.getElementById('mixes').innerText")
         parties = driver.execute_script(
             "return document.getElementById('parties').innerText")
+        observers = driver.execute_script(
+            "return document.getElementById('observers').innerText")
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         driver.save_screenshot(str(tmp_path / "scorecard.png"))
         shot = os.environ.get("FEDCOLLAB_SCREENSHOT")
@@ -145,6 +147,7 @@ def test_scorecard_html_in_headless_chromium_plots_load_mixes_listed_no_errors(
     for m in card.mixes:
         assert m["name"] in table
     assert "vendor (3)" in parties and "community (8)" in parties
+    assert "release reader" in observers and "outputs reader" in observers
     assert errors == [], errors
     assert selenium is not None
 
