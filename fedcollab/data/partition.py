@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from fedcollab.spec import GroupSpec, JobSpec, PartitionSpec, SpecError
+from fedcollab.spec.roster import holds_data
 
 __all__ = ["partition_indices", "iid", "dirichlet", "shards", "split_among_groups",
            "participant_indices"]
@@ -111,13 +112,21 @@ def participant_indices(spec: JobSpec, labels: np.ndarray) -> list[np.ndarray]:
     exactly as a plain script calling the partitioner with that generator would
     (the benchmark's reference loop relies on it); group i > 0 uses ``[seed, i]``.
     """
-    if spec.total_participants > len(labels):
-        raise SpecError(f"spec: participants: {spec.total_participants} participants but only "
+    with_data = sum(g.count for g in spec.participants if holds_data(g))
+    if with_data > len(labels):
+        raise SpecError(f"spec: participants: {with_data} participants but only "
                         f"{len(labels)} training samples; expected at most one per sample")
     rng = np.random.default_rng([spec.seed, 2**31])  # the group split's own stream
+    # groups of probes (the grader's canaries) hold no data: the others split it as if
+    # they were not there
+    holding = [g for g in spec.participants if holds_data(g)]
+    shares = iter(split_among_groups(len(labels), holding, rng)) if holding else iter(())
     result: list[np.ndarray] = []
-    for i, (group, idx) in enumerate(zip(spec.participants,
-                                         split_among_groups(len(labels), spec.participants, rng))):
+    for i, group in enumerate(spec.participants):
+        if not holds_data(group):
+            result.extend(np.zeros(0, dtype=np.int64) for _ in range(group.count))
+            continue
+        idx = next(shares)
         if group.count > len(idx):
             raise SpecError(f"spec: participants.{i}.count: {group.count} participants but the "
                             f"group holds only {len(idx)} samples; raise data_fraction or "

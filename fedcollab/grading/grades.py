@@ -16,7 +16,7 @@ __all__ = ["GRADES", "NA", "UNKNOWN", "grade_membership", "grade_inversion",
            "grade_backdoor", "grade_byzantine", "grade_lying_server", "grade_privacy_budget",
            "grade_cost", "grade_parties",
            "grade_utility", "grade_mix", "privacy_score", "pareto_front", "recommend",
-           "PRIORITIES", "frontier_points", "audit_exceeds"]
+           "PRIORITIES", "frontier_points", "audit_exceeds", "audit_excess"]
 
 GRADES = ("A", "B", "C", "D", "F")
 NA = "N/A"
@@ -237,18 +237,36 @@ def grade_utility(accuracy: Optional[float], best: Optional[float]) -> str:
     return _band(max(0.0, best - accuracy), UTILITY_DROP_LIMITS)
 
 
-def audit_exceeds(privacy: Mapping[str, Any]) -> bool:
-    """Whether the canary audit's interval lies wholly above the accountant's epsilon: the
-    run leaks more than its accountant claims (a bug in the noise or the accounting). The
-    audit looks at the final model only, so it is held against the release reader's
-    epsilon where the accountant gives one per observer, else the headline figure."""
+def audit_excess(privacy: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """Observers for whom the canary audit's interval lies wholly above the accountant's
+    epsilon: the run leaks more than its accountant claims (a bug in the noise, the
+    clipping or the accounting). Each audited observer (release reader: the final
+    model; outputs reader: every round's) is held against the accountant's figure for
+    that observer, else the headline figure. Returns ``{observer: (audit's lower bound,
+    accountant's epsilon)}``."""
     by = privacy.get("by_observer")
-    eps = _num(by.get("release_reader")) if isinstance(by, Mapping) else None
-    eps = eps if eps is not None else _num(privacy.get("epsilon"))
+    by = by if isinstance(by, Mapping) else {}
     audit = privacy.get("empirical_epsilon") or {}
-    ci = audit.get("ci") or [None, None]
-    low = _num(ci[0]) if isinstance(ci, (list, tuple)) and ci else None
-    return eps is not None and low is not None and low > eps
+    audited = audit.get("by_observer")
+    if not isinstance(audited, Mapping) or not audited:  # a single figure: the release's
+        audited = {"release_reader": audit}
+    out: dict[str, tuple[float, float]] = {}
+    for observer, row in audited.items():
+        if not isinstance(row, Mapping):
+            continue
+        eps = _num(by.get(observer))
+        eps = eps if eps is not None else _num(privacy.get("epsilon"))
+        ci = row.get("ci") or [None, None]
+        low = _num(ci[0]) if isinstance(ci, (list, tuple)) and ci else None
+        if eps is not None and low is not None and low > eps:
+            out[str(observer)] = (low, eps)
+    return out
+
+
+def audit_exceeds(privacy: Mapping[str, Any]) -> bool:
+    """Whether the canary audit contradicts the accountant for any observer
+    (:func:`audit_excess`)."""
+    return bool(audit_excess(privacy))
 
 
 def _audited(grade: str, privacy: Mapping[str, Any]) -> str:

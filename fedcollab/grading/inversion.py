@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 __all__ = ["InversionResult", "psnr", "relative_error", "invert_single", "invert_per_neuron",
            "score_reconstructions", "mean_image_baseline", "first_dense_indices",
-           "gradient_matching"]
+           "gradient_matching", "INVERSION_ATTACKS", "InversionAttack", "GRADED_INVERSION",
+           "passive_recovery"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,27 @@ def invert_per_neuron(kernel_update: np.ndarray, bias_update: np.ndarray, *,
         return np.zeros((0, kernel.shape[0]))
     keep = np.abs(bias) > min_relative_bias * top
     return (kernel[:, keep] / bias[keep]).T
+
+
+def passive_recovery(kernel_update: np.ndarray, bias_update: np.ndarray) -> np.ndarray:
+    """The passive analytic attack: the largest-bias neuron's ratio and every moved
+    neuron's (Phong et al. 2017; Pan et al. 2022), one candidate per row."""
+    return np.concatenate([invert_single(kernel_update, bias_update)[None, :],
+                           invert_per_neuron(kernel_update, bias_update)])
+
+
+#: An inversion attack on what the server sees of a first dense layer: ``f(kernel update
+#: (features, units), bias update (units,)) -> candidate inputs (n, features)``.
+InversionAttack = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+#: Inversion attacks by name, one function plus one entry each. The grader runs every
+#: entry on every update and sum the server saw and reports each one's best
+#: reconstruction; the grade is taken on :data:`GRADED_INVERSION` alone.
+INVERSION_ATTACKS: dict[str, InversionAttack] = {
+    "passive": passive_recovery,
+}
+#: The inversion attack the grade is taken on, fixed before any run.
+GRADED_INVERSION = "passive"
 
 
 def score_reconstructions(candidates: np.ndarray, truths: np.ndarray, *,

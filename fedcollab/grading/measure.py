@@ -14,11 +14,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fedcollab.grading.canaries import no_audit
 from fedcollab.spec.roster import Role
 from fedcollab.types import GRADE_BUDGETS
 
 __all__ = ["Budget", "BUDGETS", "Progress", "Timer", "TaskMeasurer", "defence_of",
-           "SERVER_ATTACKS", "ServerAttack"]
+           "SERVER_ATTACKS", "ServerAttack", "DIFFERENCING_ATTACKS", "DifferencingAttack",
+           "GRADED_DIFFERENCING"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class Budget:
     backdoor_durability: int = 3  # honest rounds after the backdoor, its success after each
     backdoor_attack_rounds: int = 3  # rounds the constrain-and-scale attacker attacks
     dp_repeats: int = 3           # runs of each DP mix (its noise drawn afresh): the spread
+    # canary clients in each mix's audit run (canaries.py): enough to estimate their
+    # statistic's spread (its standard error ~ 1/sqrt(2k), 7% at 100), few against the
+    # model's dimension (cross-talk between canaries ~ k/d of the spread)
+    canaries: int = 100
 
 
 BUDGETS = {
@@ -128,7 +134,8 @@ class TaskMeasurer:
 
         from fedcollab.grading.membership import CONFIDENCE, GRADED_ATTACK
 
-        return {"budget": asdict(self.budget), "seed": int(self.spec.seed),
+        return {"membership_sample": self.membership_sample(),
+                "budget": asdict(self.budget), "seed": int(self.spec.seed),
                 "seeds": {"membership_pool": [int(self.spec.seed), 31],
                           "shadows": [int(self.spec.seed), 41],
                           "participant_training": "[seed, round, participant]"},
@@ -136,6 +143,18 @@ class TaskMeasurer:
                 "members_available": self.members_available,
                 "poisoning_start": self.poisoning_start,
                 "non_members_available": int(len(self.data.x_test))}
+
+    def membership_sample(self) -> dict[str, Any]:
+        """How many members and non-members the membership attacks use, of how many the
+        data allow, and why fewer than 1000 where so (the card states it)."""
+        from fedcollab.grading.membership import sample_note
+
+        counts = {"members": int(len(self.member_idx)), "non_members": int(self.non_members),
+                  "members_available": self.members_available,
+                  "non_members_available": int(len(self.data.x_test))}
+        return dict(counts, note=sample_note(
+            **counts, cap=self.budget.mia_samples, train_rows=int(len(self.data.x_train)),
+            test_rows=int(len(self.data.x_test))))
 
     # ---------------------------------------------------------------- shared experiments
     def simulations(self, report: Progress, *, start: Any = None,
@@ -245,16 +264,15 @@ class TaskMeasurer:
             if view.vendor_pids \
             else {"relative_error": None, "exact": False, "min_group_seen": 0,
                   "note": "no vendor group"}
-        differencing["across_rounds"] = self._across_rounds(mspec, result)
+        for name, diff in DIFFERENCING_ATTACKS.items():  # one function plus one entry each
+            differencing[name] = diff(self, mspec, result, view, observed)
         self.timer.add("differencing", t0)
         report("attack", f"{mix.name}: differencing")
         t0 = time.perf_counter()
         utility = self._utility(mspec, result, weights, own)
         self.timer.add("federated_evaluation", t0)
-        t0 = time.perf_counter()
-        audit = self._canary_audit(mspec, result, weights)
-        audit["seconds"] = time.perf_counter() - t0
-        self.timer.add("canary_audit", t0)
+        # the canary audit comes from this mix's audit run (runner: canary_audit)
+        audit = no_audit("the audit run has not finished")
         t0 = time.perf_counter()
         parties = self._party_rows(mspec, weights, view, observed, utility, membership,
                                    inversion, differencing, own)
@@ -292,15 +310,31 @@ class TaskMeasurer:
         return row, roc
 
     def repeat_figures(self, mspec: Any, result: Any) -> dict[str, Any]:
-        """What a repeat of a DP mix is compared on: its accuracy, the graded membership
-        attack on its release and its canary audit (the noise is the only difference)."""
+        """What a repeat of a DP mix is compared on: its accuracy and the graded membership
+        attack on its release (the noise is the only difference); its canary audit's
+        epsilon is filled in from its own audit run (runner)."""
         weights = [np.asarray(w) for w in result.weights]
         membership, _ = self._membership(weights)
-        audit = self._canary_audit(mspec, result, weights)
         return {"accuracy": result.summary.get("final_accuracy"),
                 "membership_auc": membership.get("auc"),
                 "membership_tpr_at_1pct_fpr": membership.get("tpr_at_1pct_fpr"),
-                "empirical_epsilon": audit.get("value")}
+                "empirical_epsilon": None}
+
+    def canary_audit(self, cspec: Any, result: Any, *, graded: Any,
+                     sharing: str) -> dict[str, Any]:
+        """The empirical epsilon of a mix's audit run (canary clients in the run:
+        :mod:`~fedcollab.grading.canaries`), per observer beside the graded run's
+        accountant (``graded``: its summary)."""
+        from fedcollab.grading.canaries import audit_run
+
+        t0 = time.perf_counter()
+        privacy = graded.get("privacy") or {}
+        accountant = self._by_observer(privacy)
+        delta = float(privacy.get("delta") or 1e-5)
+        out = audit_run(cspec, result, initial=self.w0, delta=delta, accountant=accountant,
+                        sharing=sharing, seed=self.spec.seed)
+        self.timer.add("canary_audit", t0)
+        return out
 
     @staticmethod
     def _by_observer(privacy: dict[str, Any]) -> dict[str, Any]:
@@ -312,32 +346,6 @@ class TaskMeasurer:
             return dict(by)
         return {"server": None, "outputs_reader": None, "release_reader": None,
                 "note": "the run has no DP: every observer's epsilon is unbounded"}
-
-    def _canary_audit(self, mspec: Any, result: Any, weights: list[np.ndarray]
-                      ) -> dict[str, Any]:
-        """The one-run canary audit (:mod:`fedcollab.grading.audit`) on the run's release:
-        canaries of the clip norm added to ``w_final - w_0`` as FedAvg would have, in the
-        rounds each would have been sampled, against the noise the run drew."""
-        from fedcollab.grading.audit import canary_audit
-
-        lines = [m for m in result.metrics if int(m.get("accepted", 0)) > 0
-                 and "aborted" not in m and "skipped" not in m]
-        if not lines:
-            return {"value": None, "ci": [None, None], "method": "one-run canary audit",
-                    "note": "no round aggregated"}
-        final = np.concatenate([(np.asarray(w, np.float64) - np.asarray(w0, np.float64)).ravel()
-                                for w, w0 in zip(weights, self.w0)])
-        clip = float(lines[-1].get("clip_norm") or mspec.privacy.dp.clip_norm)
-        rate = float(lines[-1].get("sampling_rate") or min(mspec.fraction, 1.0))
-        delta = float(result.summary["privacy"].get("delta") or 1e-5)
-        canaries = max(50, min(500, final.size // 20))  # few against d: little cross-talk
-        out = canary_audit(final, counts=[float(m["accepted"]) for m in lines], rate=rate,
-                           clip=clip, delta=delta, canaries=canaries,
-                           rng=np.random.default_rng([self.spec.seed, 61])).to_json()
-        out.update(clip_norm=clip, sampling_rate=rate, delta=delta,
-                   note="canaries added to the run's final update after the fact, against "
-                        "the noise the run drew (not clients trained in the run)")
-        return out
 
     def _party_rows(self, mspec: Any, weights: list[np.ndarray], view: Any, observed: Any,
                     utility: dict[str, Any], membership: dict[str, Any],
@@ -420,8 +428,8 @@ class TaskMeasurer:
         """The graded membership attack on the release, one party's members only."""
         from fedcollab.grading.membership import (
             GRADED_ATTACK,
+            MEMBERSHIP_ATTACKS,
             attack_metrics,
-            loss_scores,
             predictor,
         )
 
@@ -437,19 +445,14 @@ class TaskMeasurer:
             return {"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None,
                     "note": "no training example"}
         probs = predictor(self.trainer, weights)(x)
-        out = attack_metrics(loss_scores(probs, y), is_member).to_json()
+        # the graded attack (no shadows of these examples: it needs none)
+        scores = MEMBERSHIP_ATTACKS[GRADED_ATTACK](probs, y, None)
+        out = attack_metrics(scores, is_member).to_json()
         out.update(attack=GRADED_ATTACK, target="released model")
         return out
 
     def _membership(self, weights: list[np.ndarray]) -> tuple[dict[str, Any], Any]:
-        from fedcollab.grading.membership import (
-            GRADED_ATTACK,
-            attack_metrics,
-            lira_scores,
-            logit_confidence,
-            loss_scores,
-            predictor,
-        )
+        from fedcollab.grading.membership import GRADED_ATTACK, predictor, run_attacks
 
         if not self.classification:
             return ({"auc": None, "tpr_at_1pct_fpr": None, "tpr_at_0_1pct_fpr": None,
@@ -457,16 +460,18 @@ class TaskMeasurer:
         x, y = self._mia_pool()
         member = np.arange(len(x)) < len(self.member_idx)
         probs = predictor(self.trainer, weights)(x)
-        loss = attack_metrics(loss_scores(probs, y), member)
         phi, inside = self._shadow_models()
-        lira = attack_metrics(lira_scores(logit_confidence(probs, y), phi, inside), member)
-        graded = {"loss_threshold": loss, "lira": lira}[GRADED_ATTACK]
+        # every registered attack (MEMBERSHIP_ATTACKS), graded on the pre-registered one
+        results = run_attacks(probs, y, member, shadows=(phi, inside))
+        graded = results[GRADED_ATTACK]
         out: dict[str, Any] = dict(graded.to_json())
+        out.update({name: r.to_json() for name, r in results.items()})
         out.update({"attack": GRADED_ATTACK, "pre_registered": True,
-                    "loss_threshold": loss.to_json(), "lira": lira.to_json(),
+                    "attacks": sorted(results),
                     "shadows": int(phi.shape[0]), "members": int(member.sum()),
                     "non_members": int((~member).sum()),
                     "members_available": self.members_available,
+                    "sample_note": self.membership_sample()["note"],
                     "target": "released model"})
         return out, (graded.fpr, graded.tpr)
 
@@ -567,6 +572,12 @@ class TaskMeasurer:
                 if vendor_row.isolated else empty(unchanged, "vendor sites")
         return out
 
+    def _across_rounds_attack(self, mspec: Any, result: Any, view: Any,
+                              observed: Any) -> dict[str, Any]:
+        """:meth:`_across_rounds` as a :data:`DIFFERENCING_ATTACKS` entry (it replays the
+        rounds it needs itself, so it uses neither the round-1 view nor its sum)."""
+        return self._across_rounds(mspec, result)
+
     def _round_start(self, result: Any, round_id: int) -> Any:
         """The global weights round `round_id` started from (its predecessor's checkpoint)."""
         return self.w0 if round_id == 1 else self._checkpoint(result, round_id - 1)
@@ -609,7 +620,7 @@ class TaskMeasurer:
                                 parties=self._parties(self.spec))
         if self.budget.gradient_matching:
             row["gradient_matching"] = self._gradient_matching(view)
-        for r in [row, *row.get("parties", {}).values()]:
+        for r in [row, *row.get("parties", {}).values(), *row.get("by_attack", {}).values()]:
             for key in ("psnr_db", "gain_db"):
                 if r.get(key) is not None and not math.isfinite(r[key]):
                     r[key] = 200.0  # exact: report a finite ceiling (strict JSON)
@@ -714,7 +725,12 @@ class TaskMeasurer:
     def _vendor_membership(self, own: dict[int, list[np.ndarray]]) -> dict[str, Any]:
         """Loss-threshold attack on each vendor site's own model, its training examples
         against as many test examples; the site most exposed is reported."""
-        from fedcollab.grading.membership import attack_metrics, loss_scores, predictor
+        from fedcollab.grading.membership import (
+            GRADED_ATTACK,
+            MEMBERSHIP_ATTACKS,
+            attack_metrics,
+            predictor,
+        )
 
         best: dict[str, Any] = {}
         for pid, mine in own.items():
@@ -723,9 +739,10 @@ class TaskMeasurer:
             x = np.concatenate([x_in[:n], self.data.x_test[self.test_idx][:n]])
             y = np.concatenate([y_in[:n], self.data.y_test[self.test_idx][:n]])
             member = np.arange(len(x)) < n
-            result = attack_metrics(loss_scores(predictor(self.trainer, mine)(x), y), member)
+            probs = predictor(self.trainer, mine)(x)
+            result = attack_metrics(MEMBERSHIP_ATTACKS[GRADED_ATTACK](probs, y, None), member)
             if not best or result.auc > best["auc"]:
-                best = dict(result.to_json(), participant=pid, attack="loss_threshold")
+                best = dict(result.to_json(), participant=pid, attack=GRADED_ATTACK)
         return best
 
     def _utility(self, mspec: Any, result: Any, weights: list[np.ndarray],
@@ -751,3 +768,18 @@ SERVER_ATTACKS: dict[str, ServerAttack] = {
     "lying_server": TaskMeasurer._lying_server,
     "malicious_model": TaskMeasurer._malicious_model,
 }
+
+
+#: Differencing attacks beyond the within-round one (the vendor's aggregate from round
+#: 1's open updates and secure sum, at the top of ``attacks.differencing``): name ->
+#: ``f(measurer, mix spec, run result, round-1 view, the secure sum read off the run
+#: (flat, or None)) -> row``, each row under ``attacks.differencing[name]``. One function
+#: plus one entry. The confidentiality grade is taken on the within-round figure and
+#: on ``across_rounds`` (pre-registered: the worse of the two); other entries are reported
+#: beside them, not graded.
+DifferencingAttack = Callable[[TaskMeasurer, Any, Any, Any, Any], dict[str, Any]]
+DIFFERENCING_ATTACKS: dict[str, DifferencingAttack] = {
+    "across_rounds": TaskMeasurer._across_rounds_attack,
+}
+#: The differencing rows the confidentiality grade reads (besides the within-round one).
+GRADED_DIFFERENCING: tuple[str, ...] = ("across_rounds",)

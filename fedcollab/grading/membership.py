@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 __all__ = ["MembershipResult", "attack_metrics", "loss_scores", "logit_confidence",
            "lira_scores", "train_shadows", "ShadowTrainer", "best_of", "chance_tpr",
            "fresh_weights", "trainer_shadows", "predictor", "clopper_pearson",
-           "auc_interval", "CONFIDENCE", "GRADED_ATTACK"]
+           "auc_interval", "CONFIDENCE", "GRADED_ATTACK", "MEMBERSHIP_ATTACKS",
+           "MembershipAttack", "Shadows", "run_attacks", "sample_note", "WANTED_PER_SIDE"]
 
 #: Two-sided confidence of every interval on the card.
 CONFIDENCE = 0.95
@@ -245,6 +246,101 @@ def best_of(results: Sequence[MembershipResult]) -> MembershipResult:
     """The strongest attack: highest TPR at 0.1% FPR, then highest AUC (for exploration
     only: a grade taken on the best of several attacks is biased upwards)."""
     return max(results, key=lambda r: (r.tpr_at_0_1pct_fpr, r.auc))
+
+
+#: Shadow models' logit-scaled confidences on the attacked examples and which of them
+#: each shadow trained on, both ``(shadows, examples)`` (:func:`train_shadows`).
+Shadows = tuple[np.ndarray, np.ndarray]
+#: A membership attack: ``f(probs, labels, shadows) -> scores`` (higher: more likely a
+#: member) on the target's class probabilities; ``shadows`` is None where none were
+#: trained (an attack that needs them raises ``ValueError``).
+MembershipAttack = Callable[[np.ndarray, np.ndarray, Optional[Shadows]], np.ndarray]
+
+
+def _loss_threshold(probs: np.ndarray, labels: np.ndarray,
+                    shadows: Optional[Shadows]) -> np.ndarray:
+    return loss_scores(probs, labels)
+
+
+def _lira(probs: np.ndarray, labels: np.ndarray, shadows: Optional[Shadows]) -> np.ndarray:
+    if shadows is None:
+        raise ValueError("lira: needs shadow models of the attacked examples")
+    phi, inside = shadows
+    return lira_scores(logit_confidence(probs, labels), phi, inside)
+
+
+#: Membership attacks by name, one function plus one entry each. The grader runs every
+#: entry and reports each beside the graded one; the grade is taken on
+#: :data:`GRADED_ATTACK` alone, fixed before any run (the best of several would be
+#: biased upwards with every entry added).
+MEMBERSHIP_ATTACKS: dict[str, MembershipAttack] = {
+    "loss_threshold": _loss_threshold,
+    "lira": _lira,
+}
+
+
+def run_attacks(probs: np.ndarray, labels: np.ndarray, is_member: np.ndarray, *,
+                shadows: Optional[Shadows] = None,
+                attacks: Optional[Mapping[str, MembershipAttack]] = None
+                ) -> dict[str, MembershipResult]:
+    """Every registered attack's metrics on one target (:data:`MEMBERSHIP_ATTACKS` unless
+    ``attacks`` is given); an attack that needs shadows is left out when there are none.
+
+    Raises:
+        KeyError: the registry lacks :data:`GRADED_ATTACK` (the grade needs it).
+    """
+    chosen = MEMBERSHIP_ATTACKS if attacks is None else attacks
+    if GRADED_ATTACK not in chosen:
+        raise KeyError(f"membership: the graded attack {GRADED_ATTACK!r} is not registered")
+    out: dict[str, MembershipResult] = {}
+    for name, attack in chosen.items():
+        try:
+            scores = attack(probs, labels, shadows)
+        except ValueError:
+            if name == GRADED_ATTACK:
+                raise
+            continue
+        out[name] = attack_metrics(scores, is_member)
+    return out
+
+
+#: Members and non-members wanted on each side: 1000 non-members resolve 0.1% FPR (one
+#: false positive), and the TPR intervals narrow with the members.
+WANTED_PER_SIDE = 1000
+
+
+def sample_note(*, members: int, non_members: int, members_available: int,
+                non_members_available: int, cap: int, train_rows: int,
+                test_rows: int) -> str:
+    """One sentence for the card: how many members and non-members were attacked, and,
+    where fewer than :data:`WANTED_PER_SIDE` on a side, why (the data, or the budget).
+
+    Members are every training example some participant holds, non-members the whole
+    test split, each up to the budget's ``cap``.
+    """
+    text = f"{members} members and {non_members} non-members"
+    short, by_data = [], False
+    for side, used, available, where, rows in (
+            ("members", members, members_available, "training examples the participants "
+             "hold", train_rows),
+            ("non-members", non_members, non_members_available, "test split", test_rows)):
+        if used >= WANTED_PER_SIDE:
+            continue
+        if used < available:
+            short.append(f"{side}: {used} of {available} (the budget's cap of {cap})")
+        else:
+            short.append(f"{side}: every one the data allow (the {where}: {rows} rows)")
+            by_data = True
+    if not short:
+        capped = [s for s, u, a in (("members", members, members_available),
+                                    ("non-members", non_members, non_members_available))
+                  if u < a]
+        return text + (f" (at least {WANTED_PER_SIDE} each; {', '.join(capped)} capped at "
+                       f"the budget's {cap})" if capped else
+                       f" (at least {WANTED_PER_SIDE} each: every one the data allow)")
+    return (text + f": fewer than {WANTED_PER_SIDE} " + "; ".join(short) + (
+        ". A larger dataset or test split gives more (0.1% FPR needs >= 1000 non-members "
+        "to resolve)" if by_data else ""))
 
 
 def fresh_weights(template: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:

@@ -26,7 +26,7 @@ from typing import Any, Collection, Mapping, Optional, Sequence
 import numpy as np
 
 from fedcollab.grading.differencing import DifferencingResult, vendor_by_differencing
-from fedcollab.grading.inversion import invert_per_neuron, invert_single, psnr
+from fedcollab.grading.inversion import psnr
 from fedcollab.job.records import update_sha256
 from fedcollab.spec.roster import Role
 from fedcollab.worker.messages import RoundConfig
@@ -266,11 +266,19 @@ def _score(candidates: np.ndarray, truths: np.ndarray) -> tuple[float, float]:
 def inversion_on_view(view: RoundView, dense: tuple[int, int],
                       parts: Sequence[tuple[np.ndarray, np.ndarray]], mean_image: np.ndarray,
                       *, max_open: int = 3,
-                      parties: Optional[Mapping[str, Collection[int]]] = None) -> dict[str, Any]:
-    """Analytic and per-neuron recovery on open updates (up to `max_open` per party) and on
-    the secure sum; the worst case for the participants is reported, and with ``parties``
-    (name -> its participants) the worst case for each party under ``"parties"``: a
-    reconstruction counts for a party when it recovers one of that party's examples."""
+                      parties: Optional[Mapping[str, Collection[int]]] = None,
+                      attacks: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Every registered inversion attack (:data:`~fedcollab.grading.inversion.
+    INVERSION_ATTACKS` unless ``attacks`` is given) on open updates (up to `max_open` per
+    party) and on the secure sum; the worst case for the participants under the graded
+    attack is reported (each attack's under ``by_attack``), and with ``parties`` (name ->
+    its participants) the graded attack's worst case for each party under ``"parties"``:
+    a reconstruction counts for a party when it recovers one of that party's examples."""
+    from fedcollab.grading.inversion import GRADED_INVERSION, INVERSION_ATTACKS
+
+    chosen_attacks = INVERSION_ATTACKS if attacks is None else attacks
+    if GRADED_INVERSION not in chosen_attacks:
+        raise KeyError(f"inversion: the graded attack {GRADED_INVERSION!r} is not registered")
     k, b = dense
     groups = {name: set(pids) for name, pids in (parties or {}).items()}
     chosen: list[int] = []
@@ -290,35 +298,42 @@ def inversion_on_view(view: RoundView, dense: tuple[int, int],
                        for p in sharing], axis=0)
         targets.append(("dp sum" if view.dp else "secure sum", sharing, kern, bias))
     everyone = set(view.deltas)
-    worst: dict[str, dict[str, Any]] = {}
     base_cache: dict[tuple[int, ...], float] = {}
-    for label, pids, kern, bias in targets:
-        cands = np.concatenate([invert_single(kern, bias)[None, :],
-                                invert_per_neuron(kern, bias)])
-        cands = cands[np.all(np.isfinite(cands), axis=1)]
-        if len(cands) == 0:
-            continue
-        for name, members in [("", everyone), *groups.items()]:
-            who = tuple(p for p in pids if p in members)
-            if not who:
+
+    def worst_of(attack: Any) -> dict[str, dict[str, Any]]:
+        worst: dict[str, dict[str, Any]] = {}
+        for label, pids, kern, bias in targets:
+            cands = np.asarray(attack(kern, bias), np.float64).reshape(-1, kern.shape[0])
+            cands = cands[np.all(np.isfinite(cands), axis=1)]
+            if len(cands) == 0:
                 continue
-            truths = np.concatenate([parts[p][0] for p in who]).reshape(-1, kern.shape[0])
-            rel, best_psnr = _score(cands, truths)
-            if who not in base_cache:
-                base_cache[who] = _score(np.asarray(mean_image, np.float64).reshape(1, -1),
-                                         truths)[1]
-            row: dict[str, Any] = {"psnr_db": best_psnr, "relative_error": rel,
-                                   "exact": rel < 1e-3, "target": label,
-                                   "baseline_psnr_db": base_cache[who],
-                                   "gain_db": best_psnr - base_cache[who],
-                                   "contributors": len(pids)}
-            if name not in worst or row["gain_db"] > worst[name]["gain_db"]:
-                worst[name] = row
+            for name, members in [("", everyone), *groups.items()]:
+                who = tuple(p for p in pids if p in members)
+                if not who:
+                    continue
+                truths = np.concatenate([parts[p][0] for p in who]).reshape(-1, kern.shape[0])
+                rel, best_psnr = _score(cands, truths)
+                if who not in base_cache:
+                    base_cache[who] = _score(np.asarray(mean_image, np.float64).reshape(1, -1),
+                                             truths)[1]
+                row: dict[str, Any] = {"psnr_db": best_psnr, "relative_error": rel,
+                                       "exact": rel < 1e-3, "target": label,
+                                       "baseline_psnr_db": base_cache[who],
+                                       "gain_db": best_psnr - base_cache[who],
+                                       "contributors": len(pids)}
+                if name not in worst or row["gain_db"] > worst[name]["gain_db"]:
+                    worst[name] = row
+        return worst
+
+    results = {name: worst_of(attack) for name, attack in chosen_attacks.items()}
     none = {"psnr_db": None, "relative_error": None, "exact": False, "target": "none",
             "note": "no dense update visible to the server"}
-    out = dict(worst.get("", none))
+    graded = results[GRADED_INVERSION]
+    out = dict(graded.get("", none))
+    out["attack"] = GRADED_INVERSION
+    out["by_attack"] = {name: dict(r.get("", none)) for name, r in results.items()}
     if parties is not None:
-        out["parties"] = {name: worst.get(name, dict(none)) for name in groups}
+        out["parties"] = {name: graded.get(name, dict(none)) for name in groups}
     return out
 
 

@@ -189,6 +189,42 @@ def _party_rows(card: Scorecard) -> list[list[str]]:
     return rows
 
 
+OBSERVER_HEADER = ["mix", "observer", "accountant epsilon",
+                   "empirical epsilon (95% CI; canary clients in the run)", "canaries",
+                   "audit time"]
+
+
+def _observer_rows(card: Scorecard) -> list[list[str]]:
+    """Per mix and observer: the accountant's epsilon beside the canary audit's."""
+    rows = []
+    for m in card.mixes:
+        privacy = m.get("privacy") or {}
+        by = privacy.get("by_observer") or {}
+        audit = privacy.get("empirical_epsilon") or {}
+        audited = audit.get("by_observer") or {}
+        seconds = audit.get("seconds")
+        run = audit.get("run_seconds")
+        when = "–" if seconds is None else (
+            f"{_fmt(float(seconds), 1)} s" + (f" (run {_fmt(float(run), 1)} s)"
+                                              if run is not None else ""))
+        who = (f"{audit.get('canaries')} in ({audit.get('sharing')}) / "
+               f"{audit.get('held_out')} held out" if audit.get("canaries") else "–")
+        for observer in ("server", "outputs_reader", "release_reader"):
+            got = audited.get(observer)
+            if got is None and observer != "server":
+                cell = str(audit.get("note") or "not audited") if observer == \
+                    "release_reader" else "not audited"
+            elif got is None:
+                cell = "not audited (sees single updates)"
+            else:
+                ci = got.get("ci") or [None, None]
+                cell = (f"{_epsilon(got.get('value'))} [{_epsilon(ci[0])}, {_epsilon(ci[1])}]"
+                        f", mu {_fmt(got.get('mu'), 2)}")
+            rows.append([m["name"], observer.replace("_", " "), _epsilon(by.get(observer)),
+                         cell, who, when])
+    return rows
+
+
 REPEAT_HEADER = ["mix", "runs", "accuracy", "membership AUC", "membership TPR@1%FPR",
                  "empirical epsilon"]
 
@@ -234,15 +270,25 @@ HEADER = ["mix", "utility", "membership (95% CI; graded on the bound)",
           "backdoor", "Byzantine", "cost", "replay verified"]
 
 
+def _sample(card: Scorecard) -> str:
+    """The membership sample's sentence (counts, and why fewer than 1000 where so)."""
+    sample = card.settings.get("membership_sample")
+    return str(sample.get("note", "")) if isinstance(sample, Mapping) else ""
+
+
 def render_markdown(card: Scorecard) -> str:
     lines = [f"# Scorecard: {card.spec}", "",
              f"Priority: **{card.priority}**, budget: {card.budget}, "
              f"{card.seconds:.0f} s. Grades A–F per docs/grading.md; ★ recommended.", "",
+             *([f"Membership attacked on {_sample(card)}.", ""] if _sample(card) else []),
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(card)]
     lines += ["", "## Per party", "", "| " + " | ".join(PARTY_HEADER) + " |",
               "|" + "---|" * len(PARTY_HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _party_rows(card)]
+    lines += ["", "## Epsilon per observer: accountant and canary audit", "",
+              "| " + " | ".join(OBSERVER_HEADER) + " |", "|" + "---|" * len(OBSERVER_HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in _observer_rows(card)]
     if card.frontier:
         lines += ["", "## Privacy-utility frontier", "",
                   "| " + " | ".join(FRONTIER_HEADER) + " |", "|" + "---|" * len(FRONTIER_HEADER)]
@@ -423,6 +469,14 @@ def render_html(card: Scorecard, pngs: Mapping[str, bytes]) -> str:
                    + "</tr></thead><tbody>"
                    + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
                              for r in _repeat_rows(card)) + "</tbody></table>")
+    observers = ("<h2>Epsilon per observer: accountant and canary audit</h2>"
+                 "<table id=\"observers\"><thead><tr>"
+                 + "".join(f"<th>{esc(h)}</th>" for h in OBSERVER_HEADER)
+                 + "</tr></thead><tbody>"
+                 + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
+                           for r in _observer_rows(card)) + "</tbody></table>")
+    sample = (f'<p id="membership-sample">Membership attacked on {esc(_sample(card))}.</p>'
+              if _sample(card) else "")
     party_head = "".join(f"<th>{esc(h)}</th>" for h in PARTY_HEADER)
     party_body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
                          for r in _party_rows(card))
@@ -438,9 +492,11 @@ th{{background:#eee}}figure{{display:inline-block;margin:1em}}img{{max-width:540
 <h1>Scorecard: {esc(card.spec)}</h1>
 <p>Priority <b>{esc(card.priority)}</b>, budget {esc(card.budget)}, {card.seconds:.0f} s.
 Grades A–F per docs/grading.md; ★ recommended.</p>
+{sample}
 <table id="mixes"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Per party</h2>
 <table id="parties"><thead><tr>{party_head}</tr></thead><tbody>{party_body}</tbody></table>
+{observers}
 {frontier}
 {repeats}
 <p><b>Pareto front (privacy, utility):</b> {esc(", ".join(card.pareto_front))}</p>

@@ -117,11 +117,13 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
         raise GradeError("no mix can run on this spec: " +
                          "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     repeats = dp_repeats(planned, BUDGETS[budget].dp_repeats)
+    audits = canary_runs([(m, s) for m, s in planned] + [(m, s) for m, s, _ in repeats],
+                         BUDGETS[budget].canaries)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(out) if out is not None else Path("runs") / f"{spec.name}-grade-{stamp}"
     out_dir = out_dir.resolve()
     check_grade_out(out_dir)
-    with _Bar(len(planned) + len(repeats), enabled=progress) as bar:
+    with _Bar(len(planned) + len(repeats) + len(audits), enabled=progress) as bar:
         lock = threading.Lock()
 
         def report(kind: str, name: str) -> None:
@@ -132,7 +134,7 @@ def grade(spec_or_path: Union[str, Path, Any], *, mixes: str = "all",
 
         card = _grade(spec, planned, skipped, priority=priority, budget=budget,
                       out_dir=out_dir, address=address, report=report,
-                      max_parallel=max_parallel, repeats=repeats)
+                      max_parallel=max_parallel, repeats=repeats, audits=audits)
     card = dataclasses.replace(card, out_dir=str(out_dir))
     write_scorecard(card, out_dir)
     return card
@@ -168,6 +170,29 @@ def dp_repeats(planned: Sequence[tuple[Any, Any]], runs: int) -> list[tuple[Any,
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class AuditRun:
+    """A mix's audit run: its spec with canary clients added (``canaries.canary_spec``)."""
+
+    mix: Any          # named ``<mix>+canaries``
+    spec: Any
+    base: str         # the graded mix (or DP repeat) it audits
+    sharing: str      # how the canaries share (open, or inside the secure sum)
+
+
+def canary_runs(mixes: Sequence[tuple[Any, Any]], canaries: int) -> list[AuditRun]:
+    """One audit run per mix (graded mixes and DP repeats): the same spec and seed with
+    ``canaries`` canary clients added to the population."""
+    from fedcollab.grading.canaries import canary_spec
+
+    out = []
+    for mix, mspec in mixes:
+        cspec, sharing = canary_spec(mspec, canaries)
+        out.append(AuditRun(dataclasses.replace(mix, name=f"{mix.name}+canaries"), cspec,
+                            mix.name, sharing))
+    return out
+
+
 def _spread(values: Sequence[Any]) -> dict[str, Any]:
     got = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not got:
@@ -193,7 +218,8 @@ def _attach_repeats(row: dict[str, Any], figures: Sequence[Mapping[str, Any]]) -
 def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: str,
            budget: str, out_dir: Path, address: Optional[str], report: Progress,
            max_parallel: Optional[int] = None,
-           repeats: Sequence[tuple[Any, Any, str]] = ()) -> Scorecard:
+           repeats: Sequence[tuple[Any, Any, str]] = (),
+           audits: Sequence[AuditRun] = ()) -> Scorecard:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fedcollab.cluster.connect import connect
     from fedcollab.cluster.reuse import worker_reuse
@@ -210,8 +236,15 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
     ctx = TaskMeasurer(spec, BUDGETS[budget], timer)
     jobs = [(mix, one_worker(mspec)) for mix, mspec in planned]
     jobs += [(mix, one_worker(mspec)) for mix, mspec, _ in repeats]
+    # the audit runs last: the graded mixes' attacks overlap them
+    jobs += [(a.mix, one_worker(a.spec)) for a in audits]
+    audit_of = {a.mix.name: a for a in audits}
+    finished: dict[str, tuple[Any, Any, Optional[str]]] = {}  # audit runs, by base mix
+    summaries: dict[str, Any] = {}  # graded runs' and repeats' summaries, by name
     repeat_of = {mix.name: base for mix, _, base in repeats}
     repeated: dict[str, list[dict[str, Any]]] = {}
+    repeat_names: dict[str, list[str]] = {}
+    empirical: dict[str, dict[str, Any]] = {}  # each audited mix's empirical epsilon
     measured: dict[int, tuple[Any, Any, Any, dict[str, Any], Any]] = {}
     with connect(address, resources=custom, num_cpus=_embedded_cpus(spec)) as ray, \
             worker_reuse(ray):  # a finished mix's worker starts the next mix's run
@@ -228,10 +261,18 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
             sims: dict[str, Any] = {"backdoor": {}, "byzantine": {}}
             started = False
             for index, mix, mspec, result, error in runs.as_finished():
+                if mix.name in audit_of:
+                    finished[audit_of[mix.name].base] = (mspec, result, error)
+                    # measured now (its graded run usually ended first), beside the runs
+                    _canary_audits(ctx, [audit_of[mix.name]], finished, summaries, empirical)
+                    continue
+                if result is not None:
+                    summaries[mix.name] = result.summary
                 if mix.name in repeat_of:
                     if result is not None:
                         repeated.setdefault(repeat_of[mix.name], []).append(
                             ctx.repeat_figures(mspec, result))
+                        repeat_names.setdefault(repeat_of[mix.name], []).append(mix.name)
                     continue
                 if result is None:
                     skipped[mix.name] = f"run failed: {error}"
@@ -246,6 +287,13 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
         timer.seconds["runs"] = runs.wall_seconds
     if not measured:
         raise GradeError("every mix failed: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    _canary_audits(ctx, audits, finished, summaries, empirical)  # any left
+    for mix, _, _, row, _ in measured.values():
+        row["privacy"]["empirical_epsilon"] = empirical.get(mix.name) or row["privacy"][
+            "empirical_epsilon"]
+    for base, figures in repeated.items():
+        for name, figure in zip(repeat_names.get(base, []), figures):
+            figure["empirical_epsilon"] = (empirical.get(name) or {}).get("value")
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, Any]] = {"accuracy": {}, "roc": {}}
     for index in sorted(measured):  # the planned order, whatever order they finished in
@@ -259,6 +307,25 @@ def _grade(spec: Any, planned: list[Any], skipped: dict[str, str], *, priority: 
     return _finish(spec, rows, skipped, curves, priority=priority, budget=budget,
                    seconds=time.perf_counter() - t_start, timer=timer, non_members=ctx.non_members,
                    settings=ctx.settings())
+
+
+def _canary_audits(ctx: TaskMeasurer, audits: Sequence[AuditRun],
+                   finished: Mapping[str, tuple[Any, Any, Optional[str]]],
+                   summaries: Mapping[str, Any], out: dict[str, dict[str, Any]]) -> None:
+    """Each audited mix's empirical epsilon into ``out`` (by the graded mix's or repeat's
+    name), for the audit runs not measured yet whose graded run has ended."""
+    from fedcollab.grading.canaries import no_audit
+
+    for a in audits:
+        if a.base in out or a.base not in summaries:
+            continue  # done, or its graded run has not ended (or failed: nothing to compare)
+        cspec, result, error = finished.get(a.base, (a.spec, None, "it did not run"))
+        if result is None:
+            out[a.base] = no_audit(f"the audit run with canary clients failed: {error}")
+            continue
+        out[a.base] = ctx.canary_audit(cspec, result, graded=summaries[a.base],
+                                       sharing=a.sharing)
+        out[a.base]["run"] = a.mix.name
 
 
 def _fill(sims: dict[str, Any], done: Mapping[str, Any]) -> None:
@@ -381,7 +448,7 @@ def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curv
             priority: str, budget: str, seconds: float, timer: Timer,
             non_members: int, settings: Optional[Mapping[str, Any]] = None) -> Scorecard:
     from fedcollab.grading.grades import (
-        audit_exceeds,
+        audit_excess,
         grade_mix,
         grade_parties,
         pareto_front,
@@ -398,10 +465,11 @@ def _finish(spec: Any, rows: list[dict[str, Any]], skipped: dict[str, str], curv
                                 baseline_accuracy=base, non_members=non_members)
         for party, grades in grade_parties(r, non_members=non_members).items():
             r["parties"][party]["grades"] = grades
-        if audit_exceeds(r["privacy"]):  # loudly: the run leaks more than it claims
+        for observer, (low, eps) in audit_excess(r["privacy"]).items():
+            # loudly: the run leaks more than it claims
             print(f"fedcollab: warning: mix {r['name']!r}: the canary audit's empirical epsilon "
-                  f"exceeds the accountant's {r['privacy'].get('epsilon')}; privacy budget "
-                  "graded F", file=sys.stderr)
+                  f"for the {observer.replace('_', ' ')} (95% lower bound {low:.3g}) exceeds "
+                  f"the accountant's {eps:.3g}; privacy budget graded F", file=sys.stderr)
     points = {r["name"]: (privacy_score(r["grades"]) or 0.0, r["utility"].get("accuracy") or 0.0)
               for r in rows}
     front = pareto_front(points)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ROLES", "SHARING", "POLICIES", "Role", "Sharing", "SharingPolicy", "policy",
            "ParticipantInfo", "Roster", "roster", "group_sample_sizes", "group_sampling_rates",
-           "expected_participants"]
+           "expected_participants", "DATALESS_BEHAVIOURS", "holds_data"]
 
 
 class Role(str, enum.Enum):
@@ -87,6 +87,18 @@ POLICIES: Mapping[Sharing, SharingPolicy] = MappingProxyType({
     Sharing.OPEN: SharingPolicy(in_clear=True, in_secure_sum=False),
     Sharing.SECURE: SharingPolicy(in_clear=False, in_secure_sum=True),
 })
+
+#: Behaviours whose participants hold no training data and train nothing: probes that
+#: send a fixed update (the grader's canary clients, ``fedcollab.worker.outgoing.PROBES``).
+#: Their group takes no share of the data, so the real participants' data is what it
+#: would be without them.
+DATALESS_BEHAVIOURS: tuple[str, ...] = ("canary",)
+
+
+def holds_data(group: object) -> bool:
+    """Whether a group (a ``GroupSpec``) gets a share of the training data."""
+    return getattr(group, "behaviour", "honest") not in DATALESS_BEHAVIOURS
+
 
 #: The spec's allowed ``role`` and ``sharing`` words (``Choices`` validates against them).
 ROLES = tuple(r.value for r in Role)

@@ -226,7 +226,8 @@ class GroupSpec:
     private_layers: tuple[str, ...] = ()
     resources: Mapping[str, float] = field(default_factory=dict)
     # For robustness experiments and grading: how this group's participants behave
-    # (honest, or an attack from fedcollab.worker.outgoing.ATTACKS).
+    # (honest, an attack from fedcollab.worker.outgoing.ATTACKS, or a probe from its
+    # PROBES: ``canary``, the grader's canary clients, which hold no data).
     behaviour: Annotated[str, Choices("fedcollab.worker.outgoing:BEHAVIOURS")] = "honest"
     attack_scale: float = 10.0
 
@@ -503,7 +504,11 @@ class JobSpec:
             if group.private_layers and group.role != vendor:
                 raise _fail(f"{where}.private_layers",
                             "only a vendor group keeps private layers (role: vendor)")
-            if group.behaviour != "honest" and not sharing.in_clear:
+            dataless = group.behaviour in _registered("fedcollab.spec.roster:DATALESS_BEHAVIOURS")
+            if dataless and group.data_fraction is not None:
+                raise _fail(f"{where}.data_fraction", f"a {group.behaviour!r} group holds no "
+                            "training data; leave data_fraction out")
+            if group.behaviour != "honest" and not dataless and not sharing.in_clear:
                 raise _fail(f"{where}.behaviour", "attacks are simulated for open groups only; "
                             "a secure sum cannot be inspected per participant")
             for key, amount in group.resources.items():
@@ -511,7 +516,9 @@ class JobSpec:
                     raise _fail(f"{where}.resources.{key}", f"got {amount!r}, expected > 0")
         if claimed > 1 + 1e-9:
             raise _fail("participants", f"data_fraction adds up to {claimed:g}, expected <= 1")
-        if claimed >= 1 - 1e-9 and any(g.data_fraction is None for g in self.participants):
+        dataless = _registered("fedcollab.spec.roster:DATALESS_BEHAVIOURS")
+        if claimed >= 1 - 1e-9 and any(g.data_fraction is None and g.behaviour not in dataless
+                                       for g in self.participants):
             raise _fail("participants", "data_fraction adds up to 1, leaving no data for the "
                         "groups without one")
         secure = [g for g in self.participants if _policy(g).in_secure_sum]

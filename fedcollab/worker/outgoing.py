@@ -5,6 +5,9 @@ arrays it shares. :func:`outgoing` turns that into what the server receives:
 
 * a simulated attacker (a group's ``behaviour``) sends its attack instead, chosen
   from the :data:`ATTACKS` registry (an unknown kind raises);
+* a probe (a behaviour of the :data:`PROBES` registry: the grader's canary clients)
+  replaces its update and then goes the honest way, clipped, noised and masked like
+  anyone's, so what the mechanism does to it is what it does to a real participant;
 * an honest participant under DP clips (and, in distributed or local mode, noises)
   its own update before it leaves, so the server never sees it unclipped;
 * an ``open`` participant's update goes out in the clear as an :class:`Update`;
@@ -31,7 +34,8 @@ from fedcollab.types import ParticipantId, Update
 from fedcollab.worker.messages import RoundConfig
 
 __all__ = ["RoundConfig", "Outgoing", "ATTACKS", "BEHAVIOURS", "UnknownAttackError",
-           "attack", "outgoing", "ddg_vector"]
+           "attack", "outgoing", "ddg_vector", "PROBES", "Probe", "canary_direction",
+           "CANARY"]
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -73,8 +77,55 @@ ATTACKS: Mapping[str, Attack] = MappingProxyType({
     "zero": _zero,              # a free rider: no change
 })
 
-#: Every value of a group's ``behaviour``: honest, or one of :data:`ATTACKS`.
-BEHAVIOURS: tuple[str, ...] = ("honest", *ATTACKS)
+
+# ----------------------------------------------------------------------------- probes
+
+#: A probe's update: ``f(raw, pid, seed, clip_norm) -> what it sends`` before the honest
+#: path (clipping, DP noise, masking) takes over.
+Probe = Callable[[list[np.ndarray], int, int, float], list[np.ndarray]]
+
+CANARY = "canary"
+_CANARY_STREAM = 0xCA7A
+
+
+def canary_direction(seed: int, index: int, shapes: Sequence[tuple[int, ...]], *,
+                     held_out: bool = False) -> list[np.ndarray]:
+    """Canary ``index``'s fixed random unit direction over arrays of ``shapes``
+    (isotropic: a normal vector over its norm), from the job seed.
+
+    Inserted canaries are indexed by participant id; held-out ones (``held_out``, the
+    grader's, never sent) by their own count, from a separate stream, so the two never
+    coincide. Andrew et al., "One-shot Empirical Privacy Estimation for Federated
+    Learning" (ICLR 2024): in high dimension such directions are nearly orthogonal to
+    each other and to anything the model learns.
+    """
+    rng = np.random.default_rng([int(seed), _CANARY_STREAM, int(held_out), int(index)])
+    sizes = [int(np.prod(s)) for s in shapes]
+    flat = rng.standard_normal(sum(sizes))
+    flat /= np.linalg.norm(flat)
+    out, start = [], 0
+    for shape, size in zip(shapes, sizes):
+        out.append(flat[start:start + size].reshape(shape).astype(np.float32))
+        start += size
+    return out
+
+
+def _canary(raw: list[np.ndarray], pid: int, seed: int, clip_norm: float) -> list[np.ndarray]:
+    # the most one clipped participant can send: its direction at the clip norm
+    return [clip_norm * d for d in canary_direction(seed, pid, [r.shape for r in raw])]
+
+
+#: Behaviours that replace a participant's update and then go the honest way (clip,
+#: noise, mask): ``canary`` sends :func:`canary_direction` at the clip norm each round
+#: it is sampled. A probe trains nothing and holds no data (the spec's roster gives its
+#: group none, :data:`fedcollab.spec.roster.DATALESS_BEHAVIOURS`).
+PROBES: Mapping[str, Probe] = MappingProxyType({
+    CANARY: _canary,
+})
+
+#: Every value of a group's ``behaviour``: honest, one of :data:`ATTACKS` or of
+#: :data:`PROBES`.
+BEHAVIOURS: tuple[str, ...] = ("honest", *ATTACKS, *PROBES)
 
 
 class UnknownAttackError(FedcollabError):
@@ -149,7 +200,7 @@ def _privatize(raw: list[np.ndarray], config: RoundConfig, rng: np.random.Genera
 def outgoing(raw: Sequence[np.ndarray], *, pid: ParticipantId, shared: Sequence[int],
              shapes: Sequence[tuple[int, ...]], num_samples: int, loss: float, sharing: str,
              behaviour: str, attack_scale: float, config: RoundConfig,
-             rng: np.random.Generator) -> Outgoing:
+             rng: np.random.Generator, seed: int = 0) -> Outgoing:
     """Turn a participant's raw update into what leaves it this round.
 
     Args:
@@ -160,10 +211,11 @@ def outgoing(raw: Sequence[np.ndarray], *, pid: ParticipantId, shared: Sequence[
         num_samples: The participant's training examples.
         loss: Its training loss this round.
         sharing: A :class:`~fedcollab.spec.roster.Sharing` word; its policy decides.
-        behaviour: ``honest`` or a key of :data:`ATTACKS`.
+        behaviour: ``honest`` or a key of :data:`ATTACKS` or :data:`PROBES`.
         attack_scale: The attack's strength (``sign_flip``, ``scale``).
         config: The round's settings from the server (DP mode, C, z, ...).
         rng: Fresh randomness for DP noise (OS entropy: the server must not predict it).
+        seed: The job seed (a probe's fixed direction is drawn from it).
 
     Returns:
         An :class:`Outgoing` with ``update`` (in the clear) or ``secure_vector`` (into
@@ -174,7 +226,10 @@ def outgoing(raw: Sequence[np.ndarray], *, pid: ParticipantId, shared: Sequence[
     """
     sent = list(raw)
     norm = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in sent)))
-    if behaviour != "honest":
+    if behaviour in PROBES:
+        sent = PROBES[behaviour](sent, pid, seed, config.clip_norm)
+        norm = config.clip_norm
+    if behaviour != "honest" and behaviour not in PROBES:
         sent = attack(behaviour, sent, attack_scale)
     elif config.dp_on:
         sent = _privatize(sent, config, rng, sharing=sharing)

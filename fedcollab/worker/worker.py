@@ -27,7 +27,7 @@ from fedcollab.privacy.server import fresh_rng
 from fedcollab.spec.roster import ParticipantInfo, roster
 from fedcollab.types import Update, Weights
 from fedcollab.worker.messages import ModelInfo, RoundConfig, RoundOutput, WorkerConfig
-from fedcollab.worker.outgoing import outgoing
+from fedcollab.worker.outgoing import PROBES, outgoing
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,9 @@ class ParticipantWorker:
                    round_id: int) -> tuple[_Participant, list[np.ndarray], float]:
         part = self._participant(pid)
         start = part.local_start(global_weights)
+        if self.spec.participants[part.info.group].behaviour in PROBES:
+            # a probe (a canary client) trains nothing: its update is replaced anyway
+            return part, [np.asarray(w) for w in start], 0.0
         rng = np.random.default_rng([self.spec.seed, round_id, pid])
         if part.tensors is None:
             part.tensors = self.trainer.tensors(part.x, part.y)
@@ -267,11 +270,15 @@ class ParticipantWorker:
             group = self.spec.participants[part.info.group]
             # DP noise must be unpredictable to the server, which knows the job
             # seed: OS entropy, not the seed (DP runs are not bit-reproducible).
+            # a probe holds no data; it weighs what the heaviest participant may (the
+            # public bound), as it moves the sum by the most a clipped update may
+            samples = self.data.max_samples() if group.behaviour in PROBES else len(part.x)
             sent = outgoing(raw, pid=pid, shared=shared, shapes=self.shapes,
-                            num_samples=len(part.x), loss=loss, sharing=part.info.sharing,
+                            num_samples=samples, loss=loss, sharing=part.info.sharing,
                             behaviour=group.behaviour, attack_scale=group.attack_scale,
                             config=config,
-                            rng=fresh_rng() if config.dp_on else _NO_RNG)
+                            rng=fresh_rng() if config.dp_on else _NO_RNG,
+                            seed=self.spec.seed)
             if sent.update is not None:
                 updates.append(sent.update)
             elif pid in inbox and sent.secure_vector is not None:

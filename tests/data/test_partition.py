@@ -262,3 +262,22 @@ def test_participant_indices_group_too_small_for_its_count_raises() -> None:
     with pytest.raises(SpecError, match=r"participants\.1\.count: 20 participants but the "
                                         r"group holds only \d+ samples"):
         participant_indices(spec, _labels(1000))
+
+
+def test_participant_indices_canary_group_holds_nothing_and_changes_no_one_elses_data() -> None:
+    """The grader's canary clients are extra population members: their group gets no
+    data, and every real participant's indices are what they are without it."""
+    groups = [{"name": "community", "count": 5, "partition": {"kind": "dirichlet"}},
+              {"name": "vendor", "role": "vendor", "count": 3, "data_fraction": 0.25}]
+    plain = spec_from_dict({"name": "t", "task": {"dataset": "digits", "model": "mlp"},
+                            "participants": groups})
+    audited = spec_from_dict({"name": "t", "task": {"dataset": "digits", "model": "mlp"},
+                              "participants": groups + [{"name": "canaries", "count": 50,
+                                                         "behaviour": "canary"}]})
+    labels = _labels(400)
+    before = participant_indices(plain, labels)
+    after = participant_indices(audited, labels)
+    assert len(after) == len(before) + 50
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert all(len(p) == 0 for p in after[len(before):])

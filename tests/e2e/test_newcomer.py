@@ -74,9 +74,12 @@ def test_grade_retries_a_ray_startup_timeout_and_succeeds(tmp_path: Path) -> Non
                         timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "trying again (2/3)" in result.stderr
-    # not a terminal: a plain line per finished mix (item 9)
-    assert any(x.startswith("fedcollab: grade: mix open run (1/1), ")
-               for x in lines(result.stderr)), result.stderr[-2000:]
+    # not a terminal: a plain line per finished run (item 9): the mix and its canary
+    # audit run, in whichever order they end
+    said = [x for x in lines(result.stderr) if x.startswith("fedcollab: grade: mix ")]
+    assert sorted(x.split(" run (")[0] for x in said) == [
+        "fedcollab: grade: mix open", "fedcollab: grade: mix open+canaries"], said
+    assert all("/2), " in x for x in said), said
     assert "Traceback" not in result.stderr
     assert (out / "scorecard.json").is_file()
 

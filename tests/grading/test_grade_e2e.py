@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fedcollab.spec import load_spec
@@ -15,10 +16,22 @@ from tests.contracts import scorecard_problems
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
-                                                              tmp_path: Path) -> None:
+def test_grade_open_and_secure_vendor_finds_differencing_leak(
+        ray_local: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fedcollab.grading import grade
+    from fedcollab.grading.inversion import INVERSION_ATTACKS
+    from fedcollab.grading.measure import DIFFERENCING_ATTACKS
+    from fedcollab.grading.membership import MEMBERSHIP_ATTACKS
 
+    # one function plus one entry per axis: the grader runs what is registered
+    monkeypatch.setitem(MEMBERSHIP_ATTACKS, "max_confidence",
+                        lambda probs, labels, shadows: probs.max(axis=1))
+    monkeypatch.setitem(INVERSION_ATTACKS, "mean_guess",
+                        lambda kern, bias: np.full((1, kern.shape[0]), 0.5))
+    monkeypatch.setitem(DIFFERENCING_ATTACKS, "whole_sum",
+                        lambda ctx, mspec, result, view, observed:
+                        {"sum_norm": None if observed is None
+                         else float(np.linalg.norm(observed))})
     spec = load_spec("examples/community-vendor.yaml", ["rounds=3"])
     seen: list[tuple[str, str]] = []
     card = grade(spec, mixes="open,secure-vendor", out=tmp_path, progress=False,
@@ -67,6 +80,21 @@ def test_grade_open_and_secure_vendor_finds_differencing_leak(ray_local: Any,
     assert vendor_secure["parties"]["vendor"]["grades"]["inversion:malicious_model"] == "F"
     observers = vendor_secure["parties"]["vendor"]["attacks"]["differencing"]["observers"]
     assert observers["server_with_one_community"]["colluders"] == 1
+    # the canary audit: canary clients in a second run of each mix, > 0 without DP
+    for name, mix in mixes.items():
+        audit = mix["privacy"]["empirical_epsilon"]
+        assert audit["run"] == f"{name}+canaries" and audit["canaries"] == 100
+        assert set(audit["by_observer"]) == {"release_reader", "outputs_reader"}
+        assert audit["value"] > 0 and audit["ci"][0] > 0 and audit["seconds"] > 0
+        assert (tmp_path / "mixes" / f"{name}+canaries" / "summary.json").exists()
+    assert "canary_audit" in data["per_attack_seconds"]
+    # the registered extra attacks were run and reported; the grades stay on the graded
+    membership = mixes["open"]["attacks"]["membership"]
+    assert membership["attack"] == "loss_threshold" and "max_confidence" in membership
+    assert 0 <= membership["max_confidence"]["auc"] <= 1
+    inversion = mixes["open"]["attacks"]["inversion"]
+    assert inversion["attack"] == "passive" and "mean_guess" in inversion["by_attack"]
+    assert vendor_secure["attacks"]["differencing"]["whole_sum"]["sum_norm"] > 0
 
 
 def test_cli_grade_unknown_mix_is_one_line_exit_2(tmp_path: Path) -> None:

@@ -214,6 +214,29 @@ def test_an_audit_above_the_accountant_fails_the_privacy_budget() -> None:
                      baseline_accuracy=0.6, non_members=300)["privacy_budget"] == "F"
 
 
+def test_an_audit_above_the_accountant_for_any_observer_fails_and_names_it() -> None:
+    """Per observer: the release reader's audit against the release reader's epsilon,
+    the outputs reader's (every round's model) against the outputs reader's."""
+    from fedcollab.grading.grades import audit_excess
+
+    mix = _mix("dp", 0.80, 0.9, False)
+    mix["privacy"]["by_observer"] = {"server": 5.0, "outputs_reader": 5.0,
+                                     "release_reader": 2.0}
+    audit = {"value": 1.0, "ci": [0.5, 1.5], "by_observer": {
+        "release_reader": {"value": 1.0, "ci": [0.5, 1.5]},
+        "outputs_reader": {"value": 4.0, "ci": [3.0, 4.5]}}}
+    mix["privacy"]["empirical_epsilon"] = audit
+    assert audit_excess(mix["privacy"]) == {}
+    audit["by_observer"]["outputs_reader"]["ci"] = [5.5, 7.0]
+    assert audit_excess(mix["privacy"]) == {"outputs_reader": (5.5, 5.0)}
+    assert grade_mix(mix, reference_cost=mix["cost"], best_accuracy=0.93,
+                     baseline_accuracy=0.6, non_members=300)["privacy_budget"] == "F"
+    mix["privacy"]["by_observer"] = {"server": None, "outputs_reader": None,
+                                     "release_reader": None}
+    mix["privacy"]["epsilon"] = None  # no DP: nothing claimed, nothing contradicted
+    assert audit_excess(mix["privacy"]) == {}
+
+
 def test_a_mix_below_half_the_best_accuracy_is_never_recommended_while_another_is_left() -> None:
     # private in every way but at chance accuracy (a frontier point at epsilon 1)
     useless = _mix("secure-all-dp@eps=1", 0.05, 0.8, False)
@@ -222,3 +245,30 @@ def test_a_mix_below_half_the_best_accuracy_is_never_recommended_while_another_i
         rec = recommend([useless, useful], ["secure-all-dp@eps=1", "open"], priority,
                         scenario="test")
         assert rec["mix"] == "open", priority
+
+
+def test_the_grader_says_loudly_which_observer_the_audit_contradicts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An audit above the accountant: one stderr line per observer, privacy budget F."""
+    from fedcollab.grading.measure import Timer
+    from fedcollab.grading.runner import _finish
+    from fedcollab.spec import load_spec
+    from tests.grading.test_report import _parties
+
+    rows = [_mix("open", 0.93, None, True), _mix("secure-vendor-dp", 0.80, 0.9, False)]
+    for r in rows:
+        r["parties"] = _parties(r)
+    dp = rows[1]["privacy"]
+    dp["by_observer"] = {"server": 0.9, "outputs_reader": 0.9, "release_reader": 0.9}
+    dp["empirical_epsilon"] = {"value": 2.0, "ci": [1.5, 2.5], "by_observer": {
+        "release_reader": {"value": 2.0, "ci": [1.5, 2.5]},
+        "outputs_reader": {"value": 0.5, "ci": [0.2, 0.8]}}}
+    card = _finish(load_spec("examples/community-vendor.yaml"), rows, {},
+                   {"accuracy": {}, "roc": {}}, priority="balanced", budget="fast",
+                   seconds=1.0, timer=Timer(), non_members=360)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fedcollab: warning: mix 'secure-vendor-dp': the canary audit's empirical "
+                   "epsilon for the release reader (95% lower bound 1.5) exceeds the "
+                   "accountant's 0.9; privacy budget graded F"]
+    assert card.mixes[1]["grades"]["privacy_budget"] == "F"
+    assert card.mixes[0]["grades"]["privacy_budget"] == "F"  # no DP: no claim at all

@@ -92,3 +92,29 @@ def test_gradient_matching_beats_random_guess_on_one_example() -> None:
     guess = score_reconstructions(np.random.default_rng(1).uniform(0, 1, (1, 64)), xs)
     print(f"DLG rel err {attack.relative_error:.3f} vs random {guess.relative_error:.3f}")
     assert attack.relative_error < guess.relative_error
+
+
+def test_inversion_on_view_runs_a_new_registry_entry_beside_the_graded_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One function plus one entry: an attack that only guesses the mean input is run on
+    every update the server saw and reported under ``by_attack``; the grade's figures
+    stay the pre-registered passive attack's (an open one-example update: exact)."""
+    from fedcollab.grading.inversion import GRADED_INVERSION, INVERSION_ATTACKS
+    from fedcollab.grading.replay import RoundView, inversion_on_view
+
+    ups, xs, (k, b), _ = _single_example_updates(2)
+    flat = xs.reshape(len(xs), -1)
+    mean = flat.mean(axis=0)
+
+    def mean_guess(kern: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        return mean[None, :]
+
+    monkeypatch.setitem(INVERSION_ATTACKS, "mean_guess", mean_guess)
+    deltas = {p: list(u) for p, u in enumerate(ups)}
+    view = RoundView(deltas, deltas, {0: 1.0, 1: 1.0}, [0, 1], [], [], False, True)
+    parts = [(flat[i:i + 1], np.zeros(1)) for i in range(2)]
+    row = inversion_on_view(view, (k, b), parts, mean, parties={"community": [0, 1]})
+    assert row["attack"] == GRADED_INVERSION and row["exact"] is True
+    assert set(row["by_attack"]) == {GRADED_INVERSION, "mean_guess"}
+    assert row["by_attack"]["mean_guess"]["gain_db"] < 1.0  # the mean learns nothing
+    assert row["parties"]["community"]["exact"] is True

@@ -109,3 +109,31 @@ def test_fresh_weights_shapes_and_zero_biases() -> None:
                         np.random.default_rng(0))
     assert out[0].shape == (4, 3) and out[0].dtype == np.float32
     assert np.all(out[1] == 0) and np.abs(out[0]).max() <= np.sqrt(6 / 7)
+
+
+def test_run_attacks_picks_up_a_new_registry_entry_and_keeps_the_graded_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One function plus one entry: a confidence-threshold attack registered here is run
+    and reported beside the others; the graded attack stays the pre-registered one."""
+    from fedcollab.grading.membership import (
+        GRADED_ATTACK,
+        MEMBERSHIP_ATTACKS,
+        run_attacks,
+    )
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    member = np.arange(400) < 200
+    probs = rng.dirichlet(np.ones(3), 400)
+    probs[member, labels[member]] += 2.0  # members are predicted confidently
+    probs /= probs.sum(axis=1, keepdims=True)
+
+    def confidence(p: np.ndarray, y: np.ndarray, shadows: object) -> np.ndarray:
+        return p.max(axis=1)
+
+    monkeypatch.setitem(MEMBERSHIP_ATTACKS, "max_confidence", confidence)
+    got = run_attacks(probs, labels, member)  # no shadows: lira is left out
+    assert set(got) == {GRADED_ATTACK, "max_confidence"}
+    assert got["max_confidence"].auc > 0.75 and got[GRADED_ATTACK].auc > 0.9
+    with pytest.raises(KeyError, match="graded attack"):
+        run_attacks(probs, labels, member, attacks={"max_confidence": confidence})

@@ -133,6 +133,8 @@ def test_scorecard_html_in_headless_chromium_plots_load_mixes_listed_no_errors(
             "return document.getElementById('mixes').innerText")
         parties = driver.execute_script(
             "return document.getElementById('parties').innerText")
+        observers = driver.execute_script(
+            "return document.getElementById('observers').innerText")
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         driver.save_screenshot(str(tmp_path / "scorecard.png"))
         shot = os.environ.get("FEDCOLLAB_SCREENSHOT")
@@ -145,6 +147,7 @@ def test_scorecard_html_in_headless_chromium_plots_load_mixes_listed_no_errors(
     for m in card.mixes:
         assert m["name"] in table
     assert "vendor (3)" in parties and "community (8)" in parties
+    assert "release reader" in observers and "outputs reader" in observers
     assert errors == [], errors
     assert selenium is not None
 
@@ -174,3 +177,40 @@ def test_report_shows_the_malicious_model_row_and_the_dp_repeats(tmp_path: Path)
     assert "4 of 120 examples within 10% (3 exact) from the secure sum, only one member" in text
     assert "| secure-vendor-dp | 3 | 0.600 ± 0.100 [0.500, 0.700] |" in text
     assert 'id="repeats"' in files["html"].read_text()
+
+
+def test_report_puts_the_canary_audit_beside_the_accountant_per_observer(
+        tmp_path: Path) -> None:
+    """#29: per mix and observer, the accountant's epsilon and the in-run canary audit's
+    (with its interval, canaries and run time) side by side, in Markdown and HTML."""
+    card = _card()
+    dp = card.mixes[2]
+    dp["privacy"]["by_observer"] = {"server": 30.1, "outputs_reader": 30.1,
+                                    "release_reader": 30.1}
+    dp["privacy"]["empirical_epsilon"] = {
+        "value": 7.6, "ci": [6.2, 14.2], "canaries": 100, "held_out": 1000,
+        "sharing": "secure", "seconds": 15.7, "run_seconds": 14.1,
+        "by_observer": {"release_reader": {"value": 7.6, "ci": [6.2, 14.2], "mu": 1.45},
+                        "outputs_reader": {"value": 4.5, "ci": [2.6, 8.5], "mu": 0.7}}}
+    files = write_scorecard(card, tmp_path)
+    text = files["md"].read_text()
+    assert ("| secure-vendor-dp | release reader | 30.10 | 7.60 [6.20, 14.20], mu 1.45 | "
+            "100 in (secure) / 1000 held out | 15.7 s (run 14.1 s) |") in text
+    assert "| secure-vendor-dp | outputs reader | 30.10 | 4.50 [2.60, 8.50], mu 0.70 |" in text
+    assert "| open | release reader | ∞ |" in text
+    assert 'id="observers"' in files["html"].read_text()
+
+
+def test_report_states_both_membership_counts_and_why_fewer_than_1000(tmp_path: Path) -> None:
+    import dataclasses
+
+    from fedcollab.grading.membership import sample_note
+
+    note = sample_note(members=1437, non_members=360, members_available=1437,
+                       non_members_available=360, cap=5000, train_rows=1437, test_rows=360)
+    card = dataclasses.replace(_card(), settings={"membership_sample": {
+        "members": 1437, "non_members": 360, "note": note}})
+    files = write_scorecard(card, tmp_path)
+    assert f"Membership attacked on {note}." in files["md"].read_text()
+    html = files["html"].read_text()
+    assert 'id="membership-sample"' in html and "(the test split: 360 rows)" in html

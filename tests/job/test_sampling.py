@@ -180,3 +180,19 @@ def test_sample_participants_secure_group_never_below_min_group(round_id: int) -
     chosen = sample_participants(roster(spec), spec, round_id=round_id)
 
     assert _per_group(spec, chosen) == [5, 3, 3]
+
+
+def test_sample_participants_canary_group_last_changes_no_real_participants_sample() -> None:
+    """The grader's canary clients join as one more group after the others: each round
+    the real participants sampled are those sampled without them, and the canaries are
+    sampled at the same fraction as everyone."""
+    groups = [{"name": "community", "count": 20},
+              {"name": "vendor", "role": "vendor", "count": 6, "sharing": "secure"}]
+    plain = _spec(groups, fraction=0.5)
+    audited = _spec(groups + [{"name": "canaries", "count": 40, "behaviour": "canary"}],
+                    fraction=0.5)
+    for r in range(1, 6):
+        before = sample_participants(roster(plain), plain, r)
+        after = sample_participants(roster(audited), audited, r)
+        assert [p for p in after if p < 26] == before
+        assert len([p for p in after if p >= 26]) == 20

@@ -345,3 +345,23 @@ def test_spec_krum_f_is_checked_against_every_set_of_open_sharers() -> None:
     with pytest.raises(SpecError, match=r"multi_krum_m: got 6, but the open groups send at most 5"):
         spec_from_dict(_spec(participants=groups, aggregation={
             "rule": "multi_krum", "krum_f": 1, "multi_krum_m": 6}))
+
+
+def test_spec_canary_group_may_be_secure_but_holds_no_data_fraction() -> None:
+    """Canary clients (the grader's probes) go through the secure sum like anyone; they
+    hold no data, so a data_fraction is refused, and a real attack stays open-only."""
+    from fedcollab.spec import SpecError
+
+    vendor = _group(name="vendor", role="vendor", count=3, sharing="secure")
+    ok = spec_from_dict(_spec(participants=[_group(), vendor, _group(
+        name="canaries", count=20, sharing="secure", behaviour="canary")]))
+    assert ok.participants[-1].behaviour == "canary"
+    with pytest.raises(SpecError, match=r"participants\.1\.data_fraction: .*holds no"):
+        spec_from_dict(_spec(participants=[_group(), _group(
+            name="canaries", behaviour="canary", data_fraction=0.1)]))
+    with pytest.raises(SpecError, match=r"participants\.1\.behaviour: attacks are simulated"):
+        spec_from_dict(_spec(participants=[_group(), dict(vendor, behaviour="sign_flip")]))
+    # the other groups may claim all the data: the canaries need none
+    whole = spec_from_dict(_spec(participants=[_group(data_fraction=1.0), _group(
+        name="canaries", behaviour="canary")]))
+    assert whole.total_participants == 8  # 4 + 4 canaries
