@@ -7,8 +7,10 @@ for every frame that comes in: parse it at the edge (size caps, certificates),
 decide with the pure :func:`fedcollab.silo.check.check`, persist the state before
 answering, append the decision to ``audit.jsonl``, and answer with a Decision.
 
-A skeleton: it decides and answers, it does not yet train or run secure
-aggregation (docs/cross-silo.md).
+Given the vendor's own copy of the job (``silo serve --spec``), a
+:class:`~fedcollab.silo.vendor.VendorHost` trains, masks and answers secure stages
+for the frames the check allows, and every update it produces is checked again
+(``Egress``) and audited before it leaves; without one the gateway only decides.
 """
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ import datetime
 import queue
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from fedcollab.silo.audit import AuditLog
-from fedcollab.silo.check import Allow, Decision, Pending, check
+from fedcollab.silo.check import Allow, Decision, Pending, Refuse, check
 from fedcollab.silo.errors import SiloError
 from fedcollab.silo.limits import MAX_COORDINATOR_FRAME, MAX_GATEWAY_FRAME
 from fedcollab.silo.policy import Policy
@@ -65,7 +67,8 @@ class Gateway:
     """One vendor's gateway; :meth:`run` holds one connection to its end."""
 
     def __init__(self, *, policy: Policy, coordinator: str, cert: Path, key: Path,
-                 coordinator_ca: Path, trusted_cas: Sequence[Path], state_dir: Path) -> None:
+                 coordinator_ca: Path, trusted_cas: Sequence[Path], state_dir: Path,
+                 vendor: Optional[Callable[[str], Any]] = None) -> None:
         from fedcollab.service.certs import CertError, party_name
 
         self.policy, self.coordinator = policy, coordinator
@@ -86,11 +89,32 @@ class Gateway:
         self._state_path = self.state_dir / "state.json"
         self.state = load_state(self._state_path)
         self.audit = AuditLog(self.state_dir / "audit.jsonl")
+        # the vendor's participants (fedcollab.silo.vendor.VendorHost), built from the
+        # fingerprint of the trusted CA its own certificate chains to
+        self.vendor = vendor(self.own_ca()) if vendor is not None else None
+
+    def own_ca(self) -> str:
+        """The fingerprint of the trusted CA the gateway's own certificate chains to
+        ("" if none does): the vendor's own sites carry this identity."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from fedcollab._proto.fedcollab.v1 import silo_pb2
+        from fedcollab.silo.wire import member_of
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        der = x509.load_pem_x509_certificate(self._cert).public_bytes(Encoding.DER)
+        return member_of(silo_pb2.Identity(party=self.party, certificate_der=der),
+                         self._cas, now).ca_sha256
 
     def _decide(self, inbound_frame: Any, now: datetime.datetime) -> tuple[Any, Decision]:
         inbound = from_message(inbound_frame, trusted_cas=self._cas, now=now)
         if inbound.frame is None:
             return inbound, Allow(self.state)
+        if self.vendor is not None:  # what only the vendor's own copy of the job knows
+            inbound = self.vendor.before(inbound_frame, inbound)
+            if isinstance(inbound, Refuse):
+                return None, inbound
         decision = check(self.policy, self.state, inbound.frame)
         if isinstance(decision, Allow) and decision.state != self.state:
             save_state(self._state_path, decision.state)  # before acting on it
@@ -137,10 +161,10 @@ class Gateway:
                     now = datetime.datetime.now(datetime.timezone.utc)
                     try:
                         inbound, decision = self._decide(incoming, now)
+                        if inbound is None:  # the vendor's own check refused it
+                            inbound = from_message(incoming, trusted_cas=self._cas, now=now)
                         kind, job, rnd = inbound.kind, inbound.job_id, inbound.round_id
                     except MalformedFrameError as err:
-                        from fedcollab.silo.check import Refuse
-
                         decision = Refuse("malformed", str(err))
                         kind, job, rnd = "malformed", "", 0
                     fields = self.audit_decision(incoming.SerializeToString(), decision,
@@ -148,6 +172,15 @@ class Gateway:
                     counts[fields] += 1
                     if kind == "welcome":
                         continue
+                    if self.vendor is not None and isinstance(decision, Allow):
+                        body, after = self.vendor.act(incoming, inbound, self.decide_out)
+                        if body is not None:
+                            for message in body.values():
+                                message.answers_seq = incoming.seq
+                            send(**body)
+                            if after is not None:
+                                after()
+                            continue
                     verdict = {"allow": silo_pb2.Decision.ALLOW,
                                "refuse": silo_pb2.Decision.REFUSE,
                                "pending": silo_pb2.Decision.PENDING}[fields]
@@ -160,6 +193,18 @@ class Gateway:
                 outbox.put(_END)
         return GatewayReport(self.party, frames, counts["allow"], counts["refuse"],
                              counts["pending"])
+
+    def decide_out(self, frame: Any, data: bytes) -> Decision:
+        """Decide an outbound frame (an update about to leave) by the policy, persist
+        the state before it leaves, and audit it (direction "out")."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        decision = check(self.policy, self.state, frame)
+        if isinstance(decision, Allow) and decision.state != self.state:
+            save_state(self._state_path, decision.state)
+            self.state = decision.state
+        self.audit.append(frame=data, decision=decision, direction="out", kind="egress",
+                          job_id=frame.job_id, round_id=frame.round_id, time=now.timestamp())
+        return decision
 
     def audit_decision(self, frame: bytes, decision: Decision, kind: str, job: str,
                        round_id: int, now: datetime.datetime) -> str:
