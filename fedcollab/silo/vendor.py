@@ -246,6 +246,8 @@ class VendorHost:
         Egress check allows it (once per round: one contribution per global model)."""
         pids = sorted(p for p in rnd.participants if p in inbox)
         out = self.worker.train_round(rnd.weights, rnd.round_id, pids, rnd.config, inbox)
+        # the sites' private layers stay here: saved in the vendor's own state directory
+        self.worker.save_private(rnd.round_id, rnd.round_id)
         reply.precomputed = out.precomputed
         for pid, seconds in out.seconds.items():
             reply.seconds[pid] = seconds
