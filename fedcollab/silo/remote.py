@@ -277,18 +277,20 @@ class SiloPool:
         layers = self._info.layers
         arrays = [(layers[i], weights[i]) for i in self._shared]
         self._model = shared_sha256(arrays)
-        reply = self._ask("round_start", self._deadline, round_start=silo_pb2.RoundStart(
+        start = self._send("round_start", round_start=silo_pb2.RoundStart(
             job_id=self.job_id, round_id=round_id, global_model_sha256=self._model,
             weights=[tensor_to_proto(name, a) for name, a in arrays],
             deadline_unix=time.time() + self.deadline, config=config_to_proto(config),
             participants=remote))
-        self._require(reply, "decision", "round_start")
         members = [silo_pb2.Identity(party=site_name(self.party, p)) if p in self.pids
                    else silo_pb2.Identity(party=f"participant/{p}", simulated=True)
                    for p in self._roster]
-        reply = self._ask("roster", self._deadline, roster=silo_pb2.Roster(
+        # sent behind the start without waiting for its answer (the gateway decides
+        # frames in order, and refuses a roster for a round it did not start)
+        listed = self._send("roster", roster=silo_pb2.Roster(
             job_id=self.job_id, round_id=round_id, members=members))
-        self._require(reply, "decision", "roster")
+        self._require(self._wait("round_start", start), "decision", "round_start")
+        self._require(self._wait("roster", listed), "decision", "roster")
 
     def submit_train(self, weights: Weights, round_id: int, chosen: Sequence[int],
                      config: RoundConfig, inbox: Mapping[int, bytes]) -> None:
@@ -328,21 +330,24 @@ class SiloPool:
         from fedcollab._proto.fedcollab.v1 import silo_pb2
 
         remote = {p: m for p, m in messages.items() if p in self.pids}
-        seq = None
+        seq = asked = None
         if remote and self._active:
             if stage == "unmask" and not self._revealed:
                 names = {p: site_name(self.party, p) if p in self.pids else f"participant/{p}"
                          for p in self._roster}
                 survivors = sorted(self._survived)
-                reply = self._ask("unmask_request", self._deadline, unmask=silo_pb2.UnmaskRequest(
+                # the stage follows without waiting: the gateway refuses an unmask stage
+                # unless this request passed its checks first
+                asked = self._send("unmask_request", unmask=silo_pb2.UnmaskRequest(
                     job_id=self.job_id, round_id=round_id,
                     survivors=[names[p] for p in survivors],
                     dropped=[names[p] for p in self._roster if p not in self._survived]))
-                self._require(reply, "decision", "unmask")
                 self._revealed = True
             request = self._stage_request(stage, remote)
             request.prepare_next = prepare_next
             seq = self._send(stage, stage=request)
+            if asked is not None:
+                self._require(self._wait("unmask_request", asked), "decision", "unmask")
         mine = {p: m for p, m in messages.items() if p not in self.pids}
         out = (self.local.secure_stage(stage, round_id, mine, prepare_next=prepare_next)
                if mine else StageReplies())

@@ -226,6 +226,9 @@ class VendorHost:
         messages = {int(m.participant): bytes(m.payload) for m in body.messages}
         if body.stage == "train":
             self._train(rnd, messages, reply, decide_out)
+            # the sites' private layers stay here, saved in the vendor's own state
+            # directory once the reply is on its way (the coordinator does not wait)
+            after = lambda: self._save_private(rnd.round_id)  # noqa: E731
         else:
             got = self.worker.secure_stage(body.stage, rnd.round_id, messages)
             _add(reply, body, {p: r for p, r in got.items() if isinstance(r, bytes)})
@@ -237,6 +240,9 @@ class VendorHost:
                 after = lambda: self._prepare(pids)  # noqa: E731 - once the reply left
         return {"stage_reply": reply}, after
 
+    def _save_private(self, round_id: int) -> None:
+        self.worker.save_private(round_id, round_id)
+
     def _prepare(self, pids: list[int]) -> None:
         self.worker.secure_prepare(pids)
 
@@ -246,8 +252,6 @@ class VendorHost:
         Egress check allows it (once per round: one contribution per global model)."""
         pids = sorted(p for p in rnd.participants if p in inbox)
         out = self.worker.train_round(rnd.weights, rnd.round_id, pids, rnd.config, inbox)
-        # the sites' private layers stay here: saved in the vendor's own state directory
-        self.worker.save_private(rnd.round_id, rnd.round_id)
         reply.precomputed = out.precomputed
         for pid, seconds in out.seconds.items():
             reply.seconds[pid] = seconds
