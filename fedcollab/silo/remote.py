@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from fedcollab.secure.errors import RoundAbortedError
 from fedcollab.silo.errors import SiloError
 from fedcollab.silo.link import LinkLost, LinkTimeout, SiloLink
 from fedcollab.silo.terms import (
@@ -202,13 +203,21 @@ class SiloPool:
         """Pin one secure group in the local workers and the vendor's participants:
         the identity registry of both (each party's keys from the party that hosts
         them), one graph seed, and the job id derived from the silo job's."""
-        from fedcollab._proto.fedcollab.v1 import silo_pb2
-
-        local: Any = self.local
+        local: Any = self.local  # a Hosting: the job's own workers
         members, graph_seed, malicious = local.secure_terms
-        if not members or getattr(local, "_pinned", False):
+        if not members or local.pinned:
             local.setup_identities()  # workers a heal replaced get the pinned setup
             return
+        try:
+            self._setup(local, members, graph_seed, malicious)
+        except RoundAbortedError as err:  # before any round: the job cannot start
+            raise SiloError(f"silo: the secure group's setup with {self.party!r}: "
+                            f"{err}") from None
+
+    def _setup(self, local: Any, members: list[int], graph_seed: bytes,
+               malicious: bool) -> None:
+        from fedcollab._proto.fedcollab.v1 import silo_pb2
+
         remote = [p for p in members if p in self.pids]
         deadline = time.monotonic() + self.deadline
         registry: dict[int, bytes] = {}
@@ -443,8 +452,6 @@ class SiloPool:
             pass
 
     def _abort(self, what: str, reason: str) -> Exception:
-        from fedcollab.secure.errors import RoundAbortedError
-
         if not self._offered:
             return SiloError(f"silo: {what}: {reason}")
         return RoundAbortedError(f"round {self._round}: silo {what}: {reason}",

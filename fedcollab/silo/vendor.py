@@ -65,6 +65,7 @@ class _Round:
     weights: list[np.ndarray]
     config: RoundConfig
     participants: tuple[int, ...]
+    masked: frozenset[int] = frozenset()   # the sites whose masked input left this round
 
 
 class VendorHost:
@@ -137,7 +138,23 @@ class VendorHost:
         elif kind == "round_start":
             return self._check_weights(body) or inbound
         elif kind == "roster":
+            rnd = self._round
+            sampled = set(rnd.participants) if rnd is not None else set()
+            named = {int(m.party.rsplit("/", 1)[1]) for m in body.members
+                     if m.party.rsplit("/", 1)[0] == self.party
+                     and m.party.rsplit("/", 1)[-1].isdigit()}
+            idle = sorted(named - sampled)
+            if idle:  # its own idle sites would count toward min_group without taking part
+                return Refuse("min_group", f"the roster names the vendor's site {idle[0]}, "
+                              "which this round did not sample")
             return replace(inbound, frame=self._own_sites(inbound.frame))
+        elif kind == "unmask":
+            rnd = self._round
+            own = {site_name(self.party, p) for p in self.pids}
+            claimed = {s for s in body.survivors if s in own}
+            if rnd is None or not claimed <= {site_name(self.party, p) for p in rnd.masked}:
+                return Refuse("unmask", "the unmask request names a vendor site as a survivor "
+                              "whose masked input never left")
         elif kind == "stage":
             outside = sorted(set(inbound.frame.participants) - self.pids)
             if outside:
@@ -277,6 +294,7 @@ class VendorHost:
                 reply.failed[pid] = why
             return
         _add(reply, reply, dict(out.masked))
+        rnd.masked = frozenset(out.masked)
 
 
 def _add(reply: Any, where: Any, payloads: Mapping[int, bytes]) -> None:

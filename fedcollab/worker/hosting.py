@@ -148,6 +148,11 @@ class Hosting:
         self._unprovisioned.clear()
 
     @property
+    def pinned(self) -> bool:
+        """The secure group's setup is pinned in this pool's workers."""
+        return self._pinned
+
+    @property
     def secure_terms(self) -> tuple[list[int], bytes, bool]:
         """What a secure group's setup pins besides the job id and registry: its
         members, the graph seed, and whether identities are collected (malicious)."""

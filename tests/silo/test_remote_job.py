@@ -84,12 +84,12 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
     yield {"root": root, "coord": coord, "vendor": vendor, "pki": root / "pki"}
 
 
-def _start_coordinator(sites: dict[str, Path], out: str, *extra: str, spec: str = "job.yaml"
-                       ) -> tuple[subprocess.Popen[str], str]:
+def _start_coordinator(sites: dict[str, Path], out: str, *extra: str, spec: str = "job.yaml",
+                       transport: str = "inprocess") -> tuple[subprocess.Popen[str], str]:
     pki = sites["pki"]
     err = (sites["coord"] / f"{out}.err").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedcollab.cli", "run", spec, "--transport", "inprocess",
+        [sys.executable, "-m", "fedcollab.cli", "run", spec, "--transport", transport,
          "--out", out, "--quiet", "--silo-listen", "127.0.0.1:0",
          "--silo-cert", str(pki / "coordinator.pem"), "--silo-key", str(pki / "coordinator.key"),
          "--silo-ca", str(pki / "ca.pem"), "--silo-wait", "180", *extra],
@@ -232,3 +232,23 @@ def test_remote_vendor_silent_past_the_deadline_aborts_the_round(sites: dict[str
         # the model is unchanged: the same held-out figures as the last round that ran
         assert (m["loss"], m["accuracy"]) == (lines[first - 1]["loss"],
                                               lines[first - 1]["accuracy"])
+
+
+@pytest.mark.ray
+def test_remote_vendor_beside_the_coordinators_embedded_ray_same_weights(
+        sites: dict[str, Path]) -> None:
+    """The coordinator's community on its own embedded Ray (the default transport),
+    the vendor in its own process tree: the same weights as the embedded run."""
+    coordinator, address = _start_coordinator(sites, "on-ray", transport="ray")
+    vendor = _start_vendor(sites, address, "on-ray-state")
+    v_out, v_err = vendor.communicate(timeout=300)
+    coordinator.communicate(timeout=300)
+
+    assert vendor.returncode == 0, v_err
+    assert coordinator.returncode == 0, (sites["coord"] / "on-ray.err").read_text()
+    coord = sites["coord"]
+    embedded = json.loads((coord / "embedded" / "release" / "manifest.json").read_text())
+    remote = json.loads((coord / "on-ray" / "release" / "manifest.json").read_text())
+    assert remote["weights_sha256"] == embedded["weights_sha256"]
+    workers = json.loads((coord / "on-ray" / "summary.json").read_text())["workers"]
+    assert [w["node_id"] for w in workers if w.get("device") == "remote"] == ["silo:vendor"]
