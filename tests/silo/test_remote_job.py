@@ -132,11 +132,17 @@ def _listening(pid: int) -> list[Any]:
     return found
 
 
-def _windows(array: np.ndarray, size: int = 16) -> list[bytes]:
-    """Byte patterns of a float32 tensor: 16-byte runs from several places in it."""
-    raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
-    step = max(4, (len(raw) - size) // 8 // 4 * 4)
-    return [raw[i:i + size] for i in range(0, len(raw) - size + 1, step)]
+def _windows(array: np.ndarray, size: int = 4) -> list[bytes]:
+    """Byte patterns of a float32 tensor: runs of ``size`` distinct non-zero values
+    (16 bytes) from all over it (zeros, e.g. the update of a pixel that is always
+    blank, are in any file)."""
+    flat = np.ascontiguousarray(array, dtype="<f4").reshape(-1)
+    out = []
+    for i in range(0, flat.size - size + 1, size):
+        run = flat[i:i + size]
+        if np.all(run != 0) and len(set(run.tolist())) == size:
+            out.append(run.tobytes())
+    return out
 
 
 def _records(path: Path) -> list[bytes]:
@@ -146,6 +152,25 @@ def _records(path: Path) -> list[bytes]:
         out.append(data[at + 4:at + 4 + n])
         at += 4 + n
     return out
+
+
+def _round_one_updates(spec_path: Path, work: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The model's initial weights (public: every party builds them from the seed) and
+    the vendor sites' unmasked round-1 updates over the shared layer, recomputed here:
+    round 1 trains from the initial weights, the same on both sides (the weights_sha256
+    equality says training is deterministic)."""
+    from fedcollab.spec import load_spec, spec_to_dict
+    from fedcollab.worker.messages import WorkerConfig
+    from fedcollab.worker.worker import ParticipantWorker
+
+    spec = load_spec(spec_path)
+    worker = ParticipantWorker(WorkerConfig(spec_to_dict(spec), (8, 9, 10), str(work), 0))
+    start = worker.model_info().weights
+    updates = []
+    for pid in (8, 9, 10):
+        _, trained, _ = worker._train_one(pid, worker.trainer.feed(start), 1)
+        updates += [np.asarray(trained[i]) - start[i] for i in (0, 1)]  # hidden: shared
+    return start, updates
 
 
 def test_remote_vendor_same_weights_policy_hash_and_nothing_private_leaves(
@@ -190,7 +215,15 @@ def test_remote_vendor_same_weights_policy_hash_and_nothing_private_leaves(
     private = sorted((sites["vendor"] / "vendor-state" / "work" / "checkpoints" / "private")
                      .glob("participant-*-round-00003.npz"))
     assert len(private) == 3  # the vendor's three sites kept their head
-    patterns = [w for path in private for a in load_npz(path)[0].values() for w in _windows(a)]
+    initial, updates = _round_one_updates(sites["vendor"] / "job.yaml", sites["root"] / "work")
+    public = b"".join(np.ascontiguousarray(w, dtype="<f4").tobytes() for w in initial)
+    # the private head's values a site never moved from the initial weights (units it
+    # never activates) are public; every value it trained must not reach the coordinator
+    patterns = [w for path in private for a in load_npz(path)[0].values()
+                for w in _windows(a) if w not in public]
+    assert len(patterns) > 300  # most of the 3 x 650 values of the head were trained
+    assert all(np.abs(u).max() > 0 for u in updates)
+    patterns += [w for u in updates for w in _windows(u)]
     received = (coord / "received.bin").read_bytes()
     written = b"".join(p.read_bytes() for p in (coord / "remote").rglob("*") if p.is_file())
     assert patterns and not any(w in received or w in written for w in patterns)
