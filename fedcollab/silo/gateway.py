@@ -177,6 +177,13 @@ class Gateway:
                         if body is not None:
                             for message in body.values():
                                 message.answers_seq = incoming.seq
+                            refused = body.get("decision")
+                            if refused is not None:  # a participant could not do it
+                                self.audit_decision(
+                                    incoming.SerializeToString(),
+                                    Refuse("participant", refused.reason), kind, job, rnd, now)
+                                counts["allow"] -= 1  # allowed by the policy, not done
+                                counts["refuse"] += 1
                             send(**body)
                             if after is not None:
                                 after()

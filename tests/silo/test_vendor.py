@@ -132,3 +132,22 @@ def test_vendor_unmask_naming_a_site_whose_input_never_left_refused(host: Any) -
 
     assert not isinstance(_before(host, unmask=request), Refuse)
     _refused(_before(host, unmask=lying), "unmask")
+
+
+def test_vendor_setup_its_participants_cannot_pin_is_refused(host: Any) -> None:
+    from fedcollab.silo.terms import secure_job_id
+
+    setup = silo_pb2.GroupSetup(job_id="job-1", members=[8, 9, 10], graph_seed=b"s" * 32,
+                                secure_job_id=secure_job_id("job-1"),
+                                registry={8: b"not an Ed25519 public key"})
+    message = silo_pb2.CoordinatorFrame(sender="coordinator", seq=3, setup=setup)
+    inbound = from_message(message, trusted_cas={},
+                           now=datetime.datetime.now(datetime.timezone.utc))
+
+    def no_egress(frame: Any, data: bytes) -> Any:
+        raise AssertionError("nothing may leave at setup")
+
+    body, after = host.act(message, inbound, no_egress)
+
+    assert after is None and body["decision"].verdict == silo_pb2.Decision.REFUSE
+    assert body["decision"].reason.startswith("setup: SecAggConfigError")
