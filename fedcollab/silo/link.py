@@ -182,7 +182,7 @@ class SiloLink:
                 if stream is not None and seq in stream.replies:
                     return stream.replies.pop(seq)
                 if stream is None or stream.lost is not None:
-                    raise LinkLost(f"silo: the link to {party!r} ended"
+                    raise LinkLost(f"silo: the link to {party!r} is down"
                                    + (f" ({stream.lost})" if stream and stream.lost else ""))
                 left = deadline - time.monotonic()
                 if left <= 0:

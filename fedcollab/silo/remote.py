@@ -452,6 +452,7 @@ class SiloPool:
             pass
 
     def _abort(self, what: str, reason: str) -> Exception:
+        reason = reason.removeprefix("silo: ")
         if not self._offered:
             return SiloError(f"silo: {what}: {reason}")
         return RoundAbortedError(f"round {self._round}: silo {what}: {reason}",

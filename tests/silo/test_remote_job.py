@@ -235,32 +235,38 @@ def test_remote_vendor_same_weights_policy_hash_and_nothing_private_leaves(
     assert sum(e["direction"] == "out" and e["decision"] == "allow" for e in audit) == 3
 
 
-def test_remote_vendor_silent_past_the_deadline_aborts_the_round(sites: dict[str, Path]) -> None:
+@pytest.mark.parametrize("how, words", [
+    (signal.SIGSTOP, "did not answer by the round's deadline (2 s)"),  # a black-holed link
+    (signal.SIGKILL, "the link to 'vendor' is down"),                 # a killed gateway
+])
+def test_remote_vendor_lost_mid_job_aborts_rounds_by_the_deadline(
+        sites: dict[str, Path], how: int, words: str) -> None:
     for side in ("coord", "vendor"):
         _spec(sites[side] / "job6.yaml", rounds=6)
-    coordinator, address = _start_coordinator(sites, "stalled", "--silo-deadline", "2",
+    out = f"lost-{how}"
+    coordinator, address = _start_coordinator(sites, out, "--silo-deadline", "2",
                                               spec="job6.yaml")
-    vendor = _start_vendor(sites, address, "stalled-state", spec="job6.yaml")
-    metrics = sites["coord"] / "stalled" / "metrics.jsonl"
+    vendor = _start_vendor(sites, address, f"{out}-state", spec="job6.yaml")
+    metrics = sites["coord"] / out / "metrics.jsonl"
     try:
         end = time.monotonic() + 240
         while time.monotonic() < end and not (metrics.exists() and metrics.read_text()):
-            assert coordinator.poll() is None, (sites["coord"] / "stalled.err").read_text()
+            assert coordinator.poll() is None, (sites["coord"] / f"{out}.err").read_text()
             time.sleep(0.05)
-        os.kill(vendor.pid, signal.SIGSTOP)  # a black-holed vendor: the link stays up
+        os.kill(vendor.pid, how)
         coordinator.communicate(timeout=120)
     finally:
         os.kill(vendor.pid, signal.SIGKILL)
         vendor.wait()
 
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
-    assert coordinator.returncode == 0, (sites["coord"] / "stalled.err").read_text()
+    assert coordinator.returncode == 0, (sites["coord"] / f"{out}.err").read_text()
     assert [m["round"] for m in lines] == [1, 2, 3, 4, 5, 6]
     assert "aborted" not in lines[0]
-    first = next(i for i, m in enumerate(lines) if "aborted" in m)  # once silent, always
+    first = next(i for i, m in enumerate(lines) if "aborted" in m)  # once lost, always
     assert first < 6 and all("aborted" in m for m in lines[first:])
     for m in lines[first:]:
-        assert "did not answer by the round's deadline (2 s)" in m["aborted"]
+        assert words in m["aborted"]
         assert m["seconds"] < 2 + 10  # no hang beyond the deadline + 10 s
         # the model is unchanged: the same held-out figures as the last round that ran
         assert (m["loss"], m["accuracy"]) == (lines[first - 1]["loss"],
