@@ -279,10 +279,13 @@ class VendorHost:
         if not out.masked:
             return
         config = rnd.config
+        # the noise the sites themselves add (central DP: the server's, which the vendor
+        # cannot see, so none of its own) and the clip they apply (none without DP)
+        own_noise = config.dp_on and config.dp_mode != "central"
         egress = Egress(job_id=rnd.job_id, round_id=rnd.round_id,
                         global_model_sha256=rnd.model_sha256, encoding=MASKED,
                         layers=tuple(dict.fromkeys(self.layers[i] for i in self.shared)),
-                        noise_multiplier=config.noise_multiplier if config.dp_on else 0.0,
+                        noise_multiplier=config.noise_multiplier if own_noise else 0.0,
                         clip_norm=config.clip_norm if config.dp_on else math.inf,
                         max_abs=max(out.max_abs.values(), default=0.0))
         data = b"".join(out.masked[p] for p in sorted(out.masked))

@@ -107,11 +107,11 @@ def _start_coordinator(sites: dict[str, Path], out: str, *extra: str, spec: str 
     raise AssertionError(f"the coordinator did not listen: {said}")
 
 
-def _start_vendor(sites: dict[str, Path], address: str, state: str, spec: str = "job.yaml"
-                  ) -> subprocess.Popen[str]:
+def _start_vendor(sites: dict[str, Path], address: str, state: str, spec: str = "job.yaml",
+                  policy: str = "vendor-policy.yaml") -> subprocess.Popen[str]:
     pki = sites["pki"]
     return subprocess.Popen(
-        [sys.executable, "-m", "fedcollab.cli", "silo", "serve", "--policy", "vendor-policy.yaml",
+        [sys.executable, "-m", "fedcollab.cli", "silo", "serve", "--policy", policy,
          "--spec", spec, "--coordinator", address, "--cert", str(pki / "vendor.pem"),
          "--key", str(pki / "vendor.key"), "--coordinator-ca", str(pki / "ca.pem"),
          "--trusted-ca", str(pki / "ca.pem"), "--state-dir", state, "--timeout", "240"],
@@ -271,6 +271,26 @@ def test_remote_vendor_lost_mid_job_aborts_rounds_by_the_deadline(
         # the model is unchanged: the same held-out figures as the last round that ran
         assert (m["loss"], m["accuracy"]) == (lines[first - 1]["loss"],
                                               lines[first - 1]["accuracy"])
+
+
+def test_remote_vendor_refusing_the_offer_fails_the_job_in_one_line(
+        sites: dict[str, Path]) -> None:
+    policy = yaml.safe_load((sites["vendor"] / "vendor-policy.yaml").read_text())
+    policy["dp"] = {"min_noise_multiplier": 1.0, "max_clip_norm": 1.0, "epsilon_budget": 8.0,
+                    "delta": 1e-5}  # a DP floor the job (no DP) does not meet
+    (sites["vendor"] / "floor-policy.yaml").write_text(yaml.safe_dump(policy))
+    coordinator, address = _start_coordinator(sites, "refused")
+    vendor = _start_vendor(sites, address, "refused-state", policy="floor-policy.yaml")
+    v_out, v_err = vendor.communicate(timeout=240)
+    coordinator.communicate(timeout=240)
+    c_err = (sites["coord"] / "refused.err").read_text()
+
+    assert coordinator.returncode == 1 and vendor.returncode == 0, v_err
+    last = c_err.strip().splitlines()[-1]
+    assert last.startswith("fedcollab: error: silo: the offer of job ")
+    assert "was refused by the vendor: noise multiplier 0.0 is below the policy's floor" in last
+    assert "Traceback" not in c_err and "1 refused" in v_out
+    assert not (sites["coord"] / "refused" / "release").exists()
 
 
 @pytest.mark.ray
