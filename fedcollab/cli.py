@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from fedcollab.errors import FedcollabError, Terminated, raise_on_sigterm
 from fedcollab.types import GRADE_BUDGETS
@@ -68,6 +68,32 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no progress (a bar on a terminal, else a line per round)")
     run.add_argument("--resume", action="store_true",
                      help="continue from the last checkpoint in --out")
+    run.add_argument("--transport", choices=("ray", "inprocess"), default="ray",
+                     help="where the job's own participants run: Ray (default) or this "
+                          "process (no Ray: small jobs, debugging)")
+    silo = run.add_argument_group(
+        "cross-silo", "the vendor's participants run on its own infrastructure and are reached "
+        "over a mutual-TLS link its gateway dials (`fedcollab silo serve`, docs/cross-silo.md)")
+    silo.add_argument("--silo-listen", default=None, metavar="HOST:PORT",
+                      help="serve the silo link here (port 0: a free one, printed on stderr); "
+                           "the vendor group's participants are then remote")
+    silo.add_argument("--silo-cert", type=Path, default=None,
+                      help="the coordinator's party certificate (`fedcollab certs issue --party`)")
+    silo.add_argument("--silo-key", type=Path, default=None, help="its key")
+    silo.add_argument("--silo-ca", type=Path, default=None,
+                      help="the CA the vendor's certificate must chain to")
+    silo.add_argument("--silo-party", default="vendor",
+                      help="the vendor's party name (its certificate's; default vendor)")
+    silo.add_argument("--silo-group", action="append", default=[],
+                      help="a spec group the vendor hosts (repeatable; default: role vendor)")
+    silo.add_argument("--silo-wait", type=float, default=300.0,
+                      help="seconds to wait for the vendor to join and answer the offer")
+    silo.add_argument("--silo-deadline", type=float, default=300.0,
+                      help="seconds a round waits for the vendor before it aborts (model "
+                           "unchanged)")
+    silo.add_argument("--silo-record", type=Path, default=None,
+                      help="append every byte received on the link to this file (evidence of "
+                           "what the vendor sent)")
 
     validate = _command(sub, "validate", "check a job spec without running it")
     _spec_args(validate)
@@ -151,7 +177,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         result = run_job(spec, RunOptions(out_dir=args.out, address=args.address,
-                                          quiet=args.quiet, resume=args.resume))
+                                          quiet=args.quiet, resume=args.resume,
+                                          transport=args.transport, remote=_silo(args)))
     except JobAlreadyFinished as done:
         print(f"fedcollab: {done}")
         return 0
@@ -162,6 +189,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"{s['rounds_seconds']:.2f} s in rounds{_epsilon_words(s['privacy'])} "
           f"-> {result.out_dir}")
     return 0
+
+
+class UsageError(FedcollabError):
+    """Command-line options that do not go together (bad input: exit 2)."""
+
+    exit_code = 2
+
+
+def _silo(args: argparse.Namespace) -> Any:
+    """The remote participants `--silo-listen` asks for (None without it)."""
+    given = [name for name in ("silo_cert", "silo_key", "silo_ca") if getattr(args, name)]
+    if not args.silo_listen:
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} needs --silo-listen")
+        return None
+    missing = [name for name in ("silo_cert", "silo_key", "silo_ca") if not getattr(args, name)]
+    if missing:
+        raise UsageError(f"--silo-listen needs --{missing[0].replace('_', '-')}")
+    if args.resume:
+        raise UsageError("--resume is not supported with --silo-listen yet (docs/cross-silo.md)")
+    from fedcollab.silo.remote import SiloParticipants
+
+    return SiloParticipants(listen=args.silo_listen, cert=args.silo_cert, key=args.silo_key,
+                            client_ca=args.silo_ca, party=args.silo_party,
+                            groups=args.silo_group, join_timeout=args.silo_wait,
+                            deadline=args.silo_deadline, record=args.silo_record)
 
 
 def _epsilon_words(privacy: dict) -> str:

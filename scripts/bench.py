@@ -996,6 +996,108 @@ def bench_secure_round_ddg(rounds: int = 5) -> None:
           gauss["final_accuracy"], "steady_ms": _steady_phases_ms(ddg["metrics"])})
 
 
+def _silo_cli(*args: str, cwd: Path) -> None:
+    subprocess.run([sys.executable, "-m", "fedcollab.cli", *args], cwd=cwd, check=True,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _silo_remote_run(root: Path, out: str, state: str, env: dict[str, str]) -> Path:
+    """One run of the job with the vendor remote: the coordinator on its embedded Ray,
+    the vendor's gateway as a second process tree; the coordinator's output dir."""
+    pki = root / "pki"
+    err = root / f"{out}.err"
+    with err.open("w") as handle:
+        coordinator = subprocess.Popen(
+            [sys.executable, "-m", "fedcollab.cli", "run", "job.yaml", "--quiet", "--out", out,
+             "--silo-listen", "127.0.0.1:0", "--silo-cert", str(pki / "coordinator.pem"),
+             "--silo-key", str(pki / "coordinator.key"), "--silo-ca", str(pki / "ca.pem")],
+            cwd=root / "coordinator", env=env, stdout=subprocess.DEVNULL, stderr=handle)
+    deadline = time.monotonic() + 300
+    while "listening on " not in err.read_text():
+        if coordinator.poll() is not None or time.monotonic() > deadline:
+            coordinator.kill()
+            raise RuntimeError(f"cross_silo: the coordinator did not listen: {err.read_text()}")
+        time.sleep(0.2)
+    address = err.read_text().split("listening on ")[1].split()[0]
+    subprocess.run([sys.executable, "-m", "fedcollab.cli", "silo", "serve", "--policy",
+                    "policy.yaml", "--spec", "job.yaml", "--coordinator", address,
+                    "--cert", str(pki / "vendor.pem"), "--key", str(pki / "vendor.key"),
+                    "--coordinator-ca", str(pki / "ca.pem"), "--trusted-ca",
+                    str(pki / "ca.pem"), "--state-dir", state], cwd=root / "vendor",
+                   env=env, check=True, capture_output=True)
+    if coordinator.wait(timeout=300) != 0:
+        raise RuntimeError(f"cross_silo: the coordinator failed: {err.read_text()}")
+    return root / "coordinator" / out
+
+
+def bench_cross_silo(rounds: int = 20, repeats: int = 2) -> None:
+    """The default job with the vendor remote over loopback (coordinator `fedcollab run
+    --silo-listen` on its embedded Ray, vendor `fedcollab silo serve --spec` in its own
+    process tree with its in-process worker) against the same job embedded, in this
+    same run, each `repeats` times alternating, each keeping its fastest: seconds per
+    round of each, their ratio, and the link's bytes per round for each stage (down:
+    coordinator to vendor; up: vendor to coordinator)."""
+    import yaml
+
+    from fedcollab.service.certs import fingerprint
+    from fedcollab.silo.terms import architecture_sha256
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    doc = yaml.safe_load((ROOT / "examples" / "community-vendor.yaml").read_text())
+    doc["rounds"] = rounds
+    embedded: list[float] = []
+    remote: list[float] = []
+    same: list[bool] = []
+    with tempfile.TemporaryDirectory(prefix="fedcollab-bench-silo-") as tmp:
+        root = Path(tmp)
+        (root / "coordinator").mkdir()
+        (root / "vendor").mkdir()
+        for side in ("coordinator", "vendor"):
+            (root / side / "job.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        _silo_cli("certs", "init", "--dir", "pki", cwd=root)
+        for party in ("coordinator", "vendor"):
+            _silo_cli("certs", "issue", "--dir", "pki", "--name", party, "--party", cwd=root)
+        lines: list[dict[str, Any]] = []
+        for i in range(repeats):
+            _silo_cli("run", "job.yaml", "--quiet", "--out", f"embedded-{i}",
+                      cwd=root / "coordinator")
+            out = root / "coordinator" / f"embedded-{i}"
+            embedded.append(json.loads((out / "summary.json").read_text())["seconds_per_round"])
+            manifest = json.loads((out / "release" / "manifest.json").read_text())
+            if i == 0:
+                weights = manifest["weights"]
+                model = architecture_sha256(doc["task"]["model"],
+                                            [w["name"].split("/")[0] for w in weights],
+                                            [w["shape"] for w in weights],
+                                            [w["dtype"] for w in weights])
+                policy = {"party": "vendor", "share_only": ["hidden"], "min_group": 3,
+                          "trusted_cas": [fingerprint((root / "pki" / "ca.pem").read_bytes())],
+                          "dp": {"min_noise_multiplier": 0, "max_clip_norm": float("inf"),
+                                 "epsilon_budget": float("inf"), "delta": 1e-5},
+                          "approved_models": [model]}
+                (root / "vendor" / "policy.yaml").write_text(yaml.safe_dump(policy))
+            done = _silo_remote_run(root, f"remote-{i}", f"state-{i}", env)
+            remote.append(json.loads((done / "summary.json").read_text())["seconds_per_round"])
+            same.append(json.loads((done / "release" / "manifest.json").read_text())
+                        ["weights_sha256"] == manifest["weights_sha256"])
+            if remote[-1] == min(remote):
+                lines = [json.loads(x) for x in (done / "metrics.jsonl").read_text().splitlines()]
+    per_stage: dict[str, dict[str, float]] = {}
+    for line in lines:
+        for stage, count in line["placement"]["silo"]["vendor"]["bytes"].items():
+            into = per_stage.setdefault(stage, {"up": 0.0, "down": 0.0})
+            into["up"] += count["up"] / len(lines)
+            into["down"] += count["down"] / len(lines)
+    emit({"bench": "cross_silo", "rounds": rounds,
+          "remote_seconds_per_round": min(remote),
+          "embedded_seconds_per_round": min(embedded),
+          "ratio": min(remote) / min(embedded),
+          "bytes_per_stage": {k: {d: round(v) for d, v in c.items()}
+                              for k, c in per_stage.items()},
+          "same_weights": all(same), "repeats": repeats,
+          "all_seconds": {"remote": remote, "embedded": embedded},
+          "load_average_1m": os.getloadavg()[0]})
+
 BENCHES: dict[str, Callable[[], None]] = {
     "fedavg_vs_reference": bench_fedavg_vs_reference,
     "memory": bench_memory,
@@ -1014,11 +1116,12 @@ BENCHES: dict[str, Callable[[], None]] = {
     "service_burst": bench_service_burst,
     "scale": bench_scale,
     "secure_floor": bench_secure_floor,
+    "cross_silo": bench_cross_silo,
 }
 
 
 OWN_PROCESSES = frozenset({"cold_start", "service_load", "service_watchers",
-                           "service_latency", "service_burst"})
+                           "service_latency", "service_burst", "cross_silo"})
 
 
 def main() -> int:

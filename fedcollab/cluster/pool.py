@@ -91,6 +91,7 @@ class WorkerPool(Hosting):
             reservation's place (they hold no CPU of their own) and are configured
             only once it is granted; no worker is parked at the end.
         on_wait: Called with one line if the reservation has to wait for other jobs.
+        exclude: Participants this pool does not host (they run in a remote silo).
 
     Raises:
         fedcollab.cluster.placement.ClusterError: The spec pins groups to a resource no node has.
@@ -99,7 +100,8 @@ class WorkerPool(Hosting):
     def __init__(self, ray: Any, spec: JobSpec, people: Sequence[ParticipantInfo],
                  out_dir: Path, *, resume_round: int = 0, spares: Sequence[Any] = (),
                  wait: bool = True, reserve: bool = False,
-                 on_wait: Callable[[str], None] | None = None) -> None:
+                 on_wait: Callable[[str], None] | None = None,
+                 exclude: frozenset[int] = frozenset()) -> None:
         from fedcollab.spec import spec_to_dict
 
         self.ray = ray
@@ -108,7 +110,10 @@ class WorkerPool(Hosting):
         self.out_dir = Path(out_dir)
         self.committed = resume_round
         cpus = float(ray.cluster_resources().get("CPU", 1))
-        self.plan = plan_workers(spec, people, cpus)
+        # participants hosted elsewhere (a remote silo) are left out of the plan
+        self.plan = [(res, [p for p in pids if p not in exclude])
+                     for res, pids in plan_workers(spec, people, cpus)]
+        self.plan = [(res, pids) for res, pids in self.plan if pids]
         from fedcollab.cluster.placement import check_placement, reserved_nodes, worker_requests
 
         # A request the cluster can never satisfy fails now, in one line, instead of

@@ -169,6 +169,13 @@ def write_release(release_dir: Path, *, model: Any, weights: Sequence[np.ndarray
                         if summary.get(k) is not None},
             "versions": _versions(),
         }
+        # cross-silo: what each remote party promised to enforce (its policy's sha256)
+        # and the fedcollab it runs, from its Join (docs/cross-silo.md)
+        parties = [{k: w.get(k) for k in ("party", "policy_sha256", "fedcollab_version")}
+                   for w in summary.get("workers", []) if isinstance(w, Mapping)
+                   and "policy_sha256" in w]
+        if parties:
+            manifest["silo_parties"] = parties
         manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
         (tmp / MANIFEST).write_bytes(manifest_bytes)
         if sign:

@@ -122,6 +122,8 @@ class RoundLoop:
         secure = SecureRound(self.secure, r, self._secure_members(chosen), config, self.shapes)
         out: Optional[RoundOutput] = None
         try:
+            # a remote silo's round starts here; it can abort the round like a stage
+            self.pool.begin_round(r, self.weights, chosen, config)
             out = self._train(r, chosen, config, secure)
             secured = secure.finish(out)
         except self._aborts as err:

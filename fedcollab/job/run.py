@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import numpy as np
 
@@ -53,6 +53,20 @@ class JobFailedError(FedcollabError):
     """The job ran but learned nothing (every update of every round was refused)."""
 
 
+class RemoteParticipants(Protocol):
+    """Participants that run elsewhere, reached over a link (a vendor's silo:
+    :class:`fedcollab.silo.remote.SiloParticipants`): the job's own workers do not
+    host them, and the pool it builds wraps theirs."""
+
+    def pids(self, spec: JobSpec) -> frozenset[int]:
+        """The roster indices hosted remotely."""
+        ...
+
+    def pool(self, local: Pool, spec: JobSpec, out_dir: Path) -> Pool:
+        """The job's pool: ``local`` (the other participants) and the remote ones."""
+        ...
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How to run a job (the spec says what to run)."""
@@ -74,6 +88,8 @@ class RunOptions:
     # where the participants run: "ray" (a cluster, or an embedded Ray) or "inprocess"
     # (this process: no Ray; for debugging, tests and one-host runs of small jobs)
     transport: str = "ray"
+    # participants hosted elsewhere (docs/cross-silo.md): `fedcollab run --silo-listen`
+    remote: Optional[RemoteParticipants] = None
 
 
 @dataclass(frozen=True)
@@ -405,21 +421,33 @@ def _start_pool(ray: Any, spec: JobSpec, plan: OutDirPlan, options: RunOptions,
     people = roster(spec)
     resume_round = _committed_round(plan)
     resuming = f" (resuming after round {resume_round})" if resume_round else ""
+    remote = options.remote
+    elsewhere = remote.pids(spec) if remote is not None else frozenset()
+    local: Pool
     if ray is None:
         from fedcollab.worker.inprocess import InProcessPool
 
-        hosted = [pids for _, pids in plan_workers(spec, people, _embedded_cpus(spec))]
+        # the embedded plan less the remote participants: the local ones are hosted as
+        # in an embedded run, so their updates come back in the same order
+        hosted = [[p for p in pids if p not in elsewhere]
+                  for _, pids in plan_workers(spec, people, _embedded_cpus(spec))]
+        hosted = [pids for pids in hosted if pids]
         say(f"loading {len(hosted)} workers in this process for {len(people)} "
             f"participants{resuming}")
-        return InProcessPool(spec, plan.path.resolve(), hosted=hosted,
-                             resume_round=resume_round)
-    from fedcollab.cluster.pool import WorkerPool
+        local = InProcessPool(spec, plan.path.resolve(), hosted=hosted,
+                              resume_round=resume_round)
+    else:
+        from fedcollab.cluster.pool import WorkerPool
 
-    pool = WorkerPool(ray, spec, people, plan.path.resolve(), resume_round=resume_round,
-                      spares=options.spares, wait=False, reserve=options.reserve,
-                      on_wait=None if options.quiet else _waiting)
-    say(f"starting {len(pool)} workers for {len(people)} participants{resuming}")
-    return pool
+        pool = WorkerPool(ray, spec, people, plan.path.resolve(), resume_round=resume_round,
+                          spares=options.spares, wait=False, reserve=options.reserve,
+                          on_wait=None if options.quiet else _waiting, exclude=elsewhere)
+        say(f"starting {len(pool)} workers for {len(people)} participants{resuming}")
+        local = pool
+    if remote is None:
+        return local
+    say(f"{len(elsewhere)} participants are remote (cross-silo)")
+    return remote.pool(local, spec, plan.path.resolve())
 
 
 def _waiting(message: str) -> None:

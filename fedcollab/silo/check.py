@@ -41,11 +41,15 @@ from typing import Optional, Union
 
 from fedcollab.silo.frames import (
     MASKED,
+    ROUND_STAGES,
     SECURE_PROTOCOLS,
+    SETUP_STAGES,
     Egress,
+    GroupSetup,
     Offer,
     Roster,
     RoundStart,
+    Stage,
     UnmaskRequest,
     offer_sha256,
 )
@@ -310,14 +314,45 @@ def _egress(policy: Policy, state: SiloState, frame: Egress) -> Decision:
     return Allow(state.with_job(frame.job_id, updated).spend(frame.noise_multiplier))
 
 
+def _stage(policy: Policy, state: SiloState, frame: Stage) -> Decision:
+    """A stage runs only inside what the vendor agreed to: setup after an accepted
+    offer; a round's stages in the current round after its roster passed min_group;
+    the unmask stage only after an UnmaskRequest passed (survivors checked)."""
+    job = state.job(frame.job_id)
+    if job.offer is None:
+        return Refuse("sequence", f"job {frame.job_id}: no accepted offer")
+    if frame.stage in SETUP_STAGES:
+        return Allow(state)
+    if frame.stage not in ROUND_STAGES:
+        return Refuse("unknown", f"unknown stage {frame.stage!r}: refused")
+    problem = _current(job, frame.job_id, frame.round_id)
+    if problem or not job.roster:
+        return Refuse("sequence", problem or f"stage {frame.stage} before key sharing")
+    if frame.stage == "unmask" and not job.revealed:
+        return Refuse("sequence", "an unmask stage without an allowed unmask request")
+    return Allow(state)
+
+
+def _setup(policy: Policy, state: SiloState, frame: GroupSetup) -> Decision:
+    import hashlib
+
+    job = state.job(frame.job_id)
+    if job.offer is None:
+        return Refuse("sequence", f"job {frame.job_id}: no accepted offer")
+    if frame.secure_job_id != hashlib.sha256(frame.job_id.encode()).digest()[:16]:
+        return Refuse("setup", "the group's job id is not this job's: signed key adverts "
+                      "must be bound to it")
+    return Allow(state)
+
+
 def check(policy: Policy, state: SiloState, frame: object) -> Decision:
     """Decide one frame against the vendor's policy, given what it agreed to so far.
 
     Args:
         policy: the vendor's parsed policy.
         state: the persisted state (see :mod:`fedcollab.silo.state`).
-        frame: an inbound frame (Offer, RoundStart, Roster, UnmaskRequest) or an
-            Egress about to leave; anything else is refused.
+        frame: an inbound frame (Offer, RoundStart, Roster, UnmaskRequest, Stage,
+            GroupSetup) or an Egress about to leave; anything else is refused.
 
     Returns:
         Allow with the next state, Refuse with the rule and a reason, or Pending.
@@ -332,4 +367,8 @@ def check(policy: Policy, state: SiloState, frame: object) -> Decision:
         return _unmask(policy, state, frame)
     if isinstance(frame, Egress):
         return _egress(policy, state, frame)
+    if isinstance(frame, Stage):
+        return _stage(policy, state, frame)
+    if isinstance(frame, GroupSetup):
+        return _setup(policy, state, frame)
     return Refuse("unknown", f"unknown frame {type(frame).__name__}: refused")

@@ -18,8 +18,8 @@ from fedcollab.silo.errors import PolicyError, SiloUsageError
 __all__ = ["add_silo_commands", "EXAMPLES"]
 
 EXAMPLES = {
-    "serve": "fedcollab silo serve --policy vendor-policy.yaml --coordinator coord.example:7443 "
-             "--coordinator-name coordinator "
+    "serve": "fedcollab silo serve --policy vendor-policy.yaml --spec job.yaml "
+             "--coordinator coord.example:7443 --coordinator-name coordinator "
              "--cert pki/vendor.pem --key pki/vendor.key --coordinator-ca pki/ca.pem "
              "--trusted-ca pki/ca.pem --state-dir vendor-state",
     "silo": "fedcollab silo audit verify vendor/audit.jsonl",
@@ -27,6 +27,7 @@ EXAMPLES = {
     "policy": "fedcollab silo policy hash vendor-policy.yaml",
     "pending": "fedcollab silo pending --state-dir vendor-state",
     "approve": "fedcollab silo approve job-7 --state-dir vendor-state --expect 3f2a9c",
+    "model-hash": "fedcollab silo model-hash examples/community-vendor.yaml",
 }
 
 
@@ -51,8 +52,8 @@ def add_silo_commands(sub: Any) -> None:
     silo_sub = silo.add_subparsers(dest="silo_command", metavar="ACTION",
                                    parser_class=type(silo))
     serve = add_command(silo_sub, "serve", "run the vendor's gateway: dial out to the coordinator "
-                        "over mutual TLS and decide every frame by the policy (skeleton: no "
-                        "training yet)", _cmd_serve, EXAMPLES["serve"])
+                        "over mutual TLS, decide every frame by the policy and, with --spec, "
+                        "train and mask the vendor's participants", _cmd_serve, EXAMPLES["serve"])
     serve.add_argument("--policy", type=Path, required=True, help="vendor-policy.yaml")
     serve.add_argument("--coordinator", required=True, help="the coordinator's HOST:PORT")
     serve.add_argument("--cert", type=Path, required=True,
@@ -75,6 +76,12 @@ def add_silo_commands(sub: Any) -> None:
                             "in the policy's trusted_cas (repeatable)")
     serve.add_argument("--state-dir", type=Path, default=Path("silo-state"),
                        help="state.json and audit.jsonl (default ./silo-state)")
+    serve.add_argument("--spec", type=Path, default=None,
+                       help="the vendor's own copy of the job spec (its data, model and "
+                            "training): with it the gateway trains, masks and answers secure "
+                            "stages for what its policy allows; without, it only decides")
+    serve.add_argument("--group", action="append", default=[],
+                       help="a spec group this vendor hosts (repeatable; default: role vendor)")
     serve.add_argument("--timeout", type=float, default=None,
                        help="end each connection after this many seconds (default: none)")
     serve.add_argument("--reconnect", action="store_true",
@@ -127,6 +134,10 @@ def add_silo_commands(sub: Any) -> None:
     digest = add_command(policy_sub, "hash", "check a policy and print its policy_sha256",
                          _cmd_policy_hash, EXAMPLES["policy"])
     digest.add_argument("file", type=Path, help="vendor-policy.yaml")
+    model = add_command(silo_sub, "model-hash", "build a spec's model here and print its "
+                        "architecture hash (what approved_models lists)", _cmd_model_hash,
+                        EXAMPLES["model-hash"])
+    model.add_argument("spec", type=Path, help="the job spec (.yaml)")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -143,12 +154,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise SiloUsageError(f"silo serve: --idle-timeout {args.idle_timeout}: must be > 0")
     if not args.deadline_grace >= 0:
         raise SiloUsageError(f"silo serve: --deadline-grace {args.deadline_grace}: must be >= 0")
-    gateway = Gateway(policy=load_policy(args.policy), coordinator=args.coordinator,
+    policy = load_policy(args.policy)
+    vendor = None
+    if args.spec is not None:
+        import os
+
+        from fedcollab.spec import load_spec
+
+        spec = load_spec(args.spec)  # bad input: one line, exit 2, before TensorFlow loads
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+        def vendor(own_ca: str) -> Any:
+            from fedcollab.silo.vendor import VendorHost
+
+            return VendorHost(spec, party=policy.party, work_dir=args.state_dir / "work",
+                              groups=args.group, own_ca=own_ca)
+
+    gateway = Gateway(policy=policy, coordinator=args.coordinator,
                       cert=args.cert, key=args.key, coordinator_ca=args.coordinator_ca,
                       trusted_cas=args.trusted_ca, state_dir=args.state_dir,
                       deadline_grace=args.deadline_grace,
                       coordinator_name=args.coordinator_name,
-                      idle_timeout=args.idle_timeout)
+                      idle_timeout=args.idle_timeout, vendor=vendor)
     try:
         report = gateway.serve(reconnect=args.reconnect, max_attempts=args.max_attempts,
                                backoff=Backoff(initial=args.backoff_initial,
@@ -204,4 +231,24 @@ def _cmd_policy_hash(args: argparse.Namespace) -> int:
     from fedcollab.silo.policy import load_policy
 
     print(load_policy(args.file).sha256)
+    return 0
+
+
+def _cmd_model_hash(args: argparse.Namespace) -> int:
+    import os
+
+    from fedcollab.spec import load_spec
+
+    spec = load_spec(args.spec)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from fedcollab.data import load_federation
+    from fedcollab.silo.terms import architecture_sha256
+    from fedcollab.worker.models import build_checked_model, weight_layers
+    from fedcollab.worker.training import configure_tensorflow
+
+    configure_tensorflow(threads=1, deterministic=True)
+    model = build_checked_model(spec, load_federation(spec))
+    weights = model.get_weights()
+    print(architecture_sha256(spec.task.model, weight_layers(model), [w.shape for w in weights],
+                              [str(w.dtype) for w in weights]))
     return 0

@@ -5,8 +5,9 @@ required and must chain to the coordinator's CA), binds the stream to the party
 its certificate names, refuses any frame whose ``sender`` differs, records each
 Join (party, fedcollab version, policy_sha256) and answers with a Welcome. It
 then plays frames a caller queued for that party (a scripted coordinator, as the
-tests use) and collects what comes back. It does not run a job yet
-(docs/cross-silo.md says what is missing).
+tests use) and collects what comes back. A job's coordinator is
+:mod:`fedcollab.silo.link` and :mod:`fedcollab.silo.remote` (``fedcollab run
+--silo-listen``); this scripted one stays for tests that play frames by hand.
 """
 from __future__ import annotations
 

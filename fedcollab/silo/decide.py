@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 from fedcollab.silo.approvals import load_approvals
 from fedcollab.silo.audit import AuditLog, decision_fields
@@ -64,6 +64,10 @@ class FrameDecider:
         self.state: SiloState = load_state(self._state_path)
         self.audit = AuditLog(self.state_dir / AUDIT_FILE)
         self._approvals_seen: Optional[tuple[int, int]] = None
+        #: Checks of a parsed frame before the policy's (the vendor's own copy of the
+        #: job: :meth:`fedcollab.silo.vendor.VendorHost.before`): a Refuse, or the
+        #: Inbound to decide (possibly rewritten).
+        self.before: Optional[Callable[[Any, Inbound], Union[Inbound, Refuse]]] = None
 
     def decide_bytes(self, data: bytes, now: datetime.datetime) -> Outcome:
         """Decide one CoordinatorFrame as it came off the wire (any bytes at all)."""
@@ -97,6 +101,14 @@ class FrameDecider:
                           job_id=frame.job_id, round_id=frame.round_id, time=now.timestamp())
         return decision
 
+    def refuse_after(self, data: bytes, outcome: Outcome, decision: Decision,
+                     now: datetime.datetime) -> None:
+        """Audit that a frame the policy allowed was not carried out (the vendor's
+        participants could not do it): a second entry for the same bytes."""
+        self.audit.append(frame=data, decision=decision, direction="in", kind=outcome.kind,
+                          job_id=outcome.job_id, round_id=outcome.round_id,
+                          time=now.timestamp())
+
     def note(self, decision: Decision, *, kind: str, job_id: str, round_id: int,
              now: datetime.datetime) -> None:
         """Audit an event that is no frame (a deadline that passed)."""
@@ -117,7 +129,12 @@ class FrameDecider:
         else:
             if isinstance(inbound.frame, Offer):
                 self._refresh_approvals()
-            decision = check(self.policy, self.state, inbound.frame)
+            checked = self.before(message, inbound) if self.before is not None else inbound
+            if isinstance(checked, Refuse):
+                decision = checked
+            else:
+                inbound = checked
+                decision = check(self.policy, self.state, inbound.frame)
             after = decision.state if isinstance(decision, (Allow, Pending)) else None
             if after is not None and after != self.state:
                 save_state(self._state_path, after)  # before anything acts on it

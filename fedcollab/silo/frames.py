@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Union
 
 __all__ = ["SecAggTerms", "DpTerms", "LayerEntry", "Offer", "RoundStart", "Member", "Roster",
-           "UnmaskRequest", "Egress", "Frame", "MASKED", "SECURE_PROTOCOLS", "offer_to_json",
+           "UnmaskRequest", "Egress", "Stage", "GroupSetup", "Frame", "MASKED",
+           "SECURE_PROTOCOLS", "ROUND_STAGES", "SETUP_STAGES", "offer_to_json",
            "offer_from_json", "offer_sha256"]
 
 MASKED = "masked"
@@ -109,7 +110,32 @@ class Egress:
     max_abs: float               # the largest coordinate before fixed-point encoding
 
 
-Frame = Union[Offer, RoundStart, Roster, UnmaskRequest, Egress]
+#: A round's stages for the vendor's participants, in order ("train": train and mask).
+ROUND_STAGES = ("advertise", "share_keys", "train", "consistency", "unmask")
+#: Setup stages, before rounds: the participants' identity public keys.
+SETUP_STAGES = ("identities",)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A request for the vendor's participants: a setup stage or one of a round's."""
+
+    job_id: str
+    round_id: int
+    stage: str
+    participants: tuple[int, ...]   # those it is addressed to
+
+
+@dataclass(frozen=True)
+class GroupSetup:
+    """The secure group's setup, pinned once in the vendor's participants."""
+
+    job_id: str
+    members: tuple[int, ...]
+    secure_job_id: bytes            # what signed key adverts bind: sha256(job_id)[:16]
+
+
+Frame = Union[Offer, RoundStart, Roster, UnmaskRequest, Egress, Stage, GroupSetup]
 
 
 def offer_to_json(offer: Offer) -> dict[str, Any]:

@@ -16,6 +16,12 @@ again with bounded, jittered exponential backoff, re-reading its certificate and
 each time (a rotated leaf is picked up), and rejoins with its persisted state, so
 round ids stay strictly increasing.
 
+Given the vendor's own copy of the job (``silo serve --spec``), a
+:class:`~fedcollab.silo.vendor.VendorHost` trains, masks and answers secure stages
+for the frames the check allows (its own checks run first, :meth:`VendorHost.before`),
+and every update it produces is checked again (``Egress``) and audited before it
+leaves; without one the gateway only decides.
+
 A skeleton: it decides and answers, it does not yet train or run secure
 aggregation (docs/cross-silo.md).
 """
@@ -92,7 +98,8 @@ class Gateway:
                  coordinator_ca: Path, trusted_cas: Sequence[Path], state_dir: Path,
                  deadline_grace: float = DEADLINE_GRACE,
                  coordinator_name: Optional[str] = None,
-                 idle_timeout: Optional[float] = None) -> None:
+                 idle_timeout: Optional[float] = None,
+                 vendor: Optional[Callable[[str], Any]] = None) -> None:
         self.policy, self.coordinator = policy, coordinator
         self.coordinator_name = coordinator_name
         self._cert_path, self._key_path = Path(cert), Path(key)
@@ -105,6 +112,27 @@ class Gateway:
         self.state_dir = Path(state_dir)
         self.decider = FrameDecider(policy=policy, state_dir=self.state_dir,
                                     trusted_cas=self._cas, coordinator=coordinator_name)
+        # the vendor's participants (fedcollab.silo.vendor.VendorHost), built from the
+        # fingerprint of the trusted CA its own certificate chains to; their own checks
+        # of a frame run before the policy's
+        self.vendor = vendor(self.own_ca()) if vendor is not None else None
+        if self.vendor is not None:
+            self.decider.before = self.vendor.before
+
+    def own_ca(self) -> str:
+        """The fingerprint of the trusted CA the gateway's own certificate chains to
+        ("" if none does): the vendor's own sites carry this identity."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from fedcollab._proto.fedcollab.v1 import silo_pb2
+        from fedcollab.silo.wire import member_of
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert, _, _ = self._credentials()
+        der = x509.load_pem_x509_certificate(cert).public_bytes(Encoding.DER)
+        return member_of(silo_pb2.Identity(party=self.party, certificate_der=der),
+                         self._cas, now).ca_sha256
 
     @property
     def state(self) -> Any:
@@ -196,6 +224,23 @@ class Gateway:
                     current = self._watch(watchdog, outcome, current)
                     if outcome.kind == "welcome" and counts["frames"] == 1:
                         continue  # the greeting; any later frame gets its Decision
+                    if (self.vendor is not None and outcome.verdict == "allow"
+                            and outcome.message is not None):
+                        body, after = self.vendor.act(outcome.message, outcome.inbound,
+                                                      self._decide_out)
+                        if body is not None:
+                            for message in body.values():
+                                message.answers_seq = outcome.seq
+                            refused = body.get("decision")
+                            if refused is not None:  # a participant could not do it
+                                self.decider.refuse_after(data, outcome, Refuse(
+                                    "participant", refused.reason), now)
+                                counts["allow"] -= 1  # allowed by the policy, not done
+                                counts["refuse"] += 1
+                            send(**body)
+                            if after is not None:
+                                after()
+                            continue
                     verdict = {"allow": silo_pb2.Decision.ALLOW,
                                "refuse": silo_pb2.Decision.REFUSE,
                                "pending": silo_pb2.Decision.PENDING}[outcome.verdict]
@@ -249,6 +294,12 @@ class Gateway:
         if not self._in_round:
             self._idle(watchdog)
         return current
+
+    def _decide_out(self, frame: Any, data: bytes) -> Decision:
+        """Decide an outbound frame (an update about to leave) by the policy, persist
+        the state before it leaves, and audit it (direction "out")."""
+        return self.decider.decide_egress(frame, data,
+                                          datetime.datetime.now(datetime.timezone.utc))
 
     def _idle(self, watchdog: Watchdog) -> None:
         if self.idle_timeout:

@@ -55,14 +55,21 @@ class DpFloor:
     delta: float
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.min_noise_multiplier) and self.min_noise_multiplier > 0):
+        if not (math.isfinite(self.min_noise_multiplier) and self.min_noise_multiplier >= 0):
             raise PolicyError(f"policy: dp.min_noise_multiplier={self.min_noise_multiplier}: "
-                              "must be a finite number > 0")
-        if not (math.isfinite(self.max_clip_norm) and self.max_clip_norm > 0):
+                              "must be a finite number >= 0")
+        if not self.max_clip_norm > 0:
             raise PolicyError(f"policy: dp.max_clip_norm={self.max_clip_norm}: must be a "
-                              "finite number > 0")
+                              "number > 0 (.inf: no ceiling)")
         if not (self.epsilon_budget > 0) or math.isnan(self.epsilon_budget):
             raise PolicyError(f"policy: dp.epsilon_budget={self.epsilon_budget}: must be > 0")
+        if self.min_noise_multiplier == 0 and math.isfinite(self.epsilon_budget):
+            # a vendor without a DP floor must say so in both keys: a zero floor with a
+            # finite budget would refuse every noiseless round as infinitely expensive
+            raise PolicyError("policy: dp.min_noise_multiplier=0.0 with a finite "
+                              "epsilon_budget: a round without noise costs an unbounded "
+                              "epsilon; a vendor that adds no noise writes "
+                              "epsilon_budget: .inf")
         if not 0 < self.delta < 1:
             raise PolicyError(f"policy: dp.delta={self.delta}: must be in (0, 1)")
 

@@ -15,12 +15,14 @@ from typing import Any, Mapping, Optional
 from fedcollab.silo.errors import SiloError
 from fedcollab.silo.frames import (
     DpTerms,
+    GroupSetup,
     LayerEntry,
     Member,
     Offer,
     Roster,
     RoundStart,
     SecAggTerms,
+    Stage,
     UnmaskRequest,
 )
 from fedcollab.silo.limits import MAX_COORDINATOR_FRAME, MAX_LAYERS, MAX_MEMBERS, MAX_NAME
@@ -164,6 +166,16 @@ def from_message(message: Any, *, trusted_cas: Mapping[str, Any],
                                                                  "survivors")),
             dropped=tuple(_name(s, "a dropped party") for s in _cap(body.dropped, MAX_MEMBERS,
                                                                     "dropped")))
-    else:  # secagg: the skeleton gateway does not run secure aggregation yet
+    elif kind == "stage":
+        pids = tuple(int(p) for p in _cap(body.participants, MAX_MEMBERS, "participants"))
+        pids += tuple(int(m.participant) for m in _cap(body.messages, MAX_MEMBERS, "messages"))
+        frame = Stage(job_id=job_id, round_id=round_id, stage=_name(body.stage, "stage"),
+                      participants=pids)
+    elif kind == "setup":
+        frame = GroupSetup(job_id=job_id, members=tuple(
+            int(m) for m in _cap(body.members, MAX_MEMBERS, "members")),
+            secure_job_id=bytes(body.secure_job_id))
+        _cap(body.registry, MAX_MEMBERS, "registry")
+    else:  # a bare secagg frame: messages travel inside StageRequests; refused
         frame = object()
     return Inbound(frame, kind, job_id, round_id, seq, sender, deadline)

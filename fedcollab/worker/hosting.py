@@ -75,6 +75,10 @@ class Hosting:
         self._pinned = False
         self._offline_next = []
 
+    def begin_round(self, round_id: int, weights: Weights, chosen: Sequence[int],
+                    config: RoundConfig) -> None:
+        """Nothing: these workers get the round's weights with its training."""
+
     # ------------------------------------------------------------------ pipelining
     def submit_train(self, weights: Weights, round_id: int, chosen: Sequence[int],
                      config: RoundConfig, inbox: Mapping[int, bytes]) -> None:
@@ -135,25 +139,59 @@ class Hosting:
             return
         try:
             if not self._pinned:
-                registry: dict[int, bytes] = {}
-                if self._malicious:
-                    calls = [(w, {"pids": [p for p in self.hosted[w] if p in self._secure]})
-                             for w in range(len(self.hosted))]
-                    for (w, _), reply in zip(calls, self._setup_calls(calls,
-                                                                      "secure_identities")):
-                        registry.update({pid: key for pid, key in reply.items()
-                                         if isinstance(key, bytes) and pid in self._secure
-                                         and int(self.owner[pid]) == w})
-                self._registry = registry
+                self._registry = self.collect_identities() if self._malicious else {}
                 asked = list(range(len(self.hosted)))
-            self._setup_calls([(w, {"members": sorted(self._secure),
-                                    "graph_seed": self._graph_seed, "job_id": self._job_id,
-                                    "registry": self._registry}) for w in asked],
-                              "secure_setup")
+            self._pin_on(asked)
         except WorkerLost:
             return
         self._pinned = True
         self._unprovisioned.clear()
+
+    @property
+    def pinned(self) -> bool:
+        """The secure group's setup is pinned in this pool's workers."""
+        return self._pinned
+
+    @property
+    def secure_terms(self) -> tuple[list[int], bytes, bool]:
+        """What a secure group's setup pins besides the job id and registry: its
+        members, the graph seed, and whether identities are collected (malicious)."""
+        return sorted(self._secure), self._graph_seed, self._malicious
+
+    def collect_identities(self) -> dict[int, bytes]:
+        """Setup channel: each hosted secure participant's identity public key, each
+        from the worker that hosts it (a worker can register only its own).
+
+        Raises:
+            WorkerLost: A worker did not answer.
+        """
+        registry: dict[int, bytes] = {}
+        calls = [(w, {"pids": [p for p in self.hosted[w] if p in self._secure]})
+                 for w in range(len(self.hosted))]
+        for (w, _), reply in zip(calls, self._setup_calls(calls, "secure_identities")):
+            registry.update({pid: key for pid, key in reply.items()
+                             if isinstance(key, bytes) and pid in self._secure
+                             and int(self.owner[pid]) == w})
+        return registry
+
+    def pin_setup(self, *, job_id: bytes, registry: Mapping[int, bytes]) -> None:
+        """Pin a setup another party collected (a pool spanning silos: the registry
+        of every party's participants, one job id) in every worker of this pool;
+        workers a heal replaces later get the same.
+
+        Raises:
+            WorkerLost: A worker did not answer.
+        """
+        self._job_id, self._registry = job_id, dict(registry)
+        self._pin_on(list(range(len(self.hosted))))
+        self._pinned = True
+        self._unprovisioned.clear()
+
+    def _pin_on(self, workers: Sequence[int]) -> None:
+        self._setup_calls([(w, {"members": sorted(self._secure),
+                                "graph_seed": self._graph_seed, "job_id": self._job_id,
+                                "registry": self._registry}) for w in workers],
+                          "secure_setup")
 
     def _setup_calls(self, calls: Sequence[tuple[int, Mapping[str, Any]]], method: str
                      ) -> list[Any]:

@@ -40,6 +40,9 @@ class RoundOutput:
     dropped: list[int] = field(default_factory=list)  # hosted by a worker that died
     seconds: dict[int, float] = field(default_factory=dict)  # training time per participant
     worker_of: dict[int, int] = field(default_factory=dict)  # which worker trained whom
+    # secure participants: the largest coordinate of the vector they masked (before the
+    # fixed-point encoding): what a cross-silo gateway checks against the offer's clip
+    max_abs: dict[int, float] = field(default_factory=dict)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickled (by Ray, from a worker to the driver) with the updates' arrays in
@@ -47,7 +50,8 @@ class RoundOutput:
         store and read back, each with its own overhead; packed, put and get cost less.
         The driver gets views of that buffer with the same values, shapes and dtypes."""
         return (_unpack_output, (*_pack_updates(self.updates), self.masked, self.failed,
-                                 self.precomputed, self.dropped, self.seconds, self.worker_of))
+                                 self.precomputed, self.dropped, self.seconds, self.worker_of,
+                                 self.max_abs))
 
     def merge(self, other: RoundOutput, *, worker: int) -> None:
         self.updates.extend(other.updates)
@@ -57,6 +61,7 @@ class RoundOutput:
         self.dropped.extend(other.dropped)
         self.seconds.update(other.seconds)
         self.worker_of.update({pid: worker for pid in other.seconds})
+        self.max_abs.update(other.max_abs)
 
 
 class _AsSent:
@@ -158,6 +163,8 @@ class ModelInfo:
     # group index -> the model indices its private_layers cover (groups without
     # private layers are left out): what the server expects an open update to omit
     private_arrays: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    # per entry of ``weights``, the Keras layer holding it (a cross-silo offer's manifest)
+    layers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,6 +208,13 @@ class Pool(Protocol):
 
     def wait_ready(self) -> None:
         """Block until every worker has loaded the job (idempotent)."""
+        ...
+
+    def begin_round(self, round_id: int, weights: Weights, chosen: Sequence[int],
+                    config: RoundConfig) -> None:
+        """Round ``round_id`` starts from ``weights`` with ``chosen`` (before any of its
+        secure stages): a remote silo sends its participants the round's start then;
+        pools whose workers get the weights with training do nothing."""
         ...
 
     def model_info(self) -> ModelInfo:

@@ -289,6 +289,18 @@ def private_weight_indices(model: Any, private_layers: Sequence[str], *,
     return sorted(indices)
 
 
+def weight_layers(model: Any) -> tuple[str, ...]:
+    """Per entry of ``model.weights``, the name of the Keras layer that holds it: the
+    layer manifest a cross-silo offer names (docs/cross-silo.md)."""
+    position = {id(v): i for i, v in enumerate(model.weights)}
+    names = [""] * len(position)
+    for layer in model.layers:
+        for v in layer.weights:
+            if id(v) in position and not names[position[id(v)]]:
+                names[position[id(v)]] = layer.name
+    return tuple(names)
+
+
 def private_arrays_by_group(model: Any, spec: Any) -> dict[int, tuple[int, ...]]:
     """Group index -> the model indices its ``private_layers`` cover (only groups
     that keep layers private): what the server expects their updates to leave out."""

@@ -205,11 +205,12 @@ class ParticipantWorker:
     # ----------------------------------------------------------------- the model
     def model_info(self) -> ModelInfo:
         """What the driver needs of the model without loading TensorFlow itself."""
-        from fedcollab.worker.models import private_arrays_by_group
+        from fedcollab.worker.models import private_arrays_by_group, weight_layers
 
         return ModelInfo(self.initial_weights, self.data.num_classes > 0,
                          float(self.data.max_samples()),
-                         private_arrays_by_group(self.model, self.spec))
+                         private_arrays_by_group(self.model, self.spec),
+                         weight_layers(self.model))
 
     def evaluate(self, global_weights: Weights) -> tuple[float, float]:
         """(loss, accuracy) of the global weights on the held-out set."""
@@ -252,6 +253,7 @@ class ParticipantWorker:
         updates: list[Update] = []
         masked: dict[int, bytes] = {}
         failed: dict[int, str] = {}
+        max_abs: dict[int, float] = {}
         refused = self._refuse_config(config)
         if refused is not None:  # DP settings not the participants' own: none trains
             return RoundOutput(updates, masked, {pid: refused for pid in pids})
@@ -288,6 +290,7 @@ class ParticipantWorker:
                     failed[pid] = (f"non_finite: the update has {bad} non-finite value(s) "
                                    "(NaN or inf)")
                     return
+                max_abs[pid] = float(np.max(np.abs(sent.secure_vector), initial=0.0))
                 try:
                     self._check_layer_sharers(pid, round_id, inbox[pid])
                     secure = self._secure_participant(pid)
@@ -315,7 +318,8 @@ class ParticipantWorker:
                 held, held_bytes = [], 0
         for item in held:
             send(*item)
-        return RoundOutput(updates, masked, failed, precomputed, seconds=seconds)
+        return RoundOutput(updates, masked, failed, precomputed, seconds=seconds,
+                           max_abs=max_abs)
 
     def _refuse_config(self, config: RoundConfig) -> Optional[str]:
         """Why this worker's participants refuse ``config`` (its DP settings are not the

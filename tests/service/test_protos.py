@@ -79,8 +79,12 @@ def test_silo_gateway_frames_reach_no_plaintext_tensor() -> None:
     assert "fedcollab.v1.Tensor" in inbound  # the schema walk does find tensors
     assert "fedcollab.v1.Tensor" not in outbound
     # the only bytes leaving the vendor are the secure-aggregation payload
-    byte_fields = {f"{silo_pb2.DESCRIPTOR.message_types_by_name[m.split('.')[-1]].name}."
-                   f"{f.name}" for m in outbound
-                   for f in silo_pb2.DESCRIPTOR.message_types_by_name[m.split('.')[-1]].fields
-                   if f.type == f.TYPE_BYTES}
+    pool = silo_pb2.DESCRIPTOR.pool
+    fields = [(pool.FindMessageTypeByName(m), f) for m in outbound
+              for f in pool.FindMessageTypeByName(m).fields]
+    byte_fields = {f"{m.name}.{f.name}" for m, f in fields if f.type == f.TYPE_BYTES}
     assert byte_fields == {"SecAggMessage.payload"}
+    # and no numbers in bulk: no repeated float or double field leaves the vendor
+    repeated_reals = [f"{m.name}.{f.name}" for m, f in fields
+                      if f.is_repeated and f.type in (f.TYPE_FLOAT, f.TYPE_DOUBLE)]
+    assert repeated_reals == []

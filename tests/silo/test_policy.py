@@ -42,7 +42,7 @@ def test_policy_same_rules_other_bytes_hash_differently() -> None:
     ({"approved_models": ["x" * 64]}, "approved_models: 'xxx"),
     ({"shareonly": ["dense"]}, "unknown key 'shareonly'"),
     ({"dp": {**POLICY_DOC["dp"], "min_noise_multiplier": 0}},  # type: ignore[dict-item]
-     "min_noise_multiplier=0.0: must be a finite number > 0"),
+     "min_noise_multiplier=0.0 with a finite epsilon_budget"),
     ({"dp": {**POLICY_DOC["dp"], "max_clip_norm": -1}},  # type: ignore[dict-item]
      "max_clip_norm=-1.0"),
     ({"dp": {**POLICY_DOC["dp"], "delta": 1}}, "delta=1.0: must be in"),  # type: ignore[dict-item]

@@ -9,18 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GatewayFrame(_message.Message):
-    __slots__ = ("sender", "seq", "join", "decision", "secagg")
+    __slots__ = ("sender", "seq", "join", "decision", "secagg", "stage_reply")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    STAGE_REPLY_FIELD_NUMBER: _ClassVar[int]
     sender: str
     seq: int
     join: Join
     decision: Decision
     secagg: SecAggMessage
-    def __init__(self, sender: _Optional[str] = ..., seq: _Optional[int] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., secagg: _Optional[_Union[SecAggMessage, _Mapping]] = ...) -> None: ...
+    stage_reply: StageReply
+    def __init__(self, sender: _Optional[str] = ..., seq: _Optional[int] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., secagg: _Optional[_Union[SecAggMessage, _Mapping]] = ..., stage_reply: _Optional[_Union[StageReply, _Mapping]] = ...) -> None: ...
 
 class Join(_message.Message):
     __slots__ = ("party", "fedcollab_version", "policy_sha256", "resume_jobs")
@@ -59,19 +61,64 @@ class Decision(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., round_id: _Optional[int] = ..., answers_seq: _Optional[int] = ..., verdict: _Optional[_Union[Decision.Verdict, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SecAggMessage(_message.Message):
-    __slots__ = ("job_id", "round_id", "global_model_sha256", "payload")
+    __slots__ = ("job_id", "round_id", "global_model_sha256", "payload", "participant")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round_id: int
     global_model_sha256: str
     payload: bytes
-    def __init__(self, job_id: _Optional[str] = ..., round_id: _Optional[int] = ..., global_model_sha256: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    participant: int
+    def __init__(self, job_id: _Optional[str] = ..., round_id: _Optional[int] = ..., global_model_sha256: _Optional[str] = ..., payload: _Optional[bytes] = ..., participant: _Optional[int] = ...) -> None: ...
+
+class StageReply(_message.Message):
+    __slots__ = ("job_id", "round_id", "stage", "answers_seq", "replies", "refused", "failed", "seconds", "precomputed")
+    class RefusedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
+    class FailedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
+    class SecondsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_SEQ_FIELD_NUMBER: _ClassVar[int]
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PRECOMPUTED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round_id: int
+    stage: str
+    answers_seq: int
+    replies: _containers.RepeatedCompositeFieldContainer[SecAggMessage]
+    refused: _containers.ScalarMap[int, str]
+    failed: _containers.ScalarMap[int, str]
+    seconds: _containers.ScalarMap[int, float]
+    precomputed: int
+    def __init__(self, job_id: _Optional[str] = ..., round_id: _Optional[int] = ..., stage: _Optional[str] = ..., answers_seq: _Optional[int] = ..., replies: _Optional[_Iterable[_Union[SecAggMessage, _Mapping]]] = ..., refused: _Optional[_Mapping[int, str]] = ..., failed: _Optional[_Mapping[int, str]] = ..., seconds: _Optional[_Mapping[int, float]] = ..., precomputed: _Optional[int] = ...) -> None: ...
 
 class CoordinatorFrame(_message.Message):
-    __slots__ = ("sender", "seq", "welcome", "offer", "round_start", "roster", "unmask", "secagg", "abort")
+    __slots__ = ("sender", "seq", "welcome", "offer", "round_start", "roster", "unmask", "secagg", "abort", "stage", "setup")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +128,8 @@ class CoordinatorFrame(_message.Message):
     UNMASK_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    SETUP_FIELD_NUMBER: _ClassVar[int]
     sender: str
     seq: int
     welcome: Welcome
@@ -90,7 +139,9 @@ class CoordinatorFrame(_message.Message):
     unmask: UnmaskRequest
     secagg: SecAggMessage
     abort: Abort
-    def __init__(self, sender: _Optional[str] = ..., seq: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., roster: _Optional[_Union[Roster, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., secagg: _Optional[_Union[SecAggMessage, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ...) -> None: ...
+    stage: StageRequest
+    setup: GroupSetup
+    def __init__(self, sender: _Optional[str] = ..., seq: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., roster: _Optional[_Union[Roster, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., secagg: _Optional[_Union[SecAggMessage, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., stage: _Optional[_Union[StageRequest, _Mapping]] = ..., setup: _Optional[_Union[GroupSetup, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("coordinator", "fedcollab_version")
@@ -141,7 +192,7 @@ class DpParams(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("job_id", "model_name", "model_sha256", "layers", "rounds", "secagg", "dp")
+    __slots__ = ("job_id", "model_name", "model_sha256", "layers", "rounds", "secagg", "dp", "participants")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +200,7 @@ class Offer(_message.Message):
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model_name: str
     model_sha256: str
@@ -156,7 +208,8 @@ class Offer(_message.Message):
     rounds: int
     secagg: SecAggParams
     dp: DpParams
-    def __init__(self, job_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerManifestEntry, _Mapping]]] = ..., rounds: _Optional[int] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., dp: _Optional[_Union[DpParams, _Mapping]] = ...) -> None: ...
+    participants: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerManifestEntry, _Mapping]]] = ..., rounds: _Optional[int] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., dp: _Optional[_Union[DpParams, _Mapping]] = ..., participants: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("layer", "shape", "dtype", "data")
@@ -171,18 +224,87 @@ class Tensor(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("job_id", "round_id", "global_model_sha256", "weights", "deadline_unix")
+    __slots__ = ("job_id", "round_id", "global_model_sha256", "weights", "deadline_unix", "config", "participants")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round_id: int
     global_model_sha256: str
     weights: _containers.RepeatedCompositeFieldContainer[Tensor]
     deadline_unix: float
-    def __init__(self, job_id: _Optional[str] = ..., round_id: _Optional[int] = ..., global_model_sha256: _Optional[str] = ..., weights: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., deadline_unix: _Optional[float] = ...) -> None: ...
+    config: RoundConfig
+    participants: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., round_id: _Optional[int] = ..., global_model_sha256: _Optional[str] = ..., weights: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., deadline_unix: _Optional[float] = ..., config: _Optional[_Union[RoundConfig, _Mapping]] = ..., participants: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RoundConfig(_message.Message):
+    __slots__ = ("dp_mode", "clip_norm", "noise_multiplier", "noisy_participants", "weight_scale", "clip_bit", "count_noise_std", "secure_clip", "secure_norm_bound", "ddg_seed", "ddg_bits", "ddg_embed_bits")
+    DP_MODE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    NOISY_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_SCALE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_BIT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    SECURE_CLIP_FIELD_NUMBER: _ClassVar[int]
+    SECURE_NORM_BOUND_FIELD_NUMBER: _ClassVar[int]
+    DDG_SEED_FIELD_NUMBER: _ClassVar[int]
+    DDG_BITS_FIELD_NUMBER: _ClassVar[int]
+    DDG_EMBED_BITS_FIELD_NUMBER: _ClassVar[int]
+    dp_mode: str
+    clip_norm: float
+    noise_multiplier: float
+    noisy_participants: int
+    weight_scale: float
+    clip_bit: bool
+    count_noise_std: float
+    secure_clip: float
+    secure_norm_bound: float
+    ddg_seed: int
+    ddg_bits: int
+    ddg_embed_bits: int
+    def __init__(self, dp_mode: _Optional[str] = ..., clip_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., noisy_participants: _Optional[int] = ..., weight_scale: _Optional[float] = ..., clip_bit: _Optional[bool] = ..., count_noise_std: _Optional[float] = ..., secure_clip: _Optional[float] = ..., secure_norm_bound: _Optional[float] = ..., ddg_seed: _Optional[int] = ..., ddg_bits: _Optional[int] = ..., ddg_embed_bits: _Optional[int] = ...) -> None: ...
+
+class StageRequest(_message.Message):
+    __slots__ = ("job_id", "round_id", "stage", "messages", "participants", "prepare_next")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_NEXT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round_id: int
+    stage: str
+    messages: _containers.RepeatedCompositeFieldContainer[SecAggMessage]
+    participants: _containers.RepeatedScalarFieldContainer[int]
+    prepare_next: bool
+    def __init__(self, job_id: _Optional[str] = ..., round_id: _Optional[int] = ..., stage: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[SecAggMessage, _Mapping]]] = ..., participants: _Optional[_Iterable[int]] = ..., prepare_next: _Optional[bool] = ...) -> None: ...
+
+class GroupSetup(_message.Message):
+    __slots__ = ("job_id", "members", "graph_seed", "secure_job_id", "registry")
+    class RegistryEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_SEED_FIELD_NUMBER: _ClassVar[int]
+    SECURE_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    members: _containers.RepeatedScalarFieldContainer[int]
+    graph_seed: bytes
+    secure_job_id: bytes
+    registry: _containers.ScalarMap[int, bytes]
+    def __init__(self, job_id: _Optional[str] = ..., members: _Optional[_Iterable[int]] = ..., graph_seed: _Optional[bytes] = ..., secure_job_id: _Optional[bytes] = ..., registry: _Optional[_Mapping[int, bytes]] = ...) -> None: ...
 
 class Identity(_message.Message):
     __slots__ = ("party", "certificate_der", "simulated")

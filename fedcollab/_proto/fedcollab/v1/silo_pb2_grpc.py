@@ -6,7 +6,7 @@ import warnings
 
 from fedcollab._proto.fedcollab.v1 import silo_pb2 as fedcollab_dot_v1_dot_silo__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

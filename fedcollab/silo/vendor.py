@@ -1,0 +1,316 @@
+"""The vendor's participants behind its gateway: train, mask and answer secure stages
+with the vendor's own installed fedcollab and model code.
+
+The gateway (:mod:`fedcollab.silo.gateway`) parses each CoordinatorFrame, asks
+:meth:`VendorHost.before` for the checks only the vendor's own copy of the job can
+make (its participants, its model's architecture hash, the hash of the weights that
+came in, its own sites in a roster), decides it with the policy's pure ``check``,
+persists and audits, and only then calls :meth:`VendorHost.act`. Training and masking
+run here, in the gateway's process tree (a
+:class:`~fedcollab.worker.worker.ParticipantWorker` in this process); every update
+passes the policy's ``Egress`` check before its masked bytes are handed to the link.
+What leaves is ``fedcollab.secure.messages`` wire bytes (and, at setup, each
+participant's Ed25519 identity public key), never a tensor: ``StageReply`` has no
+tensor field.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from fedcollab.silo.check import Allow, Decision, Refuse
+from fedcollab.silo.errors import SiloError
+from fedcollab.silo.frames import MASKED, Egress, Member, Roster
+from fedcollab.silo.terms import (
+    architecture_sha256,
+    config_from_proto,
+    shared_sha256,
+    site_name,
+    tensor_from_proto,
+)
+
+if TYPE_CHECKING:
+    from fedcollab.spec import JobSpec
+    from fedcollab.worker.messages import RoundConfig
+
+__all__ = ["VendorHost", "vendor_pids"]
+
+_BODIES = ("offer", "round_start", "roster", "unmask", "stage", "setup", "abort")
+#: decide an outbound frame (the gateway's: check, persist, audit "out")
+DecideOut = Callable[[Egress, bytes], Decision]
+
+
+def vendor_pids(spec: JobSpec, groups: Sequence[str] = ()) -> frozenset[int]:
+    """The roster indices of the named groups (default: every group whose role is
+    ``vendor``): the participants a vendor's silo hosts."""
+    from fedcollab.spec.roster import roster
+
+    everyone = roster(spec)
+    names = set(groups)
+    return frozenset(pid for g, group in enumerate(spec.participants)
+                     if (group.name in names if names else group.role == "vendor")
+                     for pid in everyone.group_range(g))
+
+
+@dataclass
+class _Round:
+    job_id: str
+    round_id: int
+    model_sha256: str
+    weights: list[np.ndarray]
+    config: RoundConfig
+    participants: tuple[int, ...]
+    masked: frozenset[int] = frozenset()   # the sites whose masked input left this round
+
+
+class VendorHost:
+    """The vendor's participants, hosted in this process for its gateway.
+
+    Args:
+        spec: The vendor's own copy of the job (its data, model and training).
+        party: The vendor's party name (its certificate's).
+        work_dir: Where its participants keep identity keys and private layers.
+        groups: Which groups it hosts (default: those with role ``vendor``).
+        own_ca: The fingerprint of the trusted CA the vendor's own certificate chains
+            to ("" if none): the vendor's own sites count as trusted identities
+            for ``min_group`` exactly when the vendor's own identity does.
+
+    Raises:
+        fedcollab.spec.SpecError: The spec's model does not build or fit the data.
+    """
+
+    def __init__(self, spec: JobSpec, *, party: str, work_dir: Path,
+                 groups: Sequence[str] = (), own_ca: str = "") -> None:
+        from fedcollab.spec import SpecError, spec_to_dict
+        from fedcollab.worker.messages import WorkerConfig
+        from fedcollab.worker.worker import ParticipantWorker
+
+        self.spec, self.party, self.own_ca = spec, party, own_ca
+        self.pids = vendor_pids(spec, groups)
+        if not self.pids:
+            raise SiloError(f"silo: the spec {spec.name!r} has no vendor group to host "
+                            "(role: vendor, or --group NAME)")
+        self.worker = ParticipantWorker()
+        ready = self.worker.configure(WorkerConfig(spec_to_dict(spec), tuple(sorted(self.pids)),
+                                                   str(work_dir), 0))
+        if ready.get("error"):
+            raise SpecError(ready["error"])
+        info = self.worker.model_info()
+        self.initial = [np.array(w) for w in info.weights]
+        self.layers = info.layers
+        private: set[int] = set()
+        for g, arrays in info.private_arrays.items():
+            if self._hosts_group(g):
+                private.update(arrays)
+        #: model indices that come in each round and whose update leaves (masked)
+        self.shared = [i for i in range(len(self.initial)) if i not in private]
+        self.model_sha256 = architecture_sha256(
+            spec.task.model, self.layers, [w.shape for w in self.initial],
+            [str(w.dtype) for w in self.initial])
+        self._round: Optional[_Round] = None
+
+    def _hosts_group(self, g: int) -> bool:
+        from fedcollab.spec.roster import roster
+
+        return bool(set(roster(self.spec).group_range(g)) & self.pids)
+
+    # ------------------------------------------------------------------ before the check
+    def before(self, message: Any, inbound: Any) -> Any:
+        """The vendor's own checks of a parsed frame, before the policy's: a
+        :class:`~fedcollab.silo.check.Refuse`, or the inbound frame to decide (a
+        roster with the vendor's own sites marked as the vendor's identity)."""
+        kind = inbound.kind
+        body: Any = getattr(message, kind, None) if kind in _BODIES else None
+        if kind == "offer":
+            offered = frozenset(int(p) for p in body.participants)
+            if offered != self.pids:
+                return Refuse("offer", f"the offer's participants ({len(offered)}) are not the "
+                              f"{len(self.pids)} this vendor's spec hosts")
+            if body.model_sha256 != self.model_sha256:
+                return Refuse("offer", f"model_sha256 {body.model_sha256[:12]} is not the "
+                              f"vendor's own {body.model_name} ({self.model_sha256[:12]}): "
+                              "the vendor trains its own model code, never the coordinator's")
+        elif kind == "round_start":
+            return self._check_weights(body) or inbound
+        elif kind == "roster":
+            rnd = self._round
+            sampled = set(rnd.participants) if rnd is not None else set()
+            named = {int(m.party.rsplit("/", 1)[1]) for m in body.members
+                     if m.party.rsplit("/", 1)[0] == self.party
+                     and m.party.rsplit("/", 1)[-1].isdigit()}
+            idle = sorted(named - sampled)
+            if idle:  # its own idle sites would count toward min_group without taking part
+                return Refuse("min_group", f"the roster names the vendor's site {idle[0]}, "
+                              "which this round did not sample")
+            return replace(inbound, frame=self._own_sites(inbound.frame))
+        elif kind == "unmask":
+            rnd = self._round
+            own = {site_name(self.party, p) for p in self.pids}
+            claimed = {s for s in body.survivors if s in own}
+            if rnd is None or not claimed <= {site_name(self.party, p) for p in rnd.masked}:
+                return Refuse("unmask", "the unmask request names a vendor site as a survivor "
+                              "whose masked input never left")
+        elif kind == "stage":
+            outside = sorted(set(inbound.frame.participants) - self.pids)
+            if outside:
+                return Refuse("sequence", f"stage {body.stage} for participant {outside[0]}, "
+                              "which this vendor does not host")
+        return inbound
+
+    def _check_weights(self, body: Any) -> Optional[Refuse]:
+        if len(body.weights) != len(self.shared):
+            return Refuse("share_only", f"{len(body.weights)} inbound weights; the vendor "
+                          f"takes exactly its {len(self.shared)} shared arrays")
+        arrays = []
+        for i, tensor in zip(self.shared, body.weights):
+            if tensor.layer != self.layers[i]:
+                return Refuse("share_only", f"inbound weights for layer {tensor.layer!r} where "
+                              f"the vendor's model has {self.layers[i]!r}")
+            try:
+                arrays.append((tensor.layer, tensor_from_proto(tensor, self.initial[i].shape)))
+            except ValueError as err:
+                return Refuse("malformed", str(err))
+        if shared_sha256(arrays) != body.global_model_sha256:
+            return Refuse("replay", "global_model_sha256 is not the hash of the weights that "
+                          "came in")
+        if not set(int(p) for p in body.participants) <= self.pids:
+            return Refuse("sequence", "the round names participants this vendor does not host")
+        return None
+
+    def _own_sites(self, roster_frame: Roster) -> Roster:
+        """The vendor's own sites (``party/pid`` for a pid it hosts) carry the vendor's
+        own identity: trusted exactly when its certificate chains to a trusted CA.
+        Anyone else's entry stays as its certificate says."""
+        own = {site_name(self.party, p) for p in self.pids}
+        return replace(roster_frame, members=tuple(
+            Member(m.party, self.own_ca) if m.party in own else m
+            for m in roster_frame.members))
+
+    # ------------------------------------------------------------------ after an Allow
+    def act(self, message: Any, inbound: Any, decide_out: DecideOut
+            ) -> tuple[Optional[dict[str, Any]], Optional[Callable[[], None]]]:
+        """Do what an allowed frame asks; returns the reply's body (``None``: the
+        gateway's Decision) and what to run once the reply is on its way."""
+        kind = inbound.kind
+        body: Any = getattr(message, kind, None) if kind in _BODIES else None
+        if kind == "round_start":
+            self._start(body)
+        elif kind == "setup":
+            return self._setup(body), None
+        elif kind == "stage":
+            return self._stage(message.seq, body, decide_out)
+        return None, None
+
+    def _start(self, body: Any) -> None:
+        weights = [np.array(w) for w in self.initial]  # private layers: the sites' own
+        for i, tensor in zip(self.shared, body.weights):
+            weights[i] = tensor_from_proto(tensor, self.initial[i].shape)
+        self._round = _Round(body.job_id, int(body.round_id), body.global_model_sha256,
+                             weights, config_from_proto(body.config),
+                             tuple(sorted(int(p) for p in body.participants)))
+
+    def _setup(self, body: Any) -> Optional[dict[str, Any]]:
+        from fedcollab.errors import FedcollabError
+
+        try:
+            self.worker.secure_setup([int(m) for m in body.members], bytes(body.graph_seed),
+                                     bytes(body.secure_job_id),
+                                     {int(k): bytes(v) for k, v in body.registry.items()})
+        except FedcollabError as err:
+            return _decision(body.job_id, 0, "setup", f"{type(err).__name__}: {err}")
+        return None
+
+    def _stage(self, seq: int, body: Any, decide_out: DecideOut
+               ) -> tuple[Optional[dict[str, Any]], Optional[Callable[[], None]]]:
+        from fedcollab._proto.fedcollab.v1 import silo_pb2
+
+        reply = silo_pb2.StageReply(job_id=body.job_id, round_id=body.round_id,
+                                    stage=body.stage, answers_seq=seq)
+        after: Optional[Callable[[], None]] = None
+        if body.stage == "identities":
+            keys = self.worker.secure_identities(sorted(int(p) for p in body.participants))
+            _add(reply, body, keys)
+            return {"stage_reply": reply}, None
+        rnd = self._round
+        if rnd is None or rnd.round_id != body.round_id or rnd.job_id != body.job_id:
+            return _decision(body.job_id, body.round_id, "sequence",
+                             "a stage for a round the vendor did not start"), None
+        messages = {int(m.participant): bytes(m.payload) for m in body.messages}
+        if body.stage == "train":
+            self._train(rnd, messages, reply, decide_out)
+            # the sites' private layers stay here, saved in the vendor's own state
+            # directory once the reply is on its way (the coordinator does not wait)
+            after = lambda: self._save_private(rnd.round_id)  # noqa: E731
+        else:
+            got = self.worker.secure_stage(body.stage, rnd.round_id, messages)
+            _add(reply, body, {p: r for p, r in got.items() if isinstance(r, bytes)})
+            for pid, why in got.items():
+                if isinstance(why, str):
+                    reply.refused[pid] = why
+            if body.stage == "unmask" and body.prepare_next:
+                pids = sorted(messages)
+                after = lambda: self._prepare(pids)  # noqa: E731 - once the reply left
+        return {"stage_reply": reply}, after
+
+    def _save_private(self, round_id: int) -> None:
+        self.worker.save_private(round_id, round_id)
+
+    def _prepare(self, pids: list[int]) -> None:
+        self.worker.secure_prepare(pids)
+
+    def _train(self, rnd: _Round, inbox: Mapping[int, bytes], reply: Any,
+               decide_out: DecideOut) -> None:
+        """Train the sampled sites, mask, and let the update out only if the policy's
+        Egress check allows it (once per round: one contribution per global model)."""
+        pids = sorted(p for p in rnd.participants if p in inbox)
+        out = self.worker.train_round(rnd.weights, rnd.round_id, pids, rnd.config, inbox)
+        reply.precomputed = out.precomputed
+        for pid, seconds in out.seconds.items():
+            reply.seconds[pid] = seconds
+        for pid, why in out.failed.items():
+            reply.failed[pid] = why
+        for update in out.updates:  # an open update never leaves a vendor
+            reply.failed[update.pid] = "egress: the vendor's participant is not secure: refused"
+        if not out.masked:
+            return
+        config = rnd.config
+        # the noise the sites themselves add (central DP: the server's, which the vendor
+        # cannot see, so none of its own) and the clip they apply (none without DP)
+        own_noise = config.dp_on and config.dp_mode != "central"
+        egress = Egress(job_id=rnd.job_id, round_id=rnd.round_id,
+                        global_model_sha256=rnd.model_sha256, encoding=MASKED,
+                        layers=tuple(dict.fromkeys(self.layers[i] for i in self.shared)),
+                        noise_multiplier=config.noise_multiplier if own_noise else 0.0,
+                        clip_norm=config.clip_norm if config.dp_on else math.inf,
+                        max_abs=max(out.max_abs.values(), default=0.0))
+        data = b"".join(out.masked[p] for p in sorted(out.masked))
+        decision = decide_out(egress, data)
+        if not isinstance(decision, Allow):
+            why = f"refused by the vendor's policy ({getattr(decision, 'rule', '')}): " \
+                  f"{getattr(decision, 'reason', '')}"
+            for pid in out.masked:
+                reply.failed[pid] = why
+            return
+        _add(reply, reply, dict(out.masked))
+        rnd.masked = frozenset(out.masked)
+
+
+def _add(reply: Any, where: Any, payloads: Mapping[int, bytes]) -> None:
+    from fedcollab._proto.fedcollab.v1 import silo_pb2
+
+    for pid in sorted(payloads):
+        reply.replies.append(silo_pb2.SecAggMessage(job_id=where.job_id, round_id=where.round_id,
+                                                    participant=pid, payload=payloads[pid]))
+
+
+def _decision(job_id: str, round_id: int, rule: str, reason: str) -> dict[str, Any]:
+    from fedcollab._proto.fedcollab.v1 import silo_pb2
+
+    return {"decision": silo_pb2.Decision(job_id=job_id, round_id=round_id,
+                                          verdict=silo_pb2.Decision.REFUSE,
+                                          reason=f"{rule}: {reason}")}

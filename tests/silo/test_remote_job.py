@@ -1,0 +1,313 @@
+"""The default job with the vendor remote, end to end on loopback (issue #31).
+
+The coordinator (`fedcollab run --silo-listen`) and the vendor (`fedcollab silo serve
+--spec`) are separate process trees with separate temp dirs, a throwaway CA with a
+leaf certificate per party, and ports bound to 127.0.0.1:0. Both use the in-process
+transport (no Ray on either side) to keep the test short; the pool seam is the same.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "community-vendor.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _cli(*args: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "fedcollab.cli", *args], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _spec(path: Path, rounds: int) -> Path:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["rounds"] = rounds
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _model_sha256(manifest: dict[str, Any]) -> str:
+    """The architecture hash from a release manifest's weights (layer/variable paths)."""
+    from fedcollab.silo.terms import architecture_sha256
+
+    weights = manifest["weights"]
+    return architecture_sha256(manifest["spec"]["task"]["model"],
+                               [w["name"].split("/")[0] for w in weights],
+                               [w["shape"] for w in weights], [w["dtype"] for w in weights])
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Two directories (coordinator, vendor), a CA and a certificate per party, the
+    embedded run of the 3-round job, and the vendor's policy approving its model."""
+    from fedcollab.service.certs import fingerprint
+
+    root = tmp_path_factory.mktemp("cross-silo")
+    coord, vendor = root / "coordinator", root / "vendor"
+    coord.mkdir()
+    vendor.mkdir()
+    _cli("certs", "init", "--dir", "pki", cwd=root)
+    for party in ("coordinator", "vendor"):
+        _cli("certs", "issue", "--dir", "pki", "--name", party, "--party", cwd=root)
+    spec = _spec(coord / "job.yaml", rounds=3)
+    _spec(vendor / "job.yaml", rounds=3)  # the vendor's own copy of the job
+    _cli("run", str(spec), "--transport", "inprocess", "--out", "embedded", "--quiet", cwd=coord)
+    manifest = json.loads((coord / "embedded" / "release" / "manifest.json").read_text())
+    policy = {"party": "vendor", "share_only": ["hidden"], "egress": "masked_only",
+              "min_group": 3, "trusted_cas": [fingerprint((root / "pki" / "ca.pem").read_bytes())],
+              "dp": {"min_noise_multiplier": 0, "max_clip_norm": float("inf"),
+                     "epsilon_budget": float("inf"), "delta": 1e-5},
+              "fixed_point": {"max_scale_bits": 24},
+              "approved_models": [_model_sha256(manifest)]}
+    (vendor / "vendor-policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    yield {"root": root, "coord": coord, "vendor": vendor, "pki": root / "pki"}
+
+
+def _start_coordinator(sites: dict[str, Path], out: str, *extra: str, spec: str = "job.yaml",
+                       transport: str = "inprocess") -> tuple[subprocess.Popen[str], str]:
+    pki = sites["pki"]
+    err = (sites["coord"] / f"{out}.err").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedcollab.cli", "run", spec, "--transport", transport,
+         "--out", out, "--quiet", "--silo-listen", "127.0.0.1:0",
+         "--silo-cert", str(pki / "coordinator.pem"), "--silo-key", str(pki / "coordinator.key"),
+         "--silo-ca", str(pki / "ca.pem"), "--silo-wait", "180", *extra],
+        cwd=sites["coord"], env=_env(), stdout=subprocess.PIPE, stderr=err, text=True)
+    end = time.monotonic() + 180
+    while time.monotonic() < end:
+        text = (sites["coord"] / f"{out}.err").read_text()
+        if "listening on " in text:
+            return proc, text.split("listening on ")[1].split()[0]
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    said = (sites["coord"] / f"{out}.err").read_text()
+    raise AssertionError(f"the coordinator did not listen: {said}")
+
+
+def _start_vendor(sites: dict[str, Path], address: str, state: str, spec: str = "job.yaml",
+                  policy: str = "vendor-policy.yaml") -> subprocess.Popen[str]:
+    pki = sites["pki"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedcollab.cli", "silo", "serve", "--policy", policy,
+         "--spec", spec, "--coordinator", address, "--cert", str(pki / "vendor.pem"),
+         "--key", str(pki / "vendor.key"), "--coordinator-ca", str(pki / "ca.pem"),
+         "--trusted-ca", str(pki / "ca.pem"), "--state-dir", state, "--timeout", "240"],
+        cwd=sites["vendor"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def _listening(pid: int) -> list[Any]:
+    import psutil
+
+    found = []
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            found += [c for c in proc.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _windows(array: np.ndarray, size: int = 4) -> list[bytes]:
+    """Byte patterns of a float32 tensor: runs of ``size`` distinct non-zero values
+    (16 bytes) from all over it (zeros, e.g. the update of a pixel that is always
+    blank, are in any file)."""
+    flat = np.ascontiguousarray(array, dtype="<f4").reshape(-1)
+    out = []
+    for i in range(0, flat.size - size + 1, size):
+        run = flat[i:i + size]
+        if np.all(run != 0) and len(set(run.tolist())) == size:
+            out.append(run.tobytes())
+    return out
+
+
+def _records(path: Path) -> list[bytes]:
+    data, out, at = path.read_bytes(), [], 0
+    while at < len(data):
+        n = int.from_bytes(data[at:at + 4], "big")
+        out.append(data[at + 4:at + 4 + n])
+        at += 4 + n
+    return out
+
+
+def _round_one_updates(spec_path: Path, work: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The model's initial weights (public: every party builds them from the seed) and
+    the vendor sites' unmasked round-1 updates over the shared layer, recomputed here:
+    round 1 trains from the initial weights, the same on both sides (the weights_sha256
+    equality says training is deterministic)."""
+    from fedcollab.spec import load_spec, spec_to_dict
+    from fedcollab.worker.messages import WorkerConfig
+    from fedcollab.worker.worker import ParticipantWorker
+
+    spec = load_spec(spec_path)
+    worker = ParticipantWorker(WorkerConfig(spec_to_dict(spec), (8, 9, 10), str(work), 0))
+    start = worker.model_info().weights
+    updates = []
+    for pid in (8, 9, 10):
+        _, trained, _ = worker._train_one(pid, worker.trainer.feed(start), 1)
+        updates += [np.asarray(trained[i]) - start[i] for i in (0, 1)]  # hidden: shared
+    return start, updates
+
+
+def test_remote_vendor_same_weights_policy_hash_and_nothing_private_leaves(
+        sites: dict[str, Path]) -> None:
+    from fedcollab._proto.fedcollab.v1 import silo_pb2
+    from fedcollab.io import load_npz
+
+    coordinator, address = _start_coordinator(sites, "remote", "--silo-record", "received.bin")
+    vendor = _start_vendor(sites, address, "vendor-state")
+    listening: list[Any] = []
+    checks = 0
+    while vendor.poll() is None and checks < 400:  # while the gateway runs the job
+        listening += _listening(vendor.pid)
+        checks += 1
+        time.sleep(0.25)
+    v_out, v_err = vendor.communicate(timeout=240)
+    c_out, _ = coordinator.communicate(timeout=240)
+    c_err = (sites["coord"] / "remote.err").read_text()
+
+    assert vendor.returncode == 0, v_err
+    assert coordinator.returncode == 0, c_err
+    assert "0 refused" in v_out and checks > 0 and listening == []
+    coord = sites["coord"]
+    embedded = json.loads((coord / "embedded" / "release" / "manifest.json").read_text())
+    remote = json.loads((coord / "remote" / "release" / "manifest.json").read_text())
+    # 1. the same weights as the embedded run with the same seed
+    assert remote["weights_sha256"] == embedded["weights_sha256"]
+    # 2. what the vendor promised to enforce, in the metrics and the release manifest
+    promised = hashlib.sha256((sites["vendor"] / "vendor-policy.yaml").read_bytes()).hexdigest()
+    assert [p["policy_sha256"] for p in remote["silo_parties"]] == [promised]
+    lines = [json.loads(x) for x in (coord / "remote" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(
+        m["placement"]["silo"]["vendor"]["policy_sha256"] == promised for m in lines)
+    # 3. nothing private leaves: every received byte is a typed frame; no byte pattern of
+    # the vendor's private layer is in what the coordinator received or wrote
+    frames = [silo_pb2.GatewayFrame.FromString(r) for r in _records(coord / "received.bin")]
+    kinds = {f.WhichOneof("body") for f in frames}
+    assert kinds <= {"join", "decision", "stage_reply"} and "stage_reply" in kinds
+    payloads = [m.payload for f in frames if f.WhichOneof("body") == "stage_reply"
+                for m in f.stage_reply.replies]
+    assert payloads and all(p[:4] == b"FCSA" or len(p) == 32 for p in payloads)
+    private = sorted((sites["vendor"] / "vendor-state" / "work" / "checkpoints" / "private")
+                     .glob("participant-*-round-00003.npz"))
+    assert len(private) == 3  # the vendor's three sites kept their head
+    initial, updates = _round_one_updates(sites["vendor"] / "job.yaml", sites["root"] / "work")
+    public = b"".join(np.ascontiguousarray(w, dtype="<f4").tobytes() for w in initial)
+    # the private head's values a site never moved from the initial weights (units it
+    # never activates) are public; every value it trained must not reach the coordinator
+    patterns = [w for path in private for a in load_npz(path)[0].values()
+                for w in _windows(a) if w not in public]
+    assert len(patterns) > 300  # most of the 3 x 650 values of the head were trained
+    assert all(np.abs(u).max() > 0 for u in updates)
+    patterns += [w for u in updates for w in _windows(u)]
+    received = (coord / "received.bin").read_bytes()
+    written = b"".join(p.read_bytes() for p in (coord / "remote").rglob("*") if p.is_file())
+    assert patterns and not any(w in received or w in written for w in patterns)
+    # the vendor's audit log is intact and covers every frame and the updates that left
+    verified = _cli("silo", "audit", "verify", "vendor-state/audit.jsonl", cwd=sites["vendor"])
+    assert verified.startswith("ok:")
+    audit = [json.loads(x) for x in
+             (sites["vendor"] / "vendor-state" / "audit.jsonl").read_text().splitlines()]
+    assert sum(e["direction"] == "out" and e["decision"] == "allow" for e in audit) == 3
+
+
+@pytest.mark.parametrize("how, words", [
+    (signal.SIGSTOP, "did not answer by the round's deadline (2 s)"),  # a black-holed link
+    (signal.SIGKILL, "the link to 'vendor' is down"),                 # a killed gateway
+])
+def test_remote_vendor_lost_mid_job_aborts_rounds_by_the_deadline(
+        sites: dict[str, Path], how: int, words: str) -> None:
+    for side in ("coord", "vendor"):
+        _spec(sites[side] / "job6.yaml", rounds=6)
+    out = f"lost-{how}"
+    coordinator, address = _start_coordinator(sites, out, "--silo-deadline", "2",
+                                              spec="job6.yaml")
+    vendor = _start_vendor(sites, address, f"{out}-state", spec="job6.yaml")
+    metrics = sites["coord"] / out / "metrics.jsonl"
+    try:
+        end = time.monotonic() + 240
+        while time.monotonic() < end and not (metrics.exists() and metrics.read_text()):
+            assert coordinator.poll() is None, (sites["coord"] / f"{out}.err").read_text()
+            time.sleep(0.05)
+        os.kill(vendor.pid, how)
+        coordinator.communicate(timeout=120)
+    finally:
+        os.kill(vendor.pid, signal.SIGKILL)
+        vendor.wait()
+
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert coordinator.returncode == 0, (sites["coord"] / f"{out}.err").read_text()
+    assert [m["round"] for m in lines] == [1, 2, 3, 4, 5, 6]
+    assert "aborted" not in lines[0]
+    first = next(i for i, m in enumerate(lines) if "aborted" in m)  # once lost, always
+    assert first < 6 and all("aborted" in m for m in lines[first:])
+    for m in lines[first:]:
+        assert words in m["aborted"]
+        assert m["seconds"] < 2 + 10  # no hang beyond the deadline + 10 s
+        # the model is unchanged: the same held-out figures as the last round that ran
+        assert (m["loss"], m["accuracy"]) == (lines[first - 1]["loss"],
+                                              lines[first - 1]["accuracy"])
+
+
+def test_remote_vendor_refusing_the_offer_fails_the_job_in_one_line(
+        sites: dict[str, Path]) -> None:
+    policy = yaml.safe_load((sites["vendor"] / "vendor-policy.yaml").read_text())
+    policy["dp"] = {"min_noise_multiplier": 1.0, "max_clip_norm": 1.0, "epsilon_budget": 8.0,
+                    "delta": 1e-5}  # a DP floor the job (no DP) does not meet
+    (sites["vendor"] / "floor-policy.yaml").write_text(yaml.safe_dump(policy))
+    coordinator, address = _start_coordinator(sites, "refused")
+    vendor = _start_vendor(sites, address, "refused-state", policy="floor-policy.yaml")
+    v_out, v_err = vendor.communicate(timeout=240)
+    coordinator.communicate(timeout=240)
+    c_err = (sites["coord"] / "refused.err").read_text()
+
+    assert coordinator.returncode == 1 and vendor.returncode == 0, v_err
+    last = c_err.strip().splitlines()[-1]
+    assert last.startswith("fedcollab: error: silo: the offer of job ")
+    assert "was refused by the vendor: noise multiplier 0.0 is below the policy's floor" in last
+    assert "Traceback" not in c_err and "1 refused" in v_out
+    assert not (sites["coord"] / "refused" / "release").exists()
+
+
+@pytest.mark.ray
+def test_remote_vendor_beside_the_coordinators_embedded_ray_same_weights(
+        sites: dict[str, Path]) -> None:
+    """The coordinator's community on its own embedded Ray (the default transport),
+    the vendor in its own process tree: the same weights as the embedded run."""
+    coordinator, address = _start_coordinator(sites, "on-ray", transport="ray")
+    vendor = _start_vendor(sites, address, "on-ray-state")
+    v_out, v_err = vendor.communicate(timeout=300)
+    coordinator.communicate(timeout=300)
+
+    assert vendor.returncode == 0, v_err
+    assert coordinator.returncode == 0, (sites["coord"] / "on-ray.err").read_text()
+    coord = sites["coord"]
+    embedded = json.loads((coord / "embedded" / "release" / "manifest.json").read_text())
+    remote = json.loads((coord / "on-ray" / "release" / "manifest.json").read_text())
+    assert remote["weights_sha256"] == embedded["weights_sha256"]
+    workers = json.loads((coord / "on-ray" / "summary.json").read_text())["workers"]
+    assert [w["node_id"] for w in workers if w.get("device") == "remote"] == ["silo:vendor"]
