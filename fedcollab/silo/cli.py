@@ -65,12 +65,13 @@ def add_silo_commands(sub: Any) -> None:
                        help="between rounds, drop the link when no frame came for this many "
                             "seconds (a black-holed link; with --reconnect the gateway dials "
                             "again). Default: wait without end")
-    serve.add_argument("--coordinator-name", default=None,
-                       help="the party the coordinator's certificate must name (e.g. "
+    serve.add_argument("--coordinator-name", default="coordinator",
+                       help="the party the coordinator's certificate must name (default "
                             "coordinator): checked in the TLS handshake instead of the "
-                            "address's host name, and every frame's sender must be it. "
-                            "Without it any certificate of the pinned CA valid for the "
-                            "address is accepted")
+                            "address's host name, and every frame's sender must be it, so "
+                            "another leaf of the pinned CA (another vendor's) cannot pose "
+                            "as the coordinator. An empty value accepts any certificate of "
+                            "the pinned CA valid for the address")
     serve.add_argument("--trusted-ca", type=Path, action="append", default=[],
                        help="a CA whose identities count toward min_group; its sha256 must be "
                             "in the policy's trusted_cas (repeatable)")
@@ -174,7 +175,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                       cert=args.cert, key=args.key, coordinator_ca=args.coordinator_ca,
                       trusted_cas=args.trusted_ca, state_dir=args.state_dir,
                       deadline_grace=args.deadline_grace,
-                      coordinator_name=args.coordinator_name,
+                      coordinator_name=args.coordinator_name or None,
                       idle_timeout=args.idle_timeout, vendor=vendor)
     try:
         report = gateway.serve(reconnect=args.reconnect, max_attempts=args.max_attempts,
