@@ -53,16 +53,11 @@ def _servicer(coordinator: Coordinator) -> Any:
     import grpc
 
     from fedcollab._proto.fedcollab.v1 import silo_pb2, silo_pb2_grpc
-    from fedcollab.service.certs import CertError, party_name
+    from fedcollab.silo.link import authenticated_party
 
     class Servicer(silo_pb2_grpc.SiloServiceServicer):
         def Connect(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
-            pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
-            try:
-                party = party_name(pem)
-            except CertError as err:
-                coordinator.refusals.append(str(err))
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
+            party = authenticated_party(context, coordinator.refusals)
 
             def refuse(code: Any, reason: str) -> None:
                 coordinator.refusals.append(reason)

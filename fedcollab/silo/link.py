@@ -226,20 +226,30 @@ class SiloLink:
             self._cond.notify_all()
 
 
+def authenticated_party(context: Any, refusals: list[str]) -> str:
+    """The party the client certificate of a call names; a call without a party
+    certificate is noted in ``refusals`` and aborted UNAUTHENTICATED."""
+    import grpc
+
+    from fedcollab.service.certs import CertError, party_name
+
+    pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+    try:
+        return party_name(pem)
+    except CertError as err:
+        refusals.append(str(err))
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
+        raise  # abort raises; never reached
+
+
 def _Servicer(link: SiloLink) -> Any:  # noqa: N802 - builds the servicer class lazily
     import grpc
 
     from fedcollab._proto.fedcollab.v1 import silo_pb2, silo_pb2_grpc
-    from fedcollab.service.certs import CertError, party_name
 
     class Servicer(silo_pb2_grpc.SiloServiceServicer):
         def Connect(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
-            pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
-            try:
-                party = party_name(pem)
-            except CertError as err:
-                link.refusals.append(str(err))
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
+            party = authenticated_party(context, link.refusals)
             first = next(requests, None)
             if first is None:
                 return
