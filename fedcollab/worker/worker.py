@@ -161,6 +161,7 @@ class ParticipantWorker:
         self._setup: Any = None  # the group setup pinned once (secure.identity.GroupSetup)
         self._own_dp: Any = None  # the DP settings of this worker's spec (round_check.OwnDp)
         self._views_cache: Optional[dict[str, dict[str, list[int]]]] = None
+        self._views_sync: Any = None  # the consistency stage's fsync, still running
         secure = [pid for pid in self.people.pids_where(in_secure_sum=True) if pid in self.hosted]
         self._secure_pids = frozenset(secure)
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
@@ -453,6 +454,8 @@ class ParticipantWorker:
         lie (``ServerDeviationError``) answers the reason as a ``str``.
         """
         replies: dict[int, bytes | str] = {}
+        if stage != "consistency":
+            self._views_durable()  # what this stage reveals relies on views on disk
         try:
             for pid, message in messages.items():
                 if pid not in self.hosted:
@@ -462,7 +465,7 @@ class ParticipantWorker:
                     replies[pid] = reply
         finally:
             if stage in ("consistency", "unmask"):
-                self._save_views(messages)
+                self._save_views(messages, sync_later=stage == "consistency")
         return replies
 
     def _secure_reply(self, pid: int, stage: str, round_id: int, message: bytes
@@ -505,15 +508,21 @@ class ParticipantWorker:
             self._views_cache = views
         return self._views_cache
 
-    def _save_views(self, touched: Mapping[int, bytes]) -> None:
-        """Journal the views the participants of this stage confirmed, before their
-        replies leave: a resumed job re-runs rounds, and a participant must not confirm
-        another view of one. One fsynced line per stage that confirmed any, each
-        survivor set written once (every hosted participant usually confirms the same
-        one); only the new views are formatted (``take_new_views``)."""
-        import json
+    def _save_views(self, touched: Mapping[int, bytes], *, sync_later: bool = False) -> None:
+        """Journal the views the participants of this stage confirmed: a resumed job
+        re-runs rounds, and a participant must not confirm another view of one. One line
+        per stage that confirmed any, each survivor set written once (every hosted
+        participant usually confirms the same one); only the new views are formatted
+        (``take_new_views``).
 
-        from fedcollab.io import append_line_durably
+        The line is written (in the page cache: a killed worker keeps it) before the
+        replies leave. It is on disk (fsync) before any later stage of this worker
+        answers: with ``sync_later`` (malicious consistency, whose confirmations reveal
+        nothing) the fsync runs in the background while the server gathers the
+        confirmations, and :meth:`_views_durable` waits for it before the unmask stage
+        reveals a share; otherwise (honest-but-curious: the view and the reveals leave
+        together) before this stage's replies."""
+        import json
 
         sets: list[list[int]] = []
         index: dict[tuple[int, ...], int] = {}
@@ -527,10 +536,50 @@ class ParticipantWorker:
                 if i == len(sets):
                     sets.append(view)
                 fresh.setdefault(str(pid), {})[key] = i
-        if fresh:
-            append_line_durably(self._views_path(),
-                                json.dumps({"sets": sets, "views": fresh},
-                                           separators=(",", ":")))
+        if not fresh:
+            return
+        self._views_durable()  # one sync in flight at a time, lines in order
+        path = self._views_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            line = json.dumps({"sets": sets, "views": fresh}, separators=(",", ":")) + "\n"
+            data = line.encode("utf-8")
+            if os.write(fd, data) != len(data):
+                raise OSError(f"{path}: short write of a views line")
+        except BaseException:
+            os.close(fd)
+            raise
+        if not sync_later:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return
+        import threading
+
+        failed: list[OSError] = []
+
+        def sync() -> None:
+            try:
+                os.fsync(fd)
+            except OSError as err:
+                failed.append(err)
+            finally:
+                os.close(fd)
+
+        thread = threading.Thread(target=sync, name="views-fsync", daemon=True)
+        thread.start()
+        self._views_sync = (thread, failed)
+
+    def _views_durable(self) -> None:
+        """Wait for the journal's background fsync (:meth:`_save_views`), if any."""
+        pending, self._views_sync = self._views_sync, None
+        if pending is not None:
+            thread, failed = pending
+            thread.join()
+            if failed:  # no share is revealed on a view that may not be on disk
+                raise failed[0]
 
     def secure_prepare(self, pids: Sequence[int]) -> int:
         """Offline phase: precompute the next round's masks of the hosted participants.
