@@ -9,6 +9,9 @@ workers, each used for one job and then replaced.
 
 Queued jobs start highest priority first, then in submission order, skipping those
 of a token already running its quota of jobs (``max_running`` in the job's params).
+Started jobs that wait for Ray to grant their reservations ask it one at a time, in
+the same order (:mod:`fedcollab.service.reservations`): Ray's own queue knows
+nothing of priorities.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
 from fedcollab.io import atomic_write_bytes
+from fedcollab.service import reservations
 from fedcollab.service.store import JobRecord, JobStore
 
 __all__ = ["Hub", "Runner", "read_events"]
@@ -371,6 +375,7 @@ class Runner:
                 self._watch_ray()
                 self._handle_cancels()
                 self._reap()
+                self._arbitrate()
                 self._start_queued()
                 self._fill_pool()
             except Exception:  # keep the service serving; the traceback goes to the log
@@ -545,6 +550,10 @@ class Runner:
             task = {"job_dir": str(job_dir), "resume": job.attempts > 1, **job.params}
             try:
                 self._prepare_dir(job, job_dir)
+                # no other job waits for Ray: this one asks at once (else _arbitrate
+                # gives it the baton in priority order)
+                reservations.clear(job_dir, go=job.kind == "run" and not any(
+                    reservations.pending(run.job_dir) for run in self._running.values()))
                 if job.kind == "grade":
                     proc = self._spawn(["-m", "fedcollab.service.jobproc", "--mode", "grade"])
                 else:
@@ -560,6 +569,15 @@ class Runner:
             self._running[job.id] = _Running(job, proc, job_dir)
             self._note(f"job {job.id} started (attempt {job.attempts}, pid {proc.pid})")
             self.hub.publish(job.id)
+
+    def _arbitrate(self) -> None:
+        """Running jobs ask Ray for their reservations one at a time, in priority
+        order (see fedcollab.service.reservations)."""
+        if len(self._running) > 1 or any(
+                reservations.pending(run.job_dir) for run in self._running.values()):
+            reservations.arbitrate([
+                reservations.Contender(run.job_dir, run.job.priority, run.job.seq)
+                for run in self._running.values()])
 
     def _at_quota(self) -> list[str]:
         """Owner ids running as many jobs as their token's quota allows (the quota a
