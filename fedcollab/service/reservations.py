@@ -17,18 +17,29 @@ The two sides talk through two files in the job's directory: ``reserve.state``
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
-
-from fedcollab.io import atomic_write_bytes
 
 __all__ = ["STATE_FILE", "GO_FILE", "FileGate", "Contender", "arbitrate", "clear", "pending"]
 
 STATE_FILE = "reserve.state"
 GO_FILE = "reserve.go"
 _WANTING = ("waiting", "asking")
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomic (the other side reads whole files) but not durable: after a crash both
+    files are reset anyway (:func:`clear`), so a job's start pays no fsync for them."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
 
 
 class FileGate:
@@ -42,7 +53,7 @@ class FileGate:
 
     def _say(self, state: str) -> None:
         if state != self._state:
-            atomic_write_bytes(self.job_dir / STATE_FILE, state.encode(), mode=0o600)
+            _write(self.job_dir / STATE_FILE, state.encode())
             self._state = state
 
     def acquire(self, timeout: float) -> bool:
@@ -97,7 +108,7 @@ def arbitrate(running: Sequence[Contender]) -> None:
             others_asking = others_asking or state == "asking"
     go = best.job_dir / GO_FILE
     if not others_asking and not go.exists():
-        atomic_write_bytes(go, b"", mode=0o600)
+        _write(go, b"")
 
 
 def clear(job_dir: Path, *, go: bool) -> None:
@@ -105,7 +116,7 @@ def clear(job_dir: Path, *, go: bool) -> None:
     when no other job is waiting for it, so an uncontended job loses no time."""
     (job_dir / STATE_FILE).unlink(missing_ok=True)
     if go:
-        atomic_write_bytes(job_dir / GO_FILE, b"", mode=0o600)
+        _write(job_dir / GO_FILE, b"")
     else:
         (job_dir / GO_FILE).unlink(missing_ok=True)
 
