@@ -715,10 +715,15 @@ _LONG_JOB = _TINY_JOB.replace("rounds: 1", "rounds: 100000").replace(
     "name: tiny", "name: watched") + "local: {epochs: 20, batch_size: 16}\n"
 
 
-def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, stop: Any
-              ) -> tuple[int, int, int]:
+def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, stop: Any,
+              caught_up_to: int = 0) -> tuple[int, int, int]:
     """One process holding `count` WatchJob streams on `job_id` (20 connections),
-    reading every event, until `stop` is set; returns (opened, errors, events)."""
+    reading every event, until `stop` is set; returns (opened, errors, events).
+
+    `ready` is set once every stream has opened and read the job's history up to
+    round `caught_up_to`: a new stream first gets every round so far (hundreds, on a
+    job that has run for a while), and timing calls while 1,000 streams replay that
+    would time their catch-up, not watching."""
     import asyncio
 
     import grpc
@@ -726,7 +731,7 @@ def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, sto
     from fedcollab._proto.fedcollab.v1 import jobs_pb2, jobs_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),)
-    counts = {"opened": 0, "errors": 0, "events": 0}
+    counts = {"opened": 0, "errors": 0, "events": 0, "caught_up": 0}
     codes: dict[str, int] = {}
 
     async def run() -> None:
@@ -736,14 +741,21 @@ def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, sto
             jobs_pb2.WatchJobRequest(id=job_id), metadata=metadata) for i in range(count)]
 
         async def follow(call: Any) -> None:
+            caught_up = caught_up_to <= 0
             try:
                 await call.read()
                 counts["opened"] += 1
+                if caught_up:
+                    counts["caught_up"] += 1
                 while True:
                     event = await call.read()
                     if event is grpc.aio.EOF:
                         return
                     counts["events"] += 1
+                    if not caught_up and event.HasField("round") and \
+                            event.round.round >= caught_up_to:
+                        caught_up = True
+                        counts["caught_up"] += 1
             except grpc.RpcError as err:
                 if not stop.is_set():
                     counts["errors"] += 1
@@ -751,7 +763,7 @@ def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, sto
 
         tasks = [asyncio.ensure_future(follow(c)) for c in calls]
         started, said = time.monotonic(), 0.0
-        while counts["opened"] + counts["errors"] < count:
+        while counts["caught_up"] + counts["errors"] < count:
             await asyncio.sleep(0.1)
             if time.monotonic() - said > 10:
                 said = time.monotonic()
@@ -818,8 +830,9 @@ def bench_service_watchers(watchers: int = 1000, clients: int = 32,
             ready, stop = manager.Event(), manager.Event()
             with ctx.Pool(processes + 1) as pool:
                 alone = _load_phase(service, job_id, pool, shares, seconds)
+                history = service.client.get(job_id).rounds_completed
                 watching = pool.apply_async(_watchers, (service.address, service.token, job_id,
-                                                        watchers, ready, stop))
+                                                        watchers, ready, stop, history))
                 if not ready.wait(300):
                     raise RuntimeError("the watchers did not open their streams in 300 s")
                 before = service.client.get(job_id).rounds_completed

@@ -102,11 +102,9 @@ class Hub:
 
     #: A broadcast wakes its watchers a slice at a time, WAKE_GAP_SECONDS apart: a
     #: thousand watchers get a round's event over ~0.3 s instead of all at once, and
-    #: the calls that arrive meanwhile (GetJob, health) are served between slices. At
-    #: full speed a broadcast's writes, their completions and the watchers' reads
-    #: took both cores of a 2-core machine in one burst, and GetJob's p99 under load
-    #: went from ~0.1 s to 0.3-0.5 s; paced so, it stayed within noise of no watchers
-    #: (docs/service.md, "Serving under load").
+    #: the calls that arrive meanwhile (GetJob, health) are served between slices
+    #: rather than behind the whole broadcast's writes, completions and reads (what
+    #: was measured, with and without: docs/service.md, "Serving under load").
     WAKE_SLICE = 32
     WAKE_GAP_SECONDS = 0.01
 
