@@ -715,10 +715,15 @@ _LONG_JOB = _TINY_JOB.replace("rounds: 1", "rounds: 100000").replace(
     "name: tiny", "name: watched") + "local: {epochs: 20, batch_size: 16}\n"
 
 
-def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, stop: Any
-              ) -> tuple[int, int, int]:
+def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, stop: Any,
+              caught_up_to: int = 0) -> tuple[int, int, int]:
     """One process holding `count` WatchJob streams on `job_id` (20 connections),
-    reading every event, until `stop` is set; returns (opened, errors, events)."""
+    reading every event, until `stop` is set; returns (opened, errors, events).
+
+    `ready` is set once every stream has opened and read the job's history up to
+    round `caught_up_to`: a new stream first gets every round so far (hundreds, on a
+    job that has run for a while), and timing calls while 1,000 streams replay that
+    would time their catch-up, not watching."""
     import asyncio
 
     import grpc
@@ -726,7 +731,7 @@ def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, sto
     from fedcollab._proto.fedcollab.v1 import jobs_pb2, jobs_pb2_grpc
 
     metadata = (("authorization", f"Bearer {token}"),)
-    counts = {"opened": 0, "errors": 0, "events": 0}
+    counts = {"opened": 0, "errors": 0, "events": 0, "caught_up": 0}
     codes: dict[str, int] = {}
 
     async def run() -> None:
@@ -736,14 +741,21 @@ def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, sto
             jobs_pb2.WatchJobRequest(id=job_id), metadata=metadata) for i in range(count)]
 
         async def follow(call: Any) -> None:
+            caught_up = caught_up_to <= 0
             try:
                 await call.read()
                 counts["opened"] += 1
+                if caught_up:
+                    counts["caught_up"] += 1
                 while True:
                     event = await call.read()
                     if event is grpc.aio.EOF:
                         return
                     counts["events"] += 1
+                    if not caught_up and event.HasField("round") and \
+                            event.round.round >= caught_up_to:
+                        caught_up = True
+                        counts["caught_up"] += 1
             except grpc.RpcError as err:
                 if not stop.is_set():
                     counts["errors"] += 1
@@ -751,7 +763,7 @@ def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, sto
 
         tasks = [asyncio.ensure_future(follow(c)) for c in calls]
         started, said = time.monotonic(), 0.0
-        while counts["opened"] + counts["errors"] < count:
+        while counts["caught_up"] + counts["errors"] < count:
             await asyncio.sleep(0.1)
             if time.monotonic() - said > 10:
                 said = time.monotonic()
@@ -770,11 +782,32 @@ def _watchers(address: str, token: str, job_id: str, count: int, ready: Any, sto
     return counts["opened"], counts["errors"], counts["events"]
 
 
+def _load_phase(service: "_ServiceProcess", job_id: str, pool: Any, shares: list[int],
+                seconds: float) -> dict[str, Any]:
+    """The load clients for `seconds`, one process per share; their samples, errors and
+    submitted ids, with the 1-minute load average before and after."""
+    before = os.getloadavg()[0]
+    parts = pool.starmap(_load_worker, [
+        (service.address, service.token, job_id, seconds, n) for n in shares])
+    return {"samples": [s for part in parts for s in part[0]],
+            "errors": sum(part[1] for part in parts),
+            "submitted": {i for part in parts for i in part[2]},
+            "load_average": [round(before, 2), round(os.getloadavg()[0], 2)]}
+
+
 def bench_service_watchers(watchers: int = 1000, clients: int = 32,
                            seconds: float = 20.0) -> None:
     """`service_load` with `watchers` WatchJob streams open on a running job: the same
     32 clients (GetJob, ListJobs, SubmitJob) while a job's rounds are broadcast to the
-    watchers. The target is a GetJob p99 under 50 ms and no errors."""
+    watchers. The target is a GetJob p99 under 50 ms and no errors.
+
+    The same clients also run, in the same service and against the same running job,
+    without watchers, before the watchers open and again after they close: the
+    `*_no_watchers` figures (both runs' samples together) are what this machine, its
+    training job and the clients cost without a single watcher, so the ratio and the
+    difference are the watchers' own share. The warm job process the queued jobs wait
+    for is started before anything is timed (warming it is seconds of CPU).
+    """
     import multiprocessing
     import sqlite3
 
@@ -791,39 +824,58 @@ def bench_service_watchers(watchers: int = 1000, clients: int = 32,
                 if time.monotonic() > deadline:
                     raise RuntimeError("the watched job did not start within 300 s")
                 time.sleep(0.5)
+            queued = service.client.submit(_TINY_JOB).id  # the load's submits queue too
+            while service.warm_runners_ready() < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)  # the first warm process runs the watched job
             ready, stop = manager.Event(), manager.Event()
             with ctx.Pool(processes + 1) as pool:
+                alone = _load_phase(service, job_id, pool, shares, seconds)
+                history = service.client.get(job_id).rounds_completed
                 watching = pool.apply_async(_watchers, (service.address, service.token, job_id,
-                                                        watchers, ready, stop))
+                                                        watchers, ready, stop, history))
                 if not ready.wait(300):
                     raise RuntimeError("the watchers did not open their streams in 300 s")
                 before = service.client.get(job_id).rounds_completed
-                parts = pool.starmap(_load_worker, [
-                    (service.address, service.token, job_id, seconds, n) for n in shares])
+                watched = _load_phase(service, job_id, pool, shares, seconds)
                 during = service.client.get(job_id).rounds_completed - before
                 stop.set()
                 opened, watch_errors, events = watching.get(60)
+                again = _load_phase(service, job_id, pool, shares, seconds)
             service.client.cancel(job_id)
         finally:
             service.stop()
-        samples = [s for part in parts for s in part[0]]
-        errors = sum(part[1] for part in parts)
-        submitted = {i for part in parts for i in part[2]} | {job_id}
+        submitted = watched["submitted"] | alone["submitted"] | again["submitted"] | {
+            job_id, queued}
         stored = {r[0] for r in sqlite3.connect(Path(tmp) / "state" / "jobs.sqlite").execute(
             "SELECT id FROM jobs")}
+
+    def by_op(samples: list[tuple[str, float]], op: str) -> list[float]:
+        return [ms for o, ms in samples if o == op]
+
+    samples = watched["samples"]
     latencies = [ms for _, ms in samples]
-    by_op = {op: [ms for o, ms in samples if o == op] for op in ("GetJob", "ListJobs",
-                                                                 "SubmitJob")}
+    alone_samples = alone["samples"] + again["samples"]
+    get_job = _percentile(by_op(samples, "GetJob"), 99)
+    get_job_alone = _percentile(by_op(alone_samples, "GetJob"), 99)
     emit({"bench": "service_load", "watchers": watchers, "clients": clients, "seconds": seconds,
           "requests_per_second": len(samples) / seconds,
           "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
-          "errors": errors + watch_errors + (watchers - opened), "jobs_lost": len(
-              submitted - stored),
-          "get_job_p99_ms": _percentile(by_op["GetJob"], 99),
-          "get_job_p50_ms": _percentile(by_op["GetJob"], 50),
-          "list_jobs_p99_ms": _percentile(by_op["ListJobs"], 99),
-          "submit_job_p99_ms": _percentile(by_op["SubmitJob"], 99),
+          "errors": watched["errors"] + watch_errors + (watchers - opened),
+          "jobs_lost": len(submitted - stored),
+          "get_job_p99_ms": get_job,
+          "get_job_p50_ms": _percentile(by_op(samples, "GetJob"), 50),
+          "list_jobs_p99_ms": _percentile(by_op(samples, "ListJobs"), 99),
+          "submit_job_p99_ms": _percentile(by_op(samples, "SubmitJob"), 99),
           "watchers_opened": opened, "watch_events": events, "rounds_during": during,
+          "get_job_p99_ms_no_watchers": get_job_alone,
+          "get_job_p50_ms_no_watchers": _percentile(by_op(alone_samples, "GetJob"), 50),
+          "p99_ms_no_watchers": _percentile([ms for _, ms in alone_samples], 99),
+          "requests_per_second_no_watchers": len(alone_samples) / (2 * seconds),
+          "errors_no_watchers": alone["errors"] + again["errors"],
+          "get_job_p99_ratio_to_no_watchers": get_job / get_job_alone,
+          "get_job_p99_ms_watchers_added": get_job - get_job_alone,
+          "load_average": watched["load_average"],
+          "load_average_no_watchers": [alone["load_average"], again["load_average"]],
           "client": "grpc.aio", "client_processes": processes, "cpus": os.cpu_count()})
 
 

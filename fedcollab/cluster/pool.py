@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedcollab.cluster.reserve import Reservation
+from fedcollab.cluster.reserve import Reservation, ReservationGate
 from fedcollab.cluster.reuse import _kill_quietly, _Options, _park, _take_parked
 from fedcollab.spec.roster import ParticipantInfo, roster
 from fedcollab.types import Weights
@@ -92,6 +92,9 @@ class WorkerPool(Hosting):
             only once it is granted; no worker is parked at the end.
         on_wait: Called with one line if the reservation has to wait for other jobs.
         exclude: Participants this pool does not host (they run in a remote silo).
+        gate: Ask Ray for the reservation only while this gate is held (the job
+            service's priority order; :class:`~fedcollab.cluster.reserve.ReservationGate`):
+            the workers placed in it then start in :meth:`wait_ready`, once granted.
 
     Raises:
         fedcollab.cluster.placement.ClusterError: The spec pins groups to a resource no node has.
@@ -101,7 +104,8 @@ class WorkerPool(Hosting):
                  out_dir: Path, *, resume_round: int = 0, spares: Sequence[Any] = (),
                  wait: bool = True, reserve: bool = False,
                  on_wait: Callable[[str], None] | None = None,
-                 exclude: frozenset[int] = frozenset()) -> None:
+                 exclude: frozenset[int] = frozenset(),
+                 gate: ReservationGate | None = None) -> None:
         from fedcollab.spec import spec_to_dict
 
         self.ray = ray
@@ -141,7 +145,7 @@ class WorkerPool(Hosting):
                 _kill_quietly(ray, worker)
             parked = []
             self.reservation = Reservation(ray, self._requests, avoid_nodes=self._reserved,
-                                           on_wait=on_wait)  # asks; wait_ready waits
+                                           on_wait=on_wait, gate=gate)  # asks; wait_ready waits
         fits_spare = spec.resources.gpus_per_worker == 0
         taken: list[Any] = []
         self._options: list[_Options | None] = []  # None: a spare (never parked)
@@ -169,8 +173,18 @@ class WorkerPool(Hosting):
         # a worker in the reservation starts once Ray grants it; a spare (outside it)
         # is configured only then (wait_ready), so a queued job computes nothing yet
         self._deferred: list[int] = []
+        # behind a gate the request may be withdrawn before Ray grants it (a job of
+        # higher priority waits), and the actors placed in it with it: new workers
+        # start once it is granted (until then their slots hold None)
+        self._unstarted: list[int] = []
+        gated = gate is not None and self.reservation is not None and \
+            not self.reservation.granted
         for index, worker in enumerate(taken):
-            if worker is None:
+            if worker is None and gated:
+                self.workers.append(None)
+                self._readying.append(None)
+                self._unstarted.append(index)
+            elif worker is None:
                 self.workers.append(self._start(index))
                 self._readying.append(self.workers[-1].ready.remote())
             elif self.reservation is not None and not self.reservation.granted:
@@ -198,6 +212,10 @@ class WorkerPool(Hosting):
         """
         if self.reservation is not None:
             self.reservation.wait()
+            for index in self._unstarted:
+                self.workers[index] = self._start(index)
+                self._readying[index] = self.workers[index].ready.remote()
+            self._unstarted = []
             for index in self._deferred:
                 self._readying[index] = self.workers[index].configure.remote(self._config(index))
             self._deferred = []
@@ -508,7 +526,7 @@ class WorkerPool(Hosting):
             keep = []
         kept = {id(worker) for _, worker in keep}
         for worker in self.workers:
-            if id(worker) not in kept:
+            if worker is not None and id(worker) not in kept:
                 _kill_quietly(self.ray, worker)
         if self.reservation is not None:  # its workers are gone: the next job may start
             self.reservation.release()

@@ -9,16 +9,39 @@ Ray's queue until an earlier job ends and its placement group is removed.
 
 Ray removes a job's placement groups when the job's driver exits, so a killed job
 frees its reservation too.
+
+Ray grants waiting placement groups in its own order, blind to the jobs'
+priorities. A :class:`ReservationGate` (the job service's) puts priority back: a
+gated job asks Ray only while its gate is held, and gives its place in Ray's queue
+back (removes its ungranted group) when the gate is taken from it for a job of
+higher priority.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from fedcollab.cluster.placement import WorkerRequest
 
-__all__ = ["Reservation"]
+__all__ = ["Reservation", "ReservationGate"]
+
+
+class ReservationGate(Protocol):
+    """Who may ask Ray for a reservation now: one job at a time, the one of highest
+    priority among those waiting (the job service arbitrates between its jobs)."""
+
+    def acquire(self, timeout: float) -> bool:
+        """Whether this job may ask Ray now; waits up to `timeout` s for it."""
+
+    def held(self) -> bool:
+        """Whether it still may (False: give the place in Ray's queue back)."""
+
+    def asking(self) -> None:
+        """This job's request is in Ray's queue."""
+
+    def granted(self) -> None:
+        """Ray granted it: the gate may pass to the next job."""
 
 
 class Reservation:
@@ -32,8 +55,12 @@ class Reservation:
         on_wait: Called once with a line if Ray does not grant the reservation within
             ``quiet_seconds`` of :meth:`wait` (another job holds the resources).
         quiet_seconds: How long to wait before saying so.
+        gate: Ask Ray only while the gate is held (see :class:`ReservationGate`);
+            if it is not held at once, the request waits for :meth:`wait`. A
+            request may be withdrawn before Ray grants it, and the actors placed in
+            it with it: start those after :meth:`wait`.
 
-    Asks Ray and returns at once; actors placed in its bundles (:meth:`strategy`)
+    Asks Ray (ungated) and returns at once; actors placed in its bundles (:meth:`strategy`)
     start when Ray grants it, and :meth:`wait` blocks until then, so the driver can do
     its own set-up while the job is queued in Ray.
     """
@@ -41,9 +68,8 @@ class Reservation:
     def __init__(self, ray: Any, requests: Sequence[WorkerRequest], *,
                  avoid_nodes: Sequence[str] = (),
                  on_wait: Optional[Callable[[str], None]] = None,
-                 quiet_seconds: float = 1.0) -> None:
-        from ray.util.placement_group import placement_group
-
+                 quiet_seconds: float = 1.0,
+                 gate: Optional[ReservationGate] = None) -> None:
         self.ray = ray
         self.bundle_of: list[Optional[int]] = []  # worker index -> bundle index (None: none)
         bundles: list[dict[str, float]] = []
@@ -64,27 +90,55 @@ class Reservation:
         self.waited_seconds = 0.0
         self._on_wait = on_wait
         self._quiet = quiet_seconds
-        if not bundles:
-            return
-        options: dict[str, Any] = {}
+        self._gate = gate
+        self._bundles = bundles
+        self._options: dict[str, Any] = {}
         if any(selectors):
-            options["bundle_label_selector"] = selectors
-        self.group = placement_group(bundles, strategy="PACK", **options)
+            self._options["bundle_label_selector"] = selectors
+        if not bundles:
+            if gate is not None:
+                gate.granted()  # nothing to hold: nothing to wait for
+        elif gate is None or gate.acquire(timeout=0.0):
+            # ask now (the driver sets up while Ray decides); behind a gate, only if
+            # it is ours already (no other job waits), else wait() asks in its turn
+            self.group = self._ask()
+            if gate is not None:
+                gate.asking()
+
+    def _ask(self) -> Any:
+        from ray.util.placement_group import placement_group
+
+        return placement_group(self._bundles, strategy="PACK", **self._options)
 
     def wait(self) -> None:
         """Block until Ray has granted every bundle, however long that takes (the job
-        is queued in Ray; SIGTERM still ends the wait, between polls)."""
-        if self.granted or self.group is None:
+        is queued in Ray, or behind its gate; SIGTERM still ends the wait, between
+        polls)."""
+        if self.granted:
             return
         start = time.monotonic()
         said = False
-        while not self.group.wait(timeout_seconds=self._quiet):
-            if not said and self._on_wait is not None:
+        poll = min(self._quiet, 0.5) if self._gate is not None else self._quiet
+        while True:
+            if self.group is None:
+                assert self._gate is not None  # ungated reservations asked in __init__
+                if self._gate.acquire(timeout=poll):
+                    self.group = self._ask()
+                    self._gate.asking()
+            elif self.group.wait(timeout_seconds=poll):
+                break
+            elif self._gate is not None and not self._gate.held():
+                # a job of higher priority waits: give it our place in Ray's queue
+                self._remove()
+            if not said and self._on_wait is not None and \
+                    time.monotonic() - start >= self._quiet:
                 self._on_wait(f"waiting for Ray to grant {_describe(self.wants)} "
                               "(other jobs hold them; this job starts when they end)")
                 said = True
         self.waited_seconds = time.monotonic() - start
         self.granted = True
+        if self._gate is not None:
+            self._gate.granted()
 
     def strategy(self, index: int) -> dict[str, Any]:
         """Actor options that place worker ``index`` in its bundle ({} if it has none)."""
@@ -99,6 +153,9 @@ class Reservation:
 
     def release(self) -> None:
         """Give the resources back to Ray (idempotent; call after the workers are killed)."""
+        self._remove()
+
+    def _remove(self) -> None:
         group, self.group = self.group, None
         if group is None:
             return

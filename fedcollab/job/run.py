@@ -44,7 +44,7 @@ from fedcollab.types import Weights
 from fedcollab.worker.messages import Pool
 
 if TYPE_CHECKING:
-    pass
+    from fedcollab.cluster.reserve import ReservationGate
 
 __all__ = ["RunOptions", "JobResult", "JobFailedError", "run_job"]
 
@@ -85,6 +85,9 @@ class RunOptions:
     # hold the workers' resources in Ray for the whole job (a placement group) and wait
     # for them: jobs sharing a cluster queue instead of contending (the job service's)
     reserve: bool = False
+    # with `reserve`: ask Ray only while this gate is held (the job service's priority
+    # order between its jobs; fedcollab.cluster.reserve.ReservationGate)
+    reserve_gate: Optional[ReservationGate] = None
     # where the participants run: "ray" (a cluster, or an embedded Ray) or "inprocess"
     # (this process: no Ray; for debugging, tests and one-host runs of small jobs)
     transport: str = "ray"
@@ -441,7 +444,8 @@ def _start_pool(ray: Any, spec: JobSpec, plan: OutDirPlan, options: RunOptions,
 
         pool = WorkerPool(ray, spec, people, plan.path.resolve(), resume_round=resume_round,
                           spares=options.spares, wait=False, reserve=options.reserve,
-                          on_wait=None if options.quiet else _waiting, exclude=elsewhere)
+                          on_wait=None if options.quiet else _waiting, exclude=elsewhere,
+                          gate=options.reserve_gate)
         say(f"starting {len(pool)} workers for {len(people)} participants{resuming}")
         local = pool
     if remote is None:

@@ -141,6 +141,7 @@ def _result(job_dir: Path, ok: bool, error: str = "") -> None:
 def _run(task: dict[str, Any], address: str, spares: Sequence[Any] = ()) -> int:
     from fedcollab.errors import FedcollabError, Terminated
     from fedcollab.job.run import RunOptions, run_job
+    from fedcollab.service.reservations import FileGate
     from fedcollab.service.specs import parse_spec_text
 
     job_dir = Path(task["job_dir"])
@@ -168,7 +169,7 @@ def _run(task: dict[str, Any], address: str, spares: Sequence[Any] = ()) -> int:
         # job.log is not a terminal: a plain progress line per round (at most one per 5 s)
         run_job(spec, RunOptions(out_dir=out, address=address, quiet=False, progress=None,
                                  resume=resume, on_round=on_round, spares=spares,
-                                 reserve=True))
+                                 reserve=True, reserve_gate=FileGate(job_dir)))
     except Terminated:  # the service's cancel: the run stays resumable
         _result(job_dir, False, "terminated by SIGTERM (cancelled)")
         return Terminated.exit_code

@@ -9,6 +9,9 @@ workers, each used for one job and then replaced.
 
 Queued jobs start highest priority first, then in submission order, skipping those
 of a token already running its quota of jobs (``max_running`` in the job's params).
+Started jobs that wait for Ray to grant their reservations ask it one at a time, in
+the same order (:mod:`fedcollab.service.reservations`): Ray's own queue knows
+nothing of priorities.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
 from fedcollab.io import atomic_write_bytes
+from fedcollab.service import reservations
 from fedcollab.service.store import JobRecord, JobStore
 
 __all__ = ["Hub", "Runner", "read_events"]
@@ -45,6 +49,31 @@ class _Feed:
         self.offset = 0
         self.lines: list[dict[str, Any]] = []
         self.loaded = False
+
+
+class _Waiting:
+    """The futures of one job's waiters on one event loop with one timeout, and the
+    timer that wakes them if no publish does first. Touched only on that loop,
+    except `futures`, which is filled under the hub's lock."""
+
+    __slots__ = ("futures", "timer", "woken")
+
+    def __init__(self) -> None:
+        self.futures: dict[asyncio.Future[None], None] = {}
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.woken = False
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def wake(self, size: int) -> None:
+        """Wake every future, `size` at a time, Hub.WAKE_GAP_SECONDS apart (the group
+        is detached from the hub by then: later waiters form a new one)."""
+        self.woken = True
+        self.disarm()
+        _wake_slices(asyncio.get_running_loop(), list(self.futures), 0, size)
 
 
 class Hub:
@@ -65,51 +94,78 @@ class Hub:
     def __init__(self, max_jobs: int = 512) -> None:
         self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
-        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop,
-                                            asyncio.Future[None]]]] = {}
+        # job id -> its waiters, one group per (event loop, timeout)
+        self._waiters: dict[str, dict[tuple[asyncio.AbstractEventLoop, float], _Waiting]] = {}
         self._feeds: OrderedDict[str, _Feed] = OrderedDict()
         self._records: dict[str, tuple[int, Any, float]] = {}
         self._max_jobs = max_jobs
 
-    #: Watchers woken per turn of the event loop: a broadcast to a thousand watchers
-    #: wakes them a slice at a time, so calls that arrive meanwhile (GetJob, health)
-    #: are served between slices rather than after the whole broadcast.
+    #: A broadcast wakes its watchers a slice at a time, WAKE_GAP_SECONDS apart: a
+    #: thousand watchers get a round's event over ~0.3 s instead of all at once, and
+    #: the calls that arrive meanwhile (GetJob, health) are served between slices
+    #: rather than behind the whole broadcast's writes, completions and reads (what
+    #: was measured, with and without: docs/service.md, "Serving under load").
     WAKE_SLICE = 32
+    WAKE_GAP_SECONDS = 0.01
 
     def publish(self, job_id: str) -> None:
         with self._lock:
             self._versions[job_id] = self._versions.get(job_id, 0) + 1
-            waiters = self._waiters.pop(job_id, [])
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for loop, future in waiters:
-            by_loop.setdefault(loop, []).append(future)
-        for loop, futures in by_loop.items():
+            groups = self._waiters.pop(job_id, {})
+        for (loop, _), group in groups.items():
             with contextlib.suppress(RuntimeError):  # that loop has closed
-                loop.call_soon_threadsafe(_wake_slices, loop, futures, 0, self.WAKE_SLICE)
+                loop.call_soon_threadsafe(group.wake, self.WAKE_SLICE)
 
     def version(self, job_id: str) -> int:
         with self._lock:
             return self._versions.get(job_id, 0)
 
     async def changed(self, job_id: str, seen: int, timeout: float) -> None:
-        """Return when the job's version is no longer `seen`, or after `timeout` s."""
+        """Return when the job's version is no longer `seen`, or after at most
+        `timeout` s (sooner is possible: callers re-check what they wait for).
+
+        A thousand watchers of a job cost a future each and one timer between them
+        (per event loop and timeout): the timer is armed when the first one waits and
+        disarmed by the publish that wakes them, so jobs that report often never fire
+        it, and nothing per watcher goes into the event loop's timer heap.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
             if self._versions.get(job_id, 0) != seen:
                 return
-            self._waiters.setdefault(job_id, []).append((loop, future))
+            groups = self._waiters.setdefault(job_id, {})
+            group = groups.get((loop, timeout))
+            if group is None:
+                group = groups[(loop, timeout)] = _Waiting()
+            group.futures[future] = None
+        if group.timer is None and not group.woken:  # on this loop: no publish ran since
+            group.timer = loop.call_later(timeout, self._expire, job_id, loop, timeout, group)
         try:
-            await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            pass
+            await future
         finally:
-            with self._lock:
-                waiting = self._waiters.get(job_id)
-                if waiting is not None and (loop, future) in waiting:
-                    waiting.remove((loop, future))
-                    if not waiting:
-                        del self._waiters[job_id]
+            if not future.done() or future.cancelled():  # the caller went away
+                with self._lock:
+                    group.futures.pop(future, None)
+                    attached = self._waiters.get(job_id)
+                    if not group.futures and attached is not None and \
+                            attached.get((loop, timeout)) is group:
+                        del attached[(loop, timeout)]
+                        if not attached:
+                            del self._waiters[job_id]
+                        group.disarm()
+
+    def _expire(self, job_id: str, loop: asyncio.AbstractEventLoop, timeout: float,
+                group: "_Waiting") -> None:
+        """A group's timer fired (no publish within its timeout): wake it."""
+        with self._lock:
+            groups = self._waiters.get(job_id)
+            if groups is not None and groups.get((loop, timeout)) is group:
+                del groups[(loop, timeout)]
+                if not groups:
+                    del self._waiters[job_id]
+        group.timer = None
+        group.wake(self.WAKE_SLICE)
 
     # ------------------------------------------------------------ what watchers read
     def _feed(self, job_id: str) -> _Feed:
@@ -196,8 +252,8 @@ def _wake_slices(loop: asyncio.AbstractEventLoop, futures: list["asyncio.Future[
                  start: int, size: int) -> None:
     for future in futures[start:start + size]:
         _wake(future)
-    if start + size < len(futures):  # the rest after what is queued now
-        loop.call_soon(_wake_slices, loop, futures, start + size, size)
+    if start + size < len(futures):  # the rest a moment later
+        loop.call_later(Hub.WAKE_GAP_SECONDS, _wake_slices, loop, futures, start + size, size)
 
 
 def read_events(job_dir: Path) -> list[dict[str, Any]]:
@@ -317,6 +373,7 @@ class Runner:
                 self._watch_ray()
                 self._handle_cancels()
                 self._reap()
+                self._arbitrate()
                 self._start_queued()
                 self._fill_pool()
             except Exception:  # keep the service serving; the traceback goes to the log
@@ -491,6 +548,10 @@ class Runner:
             task = {"job_dir": str(job_dir), "resume": job.attempts > 1, **job.params}
             try:
                 self._prepare_dir(job, job_dir)
+                # no other job waits for Ray: this one asks at once (else _arbitrate
+                # gives it the baton in priority order)
+                reservations.clear(job_dir, go=job.kind == "run" and not any(
+                    reservations.pending(run.job_dir) for run in self._running.values()))
                 if job.kind == "grade":
                     proc = self._spawn(["-m", "fedcollab.service.jobproc", "--mode", "grade"])
                 else:
@@ -506,6 +567,15 @@ class Runner:
             self._running[job.id] = _Running(job, proc, job_dir)
             self._note(f"job {job.id} started (attempt {job.attempts}, pid {proc.pid})")
             self.hub.publish(job.id)
+
+    def _arbitrate(self) -> None:
+        """Running jobs ask Ray for their reservations one at a time, in priority
+        order (see fedcollab.service.reservations)."""
+        if len(self._running) > 1 or any(
+                reservations.pending(run.job_dir) for run in self._running.values()):
+            reservations.arbitrate([
+                reservations.Contender(run.job_dir, run.job.priority, run.job.seq)
+                for run in self._running.values()])
 
     def _at_quota(self) -> list[str]:
         """Owner ids running as many jobs as their token's quota allows (the quota a

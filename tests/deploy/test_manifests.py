@@ -170,6 +170,35 @@ def test_every_pod_is_fenced_by_a_network_policy() -> None:
         assert any(sel.items() <= labels.items() for sel in selectors), (name, where)
 
 
+def test_every_pods_egress_is_fenced_to_pods_and_dns() -> None:
+    policies = [m.doc["spec"] for m in MANIFESTS if m.doc["kind"] == "NetworkPolicy"]
+    pods = [(m.where, where, t.get("metadata", {}).get("labels", {}))
+            for m in MANIFESTS for where, t in pod_templates(m.doc)]
+    dns = {(53, "UDP"), (53, "TCP")}
+
+    for name, where, labels in pods:
+        fencing = [p for p in policies if "Egress" in p["policyTypes"]
+                   and p["podSelector"]["matchLabels"].items() <= labels.items()]
+        assert fencing, (name, where)  # no pod may dial anything it likes
+        for policy in fencing:
+            for rule in policy["egress"]:
+                if rule.get("to"):  # named peers: pods, never address blocks
+                    assert all(set(peer) <= {"podSelector", "namespaceSelector"}
+                               for peer in rule["to"]), (name, where, rule)
+                else:  # any destination: DNS only
+                    assert {(p["port"], p["protocol"]) for p in rule["ports"]} <= dns, rule
+
+
+def test_ray_pods_may_dial_each_other_and_the_service_drivers() -> None:
+    spec = _one("networkpolicy.yaml:NetworkPolicy").doc["spec"]
+    service_pod = _one("Deployment").doc["spec"]["template"]["metadata"]["labels"]
+    peers = [peer["podSelector"]["matchLabels"] for rule in spec["egress"]
+             for peer in rule.get("to", [])]
+
+    assert {"fedcollab.io/ray": "true"} in peers
+    assert any(sel.items() <= service_pod.items() for sel in peers)  # job processes drive Ray
+
+
 def test_secrets_are_kuberays_token_or_made_as_the_docs_say() -> None:
     cluster = _one("RayCluster").doc["metadata"]["name"]
     pod = _one("Deployment").doc["spec"]["template"]["spec"]

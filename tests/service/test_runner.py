@@ -1,11 +1,13 @@
 """The runner's bookkeeping with real processes and a real store: a job's state and
-its result.json agree, whatever way its process ends."""
+its result.json agree, whatever way its process ends; the hub that wakes watchers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,3 +90,88 @@ def test_runner_warm_pool_defaults_to_one_per_slot(tmp_path: Path) -> None:
 
     assert Runner(store, tmp_path, Hub(), max_concurrent=3).warm_runners == 3
     assert Runner(store, tmp_path, Hub(), max_concurrent=3, warm_runners=1).warm_runners == 1
+
+
+# ------------------------------------------------------------------ Hub.changed
+def test_hub_changed_publish_from_another_thread_wakes_every_waiter() -> None:
+    hub = Hub()
+
+    async def scenario() -> list[bool]:
+        waits = [asyncio.ensure_future(hub.changed("j", 0, timeout=30.0)) for _ in range(100)]
+        await asyncio.sleep(0)  # all of them waiting
+        threading.Thread(target=hub.publish, args=("j",)).start()
+        done, _ = await asyncio.wait(waits, timeout=5.0)
+        return [w in done for w in waits]
+
+    assert all(asyncio.run(scenario()))
+    assert hub._waiters == {}
+
+
+def test_hub_changed_many_waiters_share_one_timer_that_wakes_them() -> None:
+    hub = Hub()
+
+    async def scenario() -> tuple[int, int, float]:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        waits = [asyncio.ensure_future(hub.changed("j", 0, timeout=0.2)) for _ in range(500)]
+        await asyncio.sleep(0)
+        timers = len(loop._scheduled)  # type: ignore[attr-defined]  (asyncio's timer heap)
+        await asyncio.wait_for(asyncio.gather(*waits), timeout=5.0)
+        return timers, len(hub._waiters), loop.time() - t0
+
+    timers, left, seconds = asyncio.run(scenario())
+
+    assert timers == 1  # not one per waiter
+    assert left == 0
+    assert 0.15 <= seconds < 2.0
+
+
+def test_hub_changed_stale_version_returns_at_once() -> None:
+    hub = Hub()
+    hub.publish("j")
+
+    async def scenario() -> None:
+        await asyncio.wait_for(hub.changed("j", 0, timeout=30.0), timeout=1.0)
+
+    asyncio.run(scenario())
+    assert hub._waiters == {}
+
+
+def test_hub_changed_cancelled_waiters_leave_nothing_behind() -> None:
+    hub = Hub()
+
+    async def scenario() -> tuple[int, int, bool]:
+        loop = asyncio.get_running_loop()
+        stay = asyncio.ensure_future(hub.changed("j", 0, timeout=30.0))
+        gone = [asyncio.ensure_future(hub.changed("j", 0, timeout=30.0)) for _ in range(10)]
+        await asyncio.sleep(0)
+        for g in gone:
+            g.cancel()
+        await asyncio.gather(*gone, return_exceptions=True)
+        waiting = len(hub._waiters["j"][(loop, 30.0)].futures)
+        stay.cancel()  # the last one: the group goes, and its timer with it
+        await asyncio.gather(stay, return_exceptions=True)
+        live_timers = sum(not t.cancelled() for t in loop._scheduled)  # type: ignore[attr-defined]
+        hub.publish("j")  # nobody left to wake; must not fail
+        return waiting, live_timers, stay.cancelled()
+
+    waiting, live_timers, cancelled = asyncio.run(scenario())
+
+    assert waiting == 1
+    assert live_timers == 0
+    assert cancelled
+    assert hub._waiters == {}
+
+
+def test_hub_changed_publish_disarms_the_timer() -> None:
+    hub = Hub()
+
+    async def scenario() -> int:
+        loop = asyncio.get_running_loop()
+        waits = [asyncio.ensure_future(hub.changed("j", 0, timeout=30.0)) for _ in range(3)]
+        await asyncio.sleep(0)
+        hub.publish("j")
+        await asyncio.wait_for(asyncio.gather(*waits), timeout=5.0)
+        return sum(not t.cancelled() for t in loop._scheduled)  # type: ignore[attr-defined]
+
+    assert asyncio.run(scenario()) == 0
