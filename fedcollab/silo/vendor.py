@@ -48,12 +48,12 @@ DecideOut = Callable[[Egress, bytes], Decision]
 def vendor_pids(spec: JobSpec, groups: Sequence[str] = ()) -> frozenset[int]:
     """The roster indices of the named groups (default: every group whose role is
     ``vendor``): the participants a vendor's silo hosts."""
-    from fedcollab.spec.roster import roster
+    from fedcollab.spec.roster import Role, roster
 
     everyone = roster(spec)
     names = set(groups)
     return frozenset(pid for g, group in enumerate(spec.participants)
-                     if (group.name in names if names else group.role == "vendor")
+                     if (group.name in names if names else group.role == Role.VENDOR)
                      for pid in everyone.group_range(g))
 
 
