@@ -32,8 +32,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write `data` to `path` atomically (and durably)."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644,
+                       durable: bool = True) -> None:
+    """Write `data` to `path` atomically and, unless ``durable`` is False (a file that
+    is reset after a crash anyway), durably: fsynced, and its rename too."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -41,7 +43,8 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> N
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
@@ -50,18 +53,27 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> N
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
 
 
-def append_line_durably(path: str | Path, line: str) -> None:
-    """Append ``line`` (one JSON object, no newline) to the journal at ``path`` and
-    fsync it: a crash leaves at most a torn last line, which readers skip."""
+def append_line_durably(path: str | Path, line: str, *, mode: int = 0o644,
+                        sync: bool = True) -> None:
+    """Append ``line`` (one JSON object, no newline) to the journal at ``path`` (created
+    with ``mode``) and fsync it: a crash leaves at most a torn last line, which readers
+    skip. With ``sync`` False the line is only written (a killed process keeps it; the
+    caller fsyncs the file before anything relies on it surviving the machine)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(f"{target}: short write of a journal line")
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: str | Path, obj: Any, *, indent: Optional[int] = 2) -> None:

@@ -112,15 +112,15 @@ def participant_indices(spec: JobSpec, labels: np.ndarray) -> list[np.ndarray]:
     exactly as a plain script calling the partitioner with that generator would
     (the benchmark's reference loop relies on it); group i > 0 uses ``[seed, i]``.
     """
-    with_data = sum(g.count for g in spec.participants if holds_data(g))
+    # groups of probes (the grader's canaries) hold no data: the others split it as if
+    # they were not there
+    holding = [g for g in spec.participants if holds_data(g)]
+    with_data = sum(g.count for g in holding)
     if with_data > len(labels):
         raise SpecError(f"spec: participants: {with_data} participants but only "
                         f"{len(labels)} training samples; expected at most one per sample")
     rng = np.random.default_rng([spec.seed, 2**31])  # the group split's own stream
-    # groups of probes (the grader's canaries) hold no data: the others split it as if
-    # they were not there
-    holding = [g for g in spec.participants if holds_data(g)]
-    shares = iter(split_among_groups(len(labels), holding, rng)) if holding else iter(())
+    shares = iter(split_among_groups(len(labels), holding, rng))
     result: list[np.ndarray] = []
     for i, group in enumerate(spec.participants):
         if not holds_data(group):

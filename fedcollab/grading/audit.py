@@ -51,10 +51,13 @@ def gdp_epsilon(mu: float, delta: float) -> float:
         second = math.exp(eps + float(log_ndtr(-eps / mu - mu / 2)))
         return float(ndtr(-eps / mu + mu / 2)) - second - delta
 
-    return _smallest_root(excess, brentq)
+    return _smallest_root(excess, brentq, xtol=1e-6)
 
 
-def _smallest_root(excess: Callable[[float], float], brentq: Callable[..., float]) -> float:
+def _smallest_root(excess: Callable[[float], float], brentq: Callable[..., float],
+                   **tolerance: float) -> float:
+    """The smallest eps >= 0 with ``excess(eps) <= 0`` (inf past 1e6), by brentq to
+    ``tolerance`` (its xtol/rtol)."""
     if excess(0.0) <= 0:
         return 0.0
     hi = 1.0
@@ -62,7 +65,7 @@ def _smallest_root(excess: Callable[[float], float], brentq: Callable[..., float
         hi *= 2
         if hi > 1e6:
             return math.inf
-    return float(brentq(excess, hi / 2 if hi > 1 else 0.0, hi, xtol=1e-4, rtol=1e-5))
+    return float(brentq(excess, hi / 2 if hi > 1 else 0.0, hi, **tolerance))
 
 
 def _log_mass(region: Sequence[tuple[float, float]], mean: float, std: float) -> float:
@@ -136,7 +139,7 @@ def gaussian_pair_epsilon(inside: tuple[float, float], outside: tuple[float, flo
         return max(_hockey_stick(inside, outside, eps),
                    _hockey_stick(outside, inside, eps)) - delta
 
-    return _smallest_root(excess, brentq)
+    return _smallest_root(excess, brentq, xtol=1e-4, rtol=1e-5)
 
 
 @dataclass(frozen=True)

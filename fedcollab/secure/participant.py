@@ -737,13 +737,9 @@ class SecureParticipant:
                 "after a resume); two sums over the same inputs with different survivors "
                 "differ by one input")
 
-    @property
-    def view_count(self) -> int:
-        """How many views this participant has confirmed (cheap; see :meth:`views`)."""
-        return len(self._views)
-
     def views(self) -> dict[str, list[int]]:
-        """The views confirmed so far, ``"round:digest-hex" -> survivors`` (to persist)."""
+        """Every view still kept, ``"round:digest-hex" -> survivors`` (the form the worker
+        journals: :meth:`take_new_views`; :meth:`restore_views` reloads it)."""
         return {f"{r}:{d.hex()}": list(v) for (r, d), v in sorted(self._views.items())}
 
     def take_new_views(self) -> dict[str, list[int]]:

@@ -17,11 +17,12 @@ The two sides talk through two files in the job's directory: ``reserve.state``
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from fedcollab.io import atomic_write_bytes
 
 __all__ = ["STATE_FILE", "GO_FILE", "FileGate", "Contender", "arbitrate", "clear", "pending"]
 
@@ -33,13 +34,7 @@ _WANTING = ("waiting", "asking")
 def _write(path: Path, data: bytes) -> None:
     """Atomic (the other side reads whole files) but not durable: after a crash both
     files are reset anyway (:func:`clear`), so a job's start pays no fsync for them."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+    atomic_write_bytes(path, data, mode=0o600, durable=False)
 
 
 class FileGate:

@@ -489,6 +489,7 @@ class JobSpec:
         names: set[str] = set()
         claimed = 0.0
         vendor = _registered("fedcollab.spec.roster:Role").VENDOR
+        holds_data = _registered("fedcollab.spec.roster:holds_data")
         for i, group in enumerate(self.participants):
             where = f"participants.{i}"
             sharing = _policy(group, where)
@@ -504,7 +505,7 @@ class JobSpec:
             if group.private_layers and group.role != vendor:
                 raise _fail(f"{where}.private_layers",
                             "only a vendor group keeps private layers (role: vendor)")
-            dataless = group.behaviour in _registered("fedcollab.spec.roster:DATALESS_BEHAVIOURS")
+            dataless = not holds_data(group)
             if dataless and group.data_fraction is not None:
                 raise _fail(f"{where}.data_fraction", f"a {group.behaviour!r} group holds no "
                             "training data; leave data_fraction out")
@@ -516,8 +517,7 @@ class JobSpec:
                     raise _fail(f"{where}.resources.{key}", f"got {amount!r}, expected > 0")
         if claimed > 1 + 1e-9:
             raise _fail("participants", f"data_fraction adds up to {claimed:g}, expected <= 1")
-        dataless = _registered("fedcollab.spec.roster:DATALESS_BEHAVIOURS")
-        if claimed >= 1 - 1e-9 and any(g.data_fraction is None and g.behaviour not in dataless
+        if claimed >= 1 - 1e-9 and any(g.data_fraction is None and holds_data(g)
                                        for g in self.participants):
             raise _fail("participants", "data_fraction adds up to 1, leaving no data for the "
                         "groups without one")

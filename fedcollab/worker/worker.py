@@ -161,7 +161,8 @@ class ParticipantWorker:
         self._setup: Any = None  # the group setup pinned once (secure.identity.GroupSetup)
         self._own_dp: Any = None  # the DP settings of this worker's spec (round_check.OwnDp)
         self._views_cache: Optional[dict[str, dict[str, list[int]]]] = None
-        self._views_sync: Any = None  # the consistency stage's fsync, still running
+        self._views_sync: Any = None  # the consistency stage's fsync (a Future)
+        self._views_syncer: Any = None  # its one thread, made on first use
         secure = [pid for pid in self.people.pids_where(in_secure_sum=True) if pid in self.hosted]
         self._secure_pids = frozenset(secure)
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
@@ -538,48 +539,25 @@ class ParticipantWorker:
                 fresh.setdefault(str(pid), {})[key] = i
         if not fresh:
             return
+        from fedcollab.io import append_line_durably
+
         self._views_durable()  # one sync in flight at a time, lines in order
         path = self._views_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            line = json.dumps({"sets": sets, "views": fresh}, separators=(",", ":")) + "\n"
-            data = line.encode("utf-8")
-            if os.write(fd, data) != len(data):
-                raise OSError(f"{path}: short write of a views line")
-        except BaseException:
-            os.close(fd)
-            raise
-        if not sync_later:
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            return
-        import threading
+        append_line_durably(path, json.dumps({"sets": sets, "views": fresh},
+                                             separators=(",", ":")),
+                            mode=0o600, sync=not sync_later)
+        if sync_later:
+            if self._views_syncer is None:
+                from concurrent.futures import ThreadPoolExecutor
 
-        failed: list[OSError] = []
-
-        def sync() -> None:
-            try:
-                os.fsync(fd)
-            except OSError as err:
-                failed.append(err)
-            finally:
-                os.close(fd)
-
-        thread = threading.Thread(target=sync, name="views-fsync", daemon=True)
-        thread.start()
-        self._views_sync = (thread, failed)
+                self._views_syncer = ThreadPoolExecutor(1, thread_name_prefix="views-fsync")
+            self._views_sync = self._views_syncer.submit(_fsync_file, path)
 
     def _views_durable(self) -> None:
         """Wait for the journal's background fsync (:meth:`_save_views`), if any."""
         pending, self._views_sync = self._views_sync, None
         if pending is not None:
-            thread, failed = pending
-            thread.join()
-            if failed:  # no share is revealed on a view that may not be on disk
-                raise failed[0]
+            pending.result()  # its OSError: no share is revealed on a view not on disk
 
     def secure_prepare(self, pids: Sequence[int]) -> int:
         """Offline phase: precompute the next round's masks of the hosted participants.
@@ -680,3 +658,12 @@ def _hosts_any(sorted_pids: Sequence[int], members: range) -> bool:
 _NO_RNG = np.random.default_rng(0)  # never drawn from: only DP rounds use randomness
 #: Participants without state kept materialised per worker (beyond: built when sampled).
 _KEEP = 4096
+
+
+def _fsync_file(path: Path) -> None:
+    """fsync ``path`` (its data written through another descriptor: the same file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
