@@ -27,8 +27,8 @@ from typing import Any, Optional
 
 from fedcollab.io import atomic_write_bytes
 from fedcollab.silo.errors import SiloUsageError, StateError
-from fedcollab.silo.frames import Offer, offer_sha256, offer_to_json
-from fedcollab.silo.state import load_state
+from fedcollab.silo.frames import Offer, offer_canonical, offer_sha256, offer_to_json
+from fedcollab.silo.state import SiloState, load_state
 
 __all__ = ["PendingOffer", "UnknownJobError", "APPROVALS_FILE", "load_approvals",
            "list_pending", "approve_offer"]
@@ -133,10 +133,8 @@ def approve_offer(state_dir: str | Path, job_id: str, *, expect: str = "",
         atomic_write_bytes(root / APPROVALS_FILE, json.dumps(
             {"version": 1, "approvals": entries}, indent=1, sort_keys=True).encode(),
             mode=0o600)
-        canonical = json.dumps(offer_to_json(row.offer), sort_keys=True,
-                               separators=(",", ":"), ensure_ascii=True).encode("ascii")
         with AuditLog(root / "audit.jsonl") as audit:  # frame_sha256 == the offer's hash
-            audit.append(frame=canonical, decision=Allow(load_state(root / "state.json")),
+            audit.append(frame=offer_canonical(row.offer), decision=Allow(SiloState()),
                          direction="local", kind="approval", job_id=job_id,
                          time=when.timestamp(),
                          reason=f"approved by {who}: model {row.offer.model_name} "

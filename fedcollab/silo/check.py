@@ -52,6 +52,7 @@ from fedcollab.silo.frames import (
     Stage,
     UnmaskRequest,
     offer_sha256,
+    secure_job_id,
 )
 from fedcollab.silo.limits import MAX_PENDING
 from fedcollab.silo.policy import Policy, is_sha256
@@ -334,12 +335,10 @@ def _stage(policy: Policy, state: SiloState, frame: Stage) -> Decision:
 
 
 def _setup(policy: Policy, state: SiloState, frame: GroupSetup) -> Decision:
-    import hashlib
-
     job = state.job(frame.job_id)
     if job.offer is None:
         return Refuse("sequence", f"job {frame.job_id}: no accepted offer")
-    if frame.secure_job_id != hashlib.sha256(frame.job_id.encode()).digest()[:16]:
+    if frame.secure_job_id != secure_job_id(frame.job_id):
         return Refuse("setup", "the group's job id is not this job's: signed key adverts "
                       "must be bound to it")
     return Allow(state)

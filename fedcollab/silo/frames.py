@@ -16,7 +16,7 @@ from typing import Any, Mapping, Union
 __all__ = ["SecAggTerms", "DpTerms", "LayerEntry", "Offer", "RoundStart", "Member", "Roster",
            "UnmaskRequest", "Egress", "Stage", "GroupSetup", "Frame", "MASKED",
            "SECURE_PROTOCOLS", "ROUND_STAGES", "SETUP_STAGES", "offer_to_json",
-           "offer_from_json", "offer_sha256"]
+           "offer_from_json", "offer_canonical", "offer_sha256", "secure_job_id"]
 
 MASKED = "masked"
 SECURE_PROTOCOLS = frozenset({"secagg", "secaggplus"})   # the only ways an update leaves
@@ -132,10 +132,16 @@ class GroupSetup:
 
     job_id: str
     members: tuple[int, ...]
-    secure_job_id: bytes            # what signed key adverts bind: sha256(job_id)[:16]
+    secure_job_id: bytes            # what signed key adverts bind: secure_job_id(job_id)
 
 
 Frame = Union[Offer, RoundStart, Roster, UnmaskRequest, Egress, Stage, GroupSetup]
+
+
+def secure_job_id(job_id: str) -> bytes:
+    """The secure group's job id (what every signed key advert binds): derived from
+    the silo job id, so a vendor can check it."""
+    return hashlib.sha256(job_id.encode()).digest()[:16]
 
 
 def offer_to_json(offer: Offer) -> dict[str, Any]:
@@ -157,9 +163,13 @@ def offer_from_json(raw: Mapping[str, Any]) -> Offer:
                                            str(e["dtype"])) for e in raw.get("manifest", [])))
 
 
+def offer_canonical(offer: Offer) -> bytes:
+    """The offer's canonical JSON (sorted keys, no spaces, ASCII): what is hashed."""
+    return json.dumps(offer_to_json(offer), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True).encode("ascii")
+
+
 def offer_sha256(offer: Offer) -> str:
     """sha256 of the offer's canonical JSON: what an approval binds (a changed offer,
     in any field, has another hash and waits again)."""
-    canonical = json.dumps(offer_to_json(offer), sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=True)
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    return hashlib.sha256(offer_canonical(offer)).hexdigest()

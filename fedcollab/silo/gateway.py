@@ -21,9 +21,6 @@ Given the vendor's own copy of the job (``silo serve --spec``), a
 for the frames the check allows (its own checks run first, :meth:`VendorHost.before`),
 and every update it produces is checked again (``Egress``) and audited before it
 leaves; without one the gateway only decides.
-
-A skeleton: it decides and answers, it does not yet train or run secure
-aggregation (docs/cross-silo.md).
 """
 from __future__ import annotations
 
@@ -134,18 +131,6 @@ class Gateway:
         return member_of(silo_pb2.Identity(party=self.party, certificate_der=der),
                          self._cas, now).ca_sha256
 
-    @property
-    def state(self) -> Any:
-        return self.decider.state
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        self.decider.state = value
-
-    @property
-    def audit(self) -> Any:
-        return self.decider.audit
-
     def _credentials(self) -> tuple[bytes, bytes, bytes]:
         """The certificate, key and pinned CA, read again for every connection (a
         rotated leaf is used on the next dial)."""
@@ -208,7 +193,7 @@ class Gateway:
             # other leaf of the pinned CA, e.g. another vendor's, is refused
             options.append(("grpc.ssl_target_name_override", self.coordinator_name))
         with grpc.secure_channel(self.coordinator, credentials, options=options) as channel:
-            # raw bytes in: the gateway parses every frame itself (wire.from_coordinator)
+            # raw bytes in: the gateway parses every frame itself (FrameDecider.decide_bytes)
             connect = channel.stream_stream(
                 _CONNECT, request_serializer=silo_pb2.GatewayFrame.SerializeToString,
                 response_deserializer=bytes)

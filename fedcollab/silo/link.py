@@ -87,6 +87,7 @@ class SiloLink:
         self._cond = threading.Condition()
         self.refusals: list[str] = []
         self._server: Any = None
+        self._recording: Any = None  # the interceptor writing --silo-record, if any
         self.port = 0
 
     # ------------------------------------------------------------------ the service
@@ -97,7 +98,8 @@ class SiloLink:
 
         from fedcollab._proto.fedcollab.v1 import silo_pb2_grpc
 
-        interceptors = [_recorder(self.record)] if self.record is not None else []
+        self._recording = _recorder(self.record) if self.record is not None else None
+        interceptors = [self._recording] if self._recording is not None else []
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                              interceptors=interceptors, options=[
                                  ("grpc.max_receive_message_length", MAX_GATEWAY_FRAME),
@@ -131,6 +133,9 @@ class SiloLink:
         if self._server is not None:
             self._server.stop(grace=2.0).wait(5.0)
             self._server = None
+        if self._recording is not None:
+            self._recording.close()
+            self._recording = None
 
     # ------------------------------------------------------------------ the job's side
     def wait_join(self, party: str, timeout: float) -> Joined:
@@ -314,18 +319,18 @@ def _recorder(path: Path) -> Any:
         return recorded
 
     class Recorder(grpc.ServerInterceptor):
+        def close(self) -> None:
+            with lock:
+                handle.close()
+
         def intercept_service(self, continuation: Any, details: Any) -> Any:
             handler = continuation(details)
             if handler is None or handler.request_deserializer is None:
                 return handler
             wrapped = record(handler.request_deserializer)
-            if handler.stream_stream is not None:
+            if handler.stream_stream is not None:  # SiloService has only Connect
                 return grpc.stream_stream_rpc_method_handler(
                     handler.stream_stream, request_deserializer=wrapped,
-                    response_serializer=handler.response_serializer)
-            if handler.unary_unary is not None:
-                return grpc.unary_unary_rpc_method_handler(
-                    handler.unary_unary, request_deserializer=wrapped,
                     response_serializer=handler.response_serializer)
             return handler
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from fedcollab.silo.frames import secure_job_id  # re-exported: terms of the link
+
 __all__ = ["architecture_sha256", "shared_sha256", "secure_job_id", "site_name",
            "config_to_proto", "config_from_proto", "tensor_to_proto", "tensor_from_proto"]
 
@@ -41,10 +43,6 @@ def shared_sha256(arrays: Sequence[tuple[str, np.ndarray]]) -> str:
     return digest.hexdigest()
 
 
-def secure_job_id(job_id: str) -> bytes:
-    """The secure group's job id (what every signed key advert binds): derived from
-    the silo job id, so a vendor can check it."""
-    return hashlib.sha256(job_id.encode()).digest()[:16]
 
 
 def site_name(party: str, pid: int) -> str:

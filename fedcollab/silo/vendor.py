@@ -113,6 +113,8 @@ class VendorHost:
             spec.task.model, self.layers, [w.shape for w in self.initial],
             [str(w.dtype) for w in self.initial])
         self._round: Optional[_Round] = None
+        #: The last RoundStart whose weights passed _check_weights, and those arrays.
+        self._inbound: tuple[Any, list[np.ndarray]] = (None, [])
 
     def _hosts_group(self, g: int) -> bool:
         from fedcollab.spec.roster import roster
@@ -180,6 +182,7 @@ class VendorHost:
                           "came in")
         if not set(int(p) for p in body.participants) <= self.pids:
             return Refuse("sequence", "the round names participants this vendor does not host")
+        self._inbound = (body, [a for _, a in arrays])  # decoded once: _start takes them
         return None
 
     def _own_sites(self, roster_frame: Roster) -> Roster:
@@ -208,8 +211,13 @@ class VendorHost:
 
     def _start(self, body: Any) -> None:
         weights = [np.array(w) for w in self.initial]  # private layers: the sites' own
-        for i, tensor in zip(self.shared, body.weights):
-            weights[i] = tensor_from_proto(tensor, self.initial[i].shape)
+        checked, arrays = self._inbound
+        if checked is not body:  # not the RoundStart _check_weights passed: decode it
+            arrays = [tensor_from_proto(t, self.initial[i].shape)
+                      for i, t in zip(self.shared, body.weights)]
+        self._inbound = (None, [])
+        for i, array in zip(self.shared, arrays):
+            weights[i] = array
         self._round = _Round(body.job_id, int(body.round_id), body.global_model_sha256,
                              weights, config_from_proto(body.config),
                              tuple(sorted(int(p) for p in body.participants)))
