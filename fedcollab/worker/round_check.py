@@ -8,7 +8,11 @@ clipping) the clip norm ``C`` come from its own spec, computed as the job comput
 them (:class:`~fedcollab.privacy.server.DpServer`), and the member count ``m`` over
 which distributed noise is split is bounded by the secure group it knows. A server
 that claims ``m = 10^12`` (noise std divided by a million) or ``dp_mode: none`` is
-refused. Pure: no TensorFlow, no Ray.
+refused. Under adaptive clipping the clip bit is sent only when the participant's own
+spec clips adaptively, and the noise on it (distributed and local DP: the participant
+adds it) is at least what the smallest round its spec can sample gets (``m / 20`` for
+the ``m`` members every round samples); a server that names less, or none, to read
+the bits bare is refused. Pure: no TensorFlow, no Ray.
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["OwnDp", "own_dp", "check_round_config", "check_layer_sharers"]
 
+#: the modes whose participants noise their own clip bits (the server is not trusted)
+_NOISED_BY_SENDER = ("distributed", "local")
+
 
 @dataclass(frozen=True)
 class OwnDp:
@@ -39,6 +46,10 @@ class OwnDp:
             then both use the round's ``C``, so the noise relative to the sensitivity,
             ``z``, is what must not change.
         secure_members: The secure group's size (the largest possible ``m``).
+        count_noise_floor: The least noise std the participant puts on its clip bits
+            (distributed and local DP under adaptive clipping, else 0): the count
+            query's ``m / 20`` for the participants every round samples (those of groups
+            sampled at rate 1; at least one).
     """
 
     mode: str
@@ -46,6 +57,7 @@ class OwnDp:
     clip_norm: float
     adaptive: bool
     secure_members: int
+    count_noise_floor: float = 0.0
 
 
 def own_dp(spec: JobSpec, dim: int = 0) -> OwnDp:
@@ -53,12 +65,17 @@ def own_dp(spec: JobSpec, dim: int = 0) -> OwnDp:
     discrete Gaussian's noise depends on it), derived exactly as the job derives them
     (:meth:`DpServer.from_spec`: the same per-observer plan for ``target_epsilon``)."""
     from fedcollab.privacy.server import DpServer
-    from fedcollab.spec.roster import roster
+    from fedcollab.spec.roster import group_sampling_rates, roster
 
     dp = DpServer.from_spec(spec, dim=dim)
     secure = len(roster(spec).pids_where(in_secure_sum=True))
+    floor = 0.0
+    if dp.adaptive and dp.mode in _NOISED_BY_SENDER:
+        rates = group_sampling_rates(spec)
+        always = sum(g.count for g in spec.participants if rates[g.name] >= 1.0)
+        floor = dp.count_noise_std(max(always, 1))  # the server's own m / 20 at that m
     return OwnDp(dp.mode, float(dp.noise_multiplier), float(dp.clip_norm), bool(dp.adaptive),
-                 secure)
+                 secure, floor)
 
 
 def check_round_config(config: RoundConfig, own: OwnDp) -> None:
@@ -80,6 +97,15 @@ def check_round_config(config: RoundConfig, own: OwnDp) -> None:
             f"spec gives {own.noise_multiplier:g}")
     if not (math.isfinite(config.clip_norm) and config.clip_norm > 0):
         raise ParameterMismatchError(f"round config: clip norm {config.clip_norm!r}")
+    if config.clip_bit != own.adaptive:
+        raise ParameterMismatchError(
+            f"round config: clip bit {'on' if config.clip_bit else 'off'}, this participant's "
+            f"spec has adaptive clipping {'on' if own.adaptive else 'off'}")
+    if own.count_noise_floor > 0 and not (
+            config.count_noise_std >= own.count_noise_floor * (1 - 1e-9)):
+        raise ParameterMismatchError(
+            f"round config: clip-bit noise std {config.count_noise_std:g}, below the "
+            f"{own.count_noise_floor:g} this participant's spec gives its smallest round")
     if not own.adaptive and not math.isclose(config.clip_norm, own.clip_norm, rel_tol=1e-12):
         raise ParameterMismatchError(
             f"round config: clip norm {config.clip_norm:g}, this participant's spec gives "

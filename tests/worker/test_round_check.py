@@ -63,11 +63,12 @@ def test_the_discrete_gaussian_members_bound_m_too(m: int) -> None:
 
 
 def test_adaptive_clipping_lets_the_server_move_c_but_not_z() -> None:
-    spec = _spec(adaptive_clipping=True)
+    spec = _adaptive()
     own = own_dp(spec)
-    check_round_config(dataclasses.replace(_honest(spec), clip_norm=0.05), own)
+    check_round_config(dataclasses.replace(_honest_adaptive(spec, 10), clip_norm=0.05), own)
     with pytest.raises(ParameterMismatchError):
-        check_round_config(dataclasses.replace(_honest(spec), noise_multiplier=0.1), own)
+        check_round_config(dataclasses.replace(_honest_adaptive(spec, 10), noise_multiplier=0.1),
+                           own)
 
 
 def test_no_dp_spec_refuses_a_round_that_turns_dp_on() -> None:
@@ -108,3 +109,61 @@ def test_finding5_a_sampled_round_with_too_few_sharers_is_refused() -> None:
         check_layer_sharers(spec, people, 3, [0, 1, 2, 3, 4], round_id=1)
     # the vendor shares no head: it is not in that sum, so it masks the rest
     check_layer_sharers(spec, people, 0, [0, 1, 2, 3, 4], round_id=1)
+
+
+# -- the clip bit and its noise (adaptive clipping) -------------------------------------------
+def _adaptive(mode: str = "distributed", **top: Any) -> Any:
+    return spec_from_dict({
+        "name": "t", "task": {"dataset": "digits", "model": "mlp"}, "rounds": 3,
+        "participants": [{"name": "c", "count": 6},
+                         {"name": "v", "role": "vendor", "count": 4, "sharing": "secure"}],
+        "privacy": {"dp": {"mode": mode, "noise_multiplier": 1.2, "clip_norm": 0.5,
+                           "adaptive_clipping": True}}, **top})
+
+
+def _honest_adaptive(spec: Any, chosen: int) -> RoundConfig:
+    from fedcollab.privacy.server import DpServer
+
+    dp = DpServer.from_spec(spec, dim=0)
+    own = own_dp(spec)
+    return RoundConfig(own.mode, own.clip_norm, own.noise_multiplier, own.secure_members,
+                       clip_bit=True, count_noise_std=dp.count_noise_std(chosen))
+
+
+@pytest.mark.parametrize("mode", ["distributed", "local"])
+def test_a_server_cannot_strip_the_clip_bits_noise(mode: str) -> None:
+    """The server names the clip-bit noise std in each round config; a participant that
+    took it would send its bit bare (count_noise_std 0): one exact bit a round about
+    its data, which the accountant charges as a Gaussian query of std m / 20."""
+    spec = _adaptive(mode)
+    own = own_dp(spec)
+    assert own.count_noise_floor == pytest.approx(10 / 20)  # all 10 sampled every round
+    check_round_config(_honest_adaptive(spec, 10), own)
+    for std in (0.0, 1e-6, 0.49, float("nan")):
+        with pytest.raises(ParameterMismatchError, match="clip-bit noise"):
+            check_round_config(dataclasses.replace(_honest_adaptive(spec, 10),
+                                                   count_noise_std=std), own)
+
+
+def test_under_sampling_the_floor_is_what_every_round_samples() -> None:
+    """A Poisson-sampled round can be small, and its honest noise with it (m / 20 for
+    the m it drew): the participant can only insist on the noise of a round of the
+    groups sampled every time (the secure vendor's 4 here: its min_group keeps it in)."""
+    spec = _adaptive(fraction=0.5, secure={"min_group": 4})
+    own = own_dp(spec)
+    assert own.count_noise_floor == pytest.approx(4 / 20)
+    check_round_config(_honest_adaptive(spec, 4), own)
+    with pytest.raises(ParameterMismatchError, match="clip-bit noise"):
+        check_round_config(_honest_adaptive(spec, 3), own)
+
+
+def test_the_clip_bit_follows_the_participants_own_spec() -> None:
+    """A server that asks for clip bits the spec never clips adaptively for would read
+    one bit per update (whether it fits under C) with no noise accounted for it."""
+    spec = _spec()
+    with pytest.raises(ParameterMismatchError, match="clip bit on"):
+        check_round_config(dataclasses.replace(_honest(spec), clip_bit=True), own_dp(spec))
+    adaptive = _adaptive()
+    with pytest.raises(ParameterMismatchError, match="clip bit off"):
+        check_round_config(dataclasses.replace(_honest_adaptive(adaptive, 10), clip_bit=False),
+                           own_dp(adaptive))
