@@ -132,7 +132,7 @@ _log = logging.getLogger(__name__)
 _U32 = struct.Struct(">I")
 #: Rounds a participant keeps the views it confirmed (the job checkpoints every round,
 #: so a resume re-runs at most the last few; docs/threat-model.md states the residue).
-_VIEW_ROUNDS = 8
+VIEW_ROUNDS = 8
 
 
 @dataclass
@@ -724,7 +724,7 @@ class SecureParticipant:
     def _remember_view(self, round_id: int, view: tuple[int, ...]) -> None:
         """Keep the view confirmed for this round and input; refuse another one."""
         key = (round_id, self._input_digest)
-        for old in [k for k in self._views if k[0] <= round_id - _VIEW_ROUNDS]:
+        for old in [k for k in self._views if k[0] <= round_id - VIEW_ROUNDS]:
             del self._views[old]  # a resume re-runs the rounds after its last checkpoint
         known = self._views.get(key)
         if known is None:

@@ -163,6 +163,7 @@ class ParticipantWorker:
         self._views_cache: Optional[dict[str, dict[str, list[int]]]] = None
         self._views_sync: Any = None  # the consistency stage's fsync (a Future)
         self._views_syncer: Any = None  # its one thread, made on first use
+        self._views_lines = 0  # journal lines this process appended (compaction's clock)
         secure = [pid for pid in self.people.pids_where(in_secure_sum=True) if pid in self.hosted]
         self._secure_pids = frozenset(secure)
         for pid in secure[:_KEEP]:  # load the protocol now, not in round 1
@@ -489,23 +490,10 @@ class ParticipantWorker:
     def _saved_views(self) -> dict[str, dict[str, list[int]]]:
         """Every worker's journalled views, by participant id (read once)."""
         if self._views_cache is None:
-            import json
-
             views: dict[str, dict[str, list[int]]] = {}
             for path in sorted(self._views_path().parent.glob("views-worker-*.jsonl")):
-                try:
-                    lines = path.read_text(encoding="utf-8").splitlines()
-                except OSError:
-                    continue
-                for line in lines:
-                    try:
-                        entry = json.loads(line)
-                        sets = entry["sets"]
-                        for pid, keyed in entry["views"].items():
-                            views.setdefault(pid, {}).update(
-                                {key: [int(v) for v in sets[i]] for key, i in keyed.items()})
-                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-                        continue  # a torn last line: that stage's replies never left
+                for pid, keyed in _read_views_journal(path).items():
+                    views.setdefault(pid, {}).update(keyed)
             self._views_cache = views
         return self._views_cache
 
@@ -523,8 +511,6 @@ class ParticipantWorker:
         confirmations, and :meth:`_views_durable` waits for it before the unmask stage
         reveals a share; otherwise (honest-but-curious: the view and the reveals leave
         together) before this stage's replies."""
-        import json
-
         sets: list[list[int]] = []
         index: dict[tuple[int, ...], int] = {}
         fresh: dict[str, dict[str, int]] = {}
@@ -543,9 +529,10 @@ class ParticipantWorker:
 
         self._views_durable()  # one sync in flight at a time, lines in order
         path = self._views_path()
-        append_line_durably(path, json.dumps({"sets": sets, "views": fresh},
-                                             separators=(",", ":")),
-                            mode=0o600, sync=not sync_later)
+        self._views_lines += 1
+        if self._views_lines % _VIEWS_COMPACT_EVERY == 0:
+            _compact_views_journal(path)  # durable; the new line is appended after it
+        append_line_durably(path, _views_line(sets, fresh), mode=0o600, sync=not sync_later)
         if sync_later:
             if self._views_syncer is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -658,6 +645,67 @@ def _hosts_any(sorted_pids: Sequence[int], members: range) -> bool:
 _NO_RNG = np.random.default_rng(0)  # never drawn from: only DP rounds use randomness
 #: Participants without state kept materialised per worker (beyond: built when sampled).
 _KEEP = 4096
+
+
+#: The views journal is compacted every this many lines a worker appends: it keeps only
+#: the views a participant still holds (the last ``VIEW_ROUNDS`` rounds), so a long job's
+#: journal, and the read a resume makes of it, stay bounded.
+_VIEWS_COMPACT_EVERY = 256
+
+
+def _views_line(sets: Sequence[Sequence[int]], views: Mapping[str, Mapping[str, int]]) -> str:
+    """One journal line: each survivor set once, each participant's views indexing them."""
+    import json
+
+    return json.dumps({"sets": sets, "views": views}, separators=(",", ":"))
+
+
+def _read_views_journal(path: Path) -> dict[str, dict[str, list[int]]]:
+    """A views journal's views, ``pid -> "round:digest" -> survivors`` (later lines win;
+    a torn or unreadable line is skipped: that stage's replies never left)."""
+    import json
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    views: dict[str, dict[str, list[int]]] = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            sets = entry["sets"]
+            for pid, keyed in entry["views"].items():
+                views.setdefault(pid, {}).update(
+                    {key: [int(v) for v in sets[i]] for key, i in keyed.items()})
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            continue
+    return views
+
+
+def _compact_views_journal(path: Path) -> None:
+    """Rewrite the journal at ``path`` as one line holding the views of its last
+    ``VIEW_ROUNDS`` rounds, every participant's (whoever hosts it now: a view must
+    survive until the participant can no longer be asked about that round), atomically
+    and durably. Participants drop older views themselves (``_remember_view``), and a
+    resume re-runs only the rounds after the last checkpoint, so nothing it needs goes."""
+    from fedcollab.io import atomic_write_bytes
+    from fedcollab.secure.participant import VIEW_ROUNDS
+
+    views = _read_views_journal(path)
+    latest = max((int(key.split(":", 1)[0]) for keyed in views.values() for key in keyed),
+                 default=0)
+    sets: list[list[int]] = []
+    index: dict[tuple[int, ...], int] = {}
+    kept: dict[str, dict[str, int]] = {}
+    for pid, keyed in sorted(views.items()):
+        for key, view in sorted(keyed.items()):
+            if int(key.split(":", 1)[0]) > latest - VIEW_ROUNDS:
+                i = index.setdefault(tuple(view), len(sets))
+                if i == len(sets):
+                    sets.append(view)
+                kept.setdefault(pid, {})[key] = i
+    atomic_write_bytes(path, (_views_line(sets, kept) + "\n").encode() if kept else b"",
+                       mode=0o600)
 
 
 def _fsync_file(path: Path) -> None:
