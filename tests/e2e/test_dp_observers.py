@@ -116,7 +116,10 @@ def test_central_at_fraction_half(tmp_path: Path) -> None:
     result = _run(spec, tmp_path / "c")
     privacy = _check(spec, result.out_dir)
     by = privacy["epsilon_by_observer"]
-    assert by["release_reader"] < by["outputs_reader"]  # amplified only for it
+    # amplified only for it; equal when no participant was drawn often enough for the
+    # unamplified count to exceed the amplified bound (the sample is OS entropy: it
+    # happens; _check has already matched both figures to the independent oracle)
+    assert by["release_reader"] <= by["outputs_reader"]
     # under DP the outputs carry no seconds per participant
     assert all("participants" not in m.get("placement", {}) for m in result.metrics)
 
