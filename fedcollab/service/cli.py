@@ -110,6 +110,10 @@ def add_service_commands(sub: Any) -> None:
                        "entry names no max_running (0: no limit)")
     serve.add_argument("--submits-per-minute", type=int, default=60,
                        help="submits per token per minute (0: no limit)")
+    serve.add_argument("--job-nice", type=int, default=10, metavar="N",
+                       help="run jobs and the service's own Ray head N steps below the "
+                       "service in CPU priority (0-19; default 10), so the API and health "
+                       "checks answer first on a busy host; 0: the same priority")
     serve.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                        help="serve Prometheus metrics at http://HOST:PORT/metrics "
                        "(counts and timings only; default: off)")
@@ -296,7 +300,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                              client_ca=args.client_ca, warm_runners=args.warm_runners,
                              data_roots=tuple(args.data_root),
                              allow_model_modules=tuple(args.allow_model_module),
-                             limits=limits, metrics_listen=args.metrics_listen))
+                             limits=limits, metrics_listen=args.metrics_listen,
+                             job_nice=args.job_nice))
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:

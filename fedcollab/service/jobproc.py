@@ -41,8 +41,15 @@ _PR_SET_PDEATHSIG = 1
 _HELD: list[Any] = []  # the Ray connection, held until the process exits
 
 
-def tie_to_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux)."""
+def tie_to_parent(parent_pid: int, nice: int = 0) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux), and lower
+    its CPU priority by ``nice`` (inherited by what it starts: Ray's processes, a
+    job's workers), so the service's own API and health checks run first."""
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -199,8 +206,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--address", default=None, help="the service's Ray address")
     parser.add_argument("--mode", choices=("run", "grade"), default="run")
+    parser.add_argument("--nice", type=int, default=0, help="lower CPU priority by this")
     args = parser.parse_args(argv)
-    tie_to_parent(args.parent_pid)
+    tie_to_parent(args.parent_pid, args.nice)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     spares: list[Any] = []
     if args.mode == "run":

@@ -23,8 +23,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--temp-dir", required=True)
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--nice", type=int, default=0, help="lower CPU priority by this")
     args = parser.parse_args(argv)
-    tie_to_parent(args.parent_pid)
+    tie_to_parent(args.parent_pid, args.nice)
     from fedcollab.cluster.connect import start_local_head
 
     ray, address = start_local_head(num_cpus=args.num_cpus, temp_dir=args.temp_dir)

@@ -290,7 +290,7 @@ class Runner:
 
     def __init__(self, store: JobStore, state_dir: Path, hub: Hub, *, max_concurrent: int = 1,
                  ray_address: Optional[str] = None, warm_runners: Optional[int] = None,
-                 eager: bool = False) -> None:
+                 eager: bool = False, job_nice: int = 10) -> None:
         self.store = store
         self.state_dir = Path(state_dir)
         self.hub = hub
@@ -300,6 +300,11 @@ class Runner:
         #: (a burst) each take a warm one, none waits for a cold start.
         self.warm_runners = max_concurrent if warm_runners is None else warm_runners
         self.eager = eager
+        #: Job processes and the service's own Ray head (so every Ray worker) run this
+        #: much below the service in CPU priority: on a busy host the API, watchers and
+        #: health checks are served before training (a job only waits for a core the
+        #: service wants; an idle service costs it nothing)
+        self.job_nice = job_nice
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cancels: deque[str] = deque()
@@ -398,7 +403,8 @@ class Runner:
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-P", *args, "--parent-pid", str(os.getpid())],
+            [sys.executable, "-P", *args, "--parent-pid", str(os.getpid()),
+             "--nice", str(self.job_nice)],
             stdin=subprocess.PIPE, stdout=self._log or subprocess.DEVNULL,
             stderr=self._log or subprocess.DEVNULL, start_new_session=True, env=self._env,
             cwd=self._clean_cwd())
@@ -420,7 +426,7 @@ class Runner:
             self._env.pop("RAY_AUTH_TOKEN", None)
             self._ray_head = subprocess.Popen(
                 [sys.executable, "-P", "-m", "fedcollab.service.rayhead", "--parent-pid",
-                 str(os.getpid()), "--temp-dir", self._ray_tmp],
+                 str(os.getpid()), "--temp-dir", self._ray_tmp, "--nice", str(self.job_nice)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                 start_new_session=True, env=self._env, cwd=self._clean_cwd())
             assert self._ray_head.stdout is not None

@@ -89,12 +89,16 @@ class ServeConfig:
     limits: LimitsConfig = LimitsConfig()
     #: HOST:PORT for Prometheus' /metrics (plain HTTP, no job data); None: off
     metrics_listen: Optional[str] = None
+    #: how far below the service jobs and its Ray head run in CPU priority (0-19)
+    job_nice: int = 10
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 0:
             raise InvalidArgument("--max-concurrent must be 0 (queue only) or more")
         if self.warm_runners is not None and self.warm_runners < 0:
             raise InvalidArgument("--warm-runners must be 0 or more")
+        if not 0 <= self.job_nice <= 19:
+            raise InvalidArgument(f"--job-nice {self.job_nice}: expected 0..19")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidArgument("--tls-cert and --tls-key go together")
         if self.client_ca and not self.tls_cert:
@@ -585,7 +589,7 @@ class JobServer:
         self.runner = Runner(self.store, self.state_dir, self.hub,
                              max_concurrent=config.max_concurrent,
                              ray_address=config.ray_address, warm_runners=config.warm_runners,
-                             eager=config.eager)
+                             eager=config.eager, job_nice=config.job_nice)
         self.metrics = ServiceMetrics(self.store.count_by_state,
                                       lambda: self.runner.ray_restarts)
         self.runner.on_round = self.metrics.observe_round
