@@ -159,3 +159,35 @@ def test_worker_pins_the_group_setup_once(worker_and_weights: Any) -> None:
     import inspect
 
     assert "registry" not in inspect.signature(worker.secure_stage).parameters
+
+
+def test_worker_binds_one_model_hash_per_round_over_the_arrays_every_member_receives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #31: the secure shares' associated data binds the round's model hash, which
+    the worker computes once per round (not per participant) from the weights it got,
+    over the arrays no group keeps private: for a vendor that is exactly the hash of
+    the inbound weights its gateway checks (``silo.terms.shared_sha256``)."""
+    import fedcollab.secure.model as model_module
+    from fedcollab.job.run import _Driver
+    from fedcollab.silo.terms import shared_sha256
+    from fedcollab.worker.worker import ParticipantWorker
+
+    spec = _spec(participants=[
+        {"name": "c", "count": 3, "sharing": "secure"},
+        {"name": "v", "role": "vendor", "count": 3, "sharing": "secure",
+         "private_layers": ["head"]}],
+        secure={"protocol": "secaggplus", "server": "honest_but_curious"})
+    weights = _Driver.build(spec).weights
+    pids = [0, 1, 2, 3, 4, 5]
+    worker = ParticipantWorker(WorkerConfig(spec_to_dict(spec), tuple(pids), str(tmp_path), 0))
+    calls = []
+    original = model_module.model_sha256
+    monkeypatch.setattr(model_module, "model_sha256",
+                        lambda arrays: calls.append(1) or original(arrays))
+    assert np.count_nonzero(_secure_round_sum(worker, weights, pids, spec))
+    assert len(calls) == 1  # once for the worker's six participants
+    layers = worker.model_info().layers
+    inbound = [(layers[i], w) for i, w in enumerate(weights) if layers[i] != "head"]
+    assert len(inbound) == len(weights) - 2
+    expected = bytes.fromhex(shared_sha256(inbound))
+    assert {worker._secure[p]._round_model for p in pids} == {(1, expected)}
