@@ -609,13 +609,15 @@ class SecureParticipant:
 
     # -- offline phase ---------------------------------------------------------------
     def prepare_next_round(self) -> bool:
-        """Offline phase: precompute the next round's masks and sealed shares now.
+        """Offline phase: precompute the next round's masks and shares now.
 
         Everything in a masked input except the encoded update itself depends only on
         seeds this participant already holds: the self mask ``PRG(b_u)`` (``b_u``
         drawn now, used once), the pairwise masks from the next round's seed table,
-        the sealed shares and the following recovery package. Computing them while
-        the server unmasks and evaluates takes them off the round's critical path.
+        the shares and the following recovery package. Computing them while the
+        server unmasks and evaluates takes them off the round's critical path. The
+        shares are sealed by :meth:`masked_input`: their associated data binds the
+        round's model hash (:meth:`set_round_model`), unknown until the round starts.
         :meth:`masked_input` uses the result only if the server then asks for
         exactly the same round, partners, threshold and shape under the same peer
         keys, and otherwise discards it (``b_u`` was never sent) and computes afresh.
