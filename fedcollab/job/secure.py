@@ -11,8 +11,9 @@ participants as dropped and recovers their masks from their neighbours' shares.
 
 When every member takes part in every round (``fraction: 1``) and keys are
 amortised, each unmask call is followed by an offline-phase call to the same
-worker: it precomputes the next round's masks and sealed shares while the server
-unmasks, aggregates and evaluates, so the next masked input only encodes and adds.
+worker: it precomputes the next round's masks and shares while the server
+unmasks, aggregates and evaluates, so the next masked input only encodes, adds and
+seals the shares (their associated data binds the round's model hash).
 The server does not wait for it; the worker runs it before the next round's work.
 
 Setup, before any round, over the pool's setup channel

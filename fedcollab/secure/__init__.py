@@ -18,7 +18,10 @@ two state machines, in the spirit of ``cryptography.hazmat``):
   ``share_keys(round_id, roster) -> bytes``, ``masked_input(round_id, vector, inbox)
   -> bytes``, (malicious-server model) ``confirm_survivors(round_id, request) -> bytes``,
   ``unmask(round_id, request) -> bytes``, and between rounds (amortised keys)
-  ``prepare_next_round()``, which precomputes the next masked input's masks. With
+  ``prepare_next_round()``, which precomputes the next masked input's masks. Its host
+  calls ``set_round_model(round_id, model_hash)`` (:func:`fedcollab.secure.model.
+  model_sha256` of the weights it received) before the masked input: the shares'
+  AES-GCM associated data binds it and the pinned job id. With
   ``server="malicious"`` it needs the identity registry first
   (``identity_public()`` / ``install_registry()``; :func:`provision_identities`).
 * :class:`SecureServer` - in the driver, one per secure group for the whole job:
@@ -54,6 +57,7 @@ from fedcollab.secure.errors import (
     InconsistentSharesError,
     InconsistentViewError,
     MalformedMessageError,
+    ModelMismatchError,
     NotAPartnerError,
     NotEnoughSharesError,
     ProtocolError,
@@ -86,5 +90,5 @@ __all__ = [
     "MalformedMessageError", "StaleMessageError", "UnknownParticipantError",
     "DecryptionError", "ShareRevealRefusedError", "ServerDeviationError", "NotAPartnerError",
     "TooFewAliveError", "UnsafeRosterError", "SignatureError", "InconsistentViewError",
-    "UnmaskRefusedError", "SERVER_MODELS", "provision_identities",
+    "UnmaskRefusedError", "ModelMismatchError", "SERVER_MODELS", "provision_identities",
 ]

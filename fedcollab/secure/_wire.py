@@ -17,7 +17,8 @@ from fedcollab.secure.shamir import PRIME, SHARE_BYTES
 __all__ = [
     "Stage", "Kind", "PeerKeys", "Sealed", "Reveal", "RevealedShare", "ShareEntry", "Reader",
     "pack_blob", "pack_keys", "read_keys", "pack_sealed", "read_sealed", "pack_ids",
-    "read_ids", "pack_reveals", "read_reveals", "pack_revealed", "read_revealed", "share_aad",
+    "read_ids", "pack_reveals", "read_reveals", "pack_revealed", "read_revealed", "aad_context",
+    "share_aad",
     "share_aad_prefix", "table_aad", "pack_share_payload", "share_payloads",
     "unpack_share_payload", "pack_seed_table", "unpack_seed_table",
 ]
@@ -33,7 +34,8 @@ _REVEALED = struct.Struct(f">IB{SHARE_BYTES}s")
 _ENTRY = struct.Struct(f">BQ{SHARE_BYTES}s")
 _ENTRY_HEAD = struct.Struct(">BQ")
 _SEED = struct.Struct(">I32s")
-_AAD = struct.Struct(">BQII")  # stage, round, sender, recipient
+_AAD = struct.Struct(">BQI")  # stage, round, sender (then job, model, recipient)
+_U16 = struct.Struct(">H")
 
 
 class Stage(IntEnum):
@@ -262,19 +264,37 @@ def read_revealed(r: Reader) -> tuple[RevealedShare, ...]:
     return tuple(out)
 
 
-def share_aad(stage: Stage, round_id: int, sender: int, recipient: int) -> bytes:
-    """Associated data binding a sealed share bundle to its context (the bytes of
-    :func:`share_aad_prefix` then ``>I`` recipient, packed at once)."""
-    return b"FCSA-share" + _AAD.pack(stage, round_id, sender, recipient)
+def aad_context(job_id: bytes = b"", model: bytes = b"") -> bytes:
+    """The job and the round's model as a share's associated data binds them: the
+    job id of the pinned group setup and the hash of the global model the round
+    trains from (:func:`fedcollab.secure.model.model_sha256`), each length-prefixed.
+    Empty fields are allowed (a group pinned without a job id; a key-setup stage)."""
+    return _U16.pack(len(job_id)) + job_id + _U16.pack(len(model)) + model
 
 
-def share_aad_prefix(stage: Stage, round_id: int, sender: int) -> bytes:
+def share_aad(stage: Stage, round_id: int, sender: int, recipient: int, *,
+              job_id: bytes = b"", model: bytes = b"") -> bytes:
+    """Associated data binding a sealed share bundle to its context: stage, round,
+    sender, job id, the round's model hash and recipient (the bytes of
+    :func:`share_aad_prefix` then ``>I`` recipient). Whoever opens it computes it
+    from its own knowledge; any field that differs fails the AES-GCM tag."""
+    return share_aad_prefix(stage, round_id, sender, job_id=job_id,
+                            model=model) + _U32.pack(recipient)
+
+
+def share_aad_prefix(stage: Stage, round_id: int, sender: int, *, job_id: bytes = b"",
+                     model: bytes = b"") -> bytes:
     """:func:`share_aad` without the recipient (append ``>I`` recipient to complete it)."""
-    return b"FCSA-share" + struct.pack(">BQI", stage, round_id, sender)
+    return b"FCSA-share" + _AAD.pack(stage, round_id, sender) + aad_context(job_id, model)
 
 
 def table_aad(for_round: int, owner: int) -> bytes:
-    """Associated data binding a seed table to its owner and round."""
+    """Associated data binding a seed table to its owner and round.
+
+    No job id or model hash: only the server ever opens a seed table (with the
+    recovery key its holders reveal when the owner dropped), and the server knows
+    both; the key is fresh per table, so a table of another job or round cannot open
+    under this one's key either (docs/threat-model.md, "What the AAD binds")."""
     return b"FCSA-table" + struct.pack(">QI", for_round, owner)
 
 

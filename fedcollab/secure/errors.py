@@ -37,6 +37,7 @@ __all__ = [
     "ParameterMismatchError",
     "ReshareRefusedError",
     "RegistryPinnedError",
+    "ModelMismatchError",
     "UnmaskRefusedError",
 ]
 
@@ -173,6 +174,10 @@ class ReshareRefusedError(ServerDeviationError):
 class RegistryPinnedError(ServerDeviationError):
     """A registry (or group setup) install that adds, drops or replaces an identity, or
     changes the graph seed or job id, after the participant pinned the first one."""
+
+
+class ModelMismatchError(ServerDeviationError):
+    """The participant's host was given two different global models in one round."""
 
 
 class UnmaskRefusedError(RoundAbortedError):

@@ -10,7 +10,8 @@ length-prefixed fields read with bounds checks: malformed bytes raise
 
 Ciphertexts inside bodies (encrypted shares, seed tables) are AES-GCM sealed with
 associated data from :func:`share_aad` / :func:`table_aad`, which bind them to the
-same (round, stage, sender, recipient) context end to end.
+same (round, stage, sender, recipient) context end to end; a share's also binds the
+pinned job id and the round's model hash (docs/threat-model.md, "What the AAD binds").
 """
 from __future__ import annotations
 

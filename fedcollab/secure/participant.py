@@ -82,6 +82,7 @@ from fedcollab.secure.errors import (
     GroupMismatchError,
     InconsistentViewError,
     MalformedMessageError,
+    ModelMismatchError,
     NotAPartnerError,
     ParameterMismatchError,
     PartnerMismatchError,
@@ -169,7 +170,10 @@ class _Prepared:
     epoch: int
     mask: np.ndarray = field(repr=False)
     digest: bytes = field(repr=False)
-    tail: bytes = field(repr=False)  # the packed seed table and sealed shares
+    table: bytes = field(repr=False)  # the next round's sealed seed table
+    # each holder's share payload, sealed only once the round's model is known (the
+    # shares' associated data binds its hash: see :meth:`SecureParticipant.set_round_model`)
+    payloads: list[bytes] = field(repr=False)
     package_keys: dict[int, bytes] = field(repr=False)
 
 
@@ -246,6 +250,7 @@ class SecureParticipant:
         self._views: dict[tuple[int, bytes], tuple[int, ...]] = {}
         self._unsaved: list[tuple[int, bytes]] = []  # confirmed since take_new_views
         self._input_digest = b""
+        self._round_model: tuple[int, bytes] = (-1, b"")  # (round, its model's hash)
         self._ready: _Prepared | None = None
         #: Whether the last masked input used masks from :meth:`prepare_next_round`.
         self.last_input_precomputed = False
@@ -382,6 +387,38 @@ class SecureParticipant:
             raise UnsafeRosterError(f"round {round_id}: {len(nbrs)} neighbours derived; "
                                     "fewer than 2 share holders")
         return nbrs, threshold_for(len(nbrs), p.threshold)
+
+    # -- the round's model ------------------------------------------------------------
+    def set_round_model(self, round_id: int, model_hash: bytes) -> None:
+        """The hash of the global model round ``round_id`` trains from, as this
+        participant's host computed it from the weights it received
+        (:func:`fedcollab.secure.model.model_sha256`), never a hash the server names.
+
+        The shares this participant seals in the round's masked input, and those it
+        opens when asked to unmask, bind it (with the pinned job id) in their AES-GCM
+        associated data: members given different models cannot open each other's
+        shares. Key-setup shares bind the job id only (key setup precedes the round's
+        model on an in-cluster worker). Without a call, the round binds an empty hash.
+
+        Raises:
+            ModelMismatchError: Another hash was set for this round already (the
+                server sent this participant's host two models in one round).
+        """
+        known_round, known = self._round_model
+        if known_round == round_id and not hmac.compare_digest(known, model_hash):
+            raise ModelMismatchError(
+                f"round {round_id}: participant {self.participant_id} was given a second, "
+                "different global model in the same round; an honest server sends one")
+        self._round_model = (round_id, bytes(model_hash))
+
+    def _aad_fields(self, stage: Stage, round_id: int) -> tuple[bytes, bytes]:
+        """``(job id, model hash)`` a share of ``stage`` in ``round_id`` binds: the
+        pinned job id, and the round's model hash from the masked input on."""
+        job_id = self._setup.job_id if self._setup is not None else b""
+        if stage == Stage.SHARE_KEYS:
+            return job_id, b""
+        r, model = self._round_model
+        return job_id, model if r == round_id else b""
 
     # -- key setup -----------------------------------------------------------------
     def needs_keys(self, round_id: int) -> bool:
@@ -548,6 +585,7 @@ class SecureParticipant:
         # nothing usable was prepared offline: compute it now
         prep = ready if ready is not None and self.last_input_precomputed else self._prepare(ask)
         np.add(masked, prep.mask, out=masked)
+        shares = self._seal_payloads(Stage.MASKED_INPUT, round_id, ask.holders, prep.payloads)
         if self.params.amortise_keys:  # the same holders and t: one sharing per round
             self._package_round = round_id + 1
             self._package_keys, self._package_epoch = prep.package_keys, prep.epoch
@@ -564,19 +602,22 @@ class SecureParticipant:
         held = self._held.get(round_id, {})  # only current partners' current keys count
         for v in [v for v in held if v not in partners]:
             del held[v]
-        body = MaskedInput.head(codec.ring_bits, masked.tobytes(), prep.digest) + prep.tail
+        body = (MaskedInput.head(codec.ring_bits, masked.tobytes(), prep.digest)
+                + MaskedInput.tail(prep.table, shares))
         return pack_body(MaskedInput, body, round_id=round_id, sender=self.participant_id,
                          recipient=SERVER)
 
     # -- offline phase ---------------------------------------------------------------
     def prepare_next_round(self) -> bool:
-        """Offline phase: precompute the next round's masks and sealed shares now.
+        """Offline phase: precompute the next round's masks and shares now.
 
         Everything in a masked input except the encoded update itself depends only on
         seeds this participant already holds: the self mask ``PRG(b_u)`` (``b_u``
         drawn now, used once), the pairwise masks from the next round's seed table,
-        the sealed shares and the following recovery package. Computing them while
-        the server unmasks and evaluates takes them off the round's critical path.
+        the shares and the following recovery package. Computing them while the
+        server unmasks and evaluates takes them off the round's critical path. The
+        shares are sealed by :meth:`masked_input`: their associated data binds the
+        round's model hash (:meth:`set_round_model`), unknown until the round starts.
         :meth:`masked_input` uses the result only if the server then asks for
         exactly the same round, partners, threshold and shape under the same peer
         keys, and otherwise discards it (``b_u`` was never sent) and computes afresh.
@@ -609,10 +650,10 @@ class SecureParticipant:
         if self.params.amortise_keys:
             e, table = self._seal_seed_table(r + 1, ask.partners)
             entries.append((Kind.RECOVERY, r + 1, secret_from_bytes(e)))
-        # both secrets to the package's holders at its one t (never a smaller set)
-        shares = self._seal_shares(Stage.MASKED_INPUT, r, ask.holders, ask.threshold, entries)
-        return _Prepared(ask, self._epoch, mask, K.self_seed_digest(b, r, me),
-                         MaskedInput.tail(table, shares),
+        # both secrets to the package's holders at its one t (never a smaller set);
+        # sealed by masked_input, once the round's model hash is known
+        payloads = self._share_payloads(ask.holders, ask.threshold, entries)
+        return _Prepared(ask, self._epoch, mask, K.self_seed_digest(b, r, me), table, payloads,
                          {v: self._peers[v].s_pk for v in ask.partners})
 
     # -- consistency round (malicious-server mode) -----------------------------------
@@ -912,19 +953,32 @@ class SecureParticipant:
         table = K.seal(AESGCM(e), pack_seed_table(seeds), table_aad(for_round, self.participant_id))
         return e, table
 
-    def _seal_shares(self, stage: Stage, round_id: int, holders: tuple[int, ...], threshold: int,
-                     entries: list[tuple[Kind, int, int]]) -> tuple[Sealed, ...]:
+    def _share_payloads(self, holders: tuple[int, ...], threshold: int,
+                        entries: list[tuple[Kind, int, int]]) -> list[bytes]:
+        """Each holder's plaintext share bundle of ``entries`` (kind, round, secret)."""
         xs = [v + 1 for v in holders]
         columns = [share_values(secret, threshold=threshold, xs=xs) for _, _, secret in entries]
-        payloads = share_payloads([(kind, rnd) for kind, rnd, _ in entries], columns)
-        prefix = share_aad_prefix(stage, round_id, self.participant_id)
+        return share_payloads([(kind, rnd) for kind, rnd, _ in entries], columns)
+
+    def _seal_payloads(self, stage: Stage, round_id: int, holders: tuple[int, ...],
+                       payloads: list[bytes]) -> tuple[Sealed, ...]:
+        job_id, model = self._aad_fields(stage, round_id)
+        prefix = share_aad_prefix(stage, round_id, self.participant_id, job_id=job_id,
+                                  model=model)
         blobs = K.seal_many([(self._cipher(v), payload, prefix + _U32.pack(v))
                              for v, payload in zip(holders, payloads)])
         return tuple(map(Sealed, holders, blobs))
 
+    def _seal_shares(self, stage: Stage, round_id: int, holders: tuple[int, ...], threshold: int,
+                     entries: list[tuple[Kind, int, int]]) -> tuple[Sealed, ...]:
+        return self._seal_payloads(stage, round_id, holders,
+                                   self._share_payloads(holders, threshold, entries))
+
     def _open(self, stage: Stage, round_id: int, sender: int, blob: bytes
               ) -> tuple[ShareEntry, ...]:
-        aad = share_aad(stage, round_id, sender, self.participant_id)
+        job_id, model = self._aad_fields(stage, round_id)
+        aad = share_aad(stage, round_id, sender, self.participant_id, job_id=job_id,
+                        model=model)
         plain = K.open_sealed(self._cipher(sender), blob, aad,
                               what=lambda: f"round {round_id}: share from participant {sender}")
         return unpack_share_payload(plain)

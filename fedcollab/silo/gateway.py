@@ -37,7 +37,7 @@ from fedcollab.silo.decide import FrameDecider
 from fedcollab.silo.errors import SiloError
 from fedcollab.silo.limits import MAX_COORDINATOR_FRAME, MAX_GATEWAY_FRAME
 from fedcollab.silo.policy import Policy
-from fedcollab.silo.redial import RETRYABLE, Backoff, Watchdog, diagnose
+from fedcollab.silo.redial import RETRYABLE, Backoff, Watchdog, diagnose, tls13_refusal
 
 __all__ = ["Gateway", "GatewayReport", "LinkError", "DEADLINE_GRACE"]
 
@@ -178,6 +178,7 @@ class Gateway:
         credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                                    certificate_chain=cert)
         counts = self._tally = {"frames": 0, "allow": 0, "refuse": 0, "pending": 0}
+        self._require_tls13()  # a refusal leaves this connection's tally at zero
         current = ("", 0)
         self._in_round = False
         state = self.decider.state
@@ -262,6 +263,25 @@ class Gateway:
                 outbox.put(_END)
         return GatewayReport(self.party, counts["frames"], counts["allow"], counts["refuse"],
                              counts["pending"])
+
+    def _require_tls13(self) -> None:
+        """Refuse a coordinator that cannot do TLS 1.3, before the gRPC channel dials:
+        one ``ssl`` handshake that accepts nothing older (gRPC's Python API has no
+        minimum-version setting; docs/cross-silo.md says why this covers the channel).
+        The refusal is audited (rule ``tls``) and retryable: ``serve --reconnect``
+        backs off and dials again, as after any link failure.
+
+        Raises:
+            LinkError: The coordinator cannot do TLS 1.3.
+        """
+        why = tls13_refusal(self.coordinator, server_name=self.coordinator_name,
+                            coordinator_ca=self._coordinator_ca_path, cert=self._cert_path,
+                            key=self._key_path)
+        if why:
+            self.decider.note(Refuse("tls", why), kind="tls", job_id="", round_id=0,
+                              now=datetime.datetime.now(datetime.timezone.utc))
+            raise LinkError(f"gateway: no link to the coordinator at {self.coordinator}: "
+                            f"{why}", retryable=True)
 
     def _watch(self, watchdog: Watchdog, outcome: Any,
                current: tuple[str, int]) -> tuple[str, int]:

@@ -11,6 +11,9 @@ link could not be made.
   the same certificates names the one reason (nothing listening, a coordinator
   certificate the pinned CA does not sign, the coordinator refusing this party's
   certificate, this party's certificate expired).
+* :func:`tls13_refusal`: before each dial, one TLS handshake that accepts nothing
+  below TLS 1.3 (gRPC's Python API cannot set a minimum version); a coordinator that
+  cannot do 1.3 is refused (docs/cross-silo.md says why that covers the gRPC link).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-__all__ = ["Backoff", "Watchdog", "diagnose", "RETRYABLE", "certificate_expiry_problem"]
+__all__ = ["Backoff", "Watchdog", "diagnose", "tls13_refusal", "RETRYABLE",
+           "certificate_expiry_problem"]
 
 # gRPC status codes after which a gateway with --reconnect dials again: the link or
 # the coordinator went away. Others (the coordinator refused this party) are final.
@@ -214,3 +218,55 @@ def diagnose(address: str, *, coordinator_ca: Path, cert: Path, key: Path,
         return f"the TLS handshake with {address} failed ({err.__class__.__name__})"
     finally:
         raw.close()
+
+
+#: OpenSSL's reasons for a handshake that found no common TLS version.
+_VERSION_REASONS = ("UNSUPPORTED_PROTOCOL", "PROTOCOL_VERSION", "WRONG_VERSION_NUMBER",
+                    "NO_PROTOCOLS_AVAILABLE", "VERSION_TOO_LOW")
+
+
+def tls13_refusal(address: str, *, coordinator_ca: Path, cert: Path, key: Path,
+                  server_name: Optional[str] = None, timeout: float = 5.0) -> str:
+    """One line when the coordinator at ``address`` cannot do TLS 1.3, else ''.
+
+    One handshake with ``ssl``'s ``minimum_version = TLSv1_3``, this party's certificate
+    and key, the pinned CA and the name gRPC checks (``server_name``, default the
+    address's host), before the gRPC channel dials. Any other failure (nothing
+    listening, a certificate refused) is also '': gRPC's dial then fails and
+    :func:`diagnose` names it, as before.
+    """
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]") or "localhost"
+    try:
+        port = int(port_text)
+    except ValueError:
+        return ""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.set_alpn_protocols(["h2"])
+    try:
+        context.load_verify_locations(cafile=str(coordinator_ca))
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except (OSError, ssl.SSLError):
+        return ""
+    try:
+        with context.wrap_socket(raw, server_hostname=server_name or host) as tls:
+            version = tls.version()
+        if version == "TLSv1.3":
+            return ""
+        return _no_tls13(address, f"it negotiated {version}")
+    except ssl.SSLError as err:
+        reason = str(getattr(err, "reason", "") or err)
+        if any(words in reason.upper() for words in _VERSION_REASONS):
+            return _no_tls13(address, f"TLS alert {reason.lower()}")
+        return ""
+    except OSError:
+        return ""
+    finally:
+        raw.close()
+
+
+def _no_tls13(address: str, what: str) -> str:
+    return (f"the coordinator at {address} cannot do TLS 1.3 ({what}); the gateway "
+            "accepts no older TLS version, so it does not dial")

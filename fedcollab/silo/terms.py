@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcollab.secure.model import model_sha256
 from fedcollab.silo.frames import secure_job_id  # re-exported: terms of the link
 
 __all__ = ["architecture_sha256", "shared_sha256", "secure_job_id", "site_name",
@@ -34,15 +35,10 @@ def architecture_sha256(model_name: str, layers: Sequence[str],
 def shared_sha256(arrays: Sequence[tuple[str, np.ndarray]]) -> str:
     """sha256 over a round's inbound weights (layer name, shape, float32 bytes, in
     order): the global model a vendor contributes to at most once. The vendor
-    recomputes it from what it received; the coordinator cannot name another."""
-    digest = hashlib.sha256()
-    for layer, array in arrays:
-        a = np.ascontiguousarray(array, dtype="<f4")
-        digest.update(f"{layer}{a.shape}".encode())
-        digest.update(a.tobytes())
-    return digest.hexdigest()
-
-
+    recomputes it from what it received; the coordinator cannot name another. The
+    same function (:func:`fedcollab.secure.model.model_sha256`) gives the model hash a
+    secure share's associated data binds."""
+    return model_sha256(arrays).hex()
 
 
 def site_name(party: str, pid: int) -> str:

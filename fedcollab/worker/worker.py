@@ -160,6 +160,7 @@ class ParticipantWorker:
         self._registry: Optional[Mapping[int, Any]] = None  # parsed identity keys
         self._setup: Any = None  # the group setup pinned once (secure.identity.GroupSetup)
         self._own_dp: Any = None  # the DP settings of this worker's spec (round_check.OwnDp)
+        self._hashed: Optional[list[tuple[int, str]]] = None  # arrays the model hash covers
         self._views_cache: Optional[dict[str, dict[str, list[int]]]] = None
         self._views_sync: Any = None  # the consistency stage's fsync (a Future)
         self._views_syncer: Any = None  # its one thread, made on first use
@@ -297,10 +298,18 @@ class ParticipantWorker:
                 try:
                     self._check_layer_sharers(pid, round_id, inbox[pid])
                     secure = self._secure_participant(pid)
+                    secure.set_round_model(round_id, round_model())
                     masked[pid] = secure.masked_input(round_id, sent.secure_vector, inbox[pid])
                     precomputed += secure.last_input_precomputed
                 except FedcollabError as err:  # e.g. keys lost with a restarted worker
                     failed[pid] = f"{type(err).__name__}: {err}"
+
+        model_hash: list[bytes] = []
+
+        def round_model() -> bytes:  # hashed once per worker and round, when first needed
+            if not model_hash:
+                model_hash.append(self._model_sha256(global_weights))
+            return model_hash[0]
 
         feed = self.trainer.feed(global_weights)  # converted once, not per participant
         for pid in pids:
@@ -323,6 +332,21 @@ class ParticipantWorker:
             send(*item)
         return RoundOutput(updates, masked, failed, precomputed, seconds=seconds,
                            max_abs=max_abs)
+
+    def _model_sha256(self, global_weights: Weights) -> bytes:
+        """The hash of the round's global model a secure share's associated data binds
+        (:mod:`fedcollab.secure.model`): over the arrays no group of the job keeps
+        private, i.e. what every member receives, a vendor's gateway included."""
+        from fedcollab.secure.model import model_sha256
+
+        if self._hashed is None:
+            from fedcollab.worker.models import private_arrays_by_group, weight_layers
+
+            private = {i for arrays in private_arrays_by_group(self.model, self.spec).values()
+                       for i in arrays}
+            layers = weight_layers(self.model)
+            self._hashed = [(i, layers[i]) for i in range(len(layers)) if i not in private]
+        return model_sha256([(layer, global_weights[i]) for i, layer in self._hashed])
 
     def _refuse_config(self, config: RoundConfig) -> Optional[str]:
         """Why this worker's participants refuse ``config`` (its DP settings are not the

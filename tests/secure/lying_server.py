@@ -13,9 +13,11 @@ server does not stop at a refusal.
 
 Everything the server received is recorded, and the ground truth the oracle needs
 (which secret each share belongs to, which seeds each masked vector used) is read
-by wrapping four of the participant's own helpers for the duration of a round (they
+by wrapping five of the participant's own helpers for the duration of a round (they
 still run unchanged): ``share_values`` (each Shamir polynomial's shares),
-``_seal_shares`` (which secret and kind each sharing carries), ``_seal_seed_table``
+``_share_payloads`` (which secret and kind each sharing carries), ``_seal_payloads``
+(the sealed blobs that carry them: sealed in the masked input, once the round's model
+hash is known, so a prepared sharing may never be sent), ``_seal_seed_table``
 (the seeds a recovery key unlocks) and ``accumulate_masks`` (the seeds in each
 masked vector). :meth:`Lab.transcript` turns the record into an
 :class:`~fedcollab.secure.exposure.Transcript` for the oracle.
@@ -150,7 +152,8 @@ class _Made:
     threshold: int
     ys: dict[int, int]
     secret: int
-    blobs: frozenset[bytes] = frozenset()
+    payloads: frozenset[bytes] = frozenset()  # its holders' plaintexts
+    blobs: frozenset[bytes] = frozenset()  # the sealed blobs that carried them
 
 
 class Recorder:
@@ -169,7 +172,8 @@ class Recorder:
         pm = participant_module
         cls = SecureParticipant
         orig_share, orig_acc = pm.share_values, pm.accumulate_masks
-        orig_seal, orig_table, orig_prep = cls._seal_shares, cls._seal_seed_table, cls._prepare
+        orig_payloads, orig_sealp = cls._share_payloads, cls._seal_payloads
+        orig_table, orig_prep = cls._seal_seed_table, cls._prepare
 
         def share_values(secret: int, *, threshold: int, xs: Sequence[int], **kw: Any) -> list[int]:
             ys = orig_share(secret, threshold=threshold, xs=xs, **kw)
@@ -181,17 +185,14 @@ class Recorder:
             rec._acc.append((plus, minus))
             return orig_acc(acc, plus, minus)
 
-        def seal_shares(
+        def share_payloads(
             self: SecureParticipant,
-            stage: Any,
-            round_id: int,
             holders: tuple[int, ...],
             threshold: int,
             entries: list[Any],
         ) -> Any:
             rec._columns.clear()
-            out = orig_seal(self, stage, round_id, holders, threshold, entries)
-            blobs = frozenset(s.blob for s in out)
+            out = orig_payloads(self, holders, threshold, entries)
             for (kind, for_round, secret), (sec, ys) in zip(entries, rec._columns):
                 assert sec == secret
                 rec.sharings.append(
@@ -203,10 +204,25 @@ class Recorder:
                         threshold,
                         dict(zip(holders, ys)),
                         secret,
-                        blobs,
+                        payloads=frozenset(out),
                     )
                 )
             rec._columns.clear()
+            return out
+
+        def seal_payloads(
+            self: SecureParticipant,
+            stage: Any,
+            round_id: int,
+            holders: tuple[int, ...],
+            payloads: list[bytes],
+        ) -> Any:
+            out = orig_sealp(self, stage, round_id, holders, payloads)
+            sealed = frozenset(payloads)
+            for i, made in enumerate(rec.sharings):  # the sharings these payloads carry
+                if made.payloads & sealed:
+                    rec.sharings[i] = dataclasses.replace(
+                        made, blobs=made.blobs | {s.blob for s in out})
             return out
 
         def seal_table(
@@ -225,20 +241,20 @@ class Recorder:
             return out
 
         pm.share_values, pm.accumulate_masks = share_values, accumulate  # type: ignore[assignment]
-        cls._seal_shares, cls._seal_seed_table, cls._prepare = (  # type: ignore[method-assign]
-            seal_shares,
-            seal_table,
-            prepare,
+        cls._share_payloads, cls._seal_payloads = (  # type: ignore[method-assign]
+            share_payloads,
+            seal_payloads,
         )
+        cls._seal_seed_table, cls._prepare = seal_table, prepare  # type: ignore[method-assign]
         try:
             yield
         finally:
             pm.share_values, pm.accumulate_masks = orig_share, orig_acc  # type: ignore[assignment]
-            cls._seal_shares, cls._seal_seed_table, cls._prepare = (  # type: ignore[method-assign]
-                orig_seal,
-                orig_table,
-                orig_prep,
+            cls._share_payloads, cls._seal_payloads = (  # type: ignore[method-assign]
+                orig_payloads,
+                orig_sealp,
             )
+            cls._seal_seed_table, cls._prepare = orig_table, orig_prep  # type: ignore[method-assign]
 
 
 # -- the lab -----------------------------------------------------------------------------

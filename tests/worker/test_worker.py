@@ -159,3 +159,67 @@ def test_worker_pins_the_group_setup_once(worker_and_weights: Any) -> None:
     import inspect
 
     assert "registry" not in inspect.signature(worker.secure_stage).parameters
+
+
+def test_workers_bind_one_model_hash_per_round_over_the_arrays_every_member_receives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #31: the secure shares' associated data binds the round's model hash, which
+    each worker computes once per round (not per participant) from the weights it got,
+    over the arrays no group keeps private: two workers agree (their members open each
+    other's shares and the sum unmasks), and for a vendor it is exactly the hash of the
+    inbound weights its gateway checks (``silo.terms.shared_sha256``)."""
+    import fedcollab.secure.model as model_module
+    from fedcollab.job.run import _Driver
+    from fedcollab.secure.graph import graph_seed_for
+    from fedcollab.secure.layout import secure_dim
+    from fedcollab.secure.params import SecAggParams
+    from fedcollab.secure.server import SecureServer
+    from fedcollab.silo.terms import shared_sha256
+    from fedcollab.worker.worker import ParticipantWorker
+
+    spec = _spec(participants=[
+        {"name": "c", "count": 3, "sharing": "secure"},
+        {"name": "v", "role": "vendor", "count": 3, "sharing": "secure",
+         "private_layers": ["head"]}],
+        secure={"protocol": "secaggplus", "server": "honest_but_curious"})
+    weights = _Driver.build(spec).weights
+    pids = [0, 1, 2, 3, 4, 5]
+    hosted = {0: [0, 1, 2], 1: [3, 4, 5]}  # community on one worker, vendor on another
+    workers = {w: ParticipantWorker(WorkerConfig(spec_to_dict(spec), tuple(mine),
+                                                 str(tmp_path / str(w)), w))
+               for w, mine in hosted.items()}
+    calls = []
+    original = model_module.model_sha256
+    monkeypatch.setattr(model_module, "model_sha256",
+                        lambda arrays: calls.append(1) or original(arrays))
+    server = SecureServer(pids, SecAggParams.from_spec(spec), rng_seed=0)
+    for worker in workers.values():
+        assert worker.secure_setup(pids, graph_seed_for(0), b"job", {}) == []
+
+    def stage(name: str, messages: dict[int, bytes]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for w, mine in hosted.items():
+            got = workers[w].secure_stage(name, 1, {p: m for p, m in messages.items()
+                                                     if p in mine})
+            out.update({p: r for p, r in got.items() if isinstance(r, bytes)})
+        return out
+
+    need = server.begin_round(1, pids, dim=secure_dim([w.shape for w in weights],
+                                                      clip_bit=False))
+    inbox = server.receive_key_shares(stage("share_keys", server.receive_advertisements(
+        stage("advertise", {p: b"" for p in need}))))
+    masked: dict[int, bytes] = {}
+    for w, mine in hosted.items():
+        out = workers[w].train_round(weights, 1, mine, RoundConfig(weight_scale=100.0),
+                                     {p: inbox[p] for p in mine})
+        assert sorted(out.masked) == mine and not out.failed
+        masked.update(out.masked)
+    result = server.receive_unmask_responses(stage("unmask", server.receive_masked_inputs(masked)))
+    assert sorted(result.survivors) == pids and np.count_nonzero(result.integer_sum)
+    assert len(calls) == 2  # once per worker and round, not once per participant
+    layers = workers[1].model_info().layers
+    inbound = [(layers[i], w) for i, w in enumerate(weights) if layers[i] != "head"]
+    assert len(inbound) == len(weights) - 2
+    expected = bytes.fromhex(shared_sha256(inbound))
+    assert {workers[w]._secure[p]._round_model for w, mine in hosted.items()
+            for p in mine} == {(1, expected)}
