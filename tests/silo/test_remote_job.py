@@ -108,13 +108,14 @@ def _start_coordinator(sites: dict[str, Path], out: str, *extra: str, spec: str 
 
 
 def _start_vendor(sites: dict[str, Path], address: str, state: str, spec: str = "job.yaml",
-                  policy: str = "vendor-policy.yaml") -> subprocess.Popen[str]:
+                  policy: str = "vendor-policy.yaml", *extra: str) -> subprocess.Popen[str]:
     pki = sites["pki"]
     return subprocess.Popen(
         [sys.executable, "-m", "fedcollab.cli", "silo", "serve", "--policy", policy,
          "--spec", spec, "--coordinator", address, "--cert", str(pki / "vendor.pem"),
          "--key", str(pki / "vendor.key"), "--coordinator-ca", str(pki / "ca.pem"),
-         "--trusted-ca", str(pki / "ca.pem"), "--state-dir", state, "--timeout", "240"],
+         "--trusted-ca", str(pki / "ca.pem"), "--state-dir", state, "--timeout", "240",
+         *extra],
         cwd=sites["vendor"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
 
@@ -311,3 +312,100 @@ def test_remote_vendor_beside_the_coordinators_embedded_ray_same_weights(
     assert remote["weights_sha256"] == embedded["weights_sha256"]
     workers = json.loads((coord / "on-ray" / "summary.json").read_text())["workers"]
     assert [w["node_id"] for w in workers if w.get("device") == "remote"] == ["silo:vendor"]
+
+
+# ---- failures survived: a coordinator restart, a gateway killed and restarted ----
+
+
+def _audit(state: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (state / "audit.jsonl").read_text().splitlines()]
+
+
+def _vendor_kept_its_promises(sites: dict[str, Path], state: str) -> list[dict[str, Any]]:
+    """The audit chain verifies; the round ids the vendor started only increase; each
+    update that left was for another global model; its state holds as many models
+    contributed to as updates left. Returns the audit entries."""
+    verified = _cli("silo", "audit", "verify", f"{state}/audit.jsonl", cwd=sites["vendor"])
+    assert verified.startswith("ok:")
+    audit = _audit(sites["vendor"] / state)
+    started = [e["round_id"] for e in audit
+               if e["kind"] == "round_start" and e["decision"] == "allow"]
+    assert started == sorted(set(started))  # strictly increasing
+    out = [e for e in audit if e["direction"] == "out" and e["decision"] == "allow"]
+    saved = json.loads((sites["vendor"] / state / "state.json").read_text())
+    (job,) = saved["jobs"].values()
+    assert len(job["contributed"]) == len(out)  # no global model contributed to twice
+    assert job["last_round"] == started[-1]
+    return audit
+
+
+def _wait_for(what: Any, proc: subprocess.Popen[str], timeout: float = 240) -> None:
+    end = time.monotonic() + timeout
+    while not what():
+        assert proc.poll() is None, "the process ended first"
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.005)
+
+
+def test_remote_vendor_coordinator_killed_and_resumed_finishes_without_contributing_twice(
+        sites: dict[str, Path]) -> None:
+    """kill -9 the coordinator right after the vendor let out its round-2 update (the
+    vendor stopped there, so round 2 is not committed), restart it with --resume on
+    the same port: the gateway (still running, redialling) rejoins, round 2 runs
+    again on the same global model without the vendor, and the job finishes."""
+    for side in ("coord", "vendor"):
+        _spec(sites[side] / "job5.yaml", rounds=5)
+    out, state = "resumed", "resumed-state"
+    coordinator, address = _start_coordinator(sites, out, "--silo-deadline", "20",
+                                              spec="job5.yaml")
+    vendor = _start_vendor(sites, address, state, "job5.yaml", "vendor-policy.yaml",
+                           "--reconnect", "--backoff-initial", "0.2", "--backoff-max", "1")
+    audit = sites["vendor"] / state / "audit.jsonl"
+
+    def contributed_to_round_2() -> bool:
+        return audit.exists() and any(
+            '"direction":"out"' in x and '"round_id":2,' in x
+            for x in audit.read_text().splitlines())
+
+    try:
+        _wait_for(contributed_to_round_2, vendor)
+        os.kill(vendor.pid, signal.SIGSTOP)  # round 2 waits for the vendor's unmask
+        os.kill(coordinator.pid, signal.SIGKILL)
+        coordinator.wait()
+        latest = sites["coord"] / out / "checkpoints" / "latest.json"
+        committed = json.loads(latest.read_text())["round"] if latest.exists() else 0
+        os.kill(vendor.pid, signal.SIGCONT)
+        t0 = time.monotonic()
+        again, _ = _start_coordinator(sites, out, "--silo-deadline", "20", "--resume",
+                                      "--silo-listen", address, spec="job5.yaml")
+        again.communicate(timeout=240)
+        resumed_seconds = time.monotonic() - t0
+        v_out, v_err = vendor.communicate(timeout=120)
+    finally:
+        for proc in (coordinator, vendor):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    c_err = (sites["coord"] / f"{out}.err").read_text()
+    assert again.returncode == 0, c_err
+    assert vendor.returncode == 0, v_err
+    assert committed == 1  # the crash came after the vendor contributed, before the commit
+    summary = json.loads((sites["coord"] / out / "summary.json").read_text())
+    assert summary["rounds_completed"] == 5 and summary["status"] == "succeeded"
+    _cli("verify", str(sites["coord"] / out / "release"), cwd=sites["coord"])
+    lines = [json.loads(x) for x in (sites["coord"] / out / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert [m["round"] for m in lines] == [1, 2, 3, 4, 5]
+    # round 2 ran again on the model the vendor contributed to: without the vendor
+    absent = lines[1]["placement"]["silo"]["vendor"]["absent"]
+    assert "declined round 2: round 2 does not exceed the last round 2" in absent
+    assert lines[1]["dropped"] == [8, 9, 10] and "aborted" not in lines[1]
+    # then the vendor again, in every later round
+    assert all("aborted" not in m and m["dropped"] == [] for m in lines[2:])
+    assert all(m["secure"]["survivors"] == [8, 9, 10] for m in lines[2:])
+    entries = _vendor_kept_its_promises(sites, state)
+    refused = [e for e in entries if e["kind"] == "round_start" and e["decision"] == "refuse"]
+    assert [(e["round_id"], e["rule"]) for e in refused] == [(2, "round_order")]
+    assert sum(e["direction"] == "out" and e["decision"] == "allow" for e in entries) == 5
+    assert resumed_seconds < 120
