@@ -418,6 +418,8 @@ class SiloPool:
         if verdict == "allow":
             return Attendance(fresh_keys=fresh)
         self._active, self._absent = False, f"the vendor declined round {round_id}: {reason}"
+        print(f"fedcollab: silo: round {round_id} goes on without {self.party!r}: {reason}",
+              file=sys.stderr, flush=True)
         self._roster = [p for p in self._roster if p not in self.pids]
         return Attendance(absent={p: f"silo: {self._absent}" for p in remote}, fresh_keys=fresh)
 

@@ -339,6 +339,17 @@ def _vendor_kept_its_promises(sites: dict[str, Path], state: str) -> list[dict[s
     return audit
 
 
+def _audited(state: Path, kind: str, round_id: int) -> Any:
+    """Whether the vendor's audit chain has an allowed entry of ``kind`` for the round
+    (a predicate, read from the file as it grows)."""
+    def seen() -> bool:
+        path = state / "audit.jsonl"
+        return path.exists() and any(
+            f'"kind":"{kind}"' in x and f'"round_id":{round_id},' in x and '"allow"' in x
+            for x in path.read_text().splitlines())
+    return seen
+
+
 def _wait_for(what: Any, proc: subprocess.Popen[str], timeout: float = 240) -> None:
     end = time.monotonic() + timeout
     while not what():
@@ -349,10 +360,12 @@ def _wait_for(what: Any, proc: subprocess.Popen[str], timeout: float = 240) -> N
 
 def test_remote_vendor_coordinator_killed_and_resumed_finishes_without_contributing_twice(
         sites: dict[str, Path]) -> None:
-    """kill -9 the coordinator right after the vendor let out its round-2 update (the
-    vendor stopped there, so round 2 is not committed), restart it with --resume on
-    the same port: the gateway (still running, redialling) rejoins, round 2 runs
-    again on the same global model without the vendor, and the job finishes."""
+    """kill -9 the coordinator once the vendor was asked to train in round 2 (the vendor
+    stopped meanwhile: round 2 is not committed), let the vendor go on (it trains and
+    lets its update out: it contributed to round 2's global model) and restart the
+    coordinator with --resume on the same port: the gateway, still running and
+    redialling, rejoins; round 2 runs again on the same global model, without the
+    vendor; the job finishes with the vendor in every later round."""
     for side in ("coord", "vendor"):
         _spec(sites[side] / "job5.yaml", rounds=5)
     out, state = "resumed", "resumed-state"
@@ -360,16 +373,10 @@ def test_remote_vendor_coordinator_killed_and_resumed_finishes_without_contribut
                                               spec="job5.yaml")
     vendor = _start_vendor(sites, address, state, "job5.yaml", "vendor-policy.yaml",
                            "--reconnect", "--backoff-initial", "0.2", "--backoff-max", "1")
-    audit = sites["vendor"] / state / "audit.jsonl"
-
-    def contributed_to_round_2() -> bool:
-        return audit.exists() and any(
-            '"direction":"out"' in x and '"round_id":2,' in x
-            for x in audit.read_text().splitlines())
-
     try:
-        _wait_for(contributed_to_round_2, vendor)
-        os.kill(vendor.pid, signal.SIGSTOP)  # round 2 waits for the vendor's unmask
+        # round 2's first stage is "train" (keys are amortised after round 1)
+        _wait_for(_audited(sites["vendor"] / state, "stage", 2), vendor)
+        os.kill(vendor.pid, signal.SIGSTOP)  # round 2 cannot finish before the kill
         os.kill(coordinator.pid, signal.SIGKILL)
         coordinator.wait()
         latest = sites["coord"] / out / "checkpoints" / "latest.json"
@@ -407,5 +414,54 @@ def test_remote_vendor_coordinator_killed_and_resumed_finishes_without_contribut
     entries = _vendor_kept_its_promises(sites, state)
     refused = [e for e in entries if e["kind"] == "round_start" and e["decision"] == "refuse"]
     assert [(e["round_id"], e["rule"]) for e in refused] == [(2, "round_order")]
-    assert sum(e["direction"] == "out" and e["decision"] == "allow" for e in entries) == 5
+    out = [e["round_id"] for e in entries if e["direction"] == "out" and e["decision"] == "allow"]
+    assert out == [1, 2, 3, 4, 5]  # its round-2 update was let out before the restart
     assert resumed_seconds < 120
+
+
+def test_remote_vendor_gateway_killed_and_restarted_rejoins_the_running_job(
+        sites: dict[str, Path]) -> None:
+    """kill -9 the gateway mid-job, start it again with the same --state-dir while the
+    coordinator's run goes on: the rounds in flight meanwhile abort by the deadline,
+    the coordinator takes the vendor's new Join, and later rounds include it again."""
+    deadline = 4
+    for side in ("coord", "vendor"):
+        _spec(sites[side] / "job10.yaml", rounds=10)
+    out, state = "rejoined", "rejoined-state"
+    coordinator, address = _start_coordinator(sites, out, "--silo-deadline", str(deadline),
+                                              spec="job10.yaml")
+    vendor = _start_vendor(sites, address, state, "job10.yaml")
+    metrics = sites["coord"] / out / "metrics.jsonl"
+    try:
+        _wait_for(_audited(sites["vendor"] / state, "egress", 2), vendor)
+        os.kill(vendor.pid, signal.SIGKILL)  # mid-round, once its update left
+        vendor.wait()
+        again = _start_vendor(sites, address, state, "job10.yaml")
+        coordinator.communicate(timeout=240)
+        v_out, v_err = again.communicate(timeout=120)
+    finally:
+        for proc in (coordinator, vendor):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    c_err = (sites["coord"] / f"{out}.err").read_text()
+    assert coordinator.returncode == 0, c_err
+    assert again.returncode == 0, v_err
+    assert "'vendor' rejoined the job" in c_err
+    _cli("verify", str(sites["coord"] / out / "release"), cwd=sites["coord"])
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [m["round"] for m in lines] == list(range(1, 11))
+    lost = [i for i, m in enumerate(lines) if "aborted" in m]
+    assert lost and lost[0] >= 1  # the rounds while the vendor was away
+    for i in lost:
+        assert lines[i]["seconds"] < deadline + 10  # no hang beyond the deadline + 10 s
+    back = lines[lost[-1] + 1:]
+    with_vendor = [m["round"] for m in back if m.get("secure", {}).get("survivors") == [8, 9, 10]]
+    assert with_vendor and with_vendor[-1] == 10  # back, to the last round
+    for m in back:  # the other rounds after the rejoin: on a model it had contributed to
+        if m["round"] not in with_vendor:
+            assert m["dropped"] == [8, 9, 10] and "aborted" not in m
+            assert "already contributed to global model" in \
+                m["placement"]["silo"]["vendor"]["absent"]
+    _vendor_kept_its_promises(sites, state)
