@@ -207,8 +207,6 @@ def _silo(args: argparse.Namespace) -> Any:
     missing = [name for name in ("silo_cert", "silo_key", "silo_ca") if not getattr(args, name)]
     if missing:
         raise UsageError(f"--silo-listen needs --{missing[0].replace('_', '-')}")
-    if args.resume:
-        raise UsageError("--resume is not supported with --silo-listen yet (docs/cross-silo.md)")
     from fedcollab.silo.remote import SiloParticipants
 
     return SiloParticipants(listen=args.silo_listen, cert=args.silo_cert, key=args.silo_key,

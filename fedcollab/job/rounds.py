@@ -27,7 +27,7 @@ from fedcollab.job.secure import SecureOutcome, SecureRound
 from fedcollab.privacy.server import DpServer
 from fedcollab.spec.roster import ParticipantInfo
 from fedcollab.types import Weights
-from fedcollab.worker.messages import Pool, RoundConfig
+from fedcollab.worker.messages import Attendance, Pool, RoundConfig
 
 if TYPE_CHECKING:
     from fedcollab.job.callbacks import CallbackList
@@ -122,9 +122,15 @@ class RoundLoop:
         secure = SecureRound(self.secure, r, self._secure_members(chosen), config, self.shapes)
         out: Optional[RoundOutput] = None
         try:
-            # a remote silo's round starts here; it can abort the round like a stage
-            self.pool.begin_round(r, self.weights, chosen, config)
-            out = self._train(r, chosen, config, secure)
+            # a remote silo's round starts here; it can abort the round like a stage,
+            # or sit it out (its participants then count as dropped)
+            absent = self._attendance(self.pool.begin_round(r, self.weights, chosen, config))
+            taking_part = [p for p in chosen if p not in absent]
+            if absent:
+                secure = SecureRound(self.secure, r, self._secure_members(taking_part),
+                                     config, self.shapes)
+            out = self._train(r, taking_part, config, secure)
+            out.dropped.extend(sorted(absent))
             secured = secure.finish(out)
         except self._aborts as err:
             return self._end(self._aborted(r, chosen, str(err), t0, secure, replaced, out))
@@ -144,6 +150,15 @@ class RoundLoop:
         self.bytes_down += record.bytes_down
         self.rejected_total += len(step.rejected)
         return self._end(record)
+
+    def _attendance(self, attendance: Optional[Attendance]) -> frozenset[int]:
+        """Who sits the round out (a remote party that declined it); participants
+        whose host restarted run key setup again before they take part."""
+        if attendance is None:
+            return frozenset()
+        if attendance.fresh_keys and self.secure is not None:
+            self.secure.rekey(sorted(attendance.fresh_keys))
+        return frozenset(attendance.absent)
 
     def _vendor_evaluation(self) -> dict[str, float]:
         """The private-layer participants' test figures; none under DP, where their

@@ -295,6 +295,11 @@ class SecureCoordinator:
         result: SecureSumResult = requests
         return result
 
+    def rekey(self, participants: Sequence[int]) -> None:
+        """Key setup again for ``participants`` before they next take part (their host
+        restarted: a remote silo that rejoined)."""
+        self.server.rekey(participants)
+
     def start_offline(self) -> None:
         """Queue the next round's offline phase (mask precomputation) on the workers
         the unmask stage called. The round loop calls this once it has asked a worker

@@ -140,6 +140,12 @@ class SecureServer:
         """Participants that must run key setup (fresh keys) before taking part again."""
         return frozenset(self._must_rotate)
 
+    def rekey(self, participants: Collection[int]) -> None:
+        """Make ``participants`` run key setup (fresh keys) before they take part again:
+        their host restarted, and the session keys the server holds for them are gone
+        on their side (a cross-silo gateway that rejoined)."""
+        self._must_rotate |= set(participants) & self._ids
+
     # -- stages --------------------------------------------------------------------
     def begin_round(self, round_id: int, participants: Collection[int], *, dim: int
                     ) -> frozenset[int]:

@@ -84,6 +84,7 @@ class SiloLink:
         self.listen = listen
         self.record = Path(record) if record is not None else None
         self._streams: dict[str, _Stream] = {}
+        self._joins: dict[str, int] = {}  # party -> how many Joins its streams sent
         self._cond = threading.Condition()
         self.refusals: list[str] = []
         self._server: Any = None
@@ -155,6 +156,12 @@ class SiloLink:
                 self._cond.wait(left)
             return self._streams[party].joined
 
+    def joins(self, party: str) -> int:
+        """How many times ``party`` has joined (0: never): a gateway that dialled again
+        (after a restart, or a lost link) joined once more, and its stream is new."""
+        with self._cond:
+            return self._joins.get(party, 0)
+
     def send(self, party: str, **body: Any) -> int:
         """Queue one CoordinatorFrame for ``party``; its seq.
 
@@ -212,6 +219,7 @@ class SiloLink:
                 old.lost = "replaced by a new connection"
                 old.outbox.put(_END)
             self._streams[stream.joined.party] = stream
+            self._joins[stream.joined.party] = self._joins.get(stream.joined.party, 0) + 1
             self._cond.notify_all()
 
     def _received(self, stream: _Stream, frame: Any) -> None:

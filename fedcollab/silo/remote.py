@@ -38,6 +38,7 @@ from fedcollab.silo.terms import (
 from fedcollab.silo.vendor import vendor_pids
 from fedcollab.types import Weights
 from fedcollab.worker.messages import (
+    Attendance,
     ModelInfo,
     Pool,
     RoundConfig,
@@ -81,30 +82,82 @@ class SiloParticipants:
         return pids
 
     def pool(self, local: Pool, spec: JobSpec, out_dir: Path) -> Pool:
+        pids = self.pids(spec)
+        job_id = silo_job_id(out_dir, spec, self.party)
         link = SiloLink(cert=self.cert, key=self.key, client_ca=self.client_ca,
                         listen=self.listen, record=self.record).start()
         # the vendor needs the port (127.0.0.1:0 picks one): always said, on stderr
         print(f"fedcollab: silo: listening on {link.address} for party {self.party!r}",
               file=sys.stderr, flush=True)
-        return SiloPool(local, link, spec=spec, party=self.party, pids=self.pids(spec),
-                        join_timeout=self.join_timeout, deadline=self.deadline)
+        return SiloPool(local, link, spec=spec, party=self.party, pids=pids,
+                        join_timeout=self.join_timeout, deadline=self.deadline,
+                        job_id=job_id)
+
+
+#: In a job's output directory: the silo job id, kept for ``fedcollab run --resume``.
+JOB_FILE = "silo-job.json"
+
+
+def silo_job_id(out_dir: Path, spec: JobSpec, party: str) -> str:
+    """The job id the vendor knows this job by: fresh for a new job, the one in
+    ``out_dir``/``silo-job.json`` for a resumed one (written, durably, before the
+    offer leaves).
+
+    A resumed job keeps its id so that the vendor's persisted state for it holds: its
+    round ids only increase and it contributes once per global model. Under a new
+    id the vendor would see a new job and could be asked to contribute again to the
+    global model it contributed to just before the coordinator crashed; the
+    difference of two sums over one model is a participant's update (finding 7,
+    docs/threat-model.md).
+
+    Raises:
+        SiloError: The file is unreadable or names another party.
+    """
+    import json
+
+    from fedcollab.io import atomic_write_json
+
+    path = Path(out_dir) / JOB_FILE
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            job_id, named = str(saved["job_id"]), str(saved["party"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SiloError(f"silo: {path} is unreadable ({type(err).__name__}); it holds "
+                            "the job id the vendor knows this job by") from None
+        if named != party:
+            raise SiloError(f"silo: {path} names party {named!r}, not {party!r}: this "
+                            "job ran with another vendor")
+        return job_id
+    job_id = f"{spec.name}-{secrets.token_hex(6)}"
+    atomic_write_json(path, {"job_id": job_id, "party": party})
+    return job_id
 
 
 class SiloPool:
     """The job's pool: ``local`` hosts the other participants, ``party``'s silo
     hosts ``pids`` (secure ones: only masked inputs come back).
 
-    The job id is fresh per run (the vendor refuses a round id it has seen for a
-    job); the secure group's job id is derived from it, so every signed key advert
-    of the job is bound to the job the vendor accepted.
+    The job id is fresh per job and kept when the job resumes (:func:`silo_job_id`;
+    the vendor refuses a round id it has seen for a job, and a second contribution to
+    one of its global models); the secure group's job id is derived from it, so every
+    signed key advert of the job is bound to the job the vendor accepted.
+
+    A vendor whose gateway dialled again (it restarted, or its link was lost) is
+    taken back at the next round that samples its participants: the offer and the
+    group's setup again (the vendor's state accepts the same terms again), then its
+    sites run key setup afresh. A round it declines (its state refuses the round's
+    start: it saw that round id, or contributed to that global model, before a
+    restart) goes on without it: its participants count as dropped.
     """
 
     def __init__(self, local: Pool, link: SiloLink, *, spec: JobSpec, party: str,
-                 pids: frozenset[int], join_timeout: float, deadline: float) -> None:
+                 pids: frozenset[int], join_timeout: float, deadline: float,
+                 job_id: Optional[str] = None) -> None:
         self.local, self.link, self.spec, self.party = local, link, spec, party
         self.pids = pids
         self.join_timeout, self.deadline = join_timeout, deadline
-        self.job_id = f"{spec.name}-{secrets.token_hex(6)}"
+        self.job_id = job_id or f"{spec.name}-{secrets.token_hex(6)}"
         self.remote_index = 0         # after the local workers (set once they are ready)
         self.placement: list[dict[str, Any]] = []
         self.private_pids: list[int] = sorted(set(local.private_pids) | {
@@ -120,6 +173,11 @@ class SiloPool:
         self._survived: set[int] = set()
         self._revealed = False
         self._bytes: dict[str, dict[str, int]] = {}
+        self._joins = 0               # the link's Join count the offer was made on
+        self._absent = ""             # why the vendor sits the current round out
+        # the secure group's setup as pinned (members, graph seed, registry): sent
+        # again to a vendor that rejoins
+        self._pinned: Optional[tuple[list[int], bytes, dict[int, bytes]]] = None
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -150,6 +208,7 @@ class SiloPool:
         self.placement = list(self.local.placement)
         self.remote_index = len(self.placement)
         joined = self.link.wait_join(self.party, self.join_timeout)
+        self._joins = self.link.joins(self.party)
         self._info = info = self.local.model_info()
         private: set[int] = set()
         for g, arrays in info.private_arrays.items():
@@ -238,7 +297,56 @@ class SiloPool:
             verdict, reason = _verdict(reply)
             if verdict != "allow":
                 raise SiloError(f"silo: the vendor refused the secure group's setup: {reason}")
+            self._pinned = (members, graph_seed, registry)
         local.pin_setup(job_id=job, registry=registry)
+
+    def _rejoin(self) -> frozenset[int]:
+        """Wait (up to the round's deadline) for the vendor's stream; if its gateway
+        joined again since the offer, make the offer and the group's setup again on
+        the new stream. Returns the participants whose session keys are gone (all of
+        the vendor's, after a rejoin; none otherwise).
+
+        Raises:
+            RoundAbortedError: The vendor is not connected by the deadline, or it
+                refuses the offer, the setup, or comes back with other identities.
+        """
+        from fedcollab._proto.fedcollab.v1 import silo_pb2
+
+        try:
+            joined = self.link.wait_join(self.party, max(self._deadline - time.monotonic(), 0))
+        except LinkLost:
+            raise self._abort("round_start", f"the link to {self.party!r} is down and it "
+                              f"did not rejoin by the round's deadline ({self.deadline:g} s)"
+                              ) from None
+        joins = self.link.joins(self.party)
+        if joins == self._joins:
+            return frozenset()
+        assert self._info is not None  # wait_ready ran
+        self._require(self._ask("offer", self._deadline, offer=self._offer(self._info)),
+                      "decision", "offer")
+        if self._pinned is not None:
+            members, graph_seed, registry = self._pinned
+            remote = [p for p in members if p in self.pids]
+            if any(p in registry for p in remote):  # malicious model: identities pinned
+                reply = self._ask("identities", self._deadline, stage=silo_pb2.StageRequest(
+                    job_id=self.job_id, stage="identities", participants=remote))
+                self._require(reply, "stage_reply", "identities")
+                keys = {int(m.participant): bytes(m.payload) for m in reply.stage_reply.replies}
+                if any(keys.get(p) != registry[p] for p in remote if p in registry):
+                    raise self._abort("identities", f"{self.party!r} rejoined with other "
+                                      "identity keys than the group pinned; its sites cannot "
+                                      "take part in this job again")
+            self._require(self._ask("setup", self._deadline, setup=silo_pb2.GroupSetup(
+                job_id=self.job_id, members=members, graph_seed=graph_seed,
+                secure_job_id=secure_job_id(self.job_id), registry=registry)),
+                "decision", "setup")
+        self.placement[self.remote_index] = {
+            **self.placement[self.remote_index], "policy_sha256": joined.policy_sha256,
+            "fedcollab_version": joined.fedcollab_version}
+        self._joins = joins
+        print(f"fedcollab: silo: {self.party!r} rejoined the job (round {self._round})",
+              file=sys.stderr, flush=True)
+        return frozenset(self.pids)
 
     # ------------------------------------------------------------------ the model
     def model_info(self) -> ModelInfo:
@@ -267,21 +375,24 @@ class SiloPool:
 
     # ------------------------------------------------------------------ rounds
     def begin_round(self, round_id: int, weights: Weights, chosen: Sequence[int],
-                    config: RoundConfig) -> None:
+                    config: RoundConfig) -> Optional[Attendance]:
         """Send the vendor the round's start (its shared layers' weights, the round's
-        settings, its sampled participants) and the roster; either refused aborts
-        the round."""
+        settings, its sampled participants) and the roster (a vendor that rejoined
+        first gets the offer and the group's setup again). Either refused, the vendor
+        sits the round out (an allowed start is then aborted on its side); a vendor
+        not connected by the round's deadline aborts the round."""
         from fedcollab._proto.fedcollab.v1 import silo_pb2
 
         self.local.begin_round(round_id, weights, chosen, config)
-        self._round, self._bytes = round_id, {}
-        self._roster = [p for p in chosen if self._secure(p)]
+        self._round, self._bytes, self._absent = round_id, {}, ""
         self._survived, self._revealed = set(), False
         remote = sorted(p for p in chosen if p in self.pids)
         self._active = bool(remote)
+        self._roster = [p for p in chosen if self._secure(p)]
         if not remote:
-            return
+            return None
         self._deadline = time.monotonic() + self.deadline
+        fresh = self._rejoin()
         assert self._info is not None  # wait_ready ran
         layers = self._info.layers
         arrays = [(layers[i], weights[i]) for i in self._shared]
@@ -298,8 +409,19 @@ class SiloPool:
         # frames in order, and refuses a roster for a round it did not start)
         listed = self._send("roster", roster=silo_pb2.Roster(
             job_id=self.job_id, round_id=round_id, members=members))
-        self._require(self._wait("round_start", start), "decision", "round_start")
-        self._require(self._wait("roster", listed), "decision", "roster")
+        started = self._wait("round_start", start)
+        verdict, reason = _verdict(self._wait("roster", listed))
+        if _verdict(started)[0] != "allow":
+            verdict, reason = _verdict(started)
+        elif verdict != "allow":
+            self._give_up(f"the roster was refused: {reason}")  # the vendor's round ends
+        if verdict == "allow":
+            return Attendance(fresh_keys=fresh)
+        self._active, self._absent = False, f"the vendor declined round {round_id}: {reason}"
+        print(f"fedcollab: silo: round {round_id} goes on without {self.party!r}: {reason}",
+              file=sys.stderr, flush=True)
+        self._roster = [p for p in self._roster if p not in self.pids]
+        return Attendance(absent={p: f"silo: {self._absent}" for p in remote}, fresh_keys=fresh)
 
     def submit_train(self, weights: Weights, round_id: int, chosen: Sequence[int],
                      config: RoundConfig, inbox: Mapping[int, bytes]) -> None:
@@ -384,7 +506,8 @@ class SiloPool:
                                  for p, w in sorted(out.worker_of.items())},
                 "silo": {self.party: {"policy_sha256": joined.get("policy_sha256"),
                                       "fedcollab_version": joined.get("fedcollab_version"),
-                                      "bytes": {k: dict(v) for k, v in self._bytes.items()}}}}
+                                      "bytes": {k: dict(v) for k, v in self._bytes.items()},
+                                      **({"absent": self._absent} if self._absent else {})}}}
 
     def shutdown(self) -> None:
         try:
@@ -441,13 +564,12 @@ class SiloPool:
         verdict, reason = _verdict(reply) if got == "decision" else ("refuse", f"a {got}")
         raise self._abort(what, f"the vendor answered {verdict}: {reason}")
 
-    def _give_up(self) -> None:
+    def _give_up(self, reason: str = "no answer by the round's deadline") -> None:
         from fedcollab._proto.fedcollab.v1 import silo_pb2
 
         try:
             self.link.send(self.party, abort=silo_pb2.Abort(
-                job_id=self.job_id, round_id=self._round,
-                reason="no answer by the round's deadline"))
+                job_id=self.job_id, round_id=self._round, reason=reason))
         except LinkLost:
             pass
 

@@ -11,7 +11,13 @@ import numpy as np
 
 from fedcollab.spec.roster import roster
 from fedcollab.types import Weights
-from fedcollab.worker.messages import RoundConfig, RoundOutput, StageReplies, TrainCalls
+from fedcollab.worker.messages import (
+    Attendance,
+    RoundConfig,
+    RoundOutput,
+    StageReplies,
+    TrainCalls,
+)
 
 if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
@@ -76,8 +82,9 @@ class Hosting:
         self._offline_next = []
 
     def begin_round(self, round_id: int, weights: Weights, chosen: Sequence[int],
-                    config: RoundConfig) -> None:
+                    config: RoundConfig) -> Optional[Attendance]:
         """Nothing: these workers get the round's weights with its training."""
+        return None
 
     # ------------------------------------------------------------------ pipelining
     def submit_train(self, weights: Weights, round_id: int, chosen: Sequence[int],

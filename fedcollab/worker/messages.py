@@ -8,14 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
 from fedcollab.types import Update, Weights
 
 __all__ = ["WorkerConfig", "RoundConfig", "RoundOutput", "TrainCalls", "ModelInfo", "StageReplies",
-           "Pool"]
+           "Attendance", "Pool"]
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,21 @@ class StageReplies:
     refused: dict[int, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Attendance:
+    """Who of a round's sample will not take part, known when the round starts.
+
+    A remote party may decline a round (its policy refuses the round's start: it
+    already took part in that round id, or contributed to that global model, before a
+    restart) or come back from a restart with its participants' session keys gone.
+    """
+
+    #: sampled participants that sit this round out, and why (they count as dropped)
+    absent: Mapping[int, str] = field(default_factory=dict)
+    #: participants whose host restarted: they must run key setup again
+    fresh_keys: frozenset[int] = frozenset()
+
+
 class Pool(Protocol):
     """Where a job's participants run: the one seam between the job and its workers.
 
@@ -211,10 +226,11 @@ class Pool(Protocol):
         ...
 
     def begin_round(self, round_id: int, weights: Weights, chosen: Sequence[int],
-                    config: RoundConfig) -> None:
+                    config: RoundConfig) -> Optional[Attendance]:
         """Round ``round_id`` starts from ``weights`` with ``chosen`` (before any of its
-        secure stages): a remote silo sends its participants the round's start then;
-        pools whose workers get the weights with training do nothing."""
+        secure stages): a remote silo sends its participants the round's start then
+        and says who of them sits the round out; pools whose workers get the weights
+        with training do nothing (None: everyone sampled takes part)."""
         ...
 
     def model_info(self) -> ModelInfo:

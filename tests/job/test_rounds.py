@@ -15,7 +15,7 @@ from fedcollab.spec import spec_from_dict
 from fedcollab.spec.roster import roster
 from fedcollab.types import Update
 from fedcollab.worker.inprocess import InProcessPool
-from fedcollab.worker.messages import RoundConfig, RoundOutput, TrainCalls
+from fedcollab.worker.messages import Attendance, RoundConfig, RoundOutput, TrainCalls
 
 SHAPES = [(2,), (1, 2)]
 
@@ -96,6 +96,42 @@ def test_run_round_averages_updates_and_tells_callbacks() -> None:
     assert sorted(record.update_sha256) == ["0", "1", "2", "3"]
     assert record.bytes_up == 4 * (2 * 4 + 2 * 4 + 16) and record.loss == 6.0
     assert loop.bytes_up == record.bytes_up
+
+
+class DecliningPool(FakePool):
+    """Participants 2 and 3 are a remote party that declines round 1 (as a vendor whose
+    state refuses the round's start after a restart)."""
+
+    def __init__(self, values: dict[int, float]) -> None:
+        super().__init__(values)
+        self.trained: list[list[int]] = []
+
+    def begin_round(self, round_id: int, weights: Any, chosen: Any,
+                    config: RoundConfig) -> Optional[Attendance]:
+        if round_id == 1:
+            return Attendance(absent={2: "declined", 3: "declined"})
+        return None
+
+    def _start_training(self, weights: Any, round_id: int, chosen: Any, config: RoundConfig,
+                        inbox: Any) -> TrainCalls:
+        self.trained.append(list(chosen))
+        return super()._start_training(weights, round_id, chosen, config, inbox)
+
+
+def test_run_round_a_declined_round_goes_on_without_the_absent_as_dropped() -> None:
+    spec, recorder = _spec(), Recorder()
+    pool = DecliningPool({0: 1.0, 1: 3.0, 2: 100.0, 3: 100.0})
+    loop = _loop(spec, pool, recorder)
+
+    first = loop.run_round(1)
+    after_first = np.array(loop.weights[0])
+    second = loop.run_round(2)
+
+    assert pool.trained[0] == [0, 1] and first.dropped == (2, 3)
+    assert first.changed_model and first.participants == 4 and first.aborted is None
+    np.testing.assert_allclose(after_first, [2.0, 2.0])  # the mean of 0's and 1's alone
+    assert pool.trained[1] == [0, 1, 2, 3] and second.dropped == ()
+    np.testing.assert_allclose(loop.weights[0], [53.0, 53.0])
 
 
 def test_run_round_all_updates_rejected_leaves_model_and_says_so() -> None:

@@ -223,3 +223,20 @@ def test_rotation_random_multi_round_churn_sums_exact_then_recovers(
     result = run_secure_round(participants, vectors, params, 4, server=server)
     assert result.survivors == tuple(range(n)) and result.rejected == {}
     assert np.array_equal(result.integer_sum, encoded_sum(server.codec, vectors, range(n)))
+
+
+def test_rotation_rekey_after_a_host_restart_runs_key_setup_for_everyone() -> None:
+    # a cross-silo gateway that rejoined lost its sites' session keys: the server makes
+    # them (and, as with any fresh keys, the whole round's group) advertise again
+    params = SecAggParams(protocol="secaggplus", amortise_keys=True)
+    participants, server = make_group(N, params)
+    vectors = make_vectors(range(N), 10)
+    run_secure_round(participants, vectors, params, 0, server=server)
+
+    server.rekey([2, 3, 99])  # 99: not in the group, ignored
+    marked = server.must_rotate()
+    after = run_secure_round(participants, vectors, params, 1, server=server)
+
+    assert marked == frozenset({2, 3}) and server.must_rotate() == frozenset()
+    assert after.key_setup == tuple(range(N))
+    assert np.array_equal(after.integer_sum, encoded_sum(server.codec, vectors, range(N)))

@@ -14,8 +14,10 @@ SPEC = str(ROOT / "examples" / "community-vendor.yaml")
 @pytest.mark.parametrize("args, words", [
     (["--silo-cert", "c.pem"], "--silo-cert needs --silo-listen"),
     (["--silo-listen", "127.0.0.1:0"], "--silo-listen needs --silo-cert"),
+    (["--silo-listen", "127.0.0.1:0", "--silo-cert", "c", "--silo-ca", "a"],
+     "--silo-listen needs --silo-key"),
     (["--silo-listen", "127.0.0.1:0", "--silo-cert", "c", "--silo-key", "k", "--silo-ca", "a",
-      "--resume"], "--resume is not supported with --silo-listen"),
+      "--resume"], "--resume needs --out DIR"),
 ])
 def test_run_silo_options_that_do_not_go_together_are_one_line(
         args: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -108,13 +108,14 @@ def _start_coordinator(sites: dict[str, Path], out: str, *extra: str, spec: str 
 
 
 def _start_vendor(sites: dict[str, Path], address: str, state: str, spec: str = "job.yaml",
-                  policy: str = "vendor-policy.yaml") -> subprocess.Popen[str]:
+                  policy: str = "vendor-policy.yaml", *extra: str) -> subprocess.Popen[str]:
     pki = sites["pki"]
     return subprocess.Popen(
         [sys.executable, "-m", "fedcollab.cli", "silo", "serve", "--policy", policy,
          "--spec", spec, "--coordinator", address, "--cert", str(pki / "vendor.pem"),
          "--key", str(pki / "vendor.key"), "--coordinator-ca", str(pki / "ca.pem"),
-         "--trusted-ca", str(pki / "ca.pem"), "--state-dir", state, "--timeout", "240"],
+         "--trusted-ca", str(pki / "ca.pem"), "--state-dir", state, "--timeout", "240",
+         *extra],
         cwd=sites["vendor"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
 
@@ -311,3 +312,163 @@ def test_remote_vendor_beside_the_coordinators_embedded_ray_same_weights(
     assert remote["weights_sha256"] == embedded["weights_sha256"]
     workers = json.loads((coord / "on-ray" / "summary.json").read_text())["workers"]
     assert [w["node_id"] for w in workers if w.get("device") == "remote"] == ["silo:vendor"]
+
+
+# ---- failures survived: a coordinator restart, a gateway killed and restarted ----
+
+
+def _audit(state: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (state / "audit.jsonl").read_text().splitlines()]
+
+
+def _vendor_kept_its_promises(sites: dict[str, Path], state: str) -> list[dict[str, Any]]:
+    """The audit chain verifies; the round ids the vendor started only increase; each
+    update that left was for another global model; its state holds as many models
+    contributed to as updates left. Returns the audit entries."""
+    verified = _cli("silo", "audit", "verify", f"{state}/audit.jsonl", cwd=sites["vendor"])
+    assert verified.startswith("ok:")
+    audit = _audit(sites["vendor"] / state)
+    started = [e["round_id"] for e in audit
+               if e["kind"] == "round_start" and e["decision"] == "allow"]
+    assert started == sorted(set(started))  # strictly increasing
+    out = [e for e in audit if e["direction"] == "out" and e["decision"] == "allow"]
+    saved = json.loads((sites["vendor"] / state / "state.json").read_text())
+    (job,) = saved["jobs"].values()
+    assert len(job["contributed"]) == len(out)  # no global model contributed to twice
+    assert job["last_round"] == started[-1]
+    return audit
+
+
+def _audited(state: Path, kind: str, round_id: int) -> Any:
+    """Whether the vendor's audit chain has an allowed entry of ``kind`` for the round
+    (a predicate, read from the file as it grows)."""
+    def seen() -> bool:
+        path = state / "audit.jsonl"
+        return path.exists() and any(
+            f'"kind":"{kind}"' in x and f'"round_id":{round_id},' in x and '"allow"' in x
+            for x in path.read_text().splitlines())
+    return seen
+
+
+def _wait_for(what: Any, proc: subprocess.Popen[str], timeout: float = 240) -> None:
+    end = time.monotonic() + timeout
+    while not what():
+        assert proc.poll() is None, "the process ended first"
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.005)
+
+
+def test_remote_vendor_coordinator_killed_and_resumed_finishes_without_contributing_twice(
+        sites: dict[str, Path]) -> None:
+    """kill -9 the coordinator once the vendor was asked to train in round 2 (the vendor
+    stopped meanwhile: round 2 is not committed), let the vendor go on (it trains and
+    lets its update out: it contributed to round 2's global model) and restart the
+    coordinator with --resume on the same port: the gateway, still running and
+    redialling, rejoins; round 2 runs again on the same global model, without the
+    vendor; the job finishes with the vendor in every later round."""
+    for side in ("coord", "vendor"):
+        _spec(sites[side] / "job5.yaml", rounds=5)
+    out, state = "resumed", "resumed-state"
+    coordinator, address = _start_coordinator(sites, out, "--silo-deadline", "20",
+                                              spec="job5.yaml")
+    vendor = _start_vendor(sites, address, state, "job5.yaml", "vendor-policy.yaml",
+                           "--reconnect", "--backoff-initial", "0.2", "--backoff-max", "1")
+    try:
+        # round 2's first stage is "train" (keys are amortised after round 1)
+        _wait_for(_audited(sites["vendor"] / state, "stage", 2), vendor)
+        os.kill(vendor.pid, signal.SIGSTOP)  # round 2 cannot finish before the kill
+        os.kill(coordinator.pid, signal.SIGKILL)
+        coordinator.wait()
+        latest = sites["coord"] / out / "checkpoints" / "latest.json"
+        committed = json.loads(latest.read_text())["round"] if latest.exists() else 0
+        os.kill(vendor.pid, signal.SIGCONT)
+        t0 = time.monotonic()
+        again, _ = _start_coordinator(sites, out, "--silo-deadline", "20", "--resume",
+                                      "--silo-listen", address, spec="job5.yaml")
+        again.communicate(timeout=240)
+        resumed_seconds = time.monotonic() - t0
+        v_out, v_err = vendor.communicate(timeout=120)
+    finally:
+        for proc in (coordinator, vendor):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    c_err = (sites["coord"] / f"{out}.err").read_text()
+    assert again.returncode == 0, c_err
+    assert vendor.returncode == 0, v_err
+    assert committed == 1  # the crash came after the vendor contributed, before the commit
+    summary = json.loads((sites["coord"] / out / "summary.json").read_text())
+    assert summary["rounds_completed"] == 5 and summary["status"] == "succeeded"
+    _cli("verify", str(sites["coord"] / out / "release"), cwd=sites["coord"])
+    lines = [json.loads(x) for x in (sites["coord"] / out / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert [m["round"] for m in lines] == [1, 2, 3, 4, 5]
+    # round 2 ran again on the model the vendor contributed to: without the vendor
+    absent = lines[1]["placement"]["silo"]["vendor"]["absent"]
+    assert "declined round 2: round 2 does not exceed the last round 2" in absent
+    assert lines[1]["dropped"] == [8, 9, 10] and "aborted" not in lines[1]
+    # then the vendor again, in every later round
+    assert all("aborted" not in m and m["dropped"] == [] for m in lines[2:])
+    assert all(m["secure"]["survivors"] == [8, 9, 10] for m in lines[2:])
+    entries = _vendor_kept_its_promises(sites, state)
+    refused = [e for e in entries if e["kind"] == "round_start" and e["decision"] == "refuse"]
+    assert [(e["round_id"], e["rule"]) for e in refused] == [(2, "round_order")]
+    out = [e["round_id"] for e in entries if e["direction"] == "out" and e["decision"] == "allow"]
+    assert out == [1, 2, 3, 4, 5]  # its round-2 update was let out before the restart
+    assert resumed_seconds < 120
+
+
+def test_remote_vendor_gateway_killed_and_restarted_rejoins_the_running_job(
+        sites: dict[str, Path]) -> None:
+    """kill -9 the gateway once its round-2 update left (the coordinator stopped
+    meanwhile, so round 2 cannot finish), start it again with the same --state-dir
+    while the coordinator's run goes on: the rounds while it is away abort by the
+    deadline, the coordinator takes its new Join, the first round after it (on round
+    2's global model, unchanged: the vendor contributed to it) goes on without it, and
+    every later round includes it again."""
+    deadline = 4
+    for side in ("coord", "vendor"):
+        _spec(sites[side] / "job10.yaml", rounds=10)
+    out, state = "rejoined", "rejoined-state"
+    coordinator, address = _start_coordinator(sites, out, "--silo-deadline", str(deadline),
+                                              spec="job10.yaml")
+    vendor = _start_vendor(sites, address, state, "job10.yaml")
+    metrics = sites["coord"] / out / "metrics.jsonl"
+    try:
+        _wait_for(_audited(sites["vendor"] / state, "stage", 2), vendor)  # "train"
+        os.kill(coordinator.pid, signal.SIGSTOP)
+        _wait_for(_audited(sites["vendor"] / state, "egress", 2), vendor)
+        os.kill(vendor.pid, signal.SIGKILL)  # mid-round, once its update left
+        vendor.wait()
+        os.kill(coordinator.pid, signal.SIGCONT)
+        again = _start_vendor(sites, address, state, "job10.yaml")
+        coordinator.communicate(timeout=240)
+        v_out, v_err = again.communicate(timeout=120)
+    finally:
+        for proc in (coordinator, vendor):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    c_err = (sites["coord"] / f"{out}.err").read_text()
+    assert coordinator.returncode == 0, c_err
+    assert again.returncode == 0, v_err
+    assert "'vendor' rejoined the job" in c_err
+    _cli("verify", str(sites["coord"] / out / "release"), cwd=sites["coord"])
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [m["round"] for m in lines] == list(range(1, 11))
+    lost = [i for i, m in enumerate(lines) if "aborted" in m]
+    assert lost == list(range(1, len(lost) + 1))  # round 2 and those until the rejoin
+    assert "the link to 'vendor' is down" in lines[1]["aborted"]
+    for i in lost:
+        assert lines[i]["seconds"] < deadline + 10  # no hang beyond the deadline + 10 s
+        assert lines[i]["loss"] == lines[0]["loss"]  # the model unchanged
+    declined, *back = lines[lost[-1] + 1:]
+    assert declined["dropped"] == [8, 9, 10] and declined["loss"] != lines[0]["loss"]
+    assert "already contributed to global model" in \
+        declined["placement"]["silo"]["vendor"]["absent"]
+    assert back and all(m.get("secure", {}).get("survivors") == [8, 9, 10] for m in back)
+    entries = _vendor_kept_its_promises(sites, state)
+    out = [e["round_id"] for e in entries if e["direction"] == "out" and e["decision"] == "allow"]
+    assert out == [1, 2, *(m["round"] for m in back)]
