@@ -2,8 +2,10 @@
 
 The coordinator (`fedcollab run --silo-listen`) and the vendor (`fedcollab silo serve
 --spec`) are separate process trees with separate temp dirs, a throwaway CA with a
-leaf certificate per party, and ports bound to 127.0.0.1:0. Both use the in-process
-transport (no Ray on either side) to keep the test short; the pool seam is the same.
+leaf certificate per party, and ports bound to 127.0.0.1:0. The vendor's sites run on
+its own embedded Ray (a worker actor per site) unless a test asks for
+``--transport inprocess`` to stay short; the coordinator's community runs in process
+unless a test says otherwise (the pool seam is the same).
 """
 from __future__ import annotations
 
@@ -107,16 +109,22 @@ def _start_coordinator(sites: dict[str, Path], out: str, *extra: str, spec: str 
     raise AssertionError(f"the coordinator did not listen: {said}")
 
 
-def _start_vendor(sites: dict[str, Path], address: str, state: str, spec: str = "job.yaml",
-                  policy: str = "vendor-policy.yaml") -> subprocess.Popen[str]:
+def _start_vendor(sites: dict[str, Path], address: str, state: str, *extra: str,
+                  spec: str = "job.yaml", policy: str = "vendor-policy.yaml",
+                  env: dict[str, str] | None = None, command: tuple[str, ...] = (),
+                  ) -> subprocess.Popen[str]:
+    """``fedcollab silo serve --spec``: by default its sites on the vendor's own embedded
+    Ray (a worker actor per site); ``--transport inprocess`` keeps them in the gateway."""
     pki = sites["pki"]
     return subprocess.Popen(
-        [sys.executable, "-m", "fedcollab.cli", "silo", "serve", "--policy", policy,
+        [sys.executable, *(command or ("-m", "fedcollab.cli")), "silo", "serve",
+         "--policy", policy,
          "--spec", spec, "--coordinator", address, "--cert", str(pki / "vendor.pem"),
          "--key", str(pki / "vendor.key"), "--coordinator-ca", str(pki / "ca.pem"),
-         "--trusted-ca", str(pki / "ca.pem"), "--state-dir", state, "--timeout", "240"],
-        cwd=sites["vendor"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+         "--trusted-ca", str(pki / "ca.pem"), "--state-dir", state, "--timeout", "240",
+         *extra],
+        cwd=sites["vendor"], env=env or _env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
 
 
 def _listening(pid: int) -> list[Any]:
@@ -130,6 +138,33 @@ def _listening(pid: int) -> list[Any]:
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+def _site_workers(pid: int) -> list[Any]:
+    """The Ray worker actors (``ray::RayWorker``) in a process tree."""
+    import psutil
+
+    found = []
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for proc in children:
+        try:
+            if proc.name().startswith("ray::RayWorker") or any(
+                    a.startswith("ray::RayWorker") for a in proc.cmdline()[:1]):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _loopback(ip: str) -> bool:
+    import ipaddress
+
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
 
 
 def _windows(array: np.ndarray, size: int = 4) -> list[bytes]:
@@ -181,9 +216,10 @@ def test_remote_vendor_same_weights_policy_hash_and_nothing_private_leaves(
     coordinator, address = _start_coordinator(sites, "remote", "--silo-record", "received.bin")
     vendor = _start_vendor(sites, address, "vendor-state")
     listening: list[Any] = []
-    checks = 0
+    checks = workers = 0
     while vendor.poll() is None and checks < 400:  # while the gateway runs the job
         listening += _listening(vendor.pid)
+        workers = max(workers, len(_site_workers(vendor.pid)))
         checks += 1
         time.sleep(0.25)
     v_out, v_err = vendor.communicate(timeout=240)
@@ -192,7 +228,12 @@ def test_remote_vendor_same_weights_policy_hash_and_nothing_private_leaves(
 
     assert vendor.returncode == 0, v_err
     assert coordinator.returncode == 0, c_err
-    assert "0 refused" in v_out and checks > 0 and listening == []
+    assert "0 refused" in v_out and checks > 0
+    assert workers == 3  # the vendor's three sites, each on a Ray worker of the vendor's
+    # the vendor's own Ray listens (its GCS, raylet, workers), on loopback only: nothing
+    # of the vendor's process tree is reachable from the network, the gateway dials out
+    assert listening and all(_loopback(c.laddr.ip) for c in listening), \
+        sorted({c.laddr.ip for c in listening})
     coord = sites["coord"]
     embedded = json.loads((coord / "embedded" / "release" / "manifest.json").read_text())
     remote = json.loads((coord / "remote" / "release" / "manifest.json").read_text())
@@ -246,7 +287,8 @@ def test_remote_vendor_lost_mid_job_aborts_rounds_by_the_deadline(
     out = f"lost-{how}"
     coordinator, address = _start_coordinator(sites, out, "--silo-deadline", "2",
                                               spec="job6.yaml")
-    vendor = _start_vendor(sites, address, f"{out}-state", spec="job6.yaml")
+    vendor = _start_vendor(sites, address, f"{out}-state", "--transport", "inprocess",
+                           spec="job6.yaml")
     metrics = sites["coord"] / out / "metrics.jsonl"
     try:
         end = time.monotonic() + 240
@@ -280,7 +322,8 @@ def test_remote_vendor_refusing_the_offer_fails_the_job_in_one_line(
                     "delta": 1e-5}  # a DP floor the job (no DP) does not meet
     (sites["vendor"] / "floor-policy.yaml").write_text(yaml.safe_dump(policy))
     coordinator, address = _start_coordinator(sites, "refused")
-    vendor = _start_vendor(sites, address, "refused-state", policy="floor-policy.yaml")
+    vendor = _start_vendor(sites, address, "refused-state", "--transport", "inprocess",
+                           policy="floor-policy.yaml")
     v_out, v_err = vendor.communicate(timeout=240)
     coordinator.communicate(timeout=240)
     c_err = (sites["coord"] / "refused.err").read_text()
