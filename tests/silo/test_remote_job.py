@@ -449,3 +449,58 @@ def test_vendor_site_lost_below_min_group_aborts_the_round_and_keeps_the_model(
     # the model is unchanged: the same held-out figures as after round 1
     assert all((m["loss"], m["accuracy"]) == (lines[0]["loss"], lines[0]["accuracy"])
                for m in lines[1:])
+
+
+@pytest.mark.ray
+def test_remote_vendor_on_its_own_token_auth_ray_cluster_same_weights(
+        sites: dict[str, Path], tmp_path: Path) -> None:
+    """`silo serve --ray-address` joins the vendor's own `ray start --head` cluster
+    (loopback, token authentication on) through the cluster package's connect path:
+    the sites run on that cluster's workers, not under the gateway, and the job gives
+    the same weights as the embedded run."""
+    from tests.cluster.test_real_cluster import env_for, free_port, run
+
+    token, state = tmp_path / "token", tmp_path / "state"
+    port = free_port()
+    env = env_for(token)
+    try:
+        head = run(["fedcollab.cluster.cli", "head", "--port", str(port), "--node-ip-address",
+                    "127.0.0.1", "--num-cpus", "3", "--token-file", str(token),
+                    "--state-dir", str(state)], env)
+        assert head.returncode == 0, head.stdout + head.stderr
+        coordinator, address = _start_coordinator(sites, "on-cluster")
+        vendor = _start_vendor(sites, address, "on-cluster-state", "--ray-address",
+                               f"127.0.0.1:{port}", "--token-file", str(token),
+                               env={**_env(), **{k: v for k, v in env_for().items()
+                                                 if k != "PYTHONPATH"}})
+        workers = 0
+        while vendor.poll() is None:
+            workers = max(workers, len(_site_workers(vendor.pid)))
+            time.sleep(0.25)
+        v_out, v_err = vendor.communicate(timeout=240)
+        coordinator.communicate(timeout=240)
+    finally:
+        stopped = run(["fedcollab.cluster.cli", "stop", "--state-dir", str(state)], env)
+        assert stopped.returncode == 0, stopped.stderr
+
+    assert vendor.returncode == 0, v_err[-3000:]
+    assert coordinator.returncode == 0, (sites["coord"] / "on-cluster.err").read_text()
+    assert "0 refused" in v_out and workers == 0  # the cluster's workers, not the gateway's
+    coord = sites["coord"]
+    embedded = json.loads((coord / "embedded" / "release" / "manifest.json").read_text())
+    remote = json.loads((coord / "on-cluster" / "release" / "manifest.json").read_text())
+    assert remote["weights_sha256"] == embedded["weights_sha256"]
+
+
+def test_silo_serve_ray_address_without_spec_is_a_usage_error(sites: dict[str, Path]) -> None:
+    pki = sites["pki"]
+    done = subprocess.run(
+        [sys.executable, "-m", "fedcollab.cli", "silo", "serve", "--policy",
+         "vendor-policy.yaml", "--coordinator", "127.0.0.1:1", "--cert",
+         str(pki / "vendor.pem"), "--key", str(pki / "vendor.key"), "--coordinator-ca",
+         str(pki / "ca.pem"), "--ray-address", "127.0.0.1:6379"],
+        cwd=sites["vendor"], env=_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "fedcollab: error: silo serve: --ray-address and --token-file need --spec and the ray "
+        "transport (the sites run on Ray only then)"]
