@@ -132,6 +132,8 @@ class VendorHost:
                                    plan=site_plan(spec, self.pids))
         #: sites lost and not recreated (their worker cannot be placed again)
         self.lost: list[int] = []
+        #: the round whose private saves are under way, and what waits for them
+        self._saving: Optional[tuple[int, Callable[[], None]]] = None
         info = self.pool.model_info()
         self.initial = [np.array(w) for w in info.weights]
         self.layers = info.layers
@@ -242,6 +244,7 @@ class VendorHost:
         return None, None
 
     def _start(self, body: Any) -> None:
+        self._saved()
         if self.pool.needs_heal:  # a site lost in an earlier round: recreated for this one
             self._heal()
         weights = [np.array(w) for w in self.initial]  # private layers: the sites' own
@@ -295,8 +298,11 @@ class VendorHost:
         return None
 
     def close(self) -> None:
-        """End the sites' workers (the gateway is done)."""
-        self.pool.shutdown()
+        """End the sites' workers (the gateway is done), their last saves first."""
+        try:
+            self._saved()
+        finally:
+            self.pool.shutdown()
 
     def _stage(self, seq: int, body: Any, decide_out: DecideOut
                ) -> tuple[Optional[dict[str, Any]], Optional[Callable[[], None]]]:
@@ -340,9 +346,19 @@ class VendorHost:
     def _save_private(self, round_id: int) -> None:
         """Save the sites' private layers after ``round_id`` (on the vendor's disk),
         keeping the round before too: a site lost before it saved this round heals
-        from the last one it did save."""
-        self.pool.save_private(round_id)()
-        self.pool.commit(round_id)
+        from the last one it did save. Each worker saves before its next call (calls
+        to an actor run in order); the gateway waits for the saves only at the next
+        RoundStart (or at the end), not between the round's stages."""
+        self._saved()
+        self._saving = (round_id, self.pool.save_private(round_id))
+
+    def _saved(self) -> None:
+        """Wait for the last round's private saves; that round is then committed (a
+        recreated worker reloads it)."""
+        pending, self._saving = self._saving, None
+        if pending is not None:
+            pending[1]()
+            self.pool.commit(pending[0])
 
     def _train(self, rnd: _Round, inbox: Mapping[int, bytes], reply: Any,
                decide_out: DecideOut) -> None:
