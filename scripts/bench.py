@@ -1085,11 +1085,11 @@ def _silo_remote_run(root: Path, out: str, state: str, env: dict[str, str]) -> P
 def bench_cross_silo(rounds: int = 20, repeats: int = 2) -> None:
     """The default job with the vendor remote over loopback (coordinator `fedcollab run
     --silo-listen` on its embedded Ray, vendor `fedcollab silo serve --spec` in its own
-    process tree with its sites on its own embedded Ray, a worker each: ``vendor_transport``
-    says so; before it the vendor's sites ran in the gateway's process) against the same job embedded, in this
-    same run, each `repeats` times alternating, each keeping its fastest: seconds per
-    round of each, their ratio, and the link's bytes per round for each stage (down:
-    coordinator to vendor; up: vendor to coordinator)."""
+    process tree with its sites on its own embedded Ray, a worker each, as
+    ``vendor_transport`` says; before it they ran in the gateway's process) against the
+    same job embedded, in this same run, each `repeats` times alternating, each keeping
+    its fastest: seconds per round of each, their ratio, and the link's bytes per round
+    for each stage (down: coordinator to vendor; up: vendor to coordinator)."""
     import yaml
 
     from fedcollab.service.certs import fingerprint
