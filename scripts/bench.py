@@ -1085,10 +1085,11 @@ def _silo_remote_run(root: Path, out: str, state: str, env: dict[str, str]) -> P
 def bench_cross_silo(rounds: int = 20, repeats: int = 2) -> None:
     """The default job with the vendor remote over loopback (coordinator `fedcollab run
     --silo-listen` on its embedded Ray, vendor `fedcollab silo serve --spec` in its own
-    process tree with its in-process worker) against the same job embedded, in this
-    same run, each `repeats` times alternating, each keeping its fastest: seconds per
-    round of each, their ratio, and the link's bytes per round for each stage (down:
-    coordinator to vendor; up: vendor to coordinator)."""
+    process tree with its sites on its own embedded Ray, a worker each, as
+    ``vendor_transport`` says; before it they ran in the gateway's process) against the
+    same job embedded, in this same run, each `repeats` times alternating, each keeping
+    its fastest: seconds per round of each, their ratio, and the link's bytes per round
+    for each stage (down: coordinator to vendor; up: vendor to coordinator)."""
     import yaml
 
     from fedcollab.service.certs import fingerprint
@@ -1146,7 +1147,7 @@ def bench_cross_silo(rounds: int = 20, repeats: int = 2) -> None:
           "ratio": min(remote) / min(embedded),
           "bytes_per_stage": {k: {d: round(v) for d, v in c.items()}
                               for k, c in per_stage.items()},
-          "same_weights": all(same), "repeats": repeats,
+          "same_weights": all(same), "repeats": repeats, "vendor_transport": "ray",
           "all_seconds": {"remote": remote, "embedded": embedded},
           "load_average_1m": os.getloadavg()[0]})
 

@@ -351,7 +351,8 @@ def is_startup_timeout(err: BaseException) -> bool:
 
 @contextlib.contextmanager
 def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, float]] = None,
-            num_cpus: Optional[int] = None, num_gpus: Optional[int] = None) -> Iterator[Any]:
+            num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
+            loopback: bool = False) -> Iterator[Any]:
     """Connect to Ray for the duration of a job.
 
     Args:
@@ -360,6 +361,9 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
             "HOST:PORT" or "ray://...".
         resources: custom resources an embedded instance declares (ignored with an address).
         num_cpus: CPUs an embedded instance declares (default: this machine's count).
+        loopback: An embedded instance binds every port of its own (GCS, raylet,
+            workers) to 127.0.0.1 only: nothing of it is reachable from the network
+            (a vendor's silo, whose gateway must stay its only way out and in).
 
     Raises:
         ClusterError: the address is unreachable, wants a token that is missing or
@@ -380,6 +384,9 @@ def connect(address: Optional[str] = None, *, resources: Optional[Mapping[str, f
         kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
                       include_dashboard=False, resources=dict(resources or {}),
                       _system_config=EMBEDDED_SYSTEM_CONFIG)
+        if loopback:
+            keep_loopback()
+            kwargs["_node_ip_address"] = "127.0.0.1"
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
     else:

@@ -95,6 +95,9 @@ class WorkerPool(Hosting):
         gate: Ask Ray for the reservation only while this gate is held (the job
             service's priority order; :class:`~fedcollab.cluster.reserve.ReservationGate`):
             the workers placed in it then start in :meth:`wait_ready`, once granted.
+        plan: (custom resources, participants) per worker, instead of
+            :func:`plan_workers`' (a vendor's silo runs one worker per site, so that
+            losing one loses that site alone).
 
     Raises:
         fedcollab.cluster.placement.ClusterError: The spec pins groups to a resource no node has.
@@ -105,7 +108,9 @@ class WorkerPool(Hosting):
                  wait: bool = True, reserve: bool = False,
                  on_wait: Callable[[str], None] | None = None,
                  exclude: frozenset[int] = frozenset(),
-                 gate: ReservationGate | None = None) -> None:
+                 gate: ReservationGate | None = None,
+                 plan: Sequence[tuple[Mapping[str, float], Sequence[int]]] | None = None
+                 ) -> None:
         from fedcollab.spec import spec_to_dict
 
         self.ray = ray
@@ -115,8 +120,9 @@ class WorkerPool(Hosting):
         self.committed = resume_round
         cpus = float(ray.cluster_resources().get("CPU", 1))
         # participants hosted elsewhere (a remote silo) are left out of the plan
-        self.plan = [(res, [p for p in pids if p not in exclude])
-                     for res, pids in plan_workers(spec, people, cpus)]
+        planned = plan if plan is not None else plan_workers(spec, people, cpus)
+        self.plan = [(dict(res), [int(p) for p in pids if p not in exclude])
+                     for res, pids in planned]
         self.plan = [(res, pids) for res, pids in self.plan if pids]
         from fedcollab.cluster.placement import check_placement, reserved_nodes, worker_requests
 

@@ -9,6 +9,7 @@ which ``fedcollab.cli.main`` prints as one line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,7 +54,11 @@ def add_silo_commands(sub: Any) -> None:
                                    parser_class=type(silo))
     serve = add_command(silo_sub, "serve", "run the vendor's gateway: dial out to the coordinator "
                         "over mutual TLS, decide every frame by the policy and, with --spec, "
-                        "train and mask the vendor's participants", _cmd_serve, EXAMPLES["serve"])
+                        "train and mask the vendor's sites on the vendor's own Ray (an embedded "
+                        "local one, or --ray-address): one worker per site, which gets neither "
+                        "the key nor the coordinator's address; a site lost mid-round is a "
+                        "dropout the secure sum recovers, and is recreated for the next round",
+                        _cmd_serve, EXAMPLES["serve"])
     serve.add_argument("--policy", type=Path, required=True, help="vendor-policy.yaml")
     serve.add_argument("--coordinator", required=True, help="the coordinator's HOST:PORT")
     serve.add_argument("--cert", type=Path, required=True,
@@ -83,6 +88,17 @@ def add_silo_commands(sub: Any) -> None:
                             "stages for what its policy allows; without, it only decides")
     serve.add_argument("--group", action="append", default=[],
                        help="a spec group this vendor hosts (repeatable; default: role vendor)")
+    serve.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                       help="with --spec: run the sites on this existing Ray cluster of the "
+                            "vendor's (auto, HOST:PORT or ray://HOST:PORT; joined as "
+                            "`fedcollab run --address` joins one). Default: an embedded local "
+                            "Ray, started and stopped with the gateway")
+    serve.add_argument("--token-file", default=None,
+                       help="with --ray-address: the cluster head's Ray auth token file "
+                            "(default: RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+    serve.add_argument("--transport", choices=("ray", "inprocess"), default="ray",
+                       help="with --spec: where the sites run: the vendor's Ray (default) or "
+                            "this process (no Ray: small jobs, debugging)")
     serve.add_argument("--timeout", type=float, default=None,
                        help="end each connection after this many seconds (default: none)")
     serve.add_argument("--reconnect", action="store_true",
@@ -155,39 +171,76 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise SiloUsageError(f"silo serve: --idle-timeout {args.idle_timeout}: must be > 0")
     if not args.deadline_grace >= 0:
         raise SiloUsageError(f"silo serve: --deadline-grace {args.deadline_grace}: must be >= 0")
+    if (args.ray_address or args.token_file) and (args.spec is None
+                                                   or args.transport != "ray"):
+        raise SiloUsageError("silo serve: --ray-address and --token-file need --spec and the "
+                             "ray transport (the sites run on Ray only then)")
     policy = load_policy(args.policy)
-    vendor = None
-    if args.spec is not None:
-        import os
-
-        from fedcollab.spec import load_spec
-
-        spec = load_spec(args.spec)  # bad input: one line, exit 2, before TensorFlow loads
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-        def vendor(own_ca: str) -> Any:
-            from fedcollab.silo.vendor import VendorHost
-
-            return VendorHost(spec, party=policy.party, work_dir=args.state_dir / "work",
-                              groups=args.group, own_ca=own_ca)
-
-    gateway = Gateway(policy=policy, coordinator=args.coordinator,
-                      cert=args.cert, key=args.key, coordinator_ca=args.coordinator_ca,
-                      trusted_cas=args.trusted_ca, state_dir=args.state_dir,
-                      deadline_grace=args.deadline_grace,
-                      coordinator_name=args.coordinator_name or None,
-                      idle_timeout=args.idle_timeout, vendor=vendor)
-    try:
-        report = gateway.serve(reconnect=args.reconnect, max_attempts=args.max_attempts,
-                               backoff=Backoff(initial=args.backoff_initial,
-                                               maximum=args.backoff_max),
-                               timeout=args.timeout)
-    finally:
-        gateway.close()
+    with contextlib.ExitStack() as stack:
+        vendor = None
+        if args.spec is not None:
+            vendor = _vendor(args, policy.party, stack)
+        gateway = Gateway(policy=policy, coordinator=args.coordinator,
+                          cert=args.cert, key=args.key, coordinator_ca=args.coordinator_ca,
+                          trusted_cas=args.trusted_ca, state_dir=args.state_dir,
+                          deadline_grace=args.deadline_grace,
+                          coordinator_name=args.coordinator_name or None,
+                          idle_timeout=args.idle_timeout, vendor=vendor)
+        try:
+            report = gateway.serve(reconnect=args.reconnect, max_attempts=args.max_attempts,
+                                   backoff=Backoff(initial=args.backoff_initial,
+                                                   maximum=args.backoff_max),
+                                   timeout=args.timeout)
+        finally:
+            gateway.close()  # the sites' workers end before the vendor's Ray does
     print(f"{report.party}: {report.frames} frame(s): {report.allowed} allowed, "
           f"{report.refused} refused, {report.pending} pending approval; audit in "
           f"{args.state_dir / 'audit.jsonl'}")
     return 0
+
+
+def _vendor(args: argparse.Namespace, party: str,
+            stack: contextlib.ExitStack) -> Callable[[str], Any]:
+    """What builds the vendor's sites for the gateway: on the vendor's Ray (embedded,
+    declaring the CPUs and custom resources a worker per site needs, or the cluster at
+    --ray-address, joined through the cluster package's connect path), or in this
+    process (--transport inprocess)."""
+    import math
+    import os
+
+    from fedcollab.silo.errors import SiloError
+    from fedcollab.silo.vendor import site_plan, vendor_pids
+    from fedcollab.spec import load_spec
+
+    spec = load_spec(args.spec)  # bad input: one line, exit 2, before Ray or TensorFlow load
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    pids = vendor_pids(spec, args.group)
+    if not pids:
+        raise SiloError(f"silo: the spec {spec.name!r} has no vendor group to host "
+                        "(role: vendor, or --group NAME)")
+    ray = None
+    if args.transport == "ray":
+        from fedcollab.cluster.connect import connect, use_token_file
+
+        if args.token_file:
+            use_token_file(args.token_file)
+        plan = site_plan(spec, pids)
+        custom: dict[str, float] = {}
+        for resources, _ in plan:
+            for key, amount in resources.items():
+                custom[key] = custom.get(key, 0.0) + amount
+        cpus = max(os.cpu_count() or 1,
+                   math.ceil(len(plan) * (spec.resources.cpus_per_worker or 1.0)))
+        # an embedded Ray binds loopback only: the gateway stays the vendor's one way out
+        ray = stack.enter_context(connect(args.ray_address, resources=custom, num_cpus=cpus,
+                                          loopback=True))
+
+    def vendor(own_ca: str) -> Any:
+        from fedcollab.silo.vendor import VendorHost
+
+        return VendorHost(spec, party=party, work_dir=args.state_dir / "work",
+                          groups=args.group, own_ca=own_ca, ray=ray)
+    return vendor
 
 
 def _cmd_pending(args: argparse.Namespace) -> int:

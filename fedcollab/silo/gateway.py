@@ -359,7 +359,11 @@ class Gateway:
             sleep(delay)
 
     def close(self) -> None:
-        self.decider.close()
+        try:
+            if self.vendor is not None and hasattr(self.vendor, "close"):
+                self.vendor.close()  # the sites' workers
+        finally:
+            self.decider.close()
 
 
 def _reason(decision: Decision) -> str:

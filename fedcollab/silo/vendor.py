@@ -6,9 +6,21 @@ The gateway (:mod:`fedcollab.silo.gateway`) parses each CoordinatorFrame, asks
 make (its participants, its model's architecture hash, the hash of the weights that
 came in, its own sites in a roster), decides it with the policy's pure ``check``,
 persists and audits, and only then calls :meth:`VendorHost.act`. Training and masking
-run here, in the gateway's process tree (a
-:class:`~fedcollab.worker.worker.ParticipantWorker` in this process); every update
-passes the policy's ``Egress`` check before its masked bytes are handed to the link.
+run on the vendor's own Ray (``silo serve`` starts an embedded one, or joins the
+vendor's cluster with ``--ray-address``): one worker actor per site, in the cluster's
+:class:`~fedcollab.cluster.pool.WorkerPool`. The workers get the vendor's spec and its
+work directory, never the gateway's key or the coordinator's address: the gateway
+stays the only vendor process with network egress. Every update passes the policy's
+``Egress`` check before its masked bytes are handed to the link.
+
+A site whose worker is lost mid-round (the actor killed, its process or node gone)
+answers nothing from then on in that round: the coordinator's secure aggregation
+counts it as a dropout and recovers its masks from the other sites' shares when
+enough survive (else the round aborts, the model unchanged). At the next RoundStart
+the pool recreates it, exactly as ``fedcollab run`` heals a lost worker: it reloads
+its private layers from the last round it saved on the vendor's disk and trains on
+the new global model only (never twice on one: the round it was lost in is over).
+
 What leaves is ``fedcollab.secure.messages`` wire bytes (and, at setup, each
 participant's Ed25519 identity public key), never a tensor: ``StageReply`` has no
 tensor field.
@@ -38,7 +50,7 @@ if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
     from fedcollab.worker.messages import RoundConfig
 
-__all__ = ["VendorHost", "vendor_pids"]
+__all__ = ["VendorHost", "vendor_pids", "site_plan"]
 
 _BODIES = ("offer", "round_start", "roster", "unmask", "stage", "setup", "abort")
 #: decide an outbound frame (the gateway's: check, persist, audit "out")
@@ -57,6 +69,17 @@ def vendor_pids(spec: JobSpec, groups: Sequence[str] = ()) -> frozenset[int]:
                      for pid in everyone.group_range(g))
 
 
+def site_plan(spec: JobSpec, pids: frozenset[int]) -> list[tuple[dict[str, float], list[int]]]:
+    """One worker per vendor site, each with its group's custom resources: losing
+    a worker loses that site alone, which the secure sum recovers as a dropout."""
+    from fedcollab.spec.roster import roster
+
+    everyone = roster(spec)
+    return [({str(k): float(v) for k, v in group.resources.items()}, [pid])
+            for g, group in enumerate(spec.participants)
+            for pid in everyone.group_range(g) if pid in pids]
+
+
 @dataclass
 class _Round:
     job_id: str
@@ -69,7 +92,7 @@ class _Round:
 
 
 class VendorHost:
-    """The vendor's participants, hosted in this process for its gateway.
+    """The vendor's participants, hosted on the vendor's own Ray for its gateway.
 
     Args:
         spec: The vendor's own copy of the job (its data, model and training).
@@ -79,28 +102,39 @@ class VendorHost:
         own_ca: The fingerprint of the trusted CA the vendor's own certificate chains
             to ("" if none): the vendor's own sites count as trusted identities
             for ``min_group`` exactly when the vendor's own identity does.
+        ray: The connected ``ray`` module: a worker actor per site
+            (:func:`site_plan`). ``None``: every site in one worker in this process
+            (the gateway's unit tests; ``silo serve --transport inprocess``).
 
     Raises:
         fedcollab.spec.SpecError: The spec's model does not build or fit the data.
+        fedcollab.cluster.placement.ClusterError: The vendor's Ray cannot host a
+            site's worker (a custom resource no node offers).
     """
 
     def __init__(self, spec: JobSpec, *, party: str, work_dir: Path,
-                 groups: Sequence[str] = (), own_ca: str = "") -> None:
-        from fedcollab.spec import SpecError, spec_to_dict
-        from fedcollab.worker.messages import WorkerConfig
-        from fedcollab.worker.worker import ParticipantWorker
-
+                 groups: Sequence[str] = (), own_ca: str = "", ray: Any = None) -> None:
         self.spec, self.party, self.own_ca = spec, party, own_ca
         self.pids = vendor_pids(spec, groups)
         if not self.pids:
             raise SiloError(f"silo: the spec {spec.name!r} has no vendor group to host "
                             "(role: vendor, or --group NAME)")
-        self.worker = ParticipantWorker()
-        ready = self.worker.configure(WorkerConfig(spec_to_dict(spec), tuple(sorted(self.pids)),
-                                                   str(work_dir), 0))
-        if ready.get("error"):
-            raise SpecError(ready["error"])
-        info = self.worker.model_info()
+        self.pool: Any
+        if ray is None:
+            from fedcollab.worker.inprocess import InProcessPool
+
+            self.pool = InProcessPool(spec, Path(work_dir), hosted=[sorted(self.pids)])
+        else:
+            from fedcollab.cluster.pool import WorkerPool
+            from fedcollab.spec.roster import roster
+
+            self.pool = WorkerPool(ray, spec, roster(spec), Path(work_dir),
+                                   plan=site_plan(spec, self.pids))
+        #: sites lost and not recreated (their worker cannot be placed again)
+        self.lost: list[int] = []
+        #: the round whose private saves are under way, and what waits for them
+        self._saving: Optional[tuple[int, Callable[[], None]]] = None
+        info = self.pool.model_info()
         self.initial = [np.array(w) for w in info.weights]
         self.layers = info.layers
         private: set[int] = set()
@@ -210,6 +244,9 @@ class VendorHost:
         return None, None
 
     def _start(self, body: Any) -> None:
+        self._saved()
+        if self.pool.needs_heal:  # a site lost in an earlier round: recreated for this one
+            self._heal()
         weights = [np.array(w) for w in self.initial]  # private layers: the sites' own
         checked, arrays = self._inbound
         if checked is not body:  # not the RoundStart _check_weights passed: decode it
@@ -222,16 +259,50 @@ class VendorHost:
                              weights, config_from_proto(body.config),
                              tuple(sorted(int(p) for p in body.participants)))
 
+    def _heal(self) -> None:
+        """Recreate the sites' workers lost since the last round (the pool's heal: the
+        new worker reloads its sites' private layers from the vendor's disk) and pin
+        the group's setup in them again. A worker that cannot be placed again leaves
+        its site out, and the secure sum goes on without it."""
+        from fedcollab.cluster.placement import ClusterError
+        from fedcollab.worker.hosting import WorkerLost
+
+        lost = sorted({p for w in self.pool.suspect for p in self.pool.hosted[w]})
+        try:
+            self.pool.heal()
+            self.pool.setup_identities()
+        except (ClusterError, WorkerLost) as err:
+            import sys
+
+            print(f"fedcollab: silo: vendor site(s) {lost} stay out: {err}", file=sys.stderr,
+                  flush=True)
+            self.lost = lost
+            self.pool.suspect.clear()
+        else:
+            self.lost = []
+
     def _setup(self, body: Any) -> Optional[dict[str, Any]]:
         from fedcollab.errors import FedcollabError
+        from fedcollab.worker.hosting import WorkerLost
 
         try:
-            self.worker.secure_setup([int(m) for m in body.members], bytes(body.graph_seed),
-                                     bytes(body.secure_job_id),
-                                     {int(k): bytes(v) for k, v in body.registry.items()})
+            self.pool.pin_setup(job_id=bytes(body.secure_job_id),
+                                registry={int(k): bytes(v) for k, v in body.registry.items()},
+                                members=[int(m) for m in body.members],
+                                graph_seed=bytes(body.graph_seed))
+        except WorkerLost:
+            return _decision(body.job_id, 0, "setup", "a vendor site's worker did not answer "
+                             "the group's setup")
         except FedcollabError as err:
             return _decision(body.job_id, 0, "setup", f"{type(err).__name__}: {err}")
         return None
+
+    def close(self) -> None:
+        """End the sites' workers (the gateway is done), their last saves first."""
+        try:
+            self._saved()
+        finally:
+            self.pool.shutdown()
 
     def _stage(self, seq: int, body: Any, decide_out: DecideOut
                ) -> tuple[Optional[dict[str, Any]], Optional[Callable[[], None]]]:
@@ -241,8 +312,14 @@ class VendorHost:
                                     stage=body.stage, answers_seq=seq)
         after: Optional[Callable[[], None]] = None
         if body.stage == "identities":
-            keys = self.worker.secure_identities(sorted(int(p) for p in body.participants))
-            _add(reply, body, keys)
+            from fedcollab.worker.hosting import WorkerLost
+
+            asked = {int(p) for p in body.participants}
+            try:
+                keys = self.pool.collect_identities()
+            except WorkerLost:  # a site lost before setup: none registered, the job says so
+                keys = {}
+            _add(reply, body, {p: k for p, k in keys.items() if p in asked})
             return {"stage_reply": reply}, None
         rnd = self._round
         if rnd is None or rnd.round_id != body.round_id or rnd.job_id != body.job_id:
@@ -255,28 +332,41 @@ class VendorHost:
             # directory once the reply is on its way (the coordinator does not wait)
             after = lambda: self._save_private(rnd.round_id)  # noqa: E731
         else:
-            got = self.worker.secure_stage(body.stage, rnd.round_id, messages)
-            _add(reply, body, {p: r for p, r in got.items() if isinstance(r, bytes)})
-            for pid, why in got.items():
-                if isinstance(why, str):
-                    reply.refused[pid] = why
+            # a site whose worker was lost answers nothing: a dropout for the server
+            got = self.pool.secure_stage(body.stage, rnd.round_id, messages,
+                                         prepare_next=bool(body.prepare_next))
+            _add(reply, body, got.replies)
+            said = f"{body.stage}: participant refused: "
+            for pid, why in got.refused.items():
+                reply.refused[pid] = why[len(said):] if why.startswith(said) else why
             if body.stage == "unmask" and body.prepare_next:
-                pids = sorted(messages)
-                after = lambda: self._prepare(pids)  # noqa: E731 - once the reply left
+                after = self.pool.secure_prepare  # once the reply left
         return {"stage_reply": reply}, after
 
     def _save_private(self, round_id: int) -> None:
-        self.worker.save_private(round_id, round_id)
+        """Save the sites' private layers after ``round_id`` (on the vendor's disk),
+        keeping the round before too: a site lost before it saved this round heals
+        from the last one it did save. Each worker saves before its next call (calls
+        to an actor run in order); the gateway waits for the saves only at the next
+        RoundStart (or at the end), not between the round's stages."""
+        self._saved()
+        self._saving = (round_id, self.pool.save_private(round_id))
 
-    def _prepare(self, pids: list[int]) -> None:
-        self.worker.secure_prepare(pids)
+    def _saved(self) -> None:
+        """Wait for the last round's private saves; that round is then committed (a
+        recreated worker reloads it)."""
+        pending, self._saving = self._saving, None
+        if pending is not None:
+            pending[1]()
+            self.pool.commit(pending[0])
 
     def _train(self, rnd: _Round, inbox: Mapping[int, bytes], reply: Any,
                decide_out: DecideOut) -> None:
         """Train the sampled sites, mask, and let the update out only if the policy's
         Egress check allows it (once per round: one contribution per global model)."""
         pids = sorted(p for p in rnd.participants if p in inbox)
-        out = self.worker.train_round(rnd.weights, rnd.round_id, pids, rnd.config, inbox)
+        # a site whose worker is lost drops (out.dropped): nothing is said for it
+        out = self.pool.train(rnd.weights, rnd.round_id, pids, rnd.config, inbox)
         reply.precomputed = out.precomputed
         for pid, seconds in out.seconds.items():
             reply.seconds[pid] = seconds

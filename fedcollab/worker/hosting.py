@@ -181,14 +181,21 @@ class Hosting:
                              and int(self.owner[pid]) == w})
         return registry
 
-    def pin_setup(self, *, job_id: bytes, registry: Mapping[int, bytes]) -> None:
+    def pin_setup(self, *, job_id: bytes, registry: Mapping[int, bytes],
+                  members: Optional[Sequence[int]] = None,
+                  graph_seed: Optional[bytes] = None) -> None:
         """Pin a setup another party collected (a pool spanning silos: the registry
-        of every party's participants, one job id) in every worker of this pool;
-        workers a heal replaces later get the same.
+        of every party's participants, one job id; a vendor's silo: also the group's
+        members and graph seed, as the coordinator sent them) in every worker of this
+        pool; workers a heal replaces later get the same.
 
         Raises:
             WorkerLost: A worker did not answer.
         """
+        if members is not None:
+            self._secure = frozenset(int(m) for m in members)
+        if graph_seed is not None:
+            self._graph_seed = bytes(graph_seed)
         self._job_id, self._registry = job_id, dict(registry)
         self._pin_on(list(range(len(self.hosted))))
         self._pinned = True

@@ -605,11 +605,17 @@ class ParticipantWorker:
                 / f"participant-{pid:05d}-round-{round_id:05d}.npz")
 
     def _load_private(self, round_id: int) -> None:
-        """Private layers as they were after committed round ``round_id``."""
+        """Private layers as they were after committed round ``round_id``; a
+        participant whose worker was lost before it saved that round takes the last
+        round it did save (its layers never left this node, so that is where they are)."""
         from fedcollab.io import load_npz
 
         for pid, part in self.participants.items():
             path = self._private_path(pid, round_id)
+            if part.private_index and not path.exists():
+                saved = [(int(p.stem.rsplit("-", 1)[1]), p) for p in path.parent.glob(
+                    f"participant-{pid:05d}-round-*.npz") if p.stem.rsplit("-", 1)[1].isdigit()]
+                path = max((s for s in saved if s[0] <= round_id), default=(0, path))[1]
             if part.private_index and path.exists():
                 arrays, _ = load_npz(path)
                 part.private = [arrays[f"w{i}"] for i in part.private_index]

@@ -2,8 +2,10 @@
 
 The coordinator (`fedcollab run --silo-listen`) and the vendor (`fedcollab silo serve
 --spec`) are separate process trees with separate temp dirs, a throwaway CA with a
-leaf certificate per party, and ports bound to 127.0.0.1:0. Both use the in-process
-transport (no Ray on either side) to keep the test short; the pool seam is the same.
+leaf certificate per party, and ports bound to 127.0.0.1:0. The vendor's sites run on
+its own embedded Ray (a worker actor per site) unless a test asks for
+``--transport inprocess`` to stay short; the coordinator's community runs in process
+unless a test says otherwise (the pool seam is the same).
 """
 from __future__ import annotations
 
@@ -107,17 +109,22 @@ def _start_coordinator(sites: dict[str, Path], out: str, *extra: str, spec: str 
     raise AssertionError(f"the coordinator did not listen: {said}")
 
 
-def _start_vendor(sites: dict[str, Path], address: str, state: str, spec: str = "job.yaml",
-                  policy: str = "vendor-policy.yaml", *extra: str) -> subprocess.Popen[str]:
+def _start_vendor(sites: dict[str, Path], address: str, state: str, *extra: str,
+                  spec: str = "job.yaml", policy: str = "vendor-policy.yaml",
+                  env: dict[str, str] | None = None, command: tuple[str, ...] = (),
+                  ) -> subprocess.Popen[str]:
+    """``fedcollab silo serve --spec``: by default its sites on the vendor's own embedded
+    Ray (a worker actor per site); ``--transport inprocess`` keeps them in the gateway."""
     pki = sites["pki"]
     return subprocess.Popen(
-        [sys.executable, "-m", "fedcollab.cli", "silo", "serve", "--policy", policy,
+        [sys.executable, *(command or ("-m", "fedcollab.cli")), "silo", "serve",
+         "--policy", policy,
          "--spec", spec, "--coordinator", address, "--cert", str(pki / "vendor.pem"),
          "--key", str(pki / "vendor.key"), "--coordinator-ca", str(pki / "ca.pem"),
          "--trusted-ca", str(pki / "ca.pem"), "--state-dir", state, "--timeout", "240",
          *extra],
-        cwd=sites["vendor"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        cwd=sites["vendor"], env=env or _env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
 
 
 def _listening(pid: int) -> list[Any]:
@@ -131,6 +138,33 @@ def _listening(pid: int) -> list[Any]:
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+def _site_workers(pid: int) -> list[Any]:
+    """The Ray worker actors (``ray::RayWorker``) in a process tree."""
+    import psutil
+
+    found = []
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for proc in children:
+        try:
+            if proc.name().startswith("ray::RayWorker") or any(
+                    a.startswith("ray::RayWorker") for a in proc.cmdline()[:1]):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _loopback(ip: str) -> bool:
+    import ipaddress
+
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
 
 
 def _windows(array: np.ndarray, size: int = 4) -> list[bytes]:
@@ -182,9 +216,10 @@ def test_remote_vendor_same_weights_policy_hash_and_nothing_private_leaves(
     coordinator, address = _start_coordinator(sites, "remote", "--silo-record", "received.bin")
     vendor = _start_vendor(sites, address, "vendor-state")
     listening: list[Any] = []
-    checks = 0
+    checks = workers = 0
     while vendor.poll() is None and checks < 400:  # while the gateway runs the job
         listening += _listening(vendor.pid)
+        workers = max(workers, len(_site_workers(vendor.pid)))
         checks += 1
         time.sleep(0.25)
     v_out, v_err = vendor.communicate(timeout=240)
@@ -193,7 +228,12 @@ def test_remote_vendor_same_weights_policy_hash_and_nothing_private_leaves(
 
     assert vendor.returncode == 0, v_err
     assert coordinator.returncode == 0, c_err
-    assert "0 refused" in v_out and checks > 0 and listening == []
+    assert "0 refused" in v_out and checks > 0
+    assert workers == 3  # the vendor's three sites, each on a Ray worker of the vendor's
+    # the vendor's own Ray listens (its GCS, raylet, workers), on loopback only: nothing
+    # of the vendor's process tree is reachable from the network, the gateway dials out
+    assert listening and all(_loopback(c.laddr.ip) for c in listening), \
+        sorted({c.laddr.ip for c in listening})
     coord = sites["coord"]
     embedded = json.loads((coord / "embedded" / "release" / "manifest.json").read_text())
     remote = json.loads((coord / "remote" / "release" / "manifest.json").read_text())
@@ -247,7 +287,8 @@ def test_remote_vendor_lost_mid_job_aborts_rounds_by_the_deadline(
     out = f"lost-{how}"
     coordinator, address = _start_coordinator(sites, out, "--silo-deadline", "2",
                                               spec="job6.yaml")
-    vendor = _start_vendor(sites, address, f"{out}-state", spec="job6.yaml")
+    vendor = _start_vendor(sites, address, f"{out}-state", "--transport", "inprocess",
+                           spec="job6.yaml")
     metrics = sites["coord"] / out / "metrics.jsonl"
     try:
         end = time.monotonic() + 240
@@ -281,7 +322,8 @@ def test_remote_vendor_refusing_the_offer_fails_the_job_in_one_line(
                     "delta": 1e-5}  # a DP floor the job (no DP) does not meet
     (sites["vendor"] / "floor-policy.yaml").write_text(yaml.safe_dump(policy))
     coordinator, address = _start_coordinator(sites, "refused")
-    vendor = _start_vendor(sites, address, "refused-state", policy="floor-policy.yaml")
+    vendor = _start_vendor(sites, address, "refused-state", "--transport", "inprocess",
+                           policy="floor-policy.yaml")
     v_out, v_err = vendor.communicate(timeout=240)
     coordinator.communicate(timeout=240)
     c_err = (sites["coord"] / "refused.err").read_text()
@@ -371,8 +413,8 @@ def test_remote_vendor_coordinator_killed_and_resumed_finishes_without_contribut
     out, state = "resumed", "resumed-state"
     coordinator, address = _start_coordinator(sites, out, "--silo-deadline", "20",
                                               spec="job5.yaml")
-    vendor = _start_vendor(sites, address, state, "job5.yaml", "vendor-policy.yaml",
-                           "--reconnect", "--backoff-initial", "0.2", "--backoff-max", "1")
+    vendor = _start_vendor(sites, address, state, "--reconnect", "--backoff-initial", "0.2",
+                           "--backoff-max", "1", spec="job5.yaml")
     try:
         # round 2's first stage is "train" (keys are amortised after round 1)
         _wait_for(_audited(sites["vendor"] / state, "stage", 2), vendor)
@@ -433,7 +475,7 @@ def test_remote_vendor_gateway_killed_and_restarted_rejoins_the_running_job(
     out, state = "rejoined", "rejoined-state"
     coordinator, address = _start_coordinator(sites, out, "--silo-deadline", str(deadline),
                                               spec="job10.yaml")
-    vendor = _start_vendor(sites, address, state, "job10.yaml")
+    vendor = _start_vendor(sites, address, state, spec="job10.yaml")
     metrics = sites["coord"] / out / "metrics.jsonl"
     try:
         _wait_for(_audited(sites["vendor"] / state, "stage", 2), vendor)  # "train"
@@ -442,7 +484,7 @@ def test_remote_vendor_gateway_killed_and_restarted_rejoins_the_running_job(
         os.kill(vendor.pid, signal.SIGKILL)  # mid-round, once its update left
         vendor.wait()
         os.kill(coordinator.pid, signal.SIGCONT)
-        again = _start_vendor(sites, address, state, "job10.yaml")
+        again = _start_vendor(sites, address, state, spec="job10.yaml")
         coordinator.communicate(timeout=240)
         v_out, v_err = again.communicate(timeout=120)
     finally:
@@ -472,3 +514,153 @@ def test_remote_vendor_gateway_killed_and_restarted_rejoins_the_running_job(
     entries = _vendor_kept_its_promises(sites, state)
     out = [e["round_id"] for e in entries if e["direction"] == "out" and e["decision"] == "allow"]
     assert out == [1, 2, *(m["round"] for m in back)]
+
+
+def _lossy_job(sites: dict[str, Path], out: str, *, vendor_sites: int, kill: tuple[str, ...],
+               rounds: int = 3) -> tuple[list[dict[str, Any]], str]:
+    """The job with ``vendor_sites`` vendor sites on the vendor's embedded Ray, one
+    site's worker lost as ``kill`` (ROUND STAGE SITE HOW) says; the metrics and the
+    vendor's stderr."""
+    for side in ("coord", "vendor"):
+        doc = yaml.safe_load(EXAMPLE.read_text())
+        doc["rounds"] = rounds
+        doc["participants"][1]["count"] = vendor_sites
+        (sites[side] / f"{out}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    coordinator, address = _start_coordinator(sites, out, "--silo-deadline", "60",
+                                              spec=f"{out}.yaml")
+    vendor = _start_vendor(sites, address, f"{out}-state", spec=f"{out}.yaml",
+                           command=(str(ROOT / "tests" / "silo" / "lossy_vendor.py"), *kill))
+    try:
+        v_out, v_err = vendor.communicate(timeout=110)
+        coordinator.communicate(timeout=30)
+    finally:
+        for proc in (vendor, coordinator):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    c_err = (sites["coord"] / f"{out}.err").read_text()
+    assert vendor.returncode == 0, v_err[-3000:]
+    assert coordinator.returncode == 0, c_err[-3000:]
+    assert "Traceback" not in v_err and "lossy vendor: site" in v_err, v_err[-3000:]
+    metrics = sites["coord"] / out / "metrics.jsonl"
+    return [json.loads(x) for x in metrics.read_text().splitlines()], v_err
+
+
+@pytest.mark.ray
+def test_vendor_site_lost_before_its_masked_input_is_a_dropout_the_secure_sum_recovers(
+        sites: dict[str, Path]) -> None:
+    """Five vendor sites; in round 1 one site's actor is killed (ray.kill) after the
+    key shares, before its masked input: the vendor answers for the four left, the
+    coordinator's server recovers the lost site's pairwise masks from their shares and
+    the round completes without it; the site's worker is recreated before round 2
+    (healed, as `fedcollab run` heals a lost worker), re-keys with the group and takes
+    part again."""
+    lines, _ = _lossy_job(sites, "lossy-keys", vendor_sites=5,
+                          kill=("1", "share_keys", "9", "kill"))
+
+    assert [m["round"] for m in lines] == [1, 2, 3]
+    assert not any("aborted" in m for m in lines), [m.get("aborted") for m in lines]
+    first = lines[0]["secure"]
+    assert first["survivors"] == [8, 10, 11, 12] and first["dropped"] == [9]
+    # the unmasked sum is the survivors' updates, not masks: the model improves
+    losses = [m["loss"] for m in lines]
+    assert all(np.isfinite(losses)) and losses[2] < losses[1] < losses[0]
+    assert [m["secure"]["survivors"] for m in lines[1:]] == [[8, 9, 10, 11, 12]] * 2
+    assert lines[1]["secure"]["key_setup"] == 5  # the group re-keyed, the healed site too
+
+
+@pytest.mark.ray
+def test_vendor_site_lost_after_its_masked_input_is_recovered_then_rejoins(
+        sites: dict[str, Path]) -> None:
+    """Five vendor sites; in round 2 one site's worker process is SIGKILLed after its
+    masked input left: its input stays in the sum (its self mask is recovered from the
+    other sites' shares, SecAgg's dropout at unmask) and the round completes. Its
+    recreated worker holds none of the group's amortised keys, so it sits round 3 out
+    (a dropout again, which makes the server re-key) and is back in round 4: one
+    contribution per global model, never two."""
+    lines, _ = _lossy_job(sites, "lossy-unmask", vendor_sites=5, rounds=4,
+                          kill=("2", "train", "9", "sigkill"))
+
+    assert [m["round"] for m in lines] == [1, 2, 3, 4]
+    assert not any("aborted" in m for m in lines), [m.get("aborted") for m in lines]
+    second, third = lines[1]["secure"], lines[2]["secure"]
+    assert second["survivors"] == [8, 9, 10, 11, 12] and second["unresponsive"] == [9]
+    assert third["survivors"] == [8, 10, 11, 12] and third["dropped"] == [9]
+    assert lines[3]["secure"]["survivors"] == [8, 9, 10, 11, 12]
+    losses = [m["loss"] for m in lines]
+    assert all(np.isfinite(losses)) and losses == sorted(losses, reverse=True)
+
+
+@pytest.mark.ray
+def test_vendor_site_lost_below_min_group_aborts_the_round_and_keeps_the_model(
+        sites: dict[str, Path]) -> None:
+    """Three vendor sites (min_group 3); one site's actor is killed after round 1's
+    unmask: round 2 has two masked inputs, too few, so it aborts with the reason in its
+    metrics and the model unchanged. Round 3 starts from that same global model, to
+    which two of the vendor's sites already sent masked inputs: the vendor's policy
+    refuses a second contribution to one global model (a recreated site's or any)."""
+    lines, _ = _lossy_job(sites, "lossy-abort", vendor_sites=3,
+                          kill=("1", "unmask", "10", "kill"))
+
+    assert [m["round"] for m in lines] == [1, 2, 3]
+    assert "aborted" not in lines[0] and lines[0]["secure"]["survivors"] == [8, 9, 10]
+    assert "only 2 masked inputs, min_group is 3" in lines[1]["aborted"], lines[1]["aborted"]
+    assert "the vendor already contributed to global model" in lines[2]["aborted"]
+    # the model is unchanged: the same held-out figures as after round 1
+    assert all((m["loss"], m["accuracy"]) == (lines[0]["loss"], lines[0]["accuracy"])
+               for m in lines[1:])
+
+
+@pytest.mark.ray
+def test_remote_vendor_on_its_own_token_auth_ray_cluster_same_weights(
+        sites: dict[str, Path], tmp_path: Path) -> None:
+    """`silo serve --ray-address` joins the vendor's own `ray start --head` cluster
+    (loopback, token authentication on) through the cluster package's connect path:
+    the sites run on that cluster's workers, not under the gateway, and the job gives
+    the same weights as the embedded run."""
+    from tests.cluster.test_real_cluster import env_for, free_port, run
+
+    token, state = tmp_path / "token", tmp_path / "state"
+    port = free_port()
+    env = env_for(token)
+    try:
+        head = run(["fedcollab.cluster.cli", "head", "--port", str(port), "--node-ip-address",
+                    "127.0.0.1", "--num-cpus", "3", "--token-file", str(token),
+                    "--state-dir", str(state)], env)
+        assert head.returncode == 0, head.stdout + head.stderr
+        coordinator, address = _start_coordinator(sites, "on-cluster")
+        vendor = _start_vendor(sites, address, "on-cluster-state", "--ray-address",
+                               f"127.0.0.1:{port}", "--token-file", str(token),
+                               env={**_env(), **{k: v for k, v in env_for().items()
+                                                 if k != "PYTHONPATH"}})
+        workers = 0
+        while vendor.poll() is None:
+            workers = max(workers, len(_site_workers(vendor.pid)))
+            time.sleep(0.25)
+        v_out, v_err = vendor.communicate(timeout=240)
+        coordinator.communicate(timeout=240)
+    finally:
+        stopped = run(["fedcollab.cluster.cli", "stop", "--state-dir", str(state)], env)
+        assert stopped.returncode == 0, stopped.stderr
+
+    assert vendor.returncode == 0, v_err[-3000:]
+    assert coordinator.returncode == 0, (sites["coord"] / "on-cluster.err").read_text()
+    assert "0 refused" in v_out and workers == 0  # the cluster's workers, not the gateway's
+    coord = sites["coord"]
+    embedded = json.loads((coord / "embedded" / "release" / "manifest.json").read_text())
+    remote = json.loads((coord / "on-cluster" / "release" / "manifest.json").read_text())
+    assert remote["weights_sha256"] == embedded["weights_sha256"]
+
+
+def test_silo_serve_ray_address_without_spec_is_a_usage_error(sites: dict[str, Path]) -> None:
+    pki = sites["pki"]
+    done = subprocess.run(
+        [sys.executable, "-m", "fedcollab.cli", "silo", "serve", "--policy",
+         "vendor-policy.yaml", "--coordinator", "127.0.0.1:1", "--cert",
+         str(pki / "vendor.pem"), "--key", str(pki / "vendor.key"), "--coordinator-ca",
+         str(pki / "ca.pem"), "--ray-address", "127.0.0.1:6379"],
+        cwd=sites["vendor"], env=_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "fedcollab: error: silo serve: --ray-address and --token-file need --spec and the ray "
+        "transport (the sites run on Ray only then)"]

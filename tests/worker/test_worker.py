@@ -78,6 +78,24 @@ def test_worker_private_layers_reload_from_the_committed_round(worker_and_weight
     assert (Path(out) / "checkpoints" / "private" / "participant-00002-round-00003.npz").exists()
 
 
+def test_worker_lost_before_it_saved_the_committed_round_reloads_its_last_save(
+        worker_and_weights: Any) -> None:
+    """A worker lost before it saved the committed round (its peers did) heals from
+    the last round its participant did save, not from the initial private layers."""
+    from fedcollab.worker.worker import ParticipantWorker
+
+    spec, out, worker, weights = worker_and_weights
+    worker.train_round(weights, 6, [2], RoundConfig())
+    assert worker.save_private(6, keep_from=6) == 1
+    saved = [np.array(w) for w in worker.participants[2].private]
+    again = ParticipantWorker(WorkerConfig(spec_to_dict(spec), (2,), str(out), 0,
+                                           resume_round=7))  # round 7: never saved
+    loaded = again.participants[2].private
+    assert loaded is not None and len(loaded) == len(saved) == 2  # not the initial head
+    for a, b in zip(loaded, saved):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_worker_leaves_no_autograph_files_once_loaded(tmp_path: Path) -> None:
     """A worker killed at the end of a job never runs AutoGraph's exit handler: the
     converted functions' source files are removed once the graphs are traced, and
