@@ -668,7 +668,10 @@ class SecureParticipant:
         Raises:
             ProtocolError: Honest-but-curious mode, bad request, or no input this round.
             InconsistentViewError: A set without this participant (it did send its
-                input), or a second, different set this round.
+                input), a second, different set this round, or a set naming a
+                neighbour it did not mask with (the round would release another sum
+                than the set names; the journalled view must name the sum its input
+                enters, docs/threat-model.md "Resume leaves a residue").
             TooFewAliveError: Fewer than ``t`` of its partners (itself included) in it.
         """
         if self._identity is None:
