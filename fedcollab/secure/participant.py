@@ -149,12 +149,14 @@ class _Peer:
 
 @dataclass(frozen=True)
 class _Ask:
-    """What this participant masks with in one round: the round's member set and
-    partners (checked against what it derives), the holders of both its secrets
-    (its recovery package's holders) and their one threshold."""
+    """What this participant masks with in one round: the round's member set, its
+    neighbours in the graph it derives from them, its partners (the neighbours it
+    masks with), the holders of both its secrets (its recovery package's holders)
+    and their one threshold."""
 
     round_id: int
     members: tuple[int, ...]
+    neighbours: tuple[int, ...]
     partners: tuple[int, ...]
     holders: tuple[int, ...]
     threshold: int
@@ -236,6 +238,7 @@ class SecureParticipant:
         self._package_threshold = 0  # the one t of the package's holders
         self._package_members: tuple[int, ...] = ()  # the member set it was shared for
         self._package_holders: tuple[int, ...] = ()  # who holds both secrets' shares
+        self._package_nbrs: tuple[int, ...] = ()  # its neighbours in that member set's graph
         self._shared: set[int] = set()  # rounds whose recovery secret these keys shared
         self._seeds: dict[int, dict[int, bytes]] = {}
         self._held: dict[int, dict[int, int]] = {}  # round -> peer -> its recovery share
@@ -515,6 +518,7 @@ class SecureParticipant:
         self._package_keys = {v: self._peers[v].s_pk for v in holders}
         self._package_threshold = t
         self._package_members, self._package_holders = members, holders
+        self._package_nbrs = nbrs
         self._package_epoch = self._epoch
         body = KeyShares(table, shares)
         return pack(body, round_id=round_id, sender=self.participant_id, recipient=SERVER)
@@ -575,8 +579,8 @@ class SecureParticipant:
             raise EncodingError(f"round {round_id}: vector has shape {x.shape}, the round "
                                 f"expects ({msg.dim},) (update + weight coordinate)")
         codec = self.params.codec(msg.group_size)
-        ask = _Ask(round_id, members, partners, self._package_holders, t, msg.dim,
-                   codec.ring_bits)
+        ask = _Ask(round_id, members, self._package_nbrs, partners, self._package_holders, t,
+                   msg.dim, codec.ring_bits)
         masked = codec.encode(x)
         self._input_digest = hashlib.sha256(masked.data).digest()
         ready, self._ready = self._ready, None
@@ -631,8 +635,8 @@ class SecureParticipant:
                 or self._expired(last.round_id + 1)):  # fresh keys first: nothing to reuse
             self._ready = None
             return False
-        self._ready = self._prepare(_Ask(last.round_id + 1, last.members, last.partners,
-                                         last.holders, last.threshold, last.dim,
+        self._ready = self._prepare(_Ask(last.round_id + 1, last.members, last.neighbours,
+                                         last.partners, last.holders, last.threshold, last.dim,
                                          last.ring_bits))
         return True
 
@@ -664,7 +668,10 @@ class SecureParticipant:
         Raises:
             ProtocolError: Honest-but-curious mode, bad request, or no input this round.
             InconsistentViewError: A set without this participant (it did send its
-                input), or a second, different set this round.
+                input), a second, different set this round, or a set naming a
+                neighbour it did not mask with (the round would release another sum
+                than the set names; the journalled view must name the sum its input
+                enters, docs/threat-model.md "Resume leaves a residue").
             TooFewAliveError: Fewer than ``t`` of its partners (itself included) in it.
         """
         if self._identity is None:
@@ -686,6 +693,17 @@ class SecureParticipant:
         if not alive <= set(ask.members):
             raise GroupMismatchError(f"round {round_id}: survivor set names participants "
                                      "outside the round's member set")
+        # The view names the one sum this input enters: every survivor among its
+        # neighbours must be a partner it masked with. A server that left a neighbour
+        # out of its partners and still calls that neighbour a survivor releases
+        # another sum than the view says (the sum without it), and a re-run of the
+        # same input that confirms the same view then hands over the difference.
+        unpaired = alive.intersection(ask.neighbours).difference(ask.partners)
+        if unpaired:
+            raise InconsistentViewError(
+                f"round {round_id}: the survivor set names participant {min(unpaired)}, a "
+                f"neighbour participant {self.participant_id} did not mask with this round; "
+                "the set it confirms must be the sum its input enters")
         self._require_alive(ask, sum(v in alive for v in ask.partners))
         floor = self.params.floor(len(self._require_setup().members))
         if len(survivors) < floor:

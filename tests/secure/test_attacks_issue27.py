@@ -7,6 +7,7 @@ participants did, the exposure oracle must find no set of honest inputs below
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -155,6 +156,82 @@ def test_attack7_resume_gives_no_differencing_pair(
     lab.resume()
     lab.round(0, Lie(drop={"begin": frozenset({4})}))  # the same round, one member fewer
     _assert_safe(lab)
+
+
+def _left_out(n: int, victim: int, *, survivors: tuple[int, ...] | None = None) -> Lie:
+    """Every other member masks without the victim (its partner list, and all but the
+    first one's roster, leave it out), yet (``survivors=None``) is asked to confirm the
+    whole group as the survivors; the victim is told a survivor set without the first
+    one. The round releases the others' sum, not the one their view names."""
+    others = tuple(u for u in range(n) if u != victim)
+    views = {others[0]: View(partners=others[1:])}
+    for a in others[1:]:
+        nb = tuple(x for x in others if x != a)
+        views[a] = View(roster=nb, partners=nb, survivors=survivors)
+    views[others[0]] = replace(views[others[0]], survivors=survivors)
+    views[victim] = View(survivors=tuple(u for u in range(n) if u != others[0]))
+    return Lie(views=views)
+
+
+def _resumed_twice(lab: Lab, first: Lie) -> tuple[int, set[tuple[int, str]], set[tuple[int, str]]]:
+    """Round 0 under ``first``, a resume (participants restarted from what they
+    persisted), round 0 again honestly. Returns how many sharings the first run made,
+    and who refused at which stage with ``InconsistentViewError`` in each run."""
+    lab.round(0, first)
+    before, refused = len(lab.rec.sharings), len(lab.refusals)
+    lab.resume()
+    lab.round(0)
+    runs = lab.refusals[:refused], lab.refusals[refused:]
+    first_run, rerun = (
+        {(u, st) for _, u, st, e in r if e == "InconsistentViewError"} for r in runs
+    )
+    return before, first_run, rerun
+
+
+def _assert_nothing_reused(lab: Lab, before: int) -> None:
+    """A restarted participant draws every secret afresh: no sharing or mask seed of
+    the re-run is one of the first run's."""
+    old = {m.secret for m in lab.rec.sharings[:before]}
+    assert old and not old & {m.secret for m in lab.rec.sharings[before:]}
+    first, again = ({g.digest for g in lab.received if g.session == s} for s in (0, 1))
+    assert first and again and not first & again
+
+
+@BOTH
+@pytest.mark.parametrize("server", ["malicious", "honest_but_curious"])
+def test_attack9_resume_after_a_victim_left_out_of_every_partner_list(
+    protocol: str, amortise: bool, server: str
+) -> None:
+    """The lying-server fuzzer's find (slow tier): round 0 releases the sum of members
+    0-3 (none masked with 4) while 0-3 confirm all five as survivors; after a resume the
+    honest re-run releases the sum of all five, and the difference is 4's input. The
+    survivor set a participant confirms must be the sum its input enters, so 0-3
+    refuse that view in the first run (malicious; honest-but-curious participants'
+    views are their alive partners, refused in the re-run)."""
+    lab = Lab(5, _params(protocol, amortise, server, threshold=0.67))
+    lie = _left_out(5, 4)
+    if server == "honest_but_curious":  # no consistency round: only request-level lies
+        lie = Lie(views={u: replace(v, survivors=None) for u, v in lie.views.items()})
+    before, first_run, rerun = _resumed_twice(lab, lie)
+    _assert_safe(lab, "InconsistentViewError")
+    if server == "malicious":  # the first run's view is refused: it is not the sum
+        assert {(u, "consistency") for u in range(4)} <= first_run
+    else:  # the first run's view is the alive partners; the re-run names another
+        assert {(u, "unmask") for u in range(4)} <= rerun
+    _assert_nothing_reused(lab, before)
+
+
+@BOTH
+def test_attack9_a_view_true_to_the_masks_pins_the_rerun(protocol: str, amortise: bool) -> None:
+    """The same lie with survivor sets true to the masks (0-3 confirm themselves): the
+    first run releases their sum, and the journalled views make 0-3 refuse the re-run's
+    larger set."""
+    lab = Lab(5, _params(protocol, amortise, threshold=0.67))
+    before, first_run, rerun = _resumed_twice(lab, _left_out(5, 4, survivors=(0, 1, 2, 3)))
+    _assert_safe(lab, "InconsistentViewError")
+    assert not {u for u, _ in first_run} & {0, 1, 2, 3}  # a true view: confirmed
+    assert {(u, "consistency") for u in range(4)} <= rerun
+    _assert_nothing_reused(lab, before)
 
 
 # -- 8. smaller ones ---------------------------------------------------------------------

@@ -598,17 +598,20 @@ def test_vendor_site_lost_below_min_group_aborts_the_round_and_keeps_the_model(
     unmask: round 2 has two masked inputs, too few, so it aborts with the reason in its
     metrics and the model unchanged. Round 3 starts from that same global model, to
     which two of the vendor's sites already sent masked inputs: the vendor's policy
-    refuses a second contribution to one global model (a recreated site's or any)."""
+    refuses a second contribution to one global model (a recreated site's or any), so
+    round 3 goes on without the vendor (its sites dropped, the reason in the metrics)."""
     lines, _ = _lossy_job(sites, "lossy-abort", vendor_sites=3,
                           kill=("1", "unmask", "10", "kill"))
 
     assert [m["round"] for m in lines] == [1, 2, 3]
     assert "aborted" not in lines[0] and lines[0]["secure"]["survivors"] == [8, 9, 10]
     assert "only 2 masked inputs, min_group is 3" in lines[1]["aborted"], lines[1]["aborted"]
-    assert "the vendor already contributed to global model" in lines[2]["aborted"]
-    # the model is unchanged: the same held-out figures as after round 1
-    assert all((m["loss"], m["accuracy"]) == (lines[0]["loss"], lines[0]["accuracy"])
-               for m in lines[1:])
+    # the model is unchanged by the aborted round: the same held-out figures as round 1's
+    assert (lines[1]["loss"], lines[1]["accuracy"]) == (lines[0]["loss"], lines[0]["accuracy"])
+    declined = lines[2]
+    assert "aborted" not in declined and declined["dropped"] == [8, 9, 10]
+    assert "already contributed to global model" in \
+        declined["placement"]["silo"]["vendor"]["absent"]
 
 
 @pytest.mark.ray
