@@ -1148,6 +1148,7 @@ def bench_cross_silo(rounds: int = 20, repeats: int = 2) -> None:
           "bytes_per_stage": {k: {d: round(v) for d, v in c.items()}
                               for k, c in per_stage.items()},
           "same_weights": all(same), "repeats": repeats, "vendor_transport": "ray",
+          "vendor_workers": "per_group",
           "all_seconds": {"remote": remote, "embedded": embedded},
           "load_average_1m": os.getloadavg()[0]})
 

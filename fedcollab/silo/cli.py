@@ -55,9 +55,10 @@ def add_silo_commands(sub: Any) -> None:
     serve = add_command(silo_sub, "serve", "run the vendor's gateway: dial out to the coordinator "
                         "over mutual TLS, decide every frame by the policy and, with --spec, "
                         "train and mask the vendor's sites on the vendor's own Ray (an embedded "
-                        "local one, or --ray-address): one worker per site, which gets neither "
-                        "the key nor the coordinator's address; a site lost mid-round is a "
-                        "dropout the secure sum recovers, and is recreated for the next round",
+                        "local one, or --ray-address): a worker per vendor group (or per site, "
+                        "--worker-per-site), which gets neither the key nor the coordinator's "
+                        "address; a site lost mid-round is a dropout the secure sum recovers, "
+                        "and is recreated for the next round",
                         _cmd_serve, EXAMPLES["serve"])
     serve.add_argument("--policy", type=Path, required=True, help="vendor-policy.yaml")
     serve.add_argument("--coordinator", required=True, help="the coordinator's HOST:PORT")
@@ -99,6 +100,11 @@ def add_silo_commands(sub: Any) -> None:
     serve.add_argument("--transport", choices=("ray", "inprocess"), default="ray",
                        help="with --spec: where the sites run: the vendor's Ray (default) or "
                             "this process (no Ray: small jobs, debugging)")
+    serve.add_argument("--worker-per-site", action="store_true",
+                       help="with the ray transport: each site on a Ray worker of its own, so "
+                            "losing one loses that site alone (a dropout the secure sum "
+                            "recovers); default: a group's sites share one worker, a Ray call "
+                            "per stage fewer per site (docs/cross-silo.md)")
     serve.add_argument("--timeout", type=float, default=None,
                        help="end each connection after this many seconds (default: none)")
     serve.add_argument("--reconnect", action="store_true",
@@ -175,6 +181,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                                                    or args.transport != "ray"):
         raise SiloUsageError("silo serve: --ray-address and --token-file need --spec and the "
                              "ray transport (the sites run on Ray only then)")
+    if args.worker_per_site and (args.spec is None or args.transport != "ray"):
+        raise SiloUsageError("silo serve: --worker-per-site needs --spec and the ray transport "
+                             "(the sites run on Ray workers only then)")
     policy = load_policy(args.policy)
     with contextlib.ExitStack() as stack:
         vendor = None
@@ -202,7 +211,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _vendor(args: argparse.Namespace, party: str,
             stack: contextlib.ExitStack) -> Callable[[str], Any]:
     """What builds the vendor's sites for the gateway: on the vendor's Ray (embedded,
-    declaring the CPUs and custom resources a worker per site needs, or the cluster at
+    declaring the CPUs and custom resources its workers need, or the cluster at
     --ray-address, joined through the cluster package's connect path), or in this
     process (--transport inprocess)."""
     import math
@@ -224,7 +233,7 @@ def _vendor(args: argparse.Namespace, party: str,
 
         if args.token_file:
             use_token_file(args.token_file)
-        plan = site_plan(spec, pids)
+        plan = site_plan(spec, pids, per_site=args.worker_per_site)
         custom: dict[str, float] = {}
         for resources, _ in plan:
             for key, amount in resources.items():
@@ -239,7 +248,8 @@ def _vendor(args: argparse.Namespace, party: str,
         from fedcollab.silo.vendor import VendorHost
 
         return VendorHost(spec, party=party, work_dir=args.state_dir / "work",
-                          groups=args.group, own_ca=own_ca, ray=ray)
+                          groups=args.group, own_ca=own_ca, ray=ray,
+                          worker_per_site=args.worker_per_site)
     return vendor
 
 

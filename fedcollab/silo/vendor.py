@@ -69,15 +69,25 @@ def vendor_pids(spec: JobSpec, groups: Sequence[str] = ()) -> frozenset[int]:
                      for pid in everyone.group_range(g))
 
 
-def site_plan(spec: JobSpec, pids: frozenset[int]) -> list[tuple[dict[str, float], list[int]]]:
-    """One worker per vendor site, each with its group's custom resources: losing
-    a worker loses that site alone, which the secure sum recovers as a dropout."""
+def site_plan(spec: JobSpec, pids: frozenset[int], *, per_site: bool = False
+              ) -> list[tuple[dict[str, float], list[int]]]:
+    """The vendor's workers: one per hosted group, its sites together and the group's
+    custom resources on it (as ``fedcollab run`` packs participants), or with
+    ``per_site`` one per site: losing a worker then loses that site alone, which the
+    secure sum recovers as a dropout, at the cost of a Ray call per site per stage
+    (docs/cross-silo.md has both measured)."""
     from fedcollab.spec.roster import roster
 
     everyone = roster(spec)
-    return [({str(k): float(v) for k, v in group.resources.items()}, [pid])
-            for g, group in enumerate(spec.participants)
-            for pid in everyone.group_range(g) if pid in pids]
+    plan: list[tuple[dict[str, float], list[int]]] = []
+    for g, group in enumerate(spec.participants):
+        resources = {str(k): float(v) for k, v in group.resources.items()}
+        sites = [pid for pid in everyone.group_range(g) if pid in pids]
+        if per_site:
+            plan.extend((dict(resources), [pid]) for pid in sites)
+        elif sites:
+            plan.append((resources, sites))
+    return plan
 
 
 @dataclass
@@ -102,9 +112,11 @@ class VendorHost:
         own_ca: The fingerprint of the trusted CA the vendor's own certificate chains
             to ("" if none): the vendor's own sites count as trusted identities
             for ``min_group`` exactly when the vendor's own identity does.
-        ray: The connected ``ray`` module: a worker actor per site
-            (:func:`site_plan`). ``None``: every site in one worker in this process
-            (the gateway's unit tests; ``silo serve --transport inprocess``).
+        ray: The connected ``ray`` module: a worker actor per hosted group, or per
+            site with ``worker_per_site`` (:func:`site_plan`). ``None``: every site in
+            one worker in this process (the gateway's unit tests; ``silo serve
+            --transport inprocess``).
+        worker_per_site: One Ray worker per site (``silo serve --worker-per-site``).
 
     Raises:
         fedcollab.spec.SpecError: The spec's model does not build or fit the data.
@@ -113,7 +125,8 @@ class VendorHost:
     """
 
     def __init__(self, spec: JobSpec, *, party: str, work_dir: Path,
-                 groups: Sequence[str] = (), own_ca: str = "", ray: Any = None) -> None:
+                 groups: Sequence[str] = (), own_ca: str = "", ray: Any = None,
+                 worker_per_site: bool = False) -> None:
         self.spec, self.party, self.own_ca = spec, party, own_ca
         self.pids = vendor_pids(spec, groups)
         if not self.pids:
@@ -129,7 +142,7 @@ class VendorHost:
             from fedcollab.spec.roster import roster
 
             self.pool = WorkerPool(ray, spec, roster(spec), Path(work_dir),
-                                   plan=site_plan(spec, self.pids))
+                                   plan=site_plan(spec, self.pids, per_site=worker_per_site))
         #: sites lost and not recreated (their worker cannot be placed again)
         self.lost: list[int] = []
         #: the round whose private saves are under way, and what waits for them

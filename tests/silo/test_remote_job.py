@@ -229,7 +229,7 @@ def test_remote_vendor_same_weights_policy_hash_and_nothing_private_leaves(
     assert vendor.returncode == 0, v_err
     assert coordinator.returncode == 0, c_err
     assert "0 refused" in v_out and checks > 0
-    assert workers == 3  # the vendor's three sites, each on a Ray worker of the vendor's
+    assert workers == 1  # the vendor's group of three sites, on one Ray worker of the vendor's
     # the vendor's own Ray listens (its GCS, raylet, workers), on loopback only: nothing
     # of the vendor's process tree is reachable from the network, the gateway dials out
     assert listening and all(_loopback(c.laddr.ip) for c in listening), \
@@ -528,7 +528,8 @@ def _lossy_job(sites: dict[str, Path], out: str, *, vendor_sites: int, kill: tup
         (sites[side] / f"{out}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     coordinator, address = _start_coordinator(sites, out, "--silo-deadline", "60",
                                               spec=f"{out}.yaml")
-    vendor = _start_vendor(sites, address, f"{out}-state", spec=f"{out}.yaml",
+    vendor = _start_vendor(sites, address, f"{out}-state", "--worker-per-site",
+                           spec=f"{out}.yaml",
                            command=(str(ROOT / "tests" / "silo" / "lossy_vendor.py"), *kill))
     try:
         v_out, v_err = vendor.communicate(timeout=110)
@@ -634,6 +635,7 @@ def test_remote_vendor_on_its_own_token_auth_ray_cluster_same_weights(
         coordinator, address = _start_coordinator(sites, "on-cluster")
         vendor = _start_vendor(sites, address, "on-cluster-state", "--ray-address",
                                f"127.0.0.1:{port}", "--token-file", str(token),
+                               "--worker-per-site",
                                env={**_env(), **{k: v for k, v in env_for().items()
                                                  if k != "PYTHONPATH"}})
         workers = 0
