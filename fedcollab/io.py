@@ -32,6 +32,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: str | Path) -> None:
+    """fsync ``path`` (its data written through another descriptor: the same file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644,
                        durable: bool = True) -> None:
     """Write `data` to `path` atomically and, unless ``durable`` is False (a file that

@@ -549,7 +549,7 @@ class ParticipantWorker:
                 fresh.setdefault(str(pid), {})[key] = i
         if not fresh:
             return
-        from fedcollab.io import append_line_durably
+        from fedcollab.io import append_line_durably, fsync_file
 
         self._views_durable()  # one sync in flight at a time, lines in order
         path = self._views_path()
@@ -562,7 +562,7 @@ class ParticipantWorker:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._views_syncer = ThreadPoolExecutor(1, thread_name_prefix="views-fsync")
-            self._views_sync = self._views_syncer.submit(_fsync_file, path)
+            self._views_sync = self._views_syncer.submit(fsync_file, path)
 
     def _views_durable(self) -> None:
         """Wait for the journal's background fsync (:meth:`_save_views`), if any."""
@@ -736,12 +736,3 @@ def _compact_views_journal(path: Path) -> None:
                 kept.setdefault(pid, {})[key] = i
     atomic_write_bytes(path, (_views_line(sets, kept) + "\n").encode() if kept else b"",
                        mode=0o600)
-
-
-def _fsync_file(path: Path) -> None:
-    """fsync ``path`` (its data written through another descriptor: the same file)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
