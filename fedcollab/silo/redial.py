@@ -175,12 +175,8 @@ def diagnose(address: str, *, coordinator_ca: Path, cert: Path, key: Path,
         return f"cannot use --cert ({err.__class__.__name__})"
     if problem:
         return problem
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["h2"])
     try:
-        context.load_verify_locations(cafile=str(coordinator_ca))
-        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+        context = _client_context(cert, key, coordinator_ca, ssl.TLSVersion.TLSv1_2)
     except (OSError, ssl.SSLError) as err:
         return f"cannot load the certificates ({err.__class__.__name__}: {err})"
     try:
@@ -241,12 +237,8 @@ def tls13_refusal(address: str, *, coordinator_ca: Path, cert: Path, key: Path,
         port = int(port_text)
     except ValueError:
         return ""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.set_alpn_protocols(["h2"])
     try:
-        context.load_verify_locations(cafile=str(coordinator_ca))
-        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+        context = _client_context(cert, key, coordinator_ca, ssl.TLSVersion.TLSv1_3)
         raw = socket.create_connection((host, port), timeout=timeout)
     except (OSError, ssl.SSLError):
         return ""
@@ -270,3 +262,19 @@ def tls13_refusal(address: str, *, coordinator_ca: Path, cert: Path, key: Path,
 def _no_tls13(address: str, what: str) -> str:
     return (f"the coordinator at {address} cannot do TLS 1.3 ({what}); the gateway "
             "accepts no older TLS version, so it does not dial")
+
+
+def _client_context(cert: str | Path, key: str | Path, coordinator_ca: str | Path,
+                    minimum: ssl.TLSVersion) -> ssl.SSLContext:
+    """The gateway's TLS client context as its gRPC channel uses it (h2, the pinned CA,
+    its own certificate), at least ``minimum``.
+
+    Raises:
+        OSError, ssl.SSLError: A certificate, key or CA that cannot be loaded.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = minimum
+    context.set_alpn_protocols(["h2"])
+    context.load_verify_locations(cafile=str(coordinator_ca))
+    context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    return context
