@@ -480,10 +480,12 @@ def _cmd_certs_help(args: argparse.Namespace) -> int:
 
 
 def _cmd_certs_init(args: argparse.Namespace) -> int:
-    from fedcollab.service.certs import init_ca
+    from fedcollab.service.certs import fingerprint, init_ca
 
     files = init_ca(args.dir)
     print(f"CA: {files.cert} (key {files.key}, mode 0600)")
+    # what a vendor's silo policy lists under trusted_cas to trust this CA's parties
+    print(f"CA sha256: {fingerprint(Path(files.cert).read_bytes())}")
     return 0
 
 

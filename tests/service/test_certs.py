@@ -87,3 +87,18 @@ def test_fingerprint_is_the_same_for_pem_and_der(pki: Path) -> None:
 
     assert fingerprint(pem) == fingerprint(der)
     assert len(fingerprint(pem)) == 64
+
+
+def test_certs_init_prints_the_fingerprint_a_silo_policy_pins(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`trusted_cas` in a vendor's policy lists CA fingerprints: `certs init` prints the
+    new CA's, the sha256 of its DER (what `openssl x509 -outform DER | sha256sum` gives)."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    assert main(["certs", "init", "--dir", str(tmp_path / "pki")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    der = x509.load_pem_x509_certificate((tmp_path / "pki" / "ca.pem").read_bytes()).public_bytes(
+        Encoding.DER)
+    assert lines[-1] == f"CA sha256: {hashlib.sha256(der).hexdigest()}"
