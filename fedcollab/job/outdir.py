@@ -148,6 +148,12 @@ def check_can_write(path: Path, *, flag: str = "--out",
                           "choose a directory on another disk", exit_code=1)
 
 
+#: What a start that was refused before its first round may leave in the directory: the
+#: job id a remote silo knows the job by (``fedcollab.silo.remote.JOB_FILE``, written
+#: before the offer leaves). A new run there reuses it; nothing else of the job exists.
+_START_LEFTOVERS = frozenset({"silo-job.json"})
+
+
 def plan_out_dir(spec: JobSpec, out: Optional[Path], *, resume: bool) -> OutDirPlan:
     """Check the output directory for a run of ``spec``; writes nothing.
 
@@ -196,7 +202,7 @@ def plan_out_dir(spec: JobSpec, out: Optional[Path], *, resume: bool) -> OutDirP
                                      "training)")
         check_can_write(path)
         return OutDirPlan(path, committed, resume=True)
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(p.name not in _START_LEFTOVERS for p in path.iterdir()):
         what = "a fedcollab job" if (path / "spec.yaml").exists() else "other files"
         if (path / "summary.json").exists():
             what = "a finished fedcollab job"

@@ -96,6 +96,17 @@ class SecureRound:
         self.shapes = shapes
         self.phases = SecurePhases()
 
+    @property
+    def sampled(self) -> int:
+        """The secure members the round's noise was planned for: the config's ``m``
+        (each member added ``1/m`` of the distributed noise), which stays the whole
+        sample's when some sit the round out after the config left (a silo that
+        declines a round): they count as dropped, and the noise they took with them
+        as a shortfall, not as a smaller round."""
+        if not self.members:
+            return 0
+        return max(len(self.members), int(self.config.noisy_participants))
+
     def prepare(self) -> Mapping[int, bytes]:
         """Key setup as needed; each member's mask request (its inbox)."""
         if self.coordinator is None:
@@ -139,7 +150,7 @@ class SecureRound:
         quantum = config.weight_scale * 2.0 ** -coordinator.params.scale_bits
         total = SecureSum(parts.arrays, parts.counts, members=survivors,
                           weight_cap=config.weight_scale, quantum=quantum)
-        return SecureOutcome(total, log, parts.bits, survivors, len(self.members))
+        return SecureOutcome(total, log, parts.bits, survivors, self.sampled)
 
 
     def _finish_ddg(self, result: SecureSumResult, log: dict[str, Any]) -> SecureOutcome:
@@ -164,7 +175,7 @@ class SecureRound:
         # aggregator refuses a sum whose counts more than that many members can send
         summed = SecureSum(arrays, [float(c) for c in counts], members=survivors,
                            weight_cap=1.0, quantum=0.0)
-        return SecureOutcome(summed, log, None, survivors, len(self.members))
+        return SecureOutcome(summed, log, None, survivors, self.sampled)
 
 
 _DDG = "distributed_discrete_gaussian"

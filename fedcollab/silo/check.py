@@ -15,7 +15,8 @@ Rules (docs/cross-silo.md has the reference):
 * ``min_group``: counted over distinct identities whose certificate chains to a CA
   the policy lists; identities the coordinator simulates count zero. Checked at key
   sharing (the roster) and again before any unmask reveal (the survivors).
-* One contribution per (job, global-model hash), round ids strictly increasing per
+* One contribution per global-model hash (across jobs: the coordinator names job
+  ids), round ids strictly increasing per
   job (the state is persisted by the caller, so this survives restarts).
 * A local DP floor (noise multiplier at least, clip norm at most) and an epsilon
   budget the vendor accounts itself over everything it ever contributed, at
@@ -207,6 +208,17 @@ def _offer(policy: Policy, state: SiloState, frame: Offer) -> Decision:
                  .without_pending(frame.job_id))
 
 
+def _contributed_by(state: SiloState, model_sha256: str) -> Optional[str]:
+    """The job (any job: the coordinator names job ids, so a fresh id must not buy a
+    second contribution to one global model) whose update for ``model_sha256`` left,
+    or None. Two sums over one model that differ in who took part give away a site's
+    update; only the vendor's own persisted state can refuse the second."""
+    for job_id in sorted(state.jobs):
+        if model_sha256 in state.jobs[job_id].contributed:
+            return job_id
+    return None
+
+
 def _round_start(policy: Policy, state: SiloState, frame: RoundStart) -> Decision:
     job = state.job(frame.job_id)
     if job.offer is None:
@@ -214,9 +226,10 @@ def _round_start(policy: Policy, state: SiloState, frame: RoundStart) -> Decisio
     if frame.round_id <= job.last_round:
         return Refuse("round_order", f"round {frame.round_id} does not exceed the last "
                       f"round {job.last_round} of job {frame.job_id}")
-    if frame.global_model_sha256 in job.contributed:
+    other = _contributed_by(state, frame.global_model_sha256)
+    if other is not None:
         return Refuse("replay", f"the vendor already contributed to global model "
-                      f"{frame.global_model_sha256[:12]} of job {frame.job_id}")
+                      f"{frame.global_model_sha256[:12]} (job {other})")
     if len(job.contributed) >= job.offer.rounds:
         return Refuse("budget", f"job {frame.job_id}: all {job.offer.rounds} offered rounds "
                       "were contributed; more rounds need a new offer")
@@ -293,9 +306,10 @@ def _egress(policy: Policy, state: SiloState, frame: Egress) -> Decision:
         return Refuse("sequence", problem or "an update before key sharing")
     if frame.global_model_sha256 != job.round_model:
         return Refuse("replay", "the update is not for this round's global model")
-    if frame.global_model_sha256 in job.contributed:
+    other = _contributed_by(state, frame.global_model_sha256)
+    if other is not None:
         return Refuse("replay", f"one contribution per global model: already contributed to "
-                      f"{frame.global_model_sha256[:12]}")
+                      f"{frame.global_model_sha256[:12]} (job {other})")
     if len(job.contributed) >= job.offer.rounds:
         return Refuse("budget", f"job {frame.job_id}: all {job.offer.rounds} offered rounds "
                       "were contributed")

@@ -217,8 +217,9 @@ def diagnose(address: str, *, coordinator_ca: Path, cert: Path, key: Path,
 
 
 #: OpenSSL's reasons for a handshake that found no common TLS version.
-_VERSION_REASONS = ("UNSUPPORTED_PROTOCOL", "PROTOCOL_VERSION", "WRONG_VERSION_NUMBER",
-                    "NO_PROTOCOLS_AVAILABLE", "VERSION_TOO_LOW")
+# (not WRONG_VERSION_NUMBER: a listener that speaks no TLS at all, which diagnose names)
+_VERSION_REASONS = ("UNSUPPORTED_PROTOCOL", "PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE",
+                    "VERSION_TOO_LOW")
 
 
 def tls13_refusal(address: str, *, coordinator_ca: Path, cert: Path, key: Path,

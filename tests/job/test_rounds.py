@@ -311,3 +311,19 @@ def test_a_round_started_ahead_keeps_its_one_poisson_draw() -> None:
     assert draws == [1, 2, 3]
     assert records[1].skipped == "nobody sampled"
     assert events == ["train 1", "logged 1", "logged 2", "train 3", "logged 3"]
+
+
+def test_a_secure_round_counts_the_noise_planned_for_its_whole_sample() -> None:
+    """The round's config split the distributed noise over m = every sampled secure
+    member; when some sit the round out after it left (a silo that declines), the
+    SecureRound over those taking part still reports m as sampled, so the accountant
+    charges the noise they took with them as a shortfall (survivors / m), not a
+    smaller round with its full noise."""
+    from fedcollab.job.secure import SecureRound
+    from fedcollab.worker.messages import RoundConfig
+
+    config = RoundConfig("distributed", 1.0, 1.0, 10)
+    assert SecureRound(None, 1, list(range(6)), config, [(2,)]).sampled == 10
+    assert SecureRound(None, 1, list(range(10)), config, [(2,)]).sampled == 10
+    assert SecureRound(None, 1, [], config, [(2,)]).sampled == 0
+    assert SecureRound(None, 1, [1, 2], RoundConfig(), [(2,)]).sampled == 2

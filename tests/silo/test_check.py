@@ -169,6 +169,20 @@ def test_check_replayed_global_model_with_new_round_id_refused() -> None:
     assert "already contributed" in reason
 
 
+def test_check_a_fresh_job_id_buys_no_second_contribution_to_one_model() -> None:
+    """The coordinator names job ids: the same offer under a new id, then a round on a
+    global model the vendor already contributed to (with another sample of its sites),
+    would give two sums that differ by a site's update. Refused at the round start
+    (the update's own check asks the same helper), whatever job it claims."""
+    state = through(make_egress(1), state=at_key_sharing(1))
+    fresh = through(make_offer(job_id="job-2", rounds=1), state=state)
+
+    reason = refused(check(POLICY, fresh, make_start(1, job_id="job-2")), "replay")
+    assert "already contributed" in reason and "job-1" in reason
+    assert isinstance(check(POLICY, fresh, make_start(
+        1, job_id="job-2", global_model_sha256=model_hash(7))), Allow)  # a new model: fine
+
+
 # ---- key sharing: min_group over trusted identities ----
 
 @pytest.mark.parametrize("trusted, simulated, untrusted", [(2, 0, 0), (2, 5, 0), (2, 0, 5),

@@ -123,3 +123,29 @@ def test_gateway_refuses_a_tls12_coordinator_audits_it_and_backs_off(
     assert len(refusals) == 3 and all(e["decision"] == "refuse" and e["kind"] == "tls"
                                       and "cannot do TLS 1.3" in e["reason"] for e in refusals)
     assert completed == []  # neither the probe nor gRPC ever completed a TLS 1.2 session
+
+
+def test_a_listener_that_speaks_no_tls_is_not_called_a_tls_version_problem(
+        silo_pki: dict[str, Path]) -> None:
+    """A plaintext listener answers a ClientHello with bytes that are no TLS record
+    (OpenSSL: wrong version number): that is not a coordinator that cannot do 1.3, so
+    the probe stays silent and the dial's own diagnosis names the real cause."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        said = _probe(silo_pki, f"127.0.0.1:{listener.getsockname()[1]}")
+    finally:
+        listener.close()
+    assert said == ""
