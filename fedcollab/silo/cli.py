@@ -306,13 +306,12 @@ def _cmd_model_hash(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fedcollab.data import load_federation
-    from fedcollab.silo.terms import architecture_sha256
+    from fedcollab.silo.terms import weights_architecture_sha256
     from fedcollab.worker.models import build_checked_model, weight_layers
     from fedcollab.worker.training import configure_tensorflow
 
     configure_tensorflow(threads=1, deterministic=True)
     model = build_checked_model(spec, load_federation(spec))
     weights = model.get_weights()
-    print(architecture_sha256(spec.task.model, weight_layers(model), [w.shape for w in weights],
-                              [str(w.dtype) for w in weights]))
+    print(weights_architecture_sha256(spec.task.model, weight_layers(model), weights))
     return 0

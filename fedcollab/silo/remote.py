@@ -28,12 +28,13 @@ from fedcollab.secure.errors import RoundAbortedError
 from fedcollab.silo.errors import SiloError
 from fedcollab.silo.link import LinkLost, LinkTimeout, SiloLink
 from fedcollab.silo.terms import (
-    architecture_sha256,
     config_to_proto,
     secure_job_id,
+    shared_indices,
     shared_sha256,
     site_name,
     tensor_to_proto,
+    weights_architecture_sha256,
 )
 from fedcollab.silo.vendor import vendor_pids
 from fedcollab.types import Weights
@@ -210,11 +211,8 @@ class SiloPool:
         joined = self.link.wait_join(self.party, self.join_timeout)
         self._joins = self.link.joins(self.party)
         self._info = info = self.local.model_info()
-        private: set[int] = set()
-        for g, arrays in info.private_arrays.items():
-            if set(_group_pids(self.spec, g)) & self.pids:
-                private.update(arrays)
-        self._shared = [i for i in range(len(info.weights)) if i not in private]
+        self._shared = shared_indices(self.spec, self.pids, info.private_arrays,
+                                      len(info.weights))
         reply = self._ask("offer", time.monotonic() + self.join_timeout, offer=self._offer(info))
         verdict, reason = _verdict(reply)
         if verdict != "allow":
@@ -240,9 +238,8 @@ class SiloPool:
         dp_on = dp.mode != "none"
         return silo_pb2.Offer(
             job_id=self.job_id, model_name=spec.task.model,
-            model_sha256=architecture_sha256(spec.task.model, info.layers,
-                                             [w.shape for w in info.weights],
-                                             [str(w.dtype) for w in info.weights]),
+            model_sha256=weights_architecture_sha256(spec.task.model, info.layers,
+                                                     info.weights),
             layers=[silo_pb2.LayerManifestEntry(name=info.layers[i],
                                                 shape=list(info.weights[i].shape),
                                                 dtype=str(info.weights[i].dtype))
@@ -589,12 +586,6 @@ def _verdict(reply: Any) -> tuple[str, str]:
     names = {silo_pb2.Decision.ALLOW: "allow", silo_pb2.Decision.REFUSE: "refuse",
              silo_pb2.Decision.PENDING: "pending"}
     return names.get(reply.decision.verdict, "refuse"), reply.decision.reason
-
-
-def _group_pids(spec: JobSpec, g: int) -> range:
-    from fedcollab.spec.roster import roster
-
-    return roster(spec).group_range(g)
 
 
 def _private_group(spec: JobSpec, pid: int) -> bool:

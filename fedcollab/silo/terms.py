@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,8 @@ import numpy as np
 from fedcollab.secure.model import model_sha256
 from fedcollab.silo.frames import secure_job_id  # re-exported: terms of the link
 
-__all__ = ["architecture_sha256", "shared_sha256", "secure_job_id", "site_name",
+__all__ = ["architecture_sha256", "weights_architecture_sha256", "shared_indices",
+           "shared_sha256", "secure_job_id", "site_name",
            "config_to_proto", "config_from_proto", "tensor_to_proto", "tensor_from_proto"]
 
 
@@ -30,6 +31,27 @@ def architecture_sha256(model_name: str, layers: Sequence[str],
     text = json.dumps({"model": model_name, "weights": manifest}, separators=(",", ":"),
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def weights_architecture_sha256(model_name: str, layers: Sequence[str],
+                                weights: Sequence[np.ndarray]) -> str:
+    """:func:`architecture_sha256` of a model's weights (their shapes and dtypes)."""
+    return architecture_sha256(model_name, layers, [w.shape for w in weights],
+                               [str(w.dtype) for w in weights])
+
+
+def shared_indices(spec: Any, pids: Collection[int], private_arrays: Mapping[int, Any],
+                   count: int) -> list[int]:
+    """The model's array indices that come into a silo each round and whose (masked)
+    update leaves it: all ``count`` but the private layers (``private_arrays``: group
+    index -> its private array indices) of the groups the silo hosts (any of ``pids``)."""
+    from fedcollab.spec.roster import roster
+
+    everyone = roster(spec)
+    hosted = set(pids)
+    private = {i for g, arrays in private_arrays.items()
+               if hosted.intersection(everyone.group_range(g)) for i in arrays}
+    return [i for i in range(count) if i not in private]
 
 
 def shared_sha256(arrays: Sequence[tuple[str, np.ndarray]]) -> str:

@@ -39,11 +39,12 @@ from fedcollab.silo.check import Allow, Decision, Refuse
 from fedcollab.silo.errors import SiloError
 from fedcollab.silo.frames import MASKED, Egress, Member, Roster
 from fedcollab.silo.terms import (
-    architecture_sha256,
     config_from_proto,
+    shared_indices,
     shared_sha256,
     site_name,
     tensor_from_proto,
+    weights_architecture_sha256,
 )
 
 if TYPE_CHECKING:
@@ -150,23 +151,13 @@ class VendorHost:
         info = self.pool.model_info()
         self.initial = [np.array(w) for w in info.weights]
         self.layers = info.layers
-        private: set[int] = set()
-        for g, arrays in info.private_arrays.items():
-            if self._hosts_group(g):
-                private.update(arrays)
         #: model indices that come in each round and whose update leaves (masked)
-        self.shared = [i for i in range(len(self.initial)) if i not in private]
-        self.model_sha256 = architecture_sha256(
-            spec.task.model, self.layers, [w.shape for w in self.initial],
-            [str(w.dtype) for w in self.initial])
+        self.shared = shared_indices(spec, self.pids, info.private_arrays, len(self.initial))
+        self.model_sha256 = weights_architecture_sha256(spec.task.model, self.layers,
+                                                        self.initial)
         self._round: Optional[_Round] = None
         #: The last RoundStart whose weights passed _check_weights, and those arrays.
         self._inbound: tuple[Any, list[np.ndarray]] = (None, [])
-
-    def _hosts_group(self, g: int) -> bool:
-        from fedcollab.spec.roster import roster
-
-        return bool(set(roster(self.spec).group_range(g)) & self.pids)
 
     # ------------------------------------------------------------------ before the check
     def before(self, message: Any, inbound: Any) -> Any:
