@@ -127,6 +127,14 @@ def _start_vendor(sites: dict[str, Path], address: str, state: str, *extra: str,
         stderr=subprocess.PIPE, text=True)
 
 
+def _kill(procs: tuple[subprocess.Popen[str], ...]) -> None:
+    """What is still running of a test's process trees, killed and reaped."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _listening(pid: int) -> list[Any]:
     import psutil
 
@@ -431,10 +439,7 @@ def test_remote_vendor_coordinator_killed_and_resumed_finishes_without_contribut
         resumed_seconds = time.monotonic() - t0
         v_out, v_err = vendor.communicate(timeout=120)
     finally:
-        for proc in (coordinator, vendor):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill((coordinator, vendor))
 
     c_err = (sites["coord"] / f"{out}.err").read_text()
     assert again.returncode == 0, c_err
@@ -488,10 +493,7 @@ def test_remote_vendor_gateway_killed_and_restarted_rejoins_the_running_job(
         coordinator.communicate(timeout=240)
         v_out, v_err = again.communicate(timeout=120)
     finally:
-        for proc in (coordinator, vendor):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill((coordinator, vendor))
 
     c_err = (sites["coord"] / f"{out}.err").read_text()
     assert coordinator.returncode == 0, c_err
@@ -535,10 +537,7 @@ def _lossy_job(sites: dict[str, Path], out: str, *, vendor_sites: int, kill: tup
         v_out, v_err = vendor.communicate(timeout=110)
         coordinator.communicate(timeout=30)
     finally:
-        for proc in (vendor, coordinator):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill((vendor, coordinator))
     c_err = (sites["coord"] / f"{out}.err").read_text()
     assert vendor.returncode == 0, v_err[-3000:]
     assert coordinator.returncode == 0, c_err[-3000:]
