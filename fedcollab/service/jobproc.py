@@ -41,15 +41,38 @@ _PR_SET_PDEATHSIG = 1
 _HELD: list[Any] = []  # the Ray connection, held until the process exits
 
 
+#: Linux's scheduler autogroup of the calling process: a process the service starts in
+#: a session of its own (``start_new_session``) gets an autogroup of its own, and where
+#: autogroups are on (``kernel.sched_autogroup_enabled``, the default on most
+#: distributions) the CPU is shared between autogroups by *their* nice value: a
+#: process's own nice only ranks it inside its group.
+_AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def lower_priority(nice: int) -> None:
+    """Lower this process's CPU priority by ``nice``, and its autogroup's to ``nice``.
+
+    Without the second, ``os.nice`` in a process of its own session ranked it only
+    against its own children: a job's training (its Ray workers at nice 19) still took
+    an equal share of the cores from the service answering calls (measured: the
+    workers' group used more CPU than the service during ``service_load``)."""
+    if nice <= 0:
+        return
+    try:
+        os.nice(nice)
+    except OSError:
+        pass
+    try:  # raising an autogroup's nice needs no privilege; absent off Linux
+        _AUTOGROUP.write_text(f"{nice}\n")
+    except OSError:
+        pass
+
+
 def tie_to_parent(parent_pid: int, nice: int = 0) -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (Linux), and lower
     its CPU priority by ``nice`` (inherited by what it starts: Ray's processes, a
     job's workers), so the service's own API and health checks run first."""
-    if nice > 0:
-        try:
-            os.nice(nice)
-        except OSError:
-            pass
+    lower_priority(nice)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -522,7 +522,7 @@ class Runner:
             # while jobs run, warm only for the jobs already waiting (each needs one
             # as soon as a slot frees; warming it now overlaps the running jobs
             # instead of following them). The rest of the pool fills once idle.
-            target = min(target, self.store.count_state("QUEUED"))
+            target = self.store.count_state("QUEUED", at_most=target)
         alive = deque(p for p in self._pool.procs if p.poll() is None)
         self._pool.procs = alive
         while len(self._pool.procs) < target:

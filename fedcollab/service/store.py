@@ -269,9 +269,16 @@ class JobStore:
         rows = self._reader().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {str(state): int(n) for state, n in rows.fetchall()}
 
-    def count_state(self, state: str) -> int:
-        return int(self._reader().execute("SELECT COUNT(*) FROM jobs WHERE state=?",
-                                          (state,)).fetchone()[0])
+    def count_state(self, state: str, at_most: Optional[int] = None) -> int:
+        """Jobs in `state`, counted up to `at_most` (the runner asks after every
+        submit whether a few are waiting: with thousands queued, counting them all
+        was a tenth of the service's CPU under load)."""
+        sql = "SELECT COUNT(*) FROM jobs WHERE state=?"
+        args: list[Any] = [state]
+        if at_most is not None:
+            sql = "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE state=? LIMIT ?)"
+            args.append(max(0, at_most))
+        return int(self._reader().execute(sql, args).fetchone()[0])
 
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM jobs").fetchone()[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -175,3 +176,22 @@ def test_hub_changed_publish_disarms_the_timer() -> None:
         return sum(not t.cancelled() for t in loop._scheduled)  # type: ignore[attr-defined]
 
     assert asyncio.run(scenario()) == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(),
+                    reason="no scheduler autogroups on this kernel")
+def test_lower_priority_lowers_the_autogroup_of_a_process_in_its_own_session() -> None:
+    """A job process is started in a session of its own, so it has an autogroup of its
+    own; the CPU is shared between autogroups by their nice, so lowering only the
+    process's nice left it level with the service."""
+    code = ("from fedcollab.service.jobproc import lower_priority; lower_priority(7); "
+            "import os; print(os.getpriority(os.PRIO_PROCESS, 0), "
+            "open('/proc/self/autogroup').read().split()[-1], "
+            "open('/proc/self/autogroup').read().split()[0])")
+    mine = Path("/proc/self/autogroup").read_text().split()[0]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, start_new_session=True).stdout.split()
+    assert int(out[0]) == min(os.getpriority(os.PRIO_PROCESS, 0) + 7, 19)
+    assert out[1] == "7"
+    assert out[2] != mine  # its own group: this process's autogroup is left as it was
+    assert Path("/proc/self/autogroup").read_text().split()[0] == mine

@@ -147,3 +147,13 @@ def test_store_from_before_priorities_gains_the_column_with_zero(tmp_path: Path)
 
     assert store.get("old").priority == 0
     assert [job.id for job in store.next_queued(5)] == ["old"]
+
+
+def test_store_counts_a_state_up_to_a_bound(tmp_path: Path) -> None:
+    """The runner only asks whether a few jobs wait: the bounded count stops there."""
+    store = JobStore(tmp_path / "jobs.sqlite")
+    for _ in range(5):
+        _new(store)
+    assert store.count_state("QUEUED") == 5
+    assert [store.count_state("QUEUED", at_most=n) for n in (0, 1, 3, 5, 9)] == [0, 1, 3, 5, 5]
+    assert store.count_state("RUNNING", at_most=2) == 0
