@@ -115,3 +115,53 @@ def test_load_spec_json_duplicate_key_is_a_spec_error(tmp_path: Path) -> None:
 
     with pytest.raises(SpecError, match="duplicate key 'rounds'"):
         load_spec(path)
+
+
+def _outcome(load: Any, text: str) -> tuple[str, Any]:
+    """What a loader makes of `text`: its data, or its refusal's problem and line."""
+    try:
+        return ("data", load(text))
+    except YamlRefused as err:
+        mark = err.problem_mark
+        return ("refused", (err.problem, None if mark is None else mark.line))
+    except yaml.YAMLError:
+        return ("syntax", None)
+
+
+def _python_only(text: str) -> Any:
+    from fedcollab.spec import yamlsafe
+
+    loader = yamlsafe._BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without LibYAML")
+@settings(max_examples=150, deadline=None)
+@given(
+    data=_data,
+    flow=st.booleans(),
+    extra=st.sampled_from(["", "dup: 1\ndup: 2\n", "a: &x 1\nb: *x\n", "c: *nope\n",
+                           "d: " + "[" * 70 + "]" * 70 + "\n", "<<: {m: 1}\n", "e: [1, 2\n",
+                           "f: &y {g: 1}\n", "\tbad: 1\n"]),
+)
+def test_safe_load_in_c_refuses_and_reads_what_the_python_loader_does(
+    data: Any, flow: bool, extra: str
+) -> None:
+    """The service parses with LibYAML (five times faster); every bound must hold
+    there exactly as in the pure-Python loader: the same data, or the same refusal
+    at the same line (a syntax error the C path meets is re-read by the Python one)."""
+    from fedcollab.spec.yamlsafe import MAX_DEPTH, MAX_NODES, _load_in_c
+
+    body = _dump({"top": data}, flow=False) if extra else _dump(data, flow=flow)
+    text = body + extra
+
+    python = _outcome(_python_only, text)
+    c = _outcome(lambda t: _load_in_c(t, MAX_DEPTH, MAX_NODES), text)
+
+    if c[0] == "syntax":  # safe_load words these with the Python loader
+        assert _outcome(safe_load, text) == python
+    else:
+        assert c == python
