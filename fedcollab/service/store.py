@@ -14,6 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -134,6 +135,12 @@ class JobStore:
         _private(self.path)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        # GetJob's records, written through: only this store writes the file, and each
+        # write drops its job's record once committed (see get). Its own lock: the
+        # writer's is held across fsyncs, which GetJob must never wait for.
+        self._records: OrderedDict[str, JobRecord] = OrderedDict()
+        self._records_lock = threading.Lock()
+        self._generation = 0
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -208,13 +215,46 @@ class JobStore:
         assert record is not None
         return record, True
 
+    #: How many job records :meth:`get` keeps in memory (the most recently read).
+    RECORDS = 4096
+
     def get(self, job_id: str) -> JobRecord:
-        """Raises NotFound for an unknown id."""
+        """The job's record, from memory when no write touched it since it was read.
+
+        GetJob runs on the service's event loop, and a sqlite read there released the
+        GIL and then waited to take it back behind the submit threads: a fifth of the
+        loop's time under load went to reading one row. A read that overlapped any
+        write is not kept (the generation moved), and every write drops its job's
+        record after it commits, so a record served from memory is never older than
+        the last committed write to it.
+
+        Raises NotFound for an unknown id (never kept: a job may be created next).
+        """
+        with self._records_lock:
+            record = self._records.get(job_id)
+            if record is not None:
+                self._records.move_to_end(job_id)
+                return record
+            generation = self._generation
         record = self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,),
                            conn=self._reader())
         if record is None:
             raise NotFound(f"no job {job_id!r}")
+        with self._records_lock:
+            if self._generation == generation:
+                self._records[job_id] = record
+                while len(self._records) > self.RECORDS:
+                    self._records.popitem(last=False)
         return record
+
+    def _written(self, job_id: Optional[str]) -> None:
+        """After a committed write: drop the job's record (every record: None)."""
+        with self._records_lock:
+            self._generation += 1
+            if job_id is None:
+                self._records.clear()
+            else:
+                self._records.pop(job_id, None)
 
     def list(self, *, states: Iterable[str] = (), owner: Optional[str] = None,
              limit: int = 50, before_seq: Optional[int] = None) -> list[JobRecord]:
@@ -295,17 +335,24 @@ class JobStore:
         args: list[Any] = [to_state, *fields.values(), job_id, *allowed]
         sql = (f"UPDATE jobs SET {', '.join(sets)} WHERE id=? AND state IN "
                f"({','.join('?' * len(allowed))})")
-        with self._lock:
-            return self._db.execute(sql, args).rowcount == 1
+        try:
+            with self._lock:
+                return self._db.execute(sql, args).rowcount == 1
+        finally:
+            self._written(job_id)
 
     def set_progress(self, job_id: str, rounds_completed: int) -> None:
-        with self._lock:
-            self._db.execute("UPDATE jobs SET rounds_completed=? WHERE id=?",
-                             (rounds_completed, job_id))
+        try:
+            with self._lock:
+                self._db.execute("UPDATE jobs SET rounds_completed=? WHERE id=?",
+                                 (rounds_completed, job_id))
+        finally:
+            self._written(job_id)
 
     def recover(self) -> builtins.list[str]:
         """After a restart: jobs that were RUNNING go back to the queue (they resume)."""
         with self._lock:
             rows = self._db.execute("SELECT id FROM jobs WHERE state='RUNNING'").fetchall()
             self._db.execute("UPDATE jobs SET state='QUEUED' WHERE state='RUNNING'")
+        self._written(None)
         return [r[0] for r in rows]

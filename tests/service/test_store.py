@@ -157,3 +157,37 @@ def test_store_counts_a_state_up_to_a_bound(tmp_path: Path) -> None:
     assert store.count_state("QUEUED") == 5
     assert [store.count_state("QUEUED", at_most=n) for n in (0, 1, 3, 5, 9)] == [0, 1, 3, 5, 5]
     assert store.count_state("RUNNING", at_most=2) == 0
+
+
+def test_store_get_never_serves_a_record_older_than_the_last_write(tmp_path: Path) -> None:
+    """GetJob's records are kept in memory: every write (transition, progress, the
+    restart's requeue) must be seen by the next read, also when reads and writes
+    race on two threads."""
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job_id = _new(store)
+    assert store.get(job_id).state == "QUEUED"
+    assert store.transition(job_id, ["QUEUED"], "RUNNING", started=1.0)
+    assert store.get(job_id).state == "RUNNING"
+    store.set_progress(job_id, 2)
+    assert store.get(job_id).rounds_completed == 2
+    assert store.recover() == [job_id]
+    assert store.get(job_id).state == "QUEUED"
+    with pytest.raises(NotFound):
+        store.get("feedbeef0000")
+
+    stop = threading.Event()
+    written = [0]
+
+    def writer() -> None:
+        for n in range(1, 301):
+            store.set_progress(job_id, n)
+            written[0] = n  # committed and its record dropped before this line
+        stop.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    while not stop.is_set():
+        floor = written[0]
+        assert store.get(job_id).rounds_completed >= floor
+    thread.join()
+    assert store.get(job_id).rounds_completed == 300
