@@ -488,20 +488,44 @@ class WorkerPool(Hosting):
         by_worker = self._messages_by_worker(messages)
         calls = [(w, self.workers[w].secure_stage.remote(stage, round_id, sub))
                  for w, sub in by_worker]
-        if prepare_next:
-            self._offline_next = [(w, sorted(sub)) for w, sub in by_worker]
         out = StageReplies()
         for w, call in calls:
             try:
                 stage_replies(stage, out, self.ray.get(call))
             except self.ray.exceptions.RayError:
                 self.suspect.add(w)
+        if prepare_next:  # once every reply is in: it would slow the slower workers' stage
+            self._offline_next = self._queue_offline_early(by_worker)
         return out
 
+    def _queue_offline_early(self, by_worker: Sequence[tuple[int, Mapping[int, bytes]]]
+                             ) -> list[tuple[int, list[int]]]:
+        """Queue the offline phase as soon as the stage's replies are in, so that it
+        overlaps the server's unmasking and the driver's logging instead of starting
+        after them: it was most of the gap between a round's unmask and the next
+        round's training. The worker that will evaluate the new weights
+        (:meth:`_idle_index`) precomputes half its participants now and half once the
+        evaluation is queued behind them (:meth:`secure_prepare`), so the evaluation
+        waits for half a precomputation, not a whole one. Returns what is left for
+        :meth:`secure_prepare`."""
+        evaluator = self._idle_index()
+        later: list[tuple[int, list[int]]] = []
+        for w, sub in by_worker:
+            if w in self.suspect:
+                continue
+            pids = sorted(sub)
+            if w == evaluator:
+                pids, rest = pids[:len(pids) // 2], pids[len(pids) // 2:]
+                later.append((w, rest))
+            if pids:
+                self._offline_calls.append(self.workers[w].secure_prepare.remote(pids))
+        return later
+
     def secure_prepare(self) -> None:
-        """Queue the next round's offline phase (mask precomputation) on the workers the
-        last ``prepare_next`` stage called; each runs it before its next training call
-        (calls to an actor run in order)."""
+        """Queue what is left of the next round's offline phase (mask precomputation)
+        on the workers the last ``prepare_next`` stage called (the evaluating worker's
+        second half: :meth:`_queue_offline_early`); each runs it before its next
+        training call (calls to an actor run in order)."""
         pending, self._offline_next = self._offline_next, []
         for w, pids in pending:
             if w not in self.suspect:

@@ -11,9 +11,11 @@ participants as dropped and recovers their masks from their neighbours' shares.
 
 When every member takes part in every round (``fraction: 1``) and keys are
 amortised, each unmask call is followed by an offline-phase call to the same
-worker: it precomputes the next round's masks and shares while the server
-unmasks, aggregates and evaluates, so the next masked input only encodes, adds and
-seals the shares (their associated data binds the round's model hash).
+worker (queued right behind it on the Ray pool; the worker that evaluates the new
+weights runs half before and half after the evaluation): it precomputes the next
+round's masks and shares while the server unmasks, aggregates and evaluates, so the
+next masked input only encodes, adds and seals the shares (their associated data
+binds the round's model hash).
 The server does not wait for it; the worker runs it before the next round's work.
 
 Setup, before any round, over the pool's setup channel
@@ -312,10 +314,11 @@ class SecureCoordinator:
         self.server.rekey(participants)
 
     def start_offline(self) -> None:
-        """Queue the next round's offline phase (mask precomputation) on the workers
-        the unmask stage called. The round loop calls this once it has asked a worker
-        to evaluate the new global weights: queued before, that evaluation would wait
-        behind a worker's precomputation instead of running beside it. Each worker
-        still runs it before its next training call.
+        """Queue what is left of the next round's offline phase (mask precomputation)
+        on the workers the unmask stage called. A pool may queue part of it right
+        behind the unmask stage's calls (the Ray pool does, so that it overlaps the
+        server's unmasking); the round loop calls this once it has asked a worker to
+        evaluate the new global weights, so the rest, queued behind that evaluation,
+        does not hold it up. Each worker runs it before its next training call.
         """
         self.pool.secure_prepare()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from fedcollab.secure.errors import MalformedMessageError
 from fedcollab.secure.shamir import PRIME, SHARE_BYTES
@@ -18,8 +18,8 @@ __all__ = [
     "Stage", "Kind", "PeerKeys", "Sealed", "Reveal", "RevealedShare", "ShareEntry", "Reader",
     "pack_blob", "pack_keys", "read_keys", "pack_sealed", "read_sealed", "pack_ids",
     "read_ids", "pack_reveals", "read_reveals", "pack_revealed", "read_revealed", "aad_context",
-    "share_aad",
-    "share_aad_prefix", "table_aad", "pack_share_payload", "share_payloads",
+    "share_aad", "share_aad_prefix", "share_aad_for_recipient", "table_aad",
+    "pack_share_payload", "share_payloads",
     "unpack_share_payload", "pack_seed_table", "unpack_seed_table",
 ]
 
@@ -35,6 +35,7 @@ _ENTRY = struct.Struct(f">BQ{SHARE_BYTES}s")
 _ENTRY_HEAD = struct.Struct(">BQ")
 _SEED = struct.Struct(">I32s")
 _AAD = struct.Struct(">BQI")  # stage, round, sender (then job, model, recipient)
+_AAD_STAGE, _AAD_REST = struct.Struct(">B"), struct.Struct(">QI")  # _AAD's fields, split
 _U16 = struct.Struct(">H")
 
 
@@ -286,6 +287,20 @@ def share_aad_prefix(stage: Stage, round_id: int, sender: int, *, job_id: bytes 
                      model: bytes = b"") -> bytes:
     """:func:`share_aad` without the recipient (append ``>I`` recipient to complete it)."""
     return b"FCSA-share" + _AAD.pack(stage, round_id, sender) + aad_context(job_id, model)
+
+
+def share_aad_for_recipient(stage: Stage, round_id: int, recipient: int, *,
+                            job_id: bytes = b"", model: bytes = b"") -> Callable[[int], bytes]:
+    """``sender -> share_aad(stage, round_id, sender, recipient, ...)``: the fields every
+    sender shares are packed once (a holder opens one bundle per partner a round)."""
+    head = b"FCSA-share" + _AAD_STAGE.pack(stage)
+    tail = aad_context(job_id, model) + _U32.pack(recipient)
+    round_sender = _AAD_REST.pack
+
+    def aad(sender: int) -> bytes:
+        return head + round_sender(round_id, sender) + tail
+
+    return aad
 
 
 def table_aad(for_round: int, owner: int) -> bytes:

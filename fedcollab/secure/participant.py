@@ -66,7 +66,8 @@ import logging
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Mapping
+from functools import cached_property, lru_cache
+from typing import Callable, Mapping
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -75,7 +76,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fedcollab.secure import identity as ID
 from fedcollab.secure import keys as K
-from fedcollab.secure._wire import share_aad_prefix, share_payloads
+from fedcollab.secure._wire import share_aad_for_recipient, share_aad_prefix, share_payloads
 from fedcollab.secure.errors import (
     DecryptionError,
     EncodingError,
@@ -118,7 +119,6 @@ from fedcollab.secure.messages import (
     pack,
     pack_body,
     pack_seed_table,
-    share_aad,
     table_aad,
     unpack,
     unpack_share_payload,
@@ -147,6 +147,14 @@ class _Peer:
     confirm_key: bytes | None = field(default=None, repr=False)
 
 
+@lru_cache(maxsize=16)
+def _survivors_digest(round_id: int, survivors: tuple[int, ...], members: tuple[int, ...],
+                      graph_seed: bytes) -> bytes:
+    """:func:`~fedcollab.secure.keys.survivors_digest`, memoised: the participants a worker
+    hosts confirm the same view in a round, so it is hashed once there, not by each."""
+    return K.survivors_digest(round_id, survivors, members=members, graph_seed=graph_seed)
+
+
 @dataclass(frozen=True)
 class _Ask:
     """What this participant masks with in one round: the round's member set, its
@@ -162,6 +170,11 @@ class _Ask:
     threshold: int
     dim: int
     ring_bits: int
+
+    @cached_property
+    def member_set(self) -> frozenset[int]:
+        """``members`` as a set (the consistency round checks survivors against it)."""
+        return frozenset(self.members)
 
 
 @dataclass
@@ -255,6 +268,10 @@ class SecureParticipant:
         self._input_digest = b""
         self._round_model: tuple[int, bytes] = (-1, b"")  # (round, its model's hash)
         self._ready: _Prepared | None = None
+        # the last member set _check_members accepted, as named and as checked: the
+        # same request every round costs one tuple comparison (the setup it was
+        # checked against is pinned once, the parameters are frozen)
+        self._members_ok: tuple[tuple[tuple[int, ...], int], tuple[int, ...]] | None = None
         #: Whether the last masked input used masks from :meth:`prepare_next_round`.
         self.last_input_precomputed = False
 
@@ -357,6 +374,9 @@ class SecureParticipant:
                        ) -> tuple[int, ...]:
         """The round's member set as named, checked against the pinned group."""
         setup = self._require_setup()
+        known = self._members_ok
+        if known is not None and known[0] == (members, group_size):
+            return known[1]
         group = tuple(sorted(set(members)))
         if len(group) != len(members):
             raise MalformedMessageError(f"round {round_id}: member set repeats a participant")
@@ -377,6 +397,7 @@ class SecureParticipant:
                 f"round {round_id}: {len(group)} members, below this participant's floor "
                 f"{floor} (min_group={self.params.min_group}, min_round_fraction="
                 f"{self.params.min_round_fraction} of {len(setup.members)})")
+        self._members_ok = ((tuple(members), group_size), group)
         return group
 
     def _derive(self, round_id: int, members: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
@@ -690,7 +711,7 @@ class SecureParticipant:
             raise InconsistentViewError(f"round {round_id}: asked to sign a second, different "
                                         "survivor set; an honest participant signs one")
         alive = set(survivors)
-        if not alive <= set(ask.members):
+        if not alive <= ask.member_set:
             raise GroupMismatchError(f"round {round_id}: survivor set names participants "
                                      "outside the round's member set")
         # The view names the one sum this input enters: every survivor among its
@@ -773,8 +794,9 @@ class SecureParticipant:
                 {p for p, k in claimed.items() if k == Kind.SELF} | {self.participant_id})))
         revealed.update(asked)
         out = []
+        opener = self._opener(Stage.MASKED_INPUT, round_id)
         for peer, kind, blob in msg.reveals:
-            y = self._reveal(round_id, peer, kind, blob)
+            y = self._reveal(round_id, peer, kind, blob, opener)
             if y is not None:
                 out.append(RevealedShare(peer, kind, y))
         body = UnmaskResponse(tuple(out))
@@ -865,11 +887,12 @@ class SecureParticipant:
                     f"{peer}, which the signed survivor set says "
                     f"{'survived' if peer in alive else 'dropped'}")
 
-    def _reveal(self, round_id: int, peer: int, kind: Kind, blob: bytes) -> int | None:
+    def _reveal(self, round_id: int, peer: int, kind: Kind, blob: bytes,
+                opener: Callable[[int, bytes], tuple[ShareEntry, ...]]) -> int | None:
         if kind == Kind.RECOVERY:
             return self._held.get(round_id, {}).get(peer)
         try:
-            entries = self._open(Stage.MASKED_INPUT, round_id, peer, blob)
+            entries = opener(peer, blob)
         except (DecryptionError, MalformedMessageError) as exc:
             _log.warning("participant %d: share from %d skipped: %s",
                          self.participant_id, peer, exc)
@@ -891,8 +914,8 @@ class SecureParticipant:
 
     def _view_digest(self, ask: _Ask, survivors: tuple[int, ...]) -> bytes:
         """What the consistency round confirms: members, graph seed and survivors."""
-        return K.survivors_digest(ask.round_id, survivors, members=ask.members,
-                                  graph_seed=self._require_setup().graph_seed)
+        return _survivors_digest(ask.round_id, survivors, ask.members,
+                                 self._require_setup().graph_seed)
 
     def _check_holders(self, round_id: int, named: tuple[int, ...], allowed: tuple[int, ...],
                        t: int) -> None:
@@ -983,8 +1006,10 @@ class SecureParticipant:
         job_id, model = self._aad_fields(stage, round_id)
         prefix = share_aad_prefix(stage, round_id, self.participant_id, job_id=job_id,
                                   model=model)
-        blobs = K.seal_many([(self._cipher(v), payload, prefix + _U32.pack(v))
-                             for v, payload in zip(holders, payloads)])
+        peers, pack_recipient = self._peers, _U32.pack
+        ciphers = [peers[v].cipher or self._cipher(v) for v in holders]
+        blobs = K.seal_many(list(zip(ciphers, payloads,
+                                     [prefix + pack_recipient(v) for v in holders])))
         return tuple(map(Sealed, holders, blobs))
 
     def _seal_shares(self, stage: Stage, round_id: int, holders: tuple[int, ...], threshold: int,
@@ -994,23 +1019,38 @@ class SecureParticipant:
 
     def _open(self, stage: Stage, round_id: int, sender: int, blob: bytes
               ) -> tuple[ShareEntry, ...]:
+        return self._opener(stage, round_id)(sender, blob)
+
+    def _opener(self, stage: Stage, round_id: int
+                ) -> Callable[[int, bytes], tuple[ShareEntry, ...]]:
+        """``(sender, blob) -> entries``: open share bundles of ``stage`` in ``round_id``
+        sent to this participant, their associated data (:func:`share_aad`, with the
+        job id and model hash of :meth:`_aad_fields`) packed once for all senders."""
         job_id, model = self._aad_fields(stage, round_id)
-        aad = share_aad(stage, round_id, sender, self.participant_id, job_id=job_id,
-                        model=model)
-        plain = K.open_sealed(self._cipher(sender), blob, aad,
-                              what=lambda: f"round {round_id}: share from participant {sender}")
-        return unpack_share_payload(plain)
+        aad = share_aad_for_recipient(stage, round_id, self.participant_id, job_id=job_id,
+                                      model=model)
+        peers = self._peers
+
+        def open_(sender: int, blob: bytes) -> tuple[ShareEntry, ...]:
+            cipher = peers[sender].cipher
+            plain = K.open_sealed(
+                cipher if cipher is not None else self._cipher(sender), blob, aad(sender),
+                what=lambda: f"round {round_id}: share from participant {sender}")
+            return unpack_share_payload(plain)
+
+        return open_
 
     def _receive_deliveries(self, round_id: int, deliveries: tuple[Sealed, ...],
                             partners: tuple[int, ...]) -> None:
         current = set(partners)
+        opener = self._opener(Stage.SHARE_KEYS, round_id)
         for d in deliveries:
             if d.peer not in current:
                 _log.warning("participant %d: delivery from %d, not a partner, skipped",
                              self.participant_id, d.peer)
                 continue
             try:
-                entries = self._open(Stage.SHARE_KEYS, round_id, d.peer, d.blob)
+                entries = opener(d.peer, d.blob)
             except (DecryptionError, MalformedMessageError) as exc:
                 _log.warning("participant %d: delivery from %d skipped: %s",
                              self.participant_id, d.peer, exc)

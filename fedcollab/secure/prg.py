@@ -31,6 +31,8 @@ SEED_BYTES = 32
 #: The initial 128-bit counter block of every mask keystream.
 FIRST_COUNTER = bytes(16)
 _CTR = modes.CTR(FIRST_COUNTER)
+#: Keystream bytes :func:`accumulate_masks` holds at once (rows of one buffer).
+_BATCH_BYTES = 1 << 20
 
 
 def keystream(seed: bytes, nbytes: int, zeros: bytes | None = None, *,
@@ -65,7 +67,11 @@ def accumulate_masks(
 ) -> np.ndarray:
     """Add ``PRG(s)`` for seeds in ``plus`` and subtract it for ``minus``, in place.
 
-    Arithmetic wraps modulo ``2**bits`` of ``acc``'s unsigned dtype.
+    Arithmetic wraps modulo ``2**bits`` of ``acc``'s unsigned dtype. The keystreams
+    are written straight into rows of one buffer (``update_into``: no bytes object
+    per mask) and each side is summed in one reduction, not one add per seed; the
+    buffer holds at most about ``_BATCH_BYTES`` of keystream (rows are summed batch
+    by batch), whatever the neighbourhood and the vector size.
 
     Args:
         acc: Unsigned 1-D accumulator, modified in place.
@@ -74,11 +80,27 @@ def accumulate_masks(
 
     Returns:
         ``acc``.
+
+    Raises:
+        ValueError: A seed that is not 32 bytes.
     """
     nbytes = acc.size * acc.dtype.itemsize
+    if nbytes == 0:
+        return acc
+    sides = ((list(plus), np.add), (list(minus), np.subtract))
+    rows = max(1, min(_BATCH_BYTES // nbytes, max(len(seeds) for seeds, _ in sides)))
     zeros = bytes(nbytes)
-    for seeds, op in ((plus, np.add), (minus, np.subtract)):
-        for seed in seeds:
-            op(acc, np.frombuffer(keystream(seed, nbytes, zeros), dtype=acc.dtype,
-                                  count=acc.size), out=acc)
+    # a block's worth of slack after the last row: update_into may ask for it
+    flat = np.empty(rows * nbytes + 16, dtype=np.uint8)
+    table = flat[:rows * nbytes].view(acc.dtype).reshape(rows, acc.size)
+    out = flat.data  # a writable memoryview of the bytes
+    for seeds, op in sides:
+        for start in range(0, len(seeds), rows):
+            batch = seeds[start:start + rows]
+            for i, seed in enumerate(batch):
+                if len(seed) != SEED_BYTES:
+                    raise ValueError(f"mask seed must be {SEED_BYTES} bytes, got {len(seed)}")
+                Cipher(algorithms.AES(seed), _CTR).encryptor().update_into(
+                    zeros, out[i * nbytes:])
+            op(acc, table[:len(batch)].sum(axis=0, dtype=acc.dtype), out=acc)
     return acc

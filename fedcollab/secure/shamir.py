@@ -16,7 +16,6 @@ beyond the first ``t`` against the interpolated polynomial.
 """
 from __future__ import annotations
 
-import operator
 import os
 import random
 from dataclasses import dataclass, field
@@ -91,13 +90,21 @@ def _random_elements(count: int, rng: random.Random | None) -> list[int]:
     return out
 
 
-#: Up to this threshold, shares are evaluated against cached power rows.
-_ROW_THRESHOLD = 32
+#: Horner's rule reduces modulo ``p`` only at the end while the polynomial's growth,
+#: ``threshold * bits(x)``, stays within this many bits (SecAgg+ neighbourhoods: x is
+#: a participant id + 1, t a dozen); beyond it, every 8 steps.
+_LAZY_GROWTH_BITS = 512
 
 
 def _evaluate(coeffs: Sequence[int], x: int) -> int:
-    """Horner's rule; x is small, so reduce (Mersenne-style) only every 8 steps."""
+    """``f(x) mod p`` by Horner's rule. x is small next to ``p``, so each step is a
+    cheap multiplication by a small int; the Mersenne reduction runs once at the end
+    when the growth is small, else every 8 steps."""
     y = 0
+    if x.bit_length() * len(coeffs) <= _LAZY_GROWTH_BITS:
+        for a in reversed(coeffs):
+            y = y * x + a
+        return y % PRIME
     for i, a in enumerate(reversed(coeffs)):
         y = y * x + a
         if i & 7 == 7:
@@ -105,25 +112,13 @@ def _evaluate(coeffs: Sequence[int], x: int) -> int:
     return y % PRIME
 
 
-@lru_cache(maxsize=4096)
-def _power_row(x: int, threshold: int) -> tuple[int, ...]:
-    """``x^j mod p`` for ``j < threshold`` (cached per x; small thresholds only)."""
-    return tuple(pow(x, j, PRIME) for j in range(threshold))
-
-
 def share_values(secret: int, *, threshold: int, xs: Sequence[int],
                  rng: random.Random | None = None) -> list[int]:
-    """The y values of :func:`split` without validation or wrapping (hot path).
-
-    For the small thresholds of SecAgg+ neighbourhoods, ``f(x) = sum_j a_j x^j``
-    against cached power rows runs its products and sums in C (``map``/``sum``),
-    faster than Horner's rule in Python; large thresholds (SecAgg's complete
-    graph) use Horner, whose multiplications by a small ``x`` stay cheap.
-    """
+    """The y values of :func:`split` without validation or wrapping (hot path): Horner's
+    rule per point (:func:`_evaluate`), faster at SecAgg+'s small thresholds than sums
+    against power rows (every share of the offline phase goes through here)."""
     coeffs = [secret] + _random_elements(threshold - 1, rng)
-    if threshold > _ROW_THRESHOLD:
-        return [_evaluate(coeffs, x) for x in xs]
-    return [sum(map(operator.mul, coeffs, _power_row(x, threshold))) % PRIME for x in xs]
+    return [_evaluate(coeffs, x) for x in xs]
 
 
 def split(

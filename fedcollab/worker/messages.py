@@ -297,8 +297,9 @@ class Pool(Protocol):
                      prepare_next: bool = False) -> StageReplies:
         """Deliver one secure stage's requests to their participants; gather replies.
 
-        ``prepare_next``: the workers called here precompute the next round's masks
-        once :meth:`secure_prepare` queues it."""
+        ``prepare_next``: the workers called here precompute the next round's masks,
+        queued by :meth:`secure_prepare` (a pool may queue part of it at once, behind
+        the stage's calls)."""
         ...
 
     def secure_prepare(self) -> None:

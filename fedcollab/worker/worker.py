@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -288,13 +289,17 @@ class ParticipantWorker:
             if sent.update is not None:
                 updates.append(sent.update)
             elif pid in inbox and sent.secure_vector is not None:
-                bad = int(np.size(sent.secure_vector)
-                          - np.count_nonzero(np.isfinite(sent.secure_vector)))
-                if bad:  # the first cause, named as an open update's would be
+                # one pass when all is finite: the largest |value| is NaN or inf iff some
+                # value is, and only then are the culprits counted (the first cause,
+                # named as an open update's would be)
+                largest = float(np.max(np.abs(sent.secure_vector), initial=0.0))
+                if not math.isfinite(largest):
+                    bad = int(np.size(sent.secure_vector)
+                              - np.count_nonzero(np.isfinite(sent.secure_vector)))
                     failed[pid] = (f"non_finite: the update has {bad} non-finite value(s) "
                                    "(NaN or inf)")
                     return
-                max_abs[pid] = float(np.max(np.abs(sent.secure_vector), initial=0.0))
+                max_abs[pid] = largest
                 try:
                     self._check_layer_sharers(pid, round_id, inbox[pid])
                     secure = self._secure_participant(pid)

@@ -17,7 +17,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fedcollab.secure import SecAggParams, SecureParticipant, SecureServer
 from fedcollab.secure import keys as K
-from fedcollab.secure._wire import Stage, share_aad, share_aad_prefix
+from fedcollab.secure._wire import (
+    Stage,
+    share_aad,
+    share_aad_for_recipient,
+    share_aad_prefix,
+)
 from fedcollab.secure.errors import (
     DecryptionError,
     ModelMismatchError,
@@ -88,6 +93,13 @@ def test_share_aad_differs_in_each_bound_field() -> None:
     # the prefix the sealer builds once, plus the recipient, is what the opener computes
     assert share_aad_prefix(Stage.MASKED_INPUT, 3, 1, job_id=b"job", model=MODEL_A) \
         + (2).to_bytes(4, "big") == aads["base"]
+    # and the opener's per-recipient maker gives each sender's the same bytes
+    maker = share_aad_for_recipient(Stage.MASKED_INPUT, 3, 2, job_id=b"job", model=MODEL_A)
+    assert maker(1) == aads["base"]
+    for sender in (0, 5, 2**32 - 2):
+        for stage in (Stage.SHARE_KEYS, Stage.MASKED_INPUT):
+            assert share_aad_for_recipient(stage, 2**40, 9, job_id=b"", model=b"m")(sender) \
+                == share_aad(stage, 2**40, sender, 9, job_id=b"", model=b"m")
 
 
 def test_share_sealed_for_one_model_does_not_open_for_another() -> None:

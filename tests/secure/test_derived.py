@@ -18,6 +18,7 @@ from fedcollab.secure import keys as K
 from fedcollab.secure.driver import provision_identities
 from fedcollab.secure.errors import (
     GroupMismatchError,
+    MalformedMessageError,
     ParameterMismatchError,
     PartnerMismatchError,
     RegistryPinnedError,
@@ -311,3 +312,26 @@ def test_take_new_views_hands_each_confirmed_view_over_once(model: str) -> None:
         assert list(new) == [k for k in p.views() if k.startswith("1:")]
     resumed = _resumed(params, n, participants)
     assert all(p.take_new_views() == {} for p in resumed.values())
+
+
+def test_member_set_check_remembers_only_the_set_it_accepted() -> None:
+    # the last accepted member set is remembered (the same request every round costs
+    # one comparison); any other set or group size is checked afresh and refused
+    n = 30
+    params = _params("secagg", True, "malicious")
+    participants, _, _ = _key_setup(params, n)
+    victim = participants[VICTIM]
+    members = tuple(range(n))
+    for round_id in (1, 1, 2):
+        assert victim._check_members(round_id, members, n) == members
+    with pytest.raises(GroupMismatchError, match="not in the group"):
+        victim._check_members(3, members + (99,), n)
+    with pytest.raises(GroupMismatchError, match="leaves out"):
+        victim._check_members(3, members[1:], n)
+    with pytest.raises(GroupMismatchError, match="floor"):
+        victim._check_members(3, (VICTIM, 1, 2), n)
+    with pytest.raises(ParameterMismatchError, match="ring"):
+        victim._check_members(3, members, 10**6)
+    with pytest.raises(MalformedMessageError, match="repeats"):
+        victim._check_members(3, members + (0,), n)
+    assert victim._check_members(4, members, n) == members

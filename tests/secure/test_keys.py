@@ -131,6 +131,28 @@ def test_prg_masks_accumulate_the_same_keystream_as_expand() -> None:
 def test_prg_bad_seed_length_rejected() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         expand(b"short", 4, np.uint32)
+    with pytest.raises(ValueError, match="32 bytes"):  # AES would take a 16-byte key
+        accumulate_masks(np.zeros(4, np.uint32), [os.urandom(32), b"k" * 16])
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+@pytest.mark.parametrize("batch_bytes", [1, 64, 1 << 20])  # one row, a few, all at once
+def test_prg_batched_masks_equal_one_expand_per_seed(
+        monkeypatch: pytest.MonkeyPatch, dtype: type, batch_bytes: int) -> None:
+    # the keystreams are summed in batches of rows: whatever the batch, the result is
+    # acc + sum(expand(plus)) - sum(expand(minus)) modulo 2**bits, as one add per seed
+    monkeypatch.setattr(prg, "_BATCH_BYTES", batch_bytes)
+    rng = np.random.default_rng(7)
+    acc = rng.integers(0, np.iinfo(dtype).max, 13, dtype=dtype, endpoint=True)
+    plus, minus = [os.urandom(32) for _ in range(5)], [os.urandom(32) for _ in range(4)]
+    want = acc.copy()
+    for seed in plus:
+        want += expand(seed, acc.size, dtype)
+    for seed in minus:
+        want -= expand(seed, acc.size, dtype)
+    assert np.array_equal(accumulate_masks(acc, plus, minus), want)
+    assert np.array_equal(acc, want)  # in place
+    assert np.array_equal(accumulate_masks(np.zeros(0, dtype), plus, minus), np.zeros(0, dtype))
 
 
 def test_round_seed_is_hkdf_expand_with_round_and_pair_in_info() -> None:
