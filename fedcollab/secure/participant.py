@@ -147,6 +147,10 @@ class _Peer:
     confirm_key: bytes | None = field(default=None, repr=False)
 
 
+#: (the pinned setup, the member set as named with the group size, the set checked)
+_MembersOk = tuple[object, tuple[tuple[int, ...], int], tuple[int, ...]]
+
+
 @lru_cache(maxsize=16)
 def _survivors_digest(round_id: int, survivors: tuple[int, ...], members: tuple[int, ...],
                       graph_seed: bytes) -> bytes:
@@ -268,10 +272,10 @@ class SecureParticipant:
         self._input_digest = b""
         self._round_model: tuple[int, bytes] = (-1, b"")  # (round, its model's hash)
         self._ready: _Prepared | None = None
-        # the last member set _check_members accepted, as named and as checked: the
-        # same request every round costs one tuple comparison (the setup it was
-        # checked against is pinned once, the parameters are frozen)
-        self._members_ok: tuple[tuple[tuple[int, ...], int], tuple[int, ...]] | None = None
+        # the last member set _check_members accepted: the setup it was checked
+        # against (the very object), the set as named, and as checked; the same
+        # request every round costs one comparison (the parameters are frozen)
+        self._members_ok: _MembersOk | None = None
         #: Whether the last masked input used masks from :meth:`prepare_next_round`.
         self.last_input_precomputed = False
 
@@ -375,8 +379,8 @@ class SecureParticipant:
         """The round's member set as named, checked against the pinned group."""
         setup = self._require_setup()
         known = self._members_ok
-        if known is not None and known[0] == (members, group_size):
-            return known[1]
+        if known is not None and known[0] is setup and known[1] == (members, group_size):
+            return known[2]
         group = tuple(sorted(set(members)))
         if len(group) != len(members):
             raise MalformedMessageError(f"round {round_id}: member set repeats a participant")
@@ -397,7 +401,7 @@ class SecureParticipant:
                 f"round {round_id}: {len(group)} members, below this participant's floor "
                 f"{floor} (min_group={self.params.min_group}, min_round_fraction="
                 f"{self.params.min_round_fraction} of {len(setup.members)})")
-        self._members_ok = ((tuple(members), group_size), group)
+        self._members_ok = (setup, (tuple(members), group_size), group)
         return group
 
     def _derive(self, round_id: int, members: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
