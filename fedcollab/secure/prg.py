@@ -19,7 +19,7 @@ indistinguishable from uniform to anyone without the seed, and the masked vector
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -48,12 +48,17 @@ def keystream(seed: bytes, nbytes: int, zeros: bytes | None = None, *,
     Raises:
         ValueError: A seed that is not 32 bytes.
     """
-    if len(seed) != SEED_BYTES:
-        raise ValueError(f"mask seed must be {SEED_BYTES} bytes, got {len(seed)}")
     if zeros is None or len(zeros) != nbytes:
         zeros = bytes(nbytes)
-    mode = _CTR if counter == FIRST_COUNTER else modes.CTR(counter)
-    return Cipher(algorithms.AES(seed), mode).encryptor().update(zeros)
+    return _encryptor(seed, _CTR if counter == FIRST_COUNTER else modes.CTR(counter)
+                      ).update(zeros)
+
+
+def _encryptor(seed: bytes, mode: modes.CTR = _CTR) -> Any:
+    """AES-256-CTR under ``seed`` (checked: 32 bytes), whose output is the keystream."""
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"mask seed must be {SEED_BYTES} bytes, got {len(seed)}")
+    return Cipher(algorithms.AES(seed), mode).encryptor()
 
 
 def expand(seed: bytes, length: int, dtype: np.dtype) -> np.ndarray:
@@ -98,9 +103,6 @@ def accumulate_masks(
         for start in range(0, len(seeds), rows):
             batch = seeds[start:start + rows]
             for i, seed in enumerate(batch):
-                if len(seed) != SEED_BYTES:
-                    raise ValueError(f"mask seed must be {SEED_BYTES} bytes, got {len(seed)}")
-                Cipher(algorithms.AES(seed), _CTR).encryptor().update_into(
-                    zeros, out[i * nbytes:])
+                _encryptor(seed).update_into(zeros, out[i * nbytes:])
             op(acc, table[:len(batch)].sum(axis=0, dtype=acc.dtype), out=acc)
     return acc
