@@ -35,7 +35,6 @@ _ENTRY = struct.Struct(f">BQ{SHARE_BYTES}s")
 _ENTRY_HEAD = struct.Struct(">BQ")
 _SEED = struct.Struct(">I32s")
 _AAD = struct.Struct(">BQI")  # stage, round, sender (then job, model, recipient)
-_AAD_STAGE, _AAD_REST = struct.Struct(">B"), struct.Struct(">QI")  # _AAD's fields, split
 _U16 = struct.Struct(">H")
 
 
@@ -273,6 +272,9 @@ def aad_context(job_id: bytes = b"", model: bytes = b"") -> bytes:
     return _U16.pack(len(job_id)) + job_id + _U16.pack(len(model)) + model
 
 
+_SHARE_AAD = b"FCSA-share"  # a share bundle's associated data begins with it
+
+
 def share_aad(stage: Stage, round_id: int, sender: int, recipient: int, *,
               job_id: bytes = b"", model: bytes = b"") -> bytes:
     """Associated data binding a sealed share bundle to its context: stage, round,
@@ -286,19 +288,18 @@ def share_aad(stage: Stage, round_id: int, sender: int, recipient: int, *,
 def share_aad_prefix(stage: Stage, round_id: int, sender: int, *, job_id: bytes = b"",
                      model: bytes = b"") -> bytes:
     """:func:`share_aad` without the recipient (append ``>I`` recipient to complete it)."""
-    return b"FCSA-share" + _AAD.pack(stage, round_id, sender) + aad_context(job_id, model)
+    return _SHARE_AAD + _AAD.pack(stage, round_id, sender) + aad_context(job_id, model)
 
 
 def share_aad_for_recipient(stage: Stage, round_id: int, recipient: int, *,
                             job_id: bytes = b"", model: bytes = b"") -> Callable[[int], bytes]:
     """``sender -> share_aad(stage, round_id, sender, recipient, ...)``: the fields every
     sender shares are packed once (a holder opens one bundle per partner a round)."""
-    head = b"FCSA-share" + _AAD_STAGE.pack(stage)
     tail = aad_context(job_id, model) + _U32.pack(recipient)
-    round_sender = _AAD_REST.pack
+    pack = _AAD.pack
 
     def aad(sender: int) -> bytes:
-        return head + round_sender(round_id, sender) + tail
+        return _SHARE_AAD + pack(stage, round_id, sender) + tail
 
     return aad
 
