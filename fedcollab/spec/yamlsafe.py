@@ -60,6 +60,33 @@ def _refuse_anchor(event: Any) -> None:
         )
 
 
+class _Budget:
+    """The composer's bounds, node by node: no anchor or alias, at most ``max_nodes``
+    nodes, nested at most ``max_depth`` deep (the same for LibYAML's events and the
+    pure-Python composer)."""
+
+    def __init__(self, max_depth: int, max_nodes: int) -> None:
+        self.max_depth, self.max_nodes = max_depth, max_nodes
+        self.depth = self.nodes = 0
+
+    def open(self, event: Any) -> bool:
+        """Count a node's event; True when it opens a collection (:meth:`close` it)."""
+        _refuse_anchor(event)
+        mark: Any = event.start_mark  # LibYAML's events carry marks of their own type
+        self.nodes += 1
+        if self.nodes > self.max_nodes:
+            raise YamlRefused(None, None, f"more than {self.max_nodes} values", mark)
+        if not isinstance(event, CollectionStartEvent):
+            return False
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise YamlRefused(None, None, f"nested deeper than {self.max_depth} levels", mark)
+        return True
+
+    def close(self) -> None:
+        self.depth -= 1
+
+
 class _NoDuplicateKeys(yaml.constructor.SafeConstructor):
     """Duplicate and merge keys refused while constructing a mapping."""
 
@@ -90,32 +117,18 @@ class _BoundedLoader(_NoDuplicateKeys, yaml.SafeLoader):
     """PyYAML's pure-Python safe loader with anchors refused, depth and node count
     bounded while composing, and duplicate keys refused while constructing."""
 
-    max_depth = MAX_DEPTH
-    max_nodes = MAX_NODES
-
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, budget: _Budget) -> None:
         super().__init__(stream)
-        self._depth = 0
-        self._nodes = 0
+        self._budget = budget
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event: Any = self.peek_event()
-        _refuse_anchor(event)
-        self._nodes += 1
-        if self._nodes > self.max_nodes:
-            raise YamlRefused(None, None, f"more than {self.max_nodes} values", event.start_mark)
-        nested = isinstance(event, CollectionStartEvent)
-        if nested:
-            self._depth += 1
-            if self._depth > self.max_depth:
-                raise YamlRefused(
-                    None, None, f"nested deeper than {self.max_depth} levels", event.start_mark
-                )
+        nested = self._budget.open(self.peek_event())
         try:
             return super().compose_node(parent, index)
         finally:
             if nested:
-                self._depth -= 1
+                self._budget.close()
+
 
 def _short(key: Any) -> str:
     text = repr(key)
@@ -144,9 +157,7 @@ def safe_load(
                 raise
             except (yaml.YAMLError, UnicodeError):
                 pass  # malformed: the pure-Python loader words it as it always has
-        loader = _BoundedLoader(text)
-        loader.max_depth = max_depth
-        loader.max_nodes = max_nodes
+        loader = _BoundedLoader(text, _Budget(max_depth, max_nodes))
         try:
             return loader.get_single_data()
         finally:
@@ -178,23 +189,14 @@ def _check_events(text: str, max_depth: int, max_nodes: int) -> None:
     """The pure-Python composer's bounds, over LibYAML's events: no anchor or alias,
     at most `max_nodes` nodes, nested at most `max_depth` deep."""
     parser = _CLoader(text)  # its parser part only: events, never a node
-    depth = nodes = 0
+    budget = _Budget(max_depth, max_nodes)
     try:
         while parser.check_event():
             event: Any = parser.get_event()
-            mark: Any = event.start_mark
             if isinstance(event, NodeEvent):
-                _refuse_anchor(event)
-                nodes += 1
-                if nodes > max_nodes:
-                    raise YamlRefused(None, None, f"more than {max_nodes} values", mark)
-            if isinstance(event, CollectionStartEvent):
-                depth += 1
-                if depth > max_depth:
-                    raise YamlRefused(None, None, f"nested deeper than {max_depth} levels",
-                                      mark)
+                budget.open(event)
             elif isinstance(event, CollectionEndEvent):
-                depth -= 1
+                budget.close()
     finally:
         parser.dispose()
 

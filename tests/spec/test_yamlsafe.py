@@ -131,7 +131,8 @@ def _outcome(load: Any, text: str) -> tuple[str, Any]:
 def _python_only(text: str) -> Any:
     from fedcollab.spec import yamlsafe
 
-    loader = yamlsafe._BoundedLoader(text)
+    loader = yamlsafe._BoundedLoader(text, yamlsafe._Budget(yamlsafe.MAX_DEPTH,
+                                                           yamlsafe.MAX_NODES))
     try:
         return loader.get_single_data()
     finally:
