@@ -49,6 +49,28 @@ _HELD: list[Any] = []  # the Ray connection, held until the process exits
 _AUTOGROUP = Path("/proc/self/autogroup")
 
 
+def autogroup(pid: int | str = "self") -> tuple[str, int] | None:
+    """``(name, nice)`` of a process's scheduler autogroup, or None where the kernel has
+    none to show: no such file (not Linux, autogroups compiled out, the process gone) or
+    a file that does not read as ``/autogroup-N nice K`` (some sandboxed kernels, such as
+    gVisor's, present an empty one)."""
+    try:
+        return parse_autogroup((Path("/proc") / str(pid) / "autogroup").read_text())
+    except OSError:
+        return None
+
+
+def parse_autogroup(text: str) -> tuple[str, int] | None:
+    """``/autogroup-N nice K`` as ``(name, nice)``; anything else as None."""
+    fields = text.split()
+    if len(fields) != 3 or fields[1] != "nice":
+        return None
+    try:
+        return fields[0], int(fields[2])
+    except ValueError:
+        return None
+
+
 def lower_priority(nice: int) -> None:
     """Lower this process's CPU priority by ``nice``, and its autogroup's to ``nice``.
 

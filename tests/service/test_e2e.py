@@ -13,6 +13,7 @@ import pytest
 
 from fedcollab._proto.fedcollab.v1 import jobs_pb2
 from fedcollab.service.errors import FailedPrecondition
+from fedcollab.service.jobproc import autogroup
 
 from .conftest import TINY_SPEC, Tokens, client
 
@@ -184,12 +185,12 @@ def test_jobs_and_the_ray_head_run_below_the_service_in_cpu_priority(server: Any
         """The process's nice and its autogroup's nice: each runs in a session of its
         own, so where Linux has autogroups its group must be lowered too, or its nice
         ranks it only against its own children (no autogroup: nothing to lower)."""
-        group = Path("/proc") / str(pid) / "autogroup"
         try:
-            return (os.getpriority(os.PRIO_PROCESS, pid),
-                    group.read_text().split()[-1] if group.exists() else "10")
+            nice = os.getpriority(os.PRIO_PROCESS, pid)
         except OSError:
             return (-1, "")  # gone meanwhile
+        group = autogroup(pid)
+        return (nice, "10" if group is None else str(group[1]))
 
     deadline = time.monotonic() + 120
     while True:
