@@ -53,6 +53,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(owner, idempotency_ke
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
 _INDEXES = """CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner_id, state);
+CREATE INDEX IF NOT EXISTS jobs_owner_seq ON jobs(owner_id, seq);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority DESC, seq);"""
 
 
@@ -258,26 +259,40 @@ class JobStore:
 
     def list(self, *, states: Iterable[str] = (), owner: Optional[str] = None,
              limit: int = 50, before_seq: Optional[int] = None) -> list[JobRecord]:
-        """Newest first; `before_seq` continues a previous page; `owner` is an owner id."""
-        where, args = [], []  # type: list[str], list[Any]
-        wanted = list(states)
+        """Newest first; `before_seq` continues a previous page; `owner` is an owner id.
+
+        A page costs what it returns, not what the store holds: ListJobs runs on the
+        service's event loop. Each state is read newest first from its own index and
+        the pages merged (several states in one ``IN`` sorted every matching job: 14 ms
+        for a page of two states out of 20,000 jobs), and an owner's jobs newest first
+        from ``(owner_id, seq)`` (before it, all of the owner's jobs were sorted)."""
+        wanted = list(dict.fromkeys(states))
         for state in wanted:
             if state not in STATES:
                 raise InvalidArgument(f"unknown state {state!r}; expected one of "
                                       f"{', '.join(STATES)}")
-        if wanted:
-            where.append(f"state IN ({','.join('?' * len(wanted))})")
-            args.extend(wanted)
+        where, args = [], []  # type: list[str], list[Any]
         if owner is not None:
             where.append("owner_id=?")
             args.append(owner)
         if before_seq is not None:
             where.append("seq<?")
             args.append(before_seq)
-        sql = f"SELECT {_COLUMNS} FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit)
-        rows = self._reader().execute(sql, args).fetchall()
+
+        def page(extra: list[str], extra_args: list[Any]) -> tuple[str, list[Any]]:
+            clauses = extra + where
+            return (f"SELECT {_COLUMNS} FROM jobs"
+                    + (" WHERE " + " AND ".join(clauses) if clauses else "")
+                    + " ORDER BY seq DESC LIMIT ?", [*extra_args, *args, limit])
+
+        if len(wanted) <= 1:
+            sql, values = page(["state=?"] if wanted else [], wanted)
+        else:
+            parts = [page(["state=?"], [state]) for state in wanted]
+            sql = (" UNION ALL ".join(f"SELECT * FROM ({part})" for part, _ in parts)
+                   + " ORDER BY seq DESC LIMIT ?")
+            values = [v for _, part_values in parts for v in part_values] + [limit]
+        rows = self._reader().execute(sql, values).fetchall()
         return [JobRecord.from_row(r) for r in rows]
 
     def oldest(self, state: str, limit: int) -> builtins.list[JobRecord]:
