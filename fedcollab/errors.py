@@ -5,13 +5,20 @@ turn it into one clear line and a non-zero exit instead of a traceback.
 """
 from __future__ import annotations
 
-__all__ = ["FedcollabError", "Terminated", "raise_on_sigterm", "raises_on_sigterm"]
+__all__ = ["CheckpointError", "FedcollabError", "Terminated", "raise_on_sigterm",
+           "raises_on_sigterm"]
 
 
 class FedcollabError(Exception):
     """Base class for errors that fedcollab reports to users as one line."""
 
     exit_code: int = 1
+
+
+class CheckpointError(FedcollabError):
+    """State that must be on disk before a round counts could not be written there (a
+    worker's private layers: a full or read-only disk). The round is not committed:
+    a resume, or a vendor that rejoins, starts from the last round that was."""
 
 
 class Terminated(BaseException):

@@ -22,7 +22,13 @@ from fedcollab.cluster.reserve import Reservation, ReservationGate
 from fedcollab.cluster.reuse import _kill_quietly, _Options, _park, _take_parked
 from fedcollab.spec.roster import ParticipantInfo, roster
 from fedcollab.types import Weights
-from fedcollab.worker.hosting import Hosting, WorkerLost, personalised_means, stage_replies
+from fedcollab.worker.hosting import (
+    Hosting,
+    WorkerLost,
+    personalised_means,
+    private_save_failed,
+    stage_replies,
+)
 from fedcollab.worker.messages import (
     ModelInfo,
     RoundConfig,
@@ -464,7 +470,11 @@ class WorkerPool(Hosting):
         def wait() -> None:
             # A worker lost before it saved heals at the next round and reloads the
             # private layers of the last round it did save.
-            self._survivors(calls)
+            try:
+                self._survivors(calls)
+            except self.ray.exceptions.RayTaskError as err:  # the save itself failed
+                raise private_save_failed(round_id, self.committed,
+                                          getattr(err, "cause", None) or err) from None
         return wait
 
     def commit(self, round_id: int) -> None:

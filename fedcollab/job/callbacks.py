@@ -130,7 +130,10 @@ class Checkpointer(RoundCallback):
             for old in sorted(self.dir.glob("round-*.npz"))[:-self.keep]:
                 old.unlink(missing_ok=True)
 
+        done = [f for f in self._pending if f.done()]
         self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            future.result()  # a round that failed to commit stops the job here, once
         self._pending.append(self._writer.submit(commit))
 
     def flush(self) -> None:

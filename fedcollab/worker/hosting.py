@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from fedcollab.errors import CheckpointError
 from fedcollab.spec.roster import roster
 from fedcollab.types import Weights
 from fedcollab.worker.messages import (
@@ -27,6 +28,18 @@ __all__ = ["Hosting", "WorkerLost", "personalised_means", "stage_replies"]
 
 class WorkerLost(Exception):
     """A worker did not answer a call (its transport says how it was lost)."""
+
+
+def private_save_failed(round_id: int, committed: int, cause: BaseException
+                        ) -> CheckpointError:
+    """The one line a failed private-layer save ends a job (or a vendor's gateway)
+    with: the round it was for, why, and the round a resume starts from (the round
+    was not committed, so nothing already saved is lost)."""
+    said = str(cause).strip().splitlines()
+    return CheckpointError(
+        f"saving the private layers after round {round_id} failed on a worker: "
+        f"{type(cause).__name__}: {said[0] if said else 'no detail'}; the last saved round "
+        f"is {committed or 'none'}, and a resume starts from it")
 
 
 class Hosting:

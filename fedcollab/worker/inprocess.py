@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from fedcollab.spec.roster import roster
 from fedcollab.types import Weights
-from fedcollab.worker.hosting import Hosting, personalised_means, stage_replies
+from fedcollab.worker.hosting import (
+    Hosting,
+    personalised_means,
+    private_save_failed,
+    stage_replies,
+)
 from fedcollab.worker.messages import (
     ModelInfo,
     RoundConfig,
@@ -119,7 +124,10 @@ class InProcessPool(Hosting):
     def save_private(self, round_id: int) -> Callable[[], None]:
         if self.private_pids:
             for worker in self.workers:
-                worker.save_private(round_id, self.committed)
+                try:
+                    worker.save_private(round_id, self.committed)
+                except OSError as err:
+                    raise private_save_failed(round_id, self.committed, err) from None
         return lambda: None
 
     def commit(self, round_id: int) -> None:

@@ -236,3 +236,43 @@ def test_pool_evaluates_after_losing_its_only_worker(ray_local: Any, tmp_path: P
     assert pool.evaluate(local.weights) == local.evaluate(local.weights)
     assert pool.replaced == 1 and not pool.suspect
     pool.shutdown()
+
+
+@pytest.mark.parametrize("where", ["ray", "inprocess"])
+def test_pool_a_failed_private_save_is_one_line_and_keeps_the_last_saved_round(
+        ray_local: Any, tmp_path: Path, where: str) -> None:
+    """A private-layer save that fails on its worker (here: the round's file path is
+    taken by a directory, as a full or read-only disk would fail it) ends the job or
+    the vendor's gateway with one line naming the round and the round a resume starts
+    from, not a Ray traceback; the worker is not taken for lost, and the saved round
+    before it is left as it was."""
+    from fedcollab.cluster.pool import WorkerPool
+    from fedcollab.errors import CheckpointError
+    from fedcollab.job.run import _Driver
+    from fedcollab.worker.inprocess import InProcessPool
+
+    spec = _spec()
+    weights = _Driver.build(spec).weights
+    pool: Any = (WorkerPool(ray_local, spec, roster(spec), tmp_path) if where == "ray"
+                 else InProcessPool(spec, tmp_path))
+    try:
+        pool.train(weights, 1, [4, 5], RoundConfig(), {})
+        pool.save_private(1)()
+        pool.commit(1)
+        private = tmp_path / "checkpoints" / "private"
+        saved = {p.name: p.read_bytes() for p in private.iterdir()}
+        assert sorted(saved) == ["participant-00004-round-00001.npz",
+                                 "participant-00005-round-00001.npz"]
+        (private / "participant-00004-round-00002.npz").mkdir()
+
+        with pytest.raises(CheckpointError) as failed:
+            pool.save_private(2)()
+
+        said = str(failed.value)
+        assert "\n" not in said and "after round 2 failed on a worker" in said, said
+        assert "IsADirectoryError" in said and "the last saved round is 1" in said, said
+        assert {p.name: p.read_bytes() for p in private.iterdir() if p.is_file()
+                and p.name.endswith("round-00001.npz")} == saved
+        assert not getattr(pool, "suspect", set())
+    finally:
+        pool.shutdown()

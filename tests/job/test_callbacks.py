@@ -71,6 +71,44 @@ def test_checkpointer_commits_each_round_and_keeps_the_last_two(tmp_path: Path) 
     assert loop.pool.committed == 3
 
 
+class _DiskFullPool(_FakePool):
+    """Round 2's private save fails on its worker (what WorkerPool raises then)."""
+
+    def save_private(self, round_id: int) -> Callable[[], None]:
+        from fedcollab.worker.hosting import private_save_failed
+
+        def wait() -> None:
+            if round_id == 2:
+                raise private_save_failed(2, self.committed, OSError(28, "No space left"))
+        return wait
+
+
+def test_checkpointer_stops_the_job_at_the_round_after_a_failed_commit(tmp_path: Path) -> None:
+    """A commit that failed on the writer thread is raised at the next round's end (it
+    was dropped with the finished futures, and the job went on with its checkpoints
+    stuck at the last good round); nothing after the failed round is committed."""
+    import time
+
+    from fedcollab.errors import CheckpointError
+
+    loop = _FakeLoop()
+    loop.pool = _DiskFullPool()  # type: ignore[assignment]
+    ckpt = Checkpointer(tmp_path, loop)  # type: ignore[arg-type]
+    for r in (1, 2):
+        MetricsLog(tmp_path).on_round_end(_record(r))
+        ckpt.on_round_end(_record(r))
+    deadline = time.monotonic() + 30
+    while not all(f.done() for f in ckpt._pending) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    with pytest.raises(CheckpointError, match="after round 2 failed.*last saved round is 1"):
+        ckpt.on_round_end(_record(3))
+    ckpt.close()
+
+    latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    assert latest["round"] == 1 and loop.pool.committed == 1
+
+
 def test_read_committed_drops_later_rounds_and_a_torn_line(tmp_path: Path) -> None:
     loop = _FakeLoop()
     ckpt = Checkpointer(tmp_path, loop)  # type: ignore[arg-type]
