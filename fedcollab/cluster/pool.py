@@ -414,7 +414,8 @@ class WorkerPool(Hosting):
                 other worker is healed: ``fedcollab run`` stops the job. ``False``
                 (a vendor's silo): it is left in :attr:`unplaced`; no call goes to
                 it, so its participants drop at once, and each later heal tries it
-                again (one not ready in time is waited for, not started again).
+                again (one not ready in time is kept and looked at again, not started
+                again, and not waited for: it has had a round to get ready).
 
         Raises:
             fedcollab.cluster.placement.ClusterError: ``strict``, and a worker cannot
@@ -432,6 +433,7 @@ class WorkerPool(Hosting):
         self._unprovisioned |= set(failed) - set(lost)
         self.suspect.clear()  # each is now answering, recreated, or unplaced
         why: dict[int, str] = {}
+        started: set[int] = set()
         for index in lost:
             try:
                 self._check_resources(index)
@@ -440,12 +442,15 @@ class WorkerPool(Hosting):
                 self.ray.kill(self.workers[index], no_restart=True)  # dead, or pending
                 self._starting.pop(index, None)
                 continue
-            if index not in self._starting:  # one started by an earlier heal is waited for
+            if index not in self._starting:  # one started by an earlier heal is not replaced
                 self.ray.kill(self.workers[index], no_restart=True)
                 self.workers[index] = self._start(index)
                 self._starting[index] = self.workers[index].ready.remote()
+                started.add(index)
         healed = []
-        for index, reply in self._placed_by(deadline).items():
+        # a worker still pending since an earlier heal (its node's resources taken) is
+        # not waited for again: that would hold every round start to its timeout
+        for index, reply in self._placed_by(deadline if started else time.monotonic()).items():
             if reply is None:
                 why[index] = (f"worker {index} could not be recreated within {timeout:.0f} s "
                               "after it failed; the cluster lacks the resources to host it")

@@ -167,14 +167,19 @@ def test_pool_heal_leaves_an_unplaceable_worker_out_and_places_it_once_it_can(
         assert time.monotonic() - t0 < 10
         assert pool.unplaced[pinned].startswith(f"worker {pinned} could not be recreated within")
         pending = pool.workers[pinned]
+        t0 = time.monotonic()  # a later heal does not wait for it again: it had a round
+        assert pool.heal(timeout=30, strict=False) == [] and list(pool.unplaced) == [pinned]
+        assert time.monotonic() - t0 < 5 and pool.workers[pinned] is pending
         t0 = time.monotonic()
         out = _bounded(lambda: pool.train(weights, 3, LAB + VENDOR, RoundConfig(), {}), 60)
         assert sorted(out.seconds) == LAB and sorted(out.dropped) == VENDOR
         assert time.monotonic() - t0 < 30
 
-        # the resource free: the next heal waits for that same worker, now placed
+        # the resource free: Ray places that same worker, and a round start later a heal
+        # finds it ready
         ray.kill(holder, no_restart=True)
-        assert pool.heal(timeout=120, strict=False) == [pinned]
+        ray.get(pending.ready.remote(), timeout=120)
+        assert pool.heal(timeout=30, strict=False) == [pinned]
         assert pool.workers[pinned] is pending
         assert not pool.unplaced and not pool.needs_heal and pool.replaced == 2
         pool.setup_identities()
