@@ -210,6 +210,9 @@ class WorkerPool(Hosting):
         self._ended = False
         self.placement: list[dict[str, Any]] = []
         self.suspect: set[int] = set()   # workers that failed a call since the last heal
+        # a worker a heal started and is not ready yet (unplaced): its ready() call,
+        # which the next heal waits on again before it starts another one
+        self._starting: dict[int, Any] = {}
         self.replaced = 0                # workers recreated over the job
         self._offline_calls: list[Any] = []  # the offline phase's calls in flight
         if wait:
@@ -296,12 +299,17 @@ class WorkerPool(Hosting):
         Raises:
             fedcollab.cluster.placement.ClusterError: The lost workers cannot be placed again.
         """
-        live = [i for i in range(len(self.workers)) if i not in self.suspect]
+        live = self._live()
         if not live:
             self.heal()
-            live = list(range(len(self.workers)))
+            live = self._live()
         general = [i for i in live if not self.plan[i][0]]
         return (general or live)[-1]
+
+    def _live(self) -> list[int]:
+        """The workers to call: not lost since the last heal, and placed."""
+        return [i for i in range(len(self.workers))
+                if i not in self.suspect and i not in self.unplaced]
 
     def _submit(self, method: str, *args: Any) -> Callable[[], Any]:
         """Call ``method`` on a live worker; the returned function waits for the reply.
@@ -348,8 +356,8 @@ class WorkerPool(Hosting):
 
     @property
     def needs_heal(self) -> bool:
-        """A worker failed a call since the last :meth:`heal`."""
-        return bool(self.suspect)
+        """A worker failed a call since the last :meth:`heal`, or one is unplaced."""
+        return bool(self.suspect or self.unplaced)
 
     # ------------------------------------------------------------------ rounds
     def _start_training(self, weights: Weights, round_id: int, chosen: Sequence[int],
@@ -364,8 +372,11 @@ class WorkerPool(Hosting):
         by_worker = self._by_worker(chosen)  # costs what the sample costs, not the roster
         inline = sum(w.nbytes for w in weights) * len(by_worker) <= INLINE_WEIGHT_BYTES
         ref = weights if inline else self.ray.put(weights)
-        calls = []
+        calls: list[tuple[int, list[int], Any]] = []
         for index, mine in by_worker:
+            if index in self.unplaced:  # no worker to call: its participants drop now
+                calls.append((index, mine, None))
+                continue
             sub = {p: inbox[p] for p in mine if p in inbox}
             calls.append((index, mine, self.workers[index].train_round.remote(
                 ref, round_id, mine, config, sub)))
@@ -376,6 +387,9 @@ class WorkerPool(Hosting):
         participants from the round (and is healed before the next one)."""
         total = RoundOutput([], {}, {})
         for index, mine, call in pending.calls:
+            if call is None:  # an unplaced worker's
+                total.dropped.extend(mine)
+                continue
             try:
                 total.merge(self.ray.get(call), worker=index)
             except self.ray.exceptions.RayError:
@@ -383,42 +397,110 @@ class WorkerPool(Hosting):
                 self.suspect.add(index)
         return total
 
-    def heal(self, *, timeout: float = 60.0) -> list[int]:
-        """Recreate the workers that failed since the last round; returns their indices.
+    def heal(self, *, timeout: float = 60.0, strict: bool = True) -> list[int]:
+        """Recreate the workers that failed since the last round, and try the unplaced
+        ones again; returns the indices of those recreated.
 
         A recreated worker reloads its participants' private layers from the last
-        committed round, and its secure participants run key setup again. A group
-        pinned to a resource no node offers any more stops the job.
+        committed round, and its secure participants run key setup again (the next
+        :meth:`setup_identities` pins the group's setup in it). The workers are
+        probed, placed and waited for together, all within ``timeout``.
+
+        Args:
+            timeout: Seconds the whole heal may take (a vendor's silo passes what
+                fits in the round's deadline).
+            strict: A worker that cannot be placed again (no live node offers its
+                group's resources, or it is not ready in time) raises, after every
+                other worker is healed: ``fedcollab run`` stops the job. ``False``
+                (a vendor's silo): it is left in :attr:`unplaced`; no call goes to
+                it, so its participants drop at once, and each later heal tries it
+                again (one not ready in time is kept and looked at again, not started
+                again, and not waited for: it has had a round to get ready).
 
         Raises:
-            fedcollab.cluster.placement.ClusterError: A worker cannot be placed again in time.
+            fedcollab.cluster.placement.ClusterError: ``strict``, and a worker cannot
+                be placed again in time.
         """
-        healed = []
-        for index in sorted(self.suspect):
-            try:
-                self.ray.get(self.workers[index].ready.remote(), timeout=5)
-                continue  # it answered: the failure was transient
-            except (self.ray.exceptions.RayError, self.ray.exceptions.GetTimeoutError):
-                pass
-            self.ray.kill(self.workers[index], no_restart=True)
-            self._check_resources(index)
-            self.workers[index] = self._start(index)
-            try:
-                self.placement[index] = self.ray.get(self.workers[index].ready.remote(),
-                                                     timeout=timeout)
-            except (self.ray.exceptions.RayError, self.ray.exceptions.GetTimeoutError):
-                from fedcollab.cluster.placement import ClusterError
+        import time
 
-                raise ClusterError(f"worker {index} could not be recreated within {timeout:.0f} s "
-                                   "after it failed; the cluster lacks the resources to host "
-                                   "it") from None
+        from fedcollab.cluster.placement import ClusterError
+
+        deadline = time.monotonic() + timeout
+        failed = sorted(self.suspect)
+        lost = sorted(set(self._unanswering(failed, min(5.0, timeout))) | set(self.unplaced))
+        # one that answers after all (a transient failure) is provisioned again too: a
+        # no-op where its setup is pinned (as the failed ones always were)
+        self._unprovisioned |= set(failed) - set(lost)
+        self.suspect.clear()  # each is now answering, recreated, or unplaced
+        why: dict[int, str] = {}
+        started: set[int] = set()
+        for index in lost:
+            try:
+                self._check_resources(index)
+            except ClusterError as err:
+                why[index] = str(err)
+                self.ray.kill(self.workers[index], no_restart=True)  # dead, or pending
+                self._starting.pop(index, None)
+                continue
+            if index not in self._starting:  # one started by an earlier heal is not replaced
+                self.ray.kill(self.workers[index], no_restart=True)
+                self.workers[index] = self._start(index)
+                self._starting[index] = self.workers[index].ready.remote()
+                started.add(index)
+        healed = []
+        # a worker still pending since an earlier heal (its node's resources taken) is
+        # not waited for again: that would hold every round start to its timeout
+        for index, reply in self._placed_by(deadline if started else time.monotonic()).items():
+            if reply is None:
+                why[index] = (f"worker {index} could not be recreated within {timeout:.0f} s "
+                              "after it failed; the cluster lacks the resources to host it")
+                continue
+            self.placement[index] = reply
             healed.append(index)
             self.replaced += 1
-        # every worker that failed gets its participants' identities provisioned again
-        # (a recreated one hosts new participants with fresh identity keys)
-        self._unprovisioned |= self.suspect
-        self.suspect.clear()
-        return healed
+            # its participants are new ones, with fresh identity keys: provisioned again
+            self._unprovisioned.add(index)
+        self.unplaced = why
+        if why and strict:
+            raise ClusterError(why[min(why)])
+        return sorted(healed)
+
+    def _unanswering(self, indices: Sequence[int], timeout: float) -> list[int]:
+        """Those of ``indices`` whose worker does not answer within ``timeout`` (one
+        that does, a transient failure, stays as it is)."""
+        calls = {self.workers[i].ready.remote(): i for i in indices}
+        done, _ = self.ray.wait(list(calls), num_returns=len(calls), timeout=timeout) \
+            if calls else ([], [])
+        answered = set()
+        for call in done:
+            try:
+                self.ray.get(call)
+            except self.ray.exceptions.RayError:
+                continue
+            answered.add(calls[call])
+        return [i for i in indices if i not in answered]
+
+    def _placed_by(self, deadline: float) -> dict[int, dict[str, Any] | None]:
+        """Wait until ``deadline`` (``time.monotonic()``) for the workers being
+        started: each one's ready() reply, or None. One that failed is forgotten (the
+        next heal starts another); one still pending is kept for the next heal to
+        wait on: Ray places it once a node can host it."""
+        import time
+
+        if not self._starting:
+            return {}
+        calls = {call: index for index, call in self._starting.items()}
+        done, _ = self.ray.wait(list(calls), num_returns=len(calls),
+                                timeout=max(deadline - time.monotonic(), 0.0))
+        replies: dict[int, dict[str, Any] | None] = {i: None for i in calls.values()}
+        for call in done:
+            index = calls[call]
+            del self._starting[index]
+            try:
+                replies[index] = dict(self.ray.get(call))
+            except self.ray.exceptions.RayError:
+                pass
+        return replies
 
     def _check_resources(self, index: int) -> None:
         """A lost worker's group can only move to a live node that can host it."""
@@ -436,7 +518,8 @@ class WorkerPool(Hosting):
         if not self.private_pids:
             return {}
         calls = [(i, w.evaluate_personalised.remote(weights)) for i, (w, has) in
-                 enumerate(zip(self.workers, self._has_private)) if has]
+                 enumerate(zip(self.workers, self._has_private))
+                 if has and i not in self.unplaced]
         return personalised_means([r for batch in self._survivors(calls) for r in batch],
                                   classification=classification)
 
@@ -464,8 +547,8 @@ class WorkerPool(Hosting):
         Returns a function that waits for the saves (call it before committing).
         """
         calls = [(i, w.save_private.remote(round_id, self.committed))
-                 for i, (w, has) in enumerate(zip(self.workers, self._has_private)) if has] \
-            if self.private_pids else []
+                 for i, (w, has) in enumerate(zip(self.workers, self._has_private))
+                 if has and i not in self.unplaced] if self.private_pids else []
 
         def wait() -> None:
             # A worker lost before it saved heals at the next round and reloads the
@@ -497,7 +580,7 @@ class WorkerPool(Hosting):
         self._reap_offline()
         by_worker = self._messages_by_worker(messages)
         calls = [(w, self.workers[w].secure_stage.remote(stage, round_id, sub))
-                 for w, sub in by_worker]
+                 for w, sub in by_worker if w not in self.unplaced]
         out = StageReplies()
         for w, call in calls:
             try:
@@ -518,10 +601,10 @@ class WorkerPool(Hosting):
         evaluation is queued behind them (:meth:`secure_prepare`), so the evaluation
         waits for half a precomputation, not a whole one. Returns what is left for
         :meth:`secure_prepare`."""
-        evaluator = self._idle_index()
+        evaluator = self._idle_index() if self._live() else -1
         later: list[tuple[int, list[int]]] = []
         for w, sub in by_worker:
-            if w in self.suspect:
+            if w in self.suspect or w in self.unplaced:
                 continue
             pids = sorted(sub)
             if w == evaluator:
@@ -538,7 +621,7 @@ class WorkerPool(Hosting):
         training call (calls to an actor run in order)."""
         pending, self._offline_next = self._offline_next, []
         for w, pids in pending:
-            if w not in self.suspect:
+            if w not in self.suspect and w not in self.unplaced:
                 self._offline_calls.append(self.workers[w].secure_prepare.remote(pids))
 
     def _reap_offline(self) -> None:
@@ -561,7 +644,8 @@ class WorkerPool(Hosting):
         self._ended = True
         keep = [(options, worker) for index, (options, worker)
                 in enumerate(zip(self._options, self.workers))
-                if options is not None and self._loaded and index not in self.suspect]
+                if options is not None and self._loaded and index not in self.suspect
+                and index not in self.unplaced]
         if not keep or self.reservation is not None or not _park(self.ray, keep):
             keep = []
         kept = {id(worker) for _, worker in keep}

@@ -20,6 +20,9 @@ enough survive (else the round aborts, the model unchanged). At the next RoundSt
 the pool recreates it, exactly as ``fedcollab run`` heals a lost worker: it reloads
 its private layers from the last round it saved on the vendor's disk and trains on
 the new global model only (never twice on one: the round it was lost in is over).
+A worker that cannot be placed again (no live node offers its group's resources, or
+it is not ready within the heal's share of the round's deadline) is called by nothing:
+its sites drop from each round at once, and every RoundStart tries it again.
 
 What leaves is ``fedcollab.secure.messages`` wire bytes (and, at setup, each
 participant's Ed25519 identity public key), never a tensor: ``StageReply`` has no
@@ -28,6 +31,7 @@ tensor field.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,8 +55,12 @@ if TYPE_CHECKING:
     from fedcollab.spec import JobSpec
     from fedcollab.worker.messages import RoundConfig
 
-__all__ = ["VendorHost", "vendor_pids", "site_plan"]
+__all__ = ["VendorHost", "heal_timeout", "vendor_pids", "site_plan"]
 
+#: The heal at a RoundStart takes at most this share of the time left to the round's
+#: deadline (the rest is the round's training and stages), no more than HEAL_MAX
+#: seconds (a RoundStart without a deadline) and no less than HEAL_MIN.
+HEAL_SHARE, HEAL_MAX, HEAL_MIN = 0.5, 60.0, 1.0
 _BODIES = ("offer", "round_start", "roster", "unmask", "stage", "setup", "abort")
 #: decide an outbound frame (the gateway's: check, persist, audit "out")
 DecideOut = Callable[[Egress, bytes], Decision]
@@ -144,7 +152,8 @@ class VendorHost:
 
             self.pool = WorkerPool(ray, spec, roster(spec), Path(work_dir),
                                    plan=site_plan(spec, self.pids, per_site=worker_per_site))
-        #: sites lost and not recreated (their worker cannot be placed again)
+        #: sites lost and not recreated (their worker cannot be placed again): they sit
+        #: out each round until a RoundStart's heal places them; said on stderr when it changes
         self.lost: list[int] = []
         #: the round whose private saves are under way, and what waits for them
         self._saving: Optional[tuple[int, Callable[[], None]]] = None
@@ -250,7 +259,7 @@ class VendorHost:
     def _start(self, body: Any) -> None:
         self._saved()
         if self.pool.needs_heal:  # a site lost in an earlier round: recreated for this one
-            self._heal()
+            self._heal(heal_timeout(float(body.deadline_unix), time.time()))
         weights = [np.array(w) for w in self.initial]  # private layers: the sites' own
         checked, arrays = self._inbound
         if checked is not body:  # not the RoundStart _check_weights passed: decode it
@@ -263,27 +272,28 @@ class VendorHost:
                              weights, config_from_proto(body.config),
                              tuple(sorted(int(p) for p in body.participants)))
 
-    def _heal(self) -> None:
+    def _heal(self, timeout: float) -> None:
         """Recreate the sites' workers lost since the last round (the pool's heal: the
         new worker reloads its sites' private layers from the vendor's disk) and pin
-        the group's setup in them again. A worker that cannot be placed again leaves
-        its site out, and the secure sum goes on without it."""
-        from fedcollab.cluster.placement import ClusterError
-        from fedcollab.worker.hosting import WorkerLost
+        the group's setup in them again, all within ``timeout`` seconds. A worker that
+        cannot be placed again stays unplaced: nothing calls it, so its sites are
+        dropouts at once (the secure sum goes on without them) instead of holding the
+        round to its deadline; the next RoundStart tries it again."""
+        import sys
 
-        lost = sorted({p for w in self.pool.suspect for p in self.pool.hosted[w]})
-        try:
-            self.pool.heal()
-            self.pool.setup_identities()
-        except (ClusterError, WorkerLost) as err:
-            import sys
-
-            print(f"fedcollab: silo: vendor site(s) {lost} stay out: {err}", file=sys.stderr,
-                  flush=True)
-            self.lost = lost
-            self.pool.suspect.clear()
-        else:
-            self.lost = []
+        self.pool.heal(timeout=timeout, strict=False)
+        self.pool.setup_identities()  # a worker lost here: tried again next round
+        unplaced = self.pool.unplaced
+        lost = sorted(p for w in unplaced for p in self.pool.hosted[w])
+        if lost != self.lost:
+            back = sorted(set(self.lost) - set(lost))
+            if lost:
+                print(f"fedcollab: silo: vendor site(s) {lost} stay out: "
+                      f"{unplaced[min(unplaced)]}", file=sys.stderr, flush=True)
+            if back:
+                print(f"fedcollab: silo: vendor site(s) {back} placed again", file=sys.stderr,
+                      flush=True)
+        self.lost = lost
 
     def _setup(self, body: Any) -> Optional[dict[str, Any]]:
         from fedcollab.errors import FedcollabError
@@ -400,6 +410,16 @@ class VendorHost:
             return
         _add(reply, reply, dict(out.masked))
         rnd.masked = frozenset(out.masked)
+
+
+def heal_timeout(deadline_unix: float, now: float) -> float:
+    """Seconds a RoundStart's heal may take: :data:`HEAL_SHARE` of the time left to the
+    round's ``deadline_unix`` (``now``: ``time.time()``), so that the heal and the
+    round's work both fit before the coordinator gives up on the vendor; between
+    :data:`HEAL_MIN` and :data:`HEAL_MAX` (no deadline: 0 or not finite)."""
+    if not math.isfinite(deadline_unix) or deadline_unix <= 0:
+        return HEAL_MAX
+    return min(HEAL_MAX, max(HEAL_MIN, (deadline_unix - now) * HEAL_SHARE))
 
 
 def _add(reply: Any, where: Any, payloads: Mapping[int, bytes]) -> None:

@@ -50,12 +50,17 @@ class Hosting:
         owner: Participant id -> the index of the worker hosting it.
         private_pids: Participants with private layers (their state lives in workers).
         placement: Per worker, where it runs (``node_id``, ``device``, ...).
+        unplaced: Workers a heal could not place again (a vendor's silo: no node
+            offers their group's resources, or not by the round's deadline), each
+            with why: no call goes to them, so their participants drop from every
+            round, stage and save at once, until a later heal places them.
     """
 
     hosted: list[list[int]]
     owner: np.ndarray
     private_pids: list[int]
     placement: list[dict[str, Any]]
+    unplaced: dict[int, str]
     #: Secure-group members, and the workers whose identities are not yet registered.
     _secure: frozenset[int]
     _unprovisioned: set[int]
@@ -82,6 +87,7 @@ class Hosting:
                              if group.private_layers for pid in everyone.group_range(g)]
         self._secure = frozenset(everyone.pids_where(in_secure_sum=True))
         self._unprovisioned = set(range(len(self.hosted)))
+        self.unplaced = {}
         self._registry = {}
         # the protocol is loaded only by jobs that have a secure group (~30 ms in round 1)
         self._graph_seed = b""
@@ -149,6 +155,7 @@ class Hosting:
         Before the group is pinned, a worker lost here leaves it unpinned (tried again
         next round). After, a worker a heal replaced gets the same pinned setup; its
         new participants' identities are not in it, so they sit out (docs/threat-model.md).
+        An unplaced worker is not asked: a heal that places it provisions it then.
 
         Raises:
             RegistryPinnedError: A worker pinned a different setup before.
@@ -160,8 +167,8 @@ class Hosting:
         try:
             if not self._pinned:
                 self._registry = self.collect_identities() if self._malicious else {}
-                asked = list(range(len(self.hosted)))
-            self._pin_on(asked)
+                asked = self._placed()
+            self._pin_on([w for w in asked if w not in self.unplaced])
         except WorkerLost:
             return
         self._pinned = True
@@ -187,7 +194,7 @@ class Hosting:
         """
         registry: dict[int, bytes] = {}
         calls = [(w, {"pids": [p for p in self.hosted[w] if p in self._secure]})
-                 for w in range(len(self.hosted))]
+                 for w in self._placed()]
         for (w, _), reply in zip(calls, self._setup_calls(calls, "secure_identities")):
             registry.update({pid: key for pid, key in reply.items()
                              if isinstance(key, bytes) and pid in self._secure
@@ -200,7 +207,7 @@ class Hosting:
         """Pin a setup another party collected (a pool spanning silos: the registry
         of every party's participants, one job id; a vendor's silo: also the group's
         members and graph seed, as the coordinator sent them) in every worker of this
-        pool; workers a heal replaces later get the same.
+        pool; workers a heal replaces (or places at last) later get the same.
 
         Raises:
             WorkerLost: A worker did not answer.
@@ -210,9 +217,13 @@ class Hosting:
         if graph_seed is not None:
             self._graph_seed = bytes(graph_seed)
         self._job_id, self._registry = job_id, dict(registry)
-        self._pin_on(list(range(len(self.hosted))))
+        self._pin_on(self._placed())
         self._pinned = True
         self._unprovisioned.clear()
+
+    def _placed(self) -> list[int]:
+        """The workers that can be called: all but the unplaced ones."""
+        return [w for w in range(len(self.hosted)) if w not in self.unplaced]
 
     def _pin_on(self, workers: Sequence[int]) -> None:
         self._setup_calls([(w, {"members": sorted(self._secure),
