@@ -38,6 +38,11 @@ EXAMPLES = {
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
+#: How long `watch` (and `submit --watch`) keeps reconnecting to a service that went
+#: away: a restarted service resumes its jobs, and the watch goes on from its last round.
+RECONNECT_SECONDS = 60.0
+
+
 class ServiceUsageError(FedcollabError):
     exit_code = 2
 
@@ -144,6 +149,10 @@ def add_service_commands(sub: Any) -> None:
     watch = _add(sub, "watch", "follow a job round by round until it ends", _cmd_watch,
                  EXAMPLES["watch"])
     watch.add_argument("id")
+    watch.add_argument("--reconnect", type=float, default=RECONNECT_SECONDS, metavar="SECONDS",
+                       help="if the service goes away (a restart), keep trying to reconnect "
+                       f"for this long and go on from the last round seen (default "
+                       f"{RECONNECT_SECONDS:g}; 0: stop at once)")
     _client_args(watch)
 
     logs = _add(sub, "logs", "print a job's log: its own and its workers' output", _cmd_logs,
@@ -358,7 +367,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if info["state"] != "FAILED" else 1
 
 
-def _watch(client: Any, job_id: str) -> int:
+def _watch(client: Any, job_id: str, reconnect: float = RECONNECT_SECONDS) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -370,7 +379,11 @@ def _watch(client: Any, job_id: str) -> int:
                   MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[metric]}"),
                   console=console, transient=False, disable=not console.is_terminal) as bar:
         task = bar.add_task("rounds", total=None, state="", metric="")
-        for event in client.watch(job_id):
+        def lost(why: str) -> None:
+            print(f"fedcollab: {why}; reconnecting for up to {reconnect:g} s",
+                  file=sys.stderr, flush=True)
+
+        for event in client.watch(job_id, reconnect_seconds=reconnect, on_reconnect=lost):
             job = event.job
             bar.update(task, total=job.rounds or None, completed=job.rounds_completed)
             if event.HasField("state"):
@@ -391,7 +404,9 @@ def _watch(client: Any, job_id: str) -> int:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        return _watch(client, args.id)
+        if args.reconnect < 0:
+            raise ServiceUsageError(f"--reconnect {args.reconnect:g}: give seconds >= 0")
+        return _watch(client, args.id, args.reconnect)
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:

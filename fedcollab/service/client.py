@@ -8,13 +8,14 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import grpc
 
 from fedcollab._proto.fedcollab.v1 import jobs_pb2, jobs_pb2_grpc
-from fedcollab.service.errors import InvalidArgument, ServiceError, from_rpc_error
+from fedcollab.service.errors import InvalidArgument, ServiceError, Unavailable, from_rpc_error
 
 __all__ = ["DEFAULT_SERVER", "JobClient", "job_to_dict", "STATE_NAMES"]
 
@@ -121,8 +122,38 @@ class JobClient:
     def cancel(self, job_id: str) -> Any:
         return self._call("CancelJob", jobs_pb2.CancelJobRequest(id=job_id), timeout=60)
 
-    def watch(self, job_id: str) -> Iterator[Any]:
-        return self._stream("WatchJob", jobs_pb2.WatchJobRequest(id=job_id))
+    def watch(self, job_id: str, *, after_round: int = 0, reconnect_seconds: float = 0.0,
+              on_reconnect: Optional[Callable[[str], None]] = None) -> Iterator[Any]:
+        """The job's events until it ends: its state, then each round after
+        `after_round`.
+
+        With `reconnect_seconds`, a stream the service drops (UNAVAILABLE: it was
+        restarted, or the network went) is opened again from the last round seen, for
+        up to that many seconds without an answer; `on_reconnect` is told why, once
+        per outage. A service never reached (a wrong address) fails at once. Rounds
+        are never repeated (a resumed job re-runs the rounds since its checkpoint: the
+        service leaves out those already sent)."""
+        last, outage, reached = after_round, None, False  # type: int, Optional[float], bool
+        while True:
+            try:
+                for event in self._stream("WatchJob", jobs_pb2.WatchJobRequest(
+                        id=job_id, after_round=last)):
+                    outage, reached = None, True
+                    if event.HasField("round"):
+                        last = max(last, event.round.round)
+                    yield event
+                return
+            except Unavailable as err:
+                if not reached:
+                    raise
+                now = time.monotonic()
+                if outage is None:
+                    outage = now
+                    if reconnect_seconds > 0 and on_reconnect is not None:
+                        on_reconnect(str(err))
+                if now - outage >= reconnect_seconds:
+                    raise
+                time.sleep(min(1.0, outage + reconnect_seconds - now))
 
     def logs(self, job_id: str, *, offset: int = 0, follow: bool = False) -> Iterator[bytes]:
         """The job's log (its process's and, through Ray, its workers' output) from byte

@@ -430,10 +430,14 @@ class _Servicer(jobs_pb2_grpc.JobServiceServicer):
     async def WatchJob(self, request: Any, context: Any, caller: Caller
                        ) -> AsyncIterator[Any]:
         job = self._visible(caller, request.id)
+        if request.after_round < 0:
+            raise InvalidArgument(f"after_round {request.after_round}: give a round >= 0 "
+                                  "(0: from the first)")
         job_dir = self.job_dir(job.id)
         loop = asyncio.get_running_loop()
         with self.limits.watch_stream(caller):
-            sent_state, sent_round, index = "", 0, 0
+            # a reconnecting watcher names the last round it saw: only later ones are sent
+            sent_state, sent_round, index = "", int(request.after_round), 0
             while True:  # a client that goes away cancels this coroutine
                 if not self.hub.is_loaded(job.id):  # the job's first watcher reads its file
                     await loop.run_in_executor(self.blocking, self.hub.events, job.id, job_dir)

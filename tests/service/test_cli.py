@@ -88,6 +88,10 @@ def test_cli_cancel_then_jobs_lists_it(queue_server: Any, tokens: Tokens, tmp_pa
     (["submit", "does-not-exist.yaml"], 2, "no such file"),
     (["status", "x", "--token", "wrong"], 1, "unknown token"),
     (["status", "x", "--server", "127.0.0.1:1"], 1, "cannot reach the job service"),
+    # reconnecting is for a service that went away, not one never reached (a typo):
+    # at once, not after --reconnect's 60 s
+    (["watch", "x", "--server", "127.0.0.1:1"], 1, "cannot reach the job service"),
+    (["watch", "x", "--reconnect", "-1"], 2, "--reconnect -1: give seconds >= 0"),
 ])
 def test_cli_errors_are_one_line_with_exit_code(queue_server: Any, tokens: Tokens,
                                                 args: list[str], code: int, needle: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 from fedcollab._proto.fedcollab.v1 import jobs_pb2
-from fedcollab.service.errors import FailedPrecondition
+from fedcollab.service.errors import FailedPrecondition, InvalidArgument
 from fedcollab.service.jobproc import autogroup
 
 from .conftest import TINY_SPEC, Tokens, client
@@ -61,6 +61,13 @@ def test_e2e_submit_watch_fetch_and_verify_release(server: Any, tokens: Tokens,
     rounds = [e.round.round for e in events if e.HasField("round")]
     states = [jobs_pb2.JobState.Name(e.state.state) for e in events if e.HasField("state")]
     assert rounds == [1, 2, 3]
+    # a watcher that reconnects names the last round it saw: only later ones come
+    for after, later in ((1, [2, 3]), (3, [])):
+        again = list(c.watch(job.id, after_round=after))
+        assert [e.round.round for e in again if e.HasField("round")] == later
+        assert jobs_pb2.JobState.Name(again[-1].state.state) == "SUCCEEDED"
+    with pytest.raises(InvalidArgument, match="after_round -1"):
+        list(c.watch(job.id, after_round=-1))
     assert states[-1] == "SUCCEEDED", events[-1]
     assert all("accuracy" in e.round.metrics for e in events if e.HasField("round"))
     assert {p.name for p in written} >= {"model.keras", "manifest.json", "manifest.sig"}

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 
@@ -123,9 +123,16 @@ def _weights_sha(state: Path, job_id: str) -> str:
     return str(manifest["weights_sha256"])
 
 
-def _kill_after_round(service: Service, c: JobClient, spec: str, after: int) -> tuple[str, str]:
+def _kill_after_round(service: Service, c: JobClient, spec: str, after: int,
+                      watchers: Optional[list[Any]] = None, token: str = "") -> tuple[str, str]:
     job = c.submit(spec)
     waiting = c.submit(spec.replace("rounds: 10", "rounds: 2"))  # QUEUED behind it
+    if watchers is not None:  # `fedcollab watch`, as a user runs it, across the restart
+        watchers.append(subprocess.Popen(
+            [sys.executable, "-m", "fedcollab.cli", "watch", job.id, "--server",
+             service.address, "--token", token, "--reconnect", "180"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}))
     seen = 0
     for event in c.watch(job.id):
         if event.HasField("round"):
@@ -139,11 +146,21 @@ def _kill_after_round(service: Service, c: JobClient, spec: str, after: int) -> 
 
 def _restart_and_compare(service: Service, tokens: Tokens, spec: str, after: int) -> None:
     c = JobClient(service.address, token=tokens.admin)
-    job_id, other_id = _kill_after_round(service, c, spec, after)
+    watchers: list[Any] = []
+    job_id, other_id = _kill_after_round(service, c, spec, after, watchers, tokens.admin)
 
     service.start()
     c = JobClient(service.address, token=tokens.admin)
     resumed = _wait_done(c, job_id)
+    # the watch that was open when the service was killed reconnected and went on from
+    # its last round: every round once, in order, and the job's end
+    out, err = watchers[0].communicate(timeout=120)
+    rounds = [int(line.split()[2].split("/")[0]) for line in err.splitlines()
+              if line.startswith(f"{job_id} round ")]
+    assert watchers[0].returncode == 0, err[-2000:]
+    assert out.strip() == f"{job_id} SUCCEEDED", (out, err[-2000:])
+    assert rounds == list(range(1, 11)), err[-2000:]
+    assert "reconnecting for up to 180 s" in err, err[-2000:]
     queued = _wait_done(c, other_id)
     fresh = _wait_done(c, c.submit(spec).id)
 

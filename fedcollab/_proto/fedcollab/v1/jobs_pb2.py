@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64\x63ollab/v1/jobs.proto\x12\x0c\x66\x65\x64\x63ollab.v1\"\x87\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.fedcollab.v1.JobState\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x0e\n\x06rounds\x18\x06 \x01(\x05\x12\x18\n\x10rounds_completed\x18\x07 \x01(\x05\x12\x14\n\x0c\x63reated_unix\x18\x08 \x01(\x01\x12\x14\n\x0cstarted_unix\x18\t \x01(\x01\x12\x15\n\rfinished_unix\x18\n \x01(\x01\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\x05\x12\x14\n\x0csummary_json\x18\r \x01(\t\">\n\x10SubmitJobRequest\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"_\n\x0fGradeJobRequest\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"`\n\x0fListJobsRequest\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.fedcollab.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.fedcollab.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"C\n\x0bStateChange\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.fedcollab.v1.JobState\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\xa9\x01\n\nRoundEvent\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x0e\n\x06rounds\x18\x02 \x01(\x05\x12\x36\n\x07metrics\x18\x03 \x03(\x0b\x32%.fedcollab.v1.RoundEvent.MetricsEntry\x12\x14\n\x0cmetrics_json\x18\x04 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8a\x01\n\x08JobEvent\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.fedcollab.v1.Job\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x19.fedcollab.v1.StateChangeH\x00\x12)\n\x05round\x18\x03 \x01(\x0b\x32\x18.fedcollab.v1.RoundEventH\x00\x42\x07\n\x05\x65vent\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"0\n\x14\x46\x65tchArtifactRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"W\n\rArtifactChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"B\n\x14StreamJobLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"(\n\x08LogChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xb7\x04\n\nJobService\x12>\n\tSubmitJob\x12\x1e.fedcollab.v1.SubmitJobRequest\x1a\x11.fedcollab.v1.Job\x12\x38\n\x06GetJob\x12\x1b.fedcollab.v1.GetJobRequest\x1a\x11.fedcollab.v1.Job\x12I\n\x08ListJobs\x12\x1d.fedcollab.v1.ListJobsRequest\x1a\x1e.fedcollab.v1.ListJobsResponse\x12\x43\n\x08WatchJob\x12\x1d.fedcollab.v1.WatchJobRequest\x1a\x16.fedcollab.v1.JobEvent0\x01\x12>\n\tCancelJob\x12\x1e.fedcollab.v1.CancelJobRequest\x1a\x11.fedcollab.v1.Job\x12R\n\rFetchArtifact\x12\".fedcollab.v1.FetchArtifactRequest\x1a\x1b.fedcollab.v1.ArtifactChunk0\x01\x12<\n\x08GradeJob\x12\x1d.fedcollab.v1.GradeJobRequest\x1a\x11.fedcollab.v1.Job\x12M\n\rStreamJobLogs\x12\".fedcollab.v1.StreamJobLogsRequest\x1a\x16.fedcollab.v1.LogChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64\x63ollab/v1/jobs.proto\x12\x0c\x66\x65\x64\x63ollab.v1\"\x87\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.fedcollab.v1.JobState\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x0e\n\x06rounds\x18\x06 \x01(\x05\x12\x18\n\x10rounds_completed\x18\x07 \x01(\x05\x12\x14\n\x0c\x63reated_unix\x18\x08 \x01(\x01\x12\x14\n\x0cstarted_unix\x18\t \x01(\x01\x12\x15\n\rfinished_unix\x18\n \x01(\x01\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\x05\x12\x14\n\x0csummary_json\x18\r \x01(\t\">\n\x10SubmitJobRequest\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"_\n\x0fGradeJobRequest\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"`\n\x0fListJobsRequest\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.fedcollab.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.fedcollab.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x66ter_round\x18\x02 \x01(\x05\"C\n\x0bStateChange\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.fedcollab.v1.JobState\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\xa9\x01\n\nRoundEvent\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x0e\n\x06rounds\x18\x02 \x01(\x05\x12\x36\n\x07metrics\x18\x03 \x03(\x0b\x32%.fedcollab.v1.RoundEvent.MetricsEntry\x12\x14\n\x0cmetrics_json\x18\x04 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8a\x01\n\x08JobEvent\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.fedcollab.v1.Job\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x19.fedcollab.v1.StateChangeH\x00\x12)\n\x05round\x18\x03 \x01(\x0b\x32\x18.fedcollab.v1.RoundEventH\x00\x42\x07\n\x05\x65vent\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"0\n\x14\x46\x65tchArtifactRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"W\n\rArtifactChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"B\n\x14StreamJobLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"(\n\x08LogChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xb7\x04\n\nJobService\x12>\n\tSubmitJob\x12\x1e.fedcollab.v1.SubmitJobRequest\x1a\x11.fedcollab.v1.Job\x12\x38\n\x06GetJob\x12\x1b.fedcollab.v1.GetJobRequest\x1a\x11.fedcollab.v1.Job\x12I\n\x08ListJobs\x12\x1d.fedcollab.v1.ListJobsRequest\x1a\x1e.fedcollab.v1.ListJobsResponse\x12\x43\n\x08WatchJob\x12\x1d.fedcollab.v1.WatchJobRequest\x1a\x16.fedcollab.v1.JobEvent0\x01\x12>\n\tCancelJob\x12\x1e.fedcollab.v1.CancelJobRequest\x1a\x11.fedcollab.v1.Job\x12R\n\rFetchArtifact\x12\".fedcollab.v1.FetchArtifactRequest\x1a\x1b.fedcollab.v1.ArtifactChunk0\x01\x12<\n\x08GradeJob\x12\x1d.fedcollab.v1.GradeJobRequest\x1a\x11.fedcollab.v1.Job\x12M\n\rStreamJobLogs\x12\".fedcollab.v1.StreamJobLogsRequest\x1a\x16.fedcollab.v1.LogChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROUNDEVENT_METRICSENTRY']._loaded_options = None
   _globals['_ROUNDEVENT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1367
-  _globals['_JOBSTATE']._serialized_end=1471
+  _globals['_JOBSTATE']._serialized_start=1388
+  _globals['_JOBSTATE']._serialized_end=1492
   _globals['_JOB']._serialized_start=42
   _globals['_JOB']._serialized_end=305
   _globals['_SUBMITJOBREQUEST']._serialized_start=307
@@ -49,25 +49,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTJOBSRESPONSE']._serialized_start=595
   _globals['_LISTJOBSRESPONSE']._serialized_end=671
   _globals['_WATCHJOBREQUEST']._serialized_start=673
-  _globals['_WATCHJOBREQUEST']._serialized_end=702
-  _globals['_STATECHANGE']._serialized_start=704
-  _globals['_STATECHANGE']._serialized_end=771
-  _globals['_ROUNDEVENT']._serialized_start=774
-  _globals['_ROUNDEVENT']._serialized_end=943
-  _globals['_ROUNDEVENT_METRICSENTRY']._serialized_start=897
-  _globals['_ROUNDEVENT_METRICSENTRY']._serialized_end=943
-  _globals['_JOBEVENT']._serialized_start=946
-  _globals['_JOBEVENT']._serialized_end=1084
-  _globals['_CANCELJOBREQUEST']._serialized_start=1086
-  _globals['_CANCELJOBREQUEST']._serialized_end=1116
-  _globals['_FETCHARTIFACTREQUEST']._serialized_start=1118
-  _globals['_FETCHARTIFACTREQUEST']._serialized_end=1166
-  _globals['_ARTIFACTCHUNK']._serialized_start=1168
-  _globals['_ARTIFACTCHUNK']._serialized_end=1255
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=1257
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=1323
-  _globals['_LOGCHUNK']._serialized_start=1325
-  _globals['_LOGCHUNK']._serialized_end=1365
-  _globals['_JOBSERVICE']._serialized_start=1474
-  _globals['_JOBSERVICE']._serialized_end=2041
+  _globals['_WATCHJOBREQUEST']._serialized_end=723
+  _globals['_STATECHANGE']._serialized_start=725
+  _globals['_STATECHANGE']._serialized_end=792
+  _globals['_ROUNDEVENT']._serialized_start=795
+  _globals['_ROUNDEVENT']._serialized_end=964
+  _globals['_ROUNDEVENT_METRICSENTRY']._serialized_start=918
+  _globals['_ROUNDEVENT_METRICSENTRY']._serialized_end=964
+  _globals['_JOBEVENT']._serialized_start=967
+  _globals['_JOBEVENT']._serialized_end=1105
+  _globals['_CANCELJOBREQUEST']._serialized_start=1107
+  _globals['_CANCELJOBREQUEST']._serialized_end=1137
+  _globals['_FETCHARTIFACTREQUEST']._serialized_start=1139
+  _globals['_FETCHARTIFACTREQUEST']._serialized_end=1187
+  _globals['_ARTIFACTCHUNK']._serialized_start=1189
+  _globals['_ARTIFACTCHUNK']._serialized_end=1276
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=1278
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=1344
+  _globals['_LOGCHUNK']._serialized_start=1346
+  _globals['_LOGCHUNK']._serialized_end=1386
+  _globals['_JOBSERVICE']._serialized_start=1495
+  _globals['_JOBSERVICE']._serialized_end=2062
 # @@protoc_insertion_point(module_scope)

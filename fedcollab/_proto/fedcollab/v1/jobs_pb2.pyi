@@ -98,10 +98,12 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "after_round")
     ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ROUND_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    after_round: int
+    def __init__(self, id: _Optional[str] = ..., after_round: _Optional[int] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("state", "error")
