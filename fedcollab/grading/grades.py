@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional, Sequence
 
-__all__ = ["GRADES", "NA", "UNKNOWN", "grade_membership", "grade_inversion",
+__all__ = ["GRADES", "GRADED_DIFFERENCING", "NA", "UNKNOWN", "grade_membership", "grade_inversion",
            "grade_confidentiality",
            "grade_backdoor", "grade_byzantine", "grade_lying_server", "grade_privacy_budget",
            "grade_cost", "grade_parties",
@@ -141,11 +141,19 @@ def grade_confidentiality(diff: Mapping[str, Any], lying: Mapping[str, Any]) -> 
         return NA
     if diff.get("exact") or (lying.get("recovered") and lying.get("server") == "malicious"):
         return "F"
-    across = diff.get("across_rounds")
-    cross = _cross_round_grade(across.get("vendor") if isinstance(across, Mapping) else None)
+    rows = [diff.get(name) for name in GRADED_DIFFERENCING]
+    cross = [_cross_round_grade(row.get("vendor") if isinstance(row, Mapping) else None)
+             for row in rows]
     one = _recovery_grade(err, diff.get("cosine"), diff.get("baseline_cosine")) or NA
     group = int(diff.get("min_group_seen") or 0)
-    return _worse("A" if group >= 10 else ("B" if group >= 5 else "C"), one, cross)
+    return _worse("A" if group >= 10 else ("B" if group >= 5 else "C"), one, *cross)
+
+
+#: The differencing attacks (``fedcollab.grading.measure.DIFFERENCING_ATTACKS`` rows,
+#: each under ``diff[name]["vendor"]``) whose recovery the confidentiality grade takes,
+#: besides the within-round figure: pre-registered, the worst counts. Other rows are
+#: reported beside them, not graded.
+GRADED_DIFFERENCING: tuple[str, ...] = ("across_rounds",)
 
 
 def _cross_round_grade(cross: Any) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fedcollab.grading.canaries import no_audit
+from fedcollab.grading.grades import GRADED_DIFFERENCING
 from fedcollab.spec.roster import Role
 from fedcollab.types import GRADE_BUDGETS
 
@@ -781,5 +782,3 @@ DifferencingAttack = Callable[[TaskMeasurer, Any, Any, Any, Any], dict[str, Any]
 DIFFERENCING_ATTACKS: dict[str, DifferencingAttack] = {
     "across_rounds": TaskMeasurer._across_rounds_attack,
 }
-#: The differencing rows the confidentiality grade reads (besides the within-round one).
-GRADED_DIFFERENCING: tuple[str, ...] = ("across_rounds",)

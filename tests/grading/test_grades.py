@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedcollab.grading.grades import (
+    GRADED_DIFFERENCING,
     NA,
     UNKNOWN,
     grade_backdoor,
@@ -28,6 +29,22 @@ from fedcollab.grading.grades import (
 def test_grade_confidentiality_exact_differencing_is_f() -> None:
     assert grade_confidentiality({"relative_error": 1e-9, "exact": True, "min_group_seen": 3},
                                  {"recovered": None}) == "F"
+
+
+def test_grade_confidentiality_takes_every_pre_registered_differencing_row() -> None:
+    """The grade reads the rows GRADED_DIFFERENCING names, each one an attack the
+    grader runs: an exact recovery in any of them is F; a row not named is reported
+    beside them, never graded."""
+    from fedcollab.grading.measure import DIFFERENCING_ATTACKS
+
+    assert GRADED_DIFFERENCING and set(GRADED_DIFFERENCING) <= set(DIFFERENCING_ATTACKS)
+    hidden = {"relative_error": 3.0, "exact": False, "min_group_seen": 11}
+    exact = {"vendor": {"target": "vendor sites", "isolated": 1, "relative_error": 1e-12,
+                        "exact": True}}
+    for name in GRADED_DIFFERENCING:
+        assert grade_confidentiality({**hidden, name: exact}, {"recovered": None}) == "F"
+    assert grade_confidentiality({**hidden, "not_pre_registered": exact},
+                                 {"recovered": None}) == "A"
 
 
 def test_grade_confidentiality_vendor_mixed_into_big_sum_is_a() -> None:
