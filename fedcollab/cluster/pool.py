@@ -517,11 +517,14 @@ class WorkerPool(Hosting):
         """Mean test loss (and accuracy) of the participants with private layers."""
         if not self.private_pids:
             return {}
-        calls = [(i, w.evaluate_personalised.remote(weights)) for i, (w, has) in
-                 enumerate(zip(self.workers, self._has_private))
-                 if has and i not in self.unplaced]
+        calls = [(i, w.evaluate_personalised.remote(weights)) for i, w in self._private_workers()]
         return personalised_means([r for batch in self._survivors(calls) for r in batch],
                                   classification=classification)
+
+    def _private_workers(self) -> list[tuple[int, Any]]:
+        """(index, worker) of the placed workers that host private layers."""
+        return [(i, w) for i, (w, has) in enumerate(zip(self.workers, self._has_private))
+                if has and i not in self.unplaced]
 
     def _survivors(self, calls: Sequence[tuple[int, Any]]) -> list[Any]:
         """The replies of the workers still there; a worker lost meanwhile (its node
@@ -547,8 +550,7 @@ class WorkerPool(Hosting):
         Returns a function that waits for the saves (call it before committing).
         """
         calls = [(i, w.save_private.remote(round_id, self.committed))
-                 for i, (w, has) in enumerate(zip(self.workers, self._has_private))
-                 if has and i not in self.unplaced] if self.private_pids else []
+                 for i, w in self._private_workers()]
 
         def wait() -> None:
             # A worker lost before it saved heals at the next round and reloads the
